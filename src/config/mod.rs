@@ -1,0 +1,426 @@
+//! Configuration: one TOML file, parsed into [`file::FileConfig`] (serde,
+//! unknown keys rejected), then validated into [`Config`], whose types cannot
+//! hold a bad value. Every error names `FILE:LINE:COL: key.path: reason`.
+
+pub mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+use file::FileConfig;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (relative paths inside it are resolved against
+    /// its directory).
+    pub source: PathBuf,
+    /// Client-facing listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// The protected model API.
+    pub upstream: UpstreamConfig,
+    /// Per-client and per-connection limits.
+    pub limits: Limits,
+    /// Workers and shutdown.
+    pub server: ServerConfig,
+    /// Log output.
+    pub logging: LoggingConfig,
+}
+
+/// One listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// TLS files when this listener terminates TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate chain and key, as absolute paths.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    pub key_path: PathBuf,
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Path prefix without a trailing `/` (empty for none).
+    pub path_prefix: String,
+    /// Extra CA certificates (PEM) for an https upstream.
+    pub ca_path: Option<PathBuf>,
+    /// TCP (+TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Request sent → response head received.
+    pub first_byte_timeout: Duration,
+    /// Longest gap between response body frames.
+    pub idle_timeout: Duration,
+    /// Pooled idle connection lifetime.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Limits on clients and connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_request_body_bytes: u64,
+    /// HTTP/1 request head deadline (and keep-alive idle limit).
+    pub request_head_timeout: Duration,
+    /// First bytes / TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Open client connections.
+    pub max_connections: usize,
+}
+
+/// Process settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Worker threads; never 0 after validation.
+    pub workers: usize,
+    /// Grace period on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    /// JSON lines or human text.
+    pub format: LogFormat,
+    /// `tracing` filter directive.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// A config file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path (`upstream.url`, `listener[0].address`), or empty.
+    pub key: String,
+    /// What was expected.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        position: None,
+        key: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate config text; `path` names the file in errors and
+/// anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let located = |key: String, span: Option<std::ops::Range<usize>>, reason: String| {
+        let span = span.or_else(|| span_of_key(text, &key));
+        ConfigError {
+            file: path.to_path_buf(),
+            position: span.map(|s| line_col(text, s.start)),
+            key,
+            reason,
+        }
+    };
+    let de = toml::Deserializer::new(text);
+    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = path_string(e.path());
+        let inner = e.into_inner();
+        let span = inner.span();
+        located(key, span, inner.message().trim().to_string())
+    })?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    validate(path, &base, file).map_err(|(key, reason)| located(key, None, reason))
+}
+
+/// serde_path_to_error's path as `a.b[0].c`.
+fn path_string(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Byte span of the value at a dotted key path (`listener[0].address`), or
+/// of the deepest table on that path that exists.
+fn span_of_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut best = None;
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(next) = item.get(name) else { break };
+        item = next;
+        if let Some(i) = index {
+            let Some(next) = item.get(i) else { break };
+            item = next;
+        }
+        best = item.span().or(best);
+    }
+    best
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let col = text
+        .get(line_start..offset)
+        .map_or(offset - line_start, |s| s.chars().count())
+        + 1;
+    (line, col)
+}
+
+type Invalid = (String, String);
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    (key.into(), reason.into())
+}
+
+fn nonzero_ms(key: &str, ms: u64) -> Result<Duration, Invalid> {
+    if ms == 0 {
+        return Err(invalid(key, "expected a duration in milliseconds above 0"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> {
+    if f.listeners.is_empty() {
+        return Err(invalid(
+            "listener",
+            "expected at least one [[listener]] with an address",
+        ));
+    }
+    let mut listeners = Vec::with_capacity(f.listeners.len());
+    for (i, l) in f.listeners.iter().enumerate() {
+        let key = format!("listener[{i}].address");
+        let address: SocketAddr = l.address.parse().map_err(|_| {
+            invalid(
+                &key,
+                format!(
+                    "expected IP:PORT such as \"0.0.0.0:8443\" or \"[::1]:8080\", got {:?}",
+                    l.address
+                ),
+            )
+        })?;
+        if listeners
+            .iter()
+            .any(|o: &ListenerConfig| o.address == address && address.port() != 0)
+        {
+            return Err(invalid(key, format!("address {address} is listed twice")));
+        }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => {
+                let cert_path = resolve(base, &t.cert_path);
+                let key_path = resolve(base, &t.key_path);
+                for (k, p) in [("cert_path", &cert_path), ("key_path", &key_path)] {
+                    if !p.is_file() {
+                        return Err(invalid(
+                            format!("listener[{i}].tls.{k}"),
+                            format!(
+                                "expected a readable PEM file, {} does not exist",
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
+                Some(TlsFiles {
+                    cert_path,
+                    key_path,
+                })
+            }
+        };
+        listeners.push(ListenerConfig { address, tls });
+    }
+
+    let u = &f.upstream;
+    let uri: Uri = u.url.parse().map_err(|_| {
+        invalid(
+            "upstream.url",
+            format!("expected an http:// or https:// URL, got {:?}", u.url),
+        )
+    })?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => {
+            return Err(invalid(
+                "upstream.url",
+                format!("expected an http:// or https:// URL, got {:?}", u.url),
+            ))
+        }
+    };
+    let authority = uri.authority().cloned().ok_or_else(|| {
+        invalid(
+            "upstream.url",
+            format!("expected a host in the URL, got {:?}", u.url),
+        )
+    })?;
+    if uri.query().is_some() {
+        return Err(invalid("upstream.url", "expected no query string"));
+    }
+    let path_prefix = uri.path().trim_end_matches('/').to_string();
+    let ca_path = match &u.ca_path {
+        None => None,
+        Some(p) => {
+            let p = resolve(base, p);
+            if !p.is_file() {
+                return Err(invalid(
+                    "upstream.ca_path",
+                    format!(
+                        "expected a readable PEM file, {} does not exist",
+                        p.display()
+                    ),
+                ));
+            }
+            Some(p)
+        }
+    };
+    let upstream = UpstreamConfig {
+        scheme,
+        authority,
+        path_prefix,
+        ca_path,
+        connect_timeout: nonzero_ms("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
+        first_byte_timeout: nonzero_ms("upstream.first_byte_timeout_ms", u.first_byte_timeout_ms)?,
+        idle_timeout: nonzero_ms("upstream.idle_timeout_ms", u.idle_timeout_ms)?,
+        pool_idle_timeout: nonzero_ms("upstream.pool_idle_timeout_ms", u.pool_idle_timeout_ms)?,
+    };
+
+    let l = &f.limits;
+    if l.max_request_body_bytes == 0 {
+        return Err(invalid(
+            "limits.max_request_body_bytes",
+            "expected a size in bytes above 0",
+        ));
+    }
+    if l.max_connections == 0 {
+        return Err(invalid(
+            "limits.max_connections",
+            "expected a count above 0",
+        ));
+    }
+    let limits = Limits {
+        max_request_body_bytes: l.max_request_body_bytes,
+        request_head_timeout: nonzero_ms(
+            "limits.request_head_timeout_ms",
+            l.request_head_timeout_ms,
+        )?,
+        handshake_timeout: nonzero_ms("limits.handshake_timeout_ms", l.handshake_timeout_ms)?,
+        max_connections: l.max_connections as usize,
+    };
+
+    let workers = match f.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > 1024 => return Err(invalid("server.workers", "expected 0 (auto) to 1024")),
+        n => n as usize,
+    };
+    let server = ServerConfig {
+        workers,
+        shutdown_grace: Duration::from_millis(f.server.shutdown_grace_ms),
+    };
+
+    let format = match f.logging.format.as_str() {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => {
+            return Err(invalid(
+                "logging.format",
+                format!("expected \"json\" or \"text\", got {other:?}"),
+            ))
+        }
+    };
+    if tracing_subscriber::EnvFilter::try_new(&f.logging.level).is_err() {
+        return Err(invalid(
+            "logging.level",
+            format!(
+                "expected a tracing filter such as \"info\", got {:?}",
+                f.logging.level
+            ),
+        ));
+    }
+    let logging = LoggingConfig {
+        format,
+        level: f.logging.level.clone(),
+    };
+
+    Ok(Config {
+        source: path.to_path_buf(),
+        listeners,
+        upstream,
+        limits,
+        server,
+        logging,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use super::*;
+
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("test.toml"), text)
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+address = "127.0.0.1:8080"
+
+[upstream]
+url = "http://127.0.0.1:9000/base/"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse_str(MINIMAL).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.upstream.scheme, Scheme::HTTP);
+    assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:9000");
+    assert_eq!(c.upstream.path_prefix, "/base");
+    assert_eq!(c.limits.max_request_body_bytes, 10 * 1024 * 1024);
+    assert!(c.server.workers >= 1);
+    assert_eq!(c.logging.format, LogFormat::Text);
+}
+
+#[test]
+fn unknown_key_is_an_error_with_position_and_path() {
+    let text = format!("{MINIMAL}\n[limits]\nmax_body = 5\n");
+    let e = parse_str(&text).unwrap_err();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("max_body"))
+        .unwrap()
+        + 1;
+    assert_eq!(e.position, Some((line, 1)), "{e}");
+    assert!(e.key.starts_with("limits"), "{e}");
+    assert!(e.reason.contains("unknown field `max_body`"), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("test.toml:{line}:1: limits")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = MINIMAL.replace(
+        "url = \"http://127.0.0.1:9000/base/\"",
+        "url = \"http://127.0.0.1:9000/base/\"\nconnect_timeout_ms = \"5s\"",
+    );
+    let e = parse_str(&text).unwrap_err();
+    assert_eq!(e.key, "upstream.connect_timeout_ms", "{e}");
+    assert_eq!(e.position.map(|p| p.0), Some(7), "{e}");
+}
+
+#[test]
+fn validation_errors_point_at_the_value() {
+    let text = MINIMAL.replace("127.0.0.1:8080", "localhost");
+    let e = parse_str(&text).unwrap_err();
+    assert_eq!(e.key, "listener[0].address");
+    assert_eq!(e.position, Some((3, 11)), "{e}");
+    assert!(e.reason.contains("IP:PORT"), "{e}");
+
+    let text = MINIMAL.replace("http://127.0.0.1:9000/base/", "ftp://x");
+    let e = parse_str(&text).unwrap_err();
+    assert_eq!(e.key, "upstream.url");
+    assert_eq!(e.position, Some((6, 7)), "{e}");
+}
+
+#[test]
+fn bad_values_are_rejected() {
+    for (from, to, key) in [
+        (
+            "url = \"http://127.0.0.1:9000/base/\"",
+            "url = \"http://127.0.0.1:9000\"\nidle_timeout_ms = 0",
+            "upstream.idle_timeout_ms",
+        ),
+        (
+            "url = \"http://127.0.0.1:9000/base/\"",
+            "url = \"https://x\"\nca_path = \"/nonexistent/ca.pem\"",
+            "upstream.ca_path",
+        ),
+    ] {
+        let e = parse_str(&MINIMAL.replace(from, to)).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+    }
+    let e = parse_str("[upstream]\nurl = \"http://x\"\n").unwrap_err();
+    assert_eq!(e.key, "listener");
+    let e = parse_str(&format!("{MINIMAL}[logging]\nformat = \"xml\"\n")).unwrap_err();
+    assert_eq!(e.key, "logging.format");
+    assert!(e.position.is_some());
+    let e = parse_str("not toml at all [").unwrap_err();
+    assert!(e.position.is_some(), "{e}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let e = load(Path::new("/nonexistent/distill-guard.toml")).unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
+/// Every config the project ships must load.
+#[test]
+fn shipped_configs_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files = vec![];
+    for dir in [root.clone(), root.join("examples")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(
+        files.len() >= 2,
+        "expected shipped configs, found {files:?}"
+    );
+    for f in files {
+        if let Err(e) = load(&f) {
+            panic!("{e}");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! distill-guard: an edge reverse proxy for LLM model APIs that stops
+//! distillation campaigns inline.
+//!
+//! Modules are declared in the order of the request path (see
+//! `../shared/DESIGN.md`); [`stack`] is the one place that orders the steps.
+
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod mock;
+pub mod proxy;
+pub mod server;
+pub mod stack;

@@ -1,0 +1,172 @@
+//! The `distill-guard` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use distill_guard::config::{self, LogFormat};
+use distill_guard::{demo, mock, server};
+
+#[derive(Parser)]
+#[command(
+    name = "distill-guard",
+    version,
+    about = "Edge proxy for LLM APIs that stops distillation campaigns"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: prints `ok`, or `FILE:LINE:COL: key: reason`
+    /// and exits non-zero.
+    Check {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A stand-in model API (Anthropic and OpenAI shapes, JSON and SSE).
+    MockUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Delay before every response head, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Delay per streamed token, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        token_delay_ms: u64,
+    },
+    /// Mock upstream + proxy with the default policy, in one process.
+    Demo {
+        /// Address the proxy listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("distill-guard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Block until SIGTERM or SIGINT.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        Ok(())
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("ok");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            init_logging(cfg.logging.format, &cfg.logging.level);
+            let handle = server::start(cfg).context("starting the proxy")?;
+            wait_for_signal()?;
+            handle.shutdown();
+            handle.join();
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MockUpstream {
+            listen,
+            latency_ms,
+            token_delay_ms,
+        } => {
+            init_logging(LogFormat::Text, "info");
+            let opts = mock::MockOptions {
+                latency: Duration::from_millis(latency_ms),
+                token_delay: Duration::from_millis(token_delay_ms),
+            };
+            let m =
+                mock::start(listen, opts).with_context(|| format!("mock upstream on {listen}"))?;
+            println!("mock upstream listening on http://{}", m.addr());
+            wait_for_signal()?;
+            m.stop();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            init_logging(LogFormat::Text, "info");
+            let (upstream, proxy) = demo::start(
+                listen,
+                mock::MockOptions {
+                    latency: Duration::ZERO,
+                    token_delay: Duration::from_millis(20),
+                },
+            )
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("starting the demo")?;
+            let addr = proxy.local_addrs()[0];
+            println!("distill-guard demo");
+            println!("  proxy:         http://{addr}  (default policy)");
+            println!("  mock upstream: http://{}", upstream.addr());
+            println!();
+            let [plain, streaming] = demo::curl_commands(addr);
+            println!("Try:\n  {plain}\n\nStreaming:\n  {streaming}\n");
+            println!("Ctrl-C to stop.");
+            wait_for_signal()?;
+            proxy.shutdown();
+            proxy.join();
+            upstream.stop();
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! A stand-in model API for tests, demos and benchmarks (`distill-guard
+//! mock-upstream`): Anthropic `POST /v1/messages`, OpenAI
+//! `POST /v1/chat/completions` and `POST /v1/responses`, each as JSON or as
+//! that API's real SSE event sequence, with usage counts derived from the
+//! prompt and `max_tokens`.
+//!
+//! Usage rule: `input_tokens` = the estimate of the prompt text
+//! ([`crate::api::estimate_tokens`]); `output_tokens` = `min(max_tokens,
+//! 32 + input_tokens)`, one generated word per token.
+//!
+//! Per-request knobs, as request headers (for tests):
+//! `x-mock-latency-ms` (delay before the response head),
+//! `x-mock-pause-after-first-ms` (pause after the first SSE event),
+//! `x-mock-token-delay-ms` (delay per streamed token), `x-mock-status`
+//! (answer with this status and an error body), `x-mock-no-usage: 1` (omit
+//! usage fields). `GET /mock/requests` returns the last requests received
+//! (method, path, headers, body) as JSON.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::estimate_tokens;
+
+/// Defaults applied to every request (headers can override per request).
+#[derive(Debug, Clone, Default)]
+pub struct MockOptions {
+    /// Delay before the response head.
+    pub latency: Duration,
+    /// Delay per streamed token.
+    pub token_delay: Duration,
+}
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SeenRequest {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Headers, lower-case names, in `HeaderMap` order.
+    pub headers: Vec<(String, String)>,
+    /// Body as UTF-8 (lossy).
+    pub body: String,
+}
+
+const KEEP_REQUESTS: usize = 256;
+
+struct MockState {
+    options: MockOptions,
+    seen: Mutex<VecDeque<SeenRequest>>,
+}
+
+/// A running mock upstream.
+pub struct MockHandle {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The requests received so far (at most the last 256).
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stop the mock and wait for it.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Block until the mock stops (it stops only when stopped elsewhere or the
+    /// process ends).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Bind `addr` and serve the mock API on its own thread.
+pub fn start(addr: SocketAddr, options: MockOptions) -> std::io::Result<MockHandle> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let state = Arc::new(MockState {
+        options,
+        seen: Mutex::new(VecDeque::new()),
+    });
+    let (tx, mut rx) = watch::channel(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let st = state.clone();
+    let thread = std::thread::Builder::new()
+        .name("dg-mock".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let graceful = GracefulShutdown::new();
+                loop {
+                    let (stream, _) = tokio::select! {
+                        _ = rx.wait_for(|s| *s) => break,
+                        a = listener.accept() => match a {
+                            Ok(a) => a,
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let st = st.clone();
+                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+            })
+        })?;
+    Ok(MockHandle {
+        addr,
+        state,
+        shutdown: tx,
+        thread: Some(thread),
+    })
+}
+
+/// Response body of the mock: complete, or fed event by event from a task.
+pub enum MockBody {
+    /// A complete body.
+    Full(Option<Bytes>),
+    /// Streamed chunks.
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            MockBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            MockBody::Full(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            MockBody::Channel(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+fn header_ms(h: &HeaderMap, name: &str) -> Option<Duration> {
+    h.get(name)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<MockBody> {
+    let mut r = Response::new(MockBody::Full(Some(Bytes::from(v.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(
+    state: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let path = parts.uri.path().to_string();
+    if parts.method == Method::GET && path == "/mock/requests" {
+        let seen = state.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        return Ok(json_response(StatusCode::OK, &json!(seen)));
+    }
+    if let Ok(mut seen) = state.seen.lock() {
+        if seen.len() >= KEEP_REQUESTS {
+            seen.pop_front();
+        }
+        seen.push_back(SeenRequest {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or(path.clone(), |p| p.to_string()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect(),
+            body: String::from_utf8_lossy(&body).into(),
+        });
+    }
+
+    let h = &parts.headers;
+    let latency = header_ms(h, "x-mock-latency-ms").unwrap_or(state.options.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(status) = h
+        .get("x-mock-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        let v = json!({"type":"error","error":{"type":"api_error","message":"mock error"}});
+        return Ok(json_response(status, &v));
+    }
+
+    let api = match (parts.method.clone(), path.as_str()) {
+        (Method::POST, "/v1/messages") => Api::Anthropic,
+        (Method::POST, "/v1/chat/completions") => Api::Chat,
+        (Method::POST, "/v1/responses") => Api::Responses,
+        _ => {
+            let v = json!({"type":"error","error":{"type":"not_found_error","message":"mock: no such endpoint"}});
+            return Ok(json_response(StatusCode::NOT_FOUND, &v));
+        }
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        let v = match api {
+            Api::Anthropic => {
+                json!({"type":"error","error":{"type":"invalid_request_error","message":"mock: body is not JSON"}})
+            }
+            _ => {
+                json!({"error":{"message":"mock: body is not JSON","type":"invalid_request_error","param":null,"code":null}})
+            }
+        };
+        return Ok(json_response(StatusCode::BAD_REQUEST, &v));
+    };
+    let plan = Plan::new(api, &req, h, &state.options);
+    if plan.stream {
+        Ok(plan.stream_response())
+    } else {
+        Ok(json_response(StatusCode::OK, &plan.json_body()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Anthropic,
+    Chat,
+    Responses,
+}
+
+/// What one mock answer will contain.
+struct Plan {
+    api: Api,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    input_tokens: u32,
+    output_tokens: u32,
+    stop_at_limit: bool,
+    pause_after_first: Duration,
+    token_delay: Duration,
+}
+
+fn prompt_text(api: Api, req: &Value) -> String {
+    fn collect(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            Value::Object(o) => {
+                for key in ["text", "content", "input_text"] {
+                    if let Some(x) = o.get(key) {
+                        collect(x, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    let keys: &[&str] = match api {
+        Api::Anthropic => &["system", "messages"],
+        Api::Chat => &["messages"],
+        Api::Responses => &["instructions", "input"],
+    };
+    for k in keys {
+        if let Some(v) = req.get(*k) {
+            collect(v, &mut out);
+        }
+    }
+    out
+}
+
+impl Plan {
+    fn new(api: Api, req: &Value, h: &HeaderMap, opts: &MockOptions) -> Plan {
+        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| req.get(*k).and_then(Value::as_u64))
+            .unwrap_or(1024)
+            .min(u64::from(u32::MAX)) as u32;
+        let input_tokens = estimate_tokens(&prompt_text(api, req)).max(1);
+        let natural = 32u32.saturating_add(input_tokens);
+        let no_usage = h.get("x-mock-no-usage").is_some_and(|v| v == "1");
+        let include_usage = !no_usage
+            && match api {
+                Api::Chat => req
+                    .pointer("/stream_options/include_usage")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                _ => true,
+            };
+        Plan {
+            api,
+            model: req
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("mock-model")
+                .to_string(),
+            stream: req.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            include_usage: include_usage
+                || (!no_usage && !req.get("stream").and_then(Value::as_bool).unwrap_or(false)),
+            input_tokens,
+            output_tokens: natural.min(max_tokens),
+            stop_at_limit: natural >= max_tokens,
+            pause_after_first: header_ms(h, "x-mock-pause-after-first-ms").unwrap_or_default(),
+            token_delay: header_ms(h, "x-mock-token-delay-ms").unwrap_or(opts.token_delay),
+        }
+    }
+
+    fn words(&self) -> impl Iterator<Item = &'static str> {
+        const WORDS: [&str; 8] = [
+            "lorem",
+            "ipsum",
+            "dolor",
+            "sit",
+            "amet",
+            "consectetur",
+            "adipiscing",
+            "elit",
+        ];
+        (0..self.output_tokens as usize).map(|i| WORDS[i % WORDS.len()])
+    }
+
+    fn text(&self) -> String {
+        self.words().collect::<Vec<_>>().join(" ")
+    }
+
+    fn json_body(&self) -> Value {
+        let (i, o) = (self.input_tokens, self.output_tokens);
+        let mut v = match self.api {
+            Api::Anthropic => json!({
+                "id": "msg_mock",
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [{"type": "text", "text": self.text()}],
+                "stop_reason": if self.stop_at_limit { "max_tokens" } else { "end_turn" },
+                "stop_sequence": null,
+                "usage": {"input_tokens": i, "output_tokens": o}
+            }),
+            Api::Chat => json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text()},
+                             "finish_reason": if self.stop_at_limit { "length" } else { "stop" }}],
+                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
+            }),
+            Api::Responses => json!({
+                "id": "resp_mock",
+                "object": "response",
+                "status": "completed",
+                "model": self.model,
+                "output": [{"type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": self.text()}]}],
+                "usage": {"input_tokens": i, "output_tokens": o, "total_tokens": i + o}
+            }),
+        };
+        if !self.include_usage {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("usage");
+            }
+        }
+        v
+    }
+
+    /// The SSE events of this answer, in order.
+    fn events(&self) -> Vec<String> {
+        let (i, o) = (self.input_tokens, self.output_tokens);
+        let sse = |event: Option<&str>, data: &Value| match event {
+            Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+            None => format!("data: {data}\n\n"),
+        };
+        let pieces: Vec<String> = {
+            let words: Vec<&str> = self.words().collect();
+            words
+                .chunks(4)
+                .enumerate()
+                .map(|(n, c)| {
+                    let mut s = c.join(" ");
+                    if n > 0 {
+                        s.insert(0, ' ');
+                    }
+                    s
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(pieces.len() + 6);
+        match self.api {
+            Api::Anthropic => {
+                let mut start = json!({"type":"message_start","message":{"id":"msg_mock","type":"message","role":"assistant","model":self.model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":i,"output_tokens":1}}});
+                if !self.include_usage {
+                    if let Some(m) = start.get_mut("message").and_then(Value::as_object_mut) {
+                        m.remove("usage");
+                    }
+                }
+                out.push(sse(Some("message_start"), &start));
+                out.push(sse(Some("content_block_start"), &json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})));
+                out.push(sse(Some("ping"), &json!({"type":"ping"})));
+                for p in &pieces {
+                    out.push(sse(Some("content_block_delta"), &json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":p}})));
+                }
+                out.push(sse(
+                    Some("content_block_stop"),
+                    &json!({"type":"content_block_stop","index":0}),
+                ));
+                let stop = if self.stop_at_limit {
+                    "max_tokens"
+                } else {
+                    "end_turn"
+                };
+                let mut delta = json!({"type":"message_delta","delta":{"stop_reason":stop,"stop_sequence":null},"usage":{"output_tokens":o}});
+                if !self.include_usage {
+                    if let Some(m) = delta.as_object_mut() {
+                        m.remove("usage");
+                    }
+                }
+                out.push(sse(Some("message_delta"), &delta));
+                out.push(sse(Some("message_stop"), &json!({"type":"message_stop"})));
+            }
+            Api::Chat => {
+                let chunk = |delta: Value, finish: Value| json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1_700_000_000,"model":self.model,"choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
+                out.push(sse(
+                    None,
+                    &chunk(json!({"role":"assistant","content":""}), Value::Null),
+                ));
+                for p in &pieces {
+                    out.push(sse(None, &chunk(json!({"content":p}), Value::Null)));
+                }
+                let finish = if self.stop_at_limit { "length" } else { "stop" };
+                out.push(sse(None, &chunk(json!({}), json!(finish))));
+                if self.include_usage {
+                    out.push(sse(None, &json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1_700_000_000,"model":self.model,"choices":[],"usage":{"prompt_tokens":i,"completion_tokens":o,"total_tokens":i+o}})));
+                }
+                out.push("data: [DONE]\n\n".to_string());
+            }
+            Api::Responses => {
+                out.push(sse(Some("response.created"), &json!({"type":"response.created","response":{"id":"resp_mock","object":"response","status":"in_progress","model":self.model}})));
+                for p in &pieces {
+                    out.push(sse(Some("response.output_text.delta"), &json!({"type":"response.output_text.delta","item_id":"msg_mock","output_index":0,"content_index":0,"delta":p})));
+                }
+                let mut done = json!({"type":"response.completed","response":{"id":"resp_mock","object":"response","status":"completed","model":self.model,"usage":{"input_tokens":i,"output_tokens":o,"total_tokens":i+o}}});
+                if !self.include_usage {
+                    if let Some(r) = done.get_mut("response").and_then(Value::as_object_mut) {
+                        r.remove("usage");
+                    }
+                }
+                out.push(sse(Some("response.completed"), &done));
+            }
+        }
+        out
+    }
+
+    fn stream_response(self) -> Response<MockBody> {
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let events = self.events();
+        let pause = self.pause_after_first;
+        let per_event = self.token_delay * 4;
+        tokio::spawn(async move {
+            for (n, e) in events.into_iter().enumerate() {
+                if tx.send(Bytes::from(e)).await.is_err() {
+                    return;
+                }
+                if n == 0 && !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                } else if !per_event.is_zero() {
+                    tokio::time::sleep(per_event).await;
+                }
+            }
+        });
+        let mut r = Response::new(MockBody::Channel(rx));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-cache"),
+        );
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(api: Api, req: Value) -> Plan {
+        Plan::new(api, &req, &HeaderMap::new(), &MockOptions::default())
+    }
+
+    #[test]
+    fn usage_follows_prompt_and_max_tokens() {
+        let p = plan(
+            Api::Anthropic,
+            json!({"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hello there"}]}),
+        );
+        assert_eq!(p.output_tokens, 10);
+        assert!(p.stop_at_limit);
+        let body = p.json_body();
+        assert_eq!(body["usage"]["output_tokens"], 10);
+        assert_eq!(
+            body["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .count(),
+            10
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_has_the_real_event_sequence() {
+        let p = plan(
+            Api::Anthropic,
+            json!({"model":"m","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}),
+        );
+        let names: Vec<String> = p
+            .events()
+            .iter()
+            .map(|e| {
+                e.lines()
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("event: ")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names.first().unwrap(), "message_start");
+        assert_eq!(names.last().unwrap(), "message_stop");
+        assert_eq!(names[names.len() - 2], "message_delta");
+        assert_eq!(
+            names.iter().filter(|n| *n == "content_block_delta").count(),
+            3
+        );
+        let text: String = p
+            .events()
+            .iter()
+            .filter(|e| e.contains("text_delta"))
+            .map(|e| {
+                let data = e.lines().nth(1).unwrap().trim_start_matches("data: ");
+                let v: Value = serde_json::from_str(data).unwrap();
+                v["delta"]["text"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(text.split(' ').count(), 9);
+    }
+
+    #[test]
+    fn openai_stream_reports_usage_only_when_asked() {
+        let without = plan(
+            Api::Chat,
+            json!({"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}),
+        );
+        assert!(!without.events().iter().any(|e| e.contains("\"usage\"")));
+        let with = plan(
+            Api::Chat,
+            json!({"model":"m","max_tokens":5,"stream":true,"stream_options":{"include_usage":true},
+                   "messages":[{"role":"user","content":"hi"}]}),
+        );
+        let ev = with.events();
+        assert_eq!(ev.last().unwrap(), "data: [DONE]\n\n");
+        assert!(ev[ev.len() - 2].contains("\"completion_tokens\":5"));
+    }
+}

@@ -1,0 +1,270 @@
+//! Body types of the forward step: what goes upstream ([`RequestBody`]:
+//! buffered for inspection, or streamed under the size limit) and what goes
+//! back to the client ([`ResponseBody`]: a refusal, or the upstream's body
+//! streamed frame by frame under the idle timeout, every frame shown to a
+//! [`ResponseObserver`] on its way).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// Boxed error for body streams.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client sent more body than `limits.max_request_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+/// The upstream stopped sending a response body for longer than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body idle for more than {0:?}")]
+pub struct UpstreamIdle(pub Duration);
+
+/// Request body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Fully buffered (already inspected, or empty).
+    Full(Option<Bytes>),
+    /// Streamed from the client, after an optional already-read prefix,
+    /// failing with [`BodyTooLarge`] past the limit.
+    Stream {
+        /// Bytes already read from `rest` (sent first).
+        prefix: Option<Bytes>,
+        /// The remainder of the client's body.
+        rest: Incoming,
+        /// Bytes that may still pass.
+        remaining: u64,
+        /// The configured limit (for the error).
+        limit: u64,
+    },
+}
+
+impl RequestBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Stream {
+                prefix,
+                rest,
+                remaining,
+                limit,
+            } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                match ready!(Pin::new(rest).poll_frame(cx)) {
+                    None => Poll::Ready(None),
+                    Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                    Some(Ok(frame)) => {
+                        if let Some(d) = frame.data_ref() {
+                            let n = d.len() as u64;
+                            if n > *remaining {
+                                *remaining = 0;
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                                    limit: *limit,
+                                }))));
+                            }
+                            *remaining -= n;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(b) => b.is_none(),
+            RequestBody::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RequestBody::Stream { prefix, rest, .. } => {
+                let p = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let r = rest.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(r.lower() + p);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + p);
+                }
+                h
+            }
+        }
+    }
+}
+
+/// Sees each response body frame as it passes, and the end of the response
+/// (complete, failed, or dropped because the client went away).
+pub trait ResponseObserver: Send + 'static {
+    /// A data frame passed to the client.
+    fn on_data(&mut self, data: &Bytes);
+    /// The body ended: `complete` is false when it failed or was abandoned.
+    fn on_end(&mut self, complete: bool);
+}
+
+/// Response body returned to the client.
+pub enum ResponseBody {
+    /// A response made here (refusals, errors, mock).
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed.
+    Upstream(Box<UpstreamBody>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Full(b) => f.debug_tuple("Full").field(b).finish(),
+            ResponseBody::Upstream(_) => f.write_str("Upstream(..)"),
+        }
+    }
+}
+
+/// The upstream's response body with its idle timer and observer.
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle_timeout: Duration,
+    last_activity: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+    observer: Option<Box<dyn ResponseObserver>>,
+    ended: bool,
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(b.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+
+    /// Stream `inner`, failing if no frame arrives within `idle_timeout`.
+    pub fn upstream(
+        inner: Incoming,
+        idle_timeout: Duration,
+        observer: Option<Box<dyn ResponseObserver>>,
+    ) -> Self {
+        ResponseBody::Upstream(Box::new(UpstreamBody {
+            inner,
+            idle_timeout,
+            last_activity: Instant::now(),
+            sleep: None,
+            observer,
+            ended: false,
+        }))
+    }
+}
+
+impl UpstreamBody {
+    fn end(&mut self, complete: bool) {
+        if !self.ended {
+            self.ended = true;
+            if let Some(o) = self.observer.as_mut() {
+                o.on_end(complete);
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    self.end(true);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.end(false);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.last_activity = Instant::now();
+                    if let (Some(d), Some(o)) = (frame.data_ref(), self.observer.as_mut()) {
+                        o.on_data(d);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Pending => {}
+            }
+            // No frame yet: wait on the idle timer. It is re-armed lazily, only
+            // when it fires after activity, so busy streams never touch it.
+            let deadline = self.last_activity + self.idle_timeout;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            ready!(sleep.as_mut().poll(cx));
+            if deadline <= Instant::now() {
+                self.end(false);
+                return Poll::Ready(Some(Err(Box::new(UpstreamIdle(self.idle_timeout)))));
+            }
+            sleep.as_mut().reset(deadline);
+            // Activity happened since the timer was armed: loop to re-arm.
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // The client went away (or hyper gave up) before the end.
+        self.end(false);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(u) => u.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Upstream(u) => u.ended || u.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Failures of the forward step, which side caused them, and the one place
+//! that turns a failure or refusal into a response in the API's own error
+//! shape.
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::api::{self, ErrorKind, ErrorShape};
+use crate::proxy::body::ResponseBody;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Downstream: the client sent a body over the limit.
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    /// Downstream: the client's request was unusable.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Upstream: no connection could be made.
+    #[error("upstream unreachable: {0}")]
+    UpstreamConnect(String),
+    /// Upstream: no response head within the first-byte timeout.
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// Upstream: the exchange failed after connecting.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    /// The error kind the client sees.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::BodyTooLarge(_) => ErrorKind::PayloadTooLarge,
+            ProxyError::BadRequest(_) => ErrorKind::InvalidRequest,
+            ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => ErrorKind::BadGateway,
+            ProxyError::UpstreamTimeout(_) => ErrorKind::GatewayTimeout,
+        }
+    }
+
+    /// The message the client sees (no internals beyond the failing side).
+    pub fn client_message(&self) -> String {
+        match self {
+            ProxyError::BodyTooLarge(n) => format!("request body exceeds the limit of {n} bytes"),
+            ProxyError::BadRequest(m) => m.clone(),
+            ProxyError::UpstreamConnect(_) => "the upstream API could not be reached".into(),
+            ProxyError::UpstreamTimeout(_) => "the upstream API did not answer in time".into(),
+            ProxyError::Upstream(_) => "the upstream API connection failed".into(),
+        }
+    }
+}
+
+/// A response made here, in the API's error shape.
+pub fn error_response(shape: ErrorShape, kind: ErrorKind, message: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(api::error_body(shape, kind, message)));
+    *r.status_mut() =
+        StatusCode::from_u16(api::status(kind)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,175 @@
+//! Header hygiene for the forward step: hop-by-hop headers never cross the
+//! proxy (RFC 9110 §7.6.1), `x-forwarded-*` are set, and every response
+//! carries the request's `x-request-id`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Hop-by-hop headers that are removed in both directions, besides any the
+/// `connection` header names.
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// Remove hop-by-hop headers, including those listed in `connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                headers.remove(n);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for h in [TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(h);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// Prepare request headers for the upstream: hop-by-hop and `host` removed
+/// (the client sets the upstream's), `x-forwarded-for` extended with the
+/// client's address, `x-forwarded-proto` and `x-request-id` set.
+pub fn prepare_upstream_request(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    tls: bool,
+    request_id: &HeaderValue,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(HOST);
+    let ip = client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The client's `x-request-id` when it is a sane token (visible ASCII, at
+/// most 128 bytes), else a new unique one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// A new request id: a per-process random prefix and a counter, 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 32];
+    hex_u64(prefix, &mut buf[..16]);
+    hex_u64(n, &mut buf[16..]);
+    // Only hex digits were written, so this cannot fail; fall back anyway.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn hex_u64(mut v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.insert(HOST, HeaderValue::from_static("proxy"));
+        let id = HeaderValue::from_static("abc");
+        prepare_upstream_request(&mut h, "10.1.2.3".parse().unwrap(), true, &id);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert!(!names.contains(&"connection"));
+        assert!(!names.contains(&"keep-alive"));
+        assert!(!names.contains(&"x-secret"));
+        assert!(!names.contains(&"te"));
+        assert!(!names.contains(&"transfer-encoding"));
+        assert!(!names.contains(&"host"));
+        assert_eq!(h["x-api-key"], "k");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        prepare_upstream_request(
+            &mut h,
+            "::1".parse().unwrap(),
+            false,
+            &HeaderValue::from_static("i"),
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, ::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_unique_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("client-123"));
+        assert_eq!(request_id(&h), "client-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        let a = request_id(&h);
+        let b = request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}

@@ -1,0 +1,381 @@
+//! Accept step: binds the listeners, runs one single-threaded tokio runtime
+//! per worker thread (each with its own upstream pool), accepts connections
+//! under the connection cap, terminates TLS, serves HTTP/1.1 and HTTP/2 with
+//! hyper, and shuts down gracefully.
+
+pub mod tls;
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::proxy::{self, UpstreamClient};
+use crate::stack;
+
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A TLS listener's files are unusable.
+    #[error("TLS listener {addr}: {source}")]
+    Tls {
+        /// The listener.
+        addr: SocketAddr,
+        /// The reason.
+        source: tls::TlsError,
+    },
+    /// The upstream client settings are unusable.
+    #[error(transparent)]
+    Client(#[from] proxy::ClientError),
+    /// A worker thread or runtime could not be created.
+    #[error("cannot start worker: {0}")]
+    Worker(std::io::Error),
+}
+
+/// State shared by all workers.
+pub struct Shared {
+    /// The policy and settings in force (swapped whole on reload).
+    pub config: ArcSwap<Config>,
+    /// Open client connections, capped by `limits.max_connections`.
+    conn_permits: Arc<Semaphore>,
+    /// Connections closed at once because the cap was reached.
+    pub refused_connections: AtomicUsize,
+    /// rustls settings for the upstream.
+    upstream_tls: Arc<rustls::ClientConfig>,
+}
+
+/// Per-worker state: lives on one thread's runtime.
+pub struct Worker {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// This worker's pooled upstream client.
+    pub client: UpstreamClient,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+/// What one accepted connection knows about itself.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The socket peer.
+    pub peer: SocketAddr,
+    /// The local address it arrived on.
+    pub local: SocketAddr,
+    /// Whether TLS was terminated here.
+    pub tls: bool,
+}
+
+struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// A running proxy: its bound addresses and the way to stop it.
+pub struct Handle {
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// The bound listener addresses, in config order (ports resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Shared state (config, counters).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stop accepting; in-flight requests get the configured grace period.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Wait until every worker has finished.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Bind every listener and start the workers. Returns once the sockets are
+/// bound, so connections are queued from then on.
+pub fn start(config: Config) -> Result<Handle, ServerError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let tcp = std::net::TcpListener::bind(l.address).map_err(|source| ServerError::Bind {
+            addr: l.address,
+            source,
+        })?;
+        tcp.set_nonblocking(true)
+            .map_err(|source| ServerError::Bind {
+                addr: l.address,
+                source,
+            })?;
+        let tls = match &l.tls {
+            None => None,
+            Some(files) => Some(
+                tls::server_config(files).map_err(|source| ServerError::Tls {
+                    addr: l.address,
+                    source,
+                })?,
+            ),
+        };
+        bound.push((tcp, tls));
+    }
+    let addrs = bound
+        .iter()
+        .map(|(t, _)| t.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServerError::Worker)?;
+
+    let upstream_tls = proxy::upstream_tls(&config.upstream)?;
+    let workers = config.server.workers.max(1);
+    let shared = Arc::new(Shared {
+        conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+        refused_connections: AtomicUsize::new(0),
+        upstream_tls,
+        config: ArcSwap::from_pointee(config),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut threads = Vec::with_capacity(workers);
+    for n in 0..workers {
+        let mut listeners = Vec::with_capacity(bound.len());
+        for (tcp, tls) in &bound {
+            let tcp = tcp.try_clone().map_err(ServerError::Worker)?;
+            listeners.push((tcp, tls.clone()));
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown_rx.clone();
+        let client = {
+            let config = shared.config.load();
+            proxy::upstream_client(&config.upstream, shared.upstream_tls.clone())
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServerError::Worker)?;
+        let t = std::thread::Builder::new()
+            .name(format!("dg-worker-{n}"))
+            .spawn(move || rt.block_on(worker_main(shared, client, listeners, shutdown)))
+            .map_err(ServerError::Worker)?;
+        threads.push(t);
+    }
+    for a in &addrs {
+        info!(address = %a, workers, "listening");
+    }
+    Ok(Handle {
+        addrs,
+        shutdown: shutdown_tx,
+        threads,
+        shared,
+    })
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.request_head_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    b
+}
+
+async fn worker_main(
+    shared: Arc<Shared>,
+    client: UpstreamClient,
+    std_listeners: Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut listeners = Vec::with_capacity(std_listeners.len());
+    for (tcp, tls) in std_listeners {
+        match TcpListener::from_std(tcp) {
+            Ok(tcp) => listeners.push(Listener {
+                tcp,
+                tls: tls.map(TlsAcceptor::from),
+            }),
+            Err(e) => warn!(error = %e, "worker cannot register listener"),
+        }
+    }
+    let config = shared.config.load_full();
+    let worker = Arc::new(Worker {
+        client,
+        builder: http_builder(&config),
+        shared: shared.clone(),
+    });
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            a = accept_any(&listeners) => a,
+        };
+        match accepted {
+            (i, Ok((stream, peer))) => {
+                let Ok(permit) = shared.conn_permits.clone().try_acquire_owned() else {
+                    shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, "connection cap reached, closing");
+                    drop(stream);
+                    continue;
+                };
+                let tls = listeners[i].tls.clone();
+                tokio::spawn(serve_connection(
+                    worker.clone(),
+                    stream,
+                    peer,
+                    tls,
+                    graceful.watcher(),
+                    permit,
+                ));
+            }
+            (_, Err(e)) => {
+                // Out of file descriptors and the like: back off briefly.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(listeners);
+    let grace = shared.config.load().server.shutdown_grace;
+    let open = graceful.count();
+    if open > 0 {
+        info!(open, ?grace, "shutting down: waiting for open connections");
+    }
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?grace,
+            "grace period over, closing the remaining connections"
+        );
+    }
+}
+
+async fn accept_any(listeners: &[Listener]) -> (usize, std::io::Result<(TcpStream, SocketAddr)>) {
+    poll_fn(|cx| {
+        for (i, l) in listeners.iter().enumerate() {
+            if let Poll::Ready(r) = l.tcp.poll_accept(cx) {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn serve_connection(
+    worker: Arc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    watcher: Watcher,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let deadline = worker.shared.config.load().limits.handshake_timeout;
+    match tls {
+        Some(acceptor) => {
+            let tls_stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = ConnInfo {
+                peer,
+                local,
+                tls: true,
+            };
+            serve_http(worker, TokioIo::new(tls_stream), conn, watcher).await;
+        }
+        None => {
+            // A client must say something before the deadline; hyper's own
+            // header timeout only starts once HTTP/1 is chosen.
+            match tokio::time::timeout(deadline, stream.readable()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    debug!(%peer, "no bytes before the handshake deadline");
+                    return;
+                }
+            }
+            let conn = ConnInfo {
+                peer,
+                local,
+                tls: false,
+            };
+            serve_http(worker, TokioIo::new(stream), conn, watcher).await;
+        }
+    }
+}
+
+async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, watcher: Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let svc = ProxyService {
+        worker: worker.clone(),
+        conn: Arc::new(conn),
+    };
+    let served = worker.builder.serve_connection(io, svc).into_owned();
+    if let Err(e) = watcher.watch(served).await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// hyper service for one connection: hands each request to [`stack::handle`].
+#[derive(Clone)]
+struct ProxyService {
+    worker: Arc<Worker>,
+    conn: Arc<ConnInfo>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = http::Response<crate::proxy::body::ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let worker = self.worker.clone();
+        let conn = self.conn.clone();
+        Box::pin(async move { Ok(stack::handle(&worker, &conn, req).await) })
+    }
+}
