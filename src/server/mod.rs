@@ -327,8 +327,9 @@ async fn serve_connection(
         None => {
             // A client must say something before the deadline; hyper's own
             // header timeout only starts once HTTP/1 is chosen.
-            match tokio::time::timeout(deadline, stream.readable()).await {
-                Ok(Ok(())) => {}
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => {
                     debug!(%peer, "no bytes before the handshake deadline");
                     return;

@@ -1,0 +1,196 @@
+//! Shared helpers for end-to-end tests: a test CA, the proxy and the mock
+//! upstream on 127.0.0.1:0, and HTTP clients (plain, h2 prior knowledge,
+//! TLS with the test CA).
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use distill_guard::config;
+use distill_guard::mock::{self, MockHandle, MockOptions};
+use distill_guard::proxy::body::RequestBody;
+use distill_guard::server::{self, Handle};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+pub type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A throwaway CA with one server certificate for `localhost` / 127.0.0.1,
+/// written as PEM files in a temp dir.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "distill-guard test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+        let ca_pem = dir.path().join("ca.pem");
+        let cert_pem = dir.path().join("server.pem");
+        let key_pem = dir.path().join("server.key");
+        std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+        std::fs::write(&cert_pem, leaf_cert.pem()).unwrap();
+        std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
+        TestPki {
+            dir,
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    /// rustls client settings trusting only the test CA.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&self.ca_pem).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        cfg
+    }
+}
+
+/// Parse a config from text; `{upstream}` is replaced by the URL given.
+pub fn config_from(text: &str, dir: &Path) -> config::Config {
+    let path = dir.join("test.toml");
+    std::fs::write(&path, text).unwrap();
+    config::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A minimal config: one plain listener on 127.0.0.1:0 in front of `upstream`,
+/// plus `extra` TOML appended.
+pub fn basic_config(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[upstream]
+url = "{upstream}"
+connect_timeout_ms = 1000
+first_byte_timeout_ms = 2000
+idle_timeout_ms = 2000
+
+[server]
+workers = 1
+shutdown_grace_ms = 2000
+{extra}
+"#
+    )
+}
+
+pub struct Env {
+    pub mock: MockHandle,
+    pub proxy: Handle,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Mock upstream + proxy with `basic_config` plus `extra`.
+    pub fn start(extra: &str) -> Env {
+        let mock = mock::start("127.0.0.1:0".parse().unwrap(), MockOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config_from(
+            &basic_config(&format!("http://{}", mock.addr()), extra),
+            dir.path(),
+        );
+        let proxy = server::start(cfg).unwrap();
+        let addr = proxy.local_addrs()[0];
+        Env {
+            mock,
+            proxy,
+            addr,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.proxy.shutdown();
+    }
+}
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub fn tls_client(pki: &TestPki, alpn_h2: bool) -> TlsClient {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(pki.client_config(&[]))
+        .https_only();
+    let conn = if alpn_h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new())
+        .http2_only(alpn_h2)
+        .build(conn)
+}
+
+pub fn messages_request(url: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("x-api-key", "test-key-1")
+        .header("anthropic-version", "2023-06-01")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+pub const SMALL_MESSAGE: &str =
+    r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"Hello there"}]}"#;
+
+pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+pub async fn timeout<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test step took longer than 20 s")
+}
+
+/// Keep the compiler from flagging RequestBody as unused in some test crates.
+pub fn _unused(_: RequestBody) {}
