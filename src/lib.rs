@@ -4,10 +4,12 @@
 //! Modules are declared in the order of the request path (see
 //! `../shared/DESIGN.md`); [`stack`] is the one place that orders the steps.
 
-pub mod api;
 pub mod config;
-pub mod demo;
-pub mod mock;
-pub mod proxy;
 pub mod server;
+pub mod fingerprint;
+pub mod api;
+pub mod proxy;
 pub mod stack;
+pub mod admin;
+pub mod mock;
+pub mod demo;

@@ -19,9 +19,62 @@ pub struct FileConfig {
     /// Process-wide settings: workers, shutdown.
     #[serde(default)]
     pub server: FileServer,
+    /// Client fingerprinting.
+    #[serde(default)]
+    pub fingerprint: FileFingerprint,
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
+}
+
+/// `[fingerprint]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileFingerprint {
+    /// IPv4 clients are grouped by this prefix length for linking (0–32).
+    pub ipv4_prefix_len: u8,
+    /// IPv6 clients are grouped by this prefix length for linking (0–128).
+    pub ipv6_prefix_len: u8,
+    /// Send the client's JA4 upstream in this header (off when absent).
+    pub forward_ja4_header: Option<String>,
+    /// Send the request's HTTP fingerprint upstream in this header.
+    pub forward_http_header: Option<String>,
+    /// Send the connection's HTTP/2 fingerprint upstream in this header.
+    pub forward_h2_header: Option<String>,
+    /// Known client stacks: a request whose `user-agent` starts with a
+    /// listed prefix but whose fingerprints are not among the listed ones is
+    /// flagged as inconsistent (`[[fingerprint.known_client]]`).
+    #[serde(rename = "known_client")]
+    pub known_clients: Vec<FileKnownClient>,
+}
+
+impl Default for FileFingerprint {
+    fn default() -> Self {
+        Self {
+            ipv4_prefix_len: 24,
+            ipv6_prefix_len: 48,
+            forward_ja4_header: None,
+            forward_http_header: None,
+            forward_h2_header: None,
+            known_clients: Vec::new(),
+        }
+    }
+}
+
+/// One `[[fingerprint.known_client]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKnownClient {
+    /// A name for logs and reasons, e.g. `"anthropic-python"`.
+    pub name: String,
+    /// `user-agent` prefix that claims this client, e.g. `"Anthropic/Python"`.
+    pub user_agent_prefix: String,
+    /// JA4 values this client is known to produce (empty: not checked).
+    #[serde(default)]
+    pub ja4: Vec<String>,
+    /// HTTP fingerprints (our format) it is known to produce (empty: not checked).
+    #[serde(default)]
+    pub http: Vec<String>,
 }
 
 /// One `[[listener]]`.

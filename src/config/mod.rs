@@ -28,6 +28,8 @@ pub struct Config {
     pub limits: Limits,
     /// Workers and shutdown.
     pub server: ServerConfig,
+    /// Client fingerprinting.
+    pub fingerprint: FingerprintConfig,
     /// Log output.
     pub logging: LoggingConfig,
 }
@@ -91,6 +93,36 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Grace period on shutdown.
     pub shutdown_grace: Duration,
+}
+
+/// Fingerprinting settings.
+#[derive(Debug, Clone)]
+pub struct FingerprintConfig {
+    /// IPv4 grouping prefix length.
+    pub ipv4_prefix_len: u8,
+    /// IPv6 grouping prefix length.
+    pub ipv6_prefix_len: u8,
+    /// Header carrying the JA4 upstream.
+    pub forward_ja4_header: Option<http::HeaderName>,
+    /// Header carrying the HTTP fingerprint upstream.
+    pub forward_http_header: Option<http::HeaderName>,
+    /// Header carrying the HTTP/2 fingerprint upstream.
+    pub forward_h2_header: Option<http::HeaderName>,
+    /// Known client stacks for the consistency flag.
+    pub known_clients: Vec<KnownClient>,
+}
+
+/// A client stack whose fingerprints are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownClient {
+    /// Name used in reasons.
+    pub name: String,
+    /// `user-agent` prefix claiming it.
+    pub user_agent_prefix: String,
+    /// Known JA4 values (empty: not checked).
+    pub ja4: Vec<String>,
+    /// Known HTTP fingerprints (empty: not checked).
+    pub http: Vec<String>,
 }
 
 /// Log settings.
@@ -388,6 +420,8 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         shutdown_grace: Duration::from_millis(f.server.shutdown_grace_ms),
     };
 
+    let fingerprint = validate_fingerprint(&f.fingerprint)?;
+
     let format = match f.logging.format.as_str() {
         "json" => LogFormat::Json,
         "text" => LogFormat::Text,
@@ -418,7 +452,52 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         upstream,
         limits,
         server,
+        fingerprint,
         logging,
+    })
+}
+
+fn header_name(key: &str, v: &Option<String>) -> Result<Option<http::HeaderName>, Invalid> {
+    match v {
+        None => Ok(None),
+        Some(name) => http::HeaderName::from_bytes(name.as_bytes())
+            .map(Some)
+            .map_err(|_| invalid(key, format!("expected an HTTP header name, got {name:?}"))),
+    }
+}
+
+fn validate_fingerprint(f: &file::FileFingerprint) -> Result<FingerprintConfig, Invalid> {
+    if f.ipv4_prefix_len > 32 {
+        return Err(invalid("fingerprint.ipv4_prefix_len", "expected 0 to 32"));
+    }
+    if f.ipv6_prefix_len > 128 {
+        return Err(invalid("fingerprint.ipv6_prefix_len", "expected 0 to 128"));
+    }
+    let mut known_clients = Vec::with_capacity(f.known_clients.len());
+    for (i, k) in f.known_clients.iter().enumerate() {
+        if k.user_agent_prefix.is_empty() {
+            return Err(invalid(
+                format!("fingerprint.known_client[{i}].user_agent_prefix"),
+                "expected a non-empty user-agent prefix",
+            ));
+        }
+        known_clients.push(KnownClient {
+            name: k.name.clone(),
+            user_agent_prefix: k.user_agent_prefix.clone(),
+            ja4: k.ja4.clone(),
+            http: k.http.clone(),
+        });
+    }
+    Ok(FingerprintConfig {
+        ipv4_prefix_len: f.ipv4_prefix_len,
+        ipv6_prefix_len: f.ipv6_prefix_len,
+        forward_ja4_header: header_name("fingerprint.forward_ja4_header", &f.forward_ja4_header)?,
+        forward_http_header: header_name(
+            "fingerprint.forward_http_header",
+            &f.forward_http_header,
+        )?,
+        forward_h2_header: header_name("fingerprint.forward_h2_header", &f.forward_h2_header)?,
+        known_clients,
     })
 }
 

@@ -3,11 +3,12 @@
 //! under the connection cap, terminates TLS, serves HTTP/1.1 and HTTP/2 with
 //! hyper, and shuts down gracefully.
 
+pub mod hello;
+pub mod tap;
 pub mod tls;
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::thread::JoinHandle;
@@ -20,10 +21,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::admin::metrics::{ConnReject, Metrics};
 use crate::config::Config;
+use crate::fingerprint::Ja4Fingerprint;
 use crate::proxy::{self, UpstreamClient};
 use crate::stack;
 
@@ -60,8 +63,8 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     /// Open client connections, capped by `limits.max_connections`.
     conn_permits: Arc<Semaphore>,
-    /// Connections closed at once because the cap was reached.
-    pub refused_connections: AtomicUsize,
+    /// Process metrics.
+    pub metrics: Metrics,
     /// rustls settings for the upstream.
     upstream_tls: Arc<rustls::ClientConfig>,
 }
@@ -84,11 +87,15 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Whether TLS was terminated here.
     pub tls: bool,
+    /// JA4 of the ClientHello (TLS listeners only).
+    pub ja4: Option<Ja4Fingerprint>,
+    /// HTTP fingerprints seen on this connection's read side.
+    pub tap: Option<tap::TapHandle>,
 }
 
 struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A running proxy: its bound addresses and the way to stop it.
@@ -158,7 +165,7 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
     let workers = config.server.workers.max(1);
     let shared = Arc::new(Shared {
         conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
-        refused_connections: AtomicUsize::new(0),
+        metrics: Metrics::default(),
         upstream_tls,
         config: ArcSwap::from_pointee(config),
     });
@@ -219,10 +226,7 @@ async fn worker_main(
     let mut listeners = Vec::with_capacity(std_listeners.len());
     for (tcp, tls) in std_listeners {
         match TcpListener::from_std(tcp) {
-            Ok(tcp) => listeners.push(Listener {
-                tcp,
-                tls: tls.map(TlsAcceptor::from),
-            }),
+            Ok(tcp) => listeners.push(Listener { tcp, tls }),
             Err(e) => warn!(error = %e, "worker cannot register listener"),
         }
     }
@@ -242,7 +246,7 @@ async fn worker_main(
         match accepted {
             (i, Ok((stream, peer))) => {
                 let Ok(permit) = shared.conn_permits.clone().try_acquire_owned() else {
-                    shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.conn_rejected(ConnReject::OverCap);
                     debug!(%peer, "connection cap reached, closing");
                     drop(stream);
                     continue;
@@ -297,52 +301,93 @@ async fn serve_connection(
     worker: Arc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 ) {
+    let metrics = &worker.shared.metrics;
+    metrics.conn_opened();
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let deadline = worker.shared.config.load().limits.handshake_timeout;
+    let conn = ConnInfo {
+        peer,
+        local,
+        tls: tls.is_some(),
+        ja4: None,
+        tap: None,
+    };
     match tls {
-        Some(acceptor) => {
-            let tls_stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+        Some(tls_config) => {
+            match tokio::time::timeout(deadline, tls_handshake(stream, tls_config)).await {
+                Ok(Ok((tls_stream, ja4))) => {
+                    let (io, tap) = tap::Tapped::new(tls_stream);
+                    let conn = ConnInfo {
+                        ja4: Some(ja4),
+                        tap: Some(tap),
+                        ..conn
+                    };
+                    serve_http(worker.clone(), TokioIo::new(io), conn, watcher).await;
+                }
+                Ok(Err(reason)) => {
+                    debug!(%peer, ?reason, "connection closed before TLS completed");
+                    metrics.conn_rejected(reason);
                 }
                 Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return;
+                    debug!(%peer, "TLS handshake deadline passed");
+                    metrics.conn_rejected(ConnReject::HandshakeTimeout);
                 }
-            };
-            let conn = ConnInfo {
-                peer,
-                local,
-                tls: true,
-            };
-            serve_http(worker, TokioIo::new(tls_stream), conn, watcher).await;
+            }
         }
         None => {
             // A client must say something before the deadline; hyper's own
             // header timeout only starts once HTTP/1 is chosen.
             let mut first = [0u8; 1];
             match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => {
+                Ok(Ok(n)) if n > 0 => {
+                    let (io, tap) = tap::Tapped::new(stream);
+                    let conn = ConnInfo {
+                        tap: Some(tap),
+                        ..conn
+                    };
+                    serve_http(worker.clone(), TokioIo::new(io), conn, watcher).await;
+                }
+                Ok(_) => metrics.conn_rejected(ConnReject::Io),
+                Err(_) => {
                     debug!(%peer, "no bytes before the handshake deadline");
-                    return;
+                    metrics.conn_rejected(ConnReject::HandshakeTimeout);
                 }
             }
-            let conn = ConnInfo {
-                peer,
-                local,
-                tls: false,
-            };
-            serve_http(worker, TokioIo::new(stream), conn, watcher).await;
         }
     }
+    metrics.conn_closed();
+}
+
+/// Capture and fingerprint the ClientHello, then hand the same bytes to
+/// rustls.
+async fn tls_handshake(
+    mut stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<hello::Rewind<TcpStream>>,
+        Ja4Fingerprint,
+    ),
+    ConnReject,
+> {
+    let (buffered, ja4) = hello::capture(&mut stream).await.map_err(|e| match e {
+        hello::CaptureError::Hello(h) => ConnReject::Hello(h),
+        hello::CaptureError::Io(_) => ConnReject::Io,
+    })?;
+    let rewind = hello::Rewind::new(buffered, stream);
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), rewind)
+        .await
+        .map_err(|_| ConnReject::TlsHandshake)?;
+    let tls = start
+        .into_stream(config)
+        .await
+        .map_err(|_| ConnReject::TlsHandshake)?;
+    Ok((tls, ja4))
 }
 
 async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, watcher: Watcher)

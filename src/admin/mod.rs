@@ -1,0 +1,3 @@
+//! Admin API and metrics (operations).
+
+pub mod metrics;

@@ -1,0 +1,35 @@
+//! Fingerprint step: what identifies a client's software stack and network,
+//! independent of the account it claims. Pure parsers of untrusted bytes:
+//! [`tls`] (JA4 from the raw ClientHello), [`http`] (HTTP/1 tap and our HTTP
+//! fingerprint format), [`h2`] (Akamai-style HTTP/2 fingerprint), [`network`]
+//! (address prefixes) and [`consistency`] (claimed client vs observed stack).
+//!
+//! Connection-level parts are computed once per connection and shared by all
+//! of its requests; [`ClientFingerprint`] gathers them per request.
+
+pub mod tls;
+pub mod http;
+pub mod h2;
+pub mod network;
+pub mod consistency;
+
+use std::sync::Arc;
+
+pub use h2::H2Fingerprint;
+pub use http::HttpFingerprint;
+pub use tls::Ja4Fingerprint;
+
+/// Everything known about the client stack of one request.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFingerprint {
+    /// JA4 of the connection's ClientHello (TLS listeners only).
+    pub ja4: Option<Ja4Fingerprint>,
+    /// Our HTTP fingerprint of this request's head.
+    pub http: Option<HttpFingerprint>,
+    /// The connection's HTTP/2 (Akamai-style) fingerprint.
+    pub h2: Option<Arc<H2Fingerprint>>,
+    /// The client address grouped to its configured prefix.
+    pub ip_prefix: Option<ipnet::IpNet>,
+    /// The known client the `user-agent` claims but the fingerprints deny.
+    pub inconsistent_with: Option<String>,
+}

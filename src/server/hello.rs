@@ -1,0 +1,153 @@
+//! ClientHello capture for the TLS step: read ahead until the whole
+//! ClientHello is buffered (reassembled across records, capped at 16 KiB),
+//! fingerprint it, then replay the same bytes into rustls through
+//! [`Rewind`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::fingerprint::tls::{self, HelloError, HelloProgress, Ja4Fingerprint};
+
+/// Why a connection was closed before its TLS handshake.
+#[derive(Debug)]
+pub enum CaptureError {
+    /// The bytes were not an acceptable ClientHello.
+    Hello(HelloError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// Read from `stream` until a whole ClientHello is buffered. Returns the
+/// bytes read (possibly more than the hello) and the hello's JA4.
+pub async fn capture<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(BytesMut, Ja4Fingerprint), CaptureError> {
+    let mut buf = BytesMut::with_capacity(2048);
+    loop {
+        match tls::client_hello_progress(&buf, tls::MAX_CLIENT_HELLO_LEN) {
+            HelloProgress::Complete { len } => {
+                let hello = tls::parse_client_hello(&buf[..len]).map_err(CaptureError::Hello)?;
+                let ja4 = tls::ja4_fingerprint(&hello);
+                return Ok((buf, ja4));
+            }
+            HelloProgress::Invalid(e) => return Err(CaptureError::Hello(e)),
+            HelloProgress::NeedMore => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(4096);
+                }
+                let n = stream.read_buf(&mut buf).await.map_err(CaptureError::Io)?;
+                if n == 0 {
+                    return Err(CaptureError::Hello(HelloError::Truncated));
+                }
+            }
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    /// Replay `prefix`, then read from `inner`.
+    pub fn new(prefix: BytesMut, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+
+    /// The wrapped stream.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_then_reads_on() {
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b" world")
+            .await
+            .unwrap();
+        drop(a);
+        let mut r = Rewind::new(BytesMut::from(&b"hello"[..]), b);
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn capture_reports_non_tls_and_truncation() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        assert!(matches!(
+            capture(&mut b).await,
+            Err(CaptureError::Hello(HelloError::NotTls))
+        ));
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01])
+            .await
+            .unwrap();
+        drop(a);
+        assert!(matches!(
+            capture(&mut b).await,
+            Err(CaptureError::Hello(HelloError::Truncated))
+        ));
+    }
+}

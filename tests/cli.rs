@@ -1,0 +1,272 @@
+//! The command line as users run it: `check`, `serve` with graceful
+//! shutdown on SIGTERM, `mock-upstream`, `demo`.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_distill-guard");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("process exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listening on {port}");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/distill-guard.toml"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+#[test]
+fn check_rejects_a_bad_config_with_file_line_col_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\nconect_timeout_ms = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:6:1: upstream", path.display());
+    assert!(err.starts_with(&want), "{err}");
+    assert!(err.contains("unknown field `conect_timeout_ms`"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_open_streams_finish_then_exits_zero() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("dg.toml");
+    std::fs::write(
+        &cfg,
+        basic_config(&format!("http://{}", mock.addr()), "")
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 10000"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child);
+
+    // A stream that takes ~2 s: 40 tokens, 4 per event, 50 ms per token.
+    let mut req = messages_request(
+        &format!("http://127.0.0.1:{port}/v1/messages"),
+        r#"{"model":"m","max_tokens":40,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    req.headers_mut()
+        .insert("x-mock-token-delay-ms", "50".parse().unwrap());
+    let resp = timeout(client().request(req)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = timeout(body.frame()).await.unwrap().unwrap();
+    assert!(first
+        .into_data()
+        .unwrap()
+        .starts_with(b"event: message_start"));
+
+    signal(&child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new connections once shutdown has begun.
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting after SIGTERM"
+    );
+    let mut rest = Vec::new();
+    while let Some(f) = timeout(body.frame()).await {
+        rest.extend_from_slice(
+            &f.expect("stream cut during graceful shutdown")
+                .into_data()
+                .unwrap(),
+        );
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("message_stop"));
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn sigterm_after_the_grace_period_still_exits_zero() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("dg.toml");
+    std::fs::write(
+        &cfg,
+        basic_config(&format!("http://{}", mock.addr()), "")
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 300")
+            .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 60000"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child);
+    // A stream paused for 30 s: longer than the grace period.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = r#"{"model":"m","max_tokens":40,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-mock-pause-after-first-ms: 30000\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let start = Instant::now();
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let mut rest = vec![];
+    let _ = r.read_to_end(&mut rest);
+}
+
+#[test]
+fn demo_serves_the_printed_curl_commands() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut curls = vec![];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curls.len() < 2 && Instant::now() < deadline {
+        let Some(Ok(l)) = lines.next() else { break };
+        if l.trim_start().starts_with("curl ") {
+            curls.push(l.trim().to_string());
+        }
+    }
+    assert_eq!(curls.len(), 2, "demo did not print two curl commands");
+    for (i, c) in curls.iter().enumerate() {
+        let out = Command::new("bash")
+            .args(["-c", &format!("{c} --max-time 10")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        if i == 0 {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "message");
+        } else {
+            assert!(text.contains("event: message_stop"), "{text}");
+        }
+    }
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success());
+}
+
+#[test]
+fn mock_upstream_command_serves_both_apis() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = r#"{"model":"gpt","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"completion_tokens\":3"), "{out}");
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
