@@ -19,6 +19,7 @@ pub fn demo_config(
     cfg.listeners = vec![ListenerConfig {
         address: listen,
         tls: None,
+        proxy_protocol: false,
     }];
     cfg.upstream.scheme = http::uri::Scheme::HTTP;
     cfg.upstream.authority = upstream

@@ -7,7 +7,9 @@
 pub mod config;
 pub mod server;
 pub mod fingerprint;
+pub mod identity;
 pub mod api;
+pub mod engine;
 pub mod proxy;
 pub mod stack;
 pub mod admin;

@@ -22,6 +22,19 @@ pub struct FileConfig {
     /// Client fingerprinting.
     #[serde(default)]
     pub fingerprint: FileFingerprint,
+    /// Who a request belongs to: API key → account id, client IP.
+    #[serde(default)]
+    pub identity: FileIdentity,
+    /// LLM API request inspection.
+    #[serde(default)]
+    pub api: FileApi,
+    /// Quotas by tier (`[tiers.NAME]`); a tier named by `accounts.default_tier`
+    /// must exist.
+    #[serde(default = "default_tiers")]
+    pub tiers: std::collections::BTreeMap<String, FileTier>,
+    /// Which accounts get which tier; memory bounds of account state.
+    #[serde(default)]
+    pub accounts: FileAccounts,
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
@@ -77,6 +90,121 @@ pub struct FileKnownClient {
     pub http: Vec<String>,
 }
 
+/// `[identity]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileIdentity {
+    /// Where the API key is read from, in order: header names; the value
+    /// `"authorization"` means `Authorization: Bearer <key>`.
+    pub key_headers: Vec<String>,
+    /// Environment variable holding the secret of the keyed hash that turns
+    /// a key into an account id (preferred over `hash_secret`).
+    pub hash_secret_env: Option<String>,
+    /// The secret itself, when it may live in this file. With neither set,
+    /// a random per-process secret is used (ids then change on restart).
+    pub hash_secret: Option<String>,
+    /// A request without a key: `"reject"` (401) or `"anonymous"` (limited by
+    /// client IP under `accounts.anonymous_tier`).
+    pub missing_key: String,
+    /// Peers whose `x-forwarded-for` / PROXY protocol header is believed (CIDRs).
+    pub trusted_proxies: Vec<String>,
+    /// Anonymous IPv6 clients are keyed by this prefix length.
+    pub ipv6_key_prefix_len: u8,
+}
+
+impl Default for FileIdentity {
+    fn default() -> Self {
+        Self {
+            key_headers: vec!["x-api-key".into(), "authorization".into()],
+            hash_secret_env: Some("DISTILL_GUARD_HASH_SECRET".into()),
+            hash_secret: None,
+            missing_key: "reject".into(),
+            trusted_proxies: Vec::new(),
+            ipv6_key_prefix_len: 64,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileApi {
+    /// Request bodies of the LLM endpoints up to this size are read and
+    /// inspected before forwarding; larger ones are streamed uninspected and
+    /// counted by size.
+    pub inspect_max_body_bytes: u64,
+}
+
+impl Default for FileApi {
+    fn default() -> Self {
+        Self {
+            inspect_max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// One `[tiers.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTier {
+    /// Requests per minute (sustained).
+    pub requests_per_minute: u64,
+    /// Requests that may arrive at once above the sustained rate.
+    pub burst_requests: u64,
+    /// Estimated prompt tokens per minute.
+    pub input_tokens_per_minute: u64,
+    /// Output tokens per minute, charged after the response (post-paid).
+    pub output_tokens_per_minute: u64,
+    /// Requests in flight at once.
+    pub max_concurrent: u32,
+}
+
+fn default_tiers() -> std::collections::BTreeMap<String, FileTier> {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert(
+        "default".to_string(),
+        FileTier {
+            requests_per_minute: 60,
+            burst_requests: 20,
+            input_tokens_per_minute: 400_000,
+            output_tokens_per_minute: 80_000,
+            max_concurrent: 16,
+        },
+    );
+    m
+}
+
+/// `[accounts]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAccounts {
+    /// Accounts file (TOML `[[account]]` tables or CSV `id,tier,allow`) that
+    /// maps account ids (from `distill-guard hash-key`) to tiers and to
+    /// `allow` (never slowed or blocked by detection).
+    pub file: Option<String>,
+    /// Tier of accounts not in the file.
+    pub default_tier: String,
+    /// Tier of keyless requests when `identity.missing_key = "anonymous"`.
+    pub anonymous_tier: String,
+    /// Accounts whose state is kept at most; beyond it the longest-idle are
+    /// dropped (counted).
+    pub max_tracked: u64,
+    /// Account state idle this long (and owing nothing) is dropped.
+    pub idle_evict_ms: u64,
+}
+
+impl Default for FileAccounts {
+    fn default() -> Self {
+        Self {
+            file: None,
+            default_tier: "default".into(),
+            anonymous_tier: "default".into(),
+            max_tracked: 1_000_000,
+            idle_evict_ms: 600_000,
+        }
+    }
+}
+
 /// One `[[listener]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +214,10 @@ pub struct FileListener {
     /// Terminate TLS on this listener (rustls). Absent: plain TCP (HTTP/1.1
     /// and HTTP/2 with prior knowledge).
     pub tls: Option<FileTls>,
+    /// Expect a PROXY protocol (v1 or v2) header first; believed only from
+    /// peers in `identity.trusted_proxies`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// `[listener.tls]`: PEM files.

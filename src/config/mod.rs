@@ -3,7 +3,9 @@
 //! hold a bad value. Every error names `FILE:LINE:COL: key.path: reason`.
 
 pub mod file;
+pub mod accounts_file;
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,8 +32,97 @@ pub struct Config {
     pub server: ServerConfig,
     /// Client fingerprinting.
     pub fingerprint: FingerprintConfig,
+    /// API keys, account ids, client IPs.
+    pub identity: IdentityConfig,
+    /// LLM request inspection.
+    pub api: ApiConfig,
+    /// Quotas by tier name.
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Account → tier mapping and state bounds.
+    pub accounts: AccountsConfig,
     /// Log output.
     pub logging: LoggingConfig,
+}
+
+/// Where the API key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The whole value of this header.
+    Header(http::HeaderName),
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+}
+
+/// What happens to a request without an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingKey {
+    /// 401 in the API's error shape.
+    Reject,
+    /// Limited by client IP as an anonymous account.
+    Anonymous,
+}
+
+/// Identity settings.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Key sources in order.
+    pub key_sources: Vec<KeySource>,
+    /// Secret of the keyed hash (None: random per process).
+    pub hash_secret: Option<Vec<u8>>,
+    /// Keyless requests.
+    pub missing_key: MissingKey,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// IPv6 prefix length for anonymous keying.
+    pub ipv6_key_prefix_len: u8,
+}
+
+/// Request inspection settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bodies up to this size are inspected.
+    pub inspect_max_body_bytes: u64,
+}
+
+/// One tier's quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierConfig {
+    /// Requests per minute.
+    pub requests_per_minute: u64,
+    /// Request burst.
+    pub burst_requests: u64,
+    /// Input tokens per minute.
+    pub input_tokens_per_minute: u64,
+    /// Output tokens per minute.
+    pub output_tokens_per_minute: u64,
+    /// Requests in flight.
+    pub max_concurrent: u32,
+}
+
+/// One entry of the accounts file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountEntry {
+    /// Tier name (exists in `tiers`).
+    pub tier: String,
+    /// Never slowed or blocked by detection.
+    pub allow: bool,
+}
+
+/// Account settings, with the accounts file loaded.
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    /// The accounts file, if any.
+    pub file: Option<PathBuf>,
+    /// Account id (16 hex digits) → entry.
+    pub entries: HashMap<u64, AccountEntry>,
+    /// Tier of unlisted accounts.
+    pub default_tier: String,
+    /// Tier of anonymous clients.
+    pub anonymous_tier: String,
+    /// State cap.
+    pub max_tracked: usize,
+    /// Idle state lifetime.
+    pub idle_evict: Duration,
 }
 
 /// One listener.
@@ -39,6 +130,8 @@ pub struct Config {
 pub struct ListenerConfig {
     /// Address to bind.
     pub address: SocketAddr,
+    /// A PROXY protocol header comes first (from trusted proxies).
+    pub proxy_protocol: bool,
     /// TLS files when this listener terminates TLS.
     pub tls: Option<TlsFiles>,
 }
@@ -330,7 +423,11 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
                 })
             }
         };
-        listeners.push(ListenerConfig { address, tls });
+        listeners.push(ListenerConfig {
+            address,
+            tls,
+            proxy_protocol: l.proxy_protocol,
+        });
     }
 
     let u = &f.upstream;
@@ -421,6 +518,18 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     };
 
     let fingerprint = validate_fingerprint(&f.fingerprint)?;
+    let identity = validate_identity(&f.identity)?;
+    if f.api.inspect_max_body_bytes == 0 {
+        return Err(invalid(
+            "api.inspect_max_body_bytes",
+            "expected a size in bytes above 0",
+        ));
+    }
+    let api = ApiConfig {
+        inspect_max_body_bytes: f.api.inspect_max_body_bytes,
+    };
+    let tiers = validate_tiers(&f.tiers)?;
+    let accounts = validate_accounts(base, &f.accounts, &tiers)?;
 
     let format = match f.logging.format.as_str() {
         "json" => LogFormat::Json,
@@ -453,7 +562,152 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         limits,
         server,
         fingerprint,
+        identity,
+        api,
+        tiers,
+        accounts,
         logging,
+    })
+}
+
+fn validate_identity(f: &file::FileIdentity) -> Result<IdentityConfig, Invalid> {
+    if f.key_headers.is_empty() {
+        return Err(invalid(
+            "identity.key_headers",
+            "expected at least one header name",
+        ));
+    }
+    let mut key_sources = Vec::with_capacity(f.key_headers.len());
+    for h in &f.key_headers {
+        if h.eq_ignore_ascii_case("authorization") {
+            key_sources.push(KeySource::Bearer);
+        } else {
+            let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                invalid(
+                    "identity.key_headers",
+                    format!("expected header names, got {h:?}"),
+                )
+            })?;
+            key_sources.push(KeySource::Header(name));
+        }
+    }
+    let hash_secret = match (&f.hash_secret_env, &f.hash_secret) {
+        (Some(var), fallback) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+            _ => fallback.as_ref().map(|s| s.clone().into_bytes()),
+        },
+        (None, s) => s.as_ref().map(|s| s.clone().into_bytes()),
+    };
+    if hash_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        return Err(invalid(
+            "identity.hash_secret",
+            "expected a secret of at least 16 bytes",
+        ));
+    }
+    let missing_key = match f.missing_key.as_str() {
+        "reject" => MissingKey::Reject,
+        "anonymous" => MissingKey::Anonymous,
+        other => {
+            return Err(invalid(
+                "identity.missing_key",
+                format!("expected \"reject\" or \"anonymous\", got {other:?}"),
+            ))
+        }
+    };
+    let mut trusted_proxies = Vec::with_capacity(f.trusted_proxies.len());
+    for (i, t) in f.trusted_proxies.iter().enumerate() {
+        let net: ipnet::IpNet = t
+            .parse()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                invalid(
+                    format!("identity.trusted_proxies[{i}]"),
+                    format!("expected a CIDR such as \"10.0.0.0/8\" or an IP, got {t:?}"),
+                )
+            })?;
+        trusted_proxies.push(net.trunc());
+    }
+    if f.ipv6_key_prefix_len > 128 {
+        return Err(invalid("identity.ipv6_key_prefix_len", "expected 0 to 128"));
+    }
+    Ok(IdentityConfig {
+        key_sources,
+        hash_secret,
+        missing_key,
+        trusted_proxies,
+        ipv6_key_prefix_len: f.ipv6_key_prefix_len,
+    })
+}
+
+fn validate_tiers(
+    tiers: &BTreeMap<String, file::FileTier>,
+) -> Result<BTreeMap<String, TierConfig>, Invalid> {
+    let mut out = BTreeMap::new();
+    for (name, t) in tiers {
+        let key = |k: &str| format!("tiers.{name}.{k}");
+        for (k, v) in [
+            ("requests_per_minute", t.requests_per_minute),
+            ("burst_requests", t.burst_requests),
+            ("input_tokens_per_minute", t.input_tokens_per_minute),
+            ("output_tokens_per_minute", t.output_tokens_per_minute),
+            ("max_concurrent", u64::from(t.max_concurrent)),
+        ] {
+            if v == 0 {
+                return Err(invalid(key(k), "expected a number above 0"));
+            }
+        }
+        out.insert(
+            name.clone(),
+            TierConfig {
+                requests_per_minute: t.requests_per_minute,
+                burst_requests: t.burst_requests,
+                input_tokens_per_minute: t.input_tokens_per_minute,
+                output_tokens_per_minute: t.output_tokens_per_minute,
+                max_concurrent: t.max_concurrent,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn validate_accounts(
+    base: &Path,
+    f: &file::FileAccounts,
+    tiers: &BTreeMap<String, TierConfig>,
+) -> Result<AccountsConfig, Invalid> {
+    for (k, t) in [
+        ("accounts.default_tier", &f.default_tier),
+        ("accounts.anonymous_tier", &f.anonymous_tier),
+    ] {
+        if !tiers.contains_key(t) {
+            return Err(invalid(
+                k,
+                format!(
+                    "expected one of the [tiers] ({}), got {t:?}",
+                    tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    if f.max_tracked == 0 {
+        return Err(invalid("accounts.max_tracked", "expected a count above 0"));
+    }
+    let (file, entries) = match &f.file {
+        None => (None, HashMap::new()),
+        Some(p) => {
+            let path = resolve(base, p);
+            let entries = accounts_file::load(&path, tiers)
+                .map_err(|e| invalid("accounts.file", e.to_string()))?;
+            (Some(path), entries)
+        }
+    };
+    Ok(AccountsConfig {
+        file,
+        entries,
+        default_tier: f.default_tier.clone(),
+        anonymous_tier: f.anonymous_tier.clone(),
+        max_tracked: usize::try_from(f.max_tracked).unwrap_or(usize::MAX),
+        idle_evict: nonzero_ms("accounts.idle_evict_ms", f.idle_evict_ms)?,
     })
 }
 

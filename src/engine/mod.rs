@@ -1,0 +1,383 @@
+//! The policy engine: given what is known about a request (an
+//! [`Observation`]) and the time `now`, decide what happens to it; after the
+//! response, settle what it actually cost.
+//!
+//! Pure by design: no I/O, no clock reads, no tokio, no hyper. The proxy
+//! passes the real monotonic clock; `replay`, the benchmarks and the tests
+//! pass virtual time, so a day of traffic replays in seconds and limiter
+//! maths is tested without sleeping.
+//!
+//! Budgets are [`gcra`] cells held per account in [`accounts`]; a tier's
+//! quotas are looked up on every call, so a reloaded policy applies at once
+//! without resetting anyone's state.
+
+pub mod gcra;
+pub mod accounts;
+pub mod policy;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use crate::identity::AccountId;
+use accounts::{AccountState, AccountStore};
+pub use gcra::{Nanos, Rate, SECOND};
+pub use policy::{Policy, Tier};
+
+/// What the engine is told about one request.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// The account (keyed hash of the API key, or of an anonymous prefix).
+    pub account: AccountId,
+    /// No API key: limited as an anonymous client under the anonymous tier.
+    pub anonymous: bool,
+    /// Estimated prompt tokens (0 when the body was not inspected).
+    pub input_tokens: u64,
+}
+
+/// Whose budget a limit belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The account's own (its tier's quotas).
+    Account,
+}
+
+impl Scope {
+    /// Label for headers, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Account => "account",
+        }
+    }
+}
+
+/// Which budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Requests per minute.
+    Requests,
+    /// Estimated prompt tokens per minute.
+    InputTokens,
+    /// Output tokens per minute (post-paid).
+    OutputTokens,
+    /// Requests in flight.
+    Concurrency,
+}
+
+impl LimitKind {
+    /// Label for headers, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::InputTokens => "input_tokens",
+            LimitKind::OutputTokens => "output_tokens",
+            LimitKind::Concurrency => "concurrency",
+        }
+    }
+
+    /// What a person reads in a refusal.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests per minute",
+            LimitKind::InputTokens => "input tokens per minute",
+            LimitKind::OutputTokens => "output tokens per minute",
+            LimitKind::Concurrency => "concurrent requests",
+        }
+    }
+}
+
+/// A budget that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitHit {
+    /// Whose budget.
+    pub scope: Scope,
+    /// Which budget.
+    pub kind: LimitKind,
+    /// When a retry can succeed.
+    pub retry_after: Nanos,
+    /// The quota (None for concurrency).
+    pub quota: Option<Rate>,
+    /// Concurrency cap (for `Concurrency`).
+    pub max_concurrent: u32,
+    /// Units left now.
+    pub remaining: u64,
+    /// Time until the budget is full again.
+    pub reset_after: Nanos,
+}
+
+/// What happens to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward it; settle with the [`Ticket`] afterwards.
+    Allow(Ticket),
+    /// Refuse with 429: a budget is spent.
+    Throttle(LimitHit),
+}
+
+/// Proof of an admitted request, to be settled exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    /// The account.
+    pub account: AccountId,
+    /// Admitted as an anonymous client.
+    pub anonymous: bool,
+    /// Input tokens charged at admission (the estimate).
+    pub input_charged: u64,
+}
+
+/// Engine decision with context for logs and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Name of the account's tier.
+    pub tier: Arc<str>,
+    /// Allow-listed accounts skip detection.
+    pub allow_listed: bool,
+}
+
+/// What an admitted request actually cost, known after the response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens the upstream reported (None: keep the estimate).
+    pub input_tokens: Option<u64>,
+    /// Output tokens (reported or estimated from the streamed text).
+    pub output_tokens: u64,
+}
+
+/// Counters of the engine's own housekeeping.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Account states dropped (idle or over the cap).
+    pub evicted_accounts: AtomicU64,
+    /// Of those, dropped only because of the cap (they were not idle).
+    pub evicted_over_cap: AtomicU64,
+}
+
+/// The policy engine. Shared by all workers (`Sync`); every method takes
+/// `now`.
+pub struct Engine {
+    policy: ArcSwap<Policy>,
+    accounts: AccountStore,
+    next_maintenance: AtomicU64,
+    stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("accounts", &self.accounts.len())
+            .finish()
+    }
+}
+
+/// How often idle state is swept (engine time).
+const MAINTENANCE_INTERVAL: Nanos = 10 * SECOND;
+
+impl Engine {
+    /// An engine with `policy` and no state.
+    pub fn new(policy: Policy) -> Engine {
+        Engine {
+            policy: ArcSwap::from_pointee(policy),
+            accounts: AccountStore::default(),
+            next_maintenance: AtomicU64::new(0),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// Replace the policy; all state (buckets, debts) is kept.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Housekeeping counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Accounts with state held now.
+    pub fn tracked_accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Decide what happens to a request.
+    pub fn decide(&self, obs: &Observation, now: Nanos) -> Decision {
+        self.maybe_maintain(now);
+        let policy = self.policy.load();
+        let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
+        let tier = &policy.tiers[tier_idx];
+        let verdict = self
+            .accounts
+            .with(obs.account, now, |state| admit(state, tier, obs, now));
+        if self.accounts.len() > policy.max_tracked.saturating_add(policy.max_tracked / 8) {
+            self.maintain(now);
+        }
+        Decision {
+            verdict,
+            tier: tier.name.clone(),
+            allow_listed,
+        }
+    }
+
+    /// Settle an admitted request with what it cost. Output tokens are
+    /// charged post-paid (the account may go into debt); the input estimate
+    /// is corrected by what the upstream reported.
+    pub fn settle(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
+        let policy = self.policy.load();
+        let (tier_idx, _) = policy.tier_of(ticket.account, ticket.anonymous);
+        let tier = &policy.tiers[tier_idx];
+        self.accounts.with(ticket.account, now, |s| {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.output.charge(&tier.output, usage.output_tokens, now);
+            if let Some(actual) = usage.input_tokens {
+                if actual > ticket.input_charged {
+                    s.input
+                        .charge(&tier.input, actual - ticket.input_charged, now);
+                } else {
+                    s.input
+                        .refund(&tier.input, ticket.input_charged - actual, now);
+                }
+            }
+        });
+    }
+
+    /// A snapshot of an account's budgets (for the admin API and tests).
+    pub fn account_budgets(&self, account: AccountId, now: Nanos) -> Option<AccountBudgets> {
+        let policy = self.policy.load();
+        let (tier_idx, allow_listed) = policy.tier_of(account, false);
+        let tier = &policy.tiers[tier_idx];
+        self.accounts.peek(account, |s| AccountBudgets {
+            tier: tier.name.clone(),
+            allow_listed,
+            requests_remaining: s.requests.remaining(&tier.requests, now),
+            input_tokens_remaining: s.input.remaining(&tier.input, now),
+            output_tokens_remaining: s.output.remaining(&tier.output, now),
+            output_tokens_debt: s.output.debt(&tier.output, now),
+            in_flight: s.in_flight,
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+        })
+    }
+
+    fn maybe_maintain(&self, now: Nanos) {
+        let due = self.next_maintenance.load(Ordering::Relaxed);
+        if now >= due
+            && self
+                .next_maintenance
+                .compare_exchange(
+                    due,
+                    now + MAINTENANCE_INTERVAL,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.maintain(now);
+        }
+    }
+
+    /// Drop idle account state, and the longest-idle state beyond the cap.
+    pub fn maintain(&self, now: Nanos) {
+        let policy = self.policy.load();
+        let (idle, over_cap) = self
+            .accounts
+            .evict(now, policy.idle_evict, policy.max_tracked);
+        self.stats
+            .evicted_accounts
+            .fetch_add(idle + over_cap, Ordering::Relaxed);
+        self.stats
+            .evicted_over_cap
+            .fetch_add(over_cap, Ordering::Relaxed);
+    }
+}
+
+/// An account's budgets, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountBudgets {
+    /// Tier name.
+    pub tier: Arc<str>,
+    /// Allow-listed.
+    pub allow_listed: bool,
+    /// Requests that would pass now.
+    pub requests_remaining: u64,
+    /// Input tokens left in the burst.
+    pub input_tokens_remaining: u64,
+    /// Output tokens left in the burst.
+    pub output_tokens_remaining: u64,
+    /// Output tokens owed beyond the burst.
+    pub output_tokens_debt: u64,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// First request seen (engine time).
+    pub first_seen: Nanos,
+    /// Last request seen (engine time).
+    pub last_seen: Nanos,
+}
+
+/// The budget checks of one request against one account's state. All
+/// checks run on copies; state changes only when every budget admits.
+fn admit(state: &mut AccountState, tier: &Tier, obs: &Observation, now: Nanos) -> Verdict {
+    let hit = |kind, quota: &Rate, cell: &gcra::Gcra, retry_after| LimitHit {
+        scope: Scope::Account,
+        kind,
+        retry_after,
+        quota: Some(*quota),
+        max_concurrent: tier.max_concurrent,
+        remaining: cell.remaining(quota, now),
+        reset_after: cell.reset_after(now),
+    };
+    if state.in_flight >= tier.max_concurrent {
+        return Verdict::Throttle(LimitHit {
+            scope: Scope::Account,
+            kind: LimitKind::Concurrency,
+            retry_after: SECOND,
+            quota: None,
+            max_concurrent: tier.max_concurrent,
+            remaining: 0,
+            reset_after: SECOND,
+        });
+    }
+    let mut requests = state.requests;
+    if let Err(r) = requests.check(&tier.requests, 1, now) {
+        return Verdict::Throttle(hit(
+            LimitKind::Requests,
+            &tier.requests,
+            &state.requests,
+            r.retry_after,
+        ));
+    }
+    // Token budgets admit while not in debt; the charge may create debt.
+    if let Err(r) = state.input.admits(&tier.input, now) {
+        return Verdict::Throttle(hit(
+            LimitKind::InputTokens,
+            &tier.input,
+            &state.input,
+            r.retry_after,
+        ));
+    }
+    if let Err(r) = state.output.admits(&tier.output, now) {
+        return Verdict::Throttle(hit(
+            LimitKind::OutputTokens,
+            &tier.output,
+            &state.output,
+            r.retry_after,
+        ));
+    }
+    state.requests = requests;
+    state.input.charge(&tier.input, obs.input_tokens, now);
+    state.in_flight += 1;
+    Verdict::Allow(Ticket {
+        account: obs.account,
+        anonymous: obs.anonymous,
+        input_charged: obs.input_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests;
