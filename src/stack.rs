@@ -1,27 +1,36 @@
 //! The request path, in order — the one place that knows it:
 //!
 //! ```text
-//! request id → API kind → fingerprint → body limit → forward upstream
-//!   → response hygiene
+//! request id → API kind → fingerprint → identify → read + inspect body
+//!   → engine.decide → forward upstream → meter response → engine.settle
 //! ```
 //!
 //! Each step is a plain function in its own module; this file only calls them
-//! in sequence and turns any failure into a response in the API's own error
-//! shape. Every response, refusals included, carries `x-request-id`.
+//! in sequence and turns a refusal or failure into a response in the API's
+//! own error shape (see [`crate::proxy::error`]). Every response, refusals
+//! included, carries `x-request-id`.
 
-use http::header::CONTENT_LENGTH;
-use http::{Request, Response};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use tracing::debug;
+use tracing::{debug, info};
 
+use crate::api::inspect::{self, Inspection};
+use crate::api::meter::UsageMeter;
 use crate::api::ApiKind;
-use crate::config::Config;
+use crate::config::{Config, MissingKey};
+use crate::engine::{Engine, Observation, Ticket, Usage, Verdict};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
-use crate::proxy::body::{RequestBody, ResponseBody};
-use crate::proxy::error::{error_response, ProxyError};
+use crate::identity::{self, AccountId};
+use crate::proxy::body::{RequestBody, ResponseBody, ResponseObserver};
+use crate::proxy::error::{error_response, throttle_response, ProxyError};
 use crate::proxy::headers::{self, X_REQUEST_ID};
-use crate::server::{ConnInfo, Worker};
+use crate::server::{Clock, ConnInfo, Worker};
 
 /// Serve one client request.
 pub async fn handle(
@@ -45,42 +54,60 @@ pub async fn handle(
 async fn proxy_request(
     worker: &Worker,
     conn: &ConnInfo,
-    _api: ApiKind,
-    request_id: &http::HeaderValue,
+    api: ApiKind,
+    request_id: &HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let config = worker.shared.config.load();
+    let shared = &worker.shared;
+    let config = shared.config.load();
     let fp = client_fingerprint(&config, conn, &req);
-    let limit = config.limits.max_request_body_bytes;
+    let client_ip = identity::client_ip(
+        conn.client.ip(),
+        req.headers(),
+        &config.identity.trusted_proxies,
+    );
+    let Some((account, anonymous)) = identify(&config, &shared.hasher, client_ip, &req) else {
+        return Err(ProxyError::Unauthorized);
+    };
+
     let (mut parts, body) = req.into_parts();
     forward_fingerprint(&config, &fp, &mut parts.headers);
-    if let Some(len) = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit {
-            return Err(ProxyError::BodyTooLarge(limit));
-        }
-    }
-    let body = if body.is_end_stream() {
-        RequestBody::empty()
-    } else {
-        RequestBody::Stream {
-            prefix: None,
-            rest: body,
-            remaining: limit,
-            limit,
+    let (body, info) = read_body(&config, api, &parts, body).await?;
+    let input_tokens = match &info {
+        Some(Inspection::Parsed(i)) => u64::from(i.input_tokens_estimate),
+        Some(Inspection::NotJson { len }) => (*len as u64).div_ceil(4),
+        None => body_len_hint(&parts.headers, &body).div_ceil(4),
+    };
+
+    let engine = &shared.engine;
+    let obs = Observation {
+        account,
+        anonymous,
+        input_tokens,
+    };
+    let decision = engine.decide(&obs, shared.clock.now());
+    let ticket = match decision.verdict {
+        Verdict::Allow(t) => t,
+        Verdict::Throttle(hit) => {
+            info!(
+                request_id = ?request_id,
+                account = %account,
+                limit = hit.kind.as_str(),
+                scope = hit.scope.as_str(),
+                "throttled"
+            );
+            return Ok(throttle_response(api.error_shape(), &hit));
         }
     };
+    // From here the ticket is settled exactly once, whatever happens.
+    let mut settlement = Settlement::new(engine.clone(), shared.clock, ticket);
 
     let upstream = crate::proxy::forward(
         &worker.client,
         &config.upstream,
         parts,
         body,
-        conn.peer.ip(),
+        client_ip,
         conn.tls,
         request_id,
     )
@@ -88,8 +115,175 @@ async fn proxy_request(
 
     let (mut parts, body) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let body = ResponseBody::upstream(body, config.upstream.idle_timeout, None);
+    if api != ApiKind::Other && parts.status.is_success() {
+        let streaming = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        settlement.meter = Some(UsageMeter::new(api, streaming));
+    }
+    let body = ResponseBody::upstream(
+        body,
+        config.upstream.idle_timeout,
+        Some(Box::new(settlement)),
+    );
     Ok(Response::from_parts(parts, body))
+}
+
+/// The identify step: the account of a request (keyed hash of its API key),
+/// or an anonymous account for its client prefix when allowed; `None` means
+/// the request must be refused with 401.
+fn identify(
+    config: &Config,
+    hasher: &identity::KeyHasher,
+    client_ip: std::net::IpAddr,
+    req: &Request<Incoming>,
+) -> Option<(AccountId, bool)> {
+    let id = &config.identity;
+    if let Some(key) = identity::api_key(req.headers(), &id.key_sources) {
+        return Some((hasher.account_id(key), false));
+    }
+    match id.missing_key {
+        MissingKey::Reject => None,
+        MissingKey::Anonymous => {
+            let prefix = identity::anonymous_prefix(client_ip, id.ipv6_key_prefix_len);
+            Some((hasher.anonymous_id(&prefix), true))
+        }
+    }
+}
+
+/// The body step: enforce the size limit and, for LLM endpoints, read the
+/// body (up to the inspection cap) and inspect it. Bodies over the cap are
+/// streamed on after the part already read, uninspected.
+async fn read_body(
+    config: &Config,
+    api: ApiKind,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<(RequestBody, Option<Inspection>), ProxyError> {
+    let limit = config.limits.max_request_body_bytes;
+    if let Some(len) = content_length(&parts.headers) {
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+    }
+    if body.is_end_stream() {
+        return Ok((RequestBody::empty(), None));
+    }
+    if api == ApiKind::Other || parts.method != Method::POST {
+        return Ok((stream_body(None, body, limit), None));
+    }
+    let cap = config.api.inspect_max_body_bytes.min(limit) as usize;
+    let mut buf = BytesMut::with_capacity(
+        content_length(&parts.headers).map_or(8 * 1024, |l| (l as usize).min(cap)),
+    );
+    let mut body = body;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "reading the request body: {e}"
+                )))
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() as u64 > limit {
+                        return Err(ProxyError::BodyTooLarge(limit));
+                    }
+                    if buf.len() > cap {
+                        // Too big to inspect: forward what was read, then the rest.
+                        let prefix = buf.freeze();
+                        let remaining = limit - prefix.len() as u64;
+                        let rb = RequestBody::Stream {
+                            prefix: Some(prefix),
+                            rest: body,
+                            remaining,
+                            limit,
+                        };
+                        return Ok((rb, None));
+                    }
+                }
+            }
+        }
+    }
+    let bytes: Bytes = buf.freeze();
+    let inspection = inspect::inspect(api, &bytes);
+    Ok((RequestBody::Full(Some(bytes)), Some(inspection)))
+}
+
+fn stream_body(prefix: Option<Bytes>, rest: Incoming, limit: u64) -> RequestBody {
+    RequestBody::Stream {
+        prefix,
+        rest,
+        remaining: limit,
+        limit,
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn body_len_hint(h: &http::HeaderMap, body: &RequestBody) -> u64 {
+    content_length(h).unwrap_or_else(|| body.size_hint().lower())
+}
+
+/// What the engine is owed for an admitted request: settled once, when the
+/// response body ends, fails or is dropped (client gone), with the usage
+/// metered from the stream.
+struct Settlement {
+    engine: Arc<Engine>,
+    clock: Clock,
+    ticket: Option<Ticket>,
+    meter: Option<UsageMeter>,
+}
+
+impl Settlement {
+    fn new(engine: Arc<Engine>, clock: Clock, ticket: Ticket) -> Self {
+        Settlement {
+            engine,
+            clock,
+            ticket: Some(ticket),
+            meter: None,
+        }
+    }
+
+    fn settle(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let usage = match self.meter.take() {
+            Some(m) => {
+                let u = m.finish();
+                Usage {
+                    input_tokens: u.input_tokens.map(u64::from),
+                    output_tokens: u64::from(u.output_tokens),
+                }
+            }
+            None => Usage::default(),
+        };
+        self.engine.settle(&ticket, usage, self.clock.now());
+    }
+}
+
+impl ResponseObserver for Settlement {
+    fn on_data(&mut self, data: &Bytes) {
+        if let Some(m) = self.meter.as_mut() {
+            m.feed(data);
+        }
+    }
+
+    fn on_end(&mut self, _complete: bool) {
+        self.settle();
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 /// The fingerprint step: connection-level parts from the accept path, the
@@ -120,7 +314,7 @@ fn client_fingerprint(
         http,
         h2,
         ip_prefix: Some(fingerprint::network::prefix(
-            conn.peer.ip(),
+            conn.client.ip(),
             fc.ipv4_prefix_len,
             fc.ipv6_prefix_len,
         )),
@@ -160,7 +354,7 @@ fn forward_fingerprint(config: &Config, fp: &ClientFingerprint, headers: &mut ht
     for (name, value) in values {
         let Some(name) = name else { continue };
         headers.remove(name);
-        if let Some(v) = value.and_then(|v| http::HeaderValue::try_from(v).ok()) {
+        if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
             headers.insert(name.clone(), v);
         }
     }

@@ -1,6 +1,8 @@
 //! The command line as users run it: `check`, `serve` with graceful
 //! shutdown on SIGTERM, `mock-upstream`, `demo`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -185,7 +187,7 @@ fn sigterm_after_the_grace_period_still_exits_zero() {
     let body = r#"{"model":"m","max_tokens":40,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     write!(
         s,
-        "POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-mock-pause-after-first-ms: 30000\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\ncontent-type: application/json\r\nx-mock-pause-after-first-ms: 30000\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -2,6 +2,8 @@
 //! (hyper), curl (HTTP/1.1 and HTTP/2) and Python's `ssl`; plus the
 //! ClientHello capture's failure modes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
@@ -77,7 +79,15 @@ fn last_fingerprints(mock: &MockHandle) -> HashMap<String, String> {
 
 fn curl(env: &TlsEnv, extra: &[&str]) -> HashMap<String, String> {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert"])
+        .args([
+            "-sS",
+            "-f",
+            "--max-time",
+            "10",
+            "-H",
+            "x-api-key: curl-key",
+            "--cacert",
+        ])
         .arg(&env.pki.ca_pem)
         .args(extra)
         .args([
@@ -106,7 +116,7 @@ ctx.set_alpn_protocols(["http/1.1"])
 body = {body:?}
 with socket.create_connection(("127.0.0.1", {port})) as raw:
     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-        s.sendall(("POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        s.sendall(("POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: py-key\r\nContent-Type: application/json\r\n"
                    "Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
         data = b""
         while True:

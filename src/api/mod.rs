@@ -1,26 +1,68 @@
-//! LLM API shapes (placeholder until the inspection module lands): which API a
-//! path belongs to, and refusal bodies in that API's own error shape.
+//! Request-path step "classify" (first step of the API layer): tells which LLM
+//! API a request targets from its path, and renders the proxy's own error
+//! replies in that API's JSON error shape with the matching HTTP status.
+//!
+//! The submodules are the API layer's later steps: [`inspect`] (request
+//! inspection and the degrade rewrite, before policy), [`estimate`] (the
+//! token estimator inspection and metering share) and [`meter`]
+//! (incremental usage metering of the response body, after forwarding).
+//!
+//! # Error shapes
+//!
+//! [`error_body`] renders `{"type":"error","error":{"type":T,"message":M}}`
+//! for [`ErrorShape::Anthropic`] and
+//! `{"error":{"message":M,"type":T,"param":null,"code":C}}` for
+//! [`ErrorShape::OpenAi`]. The message is JSON-escaped by `serde_json`.
+//!
+//! | [`ErrorKind`]     | [`status`] | Anthropic `error.type`  | OpenAI `error.type`     | OpenAI `error.code`   |
+//! |-------------------|-----------:|-------------------------|-------------------------|-----------------------|
+//! | `RateLimited`     | 429        | `rate_limit_error`      | `requests`              | `rate_limit_exceeded` |
+//! | `Forbidden`       | 403        | `permission_error`      | `request_forbidden`     | `forbidden`           |
+//! | `Unauthorized`    | 401        | `authentication_error`  | `invalid_request_error` | `invalid_api_key`     |
+//! | `PayloadTooLarge` | 413        | `request_too_large`     | `invalid_request_error` | `request_too_large`   |
+//! | `BadGateway`      | 502        | `api_error`             | `server_error`          | `bad_gateway`         |
+//! | `GatewayTimeout`  | 504        | `api_error`             | `server_error`          | `timeout`             |
+//! | `InvalidRequest`  | 400        | `invalid_request_error` | `invalid_request_error` | `null`                |
+//! | `Overloaded`      | 529 / 503  | `overloaded_error`      | `server_error`          | `overloaded`          |
+//! | `Internal`        | 500        | `api_error`             | `server_error`          | `null`                |
+//!
+//! Anthropic types are the ones its error docs list (`invalid_request_error`,
+//! `authentication_error`, `permission_error`, `not_found_error`,
+//! `request_too_large`, `rate_limit_error`, `api_error`, `overloaded_error`);
+//! a gateway timeout is an `api_error` because no dedicated 504 type is in
+//! that list. OpenAI types/codes follow what its API returns: `requests` +
+//! `rate_limit_exceeded` for 429, `invalid_api_key` for 401,
+//! `request_forbidden` for 403 (its region block), `server_error` for 5xx.
+//! Overloaded is 529 in Anthropic's shape (its documented status) and 503 in
+//! OpenAI's ([`status_for`]); [`status`] alone returns 529.
+
+pub mod estimate;
+pub mod inspect;
+pub mod meter;
 
 use bytes::Bytes;
+use serde::Serialize;
 
-/// Which model API a request path belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The upstream API a request path belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiKind {
-    /// Anthropic Messages API (`/v1/messages`).
+    /// Anthropic Messages API, `POST /v1/messages`.
     Anthropic,
-    /// OpenAI Chat Completions (`/v1/chat/completions`).
+    /// OpenAI Chat Completions, `POST /v1/chat/completions`.
     OpenAiChat,
-    /// OpenAI Responses (`/v1/responses`).
+    /// OpenAI Responses API, `POST /v1/responses`.
     OpenAiResponses,
-    /// Anything else.
+    /// Any other path (forwarded without inspection).
     Other,
 }
 
 impl ApiKind {
-    /// Classify a request path (query ignored).
+    /// Classifies a request path. The query string (`?…`) and fragment
+    /// (`#…`) are ignored; the match is exact otherwise (no trailing slash,
+    /// case-sensitive), so `/v1/messages/count_tokens` is [`ApiKind::Other`].
     pub fn from_path(path: &str) -> ApiKind {
-        let path = path.split('?').next().unwrap_or(path);
-        match path {
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        match path.get(..end).unwrap_or(path) {
             "/v1/messages" => ApiKind::Anthropic,
             "/v1/chat/completions" => ApiKind::OpenAiChat,
             "/v1/responses" => ApiKind::OpenAiResponses,
@@ -28,7 +70,8 @@ impl ApiKind {
         }
     }
 
-    /// The error shape refusals on this API use.
+    /// The error shape clients of this API expect; [`ApiKind::Other`] gets
+    /// Anthropic's.
     pub fn error_shape(self) -> ErrorShape {
         match self {
             ApiKind::OpenAiChat | ApiKind::OpenAiResponses => ErrorShape::OpenAi,
@@ -37,39 +80,69 @@ impl ApiKind {
     }
 }
 
-/// Error body layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// JSON shape of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorShape {
-    /// `{"type":"error","error":{"type":…,"message":…}}`
+    /// `{"type":"error","error":{"type":…,"message":…}}`.
     Anthropic,
-    /// `{"error":{"message":…,"type":…,"param":null,"code":…}}`
+    /// `{"error":{"message":…,"type":…,"param":null,"code":…}}`.
     OpenAi,
 }
 
-/// Why a request is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why the proxy answers with an error (see the table in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// 429.
+    /// Too many requests or tokens (429).
     RateLimited,
-    /// 403.
+    /// The caller is not allowed to do this (403).
     Forbidden,
-    /// 401.
+    /// Missing or invalid credentials (401).
     Unauthorized,
-    /// 413.
+    /// Request body over the size limit (413).
     PayloadTooLarge,
-    /// 502.
+    /// The upstream failed or answered garbage (502).
     BadGateway,
-    /// 504.
+    /// The upstream did not answer in time (504).
     GatewayTimeout,
-    /// 400.
+    /// The request is malformed (400).
     InvalidRequest,
-    /// 503.
+    /// Temporarily over capacity (529 Anthropic shape, 503 OpenAI shape).
     Overloaded,
-    /// 500.
+    /// A bug or unexpected state in the proxy (500).
     Internal,
 }
 
-/// HTTP status for an error kind.
+impl ErrorKind {
+    /// Anthropic `error.type`.
+    fn anthropic_type(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::BadGateway | ErrorKind::GatewayTimeout | ErrorKind::Internal => "api_error",
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Overloaded => "overloaded_error",
+        }
+    }
+
+    /// OpenAI `error.type` and `error.code`.
+    fn openai_type_code(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ErrorKind::RateLimited => ("requests", Some("rate_limit_exceeded")),
+            ErrorKind::Forbidden => ("request_forbidden", Some("forbidden")),
+            ErrorKind::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
+            ErrorKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
+            ErrorKind::BadGateway => ("server_error", Some("bad_gateway")),
+            ErrorKind::GatewayTimeout => ("server_error", Some("timeout")),
+            ErrorKind::InvalidRequest => ("invalid_request_error", None),
+            ErrorKind::Overloaded => ("server_error", Some("overloaded")),
+            ErrorKind::Internal => ("server_error", None),
+        }
+    }
+}
+
+/// HTTP status for an error kind (Anthropic conventions: `Overloaded` is 529).
 pub fn status(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::RateLimited => 429,
@@ -79,53 +152,205 @@ pub fn status(kind: ErrorKind) -> u16 {
         ErrorKind::BadGateway => 502,
         ErrorKind::GatewayTimeout => 504,
         ErrorKind::InvalidRequest => 400,
-        ErrorKind::Overloaded => 503,
+        ErrorKind::Overloaded => 529,
         ErrorKind::Internal => 500,
     }
 }
 
-/// A JSON error body in the API's own shape.
-pub fn error_body(shape: ErrorShape, kind: ErrorKind, message: &str) -> Bytes {
-    let (anthropic_type, openai_type, openai_code) = match kind {
-        ErrorKind::RateLimited => (
-            "rate_limit_error",
-            "rate_limit_exceeded",
-            "rate_limit_exceeded",
-        ),
-        ErrorKind::Forbidden => ("permission_error", "invalid_request_error", "forbidden"),
-        ErrorKind::Unauthorized => (
-            "authentication_error",
-            "invalid_request_error",
-            "invalid_api_key",
-        ),
-        ErrorKind::PayloadTooLarge => (
-            "request_too_large",
-            "invalid_request_error",
-            "request_too_large",
-        ),
-        ErrorKind::BadGateway => ("api_error", "server_error", "bad_gateway"),
-        ErrorKind::GatewayTimeout => ("api_error", "server_error", "timeout"),
-        ErrorKind::InvalidRequest => (
-            "invalid_request_error",
-            "invalid_request_error",
-            "invalid_request",
-        ),
-        ErrorKind::Overloaded => ("overloaded_error", "server_error", "overloaded"),
-        ErrorKind::Internal => ("api_error", "server_error", "internal_error"),
-    };
-    let v = match shape {
-        ErrorShape::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": {"type": anthropic_type, "message": message}
-        }),
-        ErrorShape::OpenAi => serde_json::json!({
-            "error": {"message": message, "type": openai_type, "param": null, "code": openai_code}
-        }),
-    };
-    Bytes::from(v.to_string())
+/// HTTP status for an error kind in a given shape: as [`status`], except
+/// `Overloaded` is 503 in OpenAI's shape (OpenAI never sends 529).
+pub fn status_for(shape: ErrorShape, kind: ErrorKind) -> u16 {
+    match (shape, kind) {
+        (ErrorShape::OpenAi, ErrorKind::Overloaded) => 503,
+        _ => status(kind),
+    }
 }
 
-/// Estimated LLM tokens of a text (placeholder: bytes / 4, rounded up).
-pub fn estimate_tokens(text: &str) -> u32 {
-    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
+#[derive(Serialize)]
+struct AnthropicInner<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    error: AnthropicInner<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiInner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    error: OpenAiInner<'a>,
+}
+
+/// Renders the JSON error body for `kind` in `shape`, with `message`
+/// JSON-escaped (see the table in the module docs). Never panics.
+pub fn error_body(shape: ErrorShape, kind: ErrorKind, message: &str) -> Bytes {
+    let rendered = match shape {
+        ErrorShape::Anthropic => serde_json::to_vec(&AnthropicError {
+            ty: "error",
+            error: AnthropicInner {
+                ty: kind.anthropic_type(),
+                message,
+            },
+        }),
+        ErrorShape::OpenAi => {
+            let (ty, code) = kind.openai_type_code();
+            serde_json::to_vec(&OpenAiError {
+                error: OpenAiInner {
+                    message,
+                    ty,
+                    param: None,
+                    code,
+                },
+            })
+        }
+    };
+    match rendered {
+        Ok(v) => Bytes::from(v),
+        // Serialising borrowed strings cannot fail; keep a valid body anyway.
+        Err(_) => Bytes::from_static(
+            br#"{"type":"error","error":{"type":"api_error","message":"internal error"}}"#,
+        ),
+    }
+}
+
+/// Test helper: best-of-rounds timing of `f` (rough numbers on a shared machine).
+#[cfg(test)]
+pub(crate) fn time_per_call<F: FnMut()>(iters: u32, mut f: F) -> std::time::Duration {
+    let iters = if cfg!(debug_assertions) { 10 } else { iters };
+    (0..7)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed() / iters
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const ALL: [ErrorKind; 9] = [
+        ErrorKind::RateLimited,
+        ErrorKind::Forbidden,
+        ErrorKind::Unauthorized,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::BadGateway,
+        ErrorKind::GatewayTimeout,
+        ErrorKind::InvalidRequest,
+        ErrorKind::Overloaded,
+        ErrorKind::Internal,
+    ];
+
+    #[test]
+    fn paths() {
+        assert_eq!(ApiKind::from_path("/v1/messages"), ApiKind::Anthropic);
+        assert_eq!(
+            ApiKind::from_path("/v1/messages?beta=true"),
+            ApiKind::Anthropic
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/chat/completions"),
+            ApiKind::OpenAiChat
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/chat/completions?x=1#f"),
+            ApiKind::OpenAiChat
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/responses"),
+            ApiKind::OpenAiResponses
+        );
+        assert_eq!(
+            ApiKind::from_path("/v1/responses?"),
+            ApiKind::OpenAiResponses
+        );
+        for p in [
+            "",
+            "/",
+            "?",
+            "/v1/messages/count_tokens",
+            "/v1/messages/",
+            "/V1/messages",
+            "/v1/models",
+            "/v1/responses/resp_1",
+            "v1/messages",
+            "/v1/messagesx",
+        ] {
+            assert_eq!(ApiKind::from_path(p), ApiKind::Other, "{p}");
+        }
+        assert_eq!(ApiKind::Other.error_shape(), ErrorShape::Anthropic);
+        assert_eq!(ApiKind::Anthropic.error_shape(), ErrorShape::Anthropic);
+        assert_eq!(ApiKind::OpenAiChat.error_shape(), ErrorShape::OpenAi);
+        assert_eq!(ApiKind::OpenAiResponses.error_shape(), ErrorShape::OpenAi);
+    }
+
+    #[test]
+    fn statuses() {
+        let got: Vec<u16> = ALL.iter().map(|k| status(*k)).collect();
+        assert_eq!(got, vec![429, 403, 401, 413, 502, 504, 400, 529, 500]);
+        assert_eq!(status_for(ErrorShape::OpenAi, ErrorKind::Overloaded), 503);
+        assert_eq!(
+            status_for(ErrorShape::Anthropic, ErrorKind::Overloaded),
+            529
+        );
+        assert_eq!(status_for(ErrorShape::OpenAi, ErrorKind::RateLimited), 429);
+    }
+
+    #[test]
+    fn anthropic_body() {
+        let msg = "quota \"x\" \\ exceeded\n\u{1}é😀";
+        for k in ALL {
+            let b = error_body(ErrorShape::Anthropic, k, msg);
+            let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["message"], msg);
+            assert_eq!(v["error"]["type"], k.anthropic_type());
+            assert_eq!(v.as_object().map(|o| o.len()), Some(2));
+        }
+        let b = error_body(ErrorShape::Anthropic, ErrorKind::RateLimited, "slow down");
+        assert_eq!(
+            &b[..],
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#
+        );
+    }
+
+    #[test]
+    fn openai_body() {
+        let msg = "</script> \"quoted\" \t tab";
+        for k in ALL {
+            let b = error_body(ErrorShape::OpenAi, k, msg);
+            let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+            let (ty, code) = k.openai_type_code();
+            assert_eq!(v["error"]["message"], msg);
+            assert_eq!(v["error"]["type"], ty);
+            assert_eq!(v["error"]["param"], Value::Null);
+            match code {
+                Some(c) => assert_eq!(v["error"]["code"], c),
+                None => assert_eq!(v["error"]["code"], Value::Null),
+            }
+        }
+        let b = error_body(ErrorShape::OpenAi, ErrorKind::RateLimited, "slow down");
+        assert_eq!(
+            &b[..],
+            br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+        );
+    }
 }

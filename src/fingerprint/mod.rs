@@ -12,6 +12,7 @@ pub mod http;
 pub mod h2;
 pub mod network;
 pub mod consistency;
+pub mod asn;
 
 use std::sync::Arc;
 

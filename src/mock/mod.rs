@@ -4,9 +4,9 @@
 //! that API's real SSE event sequence, with usage counts derived from the
 //! prompt and `max_tokens`.
 //!
-//! Usage rule: `input_tokens` = the estimate of the prompt text
-//! ([`crate::api::estimate_tokens`]); `output_tokens` = `min(max_tokens,
-//! 32 + input_tokens)`, one generated word per token.
+//! Usage rule: `input_tokens` = the proxy's own estimate of the prompt
+//! ([`crate::api::inspect`], so the two agree exactly); `output_tokens` =
+//! `min(max_tokens, 32 + input_tokens)`, one generated word per token.
 //!
 //! Per-request knobs, as request headers (for tests):
 //! `x-mock-latency-ms` (delay before the response head),
@@ -35,7 +35,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::api::estimate_tokens;
+use crate::api::inspect::{inspect, Inspection, RequestInfo};
+use crate::api::ApiKind;
 
 /// Defaults applied to every request (headers can override per request).
 #[derive(Debug, Clone, Default)]
@@ -291,7 +292,7 @@ async fn handle(
         };
         return Ok(json_response(StatusCode::BAD_REQUEST, &v));
     };
-    let plan = Plan::new(api, &req, h, &state.options);
+    let plan = Plan::new(api, &body, &req, h, &state.options);
     if plan.stream {
         Ok(plan.stream_response())
     } else {
@@ -319,66 +320,37 @@ struct Plan {
     token_delay: Duration,
 }
 
-fn prompt_text(api: Api, req: &Value) -> String {
-    fn collect(v: &Value, out: &mut String) {
-        match v {
-            Value::String(s) => {
-                out.push_str(s);
-                out.push('\n');
-            }
-            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
-            Value::Object(o) => {
-                for key in ["text", "content", "input_text"] {
-                    if let Some(x) = o.get(key) {
-                        collect(x, out);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = String::new();
-    let keys: &[&str] = match api {
-        Api::Anthropic => &["system", "messages"],
-        Api::Chat => &["messages"],
-        Api::Responses => &["instructions", "input"],
-    };
-    for k in keys {
-        if let Some(v) = req.get(*k) {
-            collect(v, &mut out);
-        }
-    }
-    out
-}
-
 impl Plan {
-    fn new(api: Api, req: &Value, h: &HeaderMap, opts: &MockOptions) -> Plan {
-        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-            .iter()
-            .find_map(|k| req.get(*k).and_then(Value::as_u64))
-            .unwrap_or(1024)
-            .min(u64::from(u32::MAX)) as u32;
-        let input_tokens = estimate_tokens(&prompt_text(api, req)).max(1);
+    fn new(api: Api, body: &[u8], req: &Value, h: &HeaderMap, opts: &MockOptions) -> Plan {
+        let kind = match api {
+            Api::Anthropic => ApiKind::Anthropic,
+            Api::Chat => ApiKind::OpenAiChat,
+            Api::Responses => ApiKind::OpenAiResponses,
+        };
+        // The same inspection (and token estimator) the proxy uses, so the
+        // mock's input_tokens equal the proxy's estimate.
+        let info = match inspect(kind, body) {
+            Inspection::Parsed(i) => i,
+            Inspection::NotJson { .. } => RequestInfo::default(),
+        };
+        let max_tokens = info.max_output_tokens.unwrap_or(1024);
+        let input_tokens = info.input_tokens_estimate.max(1);
         let natural = 32u32.saturating_add(input_tokens);
         let no_usage = h.get("x-mock-no-usage").is_some_and(|v| v == "1");
         let include_usage = !no_usage
-            && match api {
-                Api::Chat => req
-                    .pointer("/stream_options/include_usage")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-                _ => true,
-            };
+            && (!info.stream
+                || match api {
+                    Api::Chat => req
+                        .pointer("/stream_options/include_usage")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                    _ => true,
+                });
         Plan {
             api,
-            model: req
-                .get("model")
-                .and_then(Value::as_str)
-                .unwrap_or("mock-model")
-                .to_string(),
-            stream: req.get("stream").and_then(Value::as_bool).unwrap_or(false),
-            include_usage: include_usage
-                || (!no_usage && !req.get("stream").and_then(Value::as_bool).unwrap_or(false)),
+            model: info.model.unwrap_or_else(|| "mock-model".to_string()),
+            stream: info.stream,
+            include_usage,
             input_tokens,
             output_tokens: natural.min(max_tokens),
             stop_at_limit: natural >= max_tokens,
@@ -567,7 +539,14 @@ mod tests {
     use super::*;
 
     fn plan(api: Api, req: Value) -> Plan {
-        Plan::new(api, &req, &HeaderMap::new(), &MockOptions::default())
+        let body = req.to_string();
+        Plan::new(
+            api,
+            body.as_bytes(),
+            &req,
+            &HeaderMap::new(),
+            &MockOptions::default(),
+        )
     }
 
     #[test]

@@ -21,12 +21,13 @@ pub enum CaptureError {
     Io(io::Error),
 }
 
-/// Read from `stream` until a whole ClientHello is buffered. Returns the
-/// bytes read (possibly more than the hello) and the hello's JA4.
+/// Read from `stream` until a whole ClientHello is buffered, starting with
+/// the bytes already in `buf`. Returns all bytes read (possibly more than
+/// the hello) and the hello's JA4.
 pub async fn capture<S: AsyncRead + Unpin>(
     stream: &mut S,
+    mut buf: BytesMut,
 ) -> Result<(BytesMut, Ja4Fingerprint), CaptureError> {
-    let mut buf = BytesMut::with_capacity(2048);
     loop {
         match tls::client_hello_progress(&buf, tls::MAX_CLIENT_HELLO_LEN) {
             HelloProgress::Complete { len } => {
@@ -39,6 +40,31 @@ pub async fn capture<S: AsyncRead + Unpin>(
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(4096);
                 }
+                let n = stream.read_buf(&mut buf).await.map_err(CaptureError::Io)?;
+                if n == 0 {
+                    return Err(CaptureError::Hello(HelloError::Truncated));
+                }
+            }
+        }
+    }
+}
+
+/// Read a PROXY protocol (v1/v2) header from the start of `stream`. Returns
+/// the client address it announces (None for LOCAL/UNKNOWN) and the bytes
+/// read past the header.
+pub async fn proxy_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Option<std::net::SocketAddr>, BytesMut), CaptureError> {
+    use crate::identity::proxy_protocol::{parse, Parsed};
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        match parse(&buf) {
+            Parsed::Header { len, source } => {
+                let rest = buf.split_off(len);
+                return Ok((source, rest));
+            }
+            Parsed::Invalid => return Err(CaptureError::Hello(HelloError::Malformed)),
+            Parsed::NeedMore => {
                 let n = stream.read_buf(&mut buf).await.map_err(CaptureError::Io)?;
                 if n == 0 {
                     return Err(CaptureError::Hello(HelloError::Truncated));
@@ -137,7 +163,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            capture(&mut b).await,
+            capture(&mut b, BytesMut::new()).await,
             Err(CaptureError::Hello(HelloError::NotTls))
         ));
         let (mut a, mut b) = tokio::io::duplex(64);
@@ -146,7 +172,7 @@ mod tests {
             .unwrap();
         drop(a);
         assert!(matches!(
-            capture(&mut b).await,
+            capture(&mut b, BytesMut::new()).await,
             Err(CaptureError::Hello(HelloError::Truncated))
         ));
     }

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::admin::metrics::{ConnReject, Metrics};
 use crate::config::Config;
+use crate::engine::{Engine, Nanos, Policy};
 use crate::fingerprint::Ja4Fingerprint;
+use crate::identity::{self, KeyHasher};
 use crate::proxy::{self, UpstreamClient};
 use crate::stack;
 
@@ -67,6 +69,38 @@ pub struct Shared {
     pub metrics: Metrics,
     /// rustls settings for the upstream.
     upstream_tls: Arc<rustls::ClientConfig>,
+    /// The policy engine.
+    pub engine: Arc<Engine>,
+    /// API key → account id.
+    pub hasher: KeyHasher,
+    /// The engine's clock: monotonic nanoseconds since start.
+    pub clock: Clock,
+}
+
+/// Monotonic time for the engine (which never reads a clock itself).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Clock {
+        Clock {
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the clock started.
+    pub fn now(&self) -> Nanos {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
 }
 
 /// Per-worker state: lives on one thread's runtime.
@@ -83,6 +117,8 @@ pub struct Worker {
 pub struct ConnInfo {
     /// The socket peer.
     pub peer: SocketAddr,
+    /// The client: the peer, or the source a trusted PROXY header announced.
+    pub client: SocketAddr,
     /// The local address it arrived on.
     pub local: SocketAddr,
     /// Whether TLS was terminated here.
@@ -96,6 +132,7 @@ pub struct ConnInfo {
 struct Listener {
     tcp: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    proxy_protocol: bool,
 }
 
 /// A running proxy: its bound addresses and the way to stop it.
@@ -153,17 +190,28 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
                 })?,
             ),
         };
-        bound.push((tcp, tls));
+        bound.push((tcp, tls, l.proxy_protocol));
     }
     let addrs = bound
         .iter()
-        .map(|(t, _)| t.local_addr())
+        .map(|(t, _, _)| t.local_addr())
         .collect::<Result<Vec<_>, _>>()
         .map_err(ServerError::Worker)?;
 
     let upstream_tls = proxy::upstream_tls(&config.upstream)?;
     let workers = config.server.workers.max(1);
+    let hasher = match &config.identity.hash_secret {
+        Some(secret) => KeyHasher::new(secret),
+        None => {
+            warn!("no identity hash secret configured: account ids change on every restart");
+            KeyHasher::random()
+        }
+    };
+    let engine = Arc::new(Engine::new(Policy::from_config(&config)));
     let shared = Arc::new(Shared {
+        engine,
+        hasher,
+        clock: Clock::new(),
         conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         metrics: Metrics::default(),
         upstream_tls,
@@ -174,9 +222,9 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
     let mut threads = Vec::with_capacity(workers);
     for n in 0..workers {
         let mut listeners = Vec::with_capacity(bound.len());
-        for (tcp, tls) in &bound {
+        for (tcp, tls, pp) in &bound {
             let tcp = tcp.try_clone().map_err(ServerError::Worker)?;
-            listeners.push((tcp, tls.clone()));
+            listeners.push((tcp, tls.clone(), *pp));
         }
         let shared = shared.clone();
         let shutdown = shutdown_rx.clone();
@@ -220,13 +268,21 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 async fn worker_main(
     shared: Arc<Shared>,
     client: UpstreamClient,
-    std_listeners: Vec<(std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>,
+    std_listeners: Vec<(
+        std::net::TcpListener,
+        Option<Arc<rustls::ServerConfig>>,
+        bool,
+    )>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut listeners = Vec::with_capacity(std_listeners.len());
-    for (tcp, tls) in std_listeners {
+    for (tcp, tls, proxy_protocol) in std_listeners {
         match TcpListener::from_std(tcp) {
-            Ok(tcp) => listeners.push(Listener { tcp, tls }),
+            Ok(tcp) => listeners.push(Listener {
+                tcp,
+                tls,
+                proxy_protocol,
+            }),
             Err(e) => warn!(error = %e, "worker cannot register listener"),
         }
     }
@@ -252,11 +308,12 @@ async fn worker_main(
                     continue;
                 };
                 let tls = listeners[i].tls.clone();
+                let proxy_protocol = listeners[i].proxy_protocol;
                 tokio::spawn(serve_connection(
                     worker.clone(),
                     stream,
                     peer,
-                    tls,
+                    (tls, proxy_protocol),
                     graceful.watcher(),
                     permit,
                 ));
@@ -301,93 +358,168 @@ async fn serve_connection(
     worker: Arc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    (tls, proxy_protocol): (Option<Arc<rustls::ServerConfig>>, bool),
     watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = &worker.shared.metrics;
     metrics.conn_opened();
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
     let deadline = worker.shared.config.load().limits.handshake_timeout;
-    let conn = ConnInfo {
+    let trusted = proxy_protocol && {
+        let config = worker.shared.config.load();
+        identity::is_trusted(peer.ip(), &config.identity.trusted_proxies)
+    };
+    let is_tls = tls.is_some();
+    let accepted = tokio::time::timeout(deadline, accept_io(stream, peer, tls, trusted)).await;
+    match accepted {
+        Ok(Ok((io, conn))) => {
+            let (io, tap) = tap::Tapped::new(io);
+            let conn = ConnInfo {
+                tap: Some(tap),
+                ..conn
+            };
+            serve_http(worker.clone(), TokioIo::new(io), conn, watcher).await;
+        }
+        Ok(Err(reason)) => {
+            debug!(%peer, ?reason, "connection closed before HTTP");
+            metrics.conn_rejected(reason);
+        }
+        Err(_) => {
+            debug!(%peer, tls = is_tls, "handshake deadline passed");
+            metrics.conn_rejected(ConnReject::HandshakeTimeout);
+        }
+    }
+    metrics.conn_closed();
+}
+
+/// Plain or TLS-terminated client bytes.
+enum ClientIo {
+    Plain(hello::Rewind<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<hello::Rewind<TcpStream>>>),
+}
+
+/// Everything before HTTP: an optional PROXY header (only from a trusted
+/// peer), then either the first client bytes (plain) or the ClientHello
+/// capture and TLS handshake.
+async fn accept_io(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    read_proxy_header: bool,
+) -> Result<(ClientIo, ConnInfo), ConnReject> {
+    let local = stream.local_addr().unwrap_or(peer);
+    let hello_err = |e| match e {
+        hello::CaptureError::Hello(h) => ConnReject::Hello(h),
+        hello::CaptureError::Io(_) => ConnReject::Io,
+    };
+    let (client, buffered) = if read_proxy_header {
+        let (source, rest) = hello::proxy_header(&mut stream).await.map_err(hello_err)?;
+        (source.unwrap_or(peer), rest)
+    } else {
+        (peer, bytes::BytesMut::new())
+    };
+    let mut conn = ConnInfo {
         peer,
+        client,
         local,
         tls: tls.is_some(),
         ja4: None,
         tap: None,
     };
     match tls {
-        Some(tls_config) => {
-            match tokio::time::timeout(deadline, tls_handshake(stream, tls_config)).await {
-                Ok(Ok((tls_stream, ja4))) => {
-                    let (io, tap) = tap::Tapped::new(tls_stream);
-                    let conn = ConnInfo {
-                        ja4: Some(ja4),
-                        tap: Some(tap),
-                        ..conn
-                    };
-                    serve_http(worker.clone(), TokioIo::new(io), conn, watcher).await;
-                }
-                Ok(Err(reason)) => {
-                    debug!(%peer, ?reason, "connection closed before TLS completed");
-                    metrics.conn_rejected(reason);
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake deadline passed");
-                    metrics.conn_rejected(ConnReject::HandshakeTimeout);
-                }
-            }
+        Some(config) => {
+            let (buffered, ja4) = hello::capture(&mut stream, buffered)
+                .await
+                .map_err(hello_err)?;
+            conn.ja4 = Some(ja4);
+            let rewind = hello::Rewind::new(buffered, stream);
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), rewind)
+                .await
+                .map_err(|_| ConnReject::TlsHandshake)?;
+            let tls = start
+                .into_stream(config)
+                .await
+                .map_err(|_| ConnReject::TlsHandshake)?;
+            Ok((ClientIo::Tls(Box::new(tls)), conn))
         }
         None => {
-            // A client must say something before the deadline; hyper's own
-            // header timeout only starts once HTTP/1 is chosen.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    let (io, tap) = tap::Tapped::new(stream);
-                    let conn = ConnInfo {
-                        tap: Some(tap),
-                        ..conn
-                    };
-                    serve_http(worker.clone(), TokioIo::new(io), conn, watcher).await;
-                }
-                Ok(_) => metrics.conn_rejected(ConnReject::Io),
-                Err(_) => {
-                    debug!(%peer, "no bytes before the handshake deadline");
-                    metrics.conn_rejected(ConnReject::HandshakeTimeout);
+            if buffered.is_empty() {
+                // A client must say something before the deadline; hyper's
+                // own header timeout only starts once HTTP/1 is chosen.
+                let mut first = [0u8; 1];
+                match stream.peek(&mut first).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(ConnReject::Io),
                 }
             }
+            Ok((ClientIo::Plain(hello::Rewind::new(buffered, stream)), conn))
         }
     }
-    metrics.conn_closed();
 }
 
-/// Capture and fingerprint the ClientHello, then hand the same bytes to
-/// rustls.
-async fn tls_handshake(
-    mut stream: TcpStream,
-    config: Arc<rustls::ServerConfig>,
-) -> Result<
-    (
-        tokio_rustls::server::TlsStream<hello::Rewind<TcpStream>>,
-        Ja4Fingerprint,
-    ),
-    ConnReject,
-> {
-    let (buffered, ja4) = hello::capture(&mut stream).await.map_err(|e| match e {
-        hello::CaptureError::Hello(h) => ConnReject::Hello(h),
-        hello::CaptureError::Io(_) => ConnReject::Io,
-    })?;
-    let rewind = hello::Rewind::new(buffered, stream);
-    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), rewind)
-        .await
-        .map_err(|_| ConnReject::TlsHandshake)?;
-    let tls = start
-        .into_stream(config)
-        .await
-        .map_err(|_| ConnReject::TlsHandshake)?;
-    Ok((tls, ja4))
+impl tokio::io::AsyncRead for ClientIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientIo::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Plain(s) => s.is_write_vectored(),
+            ClientIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, watcher: Watcher)
