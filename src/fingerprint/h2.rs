@@ -428,7 +428,8 @@ impl H2Tap {
                     && if f.flags & FLAG_ACK != 0 {
                         f.len == 0
                     } else {
-                        f.len.is_multiple_of(6) && (self.settings.is_some() || f.len <= MAX_SETTINGS * 6)
+                        f.len.is_multiple_of(6)
+                            && (self.settings.is_some() || f.len <= MAX_SETTINGS * 6)
                     }
             }
             TYPE_WINDOW_UPDATE => f.len == 4,
