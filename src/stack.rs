@@ -38,17 +38,42 @@ pub async fn handle(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let started = std::time::Instant::now();
     let request_id = headers::request_id(req.headers());
     let api = ApiKind::from_path(req.uri().path());
-    let mut resp = match proxy_request(worker, conn, api, &request_id, req).await {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut log = AccessLog::default();
+    let mut resp = match proxy_request(worker, conn, api, &request_id, req, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             debug!(request_id = ?request_id, error = %e, "request failed");
+            log.decision = e.kind().label();
             error_response(api.error_shape(), e.kind(), &e.client_message())
         }
     };
+    // One access line per request; the account is its keyed hash, never the key.
+    info!(
+        target: "distill_guard::access",
+        request_id = ?request_id,
+        client = %conn.client.ip(),
+        method = %method,
+        path = %path,
+        account = log.account.map(|a| a.to_string()).unwrap_or_default(),
+        decision = log.decision,
+        status = resp.status().as_u16(),
+        head_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
+}
+
+/// What the access line reports about a request.
+#[derive(Debug, Default)]
+struct AccessLog {
+    account: Option<AccountId>,
+    decision: &'static str,
 }
 
 async fn proxy_request(
@@ -57,6 +82,7 @@ async fn proxy_request(
     api: ApiKind,
     request_id: &HeaderValue,
     req: Request<Incoming>,
+    log: &mut AccessLog,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let shared = &worker.shared;
     let config = shared.config.load();
@@ -69,6 +95,7 @@ async fn proxy_request(
     let Some((account, anonymous)) = identify(&config, &shared.hasher, client_ip, &req) else {
         return Err(ProxyError::Unauthorized);
     };
+    log.account = Some(account);
 
     let (mut parts, body) = req.into_parts();
     forward_fingerprint(&config, &fp, &mut parts.headers);
@@ -87,9 +114,13 @@ async fn proxy_request(
     };
     let decision = engine.decide(&obs, shared.clock.now());
     let ticket = match decision.verdict {
-        Verdict::Allow(t) => t,
+        Verdict::Allow(t) => {
+            log.decision = "allow";
+            t
+        }
         Verdict::Throttle(hit) => {
-            info!(
+            log.decision = "throttle";
+            debug!(
                 request_id = ?request_id,
                 account = %account,
                 limit = hit.kind.as_str(),
@@ -107,7 +138,7 @@ async fn proxy_request(
         &config.upstream,
         parts,
         body,
-        client_ip,
+        conn.client.ip(),
         conn.tls,
         request_id,
     )

@@ -113,6 +113,21 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Stable snake_case label (logs, metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::BadGateway => "bad_gateway",
+            ErrorKind::GatewayTimeout => "gateway_timeout",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
     /// Anthropic `error.type`.
     fn anthropic_type(self) -> &'static str {
         match self {

@@ -11,7 +11,9 @@
 //! Per-request knobs, as request headers (for tests):
 //! `x-mock-latency-ms` (delay before the response head),
 //! `x-mock-pause-after-first-ms` (pause after the first SSE event),
-//! `x-mock-token-delay-ms` (delay per streamed token), `x-mock-status`
+//! `x-mock-token-delay-ms` (delay per streamed token),
+//! `x-mock-output-tokens` (output length instead of the rule above, still
+//! capped by `max_tokens`), `x-mock-status`
 //! (answer with this status and an error body), `x-mock-no-usage: 1` (omit
 //! usage fields). `GET /mock/requests` returns the last requests received
 //! (method, path, headers, body) as JSON.
@@ -335,7 +337,10 @@ impl Plan {
         };
         let max_tokens = info.max_output_tokens.unwrap_or(1024);
         let input_tokens = info.input_tokens_estimate.max(1);
-        let natural = 32u32.saturating_add(input_tokens);
+        let natural = h
+            .get("x-mock-output-tokens")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+            .unwrap_or_else(|| 32u32.saturating_add(input_tokens));
         let no_usage = h.get("x-mock-no-usage").is_some_and(|v| v == "1");
         let include_usage = !no_usage
             && (!info.stream

@@ -51,16 +51,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Prepare request headers for the upstream: hop-by-hop and `host` removed
 /// (the client sets the upstream's), `x-forwarded-for` extended with the
-/// client's address, `x-forwarded-proto` and `x-request-id` set.
+/// address of the peer that connected (or the PROXY-protocol source), `x-forwarded-proto` and `x-request-id` set.
 pub fn prepare_upstream_request(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    peer_ip: IpAddr,
     tls: bool,
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
     headers.remove(HOST);
-    let ip = client_ip.to_string();
+    let ip = peer_ip.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,

@@ -121,13 +121,13 @@ pub async fn forward(
     cfg: &UpstreamConfig,
     mut parts: http::request::Parts,
     body: RequestBody,
-    client_ip: IpAddr,
+    peer_ip: IpAddr,
     tls: bool,
     request_id: &HeaderValue,
 ) -> Result<Response<Incoming>, ProxyError> {
     parts.uri = upstream_uri(cfg, &parts.uri)?;
     parts.version = Version::HTTP_11;
-    headers::prepare_upstream_request(&mut parts.headers, client_ip, tls, request_id);
+    headers::prepare_upstream_request(&mut parts.headers, peer_ip, tls, request_id);
     let req = Request::from_parts(parts, body);
     match tokio::time::timeout(cfg.first_byte_timeout, client.request(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout(cfg.first_byte_timeout)),

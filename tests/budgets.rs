@@ -1,0 +1,336 @@
+//! Accounts and budgets end to end: request-rate and post-paid output-token
+//! limits through the proxy to the mock upstream, well-formed refusals,
+//! trusted proxies, PROXY protocol, and keys kept out of logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use support::*;
+
+fn tier(rpm: u64, burst: u64, out_tpm: u64) -> String {
+    format!(
+        "[tiers.default]\nrequests_per_minute = {rpm}\nburst_requests = {burst}\n\
+         input_tokens_per_minute = 10000000\noutput_tokens_per_minute = {out_tpm}\nmax_concurrent = 8\n"
+    )
+}
+
+fn keyed(url: &str, key: &str, body: &str) -> Request<Full<Bytes>> {
+    let mut r = messages_request(url, body);
+    r.headers_mut().insert("x-api-key", key.parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_request_rate_is_a_well_formed_429_and_other_accounts_are_unaffected() {
+    let env = Env::start(&tier(60, 2, 1_000_000));
+    let c = client();
+    for _ in 0..2 {
+        let r = timeout(c.request(keyed(&env.url("/v1/messages"), "sk-a", SMALL_MESSAGE)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = body_json(r).await;
+    }
+    let r = timeout(c.request(keyed(&env.url("/v1/messages"), "sk-a", SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let h = r.headers().clone();
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(h["ratelimit-policy"], "\"account-requests\";q=60;w=60");
+    let rl = h["ratelimit"].to_str().unwrap();
+    assert!(rl.starts_with("\"account-requests\";r=0;t="), "{rl}");
+    assert_eq!(h["content-type"], "application/json");
+    assert!(h.contains_key("x-request-id"));
+    let v = body_json(r).await;
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("account") && msg.contains("requests per minute"),
+        "{msg}"
+    );
+
+    // OpenAI shape on the OpenAI path.
+    let r = timeout(c.request(keyed(
+        &env.url("/v1/chat/completions"),
+        "sk-a",
+        SMALL_MESSAGE,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 429);
+    let v = body_json(r).await;
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert!(v["error"]["message"].is_string());
+
+    // Another account is unaffected.
+    let r = timeout(c.request(keyed(&env.url("/v1/messages"), "sk-b", SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // After retry-after, the first account is served again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = timeout(c.request(keyed(&env.url("/v1/messages"), "sk-a", SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Stream `output_tokens` tokens; returns the concatenated body.
+async fn stream(env: &Env, path: &str, key: &str, output_tokens: u32) -> (u16, String) {
+    let body = format!(
+        r#"{{"model":"m","max_tokens":100000,"stream":true,"stream_options":{{"include_usage":true}},"messages":[{{"role":"user","content":"write"}}]}}"#
+    );
+    let mut req = keyed(&env.url(path), key, &body);
+    req.headers_mut()
+        .insert("x-mock-output-tokens", output_tokens.into());
+    let r = timeout(client().request(req)).await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = timeout(r.into_body().collect()).await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn output_debt_case(path: &str, end_marker: &str) {
+    // 6000 output tokens per minute: 100 per second, burst 6000.
+    let env = Env::start(&tier(1000, 1000, 6000));
+    // One stream of 6300 tokens runs 300 past the budget: it completes.
+    let (status, text) = stream(&env, path, "sk-streamer", 6300).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(end_marker),
+        "stream was cut: ...{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    // The debt (300 tokens = 3 s) refuses the next request...
+    let start = Instant::now();
+    let r = timeout(client().request(keyed(&env.url(path), "sk-streamer", SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3..=4).contains(&retry), "retry-after {retry}");
+    assert!(r.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"account-output_tokens\";q=6000;w=60"));
+    let v = body_json(r).await;
+    let msg = v.to_string();
+    assert!(msg.contains("output tokens per minute"), "{msg}");
+    // ...other accounts are served...
+    let r = timeout(client().request(keyed(&env.url(path), "sk-other", SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // ...and once the debt is repaid the account is served again.
+    tokio::time::sleep(Duration::from_secs(retry).saturating_sub(start.elapsed())).await;
+    let r = timeout(client().request(keyed(&env.url(path), "sk-streamer", SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_past_the_output_budget_completes_then_the_debt_refuses() {
+    output_debt_case("/v1/messages", "message_stop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_past_the_output_budget_completes_then_the_debt_refuses_openai() {
+    output_debt_case("/v1/chat/completions", "[DONE]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_key_is_a_401_in_the_api_shape() {
+    let env = Env::start("");
+    let mut req = messages_request(&env.url("/v1/messages"), SMALL_MESSAGE);
+    req.headers_mut().remove("x-api-key");
+    let r = timeout(client().request(req)).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v = body_json(r).await;
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let mut req = messages_request(&env.url("/v1/chat/completions"), SMALL_MESSAGE);
+    req.headers_mut().remove("x-api-key");
+    req.headers_mut()
+        .insert("authorization", "Bearer sk-works".parse().unwrap());
+    let r = timeout(client().request(req)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn anon_status(env: &Env, xff: &str) -> u16 {
+    let mut req = messages_request(&env.url("/v1/messages"), SMALL_MESSAGE);
+    req.headers_mut().remove("x-api-key");
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    let r = timeout(client().request(req)).await.unwrap();
+    r.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    // Anonymous clients are keyed by IP, one request per minute.
+    let anon = format!(
+        "{}[identity]\nmissing_key = \"anonymous\"\n",
+        tier(1, 1, 1_000_000)
+    );
+    let env = Env::start(&anon);
+    assert_eq!(anon_status(&env, "198.51.100.1").await, 200);
+    // A different claimed client from the same untrusted peer: same bucket.
+    assert_eq!(anon_status(&env, "198.51.100.2").await, 429);
+
+    let trusted = format!("{anon}trusted_proxies = [\"127.0.0.1/32\"]\n");
+    let env = Env::start(&trusted);
+    assert_eq!(anon_status(&env, "198.51.100.1").await, 200);
+    assert_eq!(anon_status(&env, "198.51.100.2").await, 200);
+    assert_eq!(anon_status(&env, "198.51.100.1").await, 429);
+    // The upstream sees the hop chain with the client first.
+    let last = env.mock.requests().last().unwrap().clone();
+    let xff = &last
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-forwarded-for")
+        .unwrap()
+        .1;
+    assert_eq!(xff, "198.51.100.2, 127.0.0.1");
+}
+
+#[test]
+fn proxy_protocol_from_a_trusted_peer_sets_the_client() {
+    // A listener with proxy_protocol on, behind a trusted (loopback) balancer.
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        "[identity]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    )
+    .replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\nproxy_protocol = true",
+    );
+    let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
+    let mut s = TcpStream::connect(proxy.local_addrs()[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "PROXY TCP4 203.0.113.77 127.0.0.1 40000 443\r\nPOST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+        SMALL_MESSAGE.len(),
+        SMALL_MESSAGE
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let last = mock.requests().last().unwrap().clone();
+    let xff = &last
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-forwarded-for")
+        .unwrap()
+        .1;
+    assert_eq!(xff, "203.0.113.77");
+    proxy.shutdown();
+}
+
+#[test]
+fn api_keys_never_appear_in_logs() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("dg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}[logging]\nformat = \"json\"\nlevel = \"trace\"\n",
+            basic_config(&format!("http://{}", mock.addr()), "")
+                .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            tier(60, 1, 1_000_000)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill-guard"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("DISTILL_GUARD_HASH_SECRET", "test-secret-0123456789abcdef")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    const KEY: &str = "sk-ant-VERY-SECRET-KEY-4242";
+    for (hdr, path) in [
+        ("x-api-key", "/v1/messages"),
+        ("x-api-key", "/v1/messages"), // throttled
+        ("authorization", "/v1/chat/completions"),
+    ] {
+        let value = if hdr == "authorization" {
+            format!("Bearer {KEY}")
+        } else {
+            KEY.to_string()
+        };
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nhost: x\r\n{hdr}: {value}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            SMALL_MESSAGE.len(),
+            SMALL_MESSAGE
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.1 429"),
+            "{out}"
+        );
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        logs.contains("\"decision\":\"throttle\""),
+        "no access lines in:\n{logs}"
+    );
+    assert!(
+        !logs.contains("VERY-SECRET"),
+        "the API key leaked into the logs"
+    );
+    // The account id (keyed hash) is what the logs carry.
+    let hasher = distill_guard::identity::KeyHasher::new(b"test-secret-0123456789abcdef");
+    let id = hasher.account_id(KEY.as_bytes()).to_string();
+    assert!(
+        logs.contains(&id),
+        "account id {id} not in the access lines"
+    );
+}
