@@ -48,6 +48,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         token_delay_ms: u64,
     },
+    /// Print the account id (keyed hash) of an API key, for the accounts
+    /// file. The key is read from standard input (one per line) unless given.
+    HashKey {
+        /// The config whose `[identity]` hash secret to use.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The key (avoid: it lands in shell history); default: stdin.
+        key: Option<String>,
+    },
+    /// JA4 of TLS ClientHello records given as hex (`-` or nothing: one per
+    /// line on stdin); one JSON object per input.
+    Fingerprint {
+        /// A TLS record as hex, or `-` for stdin.
+        #[arg(long = "client-hello", default_value = "-")]
+        client_hello: String,
+    },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
         /// Address the proxy listens on.
@@ -142,6 +158,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_for_signal()?;
             m.stop();
             Ok(ExitCode::SUCCESS)
+        }
+        Command::HashKey { config, key } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let Some(secret) = cfg.identity.hash_secret else {
+                eprintln!(
+                    "{}: no [identity] hash secret (set the environment variable named by \
+                     identity.hash_secret_env, or identity.hash_secret): ids would change on \
+                     every restart",
+                    config.display()
+                );
+                return Ok(ExitCode::FAILURE);
+            };
+            let hasher = distill_guard::identity::KeyHasher::new(&secret);
+            let keys: Vec<String> = match key {
+                Some(k) => vec![k],
+                None => std::io::stdin()
+                    .lines()
+                    .collect::<Result<_, _>>()
+                    .context("reading keys from stdin")?,
+            };
+            for k in keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
+                println!("{}", hasher.account_id(k.as_bytes()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fingerprint { client_hello } => {
+            let inputs: Vec<String> = if client_hello == "-" {
+                std::io::stdin()
+                    .lines()
+                    .collect::<Result<_, _>>()
+                    .context("reading stdin")?
+            } else {
+                vec![client_hello]
+            };
+            let mut failed = false;
+            for line in inputs.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+                let out = distill_guard::fingerprint::tls::ja4_json(line);
+                failed |= out.get("error").is_some();
+                println!("{out}");
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Demo { listen } => {
             init_logging(LogFormat::Text, "info");

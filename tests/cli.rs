@@ -272,3 +272,81 @@ fn mock_upstream_command_serves_both_apis() {
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+#[test]
+fn fingerprint_command_reproduces_vectors_and_reports_bad_lines() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/testdata/ja4/client_hellos.jsonl"
+    ))
+    .unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .take(20)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut input: String = lines
+        .iter()
+        .map(|v| format!("{}\n", v["record_hex"].as_str().unwrap()))
+        .collect();
+    input.push_str("not hex\n16030100\n");
+    let mut child = Command::new(BIN)
+        .arg("fingerprint")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "bad lines must make the exit status non-zero");
+    let got: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), lines.len() + 2);
+    for (want, got) in lines.iter().zip(&got) {
+        for k in ["ja4", "ja4_r", "ja4_o"] {
+            if let Some(w) = want.get(k) {
+                assert_eq!(&got[k], w, "{k}");
+            }
+        }
+    }
+    assert!(got[lines.len()]["error"].is_string());
+    assert_eq!(got[lines.len() + 1]["error"], "truncated");
+}
+
+#[test]
+fn hash_key_prints_the_account_id_the_proxy_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dg.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let secret = "hash-key-test-secret-0123456789";
+    let mut child = Command::new(BIN)
+        .args(["hash-key", "--config"])
+        .arg(&cfg)
+        .env("DISTILL_GUARD_HASH_SECRET", secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"sk-one\nsk-two\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let ids: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+    let h = distill_guard::identity::KeyHasher::new(secret.as_bytes());
+    assert_eq!(ids, vec![h.account_id(b"sk-one").to_string(), h.account_id(b"sk-two").to_string()]);
+    // Without a secret the command refuses rather than print ids that change.
+    let out = Command::new(BIN)
+        .args(["hash-key", "--config"])
+        .arg(&cfg)
+        .arg("sk-one")
+        .env_remove("DISTILL_GUARD_HASH_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1055,6 +1055,35 @@ impl U16Vec {
     }
 }
 
+/// The `distill-guard fingerprint` command's answer for one hex-encoded TLS
+/// record: `{"ja4","ja4_r","ja4_o","ja4_ro"}`, or `{"error": …}` for input
+/// that is not hex or not a complete ClientHello.
+pub fn ja4_json(hex: &str) -> serde_json::Value {
+    let hex = hex.trim();
+    let bytes: Option<Vec<u8>> = if hex.len() % 2 == 0 && hex.is_ascii() {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect()
+    } else {
+        None
+    };
+    let Some(bytes) = bytes else {
+        return serde_json::json!({"error": "input is not an even-length hex string"});
+    };
+    match client_hello_progress(&bytes, MAX_CLIENT_HELLO_LEN) {
+        HelloProgress::Complete { len } => match parse_client_hello(&bytes[..len]) {
+            Ok(hello) => {
+                let j = ja4(&hello);
+                serde_json::json!({"ja4": j.ja4, "ja4_r": j.ja4_r, "ja4_o": j.ja4_o, "ja4_ro": j.ja4_ro})
+            }
+            Err(e) => serde_json::json!({"error": e.as_str()}),
+        },
+        HelloProgress::NeedMore => serde_json::json!({"error": "truncated"}),
+        HelloProgress::Invalid(e) => serde_json::json!({"error": e.as_str()}),
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
