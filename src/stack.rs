@@ -349,6 +349,11 @@ fn client_fingerprint(
             fc.ipv4_prefix_len,
             fc.ipv6_prefix_len,
         )),
+        asn: fc
+            .asn_db
+            .as_ref()
+            .and_then(|db| db.lookup(conn.client.ip()))
+            .map(|a| a.number),
         inconsistent_with: None,
     };
     if !fc.known_clients.is_empty() {

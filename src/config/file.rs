@@ -48,6 +48,9 @@ pub struct FileFingerprint {
     pub ipv4_prefix_len: u8,
     /// IPv6 clients are grouped by this prefix length for linking (0–128).
     pub ipv6_prefix_len: u8,
+    /// A MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb); when set, the
+    /// client's AS number is part of its fingerprint.
+    pub asn_database_path: Option<String>,
     /// Send the client's JA4 upstream in this header (off when absent).
     pub forward_ja4_header: Option<String>,
     /// Send the request's HTTP fingerprint upstream in this header.
@@ -66,6 +69,7 @@ impl Default for FileFingerprint {
         Self {
             ipv4_prefix_len: 24,
             ipv6_prefix_len: 48,
+            asn_database_path: None,
             forward_ja4_header: None,
             forward_http_header: None,
             forward_h2_header: None,

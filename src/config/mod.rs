@@ -195,6 +195,8 @@ pub struct FingerprintConfig {
     pub ipv4_prefix_len: u8,
     /// IPv6 grouping prefix length.
     pub ipv6_prefix_len: u8,
+    /// The ASN database, loaded.
+    pub asn_db: Option<std::sync::Arc<crate::fingerprint::asn::AsnDb>>,
     /// Header carrying the JA4 upstream.
     pub forward_ja4_header: Option<http::HeaderName>,
     /// Header carrying the HTTP fingerprint upstream.
@@ -517,7 +519,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         shutdown_grace: Duration::from_millis(f.server.shutdown_grace_ms),
     };
 
-    let fingerprint = validate_fingerprint(&f.fingerprint)?;
+    let fingerprint = validate_fingerprint(base, &f.fingerprint)?;
     let identity = validate_identity(&f.identity)?;
     if f.api.inspect_max_body_bytes == 0 {
         return Err(invalid(
@@ -720,7 +722,7 @@ fn header_name(key: &str, v: &Option<String>) -> Result<Option<http::HeaderName>
     }
 }
 
-fn validate_fingerprint(f: &file::FileFingerprint) -> Result<FingerprintConfig, Invalid> {
+fn validate_fingerprint(base: &Path, f: &file::FileFingerprint) -> Result<FingerprintConfig, Invalid> {
     if f.ipv4_prefix_len > 32 {
         return Err(invalid("fingerprint.ipv4_prefix_len", "expected 0 to 32"));
     }
@@ -742,9 +744,19 @@ fn validate_fingerprint(f: &file::FileFingerprint) -> Result<FingerprintConfig, 
             http: k.http.clone(),
         });
     }
+    let asn_db = match &f.asn_database_path {
+        None => None,
+        Some(p) => {
+            let path = resolve(base, p);
+            let db = crate::fingerprint::asn::AsnDb::open(&path)
+                .map_err(|e| invalid("fingerprint.asn_database_path", e.to_string()))?;
+            Some(std::sync::Arc::new(db))
+        }
+    };
     Ok(FingerprintConfig {
         ipv4_prefix_len: f.ipv4_prefix_len,
         ipv6_prefix_len: f.ipv6_prefix_len,
+        asn_db,
         forward_ja4_header: header_name("fingerprint.forward_ja4_header", &f.forward_ja4_header)?,
         forward_http_header: header_name(
             "fingerprint.forward_http_header",

@@ -2,7 +2,8 @@
 //! independent of the account it claims. Pure parsers of untrusted bytes:
 //! [`tls`] (JA4 from the raw ClientHello), [`http`] (HTTP/1 tap and our HTTP
 //! fingerprint format), [`h2`] (Akamai-style HTTP/2 fingerprint), [`network`]
-//! (address prefixes) and [`consistency`] (claimed client vs observed stack).
+//! (address prefixes), [`asn`] (AS numbers from a MaxMind database) and
+//! [`consistency`] (claimed client vs observed stack).
 //!
 //! Connection-level parts are computed once per connection and shared by all
 //! of its requests; [`ClientFingerprint`] gathers them per request.
@@ -31,6 +32,8 @@ pub struct ClientFingerprint {
     pub h2: Option<Arc<H2Fingerprint>>,
     /// The client address grouped to its configured prefix.
     pub ip_prefix: Option<ipnet::IpNet>,
+    /// The client's AS number (when an ASN database is configured).
+    pub asn: Option<u32>,
     /// The known client the `user-agent` claims but the fingerprints deny.
     pub inconsistent_with: Option<String>,
 }
