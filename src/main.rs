@@ -204,7 +204,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 failed |= out.get("error").is_some();
                 println!("{out}");
             }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Demo { listen } => {
             init_logging(LogFormat::Text, "info");

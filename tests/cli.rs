@@ -296,9 +296,17 @@ fn fingerprint_command_reproduces_vectors_and_reports_bad_lines() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success(), "bad lines must make the exit status non-zero");
+    assert!(
+        !out.status.success(),
+        "bad lines must make the exit status non-zero"
+    );
     let got: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -334,12 +342,27 @@ fn hash_key_prints_the_account_id_the_proxy_uses() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"sk-one\nsk-two\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-one\nsk-two\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let ids: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     let h = distill_guard::identity::KeyHasher::new(secret.as_bytes());
-    assert_eq!(ids, vec![h.account_id(b"sk-one").to_string(), h.account_id(b"sk-two").to_string()]);
+    assert_eq!(
+        ids,
+        vec![
+            h.account_id(b"sk-one").to_string(),
+            h.account_id(b"sk-two").to_string()
+        ]
+    );
     // Without a secret the command refuses rather than print ids that change.
     let out = Command::new(BIN)
         .args(["hash-key", "--config"])

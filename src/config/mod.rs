@@ -722,7 +722,10 @@ fn header_name(key: &str, v: &Option<String>) -> Result<Option<http::HeaderName>
     }
 }
 
-fn validate_fingerprint(base: &Path, f: &file::FileFingerprint) -> Result<FingerprintConfig, Invalid> {
+fn validate_fingerprint(
+    base: &Path,
+    f: &file::FileFingerprint,
+) -> Result<FingerprintConfig, Invalid> {
     if f.ipv4_prefix_len > 32 {
         return Err(invalid("fingerprint.ipv4_prefix_len", "expected 0 to 32"));
     }

@@ -129,7 +129,10 @@ fn unusable_asn_database_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("asn.mmdb");
     std::fs::write(&db, b"not a maxmind database").unwrap();
-    let text = format!("{MINIMAL}[fingerprint]\nasn_database_path = \"{}\"\n", db.display());
+    let text = format!(
+        "{MINIMAL}[fingerprint]\nasn_database_path = \"{}\"\n",
+        db.display()
+    );
     let e = parse(&dir.path().join("t.toml"), &text).unwrap_err();
     assert_eq!(e.key, "fingerprint.asn_database_path", "{e}");
     assert!(e.reason.contains("invalid ASN database"), "{e}");

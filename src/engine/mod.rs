@@ -14,6 +14,7 @@
 pub mod gcra;
 pub mod accounts;
 pub mod policy;
+pub mod signature;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

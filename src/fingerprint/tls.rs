@@ -1614,60 +1614,6 @@ mod tests {
         assert!(got.ja4_ro.contains("_012c,012b,"));
     }
 
-    /// Rough timing; run with
-    /// `cargo test --release -- --ignored --nocapture timing`.
-    #[test]
-    #[ignore = "timing only"]
-    fn timing_parse_and_ja4_chrome() {
-        use std::hint::black_box;
-        use std::time::Instant;
-        let bytes = chrome_hello();
-        let n = 200_000u32;
-        for _ in 0..10_000 {
-            black_box(ja4_fingerprint(
-                &parse_client_hello(black_box(&bytes)).unwrap(),
-            ));
-        }
-        let t = Instant::now();
-        for _ in 0..n {
-            let _ = black_box(client_hello_progress(
-                black_box(&bytes),
-                MAX_CLIENT_HELLO_LEN,
-            ));
-        }
-        println!("progress:              {:?}/iter", t.elapsed() / n);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(parse_client_hello(black_box(&bytes)).unwrap());
-        }
-        println!("parse:                 {:?}/iter", t.elapsed() / n);
-        let t = Instant::now();
-        for _ in 0..n {
-            let hello = parse_client_hello(black_box(&bytes)).unwrap();
-            black_box(ja4_fingerprint(&hello));
-        }
-        println!("parse+ja4_fingerprint: {:?}/iter", t.elapsed() / n);
-        let t = Instant::now();
-        for _ in 0..n {
-            let hello = parse_client_hello(black_box(&bytes)).unwrap();
-            black_box(ja4_only(&hello));
-        }
-        println!("parse+ja4_only:        {:?}/iter", t.elapsed() / n);
-        let t = Instant::now();
-        for _ in 0..n {
-            let hello = parse_client_hello(black_box(&bytes)).unwrap();
-            black_box(ja4(&hello));
-        }
-        println!("parse+ja4 (all four):  {:?}/iter", t.elapsed() / n);
-        let split = split_records(&bytes, &[200, 0]);
-        let t = Instant::now();
-        for _ in 0..n {
-            let hello = parse_client_hello(black_box(&split)).unwrap();
-            black_box(ja4_fingerprint(&hello));
-        }
-        println!("2-record parse+ja4_fp: {:?}/iter", t.elapsed() / n);
-    }
-
     fn check_no_panic(bytes: &[u8]) {
         let progress = client_hello_progress(bytes, MAX_CLIENT_HELLO_LEN);
         if let HelloProgress::Complete { len } = progress {
