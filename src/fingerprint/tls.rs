@@ -1060,7 +1060,7 @@ impl U16Vec {
 /// that is not hex or not a complete ClientHello.
 pub fn ja4_json(hex: &str) -> serde_json::Value {
     let hex = hex.trim();
-    let bytes: Option<Vec<u8>> = if hex.len() % 2 == 0 && hex.is_ascii() {
+    let bytes: Option<Vec<u8>> = if hex.len().is_multiple_of(2) && hex.is_ascii() {
         (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
