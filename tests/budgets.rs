@@ -89,10 +89,8 @@ async fn over_the_request_rate_is_a_well_formed_429_and_other_accounts_are_unaff
 
 /// Stream `output_tokens` tokens; returns the concatenated body.
 async fn stream(env: &Env, path: &str, key: &str, output_tokens: u32) -> (u16, String) {
-    let body = format!(
-        r#"{{"model":"m","max_tokens":100000,"stream":true,"stream_options":{{"include_usage":true}},"messages":[{{"role":"user","content":"write"}}]}}"#
-    );
-    let mut req = keyed(&env.url(path), key, &body);
+    let body = r#"{"model":"m","max_tokens":100000,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"write"}]}"#;
+    let mut req = keyed(&env.url(path), key, body);
     req.headers_mut()
         .insert("x-mock-output-tokens", output_tokens.into());
     let r = timeout(client().request(req)).await.unwrap();
