@@ -24,7 +24,10 @@ use crate::api::inspect::{self, Inspection};
 use crate::api::meter::UsageMeter;
 use crate::api::ApiKind;
 use crate::config::{Config, MissingKey};
-use crate::engine::{Engine, Observation, Ticket, Usage, Verdict};
+use crate::engine::link::AttrKind;
+use crate::engine::{
+    attr_hash, signature, Engine, Observation, ObservedAttrs, Ticket, Usage, Verdict,
+};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity::{self, AccountId};
 use crate::proxy::body::{RequestBody, ResponseBody, ResponseObserver};
@@ -111,6 +114,7 @@ async fn proxy_request(
         account,
         anonymous,
         input_tokens,
+        attrs: observed_attrs(&config, &fp, info.as_ref()),
     };
     let decision = engine.decide(&obs, shared.clock.now());
     let ticket = match decision.verdict {
@@ -314,6 +318,45 @@ impl ResponseObserver for Settlement {
 impl Drop for Settlement {
     fn drop(&mut self) {
         self.settle();
+    }
+}
+
+/// What the engine links accounts by: the fingerprint's parts hashed, the
+/// client prefix (or the configured network it falls in), and the index keys
+/// of the prompt's shape signature. Nothing when linking is off.
+fn observed_attrs(
+    config: &Config,
+    fp: &ClientFingerprint,
+    info: Option<&Inspection>,
+) -> ObservedAttrs {
+    let c = &config.cluster;
+    if !c.enabled {
+        return ObservedAttrs::default();
+    }
+    let h = |kind, v: &str| Some(attr_hash(kind, v.as_bytes()));
+    let ip_prefix = fp.ip_prefix.and_then(|p| {
+        if c.ignore_nets.iter().any(|n| n.contains(&p)) {
+            None
+        } else if let Some(n) = c.downweight_nets.iter().find(|n| n.contains(&p)) {
+            h(AttrKind::IpPrefix, &n.to_string())
+        } else {
+            h(AttrKind::IpPrefix, &p.to_string())
+        }
+    });
+    let prompt = match info {
+        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
+            let sig = signature::signature(&i.prompt);
+            sig.is_informative().then(|| sig.index_keys())
+        }
+        _ => None,
+    };
+    ObservedAttrs {
+        ja4: fp.ja4.as_ref().and_then(|j| h(AttrKind::Ja4, j.as_str())),
+        http: fp.http.as_ref().and_then(|v| h(AttrKind::Http, v.as_str())),
+        h2: fp.h2.as_ref().and_then(|v| h(AttrKind::H2, v.akamai())),
+        ip_prefix,
+        asn: fp.asn.and_then(|a| h(AttrKind::Asn, &a.to_string())),
+        prompt,
     }
 }
 

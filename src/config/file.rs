@@ -35,6 +35,9 @@ pub struct FileConfig {
     /// Which accounts get which tier; memory bounds of account state.
     #[serde(default)]
     pub accounts: FileAccounts,
+    /// Linking accounts into clusters and the clusters' shared budget.
+    #[serde(default)]
+    pub cluster: FileCluster,
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
@@ -339,4 +342,122 @@ fn default_idle_timeout_ms() -> u64 {
 }
 fn default_pool_idle_timeout_ms() -> u64 {
     90_000
+}
+
+/// `[cluster]`: accounts that share fingerprints are linked into clusters;
+/// a cluster at or above `min_strength` with at least `min_members` shares
+/// one budget, which grows sublinearly with its size:
+/// `budget × min(max_multiplier, 1 + per_member_fraction × members^growth_exponent)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileCluster {
+    /// Link accounts and enforce cluster budgets at all.
+    pub enabled: bool,
+    /// Weakest link that makes a cluster share a budget: "weak", "medium", "strong".
+    pub min_strength: String,
+    /// Smallest cluster that shares a budget.
+    pub min_members: u32,
+    /// Links expire by generation: one to two of these.
+    pub generation_ms: u64,
+    /// Accounts remembered per attribute value.
+    pub max_accounts_per_value: u32,
+    /// Attribute values remembered (the index cap; least recently used go).
+    pub max_index_values: u64,
+    /// Other accounts one request may be linked to.
+    pub max_links_per_request: u32,
+    /// Accounts held in clusters at most.
+    pub max_linked_accounts: u64,
+    /// Budget growth per member (fraction of the base budget) ...
+    pub per_member_fraction: f64,
+    /// ... times members to this power (below 1: sublinear) ...
+    pub growth_exponent: f64,
+    /// ... capped at this multiple of the base budget.
+    pub max_multiplier: f64,
+    /// The base budget of a cluster (same keys as a tier).
+    pub budget: FileTier,
+    /// Rules that link two accounts (`[[cluster.link]]`).
+    #[serde(rename = "link")]
+    pub links: Vec<FileLinkRule>,
+    /// Values shared by many unrelated clients: never used for linking.
+    pub ignore: FileAttrValues,
+    /// Values that weaken a link by one step (weak links through them vanish).
+    pub downweight: FileAttrValues,
+}
+
+impl Default for FileCluster {
+    fn default() -> Self {
+        let rule = |name: &str, attrs: &[&str], strength: &str| FileLinkRule {
+            name: name.into(),
+            attributes: attrs.iter().map(|a| a.to_string()).collect(),
+            strength: strength.into(),
+            window_ms: 600_000,
+        };
+        Self {
+            enabled: true,
+            min_strength: "medium".into(),
+            min_members: 3,
+            generation_ms: 600_000,
+            max_accounts_per_value: 64,
+            max_index_values: 1 << 20,
+            max_links_per_request: 8,
+            max_linked_accounts: 1 << 20,
+            per_member_fraction: 0.25,
+            growth_exponent: 0.5,
+            max_multiplier: 4.0,
+            budget: FileTier {
+                requests_per_minute: 120,
+                burst_requests: 30,
+                input_tokens_per_minute: 800_000,
+                output_tokens_per_minute: 160_000,
+                max_concurrent: 32,
+            },
+            links: vec![
+                rule(
+                    "tls+network+template",
+                    &["ja4", "ip_prefix", "prompt"],
+                    "strong",
+                ),
+                rule(
+                    "http+network+template",
+                    &["http", "ip_prefix", "prompt"],
+                    "strong",
+                ),
+                rule("template", &["prompt"], "medium"),
+                rule("tls+network", &["ja4", "ip_prefix"], "weak"),
+            ],
+            ignore: FileAttrValues::default(),
+            downweight: FileAttrValues::default(),
+        }
+    }
+}
+
+/// One `[[cluster.link]]` rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLinkRule {
+    /// Name shown in reasons.
+    pub name: String,
+    /// Attributes that must all be equal: "ja4", "http", "h2", "ip_prefix",
+    /// "asn", "prompt" (prompt-shape signature).
+    pub attributes: Vec<String>,
+    /// "weak", "medium" or "strong".
+    pub strength: String,
+    /// The other account used the same values within this long.
+    pub window_ms: u64,
+}
+
+/// Attribute values by kind (`[cluster.ignore]`, `[cluster.downweight]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAttrValues {
+    /// JA4 strings.
+    pub ja4: Vec<String>,
+    /// HTTP fingerprints (our format).
+    pub http: Vec<String>,
+    /// HTTP/2 (Akamai-style) fingerprints.
+    pub h2: Vec<String>,
+    /// Networks (CIDR); client prefixes inside them match.
+    pub ip_prefix: Vec<String>,
+    /// AS numbers.
+    pub asn: Vec<u32>,
 }

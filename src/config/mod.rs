@@ -14,6 +14,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use crate::engine::attr_hash;
+use crate::engine::link::{AttrKind, LinkPolicy, LinkRule, Strength};
 use file::FileConfig;
 
 /// A validated configuration.
@@ -40,6 +42,8 @@ pub struct Config {
     pub tiers: BTreeMap<String, TierConfig>,
     /// Account → tier mapping and state bounds.
     pub accounts: AccountsConfig,
+    /// Cluster linkage and budgets.
+    pub cluster: ClusterConfig,
     /// Log output.
     pub logging: LoggingConfig,
 }
@@ -123,6 +127,31 @@ pub struct AccountsConfig {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: Duration,
+}
+
+/// Cluster linkage and budgets, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Link and enforce at all.
+    pub enabled: bool,
+    /// Weakest link that makes a cluster share a budget.
+    pub min_strength: Strength,
+    /// Smallest cluster that shares a budget.
+    pub min_members: u32,
+    /// The linker's rules and bounds (ignored/downweighted values hashed).
+    pub link: LinkPolicy,
+    /// The base budget.
+    pub budget: TierConfig,
+    /// Growth per member (fraction of base) ...
+    pub per_member_fraction: f64,
+    /// ... times members^exponent ...
+    pub growth_exponent: f64,
+    /// ... capped at this multiple.
+    pub max_multiplier: f64,
+    /// Client networks never used for linking.
+    pub ignore_nets: Vec<ipnet::IpNet>,
+    /// Client networks whose links are weakened.
+    pub downweight_nets: Vec<ipnet::IpNet>,
 }
 
 /// One listener.
@@ -532,6 +561,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     };
     let tiers = validate_tiers(&f.tiers)?;
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
+    let cluster = validate_cluster(&f.cluster)?;
 
     let format = match f.logging.format.as_str() {
         "json" => LogFormat::Json,
@@ -568,7 +598,158 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         api,
         tiers,
         accounts,
+        cluster,
         logging,
+    })
+}
+
+fn strength(key: &str, s: &str) -> Result<Strength, Invalid> {
+    match s {
+        "weak" => Ok(Strength::Weak),
+        "medium" => Ok(Strength::Medium),
+        "strong" => Ok(Strength::Strong),
+        other => Err(invalid(
+            key,
+            format!("expected \"weak\", \"medium\" or \"strong\", got {other:?}"),
+        )),
+    }
+}
+
+fn attr_kind(key: &str, s: &str) -> Result<AttrKind, Invalid> {
+    AttrKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("expected one of ja4, http, h2, ip_prefix, asn, prompt; got {s:?}"),
+            )
+        })
+}
+
+fn nets(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, Invalid> {
+    list.iter()
+        .map(|n| {
+            n.parse::<ipnet::IpNet>().map(|n| n.trunc()).map_err(|_| {
+                invalid(
+                    key,
+                    format!("expected a CIDR such as \"10.0.0.0/8\", got {n:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Hashed (kind, value) pairs of a `[cluster.ignore]`-style table; IP
+/// networks are returned separately (matched by containment).
+fn attr_values(
+    key: &str,
+    v: &file::FileAttrValues,
+) -> Result<(Vec<(AttrKind, u64)>, Vec<ipnet::IpNet>), Invalid> {
+    let mut out = Vec::new();
+    for (kind, list) in [
+        (AttrKind::Ja4, &v.ja4),
+        (AttrKind::Http, &v.http),
+        (AttrKind::H2, &v.h2),
+    ] {
+        out.extend(list.iter().map(|s| (kind, attr_hash(kind, s.as_bytes()))));
+    }
+    out.extend(v.asn.iter().map(|a| {
+        (
+            AttrKind::Asn,
+            attr_hash(AttrKind::Asn, a.to_string().as_bytes()),
+        )
+    }));
+    let nets = nets(&format!("{key}.ip_prefix"), &v.ip_prefix)?;
+    // A downweighted network stands for every prefix inside it: the engine
+    // reports such prefixes as the network itself.
+    out.extend(nets.iter().map(|n| {
+        (
+            AttrKind::IpPrefix,
+            attr_hash(AttrKind::IpPrefix, n.to_string().as_bytes()),
+        )
+    }));
+    Ok((out, nets))
+}
+
+fn validate_cluster(f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
+    let min_strength = strength("cluster.min_strength", &f.min_strength)?;
+    if f.min_members < 2 {
+        return Err(invalid("cluster.min_members", "expected 2 or more"));
+    }
+    let generation = nonzero_ms("cluster.generation_ms", f.generation_ms)?;
+    for (k, v) in [
+        ("cluster.per_member_fraction", f.per_member_fraction),
+        ("cluster.growth_exponent", f.growth_exponent),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(invalid(k, "expected a number of 0 or more"));
+        }
+    }
+    if !(f.max_multiplier.is_finite() && f.max_multiplier >= 1.0) {
+        return Err(invalid(
+            "cluster.max_multiplier",
+            "expected a number of 1 or more",
+        ));
+    }
+    let budget = validate_tiers(
+        &[("cluster.budget".to_string(), f.budget.clone())]
+            .into_iter()
+            .collect(),
+    )
+    .map_err(|(k, r)| (k.replacen("tiers.", "", 1), r))?
+    .into_values()
+    .next()
+    .ok_or_else(|| invalid("cluster.budget", "missing"))?;
+    let mut rules = Vec::with_capacity(f.links.len());
+    for (i, l) in f.links.iter().enumerate() {
+        let key = format!("cluster.link[{i}]");
+        if l.attributes.is_empty() {
+            return Err(invalid(
+                format!("{key}.attributes"),
+                "expected at least one attribute",
+            ));
+        }
+        let kinds = l
+            .attributes
+            .iter()
+            .map(|a| attr_kind(&format!("{key}.attributes"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.push(LinkRule {
+            name: l.name.clone(),
+            kinds,
+            strength: strength(&format!("{key}.strength"), &l.strength)?,
+            window: crate::engine::policy::nanos(nonzero_ms(
+                &format!("{key}.window_ms"),
+                l.window_ms,
+            )?),
+        });
+    }
+    let (ignored, ignore_nets) = attr_values("cluster.ignore", &f.ignore)?;
+    let (downweighted, downweight_nets) = attr_values("cluster.downweight", &f.downweight)?;
+    let link = LinkPolicy {
+        rules,
+        ignored,
+        downweighted,
+        max_accounts_per_value: f.max_accounts_per_value.max(1) as usize,
+        max_values: usize::try_from(f.max_index_values).unwrap_or(usize::MAX),
+        generation: crate::engine::policy::nanos(generation),
+        max_links_per_request: f.max_links_per_request.max(1) as usize,
+        max_linked_accounts: usize::try_from(f.max_linked_accounts).unwrap_or(usize::MAX),
+    };
+    link.validate()
+        .map_err(|e| invalid("cluster", e.to_string()))?;
+    Ok(ClusterConfig {
+        enabled: f.enabled,
+        min_strength,
+        min_members: f.min_members,
+        link,
+        budget,
+        per_member_fraction: f.per_member_fraction,
+        growth_exponent: f.growth_exponent,
+        max_multiplier: f.max_multiplier,
+        ignore_nets,
+        downweight_nets,
     })
 }
 

@@ -1,15 +1,15 @@
-//! Per-account state: budget cells, requests in flight, first/last seen.
-//! A sharded map (dashmap) keyed by account id; bounded by idle eviction
-//! and a hard cap (longest-idle dropped first).
+//! Budget state of accounts and of clusters: budget cells, requests in
+//! flight, first/last seen. A sharded map (dashmap) keyed by account or
+//! cluster id; bounded by idle eviction and a hard cap (longest-idle dropped
+//! first).
 
 use std::hash::{BuildHasherDefault, Hasher};
 
 use dashmap::DashMap;
 
 use super::gcra::{Gcra, Nanos};
-use super::AccountId;
 
-/// One account's state (about 56 bytes).
+/// One account's (or cluster's) state (about 56 bytes).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AccountState {
     /// Requests bucket.
@@ -58,7 +58,7 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = DashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-/// All accounts' state.
+/// All accounts' (or clusters') state.
 #[derive(Default)]
 pub struct AccountStore {
     map: IdMap<AccountState>,
@@ -67,8 +67,8 @@ pub struct AccountStore {
 impl AccountStore {
     /// Run `f` on the account's state, creating it if new; updates
     /// `last_seen`.
-    pub fn with<R>(&self, id: AccountId, now: Nanos, f: impl FnOnce(&mut AccountState) -> R) -> R {
-        let mut entry = self.map.entry(id.0).or_insert_with(|| AccountState {
+    pub fn with<R>(&self, id: u64, now: Nanos, f: impl FnOnce(&mut AccountState) -> R) -> R {
+        let mut entry = self.map.entry(id).or_insert_with(|| AccountState {
             first_seen: now,
             ..AccountState::default()
         });
@@ -78,8 +78,8 @@ impl AccountStore {
     }
 
     /// Read an account's state without creating it.
-    pub fn peek<R>(&self, id: AccountId, f: impl FnOnce(&AccountState) -> R) -> Option<R> {
-        self.map.get(&id.0).map(|s| f(s.value()))
+    pub fn peek<R>(&self, id: u64, f: impl FnOnce(&AccountState) -> R) -> Option<R> {
+        self.map.get(&id).map(|s| f(s.value()))
     }
 
     /// Accounts held.

@@ -7,24 +7,58 @@
 //! pass virtual time, so a day of traffic replays in seconds and limiter
 //! maths is tested without sleeping.
 //!
-//! Budgets are [`gcra`] cells held per account in [`accounts`]; a tier's
-//! quotas are looked up on every call, so a reloaded policy applies at once
-//! without resetting anyone's state.
+//! Budgets are [`gcra`] cells held per account and per cluster in
+//! [`accounts`]; a tier's quotas are looked up on every call, so a reloaded
+//! policy applies at once without resetting anyone's state. Accounts that
+//! share fingerprints are linked into clusters by [`link`] (prompts compared
+//! through [`signature`]); a cluster at or above the configured strength and
+//! size shares one budget, and a member consumes its own bucket *and* its
+//! cluster's.
 
 pub mod gcra;
 pub mod accounts;
 pub mod policy;
 pub mod signature;
+pub mod link;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 pub use crate::identity::AccountId;
 use accounts::{AccountState, AccountStore};
 pub use gcra::{Nanos, Rate, SECOND};
-pub use policy::{Policy, Tier};
+use link::{AttrKind, Attributes, ClusterView, Linker};
+pub use policy::{ClusterPolicy, Policy, Tier};
+
+/// Stable 64-bit hash of an attribute value (FNV-1a over the kind and the
+/// bytes): the same in the proxy, in config lists and in `replay`.
+pub fn attr_hash(kind: AttrKind, value: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in kind.as_str().as_bytes().iter().chain(b":").chain(value) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A request's fingerprint attributes, hashed with [`attr_hash`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObservedAttrs {
+    /// JA4.
+    pub ja4: Option<u64>,
+    /// HTTP fingerprint.
+    pub http: Option<u64>,
+    /// HTTP/2 fingerprint.
+    pub h2: Option<u64>,
+    /// Client network prefix (or the configured network it falls in).
+    pub ip_prefix: Option<u64>,
+    /// AS number.
+    pub asn: Option<u64>,
+    /// Index keys of the prompt-shape signature (informative prompts only).
+    pub prompt: Option<[u64; signature::INDEX_KEYS]>,
+}
 
 /// What the engine is told about one request.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +69,8 @@ pub struct Observation {
     pub anonymous: bool,
     /// Estimated prompt tokens (0 when the body was not inspected).
     pub input_tokens: u64,
+    /// Fingerprint attributes for linking.
+    pub attrs: ObservedAttrs,
 }
 
 /// Whose budget a limit belongs to.
@@ -42,6 +78,8 @@ pub struct Observation {
 pub enum Scope {
     /// The account's own (its tier's quotas).
     Account,
+    /// The cluster the account is linked into.
+    Cluster,
 }
 
 impl Scope {
@@ -49,6 +87,7 @@ impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Account => "account",
+            Scope::Cluster => "cluster",
         }
     }
 }
@@ -125,6 +164,8 @@ pub struct Ticket {
     pub anonymous: bool,
     /// Input tokens charged at admission (the estimate).
     pub input_charged: u64,
+    /// The cluster whose budget was charged too, and its size then.
+    pub cluster: Option<(u64, u32)>,
 }
 
 /// Engine decision with context for logs and headers.
@@ -136,6 +177,10 @@ pub struct Decision {
     pub tier: Arc<str>,
     /// Allow-listed accounts skip detection.
     pub allow_listed: bool,
+    /// The account's cluster, if it is linked into one.
+    pub cluster: Option<ClusterView>,
+    /// Whether that cluster shares a budget (strong and big enough).
+    pub cluster_enforced: bool,
 }
 
 /// What an admitted request actually cost, known after the response.
@@ -161,6 +206,8 @@ pub struct EngineStats {
 pub struct Engine {
     policy: ArcSwap<Policy>,
     accounts: AccountStore,
+    clusters: AccountStore,
+    linker: Mutex<Linker>,
     next_maintenance: AtomicU64,
     stats: EngineStats,
 }
@@ -180,8 +227,10 @@ impl Engine {
     /// An engine with `policy` and no state.
     pub fn new(policy: Policy) -> Engine {
         Engine {
+            linker: Mutex::new(Linker::new(policy.cluster.link.clone())),
             policy: ArcSwap::from_pointee(policy),
             accounts: AccountStore::default(),
+            clusters: AccountStore::default(),
             next_maintenance: AtomicU64::new(0),
             stats: EngineStats::default(),
         }
@@ -189,7 +238,53 @@ impl Engine {
 
     /// Replace the policy; all state (buckets, debts) is kept.
     pub fn set_policy(&self, policy: Policy) {
+        if let Ok(mut l) = self.linker.lock() {
+            l.set_policy(policy.cluster.link.clone());
+        }
         self.policy.store(Arc::new(policy));
+    }
+
+    /// The cluster an account is linked into now.
+    pub fn cluster_of(&self, account: AccountId) -> Option<ClusterView> {
+        self.linker.lock().ok()?.cluster_of(account.0)
+    }
+
+    /// A cluster by id.
+    pub fn cluster(&self, id: u64) -> Option<ClusterView> {
+        self.linker.lock().ok()?.cluster(id)
+    }
+
+    /// Up to `limit` members of a cluster.
+    pub fn cluster_members(&self, id: u64, limit: usize) -> Vec<AccountId> {
+        self.linker
+            .lock()
+            .map(|l| l.members(id, limit).into_iter().map(AccountId).collect())
+            .unwrap_or_default()
+    }
+
+    /// The linker's counters and sizes.
+    pub fn link_stats(&self) -> Option<link::LinkStats> {
+        self.linker.lock().ok().map(|l| l.stats())
+    }
+
+    /// Cluster budget states held now.
+    pub fn tracked_clusters(&self) -> usize {
+        self.clusters.len()
+    }
+
+    fn observe_link(&self, obs: &Observation, now: Nanos) -> Option<ClusterView> {
+        let a = &obs.attrs;
+        let prompt: &[u64] = a.prompt.as_ref().map_or(&[], |p| &p[..]);
+        let attrs = Attributes {
+            ja4: a.ja4,
+            http: a.http,
+            h2: a.h2,
+            ip_prefix: a.ip_prefix,
+            asn: a.asn,
+            prompt,
+        };
+        let mut linker = self.linker.lock().ok()?;
+        linker.observe(obs.account.0, &attrs, now)
     }
 
     /// The policy in force.
@@ -213,9 +308,24 @@ impl Engine {
         let policy = self.policy.load();
         let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
         let tier = &policy.tiers[tier_idx];
-        let verdict = self
-            .accounts
-            .with(obs.account, now, |state| admit(state, tier, obs, now));
+        // Allow-listed accounts skip detection: they are never linked.
+        let cluster = if policy.cluster.enabled && !allow_listed {
+            self.observe_link(obs, now)
+        } else {
+            None
+        };
+        let enforced = cluster.filter(|c| policy.cluster.applies(c));
+        let verdict = self.accounts.with(obs.account.0, now, |state| {
+            admit(state, tier, obs, now, || match enforced {
+                None => Ok(None),
+                Some(c) => {
+                    let budget = policy.cluster.budget(c.members);
+                    self.clusters
+                        .with(c.id, now, |cs| admit_cluster(cs, &budget, obs, now))
+                        .map(|()| Some((c.id, c.members)))
+                }
+            })
+        });
         if self.accounts.len() > policy.max_tracked.saturating_add(policy.max_tracked / 8) {
             self.maintain(now);
         }
@@ -223,6 +333,8 @@ impl Engine {
             verdict,
             tier: tier.name.clone(),
             allow_listed,
+            cluster,
+            cluster_enforced: enforced.is_some(),
         }
     }
 
@@ -233,19 +345,14 @@ impl Engine {
         let policy = self.policy.load();
         let (tier_idx, _) = policy.tier_of(ticket.account, ticket.anonymous);
         let tier = &policy.tiers[tier_idx];
-        self.accounts.with(ticket.account, now, |s| {
-            s.in_flight = s.in_flight.saturating_sub(1);
-            s.output.charge(&tier.output, usage.output_tokens, now);
-            if let Some(actual) = usage.input_tokens {
-                if actual > ticket.input_charged {
-                    s.input
-                        .charge(&tier.input, actual - ticket.input_charged, now);
-                } else {
-                    s.input
-                        .refund(&tier.input, ticket.input_charged - actual, now);
-                }
-            }
+        self.accounts.with(ticket.account.0, now, |s| {
+            settle_cells(s, tier, ticket, usage, now)
         });
+        if let Some((id, members)) = ticket.cluster {
+            let budget = policy.cluster.budget(members);
+            self.clusters
+                .with(id, now, |s| settle_cells(s, &budget, ticket, usage, now));
+        }
     }
 
     /// A snapshot of an account's budgets (for the admin API and tests).
@@ -253,7 +360,7 @@ impl Engine {
         let policy = self.policy.load();
         let (tier_idx, allow_listed) = policy.tier_of(account, false);
         let tier = &policy.tiers[tier_idx];
-        self.accounts.peek(account, |s| AccountBudgets {
+        self.accounts.peek(account.0, |s| AccountBudgets {
             tier: tier.name.clone(),
             allow_listed,
             requests_remaining: s.requests.remaining(&tier.requests, now),
@@ -289,6 +396,10 @@ impl Engine {
         let (idle, over_cap) = self
             .accounts
             .evict(now, policy.idle_evict, policy.max_tracked);
+        // Cluster budget states follow the same rules, under the same cap.
+        let _ = self
+            .clusters
+            .evict(now, policy.idle_evict, policy.max_tracked);
         self.stats
             .evicted_accounts
             .fetch_add(idle + over_cap, Ordering::Relaxed);
@@ -321,11 +432,32 @@ pub struct AccountBudgets {
     pub last_seen: Nanos,
 }
 
-/// The budget checks of one request against one account's state. All
-/// checks run on copies; state changes only when every budget admits.
-fn admit(state: &mut AccountState, tier: &Tier, obs: &Observation, now: Nanos) -> Verdict {
+/// Settle one budget state: one fewer in flight, output charged post-paid,
+/// the input estimate corrected by the reported count.
+fn settle_cells(s: &mut AccountState, tier: &Tier, ticket: &Ticket, usage: Usage, now: Nanos) {
+    s.in_flight = s.in_flight.saturating_sub(1);
+    s.output.charge(&tier.output, usage.output_tokens, now);
+    if let Some(actual) = usage.input_tokens {
+        if actual > ticket.input_charged {
+            s.input
+                .charge(&tier.input, actual - ticket.input_charged, now);
+        } else {
+            s.input
+                .refund(&tier.input, ticket.input_charged - actual, now);
+        }
+    }
+}
+
+/// Check every budget of one state on copies; `Err` names the first that
+/// refuses. Nothing changes.
+fn check_cells(
+    state: &AccountState,
+    tier: &Tier,
+    scope: Scope,
+    now: Nanos,
+) -> Result<gcra::Gcra, LimitHit> {
     let hit = |kind, quota: &Rate, cell: &gcra::Gcra, retry_after| LimitHit {
-        scope: Scope::Account,
+        scope,
         kind,
         retry_after,
         quota: Some(*quota),
@@ -334,8 +466,8 @@ fn admit(state: &mut AccountState, tier: &Tier, obs: &Observation, now: Nanos) -
         reset_after: cell.reset_after(now),
     };
     if state.in_flight >= tier.max_concurrent {
-        return Verdict::Throttle(LimitHit {
-            scope: Scope::Account,
+        return Err(LimitHit {
+            scope,
             kind: LimitKind::Concurrency,
             retry_after: SECOND,
             quota: None,
@@ -346,7 +478,7 @@ fn admit(state: &mut AccountState, tier: &Tier, obs: &Observation, now: Nanos) -
     }
     let mut requests = state.requests;
     if let Err(r) = requests.check(&tier.requests, 1, now) {
-        return Verdict::Throttle(hit(
+        return Err(hit(
             LimitKind::Requests,
             &tier.requests,
             &state.requests,
@@ -355,7 +487,7 @@ fn admit(state: &mut AccountState, tier: &Tier, obs: &Observation, now: Nanos) -
     }
     // Token budgets admit while not in debt; the charge may create debt.
     if let Err(r) = state.input.admits(&tier.input, now) {
-        return Verdict::Throttle(hit(
+        return Err(hit(
             LimitKind::InputTokens,
             &tier.input,
             &state.input,
@@ -363,20 +495,64 @@ fn admit(state: &mut AccountState, tier: &Tier, obs: &Observation, now: Nanos) -
         ));
     }
     if let Err(r) = state.output.admits(&tier.output, now) {
-        return Verdict::Throttle(hit(
+        return Err(hit(
             LimitKind::OutputTokens,
             &tier.output,
             &state.output,
             r.retry_after,
         ));
     }
+    Ok(requests)
+}
+
+fn commit_cells(
+    state: &mut AccountState,
+    tier: &Tier,
+    requests: gcra::Gcra,
+    input_tokens: u64,
+    now: Nanos,
+) {
     state.requests = requests;
-    state.input.charge(&tier.input, obs.input_tokens, now);
+    state.input.charge(&tier.input, input_tokens, now);
     state.in_flight += 1;
+}
+
+/// The cluster's budgets for one request: checked, then committed.
+fn admit_cluster(
+    state: &mut AccountState,
+    budget: &Tier,
+    obs: &Observation,
+    now: Nanos,
+) -> Result<(), LimitHit> {
+    let requests = check_cells(state, budget, Scope::Cluster, now)?;
+    commit_cells(state, budget, requests, obs.input_tokens, now);
+    Ok(())
+}
+
+/// The budget checks of one request: the account's own on copies, then the
+/// cluster's (`cluster` checks and commits it); the account's state changes
+/// only when every budget admits.
+fn admit(
+    state: &mut AccountState,
+    tier: &Tier,
+    obs: &Observation,
+    now: Nanos,
+    cluster: impl FnOnce() -> Result<Option<(u64, u32)>, LimitHit>,
+) -> Verdict {
+    let requests = match check_cells(state, tier, Scope::Account, now) {
+        Ok(r) => r,
+        Err(hit) => return Verdict::Throttle(hit),
+    };
+    let cluster = match cluster() {
+        Ok(c) => c,
+        Err(hit) => return Verdict::Throttle(hit),
+    };
+    commit_cells(state, tier, requests, obs.input_tokens, now);
     Verdict::Allow(Ticket {
         account: obs.account,
         anonymous: obs.anonymous,
         input_charged: obs.input_tokens,
+        cluster,
     })
 }
 

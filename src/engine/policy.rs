@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::gcra::{Nanos, Rate};
+use super::link::{ClusterView, LinkPolicy, Strength};
 use super::AccountId;
 use crate::config::{Config, TierConfig};
 
@@ -51,6 +52,84 @@ pub struct Policy {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: std::time::Duration,
+    /// Cluster budgets.
+    pub cluster: ClusterPolicy,
+}
+
+/// When clusters share a budget, and how big it is.
+#[derive(Debug, Clone)]
+pub struct ClusterPolicy {
+    /// Link and enforce at all.
+    pub enabled: bool,
+    /// Weakest link that makes a cluster share a budget.
+    pub min_strength: Strength,
+    /// Smallest cluster that shares a budget.
+    pub min_members: u32,
+    /// Base budget.
+    pub base: Tier,
+    /// Growth per member (fraction of base).
+    pub per_member_fraction: f64,
+    /// Exponent on the member count (below 1: sublinear).
+    pub growth_exponent: f64,
+    /// Cap on the multiplier.
+    pub max_multiplier: f64,
+    /// The linker's policy.
+    pub link: LinkPolicy,
+    /// Client networks never used for linking.
+    pub ignore_nets: Vec<ipnet::IpNet>,
+    /// Client networks whose links are weakened.
+    pub downweight_nets: Vec<ipnet::IpNet>,
+}
+
+impl ClusterPolicy {
+    /// Budget multiplier of a cluster of `members` accounts:
+    /// `min(max_multiplier, 1 + per_member_fraction × members^growth_exponent)`.
+    pub fn multiplier(&self, members: u32) -> f64 {
+        let m = f64::from(members);
+        (1.0 + self.per_member_fraction * m.powf(self.growth_exponent)).min(self.max_multiplier)
+    }
+
+    /// The budget of a cluster of `members` accounts.
+    pub fn budget(&self, members: u32) -> Tier {
+        let k = self.multiplier(members);
+        Tier {
+            name: self.base.name.clone(),
+            requests: self.base.requests.scaled(k),
+            input: self.base.input.scaled(k),
+            output: self.base.output.scaled(k),
+            max_concurrent: ((f64::from(self.base.max_concurrent) * k).round() as u32).max(1),
+        }
+    }
+
+    /// Whether a cluster is enforced as one actor.
+    pub fn applies(&self, c: &ClusterView) -> bool {
+        self.enabled && c.strength >= self.min_strength && c.members >= self.min_members
+    }
+
+    /// No linking at all (tests, benchmarks, per-key-only comparisons).
+    pub fn disabled() -> ClusterPolicy {
+        ClusterPolicy {
+            enabled: false,
+            min_strength: Strength::Strong,
+            min_members: u32::MAX,
+            base: Tier::from_config(
+                "cluster",
+                &TierConfig {
+                    requests_per_minute: 1,
+                    burst_requests: 1,
+                    input_tokens_per_minute: 1,
+                    output_tokens_per_minute: 1,
+                    max_concurrent: 1,
+                },
+            ),
+            per_member_fraction: 0.0,
+            growth_exponent: 0.0,
+            max_multiplier: 1.0,
+            link: LinkPolicy::default(),
+            ignore_nets: Vec::new(),
+            downweight_nets: Vec::new(),
+        }
+    }
 }
 
 impl Policy {
@@ -74,6 +153,18 @@ impl Policy {
                 .collect(),
             max_tracked: c.accounts.max_tracked,
             idle_evict: c.accounts.idle_evict,
+            cluster: ClusterPolicy {
+                enabled: c.cluster.enabled,
+                min_strength: c.cluster.min_strength,
+                min_members: c.cluster.min_members,
+                base: Tier::from_config("cluster", &c.cluster.budget),
+                per_member_fraction: c.cluster.per_member_fraction,
+                growth_exponent: c.cluster.growth_exponent,
+                max_multiplier: c.cluster.max_multiplier,
+                link: c.cluster.link.clone(),
+                ignore_nets: c.cluster.ignore_nets.clone(),
+                downweight_nets: c.cluster.downweight_nets.clone(),
+            },
         }
     }
 
@@ -86,6 +177,7 @@ impl Policy {
             accounts: HashMap::new(),
             max_tracked: 1_000_000,
             idle_evict: std::time::Duration::from_secs(600),
+            cluster: ClusterPolicy::disabled(),
         }
     }
 

@@ -22,6 +22,7 @@ fn obs(account: u64, input_tokens: u64) -> Observation {
         account: AccountId(account),
         anonymous: false,
         input_tokens,
+        attrs: ObservedAttrs::default(),
     }
 }
 
@@ -237,6 +238,7 @@ fn anonymous_clients_use_the_anonymous_tier() {
         account: AccountId(5),
         anonymous: true,
         input_tokens: 0,
+        attrs: ObservedAttrs::default(),
     };
     let t = allow(&e.decide(&anon, 0));
     e.settle(&t, Usage::default(), 0);
