@@ -244,3 +244,305 @@ fn anonymous_clients_use_the_anonymous_tier() {
     e.settle(&t, Usage::default(), 0);
     throttle(&e.decide(&anon, 0));
 }
+
+// ---------------------------------------------------------------- clusters
+
+mod clusters {
+    use super::*;
+    use crate::engine::link::{AttrKind, Strength};
+    use rand::{Rng, SeedableRng};
+
+    const TEMPLATES: [&str; 6] = [
+        "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer.\nQuestion: {} \nAnswer: {}",
+        "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct.\nTask: {} \nCandidate answer: {}",
+        "Reconstruct the full tool-use trajectory an expert agent would follow to complete this task, listing every tool call with its arguments and the observation it returns.\nTask: {} \nEnvironment notes: {}",
+        "Solve the following coding problem in Python. First explain your approach in detail, then give the complete solution with comments and the time complexity.\nProblem: {} \nConstraints: {}",
+        "Translate the passage below into French, then explain each idiomatic choice you made and any nuance that does not carry over between the two languages.\nPassage: {} \nContext: {}",
+        "Answer the multiple-choice question below. Think through each option carefully, explain why each wrong option is wrong, and end with the letter of the correct option.\nQuestion: {} \nOptions: {}",
+    ];
+    const WORDS: [&str; 24] = [
+        "river", "market", "energy", "protein", "theorem", "contract", "orbit", "vaccine", "ledger",
+        "glacier", "poetry", "circuit", "harvest", "tariff", "enzyme", "dialect", "satellite",
+        "mortgage", "fossil", "algorithm", "cathedral", "migration", "inflation", "neuron",
+    ];
+
+    /// `n` random words from a large vocabulary (three syllables of 24:
+    /// ~14k distinct words, plus the common words above), so unrelated texts
+    /// share little beyond stock words.
+    fn fill(rng: &mut rand::rngs::StdRng, n: usize) -> String {
+        const SYL: [&str; 24] = [
+            "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es", "bor",
+            "li", "nu", "ga", "tas", "re", "om", "fi", "del", "cu", "zan", "ep",
+        ];
+        (0..n)
+            .map(|_| {
+                if rng.gen_bool(0.2) {
+                    WORDS[rng.gen_range(0..WORDS.len())].to_string()
+                } else {
+                    (0..3).map(|_| SYL[rng.gen_range(0..SYL.len())]).collect()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn prompt_keys(text: &str) -> Option<[u64; signature::INDEX_KEYS]> {
+        let s = signature::signature(text);
+        s.is_informative().then(|| s.index_keys())
+    }
+
+    fn cluster_policy(tier_rpm: u64) -> Policy {
+        let mut p = Policy::single_tier(tier(tier_rpm, 10, 10_000_000, 10_000_000, 100));
+        let c = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+             [cluster.budget]\nrequests_per_minute = 120\nburst_requests = 30\n\
+             input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 1000\n",
+        )
+        .unwrap();
+        p.cluster = Policy::from_config(&c).cluster;
+        p
+    }
+
+    struct Sim {
+        engine: Engine,
+        served: u64,
+        throttled_by_cluster: u64,
+        throttled_by_account: u64,
+    }
+
+    impl Sim {
+        fn send(&mut self, o: &Observation, now: Nanos) -> Decision {
+            let d = self.engine.decide(o, now);
+            match &d.verdict {
+                Verdict::Allow(t) => {
+                    self.served += 1;
+                    self.engine.settle(
+                        t,
+                        Usage {
+                            input_tokens: None,
+                            output_tokens: 200,
+                        },
+                        now,
+                    );
+                }
+                Verdict::Throttle(h) if h.scope == Scope::Cluster => self.throttled_by_cluster += 1,
+                Verdict::Throttle(_) => self.throttled_by_account += 1,
+            }
+            d
+        }
+    }
+
+    fn h(kind: AttrKind, v: &str) -> Option<u64> {
+        Some(attr_hash(kind, v.as_bytes()))
+    }
+
+    /// 400 accounts, one JA4, 8 IPs in two /24s, 6 templates; each account
+    /// sends 2 requests a minute (its tier allows 60): together 800/min.
+    #[test]
+    fn hydra_becomes_one_cluster_and_is_held_to_the_cluster_budget() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut sim = Sim {
+            engine: Engine::new(cluster_policy(60)),
+            served: 0,
+            throttled_by_cluster: 0,
+            throttled_by_account: 0,
+        };
+        let ja4 = h(AttrKind::Ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
+        let prefixes = [h(AttrKind::IpPrefix, "203.0.113.0/24"), h(AttrKind::IpPrefix, "198.51.100.0/24")];
+        // Requests spread evenly: 800 per simulated minute for 20 minutes.
+        let minute = 60 * SECOND;
+        let start = 100 * minute;
+        let total = 800 * 20;
+        let mut clustered_at = None;
+        let mut served_after = 0u64;
+        let mut first_enforced: Option<Nanos> = None;
+        for n in 0..total {
+            let now = start + n as u64 * minute / 800 + rng.gen_range(0..SECOND / 10);
+            let account = 10_000 + (n % 400) as u64;
+            let t = TEMPLATES[(account % 6) as usize];
+            let text = t.replacen("{}", &fill(&mut rng, 25), 1).replacen("{}", &fill(&mut rng, 15), 1);
+            let o = Observation {
+                account: AccountId(account),
+                anonymous: false,
+                input_tokens: 120,
+                attrs: ObservedAttrs {
+                    ja4,
+                    http: h(AttrKind::Http, "h1_PO_11_c0r0l0_n08_5b1a6f0e9c2d"),
+                    h2: None,
+                    ip_prefix: prefixes[(account % 8 / 4) as usize],
+                    asn: None,
+                    prompt: prompt_keys(&text),
+                },
+            };
+            let d = sim.send(&o, now);
+            if let Some(c) = d.cluster {
+                if c.members >= 390 && clustered_at.is_none() {
+                    clustered_at = Some(now - start);
+                }
+            }
+            if d.cluster_enforced && first_enforced.is_none() {
+                first_enforced = Some(now);
+            }
+            if now >= start + 5 * minute && matches!(d.verdict, Verdict::Allow(_)) {
+                served_after += 1;
+            }
+        }
+        let clustered_at = clustered_at.expect("the hydra never became one cluster");
+        println!(
+            "hydra: {} s to one cluster of >=390; first cluster limit at {} s",
+            clustered_at / SECOND,
+            (first_enforced.unwrap() - start) / SECOND
+        );
+        assert!(clustered_at <= 5 * minute, "clustered after {} s", clustered_at / SECOND);
+        let c = sim.engine.cluster_of(AccountId(10_000)).unwrap();
+        assert_eq!(c.strength, Strength::Strong);
+        assert!(c.members >= 390, "{c:?}");
+        // Every account stayed under its own limit; only the cluster refused.
+        assert_eq!(sim.throttled_by_account, 0);
+        assert!(sim.throttled_by_cluster > 0);
+        // Minutes 5..20: the cluster budget is 120 × min(4, 1 + 0.25 × √400) =
+        // 480/min plus a burst of 120. Tolerance: one extra minute's worth for
+        // requests admitted just before each 429's retry point and members that
+        // join late (each member's own first requests).
+        let budget = 480 * 15 + 120;
+        println!("hydra: served {served_after} in minutes 5-20 (budget {budget}, offered {})", 800 * 15);
+        assert!(served_after <= budget + 480, "served {served_after}, budget {budget}");
+        assert!(served_after >= budget * 9 / 10, "the cluster budget was not used: {served_after}");
+    }
+
+    /// 50 accounts behind one NAT with one SDK fingerprint and unrelated
+    /// prompts: at most a weak link, never limited as one actor.
+    #[test]
+    fn corporate_nat_is_not_limited_as_one_actor() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut sim = Sim {
+            engine: Engine::new(cluster_policy(60)),
+            served: 0,
+            throttled_by_cluster: 0,
+            throttled_by_account: 0,
+        };
+        let ja4 = h(AttrKind::Ja4, "t13d1312h2_f57a46bbacb6_ab7e3b40a677");
+        let start = 100 * 60 * SECOND;
+        for n in 0..50 * 40u64 {
+            let now = start + n * SECOND / 2;
+            let account = 500 + n % 50;
+            // Unrelated prompts: random sentences of varied shape.
+            let words = rng.gen_range(10..60);
+            let text = format!("{} {}?", fill(&mut rng, words), fill(&mut rng, 3));
+            let o = Observation {
+                account: AccountId(account),
+                anonymous: false,
+                input_tokens: 50,
+                attrs: ObservedAttrs {
+                    ja4,
+                    http: h(AttrKind::Http, "h1_PO_11_c0r0l0_n09_aaaaaaaaaaaa"),
+                    h2: None,
+                    ip_prefix: h(AttrKind::IpPrefix, "192.0.2.0/24"),
+                    asn: None,
+                    prompt: prompt_keys(&text),
+                },
+            };
+            let d = sim.send(&o, now);
+            if let Some(c) = d.cluster {
+                assert_eq!(c.strength, Strength::Weak, "NAT linked {:?}", c);
+                assert!(!d.cluster_enforced);
+            }
+        }
+        assert_eq!(sim.throttled_by_cluster, 0);
+    }
+
+    /// 300 ordinary accounts with diverse clients, networks and prompts.
+    #[test]
+    fn ordinary_accounts_form_no_cluster() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut sim = Sim {
+            engine: Engine::new(cluster_policy(60)),
+            served: 0,
+            throttled_by_cluster: 0,
+            throttled_by_account: 0,
+        };
+        let start = 100 * 60 * SECOND;
+        for n in 0..300 * 10u64 {
+            let now = start + n * SECOND / 5;
+            let account = 9_000 + n % 300;
+            let words = rng.gen_range(8..80);
+            let text = fill(&mut rng, words);
+            let o = Observation {
+                account: AccountId(account),
+                anonymous: false,
+                input_tokens: 50,
+                attrs: ObservedAttrs {
+                    ja4: h(AttrKind::Ja4, &format!("ja4-{}", account % 20)),
+                    http: h(AttrKind::Http, &format!("http-{}", account % 7)),
+                    h2: None,
+                    ip_prefix: h(AttrKind::IpPrefix, &format!("10.{}.{}.0/24", account % 251, account / 251)),
+                    asn: None,
+                    prompt: prompt_keys(&text),
+                },
+            };
+            let d = sim.send(&o, now);
+            assert!(d.cluster.is_none(), "ordinary account linked: {:?}", d.cluster);
+        }
+        assert_eq!(sim.throttled_by_cluster, 0);
+    }
+
+    /// The hydra stops; two generations later its cluster is gone and its
+    /// members are back to their own budgets only.
+    #[test]
+    fn links_expire_and_the_cluster_dissolves() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let mut sim = Sim {
+            engine: Engine::new(cluster_policy(60)),
+            served: 0,
+            throttled_by_cluster: 0,
+            throttled_by_account: 0,
+        };
+        let ja4 = h(AttrKind::Ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
+        let start = 100 * 60 * SECOND;
+        let obs = |rng: &mut rand::rngs::StdRng, account: u64| {
+            let t = TEMPLATES[(account % 2) as usize];
+            let text = t.replacen("{}", &fill(rng, 25), 1).replacen("{}", &fill(rng, 15), 1);
+            Observation {
+                account: AccountId(account),
+                anonymous: false,
+                input_tokens: 100,
+                attrs: ObservedAttrs {
+                    ja4,
+                    http: None,
+                    h2: None,
+                    ip_prefix: h(AttrKind::IpPrefix, "203.0.113.0/24"),
+                    asn: None,
+                    prompt: prompt_keys(&text),
+                },
+            }
+        };
+        for n in 0..600u64 {
+            let o = obs(&mut rng, 1 + n % 30);
+            sim.send(&o, start + n * SECOND / 5);
+        }
+        let c = sim.engine.cluster_of(AccountId(1)).expect("clustered");
+        assert!(c.members >= 25);
+        // Silence for three generations (30 minutes); one lone request from an
+        // unrelated account drives the engine's clock.
+        let later = start + 40 * 60 * SECOND;
+        let mut lone = obs(&mut rng, 99_999);
+        lone.attrs = ObservedAttrs::default();
+        sim.send(&lone, later);
+        assert!(sim.engine.cluster_of(AccountId(1)).is_none(), "cluster still there");
+        let d = sim.send(&obs(&mut rng, 1), later + SECOND);
+        assert!(!d.cluster_enforced);
+        assert!(matches!(d.verdict, Verdict::Allow(_)));
+    }
+
+    #[test]
+    fn cluster_budget_grows_sublinearly_and_is_capped() {
+        let p = cluster_policy(60).cluster;
+        assert_eq!(p.multiplier(4), 1.5);
+        assert_eq!(p.multiplier(100), 3.5);
+        assert_eq!(p.multiplier(10_000), 4.0);
+        assert_eq!(p.budget(100).requests.per_period(), 420);
+        // Ten times the accounts buys far less than ten times the budget.
+        assert!(p.budget(1000).requests.per_period() < 2 * p.budget(100).requests.per_period());
+    }
+}

@@ -1,0 +1,119 @@
+//! A small hydra through the real proxy: accounts each far under their own
+//! limit, sharing a client stack, a network and prompt templates, are
+//! linked into one cluster whose budget refuses them with a 429 that names
+//! the cluster limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::*;
+
+const TEMPLATES: [&str; 2] = [
+    "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer. Question: {} Answer: {}",
+    "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct. Task: {} Candidate answer: {}",
+];
+
+fn fill(i: usize) -> String {
+    const SYL: [&str; 12] = ["ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es"];
+    (0..20)
+        .map(|k| {
+            let x = i * 31 + k * 7;
+            format!("{}{}{}", SYL[x % 12], SYL[(x / 12) % 12], SYL[(x / 144) % 12])
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_hydra_is_refused_by_its_cluster_budget() {
+    let env = Env::start(
+        r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 16
+
+[cluster]
+min_strength = "strong"
+min_members = 3
+[cluster.budget]
+requests_per_minute = 20
+burst_requests = 5
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 100
+"#,
+    );
+    let c = client();
+    let mut served = 0;
+    let mut cluster_429 = None;
+    for i in 0..60 {
+        let key = format!("sk-hydra-{:02}", i % 12);
+        let t = TEMPLATES[i % 2];
+        let prompt = t.replacen("{}", &fill(i), 1).replacen("{}", &fill(i + 1000), 1);
+        let body = serde_json::json!({
+            "model": "m", "max_tokens": 16,
+            "messages": [{"role": "user", "content": prompt}]
+        })
+        .to_string();
+        let mut req = messages_request(&env.url("/v1/messages"), &body);
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+        let r = timeout(c.request(req)).await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                served += 1;
+                let _ = body_json(r).await;
+            }
+            429 => {
+                let policy = r.headers()["ratelimit-policy"].to_str().unwrap().to_string();
+                let v = body_json(r).await;
+                cluster_429 = Some((policy, v));
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let (policy, v) = cluster_429.expect("the hydra was never refused");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("cluster"), "{msg}");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    // Each account sent at most 5 requests — far under its own 600/min — yet
+    // the cluster (budget 20/min × multiplier, burst 5 × multiplier) stopped them.
+    assert!(served < 60, "served {served}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_accounts_on_one_client_are_not_clustered() {
+    let env = Env::start(
+        r#"
+[cluster]
+min_strength = "weak"
+min_members = 2
+[cluster.budget]
+requests_per_minute = 1
+burst_requests = 1
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 100
+"#,
+    );
+    let c = client();
+    for i in 0..20 {
+        // Short, unrelated prompts: nothing to link on but client and network,
+        // which the default rules do not link without TLS.
+        let body = format!(
+            r#"{{"model":"m","max_tokens":8,"messages":[{{"role":"user","content":"question number {i} about {}"}}]}}"#,
+            fill(i * 97)
+        );
+        let mut req = messages_request(&env.url("/v1/messages"), &body);
+        req.headers_mut()
+            .insert("x-api-key", format!("sk-user-{i}").parse().unwrap());
+        let r = timeout(c.request(req)).await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let _ = body_json(r).await;
+    }
+}
