@@ -1,0 +1,129 @@
+//! The engine's decision with clusters on: 100k tracked accounts and a full
+//! attribute index (~1M entries), `decide` + `settle` per request with the
+//! prompt signature computed beforehand (measured separately on a 2 KB
+//! prompt). Prints the memory held per tracked account.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use distill_guard::engine::link::AttrKind;
+use distill_guard::engine::signature::{self, INDEX_KEYS};
+use distill_guard::engine::{
+    attr_hash, AccountId, Engine, ObservedAttrs, Observation, Policy, Usage, Verdict, SECOND,
+};
+use std::hint::black_box;
+
+const ACCOUNTS: u64 = 100_000;
+
+fn policy() -> Policy {
+    let c = distill_guard::config::parse(
+        std::path::Path::new("bench.toml"),
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+[upstream]
+url = "http://127.0.0.1:9"
+[tiers.default]
+requests_per_minute = 100000000
+burst_requests = 100000000
+input_tokens_per_minute = 100000000000
+output_tokens_per_minute = 100000000000
+max_concurrent = 100000
+[cluster.budget]
+requests_per_minute = 100000000
+burst_requests = 100000000
+input_tokens_per_minute = 100000000000
+output_tokens_per_minute = 100000000000
+max_concurrent = 100000
+"#,
+    )
+    .unwrap();
+    Policy::from_config(&c)
+}
+
+fn prompt(i: u64) -> String {
+    format!(
+        "Imagine and articulate the internal reasoning behind the completed response below, and write \
+         it out step by step. Question {i}: what is the {} of {}? Answer: it is {}.",
+        i * 7919 % 1000,
+        i % 97,
+        i * 31
+    )
+}
+
+fn attrs(i: u64, keys: [u64; INDEX_KEYS]) -> ObservedAttrs {
+    let h = |k, v: String| Some(attr_hash(k, v.as_bytes()));
+    ObservedAttrs {
+        ja4: h(AttrKind::Ja4, format!("ja4-{}", i % 50)),
+        http: h(AttrKind::Http, format!("http-{}", i % 30)),
+        h2: None,
+        ip_prefix: h(AttrKind::IpPrefix, format!("10.{}.{}.0/24", i % 256, i / 256 % 256)),
+        asn: h(AttrKind::Asn, format!("{}", 64_500 + i % 300)),
+        prompt: Some(keys),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let engine = Engine::new(policy());
+    let mut now = 1000 * SECOND;
+    // Fill: every account once with its own prompt (≈ 25 index keys each).
+    let mut sample = Vec::new();
+    for i in 0..ACCOUNTS {
+        let sig = signature::signature(&prompt(i));
+        let o = Observation {
+            account: AccountId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            anonymous: false,
+            input_tokens: 100,
+            attrs: attrs(i, sig.index_keys()),
+        };
+        now += SECOND / 1000;
+        if let Verdict::Allow(t) = engine.decide(&o, now).verdict {
+            engine.settle(&t, Usage::default(), now);
+        }
+        if i % 97 == 0 {
+            sample.push(o);
+        }
+    }
+    let stats = engine.link_stats().unwrap();
+    let accounts = engine.tracked_accounts();
+    let account_bytes = accounts * (std::mem::size_of::<(u64, distill_guard::engine::accounts::AccountState)>() + 16);
+    eprintln!(
+        "engine: {accounts} accounts, {} index keys, {} index entries, {} linked accounts; \
+         linker ≈ {} B, account states ≈ {} B → ≈ {} B per tracked account",
+        stats.values,
+        stats.entries,
+        stats.accounts,
+        stats.approx_bytes,
+        account_bytes,
+        (stats.approx_bytes + account_bytes) / accounts.max(1)
+    );
+
+    let mut g = c.benchmark_group("engine");
+    let mut i = 0usize;
+    g.bench_function("decide+settle, 100k accounts, full index (no signature)", |b| {
+        b.iter(|| {
+            i = (i + 1) % sample.len();
+            now += 1000;
+            let d = engine.decide(black_box(&sample[i]), now);
+            if let Verdict::Allow(t) = d.verdict {
+                engine.settle(&t, Usage { input_tokens: Some(100), output_tokens: 200 }, now);
+            }
+        })
+    });
+    let p2k: String = {
+        let words = ["the", "model", "reason", "about", "a", "distributed", "system", "with", "latency", "budget"];
+        let mut out = String::from("You are an expert. Explain step by step: ");
+        let mut k = 0;
+        while out.len() < 2048 {
+            out.push_str(words[k * 7 % words.len()]);
+            out.push(' ');
+            k += 1;
+        }
+        out
+    };
+    g.bench_function("prompt signature, 2 KB", |b| b.iter(|| signature::signature(black_box(&p2k))));
+    g.finish();
+}
+
+criterion_group!(group, benches);
+criterion_main!(group);
