@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use distill_guard::engine::link::AttrKind;
 use distill_guard::engine::signature::{self, INDEX_KEYS};
 use distill_guard::engine::{
-    attr_hash, AccountId, Engine, ObservedAttrs, Observation, Policy, Usage, Verdict, SECOND,
+    attr_hash, AccountId, Engine, Observation, ObservedAttrs, Policy, Usage, Verdict, SECOND,
 };
 use std::hint::black_box;
 
@@ -57,7 +57,10 @@ fn attrs(i: u64, keys: [u64; INDEX_KEYS]) -> ObservedAttrs {
         ja4: h(AttrKind::Ja4, format!("ja4-{}", i % 50)),
         http: h(AttrKind::Http, format!("http-{}", i % 30)),
         h2: None,
-        ip_prefix: h(AttrKind::IpPrefix, format!("10.{}.{}.0/24", i % 256, i / 256 % 256)),
+        ip_prefix: h(
+            AttrKind::IpPrefix,
+            format!("10.{}.{}.0/24", i % 256, i / 256 % 256),
+        ),
         asn: h(AttrKind::Asn, format!("{}", 64_500 + i % 300)),
         prompt: Some(keys),
     }
@@ -86,7 +89,8 @@ fn benches(c: &mut Criterion) {
     }
     let stats = engine.link_stats().unwrap();
     let accounts = engine.tracked_accounts();
-    let account_bytes = accounts * (std::mem::size_of::<(u64, distill_guard::engine::accounts::AccountState)>() + 16);
+    let account_bytes = accounts
+        * (std::mem::size_of::<(u64, distill_guard::engine::accounts::AccountState)>() + 16);
     eprintln!(
         "engine: {accounts} accounts, {} index keys, {} index entries, {} linked accounts; \
          linker ≈ {} B, account states ≈ {} B → ≈ {} B per tracked account",
@@ -100,18 +104,39 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("engine");
     let mut i = 0usize;
-    g.bench_function("decide+settle, 100k accounts, full index (no signature)", |b| {
-        b.iter(|| {
-            i = (i + 1) % sample.len();
-            now += 1000;
-            let d = engine.decide(black_box(&sample[i]), now);
-            if let Verdict::Allow(t) = d.verdict {
-                engine.settle(&t, Usage { input_tokens: Some(100), output_tokens: 200 }, now);
-            }
-        })
-    });
+    g.bench_function(
+        "decide+settle, 100k accounts, full index (no signature)",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % sample.len();
+                now += 1000;
+                let d = engine.decide(black_box(&sample[i]), now);
+                if let Verdict::Allow(t) = d.verdict {
+                    engine.settle(
+                        &t,
+                        Usage {
+                            input_tokens: Some(100),
+                            output_tokens: 200,
+                        },
+                        now,
+                    );
+                }
+            })
+        },
+    );
     let p2k: String = {
-        let words = ["the", "model", "reason", "about", "a", "distributed", "system", "with", "latency", "budget"];
+        let words = [
+            "the",
+            "model",
+            "reason",
+            "about",
+            "a",
+            "distributed",
+            "system",
+            "with",
+            "latency",
+            "budget",
+        ];
         let mut out = String::from("You are an expert. Explain step by step: ");
         let mut k = 0;
         while out.len() < 2048 {
@@ -121,7 +146,9 @@ fn benches(c: &mut Criterion) {
         }
         out
     };
-    g.bench_function("prompt signature, 2 KB", |b| b.iter(|| signature::signature(black_box(&p2k))));
+    g.bench_function("prompt signature, 2 KB", |b| {
+        b.iter(|| signature::signature(black_box(&p2k)))
+    });
     g.finish();
 }
 

@@ -5,7 +5,9 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use distill_guard::engine::{Engine, Observation, Policy, Tier, Usage, Verdict, SECOND};
+use distill_guard::engine::{
+    Engine, Observation, ObservedAttrs, Policy, Tier, Usage, Verdict, SECOND,
+};
 use distill_guard::identity::KeyHasher;
 use std::hint::black_box;
 
@@ -34,6 +36,7 @@ fn benches(c: &mut Criterion) {
             account: hasher.account_id(k.as_bytes()),
             anonymous: false,
             input_tokens: 10,
+            attrs: ObservedAttrs::default(),
         };
         if let Verdict::Allow(t) = engine.decide(&obs, now).verdict {
             engine.settle(&t, Usage::default(), now);
@@ -57,6 +60,7 @@ fn benches(c: &mut Criterion) {
                 account: hasher.account_id(black_box(keys[i].as_bytes())),
                 anonymous: false,
                 input_tokens: 50,
+                attrs: ObservedAttrs::default(),
             };
             match engine.decide(&obs, now).verdict {
                 Verdict::Allow(t) => engine.settle(
@@ -67,7 +71,7 @@ fn benches(c: &mut Criterion) {
                     },
                     now,
                 ),
-                Verdict::Throttle(_) => panic!("bench tier must not throttle"),
+                Verdict::Throttle(_) | Verdict::Block(_) => panic!("bench tier must not refuse"),
             }
         })
     });

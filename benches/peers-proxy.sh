@@ -25,6 +25,10 @@ shutdown_grace_ms = 1000
 
 [logging]
 level = "warn"
+
+[admin]
+address = "127.0.0.1:0"
+watch_config = false
 ${DG_EXTRA_TOML:-}
 TOML
 exec "$BIN" serve --config "$BENCH_TMP/distill-guard.toml"

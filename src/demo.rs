@@ -34,6 +34,9 @@ pub fn demo_config(
     cfg.upstream.path_prefix.clear();
     cfg.upstream.ca_path = None;
     cfg.server.workers = 1;
+    // The admin API on a free loopback port (the demo may run beside a proxy).
+    cfg.admin.address = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.admin.watch_config = false;
     cfg.server.shutdown_grace = std::time::Duration::from_secs(2);
     Ok(cfg)
 }

@@ -96,8 +96,8 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// Block until SIGTERM or SIGINT.
-fn wait_for_signal() -> anyhow::Result<()> {
+/// Block until SIGTERM or SIGINT; on SIGHUP call `on_hup` and go on waiting.
+fn wait_for_signal(on_hup: impl Fn()) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -106,11 +106,23 @@ fn wait_for_signal() -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    return Ok(());
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    return Ok(());
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    on_hup();
+                }
+            }
         }
-        Ok(())
     })
 }
 
@@ -136,7 +148,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             init_logging(cfg.logging.format, &cfg.logging.level);
             let handle = server::start(cfg).context("starting the proxy")?;
-            wait_for_signal()?;
+            wait_for_signal(|| {
+                // Failures are logged and counted by reload itself.
+                let _ = handle.reload();
+            })?;
             handle.shutdown();
             handle.join();
             tracing::info!("stopped");
@@ -155,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let m =
                 mock::start(listen, opts).with_context(|| format!("mock upstream on {listen}"))?;
             println!("mock upstream listening on http://{}", m.addr());
-            wait_for_signal()?;
+            wait_for_signal(|| ())?;
             m.stop();
             Ok(ExitCode::SUCCESS)
         }
@@ -228,8 +243,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!();
             let [plain, streaming] = demo::curl_commands(addr);
             println!("Try:\n  {plain}\n\nStreaming:\n  {streaming}\n");
+            if let Some(a) = proxy.admin_addr() {
+                println!(
+                    "  admin API:     http://{a}/metrics  (also /admin/top, /admin/accounts/ID)"
+                );
+            }
             println!("Ctrl-C to stop.");
-            wait_for_signal()?;
+            wait_for_signal(|| ())?;
             proxy.shutdown();
             proxy.join();
             upstream.stop();

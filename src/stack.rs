@@ -25,15 +25,13 @@ use crate::api::meter::UsageMeter;
 use crate::api::ApiKind;
 use crate::config::{Config, MissingKey};
 use crate::engine::link::AttrKind;
-use crate::engine::{
-    attr_hash, signature, Engine, Observation, ObservedAttrs, Ticket, Usage, Verdict,
-};
+use crate::engine::{attr_hash, signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity::{self, AccountId};
 use crate::proxy::body::{RequestBody, ResponseBody, ResponseObserver};
 use crate::proxy::error::{error_response, throttle_response, ProxyError};
 use crate::proxy::headers::{self, X_REQUEST_ID};
-use crate::server::{Clock, ConnInfo, Worker};
+use crate::server::{ConnInfo, Shared, Worker};
 
 /// Serve one client request.
 pub async fn handle(
@@ -41,12 +39,15 @@ pub async fn handle(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let started = std::time::Instant::now();
     let request_id = headers::request_id(req.headers());
     let api = ApiKind::from_path(req.uri().path());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut log = AccessLog::default();
+    let mut log = AccessLog {
+        started: std::time::Instant::now(),
+        account: None,
+        decision: "",
+    };
     let mut resp = match proxy_request(worker, conn, api, &request_id, req, &mut log).await {
         Ok(r) => r,
         Err(e) => {
@@ -55,6 +56,11 @@ pub async fn handle(
             error_response(api.error_shape(), e.kind(), &e.client_message())
         }
     };
+    worker.shared.metrics.request(if log.decision.is_empty() {
+        "other"
+    } else {
+        log.decision
+    });
     // One access line per request; the account is its keyed hash, never the key.
     info!(
         target: "distill_guard::access",
@@ -65,7 +71,7 @@ pub async fn handle(
         account = log.account.map(|a| a.to_string()).unwrap_or_default(),
         decision = log.decision,
         status = resp.status().as_u16(),
-        head_us = started.elapsed().as_micros() as u64,
+        head_us = log.started.elapsed().as_micros() as u64,
         "request"
     );
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
@@ -73,8 +79,9 @@ pub async fn handle(
 }
 
 /// What the access line reports about a request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct AccessLog {
+    started: std::time::Instant,
     account: Option<AccountId>,
     decision: &'static str,
 }
@@ -124,6 +131,7 @@ async fn proxy_request(
         }
         Verdict::Throttle(hit) => {
             log.decision = "throttle";
+            shared.metrics.limit_hit(hit.scope, hit.kind);
             debug!(
                 request_id = ?request_id,
                 account = %account,
@@ -133,9 +141,18 @@ async fn proxy_request(
             );
             return Ok(throttle_response(api.error_shape(), &hit));
         }
+        Verdict::Block(scope) => {
+            log.decision = "block";
+            return Ok(error_response(
+                api.error_shape(),
+                crate::api::ErrorKind::Forbidden,
+                &format!("this {} is blocked", scope.as_str()),
+            ));
+        }
     };
     // From here the ticket is settled exactly once, whatever happens.
-    let mut settlement = Settlement::new(engine.clone(), shared.clock, ticket);
+    let mut settlement = Settlement::new(shared.clone(), ticket);
+    shared.metrics.proxy_overhead.observe(log.started.elapsed());
 
     let upstream = crate::proxy::forward(
         &worker.client,
@@ -147,6 +164,11 @@ async fn proxy_request(
         request_id,
     )
     .await?;
+    shared
+        .metrics
+        .upstream_latency
+        .observe(log.started.elapsed());
+    shared.metrics.upstream_status(upstream.status().as_u16());
 
     let (mut parts, body) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -157,6 +179,7 @@ async fn proxy_request(
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         settlement.meter = Some(UsageMeter::new(api, streaming));
     }
+    settlement.start_stream();
     let body = ResponseBody::upstream(
         body,
         config.upstream.idle_timeout,
@@ -269,20 +292,26 @@ fn body_len_hint(h: &http::HeaderMap, body: &RequestBody) -> u64 {
 /// response body ends, fails or is dropped (client gone), with the usage
 /// metered from the stream.
 struct Settlement {
-    engine: Arc<Engine>,
-    clock: Clock,
+    shared: Arc<Shared>,
     ticket: Option<Ticket>,
     meter: Option<UsageMeter>,
+    streaming: bool,
 }
 
 impl Settlement {
-    fn new(engine: Arc<Engine>, clock: Clock, ticket: Ticket) -> Self {
+    fn new(shared: Arc<Shared>, ticket: Ticket) -> Self {
         Settlement {
-            engine,
-            clock,
+            shared,
             ticket: Some(ticket),
             meter: None,
+            streaming: false,
         }
+    }
+
+    /// The response body starts streaming to the client.
+    fn start_stream(&mut self) {
+        self.streaming = true;
+        self.shared.metrics.stream(1);
     }
 
     fn settle(&mut self) {
@@ -299,7 +328,13 @@ impl Settlement {
             }
             None => Usage::default(),
         };
-        self.engine.settle(&ticket, usage, self.clock.now());
+        self.shared
+            .engine
+            .settle(&ticket, usage, self.shared.clock.now());
+        if self.streaming {
+            self.streaming = false;
+            self.shared.metrics.stream(-1);
+        }
     }
 }
 

@@ -216,9 +216,10 @@ fn proxy_protocol_from_a_trusted_peer_sets_the_client() {
         &format!("http://{}", mock.addr()),
         "[identity]\ntrusted_proxies = [\"127.0.0.1\"]\n",
     )
-    .replace(
+    .replacen(
         "address = \"127.0.0.1:0\"",
         "address = \"127.0.0.1:0\"\nproxy_protocol = true",
+        1,
     );
     let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
     let mut s = TcpStream::connect(proxy.local_addrs()[0]).unwrap();
@@ -259,8 +260,11 @@ fn api_keys_never_appear_in_logs() {
         &cfg,
         format!(
             "{}{}[logging]\nformat = \"json\"\nlevel = \"trace\"\n",
-            basic_config(&format!("http://{}", mock.addr()), "")
-                .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            basic_config(&format!("http://{}", mock.addr()), "").replacen(
+                "127.0.0.1:0",
+                &format!("127.0.0.1:{port}"),
+                1
+            ),
             tier(60, 1, 1_000_000)
         ),
     )

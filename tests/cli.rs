@@ -110,7 +110,7 @@ async fn sigterm_lets_open_streams_finish_then_exits_zero() {
     std::fs::write(
         &cfg,
         basic_config(&format!("http://{}", mock.addr()), "")
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
             .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 10000"),
     )
     .unwrap();
@@ -169,7 +169,7 @@ fn sigterm_after_the_grace_period_still_exits_zero() {
     std::fs::write(
         &cfg,
         basic_config(&format!("http://{}", mock.addr()), "")
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
             .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 300")
             .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 60000"),
     )

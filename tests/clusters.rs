@@ -15,11 +15,18 @@ const TEMPLATES: [&str; 2] = [
 ];
 
 fn fill(i: usize) -> String {
-    const SYL: [&str; 12] = ["ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es"];
+    const SYL: [&str; 12] = [
+        "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es",
+    ];
     (0..20)
         .map(|k| {
             let x = i * 31 + k * 7;
-            format!("{}{}{}", SYL[x % 12], SYL[(x / 12) % 12], SYL[(x / 144) % 12])
+            format!(
+                "{}{}{}",
+                SYL[x % 12],
+                SYL[(x / 12) % 12],
+                SYL[(x / 144) % 12]
+            )
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -53,7 +60,9 @@ max_concurrent = 100
     for i in 0..60 {
         let key = format!("sk-hydra-{:02}", i % 12);
         let t = TEMPLATES[i % 2];
-        let prompt = t.replacen("{}", &fill(i), 1).replacen("{}", &fill(i + 1000), 1);
+        let prompt = t
+            .replacen("{}", &fill(i), 1)
+            .replacen("{}", &fill(i + 1000), 1);
         let body = serde_json::json!({
             "model": "m", "max_tokens": 16,
             "messages": [{"role": "user", "content": prompt}]
@@ -68,7 +77,10 @@ max_concurrent = 100
                 let _ = body_json(r).await;
             }
             429 => {
-                let policy = r.headers()["ratelimit-policy"].to_str().unwrap().to_string();
+                let policy = r.headers()["ratelimit-policy"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
                 let v = body_json(r).await;
                 cluster_429 = Some((policy, v));
                 break;

@@ -49,6 +49,9 @@ url = "http://{}"
 
 [server]
 workers = 1
+
+[admin]
+address = "127.0.0.1:0"
 {extra}
 "#,
         pki.cert_pem.display(),

@@ -106,6 +106,9 @@ url = "http://{}"
 
 [server]
 workers = 1
+
+[admin]
+address = "127.0.0.1:0"
 "#,
         pki.cert_pem.display(),
         pki.key_pem.display(),
@@ -147,6 +150,9 @@ ca_path = "{}"
 
 [server]
 workers = 1
+
+[admin]
+address = "127.0.0.1:0"
 "#,
         a_addr.port(),
         pki.ca_pem.display()
@@ -169,7 +175,7 @@ async fn https_upstream_with_unknown_ca_is_a_502() {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let tls_cfg = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n[upstream]\nurl = \"http://{}\"\n[server]\nworkers = 1\n",
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n[upstream]\nurl = \"http://{}\"\n[server]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:0\"\n",
         pki.cert_pem.display(),
         pki.key_pem.display(),
         mock.addr()

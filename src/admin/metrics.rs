@@ -1,9 +1,12 @@
 //! Process metrics as atomics, rendered in the Prometheus text exposition
-//! format. Hot paths only do relaxed atomic adds.
+//! format (`GET /metrics` on the admin listener). Hot paths only do relaxed
+//! atomic adds; engine gauges are read at render time.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
+use crate::engine::{Engine, LimitKind, Scope};
 use crate::fingerprint::tls::HelloError;
 
 /// Reasons a connection is closed before HTTP, as metric labels.
@@ -49,12 +52,94 @@ impl ConnReject {
     }
 }
 
+/// Outcome of a request, as the `decision` label.
+pub const DECISIONS: [&str; 10] = [
+    "allow",
+    "throttle",
+    "block",
+    "unauthorized",
+    "payload_too_large",
+    "bad_gateway",
+    "gateway_timeout",
+    "invalid_request",
+    "internal",
+    "other",
+];
+
+fn decision_index(d: &str) -> usize {
+    DECISIONS
+        .iter()
+        .position(|x| *x == d)
+        .unwrap_or(DECISIONS.len() - 1)
+}
+
+const SCOPES: [Scope; 2] = [Scope::Account, Scope::Cluster];
+const KINDS: [LimitKind; 4] = [
+    LimitKind::Requests,
+    LimitKind::InputTokens,
+    LimitKind::OutputTokens,
+    LimitKind::Concurrency,
+];
+
+/// Bucket bounds in seconds, shared by the latency histograms.
+const BUCKETS: [f64; 18] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
 /// Counters and gauges of the running process.
 #[derive(Debug, Default)]
 pub struct Metrics {
     connections_accepted: AtomicU64,
-    connections_open: AtomicU64,
+    connections_open: AtomicI64,
     connections_rejected: [AtomicU64; REJECT_LABELS.len()],
+    requests: [AtomicU64; DECISIONS.len()],
+    limits_hit: [AtomicU64; SCOPES.len() * KINDS.len()],
+    upstream_status: [AtomicU64; 5],
+    streams_open: AtomicI64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Time from request start to response head from the upstream.
+    pub upstream_latency: Histogram,
+    /// Time the proxy spends on a request before forwarding it (fingerprint,
+    /// identity, body read and inspection, engine decision).
+    pub proxy_overhead: Histogram,
 }
 
 impl Metrics {
@@ -79,33 +164,231 @@ impl Metrics {
         self.connections_rejected[reason.index()].load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_connections_accepted_total Client connections accepted.\n\
-             # TYPE distill_guard_connections_accepted_total counter\n\
-             distill_guard_connections_accepted_total {}",
-            self.connections_accepted.load(Ordering::Relaxed)
+    /// A request ended with `decision` (one of [`DECISIONS`]).
+    pub fn request(&self, decision: &str) {
+        self.requests[decision_index(decision)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A budget refused a request.
+    pub fn limit_hit(&self, scope: Scope, kind: LimitKind) {
+        let s = SCOPES.iter().position(|x| *x == scope).unwrap_or(0);
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
+        self.limits_hit[s * KINDS.len() + k].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream answered with `status`.
+    pub fn upstream_status(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.upstream_status[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response body started (+1) or ended (-1) streaming.
+    pub fn stream(&self, delta: i64) {
+        self.streams_open.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A config reload was applied (`ok`) or rejected.
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reloads applied and rejected so far.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Prometheus text exposition of every metric, with the engine's gauges.
+    pub fn render(&self, engine: &Engine) -> String {
+        let mut out = String::with_capacity(8192);
+        let counter = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        counter(
+            &mut out,
+            "distill_guard_connections_accepted_total",
+            "Client connections accepted.",
         );
         let _ = writeln!(
             out,
-            "# HELP distill_guard_connections_open Client connections open now.\n\
-             # TYPE distill_guard_connections_open gauge\n\
-             distill_guard_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
+            "distill_guard_connections_accepted_total {}",
+            load(&self.connections_accepted)
         );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_connections_rejected_total Connections closed before HTTP, by reason.\n\
-             # TYPE distill_guard_connections_rejected_total counter"
+        gauge(
+            &mut out,
+            "distill_guard_connections_open",
+            "Client connections open now.",
+            self.connections_open.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "distill_guard_connections_rejected_total",
+            "Connections closed before HTTP, by reason.",
         );
         for (i, label) in REJECT_LABELS.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "distill_guard_connections_rejected_total{{reason=\"{label}\"}} {}",
-                self.connections_rejected[i].load(Ordering::Relaxed)
+                load(&self.connections_rejected[i])
+            );
+        }
+        counter(
+            &mut out,
+            "distill_guard_requests_total",
+            "Requests by decision.",
+        );
+        for (i, d) in DECISIONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "distill_guard_requests_total{{decision=\"{d}\"}} {}",
+                load(&self.requests[i])
+            );
+        }
+        counter(
+            &mut out,
+            "distill_guard_limits_hit_total",
+            "Requests refused by a budget, by scope (account, cluster) and limit.",
+        );
+        for (si, s) in SCOPES.iter().enumerate() {
+            for (ki, k) in KINDS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "distill_guard_limits_hit_total{{scope=\"{}\",limit=\"{}\"}} {}",
+                    s.as_str(),
+                    k.as_str(),
+                    load(&self.limits_hit[si * KINDS.len() + ki])
+                );
+            }
+        }
+        counter(
+            &mut out,
+            "distill_guard_upstream_responses_total",
+            "Upstream response heads by status class.",
+        );
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "distill_guard_upstream_responses_total{{class=\"{class}\"}} {}",
+                load(&self.upstream_status[i])
+            );
+        }
+        self.upstream_latency.render(
+            &mut out,
+            "distill_guard_upstream_response_seconds",
+            "Time from the request's arrival to the upstream's response head.",
+        );
+        self.proxy_overhead.render(
+            &mut out,
+            "distill_guard_proxy_overhead_seconds",
+            "Time the proxy spends on a request before forwarding it.",
+        );
+        gauge(
+            &mut out,
+            "distill_guard_streams_open",
+            "Response bodies being streamed now.",
+            self.streams_open.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "distill_guard_config_reloads_total",
+            "Config reloads by result.",
+        );
+        let _ = writeln!(
+            out,
+            "distill_guard_config_reloads_total{{result=\"ok\"}} {}\n\
+             distill_guard_config_reloads_total{{result=\"rejected\"}} {}",
+            load(&self.reloads_ok),
+            load(&self.reloads_failed)
+        );
+
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let as_i64u = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut out,
+            "distill_guard_tracked_accounts",
+            "Accounts whose budget state is held.",
+            as_i64u(engine.tracked_accounts()),
+        );
+        gauge(
+            &mut out,
+            "distill_guard_tracked_account_cap",
+            "Configured cap on tracked accounts (accounts.max_tracked).",
+            as_i64u(engine.policy().max_tracked),
+        );
+        gauge(
+            &mut out,
+            "distill_guard_tracked_cluster_budgets",
+            "Clusters whose budget state is held.",
+            as_i64u(engine.tracked_clusters()),
+        );
+        let stats = engine.stats();
+        counter(
+            &mut out,
+            "distill_guard_account_evictions_total",
+            "Account states dropped (idle, or over the cap).",
+        );
+        let _ = writeln!(
+            out,
+            "distill_guard_account_evictions_total {}",
+            stats.evicted_accounts.load(Ordering::Relaxed)
+        );
+        if let Some(l) = engine.link_stats() {
+            gauge(
+                &mut out,
+                "distill_guard_clusters",
+                "Clusters of linked accounts.",
+                as_i64u(l.clusters),
+            );
+            gauge(
+                &mut out,
+                "distill_guard_linked_accounts",
+                "Accounts held in clusters.",
+                as_i64u(l.accounts),
+            );
+            gauge(
+                &mut out,
+                "distill_guard_link_index_values",
+                "Attribute values in the linkage index.",
+                as_i64u(l.values),
+            );
+            gauge(
+                &mut out,
+                "distill_guard_link_index_cap",
+                "Configured cap on index values (cluster.max_index_values).",
+                as_i64u(engine.policy().cluster.link.max_values),
+            );
+            gauge(
+                &mut out,
+                "distill_guard_link_index_entries",
+                "Account entries in the linkage index.",
+                as_i64u(l.entries),
+            );
+            counter(
+                &mut out,
+                "distill_guard_link_index_evictions_total",
+                "Index values evicted by the cap while still in their window.",
+            );
+            let _ = writeln!(
+                out,
+                "distill_guard_link_index_evictions_total {}",
+                l.evicted_total
+            );
+            gauge(
+                &mut out,
+                "distill_guard_link_memory_bytes",
+                "Estimated bytes held by the linkage index and clusters.",
+                as_i64(l.approx_bytes as u64),
             );
         }
         out

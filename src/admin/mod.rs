@@ -1,3 +1,370 @@
-//! Admin API and metrics (operations).
+//! Admin API and metrics, on a separate listener (`[admin] address`,
+//! loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`,
+//! `GET /admin/accounts/{id}`, `GET /admin/clusters/{id}`,
+//! `GET /admin/top?by=requests|tokens`, and
+//! `POST /admin/{accounts|clusters}/{id}/{block|unblock|allow}`.
+//!
+//! With a token configured every endpoint but the two probes needs
+//! `Authorization: Bearer <token>` (compared in constant time); without one
+//! the listener must be on a loopback address (config validation refuses
+//! anything else). Manual decisions are written to `[admin] state_path` and
+//! recorded in the audit stream (`distill_guard::audit` log target).
 
 pub mod metrics;
+pub mod state;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::engine::{AccountId, Manual};
+use crate::server::Shared;
+
+/// Serve the admin API until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
+        });
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", v.to_string())
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_reply(status, &json!({"error": message}))
+}
+
+/// Equal in time independent of where the inputs differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let config = shared.config.load();
+    let Some(token) = &config.admin.token else {
+        return true;
+    };
+    let Some(v) = req.headers().get(http::header::AUTHORIZATION) else {
+        return false;
+    };
+    let v = v.as_bytes();
+    v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && ct_eq(&v[7..], token.as_bytes())
+}
+
+fn parse_id(s: &str) -> Option<u64> {
+    crate::config::accounts_file::parse_account_id(s)
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => return readyz(shared).await,
+        _ => {}
+    }
+    if !authorized(shared, &req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["metrics"]) => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(&shared.engine),
+        ),
+        (&Method::GET, ["admin", "accounts", id]) => match parse_id(id) {
+            Some(id) => account(shared, AccountId(id)),
+            None => error(StatusCode::BAD_REQUEST, "account ids are 16 hex digits"),
+        },
+        (&Method::GET, ["admin", "clusters", id]) => match parse_id(id) {
+            Some(id) => cluster(shared, id),
+            None => error(StatusCode::BAD_REQUEST, "cluster ids are 16 hex digits"),
+        },
+        (&Method::GET, ["admin", "top"]) => top(shared, req.uri().query().unwrap_or("")),
+        (&Method::POST, ["admin", kind @ ("accounts" | "clusters"), id, action]) => {
+            let Some(id) = parse_id(id) else {
+                return error(StatusCode::BAD_REQUEST, "ids are 16 hex digits");
+            };
+            let manual = match *action {
+                "block" => Some(Manual::Block),
+                "allow" => Some(Manual::Allow),
+                "unblock" => None,
+                _ => return error(StatusCode::NOT_FOUND, "actions are block, unblock, allow"),
+            };
+            manual_decision(shared, peer, kind, id, action, manual)
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+    }
+}
+
+async fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+    let config = shared.config.load();
+    let u = &config.upstream;
+    let port = u
+        .authority
+        .port_u16()
+        .unwrap_or(if u.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        });
+    let target = format!("{}:{port}", u.authority.host());
+    let connect = async {
+        let addrs = tokio::net::lookup_host(&target).await?;
+        let mut last = std::io::Error::other("no address");
+        for a in addrs {
+            match tokio::net::TcpStream::connect(a).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    match tokio::time::timeout(u.connect_timeout.min(Duration::from_secs(2)), connect).await {
+        Ok(Ok(())) => reply(StatusCode::OK, "text/plain", "ready\n"),
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("upstream {target} unreachable: {e}\n"),
+        ),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("upstream {target} did not accept a connection in time\n"),
+        ),
+    }
+}
+
+fn cluster_json(shared: &Shared, c: &crate::engine::link::ClusterView) -> serde_json::Value {
+    let policy = shared.engine.policy();
+    let now = shared.clock.now();
+    let rules: Vec<&str> = policy
+        .cluster
+        .link
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < 32 && c.rules & (1 << i) != 0)
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    json!({
+        "id": format!("{:016x}", c.id),
+        "members": c.members,
+        "strength": c.strength.as_str(),
+        "links": rules,
+        "formed_seconds_ago": now.saturating_sub(c.formed_at) / crate::engine::SECOND,
+        "shares_budget": policy.cluster.applies(c),
+        "budget_multiplier": policy.cluster.multiplier(c.members),
+        "manual": shared.engine.manual_cluster(c.id),
+    })
+}
+
+fn account(shared: &Shared, id: AccountId) -> Response<Full<Bytes>> {
+    let now = shared.clock.now();
+    let budgets = shared.engine.account_budgets(id, now);
+    let manual = shared.engine.manual_account(id);
+    if budgets.is_none() && manual.is_none() {
+        return error(StatusCode::NOT_FOUND, "no state held for this account");
+    }
+    let cluster = shared
+        .engine
+        .cluster_of(id)
+        .map(|c| cluster_json(shared, &c));
+    let b = budgets.map(|b| {
+        json!({
+            "tier": &*b.tier,
+            "allow_listed": b.allow_listed,
+            "requests_remaining": b.requests_remaining,
+            "input_tokens_remaining": b.input_tokens_remaining,
+            "output_tokens_remaining": b.output_tokens_remaining,
+            "output_tokens_debt": b.output_tokens_debt,
+            "in_flight": b.in_flight,
+            "first_seen_seconds_ago": now.saturating_sub(b.first_seen) / crate::engine::SECOND,
+            "last_seen_seconds_ago": now.saturating_sub(b.last_seen) / crate::engine::SECOND,
+        })
+    });
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "id": id.to_string(),
+            "manual": manual,
+            "budgets": b,
+            "cluster": cluster,
+            "score": null,
+        }),
+    )
+}
+
+fn cluster(shared: &Shared, id: u64) -> Response<Full<Bytes>> {
+    let manual = shared.engine.manual_cluster(id);
+    let Some(c) = shared.engine.cluster(id) else {
+        if manual.is_some() {
+            return json_reply(
+                StatusCode::OK,
+                &json!({"id": format!("{id:016x}"), "members": 0, "manual": manual, "dissolved": true}),
+            );
+        }
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such cluster (it may have dissolved)",
+        );
+    };
+    let mut v = cluster_json(shared, &c);
+    let members: Vec<String> = shared
+        .engine
+        .cluster_members(id, 100)
+        .into_iter()
+        .map(|a| a.to_string())
+        .collect();
+    v["member_ids"] = json!(members);
+    json_reply(StatusCode::OK, &v)
+}
+
+fn top(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
+    let by = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("by="))
+        .unwrap_or("requests");
+    let by_tokens = match by {
+        "requests" => false,
+        "tokens" => true,
+        "score" => return error(
+            StatusCode::BAD_REQUEST,
+            "by=score: behaviour scores are not computed by this version; use requests or tokens",
+        ),
+        _ => return error(StatusCode::BAD_REQUEST, "by must be requests or tokens"),
+    };
+    let rows: Vec<serde_json::Value> = shared
+        .engine
+        .top_accounts(20, by_tokens)
+        .into_iter()
+        .map(|(id, requests, tokens)| {
+            let cluster = shared.engine.cluster_of(id).map(|c| format!("{:016x}", c.id));
+            json!({"id": id.to_string(), "requests": requests, "tokens": tokens, "cluster": cluster})
+        })
+        .collect();
+    json_reply(StatusCode::OK, &json!({"by": by, "accounts": rows}))
+}
+
+fn manual_decision(
+    shared: &Shared,
+    peer: SocketAddr,
+    kind: &str,
+    id: u64,
+    action: &str,
+    manual: Option<Manual>,
+) -> Response<Full<Bytes>> {
+    if kind == "accounts" {
+        shared.engine.set_manual_account(AccountId(id), manual);
+    } else {
+        shared.engine.set_manual_cluster(id, manual);
+    }
+    let config = shared.config.load();
+    let persisted = match &config.admin.state_path {
+        Some(path) => match state::save(path, &shared.engine) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot persist manual decisions");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("applied in memory but not persisted: {e}"),
+                );
+            }
+        },
+        None => false,
+    };
+    let when = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    info!(
+        target: "distill_guard::audit",
+        kind = "manual_decision",
+        subject = kind.trim_end_matches('s'),
+        id = %format!("{id:016x}"),
+        action,
+        who = %peer,
+        when_unix_ms = when as u64,
+        persisted,
+        "admin decision"
+    );
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "id": format!("{id:016x}"),
+            "subject": kind.trim_end_matches('s'),
+            "manual": manual,
+            "persisted": persisted,
+        }),
+    )
+}

@@ -38,6 +38,9 @@ pub struct FileConfig {
     /// Linking accounts into clusters and the clusters' shared budget.
     #[serde(default)]
     pub cluster: FileCluster,
+    /// The admin API and metrics listener.
+    #[serde(default)]
+    pub admin: FileAdmin,
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
@@ -460,4 +463,36 @@ pub struct FileAttrValues {
     pub ip_prefix: Vec<String>,
     /// AS numbers.
     pub asn: Vec<u32>,
+}
+
+/// `[admin]`: a separate listener for health, metrics and admin actions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAdmin {
+    /// Serve the admin API at all.
+    pub enabled: bool,
+    /// `IP:PORT`; without a token it must be a loopback address.
+    pub address: String,
+    /// Environment variable holding the bearer token (preferred).
+    pub token_env: Option<String>,
+    /// The bearer token itself.
+    pub token: Option<String>,
+    /// File where manual block/allow decisions are kept across restarts.
+    pub state_path: Option<String>,
+    /// Watch the config file (and the files it names) and reload on change;
+    /// SIGHUP reloads in any case.
+    pub watch_config: bool,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "127.0.0.1:9901".into(),
+            token_env: Some("DISTILL_GUARD_ADMIN_TOKEN".into()),
+            token: None,
+            state_path: None,
+            watch_config: true,
+        }
+    }
 }

@@ -44,6 +44,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     /// Cluster linkage and budgets.
     pub cluster: ClusterConfig,
+    /// Admin API.
+    pub admin: AdminConfig,
     /// Log output.
     pub logging: LoggingConfig,
 }
@@ -127,6 +129,19 @@ pub struct AccountsConfig {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: Duration,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Listener address (None: no admin API).
+    pub address: Option<SocketAddr>,
+    /// Bearer token (None: open, loopback only).
+    pub token: Option<String>,
+    /// Where manual decisions persist.
+    pub state_path: Option<PathBuf>,
+    /// Watch files and reload on change.
+    pub watch_config: bool,
 }
 
 /// Cluster linkage and budgets, validated.
@@ -562,6 +577,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     let tiers = validate_tiers(&f.tiers)?;
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
     let cluster = validate_cluster(&f.cluster)?;
+    let admin = validate_admin(base, &f.admin)?;
 
     let format = match f.logging.format.as_str() {
         "json" => LogFormat::Json,
@@ -599,7 +615,55 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         tiers,
         accounts,
         cluster,
+        admin,
         logging,
+    })
+}
+
+fn validate_admin(base: &Path, f: &file::FileAdmin) -> Result<AdminConfig, Invalid> {
+    let address = if f.enabled {
+        let a: SocketAddr = f.address.parse().map_err(|_| {
+            invalid(
+                "admin.address",
+                format!(
+                    "expected IP:PORT such as \"127.0.0.1:9901\", got {:?}",
+                    f.address
+                ),
+            )
+        })?;
+        Some(a)
+    } else {
+        None
+    };
+    let token = match (&f.token_env, &f.token) {
+        (Some(var), fallback) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => fallback.clone(),
+        },
+        (None, t) => t.clone(),
+    };
+    if let Some(a) = address {
+        if token.is_none() && !a.ip().is_loopback() {
+            return Err(invalid(
+                "admin.address",
+                format!(
+                    "{a} is not a loopback address: set a token (admin.token_env or admin.token) \
+                     or listen on 127.0.0.1 / ::1"
+                ),
+            ));
+        }
+    }
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(invalid(
+            "admin.token",
+            "expected a token of at least 16 bytes",
+        ));
+    }
+    Ok(AdminConfig {
+        address,
+        token,
+        state_path: f.state_path.as_ref().map(|p| resolve(base, p)),
+        watch_config: f.watch_config,
     })
 }
 
@@ -642,10 +706,10 @@ fn nets(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, Invalid> {
 
 /// Hashed (kind, value) pairs of a `[cluster.ignore]`-style table; IP
 /// networks are returned separately (matched by containment).
-fn attr_values(
-    key: &str,
-    v: &file::FileAttrValues,
-) -> Result<(Vec<(AttrKind, u64)>, Vec<ipnet::IpNet>), Invalid> {
+/// Hashed attribute values and the networks among them.
+type AttrValues = (Vec<(AttrKind, u64)>, Vec<ipnet::IpNet>);
+
+fn attr_values(key: &str, v: &file::FileAttrValues) -> Result<AttrValues, Invalid> {
     let mut out = Vec::new();
     for (kind, list) in [
         (AttrKind::Ja4, &v.ja4),

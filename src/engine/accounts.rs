@@ -24,6 +24,10 @@ pub struct AccountState {
     pub first_seen: Nanos,
     /// Latest request or settlement.
     pub last_seen: Nanos,
+    /// Requests admitted.
+    pub requests_total: u64,
+    /// Tokens charged (input + output).
+    pub tokens_total: u64,
 }
 
 impl AccountState {
@@ -80,6 +84,20 @@ impl AccountStore {
     /// Read an account's state without creating it.
     pub fn peek<R>(&self, id: u64, f: impl FnOnce(&AccountState) -> R) -> Option<R> {
         self.map.get(&id).map(|s| f(s.value()))
+    }
+
+    /// The `n` entries with the largest `key(state)`, largest first.
+    pub fn top(&self, n: usize, key: impl Fn(&AccountState) -> u64) -> Vec<(u64, AccountState)> {
+        let mut all: Vec<(u64, AccountState)> =
+            self.map.iter().map(|e| (*e.key(), *e.value())).collect();
+        let n = n.min(all.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        all.select_nth_unstable_by(n - 1, |a, b| key(&b.1).cmp(&key(&a.1)));
+        all.truncate(n);
+        all.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then(a.0.cmp(&b.0)));
+        all
     }
 
     /// Accounts held.

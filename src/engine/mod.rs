@@ -153,6 +153,22 @@ pub enum Verdict {
     Allow(Ticket),
     /// Refuse with 429: a budget is spent.
     Throttle(LimitHit),
+    /// Refuse with 403: blocked by an admin (the account or its cluster).
+    Block(Scope),
+}
+
+/// Every manual decision: (accounts, clusters).
+pub type ManualDecisions = (Vec<(AccountId, Manual)>, Vec<(u64, Manual)>);
+
+/// A decision an admin made about an account or a cluster; it overrides
+/// detection and is kept across reloads (and, by the proxy, across restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Manual {
+    /// Refuse every request (403).
+    Block,
+    /// Never linked, slowed or blocked by detection (tier limits still apply).
+    Allow,
 }
 
 /// Proof of an admitted request, to be settled exactly once.
@@ -208,6 +224,8 @@ pub struct Engine {
     accounts: AccountStore,
     clusters: AccountStore,
     linker: Mutex<Linker>,
+    manual_accounts: dashmap::DashMap<u64, Manual>,
+    manual_clusters: dashmap::DashMap<u64, Manual>,
     next_maintenance: AtomicU64,
     stats: EngineStats,
 }
@@ -231,6 +249,8 @@ impl Engine {
             policy: ArcSwap::from_pointee(policy),
             accounts: AccountStore::default(),
             clusters: AccountStore::default(),
+            manual_accounts: dashmap::DashMap::new(),
+            manual_clusters: dashmap::DashMap::new(),
             next_maintenance: AtomicU64::new(0),
             stats: EngineStats::default(),
         }
@@ -244,6 +264,57 @@ impl Engine {
         self.policy.store(Arc::new(policy));
     }
 
+    /// Record an admin's decision about an account (`None` clears it).
+    pub fn set_manual_account(&self, account: AccountId, manual: Option<Manual>) {
+        match manual {
+            Some(m) => {
+                self.manual_accounts.insert(account.0, m);
+            }
+            None => {
+                self.manual_accounts.remove(&account.0);
+            }
+        }
+    }
+
+    /// Record an admin's decision about a cluster (`None` clears it).
+    pub fn set_manual_cluster(&self, cluster: u64, manual: Option<Manual>) {
+        match manual {
+            Some(m) => {
+                self.manual_clusters.insert(cluster, m);
+            }
+            None => {
+                self.manual_clusters.remove(&cluster);
+            }
+        }
+    }
+
+    /// The admin's decision about an account, if any.
+    pub fn manual_account(&self, account: AccountId) -> Option<Manual> {
+        self.manual_accounts.get(&account.0).map(|m| *m)
+    }
+
+    /// The admin's decision about a cluster, if any.
+    pub fn manual_cluster(&self, cluster: u64) -> Option<Manual> {
+        self.manual_clusters.get(&cluster).map(|m| *m)
+    }
+
+    /// Every manual decision: (accounts, clusters), sorted by id.
+    pub fn manual_decisions(&self) -> ManualDecisions {
+        let mut a: Vec<_> = self
+            .manual_accounts
+            .iter()
+            .map(|e| (AccountId(*e.key()), *e.value()))
+            .collect();
+        let mut c: Vec<_> = self
+            .manual_clusters
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect();
+        a.sort_by_key(|x| x.0);
+        c.sort_by_key(|x| x.0);
+        (a, c)
+    }
+
     /// The cluster an account is linked into now.
     pub fn cluster_of(&self, account: AccountId) -> Option<ClusterView> {
         self.linker.lock().ok()?.cluster_of(account.0)
@@ -252,6 +323,21 @@ impl Engine {
     /// A cluster by id.
     pub fn cluster(&self, id: u64) -> Option<ClusterView> {
         self.linker.lock().ok()?.cluster(id)
+    }
+
+    /// The busiest accounts by requests or tokens: (account, requests, tokens).
+    pub fn top_accounts(&self, n: usize, by_tokens: bool) -> Vec<(AccountId, u64, u64)> {
+        self.accounts
+            .top(n, |s| {
+                if by_tokens {
+                    s.tokens_total
+                } else {
+                    s.requests_total
+                }
+            })
+            .into_iter()
+            .map(|(id, s)| (AccountId(id), s.requests_total, s.tokens_total))
+            .collect()
     }
 
     /// Up to `limit` members of a cluster.
@@ -308,13 +394,33 @@ impl Engine {
         let policy = self.policy.load();
         let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
         let tier = &policy.tiers[tier_idx];
+        let manual = self.manual_account(obs.account);
+        let allow_listed = allow_listed || manual == Some(Manual::Allow);
         // Allow-listed accounts skip detection: they are never linked.
         let cluster = if policy.cluster.enabled && !allow_listed {
             self.observe_link(obs, now)
         } else {
             None
         };
-        let enforced = cluster.filter(|c| policy.cluster.applies(c));
+        let cluster_manual = cluster.and_then(|c| self.manual_cluster(c.id));
+        let blocked = match (manual, cluster_manual) {
+            (Some(Manual::Block), _) => Some(Scope::Account),
+            (_, Some(Manual::Block)) => Some(Scope::Cluster),
+            _ => None,
+        };
+        if let Some(scope) = blocked {
+            self.accounts.with(obs.account.0, now, |_| ());
+            return Decision {
+                verdict: Verdict::Block(scope),
+                tier: tier.name.clone(),
+                allow_listed,
+                cluster,
+                cluster_enforced: false,
+            };
+        }
+        let enforced = cluster
+            .filter(|c| policy.cluster.applies(c))
+            .filter(|_| cluster_manual != Some(Manual::Allow));
         let verdict = self.accounts.with(obs.account.0, now, |state| {
             admit(state, tier, obs, now, || match enforced {
                 None => Ok(None),
@@ -436,6 +542,10 @@ pub struct AccountBudgets {
 /// the input estimate corrected by the reported count.
 fn settle_cells(s: &mut AccountState, tier: &Tier, ticket: &Ticket, usage: Usage, now: Nanos) {
     s.in_flight = s.in_flight.saturating_sub(1);
+    s.tokens_total = s
+        .tokens_total
+        .saturating_add(usage.output_tokens)
+        .saturating_add(usage.input_tokens.unwrap_or(ticket.input_charged));
     s.output.charge(&tier.output, usage.output_tokens, now);
     if let Some(actual) = usage.input_tokens {
         if actual > ticket.input_charged {
@@ -515,6 +625,7 @@ fn commit_cells(
     state.requests = requests;
     state.input.charge(&tier.input, input_tokens, now);
     state.in_flight += 1;
+    state.requests_total += 1;
 }
 
 /// The cluster's budgets for one request: checked, then committed.

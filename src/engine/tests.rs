@@ -261,9 +261,30 @@ mod clusters {
         "Answer the multiple-choice question below. Think through each option carefully, explain why each wrong option is wrong, and end with the letter of the correct option.\nQuestion: {} \nOptions: {}",
     ];
     const WORDS: [&str; 24] = [
-        "river", "market", "energy", "protein", "theorem", "contract", "orbit", "vaccine", "ledger",
-        "glacier", "poetry", "circuit", "harvest", "tariff", "enzyme", "dialect", "satellite",
-        "mortgage", "fossil", "algorithm", "cathedral", "migration", "inflation", "neuron",
+        "river",
+        "market",
+        "energy",
+        "protein",
+        "theorem",
+        "contract",
+        "orbit",
+        "vaccine",
+        "ledger",
+        "glacier",
+        "poetry",
+        "circuit",
+        "harvest",
+        "tariff",
+        "enzyme",
+        "dialect",
+        "satellite",
+        "mortgage",
+        "fossil",
+        "algorithm",
+        "cathedral",
+        "migration",
+        "inflation",
+        "neuron",
     ];
 
     /// `n` random words from a large vocabulary (three syllables of 24:
@@ -328,6 +349,7 @@ mod clusters {
                 }
                 Verdict::Throttle(h) if h.scope == Scope::Cluster => self.throttled_by_cluster += 1,
                 Verdict::Throttle(_) => self.throttled_by_account += 1,
+                Verdict::Block(_) => panic!("nothing is blocked in these tests"),
             }
             d
         }
@@ -349,7 +371,10 @@ mod clusters {
             throttled_by_account: 0,
         };
         let ja4 = h(AttrKind::Ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
-        let prefixes = [h(AttrKind::IpPrefix, "203.0.113.0/24"), h(AttrKind::IpPrefix, "198.51.100.0/24")];
+        let prefixes = [
+            h(AttrKind::IpPrefix, "203.0.113.0/24"),
+            h(AttrKind::IpPrefix, "198.51.100.0/24"),
+        ];
         // Requests spread evenly: 800 per simulated minute for 20 minutes.
         let minute = 60 * SECOND;
         let start = 100 * minute;
@@ -361,7 +386,9 @@ mod clusters {
             let now = start + n as u64 * minute / 800 + rng.gen_range(0..SECOND / 10);
             let account = 10_000 + (n % 400) as u64;
             let t = TEMPLATES[(account % 6) as usize];
-            let text = t.replacen("{}", &fill(&mut rng, 25), 1).replacen("{}", &fill(&mut rng, 15), 1);
+            let text =
+                t.replacen("{}", &fill(&mut rng, 25), 1)
+                    .replacen("{}", &fill(&mut rng, 15), 1);
             let o = Observation {
                 account: AccountId(account),
                 anonymous: false,
@@ -394,7 +421,11 @@ mod clusters {
             clustered_at / SECOND,
             (first_enforced.unwrap() - start) / SECOND
         );
-        assert!(clustered_at <= 5 * minute, "clustered after {} s", clustered_at / SECOND);
+        assert!(
+            clustered_at <= 5 * minute,
+            "clustered after {} s",
+            clustered_at / SECOND
+        );
         let c = sim.engine.cluster_of(AccountId(10_000)).unwrap();
         assert_eq!(c.strength, Strength::Strong);
         assert!(c.members >= 390, "{c:?}");
@@ -406,9 +437,18 @@ mod clusters {
         // requests admitted just before each 429's retry point and members that
         // join late (each member's own first requests).
         let budget = 480 * 15 + 120;
-        println!("hydra: served {served_after} in minutes 5-20 (budget {budget}, offered {})", 800 * 15);
-        assert!(served_after <= budget + 480, "served {served_after}, budget {budget}");
-        assert!(served_after >= budget * 9 / 10, "the cluster budget was not used: {served_after}");
+        println!(
+            "hydra: served {served_after} in minutes 5-20 (budget {budget}, offered {})",
+            800 * 15
+        );
+        assert!(
+            served_after <= budget + 480,
+            "served {served_after}, budget {budget}"
+        );
+        assert!(
+            served_after >= budget * 9 / 10,
+            "the cluster budget was not used: {served_after}"
+        );
     }
 
     /// 50 accounts behind one NAT with one SDK fingerprint and unrelated
@@ -476,13 +516,20 @@ mod clusters {
                     ja4: h(AttrKind::Ja4, &format!("ja4-{}", account % 20)),
                     http: h(AttrKind::Http, &format!("http-{}", account % 7)),
                     h2: None,
-                    ip_prefix: h(AttrKind::IpPrefix, &format!("10.{}.{}.0/24", account % 251, account / 251)),
+                    ip_prefix: h(
+                        AttrKind::IpPrefix,
+                        &format!("10.{}.{}.0/24", account % 251, account / 251),
+                    ),
                     asn: None,
                     prompt: prompt_keys(&text),
                 },
             };
             let d = sim.send(&o, now);
-            assert!(d.cluster.is_none(), "ordinary account linked: {:?}", d.cluster);
+            assert!(
+                d.cluster.is_none(),
+                "ordinary account linked: {:?}",
+                d.cluster
+            );
         }
         assert_eq!(sim.throttled_by_cluster, 0);
     }
@@ -502,7 +549,9 @@ mod clusters {
         let start = 100 * 60 * SECOND;
         let obs = |rng: &mut rand::rngs::StdRng, account: u64| {
             let t = TEMPLATES[(account % 2) as usize];
-            let text = t.replacen("{}", &fill(rng, 25), 1).replacen("{}", &fill(rng, 15), 1);
+            let text = t
+                .replacen("{}", &fill(rng, 25), 1)
+                .replacen("{}", &fill(rng, 15), 1);
             Observation {
                 account: AccountId(account),
                 anonymous: false,
@@ -529,7 +578,10 @@ mod clusters {
         let mut lone = obs(&mut rng, 99_999);
         lone.attrs = ObservedAttrs::default();
         sim.send(&lone, later);
-        assert!(sim.engine.cluster_of(AccountId(1)).is_none(), "cluster still there");
+        assert!(
+            sim.engine.cluster_of(AccountId(1)).is_none(),
+            "cluster still there"
+        );
         let d = sim.send(&obs(&mut rng, 1), later + SECOND);
         assert!(!d.cluster_enforced);
         assert!(matches!(d.verdict, Verdict::Allow(_)));

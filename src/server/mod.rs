@@ -4,6 +4,7 @@
 //! hyper, and shuts down gracefully.
 
 pub mod hello;
+pub mod reload;
 pub mod tap;
 pub mod tls;
 
@@ -57,6 +58,17 @@ pub enum ServerError {
     /// A worker thread or runtime could not be created.
     #[error("cannot start worker: {0}")]
     Worker(std::io::Error),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The state file of manual decisions is unusable.
+    #[error("admin.state_path: {0}")]
+    State(String),
 }
 
 /// State shared by all workers.
@@ -75,6 +87,9 @@ pub struct Shared {
     pub hasher: KeyHasher,
     /// The engine's clock: monotonic nanoseconds since start.
     pub clock: Clock,
+    /// Each listener's TLS settings (None for plain listeners), swapped when
+    /// certificates are reloaded; handshakes pick up the current one.
+    pub tls: Vec<Option<ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// Monotonic time for the engine (which never reads a clock itself).
@@ -131,16 +146,18 @@ pub struct ConnInfo {
 
 struct Listener {
     tcp: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    index: usize,
     proxy_protocol: bool,
 }
 
 /// A running proxy: its bound addresses and the way to stop it.
 pub struct Handle {
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    _watcher: Option<reload::Watcher>,
 }
 
 impl Handle {
@@ -152,6 +169,16 @@ impl Handle {
     /// Shared state (config, counters).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The admin listener's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Reload the config file now (what SIGHUP does).
+    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        reload::reload(&self.shared)
     }
 
     /// Stop accepting; in-flight requests get the configured grace period.
@@ -183,12 +210,12 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
             })?;
         let tls = match &l.tls {
             None => None,
-            Some(files) => Some(
-                tls::server_config(files).map_err(|source| ServerError::Tls {
+            Some(files) => Some(ArcSwap::new(tls::server_config(files).map_err(
+                |source| ServerError::Tls {
                     addr: l.address,
                     source,
-                })?,
-            ),
+                },
+            )?)),
         };
         bound.push((tcp, tls, l.proxy_protocol));
     }
@@ -208,7 +235,33 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
         }
     };
     let engine = Arc::new(Engine::new(Policy::from_config(&config)));
+    if let Some(path) = &config.admin.state_path {
+        let n = crate::admin::state::load(path, &engine).map_err(ServerError::State)?;
+        if n > 0 {
+            info!(decisions = n, path = %path.display(), "manual decisions restored");
+        }
+    }
+    let admin_listener = match config.admin.address {
+        None => None,
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| ServerError::Admin { addr, source })?;
+            Some(l)
+        }
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(ServerError::Worker)?),
+        None => None,
+    };
+    let mut tls_slots = Vec::with_capacity(bound.len());
+    let mut listen_slots = Vec::with_capacity(bound.len());
+    for (tcp, tls, pp) in bound {
+        tls_slots.push(tls);
+        listen_slots.push((tcp, pp));
+    }
     let shared = Arc::new(Shared {
+        tls: tls_slots,
         engine,
         hasher,
         clock: Clock::new(),
@@ -221,10 +274,10 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
 
     let mut threads = Vec::with_capacity(workers);
     for n in 0..workers {
-        let mut listeners = Vec::with_capacity(bound.len());
-        for (tcp, tls, pp) in &bound {
+        let mut listeners = Vec::with_capacity(listen_slots.len());
+        for (index, (tcp, pp)) in listen_slots.iter().enumerate() {
             let tcp = tcp.try_clone().map_err(ServerError::Worker)?;
-            listeners.push((tcp, tls.clone(), *pp));
+            listeners.push((tcp, index, *pp));
         }
         let shared = shared.clone();
         let shutdown = shutdown_rx.clone();
@@ -242,14 +295,51 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
             .map_err(ServerError::Worker)?;
         threads.push(t);
     }
+    drop(listen_slots);
+    if let Some(l) = admin_listener {
+        let shared = shared.clone();
+        let shutdown = shutdown_rx.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServerError::Worker)?;
+        let t = std::thread::Builder::new()
+            .name("dg-admin".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => crate::admin::serve(l, shared, shutdown).await,
+                        Err(e) => warn!(error = %e, "admin listener unusable"),
+                    }
+                })
+            })
+            .map_err(ServerError::Worker)?;
+        threads.push(t);
+    }
     for a in &addrs {
         info!(address = %a, workers, "listening");
     }
+    if let Some(a) = admin_addr {
+        info!(address = %a, "admin API listening");
+    }
+    let watcher = if shared.config.load().admin.watch_config {
+        match reload::Watcher::start(shared.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the config files; reload with SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(Handle {
         addrs,
+        admin_addr,
         shutdown: shutdown_tx,
         threads,
         shared,
+        _watcher: watcher,
     })
 }
 
@@ -268,19 +358,15 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 async fn worker_main(
     shared: Arc<Shared>,
     client: UpstreamClient,
-    std_listeners: Vec<(
-        std::net::TcpListener,
-        Option<Arc<rustls::ServerConfig>>,
-        bool,
-    )>,
+    std_listeners: Vec<(std::net::TcpListener, usize, bool)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut listeners = Vec::with_capacity(std_listeners.len());
-    for (tcp, tls, proxy_protocol) in std_listeners {
+    for (tcp, index, proxy_protocol) in std_listeners {
         match TcpListener::from_std(tcp) {
             Ok(tcp) => listeners.push(Listener {
                 tcp,
-                tls,
+                index,
                 proxy_protocol,
             }),
             Err(e) => warn!(error = %e, "worker cannot register listener"),
@@ -307,7 +393,9 @@ async fn worker_main(
                     drop(stream);
                     continue;
                 };
-                let tls = listeners[i].tls.clone();
+                let tls = shared.tls[listeners[i].index]
+                    .as_ref()
+                    .map(|t| t.load_full());
                 let proxy_protocol = listeners[i].proxy_protocol;
                 tokio::spawn(serve_connection(
                     worker.clone(),

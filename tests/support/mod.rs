@@ -102,6 +102,9 @@ idle_timeout_ms = 2000
 [server]
 workers = 1
 shutdown_grace_ms = 2000
+
+[admin]
+address = "127.0.0.1:0"
 {extra}
 "#
     )

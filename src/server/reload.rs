@@ -1,0 +1,202 @@
+//! Live reload: the config file (and the files it names: accounts, ASN
+//! database, TLS certificates and keys) is re-read on SIGHUP and whenever a
+//! watched file changes. The new config is validated completely before it
+//! replaces the old one; a bad file is rejected with the same
+//! `FILE:LINE:COL` message as `check`, logged and counted, and the old
+//! policy stays. Engine state (buckets, debts, clusters, manual decisions)
+//! is untouched: only the policy is swapped. Settings that cannot change
+//! under a running process keep their running value and are reported.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher as _;
+use tracing::{info, warn};
+
+use super::{tls, Shared};
+use crate::config::{self, Config, ConfigError};
+use crate::engine::Policy;
+
+/// Re-read the config file and apply it.
+pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
+    let old = shared.config.load_full();
+    let result = load_checked(&old).map(|(mut new, certs)| {
+        for note in keep_restart_only(&old, &mut new) {
+            warn!(
+                setting = note,
+                "changed in the config file; takes effect only after a restart"
+            );
+        }
+        for (slot, cert) in shared.tls.iter().zip(certs) {
+            if let (Some(slot), Some(cert)) = (slot, cert) {
+                slot.store(cert);
+            }
+        }
+        shared.engine.set_policy(Policy::from_config(&new));
+        shared.config.store(Arc::new(new));
+    });
+    match &result {
+        Ok(()) => {
+            shared.metrics.reload(true);
+            info!(file = %old.source.display(), "config reloaded");
+        }
+        Err(e) => {
+            shared.metrics.reload(false);
+            warn!(error = %e, "config reload rejected; the running policy stays");
+        }
+    }
+    result
+}
+
+type Certs = Vec<Option<Arc<rustls::ServerConfig>>>;
+
+/// Load the file and every TLS certificate it names, or fail whole.
+fn load_checked(old: &Config) -> Result<(Config, Certs), ConfigError> {
+    let new = config::load(&old.source)?;
+    let mut certs = Vec::with_capacity(old.listeners.len());
+    // Listener addresses cannot change live; certificates of the running
+    // listeners are re-read from the files the new config names.
+    for (i, running) in old.listeners.iter().enumerate() {
+        let files = new
+            .listeners
+            .iter()
+            .find(|l| l.address == running.address)
+            .and_then(|l| l.tls.as_ref())
+            .or(running.tls.as_ref());
+        match (running.tls.is_some(), files) {
+            (true, Some(files)) => {
+                let cfg = tls::server_config(files).map_err(|e| ConfigError {
+                    file: old.source.clone(),
+                    position: None,
+                    key: format!("listener[{i}].tls"),
+                    reason: e.to_string(),
+                })?;
+                certs.push(Some(cfg));
+            }
+            _ => certs.push(None),
+        }
+    }
+    Ok((new, certs))
+}
+
+/// Put back the running value of every setting that needs a restart;
+/// returns the names of those that differed.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    let same_listeners = old.listeners.len() == new.listeners.len()
+        && old.listeners.iter().zip(&new.listeners).all(|(a, b)| {
+            a.address == b.address
+                && a.tls.is_some() == b.tls.is_some()
+                && a.proxy_protocol == b.proxy_protocol
+        });
+    if !same_listeners {
+        notes.push("listener");
+        new.listeners = old.listeners.clone();
+    }
+    if old.server.workers != new.server.workers {
+        notes.push("server.workers");
+        new.server.workers = old.server.workers;
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        notes.push("limits.max_connections");
+        new.limits.max_connections = old.limits.max_connections;
+    }
+    if old.admin.address != new.admin.address {
+        notes.push("admin.address");
+        new.admin.address = old.admin.address;
+    }
+    if old.identity.hash_secret != new.identity.hash_secret {
+        notes.push("identity.hash_secret");
+        new.identity.hash_secret = old.identity.hash_secret.clone();
+    }
+    let (o, n) = (&old.upstream, &mut new.upstream);
+    if o.scheme != n.scheme
+        || o.authority != n.authority
+        || o.ca_path != n.ca_path
+        || o.connect_timeout != n.connect_timeout
+        || o.pool_idle_timeout != n.pool_idle_timeout
+    {
+        notes.push("upstream.url/ca_path/connect_timeout_ms/pool_idle_timeout_ms");
+        n.scheme = o.scheme.clone();
+        n.authority = o.authority.clone();
+        n.ca_path = o.ca_path.clone();
+        n.connect_timeout = o.connect_timeout;
+        n.pool_idle_timeout = o.pool_idle_timeout;
+    }
+    notes
+}
+
+/// Files whose change triggers a reload.
+fn watched_files(c: &Config) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    files.insert(c.source.clone());
+    if let Some(f) = &c.accounts.file {
+        files.insert(f.clone());
+    }
+    for l in &c.listeners {
+        if let Some(t) = &l.tls {
+            files.insert(t.cert_path.clone());
+            files.insert(t.key_path.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|f| std::fs::canonicalize(&f).unwrap_or(f))
+        .collect()
+}
+
+/// Watches the config files and reloads on change (debounced).
+pub struct Watcher {
+    _inner: notify::RecommendedWatcher,
+}
+
+impl Watcher {
+    /// Start watching the directories of the files the config names.
+    pub fn start(shared: Arc<Shared>) -> notify::Result<Watcher> {
+        let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
+        let mut inner = notify::recommended_watcher(move |ev| {
+            let _ = tx.send(ev);
+        })?;
+        let files = Arc::new(ArcSwap::from_pointee(watched_files(&shared.config.load())));
+        let dirs: BTreeSet<PathBuf> = files
+            .load()
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        for d in &dirs {
+            inner.watch(d, notify::RecursiveMode::NonRecursive)?;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("dg-config-watch".into())
+            .spawn(move || {
+                // Ends when the watcher (and with it the sender) is dropped.
+                while let Ok(ev) = rx.recv() {
+                    let relevant = |ev: &notify::Result<notify::Event>| match ev {
+                        Ok(ev) => {
+                            !ev.kind.is_access()
+                                && ev.paths.iter().any(|p| {
+                                    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                                    files.load().contains(&p)
+                                })
+                        }
+                        Err(_) => false,
+                    };
+                    if !relevant(&ev) {
+                        continue;
+                    }
+                    // Editors write in several steps: wait for quiet.
+                    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+                    if reload(&shared).is_ok() {
+                        files.store(Arc::new(watched_files(&shared.config.load())));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(notify::Error::io(e));
+        }
+        Ok(Watcher { _inner: inner })
+    }
+}
