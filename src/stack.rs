@@ -124,14 +124,40 @@ async fn proxy_request(
         attrs: observed_attrs(&config, &fp, info.as_ref()),
     };
     let decision = engine.decide(&obs, shared.clock.now());
-    let ticket = match decision.verdict {
+    let ticket = match &decision.verdict {
         Verdict::Allow(t) => {
             log.decision = "allow";
-            t
+            if config.audit.all_requests {
+                audit(
+                    shared,
+                    request_id,
+                    account,
+                    &decision,
+                    &fp,
+                    "allow",
+                    Vec::new(),
+                );
+            }
+            t.clone()
         }
         Verdict::Throttle(hit) => {
             log.decision = "throttle";
             shared.metrics.limit_hit(hit.scope, hit.kind);
+            let reason = serde_json::json!({
+                "scope": hit.scope.as_str(),
+                "limit": hit.kind.as_str(),
+                "retry_after_s": hit.retry_after.div_ceil(crate::engine::SECOND),
+                "remaining": hit.remaining,
+            });
+            audit(
+                shared,
+                request_id,
+                account,
+                &decision,
+                &fp,
+                "throttle",
+                vec![reason],
+            );
             debug!(
                 request_id = ?request_id,
                 account = %account,
@@ -139,10 +165,20 @@ async fn proxy_request(
                 scope = hit.scope.as_str(),
                 "throttled"
             );
-            return Ok(throttle_response(api.error_shape(), &hit));
+            return Ok(throttle_response(api.error_shape(), hit));
         }
         Verdict::Block(scope) => {
             log.decision = "block";
+            let reason = serde_json::json!({"manual_block": scope.as_str()});
+            audit(
+                shared,
+                request_id,
+                account,
+                &decision,
+                &fp,
+                "block",
+                vec![reason],
+            );
             return Ok(error_response(
                 api.error_shape(),
                 crate::api::ErrorKind::Forbidden,
@@ -186,6 +222,37 @@ async fn proxy_request(
         Some(Box::new(settlement)),
     );
     Ok(Response::from_parts(parts, body))
+}
+
+/// One audit line for a decision (no-op without an audit log).
+fn audit(
+    shared: &Shared,
+    request_id: &HeaderValue,
+    account: AccountId,
+    decision: &crate::engine::Decision,
+    fp: &ClientFingerprint,
+    action: &str,
+    reasons: Vec<serde_json::Value>,
+) {
+    let Some(log) = &shared.audit else { return };
+    log.record(crate::admin::audit::AuditRecord {
+        time_unix_ms: crate::admin::audit::now_unix_ms(),
+        kind: "decision",
+        request_id: request_id.to_str().ok().map(String::from),
+        account: Some(account.to_string()),
+        cluster: decision.cluster.map(|c| format!("{:016x}", c.id)),
+        fingerprints: Some(serde_json::json!({
+            "ja4": fp.ja4.as_ref().map(|j| j.as_str()),
+            "http": fp.http.as_ref().map(|h| h.as_str()),
+            "h2": fp.h2.as_ref().map(|h| h.akamai()),
+            "ip_prefix": fp.ip_prefix.map(|p| p.to_string()),
+            "asn": fp.asn,
+            "inconsistent_with": fp.inconsistent_with,
+        })),
+        decision: action.to_string(),
+        reasons,
+        mode: "enforce".into(),
+    });
 }
 
 /// The identify step: the account of a request (keyed hash of its API key),

@@ -336,3 +336,53 @@ fn api_keys_never_appear_in_logs() {
         "account id {id} not in the access lines"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_written_to_the_audit_log_without_keys() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        &format!(
+            "{}[audit]\npath = \"{}\"\n",
+            tier(60, 1, 1_000_000),
+            audit.display()
+        ),
+    );
+    let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
+    let url = format!("http://{}/v1/messages", proxy.local_addrs()[0]);
+    for expect in [200, 429, 429] {
+        let r = timeout(client().request(keyed(&url, "sk-audited-SECRET", SMALL_MESSAGE)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expect);
+        let _ = r.into_body().collect().await;
+    }
+    proxy.shutdown();
+    tokio::task::spawn_blocking(move || proxy.join())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per non-allow decision: {text}");
+    for l in &lines {
+        assert_eq!(l["decision"], "throttle");
+        assert_eq!(l["mode"], "enforce");
+        assert_eq!(l["reasons"][0]["limit"], "requests");
+        assert_eq!(l["account"].as_str().unwrap().len(), 16);
+        assert!(l["fingerprints"]["ip_prefix"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.0/"));
+        assert!(l["request_id"].is_string());
+    }
+    assert!(
+        !text.contains("SECRET"),
+        "the key leaked into the audit log"
+    );
+}

@@ -205,7 +205,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every metric, with the engine's gauges.
-    pub fn render(&self, engine: &Engine) -> String {
+    pub fn render(&self, engine: &Engine, audit_dropped: u64) -> String {
         let mut out = String::with_capacity(8192);
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -312,6 +312,12 @@ impl Metrics {
             load(&self.reloads_failed)
         );
 
+        counter(
+            &mut out,
+            "distill_guard_audit_dropped_total",
+            "Audit records dropped because the audit queue was full.",
+        );
+        let _ = writeln!(out, "distill_guard_audit_dropped_total {audit_dropped}");
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let as_i64u = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         gauge(

@@ -10,6 +10,7 @@
 //! anything else). Manual decisions are written to `[admin] state_path` and
 //! recorded in the audit stream (`distill_guard::audit` log target).
 
+pub mod audit;
 pub mod metrics;
 pub mod state;
 
@@ -141,7 +142,10 @@ async fn handle(
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(&shared.engine),
+            shared.metrics.render(
+                &shared.engine,
+                shared.audit.as_ref().map_or(0, |a| a.dropped()),
+            ),
         ),
         (&Method::GET, ["admin", "accounts", id]) => match parse_id(id) {
             Some(id) => account(shared, AccountId(id)),
@@ -358,6 +362,20 @@ fn manual_decision(
         persisted,
         "admin decision"
     );
+    if let Some(audit) = &shared.audit {
+        let subject = kind.trim_end_matches('s');
+        audit.record(audit::AuditRecord {
+            time_unix_ms: audit::now_unix_ms(),
+            kind: "manual_decision",
+            request_id: None,
+            account: (subject == "account").then(|| format!("{id:016x}")),
+            cluster: (subject == "cluster").then(|| format!("{id:016x}")),
+            fingerprints: None,
+            decision: action.to_string(),
+            reasons: vec![json!({"persisted": persisted})],
+            mode: format!("admin@{peer}"),
+        });
+    }
     json_reply(
         StatusCode::OK,
         &json!({

@@ -41,6 +41,9 @@ pub struct FileConfig {
     /// The admin API and metrics listener.
     #[serde(default)]
     pub admin: FileAdmin,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: FileAudit,
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
@@ -493,6 +496,29 @@ impl Default for FileAdmin {
             token: None,
             state_path: None,
             watch_config: true,
+        }
+    }
+}
+
+/// `[audit]`: JSON Lines, one per decision that is not a plain allow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAudit {
+    /// File to append to (absent: no audit log).
+    pub path: Option<String>,
+    /// Also write a line for every allowed request.
+    pub all_requests: bool,
+    /// Records queued for the writer at most; beyond it records are dropped
+    /// (and counted), never waited for.
+    pub queue_capacity: u32,
+}
+
+impl Default for FileAudit {
+    fn default() -> Self {
+        Self {
+            path: None,
+            all_requests: false,
+            queue_capacity: 65_536,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Admin API.
     pub admin: AdminConfig,
+    /// Audit log.
+    pub audit: AuditConfig,
     /// Log output.
     pub logging: LoggingConfig,
 }
@@ -129,6 +131,17 @@ pub struct AccountsConfig {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: Duration,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The file (None: off).
+    pub path: Option<PathBuf>,
+    /// A line for every request, not only for non-allow decisions.
+    pub all_requests: bool,
+    /// Queue bound.
+    pub queue_capacity: usize,
 }
 
 /// Admin API settings.
@@ -578,6 +591,14 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
     let cluster = validate_cluster(&f.cluster)?;
     let admin = validate_admin(base, &f.admin)?;
+    if f.audit.queue_capacity == 0 {
+        return Err(invalid("audit.queue_capacity", "expected a count above 0"));
+    }
+    let audit = AuditConfig {
+        path: f.audit.path.as_ref().map(|p| resolve(base, p)),
+        all_requests: f.audit.all_requests,
+        queue_capacity: f.audit.queue_capacity as usize,
+    };
 
     let format = match f.logging.format.as_str() {
         "json" => LogFormat::Json,
@@ -616,6 +637,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         accounts,
         cluster,
         admin,
+        audit,
         logging,
     })
 }

@@ -87,6 +87,9 @@ pub struct Shared {
     pub hasher: KeyHasher,
     /// The engine's clock: monotonic nanoseconds since start.
     pub clock: Clock,
+    /// The audit log, when configured (opened at start; its path needs a
+    /// restart to change).
+    pub audit: Option<crate::admin::audit::AuditLog>,
     /// Each listener's TLS settings (None for plain listeners), swapped when
     /// certificates are reloaded; handshakes pick up the current one.
     pub tls: Vec<Option<ArcSwap<rustls::ServerConfig>>>,
@@ -186,10 +189,13 @@ impl Handle {
         let _ = self.shutdown.send(true);
     }
 
-    /// Wait until every worker has finished.
+    /// Wait until every worker has finished, then flush the audit log.
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(a) = &self.shared.audit {
+            a.close();
         }
     }
 }
@@ -260,7 +266,15 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
         tls_slots.push(tls);
         listen_slots.push((tcp, pp));
     }
+    let audit = match &config.audit.path {
+        None => None,
+        Some(p) => Some(
+            crate::admin::audit::AuditLog::open(p, config.audit.queue_capacity)
+                .map_err(|e| ServerError::State(format!("audit.path {}: {e}", p.display())))?,
+        ),
+    };
     let shared = Arc::new(Shared {
+        audit,
         tls: tls_slots,
         engine,
         hasher,

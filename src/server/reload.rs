@@ -108,6 +108,11 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         notes.push("admin.address");
         new.admin.address = old.admin.address;
     }
+    if old.audit.path != new.audit.path || old.audit.queue_capacity != new.audit.queue_capacity {
+        notes.push("audit.path/queue_capacity");
+        new.audit.path = old.audit.path.clone();
+        new.audit.queue_capacity = old.audit.queue_capacity;
+    }
     if old.identity.hash_secret != new.identity.hash_secret {
         notes.push("identity.hash_secret");
         new.identity.hash_secret = old.identity.hash_secret.clone();
