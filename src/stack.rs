@@ -124,6 +124,11 @@ async fn proxy_request(
         attrs: observed_attrs(&config, &fp, info.as_ref()),
     };
     let decision = engine.decide(&obs, shared.clock.now());
+    if let Some(c) = decision.cluster {
+        shared
+            .indicators
+            .observe(c.id, &fp, obs.attrs.prompt.as_ref().map(|k| &k[..]));
+    }
     let ticket = match &decision.verdict {
         Verdict::Allow(t) => {
             log.decision = "allow";

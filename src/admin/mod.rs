@@ -1,8 +1,10 @@
 //! Admin API and metrics, on a separate listener (`[admin] address`,
 //! loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /admin/accounts/{id}`, `GET /admin/clusters/{id}`,
-//! `GET /admin/top?by=requests|tokens`, and
-//! `POST /admin/{accounts|clusters}/{id}/{block|unblock|allow}`.
+//! `GET /admin/top?by=requests|tokens`,
+//! `POST /admin/{accounts|clusters}/{id}/{block|unblock|allow}`, and
+//! `GET /admin/export/indicators` (fingerprints, prefixes and prompt-shape
+//! keys of blocked clusters).
 //!
 //! With a token configured every endpoint but the two probes needs
 //! `Authorization: Bearer <token>` (compared in constant time); without one
@@ -11,6 +13,7 @@
 //! recorded in the audit stream (`distill_guard::audit` log target).
 
 pub mod audit;
+pub mod indicators;
 pub mod metrics;
 pub mod state;
 
@@ -42,9 +45,18 @@ pub async fn serve(
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
+            _ = sweep.tick() => {
+                // Indicators of dissolved clusters go, unless an admin blocked them.
+                let e = &shared.engine;
+                shared
+                    .indicators
+                    .retain(|id| e.cluster(id).is_some() || e.manual_cluster(id).is_some());
+                continue;
+            }
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -156,6 +168,7 @@ async fn handle(
             None => error(StatusCode::BAD_REQUEST, "cluster ids are 16 hex digits"),
         },
         (&Method::GET, ["admin", "top"]) => top(shared, req.uri().query().unwrap_or("")),
+        (&Method::GET, ["admin", "export", "indicators"]) => export_indicators(shared),
         (&Method::POST, ["admin", kind @ ("accounts" | "clusters"), id, action]) => {
             let Some(id) = parse_id(id) else {
                 return error(StatusCode::BAD_REQUEST, "ids are 16 hex digits");
@@ -383,6 +396,31 @@ fn manual_decision(
             "subject": kind.trim_end_matches('s'),
             "manual": manual,
             "persisted": persisted,
+        }),
+    )
+}
+
+fn export_indicators(shared: &Shared) -> Response<Full<Bytes>> {
+    let (_, clusters) = shared.engine.manual_decisions();
+    let blocked: Vec<serde_json::Value> = clusters
+        .into_iter()
+        .filter(|(_, m)| *m == Manual::Block)
+        .map(|(id, _)| {
+            let members = shared.engine.cluster(id).map_or(0, |c| c.members);
+            json!({
+                "cluster": format!("{id:016x}"),
+                "members": members,
+                "indicators": shared.indicators.get(id),
+            })
+        })
+        .collect();
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "format": "distill-guard-indicators/1",
+            "generated_unix_ms": audit::now_unix_ms(),
+            "prompt_signature": "engine::signature index keys (hex); comparable only with the same signature version and key",
+            "clusters": blocked,
         }),
     )
 }

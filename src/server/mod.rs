@@ -129,6 +129,8 @@ pub struct Shared {
     pub hasher: KeyHasher,
     /// The engine's clock: monotonic nanoseconds since start.
     pub clock: Clock,
+    /// Fingerprints seen per cluster, for indicator export.
+    pub indicators: crate::admin::indicators::Indicators,
     /// The audit log, when configured (opened at start; its path needs a
     /// restart to change).
     pub audit: Option<crate::admin::audit::AuditLog>,
@@ -316,6 +318,7 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
         ),
     };
     let shared = Arc::new(Shared {
+        indicators: Default::default(),
         audit,
         tls: tls_slots,
         engine,
