@@ -78,6 +78,7 @@ fn benches(c: &mut Criterion) {
             anonymous: false,
             input_tokens: 100,
             attrs: attrs(i, sig.index_keys()),
+            request: Default::default(),
         };
         now += SECOND / 1000;
         if let Verdict::Allow(t) = engine.decide(&o, now).verdict {

@@ -37,6 +37,7 @@ fn benches(c: &mut Criterion) {
             anonymous: false,
             input_tokens: 10,
             attrs: ObservedAttrs::default(),
+            request: Default::default(),
         };
         if let Verdict::Allow(t) = engine.decide(&obs, now).verdict {
             engine.settle(&t, Usage::default(), now);
@@ -61,6 +62,7 @@ fn benches(c: &mut Criterion) {
                 anonymous: false,
                 input_tokens: 50,
                 attrs: ObservedAttrs::default(),
+                request: Default::default(),
             };
             match engine.decide(&obs, now).verdict {
                 Verdict::Allow(t) => engine.settle(

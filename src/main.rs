@@ -96,34 +96,53 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// Block until SIGTERM or SIGINT; on SIGHUP call `on_hup` and go on waiting.
-fn wait_for_signal(on_hup: impl Fn()) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("signal runtime")?;
-    rt.block_on(async {
+/// SIGTERM, SIGINT and SIGHUP, registered before anything is started so a
+/// signal that arrives early is never the default (fatal) action.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => {
-                    tracing::info!("SIGTERM: shutting down");
-                    return Ok(());
-                }
-                _ = int.recv() => {
-                    tracing::info!("SIGINT: shutting down");
-                    return Ok(());
-                }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the config");
-                    on_hup();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("signal runtime")?;
+        let (term, int, hup) = rt.block_on(async {
+            anyhow::Ok((
+                signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                signal(SignalKind::interrupt()).context("SIGINT handler")?,
+                signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            ))
+        })?;
+        Ok(Signals { rt, term, int, hup })
+    }
+
+    /// Block until SIGTERM or SIGINT; on SIGHUP call `on_hup` and go on.
+    fn wait(mut self, on_hup: impl Fn()) {
+        self.rt.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => {
+                        tracing::info!("SIGTERM: shutting down");
+                        return;
+                    }
+                    _ = self.int.recv() => {
+                        tracing::info!("SIGINT: shutting down");
+                        return;
+                    }
+                    _ = self.hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        on_hup();
+                    }
                 }
             }
-        }
-    })
+        })
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -147,11 +166,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             init_logging(cfg.logging.format, &cfg.logging.level);
+            let signals = Signals::register()?;
             let handle = server::start(cfg).context("starting the proxy")?;
-            wait_for_signal(|| {
+            signals.wait(|| {
                 // Failures are logged and counted by reload itself.
                 let _ = handle.reload();
-            })?;
+            });
             handle.shutdown();
             handle.join();
             tracing::info!("stopped");
@@ -163,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token_delay_ms,
         } => {
             init_logging(LogFormat::Text, "info");
+            let signals = Signals::register()?;
             let opts = mock::MockOptions {
                 latency: Duration::from_millis(latency_ms),
                 token_delay: Duration::from_millis(token_delay_ms),
@@ -170,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let m =
                 mock::start(listen, opts).with_context(|| format!("mock upstream on {listen}"))?;
             println!("mock upstream listening on http://{}", m.addr());
-            wait_for_signal(|| ())?;
+            signals.wait(|| ());
             m.stop();
             Ok(ExitCode::SUCCESS)
         }
@@ -227,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { listen } => {
             init_logging(LogFormat::Text, "info");
+            let signals = Signals::register()?;
             let (upstream, proxy) = demo::start(
                 listen,
                 mock::MockOptions {
@@ -249,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("Ctrl-C to stop.");
-            wait_for_signal(|| ())?;
+            signals.wait(|| ());
             proxy.shutdown();
             proxy.join();
             upstream.stop();

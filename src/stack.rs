@@ -25,6 +25,7 @@ use crate::api::meter::UsageMeter;
 use crate::api::ApiKind;
 use crate::config::{Config, MissingKey};
 use crate::engine::link::AttrKind;
+use crate::engine::score::Level;
 use crate::engine::{attr_hash, signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity::{self, AccountId};
@@ -109,7 +110,7 @@ async fn proxy_request(
 
     let (mut parts, body) = req.into_parts();
     forward_fingerprint(&config, &fp, &mut parts.headers);
-    let (body, info) = read_body(&config, api, &parts, body).await?;
+    let (mut body, mut info) = read_body(&config, api, &parts, body).await?;
     let input_tokens = match &info {
         Some(Inspection::Parsed(i)) => u64::from(i.input_tokens_estimate),
         Some(Inspection::NotJson { len }) => (*len as u64).div_ceil(4),
@@ -117,13 +118,25 @@ async fn proxy_request(
     };
 
     let engine = &shared.engine;
+    let attrs = observed_attrs(&config, &fp, info.as_ref());
+    let request = request_facts(&config, &fp, info.as_mut());
     let obs = Observation {
         account,
         anonymous,
         input_tokens,
-        attrs: observed_attrs(&config, &fp, info.as_ref()),
+        attrs,
+        request,
     };
     let decision = engine.decide(&obs, shared.clock.now());
+    if let Some(d) = &decision.detection {
+        if d.level > Level::Allow {
+            let enforced = d.enforced >= d.level;
+            let action = level_name(d.level);
+            audit_detection(
+                shared, request_id, account, &decision, &fp, action, d, enforced,
+            );
+        }
+    }
     if let Some(c) = decision.cluster {
         shared
             .indicators
@@ -131,7 +144,11 @@ async fn proxy_request(
     }
     let ticket = match &decision.verdict {
         Verdict::Allow(t) => {
-            log.decision = "allow";
+            log.decision = match decision.detection.as_ref().map(|d| d.enforced) {
+                Some(Level::Degrade) | Some(Level::Throttle) => "degrade",
+                Some(Level::Slow) => "slow",
+                _ => "allow",
+            };
             if config.audit.all_requests {
                 audit(
                     shared,
@@ -193,6 +210,15 @@ async fn proxy_request(
     };
     // From here the ticket is settled exactly once, whatever happens.
     let mut settlement = Settlement::new(shared.clone(), ticket);
+    if let Some(d) = &decision.detection {
+        if let Some(max) = d.degrade_to {
+            body = degrade(api, body, max, &mut parts.headers);
+        }
+        if let Some(delay) = d.delay {
+            // A timer on this connection's task, not a held thread.
+            tokio::time::sleep(std::time::Duration::from_nanos(delay)).await;
+        }
+    }
     shared.metrics.proxy_overhead.observe(log.started.elapsed());
 
     let upstream = crate::proxy::forward(
@@ -229,6 +255,115 @@ async fn proxy_request(
     Ok(Response::from_parts(parts, body))
 }
 
+/// The degrade step: clamp the output limit and drop thinking / reasoning
+/// parameters in an inspected body; the upstream gets the rewritten bytes
+/// with their own length. Uninspected (streamed) bodies pass unchanged.
+fn degrade(
+    api: ApiKind,
+    body: RequestBody,
+    max: u32,
+    headers: &mut http::HeaderMap,
+) -> RequestBody {
+    let RequestBody::Full(Some(bytes)) = &body else {
+        return body;
+    };
+    match crate::api::inspect::rewrite_degrade(api, bytes, max) {
+        Some(new) => {
+            headers.remove(CONTENT_LENGTH);
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(new.len()));
+            RequestBody::Full(Some(Bytes::from(new)))
+        }
+        None => body,
+    }
+}
+
+fn level_name(l: Level) -> &'static str {
+    match l {
+        Level::Allow => "allow",
+        Level::Slow => "slow",
+        Level::Degrade => "degrade",
+        Level::Throttle => "throttle",
+        Level::Block => "block",
+    }
+}
+
+/// The facts the behaviour signals need; the prompt is moved out of the
+/// inspection (it is not needed afterwards) and only scanned, never kept.
+fn request_facts(
+    config: &Config,
+    fp: &ClientFingerprint,
+    info: Option<&mut Inspection>,
+) -> crate::engine::RequestFacts {
+    let mut f = crate::engine::RequestFacts {
+        fingerprint_inconsistent: fp.inconsistent_with.is_some(),
+        ..Default::default()
+    };
+    if !config.detection.enabled {
+        return f;
+    }
+    if let Some(Inspection::Parsed(i)) = info {
+        f.thinking_budget = i
+            .thinking
+            .as_ref()
+            .filter(|t| t.is_enabled())
+            .and_then(|t| t.budget_tokens);
+        f.reasoning_effort_high = i.reasoning_effort.as_deref() == Some("high");
+        f.max_output_tokens = i.max_output_tokens;
+        f.model = i.model.clone();
+        if !i.prompt.is_empty() {
+            f.fill_key = Some(attr_hash(AttrKind::Prompt, i.prompt.as_bytes()));
+            f.prompt_text = Some(std::mem::take(&mut i.prompt));
+        }
+    }
+    f
+}
+
+/// One audit line for a detection level above allow, enforced or in shadow
+/// mode, with every signal's value and contribution.
+#[allow(clippy::too_many_arguments)]
+fn audit_detection(
+    shared: &Shared,
+    request_id: &HeaderValue,
+    account: AccountId,
+    decision: &crate::engine::Decision,
+    fp: &ClientFingerprint,
+    action: &str,
+    d: &crate::engine::Detection,
+    enforced: bool,
+) {
+    if shared.audit.is_none() {
+        return;
+    }
+    let mut reasons: Vec<serde_json::Value> = d
+        .score
+        .contributions
+        .iter()
+        .filter(|c| c.contribution > 0.0)
+        .map(|c| {
+            serde_json::json!({
+                "signal": c.signal.as_str(),
+                "value": c.value,
+                "weight": c.weight,
+                "contribution": c.contribution,
+            })
+        })
+        .collect();
+    reasons.insert(
+        0,
+        serde_json::json!({
+            "score": d.score.value,
+            "scope": d.scope.as_str(),
+            "level": level_name(d.level),
+            "enforced_level": level_name(d.enforced),
+            "phrase_lists": d.phrase_hits,
+        }),
+    );
+    let mode = if enforced { "enforce" } else { "shadow" };
+    audit_with_mode(
+        shared, request_id, account, decision, fp, action, reasons, mode,
+    );
+}
+
 /// One audit line for a decision (no-op without an audit log).
 fn audit(
     shared: &Shared,
@@ -238,6 +373,22 @@ fn audit(
     fp: &ClientFingerprint,
     action: &str,
     reasons: Vec<serde_json::Value>,
+) {
+    audit_with_mode(
+        shared, request_id, account, decision, fp, action, reasons, "enforce",
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit_with_mode(
+    shared: &Shared,
+    request_id: &HeaderValue,
+    account: AccountId,
+    decision: &crate::engine::Decision,
+    fp: &ClientFingerprint,
+    action: &str,
+    reasons: Vec<serde_json::Value>,
+    mode: &str,
 ) {
     let Some(log) = &shared.audit else { return };
     log.record(crate::admin::audit::AuditRecord {
@@ -256,7 +407,7 @@ fn audit(
         })),
         decision: action.to_string(),
         reasons,
-        mode: "enforce".into(),
+        mode: mode.to_string(),
     });
 }
 

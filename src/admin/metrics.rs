@@ -53,8 +53,10 @@ impl ConnReject {
 }
 
 /// Outcome of a request, as the `decision` label.
-pub const DECISIONS: [&str; 10] = [
+pub const DECISIONS: [&str; 12] = [
     "allow",
+    "slow",
+    "degrade",
     "throttle",
     "block",
     "unauthorized",

@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// The audit log.
     #[serde(default)]
     pub audit: FileAudit,
+    /// Behaviour detection: signals, score, the action ladder.
+    #[serde(default)]
+    pub detection: FileDetection,
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
@@ -521,4 +524,197 @@ impl Default for FileAudit {
             queue_capacity: 65_536,
         }
     }
+}
+
+/// `[detection]`: behavioural signals, a weighted score per account and per
+/// cluster, and the action ladder (slow, degrade, throttle, block).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileDetection {
+    /// Compute signals and scores at all.
+    pub enabled: bool,
+    /// "enforce", or "shadow" (compute and log everything, change nothing).
+    pub mode: String,
+    /// Share of accounts (0–100, by account id) on which actions are
+    /// enforced; the rest are in shadow mode.
+    pub enforce_percent: u8,
+    /// Half-life of every signal window.
+    pub half_life_ms: u64,
+    /// Phrase-list files (one phrase per line, `#` comments; the list is
+    /// named by the file stem). Empty: the built-in lists.
+    pub phrase_lists: Vec<String>,
+    /// Weight per signal (names as in the audit log's reasons); unlisted
+    /// signals keep their default weight.
+    pub weights: std::collections::BTreeMap<String, f32>,
+    /// Score marks: each level is entered at `*_enter` and left below `*_exit`.
+    pub thresholds: FileThresholds,
+    /// Slow: a delay before forwarding and a lower concurrency cap.
+    pub slow: FileSlow,
+    /// Degrade: clamp the output limit and remove thinking/reasoning parameters.
+    pub degrade: FileDegrade,
+    /// Throttle: the account's and cluster's budgets multiplied down.
+    pub throttle: FileThrottle,
+    /// Block: 403.
+    pub block: FileActionMode,
+    /// Newly released models (`[[detection.new_model]]`): a move of traffic
+    /// to them by young accounts is the release-pivot signal.
+    #[serde(rename = "new_model")]
+    pub new_models: Vec<FileNewModel>,
+}
+
+impl Default for FileDetection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: "enforce".into(),
+            enforce_percent: 100,
+            half_life_ms: 3_600_000,
+            phrase_lists: Vec::new(),
+            weights: std::collections::BTreeMap::new(),
+            thresholds: FileThresholds::default(),
+            slow: FileSlow::default(),
+            degrade: FileDegrade::default(),
+            throttle: FileThrottle::default(),
+            block: FileActionMode::default(),
+            new_models: Vec::new(),
+        }
+    }
+}
+
+/// `[detection.thresholds]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileThresholds {
+    /// Enter Slow at this score (0–1).
+    pub slow_enter: f32,
+    /// Leave Slow below this score.
+    pub slow_exit: f32,
+    /// Enter Degrade.
+    pub degrade_enter: f32,
+    /// Leave Degrade.
+    pub degrade_exit: f32,
+    /// Enter Throttle.
+    pub throttle_enter: f32,
+    /// Leave Throttle.
+    pub throttle_exit: f32,
+    /// Enter Block.
+    pub block_enter: f32,
+    /// Leave Block.
+    pub block_exit: f32,
+}
+
+impl Default for FileThresholds {
+    fn default() -> Self {
+        Self {
+            slow_enter: 0.50,
+            slow_exit: 0.40,
+            degrade_enter: 0.62,
+            degrade_exit: 0.52,
+            throttle_enter: 0.75,
+            throttle_exit: 0.62,
+            block_enter: 0.90,
+            block_exit: 0.78,
+        }
+    }
+}
+
+/// Mode of one action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileActionMode {
+    /// "enforce" or "shadow".
+    pub mode: String,
+    /// Share of accounts (0–100) on which this action is enforced.
+    pub enforce_percent: u8,
+}
+
+impl Default for FileActionMode {
+    fn default() -> Self {
+        Self {
+            mode: "enforce".into(),
+            enforce_percent: 100,
+        }
+    }
+}
+
+/// `[detection.slow]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSlow {
+    /// "enforce" or "shadow".
+    pub mode: String,
+    /// Share of accounts (0–100) on which slowing is enforced.
+    pub enforce_percent: u8,
+    /// Delay at the Slow mark; it grows with the score ...
+    pub min_delay_ms: u64,
+    /// ... up to this.
+    pub max_delay_ms: u64,
+    /// Requests in flight allowed to a slowed account.
+    pub max_concurrent: u32,
+}
+
+impl Default for FileSlow {
+    fn default() -> Self {
+        Self {
+            mode: "enforce".into(),
+            enforce_percent: 100,
+            min_delay_ms: 500,
+            max_delay_ms: 8_000,
+            max_concurrent: 2,
+        }
+    }
+}
+
+/// `[detection.degrade]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileDegrade {
+    /// "enforce" or "shadow".
+    pub mode: String,
+    /// Share of accounts (0–100) on which degrading is enforced.
+    pub enforce_percent: u8,
+    /// Output limit forwarded upstream (max_tokens and friends clamped to it).
+    pub max_output_tokens: u32,
+}
+
+impl Default for FileDegrade {
+    fn default() -> Self {
+        Self {
+            mode: "enforce".into(),
+            enforce_percent: 100,
+            max_output_tokens: 512,
+        }
+    }
+}
+
+/// `[detection.throttle]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileThrottle {
+    /// "enforce" or "shadow".
+    pub mode: String,
+    /// Share of accounts (0–100) on which throttling is enforced.
+    pub enforce_percent: u8,
+    /// Budgets are multiplied by this (0 < f < 1).
+    pub budget_factor: f64,
+}
+
+impl Default for FileThrottle {
+    fn default() -> Self {
+        Self {
+            mode: "enforce".into(),
+            enforce_percent: 100,
+            budget_factor: 0.25,
+        }
+    }
+}
+
+/// One `[[detection.new_model]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNewModel {
+    /// Model-name prefix, e.g. "claude-opus-5".
+    pub prefix: String,
+    /// Release time, milliseconds since the Unix epoch.
+    pub released_unix_ms: u64,
 }

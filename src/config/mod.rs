@@ -48,6 +48,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Audit log.
     pub audit: AuditConfig,
+    /// Behaviour detection.
+    pub detection: DetectionConfig,
     /// Log output.
     pub logging: LoggingConfig,
 }
@@ -131,6 +133,48 @@ pub struct AccountsConfig {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: Duration,
+}
+
+/// One action of the ladder: enforced (on a share of accounts) or shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionMode {
+    /// Enforced at all (false: shadow).
+    pub enforce: bool,
+    /// Share of accounts (0–100) on which it is enforced.
+    pub enforce_percent: u8,
+}
+
+/// Behaviour detection, validated.
+#[derive(Debug, Clone)]
+pub struct DetectionConfig {
+    /// Compute signals at all.
+    pub enabled: bool,
+    /// The whole engine: enforced on this share of accounts (0: shadow).
+    pub mode: ActionMode,
+    /// Weights, ramps, thresholds, windows.
+    pub score: crate::engine::score::ScorePolicy,
+    /// Phrase lists, compiled.
+    pub matcher: std::sync::Arc<crate::engine::score::PhraseMatcher>,
+    /// Slow's mode.
+    pub slow: ActionMode,
+    /// Delay at the Slow mark.
+    pub slow_min_delay: Duration,
+    /// Delay at a score of 1.
+    pub slow_max_delay: Duration,
+    /// Concurrency cap of a slowed account.
+    pub slow_max_concurrent: u32,
+    /// Degrade's mode.
+    pub degrade: ActionMode,
+    /// Output limit when degraded.
+    pub degrade_max_output_tokens: u32,
+    /// Throttle's mode.
+    pub throttle: ActionMode,
+    /// Budget multiplier when throttled.
+    pub throttle_factor: f64,
+    /// Block's mode.
+    pub block: ActionMode,
+    /// New models: (prefix, release time in Unix milliseconds).
+    pub new_models_unix_ms: Vec<(String, u64)>,
 }
 
 /// Audit log settings.
@@ -594,6 +638,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     if f.audit.queue_capacity == 0 {
         return Err(invalid("audit.queue_capacity", "expected a count above 0"));
     }
+    let detection = validate_detection(base, &f.detection)?;
     let audit = AuditConfig {
         path: f.audit.path.as_ref().map(|p| resolve(base, p)),
         all_requests: f.audit.all_requests,
@@ -638,6 +683,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         cluster,
         admin,
         audit,
+        detection,
         logging,
     })
 }
@@ -1039,3 +1085,176 @@ fn validate_fingerprint(
 
 #[cfg(test)]
 mod tests;
+
+fn action_mode(key: &str, mode: &str, percent: u8) -> Result<ActionMode, Invalid> {
+    let enforce = match mode {
+        "enforce" => true,
+        "shadow" => false,
+        other => {
+            return Err(invalid(
+                format!("{key}.mode"),
+                format!("expected \"enforce\" or \"shadow\", got {other:?}"),
+            ))
+        }
+    };
+    if percent > 100 {
+        return Err(invalid(
+            format!("{key}.enforce_percent"),
+            "expected 0 to 100",
+        ));
+    }
+    Ok(ActionMode {
+        enforce,
+        enforce_percent: percent,
+    })
+}
+
+fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionConfig, Invalid> {
+    use crate::engine::score::{Mark, PhraseMatcher, ScorePolicy, Signal};
+    let mode = {
+        let enforce = match f.mode.as_str() {
+            "enforce" => true,
+            "shadow" => false,
+            other => {
+                return Err(invalid(
+                    "detection.mode",
+                    format!("expected \"enforce\" or \"shadow\", got {other:?}"),
+                ))
+            }
+        };
+        if f.enforce_percent > 100 {
+            return Err(invalid("detection.enforce_percent", "expected 0 to 100"));
+        }
+        ActionMode {
+            enforce,
+            enforce_percent: f.enforce_percent,
+        }
+    };
+    let mut score = ScorePolicy::default();
+    score.half_life =
+        crate::engine::policy::nanos(nonzero_ms("detection.half_life_ms", f.half_life_ms)?);
+    for (name, w) in &f.weights {
+        let Some(sig) = Signal::ALL.into_iter().find(|s| s.as_str() == name) else {
+            return Err(invalid(
+                format!("detection.weights.{name}"),
+                format!(
+                    "expected one of {}",
+                    Signal::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        score.weights.set(sig, *w);
+    }
+    let t = &f.thresholds;
+    score.thresholds.slow = Mark {
+        enter: t.slow_enter,
+        exit: t.slow_exit,
+    };
+    score.thresholds.degrade = Mark {
+        enter: t.degrade_enter,
+        exit: t.degrade_exit,
+    };
+    score.thresholds.throttle = Mark {
+        enter: t.throttle_enter,
+        exit: t.throttle_exit,
+    };
+    score.thresholds.block = Mark {
+        enter: t.block_enter,
+        exit: t.block_exit,
+    };
+    score.validate().map_err(|e| {
+        invalid(
+            format!("detection.{}", e.field),
+            format!("expected {}", e.expected),
+        )
+    })?;
+    let matcher = if f.phrase_lists.is_empty() {
+        PhraseMatcher::with_defaults()
+    } else {
+        let mut lists = Vec::with_capacity(f.phrase_lists.len());
+        for (i, p) in f.phrase_lists.iter().enumerate() {
+            let path = resolve(base, p);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    format!("detection.phrase_lists[{i}]"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("list{i}"));
+            let phrases: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
+            lists.push((name, phrases));
+        }
+        let refs: Vec<(&str, Vec<String>)> =
+            lists.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
+        PhraseMatcher::new(&refs)
+    }
+    .map_err(|e| invalid("detection.phrase_lists", e.to_string()))?;
+    let slow = action_mode("detection.slow", &f.slow.mode, f.slow.enforce_percent)?;
+    if f.slow.max_delay_ms < f.slow.min_delay_ms {
+        return Err(invalid(
+            "detection.slow.max_delay_ms",
+            "expected at least min_delay_ms",
+        ));
+    }
+    if f.slow.max_concurrent == 0 {
+        return Err(invalid(
+            "detection.slow.max_concurrent",
+            "expected a count above 0",
+        ));
+    }
+    let degrade = action_mode(
+        "detection.degrade",
+        &f.degrade.mode,
+        f.degrade.enforce_percent,
+    )?;
+    if f.degrade.max_output_tokens == 0 {
+        return Err(invalid(
+            "detection.degrade.max_output_tokens",
+            "expected a count above 0",
+        ));
+    }
+    let throttle = action_mode(
+        "detection.throttle",
+        &f.throttle.mode,
+        f.throttle.enforce_percent,
+    )?;
+    if !(f.throttle.budget_factor > 0.0 && f.throttle.budget_factor <= 1.0) {
+        return Err(invalid(
+            "detection.throttle.budget_factor",
+            "expected a number above 0, at most 1",
+        ));
+    }
+    let block = action_mode("detection.block", &f.block.mode, f.block.enforce_percent)?;
+    Ok(DetectionConfig {
+        enabled: f.enabled,
+        mode,
+        score,
+        matcher: std::sync::Arc::new(matcher),
+        slow,
+        slow_min_delay: Duration::from_millis(f.slow.min_delay_ms),
+        slow_max_delay: Duration::from_millis(f.slow.max_delay_ms),
+        slow_max_concurrent: f.slow.max_concurrent,
+        degrade,
+        degrade_max_output_tokens: f.degrade.max_output_tokens,
+        throttle,
+        throttle_factor: f.throttle.budget_factor,
+        block,
+        new_models_unix_ms: f
+            .new_models
+            .iter()
+            .map(|m| (m.prefix.clone(), m.released_unix_ms))
+            .collect(),
+    })
+}

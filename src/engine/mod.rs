@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod policy;
 pub mod signature;
 pub mod link;
+pub mod score;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,48 @@ pub struct Observation {
     pub input_tokens: u64,
     /// Fingerprint attributes for linking.
     pub attrs: ObservedAttrs,
+    /// What the behaviour signals need from the request.
+    pub request: RequestFacts,
+}
+
+/// Request facts for the behaviour signals (from inspection). The prompt
+/// text is only scanned for phrases, never stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// The prompt text (request-scoped).
+    pub prompt_text: Option<String>,
+    /// Anthropic thinking budget, when thinking is enabled.
+    pub thinking_budget: Option<u32>,
+    /// OpenAI reasoning effort is "high".
+    pub reasoning_effort_high: bool,
+    /// The requested output limit.
+    pub max_output_tokens: Option<u32>,
+    /// The requested model.
+    pub model: Option<String>,
+    /// Hash of the whole prompt (distinct fills).
+    pub fill_key: Option<u64>,
+    /// The user-agent claims a client its fingerprints deny.
+    pub fingerprint_inconsistent: bool,
+}
+
+/// What behaviour detection concluded about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// The ladder level the score reached (account or cluster, the higher).
+    pub level: score::Level,
+    /// Whose score set the level.
+    pub scope: Scope,
+    /// The level actually applied (lower than `level` where actions are in
+    /// shadow mode or outside their enforce_percent).
+    pub enforced: score::Level,
+    /// The deciding score with its reasons.
+    pub score: score::Score,
+    /// Delay before forwarding (Slow enforced).
+    pub delay: Option<Nanos>,
+    /// Output limit to forward with (Degrade enforced).
+    pub degrade_to: Option<u32>,
+    /// Phrase lists the prompt matched.
+    pub phrase_hits: Vec<String>,
 }
 
 /// Whose budget a limit belongs to.
@@ -185,7 +228,7 @@ pub struct Ticket {
 }
 
 /// Engine decision with context for logs and headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The verdict.
     pub verdict: Verdict,
@@ -197,6 +240,8 @@ pub struct Decision {
     pub cluster: Option<ClusterView>,
     /// Whether that cluster shares a budget (strong and big enough).
     pub cluster_enforced: bool,
+    /// Behaviour detection's verdict (None: off, or allow-listed).
+    pub detection: Option<Detection>,
 }
 
 /// What an admitted request actually cost, known after the response.
@@ -223,6 +268,8 @@ pub struct Engine {
     policy: ArcSwap<Policy>,
     accounts: AccountStore,
     clusters: AccountStore,
+    account_signals: dashmap::DashMap<u64, (score::AccountSignals, score::LadderState)>,
+    cluster_signals: dashmap::DashMap<u64, (score::ClusterSignals, score::LadderState)>,
     linker: Mutex<Linker>,
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
@@ -249,6 +296,8 @@ impl Engine {
             policy: ArcSwap::from_pointee(policy),
             accounts: AccountStore::default(),
             clusters: AccountStore::default(),
+            account_signals: dashmap::DashMap::new(),
+            cluster_signals: dashmap::DashMap::new(),
             manual_accounts: dashmap::DashMap::new(),
             manual_clusters: dashmap::DashMap::new(),
             next_maintenance: AtomicU64::new(0),
@@ -416,16 +465,66 @@ impl Engine {
                 allow_listed,
                 cluster,
                 cluster_enforced: false,
+                detection: None,
             };
         }
         let enforced = cluster
             .filter(|c| policy.cluster.applies(c))
             .filter(|_| cluster_manual != Some(Manual::Allow));
+        let detection = match &policy.detection {
+            Some(d) if !allow_listed && cluster_manual != Some(Manual::Allow) => {
+                Some(self.detect(d, &policy, tier, obs, enforced, now))
+            }
+            _ => None,
+        };
+        let applied = detection
+            .as_ref()
+            .map_or(score::Level::Allow, |d| d.enforced);
+        if applied == score::Level::Block {
+            let scope = detection.as_ref().map_or(Scope::Account, |d| d.scope);
+            self.accounts.with(obs.account.0, now, |_| ());
+            return Decision {
+                verdict: Verdict::Block(scope),
+                tier: tier.name.clone(),
+                allow_listed,
+                cluster,
+                cluster_enforced: enforced.is_some(),
+                detection,
+            };
+        }
+        // Throttled: budgets multiplied down; slowed: a lower concurrency cap.
+        let det = policy.detection.as_ref();
+        let factor = match det {
+            Some(d) if applied >= score::Level::Throttle => d.throttle_factor,
+            _ => 1.0,
+        };
+        let slowed_cap = match det {
+            Some(d) if applied >= score::Level::Slow => Some(d.slow_max_concurrent),
+            _ => None,
+        };
+        let adjust = |t: Tier| -> Tier {
+            let mut t = if factor < 1.0 {
+                Tier {
+                    name: t.name.clone(),
+                    requests: t.requests.scaled(factor),
+                    input: t.input.scaled(factor),
+                    output: t.output.scaled(factor),
+                    max_concurrent: t.max_concurrent,
+                }
+            } else {
+                t
+            };
+            if let Some(cap) = slowed_cap {
+                t.max_concurrent = t.max_concurrent.min(cap);
+            }
+            t
+        };
+        let account_tier = adjust(tier.clone());
         let verdict = self.accounts.with(obs.account.0, now, |state| {
-            admit(state, tier, obs, now, || match enforced {
+            admit(state, &account_tier, obs, now, || match enforced {
                 None => Ok(None),
                 Some(c) => {
-                    let budget = policy.cluster.budget(c.members);
+                    let budget = adjust(policy.cluster.budget(c.members));
                     self.clusters
                         .with(c.id, now, |cs| admit_cluster(cs, &budget, obs, now))
                         .map(|()| Some((c.id, c.members)))
@@ -441,6 +540,123 @@ impl Engine {
             allow_listed,
             cluster,
             cluster_enforced: enforced.is_some(),
+            detection,
+        }
+    }
+
+    /// Feed the behaviour signals of the account (and of its cluster, when
+    /// it shares a budget), score them, move the ladders, and decide which
+    /// level is enforced.
+    fn detect(
+        &self,
+        d: &crate::config::DetectionConfig,
+        policy: &Policy,
+        tier: &Tier,
+        obs: &Observation,
+        cluster: Option<ClusterView>,
+        now: Nanos,
+    ) -> Detection {
+        let f = &obs.request;
+        let hits = d.matcher.scan(f.prompt_text.as_deref().unwrap_or(""));
+        // A prompt whose shape linked this account by a template rule is
+        // shared with other accounts.
+        let prompt_rules = policy
+            .cluster
+            .link
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i < 32 && r.kinds.contains(&AttrKind::Prompt))
+            .fold(0u32, |m, (i, _)| m | (1 << i));
+        let linked = self.cluster_of(obs.account);
+        let template_shared = linked.is_some_and(|c| c.rules & prompt_rules != 0);
+        let req = score::RequestSignals {
+            now,
+            prompt_text: "",
+            thinking_budget: f.thinking_budget,
+            reasoning_effort_high: f.reasoning_effort_high,
+            max_output_tokens: f.max_output_tokens,
+            model: f.model.as_deref(),
+            input_tokens: obs.input_tokens,
+            template_shared,
+            template_key: obs.attrs.prompt.map(|k| k[0]),
+            fill_key: f.fill_key,
+            fingerprint_inconsistent: f.fingerprint_inconsistent,
+        };
+        let tier_rpm = tier.requests.per_period();
+        let (mut level, mut scope, mut best) = {
+            let mut e = self
+                .account_signals
+                .entry(obs.account.0)
+                .or_insert_with(|| {
+                    (
+                        score::AccountSignals::new(now),
+                        score::LadderState::default(),
+                    )
+                });
+            let (sig, ladder) = e.value_mut();
+            sig.observe_hits(&req, hits, &d.score, tier_rpm);
+            let sc = sig.score(now, &d.score);
+            (ladder.update(sc.value, &d.score), Scope::Account, sc)
+        };
+        if let Some(c) = cluster {
+            let mut e = self.cluster_signals.entry(c.id).or_insert_with(|| {
+                (
+                    score::ClusterSignals::new(c.formed_at),
+                    score::LadderState::default(),
+                )
+            });
+            let (sig, ladder) = e.value_mut();
+            sig.observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
+            let sc = sig.score(now, &d.score);
+            let cl = ladder.update(sc.value, &d.score);
+            if cl > level {
+                level = cl;
+                scope = Scope::Cluster;
+                best = sc;
+            }
+        }
+        // Which level is enforced: the highest at or below `level` whose
+        // action is enforced for this account (global mode and per action).
+        let bucket = (obs.account.0 % 100) as u8;
+        let on = |m: crate::config::ActionMode| {
+            d.mode.enforce && m.enforce && bucket < d.mode.enforce_percent.min(m.enforce_percent)
+        };
+        let mut enforced = score::Level::Allow;
+        for (lvl, m) in [
+            (score::Level::Slow, d.slow),
+            (score::Level::Degrade, d.degrade),
+            (score::Level::Throttle, d.throttle),
+            (score::Level::Block, d.block),
+        ] {
+            if level >= lvl && on(m) {
+                enforced = lvl;
+            }
+        }
+        let delay = (enforced >= score::Level::Slow && on(d.slow)).then(|| {
+            let enter = d.score.thresholds.slow.enter;
+            let span = (1.0 - enter).max(f32::EPSILON);
+            let t = f64::from(((best.value - enter) / span).clamp(0.0, 1.0));
+            let lo = policy::nanos(d.slow_min_delay) as f64;
+            let hi = policy::nanos(d.slow_max_delay) as f64;
+            (lo + (hi - lo) * t) as Nanos
+        });
+        let degrade_to = (enforced >= score::Level::Degrade && on(d.degrade))
+            .then_some(d.degrade_max_output_tokens);
+        let phrase_hits = d
+            .matcher
+            .hit_names(hits)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        Detection {
+            level,
+            scope,
+            enforced,
+            score: best,
+            delay,
+            degrade_to,
+            phrase_hits,
         }
     }
 
@@ -459,6 +675,38 @@ impl Engine {
             self.clusters
                 .with(id, now, |s| settle_cells(s, &budget, ticket, usage, now));
         }
+        if let Some(d) = &policy.detection {
+            if let Some(mut e) = self.account_signals.get_mut(&ticket.account.0) {
+                e.0.settle(usage.output_tokens, now, &d.score);
+            }
+            if let Some((id, _)) = ticket.cluster {
+                if let Some(mut e) = self.cluster_signals.get_mut(&id) {
+                    e.0.settle(usage.output_tokens, now, &d.score);
+                }
+            }
+        }
+    }
+
+    /// The account's behaviour score now (None: no signals held).
+    pub fn account_score(
+        &self,
+        account: AccountId,
+        now: Nanos,
+    ) -> Option<(score::Score, score::Level)> {
+        let policy = self.policy.load();
+        let d = policy.detection.as_ref()?;
+        self.account_signals
+            .get(&account.0)
+            .map(|e| (e.0.score(now, &d.score), e.1.level()))
+    }
+
+    /// The cluster's behaviour score now.
+    pub fn cluster_score(&self, id: u64, now: Nanos) -> Option<(score::Score, score::Level)> {
+        let policy = self.policy.load();
+        let d = policy.detection.as_ref()?;
+        self.cluster_signals
+            .get(&id)
+            .map(|e| (e.0.score(now, &d.score), e.1.level()))
     }
 
     /// A snapshot of an account's budgets (for the admin API and tests).
@@ -506,6 +754,13 @@ impl Engine {
         let _ = self
             .clusters
             .evict(now, policy.idle_evict, policy.max_tracked);
+        // Signals go with their account's state, and with dissolved clusters.
+        self.account_signals
+            .retain(|id, _| self.accounts.peek(*id, |_| ()).is_some());
+        if let Ok(linker) = self.linker.lock() {
+            self.cluster_signals
+                .retain(|id, _| linker.cluster(*id).is_some());
+        }
         self.stats
             .evicted_accounts
             .fetch_add(idle + over_cap, Ordering::Relaxed);

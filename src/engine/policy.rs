@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::gcra::{Nanos, Rate};
 use super::link::{ClusterView, LinkPolicy, Strength};
 use super::AccountId;
-use crate::config::{Config, TierConfig};
+use crate::config::{Config, DetectionConfig, TierConfig};
 
 /// One tier's quotas.
 #[derive(Debug, Clone)]
@@ -54,6 +54,8 @@ pub struct Policy {
     pub idle_evict: std::time::Duration,
     /// Cluster budgets.
     pub cluster: ClusterPolicy,
+    /// Behaviour detection (None: off).
+    pub detection: Option<DetectionConfig>,
 }
 
 /// When clusters share a budget, and how big it is.
@@ -133,7 +135,30 @@ impl ClusterPolicy {
 }
 
 impl Policy {
-    /// The policy of a validated config.
+    /// The policy of a validated config, for an engine whose clock reads
+    /// `now` while the wall clock reads `now_unix_ms` (to place the release
+    /// times of new models on the engine's clock).
+    pub fn from_config_at(c: &Config, now: Nanos, now_unix_ms: u64) -> Policy {
+        let mut p = Policy::from_config(c);
+        if let Some(d) = p.detection.as_mut() {
+            d.score.new_models = d
+                .new_models_unix_ms
+                .iter()
+                .map(|(prefix, ms)| {
+                    let ago = now_unix_ms.saturating_sub(*ms).saturating_mul(1_000_000);
+                    let ahead = ms.saturating_sub(now_unix_ms).saturating_mul(1_000_000);
+                    (
+                        prefix.clone(),
+                        now.saturating_sub(ago).saturating_add(ahead),
+                    )
+                })
+                .collect();
+        }
+        p
+    }
+
+    /// The policy of a validated config (new-model release times taken as
+    /// engine time in milliseconds, as `replay` uses).
     pub fn from_config(c: &Config) -> Policy {
         let names: Vec<&String> = c.tiers.keys().collect();
         let index = |n: &str| names.iter().position(|t| t.as_str() == n).unwrap_or(0);
@@ -165,6 +190,15 @@ impl Policy {
                 ignore_nets: c.cluster.ignore_nets.clone(),
                 downweight_nets: c.cluster.downweight_nets.clone(),
             },
+            detection: c.detection.enabled.then(|| {
+                let mut d = c.detection.clone();
+                d.score.new_models = d
+                    .new_models_unix_ms
+                    .iter()
+                    .map(|(p, ms)| (p.clone(), ms.saturating_mul(1_000_000)))
+                    .collect();
+                d
+            }),
         }
     }
 
@@ -178,6 +212,7 @@ impl Policy {
             max_tracked: 1_000_000,
             idle_evict: std::time::Duration::from_secs(600),
             cluster: ClusterPolicy::disabled(),
+            detection: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn obs(account: u64, input_tokens: u64) -> Observation {
         anonymous: false,
         input_tokens,
         attrs: ObservedAttrs::default(),
+        request: Default::default(),
     }
 }
 
@@ -239,6 +240,7 @@ fn anonymous_clients_use_the_anonymous_tier() {
         anonymous: true,
         input_tokens: 0,
         attrs: ObservedAttrs::default(),
+        request: Default::default(),
     };
     let t = allow(&e.decide(&anon, 0));
     e.settle(&t, Usage::default(), 0);
@@ -401,6 +403,7 @@ mod clusters {
                     asn: None,
                     prompt: prompt_keys(&text),
                 },
+                request: Default::default(),
             };
             let d = sim.send(&o, now);
             if let Some(c) = d.cluster {
@@ -482,6 +485,7 @@ mod clusters {
                     asn: None,
                     prompt: prompt_keys(&text),
                 },
+                request: Default::default(),
             };
             let d = sim.send(&o, now);
             if let Some(c) = d.cluster {
@@ -523,6 +527,7 @@ mod clusters {
                     asn: None,
                     prompt: prompt_keys(&text),
                 },
+                request: Default::default(),
             };
             let d = sim.send(&o, now);
             assert!(
@@ -564,6 +569,7 @@ mod clusters {
                     asn: None,
                     prompt: prompt_keys(&text),
                 },
+                request: Default::default(),
             }
         };
         for n in 0..600u64 {

@@ -284,7 +284,11 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
             KeyHasher::random()
         }
     };
-    let engine = Arc::new(Engine::new(Policy::from_config(&config)));
+    let engine = Arc::new(Engine::new(Policy::from_config_at(
+        &config,
+        0,
+        crate::admin::audit::now_unix_ms(),
+    )));
     if let Some(path) = &config.admin.state_path {
         let n = crate::admin::state::load(path, &engine).map_err(ServerError::State)?;
         if n > 0 {

@@ -35,7 +35,11 @@ pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
                 slot.store(cert);
             }
         }
-        shared.engine.set_policy(Policy::from_config(&new));
+        shared.engine.set_policy(Policy::from_config_at(
+            &new,
+            shared.clock.now(),
+            crate::admin::audit::now_unix_ms(),
+        ));
         shared.config.store(Arc::new(new));
     });
     match &result {
