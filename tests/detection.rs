@@ -1,0 +1,208 @@
+//! Behaviour detection end to end: degrade rewrites what reaches the
+//! upstream, slow adds its delay, and shadow mode changes no response but
+//! writes the same audit lines as enforce. Thresholds are set low so a
+//! handful of chain-of-thought-eliciting requests climbs the ladder.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const COT: &str = "Imagine and articulate the internal reasoning behind the completed response below, \
+and write it out step by step before giving the final answer. Question: why does ice float on water? \
+Answer: because it is less dense.";
+
+fn detection(mode: &str, thresholds: &str, extra: &str) -> String {
+    format!(
+        r#"
+[tiers.default]
+requests_per_minute = 6000
+burst_requests = 1000
+input_tokens_per_minute = 100000000
+output_tokens_per_minute = 100000000
+max_concurrent = 64
+
+[detection]
+mode = "{mode}"
+[detection.thresholds]
+{thresholds}
+{extra}
+"#
+    )
+}
+
+/// Slow and degrade low, throttle and block out of reach.
+const LOW_DEGRADE: &str =
+    "slow_enter = 0.10\nslow_exit = 0.05\ndegrade_enter = 0.15\ndegrade_exit = 0.10\n\
+throttle_enter = 0.98\nthrottle_exit = 0.97\nblock_enter = 0.995\nblock_exit = 0.99";
+
+fn body() -> String {
+    serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 32000},
+        "messages": [{"role": "user", "content": COT}]
+    })
+    .to_string()
+}
+
+async fn send(env: &Env, n: usize) -> Vec<(u16, Duration)> {
+    let mut out = vec![];
+    for _ in 0..n {
+        let start = Instant::now();
+        let r = timeout(client().request(messages_request(&env.url("/v1/messages"), &body())))
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let _ = body_json(r).await;
+        out.push((s, start.elapsed()));
+    }
+    out
+}
+
+fn last_upstream_body(env: &Env) -> serde_json::Value {
+    serde_json::from_str(&env.mock.requests().last().unwrap().body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degrade_rewrites_what_the_upstream_sees() {
+    let env = Env::start(&detection(
+        "enforce",
+        LOW_DEGRADE,
+        "[detection.slow]\nmin_delay_ms = 0\nmax_delay_ms = 0\n[detection.degrade]\nmax_output_tokens = 64\n",
+    ));
+    let first = send(&env, 1).await;
+    assert_eq!(first[0].0, 200);
+    let v = last_upstream_body(&env);
+    assert_eq!(v["max_tokens"], 4000, "the first request is not degraded");
+    assert!(v.get("thinking").is_some());
+    let rest = send(&env, 15).await;
+    assert!(rest.iter().all(|(s, _)| *s == 200));
+    let v = last_upstream_body(&env);
+    assert_eq!(v["max_tokens"], 64, "degraded request: {v}");
+    assert!(v.get("thinking").is_none(), "thinking must be removed: {v}");
+    assert_eq!(v["messages"][0]["content"], COT, "the prompt is untouched");
+    // The upstream got a correct content-length for the rewritten body.
+    let seen = env.mock.requests().last().unwrap().clone();
+    let len: usize = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("content-length");
+    assert_eq!(len, seen.body.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_adds_the_configured_delay() {
+    let env = Env::start(&detection(
+        "enforce",
+        "slow_enter = 0.10\nslow_exit = 0.05\ndegrade_enter = 0.97\ndegrade_exit = 0.96\n\
+         throttle_enter = 0.98\nthrottle_exit = 0.975\nblock_enter = 0.995\nblock_exit = 0.99",
+        "[detection.slow]\nmin_delay_ms = 400\nmax_delay_ms = 400\n",
+    ));
+    let times = send(&env, 14).await;
+    assert!(times.iter().all(|(s, _)| *s == 200));
+    // Before the evidence builds up: fast; once slowed: at least 400 ms.
+    assert!(times[0].1 < Duration::from_millis(300), "{:?}", times[0]);
+    let slowed: Vec<_> = times
+        .iter()
+        .filter(|(_, t)| *t >= Duration::from_millis(400))
+        .collect();
+    assert!(slowed.len() >= 3, "slowed {slowed:?} of {times:?}");
+    let last = times.last().unwrap().1;
+    assert!(
+        last >= Duration::from_millis(400) && last < Duration::from_millis(1500),
+        "{last:?}"
+    );
+    // Degrade was not reached: the upstream saw the original limit.
+    assert_eq!(last_upstream_body(&env)["max_tokens"], 4000);
+}
+
+async fn audit_run(mode: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        &format!(
+            "{}[audit]\npath = \"{}\"\n",
+            detection(
+                mode,
+                LOW_DEGRADE,
+                "[detection.slow]\nmin_delay_ms = 0\nmax_delay_ms = 0\n[detection.degrade]\nmax_output_tokens = 64\n"
+            ),
+            audit.display()
+        ),
+    );
+    let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
+    let url = format!("http://{}/v1/messages", proxy.local_addrs()[0]);
+    for _ in 0..16 {
+        let r = timeout(client().request(messages_request(&url, &body())))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = body_json(r).await;
+    }
+    let upstream: serde_json::Value =
+        serde_json::from_str(&mock.requests().last().unwrap().body).unwrap();
+    proxy.shutdown();
+    tokio::task::spawn_blocking(move || proxy.join())
+        .await
+        .unwrap();
+    let lines = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_changes_nothing_but_writes_the_same_audit_lines() {
+    let (enforce, enforced_upstream) = audit_run("enforce").await;
+    let (shadow, shadow_upstream) = audit_run("shadow").await;
+    // Enforce degraded the upstream request; shadow did not.
+    assert_eq!(enforced_upstream["max_tokens"], 64);
+    assert_eq!(shadow_upstream["max_tokens"], 4000);
+    assert!(shadow_upstream.get("thinking").is_some());
+    // Same lines, apart from the mode and ids.
+    assert!(!enforce.is_empty());
+    assert_eq!(enforce.len(), shadow.len(), "{enforce:?}\n{shadow:?}");
+    for (e, s) in enforce.iter().zip(&shadow) {
+        assert_eq!(e["mode"], "enforce");
+        assert_eq!(s["mode"], "shadow");
+        assert_eq!(e["decision"], s["decision"]);
+        assert_eq!(e["reasons"][0]["level"], s["reasons"][0]["level"]);
+        // The same signals (their order follows contributions, which depend
+        // on real arrival times and so differ slightly between the runs).
+        let signals = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+            v["reasons"].as_array().unwrap()[1..]
+                .iter()
+                .map(|r| r["signal"].as_str().unwrap().to_string())
+                .filter(|s| s != "timing_regularity" && s != "volume")
+                .collect()
+        };
+        assert_eq!(signals(e), signals(s));
+    }
+    // Reasons carry each signal's value and contribution; no prompt text.
+    let line = &enforce.last().unwrap();
+    assert!(line["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(
+            |r| r["signal"] == "reasoning_elicitation" && r["contribution"].as_f64().unwrap() > 0.0
+        ));
+    assert_eq!(line["reasons"][0]["phrase_lists"][0], "elicitation");
+    assert!(
+        !serde_json::to_string(&enforce)
+            .unwrap()
+            .contains("ice float"),
+        "prompt text in the audit log"
+    );
+}
