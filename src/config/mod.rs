@@ -1130,9 +1130,13 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             enforce_percent: f.enforce_percent,
         }
     };
-    let mut score = ScorePolicy::default();
-    score.half_life =
-        crate::engine::policy::nanos(nonzero_ms("detection.half_life_ms", f.half_life_ms)?);
+    let mut score = ScorePolicy {
+        half_life: crate::engine::policy::nanos(nonzero_ms(
+            "detection.half_life_ms",
+            f.half_life_ms,
+        )?),
+        ..ScorePolicy::default()
+    };
     for (name, w) in &f.weights {
         let Some(sig) = Signal::ALL.into_iter().find(|s| s.as_str() == name) else {
             return Err(invalid(

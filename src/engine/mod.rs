@@ -643,12 +643,7 @@ impl Engine {
         });
         let degrade_to = (enforced >= score::Level::Degrade && on(d.degrade))
             .then_some(d.degrade_max_output_tokens);
-        let phrase_hits = d
-            .matcher
-            .hit_names(hits)
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let phrase_hits = d.matcher.hit_names(hits).map(String::from).collect();
         Detection {
             level,
             scope,
