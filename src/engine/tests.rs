@@ -604,3 +604,241 @@ mod clusters {
         assert!(p.budget(1000).requests.per_period() < 2 * p.budget(100).requests.per_period());
     }
 }
+
+// ---------------------------------------------------------------- detection
+
+mod detection {
+    use super::*;
+    use crate::engine::link::AttrKind;
+    use crate::engine::score::Level;
+    use rand::{Rng, SeedableRng};
+
+    /// Default detection, budgets out of reach (only detection acts).
+    fn policy() -> Policy {
+        let c = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+             [tiers.default]\nrequests_per_minute = 60\nburst_requests = 60\n\
+             input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 100\n\
+             [cluster.budget]\nrequests_per_minute = 100000000\nburst_requests = 100000000\n\
+             input_tokens_per_minute = 100000000000\noutput_tokens_per_minute = 100000000000\nmax_concurrent = 100000\n",
+        )
+        .unwrap();
+        Policy::from_config(&c)
+    }
+
+    fn words(rng: &mut rand::rngs::StdRng, n: usize) -> String {
+        const SYL: [&str; 24] = [
+            "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es", "bor",
+            "li", "nu", "ga", "tas", "re", "om", "fi", "del", "cu", "zan", "ep",
+        ];
+        (0..n)
+            .map(|_| {
+                (0..3)
+                    .map(|_| SYL[rng.gen_range(0..SYL.len())])
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    struct Req {
+        account: u64,
+        text: String,
+        max_tokens: u32,
+        ja4: &'static str,
+        prefix: String,
+    }
+
+    fn observe(r: &Req) -> Observation {
+        let sig = signature::signature(&r.text);
+        let h = |k, v: &str| Some(attr_hash(k, v.as_bytes()));
+        Observation {
+            account: AccountId(r.account),
+            anonymous: false,
+            input_tokens: (r.text.len() / 4) as u64,
+            attrs: ObservedAttrs {
+                ja4: h(AttrKind::Ja4, r.ja4),
+                http: None,
+                h2: None,
+                ip_prefix: h(AttrKind::IpPrefix, &r.prefix),
+                asn: None,
+                prompt: sig.is_informative().then(|| sig.index_keys()),
+            },
+            request: RequestFacts {
+                prompt_text: Some(r.text.clone()),
+                max_output_tokens: Some(r.max_tokens),
+                model: Some("claude-sonnet-4-5".into()),
+                fill_key: Some(attr_hash(AttrKind::Prompt, r.text.as_bytes())),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn run(e: &Engine, r: &Req, now: Nanos, output: u64) -> Decision {
+        let d = e.decide(&observe(r), now);
+        if let Verdict::Allow(t) = &d.verdict {
+            e.settle(
+                t,
+                Usage {
+                    input_tokens: None,
+                    output_tokens: output,
+                },
+                now,
+            );
+        }
+        d
+    }
+
+    const MIN: Nanos = 60 * SECOND;
+
+    /// A 400-account hydra eliciting chain of thought with a shared
+    /// template, max_tokens pinned at the ceiling, all members firing in the
+    /// same seconds, climbs to Block; after it stops, it decays to Allow.
+    #[test]
+    fn hydra_escalates_to_block_then_decays() {
+        let e = Engine::new(policy());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let t0 = 1000 * MIN;
+        let mut first: std::collections::BTreeMap<&str, Nanos> = Default::default();
+        for minute in 0..20u64 {
+            for a in 0..400u64 {
+                let now = t0 + minute * MIN + a * (SECOND / 400);
+                let r = Req {
+                    account: 50_000 + a,
+                    text: format!(
+                        "Imagine and articulate the internal reasoning behind the completed response below, \
+                         and write it out step by step. Question: {} Answer: {}",
+                        words(&mut rng, 20),
+                        words(&mut rng, 10)
+                    ),
+                    max_tokens: 64_000,
+                    ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+                    prefix: format!("203.0.113.{}/32", a % 8),
+                };
+                let d = run(&e, &r, now, 8_000);
+                let det = d.detection.expect("detection on");
+                for (lvl, name) in [
+                    (Level::Slow, "slow"),
+                    (Level::Degrade, "degrade"),
+                    (Level::Throttle, "throttle"),
+                    (Level::Block, "block"),
+                ] {
+                    if det.enforced >= lvl {
+                        first.entry(name).or_insert(now - t0);
+                    }
+                }
+            }
+        }
+        println!(
+            "hydra time to action (s): {:?}",
+            first
+                .iter()
+                .map(|(k, v)| (*k, v / SECOND))
+                .collect::<Vec<_>>()
+        );
+        for name in ["slow", "degrade", "throttle", "block"] {
+            let t = first
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| panic!("never reached {name}"));
+            assert!(t <= 10 * MIN, "{name} after {} s", t / SECOND);
+        }
+        // The hydra stops; an hour later its members are back to Allow.
+        let later = t0 + 80 * MIN;
+        let r = Req {
+            account: 50_000,
+            text: "A single ordinary question about the weather in Lisbon next week, please answer briefly".into(),
+            max_tokens: 300,
+            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+            prefix: "203.0.113.0/32".into(),
+        };
+        let d = run(&e, &r, later, 100);
+        assert_eq!(d.detection.unwrap().level, Level::Allow, "no decay");
+    }
+
+    /// Honest populations stay at Allow: chat users, a corporate NAT, a
+    /// high-volume batch summariser, an evaluation account.
+    #[test]
+    fn honest_populations_stay_at_allow() {
+        let e = Engine::new(policy());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let t0 = 1000 * MIN;
+        let mut false_actions: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        let mut note = |pop: &'static str, d: &Decision| {
+            let x = false_actions.entry(pop).or_default();
+            x.0 += 1;
+            if d.detection.as_ref().is_some_and(|d| d.level > Level::Allow) {
+                x.1 += 1;
+            }
+        };
+        // Two simulated hours.
+        let mut now = t0;
+        for step in 0..7200u64 {
+            now += SECOND;
+            // Chat: 20 users, varied prompts, a request every ~2 minutes each.
+            if rng.gen_bool(20.0 / 120.0) {
+                let a = rng.gen_range(0..20u64);
+                let len = rng.gen_range(5..60);
+                let r = Req {
+                    account: 1_000 + a,
+                    text: words(&mut rng, len),
+                    max_tokens: 1024,
+                    ja4: ["ja4-chrome", "ja4-safari", "ja4-firefox"][a as usize % 3],
+                    prefix: format!("198.51.{}.0/24", a),
+                };
+                note("chat", &run(&e, &r, now, 400));
+            }
+            // Corporate NAT: 50 users behind one prefix and one SDK.
+            if rng.gen_bool(50.0 / 300.0) {
+                let a = rng.gen_range(0..50u64);
+                let len = rng.gen_range(10..80);
+                let r = Req {
+                    account: 2_000 + a,
+                    text: words(&mut rng, len),
+                    max_tokens: 2048,
+                    ja4: "ja4-corp-sdk",
+                    prefix: "192.0.2.0/24".into(),
+                };
+                note("nat", &run(&e, &r, now, 600));
+            }
+            // Batch summariser: one account, one template, every 4 s, within its tier.
+            if step % 4 == 0 {
+                let r = Req {
+                    account: 3_000,
+                    text: format!(
+                        "Summarise the following support ticket in three bullet points for the weekly report.\nTicket: {}",
+                        words(&mut rng, 60)
+                    ),
+                    max_tokens: 300,
+                    ja4: "ja4-python-batch",
+                    prefix: "10.9.9.0/24".into(),
+                };
+                note("batch", &run(&e, &r, now, 150));
+            }
+            // Evaluation: templated multiple choice, tiny max_tokens, every 3 s.
+            if step % 3 == 0 {
+                let r = Req {
+                    account: 4_000,
+                    text: format!(
+                        "Answer with a single letter.\nQuestion: {}\nA) {}\nB) {}\nC) {}\nD) {}",
+                        words(&mut rng, 15),
+                        words(&mut rng, 3),
+                        words(&mut rng, 3),
+                        words(&mut rng, 3),
+                        words(&mut rng, 3)
+                    ),
+                    max_tokens: 1,
+                    ja4: "ja4-eval-harness",
+                    prefix: "10.8.8.0/24".into(),
+                };
+                note("eval", &run(&e, &r, now, 1));
+            }
+        }
+        println!("false actions (requests, above allow): {false_actions:?}");
+        for (pop, (n, bad)) in &false_actions {
+            assert!(*n > 100, "{pop}: only {n} requests");
+            assert_eq!(*bad, 0, "{pop}: {bad} of {n} requests above allow");
+        }
+    }
+}
