@@ -125,6 +125,69 @@ fn benches(c: &mut Criterion) {
             })
         },
     );
+    // The same decision with behaviour detection on a 2 KB prompt (phrase
+    // scan, account and cluster signals, score, ladder); the signature's index
+    // keys are computed beforehand as the proxy does.
+    let p2k_prompt: String = {
+        let mut out = String::from(
+            "Imagine and articulate the internal reasoning behind the completed response below. ",
+        );
+        let words = [
+            "the",
+            "model",
+            "reason",
+            "about",
+            "a",
+            "distributed",
+            "system",
+            "with",
+        ];
+        let mut k = 0;
+        while out.len() < 2048 {
+            out.push_str(words[k * 7 % words.len()]);
+            out.push(' ');
+            k += 1;
+        }
+        out
+    };
+    let keys = signature::signature(&p2k_prompt).index_keys();
+    let detect_sample: Vec<Observation> = sample
+        .iter()
+        .map(|o| Observation {
+            attrs: ObservedAttrs {
+                prompt: Some(keys),
+                ..o.attrs
+            },
+            request: distill_guard::engine::RequestFacts {
+                prompt_text: Some(p2k_prompt.clone()),
+                max_output_tokens: Some(4096),
+                model: Some("claude-sonnet-4-5".into()),
+                fill_key: Some(o.account.0),
+                ..Default::default()
+            },
+            ..o.clone()
+        })
+        .collect();
+    g.bench_function(
+        "decide+settle with detection, 2 KB prompt (no signature)",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % detect_sample.len();
+                now += 1000;
+                let d = engine.decide(black_box(&detect_sample[i]), now);
+                if let Verdict::Allow(t) = d.verdict {
+                    engine.settle(
+                        &t,
+                        Usage {
+                            input_tokens: Some(500),
+                            output_tokens: 200,
+                        },
+                        now,
+                    );
+                }
+            })
+        },
+    );
     let p2k: String = {
         let words = [
             "the",

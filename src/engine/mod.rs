@@ -473,7 +473,7 @@ impl Engine {
             .filter(|_| cluster_manual != Some(Manual::Allow));
         let detection = match &policy.detection {
             Some(d) if !allow_listed && cluster_manual != Some(Manual::Allow) => {
-                Some(self.detect(d, &policy, tier, obs, enforced, now))
+                Some(self.detect(d, &policy, tier, obs, (cluster, enforced), now))
             }
             _ => None,
         };
@@ -546,14 +546,15 @@ impl Engine {
 
     /// Feed the behaviour signals of the account (and of its cluster, when
     /// it shares a budget), score them, move the ladders, and decide which
-    /// level is enforced.
+    /// level is enforced. `linked` is the account's cluster of any strength,
+    /// `cluster` the one that shares a budget.
     fn detect(
         &self,
         d: &crate::config::DetectionConfig,
         policy: &Policy,
         tier: &Tier,
         obs: &Observation,
-        cluster: Option<ClusterView>,
+        (linked, cluster): (Option<ClusterView>, Option<ClusterView>),
         now: Nanos,
     ) -> Detection {
         let f = &obs.request;
@@ -568,7 +569,6 @@ impl Engine {
             .enumerate()
             .filter(|(i, r)| *i < 32 && r.kinds.contains(&AttrKind::Prompt))
             .fold(0u32, |m, (i, _)| m | (1 << i));
-        let linked = self.cluster_of(obs.account);
         let template_shared = linked.is_some_and(|c| c.rules & prompt_rules != 0);
         let req = score::RequestSignals {
             now,
