@@ -15,7 +15,14 @@ pub fn demo_config(
     listen: SocketAddr,
     upstream: SocketAddr,
 ) -> Result<Config, config::ConfigError> {
-    let mut cfg = config::parse(Path::new("config/distill-guard.toml"), DEFAULT_CONFIG)?;
+    // The shipped phrase-list files are the built-in lists; the demo uses the
+    // built-in copy so it runs from any directory.
+    let text: String = DEFAULT_CONFIG
+        .lines()
+        .filter(|l| !l.starts_with("phrase_lists"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut cfg = config::parse(Path::new("config/distill-guard.toml"), &text)?;
     cfg.listeners = vec![ListenerConfig {
         address: listen,
         tls: None,

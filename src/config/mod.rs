@@ -175,6 +175,8 @@ pub struct DetectionConfig {
     pub block: ActionMode,
     /// New models: (prefix, release time in Unix milliseconds).
     pub new_models_unix_ms: Vec<(String, u64)>,
+    /// The phrase-list files (watched for reload).
+    pub phrase_list_files: Vec<PathBuf>,
 }
 
 /// Audit log settings.
@@ -1260,5 +1262,6 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             .iter()
             .map(|m| (m.prefix.clone(), m.released_unix_ms))
             .collect(),
+        phrase_list_files: f.phrase_lists.iter().map(|p| resolve(base, p)).collect(),
     })
 }

@@ -140,3 +140,23 @@ fn unusable_asn_database_is_rejected() {
     let e = parse(&dir.path().join("t.toml"), &text).unwrap_err();
     assert!(e.reason.contains("cannot read"), "{e}");
 }
+
+/// The shipped phrase-list files are exactly the built-in lists.
+#[test]
+fn shipped_phrase_lists_match_the_built_in_ones() {
+    use crate::engine::score::{DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/signals");
+    for (file, builtin) in [
+        ("elicitation.txt", DEFAULT_ELICITATION),
+        ("rubric.txt", DEFAULT_RUBRIC),
+        ("trajectory.txt", DEFAULT_TRAJECTORY),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let listed: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert_eq!(listed, builtin.to_vec(), "{file}");
+    }
+}
