@@ -42,8 +42,21 @@ def client_hello():
             for line in f:
                 line = line.strip()
                 if line:
-                    write("client_hello", bytes.fromhex(json.loads(line)["record_hex"]))
+                    rec = bytes.fromhex(json.loads(line)["record_hex"])
+                    write("client_hello", rec)
                     seen += 1
+                    if seen <= 4:
+                        # The same handshake message split over several
+                        # records (exercises reassembly): 3-byte, 97-byte,
+                        # then the rest.
+                        msg = rec[5:]
+                        cuts = [0, 3, 100, len(msg)]
+                        multi = b"".join(
+                            rec[:3] + struct.pack(">H", b - a) + msg[a:b]
+                            for a, b in zip(cuts, cuts[1:])
+                        )
+                        write("client_hello", multi)
+                        seen += 1
     return seen
 
 
@@ -95,6 +108,9 @@ def h1_tap():
         b"\r\nGET /x HTTP/1.0\nhost: h\n\n",
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        # Near and over the proxy's 16 KiB head limit.
+        b"GET / HTTP/1.1\r\nHost: h\r\nCookie: " + b"a" * 16000 + b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nCookie: " + b"a" * 17000 + b"\r\n\r\n",
     ]
     n = 0
     for h in heads:
@@ -134,6 +150,12 @@ def usage_meter():
                           b'{"input_tokens":5,"output_tokens":2}}}\n\n'))
     bodies.append((1, b'{"id":"x","choices":[{"message":{"content":"{\\"usage\\":1}"}}],'
                       b'"usage":{"prompt_tokens":10,"completion_tokens":20}}'))
+    # SSE data lines longer than MAX_LINE (64 KiB): the overflow path.
+    big_text = b"lorem ipsum " * 6000
+    bodies.append((4 | 0, b'data: {"type":"content_block_delta","delta":{"type":"text_delta","text":"'
+                          + big_text + b'"}}\n\ndata: {"type":"message_delta","usage":{"output_tokens":9}}\n\n'))
+    bodies.append((4 | 2, b'data: {"type":"response.completed","response":{"output":[{"text":"'
+                          + big_text + b'"}],"usage":{"input_tokens":5,"output_tokens":20000}}}\n\n'))
     # Request bodies, for inspect / rewrite_degrade.
     bodies.append((0, b'{"model":"claude","max_tokens":1024,"stream":true,"thinking":{"type":"enabled",'
                       b'"budget_tokens":2048},"system":"be brief","messages":[{"role":"user",'
