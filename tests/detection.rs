@@ -81,6 +81,44 @@ async fn degrade_rewrites_what_the_upstream_sees() {
     assert!(v.get("thinking").is_some());
     let rest = send(&env, 15).await;
     assert!(rest.iter().all(|(s, _)| *s == 200));
+    // The admin API shows the score with every signal's value and contribution.
+    let admin = env.proxy.admin_addr().unwrap();
+    let r = timeout(
+        client().request(
+            http::Request::get(format!("http://{admin}/admin/top?by=score"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let top = body_json(r).await;
+    let id = top["accounts"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{top}"))
+        .to_string();
+    assert!(
+        top["accounts"][0]["score"].as_f64().unwrap() > 0.15,
+        "{top}"
+    );
+    let r = timeout(
+        client().request(
+            http::Request::get(format!("http://{admin}/admin/accounts/{id}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let acct = body_json(r).await;
+    assert_eq!(acct["score"]["level"], "degrade", "{acct}");
+    assert!(acct["score"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(
+            |s| s["signal"] == "reasoning_elicitation" && s["contribution"].as_f64().unwrap() > 0.0
+        ));
     let v = last_upstream_body(&env);
     assert_eq!(v["max_tokens"], 64, "degraded request: {v}");
     assert!(v.get("thinking").is_none(), "thinking must be removed: {v}");

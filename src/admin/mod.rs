@@ -1,7 +1,7 @@
 //! Admin API and metrics, on a separate listener (`[admin] address`,
 //! loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /admin/accounts/{id}`, `GET /admin/clusters/{id}`,
-//! `GET /admin/top?by=requests|tokens`,
+//! `GET /admin/top?by=score|requests|tokens`,
 //! `POST /admin/{accounts|clusters}/{id}/{block|unblock|allow}`, and
 //! `GET /admin/export/indicators` (fingerprints, prefixes and prompt-shape
 //! keys of blocked clusters).
@@ -223,6 +223,29 @@ async fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
+/// A behaviour score with every signal's value and contribution.
+fn score_json(
+    s: Option<(crate::engine::score::Score, crate::engine::score::Level)>,
+) -> serde_json::Value {
+    match s {
+        None => serde_json::Value::Null,
+        Some((score, level)) => json!({
+            "value": score.value,
+            "level": format!("{level:?}").to_lowercase(),
+            "evidence": score.evidence,
+            "activity": score.activity,
+            "requests": score.requests,
+            "signals": score.contributions.iter().map(|c| json!({
+                "signal": c.signal.as_str(),
+                "value": c.value,
+                "normalised": c.normalised,
+                "weight": c.weight,
+                "contribution": c.contribution,
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
 fn cluster_json(shared: &Shared, c: &crate::engine::link::ClusterView) -> serde_json::Value {
     let policy = shared.engine.policy();
     let now = shared.clock.now();
@@ -244,6 +267,7 @@ fn cluster_json(shared: &Shared, c: &crate::engine::link::ClusterView) -> serde_
         "shares_budget": policy.cluster.applies(c),
         "budget_multiplier": policy.cluster.multiplier(c.members),
         "manual": shared.engine.manual_cluster(c.id),
+        "score": score_json(shared.engine.cluster_score(c.id, now)),
     })
 }
 
@@ -278,7 +302,7 @@ fn account(shared: &Shared, id: AccountId) -> Response<Full<Bytes>> {
             "manual": manual,
             "budgets": b,
             "cluster": cluster,
-            "score": null,
+            "score": score_json(shared.engine.account_score(id, now)),
         }),
     )
 }
@@ -313,24 +337,42 @@ fn top(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
         .split('&')
         .find_map(|kv| kv.strip_prefix("by="))
         .unwrap_or("requests");
-    let by_tokens = match by {
-        "requests" => false,
-        "tokens" => true,
-        "score" => return error(
-            StatusCode::BAD_REQUEST,
-            "by=score: behaviour scores are not computed by this version; use requests or tokens",
-        ),
-        _ => return error(StatusCode::BAD_REQUEST, "by must be requests or tokens"),
-    };
-    let rows: Vec<serde_json::Value> = shared
-        .engine
-        .top_accounts(20, by_tokens)
-        .into_iter()
-        .map(|(id, requests, tokens)| {
-            let cluster = shared.engine.cluster_of(id).map(|c| format!("{:016x}", c.id));
-            json!({"id": id.to_string(), "requests": requests, "tokens": tokens, "cluster": cluster})
+    let now = shared.clock.now();
+    let row = |id: AccountId, requests: u64, tokens: u64| {
+        let cluster = shared
+            .engine
+            .cluster_of(id)
+            .map(|c| format!("{:016x}", c.id));
+        let score = shared.engine.account_score(id, now);
+        json!({
+            "id": id.to_string(),
+            "requests": requests,
+            "tokens": tokens,
+            "cluster": cluster,
+            "score": score.as_ref().map(|s| s.0.value),
+            "level": score.map(|s| format!("{:?}", s.1).to_lowercase()),
         })
-        .collect();
+    };
+    let rows: Vec<serde_json::Value> = match by {
+        "requests" | "tokens" => shared
+            .engine
+            .top_accounts(20, by == "tokens")
+            .into_iter()
+            .map(|(id, r, t)| row(id, r, t))
+            .collect(),
+        "score" => shared
+            .engine
+            .top_scores(20, now)
+            .into_iter()
+            .map(|(id, r, t)| row(id, r, t))
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "by must be score, requests or tokens",
+            )
+        }
+    };
     json_reply(StatusCode::OK, &json!({"by": by, "accounts": rows}))
 }
 

@@ -389,6 +389,32 @@ impl Engine {
             .collect()
     }
 
+    /// The accounts with the highest behaviour scores now: (account,
+    /// requests, tokens), highest first.
+    pub fn top_scores(&self, n: usize, now: Nanos) -> Vec<(AccountId, u64, u64)> {
+        let policy = self.policy.load();
+        let Some(d) = policy.detection.as_ref() else {
+            return Vec::new();
+        };
+        let mut scored: Vec<(f32, u64)> = self
+            .account_signals
+            .iter()
+            .map(|e| (e.value().0.score(now, &d.score).value, *e.key()))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored
+            .into_iter()
+            .take(n)
+            .map(|(_, id)| {
+                let (r, t) = self
+                    .accounts
+                    .peek(id, |s| (s.requests_total, s.tokens_total))
+                    .unwrap_or((0, 0));
+                (AccountId(id), r, t)
+            })
+            .collect()
+    }
+
     /// Up to `limit` members of a cluster.
     pub fn cluster_members(&self, id: u64, limit: usize) -> Vec<AccountId> {
         self.linker
