@@ -128,13 +128,16 @@ async fn proxy_request(
         request,
     };
     let decision = engine.decide(&obs, shared.clock.now());
+    let audit = Audit {
+        shared,
+        request_id,
+        account,
+        decision: &decision,
+        fp: &fp,
+    };
     if let Some(d) = &decision.detection {
         if d.level > Level::Allow {
-            let enforced = d.enforced >= d.level;
-            let action = level_name(d.level);
-            audit_detection(
-                shared, request_id, account, &decision, &fp, action, d, enforced,
-            );
+            audit.detection(d);
         }
     }
     if let Some(c) = decision.cluster {
@@ -150,15 +153,7 @@ async fn proxy_request(
                 _ => "allow",
             };
             if config.audit.all_requests {
-                audit(
-                    shared,
-                    request_id,
-                    account,
-                    &decision,
-                    &fp,
-                    "allow",
-                    Vec::new(),
-                );
+                audit.line("allow", Vec::new(), "enforce");
             }
             t.clone()
         }
@@ -171,15 +166,7 @@ async fn proxy_request(
                 "retry_after_s": hit.retry_after.div_ceil(crate::engine::SECOND),
                 "remaining": hit.remaining,
             });
-            audit(
-                shared,
-                request_id,
-                account,
-                &decision,
-                &fp,
-                "throttle",
-                vec![reason],
-            );
+            audit.line("throttle", vec![reason], "enforce");
             debug!(
                 request_id = ?request_id,
                 account = %account,
@@ -191,20 +178,25 @@ async fn proxy_request(
         }
         Verdict::Block(scope) => {
             log.decision = "block";
-            let reason = serde_json::json!({"manual_block": scope.as_str()});
-            audit(
-                shared,
-                request_id,
-                account,
-                &decision,
-                &fp,
-                "block",
-                vec![reason],
-            );
+            let by_detection = decision
+                .detection
+                .as_ref()
+                .is_some_and(|d| d.enforced == Level::Block);
+            // A detection block already has its audit line (with its reasons).
+            let message = if by_detection {
+                format!(
+                    "this {}'s traffic matches a model-distillation campaign and is blocked",
+                    scope.as_str()
+                )
+            } else {
+                let reason = serde_json::json!({"manual_block": scope.as_str()});
+                audit.line("block", vec![reason], "enforce");
+                format!("this {} is blocked", scope.as_str())
+            };
             return Ok(error_response(
                 api.error_shape(),
                 crate::api::ErrorKind::Forbidden,
-                &format!("this {} is blocked", scope.as_str()),
+                &message,
             ));
         }
     };
@@ -332,97 +324,76 @@ fn fill_key(prompt: &str) -> u64 {
         ^ (b.len() as u64)
 }
 
-/// One audit line for a detection level above allow, enforced or in shadow
-/// mode, with every signal's value and contribution.
-#[allow(clippy::too_many_arguments)]
-fn audit_detection(
-    shared: &Shared,
-    request_id: &HeaderValue,
+/// What every audit line of one request shares.
+struct Audit<'a> {
+    shared: &'a Shared,
+    request_id: &'a HeaderValue,
     account: AccountId,
-    decision: &crate::engine::Decision,
-    fp: &ClientFingerprint,
-    action: &str,
-    d: &crate::engine::Detection,
-    enforced: bool,
-) {
-    if shared.audit.is_none() {
-        return;
+    decision: &'a crate::engine::Decision,
+    fp: &'a ClientFingerprint,
+}
+
+impl Audit<'_> {
+    /// One audit line (no-op without an audit log).
+    fn line(&self, action: &str, reasons: Vec<serde_json::Value>, mode: &str) {
+        let Some(log) = &self.shared.audit else {
+            return;
+        };
+        let fp = self.fp;
+        log.record(crate::admin::audit::AuditRecord {
+            time_unix_ms: crate::admin::audit::now_unix_ms(),
+            kind: "decision",
+            request_id: self.request_id.to_str().ok().map(String::from),
+            account: Some(self.account.to_string()),
+            cluster: self.decision.cluster.map(|c| format!("{:016x}", c.id)),
+            fingerprints: Some(serde_json::json!({
+                "ja4": fp.ja4.as_ref().map(|j| j.as_str()),
+                "http": fp.http.as_ref().map(|h| h.as_str()),
+                "h2": fp.h2.as_ref().map(|h| h.akamai()),
+                "ip_prefix": fp.ip_prefix.map(|p| p.to_string()),
+                "asn": fp.asn,
+                "inconsistent_with": fp.inconsistent_with,
+            })),
+            decision: action.to_string(),
+            reasons,
+            mode: mode.to_string(),
+        });
     }
-    let mut reasons: Vec<serde_json::Value> = d
-        .score
-        .contributions
-        .iter()
-        .filter(|c| c.contribution > 0.0)
-        .map(|c| {
-            serde_json::json!({
-                "signal": c.signal.as_str(),
-                "value": c.value,
-                "weight": c.weight,
-                "contribution": c.contribution,
-            })
-        })
-        .collect();
-    reasons.insert(
-        0,
-        serde_json::json!({
+
+    /// The line for a detection level above allow, enforced or in shadow
+    /// mode, with every signal's value and contribution.
+    fn detection(&self, d: &crate::engine::Detection) {
+        if self.shared.audit.is_none() {
+            return;
+        }
+        let mut reasons: Vec<serde_json::Value> = vec![serde_json::json!({
             "score": d.score.value,
             "scope": d.scope.as_str(),
             "level": level_name(d.level),
             "enforced_level": level_name(d.enforced),
             "phrase_lists": d.phrase_hits,
-        }),
-    );
-    let mode = if enforced { "enforce" } else { "shadow" };
-    audit_with_mode(
-        shared, request_id, account, decision, fp, action, reasons, mode,
-    );
-}
-
-/// One audit line for a decision (no-op without an audit log).
-fn audit(
-    shared: &Shared,
-    request_id: &HeaderValue,
-    account: AccountId,
-    decision: &crate::engine::Decision,
-    fp: &ClientFingerprint,
-    action: &str,
-    reasons: Vec<serde_json::Value>,
-) {
-    audit_with_mode(
-        shared, request_id, account, decision, fp, action, reasons, "enforce",
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn audit_with_mode(
-    shared: &Shared,
-    request_id: &HeaderValue,
-    account: AccountId,
-    decision: &crate::engine::Decision,
-    fp: &ClientFingerprint,
-    action: &str,
-    reasons: Vec<serde_json::Value>,
-    mode: &str,
-) {
-    let Some(log) = &shared.audit else { return };
-    log.record(crate::admin::audit::AuditRecord {
-        time_unix_ms: crate::admin::audit::now_unix_ms(),
-        kind: "decision",
-        request_id: request_id.to_str().ok().map(String::from),
-        account: Some(account.to_string()),
-        cluster: decision.cluster.map(|c| format!("{:016x}", c.id)),
-        fingerprints: Some(serde_json::json!({
-            "ja4": fp.ja4.as_ref().map(|j| j.as_str()),
-            "http": fp.http.as_ref().map(|h| h.as_str()),
-            "h2": fp.h2.as_ref().map(|h| h.akamai()),
-            "ip_prefix": fp.ip_prefix.map(|p| p.to_string()),
-            "asn": fp.asn,
-            "inconsistent_with": fp.inconsistent_with,
-        })),
-        decision: action.to_string(),
-        reasons,
-        mode: mode.to_string(),
-    });
+        })];
+        reasons.extend(
+            d.score
+                .contributions
+                .iter()
+                .filter(|c| c.contribution > 0.0)
+                .map(|c| {
+                    serde_json::json!({
+                        "signal": c.signal.as_str(),
+                        "value": c.value,
+                        "weight": c.weight,
+                        "contribution": c.contribution,
+                    })
+                }),
+        );
+        let mode = if d.enforced >= d.level {
+            "enforce"
+        } else {
+            "shadow"
+        };
+        self.line(level_name(d.level), reasons, mode);
+    }
 }
 
 /// The identify step: the account of a request (keyed hash of its API key),

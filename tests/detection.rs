@@ -244,3 +244,67 @@ async fn shadow_mode_changes_nothing_but_writes_the_same_audit_lines() {
         "prompt text in the audit log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_is_a_403_with_one_audit_line_carrying_the_reasons() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        &format!(
+            "{}[audit]\npath = \"{}\"\n",
+            detection(
+                "enforce",
+                "slow_enter = 0.05\nslow_exit = 0.04\ndegrade_enter = 0.06\ndegrade_exit = 0.05\n\
+                 throttle_enter = 0.07\nthrottle_exit = 0.06\nblock_enter = 0.08\nblock_exit = 0.07",
+                "[detection.slow]\nmin_delay_ms = 0\nmax_delay_ms = 0\n",
+            ),
+            audit.display()
+        ),
+    );
+    let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addrs()[0]);
+    let mut statuses = vec![];
+    let mut last = serde_json::Value::Null;
+    for _ in 0..12 {
+        let r = timeout(client().request(messages_request(&url, &body())))
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        last = body_json(r).await;
+    }
+    assert_eq!(statuses[0], 200);
+    assert_eq!(*statuses.last().unwrap(), 403, "{statuses:?}");
+    // OpenAI's error shape on the OpenAI path, saying why.
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("distillation"),
+        "{last}"
+    );
+    proxy.shutdown();
+    tokio::task::spawn_blocking(move || proxy.join())
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let blocks = lines.iter().filter(|l| l["decision"] == "block").count();
+    let refused = statuses.iter().filter(|s| **s == 403).count();
+    assert_eq!(
+        blocks, refused,
+        "one audit line per blocked request: {lines:?}"
+    );
+    let b = lines.iter().find(|l| l["decision"] == "block").unwrap();
+    assert_eq!(b["mode"], "enforce");
+    assert_eq!(b["reasons"][0]["enforced_level"], "block");
+    assert!(
+        b["reasons"].as_array().unwrap().len() > 1,
+        "signals missing: {b}"
+    );
+}
