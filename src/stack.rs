@@ -43,7 +43,8 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     let api = ApiKind::from_path(req.uri().path());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // For the access line: a Uri clone shares its bytes (no copy of the path).
+    let uri = req.uri().clone();
     let mut log = AccessLog {
         started: std::time::Instant::now(),
         account: None,
@@ -68,7 +69,7 @@ pub async fn handle(
         request_id = ?request_id,
         client = %conn.client.ip(),
         method = %method,
-        path = %path,
+        path = %uri.path(),
         account = log.account.map(|a| a.to_string()).unwrap_or_default(),
         decision = log.decision,
         status = resp.status().as_u16(),
