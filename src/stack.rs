@@ -148,11 +148,7 @@ async fn proxy_request(
     }
     let ticket = match &decision.verdict {
         Verdict::Allow(t) => {
-            log.decision = match decision.detection.as_ref().map(|d| d.enforced) {
-                Some(Level::Degrade) | Some(Level::Throttle) => "degrade",
-                Some(Level::Slow) => "slow",
-                _ => "allow",
-            };
+            log.decision = decision.label();
             if config.audit.all_requests {
                 audit.line("allow", Vec::new(), "enforce");
             }
@@ -577,16 +573,6 @@ fn observed_attrs(
     if !c.enabled {
         return ObservedAttrs::default();
     }
-    let h = |kind, v: &str| Some(attr_hash(kind, v.as_bytes()));
-    let ip_prefix = fp.ip_prefix.and_then(|p| {
-        if c.ignore_nets.iter().any(|n| n.contains(&p)) {
-            None
-        } else if let Some(n) = c.downweight_nets.iter().find(|n| n.contains(&p)) {
-            h(AttrKind::IpPrefix, &n.to_string())
-        } else {
-            h(AttrKind::IpPrefix, &p.to_string())
-        }
-    });
     let prompt = match info {
         Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
             let sig = signature::signature(&i.prompt);
@@ -594,14 +580,16 @@ fn observed_attrs(
         }
         _ => None,
     };
-    ObservedAttrs {
-        ja4: fp.ja4.as_ref().and_then(|j| h(AttrKind::Ja4, j.as_str())),
-        http: fp.http.as_ref().and_then(|v| h(AttrKind::Http, v.as_str())),
-        h2: fp.h2.as_ref().and_then(|v| h(AttrKind::H2, v.akamai())),
-        ip_prefix,
-        asn: fp.asn.and_then(|a| h(AttrKind::Asn, &a.to_string())),
+    crate::engine::observed_attrs(
+        fp.ja4.as_ref().map(|j| j.as_str()),
+        fp.http.as_ref().map(|h| h.as_str()),
+        fp.h2.as_ref().map(|h| h.akamai()),
+        fp.ip_prefix,
+        fp.asn,
         prompt,
-    }
+        &c.ignore_nets,
+        &c.downweight_nets,
+    )
 }
 
 /// The fingerprint step: connection-level parts from the accept path, the

@@ -45,25 +45,30 @@ pub struct AuditRecord {
     pub mode: String,
 }
 
-/// The audit log's sending side; cheap to share.
-pub struct AuditLog {
-    tx: Mutex<Option<SyncSender<AuditRecord>>>,
+/// The audit log.
+pub type AuditLog = JsonLines<AuditRecord>;
+
+/// An append-only JSON Lines file written by its own thread: `record`
+/// never waits (bounded queue, drops counted). Used by the audit log and the
+/// traffic record.
+pub struct JsonLines<T> {
+    tx: Mutex<Option<SyncSender<T>>>,
     dropped: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for AuditLog {
+impl<T> std::fmt::Debug for JsonLines<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog")
+        f.debug_struct("JsonLines")
             .field("path", &self.path)
             .finish()
     }
 }
 
-impl AuditLog {
+impl<T: Serialize + Send + 'static> JsonLines<T> {
     /// Open (append to) `path` and start the writer thread.
-    pub fn open(path: &Path, capacity: usize) -> std::io::Result<AuditLog> {
+    pub fn open(path: &Path, capacity: usize) -> std::io::Result<JsonLines<T>> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,7 +77,7 @@ impl AuditLog {
         let writer = std::thread::Builder::new()
             .name("dg-audit".into())
             .spawn(move || write_loop(rx, std::io::BufWriter::new(file)))?;
-        Ok(AuditLog {
+        Ok(JsonLines {
             tx: Mutex::new(Some(tx)),
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
@@ -82,7 +87,7 @@ impl AuditLog {
 
     /// Queue a record without waiting; counts it as dropped when the queue
     /// is full or the log is closed.
-    pub fn record(&self, r: AuditRecord) {
+    pub fn record(&self, r: T) {
         let sent = match self.tx.lock() {
             Ok(guard) => match guard.as_ref() {
                 Some(tx) => match tx.try_send(r) {
@@ -97,7 +102,9 @@ impl AuditLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
+impl<T> JsonLines<T> {
     /// Records dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -114,13 +121,13 @@ impl AuditLog {
     }
 }
 
-impl Drop for AuditLog {
+impl<T> Drop for JsonLines<T> {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-fn write_loop(rx: Receiver<AuditRecord>, mut out: std::io::BufWriter<std::fs::File>) {
+fn write_loop<T: Serialize>(rx: Receiver<T>, mut out: std::io::BufWriter<std::fs::File>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(r) => {

@@ -94,6 +94,43 @@ pub struct RequestFacts {
     pub fill_key: Option<u64>,
     /// The user-agent claims a client its fingerprints deny.
     pub fingerprint_inconsistent: bool,
+    /// Phrase lists already matched (replay); None: scan `prompt_text`.
+    pub phrase_hits: Option<score::PhraseHits>,
+}
+
+/// Hash a request's fingerprint values into linkage attributes — the one
+/// place that does it, for the proxy and for `replay` alike. A prefix inside
+/// an ignored network is dropped; inside a downweighted one it stands for
+/// that network.
+#[allow(clippy::too_many_arguments)]
+pub fn observed_attrs(
+    ja4: Option<&str>,
+    http: Option<&str>,
+    h2: Option<&str>,
+    ip_prefix: Option<ipnet::IpNet>,
+    asn: Option<u32>,
+    prompt: Option<[u64; signature::INDEX_KEYS]>,
+    ignore_nets: &[ipnet::IpNet],
+    downweight_nets: &[ipnet::IpNet],
+) -> ObservedAttrs {
+    let h = |kind, v: &str| Some(attr_hash(kind, v.as_bytes()));
+    let ip_prefix = ip_prefix.and_then(|p| {
+        if ignore_nets.iter().any(|n| n.contains(&p)) {
+            None
+        } else if let Some(n) = downweight_nets.iter().find(|n| n.contains(&p)) {
+            h(AttrKind::IpPrefix, &n.to_string())
+        } else {
+            h(AttrKind::IpPrefix, &p.to_string())
+        }
+    });
+    ObservedAttrs {
+        ja4: ja4.and_then(|v| h(AttrKind::Ja4, v)),
+        http: http.and_then(|v| h(AttrKind::Http, v)),
+        h2: h2.and_then(|v| h(AttrKind::H2, v)),
+        ip_prefix,
+        asn: asn.and_then(|a| h(AttrKind::Asn, &a.to_string())),
+        prompt,
+    }
 }
 
 /// What behaviour detection concluded about a request.
@@ -242,6 +279,22 @@ pub struct Decision {
     pub cluster_enforced: bool,
     /// Behaviour detection's verdict (None: off, or allow-listed).
     pub detection: Option<Detection>,
+}
+
+impl Decision {
+    /// What happened, as one word: allow, slow, degrade, throttle or block
+    /// (the access log's, the metrics' and the traffic record's label).
+    pub fn label(&self) -> &'static str {
+        match &self.verdict {
+            Verdict::Throttle(_) => "throttle",
+            Verdict::Block(_) => "block",
+            Verdict::Allow(_) => match self.detection.as_ref().map(|d| d.enforced) {
+                Some(score::Level::Degrade) | Some(score::Level::Throttle) => "degrade",
+                Some(score::Level::Slow) => "slow",
+                _ => "allow",
+            },
+        }
+    }
 }
 
 /// What an admitted request actually cost, known after the response.
@@ -584,7 +637,9 @@ impl Engine {
         now: Nanos,
     ) -> Detection {
         let f = &obs.request;
-        let hits = d.matcher.scan(f.prompt_text.as_deref().unwrap_or(""));
+        let hits = f
+            .phrase_hits
+            .unwrap_or_else(|| d.matcher.scan(f.prompt_text.as_deref().unwrap_or("")));
         // A prompt whose shape linked this account by a template rule is
         // shared with other accounts.
         let prompt_rules = policy
