@@ -13,5 +13,6 @@ pub mod engine;
 pub mod proxy;
 pub mod stack;
 pub mod admin;
+pub mod replay;
 pub mod mock;
 pub mod demo;

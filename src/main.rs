@@ -64,6 +64,24 @@ enum Command {
         #[arg(long = "client-hello", default_value = "-")]
         client_hello: String,
     },
+    /// Run a policy on a recorded traffic file (no network, virtual time) and
+    /// print what it would have done.
+    Replay {
+        /// The policy to replay.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The traffic record (JSON Lines, `[record] path`).
+        record: PathBuf,
+        /// Stop at the first malformed line (exit non-zero with its number).
+        #[arg(long)]
+        strict: bool,
+        /// Write each request's decision here as JSON Lines.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
         /// Address the proxy listens on.
@@ -245,6 +263,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Replay {
+            config,
+            record,
+            strict,
+            decisions,
+            json,
+        } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let mut out = match &decisions {
+                Some(p) => Some(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
+                )),
+                None => None,
+            };
+            let opts = distill_guard::replay::ReplayOptions { strict };
+            let result = distill_guard::replay::replay_file(
+                &cfg,
+                &record,
+                &opts,
+                out.as_mut().map(|w| w as &mut dyn std::io::Write),
+            );
+            if let Some(mut w) = out {
+                use std::io::Write as _;
+                w.flush().context("writing decisions")?;
+            }
+            match result {
+                Ok(summary) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&summary)?);
+                    } else {
+                        print!("{}", summary.render());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Demo { listen } => {
             init_logging(LogFormat::Text, "info");

@@ -141,6 +141,24 @@ async fn proxy_request(
             audit.detection(d);
         }
     }
+    let mut record = shared.record.as_ref().map(|_| {
+        traffic_record(
+            request_id,
+            account,
+            anonymous,
+            &fp,
+            &obs,
+            &decision,
+            input_tokens,
+        )
+    });
+    if let (Some(log), Some(r)) = (&shared.record, record.as_ref()) {
+        // Refused requests are recorded now; admitted ones when they settle.
+        if !matches!(decision.verdict, Verdict::Allow(_)) {
+            log.record(r.clone());
+            record = None;
+        }
+    }
     if let Some(c) = decision.cluster {
         shared
             .indicators
@@ -199,6 +217,7 @@ async fn proxy_request(
     };
     // From here the ticket is settled exactly once, whatever happens.
     let mut settlement = Settlement::new(shared.clone(), ticket);
+    settlement.record = record;
     if let Some(d) = &decision.detection {
         if let Some(max) = d.degrade_to {
             body = degrade(api, body, max, &mut parts.headers);
@@ -319,6 +338,51 @@ fn fill_key(prompt: &str) -> u64 {
     attr_hash(AttrKind::Prompt, head)
         ^ attr_hash(AttrKind::Prompt, tail).rotate_left(17)
         ^ (b.len() as u64)
+}
+
+/// The traffic-record line of a request (see `replay`): fingerprints,
+/// hashes and counts, never the key or the prompt.
+fn traffic_record(
+    request_id: &HeaderValue,
+    account: AccountId,
+    anonymous: bool,
+    fp: &ClientFingerprint,
+    obs: &Observation,
+    decision: &crate::engine::Decision,
+    input_tokens: u64,
+) -> crate::replay::TrafficRecord {
+    let f = &obs.request;
+    crate::replay::TrafficRecord {
+        v: crate::replay::RECORD_VERSION,
+        t_ms: crate::admin::audit::now_unix_ms(),
+        request_id: request_id.to_str().ok().map(String::from),
+        account: account.to_string(),
+        anonymous,
+        ja4: fp.ja4.as_ref().map(|j| j.as_str().to_string()),
+        http: fp.http.as_ref().map(|h| h.as_str().to_string()),
+        h2: fp.h2.as_ref().map(|h| h.akamai().to_string()),
+        ip_prefix: fp.ip_prefix.map(|p| p.to_string()),
+        asn: fp.asn,
+        model: f.model.clone(),
+        input_tokens,
+        max_output_tokens: f.max_output_tokens,
+        thinking_budget: f.thinking_budget,
+        reasoning_high: f.reasoning_effort_high,
+        prompt_keys: obs
+            .attrs
+            .prompt
+            .map(|k| k.iter().map(|x| format!("{x:016x}")).collect())
+            .unwrap_or_default(),
+        fill_key: f.fill_key.map(|k| format!("{k:016x}")),
+        phrase_lists: decision
+            .detection
+            .as_ref()
+            .map(|d| d.phrase_hits.clone())
+            .unwrap_or_default(),
+        inconsistent: f.fingerprint_inconsistent,
+        output_tokens: 0,
+        decision: decision.label().to_string(),
+    }
 }
 
 /// What every audit line of one request shares.
@@ -501,6 +565,7 @@ struct Settlement {
     ticket: Option<Ticket>,
     meter: Option<UsageMeter>,
     streaming: bool,
+    record: Option<crate::replay::TrafficRecord>,
 }
 
 impl Settlement {
@@ -510,6 +575,7 @@ impl Settlement {
             ticket: Some(ticket),
             meter: None,
             streaming: false,
+            record: None,
         }
     }
 
@@ -536,6 +602,10 @@ impl Settlement {
         self.shared
             .engine
             .settle(&ticket, usage, self.shared.clock.now());
+        if let (Some(log), Some(mut r)) = (&self.shared.record, self.record.take()) {
+            r.output_tokens = usage.output_tokens;
+            log.record(r);
+        }
         if self.streaming {
             self.streaming = false;
             self.shared.metrics.stream(-1);

@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// The audit log.
     #[serde(default)]
     pub audit: FileAudit,
+    /// The traffic record (for `replay`).
+    #[serde(default)]
+    pub record: FileRecord,
     /// Behaviour detection: signals, score, the action ladder.
     #[serde(default)]
     pub detection: FileDetection,
@@ -717,4 +720,24 @@ pub struct FileNewModel {
     pub prefix: String,
     /// Release time, milliseconds since the Unix epoch.
     pub released_unix_ms: u64,
+}
+
+/// `[record]`: one JSON line per request with what the engine needs and
+/// nothing sensitive, for `distill-guard replay` (off by default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRecord {
+    /// File to append to (absent: no traffic record).
+    pub path: Option<String>,
+    /// Records queued for the writer at most; beyond it records are dropped.
+    pub queue_capacity: u32,
+}
+
+impl Default for FileRecord {
+    fn default() -> Self {
+        Self {
+            path: None,
+            queue_capacity: 65_536,
+        }
+    }
 }

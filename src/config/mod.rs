@@ -48,6 +48,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Audit log.
     pub audit: AuditConfig,
+    /// Traffic record (path, queue bound).
+    pub record: Option<(PathBuf, usize)>,
     /// Behaviour detection.
     pub detection: DetectionConfig,
     /// Log output.
@@ -641,6 +643,14 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         return Err(invalid("audit.queue_capacity", "expected a count above 0"));
     }
     let detection = validate_detection(base, &f.detection)?;
+    if f.record.queue_capacity == 0 {
+        return Err(invalid("record.queue_capacity", "expected a count above 0"));
+    }
+    let record = f
+        .record
+        .path
+        .as_ref()
+        .map(|p| (resolve(base, p), f.record.queue_capacity as usize));
     let audit = AuditConfig {
         path: f.audit.path.as_ref().map(|p| resolve(base, p)),
         all_requests: f.audit.all_requests,
@@ -685,6 +695,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         cluster,
         admin,
         audit,
+        record,
         detection,
         logging,
     })

@@ -134,6 +134,8 @@ pub struct Shared {
     /// The audit log, when configured (opened at start; its path needs a
     /// restart to change).
     pub audit: Option<crate::admin::audit::AuditLog>,
+    /// The traffic record, when configured.
+    pub record: Option<crate::admin::audit::JsonLines<crate::replay::TrafficRecord>>,
     /// Each listener's TLS settings (None for plain listeners), swapped when
     /// certificates are reloaded; handshakes pick up the current one.
     pub tls: Vec<Option<ArcSwap<rustls::ServerConfig>>>,
@@ -241,6 +243,9 @@ impl Handle {
         if let Some(a) = &self.shared.audit {
             a.close();
         }
+        if let Some(r) = &self.shared.record {
+            r.close();
+        }
     }
 }
 
@@ -321,8 +326,16 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
                 .map_err(|e| ServerError::State(format!("audit.path {}: {e}", p.display())))?,
         ),
     };
+    let record = match &config.record {
+        None => None,
+        Some((p, cap)) => Some(
+            crate::admin::audit::JsonLines::open(p, *cap)
+                .map_err(|e| ServerError::State(format!("record.path {}: {e}", p.display())))?,
+        ),
+    };
     let shared = Arc::new(Shared {
         indicators: Default::default(),
+        record,
         audit,
         tls: tls_slots,
         engine,

@@ -117,6 +117,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         new.audit.path = old.audit.path.clone();
         new.audit.queue_capacity = old.audit.queue_capacity;
     }
+    if old.record != new.record {
+        notes.push("record.path/queue_capacity");
+        new.record = old.record.clone();
+    }
     if old.identity.hash_secret != new.identity.hash_secret {
         notes.push("identity.hash_secret");
         new.identity.hash_secret = old.identity.hash_secret.clone();

@@ -1,0 +1,370 @@
+//! Traffic records and `replay`: the proxy can write one JSON line per
+//! request with what the engine needs and nothing sensitive (schema in
+//! `docs/traffic-record.md`, version 1); `distill-guard replay` runs a
+//! policy on such a record with a virtual clock driven by its timestamps —
+//! no network, no sleeping — and reports what the policy would have done.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::engine::score::PhraseHits;
+use crate::engine::{
+    observed_attrs, signature, AccountId, Engine, Nanos, Observation, Policy, RequestFacts, Usage,
+    Verdict,
+};
+
+/// Version of [`TrafficRecord`]'s schema.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One request as the traffic record keeps it: hashes and fingerprints,
+/// never keys or prompt text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficRecord {
+    /// Schema version ([`RECORD_VERSION`]).
+    pub v: u32,
+    /// Arrival, milliseconds since the Unix epoch.
+    pub t_ms: u64,
+    /// The request's `x-request-id`.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Account id (keyed hash, 16 hex digits).
+    pub account: String,
+    /// No API key: limited by client prefix.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// JA4.
+    #[serde(default)]
+    pub ja4: Option<String>,
+    /// HTTP fingerprint.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// HTTP/2 fingerprint.
+    #[serde(default)]
+    pub h2: Option<String>,
+    /// Client network prefix (CIDR).
+    #[serde(default)]
+    pub ip_prefix: Option<String>,
+    /// AS number.
+    #[serde(default)]
+    pub asn: Option<u32>,
+    /// Requested model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Estimated prompt tokens.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Requested output limit.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Thinking budget when enabled.
+    #[serde(default)]
+    pub thinking_budget: Option<u32>,
+    /// Reasoning effort "high".
+    #[serde(default)]
+    pub reasoning_high: bool,
+    /// Prompt-shape signature index keys (16 hex digits each); empty when
+    /// the prompt was not informative.
+    #[serde(default)]
+    pub prompt_keys: Vec<String>,
+    /// Distinct-fill key of the prompt (16 hex digits).
+    #[serde(default)]
+    pub fill_key: Option<String>,
+    /// Names of the phrase lists the prompt matched.
+    #[serde(default)]
+    pub phrase_lists: Vec<String>,
+    /// The user-agent claimed a client its fingerprints denied.
+    #[serde(default)]
+    pub inconsistent: bool,
+    /// Output tokens the response produced (0 when refused).
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// What the live proxy decided: allow, slow, degrade, throttle, block.
+    #[serde(default)]
+    pub decision: String,
+}
+
+fn hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+impl TrafficRecord {
+    /// The engine observation this record stands for under `config`.
+    pub fn observation(&self, config: &Config, line: usize) -> Result<Observation, String> {
+        let account = crate::config::accounts_file::parse_account_id(&self.account)
+            .ok_or_else(|| format!("line {line}: account: expected 16 hex digits"))?;
+        let prompt = if self.prompt_keys.is_empty() {
+            None
+        } else {
+            let mut keys = [0u64; signature::INDEX_KEYS];
+            if self.prompt_keys.len() != keys.len() {
+                return Err(format!(
+                    "line {line}: prompt_keys: expected {} keys",
+                    keys.len()
+                ));
+            }
+            for (k, s) in keys.iter_mut().zip(&self.prompt_keys) {
+                *k = hex(s).ok_or_else(|| format!("line {line}: prompt_keys: bad hex {s:?}"))?;
+            }
+            Some(keys)
+        };
+        let ip_prefix = match &self.ip_prefix {
+            None => None,
+            Some(p) => Some(
+                p.parse::<ipnet::IpNet>()
+                    .map_err(|_| format!("line {line}: ip_prefix: expected a CIDR, got {p:?}"))?,
+            ),
+        };
+        let c = &config.cluster;
+        let attrs = if c.enabled {
+            observed_attrs(
+                self.ja4.as_deref(),
+                self.http.as_deref(),
+                self.h2.as_deref(),
+                ip_prefix,
+                self.asn,
+                prompt,
+                &c.ignore_nets,
+                &c.downweight_nets,
+            )
+        } else {
+            Default::default()
+        };
+        let names = config.detection.matcher.list_names();
+        let hits = self
+            .phrase_lists
+            .iter()
+            .filter_map(|n| names.iter().position(|x| x == n))
+            .filter(|i| *i < 32)
+            .fold(0u32, |m, i| m | (1 << i));
+        Ok(Observation {
+            account: AccountId(account),
+            anonymous: self.anonymous,
+            input_tokens: self.input_tokens,
+            attrs,
+            request: RequestFacts {
+                prompt_text: None,
+                thinking_budget: self.thinking_budget,
+                reasoning_effort_high: self.reasoning_high,
+                max_output_tokens: self.max_output_tokens,
+                model: self.model.clone(),
+                fill_key: self.fill_key.as_deref().and_then(hex),
+                fingerprint_inconsistent: self.inconsistent,
+                phrase_hits: Some(PhraseHits(hits)),
+            },
+        })
+    }
+}
+
+/// What `replay` found.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Lines read (including skipped ones).
+    pub lines: u64,
+    /// Lines replayed.
+    pub replayed: u64,
+    /// Malformed lines: (line number, reason), at most 100 kept.
+    pub skipped: Vec<(usize, String)>,
+    /// Malformed lines in all.
+    pub skipped_total: u64,
+    /// Decisions by action under the replayed policy.
+    pub by_action: BTreeMap<String, u64>,
+    /// Decisions by action in the record (what the live proxy did).
+    pub live_by_action: BTreeMap<String, u64>,
+    /// Requests whose replayed decision equals the recorded one.
+    pub agree: u64,
+    /// The largest clusters at the end: (id, members).
+    pub top_clusters: Vec<(String, u32)>,
+    /// Accounts the replayed policy slowed, degraded, throttled or blocked
+    /// that the live proxy never did: (account, strongest action).
+    pub newly_actioned: BTreeMap<String, String>,
+}
+
+/// How to replay.
+#[derive(Debug, Default)]
+pub struct ReplayOptions {
+    /// Stop at the first malformed line.
+    pub strict: bool,
+}
+
+const RANK: [&str; 5] = ["allow", "slow", "degrade", "throttle", "block"];
+
+fn rank(a: &str) -> usize {
+    RANK.iter().position(|x| *x == a).unwrap_or(0)
+}
+
+/// Replay the record at `input` under `config`; per-request decisions go
+/// to `decisions` as JSON lines when given.
+pub fn replay(
+    config: &Config,
+    input: &mut dyn BufRead,
+    options: &ReplayOptions,
+    mut decisions: Option<&mut dyn Write>,
+) -> Result<Summary, String> {
+    let engine = Engine::new(Policy::from_config(config));
+    let mut s = Summary::default();
+    let mut live_max: BTreeMap<String, usize> = BTreeMap::new();
+    let mut replay_max: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last_now: Nanos = 0;
+    let mut line = String::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        match input.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("line {}: cannot read: {e}", n + 1)),
+        }
+        n += 1;
+        s.lines += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<TrafficRecord>(&line)
+            .map_err(|e| format!("line {n}: {e}"))
+            .and_then(|r| {
+                if r.v != RECORD_VERSION {
+                    return Err(format!(
+                        "line {n}: record version {} (expected {RECORD_VERSION})",
+                        r.v
+                    ));
+                }
+                let obs = r.observation(config, n)?;
+                Ok((r, obs))
+            });
+        let (rec, obs) = match parsed {
+            Ok(x) => x,
+            Err(reason) => {
+                if options.strict {
+                    return Err(reason);
+                }
+                s.skipped_total += 1;
+                if s.skipped.len() < 100 {
+                    s.skipped.push((n, reason));
+                }
+                continue;
+            }
+        };
+        // The virtual clock: the record's time, never going backwards.
+        let now = rec.t_ms.saturating_mul(1_000_000).max(last_now);
+        last_now = now;
+        let d = engine.decide(&obs, now);
+        if let Verdict::Allow(t) = &d.verdict {
+            engine.settle(
+                t,
+                Usage {
+                    input_tokens: None,
+                    output_tokens: rec.output_tokens,
+                },
+                now,
+            );
+        }
+        let label = d.label();
+        s.replayed += 1;
+        *s.by_action.entry(label.to_string()).or_default() += 1;
+        if !rec.decision.is_empty() {
+            *s.live_by_action.entry(rec.decision.clone()).or_default() += 1;
+            if rec.decision == label {
+                s.agree += 1;
+            }
+        }
+        let lm = live_max.entry(rec.account.clone()).or_default();
+        *lm = (*lm).max(rank(&rec.decision));
+        let rm = replay_max.entry(rec.account.clone()).or_default();
+        *rm = (*rm).max(rank(label));
+        if let Some(out) = decisions.as_deref_mut() {
+            let v = serde_json::json!({
+                "line": n,
+                "t_ms": rec.t_ms,
+                "request_id": rec.request_id,
+                "account": rec.account,
+                "decision": label,
+                "recorded": rec.decision,
+                "cluster": d.cluster.map(|c| format!("{:016x}", c.id)),
+                "score": d.detection.as_ref().map(|x| x.score.value),
+            });
+            writeln!(out, "{v}").map_err(|e| format!("writing decisions: {e}"))?;
+        }
+    }
+    for (account, r) in &replay_max {
+        if *r > 0 && *r > live_max.get(account).copied().unwrap_or(0) {
+            s.newly_actioned
+                .insert(account.clone(), RANK[*r].to_string());
+        }
+    }
+    let mut clusters: BTreeMap<u64, u32> = BTreeMap::new();
+    for account in replay_max.keys() {
+        if let Some(id) = crate::config::accounts_file::parse_account_id(account) {
+            if let Some(c) = engine.cluster_of(AccountId(id)) {
+                clusters.insert(c.id, c.members);
+            }
+        }
+    }
+    let mut top: Vec<(u64, u32)> = clusters.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.top_clusters = top
+        .into_iter()
+        .take(10)
+        .map(|(id, m)| (format!("{id:016x}"), m))
+        .collect();
+    Ok(s)
+}
+
+/// Replay a record file.
+pub fn replay_file(
+    config: &Config,
+    path: &Path,
+    options: &ReplayOptions,
+    decisions: Option<&mut dyn Write>,
+) -> Result<Summary, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    replay(config, &mut std::io::BufReader::new(f), options, decisions)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Summary {
+    /// The human-readable report `replay` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "replayed {} of {} lines ({} malformed, skipped)",
+            self.replayed, self.lines, self.skipped_total
+        );
+        for (line, reason) in self.skipped.iter().take(10) {
+            let _ = writeln!(out, "  skipped line {line}: {reason}");
+        }
+        let _ = writeln!(out, "decisions (replayed | recorded):");
+        for a in RANK {
+            let _ = writeln!(
+                out,
+                "  {a:<9} {:>10} | {:>10}",
+                self.by_action.get(a).copied().unwrap_or(0),
+                self.live_by_action.get(a).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "same decision as recorded: {} of {}",
+            self.agree, self.replayed
+        );
+        let _ = writeln!(out, "largest clusters at the end:");
+        for (id, m) in &self.top_clusters {
+            let _ = writeln!(out, "  {id}  {m} members");
+        }
+        let _ = writeln!(
+            out,
+            "accounts newly slowed/degraded/throttled/blocked: {}",
+            self.newly_actioned.len()
+        );
+        for (a, action) in self.newly_actioned.iter().take(20) {
+            let _ = writeln!(out, "  {a}  {action}");
+        }
+        out
+    }
+}
