@@ -81,6 +81,10 @@ enum Command {
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also run this other config on the same record and show, account by
+        /// account, where the two policies differ.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
@@ -270,10 +274,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             strict,
             decisions,
             json,
+            compare,
         } => {
             let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let compare = match compare.as_deref().map(config::load) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
                     eprintln!("{e}");
                     return Ok(ExitCode::FAILURE);
                 }
@@ -284,7 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )),
                 None => None,
             };
-            let opts = distill_guard::replay::ReplayOptions { strict };
+            let opts = distill_guard::replay::ReplayOptions { strict, compare };
             let result = distill_guard::replay::replay_file(
                 &cfg,
                 &record,

@@ -105,7 +105,11 @@ fn malformed_lines_are_reported_by_number_and_strict_fails() {
     assert_eq!(s.skipped_total, 3);
     let lines: Vec<usize> = s.skipped.iter().map(|(n, _)| *n).collect();
     assert_eq!(lines, vec![2, 3, 4]);
-    let e = replay_file(&config, &path, &ReplayOptions { strict: true }, None).unwrap_err();
+    let strict = ReplayOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let e = replay_file(&config, &path, &strict, None).unwrap_err();
     assert!(e.contains("line 2"), "{e}");
 
     // The command line: a report, and a non-zero exit with --strict.
@@ -131,4 +135,46 @@ fn malformed_lines_are_reported_by_number_and_strict_fails() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
+
+#[test]
+fn compare_shows_account_by_account_what_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict_cfg = config_from(&basic_config("http://127.0.0.1:9", POLICY), dir.path());
+    let loose_dir = tempfile::tempdir().unwrap();
+    let loose_cfg = config_from(
+        &basic_config(
+            "http://127.0.0.1:9",
+            &POLICY.replace("burst_requests = 3", "burst_requests = 100"),
+        ),
+        loose_dir.path(),
+    );
+    // Account aa sends 6 requests in one second, bb one.
+    let line = |acct: &str, ms: u64| {
+        format!(
+            r#"{{"v":1,"t_ms":{ms},"account":"{acct}","input_tokens":10,"output_tokens":5,"decision":"allow"}}"#
+        )
+    };
+    let mut text = String::new();
+    for i in 0..6 {
+        text.push_str(&line("00000000000000aa", 1_700_000_000_000 + i * 100));
+        text.push('\n');
+    }
+    text.push_str(&line("00000000000000bb", 1_700_000_000_700));
+    text.push('\n');
+    let path = dir.path().join("r.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let opts = ReplayOptions {
+        strict: true,
+        compare: Some(loose_cfg),
+    };
+    let s = replay_file(&strict_cfg, &path, &opts, None).unwrap();
+    let changes = s.compare_changes.unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        changes["00000000000000aa"],
+        ("throttle".to_string(), "allow".to_string())
+    );
+    assert_eq!(s.by_action["throttle"], 3);
+    assert_eq!(s.compare_by_action.unwrap()["allow"], 7);
 }

@@ -182,6 +182,13 @@ pub struct Summary {
     /// Accounts the replayed policy slowed, degraded, throttled or blocked
     /// that the live proxy never did: (account, strongest action).
     pub newly_actioned: BTreeMap<String, String>,
+    /// With `--compare`: the other policy's decisions by action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_by_action: Option<BTreeMap<String, u64>>,
+    /// With `--compare`: accounts whose strongest action differs between
+    /// the two policies: (this policy's, the other's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_changes: Option<BTreeMap<String, (String, String)>>,
 }
 
 /// How to replay.
@@ -189,6 +196,9 @@ pub struct Summary {
 pub struct ReplayOptions {
     /// Stop at the first malformed line.
     pub strict: bool,
+    /// Also run this other policy on the same lines and report the accounts
+    /// whose strongest action differs.
+    pub compare: Option<Config>,
 }
 
 const RANK: [&str; 5] = ["allow", "slow", "degrade", "throttle", "block"];
@@ -206,6 +216,13 @@ pub fn replay(
     mut decisions: Option<&mut dyn Write>,
 ) -> Result<Summary, String> {
     let engine = Engine::new(Policy::from_config(config));
+    // `--compare`: the other policy runs in lockstep on the same lines.
+    let other = options
+        .compare
+        .as_ref()
+        .map(|c| (c, Engine::new(Policy::from_config(c))));
+    let mut other_max: BTreeMap<String, usize> = BTreeMap::new();
+    let mut other_by_action: BTreeMap<String, u64> = BTreeMap::new();
     let mut s = Summary::default();
     let mut live_max: BTreeMap<String, usize> = BTreeMap::new();
     let mut replay_max: BTreeMap<String, usize> = BTreeMap::new();
@@ -264,6 +281,26 @@ pub fn replay(
             );
         }
         let label = d.label();
+        if let Some((c, e)) = &other {
+            let o = match rec.observation(c, n) {
+                Ok(o) => o,
+                Err(reason) => return Err(format!("--compare: {reason}")),
+            };
+            let d2 = e.decide(&o, now);
+            if let Verdict::Allow(t) = &d2.verdict {
+                e.settle(
+                    t,
+                    Usage {
+                        input_tokens: None,
+                        output_tokens: rec.output_tokens,
+                    },
+                    now,
+                );
+            }
+            *other_by_action.entry(d2.label().to_string()).or_default() += 1;
+            let m = other_max.entry(rec.account.clone()).or_default();
+            *m = (*m).max(rank(d2.label()));
+        }
         s.replayed += 1;
         *s.by_action.entry(label.to_string()).or_default() += 1;
         if !rec.decision.is_empty() {
@@ -295,6 +332,17 @@ pub fn replay(
             s.newly_actioned
                 .insert(account.clone(), RANK[*r].to_string());
         }
+    }
+    if other.is_some() {
+        let mut changes = BTreeMap::new();
+        for (account, r) in &replay_max {
+            let o = other_max.get(account).copied().unwrap_or(0);
+            if o != *r {
+                changes.insert(account.clone(), (RANK[*r].to_string(), RANK[o].to_string()));
+            }
+        }
+        s.compare_changes = Some(changes);
+        s.compare_by_action = Some(other_by_action);
     }
     let mut clusters: BTreeMap<u64, u32> = BTreeMap::new();
     for account in replay_max.keys() {
@@ -364,6 +412,25 @@ impl Summary {
         );
         for (a, action) in self.newly_actioned.iter().take(20) {
             let _ = writeln!(out, "  {a}  {action}");
+        }
+        if let (Some(by), Some(changes)) = (&self.compare_by_action, &self.compare_changes) {
+            let _ = writeln!(out, "compared with the other policy (this | other):");
+            for a in RANK {
+                let _ = writeln!(
+                    out,
+                    "  {a:<9} {:>10} | {:>10}",
+                    self.by_action.get(a).copied().unwrap_or(0),
+                    by.get(a).copied().unwrap_or(0)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "accounts whose strongest action differs: {}",
+                changes.len()
+            );
+            for (a, (this, other)) in changes.iter().take(50) {
+                let _ = writeln!(out, "  {a}  {this} -> {other}");
+            }
         }
         out
     }
