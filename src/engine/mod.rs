@@ -536,16 +536,20 @@ impl Engine {
             (_, Some(Manual::Block)) => Some(Scope::Cluster),
             _ => None,
         };
-        if let Some(scope) = blocked {
+        // A refusal still touches the account's state (last seen, first seen).
+        let block = |scope, cluster_enforced, detection| {
             self.accounts.with(obs.account.0, now, |_| ());
-            return Decision {
+            Decision {
                 verdict: Verdict::Block(scope),
                 tier: tier.name.clone(),
                 allow_listed,
                 cluster,
-                cluster_enforced: false,
-                detection: None,
-            };
+                cluster_enforced,
+                detection,
+            }
+        };
+        if let Some(scope) = blocked {
+            return block(scope, false, None);
         }
         let enforced = cluster
             .filter(|c| policy.cluster.applies(c))
@@ -561,15 +565,7 @@ impl Engine {
             .map_or(score::Level::Allow, |d| d.enforced);
         if applied == score::Level::Block {
             let scope = detection.as_ref().map_or(Scope::Account, |d| d.scope);
-            self.accounts.with(obs.account.0, now, |_| ());
-            return Decision {
-                verdict: Verdict::Block(scope),
-                tier: tier.name.clone(),
-                allow_listed,
-                cluster,
-                cluster_enforced: enforced.is_some(),
-                detection,
-            };
+            return block(scope, enforced.is_some(), detection);
         }
         // Throttled: budgets multiplied down; slowed: a lower concurrency cap.
         let det = policy.detection.as_ref();
@@ -582,17 +578,7 @@ impl Engine {
             _ => None,
         };
         let adjust = |t: Tier| -> Tier {
-            let mut t = if factor < 1.0 {
-                Tier {
-                    name: t.name.clone(),
-                    requests: t.requests.scaled(factor),
-                    input: t.input.scaled(factor),
-                    output: t.output.scaled(factor),
-                    max_concurrent: t.max_concurrent,
-                }
-            } else {
-                t
-            };
+            let mut t = if factor < 1.0 { t.scaled(factor) } else { t };
             if let Some(cap) = slowed_cap {
                 t.max_concurrent = t.max_concurrent.min(cap);
             }

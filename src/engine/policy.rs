@@ -25,6 +25,18 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The same tier with its request and token rates (and bursts)
+    /// multiplied by `factor`; the concurrency cap is kept.
+    pub fn scaled(&self, factor: f64) -> Tier {
+        Tier {
+            name: self.name.clone(),
+            requests: self.requests.scaled(factor),
+            input: self.input.scaled(factor),
+            output: self.output.scaled(factor),
+            max_concurrent: self.max_concurrent,
+        }
+    }
+
     /// A tier from its config.
     pub fn from_config(name: &str, t: &TierConfig) -> Tier {
         Tier {
@@ -94,13 +106,9 @@ impl ClusterPolicy {
     /// The budget of a cluster of `members` accounts.
     pub fn budget(&self, members: u32) -> Tier {
         let k = self.multiplier(members);
-        Tier {
-            name: self.base.name.clone(),
-            requests: self.base.requests.scaled(k),
-            input: self.base.input.scaled(k),
-            output: self.base.output.scaled(k),
-            max_concurrent: ((f64::from(self.base.max_concurrent) * k).round() as u32).max(1),
-        }
+        let mut t = self.base.scaled(k);
+        t.max_concurrent = ((f64::from(self.base.max_concurrent) * k).round() as u32).max(1);
+        t
     }
 
     /// Whether a cluster is enforced as one actor.
