@@ -36,28 +36,7 @@ fn tls_env(extra: &str) -> TlsEnv {
     let pki = TestPki::new();
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
-    let text = format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-cert_path = "{}"
-key_path = "{}"
-
-[upstream]
-url = "http://{}"
-
-[server]
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-{extra}
-"#,
-        pki.cert_pem.display(),
-        pki.key_pem.display(),
-        mock.addr()
-    );
+    let text = pki.listener_config(mock.addr(), extra);
     let proxy = distill_guard::server::start(config_from(&text, pki.dir.path())).unwrap();
     let addr = proxy.local_addrs()[0];
     TlsEnv {

@@ -416,13 +416,7 @@ async fn tls_certificates_reload_without_dropping_connections() {
     let pki = TestPki::new();
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
-    let text = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n\
-         [upstream]\nurl = \"http://{}\"\n[server]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:0\"\nwatch_config = false\n",
-        pki.cert_pem.display(),
-        pki.key_pem.display(),
-        mock.addr()
-    );
+    let text = pki.listener_config(mock.addr(), "watch_config = false");
     let proxy = distill_guard::server::start(config_from(&text, pki.dir.path())).unwrap();
     let url = format!(
         "https://localhost:{}/v1/messages",

@@ -93,27 +93,7 @@ async fn tls_listener_serves_h2_and_http1_and_https_upstream_uses_extra_ca() {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     // Proxy A: TLS listener in front of the mock.
-    let tls_cfg = format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-cert_path = "{}"
-key_path = "{}"
-
-[upstream]
-url = "http://{}"
-
-[server]
-workers = 1
-
-[admin]
-address = "127.0.0.1:0"
-"#,
-        pki.cert_pem.display(),
-        pki.key_pem.display(),
-        mock.addr()
-    );
+    let tls_cfg = pki.listener_config(mock.addr(), "");
     let a = distill_guard::server::start(config_from(&tls_cfg, pki.dir.path())).unwrap();
     let a_addr = a.local_addrs()[0];
 
@@ -174,12 +154,7 @@ async fn https_upstream_with_unknown_ca_is_a_502() {
     let pki = TestPki::new();
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
-    let tls_cfg = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n[upstream]\nurl = \"http://{}\"\n[server]\nworkers = 1\n[admin]\naddress = \"127.0.0.1:0\"\n",
-        pki.cert_pem.display(),
-        pki.key_pem.display(),
-        mock.addr()
-    );
+    let tls_cfg = pki.listener_config(mock.addr(), "");
     let a = distill_guard::server::start(config_from(&tls_cfg, pki.dir.path())).unwrap();
     let env_b = {
         let dir = tempfile::tempdir().unwrap();

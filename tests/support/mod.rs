@@ -60,6 +60,18 @@ impl TestPki {
         }
     }
 
+    /// A config with one TLS listener (this PKI's certificate) on
+    /// 127.0.0.1:0 in front of `upstream`, plus `extra` TOML appended.
+    pub fn listener_config(&self, upstream: std::net::SocketAddr, extra: &str) -> String {
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[listener.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n\n\
+             [upstream]\nurl = \"http://{upstream}\"\n\n[server]\nworkers = 1\n\n\
+             [admin]\naddress = \"127.0.0.1:0\"\n{extra}\n",
+            self.cert_pem.display(),
+            self.key_pem.display(),
+        )
+    }
+
     /// rustls client settings trusting only the test CA.
     pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
         use rustls_pki_types::pem::PemObject;
