@@ -10,19 +10,24 @@ use crate::{mock, server};
 /// The shipped default config, compiled in so `demo` runs from anywhere.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/distill-guard.toml");
 
-/// The default policy, listening on `listen` and forwarding to `upstream`.
-pub fn demo_config(
-    listen: SocketAddr,
-    upstream: SocketAddr,
-) -> Result<Config, config::ConfigError> {
-    // The shipped phrase-list files are the built-in lists; the demo uses the
-    // built-in copy so it runs from any directory.
+/// The shipped default config as compiled in. The shipped phrase-list
+/// files are the built-in lists; this uses the built-in copy so it works
+/// from any directory.
+pub fn default_config() -> Result<Config, config::ConfigError> {
     let text: String = DEFAULT_CONFIG
         .lines()
         .filter(|l| !l.starts_with("phrase_lists"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut cfg = config::parse(Path::new("config/distill-guard.toml"), &text)?;
+    config::parse(Path::new("config/distill-guard.toml"), &text)
+}
+
+/// The default policy, listening on `listen` and forwarding to `upstream`.
+pub fn demo_config(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<Config, config::ConfigError> {
+    let mut cfg = default_config()?;
     cfg.listeners = vec![ListenerConfig {
         address: listen,
         tls: None,

@@ -14,5 +14,6 @@ pub mod proxy;
 pub mod stack;
 pub mod admin;
 pub mod replay;
+pub mod simulate;
 pub mod mock;
 pub mod demo;

@@ -70,7 +70,7 @@ enum Command {
         /// The policy to replay.
         #[arg(long, short)]
         config: PathBuf,
-        /// The traffic record (JSON Lines, `[record] path`).
+        /// The traffic record (JSON Lines, `[record] path`; `-`: stdin).
         record: PathBuf,
         /// Stop at the first malformed line (exit non-zero with its number).
         #[arg(long)]
@@ -86,12 +86,40 @@ enum Command {
         #[arg(long)]
         compare: Option<PathBuf>,
     },
+    /// Generate traffic from a scenario file and report what a policy does
+    /// to it (attack served, legitimate refused, containment), beside a
+    /// per-key-limits-only baseline. No network, virtual time.
+    Simulate {
+        /// The scenario (TOML; see config/scenarios/).
+        #[arg(long, short)]
+        scenario: PathBuf,
+        /// The policy (default: the shipped config/distill-guard.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The baseline policy (default: the policy's tiers with clusters
+        /// and detection off — per-key limits only).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Also write the generated traffic as a traffic record (`-`: stdout,
+        /// and the report goes to stderr) for `replay`.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        report: ReportFormat,
+    },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
         /// Address the proxy listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -298,12 +326,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let opts = distill_guard::replay::ReplayOptions { strict, compare };
-            let result = distill_guard::replay::replay_file(
-                &cfg,
-                &record,
-                &opts,
-                out.as_mut().map(|w| w as &mut dyn std::io::Write),
-            );
+            let decisions_out = out.as_mut().map(|w| w as &mut dyn std::io::Write);
+            let result = if record.as_os_str() == "-" {
+                distill_guard::replay::replay(
+                    &cfg,
+                    &mut std::io::stdin().lock(),
+                    &opts,
+                    decisions_out,
+                )
+                .map_err(|e| format!("stdin: {e}"))
+            } else {
+                distill_guard::replay::replay_file(&cfg, &record, &opts, decisions_out)
+            };
             if let Some(mut w) = out {
                 use std::io::Write as _;
                 w.flush().context("writing decisions")?;
@@ -322,6 +356,72 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Simulate {
+            scenario,
+            config: config_path,
+            baseline,
+            record,
+            report,
+        } => {
+            let loaded = (|| {
+                let s = distill_guard::simulate::scenario::load(&scenario)?;
+                let c = match &config_path {
+                    Some(p) => config::load(p)?,
+                    None => demo::default_config()?,
+                };
+                let b = match &baseline {
+                    Some(p) => config::load(p)?,
+                    None => distill_guard::simulate::per_key_only(&c),
+                };
+                Ok::<_, config::ConfigError>((s, c, b))
+            })();
+            let (s, c, b) = match loaded {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let to_stdout = record.as_deref() == Some(std::path::Path::new("-"));
+            let mut out: Option<Box<dyn std::io::Write>> = match &record {
+                None => None,
+                Some(_) if to_stdout => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+                Some(p) => Some(Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
+                ))),
+            };
+            let started = std::time::Instant::now();
+            let result = distill_guard::simulate::simulate(
+                &s,
+                &c,
+                &b,
+                out.as_mut().map(|w| w as &mut dyn std::io::Write),
+            );
+            if let Some(mut w) = out {
+                w.flush().context("writing the record")?;
+            }
+            let r = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let text = match report {
+                ReportFormat::Json => format!("{}\n", serde_json::to_string(&r)?),
+                ReportFormat::Text => format!(
+                    "{}(generated and replayed twice in {:.1} s)\n",
+                    r.render(),
+                    started.elapsed().as_secs_f64()
+                ),
+            };
+            if to_stdout {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {
             init_logging(LogFormat::Text, "info");

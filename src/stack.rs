@@ -24,9 +24,8 @@ use crate::api::inspect::{self, Inspection};
 use crate::api::meter::UsageMeter;
 use crate::api::ApiKind;
 use crate::config::{Config, MissingKey};
-use crate::engine::link::AttrKind;
 use crate::engine::score::Level;
-use crate::engine::{attr_hash, signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
+use crate::engine::{signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity::{self, AccountId};
 use crate::proxy::body::{RequestBody, ResponseBody, ResponseObserver};
@@ -319,25 +318,11 @@ fn request_facts(
         f.max_output_tokens = i.max_output_tokens;
         f.model = i.model.clone();
         if !i.prompt.is_empty() {
-            f.fill_key = Some(fill_key(&i.prompt));
+            f.fill_key = Some(crate::engine::fill_key(&i.prompt));
             f.prompt_text = Some(std::mem::take(&mut i.prompt));
         }
     }
     f
-}
-
-/// A key for "distinct fills" (the breadth signal): the prompt's length
-/// and its first and last 256 bytes. Hashing the whole of a long prompt
-/// byte by byte cost ~2 µs per 2 KB for a signal that only counts distinct
-/// values; two fills that differ only in the middle of a long prompt count
-/// as one.
-fn fill_key(prompt: &str) -> u64 {
-    let b = prompt.as_bytes();
-    let head = &b[..b.len().min(256)];
-    let tail = &b[b.len().saturating_sub(256)..];
-    attr_hash(AttrKind::Prompt, head)
-        ^ attr_hash(AttrKind::Prompt, tail).rotate_left(17)
-        ^ (b.len() as u64)
 }
 
 /// The traffic-record line of a request (see `replay`): fingerprints,
@@ -382,6 +367,8 @@ fn traffic_record(
         inconsistent: f.fingerprint_inconsistent,
         output_tokens: 0,
         decision: decision.label().to_string(),
+        population: None,
+        attack: false,
     }
 }
 

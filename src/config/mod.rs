@@ -385,6 +385,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parse and validate config text; `path` names the file in errors and
 /// anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    parse_toml(path, text, |file: FileConfig| validate(path, &base, file))
+}
+
+/// Deserialize TOML text into `T` and validate it with `validate`, whose
+/// error is (dotted key path, reason); every error is located in the file
+/// (`FILE:LINE:COL: key: reason`). Config files and scenario files alike.
+pub fn parse_toml<T: serde::de::DeserializeOwned, V>(
+    path: &Path,
+    text: &str,
+    validate: impl FnOnce(T) -> Result<V, (String, String)>,
+) -> Result<V, ConfigError> {
     let located = |key: String, span: Option<std::ops::Range<usize>>, reason: String| {
         let span = span.or_else(|| span_of_key(text, &key));
         ConfigError {
@@ -395,14 +407,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
     let de = toml::Deserializer::new(text);
-    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+    let file: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = path_string(e.path());
         let inner = e.into_inner();
         let span = inner.span();
         located(key, span, inner.message().trim().to_string())
     })?;
-    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    validate(path, &base, file).map_err(|(key, reason)| located(key, None, reason))
+    validate(file).map_err(|(key, reason)| located(key, None, reason))
 }
 
 /// serde_path_to_error's path as `a.b[0].c`.

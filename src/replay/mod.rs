@@ -1,6 +1,6 @@
 //! Traffic records and `replay`: the proxy can write one JSON line per
 //! request with what the engine needs and nothing sensitive (schema in
-//! `docs/traffic-record.md`, version 1); `distill-guard replay` runs a
+//! `docs/traffic-record.md`, version 2); `distill-guard replay` runs a
 //! policy on such a record with a virtual clock driven by its timestamps —
 //! no network, no sleeping — and reports what the policy would have done.
 
@@ -13,12 +13,19 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::engine::score::PhraseHits;
 use crate::engine::{
-    observed_attrs, signature, AccountId, Engine, Nanos, Observation, Policy, RequestFacts, Usage,
-    Verdict,
+    observed_attrs, signature, AccountId, Decision, Engine, Nanos, Observation, Policy,
+    RequestFacts, Usage, Verdict,
 };
 
-/// Version of [`TrafficRecord`]'s schema.
-pub const RECORD_VERSION: u32 = 1;
+mod outcome;
+pub use outcome::{Headline, PopulationOutcome, CONTAINED_SERVED_FRACTION};
+
+/// Version of [`TrafficRecord`]'s schema written now. Version 2 added the
+/// simulator's `population` and `attack`; version 1 lines are still read.
+pub const RECORD_VERSION: u32 = 2;
+
+/// The oldest schema version `replay` reads.
+pub const OLDEST_RECORD_VERSION: u32 = 1;
 
 /// One request as the traffic record keeps it: hashes and fingerprints,
 /// never keys or prompt text.
@@ -83,9 +90,17 @@ pub struct TrafficRecord {
     /// Output tokens the response produced (0 when refused).
     #[serde(default)]
     pub output_tokens: u64,
-    /// What the live proxy decided: allow, slow, degrade, throttle, block.
+    /// What the live proxy decided: allow, slow, degrade, throttle, block
+    /// (empty in simulated records).
     #[serde(default)]
     pub decision: String,
+    /// Simulated records only: the scenario population that sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub population: Option<String>,
+    /// Simulated records only: that population is an attack (ground truth
+    /// for the headline figures).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attack: bool,
 }
 
 fn hex(s: &str) -> Option<u64> {
@@ -182,6 +197,10 @@ pub struct Summary {
     /// Accounts the replayed policy slowed, degraded, throttled or blocked
     /// that the live proxy never did: (account, strongest action).
     pub newly_actioned: BTreeMap<String, String>,
+    /// Headline figures per population, when the record is labelled
+    /// (simulated traffic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headline: Option<Headline>,
     /// With `--compare`: the other policy's decisions by action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare_by_action: Option<BTreeMap<String, u64>>,
@@ -189,6 +208,9 @@ pub struct Summary {
     /// the two policies: (this policy's, the other's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare_changes: Option<BTreeMap<String, (String, String)>>,
+    /// With `--compare` on a labelled record: the other policy's headline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare_headline: Option<Headline>,
 }
 
 /// How to replay.
@@ -207,6 +229,112 @@ fn rank(a: &str) -> usize {
     RANK.iter().position(|x| *x == a).unwrap_or(0)
 }
 
+/// One policy replaying a record: its engine on the record's virtual clock
+/// and what it decided, account by account and population by population.
+pub struct Run<'c> {
+    config: &'c Config,
+    engine: Engine,
+    last_now: Nanos,
+    by_action: BTreeMap<String, u64>,
+    strongest: BTreeMap<String, usize>,
+    populations: BTreeMap<String, PopulationOutcome>,
+}
+
+impl<'c> Run<'c> {
+    /// A run of `config`'s policy with no state.
+    pub fn new(config: &'c Config) -> Run<'c> {
+        Run {
+            config,
+            engine: Engine::new(Policy::from_config(config)),
+            last_now: 0,
+            by_action: BTreeMap::new(),
+            strongest: BTreeMap::new(),
+            populations: BTreeMap::new(),
+        }
+    }
+
+    /// Decide one record on the virtual clock (its time, never going
+    /// backwards) and settle it at once with its output tokens — as many as
+    /// the record says, or the degraded limit when this policy degrades it.
+    /// `line` names the record in errors.
+    pub fn step(&mut self, rec: &TrafficRecord, line: usize) -> Result<Decision, String> {
+        let obs = rec.observation(self.config, line)?;
+        let now = rec.t_ms.saturating_mul(1_000_000).max(self.last_now);
+        self.last_now = now;
+        let d = self.engine.decide(&obs, now);
+        let served = match d.detection.as_ref().and_then(|x| x.degrade_to) {
+            Some(limit) => rec.output_tokens.min(u64::from(limit)),
+            None => rec.output_tokens,
+        };
+        if let Verdict::Allow(t) = &d.verdict {
+            self.engine.settle(
+                t,
+                Usage {
+                    input_tokens: None,
+                    output_tokens: served,
+                },
+                now,
+            );
+        }
+        let label = d.label();
+        *self.by_action.entry(label.to_string()).or_default() += 1;
+        let m = self.strongest.entry(rec.account.clone()).or_default();
+        *m = (*m).max(rank(label));
+        if let Some(p) = &rec.population {
+            self.populations
+                .entry(p.clone())
+                .or_insert_with(|| PopulationOutcome::new(rec.attack, rec.t_ms))
+                .record(rec, &d, served);
+        }
+        Ok(d)
+    }
+
+    /// The engine (clusters, scores) as the run left it.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Decisions by action so far.
+    pub fn by_action(&self) -> &BTreeMap<String, u64> {
+        &self.by_action
+    }
+
+    /// The headline figures, when the records were labelled.
+    pub fn headline(&self) -> Option<Headline> {
+        (!self.populations.is_empty()).then(|| Headline::new(&self.populations))
+    }
+
+    /// The largest clusters now: (id, members), at most `n`.
+    fn top_clusters(&self, n: usize) -> Vec<(String, u32)> {
+        let mut clusters: BTreeMap<u64, u32> = BTreeMap::new();
+        for account in self.strongest.keys() {
+            if let Some(id) = crate::config::accounts_file::parse_account_id(account) {
+                if let Some(c) = self.engine.cluster_of(AccountId(id)) {
+                    clusters.insert(c.id, c.members);
+                }
+            }
+        }
+        let mut top: Vec<(u64, u32)> = clusters.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.into_iter()
+            .take(n)
+            .map(|(id, m)| (format!("{id:016x}"), m))
+            .collect()
+    }
+}
+
+/// Parse one record line; `n` is its line number.
+pub fn parse_line(line: &str, n: usize) -> Result<TrafficRecord, String> {
+    let r = serde_json::from_str::<TrafficRecord>(line).map_err(|e| format!("line {n}: {e}"))?;
+    if !(OLDEST_RECORD_VERSION..=RECORD_VERSION).contains(&r.v) {
+        return Err(format!(
+            "line {n}: record version {} (this build reads {OLDEST_RECORD_VERSION} to {RECORD_VERSION})",
+            r.v
+        ));
+    }
+    Ok(r)
+}
+
 /// Replay the record at `input` under `config`; per-request decisions go
 /// to `decisions` as JSON lines when given.
 pub fn replay(
@@ -215,18 +343,11 @@ pub fn replay(
     options: &ReplayOptions,
     mut decisions: Option<&mut dyn Write>,
 ) -> Result<Summary, String> {
-    let engine = Engine::new(Policy::from_config(config));
+    let mut run = Run::new(config);
     // `--compare`: the other policy runs in lockstep on the same lines.
-    let other = options
-        .compare
-        .as_ref()
-        .map(|c| (c, Engine::new(Policy::from_config(c))));
-    let mut other_max: BTreeMap<String, usize> = BTreeMap::new();
-    let mut other_by_action: BTreeMap<String, u64> = BTreeMap::new();
+    let mut other = options.compare.as_ref().map(Run::new);
     let mut s = Summary::default();
     let mut live_max: BTreeMap<String, usize> = BTreeMap::new();
-    let mut replay_max: BTreeMap<String, usize> = BTreeMap::new();
-    let mut last_now: Nanos = 0;
     let mut line = String::new();
     let mut n = 0usize;
     loop {
@@ -241,19 +362,11 @@ pub fn replay(
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<TrafficRecord>(&line)
-            .map_err(|e| format!("line {n}: {e}"))
-            .and_then(|r| {
-                if r.v != RECORD_VERSION {
-                    return Err(format!(
-                        "line {n}: record version {} (expected {RECORD_VERSION})",
-                        r.v
-                    ));
-                }
-                let obs = r.observation(config, n)?;
-                Ok((r, obs))
-            });
-        let (rec, obs) = match parsed {
+        let step = parse_line(&line, n).and_then(|rec| {
+            let d = run.step(&rec, n)?;
+            Ok((rec, d))
+        });
+        let (rec, d) = match step {
             Ok(x) => x,
             Err(reason) => {
                 if options.strict {
@@ -266,43 +379,12 @@ pub fn replay(
                 continue;
             }
         };
-        // The virtual clock: the record's time, never going backwards.
-        let now = rec.t_ms.saturating_mul(1_000_000).max(last_now);
-        last_now = now;
-        let d = engine.decide(&obs, now);
-        if let Verdict::Allow(t) = &d.verdict {
-            engine.settle(
-                t,
-                Usage {
-                    input_tokens: None,
-                    output_tokens: rec.output_tokens,
-                },
-                now,
-            );
+        if let Some(o) = other.as_mut() {
+            o.step(&rec, n)
+                .map_err(|reason| format!("--compare: {reason}"))?;
         }
         let label = d.label();
-        if let Some((c, e)) = &other {
-            let o = match rec.observation(c, n) {
-                Ok(o) => o,
-                Err(reason) => return Err(format!("--compare: {reason}")),
-            };
-            let d2 = e.decide(&o, now);
-            if let Verdict::Allow(t) = &d2.verdict {
-                e.settle(
-                    t,
-                    Usage {
-                        input_tokens: None,
-                        output_tokens: rec.output_tokens,
-                    },
-                    now,
-                );
-            }
-            *other_by_action.entry(d2.label().to_string()).or_default() += 1;
-            let m = other_max.entry(rec.account.clone()).or_default();
-            *m = (*m).max(rank(d2.label()));
-        }
         s.replayed += 1;
-        *s.by_action.entry(label.to_string()).or_default() += 1;
         if !rec.decision.is_empty() {
             *s.live_by_action.entry(rec.decision.clone()).or_default() += 1;
             if rec.decision == label {
@@ -311,14 +393,13 @@ pub fn replay(
         }
         let lm = live_max.entry(rec.account.clone()).or_default();
         *lm = (*lm).max(rank(&rec.decision));
-        let rm = replay_max.entry(rec.account.clone()).or_default();
-        *rm = (*rm).max(rank(label));
         if let Some(out) = decisions.as_deref_mut() {
             let v = serde_json::json!({
                 "line": n,
                 "t_ms": rec.t_ms,
                 "request_id": rec.request_id,
                 "account": rec.account,
+                "population": rec.population,
                 "decision": label,
                 "recorded": rec.decision,
                 "cluster": d.cluster.map(|c| format!("{:016x}", c.id)),
@@ -327,38 +408,30 @@ pub fn replay(
             writeln!(out, "{v}").map_err(|e| format!("writing decisions: {e}"))?;
         }
     }
-    for (account, r) in &replay_max {
+    for (account, r) in &run.strongest {
         if *r > 0 && *r > live_max.get(account).copied().unwrap_or(0) {
             s.newly_actioned
                 .insert(account.clone(), RANK[*r].to_string());
         }
     }
-    if other.is_some() {
+    if let Some(o) = &other {
         let mut changes = BTreeMap::new();
-        for (account, r) in &replay_max {
-            let o = other_max.get(account).copied().unwrap_or(0);
-            if o != *r {
-                changes.insert(account.clone(), (RANK[*r].to_string(), RANK[o].to_string()));
+        for (account, r) in &run.strongest {
+            let theirs = o.strongest.get(account).copied().unwrap_or(0);
+            if theirs != *r {
+                changes.insert(
+                    account.clone(),
+                    (RANK[*r].to_string(), RANK[theirs].to_string()),
+                );
             }
         }
         s.compare_changes = Some(changes);
-        s.compare_by_action = Some(other_by_action);
+        s.compare_by_action = Some(o.by_action.clone());
+        s.compare_headline = o.headline();
     }
-    let mut clusters: BTreeMap<u64, u32> = BTreeMap::new();
-    for account in replay_max.keys() {
-        if let Some(id) = crate::config::accounts_file::parse_account_id(account) {
-            if let Some(c) = engine.cluster_of(AccountId(id)) {
-                clusters.insert(c.id, c.members);
-            }
-        }
-    }
-    let mut top: Vec<(u64, u32)> = clusters.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    s.top_clusters = top
-        .into_iter()
-        .take(10)
-        .map(|(id, m)| (format!("{id:016x}"), m))
-        .collect();
+    s.by_action = run.by_action.clone();
+    s.headline = run.headline();
+    s.top_clusters = run.top_clusters(10);
     Ok(s)
 }
 
@@ -412,6 +485,11 @@ impl Summary {
         );
         for (a, action) in self.newly_actioned.iter().take(20) {
             let _ = writeln!(out, "  {a}  {action}");
+        }
+        if let Some(h) = &self.headline {
+            let _ = writeln!(out, "headline (labelled traffic):");
+            let other = self.compare_headline.as_ref().map(|o| ("other", o));
+            out.push_str(&h.render("this policy", other));
         }
         if let (Some(by), Some(changes)) = (&self.compare_by_action, &self.compare_changes) {
             let _ = writeln!(out, "compared with the other policy (this | other):");

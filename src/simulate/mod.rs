@@ -1,0 +1,477 @@
+//! `distill-guard simulate`: generate traffic from a scenario (ordinary
+//! users, a corporate NAT, batch jobs, evaluation runs, a hydra cluster, a
+//! stealthier campaign — see [`scenario`]) and measure what a policy does to
+//! it, beside a per-key-limits-only policy (what other gateways can do).
+//!
+//! Generation is deterministic: the same scenario and seed give the same
+//! requests, byte for byte, on every run. It is also open-loop: a campaign's
+//! accounts send on their schedule whatever the answers were (a refused
+//! exchange is counted as refused, not retried), so the figures say what
+//! share of a fixed campaign got through.
+//!
+//! A [`SimRequest`] is one request with its prompt text; [`Generator`]
+//! yields them in time order. `simulate` turns each into a traffic record
+//! (the same fields the proxy records, schema version 2, labelled with its
+//! population) and replays it under both policies ([`crate::replay::Run`]);
+//! `demo --traffic` sends the same requests through the real proxy.
+
+pub mod scenario;
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::score::PhraseMatcher;
+use crate::engine::signature;
+use crate::replay::{Headline, Run, TrafficRecord, RECORD_VERSION};
+pub use scenario::{Piece, Population, Scenario, Timing};
+
+/// SplitMix64 finaliser of `a` and `b`: a stable 64-bit mix for seeds and
+/// per-account choices.
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a
+        .wrapping_add(b.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// One generated request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimRequest {
+    /// Arrival, ms since the Unix epoch.
+    pub t_ms: u64,
+    /// Index of the population in the scenario.
+    pub population: usize,
+    /// Index of the account in its population.
+    pub account: u32,
+    /// Index of the client profile (into the population's ja4/http/h2
+    /// lists, each taken modulo its length).
+    pub profile: usize,
+    /// Client address.
+    pub address: IpAddr,
+    /// Its AS number.
+    pub asn: Option<u32>,
+    /// Model.
+    pub model: String,
+    /// Prompt text.
+    pub prompt: String,
+    /// Requested output limit.
+    pub max_tokens: u32,
+    /// Thinking budget when thinking is on.
+    pub thinking_budget: Option<u32>,
+    /// Output tokens a full answer has.
+    pub output_tokens: u64,
+    /// The user-agent claims a client its fingerprints deny.
+    pub inconsistent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    t_ms: u64,
+    population: u32,
+    account: u32,
+}
+
+/// A scenario's requests in time order.
+#[derive(Debug)]
+pub struct Generator<'s> {
+    scenario: &'s Scenario,
+    events: Vec<Event>,
+    next: usize,
+}
+
+impl<'s> Generator<'s> {
+    /// Schedule every request of the scenario (arrival times only; the
+    /// requests themselves are made as they are taken).
+    pub fn new(scenario: &'s Scenario) -> Generator<'s> {
+        let mut events = Vec::new();
+        for (i, p) in scenario.populations.iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(scenario.seed, 1 + i as u64));
+            schedule(p, i as u32, &mut rng, &mut events);
+        }
+        events.sort_unstable();
+        for e in &mut events {
+            e.t_ms += scenario.start_unix_ms;
+        }
+        Generator {
+            scenario,
+            events,
+            next: 0,
+        }
+    }
+
+    /// Requests in all.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// No requests at all.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Requests not yet taken.
+    pub fn remaining(&self) -> usize {
+        self.events.len() - self.next
+    }
+}
+
+impl Iterator for Generator<'_> {
+    type Item = SimRequest;
+
+    fn next(&mut self) -> Option<SimRequest> {
+        let e = *self.events.get(self.next)?;
+        let index = self.next as u64;
+        self.next += 1;
+        Some(make_request(self.scenario, e, index))
+    }
+}
+
+/// Arrival times (ms from the scenario start) of one population.
+fn schedule(p: &Population, index: u32, rng: &mut ChaCha8Rng, out: &mut Vec<Event>) {
+    let per_ms = p.rate_per_hour / 3_600_000.0;
+    let (start, end) = (p.start_ms as f64, p.end_ms as f64);
+    let mut push = |t: f64, account: u32| {
+        if t >= start && t < end {
+            out.push(Event {
+                t_ms: t as u64,
+                population: index,
+                account,
+            });
+        }
+    };
+    match p.timing {
+        Timing::Poisson => {
+            for a in 0..p.accounts {
+                let mut t = start;
+                loop {
+                    t += -(1.0 - rng.gen::<f64>()).ln() / per_ms;
+                    if t >= end {
+                        break;
+                    }
+                    push(t, a);
+                }
+            }
+        }
+        Timing::Periodic { jitter } => {
+            let period = 1.0 / per_ms;
+            for a in 0..p.accounts {
+                let mut t = start + rng.gen::<f64>() * period;
+                while t < end {
+                    push(t, a);
+                    t += period * (1.0 + jitter * (2.0 * rng.gen::<f64>() - 1.0));
+                }
+            }
+        }
+        Timing::Waves {
+            period_ms,
+            spread_ms,
+        } => {
+            let join = (per_ms * period_ms as f64).min(1.0);
+            let mut wave = start;
+            while wave < end {
+                for a in 0..p.accounts {
+                    if rng.gen::<f64>() < join {
+                        push(wave + rng.gen::<f64>() * spread_ms as f64, a);
+                    }
+                }
+                wave += period_ms as f64;
+            }
+        }
+    }
+}
+
+/// Common English words mixed into prompts, so unrelated prompts share
+/// the stock words real ones do.
+const COMMON: [&str; 48] = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "for",
+    "that",
+    "with",
+    "on",
+    "how",
+    "what",
+    "can",
+    "you",
+    "my",
+    "this",
+    "please",
+    "explain",
+    "write",
+    "why",
+    "when",
+    "best",
+    "make",
+    "use",
+    "should",
+    "about",
+    "from",
+    "help",
+    "need",
+    "would",
+    "code",
+    "data",
+    "email",
+    "list",
+    "time",
+    "work",
+    "team",
+    "plan",
+    "idea",
+    "short",
+    "simple",
+    "example",
+    "difference",
+    "between",
+    "summary",
+    "question",
+    "answer",
+];
+
+const SYLLABLES: [&str; 24] = [
+    "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es", "bor", "li", "nu",
+    "ga", "tas", "re", "om", "fi", "del", "cu", "zan", "ep",
+];
+
+/// `n` words: a quarter common words, the rest drawn from ~14k made-up
+/// three-syllable words (so distinct users' topics rarely coincide).
+fn words(rng: &mut ChaCha8Rng, n: u32, out: &mut String) {
+    for i in 0..n {
+        if i > 0 {
+            out.push(' ');
+        }
+        if rng.gen_bool(0.25) {
+            out.push_str(COMMON[rng.gen_range(0..COMMON.len())]);
+        } else {
+            for _ in 0..3 {
+                out.push_str(SYLLABLES[rng.gen_range(0..SYLLABLES.len())]);
+            }
+        }
+    }
+}
+
+/// An index below `len` (at least 1): fixed by the account, or drawn.
+fn pick(rng: &mut ChaCha8Rng, per: scenario::Per, account_key: u64, len: usize) -> usize {
+    let len = len.max(1);
+    match per {
+        scenario::Per::Account => (account_key % len as u64) as usize,
+        scenario::Per::Request => rng.gen_range(0..len),
+    }
+}
+
+fn make_request(s: &Scenario, e: Event, index: u64) -> SimRequest {
+    let p = &s.populations[e.population as usize];
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(s.seed ^ 0x5eed, index));
+    let account_key = mix(mix(s.seed, name_hash(&p.name)), u64::from(e.account));
+    let profiles = p.ja4.len().max(p.http.len()).max(p.h2.len());
+    let profile = pick(&mut rng, p.fingerprint_per, account_key, profiles);
+    let a = pick(
+        &mut rng,
+        p.address_per,
+        account_key >> 16,
+        p.addresses.len(),
+    );
+    let t = pick(
+        &mut rng,
+        p.template_per,
+        account_key >> 32,
+        p.templates.len(),
+    );
+    let mut prompt = String::with_capacity(512);
+    match p.templates.get(t) {
+        None => {
+            let n = rng.gen_range(p.prompt_words[0]..=p.prompt_words[1]);
+            words(&mut rng, n, &mut prompt);
+        }
+        Some(pieces) => {
+            for piece in pieces {
+                match piece {
+                    Piece::Text(x) => prompt.push_str(x),
+                    Piece::Choice(alts) => prompt.push_str(&alts[rng.gen_range(0..alts.len())]),
+                    Piece::Fill => {
+                        let n = rng.gen_range(p.fill_words[0]..=p.fill_words[1]);
+                        words(&mut rng, n, &mut prompt);
+                    }
+                }
+            }
+        }
+    }
+    if p.elicitation_share > 0.0 && rng.gen_bool(p.elicitation_share) {
+        let phrase = &p.elicitation_phrases[rng.gen_range(0..p.elicitation_phrases.len())];
+        prompt.push_str(". ");
+        prompt.push_str(phrase);
+    }
+    let thinking = p.thinking_share > 0.0 && rng.gen_bool(p.thinking_share);
+    SimRequest {
+        t_ms: e.t_ms,
+        population: e.population as usize,
+        account: e.account,
+        profile,
+        address: p.addresses[a],
+        asn: p.address_asns.get(a).copied(),
+        model: p.models[rng.gen_range(0..p.models.len())].clone(),
+        prompt,
+        max_tokens: p.max_tokens[rng.gen_range(0..p.max_tokens.len())],
+        thinking_budget: thinking.then_some(p.thinking_budget),
+        output_tokens: rng.gen_range(p.output_tokens[0]..=p.output_tokens[1]),
+        inconsistent: p.inconsistent_share > 0.0 && rng.gen_bool(p.inconsistent_share),
+    }
+}
+
+impl SimRequest {
+    /// The API key this request's account sends (through the real proxy).
+    pub fn api_key(&self, s: &Scenario) -> String {
+        format!(
+            "sim-{}-{}-{}",
+            s.seed, s.populations[self.population].name, self.account
+        )
+    }
+
+    /// The account id a record carries for it (16 hex digits; `simulate`
+    /// has no proxy secret, so this is a plain hash of the key).
+    pub fn account_id(&self, s: &Scenario) -> u64 {
+        mix(s.seed ^ 0xacc0, name_hash(&self.api_key(s)))
+    }
+
+    /// The traffic record the proxy would write for this request under
+    /// `config` (its prefix lengths, phrase lists), with the population
+    /// label, and the output a full answer has.
+    pub fn record(&self, s: &Scenario, config: &Config, matcher: &PhraseMatcher) -> TrafficRecord {
+        let p = &s.populations[self.population];
+        let fp =
+            |list: &[String]| (!list.is_empty()).then(|| list[self.profile % list.len()].clone());
+        let sig = signature::signature(&self.prompt);
+        let hits = matcher.scan(&self.prompt);
+        TrafficRecord {
+            v: RECORD_VERSION,
+            t_ms: self.t_ms,
+            request_id: None,
+            account: format!("{:016x}", self.account_id(s)),
+            anonymous: false,
+            ja4: fp(&p.ja4),
+            http: fp(&p.http),
+            h2: fp(&p.h2),
+            ip_prefix: Some(
+                crate::fingerprint::network::prefix(
+                    self.address,
+                    config.fingerprint.ipv4_prefix_len,
+                    config.fingerprint.ipv6_prefix_len,
+                )
+                .to_string(),
+            ),
+            asn: self.asn,
+            model: Some(self.model.clone()),
+            input_tokens: u64::from(crate::api::estimate::estimate_tokens(&self.prompt)),
+            max_output_tokens: Some(self.max_tokens),
+            thinking_budget: self.thinking_budget,
+            reasoning_high: false,
+            prompt_keys: if sig.is_informative() {
+                sig.index_keys()
+                    .iter()
+                    .map(|k| format!("{k:016x}"))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            fill_key: Some(format!("{:016x}", crate::engine::fill_key(&self.prompt))),
+            phrase_lists: matcher.hit_names(hits).map(String::from).collect(),
+            inconsistent: self.inconsistent,
+            output_tokens: self.output_tokens,
+            decision: String::new(),
+            population: Some(p.name.clone()),
+            attack: p.attack,
+        }
+    }
+}
+
+/// The per-key-limits-only policy of `config`: the same tiers and
+/// accounts, no clusters, no behaviour detection — what a gateway with
+/// per-key rate limits does.
+pub fn per_key_only(config: &Config) -> Config {
+    let mut c = config.clone();
+    c.cluster.enabled = false;
+    c.detection.enabled = false;
+    c
+}
+
+/// What `simulate` measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Requests generated.
+    pub requests: u64,
+    /// The policy's headline figures.
+    #[serde(flatten)]
+    pub policy: Headline,
+    /// The per-key-only baseline's.
+    pub baseline: Headline,
+}
+
+impl Report {
+    /// The report as text: the headline figures side by side.
+    pub fn render(&self) -> String {
+        format!(
+            "scenario {}: {} requests\n{}",
+            self.scenario,
+            self.requests,
+            self.policy
+                .render("policy", Some(("per-key only", &self.baseline)))
+        )
+    }
+}
+
+/// Generate the scenario's traffic, write it as a traffic record to
+/// `record` when given, and replay it under `config` and under
+/// `baseline`.
+pub fn simulate(
+    scenario: &Scenario,
+    config: &Config,
+    baseline: &Config,
+    mut record: Option<&mut dyn Write>,
+) -> Result<Report, String> {
+    let matcher = config.detection.matcher.clone();
+    let mut policy = Run::new(config);
+    let mut base = Run::new(baseline);
+    let mut n = 0u64;
+    for req in Generator::new(scenario) {
+        n += 1;
+        let rec = req.record(scenario, config, &matcher);
+        let line = usize::try_from(n).unwrap_or(usize::MAX);
+        policy.step(&rec, line)?;
+        base.step(&rec, line)?;
+        if let Some(out) = record.as_deref_mut() {
+            serde_json::to_writer(&mut *out, &rec)
+                .map_err(|e| format!("writing the record: {e}"))?;
+            out.write_all(b"\n")
+                .map_err(|e| format!("writing the record: {e}"))?;
+        }
+    }
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        requests: n,
+        policy: policy.headline().unwrap_or_default(),
+        baseline: base.headline().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,556 @@
+//! Scenario files: the populations `simulate` generates traffic for.
+//! TOML, unknown keys are errors, every error is located
+//! (`FILE:LINE:COL: key: reason`). `config/scenarios/*.toml` are annotated
+//! examples; `docs/scenarios.md` describes every key.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+/// A scenario as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default = "default_start")]
+    start_unix_ms: u64,
+    duration_minutes: u64,
+    #[serde(rename = "population")]
+    populations: Vec<PopulationFile>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// 2026-01-01T00:00:00Z.
+fn default_start() -> u64 {
+    1_767_225_600_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PopulationFile {
+    name: String,
+    #[serde(default)]
+    attack: bool,
+    accounts: u32,
+    requests_per_account_per_hour: f64,
+    #[serde(default)]
+    start_minute: u64,
+    #[serde(default)]
+    end_minute: Option<u64>,
+    #[serde(default)]
+    timing: TimingFile,
+    #[serde(default)]
+    jitter: f64,
+    #[serde(default = "default_wave_period")]
+    wave_period_s: u64,
+    #[serde(default = "default_wave_spread")]
+    wave_spread_ms: u64,
+    #[serde(default)]
+    ja4: Vec<String>,
+    #[serde(default)]
+    http: Vec<String>,
+    #[serde(default)]
+    h2: Vec<String>,
+    #[serde(default)]
+    fingerprint_per: Per,
+    networks: Vec<String>,
+    #[serde(default)]
+    asns: Vec<u32>,
+    addresses: u32,
+    #[serde(default)]
+    address_per: Per,
+    #[serde(default = "default_models")]
+    models: Vec<String>,
+    #[serde(default)]
+    templates: Vec<String>,
+    #[serde(default = "default_template_per")]
+    template_per: Per,
+    #[serde(default = "default_words")]
+    prompt_words: [u32; 2],
+    #[serde(default = "default_fill")]
+    fill_words: [u32; 2],
+    #[serde(default)]
+    elicitation_share: f64,
+    #[serde(default)]
+    elicitation_phrases: Vec<String>,
+    max_tokens: Vec<u32>,
+    #[serde(default)]
+    thinking_share: f64,
+    #[serde(default)]
+    thinking_budget: u32,
+    output_tokens: [u64; 2],
+    #[serde(default)]
+    inconsistent_share: f64,
+}
+
+fn default_wave_period() -> u64 {
+    60
+}
+fn default_wave_spread() -> u64 {
+    2000
+}
+fn default_models() -> Vec<String> {
+    vec!["claude-sonnet-4-5".into()]
+}
+fn default_template_per() -> Per {
+    Per::Request
+}
+fn default_words() -> [u32; 2] {
+    [10, 80]
+}
+fn default_fill() -> [u32; 2] {
+    [10, 40]
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum TimingFile {
+    #[default]
+    Poisson,
+    Periodic,
+    Waves,
+}
+
+/// Whether a choice is made once per account or for every request.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// Each account keeps one value (chosen by its index).
+    #[default]
+    Account,
+    /// Each request picks one at random.
+    Request,
+}
+
+/// When a population's accounts send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Timing {
+    /// Independent random arrivals at the account's rate.
+    Poisson,
+    /// Fixed period from a random phase, each gap varied by ± `jitter` of
+    /// the period (0: machine-regular).
+    Periodic {
+        /// Relative jitter, 0 ≤ jitter < 1.
+        jitter: f64,
+    },
+    /// Coordinated waves every `period_ms`: each account joins a wave with
+    /// probability rate × period, at a random offset within `spread_ms`.
+    Waves {
+        /// Milliseconds between waves.
+        period_ms: u64,
+        /// A wave's requests fall within this many milliseconds.
+        spread_ms: u64,
+    },
+}
+
+/// A piece of a prompt template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal text.
+    Text(String),
+    /// `{a|b|c}`: one alternative, chosen per request (a paraphrase).
+    Choice(Vec<String>),
+    /// `{}`: a fill of `fill_words` random words.
+    Fill,
+}
+
+/// A validated population.
+#[derive(Debug, Clone)]
+pub struct Population {
+    /// Name (the record's `population`).
+    pub name: String,
+    /// An attack (ground truth for the headline figures).
+    pub attack: bool,
+    /// Accounts.
+    pub accounts: u32,
+    /// Mean requests per account per hour.
+    pub rate_per_hour: f64,
+    /// Active from this many ms after the scenario start…
+    pub start_ms: u64,
+    /// …until this many.
+    pub end_ms: u64,
+    /// Arrival process.
+    pub timing: Timing,
+    /// JA4 values (empty: none recorded).
+    pub ja4: Vec<String>,
+    /// HTTP fingerprints.
+    pub http: Vec<String>,
+    /// HTTP/2 fingerprints.
+    pub h2: Vec<String>,
+    /// Fingerprint choice per account or per request.
+    pub fingerprint_per: Per,
+    /// The population's distinct client addresses.
+    pub addresses: Vec<IpAddr>,
+    /// AS number of each address (parallel to `addresses`; empty: none).
+    pub address_asns: Vec<u32>,
+    /// Address choice per account or per request.
+    pub address_per: Per,
+    /// Models.
+    pub models: Vec<String>,
+    /// Prompt templates (empty: free text).
+    pub templates: Vec<Vec<Piece>>,
+    /// Template choice per account or per request.
+    pub template_per: Per,
+    /// Words of a free-text prompt: [min, max].
+    pub prompt_words: [u32; 2],
+    /// Words of one template fill: [min, max].
+    pub fill_words: [u32; 2],
+    /// Share of requests that end with an elicitation phrase.
+    pub elicitation_share: f64,
+    /// The phrases.
+    pub elicitation_phrases: Vec<String>,
+    /// `max_tokens` values (one per request, uniformly).
+    pub max_tokens: Vec<u32>,
+    /// Share of requests with thinking enabled.
+    pub thinking_share: f64,
+    /// Its budget.
+    pub thinking_budget: u32,
+    /// Output tokens a full answer has: [min, max].
+    pub output_tokens: [u64; 2],
+    /// Share of requests whose user-agent claims a client its fingerprints
+    /// deny.
+    pub inconsistent_share: f64,
+}
+
+/// A validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name.
+    pub name: String,
+    /// What it models.
+    pub description: String,
+    /// Seed: the same scenario and seed give the same traffic.
+    pub seed: u64,
+    /// Start (ms since the Unix epoch).
+    pub start_unix_ms: u64,
+    /// Length in ms.
+    pub duration_ms: u64,
+    /// Populations.
+    pub populations: Vec<Population>,
+}
+
+/// Read and validate a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        position: None,
+        key: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate scenario text; `path` names it in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ConfigError> {
+    crate::config::parse_toml(path, text, validate)
+}
+
+type Invalid = (String, String);
+
+fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
+    const MINUTE: u64 = 60_000;
+    if f.duration_minutes == 0 || f.duration_minutes > 7 * 24 * 60 {
+        return Err((
+            "duration_minutes".into(),
+            "expected 1 to 10080 (a week)".into(),
+        ));
+    }
+    if f.populations.is_empty() {
+        return Err(("population".into(), "expected at least one".into()));
+    }
+    let mut populations = Vec::with_capacity(f.populations.len());
+    for (i, p) in f.populations.into_iter().enumerate() {
+        let key = |k: &str| format!("population[{i}].{k}");
+        let bad = |k: &str, reason: &str| Err((key(k), reason.to_string()));
+        if p.name.is_empty() || populations.iter().any(|q: &Population| q.name == p.name) {
+            return bad("name", "expected a unique, non-empty name");
+        }
+        if p.accounts == 0 || p.accounts > 10_000_000 {
+            return bad("accounts", "expected 1 to 10000000");
+        }
+        if !(p.requests_per_account_per_hour > 0.0 && p.requests_per_account_per_hour <= 36_000.0) {
+            return bad(
+                "requests_per_account_per_hour",
+                "expected more than 0 and at most 36000",
+            );
+        }
+        let end = p.end_minute.unwrap_or(f.duration_minutes);
+        if end > f.duration_minutes || p.start_minute >= end {
+            return bad(
+                "end_minute",
+                "expected start_minute < end_minute <= duration_minutes",
+            );
+        }
+        let timing = match p.timing {
+            TimingFile::Poisson => Timing::Poisson,
+            TimingFile::Periodic => {
+                if !(0.0..1.0).contains(&p.jitter) {
+                    return bad("jitter", "expected 0 <= jitter < 1");
+                }
+                Timing::Periodic { jitter: p.jitter }
+            }
+            TimingFile::Waves => {
+                if p.wave_period_s == 0 || p.wave_spread_ms > p.wave_period_s * 1000 {
+                    return bad(
+                        "wave_spread_ms",
+                        "expected wave_period_s > 0 and a spread no longer than the period",
+                    );
+                }
+                Timing::Waves {
+                    period_ms: p.wave_period_s * 1000,
+                    spread_ms: p.wave_spread_ms,
+                }
+            }
+        };
+        let networks = p
+            .networks
+            .iter()
+            .map(|n| n.parse::<ipnet::IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| (key("networks"), "expected CIDRs like 203.0.113.0/24".into()))?;
+        if networks.is_empty() {
+            return bad("networks", "expected at least one network");
+        }
+        if !p.asns.is_empty() && p.asns.len() != networks.len() {
+            return bad("asns", "expected one AS number per network, or none");
+        }
+        if p.addresses == 0 || p.addresses > 10_000_000 {
+            return bad("addresses", "expected 1 to 10000000");
+        }
+        let (addresses, address_asns) = spread_addresses(&networks, &p.asns, p.addresses, f.seed);
+        if p.models.is_empty() || p.models.iter().any(String::is_empty) {
+            return bad("models", "expected at least one model name");
+        }
+        let mut templates = Vec::with_capacity(p.templates.len());
+        for (t, text) in p.templates.iter().enumerate() {
+            let pieces = parse_template(text)
+                .map_err(|reason| (format!("population[{i}].templates[{t}]"), reason))?;
+            templates.push(pieces);
+        }
+        for (k, [lo, hi]) in [
+            ("prompt_words", p.prompt_words),
+            ("fill_words", p.fill_words),
+        ] {
+            if lo > hi || hi > 100_000 {
+                return bad(k, "expected [min, max] with min <= max <= 100000");
+            }
+        }
+        if templates.is_empty() && p.prompt_words[1] == 0 {
+            return bad("prompt_words", "a population without templates needs words");
+        }
+        for (k, v) in [
+            ("elicitation_share", p.elicitation_share),
+            ("thinking_share", p.thinking_share),
+            ("inconsistent_share", p.inconsistent_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(k, "expected a share from 0 to 1");
+            }
+        }
+        if p.elicitation_share > 0.0 && p.elicitation_phrases.is_empty() {
+            return bad(
+                "elicitation_phrases",
+                "elicitation_share > 0 needs at least one phrase",
+            );
+        }
+        if p.max_tokens.is_empty() || p.max_tokens.contains(&0) {
+            return bad("max_tokens", "expected at least one value above 0");
+        }
+        if p.thinking_share > 0.0 && p.thinking_budget < 1024 {
+            return bad(
+                "thinking_budget",
+                "expected at least 1024 when thinking_share > 0",
+            );
+        }
+        if p.output_tokens[0] > p.output_tokens[1] {
+            return bad("output_tokens", "expected [min, max] with min <= max");
+        }
+        populations.push(Population {
+            name: p.name,
+            attack: p.attack,
+            accounts: p.accounts,
+            rate_per_hour: p.requests_per_account_per_hour,
+            start_ms: p.start_minute * MINUTE,
+            end_ms: end * MINUTE,
+            timing,
+            ja4: p.ja4,
+            http: p.http,
+            h2: p.h2,
+            fingerprint_per: p.fingerprint_per,
+            addresses,
+            address_asns,
+            address_per: p.address_per,
+            models: p.models,
+            templates,
+            template_per: p.template_per,
+            prompt_words: p.prompt_words,
+            fill_words: p.fill_words,
+            elicitation_share: p.elicitation_share,
+            elicitation_phrases: p.elicitation_phrases,
+            max_tokens: p.max_tokens,
+            thinking_share: p.thinking_share,
+            thinking_budget: p.thinking_budget,
+            output_tokens: p.output_tokens,
+            inconsistent_share: p.inconsistent_share,
+        });
+    }
+    Ok(Scenario {
+        name: f.name,
+        description: f.description,
+        seed: f.seed,
+        start_unix_ms: f.start_unix_ms,
+        duration_ms: f.duration_minutes * MINUTE,
+        populations,
+    })
+}
+
+/// `n` distinct-ish addresses spread over `networks` in turn (address `i`
+/// in network `i % len`, at a hashed host offset), with their AS numbers.
+fn spread_addresses(
+    networks: &[ipnet::IpNet],
+    asns: &[u32],
+    n: u32,
+    seed: u64,
+) -> (Vec<IpAddr>, Vec<u32>) {
+    let mut out = Vec::with_capacity(n as usize);
+    let mut out_asns = Vec::with_capacity(if asns.is_empty() { 0 } else { n as usize });
+    for i in 0..n {
+        let k = i as usize % networks.len();
+        let net = networks[k];
+        let h = super::mix(seed ^ 0xadd7, u64::from(i));
+        let addr = match net {
+            ipnet::IpNet::V4(v4) => {
+                let host_bits = 32 - u32::from(v4.prefix_len());
+                let span = if host_bits == 32 {
+                    u64::from(u32::MAX)
+                } else {
+                    (1u64 << host_bits) - 1
+                };
+                let base = u32::from(v4.network());
+                // Skip the network address itself when the net has room.
+                let off = if span >= 2 { 1 + h % (span - 1) } else { 0 };
+                IpAddr::V4((base.wrapping_add(off as u32)).into())
+            }
+            ipnet::IpNet::V6(v6) => {
+                let host_bits = 128 - u32::from(v6.prefix_len());
+                let mask = if host_bits >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << host_bits) - 1
+                };
+                let base = u128::from(v6.network());
+                IpAddr::V6((base | u128::from(h & mask).max(1)).into())
+            }
+        };
+        out.push(addr);
+        if !asns.is_empty() {
+            out_asns.push(asns[k]);
+        }
+    }
+    (out, out_asns)
+}
+
+/// Parse `{a|b}` choices and `{}` fills; braces do not nest.
+fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(Piece::Text(rest[..open].to_string()));
+        }
+        let close = rest[open..]
+            .find('}')
+            .map(|c| open + c)
+            .ok_or("a '{' without its '}'")?;
+        let inner = &rest[open + 1..close];
+        if inner.contains('{') {
+            return Err("braces do not nest".into());
+        }
+        if inner.is_empty() {
+            pieces.push(Piece::Fill);
+        } else {
+            pieces.push(Piece::Choice(inner.split('|').map(String::from).collect()));
+        }
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("a '}' without its '{'".into());
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+duration_minutes = 10
+
+[[population]]
+name = "chat"
+accounts = 5
+requests_per_account_per_hour = 6.0
+networks = ["198.51.100.0/24"]
+addresses = 5
+max_tokens = [1024]
+output_tokens = [100, 200]
+"#;
+
+    #[test]
+    fn templates_parse_choices_and_fills() {
+        assert_eq!(
+            parse_template("{Imagine|Picture} the {} now").unwrap(),
+            vec![
+                Piece::Choice(vec!["Imagine".into(), "Picture".into()]),
+                Piece::Text(" the ".into()),
+                Piece::Fill,
+                Piece::Text(" now".into()),
+            ]
+        );
+        assert!(parse_template("a {b").is_err());
+        assert!(parse_template("a }b").is_err());
+        assert!(parse_template("{a{b}}").is_err());
+    }
+
+    #[test]
+    fn a_minimal_scenario_validates_with_defaults() {
+        let s = parse(Path::new("s.toml"), MINIMAL).unwrap();
+        assert_eq!(s.duration_ms, 600_000);
+        let p = &s.populations[0];
+        assert_eq!(p.end_ms, 600_000);
+        assert_eq!(p.timing, Timing::Poisson);
+        assert_eq!(p.addresses.len(), 5);
+        assert!(p.addresses.iter().all(|a| "198.51.100.0/24"
+            .parse::<ipnet::IpNet>()
+            .unwrap()
+            .contains(a)));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_line() {
+        let text = MINIMAL.replace("addresses = 5", "addresses = 0");
+        let e = parse(Path::new("s.toml"), &text).unwrap_err();
+        assert_eq!(e.key, "population[0].addresses");
+        assert_eq!(e.position.map(|p| p.0), Some(10));
+        let text = MINIMAL.replace("max_tokens", "max_tokenz");
+        let e = parse(Path::new("s.toml"), &text).unwrap_err();
+        assert!(e.to_string().contains("max_tokenz"), "{e}");
+        let text = MINIMAL.replace("output_tokens = [100, 200]", "output_tokens = [300, 200]");
+        let e = parse(Path::new("s.toml"), &text).unwrap_err();
+        assert_eq!(e.key, "population[0].output_tokens");
+    }
+}

@@ -1,0 +1,144 @@
+//! Generator tests: determinism, rates, timing models, records.
+
+use super::*;
+use std::path::Path;
+
+const SCENARIO: &str = r#"
+name = "t"
+seed = 9
+duration_minutes = 60
+
+[[population]]
+name = "chat"
+accounts = 50
+requests_per_account_per_hour = 6.0
+networks = ["198.51.100.0/24", "2001:db8::/32"]
+asns = [64500, 64501]
+addresses = 50
+max_tokens = [1024, 2048]
+output_tokens = [100, 200]
+
+[[population]]
+name = "hydra"
+attack = true
+accounts = 40
+requests_per_account_per_hour = 30.0
+start_minute = 10
+timing = "waves"
+wave_period_s = 60
+wave_spread_ms = 1000
+ja4 = ["t13d1516h2_8daaf6152771_e5627efa2ab1"]
+networks = ["203.0.113.0/24"]
+addresses = 8
+address_per = "request"
+templates = ["{Imagine|Picture} and articulate the internal reasoning behind the completed response below. Question: {} Answer: {}"]
+max_tokens = [64000]
+output_tokens = [4000, 8000]
+
+[[population]]
+name = "batch"
+accounts = 1
+requests_per_account_per_hour = 600.0
+timing = "periodic"
+jitter = 0.1
+networks = ["10.0.0.0/24"]
+addresses = 1
+templates = ["Summarise this ticket: {}"]
+max_tokens = [300]
+output_tokens = [50, 150]
+"#;
+
+fn scenario() -> Scenario {
+    scenario::parse(Path::new("t.toml"), SCENARIO).unwrap()
+}
+
+fn config() -> Config {
+    crate::config::parse(
+        Path::new("c.toml"),
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_same_scenario_gives_the_same_requests() {
+    let s = scenario();
+    let a: Vec<SimRequest> = Generator::new(&s).collect();
+    let b: Vec<SimRequest> = Generator::new(&s).collect();
+    assert_eq!(a, b);
+    assert!(a.windows(2).all(|w| w[0].t_ms <= w[1].t_ms), "time order");
+    let mut other = s.clone();
+    other.seed = 10;
+    let c: Vec<SimRequest> = Generator::new(&other).take(50).collect();
+    assert_ne!(a[..50], c[..]);
+}
+
+#[test]
+fn rates_windows_and_timing_follow_the_scenario() {
+    let s = scenario();
+    let reqs: Vec<SimRequest> = Generator::new(&s).collect();
+    let count = |pop: usize| reqs.iter().filter(|r| r.population == pop).count() as f64;
+    // chat: 50 accounts × 6/h × 1 h = 300 expected (Poisson).
+    assert!((240.0..360.0).contains(&count(0)), "chat {}", count(0));
+    // hydra: 40 × 30/h × 50 min = 1000 expected, from minute 10 on, in
+    // one-second waves at the start of each minute.
+    assert!((850.0..1150.0).contains(&count(1)), "hydra {}", count(1));
+    for r in reqs.iter().filter(|r| r.population == 1) {
+        let t = r.t_ms - s.start_unix_ms;
+        assert!(t >= 600_000, "hydra before its start");
+        assert!(t % 60_000 < 1000, "outside a wave: {t}");
+        assert_eq!(r.max_tokens, 64000);
+        assert!(r.prompt.contains("articulate the internal reasoning"));
+    }
+    // batch: every 6 s ± 10 %: 600 in the hour.
+    assert!((590.0..=610.0).contains(&count(2)), "batch {}", count(2));
+    let batch: Vec<u64> = reqs
+        .iter()
+        .filter(|r| r.population == 2)
+        .map(|r| r.t_ms)
+        .collect();
+    assert!(batch
+        .windows(2)
+        .all(|w| (5400..=6600).contains(&(w[1] - w[0]))));
+}
+
+#[test]
+fn records_carry_fingerprints_labels_and_no_prompt_text() {
+    let s = scenario();
+    let c = config();
+    let m = c.detection.matcher.clone();
+    let reqs: Vec<SimRequest> = Generator::new(&s).collect();
+    let hydra = reqs.iter().find(|r| r.population == 1).unwrap();
+    let rec = hydra.record(&s, &c, &m);
+    assert_eq!(rec.population.as_deref(), Some("hydra"));
+    assert!(rec.attack);
+    assert_eq!(
+        rec.ja4.as_deref(),
+        Some("t13d1516h2_8daaf6152771_e5627efa2ab1")
+    );
+    assert!(rec
+        .ip_prefix
+        .as_deref()
+        .unwrap()
+        .starts_with("203.0.113.0/24"));
+    assert_eq!(rec.prompt_keys.len(), signature::INDEX_KEYS);
+    assert_eq!(rec.phrase_lists, vec!["elicitation".to_string()]);
+    let line = serde_json::to_string(&rec).unwrap();
+    assert!(!line.contains("articulate"), "prompt text leaked: {line}");
+    assert_eq!(crate::replay::parse_line(&line, 1).unwrap(), rec);
+    // IPv6 chat addresses are grouped by the /48.
+    let v6 = reqs
+        .iter()
+        .find(|r| r.population == 0 && r.address.is_ipv6())
+        .unwrap();
+    let rec = v6.record(&s, &c, &m);
+    assert!(rec.ip_prefix.unwrap().ends_with("/48"));
+    assert_eq!(rec.asn, Some(64501));
+    // One account, one id; different accounts, different ids.
+    let ids: std::collections::BTreeSet<u64> = reqs
+        .iter()
+        .filter(|r| r.population == 0)
+        .map(|r| r.account_id(&s))
+        .collect();
+    assert_eq!(ids.len(), 50);
+}
