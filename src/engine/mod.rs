@@ -276,6 +276,9 @@ pub struct Ticket {
     pub input_charged: u64,
     /// The cluster whose budget was charged too, and its size then.
     pub cluster: Option<(u64, u32)>,
+    /// Admitted at the Throttle level: settled against the budgets scaled
+    /// by the throttle factor, as it was admitted.
+    pub throttled: bool,
 }
 
 /// Engine decision with context for logs and headers.
@@ -599,16 +602,24 @@ impl Engine {
             t
         };
         let account_tier = adjust(tier.clone());
+        let throttled = factor < 1.0;
         let verdict = self.accounts.with(obs.account.0, now, |state| {
-            admit(state, &account_tier, obs, now, || match enforced {
-                None => Ok(None),
-                Some(c) => {
-                    let budget = adjust(policy.cluster.budget(c.members));
-                    self.clusters
-                        .with(c.id, now, |cs| admit_cluster(cs, &budget, obs, now))
-                        .map(|()| Some((c.id, c.members)))
-                }
-            })
+            admit(
+                state,
+                &account_tier,
+                obs,
+                throttled,
+                now,
+                || match enforced {
+                    None => Ok(None),
+                    Some(c) => {
+                        let budget = adjust(policy.cluster.budget(c.members));
+                        self.clusters
+                            .with(c.id, now, |cs| admit_cluster(cs, &budget, obs, now))
+                            .map(|()| Some((c.id, c.members)))
+                    }
+                },
+            )
         });
         if self.accounts.len() > policy.max_tracked.saturating_add(policy.max_tracked / 8) {
             self.maintain(now);
@@ -742,12 +753,25 @@ impl Engine {
     pub fn settle(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
         let policy = self.policy.load();
         let (tier_idx, _) = policy.tier_of(ticket.account, ticket.anonymous);
-        let tier = &policy.tiers[tier_idx];
+        // A request admitted under Throttle is charged to the same scaled
+        // budgets it was admitted against.
+        let factor = match &policy.detection {
+            Some(d) if ticket.throttled && d.throttle_factor < 1.0 => Some(d.throttle_factor),
+            _ => None,
+        };
+        fn scaled(t: &Tier, factor: Option<f64>) -> std::borrow::Cow<'_, Tier> {
+            match factor {
+                Some(f) => std::borrow::Cow::Owned(t.scaled(f)),
+                None => std::borrow::Cow::Borrowed(t),
+            }
+        }
+        let tier = scaled(&policy.tiers[tier_idx], factor);
         self.accounts.with(ticket.account.0, now, |s| {
-            settle_cells(s, tier, ticket, usage, now)
+            settle_cells(s, &tier, ticket, usage, now)
         });
         if let Some((id, members)) = ticket.cluster {
             let budget = policy.cluster.budget(members);
+            let budget = scaled(&budget, factor);
             self.clusters
                 .with(id, now, |s| settle_cells(s, &budget, ticket, usage, now));
         }
@@ -978,6 +1002,7 @@ fn admit(
     state: &mut AccountState,
     tier: &Tier,
     obs: &Observation,
+    throttled: bool,
     now: Nanos,
     cluster: impl FnOnce() -> Result<Option<(u64, u32)>, LimitHit>,
 ) -> Verdict {
@@ -995,6 +1020,7 @@ fn admit(
         anonymous: obs.anonymous,
         input_charged: obs.input_tokens,
         cluster,
+        throttled,
     })
 }
 

@@ -89,6 +89,67 @@ fn output_debt_is_post_paid_and_blocks_until_repaid() {
     allow(&e.decide(&obs(7, 5), t0 + SECOND + 120 * SECOND + SECOND / 10));
 }
 
+/// A request admitted at the Throttle level is settled against the same
+/// scaled budget it was admitted against (not the full tier).
+#[test]
+fn throttled_requests_settle_against_the_scaled_budget() {
+    let c = crate::config::parse(
+        std::path::Path::new("t.toml"),
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+         [tiers.default]\nrequests_per_minute = 1000\nburst_requests = 1000\n\
+         input_tokens_per_minute = 1000000\noutput_tokens_per_minute = 600\nmax_concurrent = 100\n\
+         [cluster]\nenabled = false\n\
+         [detection.weights]\nreasoning_elicitation = 0.0\ntemplate_reuse = 0.0\noutput_ratio = 0.0\n\
+         pinned_max_tokens = 0.5\ntiming_regularity = 0.0\nlockstep = 0.0\nvolume = 0.0\n\
+         account_age = 0.0\nbreadth = 0.0\nfingerprint_inconsistency = 0.0\nrelease_pivot = 0.0\n\
+         [detection.thresholds]\nslow_enter = 0.05\nslow_exit = 0.04\ndegrade_enter = 0.06\n\
+         degrade_exit = 0.05\nthrottle_enter = 0.07\nthrottle_exit = 0.06\nblock_enter = 0.9\nblock_exit = 0.8\n\
+         [detection.throttle]\nbudget_factor = 0.25\n",
+    )
+    .unwrap();
+    let e = Engine::new(Policy::from_config(&c));
+    let pinned = |a| Observation {
+        request: RequestFacts {
+            max_output_tokens: Some(64_000),
+            model: Some("claude-sonnet-4-5".into()),
+            ..Default::default()
+        },
+        ..obs(a, 1)
+    };
+    let t0 = 10 * MIN;
+    let mut now = t0;
+    let ticket = loop {
+        now += SECOND;
+        assert!(now < t0 + 100 * SECOND, "never reached Throttle");
+        let d = e.decide(&pinned(5), now);
+        let t = allow(&d);
+        if d.detection.as_ref().map(|x| x.enforced) == Some(score::Level::Throttle) {
+            assert!(t.throttled);
+            break t;
+        }
+        assert!(!t.throttled);
+        e.settle(&t, Usage::default(), now);
+    };
+    // 300 output tokens: half the full tier's burst (600), twice the scaled
+    // one's (150). Charged at the scaled rate (2.5/s), the account owes
+    // 150 tokens: 60 s.
+    e.settle(
+        &ticket,
+        Usage {
+            input_tokens: None,
+            output_tokens: 300,
+        },
+        now,
+    );
+    let hit = throttle(&e.decide(&pinned(5), now));
+    assert_eq!(hit.kind, LimitKind::OutputTokens);
+    assert!(
+        (59 * SECOND..=61 * SECOND).contains(&hit.retry_after),
+        "retry after {} ms",
+        hit.retry_after / 1_000_000
+    );
+}
+
 #[test]
 fn input_estimate_is_corrected_by_reported_usage() {
     let e = Engine::new(Policy::single_tier(tier(1000, 1000, 600, 1_000_000, 100)));

@@ -394,6 +394,19 @@ pub fn replay(
         let lm = live_max.entry(rec.account.clone()).or_default();
         *lm = (*lm).max(rank(&rec.decision));
         if let Some(out) = decisions.as_deref_mut() {
+            let now = rec.t_ms.saturating_mul(1_000_000);
+            let cluster_score = d
+                .cluster
+                .filter(|_| d.cluster_enforced)
+                .and_then(|c| run.engine().cluster_score(c.id, now))
+                .map(|(sc, _)| {
+                    let reasons: Vec<String> = sc
+                        .top(5)
+                        .iter()
+                        .map(|c| format!("{}={:.3}", c.signal, c.contribution))
+                        .collect();
+                    serde_json::json!({"score": sc.value, "raw": sc.raw, "reasons": reasons})
+                });
             let v = serde_json::json!({
                 "line": n,
                 "t_ms": rec.t_ms,
@@ -403,7 +416,19 @@ pub fn replay(
                 "decision": label,
                 "recorded": rec.decision,
                 "cluster": d.cluster.map(|c| format!("{:016x}", c.id)),
+                "cluster_members": d.cluster.map(|c| c.members),
+                "cluster_enforced": d.cluster_enforced,
+                "cluster_score": cluster_score,
                 "score": d.detection.as_ref().map(|x| x.score.value),
+                "scope": d.detection.as_ref().map(|x| x.scope.as_str()),
+                "raw": d.detection.as_ref().map(|x| x.score.raw),
+                "reasons": d.detection.as_ref().map(|x| {
+                    x.score
+                        .top(4)
+                        .iter()
+                        .map(|c| format!("{}={:.3}", c.signal, c.contribution))
+                        .collect::<Vec<_>>()
+                }),
             });
             writeln!(out, "{v}").map_err(|e| format!("writing decisions: {e}"))?;
         }
