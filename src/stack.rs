@@ -222,8 +222,11 @@ async fn proxy_request(
             body = degrade(api, body, max, &mut parts.headers);
         }
         if let Some(delay) = d.delay {
-            // A timer on this connection's task, not a held thread.
-            tokio::time::sleep(std::time::Duration::from_nanos(delay)).await;
+            // A timer on this connection's task, not a held thread. The
+            // delay is engine time: real time unless the engine clock runs
+            // faster (`demo --traffic`).
+            let real = std::time::Duration::from_nanos(delay).div_f64(shared.clock.speed());
+            tokio::time::sleep(real).await;
         }
     }
     shared.metrics.proxy_overhead.observe(log.started.elapsed());

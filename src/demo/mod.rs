@@ -1,5 +1,8 @@
 //! `distill-guard demo`: the mock upstream and the proxy (shipped default
-//! policy) in one process, with ready-to-paste curl commands.
+//! policy) in one process, with ready-to-paste curl commands; with
+//! `--traffic`, a simulated scenario sent through them ([`traffic`]).
+
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +11,7 @@ use crate::config::{self, Config, ListenerConfig};
 use crate::{mock, server};
 
 /// The shipped default config, compiled in so `demo` runs from anywhere.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/distill-guard.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/distill-guard.toml");
 
 /// The shipped default config as compiled in. The shipped phrase-list
 /// files are the built-in lists; this uses the built-in copy so it works

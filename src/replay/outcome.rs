@@ -74,6 +74,20 @@ impl PopulationOutcome {
         self.count(rec, label, served_tokens);
     }
 
+    /// Count one request by its decision's label (allow, slow, degrade,
+    /// throttle, block) when there is no engine [`crate::engine::Decision`]
+    /// at hand: `demo --traffic` classifies the live proxy's answers. The
+    /// request arrived at `t_ms`, a full answer has `output_tokens`, and it
+    /// was served `served_tokens`.
+    pub fn count_label(&mut self, t_ms: u64, output_tokens: u64, label: &str, served_tokens: u64) {
+        let rec = TrafficRecord {
+            t_ms,
+            output_tokens,
+            ..Default::default()
+        };
+        self.count(&rec, label, served_tokens);
+    }
+
     /// Count one request by its decision's label.
     fn count(&mut self, rec: &TrafficRecord, label: &str, served_tokens: u64) {
         self.requests += 1;
@@ -128,7 +142,7 @@ impl PopulationOutcome {
         let last_bad = with_traffic()
             .filter(|(_, x)| !contained(x))
             .map(|(m, _)| m)
-            .last();
+            .next_back();
         self.sustained_containment_seconds = match last_bad {
             None => with_traffic().next().map(|(m, _)| end(m)),
             Some(bad) => with_traffic().find(|(m, _)| *m > bad).map(|(m, _)| end(m)),

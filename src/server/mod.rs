@@ -145,6 +145,9 @@ pub struct Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin: std::time::Instant,
+    /// Engine nanoseconds per real nanosecond (1.0 except in `demo
+    /// --traffic`, which plays a scenario faster than real time).
+    speed: f64,
 }
 
 impl Clock {
@@ -152,12 +155,38 @@ impl Clock {
     pub fn new() -> Clock {
         Clock {
             origin: std::time::Instant::now(),
+            speed: 1.0,
         }
+    }
+
+    /// A clock starting now that runs `speed` times faster than real time
+    /// (for demos replaying a scenario; values that are not finite and
+    /// positive mean 1.0).
+    pub fn with_speed(speed: f64) -> Clock {
+        Clock {
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                1.0
+            },
+            ..Clock::new()
+        }
+    }
+
+    /// How many times faster than real time this clock runs.
+    pub fn speed(&self) -> f64 {
+        self.speed
     }
 
     /// Nanoseconds since the clock started.
     pub fn now(&self) -> Nanos {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let real = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if self.speed == 1.0 {
+            real
+        } else {
+            // Saturating float-to-int conversion.
+            (real as f64 * self.speed) as u64
+        }
     }
 }
 
@@ -252,6 +281,12 @@ impl Handle {
 /// Bind every listener and start the workers. Returns once the sockets are
 /// bound, so connections are queued from then on.
 pub fn start(config: Config) -> Result<Handle, ServerError> {
+    start_with_clock(config, Clock::new())
+}
+
+/// [`start`] with the engine on `clock` (started afresh now), e.g. one
+/// running faster than real time ([`Clock::with_speed`]).
+pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
         let tcp = std::net::TcpListener::bind(l.address).map_err(|source| ServerError::Bind {
@@ -340,7 +375,7 @@ pub fn start(config: Config) -> Result<Handle, ServerError> {
         tls: tls_slots,
         engine,
         hasher,
-        clock: Clock::new(),
+        clock: Clock::with_speed(clock.speed),
         conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         metrics: Metrics::default(),
         upstream_tls,

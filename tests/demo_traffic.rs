@@ -1,0 +1,80 @@
+//! `demo --traffic` end to end, in process: the small scenario through the
+//! real proxy over TLS at 60x (about 25 s), with the default policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use distill_guard::demo::traffic::{self, Live, TrafficOptions};
+
+#[test]
+fn the_small_scenario_through_the_real_proxy() {
+    let options = TrafficOptions {
+        speed: 60.0,
+        scenario: None,
+        live: Live::Quiet,
+    };
+    let expected = {
+        let s = traffic::scenario(&options).unwrap();
+        distill_guard::simulate::Generator::new(&s).len() as u64
+    };
+    let started = std::time::Instant::now();
+    let report = traffic::run(&options).unwrap();
+    println!("{}", report.render());
+    // 20 simulated minutes at 60x is 20 s, plus a bounded drain.
+    assert!(started.elapsed().as_secs() < 90, "{:?}", started.elapsed());
+
+    let sent: u64 = report.populations.iter().map(|p| p.sent).sum();
+    assert_eq!(sent, expected, "every generated request is sent");
+    for p in &report.populations {
+        assert!(p.sent > 0, "{} sent nothing", p.name);
+        assert_eq!(
+            p.served + p.slowed + p.degraded + p.throttled + p.blocked + p.errors,
+            p.sent,
+            "{}: outcomes do not add up",
+            p.name
+        );
+        if !p.attack {
+            assert!(
+                p.answered() as f64 >= 0.99 * p.sent as f64,
+                "{} answered {} of {}",
+                p.name,
+                p.answered(),
+                p.sent
+            );
+            assert_eq!(p.refused(), 0, "{} refused", p.name);
+        }
+    }
+    let hydra = report
+        .populations
+        .iter()
+        .find(|p| p.name == "hydra")
+        .unwrap();
+    assert!(
+        (hydra.refused() + hydra.degraded) as f64 >= 0.5 * hydra.sent as f64,
+        "hydra: {hydra:?}"
+    );
+
+    // The headline uses simulate's definitions on the live decisions.
+    let h = &report.headline;
+    assert!(h.legit_refused_fraction <= 0.01);
+    assert!(
+        h.attack_refused_fraction >= 0.3,
+        "{}",
+        h.attack_refused_fraction
+    );
+    assert!(h.populations["hydra"].containment_seconds.is_some());
+    assert_eq!(report.unrecorded, 0);
+
+    // Each TLS client profile has one JA4, and they all differ.
+    assert!(
+        report.ja4_by_profile.len() >= 3,
+        "{:?}",
+        report.ja4_by_profile
+    );
+    let all: BTreeSet<&String> = report.ja4_by_profile.values().flatten().collect();
+    for (profile, set) in &report.ja4_by_profile {
+        assert_eq!(set.len(), 1, "profile {profile}: {set:?}");
+    }
+    assert_eq!(all.len(), report.ja4_by_profile.len(), "{all:?}");
+}
