@@ -1,5 +1,6 @@
 //! `demo --traffic` end to end, in process: the small scenario through the
-//! real proxy over TLS at 60x (about 25 s), with the default policy.
+//! real proxy over TLS at 120x (an hour in about 30 s), with the default
+//! policy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use distill_guard::demo::traffic::{self, Live, TrafficOptions};
 #[test]
 fn the_small_scenario_through_the_real_proxy() {
     let options = TrafficOptions {
-        speed: 60.0,
+        speed: 120.0,
         scenario: None,
         live: Live::Quiet,
     };
@@ -21,7 +22,7 @@ fn the_small_scenario_through_the_real_proxy() {
     let started = std::time::Instant::now();
     let report = traffic::run(&options).unwrap();
     println!("{}", report.render());
-    // 20 simulated minutes at 60x is 20 s, plus a bounded drain.
+    // 60 simulated minutes at 120x is 30 s, plus a bounded drain.
     assert!(started.elapsed().as_secs() < 90, "{:?}", started.elapsed());
 
     let sent: u64 = report.populations.iter().map(|p| p.sent).sum();

@@ -357,8 +357,9 @@ fn default_pool_idle_timeout_ms() -> u64 {
 }
 
 /// `[cluster]`: accounts that share fingerprints are linked into clusters;
-/// a cluster at or above `min_strength` with at least `min_members` shares
-/// one budget, which grows sublinearly with its size:
+/// a cluster at or above `score_min_strength` with at least `min_members`
+/// is scored as a whole by detection; at or above `min_strength` it also
+/// shares one budget, which grows sublinearly with its size:
 /// `budget × min(max_multiplier, 1 + per_member_fraction × members^growth_exponent)`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -367,6 +368,11 @@ pub struct FileCluster {
     pub enabled: bool,
     /// Weakest link that makes a cluster share a budget: "weak", "medium", "strong".
     pub min_strength: String,
+    /// Weakest link that makes detection score a cluster as a whole.
+    pub score_min_strength: String,
+    /// With detection on, a cluster shares its budget only while its own
+    /// level is at least this: "allow" (always), "slow", "degrade", "throttle".
+    pub budget_min_level: String,
     /// Smallest cluster that shares a budget.
     pub min_members: u32,
     /// Links expire by generation: one to two of these.
@@ -407,6 +413,8 @@ impl Default for FileCluster {
         Self {
             enabled: true,
             min_strength: "medium".into(),
+            score_min_strength: "medium".into(),
+            budget_min_level: "allow".into(),
             min_members: 3,
             generation_ms: 600_000,
             max_accounts_per_value: 64,

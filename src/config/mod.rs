@@ -212,6 +212,10 @@ pub struct ClusterConfig {
     pub enabled: bool,
     /// Weakest link that makes a cluster share a budget.
     pub min_strength: Strength,
+    /// Weakest link that makes detection score a cluster as a whole.
+    pub score_min_strength: Strength,
+    /// With detection on, the cluster's own level a shared budget needs.
+    pub budget_min_level: crate::engine::score::Level,
     /// Smallest cluster that shares a budget.
     pub min_members: u32,
     /// The linker's rules and bounds (ignored/downweighted values hashed).
@@ -830,6 +834,17 @@ fn attr_values(key: &str, v: &file::FileAttrValues) -> Result<AttrValues, Invali
 
 fn validate_cluster(f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
     let min_strength = strength("cluster.min_strength", &f.min_strength)?;
+    let score_min_strength = strength("cluster.score_min_strength", &f.score_min_strength)?;
+    let budget_min_level = crate::engine::score::Level::ALL
+        .into_iter()
+        .filter(|l| *l != crate::engine::score::Level::Block)
+        .find(|l| l.as_str() == f.budget_min_level)
+        .ok_or_else(|| {
+            invalid(
+                "cluster.budget_min_level",
+                "expected \"allow\", \"slow\", \"degrade\" or \"throttle\"",
+            )
+        })?;
     if f.min_members < 2 {
         return Err(invalid("cluster.min_members", "expected 2 or more"));
     }
@@ -898,6 +913,8 @@ fn validate_cluster(f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
     Ok(ClusterConfig {
         enabled: f.enabled,
         min_strength,
+        score_min_strength,
+        budget_min_level,
         min_members: f.min_members,
         link,
         budget,

@@ -77,7 +77,7 @@ pub struct TrafficOptions {
 impl Default for TrafficOptions {
     fn default() -> Self {
         TrafficOptions {
-            speed: 20.0,
+            speed: 60.0,
             scenario: None,
             live: Live::Auto,
         }

@@ -165,6 +165,9 @@ pub struct Detection {
     pub degrade_to: Option<u32>,
     /// Phrase lists the prompt matched.
     pub phrase_hits: Vec<String>,
+    /// The ladder level of the account's cluster, when it is scored as a
+    /// whole.
+    pub cluster_level: Option<score::Level>,
 }
 
 /// Whose budget a limit belongs to.
@@ -568,15 +571,28 @@ impl Engine {
         if let Some(scope) = blocked {
             return block(scope, false, None);
         }
-        let enforced = cluster
-            .filter(|c| policy.cluster.applies(c))
-            .filter(|_| cluster_manual != Some(Manual::Allow));
+        // A cluster is scored as a whole from `score_min_strength`, and
+        // shares a budget from `min_strength` (evidence of one operator).
+        let not_allowed = |_: &ClusterView| cluster_manual != Some(Manual::Allow);
+        let scored = cluster
+            .filter(|c| policy.cluster.scored(c))
+            .filter(not_allowed);
         let detection = match &policy.detection {
             Some(d) if !allow_listed && cluster_manual != Some(Manual::Allow) => {
-                Some(self.detect(d, &policy, tier, obs, (cluster, enforced), now))
+                Some(self.detect(d, &policy, tier, obs, (cluster, scored), now))
             }
             _ => None,
         };
+        // The shared budget needs the cluster's behaviour at
+        // `budget_min_level` too (when detection scores it at all).
+        let gate = policy.cluster.budget_min_level;
+        let enforced = cluster
+            .filter(|c| policy.cluster.applies(c))
+            .filter(not_allowed)
+            .filter(|_| match &detection {
+                Some(d) if gate > score::Level::Allow => d.cluster_level.is_some_and(|l| l >= gate),
+                _ => true,
+            });
         let applied = detection
             .as_ref()
             .map_or(score::Level::Allow, |d| d.enforced);
@@ -635,9 +651,9 @@ impl Engine {
     }
 
     /// Feed the behaviour signals of the account (and of its cluster, when
-    /// it shares a budget), score them, move the ladders, and decide which
-    /// level is enforced. `linked` is the account's cluster of any strength,
-    /// `cluster` the one that shares a budget.
+    /// it is scored as a whole), score them, move the ladders, and decide
+    /// which level is enforced. `linked` is the account's cluster of any
+    /// strength, `cluster` the one that is scored.
     fn detect(
         &self,
         d: &crate::config::DetectionConfig,
@@ -691,6 +707,7 @@ impl Engine {
             let sc = sig.score(now, &d.score);
             (ladder.update(sc.value, &d.score), Scope::Account, sc)
         };
+        let mut cluster_level = None;
         if let Some(c) = cluster {
             let mut e = self.cluster_signals.entry(c.id).or_insert_with(|| {
                 (
@@ -699,9 +716,11 @@ impl Engine {
                 )
             });
             let (sig, ladder) = e.value_mut();
+            sig.set_members(c.members);
             sig.observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
             let sc = sig.score(now, &d.score);
             let cl = ladder.update(sc.value, &d.score);
+            cluster_level = Some(cl);
             if cl > level {
                 level = cl;
                 scope = Scope::Cluster;
@@ -744,6 +763,7 @@ impl Engine {
             delay,
             degrade_to,
             phrase_hits,
+            cluster_level,
         }
     }
 

@@ -77,6 +77,11 @@ pub struct ClusterPolicy {
     pub enabled: bool,
     /// Weakest link that makes a cluster share a budget.
     pub min_strength: Strength,
+    /// Weakest link that makes a cluster scored as a whole by detection.
+    pub score_min_strength: Strength,
+    /// With detection on: a cluster shares its budget only while its own
+    /// ladder level is at least this (Allow: always).
+    pub budget_min_level: super::score::Level,
     /// Smallest cluster that shares a budget.
     pub min_members: u32,
     /// Base budget.
@@ -116,11 +121,19 @@ impl ClusterPolicy {
         self.enabled && c.strength >= self.min_strength && c.members >= self.min_members
     }
 
+    /// Whether detection scores the cluster `c` as a whole (its strength is
+    /// at least `score_min_strength`, its size at least `min_members`).
+    pub fn scored(&self, c: &ClusterView) -> bool {
+        self.enabled && c.strength >= self.score_min_strength && c.members >= self.min_members
+    }
+
     /// No linking at all (tests, benchmarks, per-key-only comparisons).
     pub fn disabled() -> ClusterPolicy {
         ClusterPolicy {
             enabled: false,
             min_strength: Strength::Strong,
+            score_min_strength: Strength::Strong,
+            budget_min_level: super::score::Level::Allow,
             min_members: u32::MAX,
             base: Tier::from_config(
                 "cluster",
@@ -189,6 +202,8 @@ impl Policy {
             cluster: ClusterPolicy {
                 enabled: c.cluster.enabled,
                 min_strength: c.cluster.min_strength,
+                score_min_strength: c.cluster.score_min_strength,
+                budget_min_level: c.cluster.budget_min_level,
                 min_members: c.cluster.min_members,
                 base: Tier::from_config("cluster", &c.cluster.budget),
                 per_member_fraction: c.cluster.per_member_fraction,

@@ -220,11 +220,13 @@ pub enum Signal {
     FingerprintInconsistency = 9,
     /// Youth-weighted share of requests to a newly released model.
     ReleasePivot = 10,
+    /// How thinly a cluster's traffic is spread over its accounts: members ÷ requests per minute (clusters only).
+    MemberSpread = 11,
 }
 
 impl Signal {
     /// Number of signals.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// Every signal, in index order.
     pub const ALL: [Signal; Signal::COUNT] = [
@@ -239,7 +241,13 @@ impl Signal {
         Signal::Breadth,
         Signal::FingerprintInconsistency,
         Signal::ReleasePivot,
+        Signal::MemberSpread,
     ];
+
+    /// Signals only a cluster has (an account's score leaves them out).
+    pub fn cluster_only(self) -> bool {
+        matches!(self, Signal::Lockstep | Signal::MemberSpread)
+    }
 
     /// Index in [`Signal::ALL`].
     pub fn index(self) -> usize {
@@ -260,6 +268,7 @@ impl Signal {
             Signal::Breadth => "breadth",
             Signal::FingerprintInconsistency => "fingerprint_inconsistency",
             Signal::ReleasePivot => "release_pivot",
+            Signal::MemberSpread => "member_spread",
         }
     }
 
@@ -277,6 +286,7 @@ impl Signal {
             Signal::Volume => "x tier rate",
             Signal::AccountAge => "hours",
             Signal::Breadth => "fills per template",
+            Signal::MemberSpread => "members per request per minute",
         }
     }
 }
@@ -312,6 +322,8 @@ pub struct PerSignal<T> {
     pub fingerprint_inconsistency: T,
     /// [`Signal::ReleasePivot`].
     pub release_pivot: T,
+    /// [`Signal::MemberSpread`].
+    pub member_spread: T,
 }
 
 impl<T: Copy> PerSignal<T> {
@@ -329,6 +341,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::Breadth => self.breadth,
             Signal::FingerprintInconsistency => self.fingerprint_inconsistency,
             Signal::ReleasePivot => self.release_pivot,
+            Signal::MemberSpread => self.member_spread,
         }
     }
 
@@ -346,6 +359,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::Breadth => &mut self.breadth,
             Signal::FingerprintInconsistency => &mut self.fingerprint_inconsistency,
             Signal::ReleasePivot => &mut self.release_pivot,
+            Signal::MemberSpread => &mut self.member_spread,
         };
         *slot = value;
     }
@@ -570,6 +584,8 @@ pub struct ScorePolicy {
     pub lockstep_min_members: u32,
     /// ...and at least this many times the cluster's mean requests per second.
     pub lockstep_rate_factor: f32,
+    /// [`Signal::MemberSpread`] reads 0 for clusters with fewer members.
+    pub spread_min_members: u32,
 }
 
 impl Default for ScorePolicy {
@@ -587,6 +603,7 @@ impl Default for ScorePolicy {
                 breadth: 0.07,
                 fingerprint_inconsistency: 0.05,
                 release_pivot: 0.10,
+                member_spread: 0.12,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
@@ -600,6 +617,7 @@ impl Default for ScorePolicy {
                 breadth: Ramp::new(3.0, 20.0),
                 fingerprint_inconsistency: Ramp::new(0.05, 0.5),
                 release_pivot: Ramp::new(0.05, 0.5),
+                member_spread: Ramp::new(1.0, 5.0),
             },
             thresholds: Thresholds {
                 slow: Mark::new(0.50, 0.40),
@@ -637,6 +655,7 @@ impl Default for ScorePolicy {
             pivot_young: DAY,
             pivot_old_weight: 0.25,
             lockstep_min_members: 8,
+            spread_min_members: 20,
             lockstep_rate_factor: 4.0,
         }
     }
@@ -806,6 +825,29 @@ pub const DEFAULT_ELICITATION: &[&str] = &[
     "thinking that produced",
     "think out loud step by step",
     "scratchpad reasoning",
+    "thought process",
+    "line of reasoning",
+    "chain of reasoning",
+    "reasoning process",
+    "walk me through your reasoning",
+    "walk me through your thinking",
+    "walk through your reasoning",
+    "explain your reasoning in detail",
+    "show your reasoning",
+    "show all your work",
+    "reasoning steps",
+    "intermediate steps",
+    "each step of the reasoning",
+    "every step of the reasoning",
+    "step-by-step reasoning",
+    "detailed reasoning",
+    "full reasoning",
+    "complete reasoning",
+    "how you arrived at",
+    "how you reached the answer",
+    "how you got to the answer",
+    "justify each step",
+    "think aloud",
 ];
 
 /// Default phrases of rubric-grading prompts (preference and reward data).
@@ -835,6 +877,32 @@ pub const DEFAULT_RUBRIC: &[&str] = &[
     "judge the quality of the response",
     "rank the following responses",
     "pairwise comparison",
+    "rubric",
+    "grade this",
+    "grade the answer",
+    "grade the following answer",
+    "grade the solution",
+    "score this",
+    "score the answer",
+    "score the solution",
+    "rate this answer",
+    "rate the answer",
+    "evaluate this answer",
+    "evaluate the answer",
+    "evaluate the following answer",
+    "assess this answer",
+    "assess the answer",
+    "out of 10",
+    "out of ten",
+    "1 to 10",
+    "ten-point scale",
+    "10-point scale",
+    "each deduction",
+    "every deduction",
+    "points deducted",
+    "deduct points",
+    "justify the score",
+    "justify your score",
 ];
 
 /// Default phrases of prompts that reconstruct tool-use trajectories.
@@ -861,6 +929,14 @@ pub const DEFAULT_TRAJECTORY: &[&str] = &[
     "tool call trace",
     "imagine the tool calls",
     "every tool call and its result",
+    "each action you would take",
+    "every action you would take",
+    "sequence of actions",
+    "list of actions",
+    "commands you would run",
+    "actions and observations",
+    "arguments and results",
+    "inputs and outputs of each",
 ];
 
 /// The lists a request's prompt matched, as a bitset over the matcher's lists (bit `i` = list `i`).
@@ -1618,6 +1694,15 @@ fn share(x: f32, n: f32) -> f32 {
     }
 }
 
+/// What only a cluster has, for its score.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClusterFacts {
+    /// Decayed requests in lockstep seconds.
+    lock: f32,
+    /// Members now.
+    members: u32,
+}
+
 /// State shared by accounts and clusters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Window {
@@ -1741,9 +1826,9 @@ impl Window {
         self.c.n * decay_factor(now.saturating_sub(self.updated), policy.half_life)
     }
 
-    /// Every signal's raw value at `now` (Lockstep from `lock`, the cluster's decayed lockstep count, if any),
-    /// without changing the state.
-    fn snapshot(&self, now: Nanos, policy: &ScorePolicy, lock: f32) -> Snapshot {
+    /// Every signal's raw value at `now` (the cluster-only signals from `cluster`, if any), without changing the
+    /// state.
+    fn snapshot(&self, now: Nanos, policy: &ScorePolicy, cluster: ClusterFacts) -> Snapshot {
         let dt = now.saturating_sub(self.updated);
         let f = decay_factor(dt, policy.half_life);
         let n = self.c.n * f;
@@ -1766,8 +1851,14 @@ impl Window {
         } else {
             1.0
         };
-        v[Signal::Lockstep.index()] = share(lock, c.n);
+        v[Signal::Lockstep.index()] = share(cluster.lock, c.n);
         let rate = rate_per_sec(n, policy.half_life, age);
+        v[Signal::MemberSpread.index()] =
+            if cluster.members >= policy.spread_min_members && rate > 0.0 {
+                (f64::from(cluster.members) / (rate * 60.0)) as f32
+            } else {
+                0.0
+            };
         v[Signal::Volume.index()] = if self.tier_rpm > 0 {
             (rate * 60.0 / f64::from(self.tier_rpm)) as f32
         } else {
@@ -1797,12 +1888,12 @@ impl Window {
         }
     }
 
-    fn score(&self, now: Nanos, policy: &ScorePolicy, lock: Option<f32>) -> Score {
-        let snap = self.snapshot(now, policy, lock.unwrap_or(0.0));
+    fn score(&self, now: Nanos, policy: &ScorePolicy, cluster: Option<ClusterFacts>) -> Score {
+        let snap = self.snapshot(now, policy, cluster.unwrap_or_default());
         let mut contributions = Vec::with_capacity(Signal::COUNT);
         let mut raw = 0.0f32;
         for s in Signal::ALL {
-            if s == Signal::Lockstep && lock.is_none() {
+            if s.cluster_only() && cluster.is_none() {
                 continue;
             }
             let value = snap.values[s.index()];
@@ -1985,6 +2076,8 @@ pub struct ClusterSignals {
     w: Window,
     /// Decayed requests that landed in lockstep seconds.
     lock: f32,
+    /// Members, as of the last request ([`ClusterSignals::set_members`]).
+    members: u32,
     ring: [SecondSlot; LOCK_RING],
 }
 
@@ -1994,8 +2087,14 @@ impl ClusterSignals {
         ClusterSignals {
             w: Window::new(formed_at),
             lock: 0.0,
+            members: 0,
             ring: [SecondSlot::default(); LOCK_RING],
         }
+    }
+
+    /// The cluster's member count now (the linker's `ClusterView::members`), for [`Signal::MemberSpread`].
+    pub fn set_members(&mut self, members: u32) {
+        self.members = members;
     }
 
     /// Record a member's request: scans the prompt, then [`ClusterSignals::observe_hits`]. Returns the lists the
@@ -2079,7 +2178,14 @@ impl ClusterSignals {
     /// The score at `now`, with every signal. Does not change the state.
     pub fn score(&self, now: Nanos, policy: &ScorePolicy) -> Score {
         // Shares are ratios of counters decayed to the same time, so the lockstep count goes in as stored.
-        self.w.score(now, policy, Some(self.lock))
+        self.w.score(
+            now,
+            policy,
+            Some(ClusterFacts {
+                lock: self.lock,
+                members: self.members,
+            }),
+        )
     }
 
     /// Formed at (engine time).
@@ -2270,9 +2376,9 @@ mod tests {
     }
 
     #[test]
-    fn default_lists_have_15_to_30_phrases_and_build() {
+    fn default_lists_have_15_to_60_phrases_and_build() {
         for l in [DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY] {
-            assert!((15..=30).contains(&l.len()), "{}", l.len());
+            assert!((15..=60).contains(&l.len()), "{}", l.len());
             for p in l {
                 assert!(normalise_phrase(p).is_some(), "{p}");
             }

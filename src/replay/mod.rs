@@ -397,7 +397,6 @@ pub fn replay(
             let now = rec.t_ms.saturating_mul(1_000_000);
             let cluster_score = d
                 .cluster
-                .filter(|_| d.cluster_enforced)
                 .and_then(|c| run.engine().cluster_score(c.id, now))
                 .map(|(sc, _)| {
                     let reasons: Vec<String> = sc

@@ -1,0 +1,233 @@
+//! `distill-guard simulate` end to end: the shipped scenarios, the goals on
+//! the small one, the report's JSON, determinism, and simulate | replay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_distill-guard");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn simulate(args: &[&str]) -> (serde_json::Value, std::process::Output) {
+    let out = Command::new(BIN)
+        .arg("simulate")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (report, out)
+}
+
+fn small_report() -> serde_json::Value {
+    let small = repo("config/scenarios/small.toml");
+    simulate(&["--scenario", small.to_str().unwrap(), "--report", "json"]).0
+}
+
+fn f(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Share of a population's requests served in full (allowed or slowed).
+fn served(pop: &serde_json::Value) -> f64 {
+    (f(pop, "allowed") + f(pop, "slowed")) / f(pop, "requests")
+}
+
+#[test]
+fn every_shipped_scenario_validates() {
+    for entry in std::fs::read_dir(repo("config/scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        let s = distill_guard::simulate::scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.populations.iter().any(|p| p.attack), "{}", path.display());
+        assert!(
+            s.populations.iter().any(|p| !p.attack),
+            "{}",
+            path.display()
+        );
+    }
+    // The default scenario is sized like the published campaigns: about
+    // 24,000 attack accounts.
+    let d =
+        distill_guard::simulate::scenario::load(&repo("config/scenarios/default.toml")).unwrap();
+    let attack: u32 = d
+        .populations
+        .iter()
+        .filter(|p| p.attack)
+        .map(|p| p.accounts)
+        .sum();
+    assert_eq!(attack, 24_000);
+}
+
+/// The goals (BENCHMARKS.md) on the small scenario, for the hydra and the
+/// honest populations: the hydra's exchanges served in full ≤ 5 % of what
+/// an unprotected API serves, contained within 10 simulated minutes;
+/// honest requests refused ≤ 0.1 %. The per-key-only baseline is reported
+/// beside it.
+#[test]
+fn small_scenario_meets_the_goals_for_the_hydra_and_honest_users() {
+    let r = small_report();
+    for key in [
+        "attack_served_fraction",
+        "attack_degraded_fraction",
+        "legit_refused_fraction",
+        "legit_slowed_fraction",
+    ] {
+        f(&r, key);
+        f(&r["baseline"], key);
+    }
+    assert!(r.get("containment_seconds").is_some());
+    assert!(r["baseline"].get("containment_seconds").is_some());
+
+    assert!(f(&r, "legit_refused_fraction") <= 0.001, "{r}");
+    let hydra = &r["populations"]["hydra"];
+    assert!(served(hydra) <= 0.05, "hydra served {}", served(hydra));
+    let contained = hydra["containment_seconds"]
+        .as_u64()
+        .expect("hydra contained");
+    assert!(contained <= 600, "hydra contained after {contained} s");
+    // Honest populations one by one.
+    for (name, p) in r["populations"].as_object().unwrap() {
+        if p["attack"] == false {
+            assert_eq!(
+                f(p, "throttled") + f(p, "blocked"),
+                0.0,
+                "{name} refused: {p}"
+            );
+        }
+    }
+    // The baseline (per-key limits only) serves the whole campaign and
+    // never contains it.
+    let b = &r["baseline"];
+    assert_eq!(f(b, "attack_served_fraction"), 1.0);
+    assert!(b["containment_seconds"].is_null());
+    assert_eq!(f(b, "legit_refused_fraction"), 0.0);
+}
+
+/// The small scenario's stealth campaign (paraphrased templates written
+/// without sight of the phrase lists, residential addresses, common client
+/// fingerprints, ~12 requests per account per hour) is NOT contained within
+/// the 10-minute goal: at this size its cluster links and scores slowly
+/// (BENCHMARKS.md, "Known gaps"). This pins what is achieved, so a
+/// regression shows: contained within the hour, and most of it degraded or
+/// refused.
+#[test]
+fn small_scenario_stealth_campaign_is_contained_within_the_hour() {
+    let r = small_report();
+    let stealth = &r["populations"]["stealth"];
+    let contained = stealth["containment_seconds"]
+        .as_u64()
+        .expect("stealth contained");
+    assert!(contained <= 1800, "stealth contained after {contained} s");
+    assert!(
+        served(stealth) <= 0.25,
+        "stealth served {}",
+        served(stealth)
+    );
+    assert!(f(&r, "attack_output_tokens_fraction") <= 0.2, "{r}");
+}
+
+#[test]
+fn simulate_is_deterministic_and_its_record_replays_to_the_same_headline() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = repo("config/scenarios/small.toml");
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let (report, _) = simulate(&[
+        "--scenario",
+        small.to_str().unwrap(),
+        "--report",
+        "json",
+        "--record",
+        a.to_str().unwrap(),
+    ]);
+    simulate(&[
+        "--scenario",
+        small.to_str().unwrap(),
+        "--record",
+        b.to_str().unwrap(),
+    ]);
+    let (ra, rb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(ra.len() > 100_000);
+    assert_eq!(ra, rb, "same scenario, same record");
+    let text = String::from_utf8(ra).unwrap();
+    assert!(text.lines().all(|l| l.contains("\"population\":")));
+    // No prompt text in the record.
+    assert!(!text.contains("Ticket:") && !text.contains("coding agent"));
+
+    // simulate --record - | replay --config (the shipped config file) -
+    let mut sim = Command::new(BIN)
+        .args([
+            "simulate",
+            "--scenario",
+            small.to_str().unwrap(),
+            "--record",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let replay = Command::new(BIN)
+        .args(["replay", "--config"])
+        .arg(repo("config/distill-guard.toml"))
+        .args(["--json", "-"])
+        .stdin(sim.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(sim.wait().unwrap().success());
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let h = &summary["headline"];
+    for key in [
+        "attack_requests",
+        "attack_served_fraction",
+        "attack_degraded_fraction",
+        "attack_refused_fraction",
+        "legit_refused_fraction",
+        "legit_slowed_fraction",
+        "containment_seconds",
+    ] {
+        assert_eq!(h[key], report[key], "{key}");
+    }
+    assert_eq!(
+        summary["replayed"].as_u64().unwrap(),
+        report["attack_requests"].as_u64().unwrap() + report["legit_requests"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn a_bad_scenario_is_reported_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "name = \"bad\"\nduration_minutes = 10\n\n[[population]]\nname = \"x\"\naccounts = 5\n\
+         requests_per_account_per_hour = 1.0\nnetworks = [\"10.0.0.0/33\"]\naddresses = 5\n\
+         max_tokens = [10]\noutput_tokens = [1, 2]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["simulate", "--scenario"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:8:", path.display())) && err.contains("population[0].networks"),
+        "{err}"
+    );
+}
