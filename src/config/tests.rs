@@ -160,3 +160,27 @@ fn shipped_phrase_lists_match_the_built_in_ones() {
         assert_eq!(listed, builtin.to_vec(), "{file}");
     }
 }
+
+/// `[cluster] budget_min_level` takes a ladder level below block; the file
+/// default keeps budgets ungated.
+#[test]
+fn cluster_budget_gate_parses_and_rejects_unknown_levels() {
+    use crate::engine::score::Level;
+    assert_eq!(
+        parse_str(MINIMAL).unwrap().cluster.budget_min_level,
+        Level::Allow
+    );
+    let c = parse_str(&format!(
+        "{MINIMAL}\n[cluster]\nbudget_min_level = \"slow\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.budget_min_level, Level::Slow);
+    for bad in ["block", "sometimes"] {
+        let e = parse_str(&format!(
+            "{MINIMAL}\n[cluster]\nbudget_min_level = \"{bad}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "cluster.budget_min_level", "{e}");
+        assert!(e.position.is_some(), "{e}");
+    }
+}

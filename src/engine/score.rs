@@ -69,6 +69,10 @@
 //! - **release_pivot** `= Σy / n`, `y = 0` unless the model matches a `new_models` prefix released at `R` with
 //!   `R ≤ now ≤ R + new_model_window`; then `y = 1` when the account (cluster) was first seen at or after
 //!   `R − pivot_young` (young relative to the release), else `pivot_old_weight`.
+//! - **member_spread** (clusters only) `= members / (60 · r)`, `r` the cluster's requests per second as for volume:
+//!   how many minutes pass, on average, between two requests of one member. A hydra spreads its traffic thinly over
+//!   many accounts so that each stays under its own limits; the signal reads 0 below `spread_min_members` members
+//!   (the users of one tool who bring their own keys look alike, which is why its weight stays modest).
 //!
 //! # Score
 //!
@@ -109,6 +113,7 @@
 //! | account_age               | 0.08   | 72 h → 6 h          |
 //! | breadth                   | 0.07   | 3 → 20              |
 //! | fingerprint_inconsistency | 0.05   | 0.05 → 0.5          |
+//! | member_spread (clusters)  | 0.12   | 1 → 5 min           |
 //! | volume                    | 0.03   | 0.3 → 1.0 × tier    |
 //!
 //! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.62 / 0.52, Throttle 0.75 / 0.62, Block 0.90 / 0.78.
@@ -116,12 +121,13 @@
 //! `elicitation_param_credit` 0.25 at a thinking budget ≥ 16 000, `pinned_fraction` 0.95, `default_ceiling` 8 192
 //! (with a small table of Anthropic and OpenAI ceilings to check against current model cards), `new_models` empty,
 //! `new_model_window` 7 days, `pivot_young` 1 day, `pivot_old_weight` 0.25, `lockstep_min_members` 8,
-//! `lockstep_rate_factor` 4.
+//! `lockstep_rate_factor` 4, `spread_min_members` 20. member_spread's weight and ramp were set with `distill-guard
+//! simulate` on the shipped scenarios (synthetic traffic; see BENCHMARKS.md).
 //!
 //! The rule behind the weights: everything a legitimate templated workload (a batch job, an evaluation harness, a
 //! corporate tool) can show — template reuse, regular timing, breadth, a young account, volume, a fingerprint
 //! mismatch — sums to 0.45, below Slow's 0.50. An account reaches Slow only with evidence of extraction (elicitation
-//! phrases, pinned ceilings, long outputs, a release pivot); a cluster can also with lockstep.
+//! phrases, pinned ceilings, long outputs, a release pivot); a cluster can also with lockstep or member_spread.
 //!
 //! # Phrase matching
 //!
@@ -2633,6 +2639,42 @@ mod tests {
         assert!(cv(&r) < 0.01);
         assert!((cv(&q) - 1.0).abs() < 0.2);
         assert!((vol(&r) - 0.5).abs() < 0.02);
+    }
+
+    /// member_spread: members ÷ requests per minute, for clusters of at
+    /// least `spread_min_members`; accounts have no such signal.
+    #[test]
+    fn member_spread_is_members_per_request_per_minute() {
+        let p = ScorePolicy::default();
+        let m = matcher();
+        let spread_after_an_hour = |members: u32| {
+            let mut c = ClusterSignals::new(T0);
+            c.set_members(members);
+            // 10 requests a minute, whoever sends them.
+            for i in 0..600u64 {
+                c.observe(
+                    i % u64::from(members),
+                    &req(T0 + i * 6 * SECOND),
+                    &m,
+                    &p,
+                    TIER_RPM,
+                );
+            }
+            let now = T0 + HOUR;
+            c.score(now, &p)
+                .contribution(Signal::MemberSpread)
+                .unwrap()
+                .value
+        };
+        // 100 members at 10 requests a minute: a member every 10 minutes.
+        let v = spread_after_an_hour(100);
+        assert!((9.0..11.0).contains(&v), "{v}");
+        // 10 members: below spread_min_members, reads 0.
+        assert_eq!(spread_after_an_hour(10), 0.0);
+        assert!(AccountSignals::new(T0)
+            .score(T0 + HOUR, &p)
+            .contribution(Signal::MemberSpread)
+            .is_none());
     }
 
     #[test]
