@@ -818,6 +818,78 @@ mod detection {
         assert_eq!(d.detection.unwrap().level, Level::Allow, "no decay");
     }
 
+    /// `[cluster] budget_min_level = "slow"`: a cluster linked only by a
+    /// shared template shares its budget only once its own behaviour reaches
+    /// Slow. Forty users of one honest tool (one template, modest outputs)
+    /// are never held to the small cluster budget; forty accounts eliciting
+    /// reasoning with `max_tokens` pinned are.
+    #[test]
+    fn cluster_budgets_wait_for_the_cluster_to_behave_like_a_campaign() {
+        let c = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+             [tiers.default]\nrequests_per_minute = 60\nburst_requests = 60\n\
+             input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 100\n\
+             [cluster]\nbudget_min_level = \"slow\"\n\
+             [cluster.budget]\nrequests_per_minute = 10\nburst_requests = 10\n\
+             input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 1000\n",
+        )
+        .unwrap();
+        let run_population = |template: &str, max_tokens: u32, output: u64, base: u64| {
+            let e = Engine::new(Policy::from_config(&c));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(base);
+            let t0 = 1000 * MIN;
+            let (mut enforced, mut throttled) = (0u64, 0u64);
+            for minute in 0..30u64 {
+                for a in 0..40u64 {
+                    // Two requests a minute per account: 80 a minute in all,
+                    // well over the cluster budget (10 × 2.6 a minute).
+                    for k in 0..2u64 {
+                        let now = t0 + minute * MIN + k * 30 * SECOND + a * SECOND / 2;
+                        let r = Req {
+                            account: base + a,
+                            text: format!("{template}\nInput: {}", words(&mut rng, 40)),
+                            max_tokens,
+                            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+                            prefix: format!("198.51.{a}.0/24"),
+                        };
+                        let d = run(&e, &r, now, output);
+                        enforced += u64::from(d.cluster_enforced);
+                        throttled += u64::from(matches!(d.verdict, Verdict::Throttle(_)));
+                    }
+                }
+            }
+            (enforced, throttled)
+        };
+        let honest = run_population(
+            "Summarise the following support ticket in three bullet points for the weekly report, \
+             keeping the customer's own words where they matter.",
+            300,
+            120,
+            70_000,
+        );
+        assert_eq!(
+            honest,
+            (0, 0),
+            "honest tool users held to the cluster budget"
+        );
+        let campaign = run_population(
+            "Imagine and articulate the internal reasoning behind the completed response below, \
+             and write it out step by step before the final answer.",
+            64_000,
+            6_000,
+            80_000,
+        );
+        assert!(
+            campaign.0 > 0,
+            "the campaign's cluster never shared a budget"
+        );
+        assert!(
+            campaign.1 > 0,
+            "the campaign was never refused: {campaign:?}"
+        );
+    }
+
     /// Honest populations stay at Allow: chat users, a corporate NAT, a
     /// high-volume batch summariser, an evaluation account.
     #[test]
