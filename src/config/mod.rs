@@ -377,13 +377,17 @@ impl std::error::Error for ConfigError {}
 
 /// Read, parse and validate a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(path, &read_file(path)?)
+}
+
+/// A config-like file's text, or the error that names it.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         position: None,
         key: String::new(),
         reason: format!("cannot read: {e}"),
-    })?;
-    parse(path, &text)
+    })
 }
 
 /// Parse and validate config text; `path` names the file in errors and

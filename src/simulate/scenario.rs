@@ -241,13 +241,7 @@ pub struct Scenario {
 
 /// Read and validate a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        position: None,
-        key: String::new(),
-        reason: format!("cannot read: {e}"),
-    })?;
-    parse(path, &text)
+    parse(path, &crate::config::read_file(path)?)
 }
 
 /// Parse and validate scenario text; `path` names it in errors.
