@@ -36,7 +36,7 @@ use crate::server::{self, Clock};
 use crate::simulate::{Generator, Scenario, SimRequest};
 use crate::{mock, simulate};
 
-/// The small scenario (20 simulated minutes), compiled in so the demo runs
+/// The small scenario (one simulated hour), compiled in so the demo runs
 /// from any directory.
 pub const SMALL_SCENARIO: &str = include_str!("../../config/scenarios/small.toml");
 
@@ -65,8 +65,8 @@ pub enum Live {
 /// What to play and how fast.
 #[derive(Debug, Clone)]
 pub struct TrafficOptions {
-    /// Scenario time per real time (20: 20 simulated minutes in one real
-    /// minute).
+    /// Scenario time per real time (60, the default: the small scenario's
+    /// hour in one real minute).
     pub speed: f64,
     /// A scenario file; None: the compiled-in small scenario.
     pub scenario: Option<PathBuf>,
