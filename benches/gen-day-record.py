@@ -17,7 +17,7 @@ random.seed(7)
 t0 = 1_764_000_000_000
 accounts = [f"{random.getrandbits(64):016x}" for _ in range(25_000)]
 hydra = set(accounts[:2_000])
-templates = [[f"{random.getrandbits(64):016x}" for _ in range(8)] for _ in range(6)]
+templates = [[f"{random.getrandbits(64):016x}" for _ in range(16)] for _ in range(6)]
 with open(out, "w") as f:
     for i in range(n):
         a = random.choice(accounts)
@@ -26,7 +26,7 @@ with open(out, "w") as f:
             keys, ja4, prefix = templates[h % 6], "t13d1516h2_8daaf6152771_e5627efa2ab1", f"203.0.113.{h % 8}/32"
             lists, max_tokens = ["elicitation"], 64_000
         else:
-            keys = [f"{random.getrandbits(64):016x}" for _ in range(8)]
+            keys = [f"{random.getrandbits(64):016x}" for _ in range(16)]
             ja4 = f"ja4-{random.randrange(50)}"
             prefix = f"10.{random.randrange(256)}.{random.randrange(256)}.0/24"
             lists, max_tokens = [], 1024

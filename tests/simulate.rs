@@ -116,24 +116,20 @@ fn small_scenario_meets_the_goals_for_the_hydra_and_honest_users() {
 /// The small scenario's stealth campaign (paraphrased templates written
 /// without sight of the phrase lists, residential addresses, common client
 /// fingerprints, ~12 requests per account per hour) is NOT contained within
-/// the 10-minute goal: at this size its cluster links and scores slowly
-/// (BENCHMARKS.md, "Known gaps"). This pins what is achieved, so a
-/// regression shows: contained within the hour, and most of it degraded or
-/// refused.
+/// the 10-minute goal: at this size (200 accounts) its cluster links and
+/// scores more slowly than the default scenario's 4,000 (BENCHMARKS.md,
+/// "Simulation"). This pins what is achieved (660 s, 13.9 % served in
+/// full), so a regression shows.
 #[test]
-fn small_scenario_stealth_campaign_is_contained_within_the_hour() {
+fn small_scenario_stealth_campaign_is_contained_within_fifteen_minutes() {
     let r = small_report();
     let stealth = &r["populations"]["stealth"];
     let contained = stealth["containment_seconds"]
         .as_u64()
         .expect("stealth contained");
-    assert!(contained <= 1800, "stealth contained after {contained} s");
-    assert!(
-        served(stealth) <= 0.25,
-        "stealth served {}",
-        served(stealth)
-    );
-    assert!(f(&r, "attack_output_tokens_fraction") <= 0.2, "{r}");
+    assert!(contained <= 900, "stealth contained after {contained} s");
+    assert!(served(stealth) <= 0.2, "stealth served {}", served(stealth));
+    assert!(f(&r, "attack_output_tokens_fraction") <= 0.15, "{r}");
 }
 
 #[test]

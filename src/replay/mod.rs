@@ -118,8 +118,10 @@ impl TrafficRecord {
             let mut keys = [0u64; signature::INDEX_KEYS];
             if self.prompt_keys.len() != keys.len() {
                 return Err(format!(
-                    "line {line}: prompt_keys: expected {} keys",
-                    keys.len()
+                    "line {line}: prompt_keys: expected {} keys, got {} (a record from a build \
+                     with another key construction cannot be compared with this one's)",
+                    keys.len(),
+                    self.prompt_keys.len()
                 ));
             }
             for (k, s) in keys.iter_mut().zip(&self.prompt_keys) {
