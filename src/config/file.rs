@@ -480,6 +480,9 @@ pub struct FileAttrValues {
     pub ip_prefix: Vec<String>,
     /// AS numbers.
     pub asn: Vec<u32>,
+    /// Files holding the start of a prompt many unrelated clients send (a
+    /// popular tool's system prompt): its prompt-signature keys.
+    pub prompt_files: Vec<String>,
 }
 
 /// `[admin]`: a separate listener for health, metrics and admin actions.

@@ -232,6 +232,9 @@ pub struct ClusterConfig {
     pub ignore_nets: Vec<ipnet::IpNet>,
     /// Client networks whose links are weakened.
     pub downweight_nets: Vec<ipnet::IpNet>,
+    /// The `prompt_files` of `[cluster.ignore]` and `[cluster.downweight]`
+    /// (watched for reload).
+    pub prompt_files: Vec<PathBuf>,
 }
 
 /// One listener.
@@ -656,7 +659,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     };
     let tiers = validate_tiers(&f.tiers)?;
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
-    let cluster = validate_cluster(&f.cluster)?;
+    let cluster = validate_cluster(base, &f.cluster)?;
     let admin = validate_admin(base, &f.admin)?;
     if f.audit.queue_capacity == 0 {
         return Err(invalid("audit.queue_capacity", "expected a count above 0"));
@@ -809,8 +812,34 @@ fn nets(key: &str, list: &[String]) -> Result<Vec<ipnet::IpNet>, Invalid> {
 /// Hashed attribute values and the networks among them.
 type AttrValues = (Vec<(AttrKind, u64)>, Vec<ipnet::IpNet>);
 
-fn attr_values(key: &str, v: &file::FileAttrValues) -> Result<AttrValues, Invalid> {
+fn attr_values(
+    key: &str,
+    base: &Path,
+    v: &file::FileAttrValues,
+    files: &mut Vec<PathBuf>,
+) -> Result<AttrValues, Invalid> {
     let mut out = Vec::new();
+    // A prompt file stands for the prompts that start with it: its
+    // signature's head keys are theirs when it fills the head region
+    // (about 28 words); its tail keys only match prompts ending with it.
+    for (i, p) in v.prompt_files.iter().enumerate() {
+        let path = resolve(base, p);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            invalid(
+                format!("{key}.prompt_files[{i}]"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let sig = crate::engine::signature::signature(&text);
+        if !sig.is_informative() {
+            return Err(invalid(
+                format!("{key}.prompt_files[{i}]"),
+                format!("{}: too short to identify a prompt", path.display()),
+            ));
+        }
+        out.extend(sig.index_keys().into_iter().map(|k| (AttrKind::Prompt, k)));
+        files.push(path);
+    }
     for (kind, list) in [
         (AttrKind::Ja4, &v.ja4),
         (AttrKind::Http, &v.http),
@@ -836,7 +865,7 @@ fn attr_values(key: &str, v: &file::FileAttrValues) -> Result<AttrValues, Invali
     Ok((out, nets))
 }
 
-fn validate_cluster(f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
+fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
     let min_strength = strength("cluster.min_strength", &f.min_strength)?;
     let score_min_strength = strength("cluster.score_min_strength", &f.score_min_strength)?;
     let budget_min_level = crate::engine::score::Level::ALL
@@ -900,8 +929,10 @@ fn validate_cluster(f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
             )?),
         });
     }
-    let (ignored, ignore_nets) = attr_values("cluster.ignore", &f.ignore)?;
-    let (downweighted, downweight_nets) = attr_values("cluster.downweight", &f.downweight)?;
+    let mut prompt_files = Vec::new();
+    let (ignored, ignore_nets) = attr_values("cluster.ignore", base, &f.ignore, &mut prompt_files)?;
+    let (downweighted, downweight_nets) =
+        attr_values("cluster.downweight", base, &f.downweight, &mut prompt_files)?;
     let link = LinkPolicy {
         rules,
         ignored,
@@ -927,6 +958,7 @@ fn validate_cluster(f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
         max_multiplier: f.max_multiplier,
         ignore_nets,
         downweight_nets,
+        prompt_files,
     })
 }
 

@@ -184,3 +184,31 @@ fn cluster_budget_gate_parses_and_rejects_unknown_levels() {
         assert!(e.position.is_some(), "{e}");
     }
 }
+
+/// `[cluster.ignore] prompt_files`: the file's prompt-signature keys are
+/// ignored by the linker, the file is watched, and a missing or too-short
+/// file is an error at its key.
+#[test]
+fn ignored_prompt_files_become_ignored_prompt_keys() {
+    use crate::engine::link::AttrKind;
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "You are an interactive command line coding agent. You help the user with \
+                  software engineering tasks in their repository. Use the available tools to \
+                  read files, search the code, run commands and edit files.";
+    std::fs::write(dir.path().join("tool.txt"), prompt).unwrap();
+    std::fs::write(dir.path().join("short.txt"), "hello there").unwrap();
+    let with = |file: &str| {
+        let text = format!("{MINIMAL}\n[cluster.ignore]\nprompt_files = [\"{file}\"]\n");
+        parse(&dir.path().join("t.toml"), &text)
+    };
+    let c = with("tool.txt").unwrap();
+    let keys = crate::engine::signature::signature(prompt).index_keys();
+    for k in keys {
+        assert!(c.cluster.link.ignored.contains(&(AttrKind::Prompt, k)));
+    }
+    assert_eq!(c.cluster.prompt_files, vec![dir.path().join("tool.txt")]);
+    for bad in ["missing.txt", "short.txt"] {
+        let e = with(bad).unwrap_err();
+        assert_eq!(e.key, "cluster.ignore.prompt_files[0]", "{e}");
+    }
+}

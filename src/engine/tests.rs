@@ -890,6 +890,44 @@ mod detection {
         );
     }
 
+    /// `[cluster.ignore] prompt_files`: users of one tool whose requests all
+    /// start with its system prompt are linked by it — unless the prompt is
+    /// ignored.
+    #[test]
+    fn an_ignored_tool_prompt_does_not_link_its_users() {
+        let system = "You are an interactive command line coding agent. You help the user with \
+                      software engineering tasks in their repository. Use the available tools to \
+                      read files, search the code, run commands and edit files; prefer small, \
+                      verifiable steps.";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tool.txt"), system).unwrap();
+        let clustered = |ignore: bool| {
+            let text = format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                 [cluster.ignore]\nprompt_files = [{}]\n",
+                if ignore { "\"tool.txt\"" } else { "" }
+            );
+            let c = crate::config::parse(&dir.path().join("t.toml"), &text).unwrap();
+            let e = Engine::new(Policy::from_config(&c));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let mut linked = 0;
+            for i in 0..600u64 {
+                let r = Req {
+                    account: 90_000 + i % 60,
+                    text: format!("{system}\n\nRepository context:\n{}", words(&mut rng, 80)),
+                    max_tokens: 32_000,
+                    ja4: "t13d1713h2_5b57614c22b0_06a6a26b8c29",
+                    prefix: format!("100.64.{}.0/24", i % 60),
+                };
+                let d = run(&e, &r, 1000 * MIN + i * SECOND, 1500);
+                linked += u64::from(d.cluster.is_some());
+            }
+            linked
+        };
+        assert!(clustered(false) > 500, "the shared system prompt links");
+        assert_eq!(clustered(true), 0);
+    }
+
     /// Honest populations stay at Allow: chat users, a corporate NAT, a
     /// high-volume batch summariser, an evaluation account.
     #[test]

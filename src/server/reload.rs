@@ -150,6 +150,7 @@ fn watched_files(c: &Config) -> BTreeSet<PathBuf> {
         files.insert(f.clone());
     }
     files.extend(c.detection.phrase_list_files.iter().cloned());
+    files.extend(c.cluster.prompt_files.iter().cloned());
     for l in &c.listeners {
         if let Some(t) = &l.tls {
             files.insert(t.cert_path.clone());
