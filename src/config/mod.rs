@@ -496,6 +496,16 @@ fn nonzero_ms(key: &str, ms: u64) -> Result<Duration, Invalid> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A file a config names (resolved against `base`) and its text; an error
+/// names the config key.
+fn read_named(base: &Path, p: &str, key: String) -> Result<(PathBuf, String), Invalid> {
+    let path = resolve(base, p);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(e) => Err(invalid(key, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
@@ -823,13 +833,7 @@ fn attr_values(
     // signature's head keys are theirs when it fills the head region
     // (about 28 words); its tail keys only match prompts ending with it.
     for (i, p) in v.prompt_files.iter().enumerate() {
-        let path = resolve(base, p);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            invalid(
-                format!("{key}.prompt_files[{i}]"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
+        let (path, text) = read_named(base, p, format!("{key}.prompt_files[{i}]"))?;
         let sig = crate::engine::signature::signature(&text);
         if !sig.is_informative() {
             return Err(invalid(
@@ -1258,13 +1262,7 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
     } else {
         let mut lists = Vec::with_capacity(f.phrase_lists.len());
         for (i, p) in f.phrase_lists.iter().enumerate() {
-            let path = resolve(base, p);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    format!("detection.phrase_lists[{i}]"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let (path, text) = read_named(base, p, format!("detection.phrase_lists[{i}]"))?;
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
