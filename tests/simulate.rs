@@ -68,13 +68,13 @@ fn every_shipped_scenario_validates() {
     assert_eq!(attack, 24_000);
 }
 
-/// The goals (BENCHMARKS.md) on the small scenario, for the hydra and the
-/// honest populations: the hydra's exchanges served in full ≤ 5 % of what
-/// an unprotected API serves, contained within 10 simulated minutes;
-/// honest requests refused ≤ 0.1 %. The per-key-only baseline is reported
-/// beside it.
+/// The goals (BENCHMARKS.md) on the small scenario that it meets: every
+/// attack contained within 10 simulated minutes of its start; honest
+/// requests refused ≤ 0.1 %; the hydra's exchanges served in full ≤ 5 % of
+/// what an unprotected API serves. The per-key-only baseline is reported
+/// beside it. (The attack overall is not within 5 %: see the next test.)
 #[test]
-fn small_scenario_meets_the_goals_for_the_hydra_and_honest_users() {
+fn small_scenario_meets_the_containment_goal_and_the_goals_for_the_hydra_and_honest_users() {
     let r = small_report();
     for key in [
         "attack_served_fraction",
@@ -89,6 +89,11 @@ fn small_scenario_meets_the_goals_for_the_hydra_and_honest_users() {
     assert!(r["baseline"].get("containment_seconds").is_some());
 
     assert!(f(&r, "legit_refused_fraction") <= 0.001, "{r}");
+    let contained = r["containment_seconds"].as_u64().expect("contained");
+    assert!(
+        contained <= 600,
+        "slowest attack contained after {contained} s"
+    );
     let hydra = &r["populations"]["hydra"];
     assert!(served(hydra) <= 0.05, "hydra served {}", served(hydra));
     let contained = hydra["containment_seconds"]
@@ -113,23 +118,27 @@ fn small_scenario_meets_the_goals_for_the_hydra_and_honest_users() {
     assert_eq!(f(b, "legit_refused_fraction"), 0.0);
 }
 
-/// The small scenario's stealth campaign (paraphrased templates written
-/// without sight of the phrase lists, residential addresses, common client
-/// fingerprints, ~12 requests per account per hour) is NOT contained within
-/// the 10-minute goal: at this size (200 accounts) its cluster links and
-/// scores more slowly than the default scenario's 4,000 (BENCHMARKS.md,
-/// "Simulation"). This pins what is achieved (660 s, 13.9 % served in
-/// full), so a regression shows.
+/// The small scenario's attack overall is served in full a little above
+/// the 5 % goal (5.7 %), because in a one-hour scenario whose accounts send
+/// about 11 requests each, first contact is a large share: the stealth
+/// campaign's first five minutes (229 requests, before any of its 200
+/// accounts has sent a second one; its largest linked group then has 14
+/// accounts) and the hydra's first wave (56 of its first 71 requests, in
+/// 10 s, before any of its six template clusters holds the 8 requests a
+/// score needs) are 285 requests, 4.99 % of all attack requests, by
+/// themselves (BENCHMARKS.md, "Simulation"). This pins what is achieved,
+/// so a regression shows.
 #[test]
-fn small_scenario_stealth_campaign_is_contained_within_fifteen_minutes() {
+fn small_scenario_attack_served_is_pinned_just_above_the_goal() {
     let r = small_report();
+    assert!(f(&r, "attack_served_fraction") <= 0.06, "{r}");
     let stealth = &r["populations"]["stealth"];
-    let contained = stealth["containment_seconds"]
-        .as_u64()
-        .expect("stealth contained");
-    assert!(contained <= 900, "stealth contained after {contained} s");
-    assert!(served(stealth) <= 0.2, "stealth served {}", served(stealth));
-    assert!(f(&r, "attack_output_tokens_fraction") <= 0.15, "{r}");
+    assert!(
+        served(stealth) <= 0.13,
+        "stealth served {}",
+        served(stealth)
+    );
+    assert!(f(&r, "attack_output_tokens_fraction") <= 0.10, "{r}");
 }
 
 #[test]

@@ -1032,6 +1032,9 @@ struct Forest {
     by_id: FastMap<u64, u32>,
     /// Roots that took an id another component of this forest already holds (resolved at rotation).
     dups: Vec<u32>,
+    /// Ids that ended in a merge, with the id that absorbed them, in order (`live` only; drained by
+    /// [`Linker::drain_changes`]).
+    merged: Vec<(u64, u64)>,
     unions: usize,
 }
 
@@ -1157,6 +1160,7 @@ impl Forest {
         for old in [na.id, nb.id] {
             if old != 0 && old != chosen.0 {
                 self.by_id.remove(&old);
+                self.merged.push((old, chosen.0));
             }
         }
         self.set_meta(w, &na, &nb, strength, rules, chosen);
@@ -1223,6 +1227,7 @@ impl Forest {
         self.by_account.clear();
         self.by_id.clear();
         self.dups.clear();
+        self.merged.clear();
         self.unions = 0;
         let keep = keep.max(FOREST_KEEP);
         if self.nodes.capacity() > 2 * keep {
@@ -1254,6 +1259,7 @@ impl Forest {
             + map_bytes(&self.by_account)
             + map_bytes(&self.by_id)
             + self.dups.capacity() * size_of::<u32>()
+            + self.merged.capacity() * size_of::<(u64, u64)>()
     }
 }
 
@@ -1368,6 +1374,32 @@ pub struct Linker {
     found: Found,
     cands: Candidates,
     band_flags: Vec<u8>,
+    changes: LinkChanges,
+}
+
+/// What linking changed since it was last drained ([`Linker::drain_changes`]): for whoever keeps state per cluster
+/// id and wants it to follow the clusters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LinkChanges {
+    /// Clusters that ended in a merge, in order: `(absorbed, into)`. The absorbed id is gone and its members are in
+    /// the cluster `into` (a chain `a → b`, `b → c` arrives in that order).
+    pub merges: Vec<(u64, u64)>,
+    /// Accounts that were in no cluster and now are: in the requesting account's cluster, as every link of one
+    /// [`Linker::observe`] involves that account.
+    pub joined: Vec<u64>,
+}
+
+impl LinkChanges {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.merges.is_empty() && self.joined.is_empty()
+    }
+
+    /// Forget everything (keeps the capacity).
+    pub fn clear(&mut self) {
+        self.merges.clear();
+        self.joined.clear();
+    }
 }
 
 impl Linker {
@@ -1387,6 +1419,7 @@ impl Linker {
             found: Found::default(),
             cands: Candidates::new(),
             band_flags: Vec::new(),
+            changes: LinkChanges::default(),
         }
     }
 
@@ -1467,6 +1500,13 @@ impl Linker {
         self.cluster_of(account)
     }
 
+    /// Appends to `out` what linking changed since the last call (merges of clusters, accounts that joined one) and
+    /// forgets it. Undrained changes are dropped at the next rotation, so they stay bounded.
+    pub fn drain_changes(&mut self, out: &mut LinkChanges) {
+        out.merges.append(&mut self.live.merged);
+        out.joined.append(&mut self.changes.joined);
+    }
+
     /// The cluster `account` belongs to now, if any.
     pub fn cluster_of(&self, account: u64) -> Option<ClusterView> {
         let i = self.live.get(account)?;
@@ -1537,6 +1577,7 @@ impl Linker {
             self.live.resolve_dups(now);
             self.rotations_total += 1;
         }
+        self.changes.clear();
         self.gen_start = Some(start + due * generation);
     }
 
@@ -1634,6 +1675,11 @@ impl Linker {
         if need > 0 && self.live.nodes.len() + need > self.compiled.max_linked {
             self.links_dropped_total += 1;
             return;
+        }
+        for a in [account, c.account] {
+            if self.live.get(a).is_none() {
+                self.changes.joined.push(a);
+            }
         }
         let id = self
             .live
@@ -2210,6 +2256,17 @@ mod tests {
         let mut members = linker.members(x.id, 10);
         members.sort_unstable();
         assert_eq!(members, vec![1, 2, 3, 4]);
+        // What changed, for state kept per cluster: every account joined once, and y went into x.
+        let mut changes = LinkChanges::default();
+        linker.drain_changes(&mut changes);
+        assert_eq!(changes.merges, vec![(y.id, x.id)]);
+        assert_eq!(changes.joined, vec![2, 1, 4, 3]);
+        linker.drain_changes(&mut changes);
+        assert_eq!(
+            changes.merges.len() + changes.joined.len(),
+            5,
+            "drained twice"
+        );
         // Outside the window nothing links.
         let late = EPOCH + 5 * SEC + 11 * MIN;
         assert_eq!(linker.observe(5, &attrs(&p1), late), None);

@@ -279,6 +279,10 @@ pub struct Ticket {
     pub input_charged: u64,
     /// The cluster whose budget was charged too, and its size then.
     pub cluster: Option<(u64, u32)>,
+    /// The cluster whose behaviour state observed the request (scored as a
+    /// whole, budget shared or not): what the response produces counts
+    /// there too.
+    pub scored_cluster: Option<u64>,
     /// Admitted at the Throttle level: settled against the budgets scaled
     /// by the throttle factor, as it was admitted.
     pub throttled: bool,
@@ -506,7 +510,13 @@ impl Engine {
         self.clusters.len()
     }
 
-    fn observe_link(&self, obs: &Observation, now: Nanos) -> Option<ClusterView> {
+    /// Links the request's account; what that changed is appended to `changes` ([`Linker::drain_changes`]).
+    fn observe_link(
+        &self,
+        obs: &Observation,
+        now: Nanos,
+        changes: &mut link::LinkChanges,
+    ) -> Option<ClusterView> {
         let a = &obs.attrs;
         let prompt: &[u64] = a.prompt.as_ref().map_or(&[], |p| &p[..]);
         let attrs = Attributes {
@@ -518,7 +528,69 @@ impl Engine {
             prompt,
         };
         let mut linker = self.linker.lock().ok()?;
-        linker.observe(obs.account.0, &attrs, now)
+        let cluster = linker.observe(obs.account.0, &attrs, now);
+        linker.drain_changes(changes);
+        cluster
+    }
+
+    /// Keeps the clusters' behaviour state in step with linking: a cluster that merged into another brings its
+    /// state along, and an account that joins a cluster brings its history (what it sent before; the current
+    /// request is observed by the cluster itself, later). So a cluster that forms out of accounts which already
+    /// sent is scored on everything they sent, not only on what arrives after the link.
+    fn follow_links(
+        &self,
+        changes: &link::LinkChanges,
+        cluster: Option<ClusterView>,
+        policy: &Policy,
+        now: Nanos,
+    ) {
+        let Some(d) = &policy.detection else {
+            for (gone, _) in &changes.merges {
+                self.cluster_signals.remove(gone);
+            }
+            return;
+        };
+        for &(gone, into) in &changes.merges {
+            let Some((_, (sig, ladder))) = self.cluster_signals.remove(&gone) else {
+                continue;
+            };
+            match self.cluster_signals.entry(into) {
+                dashmap::Entry::Occupied(mut e) => {
+                    let (s, l) = e.get_mut();
+                    s.absorb_cluster(&sig, now, &d.score);
+                    l.join(&ladder);
+                }
+                dashmap::Entry::Vacant(e) => {
+                    e.insert((sig, ladder));
+                }
+            }
+        }
+        let Some(c) = cluster else {
+            return;
+        };
+        for &account in &changes.joined {
+            // A first request has no state yet: make it, so its history is not taken later.
+            let history = self
+                .account_signals
+                .entry(account)
+                .or_insert_with(|| {
+                    (
+                        score::AccountSignals::new(now),
+                        score::LadderState::default(),
+                    )
+                })
+                .0
+                .join_cluster();
+            if let Some(h) = history {
+                let mut e = self.cluster_signals.entry(c.id).or_insert_with(|| {
+                    (
+                        score::ClusterSignals::new(c.formed_at),
+                        score::LadderState::default(),
+                    )
+                });
+                e.0.absorb_member(&h, now, &d.score);
+            }
+        }
     }
 
     /// The policy in force.
@@ -546,7 +618,12 @@ impl Engine {
         let allow_listed = allow_listed || manual == Some(Manual::Allow);
         // Allow-listed accounts skip detection: they are never linked.
         let cluster = if policy.cluster.enabled && !allow_listed {
-            self.observe_link(obs, now)
+            let mut changes = link::LinkChanges::default();
+            let c = self.observe_link(obs, now, &mut changes);
+            if !changes.is_empty() {
+                self.follow_links(&changes, c, &policy, now);
+            }
+            c
         } else {
             None
         };
@@ -619,7 +696,7 @@ impl Engine {
         };
         let account_tier = adjust(tier.clone());
         let throttled = factor < 1.0;
-        let verdict = self.accounts.with(obs.account.0, now, |state| {
+        let mut verdict = self.accounts.with(obs.account.0, now, |state| {
             admit(
                 state,
                 &account_tier,
@@ -637,6 +714,9 @@ impl Engine {
                 },
             )
         });
+        if let Verdict::Allow(t) = &mut verdict {
+            t.scored_cluster = scored.filter(|_| detection.is_some()).map(|c| c.id);
+        }
         if self.accounts.len() > policy.max_tracked.saturating_add(policy.max_tracked / 8) {
             self.maintain(now);
         }
@@ -799,9 +879,23 @@ impl Engine {
             if let Some(mut e) = self.account_signals.get_mut(&ticket.account.0) {
                 e.0.settle(usage.output_tokens, now, &d.score);
             }
-            if let Some((id, _)) = ticket.cluster {
-                if let Some(mut e) = self.cluster_signals.get_mut(&id) {
-                    e.0.settle(usage.output_tokens, now, &d.score);
+            if let Some(id) = ticket.scored_cluster {
+                let settled = self
+                    .cluster_signals
+                    .get_mut(&id)
+                    .map(|mut e| e.0.settle(usage.output_tokens, now, &d.score))
+                    .is_some();
+                // The cluster merged into another since the decision (or
+                // dissolved): the account's cluster now, if it has state.
+                if !settled {
+                    let now_in = self
+                        .linker
+                        .lock()
+                        .ok()
+                        .and_then(|l| l.cluster_of(ticket.account.0));
+                    if let Some(mut e) = now_in.and_then(|c| self.cluster_signals.get_mut(&c.id)) {
+                        e.0.settle(usage.output_tokens, now, &d.score);
+                    }
                 }
             }
         }
@@ -1040,6 +1134,7 @@ fn admit(
         anonymous: obs.anonymous,
         input_charged: obs.input_tokens,
         cluster,
+        scored_cluster: None,
         throttled,
     })
 }

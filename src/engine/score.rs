@@ -519,6 +519,11 @@ impl LadderState {
         self.level
     }
 
+    /// The ladder of two merged clusters: the higher level (one half's enforcement is not undone by the merge).
+    pub fn join(&mut self, other: &LadderState) {
+        self.level = self.level.max(other.level);
+    }
+
     /// Move on the ladder for a new `score` (0..=1): up at once to the highest level whose enter mark the score
     /// reaches; down one level at a time while the score is below the current level's exit mark. A NaN score
     /// counts as 0.
@@ -1568,6 +1573,19 @@ impl Counters {
         self.gap_m2 *= f;
     }
 
+    /// Adds another window's sums (already decayed to the same time). The gap statistics stay this window's own:
+    /// inter-arrival times of two request streams do not combine into those of the merged stream.
+    fn add_sums(&mut self, o: &Counters) {
+        self.n += o.n;
+        self.elicit += o.elicit;
+        self.shared += o.shared;
+        self.pinned += o.pinned;
+        self.flagged += o.flagged;
+        self.pivot += o.pivot;
+        self.input += o.input;
+        self.output += o.output;
+    }
+
     /// Add one gap (seconds): West's weighted incremental mean and variance.
     fn add_gap(&mut self, x: f32) {
         let w = self.gap_w + 1.0;
@@ -1634,6 +1652,42 @@ impl Breadth {
         }
         set_bit(&mut self.fills, mix(fill));
         set_bit(&mut self.templates, mix(template ^ 0x9e37_79b9_7f4a_7c15));
+    }
+
+    /// This sketch as it would read in epoch `e` (not earlier than its own).
+    fn at_epoch(self, e: u32) -> Breadth {
+        match e.wrapping_sub(self.epoch) as i32 {
+            i32::MIN..=0 => self,
+            1 => Breadth {
+                epoch: e,
+                fills: [0; 2],
+                templates: [0; 2],
+                prev_fills: self.fills,
+                prev_templates: self.templates,
+            },
+            _ => Breadth {
+                epoch: e,
+                ..Breadth::default()
+            },
+        }
+    }
+
+    /// The union of two sketches (the keys either has seen), in the later of their epochs.
+    fn union(self, other: Breadth) -> Breadth {
+        let e = if (other.epoch.wrapping_sub(self.epoch) as i32) > 0 {
+            other.epoch
+        } else {
+            self.epoch
+        };
+        let (a, b) = (self.at_epoch(e), other.at_epoch(e));
+        let or = |x: [u64; 2], y: [u64; 2]| [x[0] | y[0], x[1] | y[1]];
+        Breadth {
+            epoch: e,
+            fills: or(a.fills, b.fills),
+            templates: or(a.templates, b.templates),
+            prev_fills: or(a.prev_fills, b.prev_fills),
+            prev_templates: or(a.prev_templates, b.prev_templates),
+        }
     }
 
     /// Distinct fills ÷ distinct templates over the current and previous epoch as seen at `now` (0: no keys).
@@ -1827,6 +1881,23 @@ impl Window {
         self.c.output += output_tokens as f32;
     }
 
+    /// Adds `other`'s evidence, decayed to `now`, as if its requests had been observed here: its requests and what
+    /// they carried, its activity, its breadth sketch, and its first-seen time. Returns the factor this window's own
+    /// counters were decayed by (for state kept beside it).
+    fn absorb(&mut self, other: &Window, now: Nanos, policy: &ScorePolicy) -> f32 {
+        let f = self.decay_to(now, policy);
+        let dt = now.saturating_sub(other.updated);
+        let mut c = other.c;
+        c.scale(decay_factor(dt, policy.half_life));
+        self.c.add_sums(&c);
+        self.fast += other.fast * decay_factor(dt, policy.activity_half_life);
+        self.requests_total = self.requests_total.saturating_add(other.requests_total);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_arrival = self.last_arrival.max(other.last_arrival);
+        self.breadth = self.breadth.union(other.breadth);
+        f
+    }
+
     /// Decayed requests at `now`.
     fn requests(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
         self.c.n * decay_factor(now.saturating_sub(self.updated), policy.half_life)
@@ -1992,6 +2063,8 @@ impl Score {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AccountSignals {
     w: Window,
+    /// Its history went into a cluster's state ([`AccountSignals::join_cluster`]).
+    joined: bool,
 }
 
 impl AccountSignals {
@@ -1999,7 +2072,21 @@ impl AccountSignals {
     pub fn new(first_seen: Nanos) -> AccountSignals {
         AccountSignals {
             w: Window::new(first_seen),
+            joined: false,
         }
+    }
+
+    /// The account's history so far, the first time it is called (later: `None`), for
+    /// [`ClusterSignals::absorb_member`] when the account is first seen in a scored cluster: call it before
+    /// observing the current request, which the cluster observes itself. Only the first cluster gets the history:
+    /// when that cluster merges into another, its state (history included) goes along
+    /// ([`ClusterSignals::absorb_cluster`]); if it dissolves, a later cluster sees only later requests.
+    pub fn join_cluster(&mut self) -> Option<AccountSignals> {
+        if self.joined {
+            return None;
+        }
+        self.joined = true;
+        Some(*self)
     }
 
     /// Record a request: scans the prompt with `matcher`, then [`AccountSignals::observe_hits`]. Returns the lists
@@ -2172,6 +2259,23 @@ impl ClusterSignals {
                 self.lock += slot.count as f32;
             }
         }
+    }
+
+    /// Adds a member's history from before it was in this cluster (its requests, what they carried and produced,
+    /// its first-seen time), so a cluster that forms out of accounts which already sent is scored on everything its
+    /// members sent, not only on what arrived after the link. Call once per member, before its current request.
+    pub fn absorb_member(&mut self, member: &AccountSignals, now: Nanos, policy: &ScorePolicy) {
+        let f = self.w.absorb(&member.w, now, policy);
+        self.lock *= f;
+    }
+
+    /// Adds the state of a cluster that merged into this one (the linker's [`super::link::Linker::drain_merges`]):
+    /// evidence is not lost when two clusters become one.
+    pub fn absorb_cluster(&mut self, other: &ClusterSignals, now: Nanos, policy: &ScorePolicy) {
+        let f = self.w.absorb(&other.w, now, policy);
+        self.lock = self.lock * f
+            + other.lock * decay_factor(now.saturating_sub(other.w.updated), policy.half_life);
+        self.members = self.members.max(other.members);
     }
 
     /// Record what a member's response actually produced.
@@ -2557,6 +2661,39 @@ mod tests {
         }
         let s = late.score(release + 8 * DAY + HOUR, &p);
         assert_eq!(s.contribution(Signal::ReleasePivot).unwrap().value, 0.0);
+    }
+
+    #[test]
+    fn breadth_union_reads_the_keys_of_both_across_epochs() {
+        let h = HOUR;
+        let mut a = Breadth::default();
+        let mut b = Breadth::default();
+        for i in 0..20u64 {
+            a.insert(T0, h, 1, i);
+            // b is an epoch later: a's keys become its previous epoch.
+            b.insert(T0 + h, h, 2, 1000 + i);
+        }
+        let u = a.union(b);
+        assert_eq!(u, b.union(a), "not symmetric");
+        assert_eq!(u.epoch, b.epoch);
+        let (ra, rb, ru) = (a.ratio(T0, h), b.ratio(T0 + h, h), u.ratio(T0 + h, h));
+        // 40 fills over 2 templates, against 20 over 1 for each half.
+        assert!(
+            (ra - 20.0).abs() < 3.0 && (rb - 20.0).abs() < 3.0,
+            "{ra} {rb}"
+        );
+        assert!((ru - 20.0).abs() < 4.0, "{ru}");
+        assert_eq!(
+            (u.fills, u.prev_fills),
+            (b.fills, a.fills),
+            "epochs mixed up"
+        );
+        // Two epochs apart, the older half is gone.
+        let far = Breadth {
+            epoch: b.epoch + 2,
+            ..Breadth::default()
+        };
+        assert_eq!(far.union(a), far);
     }
 
     #[test]

@@ -818,6 +818,145 @@ mod detection {
         assert_eq!(d.detection.unwrap().level, Level::Allow, "no decay");
     }
 
+    /// A cluster is scored on everything its members sent, not only on what
+    /// arrived after they were linked: twelve accounts that each asked four
+    /// times for chain of thought in prompts of their own, then each sent one
+    /// prompt of a shared template, form a cluster whose state holds all
+    /// sixty requests. Two such clusters that merge keep both halves' state.
+    #[test]
+    fn cluster_state_follows_its_members_and_merges() {
+        let e = Engine::new(policy());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        let t0 = 1000 * MIN;
+        let own = |rng: &mut rand::rngs::StdRng| {
+            format!(
+                "{} Show your full chain of thought. {}",
+                words(rng, 30),
+                words(rng, 30)
+            )
+        };
+        let req = |account: u64, text: String| Req {
+            account,
+            text,
+            max_tokens: 16_000,
+            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+            prefix: format!("198.18.{}.0/24", account % 200),
+        };
+        let templates = [
+            "Imagine and articulate the internal reasoning behind the completed response below, and \
+             write it out step by step before the final answer, one numbered step per line.",
+            "You are a strict grader. Grade the following answer on a detailed rubric for correctness, \
+             completeness and clarity, and justify every single point you deduct from it.",
+        ];
+        let mut clusters = Vec::new();
+        for (g, template) in templates.iter().enumerate() {
+            let base = 90_000 + 100 * g as u64;
+            for k in 0..4u64 {
+                for a in 0..12u64 {
+                    let d = run(
+                        &e,
+                        &req(base + a, own(&mut rng)),
+                        t0 + k * MIN + a * SECOND,
+                        2_000,
+                    );
+                    assert!(d.cluster.is_none(), "unshared prompts linked");
+                }
+            }
+            let mut last = None;
+            for a in 0..12u64 {
+                let text = format!("{template}\nQuestion: {}", words(&mut rng, 15));
+                last = run(&e, &req(base + a, text), t0 + 5 * MIN + a * SECOND, 2_000).cluster;
+            }
+            let c = last.expect("the template linked them");
+            assert_eq!(c.members, 12);
+            let now = t0 + 5 * MIN + 12 * SECOND;
+            let (score, _) = e.cluster_score(c.id, now).expect("scored");
+            // 48 earlier requests, the first member's template request and
+            // the 10 the cluster observed itself (the second member's came
+            // while the pair was too small to score), decayed for up to five
+            // minutes (half-life one hour); linked requests alone would be 10.
+            assert!(
+                score.requests > 55.0 && score.requests <= 59.0,
+                "cluster of {} holds {} requests",
+                c.members,
+                score.requests
+            );
+            clusters.push((c, score.requests));
+        }
+        // A member of the first cluster sends the second's template: one
+        // cluster, holding both states.
+        let now = t0 + 6 * MIN;
+        let text = format!("{}\nQuestion: {}", templates[1], words(&mut rng, 15));
+        let merged = run(&e, &req(90_000, text), now, 2_000)
+            .cluster
+            .expect("linked");
+        assert_eq!(merged.members, 24);
+        let gone = clusters
+            .iter()
+            .map(|(c, _)| c.id)
+            .find(|&id| id != merged.id)
+            .expect("two ids");
+        assert!(
+            e.cluster_score(gone, now).is_none(),
+            "absorbed state left behind"
+        );
+        let (score, _) = e.cluster_score(merged.id, now).expect("scored");
+        let both: f32 = clusters.iter().map(|(_, n)| n).sum();
+        // Both states (decayed by up to a minute) and the merging request.
+        assert!(
+            score.requests > 0.98 * both + 1.0 && score.requests <= both + 1.0,
+            "merged cluster holds {} requests, the two held {both}",
+            score.requests
+        );
+    }
+
+    /// What a response produced counts toward its cluster's output ratio
+    /// whether or not the cluster shares a budget (here it cannot: budgets
+    /// need a strong link, the template link is medium).
+    #[test]
+    fn outputs_settle_in_a_scored_cluster_without_a_shared_budget() {
+        let c = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+             [cluster]\nmin_strength = \"strong\"\nscore_min_strength = \"medium\"\n",
+        )
+        .unwrap();
+        let e = Engine::new(Policy::from_config(&c));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+        let t0 = 1000 * MIN;
+        let (mut last, mut input) = (None, 0u64);
+        for a in 0..6u64 {
+            let r = Req {
+                account: 95_000 + a,
+                text: format!(
+                    "Summarise the following support ticket in three bullet points for the weekly \
+                     report, keeping the customer's own words where they matter.\nTicket: {}",
+                    words(&mut rng, 12)
+                ),
+                max_tokens: 4_000,
+                ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+                prefix: format!("198.51.{a}.0/24"),
+            };
+            input = input.max(observe(&r).input_tokens);
+            let d = run(&e, &r, t0 + a * SECOND, 50_000);
+            assert!(!d.cluster_enforced, "a medium link shared a budget");
+            last = d.cluster;
+        }
+        let c = last.expect("linked");
+        let (score, _) = e.cluster_score(c.id, t0 + 6 * SECOND).expect("scored");
+        let ratio = score
+            .contribution(score::Signal::OutputRatio)
+            .expect("output ratio")
+            .value;
+        // Every request it holds produced 50,000 tokens (the first member's
+        // as history, the others settled in the cluster itself).
+        let floor = 50_000.0 / input as f32;
+        assert!(
+            ratio >= floor,
+            "outputs not settled in the cluster: ratio {ratio} < {floor}"
+        );
+    }
+
     /// `[cluster] budget_min_level = "slow"`: a cluster linked only by a
     /// shared template shares its budget only once its own behaviour reaches
     /// Slow. Forty users of one honest tool (one template, modest outputs)

@@ -406,7 +406,13 @@ pub fn replay(
                         .iter()
                         .map(|c| format!("{}={:.3}", c.signal, c.contribution))
                         .collect();
-                    serde_json::json!({"score": sc.value, "raw": sc.raw, "reasons": reasons})
+                    serde_json::json!({
+                        "score": sc.value,
+                        "raw": sc.raw,
+                        "evidence": sc.evidence,
+                        "requests": sc.requests,
+                        "reasons": reasons,
+                    })
                 });
             let v = serde_json::json!({
                 "line": n,
