@@ -373,3 +373,38 @@ fn hash_key_prints_the_account_id_the_proxy_uses() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Ctrl-C during `demo --traffic` stops it: the proxy and the mock shut
+/// down, the scratch directory (certificate, traffic record) is removed,
+/// and the exit status says it did not finish.
+#[test]
+fn demo_traffic_interrupted_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--traffic"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let entries = || std::fs::read_dir(tmp.path()).unwrap().count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while entries() == 0 {
+        assert!(Instant::now() < deadline, "no scratch directory appeared");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let it send for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "finished already");
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(!status.success(), "an interrupted demo reported success");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

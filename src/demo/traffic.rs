@@ -540,7 +540,7 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         by_index: HashMap::new(),
     };
     let started = Instant::now();
-    rt.block_on(play(
+    let stopped = rt.block_on(play(
         Play {
             scenario: scenario.clone(),
             requests: requests.clone(),
@@ -557,6 +557,12 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
     proxy.shutdown();
     proxy.join();
     upstream.stop();
+    if stopped == Stopped::Interrupted {
+        // The scratch directory goes with `scratch` on the way out.
+        return Err(anyhow!(
+            "interrupted after {real_seconds:.0} s; the proxy and the mock are stopped"
+        ));
+    }
     tail.poll();
 
     let progress = progress
@@ -616,11 +622,23 @@ struct Play {
     progress: Arc<Mutex<Progress>>,
 }
 
+/// How [`play`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Every request was sent and answered (or timed out).
+    Done,
+    /// Ctrl-C: sending stopped early.
+    Interrupted,
+}
+
 /// Send every request on schedule, wait for the answers (bounded), and
-/// show progress meanwhile.
-async fn play(p: Play, live: Live, tail: &mut RecordTail) {
+/// show progress meanwhile; Ctrl-C stops it (so the caller can stop the
+/// servers and remove its scratch files).
+async fn play(p: Play, live: Live, tail: &mut RecordTail) -> Stopped {
     let sending = tokio::spawn(send_all(p.clone()));
     tokio::pin!(sending);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
     let started = Instant::now();
     let terminal = std::io::stdout().is_terminal();
     let every = if terminal { 1 } else { 5 };
@@ -630,7 +648,11 @@ async fn play(p: Play, live: Live, tail: &mut RecordTail) {
     let mut drawn = 0usize;
     loop {
         tokio::select! {
-            _ = &mut sending => break,
+            _ = &mut sending => return Stopped::Done,
+            _ = &mut interrupt => {
+                sending.abort();
+                return Stopped::Interrupted;
+            }
             _ = ticks.tick() => {
                 n += 1;
                 if live == Live::Quiet || !n.is_multiple_of(every) {
