@@ -151,7 +151,7 @@
 //!
 //! # Memory and cost
 //!
-//! `size_of::<AccountSignals>()` is 152 bytes, `ClusterSignals` 352, `LadderState` 1. The default phrase table
+//! `size_of::<AccountSignals>()` is 160 bytes, `ClusterSignals` 352, `LadderState` 1. The default phrase table
 //! (74 phrases) has 1 529 states × 30 byte classes × 4 bytes ≈ 180 KiB. Measured in release on a shared 2-vCPU EPYC
 //! (least-disturbed of 30 rounds): scanning a 2 KiB prompt ≈ 1.7 µs; `observe_hits` ≈ 45 ns; `score` ≈ 185 ns
 //! (its one allocation is the contributions `Vec`); `observe` + `score` of an account ≈ 2.0 µs, plus the cluster's
