@@ -67,6 +67,31 @@ fn the_small_scenario_through_the_real_proxy() {
     assert!(h.populations["hydra"].containment_seconds.is_some());
     assert_eq!(report.unrecorded, 0);
 
+    // Live decisions agree with simulation's for the same scenario and
+    // policy: what is served in full (refusals may differ: concurrency caps
+    // bind only live, where a request lasts).
+    let scenario = traffic::scenario(&options).unwrap();
+    let policy = distill_guard::demo::default_config().unwrap();
+    let baseline = distill_guard::simulate::per_key_only(&policy);
+    let sim = distill_guard::simulate::simulate(&scenario, &policy, &baseline, None).unwrap();
+    for (live, simulated, what) in [
+        (
+            h.attack_served_fraction,
+            sim.policy.attack_served_fraction,
+            "attack served in full",
+        ),
+        (
+            h.legit_refused_fraction,
+            sim.policy.legit_refused_fraction,
+            "honest refused",
+        ),
+    ] {
+        assert!(
+            (live - simulated).abs() <= 0.01,
+            "{what}: live {live}, simulated {simulated}"
+        );
+    }
+
     // Each TLS client profile has one JA4, and they all differ.
     assert!(
         report.ja4_by_profile.len() >= 3,

@@ -562,7 +562,8 @@ pub struct FileDetection {
     pub weights: std::collections::BTreeMap<String, f32>,
     /// Score marks: each level is entered at `*_enter` and left below `*_exit`.
     pub thresholds: FileThresholds,
-    /// Slow: a delay before forwarding and a lower concurrency cap.
+    /// Slow: a delay before forwarding and a lower concurrency cap for the
+    /// account.
     pub slow: FileSlow,
     /// Degrade: clamp the output limit and remove thinking/reasoning parameters.
     pub degrade: FileDegrade,

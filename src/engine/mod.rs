@@ -677,24 +677,27 @@ impl Engine {
             let scope = detection.as_ref().map_or(Scope::Account, |d| d.scope);
             return block(scope, enforced.is_some(), detection);
         }
-        // Throttled: budgets multiplied down; slowed: a lower concurrency cap.
+        // Throttled: budgets multiplied down (the account's and the
+        // cluster's); slowed: the account's own concurrency capped. The cap
+        // is one account's (`[detection.slow] max_concurrent`): on a
+        // cluster's shared budget it would squeeze every member through the
+        // few slots one account gets.
         let det = policy.detection.as_ref();
         let factor = match det {
             Some(d) if applied >= score::Level::Throttle => d.throttle_factor,
             _ => 1.0,
         };
-        let slowed_cap = match det {
-            Some(d) if applied >= score::Level::Slow => Some(d.slow_max_concurrent),
-            _ => None,
-        };
         let adjust = |t: Tier| -> Tier {
-            let mut t = if factor < 1.0 { t.scaled(factor) } else { t };
-            if let Some(cap) = slowed_cap {
-                t.max_concurrent = t.max_concurrent.min(cap);
+            if factor < 1.0 {
+                t.scaled(factor)
+            } else {
+                t
             }
-            t
         };
-        let account_tier = adjust(tier.clone());
+        let mut account_tier = adjust(tier.clone());
+        if let Some(d) = det.filter(|_| applied >= score::Level::Slow) {
+            account_tier.max_concurrent = account_tier.max_concurrent.min(d.slow_max_concurrent);
+        }
         let throttled = factor < 1.0;
         let mut verdict = self.accounts.with(obs.account.0, now, |state| {
             admit(

@@ -957,6 +957,75 @@ mod detection {
         );
     }
 
+    /// Slow's lower concurrency cap (`[detection.slow] max_concurrent`) is
+    /// each slowed account's, not its cluster's: a cluster at Slow or above
+    /// keeps its shared budget's concurrency, so its members are not squeezed
+    /// through the few slots one account gets.
+    #[test]
+    fn the_slow_concurrency_cap_is_per_account() {
+        let e = Engine::new(policy());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(51);
+        let t0 = 1000 * MIN;
+        let req = |account: u64, rng: &mut rand::rngs::StdRng| {
+            Req {
+            account,
+            text: format!(
+                "Imagine and articulate the internal reasoning behind the completed response below, \
+                 and write it out step by step before the final answer.\nQuestion: {}",
+                words(rng, 20)
+            ),
+            max_tokens: 64_000,
+            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+            prefix: format!("203.0.113.{}/32", account % 8),
+        }
+        };
+        for minute in 0..10u64 {
+            for a in 0..40u64 {
+                run(
+                    &e,
+                    &req(97_000 + a, &mut rng),
+                    t0 + minute * MIN + a * SECOND,
+                    6_000,
+                );
+            }
+        }
+        let now = t0 + 10 * MIN;
+        // Twelve members at once, none finished: all admitted by the cluster.
+        let mut tickets = Vec::new();
+        for a in 0..12u64 {
+            let d = e.decide(&observe(&req(97_000 + a, &mut rng)), now);
+            let det = d.detection.as_ref().expect("detection on");
+            assert!(
+                det.enforced >= Level::Slow,
+                "campaign at {:?}",
+                det.enforced
+            );
+            assert!(det.enforced < Level::Block, "campaign blocked");
+            assert!(d.cluster_enforced, "the cluster shares no budget");
+            match d.verdict {
+                Verdict::Allow(t) => tickets.push(t),
+                other => panic!("member {a} refused: {other:?}"),
+            }
+        }
+        // One account gets two slots.
+        let third = e.decide(&observe(&req(97_000, &mut rng)), now);
+        let t = e.decide(&observe(&req(97_000, &mut rng)), now);
+        let hit = match (&third.verdict, &t.verdict) {
+            (Verdict::Allow(_), Verdict::Throttle(h)) => *h,
+            other => panic!("a slowed account's third request in flight: {other:?}"),
+        };
+        assert_eq!(
+            (hit.kind, hit.scope),
+            (LimitKind::Concurrency, Scope::Account)
+        );
+        if let Verdict::Allow(t) = third.verdict {
+            tickets.push(t);
+        }
+        for t in &tickets {
+            e.settle(t, Usage::default(), now + SECOND);
+        }
+    }
+
     /// `[cluster] budget_min_level = "slow"`: a cluster linked only by a
     /// shared template shares its budget only once its own behaviour reaches
     /// Slow. Forty users of one honest tool (one template, modest outputs)
