@@ -88,6 +88,9 @@
 //!   it and the other gets a fresh id (`formed_at` = rotation time). Only these few recorded duplicates are
 //!   revisited, so rotation costs O(duplicates), not O(accounts).
 //!
+//! Whoever keeps state per cluster id (the engine's behaviour signals) learns of merges (`absorbed → into`, in
+//! order) and of accounts that joined a cluster from [`Linker::drain_changes`], so that state can follow.
+//!
 //! # Memory
 //!
 //! Bounded by `max_values` (index keys, each with at most `max_accounts_per_value` entries) and

@@ -565,7 +565,9 @@ impl Engine {
                 }
             }
         }
-        let Some(c) = cluster else {
+        // Only clusters strong enough to be scored keep behaviour state (the
+        // member count may still grow to `min_members`).
+        let Some(c) = cluster.filter(|c| c.strength >= policy.cluster.score_min_strength) else {
             return;
         };
         for &account in &changes.joined {

@@ -2269,7 +2269,7 @@ impl ClusterSignals {
         self.lock *= f;
     }
 
-    /// Adds the state of a cluster that merged into this one (the linker's [`super::link::Linker::drain_merges`]):
+    /// Adds the state of a cluster that merged into this one (the linker's [`super::link::Linker::drain_changes`]):
     /// evidence is not lost when two clusters become one.
     pub fn absorb_cluster(&mut self, other: &ClusterSignals, now: Nanos, policy: &ScorePolicy) {
         let f = self.w.absorb(&other.w, now, policy);
