@@ -127,6 +127,7 @@ fn malformed_lines_are_reported_by_number_and_strict_fails() {
         "{report}"
     );
     assert!(report.contains("skipped line 2"), "{report}");
+    assert!(!report.contains("line 2: line 2"), "{report}");
     let out = Command::new(env!("CARGO_BIN_EXE_distill-guard"))
         .args(["replay", "--strict", "--config"])
         .arg(&cfg)

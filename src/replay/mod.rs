@@ -490,6 +490,9 @@ impl Summary {
             self.replayed, self.lines, self.skipped_total
         );
         for (line, reason) in self.skipped.iter().take(10) {
+            // The reason names its line itself (for --strict's error).
+            let prefix = format!("line {line}: ");
+            let reason = reason.strip_prefix(&prefix).unwrap_or(reason);
             let _ = writeln!(out, "  skipped line {line}: {reason}");
         }
         let _ = writeln!(out, "decisions (replayed | recorded):");
