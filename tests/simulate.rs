@@ -119,19 +119,32 @@ fn small_scenario_meets_the_containment_goal_and_the_goals_for_the_hydra_and_hon
 }
 
 /// The small scenario's attack overall is served in full a little above
-/// the 5 % goal (5.7 %), because in a one-hour scenario whose accounts send
-/// about 11 requests each, first contact is a large share: the stealth
-/// campaign's first five minutes (229 requests, before any of its 200
-/// accounts has sent a second one; its largest linked group then has 14
-/// accounts) and the hydra's first wave (56 of its first 71 requests, in
-/// 10 s, before any of its six template clusters holds the 8 requests a
-/// score needs) are 285 requests, 4.99 % of all attack requests, by
-/// themselves (BENCHMARKS.md, "Simulation"). This pins what is achieved,
-/// so a regression shows.
+/// the 5 % goal (5.6 %), because in a one-hour scenario whose accounts send
+/// about 11 requests each, first contact is a large share: 500 of the 5,713
+/// attack requests are an account's first. Every stealth account's first
+/// request is served in full (its paraphrases link only per template then;
+/// the largest linked group in its first five minutes has 14 accounts) and
+/// 52 of the hydra's (its first wave, before any of its six template
+/// clusters holds the 8 requests a score needs): 4.4 % of the attack is
+/// served on first contact (`attack_first_served_fraction`), before any
+/// evidence can exist (BENCHMARKS.md, "Simulation"). This pins what is
+/// achieved, so a regression shows.
 #[test]
 fn small_scenario_attack_served_is_pinned_just_above_the_goal() {
     let r = small_report();
     assert!(f(&r, "attack_served_fraction") <= 0.06, "{r}");
+    let first = f(&r, "attack_first_served_fraction");
+    assert!(
+        first > 0.0 && first <= f(&r, "attack_served_fraction"),
+        "{r}"
+    );
+    assert!(f(&r, "attack_first_requests_fraction") >= first, "{r}");
+    // Unprotected, every first request is served.
+    let b = &r["baseline"];
+    assert_eq!(
+        f(b, "attack_first_served_fraction"),
+        f(b, "attack_first_requests_fraction")
+    );
     let stealth = &r["populations"]["stealth"];
     assert!(
         served(stealth) <= 0.13,

@@ -16,7 +16,7 @@
 //! record (joined on the `x-request-id` the demo sets): a 200 may have been
 //! slowed or degraded, which the client cannot see.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{IsTerminal as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -572,7 +572,9 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
     let mut outcomes: BTreeMap<String, PopulationOutcome> = BTreeMap::new();
     let mut ja4_by_profile: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     let mut unrecorded = 0;
+    let mut seen: HashSet<(usize, u32)> = HashSet::new();
     for (i, req) in requests.iter().enumerate() {
+        let first = seen.insert((req.population, req.account));
         let rec = tail.by_index.get(&i);
         if let Some(ja4) = rec.and_then(|r| r.ja4.clone()) {
             ja4_by_profile
@@ -598,6 +600,7 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
                 req.output_tokens.min(MAX_OUTPUT_TOKENS),
                 label,
                 served,
+                first,
             );
     }
     Ok(TrafficReport {

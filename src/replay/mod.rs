@@ -280,13 +280,14 @@ impl<'c> Run<'c> {
         }
         let label = d.label();
         *self.by_action.entry(label.to_string()).or_default() += 1;
+        let first = !self.strongest.contains_key(&rec.account);
         let m = self.strongest.entry(rec.account.clone()).or_default();
         *m = (*m).max(rank(label));
         if let Some(p) = &rec.population {
             self.populations
                 .entry(p.clone())
                 .or_insert_with(|| PopulationOutcome::new(rec.attack, rec.t_ms))
-                .record(rec, &d, served);
+                .record(rec, &d, served, first);
         }
         Ok(d)
     }

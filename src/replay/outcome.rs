@@ -37,6 +37,11 @@ pub struct PopulationOutcome {
     pub output_tokens_unprotected: u64,
     /// Output tokens this policy let out.
     pub output_tokens_served: u64,
+    /// Requests that were their account's first in the record: first
+    /// contact, which no per-account or cluster evidence can precede.
+    pub first_requests: u64,
+    /// Of those, served in full.
+    pub first_requests_served: u64,
     /// The population's first request (ms since the Unix epoch).
     pub first_ms: u64,
     /// Seconds from the first request to the end of the first minute in
@@ -65,31 +70,44 @@ impl PopulationOutcome {
     }
 
     /// Count one request: the decision's label and the output tokens it was
-    /// served (0 when refused).
-    pub fn record(&mut self, rec: &TrafficRecord, d: &crate::engine::Decision, served_tokens: u64) {
+    /// served (0 when refused); `first`: its account's first request.
+    pub fn record(
+        &mut self,
+        rec: &TrafficRecord,
+        d: &crate::engine::Decision,
+        served_tokens: u64,
+        first: bool,
+    ) {
         let label = d.label();
         if label != "allow" {
             *self.reasons.entry(reason(d)).or_default() += 1;
         }
-        self.count(rec, label, served_tokens);
+        self.count(rec, label, served_tokens, first);
     }
 
     /// Count one request by its decision's label (allow, slow, degrade,
     /// throttle, block) when there is no engine [`crate::engine::Decision`]
     /// at hand: `demo --traffic` classifies the live proxy's answers. The
-    /// request arrived at `t_ms`, a full answer has `output_tokens`, and it
-    /// was served `served_tokens`.
-    pub fn count_label(&mut self, t_ms: u64, output_tokens: u64, label: &str, served_tokens: u64) {
+    /// request arrived at `t_ms`, a full answer has `output_tokens`, it
+    /// was served `served_tokens`, and `first`: its account's first request.
+    pub fn count_label(
+        &mut self,
+        t_ms: u64,
+        output_tokens: u64,
+        label: &str,
+        served_tokens: u64,
+        first: bool,
+    ) {
         let rec = TrafficRecord {
             t_ms,
             output_tokens,
             ..Default::default()
         };
-        self.count(&rec, label, served_tokens);
+        self.count(&rec, label, served_tokens, first);
     }
 
     /// Count one request by its decision's label.
-    fn count(&mut self, rec: &TrafficRecord, label: &str, served_tokens: u64) {
+    fn count(&mut self, rec: &TrafficRecord, label: &str, served_tokens: u64, first: bool) {
         self.requests += 1;
         self.output_tokens_unprotected += rec.output_tokens;
         let full = match label {
@@ -116,6 +134,10 @@ impl PopulationOutcome {
         };
         if matches!(label, "allow" | "slow" | "degrade") {
             self.output_tokens_served += served_tokens;
+        }
+        if first {
+            self.first_requests += 1;
+            self.first_requests_served += u64::from(full);
         }
         let m = usize::try_from(rec.t_ms.saturating_sub(self.first_ms) / MINUTE_MS)
             .unwrap_or(usize::MAX);
@@ -204,6 +226,13 @@ pub struct Headline {
     /// Output tokens let out, as a share of what an unprotected API would
     /// have produced.
     pub attack_output_tokens_fraction: f64,
+    /// Attack requests that were their account's first (first contact), as
+    /// a share of attack requests.
+    pub attack_first_requests_fraction: f64,
+    /// Of all attack requests, the share that were an account's first *and*
+    /// served in full: what got through before any evidence could exist
+    /// (part of `attack_served_fraction`).
+    pub attack_first_served_fraction: f64,
     /// Legitimate requests.
     pub legit_requests: u64,
     /// Of those, refused (throttled or blocked).
@@ -240,6 +269,8 @@ impl Headline {
             sum.blocked += p.blocked;
             sum.output_tokens_unprotected += p.output_tokens_unprotected;
             sum.output_tokens_served += p.output_tokens_served;
+            sum.first_requests += p.first_requests;
+            sum.first_requests_served += p.first_requests_served;
             if p.attack {
                 containment = containment
                     .zip(p.containment_seconds)
@@ -259,6 +290,8 @@ impl Headline {
                 attack.output_tokens_served,
                 attack.output_tokens_unprotected,
             ),
+            attack_first_requests_fraction: ratio(attack.first_requests, attack.requests),
+            attack_first_served_fraction: ratio(attack.first_requests_served, attack.requests),
             legit_requests: legit.requests,
             legit_refused_fraction: legit.refused_fraction(),
             legit_slowed_fraction: ratio(legit.slowed, legit.requests),
@@ -287,6 +320,9 @@ impl Headline {
         };
         row("attack requests", &|h| h.attack_requests.to_string());
         row("attack served in full", &|h| pct(h.attack_served_fraction));
+        row("  of it on accounts' first requests", &|h| {
+            pct(h.attack_first_served_fraction)
+        });
         row("attack degraded", &|h| pct(h.attack_degraded_fraction));
         row("attack refused", &|h| pct(h.attack_refused_fraction));
         row("attack output tokens let out", &|h| {
@@ -364,21 +400,22 @@ mod tests {
         // Minute 0: all served. Minute 1: 1 of 20 served (5 %). Minute 2: 2 of
         // 10 served. Minute 3: none served.
         for i in 0..10 {
-            p.count(&rec(i * 1000, 100), "allow", 100);
+            // Ten accounts' first requests.
+            p.count(&rec(i * 1000, 100), "allow", 100, true);
         }
         for i in 0..20 {
             let label = if i == 0 { "slow" } else { "throttle" };
-            p.count(&rec(60_000 + i * 1000, 100), label, 100);
+            p.count(&rec(60_000 + i * 1000, 100), label, 100, false);
         }
         for i in 0..10 {
             let label = if i < 2 { "allow" } else { "degrade" };
-            p.count(&rec(120_000 + i * 1000, 100), label, 10);
+            p.count(&rec(120_000 + i * 1000, 100), label, 10, false);
         }
         let h = Headline::new(&BTreeMap::from([("hydra".to_string(), p.clone())]));
         assert_eq!(h.populations["hydra"].containment_seconds, Some(120));
         assert_eq!(h.populations["hydra"].sustained_containment_seconds, None);
         for i in 0..10 {
-            p.count(&rec(180_000 + i * 1000, 100), "block", 0);
+            p.count(&rec(180_000 + i * 1000, 100), "block", 0, i == 0);
         }
         assert_eq!(p.requests, 50);
         assert_eq!(p.output_tokens_unprotected, 5000);
@@ -391,17 +428,20 @@ mod tests {
         assert_eq!(h.containment_seconds, Some(120));
         assert_eq!(h.sustained_containment_seconds, Some(240));
         assert_eq!(h.legit_requests, 0);
+        // 11 first requests, 10 of them served in full.
+        assert!((h.attack_first_requests_fraction - 11.0 / 50.0).abs() < 1e-12);
+        assert!((h.attack_first_served_fraction - 10.0 / 50.0).abs() < 1e-12);
     }
 
     #[test]
     fn an_attack_never_contained_makes_the_headline_never() {
         let mut a = PopulationOutcome::new(true, 0);
-        a.count(&rec(0, 1), "block", 0);
+        a.count(&rec(0, 1), "block", 0, true);
         let mut b = PopulationOutcome::new(true, 0);
-        b.count(&rec(0, 1), "allow", 1);
+        b.count(&rec(0, 1), "allow", 1, true);
         let mut legit = PopulationOutcome::new(false, 0);
-        legit.count(&rec(0, 1), "throttle", 0);
-        legit.count(&rec(0, 1), "slow", 1);
+        legit.count(&rec(0, 1), "throttle", 0, true);
+        legit.count(&rec(0, 1), "slow", 1, false);
         let h = Headline::new(&BTreeMap::from([
             ("a".to_string(), a),
             ("b".to_string(), b),
