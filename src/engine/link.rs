@@ -1035,9 +1035,6 @@ struct Forest {
     by_id: FastMap<u64, u32>,
     /// Roots that took an id another component of this forest already holds (resolved at rotation).
     dups: Vec<u32>,
-    /// Ids that ended in a merge, with the id that absorbed them, in order (`live` only; drained by
-    /// [`Linker::drain_changes`]).
-    merged: Vec<(u64, u64)>,
     unions: usize,
 }
 
@@ -1148,8 +1145,16 @@ impl Forest {
         id
     }
 
-    /// Links in the forest of record (`live`): ids are unique here. Returns the cluster's (id, formed_at).
-    fn link_live(&mut self, a: u64, b: u64, strength: u8, rules: u32, now: Nanos) -> (u64, Nanos) {
+    /// Links in the forest of record (`live`): ids are unique here. Returns the cluster's (id, formed_at); an id
+    /// that ends in the merge is pushed to `merges` with the id that absorbed it.
+    fn link_live(
+        &mut self,
+        (a, b): (u64, u64),
+        strength: u8,
+        rules: u32,
+        now: Nanos,
+        merges: &mut Vec<(u64, u64)>,
+    ) -> (u64, Nanos) {
         let (w, na, nb) = self.join(a, b);
         let mut chosen = older(
             (na.id, na.formed_at, na.size),
@@ -1163,7 +1168,7 @@ impl Forest {
         for old in [na.id, nb.id] {
             if old != 0 && old != chosen.0 {
                 self.by_id.remove(&old);
-                self.merged.push((old, chosen.0));
+                merges.push((old, chosen.0));
             }
         }
         self.set_meta(w, &na, &nb, strength, rules, chosen);
@@ -1230,7 +1235,6 @@ impl Forest {
         self.by_account.clear();
         self.by_id.clear();
         self.dups.clear();
-        self.merged.clear();
         self.unions = 0;
         let keep = keep.max(FOREST_KEEP);
         if self.nodes.capacity() > 2 * keep {
@@ -1262,7 +1266,6 @@ impl Forest {
             + map_bytes(&self.by_account)
             + map_bytes(&self.by_id)
             + self.dups.capacity() * size_of::<u32>()
-            + self.merged.capacity() * size_of::<(u64, u64)>()
     }
 }
 
@@ -1506,7 +1509,7 @@ impl Linker {
     /// Appends to `out` what linking changed since the last call (merges of clusters, accounts that joined one) and
     /// forgets it. Undrained changes are dropped at the next rotation, so they stay bounded.
     pub fn drain_changes(&mut self, out: &mut LinkChanges) {
-        out.merges.append(&mut self.live.merged);
+        out.merges.append(&mut self.changes.merges);
         out.joined.append(&mut self.changes.joined);
     }
 
@@ -1684,9 +1687,13 @@ impl Linker {
                 self.changes.joined.push(a);
             }
         }
-        let id = self
-            .live
-            .link_live(account, c.account, c.strength, c.rules, now);
+        let id = self.live.link_live(
+            (account, c.account),
+            c.strength,
+            c.rules,
+            now,
+            &mut self.changes.merges,
+        );
         self.cur
             .link_adopt(account, c.account, c.strength, c.rules, id);
     }
