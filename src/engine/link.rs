@@ -89,7 +89,7 @@
 //!   revisited, so rotation costs O(duplicates), not O(accounts).
 //!
 //! Whoever keeps state per cluster id (the engine's behaviour signals) learns of merges (`absorbed → into`, in
-//! order) and of accounts that joined a cluster from [`Linker::drain_changes`], so that state can follow.
+//! order) and of accounts that joined a cluster from [`Linker::changes`], so that state can follow.
 //!
 //! # Memory
 //!
@@ -1383,7 +1383,7 @@ pub struct Linker {
     changes: LinkChanges,
 }
 
-/// What linking changed since it was last drained ([`Linker::drain_changes`]): for whoever keeps state per cluster
+/// What linking changed since it was last drained ([`Linker::changes`]): for whoever keeps state per cluster
 /// id and wants it to follow the clusters.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LinkChanges {
@@ -1506,11 +1506,16 @@ impl Linker {
         self.cluster_of(account)
     }
 
-    /// Appends to `out` what linking changed since the last call (merges of clusters, accounts that joined one) and
-    /// forgets it. Undrained changes are dropped at the next rotation, so they stay bounded.
-    pub fn drain_changes(&mut self, out: &mut LinkChanges) {
-        out.merges.append(&mut self.changes.merges);
-        out.joined.append(&mut self.changes.joined);
+    /// What linking changed since [`Linker::clear_changes`] (merges of clusters, accounts that joined one). A part
+    /// that splits off a cluster at rotation (a fresh id) is not reported: it starts with fresh state. Changes not
+    /// cleared are dropped at the next rotation, so they stay bounded.
+    pub fn changes(&self) -> &LinkChanges {
+        &self.changes
+    }
+
+    /// Forget the changes (keeps the buffers).
+    pub fn clear_changes(&mut self) {
+        self.changes.clear();
     }
 
     /// The cluster `account` belongs to now, if any.
@@ -1577,13 +1582,13 @@ impl Linker {
             return;
         }
         let due = (now - start) / generation;
+        self.changes.clear();
         for _ in 0..due.min(2) {
             std::mem::swap(&mut self.live, &mut self.cur);
             self.cur.clear(self.live.nodes.len());
             self.live.resolve_dups(now);
             self.rotations_total += 1;
         }
-        self.changes.clear();
         self.gen_start = Some(start + due * generation);
     }
 
@@ -2267,16 +2272,11 @@ mod tests {
         members.sort_unstable();
         assert_eq!(members, vec![1, 2, 3, 4]);
         // What changed, for state kept per cluster: every account joined once, and y went into x.
-        let mut changes = LinkChanges::default();
-        linker.drain_changes(&mut changes);
+        let changes = linker.changes().clone();
         assert_eq!(changes.merges, vec![(y.id, x.id)]);
         assert_eq!(changes.joined, vec![2, 1, 4, 3]);
-        linker.drain_changes(&mut changes);
-        assert_eq!(
-            changes.merges.len() + changes.joined.len(),
-            5,
-            "drained twice"
-        );
+        linker.clear_changes();
+        assert!(linker.changes().is_empty());
         // Outside the window nothing links.
         let late = EPOCH + 5 * SEC + 11 * MIN;
         assert_eq!(linker.observe(5, &attrs(&p1), late), None);

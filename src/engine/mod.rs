@@ -510,13 +510,9 @@ impl Engine {
         self.clusters.len()
     }
 
-    /// Links the request's account; what that changed is appended to `changes` ([`Linker::drain_changes`]).
-    fn observe_link(
-        &self,
-        obs: &Observation,
-        now: Nanos,
-        changes: &mut link::LinkChanges,
-    ) -> Option<ClusterView> {
+    /// Links the request's account and, under the same lock (so concurrent requests apply merges in the order they
+    /// happened), brings the clusters' behaviour state in step ([`Engine::follow_links`]).
+    fn observe_link(&self, obs: &Observation, policy: &Policy, now: Nanos) -> Option<ClusterView> {
         let a = &obs.attrs;
         let prompt: &[u64] = a.prompt.as_ref().map_or(&[], |p| &p[..]);
         let attrs = Attributes {
@@ -529,14 +525,17 @@ impl Engine {
         };
         let mut linker = self.linker.lock().ok()?;
         let cluster = linker.observe(obs.account.0, &attrs, now);
-        linker.drain_changes(changes);
+        if !linker.changes().is_empty() {
+            self.follow_links(linker.changes(), cluster, policy, now);
+            linker.clear_changes();
+        }
         cluster
     }
 
     /// Keeps the clusters' behaviour state in step with linking: a cluster that merged into another brings its
-    /// state along, and an account that joins a cluster brings its history (what it sent before; the current
-    /// request is observed by the cluster itself, later). So a cluster that forms out of accounts which already
-    /// sent is scored on everything they sent, not only on what arrives after the link.
+    /// state along, and an account that joins a scored cluster brings its history (what it sent before; the current request is observed by the cluster itself, later). So
+    /// a cluster that forms out of accounts which already sent is scored on everything they sent, not only on what
+    /// arrives after the link. Called with the linker locked (lock order: linker, then the signal maps).
     fn follow_links(
         &self,
         changes: &link::LinkChanges,
@@ -565,8 +564,10 @@ impl Engine {
                 }
             }
         }
-        // Only clusters strong enough to be scored keep behaviour state (the
-        // member count may still grow to `min_members`).
+        // Only clusters strong enough to be scored keep behaviour state (a
+        // pair keeps it until it grows to `min_members`). Members that joined
+        // while the cluster was weaker bring their history with their next
+        // request (`detect`).
         let Some(c) = cluster.filter(|c| c.strength >= policy.cluster.score_min_strength) else {
             return;
         };
@@ -620,12 +621,7 @@ impl Engine {
         let allow_listed = allow_listed || manual == Some(Manual::Allow);
         // Allow-listed accounts skip detection: they are never linked.
         let cluster = if policy.cluster.enabled && !allow_listed {
-            let mut changes = link::LinkChanges::default();
-            let c = self.observe_link(obs, now, &mut changes);
-            if !changes.is_empty() {
-                self.follow_links(&changes, c, &policy, now);
-            }
-            c
+            self.observe_link(obs, &policy, now)
         } else {
             None
         };
@@ -777,6 +773,7 @@ impl Engine {
             fingerprint_inconsistent: f.fingerprint_inconsistent,
         };
         let tier_rpm = tier.requests.per_period();
+        let history;
         let (mut level, mut scope, mut best) = {
             let mut e = self
                 .account_signals
@@ -788,6 +785,9 @@ impl Engine {
                     )
                 });
             let (sig, ladder) = e.value_mut();
+            // First seen by a scored cluster (it joined before the cluster
+            // was scored): its history goes there, before this request.
+            history = cluster.and_then(|_| sig.join_cluster());
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let sc = sig.score(now, &d.score);
             (ladder.update(sc.value, &d.score), Scope::Account, sc)
@@ -802,6 +802,9 @@ impl Engine {
             });
             let (sig, ladder) = e.value_mut();
             sig.set_members(c.members);
+            if let Some(h) = &history {
+                sig.absorb_member(h, now, &d.score);
+            }
             sig.observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
             let sc = sig.score(now, &d.score);
             let cl = ladder.update(sc.value, &d.score);

@@ -2077,9 +2077,9 @@ impl AccountSignals {
     }
 
     /// The account's history so far, the first time it is called (later: `None`), for
-    /// [`ClusterSignals::absorb_member`] when the account is first seen in a scored cluster: call it before
-    /// observing the current request, which the cluster observes itself. Only the first cluster gets the history:
-    /// when that cluster merges into another, its state (history included) goes along
+    /// [`ClusterSignals::absorb_member`] when the account joins a scored cluster or is first seen in one: call it
+    /// before observing the current request, which the cluster observes itself. Only the first cluster gets the
+    /// history: when that cluster merges into another, its state (history included) goes along
     /// ([`ClusterSignals::absorb_cluster`]); if it dissolves, a later cluster sees only later requests.
     pub fn join_cluster(&mut self) -> Option<AccountSignals> {
         if self.joined {
@@ -2269,7 +2269,7 @@ impl ClusterSignals {
         self.lock *= f;
     }
 
-    /// Adds the state of a cluster that merged into this one (the linker's [`super::link::Linker::drain_changes`]):
+    /// Adds the state of a cluster that merged into this one (the linker's [`super::link::Linker::changes`]):
     /// evidence is not lost when two clusters become one.
     pub fn absorb_cluster(&mut self, other: &ClusterSignals, now: Nanos, policy: &ScorePolicy) {
         let f = self.w.absorb(&other.w, now, policy);

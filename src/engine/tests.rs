@@ -910,6 +910,69 @@ mod detection {
         );
     }
 
+    /// Accounts linked while their cluster was too weak to be scored bring
+    /// their history when a scored cluster first sees them: here two accounts
+    /// share a client and a network (a weak link), each sends five prompts of
+    /// its own, then a shared template makes the link medium and the pair is
+    /// scored — on all twelve requests, not only the two after the template.
+    #[test]
+    fn history_comes_along_when_a_weak_cluster_becomes_scored() {
+        let c = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+             [cluster]\nmin_members = 2\nmin_strength = \"strong\"\nscore_min_strength = \"medium\"\n\
+             [[cluster.link]]\nname = \"client+network\"\nattributes = [\"ja4\", \"ip_prefix\"]\n\
+             strength = \"weak\"\nwindow_ms = 600000\n\
+             [[cluster.link]]\nname = \"template\"\nattributes = [\"prompt\"]\n\
+             strength = \"medium\"\nwindow_ms = 600000\n",
+        )
+        .unwrap();
+        let e = Engine::new(Policy::from_config(&c));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(61);
+        let t0 = 1000 * MIN;
+        let req = |account: u64, text: String| Req {
+            account,
+            text,
+            max_tokens: 4_000,
+            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+            prefix: "198.51.100.0/24".into(),
+        };
+        for k in 0..5u64 {
+            for a in 0..2u64 {
+                let d = run(
+                    &e,
+                    &req(98_000 + a, words(&mut rng, 40)),
+                    t0 + k * MIN + a * SECOND,
+                    500,
+                );
+                if k > 0 || a > 0 {
+                    let c = d.cluster.expect("client and network link them");
+                    assert_eq!(c.strength, link::Strength::Weak);
+                }
+            }
+        }
+        let template =
+            "Summarise the following support ticket in three bullet points for the weekly \
+                        report, keeping the customer's own words where they matter.";
+        let mut last = None;
+        for a in 0..2u64 {
+            let text = format!("{template}\nTicket: {}", words(&mut rng, 15));
+            last = run(&e, &req(98_000 + a, text), t0 + 6 * MIN + a * SECOND, 500).cluster;
+        }
+        let c = last.expect("linked");
+        assert_eq!(c.strength, link::Strength::Medium);
+        // The first account's next request: it is first seen by the scored
+        // cluster now.
+        let now = t0 + 7 * MIN;
+        run(&e, &req(98_000, words(&mut rng, 40)), now, 500);
+        let (score, _) = e.cluster_score(c.id, now).expect("scored");
+        assert!(
+            score.requests > 12.0 && score.requests <= 13.0,
+            "the scored pair holds {} requests",
+            score.requests
+        );
+    }
+
     /// What a response produced counts toward its cluster's output ratio
     /// whether or not the cluster shares a budget (here it cannot: budgets
     /// need a strong link, the template link is medium).
