@@ -573,27 +573,38 @@ impl Engine {
         };
         for &account in &changes.joined {
             // A first request has no state yet: make it, so its history is not taken later.
-            let history = self
-                .account_signals
-                .entry(account)
-                .or_insert_with(|| {
-                    (
-                        score::AccountSignals::new(now),
-                        score::LadderState::default(),
-                    )
-                })
-                .0
-                .join_cluster();
+            let history = self.account_state(account, now).0.join_cluster();
             if let Some(h) = history {
-                let mut e = self.cluster_signals.entry(c.id).or_insert_with(|| {
-                    (
-                        score::ClusterSignals::new(c.formed_at),
-                        score::LadderState::default(),
-                    )
-                });
-                e.0.absorb_member(&h, now, &d.score);
+                self.cluster_state(&c).0.absorb_member(&h, now, &d.score);
             }
         }
+    }
+
+    /// An account's behaviour state, made (first seen `now`) if it has none.
+    fn account_state(
+        &self,
+        account: u64,
+        now: Nanos,
+    ) -> dashmap::mapref::one::RefMut<'_, u64, (score::AccountSignals, score::LadderState)> {
+        self.account_signals.entry(account).or_insert_with(|| {
+            (
+                score::AccountSignals::new(now),
+                score::LadderState::default(),
+            )
+        })
+    }
+
+    /// A cluster's behaviour state, made (formed when the linker says) if it has none.
+    fn cluster_state(
+        &self,
+        c: &ClusterView,
+    ) -> dashmap::mapref::one::RefMut<'_, u64, (score::ClusterSignals, score::LadderState)> {
+        self.cluster_signals.entry(c.id).or_insert_with(|| {
+            (
+                score::ClusterSignals::new(c.formed_at),
+                score::LadderState::default(),
+            )
+        })
     }
 
     /// The policy in force.
@@ -775,15 +786,7 @@ impl Engine {
         let tier_rpm = tier.requests.per_period();
         let history;
         let (mut level, mut scope, mut best) = {
-            let mut e = self
-                .account_signals
-                .entry(obs.account.0)
-                .or_insert_with(|| {
-                    (
-                        score::AccountSignals::new(now),
-                        score::LadderState::default(),
-                    )
-                });
+            let mut e = self.account_state(obs.account.0, now);
             let (sig, ladder) = e.value_mut();
             // First seen by a scored cluster (it joined before the cluster
             // was scored): its history goes there, before this request.
@@ -794,12 +797,7 @@ impl Engine {
         };
         let mut cluster_level = None;
         if let Some(c) = cluster {
-            let mut e = self.cluster_signals.entry(c.id).or_insert_with(|| {
-                (
-                    score::ClusterSignals::new(c.formed_at),
-                    score::LadderState::default(),
-                )
-            });
+            let mut e = self.cluster_state(&c);
             let (sig, ladder) = e.value_mut();
             sig.set_members(c.members);
             if let Some(h) = &history {
