@@ -68,11 +68,13 @@ fn every_shipped_scenario_validates() {
     assert_eq!(attack, 24_000);
 }
 
-/// The goals (BENCHMARKS.md) on the small scenario that it meets: every
-/// attack contained within 10 simulated minutes of its start; honest
-/// requests refused ≤ 0.1 %; the hydra's exchanges served in full ≤ 5 % of
-/// what an unprotected API serves. The per-key-only baseline is reported
-/// beside it. (The attack overall is not within 5 %: see the next test.)
+/// The goals (BENCHMARKS.md) on the small scenario as its own seed (7)
+/// meets them: every attack contained within 10 simulated minutes of its
+/// start; honest requests refused ≤ 0.1 %; the hydra's exchanges served in
+/// full ≤ 5 % of what an unprotected API serves. The per-key-only baseline
+/// is reported beside it. (The attack overall is not within 5 %: see the
+/// next test. Nor is containment within 10 minutes for every seed: see
+/// `small_scenario_over_several_seeds`.)
 #[test]
 fn small_scenario_meets_the_containment_goal_and_the_goals_for_the_hydra_and_honest_users() {
     let r = small_report();
@@ -152,6 +154,77 @@ fn small_scenario_attack_served_is_pinned_just_above_the_goal() {
         served(stealth)
     );
     assert!(f(&r, "attack_output_tokens_fraction") <= 0.10, "{r}");
+}
+
+/// `--seeds`: one run per seed, each the same as a run with `--seed`, and
+/// the spread of the figures over them. On the small scenario it also pins
+/// what holds whatever the draw — no honest request refused, the hydra
+/// contained within 10 minutes — and how far the rest moves: over seeds
+/// 1–16 the attack is served in full 5.1–7.5 % and first contained after
+/// 540–660 s (BENCHMARKS.md, "Simulation"), so 600 s is met by some draws
+/// and missed by others.
+#[test]
+fn small_scenario_over_several_seeds() {
+    let small = repo("config/scenarios/small.toml");
+    let small = small.to_str().unwrap();
+    let (all, _) = simulate(&[
+        "--scenario",
+        small,
+        "--seed",
+        "3",
+        "--seeds",
+        "4",
+        "--report",
+        "json",
+    ]);
+    let runs = all["runs"].as_array().unwrap();
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [3, 4, 5, 6]);
+    // A run of the batch is the run of its seed alone.
+    let (alone, _) = simulate(&["--scenario", small, "--seed", "5", "--report", "json"]);
+    assert_eq!(alone["seed"], 5);
+    assert_eq!(runs[2], alone);
+
+    let mut served: Vec<f64> = runs
+        .iter()
+        .map(|r| f(r, "attack_served_fraction"))
+        .collect();
+    served.sort_by(f64::total_cmp);
+    let spread = &all["attack_served_fraction"];
+    assert_eq!(f(spread, "min"), served[0]);
+    assert_eq!(f(spread, "max"), served[3]);
+    assert_eq!(f(spread, "median"), (served[1] + served[2]) / 2.0);
+    let c = &all["containment_seconds"];
+    let (lo, mid, hi) = (
+        c["min"].as_u64().unwrap(),
+        c["median"].as_u64().unwrap(),
+        c["max"].as_u64().unwrap(),
+    );
+    assert!(lo <= mid && mid <= hi, "{c}");
+
+    for r in runs {
+        assert_eq!(f(r, "legit_refused_fraction"), 0.0, "{r}");
+        let hydra = &r["populations"]["hydra"];
+        assert!(hydra["containment_seconds"].as_u64().unwrap() <= 600, "{r}");
+        // Pinned, not goals: what these seeds reach today.
+        assert!(f(r, "attack_served_fraction") <= 0.08, "{r}");
+        assert!(r["containment_seconds"].as_u64().unwrap() <= 720, "{r}");
+    }
+}
+
+#[test]
+fn simulate_seeds_refuses_zero_runs_and_a_record() {
+    let small = repo("config/scenarios/small.toml");
+    for args in [vec!["--seeds", "0"], vec!["--seeds", "2", "--record", "-"]] {
+        let out = Command::new(BIN)
+            .args(["simulate", "--scenario", small.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--seeds"), "{args:?}: {err}");
+    }
 }
 
 #[test]

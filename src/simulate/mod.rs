@@ -17,6 +17,7 @@
 
 pub mod scenario;
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -417,6 +418,8 @@ pub fn per_key_only(config: &Config) -> Config {
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// The seed the traffic was generated from.
+    pub seed: u64,
     /// Requests generated.
     pub requests: u64,
     /// The policy's headline figures.
@@ -430,8 +433,9 @@ impl Report {
     /// The report as text: the headline figures side by side.
     pub fn render(&self) -> String {
         format!(
-            "scenario {}: {} requests\n{}",
+            "scenario {} (seed {}): {} requests\n{}",
             self.scenario,
+            self.seed,
             self.requests,
             self.policy
                 .render("policy", Some(("per-key only", &self.baseline)))
@@ -489,10 +493,168 @@ pub fn simulate(
     })?;
     Ok(Report {
         scenario: scenario.name.clone(),
+        seed: scenario.seed,
         requests: n,
         policy: policy.headline().unwrap_or_default(),
         baseline: base.headline().unwrap_or_default(),
     })
+}
+
+/// The least, the median and the greatest of one figure over several runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread<T> {
+    /// The least.
+    pub min: T,
+    /// The median (of an even count, the mean of the middle two; `None` in
+    /// a containment median means a middle run never contained).
+    pub median: T,
+    /// The greatest.
+    pub max: T,
+}
+
+fn spread_of(mut xs: Vec<f64>) -> Spread<f64> {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    let at = |i: usize| xs.get(i).copied().unwrap_or(0.0);
+    let median = match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => at(n / 2),
+        _ => (at(n / 2 - 1) + at(n / 2)) / 2.0,
+    };
+    Spread {
+        min: at(0),
+        median,
+        max: at(n.saturating_sub(1)),
+    }
+}
+
+/// Seconds, `None` for never: never sorts after every time.
+fn spread_of_seconds(xs: &[Option<u64>]) -> Spread<Option<u64>> {
+    let mut xs = xs.to_vec();
+    xs.sort_by_key(|x| x.unwrap_or(u64::MAX));
+    let n = xs.len();
+    let at = |i: usize| xs.get(i).copied().flatten();
+    let median = match n {
+        0 => None,
+        _ if n % 2 == 1 => at(n / 2),
+        _ => at(n / 2 - 1).zip(at(n / 2)).map(|(a, b)| (a + b) / 2),
+    };
+    Spread {
+        min: at(0),
+        median,
+        max: at(n.saturating_sub(1)),
+    }
+}
+
+/// The policy's headline figures over several seeds of one scenario.
+#[derive(Debug, Serialize)]
+pub struct SeedsReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Each seed's full report, in seed order.
+    pub runs: Vec<Report>,
+    /// Spread of `attack_served_fraction`.
+    pub attack_served_fraction: Spread<f64>,
+    /// Spread of `attack_first_served_fraction`.
+    pub attack_first_served_fraction: Spread<f64>,
+    /// Spread of `attack_output_tokens_fraction`.
+    pub attack_output_tokens_fraction: Spread<f64>,
+    /// Spread of `legit_refused_fraction`.
+    pub legit_refused_fraction: Spread<f64>,
+    /// Spread of `legit_slowed_fraction`.
+    pub legit_slowed_fraction: Spread<f64>,
+    /// Spread of `legit_degraded_fraction`.
+    pub legit_degraded_fraction: Spread<f64>,
+    /// Spread of `containment_seconds`.
+    pub containment_seconds: Spread<Option<u64>>,
+    /// Spread of `sustained_containment_seconds`.
+    pub sustained_containment_seconds: Spread<Option<u64>>,
+}
+
+impl SeedsReport {
+    /// Sums up the runs (one per seed).
+    pub fn new(runs: Vec<Report>) -> SeedsReport {
+        let f =
+            |get: fn(&Headline) -> f64| spread_of(runs.iter().map(|r| get(&r.policy)).collect());
+        let secs = |get: fn(&Headline) -> Option<u64>| {
+            spread_of_seconds(&runs.iter().map(|r| get(&r.policy)).collect::<Vec<_>>())
+        };
+        SeedsReport {
+            scenario: runs.first().map(|r| r.scenario.clone()).unwrap_or_default(),
+            attack_served_fraction: f(|h| h.attack_served_fraction),
+            attack_first_served_fraction: f(|h| h.attack_first_served_fraction),
+            attack_output_tokens_fraction: f(|h| h.attack_output_tokens_fraction),
+            legit_refused_fraction: f(|h| h.legit_refused_fraction),
+            legit_slowed_fraction: f(|h| h.legit_slowed_fraction),
+            legit_degraded_fraction: f(|h| h.legit_degraded_fraction),
+            containment_seconds: secs(|h| h.containment_seconds),
+            sustained_containment_seconds: secs(|h| h.sustained_containment_seconds),
+            runs,
+        }
+    }
+
+    /// The report as text: the policy's figures, a line per seed, then their spread.
+    pub fn render(&self) -> String {
+        let pct = |x: f64| format!("{:.3} %", x * 100.0);
+        let secs = |x: Option<u64>| x.map_or("never".to_string(), |s| format!("{s} s"));
+        let mut out = format!("scenario {}: {} seeds\n", self.scenario, self.runs.len());
+        let _ = writeln!(
+            out,
+            "{:>6} {:>9} {:>14} {:>14} {:>12} {:>12} {:>14} {:>14} {:>14}",
+            "seed",
+            "requests",
+            "attack served",
+            "first contact",
+            "containment",
+            "sustained",
+            "legit refused",
+            "legit slowed",
+            "legit degraded"
+        );
+        for r in &self.runs {
+            let h = &r.policy;
+            let _ = writeln!(
+                out,
+                "{:>6} {:>9} {:>14} {:>14} {:>12} {:>12} {:>14} {:>14} {:>14}",
+                r.seed,
+                r.requests,
+                pct(h.attack_served_fraction),
+                pct(h.attack_first_served_fraction),
+                secs(h.containment_seconds),
+                secs(h.sustained_containment_seconds),
+                pct(h.legit_refused_fraction),
+                pct(h.legit_slowed_fraction),
+                pct(h.legit_degraded_fraction),
+            );
+        }
+        let _ = writeln!(out, "spread over the seeds (min / median / max):");
+        let mut row = |label: &str, s: [String; 3]| {
+            let _ = writeln!(out, "  {label:<38} {} / {} / {}", s[0], s[1], s[2]);
+        };
+        let p = |s: &Spread<f64>| [pct(s.min), pct(s.median), pct(s.max)];
+        let t = |s: &Spread<Option<u64>>| [secs(s.min), secs(s.median), secs(s.max)];
+        row("attack served in full", p(&self.attack_served_fraction));
+        row(
+            "  of it on accounts' first requests",
+            p(&self.attack_first_served_fraction),
+        );
+        row(
+            "attack output tokens let out",
+            p(&self.attack_output_tokens_fraction),
+        );
+        row(
+            "first containment (slowest attack)",
+            t(&self.containment_seconds),
+        );
+        row(
+            "sustained containment",
+            t(&self.sustained_containment_seconds),
+        );
+        row("legitimate refused", p(&self.legit_refused_fraction));
+        row("legitimate slowed", p(&self.legit_slowed_fraction));
+        row("legitimate degraded", p(&self.legit_degraded_fraction));
+        out
+    }
 }
 
 #[cfg(test)]

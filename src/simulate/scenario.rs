@@ -241,12 +241,32 @@ pub struct Scenario {
 
 /// Read and validate a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ConfigError> {
-    parse(path, &crate::config::read_file(path)?)
+    load_with_seed(path, None)
+}
+
+/// Read and validate a scenario file, with its seed replaced by `seed` when
+/// given (everything drawn from the seed, addresses included, follows it).
+pub fn load_with_seed(path: &Path, seed: Option<u64>) -> Result<Scenario, ConfigError> {
+    parse_with_seed(path, &crate::config::read_file(path)?, seed)
 }
 
 /// Parse and validate scenario text; `path` names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ConfigError> {
-    crate::config::parse_toml(path, text, validate)
+    parse_with_seed(path, text, None)
+}
+
+/// [`parse`], with the file's seed replaced by `seed` when given.
+pub fn parse_with_seed(
+    path: &Path,
+    text: &str,
+    seed: Option<u64>,
+) -> Result<Scenario, ConfigError> {
+    crate::config::parse_toml(path, text, |mut f: ScenarioFile| {
+        if let Some(seed) = seed {
+            f.seed = seed;
+        }
+        validate(f)
+    })
 }
 
 type Invalid = (String, String);
@@ -532,6 +552,27 @@ output_tokens = [100, 200]
             .parse::<ipnet::IpNet>()
             .unwrap()
             .contains(a)));
+    }
+
+    #[test]
+    fn a_seed_override_replaces_the_files_seed_everywhere() {
+        let path = Path::new("s.toml");
+        let file = parse(path, MINIMAL).unwrap();
+        assert_eq!(file.seed, 1, "the default seed");
+        let same = parse_with_seed(path, MINIMAL, Some(1)).unwrap();
+        assert_eq!(same.populations[0].addresses, file.populations[0].addresses);
+        let other = parse_with_seed(path, MINIMAL, Some(2)).unwrap();
+        assert_eq!(other.seed, 2);
+        assert_ne!(
+            other.populations[0].addresses, file.populations[0].addresses,
+            "addresses follow the seed"
+        );
+        let written = MINIMAL.replace("name = \"t\"", "name = \"t\"\nseed = 2");
+        let from_file = parse(path, &written).unwrap();
+        assert_eq!(
+            from_file.populations[0].addresses,
+            other.populations[0].addresses
+        );
     }
 
     #[test]
