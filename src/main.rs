@@ -127,9 +127,9 @@ enum Command {
         /// end; exits when the scenario has played.
         #[arg(long)]
         traffic: bool,
-        /// With --traffic: scenario time per real time (60 plays the small
-        /// scenario's hour in about a minute).
-        #[arg(long, default_value_t = 60.0, requires = "traffic")]
+        /// With --traffic: scenario time per real time (120 plays the small
+        /// scenario's two hours in about a minute).
+        #[arg(long, default_value_t = 120.0, requires = "traffic")]
         speed: f64,
         /// With --traffic: the scenario file (default: the compiled-in small
         /// scenario).

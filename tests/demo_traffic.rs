@@ -1,6 +1,6 @@
 //! `demo --traffic` end to end, in process: the small scenario through the
-//! real proxy over TLS at 120x (an hour in about 30 s), with the default
-//! policy.
+//! real proxy over TLS at 120x (its two hours in about a minute), with the
+//! default policy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,8 +22,8 @@ fn the_small_scenario_through_the_real_proxy() {
     let started = std::time::Instant::now();
     let report = traffic::run(&options).unwrap();
     println!("{}", report.render());
-    // 60 simulated minutes at 120x is 30 s, plus a bounded drain.
-    assert!(started.elapsed().as_secs() < 90, "{:?}", started.elapsed());
+    // 120 simulated minutes at 120x is 60 s, plus a bounded drain.
+    assert!(started.elapsed().as_secs() < 150, "{:?}", started.elapsed());
 
     let sent: u64 = report.populations.iter().map(|p| p.sent).sum();
     assert_eq!(sent, expected, "every generated request is sent");

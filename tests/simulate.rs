@@ -68,103 +68,73 @@ fn every_shipped_scenario_validates() {
     assert_eq!(attack, 24_000);
 }
 
-/// The goals (BENCHMARKS.md) on the small scenario as its own seed (7)
-/// meets them: every attack contained within 10 simulated minutes of its
-/// start; honest requests refused ≤ 0.1 %; the hydra's exchanges served in
-/// full ≤ 5 % of what an unprotected API serves. The per-key-only baseline
-/// is reported beside it. (The attack overall is not within 5 %: see the
-/// next test. Nor is containment within 10 minutes for every seed: see
-/// `small_scenario_over_several_seeds`.)
-#[test]
-fn small_scenario_meets_the_containment_goal_and_the_goals_for_the_hydra_and_honest_users() {
-    let r = small_report();
+/// The goals (issue 7, BENCHMARKS.md) on one run: the attack's exchanges
+/// served in full ≤ 5 % of what an unprotected API serves; honest requests
+/// refused ≤ 0.1 % (and no honest population refused at all here); every
+/// attack contained within 10 simulated minutes of its start; the per-key
+/// baseline beside it serves the whole campaign and never contains it.
+fn assert_goals(r: &serde_json::Value) {
     for key in [
         "attack_served_fraction",
         "attack_degraded_fraction",
         "legit_refused_fraction",
         "legit_slowed_fraction",
     ] {
-        f(&r, key);
+        f(r, key);
         f(&r["baseline"], key);
     }
-    assert!(r.get("containment_seconds").is_some());
-    assert!(r["baseline"].get("containment_seconds").is_some());
-
-    assert!(f(&r, "legit_refused_fraction") <= 0.001, "{r}");
+    let seed = &r["seed"];
+    assert!(
+        f(r, "attack_served_fraction") <= 0.05,
+        "seed {seed}: attack served {}",
+        f(r, "attack_served_fraction")
+    );
+    assert!(f(r, "legit_refused_fraction") <= 0.001, "seed {seed}: {r}");
     let contained = r["containment_seconds"].as_u64().expect("contained");
     assert!(
         contained <= 600,
-        "slowest attack contained after {contained} s"
+        "seed {seed}: slowest attack contained after {contained} s"
     );
-    let hydra = &r["populations"]["hydra"];
-    assert!(served(hydra) <= 0.05, "hydra served {}", served(hydra));
-    let contained = hydra["containment_seconds"]
-        .as_u64()
-        .expect("hydra contained");
-    assert!(contained <= 600, "hydra contained after {contained} s");
-    // Honest populations one by one.
     for (name, p) in r["populations"].as_object().unwrap() {
         if p["attack"] == false {
             assert_eq!(
                 f(p, "throttled") + f(p, "blocked"),
                 0.0,
-                "{name} refused: {p}"
+                "seed {seed}: {name} refused: {p}"
             );
+        } else {
+            let c = p["containment_seconds"].as_u64().expect("contained");
+            assert!(c <= 600, "seed {seed}: {name} contained after {c} s");
         }
     }
-    // The baseline (per-key limits only) serves the whole campaign and
-    // never contains it.
     let b = &r["baseline"];
     assert_eq!(f(b, "attack_served_fraction"), 1.0);
     assert!(b["containment_seconds"].is_null());
     assert_eq!(f(b, "legit_refused_fraction"), 0.0);
-}
-
-/// The small scenario's attack overall is served in full a little above
-/// the 5 % goal (5.6 %), because in a one-hour scenario whose accounts send
-/// about 11 requests each, first contact is a large share: 500 of the 5,713
-/// attack requests are an account's first. Every stealth account's first
-/// request is served in full (its paraphrases link only per template then;
-/// the largest linked group in its first five minutes has 14 accounts) and
-/// 52 of the hydra's (its first wave, before any of its six template
-/// clusters holds the 8 requests a score needs): 4.4 % of the attack is
-/// served on first contact (`attack_first_served_fraction`), before any
-/// evidence can exist (BENCHMARKS.md, "Simulation"). This pins what is
-/// achieved, so a regression shows.
-#[test]
-fn small_scenario_attack_served_is_pinned_just_above_the_goal() {
-    let r = small_report();
-    assert!(f(&r, "attack_served_fraction") <= 0.06, "{r}");
-    let first = f(&r, "attack_first_served_fraction");
+    // First contact is part of what is served, and unprotected every first
+    // request is served.
+    let first = f(r, "attack_first_served_fraction");
     assert!(
-        first > 0.0 && first <= f(&r, "attack_served_fraction"),
+        first > 0.0 && first <= f(r, "attack_served_fraction"),
         "{r}"
     );
-    assert!(f(&r, "attack_first_requests_fraction") >= first, "{r}");
-    // Unprotected, every first request is served.
-    let b = &r["baseline"];
+    assert!(f(r, "attack_first_requests_fraction") >= first, "{r}");
     assert_eq!(
         f(b, "attack_first_served_fraction"),
         f(b, "attack_first_requests_fraction")
     );
-    let stealth = &r["populations"]["stealth"];
-    assert!(
-        served(stealth) <= 0.13,
-        "stealth served {}",
-        served(stealth)
-    );
-    assert!(f(&r, "attack_output_tokens_fraction") <= 0.10, "{r}");
 }
 
-/// `--seeds`: one run per seed, each the same as a run with `--seed`, and
-/// the spread of the figures over them. On the small scenario it also pins
-/// what holds whatever the draw — no honest request refused, the hydra
-/// contained within 10 minutes — and how far the rest moves: over seeds
-/// 1–16 the attack is served in full 5.1–7.5 % and first contained after
-/// 540–660 s (BENCHMARKS.md, "Simulation"), so 600 s is met by some draws
-/// and missed by others.
+/// The small scenario, end to end, meets the goals: on its own seed, and on
+/// each of three more draws of its traffic (`--seeds`; over seeds 1–64 the
+/// attack is served in full 2.4–3.3 % and contained after 360–540 s,
+/// BENCHMARKS.md "Simulation"). `--seeds` runs are the runs of their seeds.
 #[test]
-fn small_scenario_over_several_seeds() {
+fn small_scenario_meets_the_goals_on_several_seeds() {
+    let r = small_report();
+    assert_eq!(r["seed"], 7);
+    assert_goals(&r);
+
     let small = repo("config/scenarios/small.toml");
     let small = small.to_str().unwrap();
     let (all, _) = simulate(&[
@@ -173,18 +143,21 @@ fn small_scenario_over_several_seeds() {
         "--seed",
         "3",
         "--seeds",
-        "4",
+        "3",
         "--report",
         "json",
     ]);
     let runs = all["runs"].as_array().unwrap();
     let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
-    assert_eq!(seeds, [3, 4, 5, 6]);
+    assert_eq!(seeds, [3, 4, 5]);
+    for r in runs {
+        assert_goals(r);
+    }
     // A run of the batch is the run of its seed alone.
-    let (alone, _) = simulate(&["--scenario", small, "--seed", "5", "--report", "json"]);
-    assert_eq!(alone["seed"], 5);
-    assert_eq!(runs[2], alone);
-
+    let (alone, _) = simulate(&["--scenario", small, "--seed", "4", "--report", "json"]);
+    assert_eq!(alone["seed"], 4);
+    assert_eq!(runs[1], alone);
+    // The spread is the runs'.
     let mut served: Vec<f64> = runs
         .iter()
         .map(|r| f(r, "attack_served_fraction"))
@@ -192,8 +165,8 @@ fn small_scenario_over_several_seeds() {
     served.sort_by(f64::total_cmp);
     let spread = &all["attack_served_fraction"];
     assert_eq!(f(spread, "min"), served[0]);
-    assert_eq!(f(spread, "max"), served[3]);
-    assert_eq!(f(spread, "median"), (served[1] + served[2]) / 2.0);
+    assert_eq!(f(spread, "max"), served[2]);
+    assert_eq!(f(spread, "median"), served[1]);
     let c = &all["containment_seconds"];
     let (lo, mid, hi) = (
         c["min"].as_u64().unwrap(),
@@ -201,14 +174,41 @@ fn small_scenario_over_several_seeds() {
         c["max"].as_u64().unwrap(),
     );
     assert!(lo <= mid && mid <= hi, "{c}");
+}
 
-    for r in runs {
-        assert_eq!(f(r, "legit_refused_fraction"), 0.0, "{r}");
+/// The small campaign (`small-campaign.toml`: one hour, a 200-account
+/// stealth campaign, 25 accounts per template) is below the policy's
+/// evidence scale, and this pins how far, so a regression shows: over
+/// seeds 1–16 the attack is served in full 5.1–7.5 % — 4.2–4.5 % on
+/// accounts' first requests, since each account sends about 11 requests —
+/// and first contained after 540–660 s; seeds 5–7 here: 5.6–7.5 %, the
+/// stealth campaign 12–17 %. What holds on every draw: no honest request
+/// refused, the hydra contained within 10 minutes.
+#[test]
+fn the_small_campaign_is_pinned_where_its_evidence_runs_short() {
+    let campaign = repo("config/scenarios/small-campaign.toml");
+    let (all, _) = simulate(&[
+        "--scenario",
+        campaign.to_str().unwrap(),
+        "--seed",
+        "5",
+        "--seeds",
+        "3",
+        "--report",
+        "json",
+    ]);
+    for r in all["runs"].as_array().unwrap() {
+        let seed = &r["seed"];
+        assert_eq!(f(r, "legit_refused_fraction"), 0.0, "seed {seed}: {r}");
         let hydra = &r["populations"]["hydra"];
         assert!(hydra["containment_seconds"].as_u64().unwrap() <= 600, "{r}");
-        // Pinned, not goals: what these seeds reach today.
-        assert!(f(r, "attack_served_fraction") <= 0.08, "{r}");
-        assert!(r["containment_seconds"].as_u64().unwrap() <= 720, "{r}");
+        assert!(f(r, "attack_served_fraction") <= 0.08, "seed {seed}");
+        assert!(f(r, "attack_first_served_fraction") >= 0.04, "seed {seed}");
+        assert!(
+            r["containment_seconds"].as_u64().unwrap() <= 720,
+            "seed {seed}"
+        );
+        assert!(served(&r["populations"]["stealth"]) <= 0.18, "seed {seed}");
     }
 }
 
@@ -230,7 +230,7 @@ fn simulate_seeds_refuses_zero_runs_and_a_record() {
 #[test]
 fn simulate_is_deterministic_and_its_record_replays_to_the_same_headline() {
     let dir = tempfile::tempdir().unwrap();
-    let small = repo("config/scenarios/small.toml");
+    let small = repo("config/scenarios/small-campaign.toml");
     let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
     let (report, _) = simulate(&[
         "--scenario",

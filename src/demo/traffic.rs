@@ -36,7 +36,7 @@ use crate::server::{self, Clock};
 use crate::simulate::{Generator, Scenario, SimRequest};
 use crate::{mock, simulate};
 
-/// The small scenario (one simulated hour), compiled in so the demo runs
+/// The small scenario (two simulated hours), compiled in so the demo runs
 /// from any directory.
 pub const SMALL_SCENARIO: &str = include_str!("../../config/scenarios/small.toml");
 
@@ -65,8 +65,8 @@ pub enum Live {
 /// What to play and how fast.
 #[derive(Debug, Clone)]
 pub struct TrafficOptions {
-    /// Scenario time per real time (60, the default: the small scenario's
-    /// hour in one real minute).
+    /// Scenario time per real time (120, the default: the small scenario's
+    /// two hours in one real minute).
     pub speed: f64,
     /// A scenario file; None: the compiled-in small scenario.
     pub scenario: Option<PathBuf>,
@@ -77,7 +77,7 @@ pub struct TrafficOptions {
 impl Default for TrafficOptions {
     fn default() -> Self {
         TrafficOptions {
-            speed: 60.0,
+            speed: 120.0,
             scenario: None,
             live: Live::Auto,
         }
