@@ -529,9 +529,8 @@ fn simulate_seeds(
     match report {
         ReportFormat::Json => println!("{}", serde_json::to_string(&all)?),
         ReportFormat::Text => println!(
-            "{}(generated and replayed {} times in {:.1} s)",
+            "{}({runs} seeds, each generated and replayed twice, in {:.1} s)",
             all.render(),
-            2 * runs,
             started.elapsed().as_secs_f64()
         ),
     }

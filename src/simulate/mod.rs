@@ -512,14 +512,15 @@ pub struct Spread<T> {
     pub max: T,
 }
 
-fn spread_of(mut xs: Vec<f64>) -> Spread<f64> {
-    xs.sort_by(f64::total_cmp);
+/// The spread of sorted values; `mid` is the median of the middle two of an
+/// even count.
+fn spread_sorted<T: Copy + Default>(xs: &[T], mid: impl Fn(T, T) -> T) -> Spread<T> {
     let n = xs.len();
-    let at = |i: usize| xs.get(i).copied().unwrap_or(0.0);
+    let at = |i: usize| xs.get(i).copied().unwrap_or_default();
     let median = match n {
-        0 => 0.0,
+        0 => T::default(),
         _ if n % 2 == 1 => at(n / 2),
-        _ => (at(n / 2 - 1) + at(n / 2)) / 2.0,
+        _ => mid(at(n / 2 - 1), at(n / 2)),
     };
     Spread {
         min: at(0),
@@ -528,22 +529,15 @@ fn spread_of(mut xs: Vec<f64>) -> Spread<f64> {
     }
 }
 
+fn spread_of(mut xs: Vec<f64>) -> Spread<f64> {
+    xs.sort_by(f64::total_cmp);
+    spread_sorted(&xs, |a, b| (a + b) / 2.0)
+}
+
 /// Seconds, `None` for never: never sorts after every time.
-fn spread_of_seconds(xs: &[Option<u64>]) -> Spread<Option<u64>> {
-    let mut xs = xs.to_vec();
+fn spread_of_seconds(mut xs: Vec<Option<u64>>) -> Spread<Option<u64>> {
     xs.sort_by_key(|x| x.unwrap_or(u64::MAX));
-    let n = xs.len();
-    let at = |i: usize| xs.get(i).copied().flatten();
-    let median = match n {
-        0 => None,
-        _ if n % 2 == 1 => at(n / 2),
-        _ => at(n / 2 - 1).zip(at(n / 2)).map(|(a, b)| (a + b) / 2),
-    };
-    Spread {
-        min: at(0),
-        median,
-        max: at(n.saturating_sub(1)),
-    }
+    spread_sorted(&xs, |a, b| a.zip(b).map(|(a, b)| (a + b) / 2))
 }
 
 /// The policy's headline figures over several seeds of one scenario.
@@ -577,7 +571,7 @@ impl SeedsReport {
         let f =
             |get: fn(&Headline) -> f64| spread_of(runs.iter().map(|r| get(&r.policy)).collect());
         let secs = |get: fn(&Headline) -> Option<u64>| {
-            spread_of_seconds(&runs.iter().map(|r| get(&r.policy)).collect::<Vec<_>>())
+            spread_of_seconds(runs.iter().map(|r| get(&r.policy)).collect())
         };
         SeedsReport {
             scenario: runs.first().map(|r| r.scenario.clone()).unwrap_or_default(),
@@ -598,9 +592,14 @@ impl SeedsReport {
         let pct = |x: f64| format!("{:.3} %", x * 100.0);
         let secs = |x: Option<u64>| x.map_or("never".to_string(), |s| format!("{s} s"));
         let mut out = format!("scenario {}: {} seeds\n", self.scenario, self.runs.len());
-        let _ = writeln!(
-            out,
-            "{:>6} {:>9} {:>14} {:>14} {:>12} {:>12} {:>14} {:>14} {:>14}",
+        let mut line = |cols: [&str; 9]| {
+            let [a, b, c, d, e, f, g, h, i] = cols;
+            let _ = writeln!(
+                out,
+                "{a:>6} {b:>9} {c:>14} {d:>14} {e:>12} {f:>12} {g:>14} {h:>14} {i:>14}"
+            );
+        };
+        line([
             "seed",
             "requests",
             "attack served",
@@ -609,15 +608,13 @@ impl SeedsReport {
             "sustained",
             "legit refused",
             "legit slowed",
-            "legit degraded"
-        );
+            "legit degraded",
+        ]);
         for r in &self.runs {
             let h = &r.policy;
-            let _ = writeln!(
-                out,
-                "{:>6} {:>9} {:>14} {:>14} {:>12} {:>12} {:>14} {:>14} {:>14}",
-                r.seed,
-                r.requests,
+            let cols = [
+                r.seed.to_string(),
+                r.requests.to_string(),
                 pct(h.attack_served_fraction),
                 pct(h.attack_first_served_fraction),
                 secs(h.containment_seconds),
@@ -625,7 +622,8 @@ impl SeedsReport {
                 pct(h.legit_refused_fraction),
                 pct(h.legit_slowed_fraction),
                 pct(h.legit_degraded_fraction),
-            );
+            ];
+            line(cols.each_ref().map(String::as_str));
         }
         let _ = writeln!(out, "spread over the seeds (min / median / max):");
         let mut row = |label: &str, s: [String; 3]| {

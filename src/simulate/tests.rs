@@ -142,3 +142,20 @@ fn records_carry_fingerprints_labels_and_no_prompt_text() {
         .collect();
     assert_eq!(ids.len(), 50);
 }
+
+#[test]
+fn spreads_take_the_middle_and_sort_never_last() {
+    let s = super::spread_of(vec![0.3, 0.1, 0.4, 0.2]);
+    assert_eq!((s.min, s.max), (0.1, 0.4));
+    assert!((s.median - 0.25).abs() < 1e-12, "{s:?}");
+    assert_eq!(super::spread_of(vec![0.5, 0.1, 0.9]).median, 0.5);
+
+    let secs = super::spread_of_seconds;
+    let s = secs(vec![Some(600), None, Some(420), Some(540)]);
+    assert_eq!((s.min, s.median, s.max), (Some(420), Some(570), None));
+    // A never in the middle makes the median never.
+    let s = secs(vec![None, Some(420), None, Some(480)]);
+    assert_eq!((s.min, s.median, s.max), (Some(420), None, None));
+    let s = secs(vec![None, Some(60), Some(120)]);
+    assert_eq!((s.min, s.median, s.max), (Some(60), Some(120), None));
+}
