@@ -28,7 +28,7 @@ use crate::engine::score::Level;
 use crate::engine::{signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity::{self, AccountId};
-use crate::proxy::body::{RequestBody, ResponseBody, ResponseObserver};
+use crate::proxy::body::{BodyTimeout, ClientBody, RequestBody, ResponseBody, ResponseObserver};
 use crate::proxy::error::{error_response, throttle_response, ProxyError};
 use crate::proxy::headers::{self, X_REQUEST_ID};
 use crate::server::{ConnInfo, Shared, Worker};
@@ -487,6 +487,8 @@ async fn read_body(
     if body.is_end_stream() {
         return Ok((RequestBody::empty(), None));
     }
+    let l = &config.limits;
+    let body = ClientBody::new(body, l.body_read_timeout, l.min_body_bytes_per_second);
     if api == ApiKind::Other || parts.method != Method::POST {
         return Ok((stream_body(None, body, limit), None));
     }
@@ -499,9 +501,10 @@ async fn read_body(
         match body.frame().await {
             None => break,
             Some(Err(e)) => {
-                return Err(ProxyError::BadRequest(format!(
-                    "reading the request body: {e}"
-                )))
+                return Err(match e.downcast::<BodyTimeout>() {
+                    Ok(t) => ProxyError::BodyTimeout(*t),
+                    Err(e) => ProxyError::BadRequest(format!("reading the request body: {e}")),
+                })
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -530,7 +533,7 @@ async fn read_body(
     Ok((RequestBody::Full(Some(bytes)), Some(inspection)))
 }
 
-fn stream_body(prefix: Option<Bytes>, rest: Incoming, limit: u64) -> RequestBody {
+fn stream_body(prefix: Option<Bytes>, rest: ClientBody, limit: u64) -> RequestBody {
     RequestBody::Stream {
         prefix,
         rest,

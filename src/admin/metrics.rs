@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::engine::{Engine, LimitKind, Scope};
 use crate::fingerprint::tls::HelloError;
+use crate::server::deadline::Expired;
+
+const CUT_LABELS: [Expired; 3] = [Expired::FirstRequest, Expired::Idle, Expired::WriteStall];
 
 /// Reasons a connection is closed before HTTP, as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +25,11 @@ pub enum ConnReject {
     Hello(HelloError),
     /// The socket failed during the handshake.
     Io,
+    /// The peer's address already holds `limits.max_connections_per_address`.
+    OverAddressShare,
 }
 
-const REJECT_LABELS: [&str; 9] = [
+const REJECT_LABELS: [&str; 10] = [
     "over_cap",
     "handshake_timeout",
     "tls_handshake",
@@ -34,6 +39,7 @@ const REJECT_LABELS: [&str; 9] = [
     "truncated",
     "malformed",
     "io",
+    "over_address_share",
 ];
 
 impl ConnReject {
@@ -48,12 +54,13 @@ impl ConnReject {
             ConnReject::Hello(HelloError::Truncated) => 6,
             ConnReject::Hello(HelloError::Malformed) => 7,
             ConnReject::Io => 8,
+            ConnReject::OverAddressShare => 9,
         }
     }
 }
 
 /// Outcome of a request, as the `decision` label.
-pub const DECISIONS: [&str; 12] = [
+pub const DECISIONS: [&str; 13] = [
     "allow",
     "slow",
     "degrade",
@@ -64,6 +71,7 @@ pub const DECISIONS: [&str; 12] = [
     "bad_gateway",
     "gateway_timeout",
     "invalid_request",
+    "request_timeout",
     "internal",
     "other",
 ];
@@ -131,6 +139,8 @@ pub struct Metrics {
     connections_accepted: AtomicU64,
     connections_open: AtomicI64,
     connections_rejected: [AtomicU64; REJECT_LABELS.len()],
+    connections_cut: [AtomicU64; CUT_LABELS.len()],
+    admin_connections_rejected: AtomicU64,
     requests: [AtomicU64; DECISIONS.len()],
     limits_hit: [AtomicU64; SCOPES.len() * KINDS.len()],
     upstream_status: [AtomicU64; 5],
@@ -159,6 +169,24 @@ impl Metrics {
     /// A connection was closed before HTTP for `reason`.
     pub fn conn_rejected(&self, reason: ConnReject) {
         self.connections_rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An admin connection was refused: `admin.max_connections` are open.
+    pub fn admin_conn_rejected(&self) {
+        self.admin_connections_rejected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed by a deadline.
+    pub fn conn_cut(&self, why: Expired) {
+        let i = CUT_LABELS.iter().position(|x| *x == why).unwrap_or(0);
+        self.connections_cut[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections a deadline closed for `why`.
+    pub fn cut(&self, why: Expired) -> u64 {
+        let i = CUT_LABELS.iter().position(|x| *x == why).unwrap_or(0);
+        self.connections_cut[i].load(Ordering::Relaxed)
     }
 
     /// How many connections were rejected for `reason`.
@@ -245,6 +273,29 @@ impl Metrics {
                 load(&self.connections_rejected[i])
             );
         }
+        counter(
+            &mut out,
+            "distill_guard_connections_closed_by_deadline_total",
+            "Connections closed by a deadline: no first request in time, idle, or a client that stopped reading.",
+        );
+        for (i, why) in CUT_LABELS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "distill_guard_connections_closed_by_deadline_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                load(&self.connections_cut[i])
+            );
+        }
+        counter(
+            &mut out,
+            "distill_guard_admin_connections_rejected_total",
+            "Admin connections closed at once because admin.max_connections were open.",
+        );
+        let _ = writeln!(
+            out,
+            "distill_guard_admin_connections_rejected_total {}",
+            load(&self.admin_connections_rejected)
+        );
         counter(
             &mut out,
             "distill_guard_requests_total",

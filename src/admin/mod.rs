@@ -26,37 +26,32 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::engine::{AccountId, Manual};
+use crate::server::deadline::{drive, ConnWatch, Deadlines, Watched};
 use crate::server::Shared;
 
-/// Serve the admin API until `shutdown` turns true.
+/// Serve the admin API until `shutdown` turns true. Connections are capped
+/// (`admin.max_connections`) and run under the client listeners' deadlines:
+/// a half-sent head or an idle connection cannot hold a slot.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let cap = shared.config.load().admin.max_connections;
+    let permits = Arc::new(tokio::sync::Semaphore::new(cap));
+    // Every connection holds a receiver: the sender sees when all are gone.
+    let (open_tx, open_rx) = watch::channel(());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            _ = sweep.tick() => {
-                // Indicators of dissolved clusters go, unless an admin blocked them.
-                let e = &shared.engine;
-                shared
-                    .indicators
-                    .retain(|id| e.cluster(id).is_some() || e.manual_cluster(id).is_some());
-                continue;
-            }
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -66,21 +61,53 @@ pub async fn serve(
                 }
             },
         };
-        let shared = shared.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.admin_conn_rejected();
+            continue;
+        };
+        let config = shared.config.load_full();
+        let deadlines = Deadlines::from_limits(&config.limits);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.limits.request_head_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let watch = ConnWatch::new();
+        let svc = {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
-        });
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned(),
-        );
+            let watch = watch.clone();
+            hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                let in_flight = watch.request();
+                async move {
+                    let resp = handle(&shared, peer, req).await;
+                    Ok::<_, Infallible>(resp.map(|b| Watched::new(b, in_flight)))
+                }
+            })
+        };
+        let mut shutdown = shutdown.clone();
+        let open = open_rx.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _held = (permit, open);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let graceful =
+                |c: std::pin::Pin<&mut auto::Connection<'_, _, _, _>>| c.graceful_shutdown();
+            let _ = drive(conn, graceful, &watch, &deadlines, &mut shutdown).await;
         });
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    drop(open_rx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), open_tx.closed()).await;
+}
+
+/// Indicators of dissolved clusters go, unless an admin blocked them (run
+/// by the housekeeping task, whether or not the admin API is served).
+pub fn sweep_indicators(shared: &Shared) {
+    let e = &shared.engine;
+    shared
+        .indicators
+        .retain(|id| e.cluster(id).is_some() || e.manual_cluster(id).is_some());
 }
 
 fn reply(

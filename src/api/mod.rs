@@ -23,6 +23,7 @@
 //! | `BadGateway`      | 502        | `api_error`             | `server_error`          | `bad_gateway`         |
 //! | `GatewayTimeout`  | 504        | `api_error`             | `server_error`          | `timeout`             |
 //! | `InvalidRequest`  | 400        | `invalid_request_error` | `invalid_request_error` | `null`                |
+//! | `RequestTimeout`  | 408        | `invalid_request_error` | `invalid_request_error` | `request_timeout`     |
 //! | `Overloaded`      | 529 / 503  | `overloaded_error`      | `server_error`          | `overloaded`          |
 //! | `Internal`        | 500        | `api_error`             | `server_error`          | `null`                |
 //!
@@ -106,6 +107,8 @@ pub enum ErrorKind {
     GatewayTimeout,
     /// The request is malformed (400).
     InvalidRequest,
+    /// The client sent its request body too slowly (408).
+    RequestTimeout,
     /// Temporarily over capacity (529 Anthropic shape, 503 OpenAI shape).
     Overloaded,
     /// A bug or unexpected state in the proxy (500).
@@ -123,6 +126,7 @@ impl ErrorKind {
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::GatewayTimeout => "gateway_timeout",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Internal => "internal",
         }
@@ -136,7 +140,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::BadGateway | ErrorKind::GatewayTimeout | ErrorKind::Internal => "api_error",
-            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::InvalidRequest | ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::Overloaded => "overloaded_error",
         }
     }
@@ -151,6 +155,7 @@ impl ErrorKind {
             ErrorKind::BadGateway => ("server_error", Some("bad_gateway")),
             ErrorKind::GatewayTimeout => ("server_error", Some("timeout")),
             ErrorKind::InvalidRequest => ("invalid_request_error", None),
+            ErrorKind::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
             ErrorKind::Overloaded => ("server_error", Some("overloaded")),
             ErrorKind::Internal => ("server_error", None),
         }
@@ -167,6 +172,7 @@ pub fn status(kind: ErrorKind) -> u16 {
         ErrorKind::BadGateway => 502,
         ErrorKind::GatewayTimeout => 504,
         ErrorKind::InvalidRequest => 400,
+        ErrorKind::RequestTimeout => 408,
         ErrorKind::Overloaded => 529,
         ErrorKind::Internal => 500,
     }
@@ -262,7 +268,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    const ALL: [ErrorKind; 9] = [
+    const ALL: [ErrorKind; 10] = [
         ErrorKind::RateLimited,
         ErrorKind::Forbidden,
         ErrorKind::Unauthorized,
@@ -270,6 +276,7 @@ mod tests {
         ErrorKind::BadGateway,
         ErrorKind::GatewayTimeout,
         ErrorKind::InvalidRequest,
+        ErrorKind::RequestTimeout,
         ErrorKind::Overloaded,
         ErrorKind::Internal,
     ];
@@ -320,7 +327,7 @@ mod tests {
     #[test]
     fn statuses() {
         let got: Vec<u16> = ALL.iter().map(|k| status(*k)).collect();
-        assert_eq!(got, vec![429, 403, 401, 413, 502, 504, 400, 529, 500]);
+        assert_eq!(got, vec![429, 403, 401, 413, 502, 504, 400, 408, 529, 500]);
         assert_eq!(status_for(ErrorShape::OpenAi, ErrorKind::Overloaded), 503);
         assert_eq!(
             status_for(ErrorShape::Anthropic, ErrorKind::Overloaded),

@@ -280,8 +280,10 @@ pub struct FileUpstream {
 pub struct FileLimits {
     /// Largest request body accepted; larger ones get 413.
     pub max_request_body_bytes: u64,
-    /// Time a client has to send a complete request head (HTTP/1), and the
-    /// longest a keep-alive connection may sit idle between requests.
+    /// Time a connection has, once accepted (and past TLS), to deliver its
+    /// first complete request head, on every protocol (HTTP/1, HTTP/2, a
+    /// lone byte that never becomes either); also the HTTP/1 head deadline
+    /// of later requests.
     pub request_head_timeout_ms: u64,
     /// Time a new connection has to send its first bytes and, on TLS
     /// listeners, complete the handshake.
@@ -289,6 +291,27 @@ pub struct FileLimits {
     /// Open client connections across all listeners; further connections
     /// are closed at once.
     pub max_connections: u32,
+    /// Open connections one client address (an IPv4 address, an IPv6 /64)
+    /// may hold; peers in `identity.trusted_proxies` are exempt. 0 = no
+    /// per-address share.
+    pub max_connections_per_address: u32,
+    /// Longest a connection may stay open with no request in flight
+    /// (keep-alive HTTP/1, idle HTTP/2); it is then closed gracefully.
+    pub idle_connection_timeout_ms: u64,
+    /// Longest gap between two pieces of a request body.
+    pub body_read_timeout_ms: u64,
+    /// Slowest average rate a request body may arrive at, checked once it
+    /// has been arriving for `body_read_timeout_ms`. 0 = no rate floor.
+    pub min_body_bytes_per_second: u64,
+    /// Longest a response may wait for the client to read it (a client
+    /// that stops reading); the connection is then closed.
+    pub write_stall_timeout_ms: u64,
+    /// HTTP/2 PING interval on a connection that has been silent this long
+    /// (0 = no pings); a peer that does not answer within
+    /// `h2_keepalive_timeout_ms` is closed.
+    pub h2_keepalive_interval_ms: u64,
+    /// How long an HTTP/2 PING may go unanswered.
+    pub h2_keepalive_timeout_ms: u64,
 }
 
 impl Default for FileLimits {
@@ -298,6 +321,13 @@ impl Default for FileLimits {
             request_head_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             max_connections: 10_000,
+            max_connections_per_address: 512,
+            idle_connection_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            min_body_bytes_per_second: 1024,
+            write_stall_timeout_ms: 60_000,
+            h2_keepalive_interval_ms: 30_000,
+            h2_keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -502,6 +532,10 @@ pub struct FileAdmin {
     /// Watch the config file (and the files it names) and reload on change;
     /// SIGHUP reloads in any case.
     pub watch_config: bool,
+    /// Open admin connections at most; more are closed at once. Admin
+    /// connections run under the `[limits]` deadlines (first request,
+    /// idle, write stall).
+    pub max_connections: u32,
 }
 
 impl Default for FileAdmin {
@@ -513,6 +547,7 @@ impl Default for FileAdmin {
             token: None,
             state_path: None,
             watch_config: true,
+            max_connections: 64,
         }
     }
 }

@@ -203,6 +203,8 @@ pub struct AdminConfig {
     pub state_path: Option<PathBuf>,
     /// Watch files and reload on change.
     pub watch_config: bool,
+    /// Open admin connections at most.
+    pub max_connections: usize,
 }
 
 /// Cluster linkage and budgets, validated.
@@ -283,12 +285,27 @@ pub struct UpstreamConfig {
 pub struct Limits {
     /// Largest request body.
     pub max_request_body_bytes: u64,
-    /// HTTP/1 request head deadline (and keep-alive idle limit).
+    /// Deadline for a connection's first complete request head (every
+    /// protocol), and for later HTTP/1 heads.
     pub request_head_timeout: Duration,
     /// First bytes / TLS handshake deadline.
     pub handshake_timeout: Duration,
     /// Open client connections.
     pub max_connections: usize,
+    /// Open connections per client address (0 = unlimited).
+    pub max_connections_per_address: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_connection_timeout: Duration,
+    /// Longest gap between pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// Slowest average request-body rate (bytes per second, 0 = none).
+    pub min_body_bytes_per_second: u64,
+    /// Longest a response may wait for the client to read it.
+    pub write_stall_timeout: Duration,
+    /// HTTP/2 PING interval (None = no pings).
+    pub h2_keepalive_interval: Option<Duration>,
+    /// How long an HTTP/2 PING may go unanswered.
+    pub h2_keepalive_timeout: Duration,
 }
 
 /// Process settings.
@@ -644,6 +661,20 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         )?,
         handshake_timeout: nonzero_ms("limits.handshake_timeout_ms", l.handshake_timeout_ms)?,
         max_connections: l.max_connections as usize,
+        max_connections_per_address: l.max_connections_per_address as usize,
+        idle_connection_timeout: nonzero_ms(
+            "limits.idle_connection_timeout_ms",
+            l.idle_connection_timeout_ms,
+        )?,
+        body_read_timeout: nonzero_ms("limits.body_read_timeout_ms", l.body_read_timeout_ms)?,
+        min_body_bytes_per_second: l.min_body_bytes_per_second,
+        write_stall_timeout: nonzero_ms("limits.write_stall_timeout_ms", l.write_stall_timeout_ms)?,
+        h2_keepalive_interval: (l.h2_keepalive_interval_ms > 0)
+            .then(|| Duration::from_millis(l.h2_keepalive_interval_ms)),
+        h2_keepalive_timeout: nonzero_ms(
+            "limits.h2_keepalive_timeout_ms",
+            l.h2_keepalive_timeout_ms,
+        )?,
     };
 
     let workers = match f.server.workers {
@@ -772,11 +803,15 @@ fn validate_admin(base: &Path, f: &file::FileAdmin) -> Result<AdminConfig, Inval
             "expected a token of at least 16 bytes",
         ));
     }
+    if f.max_connections == 0 {
+        return Err(invalid("admin.max_connections", "expected a count above 0"));
+    }
     Ok(AdminConfig {
         address,
         token,
         state_path: f.state_path.as_ref().map(|p| resolve(base, p)),
         watch_config: f.watch_config,
+        max_connections: f.max_connections as usize,
     })
 }
 

@@ -64,6 +64,28 @@ pub struct SeenRequest {
 
 const KEEP_REQUESTS: usize = 256;
 
+/// Longer JSON answers are streamed rather than built whole.
+const STREAM_JSON_TOKENS: u32 = 65_536;
+
+/// Text pieces joined into chunks of about `size` bytes.
+trait CollectChunks: Iterator<Item = String> + Sized {
+    fn collect_chunks(self, size: usize) -> impl Iterator<Item = String> {
+        let mut it = self.peekable();
+        std::iter::from_fn(move || {
+            let mut chunk = it.next()?;
+            while chunk.len() < size {
+                match it.next() {
+                    Some(p) => chunk.push_str(&p),
+                    None => break,
+                }
+            }
+            Some(chunk)
+        })
+    }
+}
+
+impl<I: Iterator<Item = String>> CollectChunks for I {}
+
 struct MockState {
     options: MockOptions,
     seen: Mutex<VecDeque<SeenRequest>>,
@@ -298,7 +320,7 @@ async fn handle(
     if plan.stream {
         Ok(plan.stream_response())
     } else {
-        Ok(json_response(StatusCode::OK, &plan.json_body()))
+        Ok(plan.json_response())
     }
 }
 
@@ -364,25 +386,15 @@ impl Plan {
         }
     }
 
-    fn words(&self) -> impl Iterator<Item = &'static str> {
-        const WORDS: [&str; 8] = [
-            "lorem",
-            "ipsum",
-            "dolor",
-            "sit",
-            "amet",
-            "consectetur",
-            "adipiscing",
-            "elit",
-        ];
-        (0..self.output_tokens as usize).map(|i| WORDS[i % WORDS.len()])
-    }
-
     fn text(&self) -> String {
-        self.words().collect::<Vec<_>>().join(" ")
+        self.pieces().collect()
     }
 
     fn json_body(&self) -> Value {
+        self.json_body_with(self.text())
+    }
+
+    fn json_body_with(&self, text: String) -> Value {
         let (i, o) = (self.input_tokens, self.output_tokens);
         let mut v = match self.api {
             Api::Anthropic => json!({
@@ -390,7 +402,7 @@ impl Plan {
                 "type": "message",
                 "role": "assistant",
                 "model": self.model,
-                "content": [{"type": "text", "text": self.text()}],
+                "content": [{"type": "text", "text": text}],
                 "stop_reason": if self.stop_at_limit { "max_tokens" } else { "end_turn" },
                 "stop_sequence": null,
                 "usage": {"input_tokens": i, "output_tokens": o}
@@ -400,7 +412,7 @@ impl Plan {
                 "object": "chat.completion",
                 "created": 1_700_000_000,
                 "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text()},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": if self.stop_at_limit { "length" } else { "stop" }}],
                 "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
             }),
@@ -410,7 +422,7 @@ impl Plan {
                 "status": "completed",
                 "model": self.model,
                 "output": [{"type": "message", "role": "assistant",
-                            "content": [{"type": "output_text", "text": self.text()}]}],
+                            "content": [{"type": "output_text", "text": text}]}],
                 "usage": {"input_tokens": i, "output_tokens": o, "total_tokens": i + o}
             }),
         };
@@ -422,43 +434,60 @@ impl Plan {
         v
     }
 
-    /// The SSE events of this answer, in order.
-    fn events(&self) -> Vec<String> {
+    /// The text pieces streamed one per SSE delta (4 words each), made as
+    /// they are sent: a long answer is never held in memory whole.
+    fn pieces(&self) -> impl Iterator<Item = String> + Send + 'static {
+        const WORDS: [&str; 8] = [
+            "lorem",
+            "ipsum",
+            "dolor",
+            "sit",
+            "amet",
+            "consectetur",
+            "adipiscing",
+            "elit",
+        ];
+        let n = self.output_tokens as usize;
+        (0..n.div_ceil(4)).map(move |c| {
+            let mut s = String::with_capacity(48);
+            for i in c * 4..(c * 4 + 4).min(n) {
+                if i > 0 {
+                    s.push(' ');
+                }
+                s.push_str(WORDS[i % WORDS.len()]);
+            }
+            s
+        })
+    }
+
+    /// The SSE events of this answer, in order: the opening events, one
+    /// event per text piece (made lazily), and the closing events.
+    fn events(&self) -> impl Iterator<Item = String> + Send + 'static {
         let (i, o) = (self.input_tokens, self.output_tokens);
+        let api = self.api;
+        let model = self.model.clone();
         let sse = |event: Option<&str>, data: &Value| match event {
             Some(e) => format!("event: {e}\ndata: {data}\n\n"),
             None => format!("data: {data}\n\n"),
         };
-        let pieces: Vec<String> = {
-            let words: Vec<&str> = self.words().collect();
-            words
-                .chunks(4)
-                .enumerate()
-                .map(|(n, c)| {
-                    let mut s = c.join(" ");
-                    if n > 0 {
-                        s.insert(0, ' ');
-                    }
-                    s
-                })
-                .collect()
+        let chat_chunk = {
+            let model = model.clone();
+            move |delta: Value, finish: Value| json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1_700_000_000,"model":model,"choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
         };
-        let mut out = Vec::with_capacity(pieces.len() + 6);
-        match self.api {
+        let mut head = Vec::with_capacity(3);
+        let mut tail = Vec::with_capacity(3);
+        match api {
             Api::Anthropic => {
-                let mut start = json!({"type":"message_start","message":{"id":"msg_mock","type":"message","role":"assistant","model":self.model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":i,"output_tokens":1}}});
+                let mut start = json!({"type":"message_start","message":{"id":"msg_mock","type":"message","role":"assistant","model":model,"content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":i,"output_tokens":1}}});
                 if !self.include_usage {
                     if let Some(m) = start.get_mut("message").and_then(Value::as_object_mut) {
                         m.remove("usage");
                     }
                 }
-                out.push(sse(Some("message_start"), &start));
-                out.push(sse(Some("content_block_start"), &json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})));
-                out.push(sse(Some("ping"), &json!({"type":"ping"})));
-                for p in &pieces {
-                    out.push(sse(Some("content_block_delta"), &json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":p}})));
-                }
-                out.push(sse(
+                head.push(sse(Some("message_start"), &start));
+                head.push(sse(Some("content_block_start"), &json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})));
+                head.push(sse(Some("ping"), &json!({"type":"ping"})));
+                tail.push(sse(
                     Some("content_block_stop"),
                     &json!({"type":"content_block_stop","index":0}),
                 ));
@@ -473,40 +502,78 @@ impl Plan {
                         m.remove("usage");
                     }
                 }
-                out.push(sse(Some("message_delta"), &delta));
-                out.push(sse(Some("message_stop"), &json!({"type":"message_stop"})));
+                tail.push(sse(Some("message_delta"), &delta));
+                tail.push(sse(Some("message_stop"), &json!({"type":"message_stop"})));
             }
             Api::Chat => {
-                let chunk = |delta: Value, finish: Value| json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1_700_000_000,"model":self.model,"choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-                out.push(sse(
+                head.push(sse(
                     None,
-                    &chunk(json!({"role":"assistant","content":""}), Value::Null),
+                    &chat_chunk(json!({"role":"assistant","content":""}), Value::Null),
                 ));
-                for p in &pieces {
-                    out.push(sse(None, &chunk(json!({"content":p}), Value::Null)));
-                }
                 let finish = if self.stop_at_limit { "length" } else { "stop" };
-                out.push(sse(None, &chunk(json!({}), json!(finish))));
+                tail.push(sse(None, &chat_chunk(json!({}), json!(finish))));
                 if self.include_usage {
-                    out.push(sse(None, &json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1_700_000_000,"model":self.model,"choices":[],"usage":{"prompt_tokens":i,"completion_tokens":o,"total_tokens":i+o}})));
+                    tail.push(sse(None, &json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1_700_000_000,"model":model,"choices":[],"usage":{"prompt_tokens":i,"completion_tokens":o,"total_tokens":i+o}})));
                 }
-                out.push("data: [DONE]\n\n".to_string());
+                tail.push("data: [DONE]\n\n".to_string());
             }
             Api::Responses => {
-                out.push(sse(Some("response.created"), &json!({"type":"response.created","response":{"id":"resp_mock","object":"response","status":"in_progress","model":self.model}})));
-                for p in &pieces {
-                    out.push(sse(Some("response.output_text.delta"), &json!({"type":"response.output_text.delta","item_id":"msg_mock","output_index":0,"content_index":0,"delta":p})));
-                }
-                let mut done = json!({"type":"response.completed","response":{"id":"resp_mock","object":"response","status":"completed","model":self.model,"usage":{"input_tokens":i,"output_tokens":o,"total_tokens":i+o}}});
+                head.push(sse(Some("response.created"), &json!({"type":"response.created","response":{"id":"resp_mock","object":"response","status":"in_progress","model":model}})));
+                let mut done = json!({"type":"response.completed","response":{"id":"resp_mock","object":"response","status":"completed","model":model,"usage":{"input_tokens":i,"output_tokens":o,"total_tokens":i+o}}});
                 if !self.include_usage {
                     if let Some(r) = done.get_mut("response").and_then(Value::as_object_mut) {
                         r.remove("usage");
                     }
                 }
-                out.push(sse(Some("response.completed"), &done));
+                tail.push(sse(Some("response.completed"), &done));
             }
         }
-        out
+        let piece = move |p: String| match api {
+            Api::Anthropic => sse(
+                Some("content_block_delta"),
+                &json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":p}}),
+            ),
+            Api::Chat => sse(None, &chat_chunk(json!({"content":p}), Value::Null)),
+            Api::Responses => sse(
+                Some("response.output_text.delta"),
+                &json!({"type":"response.output_text.delta","item_id":"msg_mock","output_index":0,"content_index":0,"delta":p}),
+            ),
+        };
+        head.into_iter().chain(self.pieces().map(piece)).chain(tail)
+    }
+
+    /// The JSON answer: built whole when short; past [`STREAM_JSON_TOKENS`]
+    /// its text is sent piece by piece between the JSON around it, so a
+    /// multi-million-token answer costs the mock no more memory than a
+    /// short one.
+    fn json_response(self) -> Response<MockBody> {
+        if self.output_tokens <= STREAM_JSON_TOKENS {
+            return json_response(StatusCode::OK, &self.json_body());
+        }
+        const MARK: &str = "\u{1}mock-text\u{1}";
+        let shell = self.json_body_with(MARK.to_string()).to_string();
+        let escaped = serde_json::to_string(MARK).unwrap_or_default();
+        let inner = escaped.trim_matches('"');
+        let (before, after) = shell.split_once(inner).unwrap_or((&shell, ""));
+        let (before, after) = (before.to_string(), after.to_string());
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let pieces = self.pieces();
+        tokio::spawn(async move {
+            let chunks = std::iter::once(before)
+                .chain(pieces.collect_chunks(16 * 1024))
+                .chain(std::iter::once(after));
+            for c in chunks {
+                if tx.send(Bytes::from(c)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = Response::new(MockBody::Channel(rx));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
     }
 
     fn stream_response(self) -> Response<MockBody> {
@@ -515,7 +582,7 @@ impl Plan {
         let pause = self.pause_after_first;
         let per_event = self.token_delay * 4;
         tokio::spawn(async move {
-            for (n, e) in events.into_iter().enumerate() {
+            for (n, e) in events.enumerate() {
                 if tx.send(Bytes::from(e)).await.is_err() {
                     return;
                 }
@@ -582,7 +649,6 @@ mod tests {
         );
         let names: Vec<String> = p
             .events()
-            .iter()
             .map(|e| {
                 e.lines()
                     .next()
@@ -600,7 +666,6 @@ mod tests {
         );
         let text: String = p
             .events()
-            .iter()
             .filter(|e| e.contains("text_delta"))
             .map(|e| {
                 let data = e.lines().nth(1).unwrap().trim_start_matches("data: ");
@@ -611,19 +676,38 @@ mod tests {
         assert_eq!(text.split(' ').count(), 9);
     }
 
+    #[tokio::test]
+    async fn long_json_answers_stream_and_stay_valid_json() {
+        let p = plan(
+            Api::Anthropic,
+            json!({"model":"m","max_tokens":200000,"messages":[{"role":"user","content":"hi"}]}),
+        );
+        let mut p = p;
+        p.output_tokens = 200_000;
+        let body = p.json_response().into_body();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let text = v["content"][0]["text"].as_str().unwrap();
+        assert_eq!(text.split(' ').count(), 200_000);
+        assert_eq!(v["usage"]["output_tokens"], 200_000);
+    }
+
     #[test]
     fn openai_stream_reports_usage_only_when_asked() {
         let without = plan(
             Api::Chat,
             json!({"model":"m","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}),
         );
-        assert!(!without.events().iter().any(|e| e.contains("\"usage\"")));
+        assert!(!without.events().any(|e| e.contains("\"usage\"")));
         let with = plan(
             Api::Chat,
             json!({"model":"m","max_tokens":5,"stream":true,"stream_options":{"include_usage":true},
                    "messages":[{"role":"user","content":"hi"}]}),
         );
-        let ev = with.events();
+        let ev: Vec<String> = with.events().collect();
         assert_eq!(ev.last().unwrap(), "data: [DONE]\n\n");
         assert!(ev[ev.len() - 2].contains("\"completion_tokens\":5"));
     }

@@ -25,6 +25,113 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client sent its request body too slowly.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyTimeout {
+    /// Nothing arrived for `limits.body_read_timeout_ms`.
+    #[error("the request body stalled: nothing arrived for {} ms", .0.as_millis())]
+    Stalled(Duration),
+    /// It arrived slower than `limits.min_body_bytes_per_second`.
+    #[error("the request body arrived at {rate} bytes/s, below the minimum of {min} bytes/s")]
+    TooSlow {
+        /// Average rate so far.
+        rate: u64,
+        /// The floor.
+        min: u64,
+    },
+}
+
+/// The client's request body under the read limits: no gap between pieces
+/// longer than `read_timeout`, and, once it has been arriving for that
+/// long, an average rate of at least `min_rate` bytes per second.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    read_timeout: Duration,
+    min_rate: u64,
+    started: Instant,
+    last_activity: Instant,
+    received: u64,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientBody {
+    /// `inner` under `read_timeout` and `min_rate` (0: no floor), starting now.
+    pub fn new(inner: Incoming, read_timeout: Duration, min_rate: u64) -> Self {
+        let now = Instant::now();
+        ClientBody {
+            inner,
+            read_timeout,
+            min_rate,
+            started: now,
+            last_activity: now,
+            received: 0,
+            sleep: None,
+        }
+    }
+
+    fn too_slow(&self, now: Instant) -> Option<BodyTimeout> {
+        let elapsed = now.duration_since(self.started);
+        if self.min_rate == 0 || elapsed < self.read_timeout {
+            return None;
+        }
+        let rate = (self.received as f64 / elapsed.as_secs_f64()) as u64;
+        (rate < self.min_rate).then_some(BodyTimeout::TooSlow {
+            rate,
+            min: self.min_rate,
+        })
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let now = Instant::now();
+                    this.last_activity = now;
+                    if let Some(d) = frame.data_ref() {
+                        this.received += d.len() as u64;
+                    }
+                    if !this.inner.is_end_stream() {
+                        if let Some(e) = this.too_slow(now) {
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(other) => return Poll::Ready(other.map(|r| r.map_err(Into::into))),
+                Poll::Pending => {}
+            }
+            // Re-armed lazily, as the upstream body's idle timer is.
+            let deadline = this.last_activity + this.read_timeout;
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            ready!(sleep.as_mut().poll(cx));
+            if deadline <= Instant::now() {
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout::Stalled(this.read_timeout)))));
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The upstream stopped sending a response body for longer than allowed.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream response body idle for more than {0:?}")]
@@ -41,7 +148,7 @@ pub enum RequestBody {
         /// Bytes already read from `rest` (sent first).
         prefix: Option<Bytes>,
         /// The remainder of the client's body.
-        rest: Incoming,
+        rest: ClientBody,
         /// Bytes that may still pass.
         remaining: u64,
         /// The configured limit (for the error).
@@ -77,7 +184,7 @@ impl Body for RequestBody {
                 }
                 match ready!(Pin::new(rest).poll_frame(cx)) {
                     None => Poll::Ready(None),
-                    Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                    Some(Err(e)) => Poll::Ready(Some(Err(e))),
                     Some(Ok(frame)) => {
                         if let Some(d) = frame.data_ref() {
                             let n = d.len() as u64;

@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// Downstream: the client's request was unusable.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Downstream: the client's body stalled or crawled past the limits.
+    #[error("{0}")]
+    BodyTimeout(crate::proxy::body::BodyTimeout),
     /// Downstream: no API key, and anonymous access is off.
     #[error("no API key")]
     Unauthorized,
@@ -38,6 +41,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge(_) => ErrorKind::PayloadTooLarge,
             ProxyError::BadRequest(_) => ErrorKind::InvalidRequest,
+            ProxyError::BodyTimeout(_) => ErrorKind::RequestTimeout,
             ProxyError::Unauthorized => ErrorKind::Unauthorized,
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => ErrorKind::BadGateway,
             ProxyError::UpstreamTimeout(_) => ErrorKind::GatewayTimeout,
@@ -49,6 +53,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge(n) => format!("request body exceeds the limit of {n} bytes"),
             ProxyError::BadRequest(m) => m.clone(),
+            ProxyError::BodyTimeout(t) => t.to_string(),
             ProxyError::Unauthorized => {
                 "missing API key: send it in x-api-key or as Authorization: Bearer".into()
             }

@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
-use body::{BodyTooLarge, RequestBody};
+use body::{BodyTimeout, BodyTooLarge, RequestBody};
 use error::ProxyError;
 
 /// The pooled upstream client; one per worker runtime.
@@ -141,6 +141,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     while let Some(s) = source {
         if let Some(t) = s.downcast_ref::<BodyTooLarge>() {
             return ProxyError::BodyTooLarge(t.limit);
+        }
+        if let Some(t) = s.downcast_ref::<BodyTimeout>() {
+            return ProxyError::BodyTimeout(t.clone());
         }
         source = s.source();
     }

@@ -45,6 +45,7 @@ macro_rules! delegate_async_write {
     };
 }
 
+pub mod deadline;
 pub mod hello;
 pub mod reload;
 pub mod tap;
@@ -61,7 +62,6 @@ use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
@@ -119,6 +119,9 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     /// Open client connections, capped by `limits.max_connections`.
     conn_permits: Arc<Semaphore>,
+    /// Open client connections per address, capped by
+    /// `limits.max_connections_per_address`.
+    addresses: Arc<deadline::AddressShares>,
     /// Process metrics.
     pub metrics: Metrics,
     /// rustls settings for the upstream.
@@ -202,7 +205,6 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// This worker's pooled upstream client.
     pub client: UpstreamClient,
-    builder: auto::Builder<TokioExecutor>,
 }
 
 /// What one accepted connection knows about itself.
@@ -377,6 +379,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         hasher,
         clock: Clock::with_speed(clock.speed),
         conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+        addresses: Default::default(),
         metrics: Metrics::default(),
         upstream_tls,
         config: ArcSwap::from_pointee(config),
@@ -407,9 +410,11 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         threads.push(t);
     }
     drop(listen_slots);
-    if let Some(l) = admin_listener {
+    // Housekeeping (indicator sweep) and, when configured, the admin API
+    // share one thread of their own.
+    {
         let shared = shared.clone();
-        let shutdown = shutdown_rx.clone();
+        let mut shutdown = shutdown_rx.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -418,9 +423,34 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
             .name("dg-admin".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    match TcpListener::from_std(l) {
-                        Ok(l) => crate::admin::serve(l, shared, shutdown).await,
-                        Err(e) => warn!(error = %e, "admin listener unusable"),
+                    let housekeeping = {
+                        let shared = shared.clone();
+                        async move {
+                            let mut sweep =
+                                tokio::time::interval(std::time::Duration::from_secs(60));
+                            loop {
+                                sweep.tick().await;
+                                crate::admin::sweep_indicators(&shared);
+                            }
+                        }
+                    };
+                    let admin = async {
+                        match admin_listener.map(TcpListener::from_std) {
+                            Some(Ok(l)) => {
+                                crate::admin::serve(l, shared.clone(), shutdown.clone()).await
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "admin listener unusable");
+                                let _ = shutdown.wait_for(|s| *s).await;
+                            }
+                            None => {
+                                let _ = shutdown.wait_for(|s| *s).await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = admin => {}
+                        () = housekeeping => {}
                     }
                 })
             })
@@ -454,15 +484,21 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
     })
 }
 
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// hyper's connection settings for a new client connection, from the
+/// config in force when it was accepted (a reload applies to the next
+/// connections).
+pub(crate) fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let l = &config.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.limits.request_head_timeout)
+        .header_read_timeout(l.request_head_timeout)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(l.h2_keepalive_interval)
+        .keep_alive_timeout(l.h2_keepalive_timeout);
     b
 }
 
@@ -483,13 +519,12 @@ async fn worker_main(
             Err(e) => warn!(error = %e, "worker cannot register listener"),
         }
     }
-    let config = shared.config.load_full();
     let worker = Arc::new(Worker {
         client,
-        builder: http_builder(&config),
         shared: shared.clone(),
     });
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: the sender sees when all are gone.
+    let (open_tx, open_rx) = watch::channel(());
 
     loop {
         let accepted = tokio::select! {
@@ -504,6 +539,12 @@ async fn worker_main(
                     drop(stream);
                     continue;
                 };
+                let Ok(slot) = address_slot(&shared, peer.ip()) else {
+                    shared.metrics.conn_rejected(ConnReject::OverAddressShare);
+                    debug!(%peer, "address connection share reached, closing");
+                    drop(stream);
+                    continue;
+                };
                 let tls = shared.tls[listeners[i].index]
                     .as_ref()
                     .map(|t| t.load_full());
@@ -513,8 +554,12 @@ async fn worker_main(
                     stream,
                     peer,
                     (tls, proxy_protocol),
-                    graceful.watcher(),
-                    permit,
+                    Held {
+                        shutdown: shutdown.clone(),
+                        _open: open_rx.clone(),
+                        _permit: permit,
+                        _slot: slot,
+                    },
                 ));
             }
             (_, Err(e)) => {
@@ -525,15 +570,13 @@ async fn worker_main(
         }
     }
     drop(listeners);
+    drop(open_rx);
     let grace = shared.config.load().server.shutdown_grace;
-    let open = graceful.count();
+    let open = open_tx.receiver_count();
     if open > 0 {
         info!(open, ?grace, "shutting down: waiting for open connections");
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, open_tx.closed()).await.is_err() {
         warn!(
             ?grace,
             "grace period over, closing the remaining connections"
@@ -553,13 +596,36 @@ async fn accept_any(listeners: &[Listener]) -> (usize, std::io::Result<(TcpStrea
     .await
 }
 
+/// A slot in the connection cap (and in its address's share), taken when
+/// the connection was accepted; per-address when the peer is not a trusted
+/// proxy and the share is on.
+fn address_slot(
+    shared: &Arc<Shared>,
+    ip: std::net::IpAddr,
+) -> Result<Option<deadline::AddressSlot>, ()> {
+    let config = shared.config.load();
+    let limit = config.limits.max_connections_per_address;
+    if limit == 0 || identity::is_trusted(ip, &config.identity.trusted_proxies) {
+        return Ok(None);
+    }
+    shared.addresses.take(ip, limit).map(Some).ok_or(())
+}
+
+/// What an open connection holds until it ends: its slots, the worker's
+/// count of open connections, and the shutdown signal.
+struct Held {
+    shutdown: watch::Receiver<bool>,
+    _open: watch::Receiver<()>,
+    _permit: OwnedSemaphorePermit,
+    _slot: Option<deadline::AddressSlot>,
+}
+
 async fn serve_connection(
     worker: Arc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
     (tls, proxy_protocol): (Option<Arc<rustls::ServerConfig>>, bool),
-    watcher: Watcher,
-    _permit: OwnedSemaphorePermit,
+    held: Held,
 ) {
     let metrics = &worker.shared.metrics;
     metrics.conn_opened();
@@ -578,7 +644,7 @@ async fn serve_connection(
                 tap: Some(tap),
                 ..conn
             };
-            serve_http(worker.clone(), TokioIo::new(io), conn, watcher).await;
+            serve_http(worker.clone(), TokioIo::new(io), conn, held).await;
         }
         Ok(Err(reason)) => {
             debug!(%peer, ?reason, "connection closed before HTTP");
@@ -721,18 +787,31 @@ impl tokio::io::AsyncWrite for ClientIo {
     }
 }
 
-async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, watcher: Watcher)
+async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, mut held: Held)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let config = worker.shared.config.load_full();
+    let deadlines = deadline::Deadlines::from_limits(&config.limits);
+    let watch = deadline::ConnWatch::new();
     let svc = ProxyService {
         worker: worker.clone(),
         conn: Arc::new(conn),
+        watch: watch.clone(),
     };
-    let served = worker.builder.serve_connection(io, svc).into_owned();
-    if let Err(e) = watcher.watch(served).await {
-        debug!(%peer, error = %e, "connection ended with an error");
+    let served = http_builder(&config).serve_connection(io, svc).into_owned();
+    tokio::pin!(served);
+    let graceful = |c: std::pin::Pin<
+        &mut auto::Connection<'static, I, ProxyService, TokioExecutor>,
+    >| { c.graceful_shutdown() };
+    match deadline::drive(served, graceful, &watch, &deadlines, &mut held.shutdown).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%peer, error = %e, "connection ended with an error"),
+        Err(cut) => {
+            debug!(%peer, reason = cut.as_str(), requests = watch.requests(), "connection closed");
+            worker.shared.metrics.conn_cut(cut);
+        }
     }
 }
 
@@ -741,10 +820,11 @@ where
 struct ProxyService {
     worker: Arc<Worker>,
     conn: Arc<ConnInfo>,
+    watch: Arc<deadline::ConnWatch>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = http::Response<crate::proxy::body::ResponseBody>;
+    type Response = http::Response<deadline::Watched<crate::proxy::body::ResponseBody>>;
     type Error = std::convert::Infallible;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
@@ -753,6 +833,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let worker = self.worker.clone();
         let conn = self.conn.clone();
-        Box::pin(async move { Ok(stack::handle(&worker, &conn, req).await) })
+        // In flight from here until its response body is dropped.
+        let watch = self.watch.request();
+        Box::pin(async move {
+            let resp = stack::handle(&worker, &conn, req).await;
+            Ok(resp.map(|b| deadline::Watched::new(b, watch)))
+        })
     }
 }

@@ -1,0 +1,281 @@
+//! Hardening over real sockets: no connection holds a slot forever, on any
+//! protocol, on the client listeners or the admin listener.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use distill_guard::admin::metrics::ConnReject;
+use distill_guard::server::deadline::Expired;
+use support::*;
+
+/// Short deadlines so that the tests run in about a second each.
+const SHORT: &str = r#"
+[limits]
+request_head_timeout_ms = 300
+idle_connection_timeout_ms = 400
+body_read_timeout_ms = 400
+min_body_bytes_per_second = 1024
+write_stall_timeout_ms = 500
+max_connections_per_address = 4
+"#;
+
+/// Block until the peer closes `s` (EOF or reset) and return how long that
+/// took; panics if it is still open after `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> Duration {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < within,
+            "connection still open after {within:?}"
+        );
+    }
+}
+
+/// Read until the peer closes or `within` passes; returns what was read.
+fn read_response(s: &mut TcpStream, within: Duration) -> String {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while start.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"}") {
+                    break;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_lone_byte_is_closed_at_the_first_request_deadline() {
+    let env = Env::start(SHORT);
+    let mut s = connect(env.addr);
+    s.write_all(b"P").unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(5));
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    let m = &env.proxy.shared().metrics;
+    wait_for("first-request cut counted", || {
+        m.cut(Expired::FirstRequest) >= 1
+    });
+}
+
+#[test]
+fn an_h2_preface_and_settings_then_silence_is_closed() {
+    let env = Env::start(SHORT);
+    let mut s = connect(env.addr);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    // An empty SETTINGS frame.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    closed_within(&mut s, Duration::from_secs(5));
+    let m = &env.proxy.shared().metrics;
+    wait_for("first-request cut counted", || {
+        m.cut(Expired::FirstRequest) >= 1
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_tls_handshake_then_silence_is_closed() {
+    let pki = TestPki::new();
+    let mock = distill_guard::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        distill_guard::mock::MockOptions::default(),
+    )
+    .unwrap();
+    let cfg = config_from(&pki.listener_config(mock.addr(), SHORT), pki.dir.path());
+    let proxy = distill_guard::server::start(cfg).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"h2"])));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = timeout(connector.connect(name, tcp)).await.unwrap();
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    // Reads end with EOF (or an error) once the proxy closes.
+    loop {
+        match timeout(tls.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let m = &proxy.shared().metrics;
+    wait_for("first-request cut counted", || {
+        m.cut(Expired::FirstRequest) >= 1
+    });
+    proxy.shutdown();
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    // hyper's own HTTP/1 head timer also closes an idle keep-alive
+    // connection; a longer one shows the idle deadline at work.
+    let env = Env::start(&SHORT.replace(
+        "request_head_timeout_ms = 300",
+        "request_head_timeout_ms = 5000",
+    ));
+    let mut s = connect(env.addr);
+    let body = SMALL_MESSAGE;
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let resp = read_response(&mut s, Duration::from_secs(5));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // Kept alive, then closed for idleness.
+    let took = closed_within(&mut s, Duration::from_secs(5));
+    assert!(took >= Duration::from_millis(200), "closed after {took:?}");
+    let m = &env.proxy.shared().metrics;
+    wait_for("idle cut counted", || m.cut(Expired::Idle) >= 1);
+}
+
+#[test]
+fn a_body_that_stalls_gets_408_in_the_api_shape() {
+    let env = Env::start(SHORT);
+    let mut s = connect(env.addr);
+    s.write_all(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"mo",
+    )
+    .unwrap();
+    let resp = read_response(&mut s, Duration::from_secs(5));
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(
+        resp.contains("\"type\":\"invalid_request_error\""),
+        "{resp}"
+    );
+    assert!(resp.contains("stalled"), "{resp}");
+}
+
+#[test]
+fn a_body_that_trickles_gets_408() {
+    let env = Env::start(SHORT);
+    let mut s = connect(env.addr);
+    s.write_all(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n",
+    )
+    .unwrap();
+    // One byte every 100 ms: never a gap past the read timeout, far below
+    // the rate floor. Bounded: at most 50 bytes.
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..50 {
+        if s.write_all(b" ").is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.ends_with(b"}") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let resp = String::from_utf8_lossy(&got);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("bytes/s"), "{resp}");
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn a_client_that_stops_reading_its_response_is_cut() {
+    let env = Env::start(SHORT);
+    let mut s = connect(env.addr);
+    let body = r#"{"model":"m","max_tokens":3000000,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\nx-mock-output-tokens: 3000000\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Never read: the socket buffers fill and the response waits on us.
+    let m = &env.proxy.shared().metrics;
+    wait_for("write stall cut counted", || {
+        m.cut(Expired::WriteStall) >= 1
+    });
+    // The connection is gone: reading drains what was buffered, then EOF.
+    closed_within(&mut s, Duration::from_secs(10));
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let env = Env::start(SHORT);
+    // Four idle connections (the share) are held...
+    let held: Vec<TcpStream> = (0..4).map(|_| connect(env.addr)).collect();
+    let m = &env.proxy.shared().metrics;
+    // ...the fifth from the same address is closed at once.
+    let mut fifth = connect(env.addr);
+    let took = closed_within(&mut fifth, Duration::from_secs(2));
+    assert!(took < Duration::from_millis(250), "took {took:?}");
+    wait_for("share refusal counted", || {
+        m.rejected(ConnReject::OverAddressShare) >= 1
+    });
+    drop(held);
+}
+
+#[test]
+fn admin_connections_are_capped_and_deadlined() {
+    let env = Env::start(&format!("max_connections = 2\n{SHORT}"));
+    let admin = env.proxy.admin_addr().unwrap();
+    let mut a = connect(admin);
+    a.write_all(b"GET /healthz HTTP/1.1\r\nhost").unwrap();
+    let mut b = connect(admin);
+    // Two half-sent heads hold the cap (accepted in connection order); a
+    // third is closed at once.
+    let mut c = connect(admin);
+    let took = closed_within(&mut c, Duration::from_secs(2));
+    assert!(took < Duration::from_millis(250), "took {took:?}");
+    // The half-sent head and the silent one are closed by the deadline.
+    closed_within(&mut a, Duration::from_secs(5));
+    closed_within(&mut b, Duration::from_secs(5));
+    // And the listener serves again.
+    let mut d = connect(admin);
+    d.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let resp = read_response(&mut d, Duration::from_secs(5));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
