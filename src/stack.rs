@@ -634,7 +634,14 @@ fn observed_attrs(
 ) -> ObservedAttrs {
     let c = &config.cluster;
     if !c.enabled {
-        return ObservedAttrs::default();
+        // The network alone: new accounts are limited per network when the
+        // account store is full, linking or not.
+        let net =
+            crate::engine::observed_attrs(None, None, None, fp.ip_prefix, None, None, &[], &[]);
+        return ObservedAttrs {
+            ip_prefix: net.ip_prefix,
+            ..ObservedAttrs::default()
+        };
     }
     let prompt = match info {
         Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {

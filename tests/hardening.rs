@@ -279,3 +279,57 @@ fn admin_connections_are_capped_and_deadlined() {
     let resp = read_response(&mut d, Duration::from_secs(5));
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+fn post(addr: SocketAddr, key: &str, extra_headers: &str, body: &str) -> String {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\nconnection: close\r\n{extra_headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_response(&mut s, Duration::from_secs(10))
+}
+
+#[test]
+fn a_key_flood_keeps_debts_and_limits_new_accounts_per_network() {
+    let env = Env::start(
+        r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 100000000
+output_tokens_per_minute = 1000
+max_concurrent = 16
+
+[accounts]
+max_tracked = 20
+new_accounts_per_minute_at_capacity = 3
+"#,
+    );
+    let big = r#"{"model":"m","max_tokens":1000000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = post(env.addr, "debtor", "x-mock-output-tokens: 200000\r\n", big);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // A flood of made-up keys (bounded: 60), each sending one request.
+    let mut network_refusals = 0;
+    for i in 0..60 {
+        let r = post(env.addr, &format!("flood-{i}"), "", SMALL_MESSAGE);
+        if r.starts_with("HTTP/1.1 429") {
+            assert!(r.contains("network-new_accounts"), "{r}");
+            assert!(r.contains("rate_limit_error"), "{r}");
+            network_refusals += 1;
+        }
+    }
+    assert!(network_refusals > 0);
+    // The debtor was not evicted: it still owes and is refused.
+    let r = post(env.addr, "debtor", "", SMALL_MESSAGE);
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+    assert!(r.contains("account-output_tokens"), "{r}");
+    let stats = env.proxy.shared().engine.stats();
+    assert_eq!(
+        stats
+            .new_accounts_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        network_refusals
+    );
+}

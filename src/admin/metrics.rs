@@ -83,12 +83,13 @@ fn decision_index(d: &str) -> usize {
         .unwrap_or(DECISIONS.len() - 1)
 }
 
-const SCOPES: [Scope; 2] = [Scope::Account, Scope::Cluster];
-const KINDS: [LimitKind; 4] = [
+const SCOPES: [Scope; 3] = [Scope::Account, Scope::Cluster, Scope::Network];
+const KINDS: [LimitKind; 5] = [
     LimitKind::Requests,
     LimitKind::InputTokens,
     LimitKind::OutputTokens,
     LimitKind::Concurrency,
+    LimitKind::NewAccounts,
 ];
 
 /// Bucket bounds in seconds, shared by the latency histograms.
@@ -401,6 +402,22 @@ impl Metrics {
             out,
             "distill_guard_account_evictions_total {}",
             stats.evicted_accounts.load(Ordering::Relaxed)
+        );
+        gauge(
+            &mut out,
+            "distill_guard_tracked_accounts_kept_over_cap",
+            "Accounts over accounts.max_tracked that are not dropped because they owe, are in flight or carry evidence.",
+            as_i64(stats.kept_over_cap.load(Ordering::Relaxed)),
+        );
+        counter(
+            &mut out,
+            "distill_guard_new_accounts_refused_total",
+            "New accounts refused while the account store was full (per-network new-account budget).",
+        );
+        let _ = writeln!(
+            out,
+            "distill_guard_new_accounts_refused_total {}",
+            stats.new_accounts_refused.load(Ordering::Relaxed)
         );
         if let Some(l) = engine.link_stats() {
             gauge(

@@ -205,11 +205,17 @@ pub struct FileAccounts {
     pub default_tier: String,
     /// Tier of keyless requests when `identity.missing_key = "anonymous"`.
     pub anonymous_tier: String,
-    /// Accounts whose state is kept at most; beyond it the longest-idle are
-    /// dropped (counted).
+    /// Accounts whose state is kept at most; beyond it the longest-idle of
+    /// those that owe nothing and carry no detection evidence are dropped
+    /// (counted). Accounts that owe or carry evidence are never dropped for
+    /// the cap: while only they remain, new accounts are rate-limited per
+    /// client network, and never admitted past twice the cap.
     pub max_tracked: u64,
     /// Account state idle this long (and owing nothing) is dropped.
     pub idle_evict_ms: u64,
+    /// While the account store is full, new accounts admitted per client
+    /// network prefix per minute (429 with scope "network" beyond it).
+    pub new_accounts_per_minute_at_capacity: u64,
 }
 
 impl Default for FileAccounts {
@@ -220,6 +226,7 @@ impl Default for FileAccounts {
             anonymous_tier: "default".into(),
             max_tracked: 1_000_000,
             idle_evict_ms: 600_000,
+            new_accounts_per_minute_at_capacity: 60,
         }
     }
 }

@@ -135,6 +135,8 @@ pub struct AccountsConfig {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: Duration,
+    /// New accounts per client network per minute while the store is full.
+    pub new_accounts_per_minute_at_capacity: u64,
 }
 
 /// One action of the ladder: enforced (on a share of accounts) or shadow.
@@ -1123,6 +1125,12 @@ fn validate_accounts(
     if f.max_tracked == 0 {
         return Err(invalid("accounts.max_tracked", "expected a count above 0"));
     }
+    if f.new_accounts_per_minute_at_capacity == 0 {
+        return Err(invalid(
+            "accounts.new_accounts_per_minute_at_capacity",
+            "expected a count above 0",
+        ));
+    }
     let (file, entries) = match &f.file {
         None => (None, HashMap::new()),
         Some(p) => {
@@ -1139,6 +1147,7 @@ fn validate_accounts(
         anonymous_tier: f.anonymous_tier.clone(),
         max_tracked: usize::try_from(f.max_tracked).unwrap_or(usize::MAX),
         idle_evict: nonzero_ms("accounts.idle_evict_ms", f.idle_evict_ms)?,
+        new_accounts_per_minute_at_capacity: f.new_accounts_per_minute_at_capacity,
     })
 }
 

@@ -1,7 +1,9 @@
 //! Budget state of accounts and of clusters: budget cells, requests in
 //! flight, first/last seen. A sharded map (dashmap) keyed by account or
-//! cluster id; bounded by idle eviction and a hard cap (longest-idle dropped
-//! first).
+//! cluster id; bounded by idle eviction and a cap. Over the cap only state
+//! that forgives nothing is dropped (nothing owed or used, nothing in
+//! flight, no evidence the caller wants kept), longest-idle first; what
+//! remains is the engine's to limit (new accounts are rate-limited).
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -60,7 +62,8 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap<V> = DashMap<u64, V, BuildHasherDefault<IdHasher>>;
+/// A map keyed by ids that are already uniform hashes.
+pub type IdMap<V> = DashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// All accounts' (or clusters') state.
 #[derive(Default)]
@@ -110,34 +113,95 @@ impl AccountStore {
         self.map.is_empty()
     }
 
+    /// Whether `id` has state.
+    pub fn contains(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
+    }
+
     /// Drop state idle for longer than `idle_for` and owing nothing; then,
-    /// while more than `cap` remain, the longest-idle (not in flight) down
-    /// to 7/8 of the cap. Returns (idle evictions, cap evictions).
-    pub fn evict(&self, now: Nanos, idle_for: std::time::Duration, cap: usize) -> (u64, u64) {
+    /// while more than `cap` remain, the longest-idle of those that forgive
+    /// nothing when dropped (buckets full, nothing in flight, and not
+    /// `keep`), down to 7/8 of the cap.
+    pub fn evict(
+        &self,
+        now: Nanos,
+        idle_for: std::time::Duration,
+        cap: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Eviction {
         let idle_ns = u64::try_from(idle_for.as_nanos()).unwrap_or(u64::MAX);
         let before = self.map.len();
         self.map
             .retain(|_, s| !(s.is_idle(now) && now.saturating_sub(s.last_seen) >= idle_ns));
-        let idle = before.saturating_sub(self.map.len()) as u64;
-        let mut over_cap = 0u64;
+        let mut e = Eviction {
+            idle: before.saturating_sub(self.map.len()) as u64,
+            ..Eviction::default()
+        };
         if self.map.len() > cap {
             let target = cap - cap / 8;
-            let mut seen: Vec<(Nanos, u64)> = self
+            let mut candidates: Vec<(Nanos, u64)> = self
                 .map
                 .iter()
-                .filter(|e| e.in_flight == 0)
+                .filter(|e| e.is_idle(now))
                 .map(|e| (e.last_seen, *e.key()))
                 .collect();
-            let excess = self.map.len().saturating_sub(target).min(seen.len());
+            candidates.retain(|(_, id)| !keep(*id));
+            let excess = self.map.len().saturating_sub(target).min(candidates.len());
             if excess > 0 {
-                seen.select_nth_unstable(excess - 1);
-                for (_, id) in &seen[..excess] {
-                    if self.map.remove(id).is_some() {
-                        over_cap += 1;
+                candidates.select_nth_unstable(excess - 1);
+                for (_, id) in &candidates[..excess] {
+                    // Re-checked under the entry's lock: it may have been
+                    // used since it was listed.
+                    if self.map.remove_if(id, |_, s| s.is_idle(now)).is_some() {
+                        e.over_cap += 1;
                     }
                 }
             }
+            e.kept_over_cap = self.map.len().saturating_sub(cap) as u64;
         }
-        (idle, over_cap)
+        e
+    }
+}
+
+/// What one eviction pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// Dropped for idleness.
+    pub idle: u64,
+    /// Dropped to get under the cap.
+    pub over_cap: u64,
+    /// Left over the cap because dropping them would forgive something.
+    pub kept_over_cap: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gcra::Rate;
+
+    #[test]
+    fn over_the_cap_owed_or_kept_state_stays() {
+        let store = AccountStore::default();
+        let rate = Rate::per_minute(60, 10);
+        let sec = 1_000_000_000;
+        // 1..=10 owe (used their bucket at t=0), 11..=20 were idle long ago,
+        // 21 carries evidence.
+        for id in 1..=10 {
+            store.with(id, 0, |s| s.output.charge(&rate, 1_000, 0));
+        }
+        for id in 11..=21 {
+            store.with(id, 0, |_| ());
+        }
+        let e = store.evict(10 * sec, std::time::Duration::from_secs(3600), 8, |id| {
+            id == 21
+        });
+        // Only the idle, unkept ones go; the cap cannot be met.
+        assert_eq!(e.over_cap, 10);
+        assert_eq!(e.kept_over_cap, 3);
+        for id in 1..=10 {
+            assert!(store.contains(id), "account {id} owed and was dropped");
+        }
+        assert!(store.contains(21));
+        assert_eq!(store.len(), 11);
     }
 }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 pub use crate::identity::AccountId;
-use accounts::{AccountState, AccountStore};
+use accounts::{AccountState, AccountStore, IdMap};
 pub use gcra::{Nanos, Rate, SECOND};
 use link::{AttrKind, Attributes, ClusterView, Linker};
 pub use policy::{ClusterPolicy, Policy, Tier};
@@ -177,6 +177,8 @@ pub enum Scope {
     Account,
     /// The cluster the account is linked into.
     Cluster,
+    /// The client's network (new accounts while the store is full).
+    Network,
 }
 
 impl Scope {
@@ -185,6 +187,7 @@ impl Scope {
         match self {
             Scope::Account => "account",
             Scope::Cluster => "cluster",
+            Scope::Network => "network",
         }
     }
 }
@@ -200,6 +203,9 @@ pub enum LimitKind {
     OutputTokens,
     /// Requests in flight.
     Concurrency,
+    /// New accounts per minute from one network, while the account store
+    /// is full of state that cannot be dropped.
+    NewAccounts,
 }
 
 impl LimitKind {
@@ -210,6 +216,7 @@ impl LimitKind {
             LimitKind::InputTokens => "input_tokens",
             LimitKind::OutputTokens => "output_tokens",
             LimitKind::Concurrency => "concurrency",
+            LimitKind::NewAccounts => "new_accounts",
         }
     }
 
@@ -220,6 +227,7 @@ impl LimitKind {
             LimitKind::InputTokens => "input tokens per minute",
             LimitKind::OutputTokens => "output tokens per minute",
             LimitKind::Concurrency => "concurrent requests",
+            LimitKind::NewAccounts => "new accounts per minute",
         }
     }
 }
@@ -337,6 +345,11 @@ pub struct EngineStats {
     pub evicted_accounts: AtomicU64,
     /// Of those, dropped only because of the cap (they were not idle).
     pub evicted_over_cap: AtomicU64,
+    /// Accounts over the cap after the last eviction that could not be
+    /// dropped (they owe, are in flight, or carry evidence).
+    pub kept_over_cap: AtomicU64,
+    /// New accounts refused because the store was full (per network).
+    pub new_accounts_refused: AtomicU64,
 }
 
 /// The policy engine. Shared by all workers (`Sync`); every method takes
@@ -350,7 +363,12 @@ pub struct Engine {
     linker: Mutex<Linker>,
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
+    /// New-account cells per client network, used while the account store
+    /// is full.
+    new_accounts: IdMap<gcra::Gcra>,
     next_maintenance: AtomicU64,
+    /// Engine time before which a full store is not swept again for room.
+    next_room_sweep: AtomicU64,
     stats: EngineStats,
 }
 
@@ -365,6 +383,9 @@ impl std::fmt::Debug for Engine {
 /// How often idle state is swept (engine time).
 const MAINTENANCE_INTERVAL: Nanos = 10 * SECOND;
 
+/// Networks whose new-account cells are kept before idle ones are swept.
+const NEW_ACCOUNT_NETWORKS: usize = 65_536;
+
 impl Engine {
     /// An engine with `policy` and no state.
     pub fn new(policy: Policy) -> Engine {
@@ -377,7 +398,9 @@ impl Engine {
             cluster_signals: dashmap::DashMap::new(),
             manual_accounts: dashmap::DashMap::new(),
             manual_clusters: dashmap::DashMap::new(),
+            new_accounts: IdMap::default(),
             next_maintenance: AtomicU64::new(0),
+            next_room_sweep: AtomicU64::new(0),
             stats: EngineStats::default(),
         }
     }
@@ -657,6 +680,16 @@ impl Engine {
         if let Some(scope) = blocked {
             return block(scope, false, None);
         }
+        if let Err(hit) = self.admit_new_account(obs, &policy, now) {
+            return Decision {
+                verdict: Verdict::Throttle(hit),
+                tier: tier.name.clone(),
+                allow_listed,
+                cluster,
+                cluster_enforced: false,
+                detection: None,
+            };
+        }
         // A cluster is scored as a whole from `score_min_strength`, and
         // shares a budget from `min_strength` (evidence of one operator).
         let not_allowed = |_: &ClusterView| cluster_manual != Some(Manual::Allow);
@@ -729,9 +762,6 @@ impl Engine {
         if let Verdict::Allow(t) = &mut verdict {
             t.scored_cluster = scored.filter(|_| detection.is_some()).map(|c| c.id);
         }
-        if self.accounts.len() > policy.max_tracked.saturating_add(policy.max_tracked / 8) {
-            self.maintain(now);
-        }
         Decision {
             verdict,
             tier: tier.name.clone(),
@@ -740,6 +770,62 @@ impl Engine {
             cluster_enforced: enforced.is_some(),
             detection,
         }
+    }
+
+    /// A request from an account the store does not hold, while the store
+    /// is at its cap: make room (forgivable state only, at most once a
+    /// second), and if none can be made, admit the new account only within
+    /// its network's new-account budget, and never past twice the cap.
+    /// Known accounts, allow-listed and listed ones always pass.
+    fn admit_new_account(
+        &self,
+        obs: &Observation,
+        policy: &Policy,
+        now: Nanos,
+    ) -> Result<(), LimitHit> {
+        let cap = policy.max_tracked;
+        if self.accounts.len() < cap
+            || self.accounts.contains(obs.account.0)
+            || policy.accounts.contains_key(&obs.account.0)
+        {
+            return Ok(());
+        }
+        let due = self.next_room_sweep.load(Ordering::Relaxed);
+        if now >= due
+            && self
+                .next_room_sweep
+                .compare_exchange(due, now + SECOND, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.maintain(now);
+        }
+        if self.accounts.len() < cap {
+            return Ok(());
+        }
+        let rate = &policy.new_accounts_at_capacity;
+        let refuse = |retry_after| {
+            self.stats
+                .new_accounts_refused
+                .fetch_add(1, Ordering::Relaxed);
+            LimitHit {
+                scope: Scope::Network,
+                kind: LimitKind::NewAccounts,
+                retry_after,
+                quota: Some(*rate),
+                max_concurrent: 0,
+                remaining: 0,
+                reset_after: retry_after,
+            }
+        };
+        if self.accounts.len() >= cap.saturating_mul(2) {
+            return Err(refuse(MAINTENANCE_INTERVAL));
+        }
+        let network = obs.attrs.ip_prefix.unwrap_or(0);
+        if self.new_accounts.len() >= NEW_ACCOUNT_NETWORKS {
+            self.new_accounts.retain(|_, c| !c.is_idle(now));
+        }
+        let mut cell = self.new_accounts.entry(network).or_default();
+        cell.check(rate, 1, now).map_err(|r| refuse(r.retry_after))
     }
 
     /// Feed the behaviour signals of the account (and of its cluster, when
@@ -964,16 +1050,19 @@ impl Engine {
         }
     }
 
-    /// Drop idle account state, and the longest-idle state beyond the cap.
+    /// Drop idle account state and, beyond the cap, the longest-idle state
+    /// that forgives nothing: never an account that owes, is in flight, or
+    /// carries detection evidence ([`Engine::carries_evidence`]).
     pub fn maintain(&self, now: Nanos) {
         let policy = self.policy.load();
-        let (idle, over_cap) = self
+        let evidence = |id| self.carries_evidence(&policy, id, now);
+        let e = self
             .accounts
-            .evict(now, policy.idle_evict, policy.max_tracked);
+            .evict(now, policy.idle_evict, policy.max_tracked, evidence);
         // Cluster budget states follow the same rules, under the same cap.
         let _ = self
             .clusters
-            .evict(now, policy.idle_evict, policy.max_tracked);
+            .evict(now, policy.idle_evict, policy.max_tracked, |_| false);
         // Signals go with their account's state, and with dissolved clusters.
         self.account_signals
             .retain(|id, _| self.accounts.peek(*id, |_| ()).is_some());
@@ -981,12 +1070,32 @@ impl Engine {
             self.cluster_signals
                 .retain(|id, _| linker.cluster(*id).is_some());
         }
+        self.new_accounts.retain(|_, c| !c.is_idle(now));
         self.stats
             .evicted_accounts
-            .fetch_add(idle + over_cap, Ordering::Relaxed);
+            .fetch_add(e.idle + e.over_cap, Ordering::Relaxed);
         self.stats
             .evicted_over_cap
-            .fetch_add(over_cap, Ordering::Relaxed);
+            .fetch_add(e.over_cap, Ordering::Relaxed);
+        self.stats
+            .kept_over_cap
+            .store(e.kept_over_cap, Ordering::Relaxed);
+    }
+
+    /// Whether dropping the account would lose detection evidence: its
+    /// ladder is above allow, or its score is at least half the slow
+    /// threshold, or an admin decided about it.
+    fn carries_evidence(&self, policy: &Policy, id: u64, now: Nanos) -> bool {
+        if self.manual_accounts.contains_key(&id) {
+            return true;
+        }
+        let Some(d) = &policy.detection else {
+            return false;
+        };
+        self.account_signals.get(&id).is_some_and(|e| {
+            e.1.level() > score::Level::Allow
+                || e.0.score(now, &d.score).value >= d.score.thresholds.slow.enter / 2.0
+        })
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Policy {
     pub max_tracked: usize,
     /// Idle state lifetime.
     pub idle_evict: std::time::Duration,
+    /// New accounts per client network while the account store is full.
+    pub new_accounts_at_capacity: Rate,
     /// Cluster budgets.
     pub cluster: ClusterPolicy,
     /// Behaviour detection (None: off).
@@ -199,6 +201,10 @@ impl Policy {
                 .collect(),
             max_tracked: c.accounts.max_tracked,
             idle_evict: c.accounts.idle_evict,
+            new_accounts_at_capacity: Rate::per_minute(
+                c.accounts.new_accounts_per_minute_at_capacity,
+                c.accounts.new_accounts_per_minute_at_capacity,
+            ),
             cluster: ClusterPolicy {
                 enabled: c.cluster.enabled,
                 min_strength: c.cluster.min_strength,
@@ -234,6 +240,7 @@ impl Policy {
             accounts: HashMap::new(),
             max_tracked: 1_000_000,
             idle_evict: std::time::Duration::from_secs(600),
+            new_accounts_at_capacity: Rate::per_minute(60, 60),
             cluster: ClusterPolicy::disabled(),
             detection: None,
         }

@@ -1284,3 +1284,54 @@ mod detection {
         }
     }
 }
+
+#[test]
+fn a_key_flood_never_forgives_a_debt_and_limits_new_accounts_per_network() {
+    let mut policy = Policy::single_tier(tier(600, 100, 1_000_000_000, 60_000, 100));
+    policy.max_tracked = 100;
+    policy.new_accounts_at_capacity = Rate::per_minute(10, 10);
+    let e = Engine::new(policy);
+    let t0 = 100 * MIN;
+    // The debtor: 4e9 output tokens on a 60k/min budget.
+    let t = allow(&e.decide(&obs(1, 10), t0));
+    e.settle(
+        &t,
+        Usage {
+            input_tokens: None,
+            output_tokens: 4_000_000_000,
+        },
+        t0,
+    );
+    let from = |account: u64, net: u64| Observation {
+        attrs: ObservedAttrs {
+            ip_prefix: Some(net),
+            ..Default::default()
+        },
+        ..obs(account, 10)
+    };
+    // A flood of made-up keys from one network, then from another, each
+    // sending one request, over two minutes.
+    let mut refused = [0u32; 2];
+    for i in 0..2_000u64 {
+        let now = t0 + SECOND + i * (120 * SECOND / 2_000);
+        let net = i % 2;
+        if let Verdict::Throttle(h) = e.decide(&from(1_000 + i, 7 + net), now).verdict {
+            assert_eq!((h.scope, h.kind), (Scope::Network, LimitKind::NewAccounts));
+            refused[net as usize] += 1;
+        }
+    }
+    // The debtor is still held and still owes: its next request is refused.
+    let later = t0 + 125 * SECOND;
+    let hit = throttle(&e.decide(&obs(1, 10), later));
+    assert_eq!(
+        (hit.scope, hit.kind),
+        (Scope::Account, LimitKind::OutputTokens)
+    );
+    assert!(refused[0] > 0 && refused[1] > 0, "{refused:?}");
+    assert_eq!(
+        e.stats().new_accounts_refused.load(Ordering::Relaxed),
+        u64::from(refused[0] + refused[1])
+    );
+    // Memory stays bounded: never past twice the cap.
+    assert!(e.tracked_accounts() <= 200, "{}", e.tracked_accounts());
+}
