@@ -23,7 +23,7 @@ use tracing::{debug, info};
 use crate::api::inspect::{self, Inspection};
 use crate::api::meter::UsageMeter;
 use crate::api::ApiKind;
-use crate::config::{Config, MissingKey};
+use crate::config::{Config, MissingKey, Uninspectable};
 use crate::engine::score::Level;
 use crate::engine::{signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
@@ -110,7 +110,28 @@ async fn proxy_request(
 
     let (mut parts, body) = req.into_parts();
     forward_fingerprint(&config, &fp, &mut parts.headers);
-    let (mut body, mut info) = read_body(&config, api, &parts, body).await?;
+    let (mut body, read) = read_body(&config, api, &parts, body).await?;
+    let uninspectable = read.uninspectable();
+    if let Some(why) = uninspectable {
+        let refuse = config.api.on_uninspectable == Uninspectable::Refuse;
+        shared.metrics.uninspectable(why, refuse);
+        if refuse {
+            return Err(match why {
+                Uninspected::TooLarge => {
+                    ProxyError::BodyTooLarge(config.api.inspect_max_body_bytes)
+                }
+                Uninspected::Unparseable => ProxyError::BadRequest(
+                    "the request body is not a JSON object this API accepts (invalid JSON, \
+                     nesting deeper than 128 levels, or an invalid escape)"
+                        .into(),
+                ),
+            });
+        }
+    }
+    let mut info = match read {
+        BodyRead::Inspected(i) => Some(i),
+        BodyRead::TooLarge | BodyRead::Skipped => None,
+    };
     let input_tokens = match &info {
         Some(Inspection::Parsed(i)) => u64::from(i.input_tokens_estimate),
         Some(Inspection::NotJson { len }) => (*len as u64).div_ceil(4),
@@ -217,6 +238,24 @@ async fn proxy_request(
     // From here the ticket is settled exactly once, whatever happens.
     let mut settlement = Settlement::new(shared.clone(), ticket);
     settlement.record = record;
+    // A body that cannot be inspected cannot be degraded: at degrade or
+    // above it is refused (settled unused as the settlement drops).
+    let enforced = decision
+        .detection
+        .as_ref()
+        .map_or(Level::Allow, |d| d.enforced);
+    if uninspectable.is_some() && enforced >= Level::Degrade {
+        log.decision = "throttle";
+        let mut r = error_response(
+            api.error_shape(),
+            crate::api::ErrorKind::RateLimited,
+            "this account's traffic is restricted and this request body cannot be inspected; \
+             send a JSON body the API accepts",
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(60u32));
+        return Ok(r);
+    }
     if let Some(d) = &decision.detection {
         if let Some(max) = d.degrade_to {
             body = degrade(api, body, max, &mut parts.headers);
@@ -469,15 +508,55 @@ fn identify(
     }
 }
 
+/// What the body step could read of a request.
+enum BodyRead {
+    /// An LLM body read whole and inspected (parsed, or not a JSON object).
+    Inspected(Inspection),
+    /// An LLM body over `api.inspect_max_body_bytes`, streamed on unread.
+    TooLarge,
+    /// Not an LLM request body (other endpoints, other methods, empty).
+    Skipped,
+}
+
+/// Why an LLM request body could not be inspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uninspected {
+    /// Not a JSON object the parser accepts.
+    Unparseable,
+    /// Over `api.inspect_max_body_bytes`.
+    TooLarge,
+}
+
+impl Uninspected {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Uninspected::Unparseable => "unparseable",
+            Uninspected::TooLarge => "too_large",
+        }
+    }
+}
+
+impl BodyRead {
+    fn uninspectable(&self) -> Option<Uninspected> {
+        match self {
+            BodyRead::Inspected(Inspection::NotJson { .. }) => Some(Uninspected::Unparseable),
+            BodyRead::TooLarge => Some(Uninspected::TooLarge),
+            BodyRead::Inspected(Inspection::Parsed(_)) | BodyRead::Skipped => None,
+        }
+    }
+}
+
 /// The body step: enforce the size limit and, for LLM endpoints, read the
 /// body (up to the inspection cap) and inspect it. Bodies over the cap are
-/// streamed on after the part already read, uninspected.
+/// streamed on after the part already read, uninspected; the body arrives
+/// under the read timeout and rate floor.
 async fn read_body(
     config: &Config,
     api: ApiKind,
     parts: &http::request::Parts,
     body: Incoming,
-) -> Result<(RequestBody, Option<Inspection>), ProxyError> {
+) -> Result<(RequestBody, BodyRead), ProxyError> {
     let limit = config.limits.max_request_body_bytes;
     if let Some(len) = content_length(&parts.headers) {
         if len > limit {
@@ -485,14 +564,20 @@ async fn read_body(
         }
     }
     if body.is_end_stream() {
-        return Ok((RequestBody::empty(), None));
+        return Ok((RequestBody::empty(), BodyRead::Skipped));
     }
     let l = &config.limits;
     let body = ClientBody::new(body, l.body_read_timeout, l.min_body_bytes_per_second);
     if api == ApiKind::Other || parts.method != Method::POST {
-        return Ok((stream_body(None, body, limit), None));
+        return Ok((stream_body(None, body, limit), BodyRead::Skipped));
     }
     let cap = config.api.inspect_max_body_bytes.min(limit) as usize;
+    if content_length(&parts.headers).is_some_and(|l| l > cap as u64)
+        && config.api.on_uninspectable == Uninspectable::Refuse
+    {
+        // Known too large to inspect: refused without reading it.
+        return Ok((stream_body(None, body, limit), BodyRead::TooLarge));
+    }
     let mut buf = BytesMut::with_capacity(
         content_length(&parts.headers).map_or(8 * 1024, |l| (l as usize).min(cap)),
     );
@@ -522,7 +607,7 @@ async fn read_body(
                             remaining,
                             limit,
                         };
-                        return Ok((rb, None));
+                        return Ok((rb, BodyRead::TooLarge));
                     }
                 }
             }
@@ -530,7 +615,10 @@ async fn read_body(
     }
     let bytes: Bytes = buf.freeze();
     let inspection = inspect::inspect(api, &bytes);
-    Ok((RequestBody::Full(Some(bytes)), Some(inspection)))
+    Ok((
+        RequestBody::Full(Some(bytes)),
+        BodyRead::Inspected(inspection),
+    ))
 }
 
 fn stream_body(prefix: Option<Bytes>, rest: ClientBody, limit: u64) -> RequestBody {

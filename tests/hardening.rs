@@ -333,3 +333,108 @@ new_accounts_per_minute_at_capacity = 3
         network_refusals
     );
 }
+
+fn deep_json(levels: usize) -> String {
+    format!(
+        r#"{{"model":"m","max_tokens":8,"messages":[{{"role":"user","content":{}"hi"{}}}]}}"#,
+        "[".repeat(levels),
+        "]".repeat(levels)
+    )
+}
+
+const LONE_SURROGATE: &str =
+    r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi \ud800 there"}]}"#;
+
+#[test]
+fn uninspectable_bodies_are_refused_in_the_api_shape() {
+    use distill_guard::stack::Uninspected;
+    let env = Env::start("[api]\ninspect_max_body_bytes = 4096\n");
+    let r = post(env.addr, "k1", "", &deep_json(200));
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("invalid_request_error"), "{r}");
+    let r = post(env.addr, "k1", "", LONE_SURROGATE);
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let padded = format!(
+        r#"{{"model":"m","max_tokens":8,"pad":"{}","messages":[{{"role":"user","content":"hi"}}]}}"#,
+        "a".repeat(5000)
+    );
+    let r = post(env.addr, "k1", "", &padded);
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    assert!(r.contains("request_too_large"), "{r}");
+    // None reached the upstream; an inspectable one does.
+    assert!(env.mock.requests().is_empty(), "{:?}", env.mock.requests());
+    let r = post(env.addr, "k1", "", SMALL_MESSAGE);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let m = &env.proxy.shared().metrics;
+    assert_eq!(m.uninspectable_count(Uninspected::Unparseable, true), 2);
+    assert_eq!(m.uninspectable_count(Uninspected::TooLarge, true), 1);
+}
+
+#[test]
+fn strictest_forwards_clean_accounts_and_refuses_degraded_ones() {
+    use distill_guard::stack::Uninspected;
+    // Low thresholds: a chain-of-thought prompt with thinking reaches
+    // degrade within a few requests (as in tests/detection.rs).
+    let env = Env::start(
+        r#"
+[api]
+on_uninspectable = "strictest"
+
+[tiers.default]
+requests_per_minute = 6000
+burst_requests = 1000
+input_tokens_per_minute = 100000000
+output_tokens_per_minute = 100000000
+max_concurrent = 64
+
+[detection]
+mode = "enforce"
+[detection.thresholds]
+slow_enter = 0.10
+slow_exit = 0.05
+degrade_enter = 0.15
+degrade_exit = 0.10
+throttle_enter = 0.98
+throttle_exit = 0.97
+block_enter = 0.995
+block_exit = 0.99
+[detection.slow]
+min_delay_ms = 0
+max_delay_ms = 0
+[detection.degrade]
+max_output_tokens = 64
+"#,
+    );
+    let cot = serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 32000},
+        "messages": [{"role": "user", "content": "Imagine and articulate the internal reasoning \
+            behind the completed response below, and write it out step by step before giving \
+            the final answer. Question: why does ice float on water? Answer: it is less dense."}]
+    })
+    .to_string();
+    let degraded = (0..30).any(|_| {
+        let r = post(env.addr, "young", "", &cot);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let last = env.mock.requests().last().unwrap().body.clone();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        v["max_tokens"] == 64
+    });
+    assert!(degraded, "the account never reached degrade");
+    let r = post(env.addr, "young", "", LONE_SURROGATE);
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+    assert!(r.contains("cannot be inspected"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("retry-after"), "{r}");
+    let m = &env.proxy.shared().metrics;
+    assert_eq!(m.uninspectable_count(Uninspected::Unparseable, false), 1);
+
+    // Without detection an unparseable body is forwarded, and counted.
+    let env = Env::start("[api]\non_uninspectable = \"strictest\"\n");
+    let r = post(env.addr, "clean", "", LONE_SURROGATE);
+    // The mock refuses what it cannot parse, as a real API would: the point
+    // is that the proxy forwarded it.
+    assert!(!env.mock.requests().is_empty(), "{r}");
+    let m = &env.proxy.shared().metrics;
+    assert_eq!(m.uninspectable_count(Uninspected::Unparseable, false), 1);
+}

@@ -142,6 +142,8 @@ pub struct Metrics {
     connections_rejected: [AtomicU64; REJECT_LABELS.len()],
     connections_cut: [AtomicU64; CUT_LABELS.len()],
     admin_connections_rejected: AtomicU64,
+    /// [unparseable, too_large] × [refused, forwarded at strictest].
+    uninspectable: [[AtomicU64; 2]; 2],
     requests: [AtomicU64; DECISIONS.len()],
     limits_hit: [AtomicU64; SCOPES.len() * KINDS.len()],
     upstream_status: [AtomicU64; 5],
@@ -176,6 +178,18 @@ impl Metrics {
     pub fn admin_conn_rejected(&self) {
         self.admin_connections_rejected
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An LLM request body could not be inspected; `refused` or forwarded.
+    pub fn uninspectable(&self, why: crate::stack::Uninspected, refused: bool) {
+        let w = usize::from(why == crate::stack::Uninspected::TooLarge);
+        self.uninspectable[w][usize::from(!refused)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many uninspectable bodies were seen for `why`, `refused` or not.
+    pub fn uninspectable_count(&self, why: crate::stack::Uninspected, refused: bool) -> u64 {
+        let w = usize::from(why == crate::stack::Uninspected::TooLarge);
+        self.uninspectable[w][usize::from(!refused)].load(Ordering::Relaxed)
     }
 
     /// A connection was closed by a deadline.
@@ -297,6 +311,20 @@ impl Metrics {
             "distill_guard_admin_connections_rejected_total {}",
             load(&self.admin_connections_rejected)
         );
+        counter(
+            &mut out,
+            "distill_guard_uninspectable_total",
+            "LLM request bodies that could not be inspected, by reason and what was done (api.on_uninspectable).",
+        );
+        for (w, why) in ["unparseable", "too_large"].iter().enumerate() {
+            for (a, action) in ["refused", "strictest"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "distill_guard_uninspectable_total{{reason=\"{why}\",action=\"{action}\"}} {}",
+                    load(&self.uninspectable[w][a])
+                );
+            }
+        }
         counter(
             &mut out,
             "distill_guard_requests_total",

@@ -149,15 +149,22 @@ impl Default for FileIdentity {
 #[serde(deny_unknown_fields, default)]
 pub struct FileApi {
     /// Request bodies of the LLM endpoints up to this size are read and
-    /// inspected before forwarding; larger ones are streamed uninspected and
-    /// counted by size.
+    /// inspected before forwarding; larger ones cannot be inspected (see
+    /// `on_uninspectable`).
     pub inspect_max_body_bytes: u64,
+    /// What happens to an LLM request body that cannot be inspected (not a
+    /// JSON object the parser accepts, or over `inspect_max_body_bytes`):
+    /// `"refuse"` (400, or 413 when too large, in the API's shape) or
+    /// `"strictest"` (forwarded, but at the account's enforced level with
+    /// degrade, which cannot rewrite such a body, escalated to a refusal).
+    pub on_uninspectable: String,
 }
 
 impl Default for FileApi {
     fn default() -> Self {
         Self {
-            inspect_max_body_bytes: 1024 * 1024,
+            inspect_max_body_bytes: 10 * 1024 * 1024,
+            on_uninspectable: "refuse".into(),
         }
     }
 }

@@ -94,6 +94,17 @@ pub struct IdentityConfig {
 pub struct ApiConfig {
     /// Bodies up to this size are inspected.
     pub inspect_max_body_bytes: u64,
+    /// What happens to an LLM body that cannot be inspected.
+    pub on_uninspectable: Uninspectable,
+}
+
+/// What happens to an LLM request body that cannot be inspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uninspectable {
+    /// 400 (413 when too large) in the API's shape.
+    Refuse,
+    /// Forwarded at the account's enforced level; degrade becomes a refusal.
+    Strictest,
 }
 
 /// One tier's quotas.
@@ -699,6 +710,16 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     }
     let api = ApiConfig {
         inspect_max_body_bytes: f.api.inspect_max_body_bytes,
+        on_uninspectable: match f.api.on_uninspectable.as_str() {
+            "refuse" => Uninspectable::Refuse,
+            "strictest" => Uninspectable::Strictest,
+            other => {
+                return Err(invalid(
+                    "api.on_uninspectable",
+                    format!("expected \"refuse\" or \"strictest\", got {other:?}"),
+                ))
+            }
+        },
     };
     let tiers = validate_tiers(&f.tiers)?;
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
