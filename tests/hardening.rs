@@ -438,3 +438,37 @@ max_output_tokens = 64
     let m = &env.proxy.shared().metrics;
     assert_eq!(m.uninspectable_count(Uninspected::Unparseable, false), 1);
 }
+
+#[test]
+fn an_hpack_amplification_block_is_cut_short_and_honest_requests_pass() {
+    let env = Env::start(SHORT);
+    // A block that updates the table size to 2^27 and then inserts a 3000-byte
+    // name and references it 5000 times (HEADERS, END_HEADERS, stream 1).
+    let mut block = vec![0x3f, 0xe1, 0xff, 0xff, 0x3f]; // size update 2^27
+    block.extend([0x40, 0x7f, 0xb9, 0x16]); // literal, new name of 3000 bytes
+    block.extend(std::iter::repeat_n(b'x', 3000));
+    block.push(0);
+    block.extend(std::iter::repeat_n(0xbe, 5000));
+    let len = block.len();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    frames.extend([
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        1,
+        0x4 | 0x1,
+        0,
+        0,
+        0,
+        1,
+    ]);
+    frames.extend(&block);
+    for _ in 0..20 {
+        let mut s = connect(env.addr);
+        let _ = s.write_all(&frames);
+        closed_within(&mut s, Duration::from_secs(5));
+    }
+    let r = post(env.addr, "k1", "", SMALL_MESSAGE);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}

@@ -88,8 +88,13 @@ const MAX_HEADER_NAMES: usize = 256;
 const MAX_PSEUDO: usize = 16;
 /// Longest `:method` value kept.
 const MAX_METHOD_LEN: usize = 64;
-/// HPACK dynamic table size a client may use before it has seen our SETTINGS.
+/// HPACK dynamic table size a client may use before it has seen our SETTINGS
+/// (the server never advertises more, so a larger size update is a
+/// compression error, RFC 7541 §6.3).
 const INITIAL_TABLE_SIZE: usize = 4096;
+/// Names and values one header block may decode to, in bytes: indexed
+/// references to a large entry cannot amplify a block past this.
+const MAX_DECODED_BYTES: usize = 64 * 1024;
 
 /// Priority information, from a PRIORITY frame or a HEADERS frame with the
 /// PRIORITY flag.
@@ -700,6 +705,10 @@ struct HpackDecoder {
     table: VecDeque<(Vec<u8>, Vec<u8>)>,
     size: usize,
     max_size: usize,
+    /// The largest size a size update may set (what the server allows).
+    limit: usize,
+    /// Decoded bytes (names and values) this block may still produce.
+    budget: usize,
 }
 
 impl HpackDecoder {
@@ -708,6 +717,19 @@ impl HpackDecoder {
             table: VecDeque::new(),
             size: 0,
             max_size,
+            limit: max_size,
+            budget: MAX_DECODED_BYTES,
+        }
+    }
+
+    /// Charge a decoded field to the block's budget; false once spent.
+    fn spend(&mut self, name: &[u8], value: &[u8]) -> bool {
+        match self.budget.checked_sub(name.len() + value.len()) {
+            Some(left) => {
+                self.budget = left;
+                true
+            }
+            None => false,
         }
     }
 
@@ -719,15 +741,22 @@ impl HpackDecoder {
         while let Some(&first) = block.get(pos) {
             let step = if first & 0x80 != 0 {
                 // Indexed header field.
-                decode_int(block, &mut pos, 7)
-                    .and_then(|index| self.entry(index))
-                    .map(|(name, value)| on_field(name, value))
+                decode_int(block, &mut pos, 7).and_then(|index| {
+                    let (name, value) = self.entry(index)?;
+                    let n = name.len() + value.len();
+                    self.budget = self.budget.checked_sub(n)?;
+                    let (name, value) = self.entry(index)?;
+                    on_field(name, value);
+                    Some(())
+                })
             } else if first & 0x40 != 0 {
                 // Literal with incremental indexing.
                 self.literal(block, &mut pos, 6, true, on_field)
             } else if first & 0x20 != 0 {
-                // Dynamic table size update.
-                decode_int(block, &mut pos, 5).map(|size| self.set_max_size(size))
+                // Dynamic table size update, never past what the server allows.
+                decode_int(block, &mut pos, 5)
+                    .filter(|size| *size <= self.limit)
+                    .map(|size| self.set_max_size(size))
             } else {
                 // Literal without indexing / never indexed.
                 self.literal(block, &mut pos, 4, false, on_field)
@@ -754,6 +783,9 @@ impl HpackDecoder {
             self.entry(name_index)?.0.to_vec()
         };
         let value = decode_string(block, pos)?;
+        if !self.spend(&name, &value) {
+            return None;
+        }
         on_field(&name, &value);
         if insert {
             self.insert(name, value);
@@ -1399,6 +1431,45 @@ mod tests {
         list.iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// HPACK integer with a `bits`-bit prefix under `first` (RFC 7541 §5.1).
+    fn hpack_int(first: u8, bits: u32, mut v: usize) -> Vec<u8> {
+        let max = (1usize << bits) - 1;
+        if v < max {
+            return vec![first | v as u8];
+        }
+        let mut out = vec![first | max as u8];
+        v -= max;
+        while v >= 128 {
+            out.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        out.push(v as u8);
+        out
+    }
+
+    #[test]
+    fn size_updates_past_the_limit_and_amplified_blocks_stop_decoding() {
+        // A table size update to 2^27 (the server allows 4096).
+        let mut d = HpackDecoder::new(INITIAL_TABLE_SIZE);
+        assert!(!d.decode(&hpack_int(0x20, 5, 1 << 27), &mut |_, _| {}));
+        // Within the limit it is fine.
+        let mut d = HpackDecoder::new(INITIAL_TABLE_SIZE);
+        assert!(d.decode(&hpack_int(0x20, 5, 1024), &mut |_, _| {}));
+        // A 3000-byte name inserted once, then referenced 5000 times: the
+        // decoder stops once the block's decoded bytes reach the budget.
+        let mut block = vec![0x40];
+        block.extend(hpack_int(0, 7, 3000));
+        block.extend(std::iter::repeat_n(b'x', 3000));
+        block.push(0);
+        block.extend(std::iter::repeat_n(0xbe, 5000));
+        let mut d = HpackDecoder::new(INITIAL_TABLE_SIZE);
+        let mut decoded = 0;
+        let ok = d.decode(&block, &mut |n, v| decoded += n.len() + v.len());
+        assert!(!ok);
+        assert!(decoded <= MAX_DECODED_BYTES, "{decoded}");
+        assert!(decoded > MAX_DECODED_BYTES - 3000, "{decoded}");
     }
 
     /// RFC 7541 Appendix C.4: requests with Huffman coding, one connection.
