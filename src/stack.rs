@@ -344,7 +344,7 @@ fn request_facts(
     info: Option<&mut Inspection>,
 ) -> crate::engine::RequestFacts {
     let mut f = crate::engine::RequestFacts {
-        fingerprint_inconsistent: fp.inconsistent_with.is_some(),
+        fingerprint_inconsistent: fp.inconsistent_with.is_some() || fp.unreadable,
         ..Default::default()
     };
     if !config.detection.enabled {
@@ -773,6 +773,12 @@ fn client_fingerprint(
         (Some(tap), _) => (None, tap.next_h1()),
         (None, _) => (None, None),
     };
+    // A tapped connection that yields no fingerprint for this request.
+    let unreadable = conn.tap.is_some()
+        && match req.version() {
+            http::Version::HTTP_2 => h2.is_none(),
+            _ => http.is_none(),
+        };
     let mut fp = ClientFingerprint {
         ja4: conn.ja4,
         http,
@@ -788,6 +794,7 @@ fn client_fingerprint(
             .and_then(|db| db.lookup(conn.client.ip()))
             .map(|a| a.number),
         inconsistent_with: None,
+        unreadable,
     };
     if !fc.known_clients.is_empty() {
         let ua = req

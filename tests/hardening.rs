@@ -472,3 +472,80 @@ fn an_hpack_amplification_block_is_cut_short_and_honest_requests_pass() {
     let r = post(env.addr, "k1", "", SMALL_MESSAGE);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
+
+#[test]
+fn pipelined_heads_past_the_tap_are_counted_as_unreadable_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record.jsonl");
+    let env = Env::start(&format!(
+        "[record]\npath = \"{}\"\n\n[tiers.default]\nrequests_per_minute = 6000\nburst_requests = 1000\ninput_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 64\n",
+        record.display()
+    ));
+    let mut s = connect(env.addr);
+    let n = 40;
+    let mut all = String::new();
+    for i in 0..n {
+        let close = if i == n - 1 {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        all.push_str(&format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\n{close}content-length: {}\r\n\r\n{SMALL_MESSAGE}",
+            SMALL_MESSAGE.len()
+        ));
+    }
+    s.write_all(all.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), n, "{text}");
+    let mut lines = Vec::new();
+    wait_for("every request recorded", || {
+        lines = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        lines.len() >= n
+    });
+    let blind: Vec<_> = lines.iter().filter(|l| l["http"].is_null()).collect();
+    // Whatever the tap could not read is marked, never silently missing.
+    assert!(blind.iter().all(|l| l["inconsistent"] == true), "{blind:?}");
+    assert!(lines.iter().filter(|l| !l["http"].is_null()).count() >= 32);
+
+    // A head over the tap's 16 KiB turns it off for the connection: that
+    // request and the next one on it are marked.
+    let mut s = connect(env.addr);
+    let pad = "a".repeat(20_000);
+    let mut two = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k2\r\nx-pad: {pad}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{SMALL_MESSAGE}",
+        SMALL_MESSAGE.len()
+    );
+    two.push_str(&format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k2\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{SMALL_MESSAGE}",
+        SMALL_MESSAGE.len()
+    ));
+    s.write_all(two.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert_eq!(
+        String::from_utf8_lossy(&got)
+            .matches("HTTP/1.1 200")
+            .count(),
+        2
+    );
+    wait_for("both recorded", || {
+        lines = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect();
+        lines.len() >= n + 2
+    });
+    for l in &lines[n..] {
+        assert!(l["http"].is_null() && l["inconsistent"] == true, "{l}");
+    }
+}

@@ -328,7 +328,7 @@ impl H1Tap {
     /// Most fingerprints kept waiting to be popped; when a further head
     /// arrives with the queue full, the tap disables itself rather than drop
     /// one (which would shift later fingerprints onto the wrong requests).
-    pub const MAX_QUEUED: usize = 8;
+    pub const MAX_QUEUED: usize = 32;
 
     /// Creates a tap that buffers at most `max_head_bytes` of a partial
     /// request head (the proxy passes 16 KiB). A longer head disables it.

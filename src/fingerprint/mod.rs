@@ -36,4 +36,9 @@ pub struct ClientFingerprint {
     pub asn: Option<u32>,
     /// The known client the `user-agent` claims but the fingerprints deny.
     pub inconsistent_with: Option<String>,
+    /// The connection's tap could not read this request's HTTP (or HTTP/2)
+    /// fingerprint (a head over the tap's limit, more pipelined heads than
+    /// it queues, a preface it could not follow): a client that hides its
+    /// fingerprint is counted as inconsistent, not ignored.
+    pub unreadable: bool,
 }

@@ -17,8 +17,8 @@ use crate::fingerprint::http::{H1Tap, HttpFingerprint};
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 enum TapState {
-    /// Nothing read yet.
-    Undecided,
+    /// Nothing read yet, or only a prefix of `"PRI "` (kept here).
+    Undecided(Vec<u8>),
     /// HTTP/1: one fingerprint per request head, in order.
     H1(H1Tap),
     /// HTTP/2: one fingerprint per connection.
@@ -48,7 +48,7 @@ impl std::fmt::Debug for TapHandle {
 impl TapHandle {
     fn new() -> Self {
         TapHandle(Arc::new(Mutex::new(Shared {
-            state: TapState::Undecided,
+            state: TapState::Undecided(Vec::new()),
             h2: None,
             h2_first_taken: false,
         })))
@@ -83,13 +83,23 @@ impl TapHandle {
         let Ok(mut s) = self.0.lock() else {
             return false;
         };
-        if let TapState::Undecided = s.state {
-            s.state = if data.starts_with(b"PRI ") {
+        // The protocol is known from the first four bytes; a client that
+        // sends the preface a byte at a time is followed all the same.
+        let mut first = Vec::new();
+        if let TapState::Undecided(seen) = &mut s.state {
+            seen.extend_from_slice(data);
+            const H2_START: &[u8] = b"PRI ";
+            if seen.len() < H2_START.len() && H2_START.starts_with(seen) {
+                return true;
+            }
+            first = std::mem::take(seen);
+            s.state = if first.starts_with(H2_START) {
                 TapState::H2(Box::default())
             } else {
                 TapState::H1(H1Tap::new(MAX_HEAD_BYTES))
             };
         }
+        let data = if first.is_empty() { data } else { &first[..] };
         match &mut s.state {
             TapState::H1(t) => {
                 t.feed(data);
@@ -107,7 +117,7 @@ impl TapHandle {
                     true
                 }
             }
-            TapState::Undecided | TapState::Off => false,
+            TapState::Undecided(_) | TapState::Off => false,
         }
     }
 }
@@ -155,3 +165,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tapped<S> {
 }
 
 delegate_async_write!(Tapped);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preface_sent_a_byte_at_a_time_is_still_followed_as_http2() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let t = TapHandle::new();
+        for b in &preface[..3] {
+            assert!(t.feed(std::slice::from_ref(b)), "undecided keeps reading");
+        }
+        assert!(t.feed(&preface[3..]));
+        let s = t.0.lock().unwrap();
+        assert!(matches!(s.state, TapState::H2(_)));
+    }
+
+    #[test]
+    fn http1_is_chosen_as_soon_as_the_bytes_leave_the_preface() {
+        let t = TapHandle::new();
+        assert!(t.feed(b"P"));
+        assert!(t.feed(b"OST / HTTP/1.1\r\nhost: x\r\n\r\n"));
+        assert!(t.next_h1().is_some(), "the head fed in two parts is read");
+    }
+}
