@@ -132,6 +132,10 @@ async fn proxy_request(
         BodyRead::Inspected(i) => Some(i),
         BodyRead::TooLarge | BodyRead::Skipped => None,
     };
+    let requested_max_output = match &info {
+        Some(Inspection::Parsed(i)) => i.max_output_tokens,
+        _ => None,
+    };
     let input_tokens = match &info {
         Some(Inspection::Parsed(i)) => u64::from(i.input_tokens_estimate),
         Some(Inspection::NotJson { len }) => (*len as u64).div_ceil(4),
@@ -238,6 +242,18 @@ async fn proxy_request(
     // From here the ticket is settled exactly once, whatever happens.
     let mut settlement = Settlement::new(shared.clone(), ticket);
     settlement.record = record;
+    // What the upstream may report at most: the output limit the request
+    // was forwarded with, and no more prompt tokens than its body has bytes.
+    settlement.ceiling = Usage {
+        input_tokens: Some(body_len_hint(&parts.headers, &body).max(input_tokens)),
+        output_tokens: u64::from(requested_max_output.map_or(MAX_OUTPUT_UNKNOWN, |m| {
+            decision
+                .detection
+                .as_ref()
+                .and_then(|d| d.degrade_to)
+                .map_or(m, |d| d.min(m))
+        })),
+    };
     // A body that cannot be inspected cannot be degraded: at degrade or
     // above it is refused (settled unused as the settlement drops).
     let enforced = decision
@@ -638,12 +654,18 @@ fn body_len_hint(h: &http::HeaderMap, body: &RequestBody) -> u64 {
     content_length(h).unwrap_or_else(|| body.size_hint().lower())
 }
 
+/// The output ceiling of a request whose output limit is unknown (the
+/// OpenAI APIs allow leaving it out).
+const MAX_OUTPUT_UNKNOWN: u32 = 1 << 20;
+
 /// What the engine is owed for an admitted request: settled once, when the
 /// response body ends, fails or is dropped (client gone), with the usage
 /// metered from the stream.
 struct Settlement {
     shared: Arc<Shared>,
     ticket: Option<Ticket>,
+    /// The most the upstream's reported usage is believed.
+    ceiling: Usage,
     meter: Option<UsageMeter>,
     streaming: bool,
     record: Option<crate::replay::TrafficRecord>,
@@ -654,6 +676,10 @@ impl Settlement {
         Settlement {
             shared,
             ticket: Some(ticket),
+            ceiling: Usage {
+                input_tokens: None,
+                output_tokens: u64::from(MAX_OUTPUT_UNKNOWN),
+            },
             meter: None,
             streaming: false,
             record: None,
@@ -670,7 +696,7 @@ impl Settlement {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
-        let usage = match self.meter.take() {
+        let reported = match self.meter.take() {
             Some(m) => {
                 let u = m.finish();
                 Usage {
@@ -680,6 +706,16 @@ impl Settlement {
             }
             None => Usage::default(),
         };
+        let usage = Usage {
+            input_tokens: match (reported.input_tokens, self.ceiling.input_tokens) {
+                (Some(r), Some(c)) => Some(r.min(c)),
+                (r, _) => r,
+            },
+            output_tokens: reported.output_tokens.min(self.ceiling.output_tokens),
+        };
+        if usage != reported {
+            self.shared.metrics.usage_clamped();
+        }
         self.shared
             .engine
             .settle(&ticket, usage, self.shared.clock.now());

@@ -549,3 +549,31 @@ fn pipelined_heads_past_the_tap_are_counted_as_unreadable_fingerprints() {
         assert!(l["http"].is_null() && l["inconsistent"] == true, "{l}");
     }
 }
+
+#[test]
+fn upstream_usage_is_believed_only_up_to_what_the_request_allowed() {
+    let env = Env::start(
+        r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 100000000
+output_tokens_per_minute = 60000
+max_concurrent = 16
+"#,
+    );
+    let body = r#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+    let lie = "x-mock-report-output-tokens: 4000000000\r\n";
+    let r = post(env.addr, "k1", lie, body);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Charged 100 tokens, not 4e9: the next request passes at once.
+    let r = post(env.addr, "k1", lie, body);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let streamed = r#"{"model":"m","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = post(env.addr, "k1", lie, streamed);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let m = &env.proxy.shared().metrics;
+    wait_for("clamps counted", || m.usage_clamped_count() >= 3);
+    let r = post(env.addr, "k1", "", body);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}

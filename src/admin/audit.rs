@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub type AuditLog = JsonLines<AuditRecord>;
 pub struct JsonLines<T> {
     tx: Mutex<Option<SyncSender<T>>>,
     dropped: AtomicU64,
+    /// Lines the writer failed to write (disk full, file gone).
+    write_errors: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
 }
@@ -74,12 +76,16 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
             .append(true)
             .open(path)?;
         let (tx, rx) = sync_channel(capacity.max(1));
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let errors = write_errors.clone();
+        let shown = path.display().to_string();
         let writer = std::thread::Builder::new()
             .name("dg-audit".into())
-            .spawn(move || write_loop(rx, std::io::BufWriter::new(file)))?;
+            .spawn(move || write_loop(rx, std::io::BufWriter::new(file), &errors, &shown))?;
         Ok(JsonLines {
             tx: Mutex::new(Some(tx)),
             dropped: AtomicU64::new(0),
+            write_errors,
             writer: Mutex::new(Some(writer)),
             path: path.to_path_buf(),
         })
@@ -110,6 +116,11 @@ impl<T> JsonLines<T> {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Records (or flushes) that failed to reach the file so far.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
     /// Stop accepting records, write what is queued, flush, and wait.
     pub fn close(&self) {
         if let Ok(mut tx) = self.tx.lock() {
@@ -127,21 +138,40 @@ impl<T> Drop for JsonLines<T> {
     }
 }
 
-fn write_loop<T: Serialize>(rx: Receiver<T>, mut out: std::io::BufWriter<std::fs::File>) {
+fn write_loop<T: Serialize>(
+    rx: Receiver<T>,
+    mut out: std::io::BufWriter<std::fs::File>,
+    errors: &AtomicU64,
+    path: &str,
+) {
+    // Counted always; logged on the first failure and then once per 1000,
+    // so a full disk cannot flood the log.
+    let failed = |e: std::io::Error| {
+        let n = errors.fetch_add(1, Ordering::Relaxed);
+        if n % 1000 == 0 {
+            tracing::warn!(path, error = %e, failures = n + 1, "cannot write a JSON Lines record");
+        }
+    };
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(r) => {
                 if let Ok(line) = serde_json::to_string(&r) {
-                    let _ = writeln!(out, "{line}");
+                    if let Err(e) = writeln!(out, "{line}") {
+                        failed(e);
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                let _ = out.flush();
+                if let Err(e) = out.flush() {
+                    failed(e);
+                }
             }
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    let _ = out.flush();
+    if let Err(e) = out.flush() {
+        failed(e);
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -134,6 +134,16 @@ impl Histogram {
     }
 }
 
+/// The request path's outputs as counters: (dropped, write errors) of the
+/// audit log and of the traffic record, where configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outputs {
+    /// The audit log.
+    pub audit: Option<(u64, u64)>,
+    /// The traffic record.
+    pub record: Option<(u64, u64)>,
+}
+
 /// Counters and gauges of the running process.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -142,6 +152,7 @@ pub struct Metrics {
     connections_rejected: [AtomicU64; REJECT_LABELS.len()],
     connections_cut: [AtomicU64; CUT_LABELS.len()],
     admin_connections_rejected: AtomicU64,
+    usage_clamped: AtomicU64,
     /// [unparseable, too_large] × [refused, forwarded at strictest].
     uninspectable: [[AtomicU64; 2]; 2],
     requests: [AtomicU64; DECISIONS.len()],
@@ -172,6 +183,17 @@ impl Metrics {
     /// A connection was closed before HTTP for `reason`.
     pub fn conn_rejected(&self, reason: ConnReject) {
         self.connections_rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream reported more usage than the request allowed; the
+    /// settlement was clamped.
+    pub fn usage_clamped(&self) {
+        self.usage_clamped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many settlements were clamped.
+    pub fn usage_clamped_count(&self) -> u64 {
+        self.usage_clamped.load(Ordering::Relaxed)
     }
 
     /// An admin connection was refused: `admin.max_connections` are open.
@@ -250,7 +272,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every metric, with the engine's gauges.
-    pub fn render(&self, engine: &Engine, audit_dropped: u64) -> String {
+    pub fn render(&self, engine: &Engine, outputs: Outputs) -> String {
         let mut out = String::with_capacity(8192);
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -310,6 +332,16 @@ impl Metrics {
             out,
             "distill_guard_admin_connections_rejected_total {}",
             load(&self.admin_connections_rejected)
+        );
+        counter(
+            &mut out,
+            "distill_guard_usage_clamped_total",
+            "Settlements whose upstream-reported usage exceeded what the request allowed (output limit, body size) and was clamped.",
+        );
+        let _ = writeln!(
+            out,
+            "distill_guard_usage_clamped_total {}",
+            load(&self.usage_clamped)
         );
         counter(
             &mut out,
@@ -399,7 +431,24 @@ impl Metrics {
             "distill_guard_audit_dropped_total",
             "Audit records dropped because the audit queue was full.",
         );
+        let (audit_dropped, audit_errors) = outputs.audit.unwrap_or_default();
+        let (record_dropped, record_errors) = outputs.record.unwrap_or_default();
         let _ = writeln!(out, "distill_guard_audit_dropped_total {audit_dropped}");
+        counter(
+            &mut out,
+            "distill_guard_output_records_total",
+            "Audit log and traffic record lines that did not reach their file: dropped (queue full) or failed to write.",
+        );
+        for (log, dropped, errors) in [
+            ("audit", audit_dropped, audit_errors),
+            ("record", record_dropped, record_errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "distill_guard_output_records_total{{log=\"{log}\",outcome=\"dropped\"}} {dropped}\n\
+                 distill_guard_output_records_total{{log=\"{log}\",outcome=\"write_error\"}} {errors}"
+            );
+        }
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let as_i64u = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         gauge(

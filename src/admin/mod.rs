@@ -183,7 +183,16 @@ async fn handle(
             "text/plain; version=0.0.4; charset=utf-8",
             shared.metrics.render(
                 &shared.engine,
-                shared.audit.as_ref().map_or(0, |a| a.dropped()),
+                metrics::Outputs {
+                    audit: shared
+                        .audit
+                        .as_ref()
+                        .map(|a| (a.dropped(), a.write_errors())),
+                    record: shared
+                        .record
+                        .as_ref()
+                        .map(|r| (r.dropped(), r.write_errors())),
+                },
             ),
         ),
         (&Method::GET, ["admin", "accounts", id]) => match parse_id(id) {

@@ -13,7 +13,9 @@
 //! `x-mock-pause-after-first-ms` (pause after the first SSE event),
 //! `x-mock-token-delay-ms` (delay per streamed token),
 //! `x-mock-output-tokens` (output length instead of the rule above, still
-//! capped by `max_tokens`), `x-mock-status`
+//! capped by `max_tokens`), `x-mock-report-output-tokens` (report this
+//! output count in usage whatever was sent: an upstream that lies),
+//! `x-mock-status`
 //! (answer with this status and an error body), `x-mock-no-usage: 1` (omit
 //! usage fields). `GET /mock/requests` returns the last requests received
 //! (method, path, headers, body) as JSON.
@@ -339,6 +341,8 @@ struct Plan {
     include_usage: bool,
     input_tokens: u32,
     output_tokens: u32,
+    /// The output count usage reports (normally `output_tokens`).
+    reported_output: u32,
     stop_at_limit: bool,
     pause_after_first: Duration,
     token_delay: Duration,
@@ -380,6 +384,10 @@ impl Plan {
             include_usage,
             input_tokens,
             output_tokens: natural.min(max_tokens),
+            reported_output: h
+                .get("x-mock-report-output-tokens")
+                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                .unwrap_or(natural.min(max_tokens)),
             stop_at_limit: natural >= max_tokens,
             pause_after_first: header_ms(h, "x-mock-pause-after-first-ms").unwrap_or_default(),
             token_delay: header_ms(h, "x-mock-token-delay-ms").unwrap_or(opts.token_delay),
@@ -395,7 +403,7 @@ impl Plan {
     }
 
     fn json_body_with(&self, text: String) -> Value {
-        let (i, o) = (self.input_tokens, self.output_tokens);
+        let (i, o) = (self.input_tokens, self.reported_output);
         let mut v = match self.api {
             Api::Anthropic => json!({
                 "id": "msg_mock",
@@ -463,7 +471,7 @@ impl Plan {
     /// The SSE events of this answer, in order: the opening events, one
     /// event per text piece (made lazily), and the closing events.
     fn events(&self) -> impl Iterator<Item = String> + Send + 'static {
-        let (i, o) = (self.input_tokens, self.output_tokens);
+        let (i, o) = (self.input_tokens, self.reported_output);
         let api = self.api;
         let model = self.model.clone();
         let sse = |event: Option<&str>, data: &Value| match event {
