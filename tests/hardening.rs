@@ -577,3 +577,90 @@ max_concurrent = 16
     let r = post(env.addr, "k1", "", body);
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
+
+#[test]
+fn a_reloaded_head_timeout_applies_to_new_connections() {
+    let env = Env::start("");
+    let path = env.dir.path().join("test.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[limits]\nrequest_head_timeout_ms = 300\n");
+    std::fs::write(&path, text).unwrap();
+    env.proxy.reload().unwrap();
+    let mut s = connect(env.addr);
+    s.write_all(b"P").unwrap();
+    // The default is 30 s; the reloaded 300 ms is what closes it.
+    closed_within(&mut s, Duration::from_secs(5));
+}
+
+#[test]
+fn a_corrupt_state_file_is_set_aside_and_the_proxy_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, "{\"version\":1,\"accounts\":{\"3f9a").unwrap();
+    let env = Env::start(&format!("state_path = \"{}\"\n", state.display()));
+    let r = post(env.addr, "k1", "", SMALL_MESSAGE);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.bad-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the bad file is kept aside");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_as_sni_is_counted() {
+    let pki = TestPki::new();
+    let mock = distill_guard::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        distill_guard::mock::MockOptions::default(),
+    )
+    .unwrap();
+    let cfg = config_from(&pki.listener_config(mock.addr(), ""), pki.dir.path());
+    let proxy = distill_guard::server::start(cfg).unwrap();
+    let addr = proxy.local_addrs()[0];
+    // rustls never sends an IP literal as SNI; write the extension by hand
+    // into an otherwise ordinary ClientHello (TLS 1.3 offer).
+    let sni = b"127.0.0.1";
+    let mut ext = Vec::new();
+    let list_len = sni.len() + 3;
+    ext.extend([0x00, 0x00]);
+    ext.extend(((list_len + 2) as u16).to_be_bytes());
+    ext.extend((list_len as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend((sni.len() as u16).to_be_bytes());
+    ext.extend(sni);
+    // supported_versions: TLS 1.3; supported_groups: x25519; key_share
+    // (x25519, 32 bytes); signature_algorithms: ed25519.
+    ext.extend([0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+    ext.extend([0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x1d]);
+    ext.extend([0x00, 0x33, 0x00, 0x26, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20]);
+    ext.extend([7u8; 32]);
+    ext.extend([0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x08, 0x07]);
+    let mut body = vec![0x03, 0x03];
+    body.extend([1u8; 32]);
+    body.push(0);
+    body.extend([0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(&ext);
+    let mut hs = vec![0x01];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(&hs);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&record).await.unwrap();
+    let mut buf = [0u8; 64];
+    // The server answers (a ServerHello or an alert); either way it has
+    // read the ClientHello.
+    let _ = timeout(s.read(&mut buf)).await;
+    let m = &proxy.shared().metrics;
+    wait_for("SNI IP counted", || m.sni_ip_count() >= 1);
+    proxy.shutdown();
+}

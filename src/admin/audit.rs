@@ -148,7 +148,7 @@ fn write_loop<T: Serialize>(
     // so a full disk cannot flood the log.
     let failed = |e: std::io::Error| {
         let n = errors.fetch_add(1, Ordering::Relaxed);
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             tracing::warn!(path, error = %e, failures = n + 1, "cannot write a JSON Lines record");
         }
     };

@@ -153,6 +153,7 @@ pub struct Metrics {
     connections_cut: [AtomicU64; CUT_LABELS.len()],
     admin_connections_rejected: AtomicU64,
     usage_clamped: AtomicU64,
+    sni_ip: AtomicU64,
     /// [unparseable, too_large] × [refused, forwarded at strictest].
     uninspectable: [[AtomicU64; 2]; 2],
     requests: [AtomicU64; DECISIONS.len()],
@@ -183,6 +184,17 @@ impl Metrics {
     /// A connection was closed before HTTP for `reason`.
     pub fn conn_rejected(&self, reason: ConnReject) {
         self.connections_rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS client named an IP address as SNI (illegal, RFC 6066): counted
+    /// here instead of a log line per connection.
+    pub fn sni_ip(&self) {
+        self.sni_ip.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many TLS clients named an IP address as SNI.
+    pub fn sni_ip_count(&self) -> u64 {
+        self.sni_ip.load(Ordering::Relaxed)
     }
 
     /// The upstream reported more usage than the request allowed; the
@@ -333,6 +345,12 @@ impl Metrics {
             "distill_guard_admin_connections_rejected_total {}",
             load(&self.admin_connections_rejected)
         );
+        counter(
+            &mut out,
+            "distill_guard_tls_sni_ip_total",
+            "TLS ClientHellos that named an IP address as SNI (illegal; ignored by the handshake).",
+        );
+        let _ = writeln!(out, "distill_guard_tls_sni_ip_total {}", load(&self.sni_ip));
         counter(
             &mut out,
             "distill_guard_usage_clamped_total",

@@ -1,6 +1,8 @@
 //! The state file of manual decisions (`[admin] state_path`): which
 //! accounts and clusters an admin blocked or allowed, so a restart does not
-//! forget them. JSON, written to a temporary file and renamed into place.
+//! forget them. JSON, written to a temporary file, synced, and renamed into
+//! place (the directory synced too), so a crash leaves the old file or the
+//! new one. A file that cannot be read at start is set aside, not fatal.
 //!
 //! ```json
 //! {"version":1,"accounts":{"3f9a0c4b5d6e7f80":"block"},"clusters":{}}
@@ -38,8 +40,50 @@ pub fn save(path: &Path, engine: &Engine) -> std::io::Result<()> {
     };
     let text = serde_json::to_string_pretty(&file).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // The rename itself is durable once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// What [`restore`] did at start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// This many decisions were loaded (0: no file).
+    Loaded(usize),
+    /// The file was unreadable or corrupt: moved to `aside`, nothing loaded.
+    SetAside {
+        /// Where the bad file now is.
+        aside: std::path::PathBuf,
+        /// Why it was unusable.
+        reason: String,
+    },
+}
+
+/// Load the decisions at start. A truncated, empty or corrupt file does not
+/// stop the proxy: it is renamed to `<path>.bad-<unix ms>` (kept for an
+/// admin to inspect) and the proxy starts with no manual decisions. Fails
+/// only when the bad file cannot be moved aside (it would be overwritten).
+pub fn restore(path: &Path, engine: &Engine) -> Result<Restored, String> {
+    match load(path, engine) {
+        Ok(n) => Ok(Restored::Loaded(n)),
+        Err(reason) => {
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(format!(".bad-{}", super::audit::now_unix_ms()));
+            let aside = std::path::PathBuf::from(aside);
+            std::fs::rename(path, &aside)
+                .map_err(|e| format!("{reason}; and cannot move it aside: {e}"))?;
+            Ok(Restored::SetAside { aside, reason })
+        }
+    }
 }
 
 /// Load the decisions in `path` into `engine`; a missing file is empty.
@@ -101,5 +145,28 @@ mod tests {
         assert_eq!(load(&dir.path().join("missing.json"), &b).unwrap(), 0);
         std::fs::write(&path, "{nope").unwrap();
         assert!(load(&path, &b).is_err());
+    }
+
+    #[test]
+    fn a_truncated_or_empty_file_is_set_aside_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for bad in ["", "{\"version\":1,\"accou"] {
+            std::fs::write(&path, bad).unwrap();
+            let e = engine();
+            match restore(&path, &e).unwrap() {
+                Restored::SetAside { aside, .. } => {
+                    assert_eq!(std::fs::read_to_string(&aside).unwrap(), bad);
+                    assert!(!path.exists());
+                    std::fs::remove_file(aside).unwrap();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // And saving afterwards works as usual.
+        let e = engine();
+        e.set_manual_account(AccountId(1), Some(Manual::Block));
+        save(&path, &e).unwrap();
+        assert_eq!(restore(&path, &engine()).unwrap(), Restored::Loaded(1));
     }
 }

@@ -21,19 +21,40 @@ pub enum CaptureError {
     Io(io::Error),
 }
 
+/// A captured ClientHello: every byte read (to replay into the TLS
+/// handshake), its JA4, and what it said that is worth counting.
+#[derive(Debug)]
+pub struct Captured {
+    /// The bytes read so far, ClientHello first.
+    pub buf: BytesMut,
+    /// JA4 of the ClientHello.
+    pub ja4: Ja4Fingerprint,
+    /// The SNI was an IP address (illegal; counted, not logged per
+    /// connection).
+    pub sni_is_ip: bool,
+}
+
 /// Read from `stream` until a whole ClientHello is buffered, starting with
 /// the bytes already in `buf`. Returns all bytes read (possibly more than
-/// the hello) and the hello's JA4.
+/// the hello), the hello's JA4 and whether its SNI was an IP address.
 pub async fn capture<S: AsyncRead + Unpin>(
     stream: &mut S,
     mut buf: BytesMut,
-) -> Result<(BytesMut, Ja4Fingerprint), CaptureError> {
+) -> Result<Captured, CaptureError> {
     loop {
         match tls::client_hello_progress(&buf, tls::MAX_CLIENT_HELLO_LEN) {
             HelloProgress::Complete { len } => {
                 let hello = tls::parse_client_hello(&buf[..len]).map_err(CaptureError::Hello)?;
                 let ja4 = tls::ja4_fingerprint(&hello);
-                return Ok((buf, ja4));
+                // RFC 6066 forbids IP literals as SNI; rustls ignores them.
+                let sni_is_ip = hello
+                    .server_name()
+                    .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok());
+                return Ok(Captured {
+                    buf,
+                    ja4,
+                    sni_is_ip,
+                });
             }
             HelloProgress::Invalid(e) => return Err(CaptureError::Hello(e)),
             HelloProgress::NeedMore => {

@@ -332,9 +332,18 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         crate::admin::audit::now_unix_ms(),
     )));
     if let Some(path) = &config.admin.state_path {
-        let n = crate::admin::state::load(path, &engine).map_err(ServerError::State)?;
-        if n > 0 {
-            info!(decisions = n, path = %path.display(), "manual decisions restored");
+        use crate::admin::state::{restore, Restored};
+        match restore(path, &engine).map_err(ServerError::State)? {
+            Restored::Loaded(0) => {}
+            Restored::Loaded(n) => {
+                info!(decisions = n, path = %path.display(), "manual decisions restored")
+            }
+            Restored::SetAside { aside, reason } => warn!(
+                path = %path.display(),
+                aside = %aside.display(),
+                %reason,
+                "state file unusable: set aside, starting with no manual decisions"
+            ),
         }
     }
     let admin_listener = match config.admin.address {
@@ -636,7 +645,8 @@ async fn serve_connection(
         identity::is_trusted(peer.ip(), &config.identity.trusted_proxies)
     };
     let is_tls = tls.is_some();
-    let accepted = tokio::time::timeout(deadline, accept_io(stream, peer, tls, trusted)).await;
+    let accepted =
+        tokio::time::timeout(deadline, accept_io(stream, peer, tls, trusted, metrics)).await;
     match accepted {
         Ok(Ok((io, conn))) => {
             let (io, tap) = tap::Tapped::new(io);
@@ -672,6 +682,7 @@ async fn accept_io(
     peer: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     read_proxy_header: bool,
+    metrics: &Metrics,
 ) -> Result<(ClientIo, ConnInfo), ConnReject> {
     let local = stream.local_addr().unwrap_or(peer);
     let hello_err = |e| match e {
@@ -694,11 +705,14 @@ async fn accept_io(
     };
     match tls {
         Some(config) => {
-            let (buffered, ja4) = hello::capture(&mut stream, buffered)
+            let hello = hello::capture(&mut stream, buffered)
                 .await
                 .map_err(hello_err)?;
-            conn.ja4 = Some(ja4);
-            let rewind = hello::Rewind::new(buffered, stream);
+            conn.ja4 = Some(hello.ja4);
+            if hello.sni_is_ip {
+                metrics.sni_ip();
+            }
+            let rewind = hello::Rewind::new(hello.buf, stream);
             let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), rewind)
                 .await
                 .map_err(|_| ConnReject::TlsHandshake)?;

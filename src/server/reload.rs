@@ -121,6 +121,15 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         notes.push("record.path/queue_capacity");
         new.record = old.record.clone();
     }
+    if old.logging.level != new.logging.level || old.logging.format != new.logging.format {
+        // The subscriber is installed once per process.
+        notes.push("logging.level/format");
+        new.logging = old.logging.clone();
+    }
+    if old.admin.max_connections != new.admin.max_connections {
+        notes.push("admin.max_connections");
+        new.admin.max_connections = old.admin.max_connections;
+    }
     if old.identity.hash_secret != new.identity.hash_secret {
         notes.push("identity.hash_secret");
         new.identity.hash_secret = old.identity.hash_secret.clone();
