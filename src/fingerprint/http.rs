@@ -994,7 +994,7 @@ GET /c HTTP/1.1\r\nHost: x\r\n\r\n";
     #[test]
     fn pipelining_queue_is_bounded() {
         let mut tap = H1Tap::new(1024);
-        for _ in 0..20 {
+        for _ in 0..H1Tap::MAX_QUEUED + 8 {
             tap.feed(CURL);
         }
         assert!(tap.is_disabled());

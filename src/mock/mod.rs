@@ -692,6 +692,7 @@ mod tests {
         );
         let mut p = p;
         p.output_tokens = 200_000;
+        p.reported_output = 200_000;
         let body = p.json_response().into_body();
         let bytes = http_body_util::BodyExt::collect(body)
             .await
