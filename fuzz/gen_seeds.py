@@ -3,7 +3,11 @@
 gitignored, so run this once before `cargo fuzz run`).
 
 Sources: /work/shared/testdata/ja4/*.jsonl (`record_hex`) for client_hello,
-/work/shared/bench/fixtures/{stream.sse,messages.json} for usage_meter, and
+/work/shared/bench/fixtures/{stream.sse,messages.json} for usage_meter and
+request_inspect, the repository's shipped configs (config/*.toml,
+config/examples, config/scenarios) for config_load, the scenarios' prompt
+templates and phrase lists (config/signals) for prompt_signature, the
+documented record fields (docs/traffic-record.md) for traffic_record, and
 small hand-made inputs for the other targets. Inputs of the chunked targets
 start with a chunk plan: byte n (n % 8 sizes follow; 0 = one chunk), see
 fuzz_targets/common/mod.rs; usage_meter inputs start with a mode byte first.
@@ -13,8 +17,10 @@ import json
 import os
 import struct
 import sys
+import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 SHARED = os.environ.get("DG_SHARED", os.path.join(HERE, "..", "..", "shared"))
 if not os.path.isdir(SHARED):
     SHARED = "/work/shared"
@@ -172,6 +178,152 @@ def usage_meter():
     return n
 
 
+# Request bodies of each API, for request_inspect (mode & 3 = kind).
+REQUESTS = [
+    (0, b'{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Say hello in five words."}]}'),
+    (0, b'{"model":"claude","max_tokens":1024,"stream":true,"thinking":{"type":"enabled",'
+        b'"budget_tokens":2048},"system":[{"type":"text","text":"be brief","cache_control":{"type":"ephemeral"}}],'
+        b'"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image","source":{}}]},'
+        b'{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"a":1}}]},'
+        b'{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"42"}]}]}]}'),
+    (0, b'{"messages":[{"role":"user","content":"late system"}],"system":"first","max_tokens":1e30}'),
+    (0, b'{"model":"m","max_tokens":-1,"thinking":{"type":"disabled"},"messages":"x"}'),
+    (1, b'{"model":"gpt","max_completion_tokens":"50","reasoning_effort":"high",'
+        b'"messages":[{"role":"user","content":"hello"}]}'),
+    (1, b'{"model":"gpt-4o","max_tokens":4096,"max_completion_tokens":null,"stream":true,'
+        b'"messages":[{"role":"system","content":"sys"},{"role":"user","content":[{"type":"text","text":"caf\\u00e9"}]}]}'),
+    (2, b'{"model":"o","input":[{"role":"user","content":[{"type":"input_text","text":"x"}]}],'
+        b'"instructions":"y","reasoning":{"effort":"low"},"max_output_tokens":7}'),
+    (2, b'{"model":"o","input":[{"type":"function_call_output","call_id":"c","output":"result"},'
+        b'{"type":"function_call","arguments":"{}"}],"max_output_tokens":4294967296}'),
+    (3, b'{"model":"x","max_tokens":10,"max_output_tokens":20,"system":"s","input":"i","messages":"m",'
+        b'"thinking":{"budget_tokens":5},"reasoning":{"effort":"high"}}'),
+    (3, b'[1,2,3]'),
+    (0, b'{"model":"a","model":"b","messages":"one","messages":"two"}'),
+    (0, b'{"a":' * 130 + b'1' + b'}' * 130),
+    (1, b'{"messages":[{"content":"\\ud800"}]}'),
+]
+# Clamps: 16 (the README's degrade example), 0 (clamped to 1), 65535.
+CAPS = [b"\x10\x00", b"\x00\x00", b"\xff\xff"]
+
+
+def request_inspect():
+    bodies = list(REQUESTS)
+    with open(os.path.join(SHARED, "bench", "fixtures", "messages.json"), "rb") as f:
+        bodies.append((0, f.read()))
+    n = 0
+    for mode, body in bodies:
+        for cap in CAPS:
+            write("request_inspect", bytes([mode]) + cap + body)
+            n += 1
+        write("request_inspect", bytes([mode | 4]) + b"\0\0" + body)  # cap u32::MAX
+        n += 1
+    return n
+
+
+def scenario_templates():
+    out = []
+    d = os.path.join(REPO, "config", "scenarios")
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            sc = tomllib.load(f)
+        for p in sc.get("population", []):
+            for t in p.get("templates", []):
+                out.append(t.replace("{}", "the quick brown fox"))
+    return out
+
+
+def prompt_signature():
+    texts = scenario_templates()
+    sig = os.path.join(REPO, "config", "signals")
+    for name in sorted(os.listdir(sig)):
+        with open(os.path.join(sig, name), encoding="utf-8") as f:
+            phrases = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+        texts.append("\n".join(phrases[:40]))
+    texts += [
+        "Imagine and articulate the internal reasoning behind the completed response below.\n"
+        "Question: What is 2 + 2?\nAnswer: 4\nExplain step-by-step, don't skip.",
+        'You are Alice, a tutor in Paris. Use "quoted text" and \u201ccurly quotes\u201d, '
+        "\u00abguillemets\u00bb, \u300cCJK\u300d, `inline code`, https://example.com/x, www.example.org, "
+        "gpt4 snake_case os.path a@b.c x=1 camelCase 3.14 1,000 2024-01-01 10k 1st.",
+        "```python\nprint('fenced')\n```\nthen prose after the fence, and an unclosed ``` fence",
+        "\u8bf7\u89e3\u91ca\u4e00\u4e0b\u8fd9\u4e2a\u95ee\u9898\u7684\u63a8\u7406\u8fc7\u7a0b\u3002"
+        "\u3053\u308c\u306f\u30c6\u30b9\u30c8\u3067\u3059\u3002",
+        "\u0130stanbul \u00c9COLE Stra\u00dfe \u1e9e \u0391\u0392\u0393 " * 8,
+        "word " * 300 + "\n" + "tail line of the prompt with enough words to fill a region " * 3,
+        "",
+        "hi",
+    ]
+    n = 0
+    for i, t in enumerate(texts):
+        data = t.encode("utf-8")
+        split = len(data) // 2 if i % 2 else len(data)
+        key = (0x6469_7374_696C_6C21 + i).to_bytes(8, "little")
+        write("prompt_signature", struct.pack("<H", min(split, 0xFFFF)) + key + data)
+        n += 1
+    return n
+
+
+def record(**fields):
+    base = {"v": 2, "t_ms": 1767225600000, "account": "00000000000000aa"}
+    base.update(fields)
+    return json.dumps(base, separators=(",", ":"))
+
+
+def traffic_record():
+    keys = ["%016x" % (0x1111111111111111 * (i % 15 + 1)) for i in range(16)]
+    full = record(
+        request_id="req-1", anonymous=False, ja4="t13d1516h2_8daaf6152771_e5627efa2ab1",
+        http="0123456789abcdef0123456789abcdef", h2="1:65536;2:0;4:6291456|15663105|0|m,a,s,p",
+        ip_prefix="203.0.113.0/24", asn=64500, model="claude-sonnet-4-5", input_tokens=1200,
+        max_output_tokens=64000, thinking_budget=32000, reasoning_high=True, prompt_keys=keys,
+        fill_key="0123456789abcdef", phrase_lists=["elicitation", "rubric"], inconsistent=True,
+        output_tokens=5000, decision="throttle", population="hydra", attack=True,
+    )
+    lines = [
+        '{"v":1,"t_ms":1700000000000,"account":"00000000000000aa","input_tokens":10,"output_tokens":5,"decision":"allow"}',
+        full,
+        record(ip_prefix="2001:db8::/48", anonymous=True, output_tokens=18446744073709551615,
+               input_tokens=18446744073709551615, t_ms=18446744073709551615),
+        record(prompt_keys=keys[:8]),
+        record(account="not-hex"),
+        record(v=3),
+        record(unknown_field=1),
+        record(fill_key="zz", ip_prefix="300.1.1.1/8"),
+    ]
+    n = 0
+    for i in range(len(lines)):
+        write("traffic_record", (lines[i] + "\n").encode())
+        n += 1
+    # A short record file: several accounts over a minute, one account
+    # repeating, then a malformed line in the middle.
+    day = []
+    for i in range(40):
+        day.append(record(t_ms=1767225600000 + i * 1500, account="%016x" % (0xa0 + i % 7),
+                          prompt_keys=keys if i % 3 else [], max_output_tokens=64000,
+                          output_tokens=4000, population="p%d" % (i % 2), attack=bool(i % 2)))
+    day.insert(20, "{not json")
+    write("traffic_record", ("\n".join(day) + "\n").encode())
+    return n + 1
+
+
+def config_load():
+    n = 0
+    for rel in ("config/distill-guard.toml", "config/examples/local-mock.toml"):
+        with open(os.path.join(REPO, rel), "rb") as f:
+            write("config_load", b"\x00" + f.read())
+            n += 1
+    write("config_load", b"\x00[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n")
+    write("config_load", b"\x00[[listener]]\naddress = \"nope\"\n[upstream]\nurl = \"ftp://x\"\nbogus = 1\n")
+    n += 2
+    d = os.path.join(REPO, "config", "scenarios")
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            write("config_load", b"\x01" + f.read())
+            n += 1
+    return n
+
+
 if __name__ == "__main__":
     counts = {
         "client_hello": client_hello(),
@@ -179,6 +331,10 @@ if __name__ == "__main__":
         "h1_tap": h1_tap(),
         "proxy_protocol": proxy_protocol(),
         "usage_meter": usage_meter(),
+        "request_inspect": request_inspect(),
+        "prompt_signature": prompt_signature(),
+        "traffic_record": traffic_record(),
+        "config_load": config_load(),
     }
     for k, v in counts.items():
         print(f"{k}: {v} seeds written")

@@ -31,7 +31,10 @@
 //!
 //! A body that is not a JSON object (syntax error, trailing garbage, a
 //! top-level array, nesting deeper than `serde_json`'s limit of 128) is
-//! [`Inspection::NotJson`]. Inside a valid object, a field of an unexpected
+//! [`Inspection::NotJson`]. Members that are not read are still checked as
+//! `serde_json::Value` would check them (nesting, UTF-8, lone surrogate
+//! escapes, numbers out of range), so a body is `Parsed` exactly when
+//! [`rewrite_degrade`] can rewrite it. Inside a valid object, a field of an unexpected
 //! type reads as absent (`None` / `false`) instead of failing the whole body.
 //! Token counts: integers above `u32::MAX` (and integral floats such as
 //! `1e30`) saturate to `u32::MAX`; negative or fractional numbers read as
@@ -39,7 +42,7 @@
 
 use super::estimate::estimate_tokens;
 use super::ApiKind;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -136,16 +139,50 @@ macro_rules! ignore {
     };
     (seq) => {
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element::<Skip>()?.is_some() {}
             Ok(Default::default())
         }
     };
     (map) => {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<Skip, Skip>()?.is_some() {}
             Ok(Default::default())
         }
     };
+}
+
+/// A value that is not read, checked as [`serde_json::Value`] would check
+/// it: strings valid UTF-8 without a lone surrogate escape, numbers in
+/// range, nesting within serde_json's limit of 128. `serde::de::IgnoredAny`
+/// checks none of these (serde_json skips it without recursion or
+/// decoding), so an unread field could make a body that [`inspect`] reads
+/// but [`rewrite_degrade`] cannot parse, and a degraded request would then
+/// go upstream unchanged.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    ignore!(scalars);
+    ignore!(str);
+    ignore!(seq);
+    ignore!(map);
+}
+
+impl Default for Skip {
+    fn default() -> Skip {
+        Skip
+    }
 }
 
 /// Token count: non-negative integer, saturating; anything else is `None`.
@@ -276,7 +313,7 @@ impl<'de> Visitor<'de> for ThinkingSeed {
                 Key::Type => t.kind = map.next_value_seed(LenientString)?.unwrap_or_default(),
                 Key::Budget => t.budget_tokens = map.next_value_seed(LenientU32)?,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -308,7 +345,7 @@ impl<'de> Visitor<'de> for ReasoningSeed {
             match key {
                 Key::Effort => effort = map.next_value_seed(LenientString)?,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -373,7 +410,7 @@ impl<'de> Visitor<'de> for TextSeed<'_> {
                     out: &mut *self.out,
                 })?,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -589,7 +626,7 @@ impl<'de> Visitor<'de> for TopSeed {
                     out: &mut info.prompt,
                 })?,
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
@@ -1028,6 +1065,53 @@ mod tests {
         assert_eq!(std::str::from_utf8(&out).unwrap_or(""), r#"{"a":1}"#);
     }
 
+    /// Found by the `request_inspect` fuzz target: an unread member nested
+    /// past serde_json's limit made the body `Parsed` (its `max_tokens`
+    /// read) while `rewrite_degrade` could not parse it, so a degraded
+    /// request went upstream unchanged. Lone surrogates, invalid UTF-8 and
+    /// out-of-range numbers in unread members did the same.
+    #[test]
+    fn unread_members_are_checked_as_the_rewrite_checks_them() {
+        let deep = format!(
+            r#"{{"model":"m","max_tokens":100000,"metadata":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        // The fuzzer's reproducer: an Anthropic body of 130 nested objects.
+        let fuzzed = format!("{}1{}", r#"{"a":"#.repeat(130), "}".repeat(130));
+        let bodies: [&[u8]; 5] = [
+            fuzzed.as_bytes(),
+            deep.as_bytes(),
+            br#"{"model":"m","max_tokens":100000,"metadata":"\ud800"}"#,
+            b"{\"model\":\"m\",\"max_tokens\":100000,\"metadata\":\"\xff\"}",
+            br#"{"model":"m","max_tokens":100000,"metadata":1e400}"#,
+        ];
+        for body in bodies {
+            for kind in [
+                ApiKind::Anthropic,
+                ApiKind::OpenAiChat,
+                ApiKind::OpenAiResponses,
+                ApiKind::Other,
+            ] {
+                assert_eq!(
+                    inspect(kind, body),
+                    Inspection::NotJson { len: body.len() },
+                    "{kind:?} {}",
+                    String::from_utf8_lossy(body)
+                );
+                assert_eq!(rewrite_degrade(kind, body, 16), None);
+            }
+        }
+        // Within the limit, an unread member is still skipped.
+        let ok = format!(
+            r#"{{"max_tokens":9,"metadata":{}{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert_eq!(parsed(ApiKind::Anthropic, &ok).max_output_tokens, Some(9));
+        assert!(rewrite_degrade(ApiKind::Anthropic, ok.as_bytes(), 4).is_some());
+    }
+
     #[test]
     fn degrade_rejects_non_objects() {
         for body in [&b"[]"[..], b"1", b"garbage", b"", b"{\"a\":"] {
@@ -1064,7 +1148,7 @@ mod tests {
             black_box(inspect(ApiKind::Anthropic, black_box(body.as_bytes())));
         });
         let skip = time_per_call(20_000, || {
-            let _ = black_box(serde_json::from_slice::<IgnoredAny>(black_box(
+            let _ = black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(
                 body.as_bytes(),
             )));
         });

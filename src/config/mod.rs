@@ -452,7 +452,19 @@ pub fn parse_toml<T: serde::de::DeserializeOwned, V>(
         let key = path_string(e.path());
         let inner = e.into_inner();
         let span = inner.span();
-        located(key, span, inner.message().trim().to_string())
+        // The TOML parser's syntax errors can come without a message (a
+        // control character in a comment, for one): name what is there.
+        let reason = match inner.message().trim() {
+            "" => match span
+                .as_ref()
+                .and_then(|s| text.get(s.start..)?.chars().next())
+            {
+                Some(c) => format!("invalid TOML: unexpected {c:?}"),
+                None => "invalid TOML".to_string(),
+            },
+            m => m.to_string(),
+        };
+        located(key, span, reason)
     })?;
     validate(file).map_err(|(key, reason)| located(key, None, reason))
 }

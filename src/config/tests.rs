@@ -212,3 +212,17 @@ fn ignored_prompt_files_become_ignored_prompt_keys() {
         assert_eq!(e.key, "cluster.ignore.prompt_files[0]", "{e}");
     }
 }
+
+/// Found by the `config_load` fuzz target: a control character in a
+/// comment gave an error with an empty reason (the TOML parser has no
+/// message for it).
+#[test]
+fn syntax_error_without_a_parser_message_still_has_a_reason() {
+    let text = "# forward_http_header = \"x-dis\u{1}# The default scenario\n";
+    let e = parse_str(text).unwrap_err();
+    assert_eq!(e.position, Some((1, 31)), "{e}");
+    assert_eq!(e.reason, "invalid TOML: unexpected '\\u{1}'", "{e}");
+    assert!(e
+        .to_string()
+        .ends_with(": invalid TOML: unexpected '\\u{1}'"));
+}

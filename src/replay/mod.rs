@@ -326,6 +326,11 @@ impl<'c> Run<'c> {
     }
 }
 
+/// The latest `t_ms` replay accepts: 2^63 ns after the epoch (April 2262,
+/// where signed nanosecond clocks end). The engine adds windows and
+/// intervals to its clock; this leaves it 292 years of headroom.
+pub const MAX_T_MS: u64 = (1 << 63) / 1_000_000;
+
 /// Parse one record line; `n` is its line number.
 pub fn parse_line(line: &str, n: usize) -> Result<TrafficRecord, String> {
     let r = serde_json::from_str::<TrafficRecord>(line).map_err(|e| format!("line {n}: {e}"))?;
@@ -333,6 +338,12 @@ pub fn parse_line(line: &str, n: usize) -> Result<TrafficRecord, String> {
         return Err(format!(
             "line {n}: record version {} (this build reads {OLDEST_RECORD_VERSION} to {RECORD_VERSION})",
             r.v
+        ));
+    }
+    if r.t_ms > MAX_T_MS {
+        return Err(format!(
+            "line {n}: t_ms: expected at most {MAX_T_MS} (year 2262), got {}",
+            r.t_ms
         ));
     }
     Ok(r)
@@ -547,5 +558,39 @@ impl Summary {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `traffic_record` fuzz target: `t_ms` = u64::MAX became
+    /// a clock of u64::MAX nanoseconds and the engine's next maintenance
+    /// time overflowed (a panic with overflow checks, maintenance on every
+    /// request without). Such a line is now malformed, and a record at the
+    /// limit, with the largest token counts, replays.
+    #[test]
+    fn times_past_the_clock_are_malformed_lines() {
+        let config = crate::demo::default_config().unwrap();
+        let fuzzed = r#"{"v":2,"t_ms":18446744073709551615,"account":"00000000000000aa","ip_prefix":"2001:db8::/48","anonymous":true,"output_tokens":18446744073709551615,"input_tokens":18446744073709551615}"#;
+        let e = parse_line(fuzzed, 7).unwrap_err();
+        assert!(e.starts_with("line 7: t_ms: expected at most"), "{e}");
+        let late = fuzzed.replace(
+            "18446744073709551615,\"account",
+            &format!("{},\"account", MAX_T_MS + 1),
+        );
+        assert!(parse_line(&late, 1).is_err());
+
+        let mut run = Run::new(&config);
+        for (i, t) in [0, 1_700_000_000_000, MAX_T_MS - 1, MAX_T_MS]
+            .into_iter()
+            .enumerate()
+        {
+            let line = fuzzed.replace("18446744073709551615,\"account", &format!("{t},\"account"));
+            let rec = parse_line(&line, i + 1).unwrap();
+            run.step(&rec, i + 1).unwrap();
+            run.step(&rec, i + 1).unwrap();
+        }
     }
 }
