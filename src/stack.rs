@@ -97,12 +97,14 @@ async fn proxy_request(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let shared = &worker.shared;
     let config = shared.config.load();
-    let fp = client_fingerprint(&config, conn, &req);
+    // The client address first: the fingerprint's network prefix and ASN
+    // are the client's, not a trusted front's.
     let client_ip = identity::client_ip(
         conn.client.ip(),
         req.headers(),
         &config.identity.trusted_proxies,
     );
+    let fp = client_fingerprint(&config, conn, client_ip, &req);
     let Some((account, anonymous)) = identify(&config, &shared.hasher, client_ip, &req) else {
         return Err(ProxyError::Unauthorized);
     };
@@ -787,11 +789,13 @@ fn observed_attrs(
 }
 
 /// The fingerprint step: connection-level parts from the accept path, the
-/// request head's HTTP fingerprint from the tap, the network prefix and the
-/// consistency flag.
+/// request head's HTTP fingerprint from the tap, the network prefix and ASN
+/// of `client_ip` (the identity step's client address: the peer, or what a
+/// trusted front said) and the consistency flag.
 fn client_fingerprint(
     config: &Config,
     conn: &ConnInfo,
+    client_ip: std::net::IpAddr,
     req: &Request<Incoming>,
 ) -> ClientFingerprint {
     let fc = &config.fingerprint;
@@ -820,14 +824,14 @@ fn client_fingerprint(
         http,
         h2,
         ip_prefix: Some(fingerprint::network::prefix(
-            conn.client.ip(),
+            client_ip,
             fc.ipv4_prefix_len,
             fc.ipv6_prefix_len,
         )),
         asn: fc
             .asn_db
             .as_ref()
-            .and_then(|db| db.lookup(conn.client.ip()))
+            .and_then(|db| db.lookup(client_ip))
             .map(|a| a.number),
         inconsistent_with: None,
         unreadable,

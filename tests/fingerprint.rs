@@ -293,3 +293,106 @@ fn a_dribbled_client_hello_is_cut_off_at_the_handshake_deadline() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The `ip_prefix` of every traffic-record line, in order, once `n` lines
+/// have been written (the record is written from a queue: poll until a
+/// deadline).
+fn recorded_prefixes(record: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(record).unwrap_or_default();
+        // Whole lines only: the writer may be half-way through one.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let lines: Vec<serde_json::Value> = whole
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= n {
+            return lines
+                .iter()
+                .map(|l| l["ip_prefix"].as_str().unwrap_or_default().to_string())
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} record lines",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_prefix_is_the_forwarded_clients_behind_a_trusted_front() {
+    let send = |env: &Env, xff: &'static str| {
+        let req = {
+            let mut req = messages_request(&env.url("/v1/messages"), SMALL_MESSAGE);
+            req.headers_mut()
+                .insert("x-forwarded-for", xff.parse().unwrap());
+            req
+        };
+        async move {
+            let r = timeout(client().request(req)).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = body_json(r).await;
+        }
+    };
+    for (trusted, want) in [
+        (
+            "trusted_proxies = [\"127.0.0.1/32\"]\n",
+            ["198.51.100.0/24", "203.0.113.0/24"],
+        ),
+        // From an untrusted peer the header is ignored: the peer's prefix.
+        ("", ["127.0.0.0/24", "127.0.0.0/24"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("traffic.jsonl");
+        let env = Env::start(&format!(
+            "[identity]\n{trusted}[record]\npath = \"{}\"\n",
+            record.display()
+        ));
+        send(&env, "198.51.100.7").await;
+        send(&env, "203.0.113.9").await;
+        assert_eq!(recorded_prefixes(&record, 2), want, "{trusted}");
+    }
+}
+
+#[test]
+fn the_network_prefix_is_the_proxy_protocol_source_from_a_trusted_peer() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("traffic.jsonl");
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        &format!(
+            "[identity]\ntrusted_proxies = [\"127.0.0.1\"]\n[record]\npath = \"{}\"\n",
+            record.display()
+        ),
+    )
+    .replacen(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\nproxy_protocol = true",
+        1,
+    );
+    let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
+    for source in ["198.51.100.7", "203.0.113.9"] {
+        let mut s = TcpStream::connect(proxy.local_addrs()[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "PROXY TCP4 {source} 127.0.0.1 40000 443\r\nPOST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            SMALL_MESSAGE.len(),
+            SMALL_MESSAGE
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    assert_eq!(
+        recorded_prefixes(&record, 2),
+        ["198.51.100.0/24", "203.0.113.0/24"]
+    );
+    proxy.shutdown();
+}

@@ -429,6 +429,10 @@ pub struct FileCluster {
     pub max_links_per_request: u32,
     /// Accounts held in clusters at most.
     pub max_linked_accounts: u64,
+    /// Evidence classes (client stack, network, prompt, request shape) a
+    /// link rule must span for its links to join accounts into clusters; a
+    /// rule spanning fewer only feeds the template_reuse signal.
+    pub min_link_classes: u32,
     /// Budget growth per member (fraction of the base budget) ...
     pub per_member_fraction: f64,
     /// ... times members to this power (below 1: sublinear) ...
@@ -465,6 +469,7 @@ impl Default for FileCluster {
             max_index_values: 1 << 20,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
+            min_link_classes: 2,
             per_member_fraction: 0.25,
             growth_exponent: 0.5,
             max_multiplier: 4.0,
@@ -486,7 +491,7 @@ impl Default for FileCluster {
                     &["http", "ip_prefix", "prompt"],
                     "strong",
                 ),
-                rule("template", &["prompt"], "medium"),
+                rule("template+shape", &["prompt", "shape"], "medium"),
                 rule("tls+network", &["ja4", "ip_prefix"], "weak"),
             ],
             ignore: FileAttrValues::default(),
@@ -502,7 +507,8 @@ pub struct FileLinkRule {
     /// Name shown in reasons.
     pub name: String,
     /// Attributes that must all be equal: "ja4", "http", "h2", "ip_prefix",
-    /// "asn", "prompt" (prompt-shape signature).
+    /// "asn", "prompt" (prompt-shape signature), "shape" (request shape:
+    /// model, scale of the output limit).
     pub attributes: Vec<String>,
     /// "weak", "medium" or "strong".
     pub strength: String,
@@ -611,6 +617,11 @@ pub struct FileDetection {
     pub weights: std::collections::BTreeMap<String, f32>,
     /// Score marks: each level is entered at `*_enter` and left below `*_exit`.
     pub thresholds: FileThresholds,
+    /// A member's requests count in its cluster's core when its own raw
+    /// score (before the amount of evidence is weighed) reaches this, 0–1.
+    /// A cluster is scored by the higher of its core's score and all its
+    /// members': honest accounts below the mark cannot dilute a campaign.
+    pub core_min_raw: f32,
     /// Slow: a delay before forwarding and a lower concurrency cap for the
     /// account.
     pub slow: FileSlow,
@@ -633,6 +644,7 @@ impl Default for FileDetection {
             mode: "enforce".into(),
             enforce_percent: 100,
             half_life_ms: 3_600_000,
+            core_min_raw: 0.5,
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),
             thresholds: FileThresholds::default(),
@@ -715,6 +727,11 @@ pub struct FileSlow {
     pub max_delay_ms: u64,
     /// Requests in flight allowed to a slowed account.
     pub max_concurrent: u32,
+    /// Slow only while the score rests on fewer than this many (decayed)
+    /// requests; with as many or more, a score at the Slow mark is acted on
+    /// as Degrade. A campaign is throughput-bound: delay takes nothing from
+    /// it. 0: Slow never turns into Degrade.
+    pub while_requests_below: u32,
 }
 
 impl Default for FileSlow {
@@ -725,6 +742,7 @@ impl Default for FileSlow {
             min_delay_ms: 500,
             max_delay_ms: 8_000,
             max_concurrent: 2,
+            while_requests_below: 16,
         }
     }
 }

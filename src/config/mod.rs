@@ -170,6 +170,9 @@ pub struct DetectionConfig {
     pub score: crate::engine::score::ScorePolicy,
     /// Phrase lists, compiled.
     pub matcher: std::sync::Arc<crate::engine::score::PhraseMatcher>,
+    /// A member's requests count in its cluster's core from this own raw
+    /// score on.
+    pub core_min_raw: f32,
     /// Slow's mode.
     pub slow: ActionMode,
     /// Delay at the Slow mark.
@@ -178,6 +181,9 @@ pub struct DetectionConfig {
     pub slow_max_delay: Duration,
     /// Concurrency cap of a slowed account.
     pub slow_max_concurrent: u32,
+    /// Slow applies while the score rests on fewer requests than this;
+    /// from it on, the Slow level is acted on as Degrade (0: never).
+    pub slow_while_requests_below: u32,
     /// Degrade's mode.
     pub degrade: ActionMode,
     /// Output limit when degraded.
@@ -869,7 +875,7 @@ fn attr_kind(key: &str, s: &str) -> Result<AttrKind, Invalid> {
         .ok_or_else(|| {
             invalid(
                 key,
-                format!("expected one of ja4, http, h2, ip_prefix, asn, prompt; got {s:?}"),
+                format!("expected one of ja4, http, h2, ip_prefix, asn, prompt, shape; got {s:?}"),
             )
         })
 }
@@ -955,6 +961,12 @@ fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig,
     if f.min_members < 2 {
         return Err(invalid("cluster.min_members", "expected 2 or more"));
     }
+    if !(1..=4).contains(&f.min_link_classes) {
+        return Err(invalid(
+            "cluster.min_link_classes",
+            "expected 1 to 4 (client stack, network, prompt, request shape)",
+        ));
+    }
     let generation = nonzero_ms("cluster.generation_ms", f.generation_ms)?;
     for (k, v) in [
         ("cluster.per_member_fraction", f.per_member_fraction),
@@ -1016,6 +1028,7 @@ fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig,
         generation: crate::engine::policy::nanos(generation),
         max_links_per_request: f.max_links_per_request.max(1) as usize,
         max_linked_accounts: usize::try_from(f.max_linked_accounts).unwrap_or(usize::MAX),
+        min_classes: f.min_link_classes as u8,
     };
     link.validate()
         .map_err(|e| invalid("cluster", e.to_string()))?;
@@ -1393,15 +1406,23 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
         ));
     }
     let block = action_mode("detection.block", &f.block.mode, f.block.enforce_percent)?;
+    if !(0.0..=1.0).contains(&f.core_min_raw) {
+        return Err(invalid(
+            "detection.core_min_raw",
+            "expected a number from 0 to 1",
+        ));
+    }
     Ok(DetectionConfig {
         enabled: f.enabled,
         mode,
         score,
         matcher: std::sync::Arc::new(matcher),
+        core_min_raw: f.core_min_raw,
         slow,
         slow_min_delay: Duration::from_millis(f.slow.min_delay_ms),
         slow_max_delay: Duration::from_millis(f.slow.max_delay_ms),
         slow_max_concurrent: f.slow.max_concurrent,
+        slow_while_requests_below: f.slow.while_requests_below,
         degrade,
         degrade_max_output_tokens: f.degrade.max_output_tokens,
         throttle,

@@ -30,6 +30,11 @@
 //!   a rule over an ignored value does not apply; an ignored band key drops only that key.
 //! - `downweighted` values lower the rule's strength by one step each (Strong → Medium → Weak → no link). A key
 //!   whose strength drops to nothing is neither looked up nor stored.
+//! - A rule whose kinds span fewer than [`LinkPolicy::min_classes`] independent evidence classes
+//!   ([`AttrKind::class`]: client stack, network, prompt shape, request shape) is *signal-only*: its keys are stored
+//!   and looked up as usual, and [`Linker::shared_rules`] says whether another account sent the same values within
+//!   the window, but it never links. Single linkage is transitive: with a prompt-only rule, the users of every common
+//!   template form one cluster, and any shared shape joins it to a campaign.
 //!
 //! The index maps each key to the accounts seen under it, most recent first, at most `max_accounts_per_value`
 //! of them (when full, the least recently seen makes room). Entries older than the largest rule window are
@@ -162,17 +167,20 @@ pub enum AttrKind {
     Asn,
     /// Prompt-shape signature (LSH band keys).
     Prompt,
+    /// Request shape: the model and the scale (power of four) of the output limit, hashed by the engine.
+    Shape,
 }
 
 impl AttrKind {
     /// All kinds, in the canonical order used for hashing.
-    pub const ALL: [AttrKind; 6] = [
+    pub const ALL: [AttrKind; 7] = [
         AttrKind::Ja4,
         AttrKind::Http,
         AttrKind::H2,
         AttrKind::IpPrefix,
         AttrKind::Asn,
         AttrKind::Prompt,
+        AttrKind::Shape,
     ];
 
     /// Label for config, logs and metrics.
@@ -184,11 +192,23 @@ impl AttrKind {
             AttrKind::IpPrefix => "ip_prefix",
             AttrKind::Asn => "asn",
             AttrKind::Prompt => "prompt",
+            AttrKind::Shape => "shape",
         }
     }
 
     const fn bit(self) -> u8 {
         1 << (self as u8)
+    }
+
+    /// The independent evidence class of the kind, as a bit: client stack (JA4, HTTP, HTTP/2), network (prefix,
+    /// ASN), prompt shape, request shape. See [`LinkPolicy::min_classes`].
+    pub const fn class(self) -> u8 {
+        match self {
+            AttrKind::Ja4 | AttrKind::Http | AttrKind::H2 => 1,
+            AttrKind::IpPrefix | AttrKind::Asn => 2,
+            AttrKind::Prompt => 4,
+            AttrKind::Shape => 8,
+        }
     }
 }
 
@@ -208,6 +228,8 @@ pub struct Attributes<'a> {
     /// LSH band keys of the prompt-shape signature (near signatures share at least one key); empty when the prompt
     /// is too short to be informative. At most 64 are used.
     pub prompt: &'a [u64],
+    /// Request shape (model, scale of the output limit), hashed.
+    pub shape: Option<u64>,
 }
 
 impl Attributes<'_> {
@@ -218,6 +240,7 @@ impl Attributes<'_> {
             AttrKind::H2 => self.h2,
             AttrKind::IpPrefix => self.ip_prefix,
             AttrKind::Asn => self.asn,
+            AttrKind::Shape => self.shape,
             AttrKind::Prompt => None,
         }
     }
@@ -292,12 +315,17 @@ pub struct LinkPolicy {
     pub max_links_per_request: usize,
     /// Accounts held in clusters, at most; a link that needs more is refused (and counted).
     pub max_linked_accounts: usize,
+    /// Independent evidence classes ([`AttrKind::class`]) a rule must span for its links to join clusters, e.g. 2.
+    /// A rule spanning fewer only *reports* that another account shared its values ([`Linker::shared_rules`], for a
+    /// behaviour signal): one shared template never puts strangers into one cluster by itself, and single linkage
+    /// cannot chain crowds through it. 1 (or 0): every rule links.
+    pub min_classes: u8,
 }
 
 impl Default for LinkPolicy {
     /// The reference policy: `strong` = same JA4 + IP prefix + prompt shape, `medium` = same prompt shape,
     /// `weak` = same JA4 + IP prefix, all within 10 minutes; 10-minute generations; 64 accounts per value,
-    /// 2^20 values, 8 links per request, 2^20 linked accounts.
+    /// 2^20 values, 8 links per request, 2^20 linked accounts; every rule links (`min_classes` 1).
     fn default() -> Self {
         let window = 10 * MINUTE;
         let rule = |name: &str, kinds: &[AttrKind], strength| LinkRule {
@@ -323,6 +351,7 @@ impl Default for LinkPolicy {
             generation: 10 * MINUTE,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
+            min_classes: 1,
         }
     }
 }
@@ -543,12 +572,22 @@ fn map_bytes<K, V>(m: &FastMap<K, V>) -> usize {
 #[derive(Clone, Copy, Debug)]
 struct CompiledRule {
     seed: u64,
-    scalars: [AttrKind; 5],
+    scalars: [AttrKind; 6],
     n_scalars: usize,
     prompt: bool,
+    /// Spans fewer than `min_classes` evidence classes: reports sharing, never links.
+    signal_only: bool,
     strength: u8,
     window: Nanos,
     bit: u32,
+}
+
+/// The evidence classes of a set of kinds (bits of [`AttrKind::bit`]).
+fn classes(mask: u8) -> u8 {
+    AttrKind::ALL
+        .into_iter()
+        .filter(|k| mask & k.bit() != 0)
+        .fold(0, |c, k| c | k.class())
 }
 
 #[derive(Debug)]
@@ -572,7 +611,7 @@ impl Compiled {
             if mask == 0 {
                 continue;
             }
-            let mut scalars = [AttrKind::Ja4; 5];
+            let mut scalars = [AttrKind::Ja4; 6];
             let mut n_scalars = 0;
             for kind in AttrKind::ALL {
                 if kind != AttrKind::Prompt && mask & kind.bit() != 0 {
@@ -585,6 +624,7 @@ impl Compiled {
                 scalars,
                 n_scalars,
                 prompt: mask & AttrKind::Prompt.bit() != 0,
+                signal_only: classes(mask).count_ones() < u32::from(policy.min_classes),
                 strength: rule.strength.level(),
                 window: rule.window,
                 bit: 1 << i,
@@ -1345,6 +1385,7 @@ struct KeyJob {
     strength: u8,
     window: Nanos,
     bit: u32,
+    signal_only: bool,
 }
 
 /// Another account the current request may link to.
@@ -1381,6 +1422,8 @@ pub struct Linker {
     cands: Candidates,
     band_flags: Vec<u8>,
     changes: LinkChanges,
+    /// Rules under which the last [`Linker::observe`] found another account within the window.
+    shared: u32,
 }
 
 /// What linking changed since it was last drained ([`Linker::changes`]): for whoever keeps state per cluster
@@ -1426,6 +1469,7 @@ impl Linker {
             cands: Candidates::new(),
             band_flags: Vec::new(),
             changes: LinkChanges::default(),
+            shared: 0,
         }
     }
 
@@ -1457,6 +1501,7 @@ impl Linker {
         self.rotate_if_due(now);
         self.index.sweep_step(now, self.compiled.max_window);
         self.collect_keys(attrs);
+        self.shared = 0;
         if self.keys.is_empty() {
             return self.cluster_of(account);
         }
@@ -1479,6 +1524,12 @@ impl Linker {
                 max_values: self.compiled.max_values,
             };
             self.index.touch(job.key, &touch, &mut found);
+            if !found.items.is_empty() {
+                self.shared |= job.bit;
+            }
+            if job.signal_only {
+                continue;
+            }
             for e in &found.items {
                 cands.add(e, job);
             }
@@ -1504,6 +1555,12 @@ impl Linker {
         self.found = found;
         self.cands = cands;
         self.cluster_of(account)
+    }
+
+    /// The rules (bit `i` for [`LinkPolicy::rules`]`[i]`) under which the last [`Linker::observe`] found another
+    /// account within the rule's window, whether or not it linked them (signal-only rules never link).
+    pub fn shared_rules(&self) -> u32 {
+        self.shared
     }
 
     /// What linking changed since [`Linker::clear_changes`] (merges of clusters, accounts that joined one). A part
@@ -1596,8 +1653,8 @@ impl Linker {
     fn collect_keys(&mut self, attrs: &Attributes<'_>) {
         self.keys.clear();
         let c = &self.compiled;
-        let mut values = [None; 5];
-        let mut flags = [0u8; 5];
+        let mut values = [None; 7];
+        let mut flags = [0u8; 7];
         for kind in AttrKind::ALL {
             if let Some(v) = attrs.scalar(kind) {
                 values[kind as usize] = Some(v);
@@ -1632,6 +1689,7 @@ impl Linker {
                         strength,
                         window: rule.window,
                         bit: rule.bit,
+                        signal_only: rule.signal_only,
                     });
                 }
                 continue;
@@ -1650,6 +1708,7 @@ impl Linker {
                         strength,
                         window: rule.window,
                         bit: rule.bit,
+                        signal_only: rule.signal_only,
                     });
                 }
             }
@@ -1881,6 +1940,7 @@ mod tests {
                 ip_prefix: Some(prefix),
                 asn: Some(asn),
                 prompt: &self.bands,
+                shape: None,
             };
             let view = self.linker.observe(account, &attrs, self.now);
             assert_eq!(view, self.linker.cluster_of(account));
@@ -2198,6 +2258,7 @@ mod tests {
                 ip_prefix: Some(rng.gen()),
                 asn: Some(rng.gen()),
                 prompt: &bands,
+                shape: None,
             };
             let view = linker.observe(splitmix(i), &attrs, now);
             if i % 100 == 1 {
@@ -2306,6 +2367,70 @@ mod tests {
             (v.strength, v.rules, v.members),
             (Strength::Strong, 0b111, 3)
         );
+    }
+
+    #[test]
+    fn a_rule_of_one_evidence_class_reports_sharing_but_never_links() {
+        // The reference rules with two classes required: "medium" (prompt
+        // only) is signal-only; "weak" (JA4 + prefix) and "strong" link.
+        let policy = LinkPolicy {
+            min_classes: 2,
+            ..LinkPolicy::default()
+        };
+        let mut linker = Linker::new(policy);
+        let bands = [7, 8];
+        // Strangers with one template, each from their own stack and network.
+        for a in 1..=20u64 {
+            let attrs = Attributes {
+                ja4: Some(100 + a),
+                ip_prefix: Some(200 + a),
+                prompt: &bands,
+                ..Attributes::default()
+            };
+            assert_eq!(linker.observe(a, &attrs, EPOCH + a * SEC), None);
+            // Every one after the first saw the template on another account.
+            let want = if a == 1 { 0 } else { 0b010 };
+            assert_eq!(linker.shared_rules(), want, "account {a}");
+        }
+        assert_eq!(linker.stats().clusters, 0);
+        // The same template with a second class (one stack and network): linked.
+        let attrs = Attributes {
+            ja4: Some(101),
+            ip_prefix: Some(201),
+            prompt: &bands,
+            ..Attributes::default()
+        };
+        let v = linker.observe(99, &attrs, EPOCH + 30 * SEC).unwrap();
+        assert_eq!((v.strength, v.members), (Strength::Strong, 2));
+        assert_eq!(v.rules & 0b010, 0, "the signal-only rule holds no cluster");
+        assert_eq!(linker.shared_rules(), 0b111);
+    }
+
+    #[test]
+    fn the_request_shape_is_a_class_of_its_own() {
+        let policy = LinkPolicy {
+            rules: vec![LinkRule {
+                name: "template+shape".into(),
+                kinds: vec![AttrKind::Prompt, AttrKind::Shape],
+                strength: Strength::Medium,
+                window: 10 * MIN,
+            }],
+            min_classes: 2,
+            ..LinkPolicy::default()
+        };
+        let mut linker = Linker::new(policy);
+        let bands = [7, 8];
+        let with = |shape| Attributes {
+            prompt: &bands,
+            shape: Some(shape),
+            ..Attributes::default()
+        };
+        assert_eq!(linker.observe(1, &with(5), EPOCH), None);
+        // Same template, another request shape: no link.
+        assert_eq!(linker.observe(2, &with(6), EPOCH + SEC), None);
+        // Same template and shape: linked.
+        let v = linker.observe(3, &with(5), EPOCH + 2 * SEC).unwrap();
+        assert_eq!((v.strength, v.members), (Strength::Medium, 2));
     }
 
     #[test]

@@ -58,6 +58,26 @@ pub fn fill_key(prompt: &str) -> u64 {
         ^ (b.len() as u64)
 }
 
+/// The request's shape for linking ([`AttrKind::Shape`]): the model and the
+/// scale of the output limit (its power of four: 16 000, 24 000 and 32 000
+/// are one scale, 64 000 the next). None when the body said nothing of
+/// them (not inspected): absence links no one. Thinking is left out: one
+/// client turns it on for some requests and off for others, which would
+/// split its requests into shapes that never meet (it feeds the
+/// elicitation signal instead).
+pub fn request_shape(f: &RequestFacts) -> Option<u64> {
+    if f.model.is_none() && f.max_output_tokens.is_none() {
+        return None;
+    }
+    let scale = f
+        .max_output_tokens
+        .map_or(0, |v| (32 - v.leading_zeros()) / 2 + 1);
+    let mut value = Vec::with_capacity(48);
+    value.extend_from_slice(f.model.as_deref().unwrap_or("").as_bytes());
+    value.extend_from_slice(&[0, scale as u8]);
+    Some(attr_hash(AttrKind::Shape, &value))
+}
+
 /// A request's fingerprint attributes, hashed with [`attr_hash`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ObservedAttrs {
@@ -168,6 +188,9 @@ pub struct Detection {
     /// The ladder level of the account's cluster, when it is scored as a
     /// whole.
     pub cluster_level: Option<score::Level>,
+    /// The request counted in its cluster's core: the account's own raw
+    /// score reached `core_min_raw`.
+    pub in_cluster_core: bool,
 }
 
 /// Whose budget a limit belongs to.
@@ -291,6 +314,8 @@ pub struct Ticket {
     /// whole, budget shared or not): what the response produces counts
     /// there too.
     pub scored_cluster: Option<u64>,
+    /// The request counted in that cluster's core too (so does its output).
+    pub scored_core: bool,
     /// Admitted at the Throttle level: settled against the budgets scaled
     /// by the throttle factor, as it was admitted.
     pub throttled: bool,
@@ -352,6 +377,52 @@ pub struct EngineStats {
     pub new_accounts_refused: AtomicU64,
 }
 
+/// A scored cluster's behaviour state. `all` observes every member's
+/// requests; `core` only the requests of members whose own evidence (their
+/// account's raw score, before the amount of evidence is weighed) reaches
+/// `core_min_raw`. The cluster is scored by the higher of the two, so
+/// honest accounts linked into a campaign's cluster, whose own evidence
+/// stays below the mark, cannot dilute what its members get: they never
+/// reach the core. The ladder follows that score.
+#[derive(Debug, Clone, Copy)]
+struct ClusterBehaviour {
+    all: score::ClusterSignals,
+    core: score::ClusterSignals,
+    ladder: score::LadderState,
+}
+
+impl ClusterBehaviour {
+    fn new(formed_at: Nanos) -> ClusterBehaviour {
+        ClusterBehaviour {
+            all: score::ClusterSignals::new(formed_at),
+            core: score::ClusterSignals::new(formed_at),
+            ladder: score::LadderState::default(),
+        }
+    }
+
+    /// The cluster's score: the higher of all members' and the core's (the
+    /// core only once it holds requests).
+    fn score(&self, now: Nanos, policy: &score::ScorePolicy) -> score::Score {
+        let all = self.all.score(now, policy);
+        if self.core.requests(now, policy) <= 0.0 {
+            return all;
+        }
+        let core = self.core.score(now, policy);
+        if core.value > all.value {
+            core
+        } else {
+            all
+        }
+    }
+
+    /// Another cluster's state merged into this one.
+    fn absorb(&mut self, other: &ClusterBehaviour, now: Nanos, policy: &score::ScorePolicy) {
+        self.all.absorb_cluster(&other.all, now, policy);
+        self.core.absorb_cluster(&other.core, now, policy);
+        self.ladder.join(&other.ladder);
+    }
+}
+
 /// The policy engine. Shared by all workers (`Sync`); every method takes
 /// `now`.
 pub struct Engine {
@@ -359,7 +430,7 @@ pub struct Engine {
     accounts: AccountStore,
     clusters: AccountStore,
     account_signals: dashmap::DashMap<u64, (score::AccountSignals, score::LadderState)>,
-    cluster_signals: dashmap::DashMap<u64, (score::ClusterSignals, score::LadderState)>,
+    cluster_signals: dashmap::DashMap<u64, ClusterBehaviour>,
     linker: Mutex<Linker>,
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
@@ -534,8 +605,14 @@ impl Engine {
     }
 
     /// Links the request's account and, under the same lock (so concurrent requests apply merges in the order they
-    /// happened), brings the clusters' behaviour state in step ([`Engine::follow_links`]).
-    fn observe_link(&self, obs: &Observation, policy: &Policy, now: Nanos) -> Option<ClusterView> {
+    /// happened), brings the clusters' behaviour state in step ([`Engine::follow_links`]). Also returns the rules
+    /// under which another account shared the request's values ([`link::Linker::shared_rules`]).
+    fn observe_link(
+        &self,
+        obs: &Observation,
+        policy: &Policy,
+        now: Nanos,
+    ) -> (Option<ClusterView>, u32) {
         let a = &obs.attrs;
         let prompt: &[u64] = a.prompt.as_ref().map_or(&[], |p| &p[..]);
         let attrs = Attributes {
@@ -545,14 +622,17 @@ impl Engine {
             ip_prefix: a.ip_prefix,
             asn: a.asn,
             prompt,
+            shape: request_shape(&obs.request),
         };
-        let mut linker = self.linker.lock().ok()?;
+        let Ok(mut linker) = self.linker.lock() else {
+            return (None, 0);
+        };
         let cluster = linker.observe(obs.account.0, &attrs, now);
         if !linker.changes().is_empty() {
             self.follow_links(linker.changes(), cluster, policy, now);
             linker.clear_changes();
         }
-        cluster
+        (cluster, linker.shared_rules())
     }
 
     /// Keeps the clusters' behaviour state in step with linking: a cluster that merged into another brings its
@@ -573,17 +653,13 @@ impl Engine {
             return;
         };
         for &(gone, into) in &changes.merges {
-            let Some((_, (sig, ladder))) = self.cluster_signals.remove(&gone) else {
+            let Some((_, state)) = self.cluster_signals.remove(&gone) else {
                 continue;
             };
             match self.cluster_signals.entry(into) {
-                dashmap::Entry::Occupied(mut e) => {
-                    let (s, l) = e.get_mut();
-                    s.absorb_cluster(&sig, now, &d.score);
-                    l.join(&ladder);
-                }
+                dashmap::Entry::Occupied(mut e) => e.get_mut().absorb(&state, now, &d.score),
                 dashmap::Entry::Vacant(e) => {
-                    e.insert((sig, ladder));
+                    e.insert(state);
                 }
             }
         }
@@ -596,9 +672,19 @@ impl Engine {
         };
         for &account in &changes.joined {
             // A first request has no state yet: make it, so its history is not taken later.
-            let history = self.account_state(account, now).0.join_cluster();
+            let (history, raw) = {
+                let mut e = self.account_state(account, now);
+                let history = e.0.join_cluster();
+                let raw = history.map_or(0.0, |_| e.0.score(now, &d.score).raw);
+                (history, raw)
+            };
             if let Some(h) = history {
-                self.cluster_state(&c).0.absorb_member(&h, now, &d.score);
+                let mut state = self.cluster_state(&c);
+                state.all.absorb_member(&h, now, &d.score);
+                // The same mark as the member's own requests (`detect`).
+                if raw >= d.core_min_raw {
+                    state.core.absorb_member(&h, now, &d.score);
+                }
             }
         }
     }
@@ -621,13 +707,10 @@ impl Engine {
     fn cluster_state(
         &self,
         c: &ClusterView,
-    ) -> dashmap::mapref::one::RefMut<'_, u64, (score::ClusterSignals, score::LadderState)> {
-        self.cluster_signals.entry(c.id).or_insert_with(|| {
-            (
-                score::ClusterSignals::new(c.formed_at),
-                score::LadderState::default(),
-            )
-        })
+    ) -> dashmap::mapref::one::RefMut<'_, u64, ClusterBehaviour> {
+        self.cluster_signals
+            .entry(c.id)
+            .or_insert_with(|| ClusterBehaviour::new(c.formed_at))
     }
 
     /// The policy in force.
@@ -654,10 +737,10 @@ impl Engine {
         let manual = self.manual_account(obs.account);
         let allow_listed = allow_listed || manual == Some(Manual::Allow);
         // Allow-listed accounts skip detection: they are never linked.
-        let cluster = if policy.cluster.enabled && !allow_listed {
+        let (cluster, shared) = if policy.cluster.enabled && !allow_listed {
             self.observe_link(obs, &policy, now)
         } else {
-            None
+            (None, 0)
         };
         let cluster_manual = cluster.and_then(|c| self.manual_cluster(c.id));
         let blocked = match (manual, cluster_manual) {
@@ -698,7 +781,7 @@ impl Engine {
             .filter(not_allowed);
         let detection = match &policy.detection {
             Some(d) if !allow_listed && cluster_manual != Some(Manual::Allow) => {
-                Some(self.detect(d, &policy, tier, obs, (cluster, scored), now))
+                Some(self.detect(d, &policy, tier, obs, (cluster, scored, shared), now))
             }
             _ => None,
         };
@@ -761,6 +844,7 @@ impl Engine {
         });
         if let Verdict::Allow(t) = &mut verdict {
             t.scored_cluster = scored.filter(|_| detection.is_some()).map(|c| c.id);
+            t.scored_core = detection.as_ref().is_some_and(|d| d.in_cluster_core);
         }
         Decision {
             verdict,
@@ -831,21 +915,23 @@ impl Engine {
     /// Feed the behaviour signals of the account (and of its cluster, when
     /// it is scored as a whole), score them, move the ladders, and decide
     /// which level is enforced. `linked` is the account's cluster of any
-    /// strength, `cluster` the one that is scored.
+    /// strength, `cluster` the one that is scored, `shared` the link rules
+    /// under which another account sent the same values.
     fn detect(
         &self,
         d: &crate::config::DetectionConfig,
         policy: &Policy,
         tier: &Tier,
         obs: &Observation,
-        (linked, cluster): (Option<ClusterView>, Option<ClusterView>),
+        (linked, cluster, shared): (Option<ClusterView>, Option<ClusterView>, u32),
         now: Nanos,
     ) -> Detection {
         let f = &obs.request;
         let hits = f
             .phrase_hits
             .unwrap_or_else(|| d.matcher.scan(f.prompt_text.as_deref().unwrap_or("")));
-        // A prompt whose shape linked this account by a template rule is
+        // A prompt whose shape linked this account by a template rule, or
+        // that a signal-only template rule saw on another account, is
         // shared with other accounts.
         let prompt_rules = policy
             .cluster
@@ -855,7 +941,8 @@ impl Engine {
             .enumerate()
             .filter(|(i, r)| *i < 32 && r.kinds.contains(&AttrKind::Prompt))
             .fold(0u32, |m, (i, _)| m | (1 << i));
-        let template_shared = linked.is_some_and(|c| c.rules & prompt_rules != 0);
+        let template_shared =
+            shared & prompt_rules != 0 || linked.is_some_and(|c| c.rules & prompt_rules != 0);
         let req = score::RequestSignals {
             now,
             prompt_text: "",
@@ -881,23 +968,44 @@ impl Engine {
             let sc = sig.score(now, &d.score);
             (ladder.update(sc.value, &d.score), Scope::Account, sc)
         };
+        // The account's own evidence, before its amount is weighed: its
+        // requests count in its cluster's core from the first one.
+        let in_core = cluster.is_some() && best.raw >= d.core_min_raw;
         let mut cluster_level = None;
         if let Some(c) = cluster {
             let mut e = self.cluster_state(&c);
-            let (sig, ladder) = e.value_mut();
-            sig.set_members(c.members);
+            let state = e.value_mut();
+            state.all.set_members(c.members);
             if let Some(h) = &history {
-                sig.absorb_member(h, now, &d.score);
+                state.all.absorb_member(h, now, &d.score);
+                if in_core {
+                    state.core.absorb_member(h, now, &d.score);
+                }
             }
-            sig.observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
-            let sc = sig.score(now, &d.score);
-            let cl = ladder.update(sc.value, &d.score);
+            state
+                .all
+                .observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
+            if in_core {
+                state
+                    .core
+                    .observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
+            }
+            let sc = state.score(now, &d.score);
+            let cl = state.ladder.update(sc.value, &d.score);
             cluster_level = Some(cl);
             if cl > level {
                 level = cl;
                 scope = Scope::Cluster;
                 best = sc;
             }
+        }
+        // Slow is for evidence still building: a campaign is throughput-
+        // bound, so once the score rests on enough requests, the Slow level
+        // is acted on as Degrade (less output, no thinking), which takes
+        // something from it.
+        let settled = d.slow_while_requests_below;
+        if level == score::Level::Slow && settled > 0 && best.requests >= settled as f32 {
+            level = score::Level::Degrade;
         }
         // Which level is enforced: the highest at or below `level` whose
         // action is enforced for this account (global mode and per action).
@@ -936,6 +1044,7 @@ impl Engine {
             degrade_to,
             phrase_hits,
             cluster_level,
+            in_cluster_core: in_core,
         }
     }
 
@@ -972,10 +1081,16 @@ impl Engine {
                 e.0.settle(usage.output_tokens, now, &d.score);
             }
             if let Some(id) = ticket.scored_cluster {
+                let settle = |e: &mut ClusterBehaviour| {
+                    e.all.settle(usage.output_tokens, now, &d.score);
+                    if ticket.scored_core {
+                        e.core.settle(usage.output_tokens, now, &d.score);
+                    }
+                };
                 let settled = self
                     .cluster_signals
                     .get_mut(&id)
-                    .map(|mut e| e.0.settle(usage.output_tokens, now, &d.score))
+                    .map(|mut e| settle(&mut e))
                     .is_some();
                 // The cluster merged into another since the decision (or
                 // dissolved): the account's cluster now, if it has state.
@@ -986,7 +1101,7 @@ impl Engine {
                         .ok()
                         .and_then(|l| l.cluster_of(ticket.account.0));
                     if let Some(mut e) = now_in.and_then(|c| self.cluster_signals.get_mut(&c.id)) {
-                        e.0.settle(usage.output_tokens, now, &d.score);
+                        settle(&mut e);
                     }
                 }
             }
@@ -1006,13 +1121,24 @@ impl Engine {
             .map(|e| (e.0.score(now, &d.score), e.1.level()))
     }
 
-    /// The cluster's behaviour score now.
+    /// Decayed requests of all members held in the cluster's behaviour
+    /// state now (its core holds a part of them).
+    pub fn cluster_requests(&self, id: u64, now: Nanos) -> Option<f32> {
+        let policy = self.policy.load();
+        let d = policy.detection.as_ref()?;
+        self.cluster_signals
+            .get(&id)
+            .map(|e| e.all.requests(now, &d.score))
+    }
+
+    /// The cluster's behaviour score now: the higher of all its members'
+    /// and its core's.
     pub fn cluster_score(&self, id: u64, now: Nanos) -> Option<(score::Score, score::Level)> {
         let policy = self.policy.load();
         let d = policy.detection.as_ref()?;
         self.cluster_signals
             .get(&id)
-            .map(|e| (e.0.score(now, &d.score), e.1.level()))
+            .map(|e| (e.score(now, &d.score), e.ladder.level()))
     }
 
     /// A snapshot of an account's budgets (for the admin API and tests).
@@ -1250,6 +1376,7 @@ fn admit(
         input_charged: obs.input_tokens,
         cluster,
         scored_cluster: None,
+        scored_core: false,
         throttled,
     })
 }

@@ -471,7 +471,12 @@ mod clusters {
                     asn: None,
                     prompt: prompt_keys(&text),
                 },
-                request: Default::default(),
+                // One operator's code: one request shape.
+                request: RequestFacts {
+                    model: Some("claude-sonnet-4-5".into()),
+                    max_output_tokens: Some(64_000),
+                    ..Default::default()
+                },
             };
             let d = sim.send(&o, now);
             if let Some(c) = d.cluster {
@@ -825,6 +830,82 @@ mod detection {
         assert_eq!(d.detection.unwrap().level, Level::Allow, "no decay");
     }
 
+    /// Contamination: honest accounts linked into a campaign's cluster (one
+    /// client stack, one network, one template) must not lower what the
+    /// campaign's members get. Run the campaign alone, then the same
+    /// campaign with twice as many honest members in its cluster: every
+    /// campaign request is at the same or a higher level, with the same or a
+    /// higher score.
+    #[test]
+    fn honest_members_do_not_dilute_a_campaigns_score() {
+        const TEMPLATE: &str =
+            "Summarise the following support ticket in three bullet points for the \
+                                weekly report, keeping the customer's own words where they matter.";
+        let ja4 = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+        let t0 = 1000 * MIN;
+        let run_with = |honest: u64| {
+            let e = Engine::new(policy());
+            let mut campaign_rng = rand::rngs::StdRng::seed_from_u64(71);
+            let mut honest_rng = rand::rngs::StdRng::seed_from_u64(72);
+            let mut got = Vec::new();
+            for minute in 0..20u64 {
+                for a in 0..30 + honest {
+                    let now = t0 + minute * MIN + a * SECOND;
+                    let campaign = a < 30;
+                    let r = if campaign {
+                        Req {
+                            account: 70_000 + a,
+                            text: format!(
+                                "{TEMPLATE}\nTicket: {}\nWrite out your reasoning step by step, \
+                                 every intermediate step.",
+                                words(&mut campaign_rng, 25)
+                            ),
+                            max_tokens: 64_000,
+                            ja4,
+                            prefix: "203.0.113.0/24".into(),
+                        }
+                    } else {
+                        Req {
+                            account: 80_000 + a,
+                            text: format!("{TEMPLATE}\nTicket: {}", words(&mut honest_rng, 25)),
+                            max_tokens: 300,
+                            ja4,
+                            prefix: "203.0.113.0/24".into(),
+                        }
+                    };
+                    let d = run(&e, &r, now, if campaign { 8_000 } else { 150 });
+                    let det = d.detection.expect("detection on");
+                    if campaign {
+                        got.push((det.level, det.score.value));
+                    } else if minute == 19 {
+                        assert!(!det.in_cluster_core, "an honest account in the core");
+                        let c = d.cluster.expect("honest members are linked in");
+                        assert!(c.members as u64 >= 30 + honest / 2, "{c:?}");
+                    }
+                }
+            }
+            got
+        };
+        let alone = run_with(0);
+        let diluted = run_with(60);
+        assert_eq!(alone.len(), diluted.len());
+        assert!(alone.iter().any(|(l, _)| *l >= Level::Degrade), "{alone:?}");
+        for (i, (a, b)) in alone.iter().zip(&diluted).enumerate() {
+            assert!(
+                b.0 >= a.0,
+                "request {i}: {:?} with honest members, {:?} alone",
+                b.0,
+                a.0
+            );
+            assert!(
+                b.1 >= a.1 - 1e-4,
+                "request {i}: score {} with honest members, {} alone",
+                b.1,
+                a.1
+            );
+        }
+    }
+
     /// A cluster is scored on everything its members sent, not only on what
     /// arrived after they were linked: twelve accounts that each asked four
     /// times for chain of thought in prompts of their own, then each sent one
@@ -877,18 +958,18 @@ mod detection {
             let c = last.expect("the template linked them");
             assert_eq!(c.members, 12);
             let now = t0 + 5 * MIN + 12 * SECOND;
-            let (score, _) = e.cluster_score(c.id, now).expect("scored");
+            let requests = e.cluster_requests(c.id, now).expect("scored");
             // 48 earlier requests, the first member's template request and
             // the 10 the cluster observed itself (the second member's came
             // while the pair was too small to score), decayed for up to five
             // minutes (half-life one hour); linked requests alone would be 10.
             assert!(
-                score.requests > 55.0 && score.requests <= 59.0,
+                requests > 55.0 && requests <= 59.0,
                 "cluster of {} holds {} requests",
                 c.members,
-                score.requests
+                requests
             );
-            clusters.push((c, score.requests));
+            clusters.push((c, requests));
         }
         // A member of the first cluster sends the second's template: one
         // cluster, holding both states.
@@ -907,13 +988,12 @@ mod detection {
             e.cluster_score(gone, now).is_none(),
             "absorbed state left behind"
         );
-        let (score, _) = e.cluster_score(merged.id, now).expect("scored");
+        let requests = e.cluster_requests(merged.id, now).expect("scored");
         let both: f32 = clusters.iter().map(|(_, n)| n).sum();
         // Both states (decayed by up to a minute) and the merging request.
         assert!(
-            score.requests > 0.98 * both + 1.0 && score.requests <= both + 1.0,
-            "merged cluster holds {} requests, the two held {both}",
-            score.requests
+            requests > 0.98 * both + 1.0 && requests <= both + 1.0,
+            "merged cluster holds {requests} requests, the two held {both}"
         );
     }
 
@@ -930,7 +1010,7 @@ mod detection {
              [cluster]\nmin_members = 2\nmin_strength = \"strong\"\nscore_min_strength = \"medium\"\n\
              [[cluster.link]]\nname = \"client+network\"\nattributes = [\"ja4\", \"ip_prefix\"]\n\
              strength = \"weak\"\nwindow_ms = 600000\n\
-             [[cluster.link]]\nname = \"template\"\nattributes = [\"prompt\"]\n\
+             [[cluster.link]]\nname = \"template\"\nattributes = [\"prompt\", \"shape\"]\n\
              strength = \"medium\"\nwindow_ms = 600000\n",
         )
         .unwrap();
@@ -972,11 +1052,10 @@ mod detection {
         // cluster now.
         let now = t0 + 7 * MIN;
         run(&e, &req(98_000, words(&mut rng, 40)), now, 500);
-        let (score, _) = e.cluster_score(c.id, now).expect("scored");
+        let requests = e.cluster_requests(c.id, now).expect("scored");
         assert!(
-            score.requests > 12.0 && score.requests <= 13.0,
-            "the scored pair holds {} requests",
-            score.requests
+            requests > 12.0 && requests <= 13.0,
+            "the scored pair holds {requests} requests"
         );
     }
 
@@ -1341,4 +1420,25 @@ fn a_key_flood_never_forgives_a_debt_and_limits_new_accounts_per_network() {
     );
     // Memory stays bounded: never past twice the cap.
     assert!(e.tracked_accounts() <= 200, "{}", e.tracked_accounts());
+}
+
+#[test]
+fn request_shapes_group_output_limits_by_scale() {
+    let shape = |model: Option<&str>, max: Option<u32>| {
+        request_shape(&RequestFacts {
+            model: model.map(String::from),
+            max_output_tokens: max,
+            thinking_budget: Some(16_000),
+            ..Default::default()
+        })
+    };
+    let m = Some("claude-sonnet-4-5");
+    assert_eq!(shape(m, Some(24_000)), shape(m, Some(32_000)));
+    assert_eq!(shape(m, Some(16_000)), shape(m, Some(32_000)));
+    assert_ne!(shape(m, Some(32_000)), shape(m, Some(64_000)));
+    assert_ne!(shape(m, Some(300)), shape(m, Some(4_096)));
+    assert_ne!(shape(m, Some(32_000)), shape(Some("gpt-4o"), Some(32_000)));
+    assert_ne!(shape(m, None), shape(m, Some(1)));
+    // Nothing said (body not inspected): no shape, nothing to link on.
+    assert_eq!(request_shape(&RequestFacts::default()), None);
 }
