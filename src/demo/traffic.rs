@@ -591,6 +591,9 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         let Some((label, served)) = classify(&answer, rec) else {
             continue;
         };
+        if req.cover {
+            continue; // an attack's cover traffic: not in the headline, as in simulate
+        }
         let pop = &scenario.populations[req.population];
         outcomes
             .entry(pop.name.clone())
