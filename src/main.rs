@@ -130,6 +130,38 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "record")]
         seeds: Option<u32>,
     },
+    /// Search the attack strategy space for the cheapest evasion of a
+    /// policy in simulation (random search and hill climbing, deterministic
+    /// from --seed) and price it against the per-key-only baseline.
+    Redteam {
+        /// The policy (default: the shipped config/distill-guard.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The baseline policy (default: the policy's tiers with clusters
+        /// and detection off — per-key limits only).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Seed of the search.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Evaluations in all (the start and the per-key reference
+        /// included).
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(2..=1000))]
+        budget: u32,
+        /// The tuning-family seed whose honest background every evaluation
+        /// runs on.
+        #[arg(long, default_value_t = 1000)]
+        background_seed: u64,
+        /// Scenario length in minutes.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(10..=1440))]
+        minutes: u64,
+        /// Honest accounts times this.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        report: ReportFormat,
+    },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
         /// Address the proxy listens on (without --traffic; --traffic uses
@@ -487,6 +519,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprint!("{text}");
             } else {
                 print!("{text}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Redteam {
+            config: config_path,
+            baseline,
+            seed,
+            budget,
+            background_seed,
+            minutes,
+            scale,
+            report,
+        } => {
+            use distill_guard::simulate::{family::Family, redteam};
+            let policies = (|| {
+                let c = match &config_path {
+                    Some(p) => config::load(p)?,
+                    None => demo::default_config()?,
+                };
+                let b = match &baseline {
+                    Some(p) => config::load(p)?,
+                    None => distill_guard::simulate::per_key_only(&c),
+                };
+                Ok::<_, config::ConfigError>((c, b))
+            })();
+            let (c, b) = match policies {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if !(scale > 0.0 && scale <= 10.0) {
+                eprintln!("--scale: expected more than 0 and at most 10");
+                return Ok(ExitCode::FAILURE);
+            }
+            if Family::of_seed(background_seed) != Some(Family::Tuning) {
+                eprintln!("--background-seed: expected a tuning-family seed (1000-1999)");
+                return Ok(ExitCode::FAILURE);
+            }
+            let options = redteam::Options {
+                seed,
+                budget,
+                background_seed,
+                minutes,
+                scale,
+            };
+            let started = std::time::Instant::now();
+            let r = match redteam::search(&options, &c, &b) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match report {
+                ReportFormat::Json => println!("{}", serde_json::to_string(&r)?),
+                ReportFormat::Text => println!(
+                    "{}({budget} evaluations, each generated and replayed twice, in {:.1} s)",
+                    r.render(),
+                    started.elapsed().as_secs_f64()
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -16,6 +16,7 @@
 //! `demo --traffic` sends the same requests through the real proxy.
 
 pub mod family;
+pub mod redteam;
 pub mod scenario;
 pub mod strategy;
 
