@@ -21,6 +21,15 @@ struct Cli {
     command: Command,
 }
 
+/// `demo --traffic --front`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoFront {
+    /// PROXY protocol v1 on every connection.
+    ProxyProtocol,
+    /// x-forwarded-for from a trusted HTTP front.
+    XForwardedFor,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
@@ -181,6 +190,10 @@ enum Command {
         /// scenario).
         #[arg(long, requires = "traffic")]
         scenario: Option<PathBuf>,
+        /// With --traffic: the front the proxy trusts — a TCP one sending
+        /// PROXY protocol, or an HTTP one naming clients in x-forwarded-for.
+        #[arg(long, value_enum, default_value_t = DemoFront::ProxyProtocol, requires = "traffic")]
+        front: DemoFront,
     },
 }
 
@@ -588,6 +601,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             traffic: true,
             speed,
             scenario,
+            front,
             ..
         } => {
             // The access log would drown the table: warnings only.
@@ -596,6 +610,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 speed,
                 scenario,
                 live: demo::traffic::Live::Auto,
+                front: match front {
+                    DemoFront::ProxyProtocol => demo::traffic::Front::ProxyProtocol,
+                    DemoFront::XForwardedFor => demo::traffic::Front::ForwardedFor,
+                },
             };
             let report = demo::traffic::run(&options).context("demo --traffic")?;
             println!("\n{}", report.render());

@@ -351,7 +351,11 @@ impl AttackStrategy {
             self.addresses_per_account,
             if self.address_rotation { "rotated per request" } else { "kept per account" },
             if self.stack_rotation { "rotated per request" } else { "kept per account" },
-            if self.sdk_mimic { " (honest SDKs)" } else { " (own tooling)" },
+            match (self.stack_rotation, self.sdk_mimic) {
+                (true, _) => " (honest and impersonated)",
+                (false, true) => " (honest SDKs)",
+                (false, false) => " (own tooling)",
+            },
             self.paraphrase_share * 100.0,
             self.requests_per_account_per_hour,
             self.jitter,
