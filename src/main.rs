@@ -21,6 +21,15 @@ struct Cli {
     command: Command,
 }
 
+/// `demo --traffic --front`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoFront {
+    /// PROXY protocol v1 on every connection.
+    ProxyProtocol,
+    /// x-forwarded-for from a trusted HTTP front.
+    XForwardedFor,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
@@ -91,8 +100,22 @@ enum Command {
     /// per-key-limits-only baseline. No network, virtual time.
     Simulate {
         /// The scenario (TOML; see config/scenarios/).
-        #[arg(long, short)]
-        scenario: PathBuf,
+        #[arg(long, short, required_unless_present = "family")]
+        scenario: Option<PathBuf>,
+        /// Instead of a scenario file, a family of drawn scenarios: tuning
+        /// (seeds 1000–1999; fit policy there) or heldout (seeds 9000–9999;
+        /// report there). Runs the family's first --seeds seeds (default 8)
+        /// and prints each seed's figures, their median and worst decile.
+        #[arg(long, value_enum, conflicts_with_all = ["scenario", "record", "seed"])]
+        family: Option<distill_guard::simulate::family::Family>,
+        /// With --family: each drawn scenario's length in minutes (the
+        /// reported figures use the default).
+        #[arg(long, default_value_t = 120, requires = "family", value_parser = clap::value_parser!(u64).range(10..=1440))]
+        minutes: u64,
+        /// With --family: every population's accounts times this (the
+        /// reported figures use the default).
+        #[arg(long, default_value_t = 1.0, requires = "family")]
+        scale: f64,
         /// The policy (default: the shipped config/distill-guard.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -116,6 +139,38 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000), conflicts_with = "record")]
         seeds: Option<u32>,
     },
+    /// Search the attack strategy space for the cheapest evasion of a
+    /// policy in simulation (random search and hill climbing, deterministic
+    /// from --seed) and price it against the per-key-only baseline.
+    Redteam {
+        /// The policy (default: the shipped config/distill-guard.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The baseline policy (default: the policy's tiers with clusters
+        /// and detection off — per-key limits only).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Seed of the search.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Evaluations in all (the start and the per-key reference
+        /// included).
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(2..=1000))]
+        budget: u32,
+        /// The tuning-family seed whose honest background every evaluation
+        /// runs on.
+        #[arg(long, default_value_t = 1000)]
+        background_seed: u64,
+        /// Scenario length in minutes.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(10..=1440))]
+        minutes: u64,
+        /// Honest accounts times this.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        report: ReportFormat,
+    },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
         /// Address the proxy listens on (without --traffic; --traffic uses
@@ -135,6 +190,10 @@ enum Command {
         /// scenario).
         #[arg(long, requires = "traffic")]
         scenario: Option<PathBuf>,
+        /// With --traffic: the front the proxy trusts — a TCP one sending
+        /// PROXY protocol, or an HTTP one naming clients in x-forwarded-for.
+        #[arg(long, value_enum, default_value_t = DemoFront::ProxyProtocol, requires = "traffic")]
+        front: DemoFront,
     },
 }
 
@@ -387,9 +446,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             report,
             seed,
             seeds,
+            family,
+            minutes,
+            scale,
         } => {
-            let loaded = (|| {
-                let s = distill_guard::simulate::scenario::load_with_seed(&scenario, seed)?;
+            let policies = (|| {
                 let c = match &config_path {
                     Some(p) => config::load(p)?,
                     None => demo::default_config()?,
@@ -398,8 +459,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(p) => config::load(p)?,
                     None => distill_guard::simulate::per_key_only(&c),
                 };
-                Ok::<_, config::ConfigError>((s, c, b))
+                Ok::<_, config::ConfigError>((c, b))
             })();
+            let (c, b) = match policies {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let scenario = match (family, scenario) {
+                (Some(f), _) => {
+                    if !(scale > 0.0 && scale <= 10.0) {
+                        eprintln!("--scale: expected more than 0 and at most 10");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    let size = distill_guard::simulate::family::Size {
+                        minutes,
+                        accounts: scale,
+                    };
+                    return simulate_family(f, seeds.unwrap_or(8), size, &c, &b, report);
+                }
+                (None, Some(p)) => p,
+                (None, None) => anyhow::bail!("--scenario or --family is required"),
+            };
+            let loaded = distill_guard::simulate::scenario::load_with_seed(&scenario, seed)
+                .map(|s| (s, c, b));
             let (s, c, b) = match loaded {
                 Ok(x) => x,
                 Err(e) => {
@@ -450,10 +535,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Redteam {
+            config: config_path,
+            baseline,
+            seed,
+            budget,
+            background_seed,
+            minutes,
+            scale,
+            report,
+        } => {
+            use distill_guard::simulate::{family::Family, redteam};
+            let policies = (|| {
+                let c = match &config_path {
+                    Some(p) => config::load(p)?,
+                    None => demo::default_config()?,
+                };
+                let b = match &baseline {
+                    Some(p) => config::load(p)?,
+                    None => distill_guard::simulate::per_key_only(&c),
+                };
+                Ok::<_, config::ConfigError>((c, b))
+            })();
+            let (c, b) = match policies {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if !(scale > 0.0 && scale <= 10.0) {
+                eprintln!("--scale: expected more than 0 and at most 10");
+                return Ok(ExitCode::FAILURE);
+            }
+            if Family::of_seed(background_seed) != Some(Family::Tuning) {
+                eprintln!("--background-seed: expected a tuning-family seed (1000-1999)");
+                return Ok(ExitCode::FAILURE);
+            }
+            let options = redteam::Options {
+                seed,
+                budget,
+                background_seed,
+                minutes,
+                scale,
+            };
+            let started = std::time::Instant::now();
+            let r = match redteam::search(&options, &c, &b) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match report {
+                ReportFormat::Json => println!("{}", serde_json::to_string(&r)?),
+                ReportFormat::Text => println!(
+                    "{}({budget} evaluations, each generated and replayed twice, in {:.1} s)",
+                    r.render(),
+                    started.elapsed().as_secs_f64()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo {
             traffic: true,
             speed,
             scenario,
+            front,
             ..
         } => {
             // The access log would drown the table: warnings only.
@@ -462,6 +610,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 speed,
                 scenario,
                 live: demo::traffic::Live::Auto,
+                front: match front {
+                    DemoFront::ProxyProtocol => demo::traffic::Front::ProxyProtocol,
+                    DemoFront::XForwardedFor => demo::traffic::Front::ForwardedFor,
+                },
             };
             let report = demo::traffic::run(&options).context("demo --traffic")?;
             println!("\n{}", report.render());
@@ -499,6 +651,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `simulate --family F --seeds N`: the family's first `n` scenarios,
+/// drawn and run one after the other.
+fn simulate_family(
+    family: distill_guard::simulate::family::Family,
+    n: u32,
+    size: distill_guard::simulate::family::Size,
+    policy: &config::Config,
+    baseline: &config::Config,
+    report: ReportFormat,
+) -> anyhow::Result<ExitCode> {
+    use distill_guard::simulate::family;
+    let started = std::time::Instant::now();
+    let mut runs = Vec::with_capacity(n as usize);
+    for seed in family.seeds(u64::from(n)) {
+        let drawn = family::draw(family, seed, size);
+        match family::evaluate(&drawn.scenario, Some(&drawn.campaign), policy, baseline) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("seed {seed}: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let all = family::FamilyReport::new(family, runs);
+    match report {
+        ReportFormat::Json => println!("{}", serde_json::to_string(&all)?),
+        ReportFormat::Text => println!(
+            "{}({n} seeds, each drawn, generated and replayed twice, in {:.1} s)",
+            all.render(),
+            started.elapsed().as_secs_f64()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `simulate --seeds N`: the scenario once per seed from `first` on, one

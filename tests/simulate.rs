@@ -321,3 +321,74 @@ fn a_bad_scenario_is_reported_with_its_position() {
         "{err}"
     );
 }
+
+/// `simulate --family`: the family's seeds in order, every figure a share,
+/// the same report twice (tiny draws: 20 minutes, a fifth of the accounts).
+#[test]
+fn a_family_run_reports_its_seeds_and_is_deterministic() {
+    let args = [
+        "--family",
+        "tuning",
+        "--seeds",
+        "2",
+        "--minutes",
+        "20",
+        "--scale",
+        "0.2",
+        "--report",
+        "json",
+    ];
+    let (r, _) = simulate(&args);
+    assert_eq!(r["family"], "tuning");
+    let runs = r["runs"].as_array().unwrap();
+    let seeds: Vec<u64> = runs.iter().map(|x| x["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [1000, 1001], "the tuning family starts at 1000");
+    for run in runs {
+        assert!(f(run, "requests") > 0.0);
+        for key in [
+            "attack_served_after_10min",
+            "attack_served_fraction",
+            "attack_output_tokens_fraction",
+            "legit_refused_fraction",
+            "legit_degraded_fraction",
+            "legit_slowed_fraction",
+            "baseline_attack_served_fraction",
+        ] {
+            assert!((0.0..=1.0).contains(&f(run, key)), "{key} in {run}");
+        }
+        assert!(run["campaign"]["accounts"].as_u64().unwrap() >= 1);
+        assert!(run.get("largest_mixed_cluster").is_some());
+        assert_eq!(f(run, "baseline_attack_served_fraction"), 1.0, "{run}");
+    }
+    for key in ["attack_served_after_10min", "legit_refused_fraction"] {
+        assert!(r[key]["median"].is_number() && r[key]["worst_decile"].is_number());
+    }
+    let (again, _) = simulate(&args);
+    assert_eq!(r, again, "the same family run twice");
+    let (held, _) = simulate(&[
+        "--family",
+        "heldout",
+        "--seeds",
+        "1",
+        "--minutes",
+        "20",
+        "--scale",
+        "0.2",
+        "--report",
+        "json",
+    ]);
+    assert_eq!(held["runs"][0]["seed"], 9000);
+    let text = simulate(&[
+        "--family",
+        "heldout",
+        "--seeds",
+        "1",
+        "--minutes",
+        "20",
+        "--scale",
+        "0.2",
+    ])
+    .1;
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("median / worst decile"), "{text}");
+}

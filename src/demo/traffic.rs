@@ -10,7 +10,10 @@
 //! Every request gets its own connection announcing the simulated client
 //! address in a PROXY v1 header (the proxy takes a client's network prefix
 //! from the connection, not from `x-forwarded-for`, which is sent too), and
-//! its own TLS client profile, so the proxy sees distinct JA4s.
+//! its own TLS client profile, so the proxy sees distinct JA4s. Behind an
+//! HTTP front ([`Front::ForwardedFor`]) there is no PROXY header: the
+//! connection comes from the trusted front and `x-forwarded-for` alone
+//! names the client.
 //!
 //! The proxy's decision for each answer is read back from its traffic
 //! record (joined on the `x-request-id` the demo sets): a 200 may have been
@@ -62,6 +65,18 @@ pub enum Live {
     Quiet,
 }
 
+/// The front the proxy trusts, and how it names each client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Front {
+    /// A TCP load balancer: every connection opens with a PROXY v1 header
+    /// naming the client (`x-forwarded-for` is sent too, and ignored).
+    #[default]
+    ProxyProtocol,
+    /// An HTTP front: the connection comes from the front (loopback, a
+    /// trusted proxy) and the client is named by `x-forwarded-for` alone.
+    ForwardedFor,
+}
+
 /// What to play and how fast.
 #[derive(Debug, Clone)]
 pub struct TrafficOptions {
@@ -72,6 +87,8 @@ pub struct TrafficOptions {
     pub scenario: Option<PathBuf>,
     /// Progress display.
     pub live: Live,
+    /// The front the proxy trusts.
+    pub front: Front,
 }
 
 impl Default for TrafficOptions {
@@ -80,6 +97,7 @@ impl Default for TrafficOptions {
             speed: 120.0,
             scenario: None,
             live: Live::Auto,
+            front: Front::ProxyProtocol,
         }
     }
 }
@@ -143,6 +161,12 @@ pub struct TrafficReport {
     /// Answered requests with no line in the proxy's traffic record
     /// (counted as served untouched).
     pub unrecorded: u64,
+    /// The front played behind.
+    #[serde(skip)]
+    pub front: Front,
+    /// Distinct network prefixes in the proxy's record, and distinct
+    /// prefixes of the simulated client addresses.
+    pub ip_prefixes: (usize, usize),
 }
 
 impl TrafficReport {
@@ -166,6 +190,14 @@ impl TrafficReport {
         out.push_str("JA4 per TLS client profile:\n");
         out.push_str(&ja4s.join("\n"));
         out.push('\n');
+        let (recorded, clients) = self.ip_prefixes;
+        out.push_str(&format!(
+            "behind {}: {recorded} network prefixes recorded for clients in {clients}\n",
+            match self.front {
+                Front::ProxyProtocol => "a PROXY protocol front",
+                Front::ForwardedFor => "an x-forwarded-for front",
+            }
+        ));
         if self.unrecorded > 0 {
             out.push_str(&format!(
                 "({} answered requests had no traffic-record line; counted as served)\n",
@@ -343,6 +375,7 @@ struct Answer {
 struct Recorded {
     decision: String,
     ja4: Option<String>,
+    ip_prefix: Option<String>,
     output_tokens: u64,
 }
 
@@ -400,6 +433,7 @@ impl RecordTail {
                 Recorded {
                     decision: rec.decision,
                     ja4: rec.ja4,
+                    ip_prefix: rec.ip_prefix,
                     output_tokens: rec.output_tokens,
                 },
             );
@@ -505,7 +539,7 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
     cfg.listeners = vec![ListenerConfig {
         address: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         tls: Some(tls_files),
-        proxy_protocol: true,
+        proxy_protocol: options.front == Front::ProxyProtocol,
     }];
     cfg.identity.trusted_proxies = vec![
         "127.0.0.0/8".parse().context("loopback network")?,
@@ -513,6 +547,10 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
     ];
     cfg.record = Some((record_path.clone(), 1 << 16));
     cfg.server.workers = 2;
+    let prefix_lens = (
+        cfg.fingerprint.ipv4_prefix_len,
+        cfg.fingerprint.ipv6_prefix_len,
+    );
     let proxy =
         server::start_with_clock(cfg, Clock::with_speed(speed)).context("starting the proxy")?;
     let addr = *proxy
@@ -548,6 +586,7 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
             addr,
             speed,
             progress: progress.clone(),
+            front: options.front,
         },
         options.live,
         &mut tail,
@@ -573,9 +612,18 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
     let mut ja4_by_profile: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     let mut unrecorded = 0;
     let mut seen: HashSet<(usize, u32)> = HashSet::new();
+    let (mut recorded_prefixes, mut client_prefixes) = (HashSet::new(), HashSet::new());
     for (i, req) in requests.iter().enumerate() {
         let first = seen.insert((req.population, req.account));
         let rec = tail.by_index.get(&i);
+        client_prefixes.insert(crate::fingerprint::network::prefix(
+            req.address,
+            prefix_lens.0,
+            prefix_lens.1,
+        ));
+        if let Some(prefix) = rec.and_then(|r| r.ip_prefix.clone()) {
+            recorded_prefixes.insert(prefix);
+        }
         if let Some(ja4) = rec.and_then(|r| r.ja4.clone()) {
             ja4_by_profile
                 .entry(req.profile % n_profiles)
@@ -591,6 +639,9 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         let Some((label, served)) = classify(&answer, rec) else {
             continue;
         };
+        if req.cover {
+            continue; // an attack's cover traffic: not in the headline, as in simulate
+        }
         let pop = &scenario.populations[req.population];
         outcomes
             .entry(pop.name.clone())
@@ -611,6 +662,8 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         headline: Headline::new(&outcomes),
         ja4_by_profile,
         unrecorded,
+        front: options.front,
+        ip_prefixes: (recorded_prefixes.len(), client_prefixes.len()),
     })
 }
 
@@ -623,6 +676,7 @@ struct Play {
     addr: SocketAddr,
     speed: f64,
     progress: Arc<Mutex<Progress>>,
+    front: Front,
 }
 
 /// How [`play`] ended.
@@ -790,10 +844,12 @@ async fn send(p: &Play, i: usize) -> anyhow::Result<u16> {
         .await
         .context("connect")?;
     let _ = tcp.set_nodelay(true);
-    let port = 1024 + (i % 60000) as u16;
-    tcp.write_all(proxy_header(req.address, port).as_bytes())
-        .await
-        .context("PROXY header")?;
+    if p.front == Front::ProxyProtocol {
+        let port = 1024 + (i % 60000) as u16;
+        tcp.write_all(proxy_header(req.address, port).as_bytes())
+            .await
+            .context("PROXY header")?;
+    }
     let profile = &p.profiles[req.profile % p.profiles.len()];
     let name = rustls_pki_types::ServerName::try_from("localhost").context("server name")?;
     let tls = tokio_rustls::TlsConnector::from(profile.config.clone())

@@ -15,7 +15,10 @@
 //! population) and replays it under both policies ([`crate::replay::Run`]);
 //! `demo --traffic` sends the same requests through the real proxy.
 
+pub mod family;
+pub mod redteam;
 pub mod scenario;
+pub mod strategy;
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -28,6 +31,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::score::PhraseMatcher;
 use crate::engine::signature;
+use crate::engine::Decision;
 use crate::replay::{Headline, Run, TrafficRecord, RECORD_VERSION};
 pub use scenario::{Piece, Population, Scenario, Timing};
 
@@ -76,6 +80,10 @@ pub struct SimRequest {
     pub output_tokens: u64,
     /// The user-agent claims a client its fingerprints deny.
     pub inconsistent: bool,
+    /// Cover traffic of an attack (warm-up or mixed in): an ordinary
+    /// question, not extraction. Its record carries no population label,
+    /// so the headline figures count only the extraction.
+    pub cover: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -297,6 +305,12 @@ fn make_request(s: &Scenario, e: Event, index: u64) -> SimRequest {
         p.templates.len(),
     );
     let mut prompt = String::with_capacity(512);
+    let since_start = e.t_ms.saturating_sub(s.start_unix_ms);
+    let cover = (p.warmup_ms > 0 && since_start < p.start_ms + p.warmup_ms)
+        || (p.cover_share > 0.0 && rng.gen_bool(p.cover_share));
+    if cover {
+        return cover_request(p, e, &mut rng, profile, a);
+    }
     match p.templates.get(t) {
         None => {
             let n = rng.gen_range(p.prompt_words[0]..=p.prompt_words[1]);
@@ -306,7 +320,16 @@ fn make_request(s: &Scenario, e: Event, index: u64) -> SimRequest {
             for piece in pieces {
                 match piece {
                     Piece::Text(x) => prompt.push_str(x),
-                    Piece::Choice(alts) => prompt.push_str(&alts[rng.gen_range(0..alts.len())]),
+                    Piece::Choice(alts) => {
+                        let paraphrased =
+                            p.paraphrase_share >= 1.0 || rng.gen_bool(p.paraphrase_share);
+                        let i = if paraphrased {
+                            rng.gen_range(0..alts.len())
+                        } else {
+                            0
+                        };
+                        prompt.push_str(&alts[i]);
+                    }
                     Piece::Fill => {
                         let n = rng.gen_range(p.fill_words[0]..=p.fill_words[1]);
                         words(&mut rng, n, &mut prompt);
@@ -334,6 +357,40 @@ fn make_request(s: &Scenario, e: Event, index: u64) -> SimRequest {
         thinking_budget: thinking.then_some(p.thinking_budget),
         output_tokens: rng.gen_range(p.output_tokens[0]..=p.output_tokens[1]),
         inconsistent: p.inconsistent_share > 0.0 && rng.gen_bool(p.inconsistent_share),
+        cover: false,
+    }
+}
+
+/// `max_tokens` of cover requests: what chat clients send.
+const COVER_MAX_TOKENS: [u32; 3] = [1024, 2048, 4096];
+
+/// A cover request of an attack account: an ordinary free-text question
+/// from the account's client, with a chat client's limits and a short
+/// answer.
+fn cover_request(
+    p: &Population,
+    e: Event,
+    rng: &mut ChaCha8Rng,
+    profile: usize,
+    a: usize,
+) -> SimRequest {
+    let mut prompt = String::with_capacity(256);
+    let n = rng.gen_range(8..=120);
+    words(rng, n, &mut prompt);
+    SimRequest {
+        t_ms: e.t_ms,
+        population: e.population as usize,
+        account: e.account,
+        profile,
+        address: p.addresses[a],
+        asn: p.address_asns.get(a).copied(),
+        model: p.models[rng.gen_range(0..p.models.len())].clone(),
+        prompt,
+        max_tokens: COVER_MAX_TOKENS[rng.gen_range(0..COVER_MAX_TOKENS.len())],
+        thinking_budget: None,
+        output_tokens: rng.gen_range(80..=1200),
+        inconsistent: false,
+        cover: true,
     }
 }
 
@@ -349,7 +406,7 @@ impl SimRequest {
     /// The account id a record carries for it (16 hex digits; `simulate`
     /// has no proxy secret, so this is a plain hash of the key).
     pub fn account_id(&self, s: &Scenario) -> u64 {
-        mix(s.seed ^ 0xacc0, name_hash(&self.api_key(s)))
+        account_id(s, self.population, self.account)
     }
 
     /// The traffic record the proxy would write for this request under
@@ -397,10 +454,20 @@ impl SimRequest {
             inconsistent: self.inconsistent,
             output_tokens: self.output_tokens,
             decision: String::new(),
-            population: Some(p.name.clone()),
-            attack: p.attack,
+            population: (!self.cover).then(|| p.name.clone()),
+            attack: p.attack && !self.cover,
         }
     }
+}
+
+/// The account id of account `account` of population `population`, as
+/// [`SimRequest::account_id`] gives it.
+pub fn account_id(s: &Scenario, population: usize, account: u32) -> u64 {
+    let key = format!(
+        "sim-{}-{}-{account}",
+        s.seed, s.populations[population].name
+    );
+    mix(s.seed ^ 0xacc0, name_hash(&key))
 }
 
 /// The per-key-limits-only policy of `config`: the same tiers and
@@ -452,6 +519,34 @@ pub fn simulate(
     baseline: &Config,
     mut record: Option<&mut dyn Write>,
 ) -> Result<Report, String> {
+    let (policy, base, n) = drive(scenario, config, baseline, |rec, _, _| {
+        if let Some(out) = record.as_deref_mut() {
+            serde_json::to_writer(&mut *out, rec)
+                .map_err(|e| format!("writing the record: {e}"))?;
+            out.write_all(b"\n")
+                .map_err(|e| format!("writing the record: {e}"))?;
+        }
+        Ok(())
+    })?;
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        requests: n,
+        policy: policy.headline().unwrap_or_default(),
+        baseline: base.headline().unwrap_or_default(),
+    })
+}
+
+/// Generate the scenario's traffic and replay it under `config` and under
+/// `baseline`; `each` sees every record with the policy's decision and the
+/// policy's run as it stands after it. Returns both runs and the number of
+/// requests.
+pub fn drive<'c>(
+    scenario: &Scenario,
+    config: &'c Config,
+    baseline: &'c Config,
+    mut each: impl FnMut(&TrafficRecord, &Decision, &Run<'c>) -> Result<(), String>,
+) -> Result<(Run<'c>, Run<'c>, u64), String> {
     let matcher = config.detection.matcher.clone();
     let mut policy = Run::new(config);
     let mut base = Run::new(baseline);
@@ -479,25 +574,14 @@ pub fn simulate(
             for rec in &batch {
                 n += 1;
                 let line = usize::try_from(n).unwrap_or(usize::MAX);
-                policy.step(rec, line)?;
+                let d = policy.step(rec, line)?;
                 base.step(rec, line)?;
-                if let Some(out) = record.as_deref_mut() {
-                    serde_json::to_writer(&mut *out, rec)
-                        .map_err(|e| format!("writing the record: {e}"))?;
-                    out.write_all(b"\n")
-                        .map_err(|e| format!("writing the record: {e}"))?;
-                }
+                each(rec, &d, &policy)?;
             }
         }
         Ok::<(), String>(())
     })?;
-    Ok(Report {
-        scenario: scenario.name.clone(),
-        seed: scenario.seed,
-        requests: n,
-        policy: policy.headline().unwrap_or_default(),
-        baseline: base.headline().unwrap_or_default(),
-    })
+    Ok((policy, base, n))
 }
 
 /// The least, the median and the greatest of one figure over several runs.

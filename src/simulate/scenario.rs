@@ -91,6 +91,18 @@ struct PopulationFile {
     output_tokens: [u64; 2],
     #[serde(default)]
     inconsistent_share: f64,
+    #[serde(default)]
+    stealth: bool,
+    #[serde(default = "default_paraphrase")]
+    paraphrase_share: f64,
+    #[serde(default)]
+    warmup_minutes: u64,
+    #[serde(default)]
+    cover_share: f64,
+}
+
+fn default_paraphrase() -> f64 {
+    1.0
 }
 
 fn default_wave_period() -> u64 {
@@ -220,6 +232,15 @@ pub struct Population {
     /// Share of requests whose user-agent claims a client its fingerprints
     /// deny.
     pub inconsistent_share: f64,
+    /// A stealth-style campaign (reported on its own by family runs).
+    pub stealth: bool,
+    /// Share of `{a|b}` choices drawn at random; the rest take the first
+    /// alternative (1: every choice paraphrased, 0: the template verbatim).
+    pub paraphrase_share: f64,
+    /// From `start_ms`, this many ms of cover traffic only (warm-up).
+    pub warmup_ms: u64,
+    /// After the warm-up, share of requests that are cover traffic.
+    pub cover_share: f64,
 }
 
 /// A validated scenario.
@@ -366,6 +387,8 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             ("elicitation_share", p.elicitation_share),
             ("thinking_share", p.thinking_share),
             ("inconsistent_share", p.inconsistent_share),
+            ("paraphrase_share", p.paraphrase_share),
+            ("cover_share", p.cover_share),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(k, "expected a share from 0 to 1");
@@ -388,6 +411,12 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
         }
         if p.output_tokens[0] > p.output_tokens[1] {
             return bad("output_tokens", "expected [min, max] with min <= max");
+        }
+        if p.start_minute + p.warmup_minutes > end {
+            return bad(
+                "warmup_minutes",
+                "expected the warm-up to end by end_minute",
+            );
         }
         populations.push(Population {
             name: p.name,
@@ -416,6 +445,10 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             thinking_budget: p.thinking_budget,
             output_tokens: p.output_tokens,
             inconsistent_share: p.inconsistent_share,
+            stealth: p.stealth,
+            paraphrase_share: p.paraphrase_share,
+            warmup_ms: p.warmup_minutes * MINUTE,
+            cover_share: p.cover_share,
         });
     }
     Ok(Scenario {
@@ -430,7 +463,7 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
 
 /// `n` distinct-ish addresses spread over `networks` in turn (address `i`
 /// in network `i % len`, at a hashed host offset), with their AS numbers.
-fn spread_addresses(
+pub(crate) fn spread_addresses(
     networks: &[ipnet::IpNet],
     asns: &[u32],
     n: u32,
@@ -475,7 +508,7 @@ fn spread_addresses(
 }
 
 /// Parse `{a|b}` choices and `{}` fills; braces do not nest.
-fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+pub(crate) fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('{') {

@@ -1,0 +1,933 @@
+//! Scenario families: scenarios drawn at random from a strategy space, one
+//! per seed, and the evaluation of a policy over a family. Seeds are split
+//! once and for all into a *tuning* family (weights and thresholds may be
+//! fitted there) and a *held-out* family (only reported), which also uses
+//! attack templates the tuning family never shows. `docs/scenarios.md`
+//! lists the ranges.
+//!
+//! Each scenario is built from the same [`Population`]s as a scenario
+//! file: honest look-alikes of a campaign (chat, students asking for
+//! step-by-step answers, users of one app sharing its system prompt,
+//! corporate NATs, batch summarisers, evaluation harnesses, LLM-as-judge
+//! pipelines, tool-using agents, chats over pasted documents) with drawn
+//! sizes and rates, a hydra with drawn size and pools, and a campaign drawn
+//! from the whole [`AttackStrategy`] space.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::scenario::{self, Per, Piece, Population, Scenario, Timing};
+use super::strategy::{AttackStrategy, HONEST_STACKS, RESIDENTIAL, TOOL_STACKS};
+use crate::config::Config;
+use crate::engine::AccountId;
+
+/// A fixed half of the seed space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Seeds 1000–1999: tune on these.
+    Tuning,
+    /// Seeds 9000–9999: report on these, never tune on them.
+    Heldout,
+}
+
+/// Seeds in a family.
+pub const FAMILY_SIZE: u64 = 1000;
+
+impl Family {
+    /// The family's first seed.
+    pub fn first_seed(self) -> u64 {
+        match self {
+            Family::Tuning => 1000,
+            Family::Heldout => 9000,
+        }
+    }
+
+    /// The family of a seed, if it belongs to one.
+    pub fn of_seed(seed: u64) -> Option<Family> {
+        [Family::Tuning, Family::Heldout]
+            .into_iter()
+            .find(|f| (f.first_seed()..f.first_seed() + FAMILY_SIZE).contains(&seed))
+    }
+
+    /// Its first `n` seeds (at most [`FAMILY_SIZE`]).
+    pub fn seeds(self, n: u64) -> Vec<u64> {
+        (0..n.min(FAMILY_SIZE))
+            .map(|i| self.first_seed() + i)
+            .collect()
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Tuning => "tuning",
+            Family::Heldout => "heldout",
+        }
+    }
+}
+
+/// How large a drawn scenario is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Size {
+    /// Scenario length in minutes.
+    pub minutes: u64,
+    /// Every population's accounts are multiplied by this (at least one
+    /// account each).
+    pub accounts: f64,
+}
+
+impl Size {
+    /// Two hours at full size: about 20–35 thousand requests.
+    pub const FULL: Size = Size {
+        minutes: 120,
+        accounts: 1.0,
+    };
+}
+
+const MINUTE: u64 = 60_000;
+
+/// The attack templates: the tuning family uses the small scenario's
+/// (`config/scenarios/small.toml`), the held-out family its own.
+fn attack_templates(family: Family) -> (Vec<Vec<Piece>>, Vec<Vec<Piece>>) {
+    let parse = |list: &[&str]| -> Vec<Vec<Piece>> {
+        list.iter()
+            .filter_map(|t| scenario::parse_template(t).ok())
+            .collect()
+    };
+    match family {
+        Family::Tuning => {
+            let small = scenario::parse(
+                std::path::Path::new("small.toml"),
+                crate::demo::traffic::SMALL_SCENARIO,
+            )
+            .ok();
+            let of = |name: &str| {
+                small
+                    .as_ref()
+                    .and_then(|s| s.populations.iter().find(|p| p.name == name))
+                    .map(|p| p.templates.clone())
+                    .unwrap_or_default()
+            };
+            (of("hydra"), of("stealth"))
+        }
+        Family::Heldout => (parse(&HELDOUT_PLAIN), parse(&HELDOUT_PARAPHRASED)),
+    }
+}
+
+/// Held-out hydra templates: written for this family only.
+const HELDOUT_PLAIN: [&str; 4] = [
+    "Take the worked problem below and produce the complete derivation that arrives at the given result, with each inference on its own line.\nProblem: {}\nResult: {}",
+    "Act as an expert annotator. For the dialogue below, label the intent of every turn and explain the evidence for each label in detail.\nDialogue: {}\nLabels wanted: {}",
+    "Translate the following passage into French, then explain every translation choice you made and the alternatives you rejected.\nPassage: {}\nRegister: {}",
+    "Given the specification below, design the data structures and algorithms, justify the complexity of each operation, and then write the full implementation.\nSpecification: {}\nLanguage: {}",
+];
+
+/// Held-out paraphrased templates: written for this family only.
+const HELDOUT_PARAPHRASED: [&str; 4] = [
+    "{Here's|This is|Below you'll find|I'm sharing} {a problem|an exercise|a puzzle|a question} {and the answer someone gave|together with a reply it got|with its final result|and what was answered}. {Could you|Can you|I'd like you to|Please} {recreate|unpack|retrace|explain in full} {how one gets there|the path to that result|the steps that reach it|the derivation behind it}, {not leaving anything out|covering every step|with nothing skipped|in as much detail as possible}.\n{Problem|Exercise|Puzzle|Question}: {}\n{Reply|Result|Answer|What was answered}: {}",
+    "{For a course I'm designing|For our internal wiki|For a workshop handout|For a set of flashcards}, {I need|we need|I want|I'm after} {model answers|reference solutions|exemplary responses|annotated solutions} {with the reasoning spelled out|that show the thinking|that explain themselves|with every step visible}. {Answer|Respond to|Work out|Handle} the {item|prompt|question|case} below {accordingly|in that style|the same way|like that}.\n{Item|Prompt|Question|Case}: {}\n{Notes|Hints|Context|Extra}: {}",
+    "{Review|Critique|Assess|Appraise} the {reply|essay|solution|proposal} {that follows|below|given here|at the end} {like a meticulous editor|as a rigorous referee|the way a tough reviewer would|as a domain expert would}: {list each flaw and why it matters|go point by point and justify each criticism|name every weakness and give the reasoning|explain every issue you find}, {then rewrite it properly|and then supply a corrected version|then produce an improved version|and finish with a better version}.\n{Prompt|Brief|Assignment|Request}: {}\n{Reply|Essay|Solution|Proposal}: {}",
+    "{An assistant|A model|An automated helper|A chatbot} {was asked|got the request|received the instruction|was told} {shown below|quoted here|that follows|given here} and {used tools|called several functions|ran some commands|queried a few APIs} {to finish it|before replying|to get the result|along the way}. {Write down|Spell out|Produce|Give me} {the whole sequence|each call in order|every action taken|the full run}, {with arguments and outputs|including inputs and results|with parameters and responses|listing what went in and came out}, {and the thinking in between|and the reasons for each step|plus the rationale for every move|with the reasoning between calls}.\n{Request|Instruction|Task|Ask}: {}\n{Result|Reply|Outcome|Final answer}: {}",
+];
+
+/// Honest look-alikes' templates.
+const APP_PROMPTS: [&str; 4] = [
+    "You are a helpful writing assistant inside a note-taking app. Improve the user's text for clarity and tone without changing its meaning; answer in the user's language and keep their formatting.\n\nNote:\n{}\n\nRequest: {}",
+    "You are an interactive command line coding agent. You help the user with software engineering tasks in their repository. Use the available tools to read files, search the code, run commands and edit files; prefer small, verifiable steps.\n\nRepository context:\n{}\n\nUser: {}",
+    "You are the support assistant of an online shop. Answer questions about orders, delivery and returns politely and briefly; never promise refunds, hand over to a human when unsure.\n\nOrder data: {}\n\nCustomer: {}",
+    "You are a tutor for secondary-school mathematics. Guide the student to the answer with hints and questions, explain each step when asked, and check their working.\n\nTopic: {}\n\nStudent: {}",
+];
+const BATCH_TEMPLATES: [&str; 4] = [
+    "Summarise the following support ticket in three bullet points for the weekly report.\nTicket: {}",
+    "Extract the invoice number, the total and the due date from this email as JSON.\nEmail: {}",
+    "Classify the sentiment of this product review as positive, neutral or negative.\nReview: {}",
+    "Translate this product description into German, keeping the HTML tags unchanged.\nDescription: {}",
+];
+const EVAL_TEMPLATES: [&str; 2] = [
+    "Answer with a single letter.\nQuestion: {}\nA) {}\nB) {}\nC) {}\nD) {}",
+    "Answer with the final number only.\nProblem: {}",
+];
+const JUDGE_TEMPLATES: [&str; 2] = [
+    "Please act as an impartial judge and evaluate the quality of the two responses to the user question below. Explain briefly, then output your verdict as [[A]], [[B]] or [[C]] for a tie.\nQuestion: {}\nResponse A: {}\nResponse B: {}",
+    "Rate the following answer for factual accuracy on a scale of 1 to 5 and give one sentence of justification.\nQuestion: {}\nAnswer: {}",
+];
+const AGENT_TEMPLATES: [&str; 2] = [
+    "System: you can call tools. Tools: search(query), read(url), python(code).\nConversation so far: {}\nTool result: {}\nUser: {}",
+    "You are a browsing agent. Decide the next action from click, type, scroll or finish and give its arguments.\nPage: {}\nGoal: {}\nHistory: {}",
+];
+const STUDENT_PHRASES: [&str; 4] = [
+    "explain it step by step",
+    "show your working",
+    "walk me through each step",
+    "why does that step work",
+];
+const CHAT_PHRASES: [&str; 2] = [
+    "write out your reasoning step by step",
+    "every intermediate step",
+];
+
+fn templates(list: &[&str]) -> Vec<Vec<Piece>> {
+    list.iter()
+        .filter_map(|t| scenario::parse_template(t).ok())
+        .collect()
+}
+
+/// An honest population with a chat client's defaults; callers set what
+/// differs.
+fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Population {
+    let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
+    let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
+    let (addresses, address_asns) =
+        scenario::spread_addresses(&networks, &asns, addresses.max(1), seed ^ name.len() as u64);
+    Population {
+        name,
+        attack: false,
+        accounts: 1,
+        rate_per_hour: 6.0,
+        start_ms: 0,
+        end_ms: 0,
+        timing: Timing::Poisson,
+        ja4: HONEST_STACKS.iter().map(|s| s.0.to_string()).collect(),
+        http: HONEST_STACKS.iter().map(|s| s.1.to_string()).collect(),
+        h2: Vec::new(),
+        fingerprint_per: Per::Account,
+        addresses,
+        address_asns,
+        address_per: Per::Account,
+        models: vec!["claude-sonnet-4-5".into()],
+        templates: Vec::new(),
+        template_per: Per::Request,
+        prompt_words: [8, 120],
+        fill_words: [10, 40],
+        elicitation_share: 0.0,
+        elicitation_phrases: Vec::new(),
+        max_tokens: vec![1024, 2048, 4096, 8192],
+        thinking_share: 0.1,
+        thinking_budget: 16000,
+        output_tokens: [80, 1500],
+        inconsistent_share: 0.0,
+        stealth: false,
+        paraphrase_share: 1.0,
+        warmup_ms: 0,
+        cover_share: 0.0,
+    }
+}
+
+fn one_stack(i: usize, stacks: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
+    let (j, h) = stacks[i % stacks.len()];
+    (vec![j.to_string()], vec![h.to_string()])
+}
+
+/// The honest look-alikes, drawn.
+fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Population> {
+    let end = size.minutes * MINUTE;
+    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| {
+        ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
+    };
+    let mut pops = Vec::new();
+    // Chat users: browsers and SDKs in residential ISPs.
+    let accounts = n(rng, 200, 400);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(4.0..8.0),
+        end_ms: end,
+        elicitation_share: rng.gen_range(0.01..0.05),
+        elicitation_phrases: CHAT_PHRASES.iter().map(|s| s.to_string()).collect(),
+        ..honest("chat".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // Students asking for step-by-step explanations.
+    let accounts = n(rng, 40, 120);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(3.0..8.0),
+        end_ms: end,
+        prompt_words: [15, 80],
+        elicitation_share: rng.gen_range(0.3..0.7),
+        elicitation_phrases: STUDENT_PHRASES.iter().map(|s| s.to_string()).collect(),
+        thinking_share: 0.2,
+        max_tokens: vec![2048, 4096],
+        output_tokens: [300, 2500],
+        ..honest("students".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // Users of one app each: its system prompt in every request, its client.
+    let apps = rng.gen_range(1..=3usize);
+    let first_app = rng.gen_range(0..APP_PROMPTS.len());
+    for k in 0..apps {
+        let app = (first_app + k) % APP_PROMPTS.len();
+        let accounts = n(rng, 20, 80);
+        let (ja4, http) = one_stack(3 + k, &HONEST_STACKS);
+        pops.push(Population {
+            accounts,
+            rate_per_hour: rng.gen_range(5.0..12.0),
+            end_ms: end,
+            ja4,
+            http,
+            templates: templates(&APP_PROMPTS[app..=app]),
+            fill_words: [20, 200],
+            max_tokens: vec![4096, 8192, 32000],
+            thinking_share: rng.gen_range(0.0..0.5),
+            output_tokens: [100, 3000],
+            ..honest(format!("app-{app}-users"), seed, &RESIDENTIAL, accounts)
+        });
+    }
+    // Corporate NATs: many accounts, one or two addresses, one client stack.
+    let nats = rng.gen_range(1..=2usize);
+    for k in 0..nats {
+        let accounts = n(rng, 20, 100);
+        let (ja4, http) = one_stack(k * 3 + 3, &HONEST_STACKS);
+        let net = [("192.0.2.0/24", 64700), ("172.16.5.0/24", 64701)][k];
+        pops.push(Population {
+            accounts,
+            rate_per_hour: rng.gen_range(4.0..8.0),
+            end_ms: end,
+            ja4,
+            http,
+            max_tokens: vec![2048, 4096],
+            prompt_words: [10, 150],
+            elicitation_share: 0.02,
+            elicitation_phrases: CHAT_PHRASES.iter().map(|s| s.to_string()).collect(),
+            thinking_share: 0.0,
+            output_tokens: [100, 2000],
+            ..honest(
+                format!("corporate-nat-{k}"),
+                seed,
+                &[net],
+                rng.gen_range(1..=2),
+            )
+        });
+    }
+    // Batch summarisers: high volume, fixed templates, small max_tokens.
+    let accounts = n(rng, 1, 4);
+    let (ja4, http) = one_stack(1, &TOOL_STACKS);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(100.0..300.0),
+        end_ms: end,
+        timing: Timing::Periodic { jitter: 0.05 },
+        ja4,
+        http,
+        templates: templates(&BATCH_TEMPLATES),
+        template_per: Per::Account,
+        fill_words: [40, 160],
+        max_tokens: vec![300],
+        thinking_share: 0.0,
+        output_tokens: [40, 250],
+        ..honest("batch".into(), seed, &[("10.20.0.0/16", 64800)], accounts)
+    });
+    // An evaluation harness: a burst of short, fixed-format questions.
+    let start = rng.gen_range(0..size.minutes.max(2) / 2) * MINUTE;
+    let (ja4, http) = one_stack(0, &TOOL_STACKS);
+    pops.push(Population {
+        accounts: 1,
+        rate_per_hour: rng.gen_range(300.0..900.0),
+        start_ms: start,
+        end_ms: (start + rng.gen_range(10..=20) * MINUTE).min(end),
+        timing: Timing::Periodic { jitter: 0.0 },
+        ja4,
+        http,
+        templates: templates(&EVAL_TEMPLATES),
+        fill_words: [3, 20],
+        max_tokens: vec![1, 5],
+        thinking_share: 0.0,
+        output_tokens: [1, 5],
+        ..honest("eval".into(), seed, &[("10.30.0.0/24", 64801)], 1)
+    });
+    // LLM-as-judge pipelines: a grader template, short verdicts.
+    let accounts = n(rng, 1, 3);
+    let (ja4, http) = one_stack(3, &HONEST_STACKS);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(60.0..200.0),
+        end_ms: end,
+        timing: Timing::Periodic { jitter: 0.2 },
+        ja4,
+        http,
+        templates: templates(&JUDGE_TEMPLATES),
+        fill_words: [30, 200],
+        max_tokens: vec![512, 1024],
+        thinking_share: 0.0,
+        output_tokens: [50, 400],
+        ..honest("judge".into(), seed, &[("10.40.0.0/24", 64802)], accounts)
+    });
+    // Agents with tool-use trajectories: long contexts, high limits.
+    let accounts = n(rng, 20, 60);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(15.0..40.0),
+        end_ms: end,
+        ja4: HONEST_STACKS[3..5]
+            .iter()
+            .map(|s| s.0.to_string())
+            .collect(),
+        http: HONEST_STACKS[3..5]
+            .iter()
+            .map(|s| s.1.to_string())
+            .collect(),
+        templates: templates(&AGENT_TEMPLATES),
+        fill_words: [100, 400],
+        max_tokens: vec![16000, 32000],
+        thinking_share: 0.5,
+        output_tokens: [300, 4000],
+        ..honest("agents".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // Multi-turn chats over pasted documents: long prompts.
+    let accounts = n(rng, 20, 80);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(3.0..8.0),
+        end_ms: end,
+        prompt_words: [800, 3000],
+        max_tokens: vec![2048, 4096],
+        output_tokens: [200, 1500],
+        ..honest("doc-chat".into(), seed, &RESIDENTIAL, accounts)
+    });
+
+    pops
+}
+
+/// The name of the drawn campaign's population.
+pub const CAMPAIGN: &str = "campaign";
+
+/// A drawn scenario and the strategy of its campaign.
+#[derive(Debug, Clone)]
+pub struct Drawn {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The strategy of its population named [`CAMPAIGN`].
+    pub campaign: AttackStrategy,
+}
+
+/// The scenario of `seed` in `family` at `size`: honest look-alikes, a
+/// hydra and a campaign drawn from the strategy space.
+pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
+    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0xfa31));
+    let end = size.minutes * MINUTE;
+    let mut pops = honest_populations(&mut rng, seed, size);
+    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| {
+        ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
+    };
+
+    // Attacks: a hydra and a campaign drawn from the whole space.
+    let (plain, paraphrased) = attack_templates(family);
+    let hydra = AttackStrategy {
+        accounts: n(&mut rng, 100, 400),
+        addresses_per_account: rng.gen_range(0.05..0.3),
+        address_rotation: true,
+        stack_rotation: false,
+        sdk_mimic: false,
+        paraphrase_share: 0.0,
+        requests_per_account_per_hour: rng.gen_range(8.0..30.0),
+        jitter: rng.gen_range(0.0..0.3),
+        warmup_minutes: 0,
+        cover_share: 0.0,
+        models: 1,
+        pinned_max_tokens: true,
+    };
+    let start = rng.gen_range(1..=10).min(size.minutes / 4) * MINUTE;
+    let mut h = hydra.population("hydra", plain, (start, end), seed);
+    h.stealth = false;
+    pops.push(h);
+    let mut campaign = AttackStrategy::draw(&mut rng);
+    campaign.accounts = ((f64::from(campaign.accounts) * size.accounts).round() as u32).max(1);
+    let start = rng.gen_range(2..=15).min(size.minutes / 4) * MINUTE;
+    let max_warmup = (end.saturating_sub(start) / MINUTE / 2) as u32;
+    campaign.warmup_minutes = campaign.warmup_minutes.min(max_warmup);
+    pops.push(campaign.population(CAMPAIGN, paraphrased, (start, end), seed));
+    Drawn {
+        scenario: Scenario {
+            name: format!("{}-{seed}", family.as_str()),
+            description: format!(
+                "drawn: {} family, seed {seed}, {} minutes",
+                family.as_str(),
+                size.minutes
+            ),
+            seed,
+            start_unix_ms: START_UNIX_MS,
+            duration_ms: end,
+            populations: pops,
+        },
+        campaign,
+    }
+}
+
+/// 2026-01-01T00:00:00Z.
+const START_UNIX_MS: u64 = 1_767_225_600_000;
+
+/// The honest background of `seed` (the tuning family's draw) with one
+/// campaign of `strategy` from minute 2 and the tuning family's paraphrased
+/// templates: what `redteam` evaluates a strategy on.
+pub fn against_background(strategy: &AttackStrategy, seed: u64, size: Size) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0xfa31));
+    let end = size.minutes * MINUTE;
+    let mut pops = honest_populations(&mut rng, seed, size);
+    let (_, paraphrased) = attack_templates(Family::Tuning);
+    let start = (2 * MINUTE).min(end / 4);
+    pops.push(strategy.population(CAMPAIGN, paraphrased, (start, end), seed));
+    Scenario {
+        name: format!("redteam-{seed}"),
+        description: format!("honest background of seed {seed} and one campaign"),
+        seed,
+        start_unix_ms: START_UNIX_MS,
+        duration_ms: end,
+        populations: pops,
+    }
+}
+
+/// The largest cluster holding honest accounts of more than one population,
+/// or honest and attack accounts: at its largest over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MixedCluster {
+    /// Accounts in it.
+    pub members: u32,
+    /// Of those, per population.
+    pub populations: BTreeMap<String, u32>,
+    /// Minute of the scenario it was seen at.
+    pub minute: u64,
+}
+
+/// Every this many simulated minutes (and at the end), clusters are read.
+const CLUSTER_SAMPLE_MINUTES: u64 = 5;
+
+/// An attack population's minutes after this many from its first request
+/// are the "after the first 10 minutes" figures.
+pub const SETTLING_MINUTES: u64 = 10;
+
+/// A policy on one drawn scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyRun {
+    /// The seed.
+    pub seed: u64,
+    /// Requests generated.
+    pub requests: u64,
+    /// The strategy of the population named `campaign`.
+    pub campaign: Option<AttackStrategy>,
+    /// Output tokens the policy let out to it.
+    pub campaign_tokens_served: u64,
+    /// Output tokens the per-key-only baseline let out to it.
+    pub baseline_campaign_tokens_served: u64,
+    /// Attack requests more than ten minutes after their campaign's first
+    /// extraction request, served in full (allowed or slowed).
+    pub attack_served_after_10min: f64,
+    /// The same for the stealth-style campaigns alone (None: none).
+    pub stealth_served_after_10min: Option<f64>,
+    /// Attack requests served in full, all of them.
+    pub attack_served_fraction: f64,
+    /// Output tokens let out to the attack, of what an unprotected API
+    /// would have produced.
+    pub attack_output_tokens_fraction: f64,
+    /// Honest requests refused.
+    pub legit_refused_fraction: f64,
+    /// Honest requests degraded.
+    pub legit_degraded_fraction: f64,
+    /// Honest requests slowed.
+    pub legit_slowed_fraction: f64,
+    /// Seconds to first containment of the slowest attack (None: never).
+    pub containment_seconds: Option<u64>,
+    /// The largest mixed cluster (None: no cluster was mixed).
+    pub largest_mixed_cluster: Option<MixedCluster>,
+    /// The per-key-only baseline's attack served in full.
+    pub baseline_attack_served_fraction: f64,
+}
+
+#[derive(Default)]
+struct Late {
+    first_ms: Option<u64>,
+    requests: u64,
+    served: u64,
+}
+
+/// Run `config` (and `baseline`) on one drawn scenario.
+/// `campaign` is the strategy of its population named `campaign`, if any.
+pub fn evaluate(
+    s: &Scenario,
+    campaign: Option<&AttackStrategy>,
+    config: &Config,
+    baseline: &Config,
+) -> Result<FamilyRun, String> {
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for (i, p) in s.populations.iter().enumerate() {
+        for a in 0..p.accounts {
+            ids.insert(format!("{:016x}", super::account_id(s, i, a)), i);
+        }
+    }
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut seen_pop: HashMap<u64, usize> = HashMap::new();
+    let mut late: Vec<Late> = s.populations.iter().map(|_| Late::default()).collect();
+    let mut next_sample = s.start_unix_ms + CLUSTER_SAMPLE_MINUTES * MINUTE;
+    let mut worst: Option<MixedCluster> = None;
+    let mut sample = |run: &crate::replay::Run<'_>, t_ms: u64, seen_pop: &HashMap<u64, usize>| {
+        let minute = t_ms.saturating_sub(s.start_unix_ms) / MINUTE;
+        if let Some(m) = largest_mixed(s, run, seen_pop, minute) {
+            if worst.as_ref().is_none_or(|w| m.members > w.members) {
+                worst = Some(m);
+            }
+        }
+    };
+    let mut last_t = s.start_unix_ms;
+    let (policy, base, n) = super::drive(s, config, baseline, |rec, d, run| {
+        last_t = rec.t_ms;
+        if seen.insert(rec_id(&rec.account)) {
+            if let Some(&p) = ids.get(&rec.account) {
+                seen_pop.insert(rec_id(&rec.account), p);
+            }
+        }
+        if let Some(&p) = ids.get(&rec.account) {
+            if rec.population.is_some() && s.populations[p].attack {
+                let l = &mut late[p];
+                let first = *l.first_ms.get_or_insert(rec.t_ms);
+                if rec.t_ms >= first + SETTLING_MINUTES * MINUTE {
+                    l.requests += 1;
+                    l.served += u64::from(matches!(d.label(), "allow" | "slow"));
+                }
+            }
+        }
+        if rec.t_ms >= next_sample {
+            sample(run, rec.t_ms, &seen_pop);
+            while next_sample <= rec.t_ms {
+                next_sample += CLUSTER_SAMPLE_MINUTES * MINUTE;
+            }
+        }
+        Ok(())
+    })?;
+    sample(&policy, last_t, &seen_pop);
+    let h = policy.headline().unwrap_or_default();
+    let b = base.headline().unwrap_or_default();
+    let share = |pick: &dyn Fn(&Population) -> bool| {
+        let (mut req, mut served) = (0, 0);
+        for (p, l) in s.populations.iter().zip(&late) {
+            if p.attack && pick(p) {
+                req += l.requests;
+                served += l.served;
+            }
+        }
+        (req > 0).then(|| served as f64 / req as f64)
+    };
+    let tokens = |h: &crate::replay::Headline| {
+        h.populations
+            .get(CAMPAIGN)
+            .map_or(0, |p| p.output_tokens_served)
+    };
+    Ok(FamilyRun {
+        seed: s.seed,
+        requests: n,
+        campaign: campaign.cloned(),
+        campaign_tokens_served: tokens(&h),
+        baseline_campaign_tokens_served: tokens(&b),
+        attack_served_after_10min: share(&|_| true).unwrap_or(0.0),
+        stealth_served_after_10min: share(&|p| p.stealth),
+        attack_served_fraction: h.attack_served_fraction,
+        attack_output_tokens_fraction: h.attack_output_tokens_fraction,
+        legit_refused_fraction: h.legit_refused_fraction,
+        legit_degraded_fraction: h.legit_degraded_fraction,
+        legit_slowed_fraction: h.legit_slowed_fraction,
+        containment_seconds: h.containment_seconds,
+        largest_mixed_cluster: worst,
+        baseline_attack_served_fraction: b.attack_served_fraction,
+    })
+}
+
+fn rec_id(hex: &str) -> u64 {
+    u64::from_str_radix(hex, 16).unwrap_or(0)
+}
+
+/// The largest mixed cluster among the accounts seen so far.
+fn largest_mixed(
+    s: &Scenario,
+    run: &crate::replay::Run<'_>,
+    seen_pop: &HashMap<u64, usize>,
+    minute: u64,
+) -> Option<MixedCluster> {
+    let mut clusters: HashMap<u64, (u32, BTreeMap<usize, u32>)> = HashMap::new();
+    for (&id, &p) in seen_pop {
+        if let Some(c) = run.engine().cluster_of(AccountId(id)) {
+            let e = clusters
+                .entry(c.id)
+                .or_insert_with(|| (c.members, BTreeMap::new()));
+            *e.1.entry(p).or_default() += 1;
+        }
+    }
+    clusters
+        .into_values()
+        .filter(|(_, pops)| {
+            let honest = pops.keys().filter(|&&p| !s.populations[p].attack).count();
+            let attack = pops.len() - honest;
+            honest >= 2 || (honest >= 1 && attack >= 1)
+        })
+        .max_by_key(|(members, _)| *members)
+        .map(|(members, pops)| MixedCluster {
+            members,
+            populations: pops
+                .into_iter()
+                .map(|(p, k)| (s.populations[p].name.clone(), k))
+                .collect(),
+            minute,
+        })
+}
+
+/// A figure's median and worst decile over a family's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Tail<T> {
+    /// The median (of an even count, the lower middle run: a run that
+    /// happened, not a mean).
+    pub median: T,
+    /// The worst decile: the run at the 90th percentile from the best
+    /// (nearest rank; with fewer than ten runs, the worst run).
+    pub worst_decile: T,
+}
+
+/// `xs` sorted best first: its median and worst decile.
+fn tail<T: Copy + Default>(xs: &[T]) -> Tail<T> {
+    let n = xs.len();
+    if n == 0 {
+        return Tail {
+            median: T::default(),
+            worst_decile: T::default(),
+        };
+    }
+    let rank = ((n as f64) * 0.9).ceil() as usize;
+    Tail {
+        median: xs[(n - 1) / 2],
+        worst_decile: xs[rank.clamp(1, n) - 1],
+    }
+}
+
+fn tail_of(mut xs: Vec<f64>) -> Tail<f64> {
+    xs.sort_by(f64::total_cmp);
+    tail(&xs)
+}
+
+/// Seconds, `None` for never: never is the worst.
+fn tail_of_seconds(mut xs: Vec<Option<u64>>) -> Tail<Option<u64>> {
+    xs.sort_by_key(|x| x.unwrap_or(u64::MAX));
+    tail(&xs)
+}
+
+/// A policy over a family: each seed's figures, their median and worst
+/// decile.
+#[derive(Debug, Serialize)]
+pub struct FamilyReport {
+    /// The family.
+    pub family: Family,
+    /// Each seed's run, in seed order.
+    pub runs: Vec<FamilyRun>,
+    /// Of `attack_served_after_10min`.
+    pub attack_served_after_10min: Tail<f64>,
+    /// Of `stealth_served_after_10min` (runs without a stealth-style
+    /// campaign left out).
+    pub stealth_served_after_10min: Tail<f64>,
+    /// Of `attack_output_tokens_fraction`.
+    pub attack_output_tokens_fraction: Tail<f64>,
+    /// Of `legit_refused_fraction`.
+    pub legit_refused_fraction: Tail<f64>,
+    /// Of `legit_degraded_fraction`.
+    pub legit_degraded_fraction: Tail<f64>,
+    /// Of `legit_slowed_fraction`.
+    pub legit_slowed_fraction: Tail<f64>,
+    /// Of `containment_seconds`.
+    pub containment_seconds: Tail<Option<u64>>,
+    /// Of the largest mixed cluster's members (0: none).
+    pub largest_mixed_cluster: Tail<f64>,
+}
+
+impl FamilyReport {
+    /// Sums up the runs.
+    pub fn new(family: Family, runs: Vec<FamilyRun>) -> FamilyReport {
+        let f = |get: &dyn Fn(&FamilyRun) -> Option<f64>| {
+            tail_of(runs.iter().filter_map(get).collect())
+        };
+        FamilyReport {
+            family,
+            attack_served_after_10min: f(&|r| Some(r.attack_served_after_10min)),
+            stealth_served_after_10min: f(&|r| r.stealth_served_after_10min),
+            attack_output_tokens_fraction: f(&|r| Some(r.attack_output_tokens_fraction)),
+            legit_refused_fraction: f(&|r| Some(r.legit_refused_fraction)),
+            legit_degraded_fraction: f(&|r| Some(r.legit_degraded_fraction)),
+            legit_slowed_fraction: f(&|r| Some(r.legit_slowed_fraction)),
+            containment_seconds: tail_of_seconds(
+                runs.iter().map(|r| r.containment_seconds).collect(),
+            ),
+            largest_mixed_cluster: f(&|r| {
+                Some(f64::from(
+                    r.largest_mixed_cluster.as_ref().map_or(0, |m| m.members),
+                ))
+            }),
+            runs,
+        }
+    }
+
+    /// The report as text: a line per seed, then median and worst decile.
+    pub fn render(&self) -> String {
+        let pct = |x: f64| format!("{:.2} %", x * 100.0);
+        let secs = |x: Option<u64>| x.map_or("never".to_string(), |s| format!("{s} s"));
+        let mut out = format!(
+            "{} family: {} seeds (attack figures after each campaign's first {SETTLING_MINUTES} minutes)\n",
+            self.family.as_str(),
+            self.runs.len()
+        );
+        let mut line = |cols: [&str; 10]| {
+            let [a, b, c, d, e, f, g, h, i, j] = cols;
+            let _ = writeln!(
+                out,
+                "{a:>6} {b:>8} {c:>10} {d:>10} {e:>10} {f:>10} {g:>10} {h:>10} {i:>11} {j:>7}"
+            );
+        };
+        line([
+            "seed",
+            "requests",
+            "attack",
+            "stealth",
+            "tokens",
+            "refused",
+            "degraded",
+            "slowed",
+            "containment",
+            "mixed",
+        ]);
+        for r in &self.runs {
+            let cols = [
+                r.seed.to_string(),
+                r.requests.to_string(),
+                pct(r.attack_served_after_10min),
+                r.stealth_served_after_10min.map_or("-".into(), pct),
+                pct(r.attack_output_tokens_fraction),
+                pct(r.legit_refused_fraction),
+                pct(r.legit_degraded_fraction),
+                pct(r.legit_slowed_fraction),
+                secs(r.containment_seconds),
+                r.largest_mixed_cluster
+                    .as_ref()
+                    .map_or(0, |m| m.members)
+                    .to_string(),
+            ];
+            line(cols.each_ref().map(String::as_str));
+        }
+        let _ = writeln!(out, "median / worst decile:");
+        let mut row = |label: &str, a: String, b: String| {
+            let _ = writeln!(out, "  {label:<44} {a} / {b}");
+        };
+        let p = |t: &Tail<f64>| (pct(t.median), pct(t.worst_decile));
+        for (label, t) in [
+            (
+                "attack served in full (after 10 min)",
+                &self.attack_served_after_10min,
+            ),
+            (
+                "stealth-style served in full (after 10 min)",
+                &self.stealth_served_after_10min,
+            ),
+            (
+                "attack output tokens let out",
+                &self.attack_output_tokens_fraction,
+            ),
+            ("honest refused", &self.legit_refused_fraction),
+            ("honest degraded", &self.legit_degraded_fraction),
+            ("honest slowed", &self.legit_slowed_fraction),
+        ] {
+            let (a, b) = p(t);
+            row(label, a, b);
+        }
+        row(
+            "containment (slowest attack)",
+            secs(self.containment_seconds.median),
+            secs(self.containment_seconds.worst_decile),
+        );
+        row(
+            "largest mixed cluster (accounts)",
+            format!("{}", self.largest_mixed_cluster.median),
+            format!("{}", self.largest_mixed_cluster.worst_decile),
+        );
+        if let Some(r) = self
+            .runs
+            .iter()
+            .filter(|r| r.largest_mixed_cluster.is_some())
+            .max_by_key(|r| r.largest_mixed_cluster.as_ref().map_or(0, |m| m.members))
+        {
+            if let Some(m) = &r.largest_mixed_cluster {
+                let pops: Vec<String> = m
+                    .populations
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "largest mixed cluster: seed {}, minute {}, {} accounts ({})",
+                    r.seed,
+                    m.minute,
+                    m.members,
+                    pops.join(", ")
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_do_not_overlap() {
+        let t = Family::Tuning.seeds(FAMILY_SIZE);
+        let h = Family::Heldout.seeds(FAMILY_SIZE);
+        assert!(t.iter().all(|s| !h.contains(s)));
+        assert_eq!(Family::of_seed(1000), Some(Family::Tuning));
+        assert_eq!(Family::of_seed(9999), Some(Family::Heldout));
+        assert_eq!(Family::of_seed(7), None);
+    }
+
+    #[test]
+    fn a_draw_is_deterministic_and_differs_by_seed() {
+        let a = draw(Family::Tuning, 1000, Size::FULL);
+        let b = draw(Family::Tuning, 1000, Size::FULL);
+        assert_eq!(a.campaign, b.campaign);
+        let c = draw(Family::Tuning, 1001, Size::FULL);
+        assert_ne!(a.campaign, c.campaign);
+        let names: Vec<&str> = a
+            .scenario
+            .populations
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        for want in [
+            "chat", "students", "batch", "eval", "judge", "agents", "doc-chat", "hydra", CAMPAIGN,
+        ] {
+            assert!(names.contains(&want), "{want} in {names:?}");
+        }
+        let first: Vec<_> = super::super::Generator::new(&a.scenario).take(50).collect();
+        let again: Vec<_> = super::super::Generator::new(&b.scenario).take(50).collect();
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn held_out_attacks_use_their_own_templates() {
+        let t = draw(Family::Tuning, 1000, Size::FULL);
+        let h = draw(Family::Heldout, 9000, Size::FULL);
+        let of = |d: &Drawn| {
+            d.scenario
+                .populations
+                .iter()
+                .find(|p| p.name == CAMPAIGN)
+                .map(|p| p.templates.clone())
+                .unwrap_or_default()
+        };
+        assert!(!of(&t).is_empty() && !of(&h).is_empty());
+        assert!(of(&t).iter().all(|x| !of(&h).contains(x)));
+    }
+
+    #[test]
+    fn tails_take_the_median_and_the_worst_decile() {
+        let t = tail_of(vec![0.5, 0.1, 0.2, 0.3]);
+        assert_eq!(t.median, 0.2);
+        assert_eq!(t.worst_decile, 0.5);
+        let xs: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(tail_of(xs).worst_decile, 18.0);
+        let s = tail_of_seconds(vec![Some(60), None, Some(120)]);
+        assert_eq!(s.median, Some(120));
+        assert_eq!(s.worst_decile, None);
+    }
+}

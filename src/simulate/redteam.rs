@@ -1,0 +1,297 @@
+//! `distill-guard redteam`: an attacker that searches the strategy space
+//! ([`AttackStrategy`]) against a policy in simulation for the cheapest
+//! extraction — random search and hill climbing, deterministic from a
+//! seed, within a budget of evaluations — and prices what it finds against
+//! the per-key-only baseline.
+//!
+//! Each evaluation runs one campaign of the strategy on an honest
+//! background (a tuning-family draw, [`family::against_background`]) under
+//! the policy and under the baseline. The attacker maximises output tokens
+//! extracted per unit of cost ([`CostModel`]: account-hours and rented
+//! address-hours).
+
+use std::fmt::Write as _;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::family::{self, Size};
+use super::strategy::AttackStrategy;
+use crate::config::Config;
+
+/// What a campaign pays, in account-hours: an account for an hour costs 1
+/// (sign-up, verification, the payment method behind it), a rented client
+/// address for an hour costs `address_hour` of that (a residential proxy).
+/// The API's own price per token is left out: the attacker pays it under
+/// any policy, for every token it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CostModel {
+    /// Cost of one account for one hour (the unit).
+    pub account_hour: f64,
+    /// Cost of one rented address for one hour.
+    pub address_hour: f64,
+}
+
+/// The cost model `redteam` uses.
+pub const COST: CostModel = CostModel {
+    account_hour: 1.0,
+    address_hour: 0.25,
+};
+
+impl CostModel {
+    /// What running `s` for `hours` costs.
+    pub fn cost(&self, s: &AttackStrategy, hours: f64) -> f64 {
+        hours
+            * (f64::from(s.accounts) * self.account_hour
+                + f64::from(s.addresses()) * self.address_hour)
+    }
+}
+
+/// How a search runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Options {
+    /// Seed of the search (the background and the traffic are fixed by
+    /// `background_seed`).
+    pub seed: u64,
+    /// Evaluations in all, the start and the per-key reference included
+    /// (at least 2).
+    pub budget: u32,
+    /// The tuning-family seed whose honest background every evaluation
+    /// runs on.
+    pub background_seed: u64,
+    /// Scenario length in minutes.
+    pub minutes: u64,
+    /// Honest accounts times this; the strategy's accounts are its own.
+    pub scale: f64,
+}
+
+/// Where an evaluated strategy came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// The starting point (the small scenario's stealth campaign).
+    Start,
+    /// The cheapest way through per-key limits alone.
+    PerKeyOptimum,
+    /// Drawn at random from the whole space.
+    Random,
+    /// A neighbour of the best so far.
+    Neighbour,
+}
+
+/// One strategy, evaluated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// Its place in the search (0: the start).
+    pub index: u32,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The strategy.
+    pub strategy: AttackStrategy,
+    /// Hours the campaign runs (warm-up included).
+    pub hours: f64,
+    /// What it costs.
+    pub cost: f64,
+    /// Output tokens the policy let out to it.
+    pub tokens: u64,
+    /// Output tokens the per-key-only baseline let out to it.
+    pub baseline_tokens: u64,
+    /// `tokens / cost`: the attacker's objective.
+    pub tokens_per_cost: f64,
+    /// `baseline_tokens / cost`.
+    pub baseline_tokens_per_cost: f64,
+}
+
+/// What a search found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedteamReport {
+    /// How it ran.
+    pub options: Options,
+    /// The cost model.
+    pub cost_model: CostModel,
+    /// Every evaluation, in order.
+    pub evaluations: Vec<Evaluation>,
+    /// The starting point.
+    pub start: Evaluation,
+    /// The best evasion: the most tokens per cost under the policy.
+    pub best: Evaluation,
+    /// The cheapest extraction under the per-key-only baseline among the
+    /// strategies evaluated.
+    pub per_key_reference: Evaluation,
+    /// The best evasion's cost per extracted token over the per-key
+    /// reference's: how much dearer the policy makes extraction. `None`:
+    /// the best evasion extracted nothing.
+    pub cost_multiplier: Option<f64>,
+}
+
+/// Run the search of `options` against `config`, beside `baseline`.
+pub fn search(
+    options: &Options,
+    config: &Config,
+    baseline: &Config,
+) -> Result<RedteamReport, String> {
+    if options.budget < 2 {
+        return Err("the budget is at least 2 evaluations".into());
+    }
+    let size = Size {
+        minutes: options.minutes,
+        accounts: options.scale,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(options.seed, 0x4ed7));
+    let evaluate = |index: u32, origin: Origin, strategy: AttackStrategy| {
+        let s = family::against_background(&strategy, options.background_seed, size);
+        let run = family::evaluate(&s, Some(&strategy), config, baseline)?;
+        let p = s
+            .populations
+            .iter()
+            .find(|p| p.name == family::CAMPAIGN)
+            .ok_or("the campaign is missing")?;
+        let hours = p.end_ms.saturating_sub(p.start_ms) as f64 / 3_600_000.0;
+        let cost = COST.cost(&strategy, hours);
+        let per = |t: u64| if cost > 0.0 { t as f64 / cost } else { 0.0 };
+        Ok::<_, String>(Evaluation {
+            index,
+            origin,
+            hours,
+            cost,
+            tokens: run.campaign_tokens_served,
+            baseline_tokens: run.baseline_campaign_tokens_served,
+            tokens_per_cost: per(run.campaign_tokens_served),
+            baseline_tokens_per_cost: per(run.baseline_campaign_tokens_served),
+            strategy,
+        })
+    };
+    let start = evaluate(0, Origin::Start, AttackStrategy::starting_point())?;
+    let mut evaluations = vec![
+        start.clone(),
+        evaluate(1, Origin::PerKeyOptimum, AttackStrategy::per_key_optimum())?,
+    ];
+    let better = |a: &Evaluation, b: &Evaluation| a.tokens_per_cost > b.tokens_per_cost;
+    let mut best = if better(&evaluations[1], &start) {
+        evaluations[1].clone()
+    } else {
+        start.clone()
+    };
+    for index in 2..options.budget {
+        // One evaluation in four explores the whole space; the rest climb.
+        let (origin, strategy) = if rng.gen_bool(0.25) {
+            (Origin::Random, AttackStrategy::draw(&mut rng))
+        } else {
+            (Origin::Neighbour, best.strategy.mutate(&mut rng))
+        };
+        let e = evaluate(index, origin, strategy)?;
+        if better(&e, &best) {
+            best = e.clone();
+        }
+        evaluations.push(e);
+    }
+    let per_key_reference = evaluations
+        .iter()
+        .max_by(|a, b| {
+            a.baseline_tokens_per_cost
+                .total_cmp(&b.baseline_tokens_per_cost)
+                .then(b.index.cmp(&a.index))
+        })
+        .cloned()
+        .unwrap_or_else(|| start.clone());
+    let cost_multiplier = (best.tokens_per_cost > 0.0)
+        .then(|| per_key_reference.baseline_tokens_per_cost / best.tokens_per_cost);
+    Ok(RedteamReport {
+        options: *options,
+        cost_model: COST,
+        evaluations,
+        start,
+        best,
+        per_key_reference,
+        cost_multiplier,
+    })
+}
+
+impl RedteamReport {
+    /// The report as text: the search, the best evasion, the reference and
+    /// the multiplier.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "redteam: seed {}, {} evaluations, background seed {} ({} minutes); cost: account-hour {}, address-hour {}\n",
+            self.options.seed,
+            self.evaluations.len(),
+            self.options.background_seed,
+            self.options.minutes,
+            self.cost_model.account_hour,
+            self.cost_model.address_hour,
+        );
+        let _ = writeln!(
+            out,
+            "{:>4} {:<16} {:>12} {:>12} {:>10} {:>10}",
+            "#", "origin", "tokens/cost", "per-key", "tokens", "cost"
+        );
+        for e in &self.evaluations {
+            let origin = serde_json::to_value(e.origin)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:>4} {:<16} {:>12.1} {:>12.1} {:>10} {:>10.1}{}",
+                e.index,
+                origin,
+                e.tokens_per_cost,
+                e.baseline_tokens_per_cost,
+                e.tokens,
+                e.cost,
+                if e.index == self.best.index {
+                    "  <- best"
+                } else {
+                    ""
+                }
+            );
+        }
+        let mut describe = |label: &str, e: &Evaluation, per_key: bool| {
+            let (t, tpc) = if per_key {
+                (e.baseline_tokens, e.baseline_tokens_per_cost)
+            } else {
+                (e.tokens, e.tokens_per_cost)
+            };
+            let _ = writeln!(
+                out,
+                "{label}: #{} {:.1} tokens per account-hour ({t} tokens for {:.1})\n  {}",
+                e.index,
+                tpc,
+                e.cost,
+                e.strategy.describe()
+            );
+        };
+        describe("start (policy)", &self.start, false);
+        describe("best evasion (policy)", &self.best, false);
+        describe(
+            "per-key reference (baseline)",
+            &self.per_key_reference,
+            true,
+        );
+        let _ = writeln!(
+            out,
+            "cost multiplier against the per-key baseline per extracted token: {}",
+            self.cost_multiplier
+                .map_or("unbounded (nothing extracted)".to_string(), |m| format!(
+                    "{m:.2}x"
+                ))
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_counts_accounts_and_addresses_by_the_hour() {
+        let s = AttackStrategy {
+            accounts: 100,
+            addresses_per_account: 0.5,
+            ..AttackStrategy::starting_point()
+        };
+        assert_eq!(COST.cost(&s, 2.0), 2.0 * (100.0 + 50.0 * 0.25));
+    }
+}
