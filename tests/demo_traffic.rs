@@ -23,8 +23,9 @@ fn the_small_scenario_through_the_real_proxy() {
     let started = std::time::Instant::now();
     let report = traffic::run(&options).unwrap();
     println!("{}", report.render());
-    // 120 simulated minutes at 120x is 60 s, plus a bounded drain.
-    assert!(started.elapsed().as_secs() < 150, "{:?}", started.elapsed());
+    // 120 simulated minutes at 120x is 60 s, plus a bounded drain. Not a
+    // timing goal (a loaded machine runs the clients late): a hang guard.
+    assert!(started.elapsed().as_secs() < 900, "{:?}", started.elapsed());
 
     let sent: u64 = report.populations.iter().map(|p| p.sent).sum();
     assert_eq!(sent, expected, "every generated request is sent");
@@ -182,11 +183,8 @@ fn behind_an_x_forwarded_for_front() {
 }
 
 /// Issue 14, cause 1: behind an `x-forwarded-for` front the network prefix
-/// must be the client's, as behind a PROXY protocol front. Today
-/// fingerprints take the front's address, so every client shares one
-/// prefix; the fix belongs to the request path (`stack.rs`).
+/// is the client's, as behind a PROXY protocol front, not the front's.
 #[test]
-#[ignore = "issue 14 cause 1: fingerprints take the socket peer's prefix, not x-forwarded-for's"]
 fn behind_an_x_forwarded_for_front_prefixes_are_the_clients() {
     let (report, _) = tiny_behind(Front::ForwardedFor);
     assert_eq!(
