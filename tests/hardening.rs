@@ -24,6 +24,15 @@ write_stall_timeout_ms = 500
 max_connections_per_address = 4
 "#;
 
+/// Deadlines long enough that "closed at once" (a cap) and "closed by the
+/// deadline" cannot be confused on a loaded machine.
+const CAPPED: &str = r#"
+[limits]
+request_head_timeout_ms = 3000
+idle_connection_timeout_ms = 3000
+max_connections_per_address = 4
+"#;
+
 /// Block until the peer closes `s` (EOF or reset) and return how long that
 /// took; panics if it is still open after `within`.
 fn closed_within(s: &mut TcpStream, within: Duration) -> Duration {
@@ -44,6 +53,15 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> Duration {
             "connection still open after {within:?}"
         );
     }
+}
+
+/// Whether the peer has not closed `s` (nothing to read yet, no EOF).
+fn still_open(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let open =
+        matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
+    open
 }
 
 /// Read until the peer closes or `within` passes; returns what was read.
@@ -126,7 +144,6 @@ async fn a_finished_tls_handshake_then_silence_is_closed() {
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = timeout(connector.connect(name, tcp)).await.unwrap();
     use tokio::io::AsyncReadExt;
-    let start = Instant::now();
     let mut buf = [0u8; 1024];
     // Reads end with EOF (or an error) once the proxy closes.
     loop {
@@ -135,7 +152,7 @@ async fn a_finished_tls_handshake_then_silence_is_closed() {
             Ok(_) => {}
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(5));
+    // Closed by the first-request deadline, not by the read's 20 s guard.
     let m = &proxy.shared().metrics;
     wait_for("first-request cut counted", || {
         m.cut(Expired::FirstRequest) >= 1
@@ -197,7 +214,6 @@ fn a_body_that_trickles_gets_408() {
     // the rate floor. Bounded: at most 50 bytes.
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let start = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     for _ in 0..50 {
@@ -218,7 +234,6 @@ fn a_body_that_trickles_gets_408() {
     let resp = String::from_utf8_lossy(&got);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("bytes/s"), "{resp}");
-    assert!(start.elapsed() < Duration::from_secs(4));
 }
 
 #[test]
@@ -243,14 +258,15 @@ fn a_client_that_stops_reading_its_response_is_cut() {
 
 #[test]
 fn one_address_cannot_take_every_connection() {
-    let env = Env::start(SHORT);
+    let env = Env::start(CAPPED);
     // Four idle connections (the share) are held...
     let held: Vec<TcpStream> = (0..4).map(|_| connect(env.addr)).collect();
     let m = &env.proxy.shared().metrics;
-    // ...the fifth from the same address is closed at once.
+    // ...the fifth from the same address is closed at once: before the
+    // deadline closes the four opened earlier.
     let mut fifth = connect(env.addr);
-    let took = closed_within(&mut fifth, Duration::from_secs(2));
-    assert!(took < Duration::from_millis(250), "took {took:?}");
+    closed_within(&mut fifth, Duration::from_secs(5));
+    assert!(held.iter().all(still_open), "the share closed by deadline");
     wait_for("share refusal counted", || {
         m.rejected(ConnReject::OverAddressShare) >= 1
     });
@@ -259,7 +275,7 @@ fn one_address_cannot_take_every_connection() {
 
 #[test]
 fn admin_connections_are_capped_and_deadlined() {
-    let env = Env::start(&format!("max_connections = 2\n{SHORT}"));
+    let env = Env::start(&format!("max_connections = 2\n{CAPPED}"));
     let admin = env.proxy.admin_addr().unwrap();
     let mut a = connect(admin);
     a.write_all(b"GET /healthz HTTP/1.1\r\nhost").unwrap();
@@ -267,11 +283,14 @@ fn admin_connections_are_capped_and_deadlined() {
     // Two half-sent heads hold the cap (accepted in connection order); a
     // third is closed at once.
     let mut c = connect(admin);
-    let took = closed_within(&mut c, Duration::from_secs(2));
-    assert!(took < Duration::from_millis(250), "took {took:?}");
+    closed_within(&mut c, Duration::from_secs(5));
+    assert!(
+        still_open(&a) && still_open(&b),
+        "closed by deadline, not cap"
+    );
     // The half-sent head and the silent one are closed by the deadline.
-    closed_within(&mut a, Duration::from_secs(5));
-    closed_within(&mut b, Duration::from_secs(5));
+    closed_within(&mut a, Duration::from_secs(15));
+    closed_within(&mut b, Duration::from_secs(15));
     // And the listener serves again.
     let mut d = connect(admin);
     d.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
