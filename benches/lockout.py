@@ -35,16 +35,38 @@ ATTACKS = {
         b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n{"
     ),
     "tls_then_silence": None,
+    "hpack_bomb": None,
 }
 
 
+def hpack_bomb():
+    """HTTP/2 preface, SETTINGS, then one HEADERS block that raises the HPACK
+    table size to 2^27, inserts a 3000-byte name and references it 5000
+    times (issue 15 item 4)."""
+    block = bytes([0x3F, 0xE1, 0xFF, 0xFF, 0x3F, 0x40, 0x7F, 0xB9, 0x16]) + b"x" * 3000 + b"\0"
+    block += bytes([0xBE]) * 5000
+    n = len(block)
+    head = bytes([n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF, 1, 0x5, 0, 0, 0, 1])
+    return ATTACKS["h2_preface_settings"] + head + block
+
+
+def proc_cpu_s(pid):
+    """User + system CPU seconds the process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def attack_conn(port, kind, closed_at, t0, tls_ctx, limit_s):
+    # Times are from this connection's own start: opening 1024 connections
+    # takes the client more than a second.
+    t0 = time.time()
     try:
         if kind == "tls_then_silence":
             r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls_ctx, server_hostname="localhost")
         else:
             r, w = await asyncio.open_connection("127.0.0.1", port)
-            w.write(ATTACKS[kind])
+            w.write(hpack_bomb() if kind == "hpack_bomb" else ATTACKS[kind])
             await w.drain()
     except (OSError, ssl.SSLError):
         closed_at.append(("refused", time.time() - t0))
@@ -136,6 +158,7 @@ level = "warn,distill_guard=info"
     port = int(m.group(1))
     subprocess.Popen(["cat"], stdin=proxy.stderr, stdout=subprocess.DEVNULL)
     closed_at, honest_results = [], []
+    cpu0 = proc_cpu_s(proxy.pid)
     t0 = time.time()
 
     async def go():
@@ -147,6 +170,7 @@ level = "warn,distill_guard=info"
 
     try:
         asyncio.run(go())
+        cpu = proc_cpu_s(proxy.pid) - cpu0
     finally:
         proxy.terminate()
         proxy.wait(30)
@@ -156,12 +180,13 @@ level = "warn,distill_guard=info"
     return {
         "attack": kind,
         "connections": args.connections,
-        "closed_at_once": sum(1 for t in closed if t < 1.0) + len(refused),
-        "held_then_closed": sum(1 for t in closed if t >= 1.0),
+        "closed_at_once": sum(1 for t in closed if t < 2.0) + len(refused),
+        "held_then_closed": sum(1 for t in closed if t >= 2.0),
         "held_close_s_median": round(closed[len(closed) // 2], 1) if closed else None,
         "held_close_s_max": round(closed[-1], 1) if closed else None,
         "honest_ok": f"{len(ok)}/{len(honest_results)}",
         "honest_latency_s_max": round(max(ok), 3) if ok else None,
+        "proxy_cpu_s": round(cpu, 2),
     }
 
 

@@ -235,4 +235,20 @@ mod tests {
             .count() as u64;
         assert_eq!(written + log.dropped(), 10_000);
     }
+
+    #[test]
+    fn a_disk_that_refuses_writes_is_counted_not_fatal() {
+        // Linux's /dev/full fails every write with ENOSPC.
+        let full = std::path::Path::new("/dev/full");
+        if !full.exists() {
+            return;
+        }
+        let log = AuditLog::open(full, 1024).unwrap();
+        for i in 0..100 {
+            log.record(rec(i));
+        }
+        log.close();
+        assert!(log.write_errors() >= 1, "no write error counted");
+        assert_eq!(log.dropped(), 0);
+    }
 }
