@@ -450,18 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             minutes,
             scale,
         } => {
-            let policies = (|| {
-                let c = match &config_path {
-                    Some(p) => config::load(p)?,
-                    None => demo::default_config()?,
-                };
-                let b = match &baseline {
-                    Some(p) => config::load(p)?,
-                    None => distill_guard::simulate::per_key_only(&c),
-                };
-                Ok::<_, config::ConfigError>((c, b))
-            })();
-            let (c, b) = match policies {
+            let (c, b) = match policy_and_baseline(config_path.as_deref(), baseline.as_deref()) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("{e}");
@@ -546,18 +535,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             report,
         } => {
             use distill_guard::simulate::{family::Family, redteam};
-            let policies = (|| {
-                let c = match &config_path {
-                    Some(p) => config::load(p)?,
-                    None => demo::default_config()?,
-                };
-                let b = match &baseline {
-                    Some(p) => config::load(p)?,
-                    None => distill_guard::simulate::per_key_only(&c),
-                };
-                Ok::<_, config::ConfigError>((c, b))
-            })();
-            let (c, b) = match policies {
+            let (c, b) = match policy_and_baseline(config_path.as_deref(), baseline.as_deref()) {
                 Ok(x) => x,
                 Err(e) => {
                     eprintln!("{e}");
@@ -655,6 +633,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `simulate --family F --seeds N`: the family's first `n` scenarios,
 /// drawn and run one after the other.
+/// The policy to try (`--config`, or the shipped default) and the baseline
+/// it is compared with (`--baseline`, or its per-key limits alone).
+fn policy_and_baseline(
+    config_path: Option<&std::path::Path>,
+    baseline: Option<&std::path::Path>,
+) -> Result<(config::Config, config::Config), config::ConfigError> {
+    let c = match config_path {
+        Some(p) => config::load(p)?,
+        None => demo::default_config()?,
+    };
+    let b = match baseline {
+        Some(p) => config::load(p)?,
+        None => distill_guard::simulate::per_key_only(&c),
+    };
+    Ok((c, b))
+}
+
 fn simulate_family(
     family: distill_guard::simulate::family::Family,
     n: u32,

@@ -127,16 +127,29 @@ fn an_h2_preface_and_settings_then_silence_is_closed() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finished_tls_handshake_then_silence_is_closed() {
+/// A proxy with a TLS listener (extra `[limits]` etc. in `extra`) in front
+/// of a mock upstream; keep the mock alive as long as the proxy.
+fn tls_proxy(
+    extra: &str,
+) -> (
+    TestPki,
+    distill_guard::mock::MockHandle,
+    distill_guard::server::Handle,
+) {
     let pki = TestPki::new();
     let mock = distill_guard::mock::start(
         "127.0.0.1:0".parse().unwrap(),
         distill_guard::mock::MockOptions::default(),
     )
     .unwrap();
-    let cfg = config_from(&pki.listener_config(mock.addr(), SHORT), pki.dir.path());
+    let cfg = config_from(&pki.listener_config(mock.addr(), extra), pki.dir.path());
     let proxy = distill_guard::server::start(cfg).unwrap();
+    (pki, mock, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_tls_handshake_then_silence_is_closed() {
+    let (pki, _mock, proxy) = tls_proxy(SHORT);
     let addr = proxy.local_addrs()[0];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let connector =
@@ -634,14 +647,7 @@ fn a_corrupt_state_file_is_set_aside_and_the_proxy_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ip_address_as_sni_is_counted() {
-    let pki = TestPki::new();
-    let mock = distill_guard::mock::start(
-        "127.0.0.1:0".parse().unwrap(),
-        distill_guard::mock::MockOptions::default(),
-    )
-    .unwrap();
-    let cfg = config_from(&pki.listener_config(mock.addr(), ""), pki.dir.path());
-    let proxy = distill_guard::server::start(cfg).unwrap();
+    let (_pki, _mock, proxy) = tls_proxy("");
     let addr = proxy.local_addrs()[0];
     // rustls never sends an IP literal as SNI; write the extension by hand
     // into an otherwise ordinary ClientHello (TLS 1.3 offer).
