@@ -15,28 +15,6 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distill-guard");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("process exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listening on {port}");
-}
-
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -105,23 +83,26 @@ async fn sigterm_lets_open_streams_finish_then_exits_zero() {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let cfg = dir.path().join("dg.toml");
     std::fs::write(
         &cfg,
         basic_config(&format!("http://{}", mock.addr()), "")
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
             .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 10000"),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port, &mut child);
+    let Spawned {
+        mut child,
+        listeners,
+        ..
+    } = spawn_listening(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null()),
+        1,
+        false,
+    );
+    let port = listeners[0].port();
 
     // A stream that takes ~2 s: 40 tokens, 4 per event, 50 ms per token.
     let mut req = messages_request(
@@ -140,12 +121,12 @@ async fn sigterm_lets_open_streams_finish_then_exits_zero() {
         .starts_with(b"event: message_start"));
 
     signal(&child, "-TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // No new connections once shutdown has begun.
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "still accepting after SIGTERM"
-    );
+    // No new connections once shutdown has begun (while the stream runs).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut rest = Vec::new();
     while let Some(f) = timeout(body.frame()).await {
         rest.extend_from_slice(
@@ -164,24 +145,27 @@ fn sigterm_after_the_grace_period_still_exits_zero() {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let cfg = dir.path().join("dg.toml");
     std::fs::write(
         &cfg,
         basic_config(&format!("http://{}", mock.addr()), "")
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
             .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 300")
             .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 60000"),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port, &mut child);
+    let Spawned {
+        mut child,
+        listeners,
+        ..
+    } = spawn_listening(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null()),
+        1,
+        false,
+    );
+    let port = listeners[0].port();
     // A stream paused for 30 s: longer than the grace period.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body = r#"{"model":"m","max_tokens":40,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -206,9 +190,8 @@ fn sigterm_after_the_grace_period_still_exits_zero() {
 
 #[test]
 fn demo_serves_the_printed_curl_commands() {
-    let port = free_port();
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["demo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -249,15 +232,18 @@ fn demo_serves_the_printed_curl_commands() {
 
 #[test]
 fn mock_upstream_command_serves_both_apis() {
-    let port = free_port();
     let mut child = Command::new(BIN)
-        .args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
+        .args(["mock-upstream", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_listening(port, &mut child);
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // It prints the address it bound.
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+    let mut s = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{line}: {e}"));
     let body = r#"{"model":"gpt","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
     write!(
         s,

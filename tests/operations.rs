@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,22 +199,34 @@ fn grafana_dashboard_is_valid_dashboard_json() {
     assert!(titles.iter().any(|t| t.contains("adds")));
 }
 
-fn spawn_serve(cfg: &Path, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distill-guard"))
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .env("DISTILL_GUARD_HASH_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start");
-        assert!(child.try_wait().unwrap().is_none(), "proxy exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+/// `serve` on `cfg` (port-0 listeners): the child, its client URL for
+/// `/v1/messages` and its admin address, as it logged them.
+fn spawn_serve(cfg: &Path) -> (Child, String, std::net::SocketAddr) {
+    let Spawned {
+        child,
+        listeners,
+        admin,
+    } = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_distill-guard"))
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .env("DISTILL_GUARD_HASH_SECRET", SECRET)
+            .stdout(Stdio::null()),
+        1,
+        true,
+    );
+    let url = format!("http://{}/v1/messages", listeners[0]);
+    (child, url, admin.expect("admin address"))
+}
+
+/// The status of one request with `key` to `url`.
+async fn status(url: &str, key: &'static str) -> u16 {
+    let mut req = messages_request(url, SMALL_MESSAGE);
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let r = timeout(client().request(req)).await.unwrap();
+    let s = r.status().as_u16();
+    let _ = r.into_body().collect().await;
+    s
 }
 
 fn stop(mut child: Child) {
@@ -229,49 +240,25 @@ fn stop(mut child: Child) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_block_survives_a_reload_and_a_restart() {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
     let cfg = dir.path().join("dg.toml");
     let write_cfg = |rpm: u64| {
         let text = basic_config(&format!("http://{}", mock.addr()), "")
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
             .replace("[admin]\naddress = \"127.0.0.1:0\"\n", "")
             + &format!(
                 "[tiers.default]\nrequests_per_minute = {rpm}\nburst_requests = 100\ninput_tokens_per_minute = 10000000\n\
                  output_tokens_per_minute = 10000000\nmax_concurrent = 10\n"
             )
-            + &with_admin("", &dir.path().join("state.json"))
-                .replace("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"));
+            + &with_admin("", &dir.path().join("state.json"));
         std::fs::write(&cfg, text).unwrap();
     };
     write_cfg(600);
-    let child = spawn_serve(&cfg, port);
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1/messages");
-    let status = |key: &'static str| {
-        let url = url.clone();
-        async move {
-            let mut req = messages_request(&url, SMALL_MESSAGE);
-            req.headers_mut().insert("x-api-key", key.parse().unwrap());
-            let r = timeout(client().request(req)).await.unwrap();
-            let s = r.status().as_u16();
-            let _ = r.into_body().collect().await;
-            s
-        }
-    };
-    assert_eq!(status("sk-bad-actor").await, 200);
+    let (child, url, admin_addr) = spawn_serve(&cfg);
+    assert_eq!(status(&url, "sk-bad-actor").await, 200);
     let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-bad-actor");
     let (s, body) = admin(
         admin_addr,
@@ -282,8 +269,8 @@ async fn a_manual_block_survives_a_reload_and_a_restart() {
     .await;
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("\"persisted\":true"), "{body}");
-    assert_eq!(status("sk-bad-actor").await, 403);
-    assert_eq!(status("sk-someone-else").await, 200);
+    assert_eq!(status(&url, "sk-bad-actor").await, 403);
+    assert_eq!(status(&url, "sk-someone-else").await, 200);
     let (s, body) = admin(
         admin_addr,
         "GET",
@@ -299,22 +286,24 @@ async fn a_manual_block_survives_a_reload_and_a_restart() {
     let _ = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(status("sk-bad-actor").await, 403);
-    let (_, metrics) = admin(admin_addr, "GET", "/metrics", Some(TOKEN)).await;
-    assert!(
-        metrics.contains("distill_guard_config_reloads_total{result=\"ok\"} "),
-        "{metrics}"
-    );
-    assert!(
-        !metrics.contains("distill_guard_config_reloads_total{result=\"ok\"} 0\n"),
-        "reload not counted"
-    );
+    // Wait until the reload is counted, then: still blocked.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = admin(admin_addr, "GET", "/metrics", Some(TOKEN)).await;
+        if metrics.contains("distill_guard_config_reloads_total{result=\"ok\"} ")
+            && !metrics.contains("distill_guard_config_reloads_total{result=\"ok\"} 0\n")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reload not counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&url, "sk-bad-actor").await, 403);
 
     // Restart: the state file brings the block back.
     stop(child);
-    let child = spawn_serve(&cfg, port);
-    assert_eq!(status("sk-bad-actor").await, 403);
+    let (child, url, admin_addr) = spawn_serve(&cfg);
+    assert_eq!(status(&url, "sk-bad-actor").await, 403);
     let (s, _) = admin(
         admin_addr,
         "POST",
@@ -323,7 +312,7 @@ async fn a_manual_block_survives_a_reload_and_a_restart() {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(status("sk-bad-actor").await, 200);
+    assert_eq!(status(&url, "sk-bad-actor").await, 200);
     stop(child);
 }
 

@@ -181,6 +181,11 @@ impl Metrics {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Connections accepted and not yet closed.
+    pub fn open_connections(&self) -> i64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+
     /// A connection was closed before HTTP for `reason`.
     pub fn conn_rejected(&self, reason: ConnReject) {
         self.connections_rejected[reason.index()].fetch_add(1, Ordering::Relaxed);

@@ -209,3 +209,88 @@ pub async fn timeout<F: std::future::Future>(f: F) -> F::Output {
 
 /// Keep the compiler from flagging RequestBody as unused in some test crates.
 pub fn _unused(_: RequestBody) {}
+
+/// A child process started with port-0 listeners, and the addresses it
+/// chose, read back from its log: no port is picked by the test and then
+/// raced for.
+pub struct Spawned {
+    pub child: std::process::Child,
+    /// Client listeners, in the order they were logged.
+    pub listeners: Vec<SocketAddr>,
+    /// The admin listener, when one was asked for.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Drop terminal colour codes (`ESC [ ... m`) from a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address logged on a `listening` line (text or JSON format).
+fn logged_address(line: &str) -> Option<SocketAddr> {
+    let rest = line
+        .split_once("address=")
+        .or_else(|| line.split_once("\"address\":\""))?
+        .1;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Spawn `cmd` (a `serve` with port-0 listeners; its stderr is taken over
+/// and drained) and wait, until a 20 s deadline, for `listeners` client
+/// listeners and, when `admin`, the admin listener to be logged.
+pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin: bool) -> Spawned {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let line = strip_ansi(&line);
+            if line.contains("listening") {
+                if let Some(a) = logged_address(&line) {
+                    let _ = tx.send((line.contains("admin API"), a));
+                }
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut got = Spawned {
+        child,
+        listeners: Vec::new(),
+        admin: None,
+    };
+    while got.listeners.len() < listeners || (admin && got.admin.is_none()) {
+        if let Some(status) = got.child.try_wait().expect("try_wait") {
+            panic!("exited before listening: {status}");
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "not listening within 20 s");
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok((true, a)) => got.admin = Some(a),
+            Ok((false, a)) => got.listeners.push(a),
+            Err(_) => {}
+        }
+    }
+    got
+}
