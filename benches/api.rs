@@ -70,6 +70,24 @@ fn benches(c: &mut Criterion) {
             m.finish()
         })
     });
+    g.bench_function("meter stream.sse (20 events, one frame)", |b| {
+        b.iter(|| {
+            let mut m = UsageMeter::new(ApiKind::Anthropic, true);
+            m.feed(black_box(&sse));
+            m.finish()
+        })
+    });
+    // One text delta per frame, as a model streams them: the per-event cost.
+    let delta_anthropic: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" streamed reply\"}}\n\n";
+    let delta_chat: &[u8] = b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" assist\"},\"finish_reason\":null}],\"usage\":null}\n\n";
+    let mut anthropic = UsageMeter::new(ApiKind::Anthropic, true);
+    g.bench_function("meter one text-delta event, Anthropic", |b| {
+        b.iter(|| anthropic.feed(black_box(delta_anthropic)))
+    });
+    let mut chat = UsageMeter::new(ApiKind::OpenAiChat, true);
+    g.bench_function("meter one text-delta event, chat completions", |b| {
+        b.iter(|| chat.feed(black_box(delta_chat)))
+    });
     g.finish();
 }
 

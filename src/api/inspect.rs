@@ -1119,58 +1119,6 @@ mod tests {
         }
     }
 
-    /// A realistic ~2 KB Anthropic request body.
-    pub(crate) fn body_2k() -> String {
-        let para = "The proxy sits in front of the model API and must decide, for every request, \
-                    whether the caller looks like a distillation pipeline. It reads the prompt, \
-                    estimates its size in tokens and checks the caller's recent history. ";
-        format!(
-            r#"{{"model":"claude-sonnet-4-5","max_tokens":4096,"stream":true,"system":[{{"type":"text","text":"You are a helpful assistant. {p1}"}}],"messages":[{{"role":"user","content":"{p2}"}},{{"role":"assistant","content":[{{"type":"text","text":"{p3}"}}]}},{{"role":"user","content":[{{"type":"text","text":"{p4} Please summarise.\nThanks!"}}]}}],"metadata":{{"user_id":"user-1234"}},"temperature":0.7}}"#,
-            p1 = para,
-            p2 = para.repeat(3),
-            p3 = para.repeat(2),
-            p4 = para.repeat(3)
-        )
-    }
-
-    /// Rough timings; run with `cargo test --release -- --nocapture timing`.
-    #[test]
-    fn timing_inspect() {
-        use crate::api::estimate::Estimator;
-        use crate::api::time_per_call;
-        use std::hint::black_box;
-        let body = body_2k();
-        let prompt = match inspect(ApiKind::Anthropic, body.as_bytes()) {
-            Inspection::Parsed(i) => i.prompt,
-            Inspection::NotJson { .. } => String::new(),
-        };
-        let full = time_per_call(20_000, || {
-            black_box(inspect(ApiKind::Anthropic, black_box(body.as_bytes())));
-        });
-        let skip = time_per_call(20_000, || {
-            let _ = black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(
-                body.as_bytes(),
-            )));
-        });
-        let est = time_per_call(20_000, || {
-            black_box(estimate_tokens(black_box(&prompt)));
-        });
-        let mut e = Estimator::new();
-        let small = time_per_call(200_000, || e.push(black_box(b" streamed")));
-        let chat = time_per_call(20_000, || {
-            black_box(inspect(ApiKind::OpenAiChat, black_box(CHAT.as_bytes())));
-        });
-        eprintln!(
-            "timing: inspect {} B Anthropic body ({} B prompt): {full:?}/call \
-             (serde_json IgnoredAny pass alone {skip:?}; estimate_tokens on the prompt {est:?}); \
-             inspect {} B chat body {chat:?}; Estimator::push of 9 B {small:?} [{}]",
-            body.len(),
-            prompt.len(),
-            CHAT.len(),
-            e.tokens()
-        );
-    }
-
     proptest! {
         #[test]
         fn never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..400)) {

@@ -1150,73 +1150,17 @@ mod tests {
             "{}/../shared/bench/fixtures/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
-        std::fs::read(&path).unwrap_or_default()
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{path}: {e} (the shared bench fixtures belong beside the project)")
+        })
     }
 
     #[test]
     fn bench_fixtures() {
         let json = fixture("messages.json");
         let sse = fixture("stream.sse");
-        if json.is_empty() || sse.is_empty() {
-            eprintln!("bench fixtures not found; skipped");
-            return;
-        }
         all_chunkings(ApiKind::Anthropic, false, &json, reported(25, 87));
         all_chunkings(ApiKind::Anthropic, true, &sse, reported(25, 15));
-    }
-
-    /// Rough timings; run with `cargo test --release -- --nocapture timing`.
-    #[test]
-    fn timing_meter() {
-        use crate::api::time_per_call;
-        use std::hint::black_box;
-        let mut sse = fixture("stream.sse");
-        if sse.is_empty() {
-            sse = ANTHROPIC_SSE.as_bytes().to_vec();
-        }
-        let events = sse.windows(6).filter(|w| w == b"data: ").count().max(1) as u32;
-        let run = |kind: ApiKind, streaming: bool, body: &[u8]| {
-            time_per_call(20_000, || {
-                let mut m = UsageMeter::new(kind, streaming);
-                m.feed(black_box(body));
-                black_box(m.finish());
-            })
-        };
-        let whole = run(ApiKind::Anthropic, true, &sse);
-        let lines = time_per_call(20_000, || {
-            let mut m = UsageMeter::new(ApiKind::Anthropic, true);
-            for line in sse.split_inclusive(|b| *b == b'\n') {
-                m.feed(black_box(line));
-            }
-            black_box(m.finish());
-        });
-        let resp = responses_sse();
-        let chat = run(ApiKind::OpenAiChat, true, CHAT_SSE.as_bytes());
-        let responses = run(ApiKind::OpenAiResponses, true, resp.as_bytes());
-        let json = fixture("messages.json");
-        let body = run(ApiKind::Anthropic, false, &json);
-        let delta_a = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" streamed reply\"}}\n\n";
-        let delta_c = b"data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" assist\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n";
-        let mut ma = UsageMeter::new(ApiKind::Anthropic, true);
-        let ev_a = time_per_call(200_000, || ma.feed(black_box(delta_a)));
-        let mut mc = UsageMeter::new(ApiKind::OpenAiChat, true);
-        let ev_c = time_per_call(200_000, || mc.feed(black_box(delta_c)));
-        eprintln!(
-            "timing: one text-delta event fed as its own frame: Anthropic ({} B) {ev_a:?}, chat ({} B) {ev_c:?}",
-            delta_a.len(),
-            delta_c.len()
-        );
-        eprintln!(
-            "timing: meter stream.sse ({} B, {events} events) in one chunk {whole:?} = {:?}/event; \
-             line by line {lines:?} = {:?}/event; chat stream ({} B, 7 events) {chat:?}; \
-             responses stream ({} B, 13 events) {responses:?}; messages.json ({} B) {body:?}",
-            sse.len(),
-            whole / events,
-            lines / events,
-            CHAT_SSE.len(),
-            resp.len(),
-            json.len()
-        );
     }
 
     const KINDS: [ApiKind; 4] = [

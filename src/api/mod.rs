@@ -247,22 +247,6 @@ pub fn error_body(shape: ErrorShape, kind: ErrorKind, message: &str) -> Bytes {
     }
 }
 
-/// Test helper: best-of-rounds timing of `f` (rough numbers on a shared machine).
-#[cfg(test)]
-pub(crate) fn time_per_call<F: FnMut()>(iters: u32, mut f: F) -> std::time::Duration {
-    let iters = if cfg!(debug_assertions) { 10 } else { iters };
-    (0..7)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            start.elapsed() / iters
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

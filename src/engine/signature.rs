@@ -185,9 +185,8 @@
 //! tight loop over runs of lowercase letters. Per word, a multiply per 8
 //! bytes. Per shingle, one mix and a bin update. Per head or tail shingle,
 //! 16 multiply-xorshifts. About 100k instructions for a 2 KB prompt
-//! (callgrind). On the project's 2-vCPU machine, with other builds running,
-//! the `timing_2kb` test measured about 5 µs of on-CPU time and 7.5 µs of
-//! wall time per call in a release build.
+//! (callgrind). Its time per call is the `prompt signature, 2 KB` case of
+//! `cargo bench --bench engine` (figures in BENCHMARKS.md).
 //!
 //! ## 9. Limits
 //!
@@ -2895,72 +2894,5 @@ mod tests {
                 100.0 * r.cross.key_frac(),
             );
         }
-    }
-
-    /// Rough timing of `signature` on a ~2 KB prompt (no assertion). Meaningful
-    /// only in a release build: `cargo test --release timing_2kb -- --nocapture`.
-    #[test]
-    fn timing_2kb() {
-        let mut rng = StdRng::seed_from_u64(42);
-        let ts = templates();
-        let mut prompts = Vec::new();
-        for t in ts.iter().cycle().take(16) {
-            let mut s = instance(&mut rng, t).0;
-            while s.len() < 2048 {
-                s.push(' ');
-                s.push_str(&sentence(&mut rng));
-            }
-            let mut end = 2048;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-            prompts.push(s);
-        }
-        let iters: usize = std::env::var("SIGNATURE_TIMING_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if cfg!(debug_assertions) { 20 } else { 2000 });
-        let reps = if iters < 10 { 1 } else { 15 };
-        // On-CPU time of this thread (Linux), which leaves out time spent
-        // waiting for a CPU on a busy machine; wall time is printed too.
-        let on_cpu_ns = || -> Option<u64> {
-            std::fs::read_to_string("/proc/thread-self/schedstat")
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        };
-        let calls = (iters * prompts.len()) as f64;
-        let mut wall = Vec::new();
-        let mut cpu = Vec::new();
-        let mut sink = 0u64;
-        for _ in 0..reps {
-            let c0 = on_cpu_ns();
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                for p in &prompts {
-                    sink = sink.wrapping_add(signature(std::hint::black_box(p)).index_keys()[0]);
-                }
-            }
-            wall.push(start.elapsed().as_nanos() as f64 / calls);
-            if let (Some(c0), Some(c1)) = (c0, on_cpu_ns()) {
-                cpu.push(c1.saturating_sub(c0) as f64 / calls);
-            }
-        }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-        };
-        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-        println!(
-            "signature() on 2048-byte prompts ({} build): wall median {:.0} ns (min {:.0}); on-CPU median {:.0} ns (min {:.0}) per call [sink {sink:x}]",
-            if cfg!(debug_assertions) { "debug" } else { "release" },
-            median(&mut wall.clone()),
-            min(&wall),
-            median(&mut cpu.clone()),
-            min(&cpu),
-        );
     }
 }
