@@ -317,8 +317,14 @@ level = "info"
         tasks.append(sampler(proxy.pid, admin, stats, deadline, rows, t_start))
         await asyncio.gather(*tasks)
 
+    async def final_metrics():
+        return await http_get("127.0.0.1", admin, "/metrics")
+
     try:
         asyncio.run(run())
+        # The proxy's own counters at the end, kept beside the CSV.
+        with open(os.path.join(args.out, "metrics-final.txt"), "w") as f:
+            f.write(asyncio.run(final_metrics()))
     finally:
         proxy.terminate()
         mock.terminate()
