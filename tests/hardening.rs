@@ -690,3 +690,88 @@ async fn an_ip_address_as_sni_is_counted() {
     wait_for("SNI IP counted", || m.sni_ip_count() >= 1);
     proxy.shutdown();
 }
+
+#[test]
+fn failed_accepts_are_counted_and_their_warnings_kept_within_budget() {
+    let mock = distill_guard::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        distill_guard::mock::MockOptions::default(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dg.toml");
+    let token = "admin-token-0123456789abcdef";
+    std::fs::write(
+        &cfg,
+        basic_config(
+            &format!("http://{}", mock.addr()),
+            &format!("token = \"{token}\"\n"),
+        ),
+    )
+    .unwrap();
+    // 64 descriptors: a few dozen connections exhaust them.
+    let script = format!(
+        "ulimit -n 64 && exec '{}' serve --config '{}'",
+        env!("CARGO_BIN_EXE_distill-guard"),
+        cfg.display()
+    );
+    let mut proxy = spawn_listening(
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null()),
+        1,
+        true,
+    );
+    let failed_lines = |log: &std::sync::Mutex<Vec<String>>| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("accept failed"))
+            .count()
+    };
+    // Open connections (at most 200) until the proxy logs a failed accept.
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failed_lines(&proxy.log) == 0 {
+        assert!(Instant::now() < deadline, "no failed accept logged");
+        match TcpStream::connect(proxy.listeners[0]) {
+            Ok(s) if held.len() < 200 => held.push(s),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    // Accepts keep failing (and are retried every 20 ms) while they are held.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    // Descriptors come back; the admin API counts every failure.
+    let admin = proxy.admin.unwrap();
+    let mut counted = 0;
+    wait_for("accept errors in /metrics", || {
+        let Ok(mut s) = TcpStream::connect(admin) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        counted = text
+            .lines()
+            .find_map(|l| l.strip_prefix("distill_guard_accept_errors_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        counted > 0
+    });
+    let logged = failed_lines(&proxy.log);
+    let _ = proxy.child.kill();
+    let _ = proxy.child.wait();
+    assert!(logged <= 6, "{logged} warnings in a few seconds");
+    assert!(
+        counted > logged as u64,
+        "{counted} failures counted, {logged} logged"
+    );
+}

@@ -206,6 +206,7 @@ fn spawn_serve(cfg: &Path) -> (Child, String, std::net::SocketAddr) {
         child,
         listeners,
         admin,
+        ..
     } = spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_distill-guard"))
             .args(["serve", "--config"])

@@ -154,6 +154,7 @@ pub struct Metrics {
     admin_connections_rejected: AtomicU64,
     usage_clamped: AtomicU64,
     sni_ip: AtomicU64,
+    accept_errors: AtomicU64,
     /// [unparseable, too_large] × [refused, forwarded at strictest].
     uninspectable: [[AtomicU64; 2]; 2],
     requests: [AtomicU64; DECISIONS.len()],
@@ -195,6 +196,17 @@ impl Metrics {
     /// here instead of a log line per connection.
     pub fn sni_ip(&self) {
         self.sni_ip.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `accept` on a client or admin listener failed (out of file
+    /// descriptors and the like).
+    pub fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many accepts failed.
+    pub fn accept_error_count(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
     }
 
     /// How many TLS clients named an IP address as SNI.
@@ -356,6 +368,16 @@ impl Metrics {
             "TLS ClientHellos that named an IP address as SNI (illegal; ignored by the handshake).",
         );
         let _ = writeln!(out, "distill_guard_tls_sni_ip_total {}", load(&self.sni_ip));
+        counter(
+            &mut out,
+            "distill_guard_accept_errors_total",
+            "Failed accepts on the client and admin listeners (e.g. out of file descriptors); logged at most 6 times a minute.",
+        );
+        let _ = writeln!(
+            out,
+            "distill_guard_accept_errors_total {}",
+            load(&self.accept_errors)
+        );
         counter(
             &mut out,
             "distill_guard_usage_clamped_total",

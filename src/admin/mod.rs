@@ -55,7 +55,7 @@ pub async fn serve(
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!(error = %e, "admin accept failed");
+                    shared.accept_failed("admin", &e);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }

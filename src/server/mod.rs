@@ -142,6 +142,29 @@ pub struct Shared {
     /// Each listener's TLS settings (None for plain listeners), swapped when
     /// certificates are reloaded; handshakes pick up the current one.
     pub tls: Vec<Option<ArcSwap<rustls::ServerConfig>>>,
+    /// Warnings a client can cause (a failed accept when descriptors run
+    /// out) are logged within this budget and counted in full in metrics.
+    warnings: governor::DefaultDirectRateLimiter,
+}
+
+/// At most this many rate-limited warnings a minute, across workers.
+const WARNINGS_PER_MINUTE: u32 = 6;
+
+impl Shared {
+    /// `accept` failed on a `listener` ("client" or "admin"): out of file
+    /// descriptors and the like, which clients can cause by opening
+    /// connections. Counted every time; logged within a budget.
+    pub(crate) fn accept_failed(&self, listener: &'static str, e: &std::io::Error) {
+        self.metrics.accept_error();
+        if self.warnings.check().is_ok() {
+            warn!(
+                listener,
+                error = %e,
+                failed_so_far = self.metrics.accept_error_count(),
+                "accept failed (logged at most {WARNINGS_PER_MINUTE} times a minute)"
+            );
+        }
+    }
 }
 
 /// Monotonic time for the engine (which never reads a clock itself).
@@ -392,6 +415,9 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         metrics: Metrics::default(),
         upstream_tls,
         config: ArcSwap::from_pointee(config),
+        warnings: governor::RateLimiter::direct(governor::Quota::per_minute(
+            std::num::NonZeroU32::new(WARNINGS_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
+        )),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -573,7 +599,7 @@ async fn worker_main(
             }
             (_, Err(e)) => {
                 // Out of file descriptors and the like: back off briefly.
-                warn!(error = %e, "accept failed");
+                shared.accept_failed("client", &e);
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }

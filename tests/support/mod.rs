@@ -219,6 +219,8 @@ pub struct Spawned {
     pub listeners: Vec<SocketAddr>,
     /// The admin listener, when one was asked for.
     pub admin: Option<SocketAddr>,
+    /// Its log lines so far (colour codes removed; the first 10,000).
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Drop terminal colour codes (`ESC [ ... m`) from a log line.
@@ -263,6 +265,8 @@ pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin:
         .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
@@ -272,6 +276,10 @@ pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin:
                     let _ = tx.send((line.contains("admin API"), a));
                 }
             }
+            let mut kept = kept.lock().unwrap();
+            if kept.len() < 10_000 {
+                kept.push(line);
+            }
         }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -279,6 +287,7 @@ pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin:
         child,
         listeners: Vec::new(),
         admin: None,
+        log,
     };
     while got.listeners.len() < listeners || (admin && got.admin.is_none()) {
         if let Some(status) = got.child.try_wait().expect("try_wait") {
