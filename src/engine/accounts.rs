@@ -118,10 +118,10 @@ impl AccountStore {
         self.map.contains_key(&id)
     }
 
-    /// Drop state idle for longer than `idle_for` and owing nothing; then,
-    /// while more than `cap` remain, the longest-idle of those that forgive
-    /// nothing when dropped (buckets full, nothing in flight, and not
-    /// `keep`), down to 7/8 of the cap.
+    /// Drop state idle for longer than `idle_for`, owing nothing and not
+    /// `keep`; then, while more than `cap` remain, the longest-idle of those
+    /// that forgive nothing when dropped (buckets full, nothing in flight,
+    /// and not `keep`), down to 7/8 of the cap.
     pub fn evict(
         &self,
         now: Nanos,
@@ -131,8 +131,9 @@ impl AccountStore {
     ) -> Eviction {
         let idle_ns = u64::try_from(idle_for.as_nanos()).unwrap_or(u64::MAX);
         let before = self.map.len();
-        self.map
-            .retain(|_, s| !(s.is_idle(now) && now.saturating_sub(s.last_seen) >= idle_ns));
+        self.map.retain(|id, s| {
+            !(s.is_idle(now) && now.saturating_sub(s.last_seen) >= idle_ns && !keep(*id))
+        });
         let mut e = Eviction {
             idle: before.saturating_sub(self.map.len()) as u64,
             ..Eviction::default()
@@ -203,5 +204,26 @@ mod tests {
         }
         assert!(store.contains(21));
         assert_eq!(store.len(), 11);
+    }
+
+    #[test]
+    fn idle_state_with_evidence_stays_until_the_evidence_is_gone() {
+        let store = AccountStore::default();
+        let sec = 1_000_000_000;
+        for id in 1..=3 {
+            store.with(id, 0, |_| ());
+        }
+        // Long idle, under the cap: only 2 carries evidence.
+        let e = store.evict(7200 * sec, std::time::Duration::from_secs(600), 100, |id| {
+            id == 2
+        });
+        assert_eq!(e.idle, 2);
+        assert!(store.contains(2) && !store.contains(1) && !store.contains(3));
+        // Its evidence has decayed: it goes at the next pass.
+        let e = store.evict(7300 * sec, std::time::Duration::from_secs(600), 100, |_| {
+            false
+        });
+        assert_eq!(e.idle, 1);
+        assert_eq!(store.len(), 0);
     }
 }

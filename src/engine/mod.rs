@@ -1208,9 +1208,10 @@ impl Engine {
             .store(e.kept_over_cap, Ordering::Relaxed);
     }
 
-    /// Whether dropping the account would lose detection evidence: its
-    /// ladder is above allow, or its score is at least half the slow
-    /// threshold, or an admin decided about it.
+    /// Whether dropping the account would lose detection evidence: an admin
+    /// decided about it, or its score (decayed to `now`) is at least half
+    /// the slow threshold, or still holds its ladder above allow. Scores
+    /// decay, so evidence ends, and with it the account's claim to memory.
     fn carries_evidence(&self, policy: &Policy, id: u64, now: Nanos) -> bool {
         if self.manual_accounts.contains_key(&id) {
             return true;
@@ -1219,8 +1220,10 @@ impl Engine {
             return false;
         };
         self.account_signals.get(&id).is_some_and(|e| {
-            e.1.level() > score::Level::Allow
-                || e.0.score(now, &d.score).value >= d.score.thresholds.slow.enter / 2.0
+            let score = e.0.score(now, &d.score).value;
+            let mut ladder = e.1;
+            score >= d.score.thresholds.slow.enter / 2.0
+                || ladder.update(score, &d.score) > score::Level::Allow
         })
     }
 }
