@@ -138,6 +138,11 @@ async fn proxy_request(
         Some(Inspection::Parsed(i)) => i.max_output_tokens,
         _ => None,
     };
+    // OpenAI chat's `n` generates that many choices, each up to the limit.
+    let choices = match &info {
+        Some(Inspection::Parsed(i)) => i.choices.unwrap_or(1).clamp(1, MAX_CHOICES),
+        _ => 1,
+    };
     let input_tokens = match &info {
         Some(Inspection::Parsed(i)) => u64::from(i.input_tokens_estimate),
         Some(Inspection::NotJson { len }) => (*len as u64).div_ceil(4),
@@ -245,16 +250,19 @@ async fn proxy_request(
     let mut settlement = Settlement::new(shared.clone(), ticket);
     settlement.record = record;
     // What the upstream may report at most: the output limit the request
-    // was forwarded with, and no more prompt tokens than its body has bytes.
+    // was forwarded with, times its choices. Input is bounded only by what
+    // no model reads: a body's bytes are no bound (stored responses, files
+    // and tool results count as input without being in the body).
     settlement.ceiling = Usage {
-        input_tokens: Some(body_len_hint(&parts.headers, &body).max(input_tokens)),
+        input_tokens: Some(MAX_INPUT_BELIEVED),
         output_tokens: u64::from(requested_max_output.map_or(MAX_OUTPUT_UNKNOWN, |m| {
             decision
                 .detection
                 .as_ref()
                 .and_then(|d| d.degrade_to)
                 .map_or(m, |d| d.min(m))
-        })),
+        }))
+        .saturating_mul(u64::from(choices)),
     };
     // A body that cannot be inspected cannot be degraded: at degrade or
     // above it is refused (settled unused as the settlement drops).
@@ -659,6 +667,15 @@ fn body_len_hint(h: &http::HeaderMap, body: &RequestBody) -> u64 {
 /// The output ceiling of a request whose output limit is unknown (the
 /// OpenAI APIs allow leaving it out).
 const MAX_OUTPUT_UNKNOWN: u32 = 1 << 20;
+
+/// The most input tokens an upstream report is believed for one request:
+/// past any model's context window, far short of a 4e9 that would mean a
+/// retry-after of years.
+const MAX_INPUT_BELIEVED: u64 = 1 << 24;
+
+/// The most choices (`n`) one request is believed to generate (OpenAI's
+/// own limit).
+const MAX_CHOICES: u32 = 128;
 
 /// What the engine is owed for an admitted request: settled once, when the
 /// response body ends, fails or is dropped (client gone), with the usage

@@ -612,6 +612,43 @@ max_concurrent = 16
 }
 
 #[test]
+fn several_choices_are_charged_in_full() {
+    let env = Env::start(
+        r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 100000000
+output_tokens_per_minute = 60000
+max_concurrent = 16
+"#,
+    );
+    // OpenAI chat's n = 8: eight choices of up to 1,000 tokens each.
+    let body = r#"{"model":"m","n":8,"max_completion_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let shared = env.proxy.shared();
+    let before = shared.metrics.usage_clamped_count();
+    let mut s = connect(env.addr);
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer kn\r\n\
+         content-type: application/json\r\nx-mock-report-output-tokens: 8000\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let r = read_response(&mut s, Duration::from_secs(10));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let id = shared.hasher.account_id(b"kn");
+    wait_for("8,000 output tokens charged", || {
+        shared
+            .engine
+            .account_budgets(id, shared.clock.now())
+            .is_some_and(|b| b.output_tokens_remaining <= 60_000 - 8_000)
+    });
+    assert_eq!(shared.metrics.usage_clamped_count(), before, "not clamped");
+}
+
+#[test]
 fn a_reloaded_head_timeout_applies_to_new_connections() {
     let env = Env::start("");
     let path = env.dir.path().join("test.toml");

@@ -66,6 +66,9 @@ pub struct RequestInfo {
     pub model: Option<String>,
     /// Requested output-token limit.
     pub max_output_tokens: Option<u32>,
+    /// OpenAI chat `n`: how many choices are generated (each up to the
+    /// output limit), when a valid count.
+    pub choices: Option<u32>,
     /// `stream: true` was requested.
     pub stream: bool,
     /// Anthropic extended-thinking settings, when a `thinking` object is present.
@@ -456,6 +459,8 @@ enum Key {
     MaxOut,
     /// OpenAI chat's legacy `max_tokens` (used when the primary is absent).
     MaxOutLegacy,
+    /// OpenAI chat `n` (choices).
+    Choices,
     Stream,
     Thinking,
     ReasoningEffort,
@@ -510,6 +515,7 @@ fn key_chat(k: &str) -> Key {
         "model" => Key::Model,
         "max_completion_tokens" => Key::MaxOut,
         "max_tokens" => Key::MaxOutLegacy,
+        "n" => Key::Choices,
         "stream" => Key::Stream,
         "reasoning_effort" => Key::ReasoningEffort,
         "messages" => Key::Prompt,
@@ -534,6 +540,7 @@ fn key_other(k: &str) -> Key {
         "model" => Key::Model,
         "max_tokens" => Key::MaxOutLegacy,
         "max_completion_tokens" | "max_output_tokens" => Key::MaxOut,
+        "n" => Key::Choices,
         "stream" => Key::Stream,
         "thinking" => Key::Thinking,
         "reasoning_effort" => Key::ReasoningEffort,
@@ -607,6 +614,7 @@ impl<'de> Visitor<'de> for TopSeed {
                 Key::Model => info.model = map.next_value_seed(LenientString)?,
                 Key::MaxOut => info.max_output_tokens = map.next_value_seed(LenientU32)?,
                 Key::MaxOutLegacy => legacy_max = map.next_value_seed(LenientU32)?,
+                Key::Choices => info.choices = map.next_value_seed(LenientU32)?,
                 Key::Stream => info.stream = map.next_value_seed(LenientBool)?,
                 Key::Thinking => info.thinking = map.next_value_seed(ThinkingSeed)?,
                 Key::ReasoningEffort => {
