@@ -736,6 +736,18 @@ impl Engine {
         let tier = &policy.tiers[tier_idx];
         let manual = self.manual_account(obs.account);
         let allow_listed = allow_listed || manual == Some(Manual::Allow);
+        // A new account the store has no room for leaves no trace: not in
+        // the store, not in the linker's index, not in a cluster's size.
+        if let Err(hit) = self.admit_new_account(obs, &policy, now) {
+            return Decision {
+                verdict: Verdict::Throttle(hit),
+                tier: tier.name.clone(),
+                allow_listed,
+                cluster: None,
+                cluster_enforced: false,
+                detection: None,
+            };
+        }
         // Allow-listed accounts skip detection: they are never linked.
         let (cluster, shared) = if policy.cluster.enabled && !allow_listed {
             self.observe_link(obs, &policy, now)
@@ -762,16 +774,6 @@ impl Engine {
         };
         if let Some(scope) = blocked {
             return block(scope, false, None);
-        }
-        if let Err(hit) = self.admit_new_account(obs, &policy, now) {
-            return Decision {
-                verdict: Verdict::Throttle(hit),
-                tier: tier.name.clone(),
-                allow_listed,
-                cluster,
-                cluster_enforced: false,
-                detection: None,
-            };
         }
         // A cluster is scored as a whole from `score_min_strength`, and
         // shares a budget from `min_strength` (evidence of one operator).

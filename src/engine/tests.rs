@@ -765,6 +765,52 @@ mod detection {
 
     const MIN: Nanos = 60 * SECOND;
 
+    /// Over capacity, a refused new account leaves no trace: it is in no
+    /// cluster and adds nothing to any cluster's size.
+    #[test]
+    fn refused_new_accounts_are_never_linked() {
+        let mut p = policy();
+        p.max_tracked = 40;
+        p.new_accounts_at_capacity = Rate::per_minute(5, 5);
+        let e = Engine::new(p);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let t0 = 1000 * MIN;
+        let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+        for a in 0..300u64 {
+            let r = Req {
+                account: 70_000 + a,
+                text: format!(
+                    "Explain your reasoning step by step before answering. Question: {}",
+                    words(&mut rng, 20)
+                ),
+                max_tokens: 64_000,
+                ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+                prefix: "198.51.100.0/24".into(),
+            };
+            let d = run(&e, &r, t0 + a * (SECOND / 10), 100);
+            match d.verdict {
+                Verdict::Throttle(h) if h.kind == LimitKind::NewAccounts => refused.push(a),
+                _ => admitted.push(a),
+            }
+        }
+        assert!(!refused.is_empty(), "nothing refused");
+        for a in &refused {
+            assert!(
+                e.cluster_of(AccountId(70_000 + a)).is_none(),
+                "refused account {a} was linked"
+            );
+        }
+        let linked = admitted
+            .iter()
+            .filter(|a| e.cluster_of(AccountId(70_000 + **a)).is_some())
+            .count();
+        assert!(
+            linked > 0,
+            "the admitted accounts form no cluster: the check proves nothing"
+        );
+        assert!(e.tracked_accounts() <= 80, "{}", e.tracked_accounts());
+    }
+
     /// A 400-account hydra eliciting chain of thought with a shared
     /// template, max_tokens pinned at the ceiling, all members firing in the
     /// same seconds, climbs to Block; after it stops, it decays to Allow.
