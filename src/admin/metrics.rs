@@ -170,16 +170,25 @@ pub struct Metrics {
     pub proxy_overhead: Histogram,
 }
 
+/// One open client connection in `distill_guard_connections_open`.
+#[derive(Debug)]
+pub struct OpenConnection<'a>(&'a Metrics);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
-    /// A connection was accepted (and is now open).
-    pub fn conn_opened(&self) {
+    /// A connection was accepted (and is now open) until the returned
+    /// guard drops: on every exit of its task, a panic or a cancelled task
+    /// at shutdown included.
+    #[must_use = "the connection counts as open while the guard lives"]
+    pub fn conn_opened(&self) -> OpenConnection<'_> {
         self.connections_accepted.fetch_add(1, Ordering::Relaxed);
         self.connections_open.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An accepted connection closed.
-    pub fn conn_closed(&self) {
-        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        OpenConnection(self)
     }
 
     /// Connections accepted and not yet closed.

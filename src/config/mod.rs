@@ -541,8 +541,19 @@ fn nonzero_ms(key: &str, ms: u64) -> Result<Duration, Invalid> {
     if ms == 0 {
         return Err(invalid(key, "expected a duration in milliseconds above 0"));
     }
+    // Timers add these to the current instant: a bound keeps that sum
+    // representable (and a year is past any sensible setting).
+    if ms > MAX_DURATION_MS {
+        return Err(invalid(
+            key,
+            format!("expected at most {MAX_DURATION_MS} milliseconds (a year)"),
+        ));
+    }
     Ok(Duration::from_millis(ms))
 }
+
+/// The longest duration any `_ms` setting may have: 365 days.
+const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A file a config names (resolved against `base`) and its text; an error
 /// names the config key.

@@ -81,6 +81,11 @@ fn bad_values_are_rejected() {
             "url = \"https://x\"\nca_path = \"/nonexistent/ca.pem\"",
             "upstream.ca_path",
         ),
+        (
+            "url = \"http://127.0.0.1:9000/base/\"",
+            "url = \"http://127.0.0.1:9000\"\n[limits]\nbody_read_timeout_ms = 9223372036854775807",
+            "limits.body_read_timeout_ms",
+        ),
     ] {
         let e = parse_str(&MINIMAL.replace(from, to)).unwrap_err();
         assert_eq!(e.key, key, "{e}");

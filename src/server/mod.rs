@@ -663,7 +663,7 @@ async fn serve_connection(
     held: Held,
 ) {
     let metrics = &worker.shared.metrics;
-    metrics.conn_opened();
+    let _open = metrics.conn_opened();
     let _ = stream.set_nodelay(true);
     let deadline = worker.shared.config.load().limits.handshake_timeout;
     let trusted = proxy_protocol && {
@@ -691,7 +691,6 @@ async fn serve_connection(
             metrics.conn_rejected(ConnReject::HandshakeTimeout);
         }
     }
-    metrics.conn_closed();
 }
 
 /// Plain or TLS-terminated client bytes.
