@@ -49,9 +49,23 @@ pub async fn handle(
         account: None,
         decision: "",
     };
-    let mut resp = match proxy_request(worker, conn, api, &request_id, req, &mut log).await {
+    // A path an upstream would read as an LLM endpoint must be written as
+    // one, or it would pass uninspected: refused in that API's shape.
+    let served = match ApiKind::disguised(uri.path()) {
+        Some(kind) => Err((
+            kind,
+            ProxyError::BadRequest(format!(
+                "the request path is not in canonical form; send it as {}",
+                kind.path()
+            )),
+        )),
+        None => proxy_request(worker, conn, api, &request_id, req, &mut log)
+            .await
+            .map_err(|e| (api, e)),
+    };
+    let mut resp = match served {
         Ok(r) => r,
-        Err(e) => {
+        Err((api, e)) => {
             debug!(request_id = ?request_id, error = %e, "request failed");
             log.decision = e.kind().label();
             error_response(api.error_shape(), e.kind(), &e.client_message())

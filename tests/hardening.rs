@@ -403,6 +403,29 @@ fn uninspectable_bodies_are_refused_in_the_api_shape() {
 }
 
 #[test]
+fn llm_paths_in_disguise_are_refused_not_forwarded_uninspected() {
+    let env = Env::start("");
+    for path in ["//v1/messages", "/v1/%6Dessages", "/v1/x/../messages"] {
+        let mut s = connect(env.addr);
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{SMALL_MESSAGE}",
+            SMALL_MESSAGE.len()
+        )
+        .unwrap();
+        let r = read_response(&mut s, Duration::from_secs(10));
+        assert!(r.starts_with("HTTP/1.1 400"), "{path}: {r}");
+        assert!(r.contains("invalid_request_error"), "{r}");
+        assert!(r.contains("/v1/messages"), "{r}");
+    }
+    assert!(env.mock.requests().is_empty(), "{:?}", env.mock.requests());
+    // The canonical path is served.
+    let r = post(env.addr, "k1", "", SMALL_MESSAGE);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+#[test]
 fn strictest_forwards_clean_accounts_and_refuses_degraded_ones() {
     use distill_guard::stack::Uninspected;
     // Low thresholds: a chain-of-thought prompt with thinking reaches

@@ -71,6 +71,47 @@ impl ApiKind {
         }
     }
 
+    /// The LLM endpoint a non-canonical `path` names once normalised the
+    /// way upstream servers commonly do (percent-decoding, repeated
+    /// slashes merged, `.` and `..` segments resolved, a trailing slash
+    /// dropped, case folded), when [`ApiKind::from_path`] does not see one
+    /// in it as written: such a request would reach the model uninspected.
+    /// None for canonical paths and for paths that name no LLM endpoint.
+    pub fn disguised(path: &str) -> Option<ApiKind> {
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        let raw = path.get(..end).unwrap_or(path);
+        if ApiKind::from_path(raw) != ApiKind::Other {
+            return None;
+        }
+        let decoded = percent_decode(raw);
+        let mut segments: Vec<&str> = Vec::new();
+        for seg in decoded.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                s => segments.push(s),
+            }
+        }
+        let normal = format!("/{}", segments.join("/")).to_ascii_lowercase();
+        match ApiKind::from_path(&normal) {
+            ApiKind::Other => None,
+            kind => Some(kind),
+        }
+    }
+
+    /// The canonical path of this API's endpoint ("" for
+    /// [`ApiKind::Other`]).
+    pub fn path(self) -> &'static str {
+        match self {
+            ApiKind::Anthropic => "/v1/messages",
+            ApiKind::OpenAiChat => "/v1/chat/completions",
+            ApiKind::OpenAiResponses => "/v1/responses",
+            ApiKind::Other => "",
+        }
+    }
+
     /// The error shape clients of this API expect; [`ApiKind::Other`] gets
     /// Anthropic's.
     pub fn error_shape(self) -> ErrorShape {
@@ -79,6 +120,35 @@ impl ApiKind {
             ApiKind::Anthropic | ApiKind::Other => ErrorShape::Anthropic,
         }
     }
+}
+
+/// `%XX` escapes decoded (twice over, as a chain of decoders may); invalid
+/// escapes and non-UTF-8 results kept as they are.
+fn percent_decode(path: &str) -> String {
+    let once = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (
+                b[i],
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (c, _, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    };
+    once(&once(path))
 }
 
 /// JSON shape of an error body.
@@ -264,6 +334,36 @@ mod tests {
         ErrorKind::Overloaded,
         ErrorKind::Internal,
     ];
+
+    #[test]
+    fn disguised_llm_paths_are_recognised() {
+        for (path, kind) in [
+            ("/v1/chat/%63ompletions", ApiKind::OpenAiChat),
+            ("//v1/messages", ApiKind::Anthropic),
+            ("/v1//messages", ApiKind::Anthropic),
+            ("/v1/./messages", ApiKind::Anthropic),
+            ("/v1/x/../messages", ApiKind::Anthropic),
+            ("/v1/messages/", ApiKind::Anthropic),
+            ("/V1/Messages", ApiKind::Anthropic),
+            ("/v1%2Fresponses", ApiKind::OpenAiResponses),
+            ("/v1/chat/%2563ompletions?x=1", ApiKind::OpenAiChat),
+        ] {
+            assert_eq!(ApiKind::disguised(path), Some(kind), "{path}");
+        }
+        for path in [
+            "/v1/messages",
+            "/v1/messages?beta=true",
+            "/v1/messages/count_tokens",
+            "/v1/models",
+            "/v1/chat/completions/",
+            "/%zz/messages",
+            "/",
+            "",
+        ] {
+            let want = (path == "/v1/chat/completions/").then_some(ApiKind::OpenAiChat);
+            assert_eq!(ApiKind::disguised(path), want, "{path}");
+        }
+    }
 
     #[test]
     fn paths() {
