@@ -287,6 +287,48 @@ fn one_address_cannot_take_every_connection() {
 }
 
 #[test]
+fn behind_a_proxy_protocol_front_the_share_is_the_announced_clients() {
+    let mock = distill_guard::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        distill_guard::mock::MockOptions::default(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        &format!("[identity]\ntrusted_proxies = [\"127.0.0.1\"]\n{CAPPED}"),
+    )
+    .replacen(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\nproxy_protocol = true",
+        1,
+    );
+    let proxy = distill_guard::server::start(config_from(&text, dir.path())).unwrap();
+    let addr = proxy.local_addrs()[0];
+    let announce = |client: &str| {
+        let mut s = connect(addr);
+        // The header, then the first byte of a request head.
+        write!(s, "PROXY TCP4 {client} 127.0.0.1 40000 443\r\nP").unwrap();
+        s
+    };
+    // The share is 4: four connections of one client are held...
+    let held: Vec<TcpStream> = (0..4).map(|_| announce("203.0.113.7")).collect();
+    let m = &proxy.shared().metrics;
+    wait_for("four held", || m.open_connections() == 4);
+    // ...its fifth is closed at once, while another client behind the same
+    // front is not.
+    let mut fifth = announce("203.0.113.7");
+    closed_within(&mut fifth, Duration::from_secs(5));
+    let other = announce("203.0.113.8");
+    wait_for("share refusal counted", || {
+        m.rejected(ConnReject::OverAddressShare) >= 1
+    });
+    assert!(held.iter().all(still_open), "closed by deadline, not share");
+    assert!(still_open(&other), "another client was refused");
+    proxy.shutdown();
+}
+
+#[test]
 fn admin_connections_are_capped_and_deadlined() {
     let env = Env::start(&format!("max_connections = 2\n{CAPPED}"));
     let admin = env.proxy.admin_addr().unwrap();

@@ -660,7 +660,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     (tls, proxy_protocol): (Option<Arc<rustls::ServerConfig>>, bool),
-    held: Held,
+    mut held: Held,
 ) {
     let metrics = &worker.shared.metrics;
     let _open = metrics.conn_opened();
@@ -675,6 +675,18 @@ async fn serve_connection(
         tokio::time::timeout(deadline, accept_io(stream, peer, tls, trusted, metrics)).await;
     match accepted {
         Ok(Ok((io, conn))) => {
+            // Behind a trusted PROXY-protocol front the share is the
+            // announced client's: the front itself is exempt.
+            if trusted && conn.client.ip() != peer.ip() {
+                match address_slot(&worker.shared, conn.client.ip()) {
+                    Ok(slot) => held._slot = slot,
+                    Err(()) => {
+                        metrics.conn_rejected(ConnReject::OverAddressShare);
+                        debug!(%peer, client = %conn.client, "address connection share reached, closing");
+                        return;
+                    }
+                }
+            }
             let (io, tap) = tap::Tapped::new(io);
             let conn = ConnInfo {
                 tap: Some(tap),
