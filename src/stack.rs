@@ -97,20 +97,30 @@ async fn proxy_request(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let shared = &worker.shared;
     let config = shared.config.load();
-    // The client address first: the fingerprint's network prefix and ASN
-    // are the client's, not a trusted front's.
-    let client_ip = identity::client_ip(
-        conn.client.ip(),
+    // What a trusted front says first, then the client address: the
+    // fingerprint's network prefix and ASN are the client's, not a front's.
+    let trusted = identity::is_trusted(conn.client.ip(), &config.identity.trusted_proxies);
+    let front = fingerprint::front::read(
+        &config.fingerprint.front,
         req.headers(),
-        &config.identity.trusted_proxies,
+        trusted,
+        |part, outcome| shared.metrics.front_header(part, outcome),
     );
-    let fp = client_fingerprint(&config, conn, client_ip, &req);
+    let client_ip = front.address.unwrap_or_else(|| {
+        identity::client_ip(
+            conn.client.ip(),
+            req.headers(),
+            &config.identity.trusted_proxies,
+        )
+    });
+    let fp = client_fingerprint(&config, conn, client_ip, front, &req);
     let Some((account, anonymous)) = identify(&config, &shared.hasher, client_ip, &req) else {
         return Err(ProxyError::Unauthorized);
     };
     log.account = Some(account);
 
     let (mut parts, body) = req.into_parts();
+    fingerprint::front::strip(&config.fingerprint.front, &mut parts.headers);
     forward_fingerprint(&config, &fp, &mut parts.headers);
     let (mut body, read) = read_body(&config, api, &parts, body).await?;
     let uninspectable = read.uninspectable();
@@ -408,6 +418,7 @@ fn traffic_record(
         h2: fp.h2.as_ref().map(|h| h.akamai().to_string()),
         ip_prefix: fp.ip_prefix.map(|p| p.to_string()),
         asn: fp.asn,
+        sources: Some(fp.sources),
         model: f.model.clone(),
         input_tokens,
         max_output_tokens: f.max_output_tokens,
@@ -461,6 +472,7 @@ impl Audit<'_> {
                 "ip_prefix": fp.ip_prefix.map(|p| p.to_string()),
                 "asn": fp.asn,
                 "inconsistent_with": fp.inconsistent_with,
+                "sources": fp.sources,
             })),
             decision: action.to_string(),
             reasons,
@@ -791,13 +803,17 @@ fn observed_attrs(
 /// The fingerprint step: connection-level parts from the accept path, the
 /// request head's HTTP fingerprint from the tap, the network prefix and ASN
 /// of `client_ip` (the identity step's client address: the peer, or what a
-/// trusted front said) and the consistency flag.
+/// trusted front said) and the consistency flag. What a trusted front said
+/// in its headers (`front`) replaces what was observed, part by part, and
+/// [`ClientFingerprint::sources`] says which is which.
 fn client_fingerprint(
     config: &Config,
     conn: &ConnInfo,
     client_ip: std::net::IpAddr,
+    front: fingerprint::front::FrontFacts,
     req: &Request<Incoming>,
 ) -> ClientFingerprint {
+    use fingerprint::Source::{Front, Observed};
     let fc = &config.fingerprint;
     let (h2, http) = match (&conn.tap, req.version()) {
         (Some(tap), http::Version::HTTP_2) => {
@@ -819,8 +835,39 @@ fn client_fingerprint(
             http::Version::HTTP_2 => h2.is_none(),
             _ => http.is_none(),
         };
+    fn pick<T>(told: Option<T>, seen: Option<T>) -> (Option<T>, Option<fingerprint::Source>) {
+        match (told, seen) {
+            (Some(v), _) => (Some(v), Some(Front)),
+            (None, Some(v)) => (Some(v), Some(Observed)),
+            (None, None) => (None, None),
+        }
+    }
+    let (ja4, ja4_source) = pick(front.ja4, conn.ja4);
+    let (h2, h2_source) = pick(front.h2, h2);
+    let (asn, asn_source) = pick(
+        front.asn,
+        fc.asn_db
+            .as_ref()
+            .and_then(|db| db.lookup(client_ip))
+            .map(|a| a.number),
+    );
+    // The address is a front's when it is not the socket peer's: a front
+    // header, a trusted `x-forwarded-for` or a PROXY protocol source.
+    let peer = match conn.peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(conn.peer.ip(), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let sources = fingerprint::Sources {
+        ja4: ja4_source,
+        http: http.as_ref().map(|_| Observed),
+        h2: h2_source,
+        address: Some(if client_ip == peer { Observed } else { Front }),
+        asn: asn_source,
+    };
     let mut fp = ClientFingerprint {
-        ja4: conn.ja4,
+        ja4,
         http,
         h2,
         ip_prefix: Some(fingerprint::network::prefix(
@@ -828,13 +875,10 @@ fn client_fingerprint(
             fc.ipv4_prefix_len,
             fc.ipv6_prefix_len,
         )),
-        asn: fc
-            .asn_db
-            .as_ref()
-            .and_then(|db| db.lookup(client_ip))
-            .map(|a| a.number),
+        asn,
         inconsistent_with: None,
         unreadable,
+        sources,
     };
     if !fc.known_clients.is_empty() {
         let ua = req

@@ -59,6 +59,10 @@ pub struct TrafficRecord {
     /// AS number.
     #[serde(default)]
     pub asn: Option<u32>,
+    /// Where each fingerprint part came from: `observed` by distill-guard
+    /// or told by a trusted `front` (live records only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<crate::fingerprint::Sources>,
     /// Requested model.
     #[serde(default)]
     pub model: Option<String>,
