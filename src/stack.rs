@@ -120,6 +120,8 @@ async fn proxy_request(
     log.account = Some(account);
 
     let (mut parts, body) = req.into_parts();
+    // Front headers never travel on, believed or not: the upstream cannot
+    // mistake a forged one for the front's.
     fingerprint::front::strip(&config.fingerprint.front, &mut parts.headers);
     forward_fingerprint(&config, &fp, &mut parts.headers);
     let (mut body, read) = read_body(&config, api, &parts, body).await?;
