@@ -20,9 +20,10 @@ use crate::engine::{
 mod outcome;
 pub use outcome::{Headline, PopulationOutcome, CONTAINED_SERVED_FRACTION};
 
-/// Version of [`TrafficRecord`]'s schema written now. Version 2 added the
-/// simulator's `population` and `attack`; version 1 lines are still read.
-pub const RECORD_VERSION: u32 = 2;
+/// Version of [`TrafficRecord`]'s schema written now. Version 3 added the
+/// proxy's `sources`, version 2 the simulator's `population` and `attack`;
+/// version 1 and 2 lines are still read.
+pub const RECORD_VERSION: u32 = 3;
 
 /// The oldest schema version `replay` reads.
 pub const OLDEST_RECORD_VERSION: u32 = 1;
