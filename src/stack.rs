@@ -837,30 +837,31 @@ fn client_fingerprint(
             http::Version::HTTP_2 => h2.is_none(),
             _ => http.is_none(),
         };
-    fn pick<T>(told: Option<T>, seen: Option<T>) -> (Option<T>, Option<fingerprint::Source>) {
-        match (told, seen) {
-            (Some(v), _) => (Some(v), Some(Front)),
-            (None, Some(v)) => (Some(v), Some(Observed)),
-            (None, None) => (None, None),
+    /// What a front told, else what was seen (looked up only then).
+    fn pick<T>(
+        told: Option<T>,
+        seen: impl FnOnce() -> Option<T>,
+    ) -> (Option<T>, Option<fingerprint::Source>) {
+        match told {
+            Some(v) => (Some(v), Some(Front)),
+            None => {
+                let v = seen();
+                let source = v.as_ref().map(|_| Observed);
+                (v, source)
+            }
         }
     }
-    let (ja4, ja4_source) = pick(front.ja4, conn.ja4);
-    let (h2, h2_source) = pick(front.h2, h2);
-    let (asn, asn_source) = pick(
-        front.asn,
+    let (ja4, ja4_source) = pick(front.ja4, || conn.ja4);
+    let (h2, h2_source) = pick(front.h2, || h2);
+    let (asn, asn_source) = pick(front.asn, || {
         fc.asn_db
             .as_ref()
             .and_then(|db| db.lookup(client_ip))
-            .map(|a| a.number),
-    );
+            .map(|a| a.number)
+    });
     // The address is a front's when it is not the socket peer's: a front
     // header, a trusted `x-forwarded-for` or a PROXY protocol source.
-    let peer = match conn.peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(conn.peer.ip(), std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let peer = identity::canonical(conn.peer.ip());
     let sources = fingerprint::Sources {
         ja4: ja4_source,
         http: http.as_ref().map(|_| Observed),
