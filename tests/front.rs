@@ -33,6 +33,7 @@ const FRONT: &str = "127.0.0.2";
 const CLIENT: &str = "127.0.0.1";
 /// A JA4 no rustls client produces: whoever reports it, a front said it.
 const FRONT_JA4: &str = "t13d1517h2_8daaf6152771_b0da82dd1658";
+const ADMIN_TOKEN: &str = "front-recipe-test-token";
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples")
@@ -121,7 +122,13 @@ impl Recipe {
             )],
         );
         set("server", vec![("workers", T::from(1))]);
-        set("admin", vec![("address", T::from("127.0.0.1:0"))]);
+        set(
+            "admin",
+            vec![
+                ("address", T::from("127.0.0.1:0")),
+                ("token", T::from(ADMIN_TOKEN)),
+            ],
+        );
         set("record", vec![("path", T::from(record.to_str().unwrap()))]);
         set(
             "audit",
@@ -149,6 +156,35 @@ impl Recipe {
             .shared()
             .metrics
             .front_header_count(part, outcome)
+    }
+
+    /// `distill_guard_front_headers_total{part, outcome}` as scraped from
+    /// the admin listener's `/metrics`.
+    async fn scraped(&self, part: &str, outcome: &str) -> f64 {
+        let admin = self.proxy.admin_addr().unwrap();
+        let req = Request::get(format!("http://{admin}/metrics"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = timeout(client().request(req)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("valid Prometheus text");
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "distill_guard_front_headers_total"
+                    && s.labels.get("part") == Some(part)
+                    && s.labels.get("outcome") == Some(outcome)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no front header sample {part} {outcome}"))
     }
 
     /// One request over TLS from `from`, with `headers`; its request id.
@@ -312,6 +348,12 @@ async fn cdn_recipe(
     assert_eq!(rec["sources"]["address"], "front", "{rec}");
     no_header_starting(&r.upstream_headers(&id), front_headers);
     assert_eq!(r.front_count(Part::Ja4, Outcome::Malformed), 1);
+
+    // What ops teams see.
+    assert_eq!(r.scraped("ja4", "used").await, 1.0);
+    assert_eq!(r.scraped("ja4", "malformed").await, 1.0);
+    assert_eq!(r.scraped("ja4", "untrusted").await, 1.0);
+    assert_eq!(r.scraped("address", "used").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
