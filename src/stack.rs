@@ -47,6 +47,7 @@ pub async fn handle(
     let mut log = AccessLog {
         started: std::time::Instant::now(),
         account: None,
+        client: None,
         decision: "",
     };
     let mut resp = match proxy_request(worker, conn, api, &request_id, req, &mut log).await {
@@ -62,11 +63,14 @@ pub async fn handle(
     } else {
         log.decision
     });
-    // One access line per request; the account is its keyed hash, never the key.
+    // One access line per request; the account is its keyed hash, never the
+    // key. `client` is the address believed (a trusted front's word, else
+    // the peer), `peer` the socket's.
     info!(
         target: "distill_guard::access",
         request_id = ?request_id,
-        client = %conn.client.ip(),
+        client = %log.client.unwrap_or_else(|| conn.client.ip()),
+        peer = %conn.peer.ip(),
         method = %method,
         path = %uri.path(),
         account = log.account.map(|a| a.to_string()).unwrap_or_default(),
@@ -84,6 +88,7 @@ pub async fn handle(
 struct AccessLog {
     started: std::time::Instant,
     account: Option<AccountId>,
+    client: Option<std::net::IpAddr>,
     decision: &'static str,
 }
 
@@ -113,6 +118,7 @@ async fn proxy_request(
             &config.identity.trusted_proxies,
         )
     });
+    log.client = Some(client_ip);
     let fp = client_fingerprint(&config, conn, client_ip, front, &req);
     let Some((account, anonymous)) = identify(&config, &shared.hasher, client_ip, &req) else {
         return Err(ProxyError::Unauthorized);

@@ -131,6 +131,8 @@ fn serve_json_logs_are_one_object_per_line() {
         if v["target"] == "distill_guard::access" {
             access += 1;
             assert_eq!(v["fields"]["status"], 200, "{line}");
+            assert_eq!(v["fields"]["client"], "127.0.0.1", "{line}");
+            assert_eq!(v["fields"]["peer"], "127.0.0.1", "{line}");
         }
     }
     assert_eq!(access, 1, "one access line expected in:\n{logs}");
