@@ -570,6 +570,35 @@ impl Summary {
 mod tests {
     use super::*;
 
+    /// A live record says where its fingerprint parts came from (v3); the
+    /// line reads back as written, and version 2 lines without it still read.
+    #[test]
+    fn sources_round_trip_and_older_lines_still_read() {
+        use crate::fingerprint::{Source, Sources};
+        let rec = TrafficRecord {
+            v: RECORD_VERSION,
+            account: "00000000000000aa".into(),
+            ja4: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
+            ip_prefix: Some("198.51.100.0/24".into()),
+            sources: Some(Sources {
+                ja4: Some(Source::Front),
+                address: Some(Source::Front),
+                http: Some(Source::Observed),
+                ..Sources::default()
+            }),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        assert!(
+            line.contains(r#""sources":{"ja4":"front","http":"observed","address":"front"}"#),
+            "{line}"
+        );
+        assert_eq!(parse_line(&line, 1).unwrap(), rec);
+        let v2 =
+            r#"{"v":2,"t_ms":1,"account":"00000000000000aa","input_tokens":1,"output_tokens":1}"#;
+        assert_eq!(parse_line(v2, 1).unwrap().sources, None);
+    }
+
     /// Found by the `traffic_record` fuzz target: `t_ms` = u64::MAX became
     /// a clock of u64::MAX nanoseconds and the engine's next maintenance
     /// time overflowed (a panic with overflow checks, maintenance on every
