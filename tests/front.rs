@@ -376,12 +376,12 @@ async fn behind_cloudflare_the_transform_rule_headers_are_the_client() {
     cdn_recipe(
         "cloudflare",
         &[
-            ("cf-ja4", FRONT_JA4),
+            ("x-client-ja4", FRONT_JA4),
             ("CF-Connecting-IP", "198.51.100.10"),
-            ("cf-asn", "64496"),
+            ("x-client-asn", "64496"),
         ],
         "198.51.100.0/24",
-        &["cf-ja4", "cf-connecting-ip", "cf-asn"],
+        &["x-client-ja4", "cf-connecting-ip", "x-client-asn"],
     )
     .await;
 }
