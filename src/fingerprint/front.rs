@@ -270,6 +270,30 @@ mod tests {
     }
 
     #[test]
+    fn an_h2_fingerprint_from_a_front_is_canonical() {
+        let config = FrontConfig {
+            h2_header: Some(HeaderName::from_static("x-h2-fingerprint")),
+            ..FrontConfig::default()
+        };
+        let h = headers(&[(
+            "x-h2-fingerprint",
+            "1:65536,2:0,4:6291456,6:262144|15663105|0|masp",
+        )]);
+        let mut seen = vec![];
+        let f = read(&config, &h, true, |p, o| seen.push((p, o)));
+        assert_eq!(
+            f.h2.as_ref().map(|h| h.akamai()),
+            Some("1:65536;2:0;4:6291456;6:262144|15663105|0|m,a,s,p")
+        );
+        assert_eq!(seen, [(Part::H2, Outcome::Used)]);
+        let h = headers(&[("x-h2-fingerprint", "1:65536|0|0")]);
+        let f = read(&config, &h, true, |p, o| {
+            assert_eq!((p, o), (Part::H2, Outcome::Malformed))
+        });
+        assert!(f.h2.is_none());
+    }
+
+    #[test]
     fn front_headers_are_stripped() {
         let mut h = headers(&[
             ("cloudfront-viewer-ja4-fingerprint", JA4),
