@@ -141,6 +141,30 @@ def proxy_protocol():
     return len(seeds)
 
 
+def front_headers():
+    seeds = [
+        "t13d1516h2_8daaf6152771_e5627efa2ab1",
+        "q13d0312h3_55b375c5d22e_06cda9e17597",
+        "d12i051000_000000000000_000000000000",
+        "t13d1516h2_8DAAF6152771_E5627EFA2AB1",
+        "t13d1516h2_8daaf6152771_e5627efa2ab",
+        "1:65536;2:0;4:6291456;6:262144|15663105|0|m,a,s,p",
+        "1:65536;4:131072;5:16384|12517377|3:0:0:201,5:0:0:101,7:0:0:1|m,p,a,s",
+        "1:65536,2:0,4:6291456,6:262144|15663105|0|masp",
+        "|0|0|",
+        "198.51.100.10:46532",
+        "2001:db8::1:46532",
+        "[2001:db8::1]:443",
+        "198.51.100.10",
+        "2001:db8::1",
+        "16509",
+        "AS13335",
+    ]
+    for s in seeds:
+        write("front_headers", s.encode())
+    return len(seeds)
+
+
 def usage_meter():
     fx = os.path.join(SHARED, "bench", "fixtures")
     bodies = []  # (mode, body): mode & 3 = kind, mode & 4 = streaming
@@ -287,7 +311,8 @@ def traffic_record():
                input_tokens=18446744073709551615, t_ms=18446744073709551615),
         record(prompt_keys=keys[:8]),
         record(account="not-hex"),
-        record(v=3),
+        record(v=3, sources={"ja4": "front", "http": "observed", "address": "front", "asn": "front"}),
+        record(v=4),
         record(unknown_field=1),
         record(fill_key="zz", ip_prefix="300.1.1.1/8"),
     ]
@@ -335,6 +360,7 @@ if __name__ == "__main__":
         "prompt_signature": prompt_signature(),
         "traffic_record": traffic_record(),
         "config_load": config_load(),
+        "front_headers": front_headers(),
     }
     for k, v in counts.items():
         print(f"{k}: {v} seeds written")

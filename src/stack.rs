@@ -47,6 +47,7 @@ pub async fn handle(
     let mut log = AccessLog {
         started: std::time::Instant::now(),
         account: None,
+        client: None,
         decision: "",
     };
     // A path an upstream would read as an LLM endpoint must be written as
@@ -76,11 +77,14 @@ pub async fn handle(
     } else {
         log.decision
     });
-    // One access line per request; the account is its keyed hash, never the key.
+    // One access line per request; the account is its keyed hash, never the
+    // key. `client` is the address believed (a trusted front's word, else
+    // the peer), `peer` the socket's.
     info!(
         target: "distill_guard::access",
         request_id = ?request_id,
-        client = %conn.client.ip(),
+        client = %log.client.unwrap_or_else(|| conn.client.ip()),
+        peer = %conn.peer.ip(),
         method = %method,
         path = %uri.path(),
         account = log.account.map(|a| a.to_string()).unwrap_or_default(),
@@ -98,6 +102,7 @@ pub async fn handle(
 struct AccessLog {
     started: std::time::Instant,
     account: Option<AccountId>,
+    client: Option<std::net::IpAddr>,
     decision: &'static str,
 }
 
@@ -111,20 +116,33 @@ async fn proxy_request(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let shared = &worker.shared;
     let config = shared.config.load();
-    // The client address first: the fingerprint's network prefix and ASN
-    // are the client's, not a trusted front's.
-    let client_ip = identity::client_ip(
-        conn.client.ip(),
+    // What a trusted front says first, then the client address: the
+    // fingerprint's network prefix and ASN are the client's, not a front's.
+    let trusted = identity::is_trusted(conn.client.ip(), &config.identity.trusted_proxies);
+    let front = fingerprint::front::read(
+        &config.fingerprint.front,
         req.headers(),
-        &config.identity.trusted_proxies,
+        trusted,
+        |part, outcome| shared.metrics.front_header(part, outcome),
     );
-    let fp = client_fingerprint(&config, conn, client_ip, &req);
+    let client_ip = front.address.unwrap_or_else(|| {
+        identity::client_ip(
+            conn.client.ip(),
+            req.headers(),
+            &config.identity.trusted_proxies,
+        )
+    });
+    log.client = Some(client_ip);
+    let fp = client_fingerprint(&config, conn, client_ip, front, &req);
     let Some((account, anonymous)) = identify(&config, &shared.hasher, client_ip, &req) else {
         return Err(ProxyError::Unauthorized);
     };
     log.account = Some(account);
 
     let (mut parts, body) = req.into_parts();
+    // Front headers never travel on, believed or not: the upstream cannot
+    // mistake a forged one for the front's.
+    fingerprint::front::strip(&config.fingerprint.front, &mut parts.headers);
     forward_fingerprint(&config, &fp, &mut parts.headers);
     let (mut body, read) = read_body(&config, api, &parts, body).await?;
     let uninspectable = read.uninspectable();
@@ -430,6 +448,7 @@ fn traffic_record(
         h2: fp.h2.as_ref().map(|h| h.akamai().to_string()),
         ip_prefix: fp.ip_prefix.map(|p| p.to_string()),
         asn: fp.asn,
+        sources: Some(fp.sources),
         model: f.model.clone(),
         input_tokens,
         max_output_tokens: f.max_output_tokens,
@@ -483,6 +502,7 @@ impl Audit<'_> {
                 "ip_prefix": fp.ip_prefix.map(|p| p.to_string()),
                 "asn": fp.asn,
                 "inconsistent_with": fp.inconsistent_with,
+                "sources": fp.sources,
             })),
             decision: action.to_string(),
             reasons,
@@ -822,13 +842,17 @@ fn observed_attrs(
 /// The fingerprint step: connection-level parts from the accept path, the
 /// request head's HTTP fingerprint from the tap, the network prefix and ASN
 /// of `client_ip` (the identity step's client address: the peer, or what a
-/// trusted front said) and the consistency flag.
+/// trusted front said) and the consistency flag. What a trusted front said
+/// in its headers (`front`) replaces what was observed, part by part, and
+/// [`ClientFingerprint::sources`] says which is which.
 fn client_fingerprint(
     config: &Config,
     conn: &ConnInfo,
     client_ip: std::net::IpAddr,
+    front: fingerprint::front::FrontFacts,
     req: &Request<Incoming>,
 ) -> ClientFingerprint {
+    use fingerprint::Source::{Front, Observed};
     let fc = &config.fingerprint;
     let (h2, http) = match (&conn.tap, req.version()) {
         (Some(tap), http::Version::HTTP_2) => {
@@ -850,8 +874,40 @@ fn client_fingerprint(
             http::Version::HTTP_2 => h2.is_none(),
             _ => http.is_none(),
         };
+    /// What a front told, else what was seen (looked up only then).
+    fn pick<T>(
+        told: Option<T>,
+        seen: impl FnOnce() -> Option<T>,
+    ) -> (Option<T>, Option<fingerprint::Source>) {
+        match told {
+            Some(v) => (Some(v), Some(Front)),
+            None => {
+                let v = seen();
+                let source = v.as_ref().map(|_| Observed);
+                (v, source)
+            }
+        }
+    }
+    let (ja4, ja4_source) = pick(front.ja4, || conn.ja4);
+    let (h2, h2_source) = pick(front.h2, || h2);
+    let (asn, asn_source) = pick(front.asn, || {
+        fc.asn_db
+            .as_ref()
+            .and_then(|db| db.lookup(client_ip))
+            .map(|a| a.number)
+    });
+    // The address is a front's when it is not the socket peer's: a front
+    // header, a trusted `x-forwarded-for` or a PROXY protocol source.
+    let peer = identity::canonical(conn.peer.ip());
+    let sources = fingerprint::Sources {
+        ja4: ja4_source,
+        http: http.as_ref().map(|_| Observed),
+        h2: h2_source,
+        address: Some(if client_ip == peer { Observed } else { Front }),
+        asn: asn_source,
+    };
     let mut fp = ClientFingerprint {
-        ja4: conn.ja4,
+        ja4,
         http,
         h2,
         ip_prefix: Some(fingerprint::network::prefix(
@@ -859,13 +915,10 @@ fn client_fingerprint(
             fc.ipv4_prefix_len,
             fc.ipv6_prefix_len,
         )),
-        asn: fc
-            .asn_db
-            .as_ref()
-            .and_then(|db| db.lookup(client_ip))
-            .map(|a| a.number),
+        asn,
         inconsistent_with: None,
         unreadable,
+        sources,
     };
     if !fc.known_clients.is_empty() {
         let ua = req

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::engine::{Engine, LimitKind, Scope};
+use crate::fingerprint::front::{Outcome as FrontOutcome, Part as FrontPart};
 use crate::fingerprint::tls::HelloError;
 use crate::server::deadline::Expired;
 
@@ -157,6 +158,8 @@ pub struct Metrics {
     accept_errors: AtomicU64,
     /// [unparseable, too_large] × [refused, forwarded at strictest].
     uninspectable: [[AtomicU64; 2]; 2],
+    /// `[fingerprint.front]` headers: part × outcome.
+    front_headers: [[AtomicU64; 3]; 4],
     requests: [AtomicU64; DECISIONS.len()],
     limits_hit: [AtomicU64; SCOPES.len() * KINDS.len()],
     upstream_status: [AtomicU64; 5],
@@ -250,6 +253,17 @@ impl Metrics {
     pub fn uninspectable_count(&self, why: crate::stack::Uninspected, refused: bool) -> u64 {
         let w = usize::from(why == crate::stack::Uninspected::TooLarge);
         self.uninspectable[w][usize::from(!refused)].load(Ordering::Relaxed)
+    }
+
+    /// A request carried a `[fingerprint.front]` header; what became of it.
+    pub fn front_header(&self, part: FrontPart, outcome: FrontOutcome) {
+        self.front_headers[front_index(part)][outcome_index(outcome)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many front headers of `part` had `outcome`.
+    pub fn front_header_count(&self, part: FrontPart, outcome: FrontOutcome) -> u64 {
+        self.front_headers[front_index(part)][outcome_index(outcome)].load(Ordering::Relaxed)
     }
 
     /// A connection was closed by a deadline.
@@ -408,6 +422,22 @@ impl Metrics {
                     out,
                     "distill_guard_uninspectable_total{{reason=\"{why}\",action=\"{action}\"}} {}",
                     load(&self.uninspectable[w][a])
+                );
+            }
+        }
+        counter(
+            &mut out,
+            "distill_guard_front_headers_total",
+            "[fingerprint.front] headers requests carried, by part and outcome: used (trusted peer, well-formed), malformed (trusted peer, ignored) or untrusted (peer not in identity.trusted_proxies, ignored). All are removed before forwarding.",
+        );
+        for part in FrontPart::ALL {
+            for outcome in FrontOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "distill_guard_front_headers_total{{part=\"{}\",outcome=\"{}\"}} {}",
+                    part.as_str(),
+                    outcome.as_str(),
+                    self.front_header_count(part, outcome)
                 );
             }
         }
@@ -600,4 +630,15 @@ impl Metrics {
         }
         out
     }
+}
+
+fn front_index(part: FrontPart) -> usize {
+    FrontPart::ALL.iter().position(|p| *p == part).unwrap_or(0)
+}
+
+fn outcome_index(outcome: FrontOutcome) -> usize {
+    FrontOutcome::ALL
+        .iter()
+        .position(|o| *o == outcome)
+        .unwrap_or(0)
 }

@@ -77,6 +77,33 @@ pub struct FileFingerprint {
     /// flagged as inconsistent (`[[fingerprint.known_client]]`).
     #[serde(rename = "known_client")]
     pub known_clients: Vec<FileKnownClient>,
+    /// What a trusted front (CDN, L7 load balancer) that terminates the
+    /// client's TLS observed of it, in request headers it sets.
+    pub front: FileFront,
+}
+
+/// `[fingerprint.front]`: request headers in which a front that terminates
+/// the client's TLS passes on what it observed. Believed only when the peer
+/// is in `identity.trusted_proxies`; removed from every request before it
+/// is forwarded upstream, believed or not. A missing or malformed value
+/// leaves what distill-guard observed itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileFront {
+    /// Header with the client's JA4 (e.g. `"CloudFront-Viewer-JA4-Fingerprint"`).
+    pub ja4_header: Option<String>,
+    /// Header with the client's HTTP/2 fingerprint in Akamai format
+    /// (`SETTINGS|WINDOW_UPDATE|PRIORITY|PSEUDO_HEADER_ORDER`).
+    pub h2_header: Option<String>,
+    /// Header with the client's address (e.g. `"CloudFront-Viewer-Address"`,
+    /// `"CF-Connecting-IP"`); used before `x-forwarded-for`.
+    pub address_header: Option<String>,
+    /// How `address_header` writes it: `"ip"` (default) or `"ip_port"`
+    /// (`198.51.100.10:46532`, IPv6 bracketed or not, as CloudFront does).
+    pub address_format: Option<String>,
+    /// Header with the client's AS number (e.g. `"CloudFront-Viewer-ASN"`);
+    /// used before `fingerprint.asn_database_path`.
+    pub asn_header: Option<String>,
 }
 
 impl Default for FileFingerprint {
@@ -89,6 +116,7 @@ impl Default for FileFingerprint {
             forward_http_header: None,
             forward_h2_header: None,
             known_clients: Vec::new(),
+            front: FileFront::default(),
         }
     }
 }

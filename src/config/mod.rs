@@ -353,6 +353,43 @@ pub struct FingerprintConfig {
     pub forward_h2_header: Option<http::HeaderName>,
     /// Known client stacks for the consistency flag.
     pub known_clients: Vec<KnownClient>,
+    /// Headers a trusted front passes its observations in.
+    pub front: FrontConfig,
+}
+
+/// `[fingerprint.front]`, validated: the headers a trusted front sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontConfig {
+    /// The client's JA4.
+    pub ja4_header: Option<http::HeaderName>,
+    /// The client's Akamai-format HTTP/2 fingerprint.
+    pub h2_header: Option<http::HeaderName>,
+    /// The client's address.
+    pub address_header: Option<http::HeaderName>,
+    /// How the address is written.
+    pub address_format: AddressFormat,
+    /// The client's AS number.
+    pub asn_header: Option<http::HeaderName>,
+}
+
+impl FrontConfig {
+    /// Whether any front header is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.ja4_header.is_some()
+            || self.h2_header.is_some()
+            || self.address_header.is_some()
+            || self.asn_header.is_some()
+    }
+}
+
+/// How a front writes the client's address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddressFormat {
+    /// The address alone (`CF-Connecting-IP`).
+    #[default]
+    Ip,
+    /// Address and source port (`CloudFront-Viewer-Address`).
+    IpPort,
 }
 
 /// A client stack whose fingerprints are known.
@@ -1262,7 +1299,65 @@ fn validate_fingerprint(
         )?,
         forward_h2_header: header_name("fingerprint.forward_h2_header", &f.forward_h2_header)?,
         known_clients,
+        front: validate_front(&f.front)?,
     })
+}
+
+fn validate_front(f: &file::FileFront) -> Result<FrontConfig, Invalid> {
+    let address_format = match f.address_format.as_deref() {
+        None | Some("ip") => AddressFormat::Ip,
+        Some("ip_port") => AddressFormat::IpPort,
+        Some(other) => {
+            return Err(invalid(
+                "fingerprint.front.address_format",
+                format!("expected \"ip\" or \"ip_port\", got {other:?}"),
+            ))
+        }
+    };
+    if f.address_format.is_some() && f.address_header.is_none() {
+        return Err(invalid(
+            "fingerprint.front.address_format",
+            "set only with fingerprint.front.address_header",
+        ));
+    }
+    let front = FrontConfig {
+        ja4_header: header_name("fingerprint.front.ja4_header", &f.ja4_header)?,
+        h2_header: header_name("fingerprint.front.h2_header", &f.h2_header)?,
+        address_header: header_name("fingerprint.front.address_header", &f.address_header)?,
+        address_format,
+        asn_header: header_name("fingerprint.front.asn_header", &f.asn_header)?,
+    };
+    // A header that carries the client's own credentials or routing cannot
+    // also be a front's statement: it would be stripped before forwarding.
+    for (key, name) in [
+        ("ja4_header", &front.ja4_header),
+        ("h2_header", &front.h2_header),
+        ("address_header", &front.address_header),
+        ("asn_header", &front.asn_header),
+    ] {
+        if let Some(n) = name {
+            if matches!(
+                n.as_str(),
+                "host"
+                    | "authorization"
+                    | "x-api-key"
+                    | "content-type"
+                    | "content-length"
+                    | "x-forwarded-for"
+                    | "x-request-id"
+            ) {
+                return Err(invalid(
+                    format!("fingerprint.front.{key}"),
+                    format!(
+                        "expected a header the front sets for distill-guard alone, got {:?} \
+                         (it is removed before forwarding)",
+                        n.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(front)
 }
 
 #[cfg(test)]

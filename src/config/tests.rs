@@ -231,3 +231,42 @@ fn syntax_error_without_a_parser_message_still_has_a_reason() {
         .to_string()
         .ends_with(": invalid TOML: unexpected '\\u{1}'"));
 }
+
+#[test]
+fn front_headers_are_validated() {
+    let ok = parse_str(&format!(
+        "{MINIMAL}[fingerprint.front]\nja4_header = \"CloudFront-Viewer-JA4-Fingerprint\"\n\
+         address_header = \"CloudFront-Viewer-Address\"\naddress_format = \"ip_port\"\n"
+    ))
+    .unwrap();
+    let f = &ok.fingerprint.front;
+    assert_eq!(
+        f.ja4_header.as_ref().map(|h| h.as_str()),
+        Some("cloudfront-viewer-ja4-fingerprint")
+    );
+    assert_eq!(f.address_format, AddressFormat::IpPort);
+    assert!(!parse_str(MINIMAL).unwrap().fingerprint.front.is_enabled());
+    for (body, key) in [
+        (
+            "ja4_header = \"bad header\"",
+            "fingerprint.front.ja4_header",
+        ),
+        (
+            "address_header = \"cf-connecting-ip\"\naddress_format = \"port\"",
+            "fingerprint.front.address_format",
+        ),
+        (
+            "address_format = \"ip\"",
+            "fingerprint.front.address_format",
+        ),
+        (
+            "address_header = \"X-Forwarded-For\"",
+            "fingerprint.front.address_header",
+        ),
+        ("ja4_header = \"x-api-key\"", "fingerprint.front.ja4_header"),
+        ("ja4 = \"cf-ja4\"", "fingerprint.front.ja4"),
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[fingerprint.front]\n{body}\n")).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+    }
+}

@@ -155,6 +155,95 @@ pub struct H2Fingerprint {
 }
 
 impl H2Fingerprint {
+    /// An Akamai-format string computed elsewhere (a CDN's header), if it
+    /// is one: SETTINGS as `id:value` joined by `;` (or `,`), a decimal
+    /// WINDOW_UPDATE, PRIORITY as `0` or `stream:exclusive:depends_on:weight`
+    /// joined by `,`, and the pseudo-header order (`m`, `a`, `s`, `p`, each
+    /// at most once, with or without commas). The limits of the tap apply
+    /// (64 settings, 64 priorities). The result carries the canonical string
+    /// (as [`H2Tap`] writes it), so the same client compares equal whether
+    /// its fingerprint was observed here or by a front; it has no header
+    /// names or HTTP fingerprint (a front does not send them).
+    pub fn from_akamai(s: &str) -> Option<H2Fingerprint> {
+        if s.len() > 2048 {
+            return None;
+        }
+        let mut parts = s.split('|');
+        let (Some(set), Some(wu), Some(prio), Some(pseudo), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        let mut settings = Vec::new();
+        if !set.is_empty() {
+            for pair in set.split([';', ',']) {
+                let (id, value) = pair.split_once(':')?;
+                settings.push((decimal(id)?, decimal(value)?));
+                if settings.len() > MAX_SETTINGS {
+                    return None;
+                }
+            }
+        }
+        let window_update: u32 = decimal(wu)?;
+        let mut priorities = Vec::new();
+        if prio != "0" {
+            for p in prio.split(',') {
+                let mut f = p.split(':');
+                let (Some(stream), Some(excl), Some(dep), Some(weight), None) =
+                    (f.next(), f.next(), f.next(), f.next(), f.next())
+                else {
+                    return None;
+                };
+                let weight: u16 = decimal(weight)?;
+                if !(1..=256).contains(&weight) {
+                    return None;
+                }
+                priorities.push(H2Priority {
+                    stream_id: decimal(stream)?,
+                    exclusive: match excl {
+                        "0" => false,
+                        "1" => true,
+                        _ => return None,
+                    },
+                    depends_on: decimal(dep)?,
+                    weight,
+                });
+                if priorities.len() > MAX_PRIORITY_FRAMES {
+                    return None;
+                }
+            }
+        }
+        let mut order: Vec<char> = Vec::with_capacity(4);
+        for c in pseudo.chars().filter(|c| *c != ',') {
+            if !matches!(c, 'm' | 'a' | 's' | 'p') || order.contains(&c) {
+                return None;
+            }
+            order.push(c);
+        }
+        let pseudo_header_order = order
+            .iter()
+            .map(char::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let akamai = akamai_string(&settings, window_update, &priorities, &pseudo_header_order);
+        Some(H2Fingerprint {
+            akamai,
+            settings,
+            window_update,
+            priorities,
+            headers_priority: None,
+            pseudo_header_order,
+            method: None,
+            header_names: Vec::new(),
+            header_block_complete: false,
+            http: None,
+        })
+    }
+
     /// The Akamai-format string `SETTINGS|WINDOW_UPDATE|PRIORITY|PSEUDO_HEADER_ORDER`.
     pub fn akamai(&self) -> &str {
         &self.akamai
@@ -209,6 +298,43 @@ impl H2Fingerprint {
     pub fn http_fingerprint(&self) -> Option<&HttpFingerprint> {
         self.http.as_ref()
     }
+}
+
+/// The Akamai-format string of the parts (format in the module doc).
+fn akamai_string(
+    settings: &[(u16, u32)],
+    window_update: u32,
+    priorities: &[H2Priority],
+    pseudo_header_order: &str,
+) -> String {
+    let mut akamai = String::with_capacity(96);
+    for (i, (id, value)) in settings.iter().enumerate() {
+        if i > 0 {
+            akamai.push(';');
+        }
+        let _ = write!(akamai, "{id}:{value}");
+    }
+    let _ = write!(akamai, "|{window_update}|");
+    if priorities.is_empty() {
+        akamai.push('0');
+    }
+    for (i, p) in priorities.iter().enumerate() {
+        if i > 0 {
+            akamai.push(',');
+        }
+        let _ = write!(akamai, "{p}");
+    }
+    akamai.push('|');
+    akamai.push_str(pseudo_header_order);
+    akamai
+}
+
+/// A plain decimal number (digits only: no sign, no spaces).
+fn decimal<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 impl fmt::Display for H2Fingerprint {
@@ -554,24 +680,6 @@ impl H2Tap {
         let priorities = std::mem::take(&mut self.priorities);
         let window_update = self.window_update.unwrap_or(0);
 
-        let mut akamai = String::with_capacity(96);
-        for (i, (id, value)) in settings.iter().enumerate() {
-            if i > 0 {
-                akamai.push(';');
-            }
-            let _ = write!(akamai, "{id}:{value}");
-        }
-        let _ = write!(akamai, "|{window_update}|");
-        if priorities.is_empty() {
-            akamai.push('0');
-        }
-        for (i, p) in priorities.iter().enumerate() {
-            if i > 0 {
-                akamai.push(',');
-            }
-            let _ = write!(akamai, "{p}");
-        }
-        akamai.push('|');
         let mut pseudo_header_order = String::with_capacity(2 * fields.pseudo.len());
         for (i, c) in fields.pseudo.iter().enumerate() {
             if i > 0 {
@@ -579,7 +687,7 @@ impl H2Tap {
             }
             pseudo_header_order.push(*c);
         }
-        akamai.push_str(&pseudo_header_order);
+        let akamai = akamai_string(&settings, window_update, &priorities, &pseudo_header_order);
 
         let http = fields
             .method
@@ -1124,6 +1232,65 @@ mod tests {
     }
 
     const CHROME_AKAMAI: &str = "1:65536;2:0;4:6291456;6:262144|15663105|0|m,a,s,p";
+
+    #[test]
+    fn akamai_strings_from_a_front_parse_to_the_canonical_form() {
+        let firefox = "1:65536;4:131072;5:16384|12517377|3:0:0:201,5:0:0:101,7:0:0:1,9:0:7:1,11:0:3:1,13:0:0:241|m,p,a,s";
+        for s in [CHROME_AKAMAI, firefox, "|0|0|", "3:100|0|0|m,s,p"] {
+            let fp = H2Fingerprint::from_akamai(s).unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(fp.akamai(), s);
+        }
+        let fp = H2Fingerprint::from_akamai(firefox).unwrap();
+        assert_eq!(fp.priorities().len(), 6);
+        assert_eq!(fp.window_update(), 12_517_377);
+        assert!(fp.http_fingerprint().is_none());
+        // The tap's own output parses back to itself.
+        let tapped = run(&[&chrome_stream()]).result().unwrap().clone();
+        assert_eq!(
+            H2Fingerprint::from_akamai(tapped.akamai())
+                .unwrap()
+                .akamai(),
+            tapped.akamai()
+        );
+        // Other spellings seen in the wild are made canonical.
+        assert_eq!(
+            H2Fingerprint::from_akamai("1:65536,2:0,4:6291456,6:262144|15663105|0|masp")
+                .unwrap()
+                .akamai(),
+            CHROME_AKAMAI
+        );
+        for bad in [
+            "",
+            "spoofed",
+            "1:65536|0|0",
+            "1:65536|0|0|m,a,s,p|x",
+            "1:65536;2|0|0|m",
+            "70000:1|0|0|m",
+            "1:-1|0|0|m",
+            "1:1|+5|0|m",
+            "1:1|0|3:2:0:1|m",
+            "1:1|0|3:0:0:257|m",
+            "1:1|0|3:0:0:0|m",
+            "1:1|0|3:0:0|m",
+            "1:1|0|0|m,m",
+            "1:1|0|0|x",
+            "1: 1|0|0|m",
+        ] {
+            assert!(H2Fingerprint::from_akamai(bad).is_none(), "{bad:?}");
+        }
+        let many = vec!["1:1"; 65].join(";") + "|0|0|m";
+        assert!(H2Fingerprint::from_akamai(&many).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn akamai_parse_never_panics_and_is_canonical(s in "[0-9:;,|masp]{0,60}") {
+            if let Some(fp) = H2Fingerprint::from_akamai(&s) {
+                let again = H2Fingerprint::from_akamai(fp.akamai()).unwrap();
+                prop_assert_eq!(again.akamai(), fp.akamai());
+            }
+        }
+    }
 
     #[test]
     fn chrome_like_akamai_string() {

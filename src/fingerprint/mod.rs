@@ -2,8 +2,9 @@
 //! independent of the account it claims. Pure parsers of untrusted bytes:
 //! [`tls`] (JA4 from the raw ClientHello), [`http`] (HTTP/1 tap and our HTTP
 //! fingerprint format), [`h2`] (Akamai-style HTTP/2 fingerprint), [`network`]
-//! (address prefixes), [`asn`] (AS numbers from a MaxMind database) and
-//! [`consistency`] (claimed client vs observed stack).
+//! (address prefixes), [`asn`] (AS numbers from a MaxMind database),
+//! [`consistency`] (claimed client vs observed stack) and [`front`] (what a
+//! trusted CDN or load balancer observed, from its headers).
 //!
 //! Connection-level parts are computed once per connection and shared by all
 //! of its requests; [`ClientFingerprint`] gathers them per request.
@@ -14,6 +15,7 @@ pub mod h2;
 pub mod network;
 pub mod consistency;
 pub mod asn;
+pub mod front;
 
 use std::sync::Arc;
 
@@ -41,4 +43,41 @@ pub struct ClientFingerprint {
     /// it queues, a preface it could not follow): a client that hides its
     /// fingerprint is counted as inconsistent, not ignored.
     pub unreadable: bool,
+    /// Where each part came from.
+    pub sources: Sources,
+}
+
+/// Where a part of a fingerprint came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Seen by distill-guard itself: the ClientHello, the HTTP/2 preface,
+    /// the socket peer (or the address database).
+    #[default]
+    Observed,
+    /// Told by a trusted front: a `[fingerprint.front]` header,
+    /// `x-forwarded-for` or a PROXY protocol header from a peer in
+    /// `identity.trusted_proxies`.
+    Front,
+}
+
+/// Where each part of a [`ClientFingerprint`] came from (absent parts have
+/// no source). Written in the traffic record and in audit lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sources {
+    /// Of `ja4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ja4: Option<Source>,
+    /// Of `http` (always observed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Source>,
+    /// Of `h2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2: Option<Source>,
+    /// Of the client address behind `ip_prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Source>,
+    /// Of `asn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<Source>,
 }

@@ -719,6 +719,36 @@ impl Ja4Fingerprint {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+
+    /// A `ja4` value computed elsewhere (a CDN's header), if it has the
+    /// shape of one: `[tqd]` protocol, a known version code, `d`/`i` SNI,
+    /// two two-digit counts, two alphanumeric ALPN characters, then `_`,
+    /// 12 hex digits, `_`, 12 hex digits (36 bytes in all). Hex digits are
+    /// kept lower-case, as this crate computes them, so a fingerprint from a
+    /// front and one observed here compare equal.
+    pub fn parse(s: &str) -> Option<Ja4Fingerprint> {
+        let b: &[u8; 36] = s.as_bytes().try_into().ok()?;
+        const VERSIONS: [&[u8; 2]; 10] = [
+            b"13", b"12", b"11", b"10", b"s3", b"s2", b"d1", b"d2", b"d3", b"00",
+        ];
+        let shape = matches!(b[0], b't' | b'q' | b'd')
+            && VERSIONS.iter().any(|v| v[..] == b[1..3])
+            && matches!(b[3], b'd' | b'i')
+            && b[4..8].iter().all(u8::is_ascii_digit)
+            && b[8..10].iter().all(u8::is_ascii_alphanumeric)
+            && b[10] == b'_'
+            && b[23] == b'_'
+            && b[11..23]
+                .iter()
+                .chain(&b[24..36])
+                .all(u8::is_ascii_hexdigit);
+        if !shape {
+            return None;
+        }
+        let mut out = *b;
+        out[11..].make_ascii_lowercase();
+        Some(Ja4Fingerprint(out))
+    }
 }
 
 impl fmt::Display for Ja4Fingerprint {
@@ -1507,6 +1537,66 @@ mod tests {
             assert_eq!(e.to_string(), e.as_str());
         }
         assert_eq!(HelloError::NotClientHello.as_str(), "not_client_hello");
+    }
+
+    #[test]
+    fn ja4_values_from_elsewhere_must_have_the_shape() {
+        let good = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+        assert_eq!(
+            Ja4Fingerprint::parse(good)
+                .map(|j| j.to_string())
+                .as_deref(),
+            Some(good)
+        );
+        // QUIC and DTLS prefixes, no SNI, no ALPN are all JA4 shapes.
+        for s in [
+            "q13d0312h3_55b375c5d22e_06cda9e17597",
+            "d12i051000_000000000000_000000000000",
+        ] {
+            assert_eq!(
+                Ja4Fingerprint::parse(s).map(|j| j.to_string()).as_deref(),
+                Some(s)
+            );
+        }
+        // Upper-case hex is lowered, to compare equal to what is observed.
+        assert_eq!(
+            Ja4Fingerprint::parse("t13d1516h2_8DAAF6152771_E5627EFA2AB1")
+                .map(|j| j.to_string())
+                .as_deref(),
+            Some(good)
+        );
+        for bad in [
+            "",
+            "spoofed",
+            "t13d1516h2_8daaf6152771_e5627efa2ab",
+            "t13d1516h2_8daaf6152771_e5627efa2ab12",
+            "x13d1516h2_8daaf6152771_e5627efa2ab1",
+            "t14d1516h2_8daaf6152771_e5627efa2ab1",
+            "t13x1516h2_8daaf6152771_e5627efa2ab1",
+            "t13d15a6h2_8daaf6152771_e5627efa2ab1",
+            "t13d1516h-_8daaf6152771_e5627efa2ab1",
+            "t13d1516h2-8daaf6152771_e5627efa2ab1",
+            "t13d1516h2_8daaf615277g_e5627efa2ab1",
+            "t13d1516h2_8daaf6152771 e5627efa2ab1",
+            "t13d1516h2_8daaf6152771_e5627efa2a\u{e9}",
+            "d12i0510001_000000000000_000000000000",
+        ] {
+            assert_eq!(Ja4Fingerprint::parse(bad), None, "{bad:?}");
+        }
+        // Whatever this crate computes parses back to itself.
+        let bytes = chrome_hello();
+        let hello = parse_client_hello(&bytes).unwrap();
+        let fp = ja4_fingerprint(&hello);
+        assert_eq!(Ja4Fingerprint::parse(fp.as_str()), Some(fp));
+    }
+
+    proptest! {
+        #[test]
+        fn ja4_parse_never_panics(s in ".{0,40}") {
+            if let Some(j) = Ja4Fingerprint::parse(&s) {
+                prop_assert_eq!(j.as_str().len(), 36);
+            }
+        }
     }
 
     #[test]

@@ -20,9 +20,10 @@ use crate::engine::{
 mod outcome;
 pub use outcome::{Headline, PopulationOutcome, CONTAINED_SERVED_FRACTION};
 
-/// Version of [`TrafficRecord`]'s schema written now. Version 2 added the
-/// simulator's `population` and `attack`; version 1 lines are still read.
-pub const RECORD_VERSION: u32 = 2;
+/// Version of [`TrafficRecord`]'s schema written now. Version 3 added the
+/// proxy's `sources`, version 2 the simulator's `population` and `attack`;
+/// version 1 and 2 lines are still read.
+pub const RECORD_VERSION: u32 = 3;
 
 /// The oldest schema version `replay` reads.
 pub const OLDEST_RECORD_VERSION: u32 = 1;
@@ -59,6 +60,10 @@ pub struct TrafficRecord {
     /// AS number.
     #[serde(default)]
     pub asn: Option<u32>,
+    /// Where each fingerprint part came from: `observed` by distill-guard
+    /// or told by a trusted `front` (live records only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<crate::fingerprint::Sources>,
     /// Requested model.
     #[serde(default)]
     pub model: Option<String>,
@@ -564,6 +569,35 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A live record says where its fingerprint parts came from (v3); the
+    /// line reads back as written, and version 2 lines without it still read.
+    #[test]
+    fn sources_round_trip_and_older_lines_still_read() {
+        use crate::fingerprint::{Source, Sources};
+        let rec = TrafficRecord {
+            v: RECORD_VERSION,
+            account: "00000000000000aa".into(),
+            ja4: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
+            ip_prefix: Some("198.51.100.0/24".into()),
+            sources: Some(Sources {
+                ja4: Some(Source::Front),
+                address: Some(Source::Front),
+                http: Some(Source::Observed),
+                ..Sources::default()
+            }),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&rec).unwrap();
+        assert!(
+            line.contains(r#""sources":{"ja4":"front","http":"observed","address":"front"}"#),
+            "{line}"
+        );
+        assert_eq!(parse_line(&line, 1).unwrap(), rec);
+        let v2 =
+            r#"{"v":2,"t_ms":1,"account":"00000000000000aa","input_tokens":1,"output_tokens":1}"#;
+        assert_eq!(parse_line(v2, 1).unwrap().sources, None);
+    }
 
     /// Found by the `traffic_record` fuzz target: `t_ms` = u64::MAX became
     /// a clock of u64::MAX nanoseconds and the engine's next maintenance

@@ -436,6 +436,7 @@ impl SimRequest {
                 .to_string(),
             ),
             asn: self.asn,
+            sources: None,
             model: Some(self.model.clone()),
             input_tokens: u64::from(crate::api::estimate::estimate_tokens(&self.prompt)),
             max_output_tokens: Some(self.max_tokens),
