@@ -92,6 +92,29 @@ fn every_shipped_config_validates_against_the_schema() {
 }
 
 #[test]
+fn every_shipped_config_names_the_schema_for_editors() {
+    // taplo / Even Better TOML read a `#:schema PATH` first line, the path
+    // relative to the TOML file.
+    let schema = root()
+        .join(distill_guard::config::schema::COMMITTED_PATH)
+        .canonicalize()
+        .unwrap();
+    for rel in shipped_configs() {
+        let text = read(&rel);
+        let first = text.lines().next().unwrap_or("");
+        let path = first
+            .strip_prefix("#:schema ")
+            .unwrap_or_else(|| panic!("{rel}: first line {first:?}"));
+        let dir = root().join(&rel).parent().unwrap().to_path_buf();
+        assert_eq!(
+            dir.join(path.trim()).canonicalize().ok().as_ref(),
+            Some(&schema),
+            "{rel}: {path}"
+        );
+    }
+}
+
+#[test]
 fn the_schema_refuses_what_the_parser_refuses() {
     let v = validator();
     let base = "[upstream]\nurl = \"http://127.0.0.1:9000\"\n";
