@@ -332,6 +332,9 @@ fn kubernetes_manifests_agree_with_their_config() {
     let labels = at(d, "spec/template/metadata/labels");
     assert_eq!(at(d, "spec/selector/matchLabels"), labels);
     let c = at(pod, "containers/0");
+    // kustomization.yaml's `images` rewrites this image.
+    let image = s(c, "image").split(':').next().unwrap();
+    assert_eq!(s(&kustomization, "images/0/name"), image);
 
     // Named ports are the config's.
     let port = |name: &str| -> u64 {
