@@ -10,10 +10,19 @@ use clap::{Parser, Subcommand};
 use distill_guard::config::{self, LogFormat};
 use distill_guard::{demo, mock, server};
 
+/// `--version`: the package version and the commit it was built from
+/// (`unknown` outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DISTILL_GUARD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "distill-guard",
-    version,
+    version = VERSION,
     about = "Edge proxy for LLM APIs that stops distillation campaigns"
 )]
 struct Cli {
@@ -195,6 +204,34 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DemoFront::ProxyProtocol, requires = "traffic")]
         front: DemoFront,
     },
+    /// Print the config file's JSON Schema (draft-07), generated from the
+    /// parser's own types; config/distill-guard.schema.json is a copy.
+    Schema,
+    /// Exit 0 when `GET PATH` on ADDRESS answers 200, 1 otherwise: a
+    /// container health check for images without curl.
+    #[command(hide = true)]
+    Healthcheck {
+        /// The listener to ask (the admin listener serves /healthz).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        address: SocketAddr,
+        /// The path to get.
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per subcommand into a
+    /// directory.
+    #[command(hide = true)]
+    Manpage {
+        /// Write distill-guard.1 and distill-guard-SUBCOMMAND.1 here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -286,6 +323,28 @@ impl Signals {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Schema => {
+            print!("{}", config::schema::schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { address, path } => healthcheck(address, &path),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "distill-guard", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { out_dir: None } => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            man.render(&mut std::io::stdout())
+                .context("writing the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { config } => match config::load(&config) {
             Ok(_) => {
                 println!("ok");
@@ -639,6 +698,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `healthcheck`: one HTTP/1.1 GET, two seconds for each step.
+fn healthcheck(address: SocketAddr, path: &str) -> anyhow::Result<ExitCode> {
+    use std::io::{Read as _, Write as _};
+    let limit = Duration::from_secs(2);
+    let mut conn = std::net::TcpStream::connect_timeout(&address, limit)
+        .with_context(|| format!("connecting to {address}"))?;
+    conn.set_read_timeout(Some(limit))?;
+    conn.set_write_timeout(Some(limit))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("writing to {address}"))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = conn
+            .read(&mut buf)
+            .with_context(|| format!("reading from {address}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let status_line = String::from_utf8_lossy(&head);
+    let status_line = status_line.lines().next().unwrap_or("").trim();
+    if status_line.split(' ').nth(1) == Some("200") {
+        println!("{address}{path}: {status_line}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{address}{path}: {status_line:?}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
 /// `simulate --family F --seeds N`: the family's first `n` scenarios,
 /// drawn and run one after the other.
 /// The policy to try (`--config`, or the shipped default) and the baseline
@@ -725,4 +819,79 @@ fn simulate_seeds(
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// The subcommands a user sees (hidden ones and `help` aside).
+    fn visible_subcommands() -> Vec<String> {
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set())
+            .map(|c| c.get_name().to_string())
+            .collect();
+        assert!(names.len() >= 10, "{names:?}");
+        names
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_name_every_subcommand_in_every_shell() {
+        use clap_complete::Shell;
+        for shell in [
+            Shell::Bash,
+            Shell::Zsh,
+            Shell::Fish,
+            Shell::Elvish,
+            Shell::PowerShell,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "distill-guard", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for name in visible_subcommands() {
+                assert!(text.contains(&name), "{shell}: no {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_man_page_names_every_subcommand_and_the_version() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH distill-guard 1"),
+            "{text}"
+        );
+        // roff escapes the hyphens of names.
+        let roff = text.replace("\\-", "-");
+        for name in visible_subcommands() {
+            assert!(roff.contains(&name), "man page has no {name}");
+        }
+        assert!(roff.contains(env!("CARGO_PKG_VERSION")), "no version");
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        let v = Cli::command().render_version();
+        assert!(
+            v.starts_with(&format!(
+                "distill-guard {} (commit ",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{v}"
+        );
+        let commit = env!("DISTILL_GUARD_COMMIT");
+        assert!(!commit.is_empty());
+        assert!(v.contains(commit), "{v}");
+    }
 }

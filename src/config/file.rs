@@ -1,11 +1,14 @@
 //! The config file as written: serde structs that mirror the TOML, every
 //! struct `deny_unknown_fields`, every number with its unit in its name.
 //! [`super::validate`] turns a [`FileConfig`] into a typed [`super::Config`].
+//! The same structs give the file's JSON Schema ([`super::schema`]), so
+//! editors check the TOML against exactly what the parser accepts.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Listeners that accept client traffic (`[[listener]]`), at least one.
@@ -56,12 +59,14 @@ pub struct FileConfig {
 }
 
 /// `[fingerprint]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileFingerprint {
     /// IPv4 clients are grouped by this prefix length for linking (0–32).
+    #[schemars(range(max = 32))]
     pub ipv4_prefix_len: u8,
     /// IPv6 clients are grouped by this prefix length for linking (0–128).
+    #[schemars(range(max = 128))]
     pub ipv6_prefix_len: u8,
     /// A MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb); when set, the
     /// client's AS number is part of its fingerprint.
@@ -122,7 +127,7 @@ impl Default for FileFingerprint {
 }
 
 /// One `[[fingerprint.known_client]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileKnownClient {
     /// A name for logs and reasons, e.g. `"anthropic-python"`.
@@ -138,7 +143,7 @@ pub struct FileKnownClient {
 }
 
 /// `[identity]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileIdentity {
     /// Where the API key is read from, in order: header names; the value
@@ -152,10 +157,12 @@ pub struct FileIdentity {
     pub hash_secret: Option<String>,
     /// A request without a key: `"reject"` (401) or `"anonymous"` (limited by
     /// client IP under `accounts.anonymous_tier`).
+    #[schemars(extend("enum" = ["reject", "anonymous"]))]
     pub missing_key: String,
     /// Peers whose `x-forwarded-for` / PROXY protocol header is believed (CIDRs).
     pub trusted_proxies: Vec<String>,
     /// Anonymous IPv6 clients are keyed by this prefix length.
+    #[schemars(range(max = 128))]
     pub ipv6_key_prefix_len: u8,
 }
 
@@ -173,7 +180,7 @@ impl Default for FileIdentity {
 }
 
 /// `[api]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileApi {
     /// Request bodies of the LLM endpoints up to this size are read and
@@ -185,6 +192,7 @@ pub struct FileApi {
     /// `"refuse"` (400, or 413 when too large, in the API's shape) or
     /// `"strictest"` (forwarded, but at the account's enforced level with
     /// degrade, which cannot rewrite such a body, escalated to a refusal).
+    #[schemars(extend("enum" = ["refuse", "strictest"]))]
     pub on_uninspectable: String,
 }
 
@@ -198,7 +206,7 @@ impl Default for FileApi {
 }
 
 /// One `[tiers.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTier {
     /// Requests per minute (sustained).
@@ -229,7 +237,7 @@ fn default_tiers() -> std::collections::BTreeMap<String, FileTier> {
 }
 
 /// `[accounts]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAccounts {
     /// Accounts file (TOML `[[account]]` tables or CSV `id,tier,allow`) that
@@ -267,7 +275,7 @@ impl Default for FileAccounts {
 }
 
 /// One `[[listener]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileListener {
     /// `IP:PORT` to bind, e.g. `"0.0.0.0:8443"` or `"[::1]:8080"`.
@@ -282,7 +290,7 @@ pub struct FileListener {
 }
 
 /// `[listener.tls]`: PEM files.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
     /// PEM certificate chain, leaf first. Relative paths are relative to the
@@ -293,7 +301,7 @@ pub struct FileTls {
 }
 
 /// `[upstream]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
     /// Base URL of the model API, `http://` or `https://`, e.g.
@@ -317,7 +325,7 @@ pub struct FileUpstream {
 }
 
 /// `[limits]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileLimits {
     /// Largest request body accepted; larger ones get 413.
@@ -375,7 +383,7 @@ impl Default for FileLimits {
 }
 
 /// `[server]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileServer {
     /// Worker threads, each a single-threaded runtime; 0 = one per CPU this
@@ -396,10 +404,11 @@ impl Default for FileServer {
 }
 
 /// `[logging]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileLogging {
     /// `"json"` (one object per line) or `"text"`.
+    #[schemars(extend("enum" = ["json", "text"]))]
     pub format: String,
     /// A `tracing` filter such as `"info"` or `"distill_guard=debug"`;
     /// `RUST_LOG` overrides it.
@@ -433,17 +442,20 @@ fn default_pool_idle_timeout_ms() -> u64 {
 /// is scored as a whole by detection; at or above `min_strength` it also
 /// shares one budget, which grows sublinearly with its size:
 /// `budget × min(max_multiplier, 1 + per_member_fraction × members^growth_exponent)`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileCluster {
     /// Link accounts and enforce cluster budgets at all.
     pub enabled: bool,
     /// Weakest link that makes a cluster share a budget: "weak", "medium", "strong".
+    #[schemars(extend("enum" = ["weak", "medium", "strong"]))]
     pub min_strength: String,
     /// Weakest link that makes detection score a cluster as a whole.
+    #[schemars(extend("enum" = ["weak", "medium", "strong"]))]
     pub score_min_strength: String,
     /// With detection on, a cluster shares its budget only while its own
     /// level is at least this: "allow" (always), "slow", "degrade", "throttle".
+    #[schemars(extend("enum" = ["allow", "slow", "degrade", "throttle"]))]
     pub budget_min_level: String,
     /// Smallest cluster that shares a budget.
     pub min_members: u32,
@@ -529,7 +541,7 @@ impl Default for FileCluster {
 }
 
 /// One `[[cluster.link]]` rule.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileLinkRule {
     /// Name shown in reasons.
@@ -539,13 +551,14 @@ pub struct FileLinkRule {
     /// model, scale of the output limit).
     pub attributes: Vec<String>,
     /// "weak", "medium" or "strong".
+    #[schemars(extend("enum" = ["weak", "medium", "strong"]))]
     pub strength: String,
     /// The other account used the same values within this long.
     pub window_ms: u64,
 }
 
 /// Attribute values by kind (`[cluster.ignore]`, `[cluster.downweight]`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAttrValues {
     /// JA4 strings.
@@ -564,7 +577,7 @@ pub struct FileAttrValues {
 }
 
 /// `[admin]`: a separate listener for health, metrics and admin actions.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAdmin {
     /// Serve the admin API at all.
@@ -601,7 +614,7 @@ impl Default for FileAdmin {
 }
 
 /// `[audit]`: JSON Lines, one per decision that is not a plain allow.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAudit {
     /// File to append to (absent: no audit log).
@@ -625,15 +638,17 @@ impl Default for FileAudit {
 
 /// `[detection]`: behavioural signals, a weighted score per account and per
 /// cluster, and the action ladder (slow, degrade, throttle, block).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileDetection {
     /// Compute signals and scores at all.
     pub enabled: bool,
     /// "enforce", or "shadow" (compute and log everything, change nothing).
+    #[schemars(extend("enum" = ["enforce", "shadow"]))]
     pub mode: String,
     /// Share of accounts (0–100, by account id) on which actions are
     /// enforced; the rest are in shadow mode.
+    #[schemars(range(max = 100))]
     pub enforce_percent: u8,
     /// Half-life of every signal window.
     pub half_life_ms: u64,
@@ -686,7 +701,7 @@ impl Default for FileDetection {
 }
 
 /// `[detection.thresholds]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileThresholds {
     /// Enter Slow at this score (0–1).
@@ -723,12 +738,14 @@ impl Default for FileThresholds {
 }
 
 /// Mode of one action.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileActionMode {
     /// "enforce" or "shadow".
+    #[schemars(extend("enum" = ["enforce", "shadow"]))]
     pub mode: String,
     /// Share of accounts (0–100) on which this action is enforced.
+    #[schemars(range(max = 100))]
     pub enforce_percent: u8,
 }
 
@@ -742,12 +759,14 @@ impl Default for FileActionMode {
 }
 
 /// `[detection.slow]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileSlow {
     /// "enforce" or "shadow".
+    #[schemars(extend("enum" = ["enforce", "shadow"]))]
     pub mode: String,
     /// Share of accounts (0–100) on which slowing is enforced.
+    #[schemars(range(max = 100))]
     pub enforce_percent: u8,
     /// Delay at the Slow mark; it grows with the score ...
     pub min_delay_ms: u64,
@@ -776,12 +795,14 @@ impl Default for FileSlow {
 }
 
 /// `[detection.degrade]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileDegrade {
     /// "enforce" or "shadow".
+    #[schemars(extend("enum" = ["enforce", "shadow"]))]
     pub mode: String,
     /// Share of accounts (0–100) on which degrading is enforced.
+    #[schemars(range(max = 100))]
     pub enforce_percent: u8,
     /// Output limit forwarded upstream (max_tokens and friends clamped to it).
     pub max_output_tokens: u32,
@@ -798,12 +819,14 @@ impl Default for FileDegrade {
 }
 
 /// `[detection.throttle]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileThrottle {
     /// "enforce" or "shadow".
+    #[schemars(extend("enum" = ["enforce", "shadow"]))]
     pub mode: String,
     /// Share of accounts (0–100) on which throttling is enforced.
+    #[schemars(range(max = 100))]
     pub enforce_percent: u8,
     /// Budgets are multiplied by this (0 < f < 1).
     pub budget_factor: f64,
@@ -820,7 +843,7 @@ impl Default for FileThrottle {
 }
 
 /// One `[[detection.new_model]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileNewModel {
     /// Model-name prefix, e.g. "claude-opus-5".
@@ -831,7 +854,7 @@ pub struct FileNewModel {
 
 /// `[record]`: one JSON line per request with what the engine needs and
 /// nothing sensitive, for `distill-guard replay` (off by default).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileRecord {
     /// File to append to (absent: no traffic record).

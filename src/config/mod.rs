@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod accounts_file;
+pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

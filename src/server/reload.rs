@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use notify::Watcher as _;
 use tracing::{info, warn};
 
@@ -151,8 +150,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     notes
 }
 
-/// Files whose change triggers a reload.
-fn watched_files(c: &Config) -> BTreeSet<PathBuf> {
+/// Files whose change triggers a reload, as the config names them.
+fn listed_files(c: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.insert(c.source.clone());
     if let Some(f) = &c.accounts.file {
@@ -167,14 +166,32 @@ fn watched_files(c: &Config) -> BTreeSet<PathBuf> {
         }
     }
     files
+}
+
+/// Files whose change triggers a reload, symlinks resolved.
+fn watched_files(c: &Config) -> BTreeSet<PathBuf> {
+    listed_files(c)
         .into_iter()
         .map(|f| std::fs::canonicalize(&f).unwrap_or(f))
         .collect()
 }
 
+/// Directories to watch: those of the files as named and as resolved. A
+/// Kubernetes ConfigMap volume updates by pointing a symlink (`..data`) in
+/// the named directory at a new directory and deleting the old one: the
+/// resolved directory alone would see one update and then nothing.
+fn watched_dirs(c: &Config) -> BTreeSet<PathBuf> {
+    listed_files(c)
+        .into_iter()
+        .chain(watched_files(c))
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
 /// Watches the config files and reloads on change (debounced).
 pub struct Watcher {
-    _inner: notify::RecommendedWatcher,
+    _inner: Arc<std::sync::Mutex<notify::RecommendedWatcher>>,
 }
 
 impl Watcher {
@@ -184,37 +201,56 @@ impl Watcher {
         let mut inner = notify::recommended_watcher(move |ev| {
             let _ = tx.send(ev);
         })?;
-        let files = Arc::new(ArcSwap::from_pointee(watched_files(&shared.config.load())));
-        let dirs: BTreeSet<PathBuf> = files
-            .load()
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
+        let mut files = watched_files(&shared.config.load());
+        let mut dirs = watched_dirs(&shared.config.load());
         for d in &dirs {
             inner.watch(d, notify::RecursiveMode::NonRecursive)?;
         }
+        let inner = Arc::new(std::sync::Mutex::new(inner));
+        // The thread must not keep the watcher (and with it the sender)
+        // alive: it ends when the `Watcher` is dropped.
+        let weak = Arc::downgrade(&inner);
         let spawned = std::thread::Builder::new()
             .name("dg-config-watch".into())
             .spawn(move || {
-                // Ends when the watcher (and with it the sender) is dropped.
                 while let Ok(ev) = rx.recv() {
-                    let relevant = |ev: &notify::Result<notify::Event>| match ev {
+                    let touches_a_file = match &ev {
                         Ok(ev) => {
                             !ev.kind.is_access()
                                 && ev.paths.iter().any(|p| {
                                     let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-                                    files.load().contains(&p)
+                                    files.contains(&p)
                                 })
                         }
                         Err(_) => false,
                     };
-                    if !relevant(&ev) {
+                    // A symlink on the way to a file now points elsewhere.
+                    let retargeted = || watched_files(&shared.config.load()) != files;
+                    if !touches_a_file && !retargeted() {
                         continue;
                     }
                     // Editors write in several steps: wait for quiet.
                     while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
-                    if reload(&shared).is_ok() {
-                        files.store(Arc::new(watched_files(&shared.config.load())));
+                    let _ = reload(&shared);
+                    // Whether or not the reload was taken, watch what the
+                    // running config names now, where it resolves now.
+                    let config = shared.config.load();
+                    files = watched_files(&config);
+                    let Some(inner) = weak.upgrade() else { break };
+                    let mut inner = match inner.lock() {
+                        Ok(w) => w,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    dirs.retain(|d| d.is_dir());
+                    for d in watched_dirs(&config) {
+                        if !dirs.contains(&d) {
+                            match inner.watch(&d, notify::RecursiveMode::NonRecursive) {
+                                Ok(()) => {
+                                    dirs.insert(d);
+                                }
+                                Err(e) => warn!(dir = %d.display(), error = %e, "cannot watch"),
+                            }
+                        }
                     }
                 }
             });
