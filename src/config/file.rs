@@ -92,7 +92,7 @@ pub struct FileFingerprint {
 /// is in `identity.trusted_proxies`; removed from every request before it
 /// is forwarded upstream, believed or not. A missing or malformed value
 /// leaves what distill-guard observed itself.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileFront {
     /// Header with the client's JA4 (e.g. `"CloudFront-Viewer-JA4-Fingerprint"`).
@@ -105,6 +105,7 @@ pub struct FileFront {
     pub address_header: Option<String>,
     /// How `address_header` writes it: `"ip"` (default) or `"ip_port"`
     /// (`198.51.100.10:46532`, IPv6 bracketed or not, as CloudFront does).
+    #[schemars(extend("enum" = ["ip", "ip_port"]))]
     pub address_format: Option<String>,
     /// Header with the client's AS number (e.g. `"CloudFront-Viewer-ASN"`);
     /// used before `fingerprint.asn_database_path`.
