@@ -4,7 +4,7 @@
 //! A stealth campaign gives each account its own address, rotates its client stack per request and paraphrases its
 //! templates, so no attribute it sends is shared and the linker never joins its accounts; each account sends too
 //! little for its own score to rest on enough requests (`min_requests`). What its accounts still share is how they
-//! behave: the same kind of request (model, elicitation, pinned output limits, prompt length), the same yield (long
+//! behave: the same kind of request (elicitation, pinned output limits), the same yield (long
 //! outputs), the same cadence, a client stack that changes where honest clients keep theirs. [`keys`] turns an
 //! account's [`Profile`] into locality-sensitive keys (bit-sampling LSH over the quantised behaviour vector: each
 //! key hashes a fixed subset of the coordinates, so accounts equal on any subset share that key); the engine keeps
@@ -26,16 +26,11 @@ pub const KEYS: usize = 2;
 
 /// `⌊log2(x / unit)⌋ + 1`, clamped to `0..=max` (0 for `x < unit`, and for nothing at all).
 fn log_bucket(x: f32, unit: f32, max: u8) -> u8 {
-    if !(x >= unit) {
+    if x.is_nan() || x < unit {
         return 0;
     }
     let b = (x / unit).log2().floor() + 1.0;
     (b.min(f32::from(max))) as u8
-}
-
-/// Three levels of a share: under `lo`, under `hi`, from `hi` on.
-fn level(x: f32, lo: f32, hi: f32) -> u8 {
-    u8::from(x >= lo) + u8::from(x >= hi)
 }
 
 /// FNV-1a over `bytes`, then SplitMix64's finaliser: a fixed function, the same on every replica.
@@ -52,31 +47,27 @@ fn hash(bytes: &[u8]) -> u64 {
     (z ^ (z >> 31)) | 1
 }
 
-/// The account's cohort keys for a request to `model`. Key 0 is what it asks for (model, elicitation, pinned
-/// output limits, prompt length, stack churn); key 1 what it gets and how often (output per request, rate, stack
-/// churn). Quantised by powers of two (rates, lengths) and three levels (shares), so small
-/// differences between a campaign's accounts (jitter, paraphrases, drawn fills) mostly land on the same key.
-pub fn keys(p: &Profile, model: Option<&str>) -> [u64; KEYS] {
+/// The account's cohort keys. Key 0 is what it asks for (elicitation, output limits pinned at a ceiling, stack
+/// churn); key 1 what it gets and how often (output per request and requests per hour, by factors of four, and stack
+/// churn). Coarse on purpose: a cohort needs `min_requests` of pooled evidence, so a campaign of a few dozen accounts
+/// at a few requests an hour must not be cut into cohorts too small to score (jitter, drawn fills and the
+/// early, unsettled estimates of a young account's rate all move an account between fine buckets). Honest accounts
+/// are kept apart by the entry mark, not by the buckets.
+pub fn keys(p: &Profile) -> [u64; KEYS] {
     let churn = u8::from(p.stack_churn >= 0.3);
-    let input = log_bucket(p.input_per_request, 32.0, 10);
     let asks = [
         0u8,
-        level(p.elicitation, 0.05, 0.3),
-        level(p.pinned, 0.2, 0.8),
-        input,
+        u8::from(p.elicitation >= 0.3),
+        u8::from(p.pinned >= 0.5),
         churn,
     ];
     let gets = [
         1u8,
-        log_bucket(p.output_per_request, 250.0, 7),
-        log_bucket(p.requests_per_hour, 1.0, 10),
+        log_bucket(p.output_per_request, 250.0, 7) / 2,
+        log_bucket(p.requests_per_hour, 1.0, 10) / 2,
         churn,
     ];
-    let model = model.unwrap_or("").as_bytes();
-    let mut a = Vec::with_capacity(asks.len() + model.len());
-    a.extend_from_slice(&asks);
-    a.extend_from_slice(model);
-    [hash(&a), hash(&gets)]
+    [hash(&asks), hash(&gets)]
 }
 
 #[cfg(test)]
@@ -99,24 +90,23 @@ mod tests {
 
     #[test]
     fn a_campaigns_accounts_share_keys() {
-        let base = keys(&campaign(0), Some("claude-sonnet-4-5"));
+        let base = keys(&campaign(0));
         let shared = (1..60)
             .filter(|&i| {
-                let k = keys(&campaign(i), Some("claude-sonnet-4-5"));
+                let k = keys(&campaign(i));
                 k.iter().zip(&base).any(|(a, b)| a == b)
             })
             .count();
-        // Prompt lengths straddle a bucket edge: those accounts still share what they get.
         assert_eq!(shared, 59);
     }
 
     #[test]
     fn honest_look_alikes_get_other_keys() {
-        let c = keys(&campaign(0), Some("claude-sonnet-4-5"));
-        // Users of one app: the same model, similar prompts, but their own stack kept and short answers.
+        let c = keys(&campaign(0));
+        // Users of one app: similar prompts, but their own stack kept and shorter answers.
         let app = Profile {
             stack_churn: 0.0,
-            output_per_request: 900.0,
+            output_per_request: 700.0,
             requests_per_hour: 8.0,
             ..campaign(0)
         };
@@ -128,13 +118,9 @@ mod tests {
             ..campaign(0)
         };
         for p in [app, batch] {
-            let k = keys(&p, Some("claude-sonnet-4-5"));
+            let k = keys(&p);
             assert!(k.iter().zip(&c).all(|(a, b)| a != b), "{p:?}");
         }
-        // Another model is another cohort for what is asked.
-        let k = keys(&campaign(0), Some("claude-opus-4-1"));
-        assert_ne!(k[0], c[0]);
-        assert_eq!(k[1], c[1]);
     }
 
     #[test]
@@ -144,8 +130,5 @@ mod tests {
         assert_eq!(log_bucket(1.0, 1.0, 10), 1);
         assert_eq!(log_bucket(3.9, 1.0, 10), 2);
         assert_eq!(log_bucket(1e9, 1.0, 10), 10);
-        assert_eq!(level(0.0, 0.05, 0.3), 0);
-        assert_eq!(level(0.1, 0.05, 0.3), 1);
-        assert_eq!(level(0.9, 0.05, 0.3), 2);
     }
 }

@@ -80,6 +80,25 @@ pub fn request_shape(f: &RequestFacts) -> Option<u64> {
     Some(attr_hash(AttrKind::Shape, &value))
 }
 
+/// An account's behaviour state carries evidence that must not be dropped
+/// with its idle budget state: it is above Allow, its score is half way to
+/// Slow, or its own raw score reaches `cohort_min_raw` on requests not yet
+/// decayed away (a slow account's evidence is in its raw score long before
+/// it rests on enough requests).
+fn signal_evidence(
+    d: &crate::config::DetectionConfig,
+    sig: &score::AccountSignals,
+    ladder: score::LadderState,
+    now: Nanos,
+) -> bool {
+    if ladder.level() > score::Level::Allow {
+        return true;
+    }
+    let sc = sig.score(now, &d.score);
+    sc.value >= d.score.thresholds.slow.enter / 2.0
+        || (sc.raw >= d.cohort_min_raw && sc.requests >= 0.5)
+}
+
 /// The client stack of a request (JA4 and HTTP fingerprint together), for
 /// [`score::Signal::StackChurn`]; None when neither is known.
 fn client_stack(a: &ObservedAttrs) -> Option<u64> {
@@ -479,7 +498,7 @@ impl std::fmt::Debug for Engine {
 /// How often idle state is swept (engine time).
 const MAINTENANCE_INTERVAL: Nanos = 10 * SECOND;
 
-/// Behaviour cohorts held at most (352 bytes each): keys are quantised, so a
+/// Behaviour cohorts held at most (368 bytes each): keys are quantised, so a
 /// few hundred per model are in use; beyond the cap no new cohort is made
 /// until idle ones are swept.
 const MAX_COHORTS: usize = 16_384;
@@ -1012,7 +1031,7 @@ impl Engine {
             // its behaviour cohort's pooled requests supply the amount.
             let profile = sig.profile(now, &d.score);
             if sc.raw >= d.cohort_min_raw && profile.requests_total >= d.cohort_min_requests {
-                cohorts = cohort::keys(&profile, f.model.as_deref());
+                cohorts = cohort::keys(&profile);
                 for key in cohorts {
                     let Some(c) = self.observe_cohort(key, obs.account.0, &req, hits, d, tier_rpm)
                     else {
@@ -1282,9 +1301,19 @@ impl Engine {
         let _ = self
             .clusters
             .evict(now, policy.idle_evict, policy.max_tracked, |_| false);
-        // Signals go with their account's state, and with dissolved clusters.
-        self.account_signals
-            .retain(|id, _| self.accounts.peek(*id, |_| ()).is_some());
+        // Signals go with their account's state, and with dissolved clusters;
+        // an account's signals that carry evidence outlive its idle budget
+        // state, within twice the cap (a slow account is idle between its
+        // requests: dropping its signals would make every request its first).
+        let room = self.account_signals.len() <= policy.max_tracked.saturating_mul(2);
+        self.account_signals.retain(|id, e| {
+            self.accounts.peek(*id, |_| ()).is_some()
+                || (room
+                    && policy
+                        .detection
+                        .as_ref()
+                        .is_some_and(|d| signal_evidence(d, &e.0, e.1, now)))
+        });
         if let Ok(linker) = self.linker.lock() {
             self.cluster_signals
                 .retain(|id, _| linker.cluster(*id).is_some());
@@ -1315,10 +1344,9 @@ impl Engine {
         let Some(d) = &policy.detection else {
             return false;
         };
-        self.account_signals.get(&id).is_some_and(|e| {
-            e.1.level() > score::Level::Allow
-                || e.0.score(now, &d.score).value >= d.score.thresholds.slow.enter / 2.0
-        })
+        self.account_signals
+            .get(&id)
+            .is_some_and(|e| signal_evidence(d, &e.0, e.1, now))
     }
 }
 
