@@ -111,10 +111,10 @@
 //!
 //! | signal                    | weight | ramp off → full     |
 //! |---------------------------|--------|---------------------|
-//! | reasoning_elicitation     | 0.30   | 0.05 → 0.6          |
+//! | reasoning_elicitation     | 0.15   | 0.05 → 0.6          |
 //! | pinned_max_tokens         | 0.15   | 0.2 → 0.8           |
 //! | lockstep (clusters)       | 0.15   | 0.1 → 0.5           |
-//! | template_reuse            | 0.14   | 0.2 → 0.8           |
+//! | template_reuse            | 0.10   | 0.2 → 0.8           |
 //! | output_ratio              | 0.10   | 2 → 12              |
 //! | release_pivot             | 0.10   | 0.05 → 0.5          |
 //! | timing_regularity         | 0.08   | CV 0.8 → 0.25       |
@@ -123,20 +123,24 @@
 //! | fingerprint_inconsistency | 0.05   | 0.05 → 0.5          |
 //! | member_spread (clusters)  | 0.12   | 1 → 5 min           |
 //! | volume                    | 0.03   | 0.3 → 1.0 × tier    |
-//! | stack_churn               | 0.00   | 0.05 → 0.5          |
-//! | output_length             | 0.00   | 1 500 → 4 000 tokens |
+//! | stack_churn               | 0.50   | 0.05 → 0.5          |
+//! | output_length             | 0.40   | 1 500 → 4 000 tokens |
 //!
-//! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.62 / 0.52, Throttle 0.75 / 0.62, Block 0.90 / 0.78.
+//! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.55 / 0.45 (fitted), Throttle 0.75 / 0.62, Block 0.90 / 0.78.
 //! `half_life` 1 h, `activity_half_life` 15 min, `min_requests` 8, `prior_requests` 3,
 //! `elicitation_param_credit` 0.25 at a thinking budget ≥ 16 000, `pinned_fraction` 0.95, `default_ceiling` 8 192
 //! (with a small table of Anthropic and OpenAI ceilings to check against current model cards), `new_models` empty,
 //! `new_model_window` 7 days, `pivot_young` 1 day, `pivot_old_weight` 0.25, `lockstep_min_members` 8,
 //! `lockstep_rate_factor` 4, `spread_min_members` 20. member_spread's weight and ramp were set with `distill-guard
-//! simulate` on the shipped scenarios (synthetic traffic; see BENCHMARKS.md).
+//! simulate` on the shipped scenarios (synthetic traffic; see BENCHMARKS.md). The weights of reasoning_elicitation,
+//! template_reuse, stack_churn and output_length were fitted on the tuning family of drawn scenarios only
+//! (`benches/fit-detection.py`; the held-out family is only reported, BENCHMARKS.md): at 0.30 the elicitation
+//! weight degraded 5–10 % of honest requests there (students and chat users who ask for step-by-step answers).
 //!
 //! The rule behind the weights: everything a legitimate templated workload (a batch job, an evaluation harness, a
 //! corporate tool) can show — template reuse, regular timing, breadth, a young account, volume, a fingerprint
-//! mismatch — sums to 0.45, below Slow's 0.50. An account reaches Slow only with evidence of extraction (elicitation
+//! mismatch — sums to 0.41, below Slow's 0.50. stack_churn and output_length are heavy because honest clients show
+//! neither: they keep their client stack, and read answers shorter than a distillation campaign asks for. An account reaches Slow only with evidence of extraction (elicitation
 //! phrases, pinned ceilings, long outputs, a release pivot); a cluster can also with lockstep or member_spread.
 //!
 //! # Phrase matching
@@ -161,7 +165,7 @@
 //!
 //! # Memory and cost
 //!
-//! `size_of::<AccountSignals>()` is 160 bytes, `ClusterSignals` 352, `LadderState` 1. The default phrase table
+//! `size_of::<AccountSignals>()` is 184 bytes, `ClusterSignals` 368, `LadderState` 1. The default phrase table
 //! (74 phrases) has 1 529 states × 30 byte classes × 4 bytes ≈ 180 KiB. Measured in release on a shared 2-vCPU EPYC
 //! (least-disturbed of 30 rounds): scanning a 2 KiB prompt ≈ 1.7 µs; `observe_hits` ≈ 45 ns; `score` ≈ 185 ns
 //! (its one allocation is the contributions `Vec`); `observe` + `score` of an account ≈ 2.0 µs, plus the cluster's
@@ -631,8 +635,8 @@ impl Default for ScorePolicy {
     fn default() -> ScorePolicy {
         ScorePolicy {
             weights: PerSignal {
-                reasoning_elicitation: 0.30,
-                template_reuse: 0.14,
+                reasoning_elicitation: 0.15,
+                template_reuse: 0.10,
                 output_ratio: 0.10,
                 pinned_max_tokens: 0.15,
                 timing_regularity: 0.08,
@@ -643,8 +647,8 @@ impl Default for ScorePolicy {
                 fingerprint_inconsistency: 0.05,
                 release_pivot: 0.10,
                 member_spread: 0.12,
-                stack_churn: 0.0,
-                output_length: 0.0,
+                stack_churn: 0.5,
+                output_length: 0.4,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
@@ -664,7 +668,7 @@ impl Default for ScorePolicy {
             },
             thresholds: Thresholds {
                 slow: Mark::new(0.50, 0.40),
-                degrade: Mark::new(0.62, 0.52),
+                degrade: Mark::new(0.55, 0.45),
                 throttle: Mark::new(0.75, 0.62),
                 block: Mark::new(0.90, 0.78),
             },
