@@ -392,3 +392,47 @@ fn a_family_run_reports_its_seeds_and_is_deterministic() {
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("median / worst decile"), "{text}");
 }
+
+/// Issue 14, causes 5 and 6, on a small budget: the first two tuning
+/// seeds' stealth campaigns (36 and 95 accounts at 2–4 requests per
+/// account per hour, client stacks rotated per request, warm-up and cover
+/// traffic) at half size. Per-key limits and the policy before behaviour
+/// cohorts served 100 % of both after their first ten minutes; the shipped
+/// policy serves 46 % and 68 % (BENCHMARKS.md), and refuses, degrades and
+/// slows no honest request.
+#[test]
+fn behaviour_cohorts_reach_slow_stealth_campaigns_without_touching_honest_traffic() {
+    let (r, _) = simulate(&[
+        "--family",
+        "tuning",
+        "--seeds",
+        "2",
+        "--minutes",
+        "120",
+        "--scale",
+        "0.5",
+        "--report",
+        "json",
+    ]);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let seed = &run["seed"];
+        assert_eq!(f(run, "legit_refused_fraction"), 0.0, "seed {seed}: {run}");
+        assert!(
+            f(run, "legit_degraded_fraction") <= 0.005,
+            "seed {seed}: {run}"
+        );
+        assert!(
+            f(run, "legit_slowed_fraction") <= 0.001,
+            "seed {seed}: {run}"
+        );
+        let stealth = f(run, "stealth_served_after_10min");
+        assert!(stealth <= 0.75, "seed {seed}: stealth served {stealth}");
+        assert!(
+            f(run, "attack_output_tokens_fraction") <= 0.25,
+            "seed {seed}: {run}"
+        );
+        assert!(run["containment_seconds"].is_u64(), "seed {seed}: {run}");
+    }
+}

@@ -666,6 +666,14 @@ pub struct FileDetection {
     /// A cluster is scored by the higher of its core's score and all its
     /// members': honest accounts below the mark cannot dilute a campaign.
     pub core_min_raw: f32,
+    /// An account whose own raw score reaches this (0–1; above 1: never)
+    /// sends its requests into its behaviour cohorts — accounts that
+    /// behave alike, linked or not — and is scored with their pooled
+    /// evidence, never above its own raw score.
+    pub cohort_min_raw: f32,
+    /// ...once it has sent at least this many requests (its behaviour is
+    /// known from them).
+    pub cohort_min_requests: u32,
     /// Slow: a delay before forwarding and a lower concurrency cap for the
     /// account.
     pub slow: FileSlow,
@@ -688,7 +696,9 @@ impl Default for FileDetection {
             mode: "enforce".into(),
             enforce_percent: 100,
             half_life_ms: 3_600_000,
-            core_min_raw: 0.5,
+            core_min_raw: 0.45,
+            cohort_min_raw: 0.5,
+            cohort_min_requests: 2,
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),
             thresholds: FileThresholds::default(),
@@ -728,8 +738,8 @@ impl Default for FileThresholds {
         Self {
             slow_enter: 0.50,
             slow_exit: 0.40,
-            degrade_enter: 0.62,
-            degrade_exit: 0.52,
+            degrade_enter: 0.55,
+            degrade_exit: 0.45,
             throttle_enter: 0.75,
             throttle_exit: 0.62,
             block_enter: 0.90,

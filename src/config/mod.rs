@@ -174,6 +174,11 @@ pub struct DetectionConfig {
     /// A member's requests count in its cluster's core from this own raw
     /// score on.
     pub core_min_raw: f32,
+    /// An account's requests go into its behaviour cohorts from this own
+    /// raw score on (above 1: never).
+    pub cohort_min_raw: f32,
+    /// ...and from this many requests of its own on.
+    pub cohort_min_requests: u32,
     /// Slow's mode.
     pub slow: ActionMode,
     /// Delay at the Slow mark.
@@ -1519,12 +1524,26 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             "expected a number from 0 to 1",
         ));
     }
+    if !(f.cohort_min_raw.is_finite() && f.cohort_min_raw >= 0.0) {
+        return Err(invalid(
+            "detection.cohort_min_raw",
+            "expected a number >= 0 (above 1: no cohorts)",
+        ));
+    }
+    if f.cohort_min_requests == 0 {
+        return Err(invalid(
+            "detection.cohort_min_requests",
+            "expected a count above 0",
+        ));
+    }
     Ok(DetectionConfig {
         enabled: f.enabled,
         mode,
         score,
         matcher: std::sync::Arc::new(matcher),
         core_min_raw: f.core_min_raw,
+        cohort_min_raw: f.cohort_min_raw,
+        cohort_min_requests: f.cohort_min_requests,
         slow,
         slow_min_delay: Duration::from_millis(f.slow.min_delay_ms),
         slow_max_delay: Duration::from_millis(f.slow.max_delay_ms),

@@ -13,7 +13,8 @@
 //! share fingerprints are linked into clusters by [`link`] (prompts compared
 //! through [`signature`]); a cluster at or above the configured strength and
 //! size shares one budget, and a member consumes its own bucket *and* its
-//! cluster's.
+//! cluster's. Accounts that are not linked but behave alike are scored
+//! with the evidence of their behaviour [`cohort`].
 
 pub mod gcra;
 pub mod accounts;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod signature;
 pub mod link;
 pub mod score;
+pub mod cohort;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,6 +78,33 @@ pub fn request_shape(f: &RequestFacts) -> Option<u64> {
     value.extend_from_slice(f.model.as_deref().unwrap_or("").as_bytes());
     value.extend_from_slice(&[0, scale as u8]);
     Some(attr_hash(AttrKind::Shape, &value))
+}
+
+/// An account's behaviour state carries evidence that must not be dropped
+/// with its idle budget state: it is above Allow, its score is half way to
+/// Slow, or its own raw score reaches `cohort_min_raw` on requests not yet
+/// decayed away (a slow account's evidence is in its raw score long before
+/// it rests on enough requests).
+fn signal_evidence(
+    d: &crate::config::DetectionConfig,
+    sig: &score::AccountSignals,
+    ladder: score::LadderState,
+    now: Nanos,
+) -> bool {
+    let sc = sig.score(now, &d.score);
+    let mut ladder = ladder;
+    ladder.update(sc.value, &d.score) > score::Level::Allow
+        || sc.value >= d.score.thresholds.slow.enter / 2.0
+        || (sc.raw >= d.cohort_min_raw && sc.requests >= 0.5)
+}
+
+/// The client stack of a request (JA4 and HTTP fingerprint together), for
+/// [`score::Signal::StackChurn`]; None when neither is known.
+fn client_stack(a: &ObservedAttrs) -> Option<u64> {
+    match (a.ja4, a.http) {
+        (None, None) => None,
+        (j, h) => Some(j.unwrap_or(0) ^ h.unwrap_or(0).rotate_left(29)),
+    }
 }
 
 /// A request's fingerprint attributes, hashed with [`attr_hash`].
@@ -191,6 +220,12 @@ pub struct Detection {
     /// The request counted in its cluster's core: the account's own raw
     /// score reached `core_min_raw`.
     pub in_cluster_core: bool,
+    /// The behaviour cohorts that observed the request (0: none): the
+    /// account's own raw score reached `cohort_min_raw`.
+    pub cohorts: [u64; cohort::KEYS],
+    /// The account's level rests on its cohort's evidence (its own
+    /// requests were too few).
+    pub by_cohort: bool,
 }
 
 /// Whose budget a limit belongs to.
@@ -319,6 +354,12 @@ pub struct Ticket {
     /// Admitted at the Throttle level: settled against the budgets scaled
     /// by the throttle factor, as it was admitted.
     pub throttled: bool,
+    /// The behaviour cohorts that observed the request (0: none); what the
+    /// response produces counts there too.
+    pub scored_cohorts: [u64; cohort::KEYS],
+    /// Forwarded degraded (output clamped): its output does not count as
+    /// the client's own output length.
+    pub degraded: bool,
 }
 
 /// Engine decision with context for logs and headers.
@@ -431,6 +472,8 @@ pub struct Engine {
     clusters: AccountStore,
     account_signals: dashmap::DashMap<u64, (score::AccountSignals, score::LadderState)>,
     cluster_signals: dashmap::DashMap<u64, ClusterBehaviour>,
+    /// Behaviour cohorts by key ([`cohort`]), at most [`MAX_COHORTS`].
+    cohorts: dashmap::DashMap<u64, score::ClusterSignals>,
     linker: Mutex<Linker>,
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
@@ -454,6 +497,14 @@ impl std::fmt::Debug for Engine {
 /// How often idle state is swept (engine time).
 const MAINTENANCE_INTERVAL: Nanos = 10 * SECOND;
 
+/// Behaviour cohorts held at most (368 bytes each): keys are quantised, so a
+/// few hundred per model are in use; beyond the cap no new cohort is made
+/// until idle ones are swept.
+const MAX_COHORTS: usize = 16_384;
+
+/// A cohort whose decayed requests fall below this is idle and swept.
+const COHORT_IDLE_REQUESTS: f32 = 0.5;
+
 /// Networks whose new-account cells are kept before idle ones are swept.
 const NEW_ACCOUNT_NETWORKS: usize = 65_536;
 
@@ -467,6 +518,7 @@ impl Engine {
             clusters: AccountStore::default(),
             account_signals: dashmap::DashMap::new(),
             cluster_signals: dashmap::DashMap::new(),
+            cohorts: dashmap::DashMap::new(),
             manual_accounts: dashmap::DashMap::new(),
             manual_clusters: dashmap::DashMap::new(),
             new_accounts: IdMap::default(),
@@ -847,6 +899,10 @@ impl Engine {
         if let Verdict::Allow(t) = &mut verdict {
             t.scored_cluster = scored.filter(|_| detection.is_some()).map(|c| c.id);
             t.scored_core = detection.as_ref().is_some_and(|d| d.in_cluster_core);
+            if let Some(d) = &detection {
+                t.scored_cohorts = d.cohorts;
+                t.degraded = d.degrade_to.is_some();
+            }
         }
         Decision {
             verdict,
@@ -945,7 +1001,7 @@ impl Engine {
             .fold(0u32, |m, (i, _)| m | (1 << i));
         let template_shared =
             shared & prompt_rules != 0 || linked.is_some_and(|c| c.rules & prompt_rules != 0);
-        let req = score::RequestSignals {
+        let mut req = score::RequestSignals {
             now,
             prompt_text: "",
             thinking_budget: f.thinking_budget,
@@ -957,17 +1013,38 @@ impl Engine {
             template_key: obs.attrs.prompt.map(|k| k[0]),
             fill_key: f.fill_key,
             fingerprint_inconsistent: f.fingerprint_inconsistent,
+            stack_changed: false,
         };
         let tier_rpm = tier.requests.per_period();
         let history;
+        let mut cohorts = [0u64; cohort::KEYS];
+        let mut by_cohort = false;
         let (mut level, mut scope, mut best) = {
             let mut e = self.account_state(obs.account.0, now);
             let (sig, ladder) = e.value_mut();
             // First seen by a scored cluster (it joined before the cluster
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
+            req.stack_changed = sig.note_stack(client_stack(&obs.attrs));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
-            let sc = sig.score(now, &d.score);
+            let mut sc = sig.score(now, &d.score);
+            // Too few requests of its own for the evidence its signals show:
+            // its behaviour cohort's pooled requests supply the amount.
+            let profile = sig.profile(now, &d.score);
+            if sc.raw >= d.cohort_min_raw && profile.requests_total >= d.cohort_min_requests {
+                cohorts = cohort::keys(&profile);
+                for key in cohorts {
+                    let Some(c) = self.observe_cohort(key, obs.account.0, &req, hits, d, tier_rpm)
+                    else {
+                        continue;
+                    };
+                    let value = sc.raw.min(c.raw) * c.evidence * c.activity;
+                    if value > sc.value {
+                        sc = score::Score { value, ..c };
+                        by_cohort = true;
+                    }
+                }
+            }
             (ladder.update(sc.value, &d.score), Scope::Account, sc)
         };
         // The account's own evidence, before its amount is weighed: its
@@ -1047,7 +1124,31 @@ impl Engine {
             phrase_hits,
             cluster_level,
             in_cluster_core: in_core,
+            cohorts,
+            by_cohort,
         }
+    }
+
+    /// A cohort observes a request and is scored (None: no room for a new
+    /// cohort). Lock order: the account's signals, then the cohort's.
+    fn observe_cohort(
+        &self,
+        key: u64,
+        account: u64,
+        req: &score::RequestSignals<'_>,
+        hits: score::PhraseHits,
+        d: &crate::config::DetectionConfig,
+        tier_rpm: u64,
+    ) -> Option<score::Score> {
+        if self.cohorts.len() >= MAX_COHORTS && !self.cohorts.contains_key(&key) {
+            return None;
+        }
+        let mut c = self
+            .cohorts
+            .entry(key)
+            .or_insert_with(|| score::ClusterSignals::new(req.now));
+        c.observe_hits(account, req, hits, &d.score, tier_rpm);
+        Some(c.score(req.now, &d.score))
     }
 
     /// Settle an admitted request with what it cost. Output tokens are
@@ -1079,14 +1180,24 @@ impl Engine {
                 .with(id, now, |s| settle_cells(s, &budget, ticket, usage, now));
         }
         if let Some(d) = &policy.detection {
+            let full = !ticket.degraded;
             if let Some(mut e) = self.account_signals.get_mut(&ticket.account.0) {
-                e.0.settle(usage.output_tokens, now, &d.score);
+                if full {
+                    e.0.settle(usage.output_tokens, now, &d.score);
+                } else {
+                    e.0.settle_degraded(usage.output_tokens, now, &d.score);
+                }
+            }
+            for key in ticket.scored_cohorts.iter().filter(|&&k| k != 0) {
+                if let Some(mut c) = self.cohorts.get_mut(key) {
+                    c.settle_as(usage.output_tokens, now, &d.score, full);
+                }
             }
             if let Some(id) = ticket.scored_cluster {
                 let settle = |e: &mut ClusterBehaviour| {
-                    e.all.settle(usage.output_tokens, now, &d.score);
+                    e.all.settle_as(usage.output_tokens, now, &d.score, full);
                     if ticket.scored_core {
-                        e.core.settle(usage.output_tokens, now, &d.score);
+                        e.core.settle_as(usage.output_tokens, now, &d.score, full);
                     }
                 };
                 let settled = self
@@ -1191,12 +1302,26 @@ impl Engine {
         let _ = self
             .clusters
             .evict(now, policy.idle_evict, policy.max_tracked, |_| false);
-        // Signals go with their account's state, and with dissolved clusters.
-        self.account_signals
-            .retain(|id, _| self.accounts.peek(*id, |_| ()).is_some());
+        // Signals go with their account's state, and with dissolved clusters;
+        // an account's signals that carry evidence outlive its idle budget
+        // state, within twice the cap (a slow account is idle between its
+        // requests: dropping its signals would make every request its first).
+        let room = self.account_signals.len() <= policy.max_tracked.saturating_mul(2);
+        self.account_signals.retain(|id, e| {
+            self.accounts.peek(*id, |_| ()).is_some()
+                || (room
+                    && policy
+                        .detection
+                        .as_ref()
+                        .is_some_and(|d| signal_evidence(d, &e.0, e.1, now)))
+        });
         if let Ok(linker) = self.linker.lock() {
             self.cluster_signals
                 .retain(|id, _| linker.cluster(*id).is_some());
+        }
+        if let Some(d) = &policy.detection {
+            self.cohorts
+                .retain(|_, c| c.requests(now, &d.score) >= COHORT_IDLE_REQUESTS);
         }
         self.new_accounts.retain(|_, c| !c.is_idle(now));
         self.stats
@@ -1221,12 +1346,9 @@ impl Engine {
         let Some(d) = &policy.detection else {
             return false;
         };
-        self.account_signals.get(&id).is_some_and(|e| {
-            let score = e.0.score(now, &d.score).value;
-            let mut ladder = e.1;
-            score >= d.score.thresholds.slow.enter / 2.0
-                || ladder.update(score, &d.score) > score::Level::Allow
-        })
+        self.account_signals
+            .get(&id)
+            .is_some_and(|e| signal_evidence(d, &e.0, e.1, now))
     }
 }
 
@@ -1383,6 +1505,8 @@ fn admit(
         scored_cluster: None,
         scored_core: false,
         throttled,
+        scored_cohorts: [0; cohort::KEYS],
+        degraded: false,
     })
 }
 

@@ -73,6 +73,14 @@
 //!   how many minutes pass, on average, between two requests of one member. A hydra spreads its traffic thinly over
 //!   many accounts so that each stays under its own limits; the signal reads 0 below `spread_min_members` members
 //!   (the users of one tool who bring their own keys look alike, which is why its weight stays modest).
+//! - **stack_churn** `= Σ[stack_changed] / n`: the share of requests whose client stack (JA4 and HTTP fingerprint,
+//!   hashed together by the caller) differs from the account's previous request's ([`AccountSignals::note_stack`]).
+//!   Honest clients keep theirs — a corporate NAT's users share one, an app's users each keep their own — while a
+//!   campaign that impersonates browsers and SDKs per request (uTLS, curl-impersonate) changes it on most requests.
+//!   In a cluster, the share of its members' requests that changed their member's stack.
+//! - **output_length** `= Σoutput_full / Σ[served in full]`: output tokens per request that was served in full
+//!   (requests the engine degraded are left out: the clamp, not the client, set their length), 0 before one is
+//!   settled. Distillation wants long answers; a client that reads short ones (chat, batch, evaluation) does not.
 //!
 //! # Score
 //!
@@ -103,10 +111,10 @@
 //!
 //! | signal                    | weight | ramp off → full     |
 //! |---------------------------|--------|---------------------|
-//! | reasoning_elicitation     | 0.30   | 0.05 → 0.6          |
+//! | reasoning_elicitation     | 0.15   | 0.05 → 0.6          |
 //! | pinned_max_tokens         | 0.15   | 0.2 → 0.8           |
 //! | lockstep (clusters)       | 0.15   | 0.1 → 0.5           |
-//! | template_reuse            | 0.14   | 0.2 → 0.8           |
+//! | template_reuse            | 0.10   | 0.2 → 0.8           |
 //! | output_ratio              | 0.10   | 2 → 12              |
 //! | release_pivot             | 0.10   | 0.05 → 0.5          |
 //! | timing_regularity         | 0.08   | CV 0.8 → 0.25       |
@@ -115,18 +123,26 @@
 //! | fingerprint_inconsistency | 0.05   | 0.05 → 0.5          |
 //! | member_spread (clusters)  | 0.12   | 1 → 5 min           |
 //! | volume                    | 0.03   | 0.3 → 1.0 × tier    |
+//! | stack_churn               | 0.50   | 0.05 → 0.5          |
+//! | output_length             | 0.20   | 1 500 → 4 000 tokens |
 //!
-//! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.62 / 0.52, Throttle 0.75 / 0.62, Block 0.90 / 0.78.
+//! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.55 / 0.45 (fitted), Throttle 0.75 / 0.62, Block 0.90 / 0.78.
 //! `half_life` 1 h, `activity_half_life` 15 min, `min_requests` 8, `prior_requests` 3,
 //! `elicitation_param_credit` 0.25 at a thinking budget ≥ 16 000, `pinned_fraction` 0.95, `default_ceiling` 8 192
 //! (with a small table of Anthropic and OpenAI ceilings to check against current model cards), `new_models` empty,
 //! `new_model_window` 7 days, `pivot_young` 1 day, `pivot_old_weight` 0.25, `lockstep_min_members` 8,
 //! `lockstep_rate_factor` 4, `spread_min_members` 20. member_spread's weight and ramp were set with `distill-guard
-//! simulate` on the shipped scenarios (synthetic traffic; see BENCHMARKS.md).
+//! simulate` on the shipped scenarios (synthetic traffic; see BENCHMARKS.md). The weights of reasoning_elicitation,
+//! template_reuse, stack_churn and output_length were fitted on the tuning family of drawn scenarios only
+//! (`benches/fit-detection.py`; the held-out family is only reported, BENCHMARKS.md): at 0.30 the elicitation
+//! weight degraded 5–10 % of honest requests there (students and chat users who ask for step-by-step answers).
+//! output_length was fitted at 0.40 and ships at 0.20: at 0.40 the small scenario's honest coding agents, whose
+//! answers are long, were degraded (the tuning family has no honest answers that long).
 //!
 //! The rule behind the weights: everything a legitimate templated workload (a batch job, an evaluation harness, a
 //! corporate tool) can show — template reuse, regular timing, breadth, a young account, volume, a fingerprint
-//! mismatch — sums to 0.45, below Slow's 0.50. An account reaches Slow only with evidence of extraction (elicitation
+//! mismatch — sums to 0.41, below Slow's 0.50. stack_churn and output_length are heavy because honest clients show
+//! neither: they keep their client stack, and read answers shorter than a distillation campaign asks for. An account reaches Slow only with evidence of extraction (elicitation
 //! phrases, pinned ceilings, long outputs, a release pivot); a cluster can also with lockstep or member_spread.
 //!
 //! # Phrase matching
@@ -151,7 +167,7 @@
 //!
 //! # Memory and cost
 //!
-//! `size_of::<AccountSignals>()` is 160 bytes, `ClusterSignals` 352, `LadderState` 1. The default phrase table
+//! `size_of::<AccountSignals>()` is 184 bytes, `ClusterSignals` 368, `LadderState` 1. The default phrase table
 //! (74 phrases) has 1 529 states × 30 byte classes × 4 bytes ≈ 180 KiB. Measured in release on a shared 2-vCPU EPYC
 //! (least-disturbed of 30 rounds): scanning a 2 KiB prompt ≈ 1.7 µs; `observe_hits` ≈ 45 ns; `score` ≈ 185 ns
 //! (its one allocation is the contributions `Vec`); `observe` + `score` of an account ≈ 2.0 µs, plus the cluster's
@@ -228,11 +244,15 @@ pub enum Signal {
     ReleasePivot = 10,
     /// How thinly a cluster's traffic is spread over its accounts: members ÷ requests per minute (clusters only).
     MemberSpread = 11,
+    /// Share of requests whose client stack (JA4, HTTP fingerprint) differs from the account's previous request's.
+    StackChurn = 12,
+    /// Output tokens per request actually served in full (degraded requests left out).
+    OutputLength = 13,
 }
 
 impl Signal {
     /// Number of signals.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
 
     /// Every signal, in index order.
     pub const ALL: [Signal; Signal::COUNT] = [
@@ -248,6 +268,8 @@ impl Signal {
         Signal::FingerprintInconsistency,
         Signal::ReleasePivot,
         Signal::MemberSpread,
+        Signal::StackChurn,
+        Signal::OutputLength,
     ];
 
     /// Signals only a cluster has (an account's score leaves them out).
@@ -275,6 +297,8 @@ impl Signal {
             Signal::FingerprintInconsistency => "fingerprint_inconsistency",
             Signal::ReleasePivot => "release_pivot",
             Signal::MemberSpread => "member_spread",
+            Signal::StackChurn => "stack_churn",
+            Signal::OutputLength => "output_length",
         }
     }
 
@@ -286,13 +310,15 @@ impl Signal {
             | Signal::PinnedMaxTokens
             | Signal::Lockstep
             | Signal::FingerprintInconsistency
-            | Signal::ReleasePivot => "share",
+            | Signal::ReleasePivot
+            | Signal::StackChurn => "share",
             Signal::OutputRatio => "output/input tokens",
             Signal::TimingRegularity => "coefficient of variation",
             Signal::Volume => "x tier rate",
             Signal::AccountAge => "hours",
             Signal::Breadth => "fills per template",
             Signal::MemberSpread => "members per request per minute",
+            Signal::OutputLength => "output tokens per request",
         }
     }
 }
@@ -330,6 +356,10 @@ pub struct PerSignal<T> {
     pub release_pivot: T,
     /// [`Signal::MemberSpread`].
     pub member_spread: T,
+    /// [`Signal::StackChurn`].
+    pub stack_churn: T,
+    /// [`Signal::OutputLength`].
+    pub output_length: T,
 }
 
 impl<T: Copy> PerSignal<T> {
@@ -348,6 +378,8 @@ impl<T: Copy> PerSignal<T> {
             Signal::FingerprintInconsistency => self.fingerprint_inconsistency,
             Signal::ReleasePivot => self.release_pivot,
             Signal::MemberSpread => self.member_spread,
+            Signal::StackChurn => self.stack_churn,
+            Signal::OutputLength => self.output_length,
         }
     }
 
@@ -366,6 +398,8 @@ impl<T: Copy> PerSignal<T> {
             Signal::FingerprintInconsistency => &mut self.fingerprint_inconsistency,
             Signal::ReleasePivot => &mut self.release_pivot,
             Signal::MemberSpread => &mut self.member_spread,
+            Signal::StackChurn => &mut self.stack_churn,
+            Signal::OutputLength => &mut self.output_length,
         };
         *slot = value;
     }
@@ -603,8 +637,8 @@ impl Default for ScorePolicy {
     fn default() -> ScorePolicy {
         ScorePolicy {
             weights: PerSignal {
-                reasoning_elicitation: 0.30,
-                template_reuse: 0.14,
+                reasoning_elicitation: 0.15,
+                template_reuse: 0.10,
                 output_ratio: 0.10,
                 pinned_max_tokens: 0.15,
                 timing_regularity: 0.08,
@@ -615,6 +649,8 @@ impl Default for ScorePolicy {
                 fingerprint_inconsistency: 0.05,
                 release_pivot: 0.10,
                 member_spread: 0.12,
+                stack_churn: 0.5,
+                output_length: 0.2,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
@@ -629,10 +665,12 @@ impl Default for ScorePolicy {
                 fingerprint_inconsistency: Ramp::new(0.05, 0.5),
                 release_pivot: Ramp::new(0.05, 0.5),
                 member_spread: Ramp::new(1.0, 5.0),
+                stack_churn: Ramp::new(0.05, 0.5),
+                output_length: Ramp::new(1_500.0, 4_000.0),
             },
             thresholds: Thresholds {
                 slow: Mark::new(0.50, 0.40),
-                degrade: Mark::new(0.62, 0.52),
+                degrade: Mark::new(0.55, 0.45),
                 throttle: Mark::new(0.75, 0.62),
                 block: Mark::new(0.90, 0.78),
             },
@@ -1526,6 +1564,8 @@ pub struct RequestSignals<'a> {
     pub fill_key: Option<u64>,
     /// The client's fingerprints contradict each other.
     pub fingerprint_inconsistent: bool,
+    /// The account's client stack differs from the one of its previous request ([`AccountSignals::note_stack`]).
+    pub stack_changed: bool,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1557,6 +1597,12 @@ struct Counters {
     gap_mean: f32,
     /// Weighted sum of squared deviations of gaps.
     gap_m2: f32,
+    /// Requests whose client stack changed from the account's previous one.
+    churn: f32,
+    /// Requests settled in full (not degraded).
+    full: f32,
+    /// Output tokens of those.
+    full_output: f32,
 }
 
 impl Counters {
@@ -1571,6 +1617,9 @@ impl Counters {
         self.output *= f;
         self.gap_w *= f;
         self.gap_m2 *= f;
+        self.churn *= f;
+        self.full *= f;
+        self.full_output *= f;
     }
 
     /// Adds another window's sums (already decayed to the same time). The gap statistics stay this window's own:
@@ -1584,6 +1633,9 @@ impl Counters {
         self.pivot += o.pivot;
         self.input += o.input;
         self.output += o.output;
+        self.churn += o.churn;
+        self.full += o.full;
+        self.full_output += o.full_output;
     }
 
     /// Add one gap (seconds): West's weighted incremental mean and variance.
@@ -1859,6 +1911,9 @@ impl Window {
         if req.fingerprint_inconsistent {
             self.c.flagged += 1.0;
         }
+        if req.stack_changed {
+            self.c.churn += 1.0;
+        }
         if let Some(release) = req.model.and_then(|m| policy.release_of(m)) {
             if now >= release && now - release <= policy.new_model_window {
                 let young = self.first_seen.saturating_add(policy.pivot_young) >= release;
@@ -1876,9 +1931,15 @@ impl Window {
         }
     }
 
-    fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
+    /// `full`: the request was served in full (not degraded), so its output counts towards
+    /// [`Signal::OutputLength`] too.
+    fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
         self.decay_to(now, policy);
         self.c.output += output_tokens as f32;
+        if full {
+            self.c.full += 1.0;
+            self.c.full_output += output_tokens as f32;
+        }
     }
 
     /// Adds `other`'s evidence, decayed to `now`, as if its requests had been observed here: its requests and what
@@ -1945,6 +2006,12 @@ impl Window {
         v[Signal::Breadth.index()] = self.breadth.ratio(now, policy.half_life);
         v[Signal::FingerprintInconsistency.index()] = share(c.flagged, c.n);
         v[Signal::ReleasePivot.index()] = share(c.pivot, c.n);
+        v[Signal::StackChurn.index()] = share(c.churn, c.n);
+        v[Signal::OutputLength.index()] = if c.full > f32::EPSILON {
+            c.full_output / c.full
+        } else {
+            0.0
+        };
 
         let evidence = if n < policy.min_requests || n <= 0.0 {
             0.0
@@ -2065,6 +2132,28 @@ pub struct AccountSignals {
     w: Window,
     /// Its history went into a cluster's state ([`AccountSignals::join_cluster`]).
     joined: bool,
+    /// Key of the client stack of its last request (0: none yet).
+    last_stack: u64,
+}
+
+/// An account's behaviour as plain numbers, for comparing accounts by similarity ([`super::cohort`]): what it asks
+/// for, what it gets, how often, and whether its client stack stays put.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Profile {
+    /// Requests observed since the state was created.
+    pub requests_total: u32,
+    /// Requests per hour over the window.
+    pub requests_per_hour: f32,
+    /// Estimated prompt tokens per request.
+    pub input_per_request: f32,
+    /// Output tokens per request served in full (0: none settled yet).
+    pub output_per_request: f32,
+    /// [`Signal::ReasoningElicitation`]'s raw value.
+    pub elicitation: f32,
+    /// [`Signal::PinnedMaxTokens`]'s raw value.
+    pub pinned: f32,
+    /// [`Signal::StackChurn`]'s raw value.
+    pub stack_churn: f32,
 }
 
 impl AccountSignals {
@@ -2073,6 +2162,44 @@ impl AccountSignals {
         AccountSignals {
             w: Window::new(first_seen),
             joined: false,
+            last_stack: 0,
+        }
+    }
+
+    /// Record the client stack (a hash of its JA4 and HTTP fingerprint; None: unknown) of the request about to be
+    /// observed, and say whether it differs from the previous request's: pass that as
+    /// [`RequestSignals::stack_changed`]. Honest clients keep theirs; a campaign that rotates stacks per request
+    /// (curl-impersonate style) changes it on most requests.
+    pub fn note_stack(&mut self, stack: Option<u64>) -> bool {
+        let Some(k) = stack.map(|k| k | 1) else {
+            return false;
+        };
+        let changed = self.last_stack != 0 && self.last_stack != k;
+        self.last_stack = k;
+        changed
+    }
+
+    /// The account's behaviour at `now`, for [`super::cohort::keys`].
+    pub fn profile(&self, now: Nanos, policy: &ScorePolicy) -> Profile {
+        let c = &self.w.c;
+        let age = now.saturating_sub(self.w.first_seen);
+        let n = self.w.requests(now, policy);
+        Profile {
+            requests_total: self.w.requests_total,
+            requests_per_hour: (rate_per_sec(n, policy.half_life, age) * 3600.0) as f32,
+            input_per_request: if c.n > f32::EPSILON {
+                c.input / c.n
+            } else {
+                0.0
+            },
+            output_per_request: if c.full > f32::EPSILON {
+                c.full_output / c.full
+            } else {
+                0.0
+            },
+            elicitation: share(c.elicit, c.n),
+            pinned: share(c.pinned, c.n),
+            stack_churn: share(c.churn, c.n),
         }
     }
 
@@ -2115,9 +2242,15 @@ impl AccountSignals {
         self.w.observe(req, hits, policy, tier_rpm);
     }
 
-    /// Record what a response actually produced.
+    /// Record what a response served in full actually produced.
     pub fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
-        self.w.settle(output_tokens, now, policy);
+        self.w.settle(output_tokens, now, policy, true);
+    }
+
+    /// Record what a degraded response produced: it counts for [`Signal::OutputRatio`], not for
+    /// [`Signal::OutputLength`] (the clamp, not the client, set its length).
+    pub fn settle_degraded(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
+        self.w.settle(output_tokens, now, policy, false);
     }
 
     /// The score at `now`, with every signal but [`Signal::Lockstep`]. Does not change the state.
@@ -2278,11 +2411,21 @@ impl ClusterSignals {
         self.members = self.members.max(other.members);
     }
 
-    /// Record what a member's response actually produced.
+    /// Record what a member's response served in full actually produced.
     pub fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
+        self.settle_as(output_tokens, now, policy, true);
+    }
+
+    /// [`ClusterSignals::settle`] for a request that was served in full (`full`) or degraded (its output counts for
+    /// [`Signal::OutputRatio`], not for [`Signal::OutputLength`]; see [`AccountSignals::settle_degraded`]).
+    pub fn settle_as(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
         let f = self.w.decay_to(now, policy);
         self.lock *= f;
         self.w.c.output += output_tokens as f32;
+        if full {
+            self.w.c.full += 1.0;
+            self.w.c.full_output += output_tokens as f32;
+        }
     }
 
     /// The score at `now`, with every signal. Does not change the state.
@@ -2882,7 +3025,10 @@ mod tests {
                         template_key: Some(u64::MAX),
                         fill_key: Some(0),
                         fingerprint_inconsistent: true,
+                        stack_changed: true,
                     };
+                    let _ = a.note_stack(Some(now));
+                    let _ = a.profile(now, &policy);
                     a.observe(&r, &m, &policy, u64::MAX);
                     c.observe(u64::MAX, &r, &m, &policy, 0);
                     a.settle(u64::MAX, now, &policy);

@@ -1180,7 +1180,9 @@ mod detection {
                     &e,
                     &req(97_000 + a, &mut rng),
                     t0 + minute * MIN + a * SECOND,
-                    6_000,
+                    // Answers of middling length: a campaign above Slow and
+                    // below Block, where the cap applies.
+                    2_000,
                 );
             }
         }
@@ -1414,6 +1416,119 @@ mod detection {
             assert!(*n > 100, "{pop}: only {n} requests");
             assert_eq!(*bad, 0, "{pop}: {bad} of {n} requests above allow");
         }
+    }
+
+    /// A stealth campaign: every account its own network, a client stack
+    /// rotated per request, prompts paraphrased (no two alike), each account
+    /// too slow for its own score to rest on enough requests. What its
+    /// accounts share is behaviour: long outputs, the same request shape,
+    /// stack churn. Beside it, honest look-alikes of the same size and rate:
+    /// users of one app (its system prompt, their own stack each) and a
+    /// corporate NAT (one network, one stack). The campaign is scored by its
+    /// behaviour cohort and degraded; the look-alikes stay at Allow. With
+    /// cohorts off, the campaign's accounts alone never leave Allow.
+    #[test]
+    fn a_stealth_campaign_is_scored_by_its_behaviour_cohort() {
+        const STACKS: [&str; 6] = ["ja4-a", "ja4-b", "ja4-c", "ja4-d", "ja4-e", "ja4-f"];
+        const APP: &str =
+            "You are a helpful writing assistant inside a note-taking app. Improve the user's \
+                           text for clarity and tone without changing its meaning.";
+        let t0 = 1000 * MIN;
+        let run_with = |cohorts: bool| {
+            let mut p = policy();
+            if !cohorts {
+                if let Some(d) = p.detection.as_mut() {
+                    d.cohort_min_raw = 2.0;
+                }
+            }
+            let e = Engine::new(p);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(33);
+            // (requests, degraded or worse, of which by cohort) per population, last 30 minutes.
+            let mut got: std::collections::BTreeMap<&str, (u32, u32, u32)> = Default::default();
+            // Sixty minutes; every account sends one request every ten minutes.
+            for minute in 0..60u64 {
+                // The accounts due this minute, each at a random second, in time order.
+                let mut due: Vec<(Nanos, u64)> = (0..60u64)
+                    .filter(|a| (minute + a) % 10 == 0)
+                    .map(|a| (rng.gen_range(0..60 * SECOND), a))
+                    .collect();
+                due.sort_unstable();
+                for (offset, a) in due {
+                    let now = t0 + minute * MIN + offset;
+                    let n = words(&mut rng, 40);
+                    let reqs = [
+                        (
+                            "campaign",
+                            Req {
+                                account: 90_000 + a,
+                                text: n.clone(),
+                                max_tokens: 32_000,
+                                ja4: STACKS[rng.gen_range(0..STACKS.len())],
+                                prefix: format!("10.{a}.{minute}.0/24"),
+                            },
+                            rng.gen_range(3_000..6_000),
+                        ),
+                        (
+                            "app",
+                            Req {
+                                account: 91_000 + a,
+                                text: format!("{APP}\nNote: {}", words(&mut rng, 40)),
+                                max_tokens: 4_096,
+                                ja4: STACKS[a as usize % STACKS.len()],
+                                prefix: format!("198.18.{a}.0/24"),
+                            },
+                            rng.gen_range(100..1_500),
+                        ),
+                        (
+                            "nat",
+                            Req {
+                                account: 92_000 + a,
+                                text: words(&mut rng, 30),
+                                max_tokens: 2_048,
+                                ja4: "ja4-corp-sdk",
+                                prefix: "192.0.2.0/24".into(),
+                            },
+                            rng.gen_range(100..2_000),
+                        ),
+                    ];
+                    for (pop, r, output) in reqs {
+                        let d = run(&e, &r, now, output);
+                        let det = d.detection.expect("detection on");
+                        if minute >= 30 {
+                            let x = got.entry(pop).or_default();
+                            x.0 += 1;
+                            if det.enforced >= Level::Degrade {
+                                x.1 += 1;
+                                x.2 += u32::from(det.by_cohort);
+                            }
+                        }
+                        if pop != "campaign" {
+                            assert_eq!(
+                                det.level,
+                                Level::Allow,
+                                "{pop} at minute {minute}: {det:?}"
+                            );
+                            assert_eq!(det.cohorts, [0; cohort::KEYS], "{pop} in a cohort");
+                        }
+                    }
+                }
+            }
+            got
+        };
+        let with = run_with(true);
+        println!("with cohorts: {with:?}");
+        let (n, degraded, by_cohort) = with["campaign"];
+        assert!(
+            degraded * 10 >= n * 9,
+            "campaign degraded {degraded} of {n}"
+        );
+        assert!(
+            by_cohort * 10 >= degraded * 9,
+            "{by_cohort} of {degraded} by the cohort"
+        );
+        let without = run_with(false);
+        println!("without cohorts: {without:?}");
+        assert_eq!(without["campaign"].1, 0, "{without:?}");
     }
 }
 
