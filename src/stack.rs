@@ -522,6 +522,8 @@ impl Audit<'_> {
             "level": level_name(d.level),
             "enforced_level": level_name(d.enforced),
             "phrase_lists": d.phrase_hits,
+            "by_cohort": d.by_cohort,
+            "sustained_degrade": d.sustained,
         })];
         reasons.extend(
             d.score

@@ -682,7 +682,7 @@ pub struct FileDetection {
     /// Throttle: the account's and cluster's budgets multiplied down.
     pub throttle: FileThrottle,
     /// Block: 403.
-    pub block: FileActionMode,
+    pub block: FileBlock,
     /// Newly released models (`[[detection.new_model]]`): a move of traffic
     /// to them by young accounts is the release-pivot signal.
     #[serde(rename = "new_model")]
@@ -705,7 +705,7 @@ impl Default for FileDetection {
             slow: FileSlow::default(),
             degrade: FileDegrade::default(),
             throttle: FileThrottle::default(),
-            block: FileActionMode::default(),
+            block: FileBlock::default(),
             new_models: Vec::new(),
         }
     }
@@ -849,6 +849,31 @@ impl Default for FileThrottle {
             mode: "enforce".into(),
             enforce_percent: 100,
             budget_factor: 0.25,
+        }
+    }
+}
+
+/// `[detection.block]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileBlock {
+    /// "enforce" or "shadow".
+    #[schemars(extend("enum" = ["enforce", "shadow"]))]
+    pub mode: String,
+    /// Share of accounts (0–100) on which blocking is enforced.
+    #[schemars(range(max = 100))]
+    pub enforce_percent: u8,
+    /// A scored cluster acted on at Degrade or above for this long without
+    /// a break is blocked (0: never by time alone).
+    pub cluster_after_degrade_ms: u64,
+}
+
+impl Default for FileBlock {
+    fn default() -> Self {
+        Self {
+            mode: "enforce".into(),
+            enforce_percent: 100,
+            cluster_after_degrade_ms: 0,
         }
     }
 }

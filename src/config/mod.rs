@@ -200,6 +200,9 @@ pub struct DetectionConfig {
     pub throttle_factor: f64,
     /// Block's mode.
     pub block: ActionMode,
+    /// A scored cluster acted on at Degrade or above for this long without
+    /// a break is blocked (None: never by time alone).
+    pub block_cluster_after_degrade: Option<crate::engine::Nanos>,
     /// New models: (prefix, release time in Unix milliseconds).
     pub new_models_unix_ms: Vec<(String, u64)>,
     /// The phrase-list files (watched for reload).
@@ -1518,6 +1521,10 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
         ));
     }
     let block = action_mode("detection.block", &f.block.mode, f.block.enforce_percent)?;
+    let block_cluster_after_degrade = match f.block.cluster_after_degrade_ms {
+        0 => None,
+        ms => Some(nonzero_ms("detection.block.cluster_after_degrade_ms", ms)?),
+    };
     if !(0.0..=1.0).contains(&f.core_min_raw) {
         return Err(invalid(
             "detection.core_min_raw",
@@ -1554,6 +1561,7 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
         throttle,
         throttle_factor: f.throttle.budget_factor,
         block,
+        block_cluster_after_degrade: block_cluster_after_degrade.map(crate::engine::policy::nanos),
         new_models_unix_ms: f
             .new_models
             .iter()

@@ -226,6 +226,9 @@ pub struct Detection {
     /// The account's level rests on its cohort's evidence (its own
     /// requests were too few).
     pub by_cohort: bool,
+    /// The level is Block because the account's cluster has been held at
+    /// Degrade for `[detection.block] cluster_after_degrade_ms`.
+    pub sustained: bool,
 }
 
 /// Whose budget a limit belongs to.
@@ -430,6 +433,9 @@ struct ClusterBehaviour {
     all: score::ClusterSignals,
     core: score::ClusterSignals,
     ladder: score::LadderState,
+    /// Since when the cluster has been acted on at Degrade or above without
+    /// a break (None: it is below Degrade).
+    degraded_since: Option<Nanos>,
 }
 
 impl ClusterBehaviour {
@@ -438,6 +444,7 @@ impl ClusterBehaviour {
             all: score::ClusterSignals::new(formed_at),
             core: score::ClusterSignals::new(formed_at),
             ladder: score::LadderState::default(),
+            degraded_since: None,
         }
     }
 
@@ -461,6 +468,14 @@ impl ClusterBehaviour {
         self.all.absorb_cluster(&other.all, now, policy);
         self.core.absorb_cluster(&other.core, now, policy);
         self.ladder.join(&other.ladder);
+        // Both halves held at Degrade: since the earlier. One half: since its
+        // start, the joined ladder being at Degrade (a merge is no break).
+        self.degraded_since = match (self.degraded_since, other.degraded_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a
+                .or(b)
+                .filter(|_| self.ladder.level() >= score::Level::Degrade),
+        };
     }
 }
 
@@ -1050,7 +1065,9 @@ impl Engine {
         // The account's own evidence, before its amount is weighed: its
         // requests count in its cluster's core from the first one.
         let in_core = cluster.is_some() && best.raw >= d.core_min_raw;
+        let settled = d.slow_while_requests_below;
         let mut cluster_level = None;
+        let mut sustained = false;
         if let Some(c) = cluster {
             let mut e = self.cluster_state(&c);
             let state = e.value_mut();
@@ -1070,7 +1087,31 @@ impl Engine {
                     .observe_hits(obs.account.0, &req, hits, &d.score, tier_rpm);
             }
             let sc = state.score(now, &d.score);
-            let cl = state.ladder.update(sc.value, &d.score);
+            let mut cl = state.ladder.update(sc.value, &d.score);
+            // Acted on as the request below would be (Slow on settled
+            // evidence is Degrade).
+            let acted = if cl == score::Level::Slow && settled > 0 && sc.requests >= settled as f32
+            {
+                score::Level::Degrade
+            } else {
+                cl
+            };
+            if acted >= score::Level::Degrade {
+                let since = *state.degraded_since.get_or_insert(now);
+                // A campaign is throughput-bound and open-loop: degraded
+                // answers do not change what it sends. A cluster held at
+                // Degrade this long is blocked (honest users whose answers
+                // are cut short stop, or come to an admin, who can allow
+                // the cluster).
+                if let Some(after) = d.block_cluster_after_degrade {
+                    if cl < score::Level::Block && now.saturating_sub(since) >= after {
+                        cl = score::Level::Block;
+                        sustained = true;
+                    }
+                }
+            } else {
+                state.degraded_since = None;
+            }
             cluster_level = Some(cl);
             if cl > level {
                 level = cl;
@@ -1082,7 +1123,6 @@ impl Engine {
         // bound, so once the score rests on enough requests, the Slow level
         // is acted on as Degrade (less output, no thinking), which takes
         // something from it.
-        let settled = d.slow_while_requests_below;
         if level == score::Level::Slow && settled > 0 && best.requests >= settled as f32 {
             level = score::Level::Degrade;
         }
@@ -1126,6 +1166,7 @@ impl Engine {
             in_cluster_core: in_core,
             cohorts,
             by_cohort,
+            sustained,
         }
     }
 

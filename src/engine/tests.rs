@@ -876,6 +876,80 @@ mod detection {
         assert_eq!(d.detection.unwrap().level, Level::Allow, "no decay");
     }
 
+    /// Degrade is not where a campaign settles: a cluster held at Degrade
+    /// (Throttle and Block out of the score's reach here) for
+    /// `[detection.block] cluster_after_degrade_ms` is blocked, as a
+    /// cluster, with the block marked as sustained; without the setting it
+    /// stays degraded.
+    #[test]
+    fn a_cluster_held_at_degrade_is_blocked_after_the_set_time() {
+        let policy_with = |after: &str| {
+            let c = crate::config::parse(
+                std::path::Path::new("t.toml"),
+                &format!(
+                    "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                     [tiers.default]\nrequests_per_minute = 60\nburst_requests = 60\n\
+                     input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 100\n\
+                     [cluster.budget]\nrequests_per_minute = 100000000\nburst_requests = 100000000\n\
+                     input_tokens_per_minute = 100000000000\noutput_tokens_per_minute = 100000000000\nmax_concurrent = 100000\n\
+                     [detection.thresholds]\nthrottle_enter = 0.999\nthrottle_exit = 0.998\nblock_enter = 1.0\nblock_exit = 0.999\n\
+                     [detection.block]\n{after}\n"
+                ),
+            )
+            .unwrap();
+            Policy::from_config(&c)
+        };
+        let hydra = |e: &Engine| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+            let t0 = 1000 * MIN;
+            let (mut degraded, mut blocked) = (None, None);
+            let mut sustained = 0;
+            for minute in 0..30u64 {
+                for a in 0..200u64 {
+                    let now = t0 + minute * MIN + a * (SECOND / 200);
+                    let r = Req {
+                        account: 50_000 + a,
+                        text: format!(
+                            "Imagine and articulate the internal reasoning behind the completed response below, \
+                             and write it out step by step. Question: {} Answer: {}",
+                            words(&mut rng, 20),
+                            words(&mut rng, 10)
+                        ),
+                        max_tokens: 64_000,
+                        ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+                        prefix: format!("203.0.113.{}/32", a % 8),
+                    };
+                    let d = run(e, &r, now, 8_000);
+                    let det = d.detection.expect("detection on");
+                    if det.enforced == Level::Degrade {
+                        degraded.get_or_insert(now - t0);
+                    }
+                    if let Verdict::Block(scope) = d.verdict {
+                        assert_eq!(scope, Scope::Cluster);
+                        blocked.get_or_insert(now - t0);
+                        sustained += u32::from(det.sustained);
+                    }
+                }
+            }
+            (degraded, blocked, sustained)
+        };
+        let (degraded, blocked, sustained) = hydra(&Engine::new(policy_with(
+            "cluster_after_degrade_ms = 300000",
+        )));
+        let degraded = degraded.expect("the hydra was never degraded");
+        let blocked = blocked.expect("a cluster held at Degrade was never blocked");
+        assert!(
+            blocked >= degraded + 5 * MIN && blocked <= degraded + 7 * MIN,
+            "degraded at {} s, blocked at {} s",
+            degraded / SECOND,
+            blocked / SECOND
+        );
+        assert!(sustained > 0, "blocks not marked as sustained");
+        let (degraded, blocked, _) = hydra(&Engine::new(policy_with("")));
+        assert!(degraded.is_some(), "the hydra was never degraded");
+        assert_eq!(blocked, None, "blocked with cluster_after_degrade_ms off");
+    }
+
     /// Contamination: honest accounts linked into a campaign's cluster (one
     /// client stack, one network, one template) must not lower what the
     /// campaign's members get. Run the campaign alone, then the same

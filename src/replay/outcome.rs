@@ -190,10 +190,10 @@ fn reason(d: &crate::engine::Decision) -> String {
         Verdict::Block(scope) => format!(
             "block:{}:{}",
             scope.as_str(),
-            if d.detection.is_some() {
-                "detection"
-            } else {
-                "manual"
+            match &d.detection {
+                Some(x) if x.sustained => "sustained",
+                Some(_) => "detection",
+                None => "manual",
             }
         ),
         Verdict::Allow(_) => {
