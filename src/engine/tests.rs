@@ -688,16 +688,41 @@ mod detection {
 
     /// Default detection, budgets out of reach (only detection acts).
     fn policy() -> Policy {
+        policy_with("")
+    }
+
+    /// [`policy`] with `extra` TOML appended.
+    fn policy_with(extra: &str) -> Policy {
         let c = crate::config::parse(
             std::path::Path::new("t.toml"),
-            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
-             [tiers.default]\nrequests_per_minute = 60\nburst_requests = 60\n\
-             input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 100\n\
-             [cluster.budget]\nrequests_per_minute = 100000000\nburst_requests = 100000000\n\
-             input_tokens_per_minute = 100000000000\noutput_tokens_per_minute = 100000000000\nmax_concurrent = 100000\n",
+            &format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                 [tiers.default]\nrequests_per_minute = 60\nburst_requests = 60\n\
+                 input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 100\n\
+                 [cluster.budget]\nrequests_per_minute = 100000000\nburst_requests = 100000000\n\
+                 input_tokens_per_minute = 100000000000\noutput_tokens_per_minute = 100000000000\nmax_concurrent = 100000\n\
+                 {extra}"
+            ),
         )
         .unwrap();
         Policy::from_config(&c)
+    }
+
+    /// Account `50_000 + a` of a hydra: one chain-of-thought template, max_tokens at the ceiling, one JA4, eight
+    /// addresses.
+    fn hydra_request(rng: &mut rand::rngs::StdRng, a: u64) -> Req {
+        Req {
+            account: 50_000 + a,
+            text: format!(
+                "Imagine and articulate the internal reasoning behind the completed response below, \
+                 and write it out step by step. Question: {} Answer: {}",
+                words(rng, 20),
+                words(rng, 10)
+            ),
+            max_tokens: 64_000,
+            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
+            prefix: format!("203.0.113.{}/32", a % 8),
+        }
     }
 
     fn words(rng: &mut rand::rngs::StdRng, n: usize) -> String {
@@ -823,19 +848,7 @@ mod detection {
         for minute in 0..20u64 {
             for a in 0..400u64 {
                 let now = t0 + minute * MIN + a * (SECOND / 400);
-                let r = Req {
-                    account: 50_000 + a,
-                    text: format!(
-                        "Imagine and articulate the internal reasoning behind the completed response below, \
-                         and write it out step by step. Question: {} Answer: {}",
-                        words(&mut rng, 20),
-                        words(&mut rng, 10)
-                    ),
-                    max_tokens: 64_000,
-                    ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
-                    prefix: format!("203.0.113.{}/32", a % 8),
-                };
-                let d = run(&e, &r, now, 8_000);
+                let d = run(&e, &hydra_request(&mut rng, a), now, 8_000);
                 let det = d.detection.expect("detection on");
                 for (lvl, name) in [
                     (Level::Slow, "slow"),
@@ -884,20 +897,10 @@ mod detection {
     #[test]
     fn a_cluster_held_at_degrade_is_blocked_after_the_set_time() {
         let policy_with = |after: &str| {
-            let c = crate::config::parse(
-                std::path::Path::new("t.toml"),
-                &format!(
-                    "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
-                     [tiers.default]\nrequests_per_minute = 60\nburst_requests = 60\n\
-                     input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 100\n\
-                     [cluster.budget]\nrequests_per_minute = 100000000\nburst_requests = 100000000\n\
-                     input_tokens_per_minute = 100000000000\noutput_tokens_per_minute = 100000000000\nmax_concurrent = 100000\n\
-                     [detection.thresholds]\nthrottle_enter = 0.999\nthrottle_exit = 0.998\nblock_enter = 1.0\nblock_exit = 0.999\n\
-                     [detection.block]\n{after}\n"
-                ),
-            )
-            .unwrap();
-            Policy::from_config(&c)
+            policy_with(&format!(
+                "[detection.thresholds]\nthrottle_enter = 0.999\nthrottle_exit = 0.998\n\
+                 block_enter = 1.0\nblock_exit = 0.999\n[detection.block]\n{after}\n"
+            ))
         };
         let hydra = |e: &Engine| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(21);
@@ -907,19 +910,7 @@ mod detection {
             for minute in 0..30u64 {
                 for a in 0..200u64 {
                     let now = t0 + minute * MIN + a * (SECOND / 200);
-                    let r = Req {
-                        account: 50_000 + a,
-                        text: format!(
-                            "Imagine and articulate the internal reasoning behind the completed response below, \
-                             and write it out step by step. Question: {} Answer: {}",
-                            words(&mut rng, 20),
-                            words(&mut rng, 10)
-                        ),
-                        max_tokens: 64_000,
-                        ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1",
-                        prefix: format!("203.0.113.{}/32", a % 8),
-                    };
-                    let d = run(e, &r, now, 8_000);
+                    let d = run(e, &hydra_request(&mut rng, a), now, 8_000);
                     let det = d.detection.expect("detection on");
                     if det.enforced == Level::Degrade {
                         degraded.get_or_insert(now - t0);
