@@ -78,22 +78,27 @@ fn check_rejects_a_bad_config_with_file_line_col_key_and_reason() {
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_open_streams_finish_then_exits_zero() {
+/// `serve` on the basic config (edited by `edit`) in front of a mock
+/// upstream: the mock, the config's directory, the child and its port.
+fn serve_with(
+    edit: impl FnOnce(String) -> String,
+) -> (
+    distill_guard::mock::MockHandle,
+    tempfile::TempDir,
+    std::process::Child,
+    u16,
+) {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("dg.toml");
     std::fs::write(
         &cfg,
-        basic_config(&format!("http://{}", mock.addr()), "")
-            .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 10000"),
+        edit(basic_config(&format!("http://{}", mock.addr()), "")),
     )
     .unwrap();
     let Spawned {
-        mut child,
-        listeners,
-        ..
+        child, listeners, ..
     } = spawn_listening(
         Command::new(BIN)
             .args(["serve", "--config"])
@@ -103,6 +108,13 @@ async fn sigterm_lets_open_streams_finish_then_exits_zero() {
         false,
     );
     let port = listeners[0].port();
+    (mock, dir, child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_open_streams_finish_then_exits_zero() {
+    let (_mock, _dir, mut child, port) =
+        serve_with(|c| c.replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 10000"));
 
     // A stream that takes ~2 s: 40 tokens, 4 per event, 50 ms per token.
     let mut req = messages_request(
@@ -142,30 +154,10 @@ async fn sigterm_lets_open_streams_finish_then_exits_zero() {
 
 #[test]
 fn sigterm_after_the_grace_period_still_exits_zero() {
-    let mock =
-        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("dg.toml");
-    std::fs::write(
-        &cfg,
-        basic_config(&format!("http://{}", mock.addr()), "")
-            .replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 300")
-            .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 60000"),
-    )
-    .unwrap();
-    let Spawned {
-        mut child,
-        listeners,
-        ..
-    } = spawn_listening(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null()),
-        1,
-        false,
-    );
-    let port = listeners[0].port();
+    let (_mock, _dir, mut child, port) = serve_with(|c| {
+        c.replace("shutdown_grace_ms = 2000", "shutdown_grace_ms = 300")
+            .replace("idle_timeout_ms = 2000", "idle_timeout_ms = 60000")
+    });
     // A stream paused for 30 s: longer than the grace period.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body = r#"{"model":"m","max_tokens":40,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
