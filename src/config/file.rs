@@ -474,6 +474,12 @@ pub struct FileCluster {
     /// link rule must span for its links to join accounts into clusters; a
     /// rule spanning fewer only feeds the template_reuse signal.
     pub min_link_classes: u32,
+    /// Distinct prompt bands (of a signature's 16) a request must share with
+    /// another account before a link found only by rules with no client-stack
+    /// or network attribute (e.g. template+shape) joins them: short prompts
+    /// ending in one stock phrase share a band by it.
+    #[schemars(range(min = 1, max = 16))]
+    pub min_prompt_bands: u8,
     /// Budget growth per member (fraction of the base budget) ...
     pub per_member_fraction: f64,
     /// ... times members to this power (below 1: sublinear) ...
@@ -511,6 +517,7 @@ impl Default for FileCluster {
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
             min_link_classes: 2,
+            min_prompt_bands: 1,
             per_member_fraction: 0.25,
             growth_exponent: 0.5,
             max_multiplier: 4.0,

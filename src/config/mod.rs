@@ -1018,6 +1018,12 @@ fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig,
     if f.min_members < 2 {
         return Err(invalid("cluster.min_members", "expected 2 or more"));
     }
+    if !(1..=16).contains(&f.min_prompt_bands) {
+        return Err(invalid(
+            "cluster.min_prompt_bands",
+            "expected a count from 1 to 16 (a prompt signature has 16 bands)",
+        ));
+    }
     if !(1..=4).contains(&f.min_link_classes) {
         return Err(invalid(
             "cluster.min_link_classes",
@@ -1086,6 +1092,7 @@ fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig,
         max_links_per_request: f.max_links_per_request.max(1) as usize,
         max_linked_accounts: usize::try_from(f.max_linked_accounts).unwrap_or(usize::MAX),
         min_classes: f.min_link_classes as u8,
+        min_prompt_bands: f.min_prompt_bands,
     };
     link.validate()
         .map_err(|e| invalid("cluster", e.to_string()))?;

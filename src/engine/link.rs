@@ -320,6 +320,12 @@ pub struct LinkPolicy {
     /// behaviour signal): one shared template never puts strangers into one cluster by itself, and single linkage
     /// cannot chain crowds through it. 1 (or 0): every rule links.
     pub min_classes: u8,
+    /// Distinct prompt bands (positions of [`Attributes::prompt`]) a request must share with another account before
+    /// a link found only by rules with no client-stack or network attribute (prompt, shape) joins them, e.g. 2.
+    /// Short prompts that end in one stock phrase share a band by that phrase alone (signature §5), and the request
+    /// shape is nearly constant across honest users, while a template's instances share most of their bands.
+    /// 1: one band links.
+    pub min_prompt_bands: u8,
 }
 
 impl Default for LinkPolicy {
@@ -348,6 +354,7 @@ impl Default for LinkPolicy {
             downweighted: Vec::new(),
             max_accounts_per_value: 64,
             max_values: 1 << 20,
+            min_prompt_bands: 1,
             generation: 10 * MINUTE,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
@@ -575,6 +582,8 @@ struct CompiledRule {
     scalars: [AttrKind; 6],
     n_scalars: usize,
     prompt: bool,
+    /// A prompt rule with no client-stack or network attribute: its links need `min_bands` prompt bands.
+    prompt_only: bool,
     /// Spans fewer than `min_classes` evidence classes: reports sharing, never links.
     signal_only: bool,
     strength: u8,
@@ -601,6 +610,7 @@ struct Compiled {
     generation: Nanos,
     max_links: usize,
     max_linked: usize,
+    min_bands: u32,
 }
 
 impl Compiled {
@@ -624,6 +634,7 @@ impl Compiled {
                 scalars,
                 n_scalars,
                 prompt: mask & AttrKind::Prompt.bit() != 0,
+                prompt_only: mask & AttrKind::Prompt.bit() != 0 && classes(mask) & 0b11 == 0,
                 signal_only: classes(mask).count_ones() < u32::from(policy.min_classes),
                 strength: rule.strength.level(),
                 window: rule.window,
@@ -647,6 +658,7 @@ impl Compiled {
             generation: policy.generation.max(1),
             max_links: policy.max_links_per_request.clamp(1, MAX_LINKS_CAP),
             max_linked: policy.max_linked_accounts.clamp(2, u32::MAX as usize - 1),
+            min_bands: u32::from(policy.min_prompt_bands.max(1)),
         }
     }
 
@@ -1357,12 +1369,16 @@ impl Candidates {
             if stamp != self.stamp {
                 if self.list.len() < MAX_CANDIDATES {
                     self.table[i] = (e.account, self.list.len() as u32, self.stamp);
-                    self.list.push(Candidate {
+                    let mut c = Candidate {
                         account: e.account,
                         seen: e.seen,
                         strength: job.strength,
                         rules: job.bit,
-                    });
+                        bands: 0,
+                        scalar: false,
+                    };
+                    c.mark(job);
+                    self.list.push(c);
                 }
                 return;
             }
@@ -1371,6 +1387,7 @@ impl Candidates {
                 c.seen = c.seen.max(e.seen);
                 c.strength = c.strength.max(job.strength);
                 c.rules |= job.bit;
+                c.mark(job);
                 return;
             }
             i = (i + 1) & mask;
@@ -1386,7 +1403,12 @@ struct KeyJob {
     window: Nanos,
     bit: u32,
     signal_only: bool,
+    /// Position of the prompt band in the key ([`NO_BAND`]: the rule has a client-stack or network attribute).
+    band: u8,
 }
+
+/// [`KeyJob::band`] of a rule without prompt.
+const NO_BAND: u8 = u8::MAX;
 
 /// Another account the current request may link to.
 #[derive(Clone, Copy, Debug)]
@@ -1395,6 +1417,25 @@ struct Candidate {
     seen: Nanos,
     strength: u8,
     rules: u32,
+    /// Prompt bands (bit per position) it was found under by prompt-only rules.
+    bands: u64,
+    /// Found under a rule with a client-stack or network attribute.
+    scalar: bool,
+}
+
+impl Candidate {
+    fn mark(&mut self, job: &KeyJob) {
+        if job.band == NO_BAND {
+            self.scalar = true;
+        } else {
+            self.bands |= 1u64 << (job.band & 63);
+        }
+    }
+
+    /// Enough evidence to link: a rule with a client-stack or network attribute, or `min_bands` distinct prompt bands.
+    fn links(&self, min_bands: u32) -> bool {
+        self.scalar || self.bands.count_ones() >= min_bands
+    }
 }
 
 /// Strongest first, then most recent, then by account (a total order, so linking is deterministic).
@@ -1540,7 +1581,8 @@ impl Linker {
             cands.list.sort_unstable_by(candidate_order);
             let mut merges = 0;
             let mut root = self.cur.get(account).map(|i| self.cur.find(i));
-            for c in &cands.list {
+            let min_bands = self.compiled.min_bands;
+            for c in cands.list.iter().filter(|c| c.links(min_bands)) {
                 if self.reinforce(root, c) {
                     continue;
                 }
@@ -1690,6 +1732,7 @@ impl Linker {
                         window: rule.window,
                         bit: rule.bit,
                         signal_only: rule.signal_only,
+                        band: NO_BAND,
                     });
                 }
                 continue;
@@ -1709,6 +1752,7 @@ impl Linker {
                         window: rule.window,
                         bit: rule.bit,
                         signal_only: rule.signal_only,
+                        band: if rule.prompt_only { i as u8 } else { NO_BAND },
                     });
                 }
             }
@@ -2611,6 +2655,37 @@ mod tests {
             0,
             "no rule applies without JA4 and prefix"
         );
+    }
+
+    /// `min_prompt_bands`: a link found only by the prompt rule needs that many distinct bands shared; a rule with
+    /// a client-stack or network attribute links on one.
+    #[test]
+    fn prompt_only_links_need_the_set_number_of_bands() {
+        let linked = |min_prompt_bands: u8, a: &[u64], b: &[u64], stack: bool| {
+            let mut policy = LinkPolicy {
+                min_prompt_bands,
+                ..LinkPolicy::default()
+            };
+            // Strong (JA4 + prefix + prompt) and medium (prompt); not the weak rule, which links on JA4 + prefix.
+            policy.rules.truncate(2);
+            let mut linker = Linker::new(policy);
+            let with = |bands| Attributes {
+                ja4: stack.then_some(HYDRA_JA4),
+                ip_prefix: stack.then_some(77),
+                ..attrs(bands)
+            };
+            linker.observe(1, &with(a), EPOCH);
+            linker.observe(2, &with(b), EPOCH + SEC).is_some()
+        };
+        // One band in common (a stock phrase), then two.
+        let one = ([10, 11, 12, 13], [10, 21, 22, 23]);
+        let two = ([10, 11, 12, 13], [10, 11, 22, 23]);
+        assert!(linked(1, &one.0, &one.1, false));
+        assert!(!linked(2, &one.0, &one.1, false), "one band linked");
+        assert!(linked(2, &two.0, &two.1, false));
+        assert!(!linked(3, &two.0, &two.1, false), "two bands linked at 3");
+        // Same JA4 and prefix: the strong rule links on one band.
+        assert!(linked(2, &one.0, &one.1, true));
     }
 
     /// Attributes with only a prompt signature.
