@@ -509,12 +509,11 @@ impl Audit<'_> {
             reasons,
             mode: mode.to_string(),
         };
-        if let Some(recent) = &self.shared.recent {
-            recent.push(&record);
-        }
-        if let Some(log) = &self.shared.audit {
-            log.record(record);
-        }
+        crate::admin::recent::tee(
+            self.shared.recent.as_ref(),
+            self.shared.audit.as_ref(),
+            record,
+        );
     }
 
     /// Whether anyone takes audit lines.

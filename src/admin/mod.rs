@@ -521,12 +521,7 @@ fn manual_decision(
             reasons: vec![json!({"persisted": persisted})],
             mode: format!("admin@{peer}"),
         };
-        if let Some(recent) = &shared.recent {
-            recent.push(&record);
-        }
-        if let Some(audit) = &shared.audit {
-            audit.record(record);
-        }
+        recent::tee(shared.recent.as_ref(), shared.audit.as_ref(), record);
     }
     json_reply(
         StatusCode::OK,

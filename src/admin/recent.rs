@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::audit::AuditRecord;
+use super::audit::{AuditLog, AuditRecord};
 
 /// Decisions held (the oldest go first).
 pub const RECENT_DECISIONS: usize = 2048;
@@ -44,12 +44,30 @@ struct Ring {
     last: u64,
 }
 
+/// Send `record` to the ring and the audit log, whichever exist (cloned
+/// only when both take it).
+pub fn tee(recent: Option<&RecentDecisions>, audit: Option<&AuditLog>, record: AuditRecord) {
+    match (recent.filter(|_| RecentDecisions::keeps(&record)), audit) {
+        (Some(r), Some(a)) => {
+            r.push(record.clone());
+            a.record(record);
+        }
+        (Some(r), None) => r.push(record),
+        (None, Some(a)) => a.record(record),
+        (None, None) => {}
+    }
+}
+
 impl RecentDecisions {
-    /// Keep `record` (the oldest goes when the ring is full). Allow lines
-    /// (`[audit] all_requests`) are not kept: they would push out what an
-    /// analyst looks for.
-    pub fn push(&self, record: &AuditRecord) {
-        if record.decision == "allow" {
+    /// Allow lines (`[audit] all_requests`) are not kept: they would push
+    /// out what an analyst looks for.
+    fn keeps(record: &AuditRecord) -> bool {
+        record.decision != "allow"
+    }
+
+    /// Keep `record` (the oldest goes when the ring is full).
+    pub fn push(&self, record: AuditRecord) {
+        if !Self::keeps(&record) {
             return;
         }
         let Ok(mut ring) = self.inner.lock() else {
@@ -60,10 +78,7 @@ impl RecentDecisions {
         if ring.items.len() >= RECENT_DECISIONS {
             ring.items.pop_front();
         }
-        ring.items.push_back(Numbered {
-            seq,
-            record: record.clone(),
-        });
+        ring.items.push_back(Numbered { seq, record });
     }
 
     /// The newest `limit` records that `filter` selects, oldest first, and
@@ -133,11 +148,11 @@ mod tests {
     #[test]
     fn the_ring_keeps_the_newest_and_filters() {
         let r = RecentDecisions::default();
-        r.push(&rec("a", None, "allow"));
+        r.push(rec("a", None, "allow"));
         assert_eq!(r.query(Filter::default(), 10).1, 0, "allows are not kept");
         for i in 0..(RECENT_DECISIONS + 10) {
             let account = if i % 2 == 0 { "a" } else { "b" };
-            r.push(&rec(account, Some("c1"), "throttle"));
+            r.push(rec(account, Some("c1"), "throttle"));
         }
         let (all, last) = r.query(Filter::default(), usize::MAX);
         assert_eq!(all.len(), RECENT_DECISIONS);
