@@ -212,6 +212,32 @@ impl Browser {
     }
 }
 
+/// Ends a WebDriver session when dropped, so that chromedriver closes the
+/// browser it started even when the test fails half way (a plain blocking
+/// `DELETE /session/{id}` on loopback, with timeouts).
+struct SessionGuard {
+    driver_port: u16,
+    id: String,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        use std::io::{Read as _, Write as _};
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.driver_port));
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let _ = write!(
+            s,
+            "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            self.id
+        );
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+    }
+}
+
 /// The browser binaries: `DG_CHROMIUM` / `DG_CHROMEDRIVER`, or Debian's.
 fn browser_binaries() -> (PathBuf, PathBuf) {
     let pick = |var: &str, default: &str| {
@@ -310,6 +336,11 @@ async fn an_analyst_blocks_a_hydra_from_the_console() {
     .await;
     assert_eq!(status, 200, "new session: {session}");
     let id = session["value"]["sessionId"].as_str().unwrap().to_string();
+    // Dropped before chromedriver is killed (locals drop in reverse order).
+    let _session = SessionGuard {
+        driver_port: port,
+        id: id.clone(),
+    };
     let browser = Browser {
         client: http_client.clone(),
         base: format!("{driver}/session/{id}"),
@@ -595,7 +626,6 @@ async fn an_analyst_blocks_a_hydra_from_the_console() {
         )
         .await;
     assert!(stored.is_null());
-    b.call("DELETE", "", None).await;
 }
 
 /// The JSON the console reads, over real sockets, without a browser: the
