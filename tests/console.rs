@@ -4,8 +4,8 @@
 //! child process with an admin token; the browser logs in with it, sees
 //! the hydra appear as a cluster, opens its graph, blocks it, and sees the
 //! next request of a member refused, in the live decisions and in the
-//! audit tail; then downloads the indicator export. Screenshots are kept
-//! in `target/tmp/console/`.
+//! audit tail; then downloads the indicator export and opens the member's
+//! own page. Screenshots are kept in `target/tmp/console/`.
 //!
 //! The browser is required: without `chromium` and `chromedriver` this test
 //! fails (`.ci/run` installs them).
@@ -172,22 +172,37 @@ impl Browser {
     }
 
     /// Wait for `css` to select a displayed element, then click it (a real
-    /// mouse click at its place, as a user's).
+    /// mouse click at its place, as a user's). The page redraws its tables
+    /// as data arrive: an element that went stale is looked up again.
     async fn click(&self, css: &str) {
-        let id = until(
-            &format!("{css} to be clickable"),
+        until(
+            &format!("{css} to be clicked"),
             Duration::from_secs(30),
             || async move {
                 let id = self.find(css).await?;
-                let shown = self
-                    .call("GET", &format!("/element/{id}/displayed"), None)
-                    .await;
-                shown.as_bool().unwrap_or(false).then_some(id)
+                let (status, shown) = http(
+                    &self.client,
+                    "GET",
+                    &format!("{}/element/{id}/displayed", self.base),
+                    &[],
+                    None,
+                )
+                .await;
+                if status != 200 || shown["value"] != true {
+                    return None;
+                }
+                let (status, _) = http(
+                    &self.client,
+                    "POST",
+                    &format!("{}/element/{id}/click", self.base),
+                    &[],
+                    Some(&json!({})),
+                )
+                .await;
+                (status == 200).then_some(())
             },
         )
         .await;
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -564,6 +579,9 @@ async fn an_analyst_blocks_a_hydra_from_the_console() {
         (!v.is_null()).then_some(v)
     })
     .await;
+    // Pause the feed, so that the refusal stays in view (the demo's own
+    // hydra requests are being refused too, and the feed keeps 200).
+    b.click("#pause").await;
     assert_eq!(live[0], "block");
     assert_eq!(live[1], cluster);
     assert!(
@@ -616,6 +634,49 @@ async fn an_analyst_blocks_a_hydra_from_the_console() {
             .any(|c| c["cluster"] == cluster),
         "{export}"
     );
+
+    // The member's own page, from its link in the live decisions: its
+    // cluster, its signals now and over time, its refusal with the reason.
+    b.click(&format!(
+        "#live li[data-request-id='{request_id}'] a[data-kind='account']"
+    ))
+    .await;
+    let account = until(
+        "the account's page",
+        Duration::from_secs(60),
+        || async move {
+            let v = b
+                .js(
+                    "const q = (s) => document.querySelectorAll(s);
+                 return {
+                   title: document.getElementById('detail-title').textContent,
+                   facts: document.getElementById('detail-facts').textContent,
+                   signals: q('#signals tbody tr').length,
+                   history: q('#history path').length,
+                   recent: [...q('#recent tbody tr')].map(r => r.textContent),
+                 };",
+                    json!([]),
+                )
+                .await;
+            // The score's line is drawn (two samples or more); an account
+            // of the hydra scores little on its own, so its signals'
+            // contributions may all be 0 and have no line.
+            (v["signals"].as_u64()? >= 3
+                && v["history"].as_u64()? >= 1
+                && v["recent"].as_array()?.iter().any(|r| {
+                    r.as_str()
+                        .is_some_and(|r| r.contains("manual block (cluster)"))
+                }))
+            .then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(account["title"], format!("account {hydra_account}"));
+    assert!(
+        account["facts"].as_str().unwrap().contains(cluster),
+        "{account}"
+    );
+    b.screenshot(&artefacts.join("account.png")).await;
 
     // Logging out forgets the token.
     b.click("#logout").await;

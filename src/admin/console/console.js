@@ -337,6 +337,10 @@ async function refreshDetail() {
       fact("output tokens left", fmt(b.output_tokens_remaining, 0)), fact("in flight", b.in_flight ?? "–"),
       fact("first seen", b.first_seen_seconds_ago !== undefined ? `${b.first_seen_seconds_ago} s ago` : "–"));
   }
+  if (info && info.score) {
+    // Why a score is low although signals are high: too little evidence yet.
+    facts.push(fact("evidence", `${fmt(info.score.evidence)} (${fmt(info.score.requests, 1)} requests in the window)`));
+  }
   if (info) $("detail-facts").replaceChildren(...facts);
   $("detail").dataset.manual = (info && info.manual) || "";
 
