@@ -687,6 +687,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "  admin API:     http://{a}/metrics  (also /admin/top, /admin/accounts/ID)"
                 );
+                let token = proxy.shared().config.load().admin.token.is_some();
+                println!("{}", demo::console_line(a, token));
             }
             println!("Ctrl-C to stop.");
             signals.wait(|| ());

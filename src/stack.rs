@@ -483,13 +483,14 @@ struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    /// One audit line (no-op without an audit log).
+    /// One audit line, to the audit log and the console's latest decisions
+    /// (no-op without either).
     fn line(&self, action: &str, reasons: Vec<serde_json::Value>, mode: &str) {
-        let Some(log) = &self.shared.audit else {
+        if !self.wanted() {
             return;
-        };
+        }
         let fp = self.fp;
-        log.record(crate::admin::audit::AuditRecord {
+        let record = crate::admin::audit::AuditRecord {
             time_unix_ms: crate::admin::audit::now_unix_ms(),
             kind: "decision",
             request_id: self.request_id.to_str().ok().map(String::from),
@@ -507,13 +508,23 @@ impl Audit<'_> {
             decision: action.to_string(),
             reasons,
             mode: mode.to_string(),
-        });
+        };
+        crate::admin::recent::tee(
+            self.shared.recent.as_ref(),
+            self.shared.audit.as_ref(),
+            record,
+        );
+    }
+
+    /// Whether anyone takes audit lines.
+    fn wanted(&self) -> bool {
+        self.shared.audit.is_some() || self.shared.recent.is_some()
     }
 
     /// The line for a detection level above allow, enforced or in shadow
     /// mode, with every signal's value and contribution.
     fn detection(&self, d: &crate::engine::Detection) {
-        if self.shared.audit.is_none() {
+        if !self.wanted() {
             return;
         }
         let mut reasons: Vec<serde_json::Value> = vec![serde_json::json!({

@@ -111,6 +111,11 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
 }
 
 impl<T> JsonLines<T> {
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Records dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -283,6 +283,15 @@ impl Metrics {
         self.connections_rejected[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Requests so far by decision (every one of [`DECISIONS`]).
+    pub fn requests_by_decision(&self) -> Vec<(&'static str, u64)> {
+        DECISIONS
+            .iter()
+            .zip(&self.requests)
+            .map(|(d, n)| (*d, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// A request ended with `decision` (one of [`DECISIONS`]).
     pub fn request(&self, decision: &str) {
         self.requests[decision_index(decision)].fetch_add(1, Ordering::Relaxed);

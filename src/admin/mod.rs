@@ -2,19 +2,24 @@
 //! loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /admin/accounts/{id}`, `GET /admin/clusters/{id}`,
 //! `GET /admin/top?by=score|requests|tokens`,
-//! `POST /admin/{accounts|clusters}/{id}/{block|unblock|allow}`, and
+//! `POST /admin/{accounts|clusters}/{id}/{block|unblock|allow}`,
 //! `GET /admin/export/indicators` (fingerprints, prefixes and prompt-shape
-//! keys of blocked clusters).
+//! keys of blocked clusters), and the analyst console (`GET /console` and
+//! the JSON it reads, [`console`]).
 //!
-//! With a token configured every endpoint but the two probes needs
-//! `Authorization: Bearer <token>` (compared in constant time); without one
-//! the listener must be on a loopback address (config validation refuses
-//! anything else). Manual decisions are written to `[admin] state_path` and
-//! recorded in the audit stream (`distill_guard::audit` log target).
+//! With a token configured every endpoint but the two probes and the
+//! console's static files needs `Authorization: Bearer <token>` (compared
+//! in constant time); without one the listener must be on a loopback
+//! address (config validation refuses anything else). Manual decisions are
+//! written to `[admin] state_path` and recorded in the audit stream
+//! (`distill_guard::audit` log target).
 
 pub mod audit;
+pub mod console;
+pub mod history;
 pub mod indicators;
 pub mod metrics;
+pub mod recent;
 pub mod state;
 
 use std::convert::Infallible;
@@ -101,6 +106,26 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), open_tx.closed()).await;
 }
 
+/// One round of score sampling for the console's histories (run by the
+/// housekeeping task while the admin API is served).
+pub fn sample_history(shared: &Shared) {
+    let accounts: Vec<AccountId> = shared
+        .recent
+        .as_ref()
+        .map(|r| r.recent_accounts(16))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| parse_id(a).map(AccountId))
+        .collect();
+    shared.history.sample(
+        &shared.engine,
+        &accounts,
+        shared.clock.now(),
+        audit::now_unix_ms(),
+        std::time::Instant::now(),
+    );
+}
+
 /// Indicators of dissolved clusters go, unless an admin blocked them (run
 /// by the housekeeping task, whether or not the admin API is served).
 pub fn sweep_indicators(shared: &Shared) {
@@ -166,6 +191,12 @@ async fn handle(
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => return readyz(shared).await,
+        (&Method::GET, p) => {
+            // The console's page and assets hold no data.
+            if let Some(r) = console::asset(p) {
+                return r;
+            }
+        }
         _ => {}
     }
     if !authorized(shared, &req) {
@@ -205,6 +236,29 @@ async fn handle(
         },
         (&Method::GET, ["admin", "top"]) => top(shared, req.uri().query().unwrap_or("")),
         (&Method::GET, ["admin", "export", "indicators"]) => export_indicators(shared),
+        (&Method::GET, ["admin", "summary"]) => console::summary(shared),
+        (&Method::GET, ["admin", "clusters"]) => {
+            console::clusters(shared, req.uri().query().unwrap_or(""))
+        }
+        (&Method::GET, ["admin", "clusters", id, "graph"]) => match parse_id(id) {
+            Some(id) => console::graph(shared, id),
+            None => error(StatusCode::BAD_REQUEST, "cluster ids are 16 hex digits"),
+        },
+        (&Method::GET, ["admin", kind @ ("accounts" | "clusters"), id, "history"]) => {
+            match parse_id(id) {
+                Some(id) if *kind == "accounts" => {
+                    console::history(shared, history::Subject::Account(AccountId(id)))
+                }
+                Some(id) => console::history(shared, history::Subject::Cluster(id)),
+                None => error(StatusCode::BAD_REQUEST, "ids are 16 hex digits"),
+            }
+        }
+        (&Method::GET, ["admin", "decisions"]) => {
+            console::decisions(shared, req.uri().query().unwrap_or(""))
+        }
+        (&Method::GET, ["admin", "audit"]) => {
+            console::audit_tail(shared, req.uri().query().unwrap_or("")).await
+        }
         (&Method::POST, ["admin", kind @ ("accounts" | "clusters"), id, action]) => {
             let Some(id) = parse_id(id) else {
                 return error(StatusCode::BAD_REQUEST, "ids are 16 hex digits");
@@ -273,6 +327,7 @@ fn score_json(
             "requests": score.requests,
             "signals": score.contributions.iter().map(|c| json!({
                 "signal": c.signal.as_str(),
+                "unit": c.signal.unit(),
                 "value": c.value,
                 "normalised": c.normalised,
                 "weight": c.weight,
@@ -453,9 +508,9 @@ fn manual_decision(
         persisted,
         "admin decision"
     );
-    if let Some(audit) = &shared.audit {
+    if shared.audit.is_some() || shared.recent.is_some() {
         let subject = kind.trim_end_matches('s');
-        audit.record(audit::AuditRecord {
+        let record = audit::AuditRecord {
             time_unix_ms: audit::now_unix_ms(),
             kind: "manual_decision",
             request_id: None,
@@ -465,7 +520,8 @@ fn manual_decision(
             decision: action.to_string(),
             reasons: vec![json!({"persisted": persisted})],
             mode: format!("admin@{peer}"),
-        });
+        };
+        recent::tee(shared.recent.as_ref(), shared.audit.as_ref(), record);
     }
     json_reply(
         StatusCode::OK,
@@ -492,13 +548,20 @@ fn export_indicators(shared: &Shared) -> Response<Full<Bytes>> {
             })
         })
         .collect();
-    json_reply(
+    let generated = audit::now_unix_ms();
+    let mut r = json_reply(
         StatusCode::OK,
         &json!({
             "format": "distill-guard-indicators/1",
-            "generated_unix_ms": audit::now_unix_ms(),
+            "generated_unix_ms": generated,
             "prompt_signature": "engine::signature index keys (hex); comparable only with the same signature version and key",
             "clusters": blocked,
         }),
-    )
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&format!(
+        "attachment; filename=\"distill-guard-indicators-{generated}.json\""
+    )) {
+        r.headers_mut().insert(http::header::CONTENT_DISPOSITION, v);
+    }
+    r
 }

@@ -584,7 +584,8 @@ pub struct FileAttrValues {
     pub prompt_files: Vec<String>,
 }
 
-/// `[admin]`: a separate listener for health, metrics and admin actions.
+/// `[admin]`: a separate listener for health, metrics, admin actions and
+/// the analyst console (`/console`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAdmin {

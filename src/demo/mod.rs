@@ -72,6 +72,16 @@ pub fn curl_commands(addr: SocketAddr) -> [String; 2] {
     ]
 }
 
+/// The line naming the analyst console of an admin listener at `admin`.
+pub fn console_line(admin: SocketAddr, token: bool) -> String {
+    let login = if token {
+        "log in with the value of DISTILL_GUARD_ADMIN_TOKEN"
+    } else {
+        "no token: loopback only; set DISTILL_GUARD_ADMIN_TOKEN to require one"
+    };
+    format!("  console:       http://{admin}/console  ({login})")
+}
+
 /// Start the mock upstream and the proxy; returns both handles.
 pub fn start(
     listen: SocketAddr,

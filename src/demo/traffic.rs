@@ -546,6 +546,8 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         "::1/128".parse().context("loopback network")?,
     ];
     cfg.record = Some((record_path.clone(), 1 << 16));
+    // The console's drill-downs show the audit log's tail.
+    cfg.audit.path = Some(scratch.0.join("audit.jsonl"));
     cfg.server.workers = 2;
     let prefix_lens = (
         cfg.fingerprint.ipv4_prefix_len,
@@ -557,6 +559,25 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         .local_addrs()
         .first()
         .ok_or_else(|| anyhow!("the proxy has no listener"))?;
+    if options.live != Live::Quiet {
+        println!(
+            "distill-guard demo --traffic: scenario {} at {speed}x",
+            scenario.name
+        );
+        println!(
+            "  proxy:         https://{addr}  (TLS, self-signed; {})",
+            match options.front {
+                Front::ProxyProtocol => "a PROXY protocol v1 header first, from loopback",
+                Front::ForwardedFor => "clients named in x-forwarded-for",
+            }
+        );
+        if let Some(a) = proxy.admin_addr() {
+            let token = proxy.shared().config.load().admin.token.is_some();
+            println!("{}", super::console_line(a, token));
+        }
+        println!();
+        let _ = std::io::stdout().flush();
+    }
 
     let profiles = profiles(&cert)?;
     let n_profiles = profiles.len().max(1);

@@ -102,8 +102,9 @@
 //! `max_linked_accounts` (union-find entries; a link that needs a new entry beyond it is refused and counted in
 //! [`LinkStats::links_dropped_total`]). An index slot takes 32 bytes (the table has at most 8/3 × `max_values`
 //! slots: 64 MiB for 2^20 keys), a spilled entry 16 bytes; a linked account takes a 40-byte node and a map entry of
-//! about 20 bytes in each forest it is in (at most two). [`LinkStats::approx_bytes`] estimates the heap held by all
-//! structures from their capacities.
+//! about 20 bytes in each forest it is in (at most two). The last [`RECENT_LINKS`] links made are kept (32 bytes
+//! each, 1 MiB) so the admin API can draw a cluster as a graph ([`Linker::cluster_links`]).
+//! [`LinkStats::approx_bytes`] estimates the heap held by all structures from their capacities.
 //!
 //! # Cost
 //!
@@ -138,6 +139,8 @@ const MAX_LINKS_CAP: usize = 64;
 const MAX_CANDIDATES: usize = 128;
 /// Index slots visited by the incremental sweep per `observe`.
 const SWEEP_STEP: usize = 4;
+/// Links remembered for [`Linker::cluster_links`] (the most recent; 32 bytes each).
+pub const RECENT_LINKS: usize = 1 << 15;
 /// Occupied slots sampled per eviction by the sweeping hand (used when the neighbourhood is empty).
 const EVICT_SAMPLE: usize = 8;
 /// Slots next to an insertion point sampled for an eviction (about two at load 1/2; two cache lines).
@@ -485,6 +488,23 @@ pub struct ClusterView {
     pub rules: u32,
     /// When the cluster (this id) formed.
     pub formed_at: Nanos,
+}
+
+/// One link the linker made: the request of `from` matched what `to` had sent, under `rules`. Only links that joined
+/// two accounts' components are made (a pair already connected this generation only reinforces its cluster), so a
+/// cluster's links form a sparse graph that connects its members, not every pair that shares a value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct LinkEdge {
+    /// The account whose request made the link.
+    pub from: u64,
+    /// The account it was linked to.
+    pub to: u64,
+    /// Bitset of the rules (bit `i` for [`LinkPolicy::rules`]`[i]`) whose values both sent.
+    pub rules: u32,
+    /// The link's strength (after downweighting).
+    pub strength: Strength,
+    /// When it was made.
+    pub at: Nanos,
 }
 
 /// Counters and sizes for metrics.
@@ -1465,6 +1485,9 @@ pub struct Linker {
     changes: LinkChanges,
     /// Rules under which the last [`Linker::observe`] found another account within the window.
     shared: u32,
+    /// The last [`RECENT_LINKS`] links made, a ring (`recent_next` is the slot written next once it is full).
+    recent: Vec<LinkEdge>,
+    recent_next: usize,
 }
 
 /// What linking changed since it was last drained ([`Linker::changes`]): for whoever keeps state per cluster
@@ -1511,6 +1534,8 @@ impl Linker {
             band_flags: Vec::new(),
             changes: LinkChanges::default(),
             shared: 0,
+            recent: Vec::new(),
+            recent_next: 0,
         }
     }
 
@@ -1641,6 +1666,60 @@ impl Linker {
             .collect()
     }
 
+    /// Up to `limit` clusters, largest first (then oldest, then by id); O(clusters), for the admin API.
+    pub fn clusters(&self, limit: usize) -> Vec<ClusterView> {
+        let mut all: Vec<ClusterView> = self
+            .live
+            .by_id
+            .keys()
+            .filter_map(|&id| self.cluster(id))
+            .collect();
+        all.sort_unstable_by(|a, b| {
+            b.members
+                .cmp(&a.members)
+                .then(a.formed_at.cmp(&b.formed_at))
+                .then(a.id.cmp(&b.id))
+        });
+        all.truncate(limit);
+        all
+    }
+
+    /// The recent links (at most `limit`, newest first, one per pair of accounts) between accounts that are both in
+    /// cluster `id` now; for drawing the cluster. Only the last [`RECENT_LINKS`] links made are remembered, and
+    /// those older than two generations are left out (they no longer hold anything together). O(remembered links),
+    /// for the admin API.
+    pub fn cluster_links(&self, id: u64, limit: usize) -> Vec<LinkEdge> {
+        let Some(root) = self.live.root_of_id(id) else {
+            return Vec::new();
+        };
+        let oldest = self.last_now.saturating_sub(2 * self.compiled.generation);
+        let in_cluster = |a: u64| {
+            self.live
+                .get(a)
+                .is_some_and(|i| self.live.find_ro(i) == root)
+        };
+        let n = self.recent.len();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        // Newest first: the ring's slot before `recent_next` was written last.
+        for k in 1..=n {
+            if out.len() >= limit {
+                break;
+            }
+            let e = self.recent[(self.recent_next + n - k) % n];
+            if e.at < oldest {
+                continue;
+            }
+            let pair = (e.from.min(e.to), e.from.max(e.to));
+            if seen.contains(&pair) || !in_cluster(e.from) || !in_cluster(e.to) {
+                continue;
+            }
+            seen.insert(pair);
+            out.push(e);
+        }
+        out
+    }
+
     /// Rotates generations when due and drops every expired index entry (O(values)). `observe` rotates and sweeps
     /// incrementally by itself, so calling this is optional: it drains the index when traffic stops.
     pub fn maintain(&mut self, now: Nanos) {
@@ -1656,7 +1735,8 @@ impl Linker {
             + self.cands.table.capacity() * size_of::<(u64, u32, u32)>()
             + self.band_flags.capacity()
             + self.compiled.rules.capacity() * size_of::<CompiledRule>()
-            + map_bytes(&self.compiled.flags);
+            + map_bytes(&self.compiled.flags)
+            + self.recent.capacity() * size_of::<LinkEdge>();
         LinkStats {
             values: self.index.len,
             entries: self.index.entries,
@@ -1804,6 +1884,19 @@ impl Linker {
         );
         self.cur
             .link_adopt(account, c.account, c.strength, c.rules, id);
+        let edge = LinkEdge {
+            from: account,
+            to: c.account,
+            rules: c.rules,
+            strength: Strength::from_level(c.strength).unwrap_or(Strength::Weak),
+            at: now,
+        };
+        if self.recent.len() < RECENT_LINKS {
+            self.recent.push(edge);
+        } else {
+            self.recent[self.recent_next] = edge;
+            self.recent_next = (self.recent_next + 1) % RECENT_LINKS;
+        }
     }
 }
 
@@ -2193,6 +2286,62 @@ mod tests {
         assert_eq!((stats.accounts, stats.clusters), (0, 0));
         assert!(stats.approx_bytes < before.approx_bytes);
         check_index(&sim.linker.index);
+    }
+
+    #[test]
+    fn a_cluster_is_drawn_from_its_recent_links() {
+        let mut sim = Sim::new(LinkPolicy::default(), 7);
+        let hydra = sim.add_hydra(120);
+        let nat = sim.add_nat(40);
+        sim.run_until(EPOCH + 15 * MIN);
+        let (unlinked, clusters) = summary(&sim.linker, &hydra);
+        assert_eq!((unlinked, clusters.len()), (0, 1));
+        let id = *clusters.keys().next().unwrap();
+        // The hydra is the largest cluster; the NAT's is listed after it.
+        let listed = sim.linker.clusters(10);
+        assert_eq!(listed[0].id, id);
+        assert!(listed.windows(2).all(|w| w[0].members >= w[1].members));
+        let nat_cluster = sim.linker.cluster_of(nat[0]).map(|v| v.id);
+        assert!(nat_cluster.is_none_or(|n| listed.iter().any(|c| c.id == n)));
+        assert_eq!(sim.linker.clusters(1).len(), 1);
+
+        let links = sim.linker.cluster_links(id, 10_000);
+        let members: std::collections::HashSet<u64> = hydra.iter().copied().collect();
+        let mut pairs = std::collections::HashSet::new();
+        for e in &links {
+            // Both ends are members, each pair once, newest first, and every link names the rules it matched.
+            assert!(
+                members.contains(&e.from) && members.contains(&e.to),
+                "{e:?}"
+            );
+            assert!(pairs.insert((e.from.min(e.to), e.from.max(e.to))), "{e:?}");
+            assert_ne!(e.rules, 0);
+            assert!(e.at <= sim.now && e.at + 2 * GEN >= sim.now);
+        }
+        assert!(links.windows(2).all(|w| w[0].at >= w[1].at));
+        // The links connect every member: the graph is the cluster, not a sample of it.
+        let mut uf: std::collections::HashMap<u64, u64> = hydra.iter().map(|&a| (a, a)).collect();
+        fn root(uf: &mut std::collections::HashMap<u64, u64>, mut a: u64) -> u64 {
+            while uf[&a] != a {
+                a = uf[&a];
+            }
+            a
+        }
+        for e in &links {
+            let (ra, rb) = (root(&mut uf, e.from), root(&mut uf, e.to));
+            uf.insert(ra, rb);
+        }
+        let roots: std::collections::HashSet<u64> =
+            hydra.iter().map(|&a| root(&mut uf, a)).collect();
+        assert_eq!(
+            roots.len(),
+            1,
+            "{} components from {} links",
+            roots.len(),
+            links.len()
+        );
+        assert_eq!(sim.linker.cluster_links(id, 5).len(), 5);
+        assert!(sim.linker.cluster_links(id ^ 1, 10).is_empty());
     }
 
     #[test]

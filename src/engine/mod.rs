@@ -661,6 +661,23 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Up to `limit` clusters, largest first.
+    pub fn clusters(&self, limit: usize) -> Vec<ClusterView> {
+        self.linker
+            .lock()
+            .map(|l| l.clusters(limit))
+            .unwrap_or_default()
+    }
+
+    /// Recent links between members of cluster `id`, newest first, at most
+    /// `limit` ([`link::Linker::cluster_links`]).
+    pub fn cluster_links(&self, id: u64, limit: usize) -> Vec<link::LinkEdge> {
+        self.linker
+            .lock()
+            .map(|l| l.cluster_links(id, limit))
+            .unwrap_or_default()
+    }
+
     /// The linker's counters and sizes.
     pub fn link_stats(&self) -> Option<link::LinkStats> {
         self.linker.lock().ok().map(|l| l.stats())

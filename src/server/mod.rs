@@ -139,6 +139,10 @@ pub struct Shared {
     pub audit: Option<crate::admin::audit::AuditLog>,
     /// The traffic record, when configured.
     pub record: Option<crate::admin::audit::JsonLines<crate::replay::TrafficRecord>>,
+    /// The latest decisions for the console, while the admin API is served.
+    pub recent: Option<crate::admin::recent::RecentDecisions>,
+    /// Sampled score histories for the console.
+    pub history: crate::admin::history::History,
     /// Each listener's TLS settings (None for plain listeners), swapped when
     /// certificates are reloaded; handshakes pick up the current one.
     pub tls: Vec<Option<ArcSwap<rustls::ServerConfig>>>,
@@ -405,6 +409,8 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
     let shared = Arc::new(Shared {
         indicators: Default::default(),
         record,
+        recent: admin_listener.as_ref().map(|_| Default::default()),
+        history: Default::default(),
         audit,
         tls: tls_slots,
         engine,
@@ -463,9 +469,17 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                         async move {
                             let mut sweep =
                                 tokio::time::interval(std::time::Duration::from_secs(60));
+                            let mut sample =
+                                tokio::time::interval(crate::admin::history::SAMPLE_INTERVAL);
+                            sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             loop {
-                                sweep.tick().await;
-                                crate::admin::sweep_indicators(&shared);
+                                tokio::select! {
+                                    _ = sweep.tick() => crate::admin::sweep_indicators(&shared),
+                                    // Histories only serve the console.
+                                    _ = sample.tick(), if shared.recent.is_some() => {
+                                        crate::admin::sample_history(&shared)
+                                    }
+                                }
                             }
                         }
                     };
