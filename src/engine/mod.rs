@@ -440,6 +440,9 @@ pub struct ClusterAsk {
 pub type Admission = Result<Option<(u64, u32)>, LimitHit>;
 
 /// A decision before its budgets are asked ([`Engine::assess`]).
+// Not boxed: it lives for one call on the request path, and a box would
+// be an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Assessment {
     /// Refused before any budget is asked (blocked, or a new account with

@@ -127,8 +127,10 @@ return 1
 ";
 
 /// An admin's decision: set or clear one field, bump the version every
-/// replica polls. Returns the new version.
+/// replica polls. Returns the new version, or -1 while Redis holds no
+/// record yet (just started empty: a replica seeds it within one sync).
 const MANUAL_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
@@ -138,13 +140,17 @@ return redis.call('INCR', KEYS[2])
 ";
 
 /// Redis holds no record of manual decisions (new, or restarted empty):
-/// seed it with this replica's, unless another replica did first.
+/// seed it with this replica's, unless another replica did first. The
+/// version starts at the server's time in microseconds, so it never
+/// repeats one a replica saw before a restart of Redis (a replica that
+/// missed the restart would take a repeated version for one it applied).
 const SEED_LUA: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 for k = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 1])
 end
-redis.call('SET', KEYS[2], 1)
+local t = redis.call('TIME')
+redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
 return 1
 ";
 
@@ -403,17 +409,31 @@ impl RedisStore {
             Some(Manual::Allow) => "allow",
             None => "",
         };
-        let mut conn = self.conn();
         let mut inv = self.manual.prepare_invoke();
         inv.key(&h).key(&v).arg(&field).arg(value);
-        self.run(Op::Manual, probe, inv.invoke_async::<i64>(&mut conn))
-            .await
-            .map_err(|()| {
-                format!(
-                    "Redis did not answer within {} ms",
-                    self.cfg.command_timeout.as_millis()
-                )
-            })
+        let mut conn = self.conn();
+        let mut stored = self
+            .run(Op::Manual, probe, inv.invoke_async::<i64>(&mut conn))
+            .await;
+        if stored.is_err() && self.breaker.state() == BreakerState::Closed {
+            // Once more: a connection Redis dropped (it restarted) fails
+            // the first command sent on it, and is made anew for the next.
+            stored = self
+                .run(Op::Manual, false, inv.invoke_async::<i64>(&mut conn))
+                .await;
+        }
+        match stored {
+            Ok(-1) => Err(format!(
+                "Redis holds no manual decisions yet (it restarted empty); the replicas \
+                 seed it within {} ms",
+                self.cfg.manual_sync.as_millis()
+            )),
+            Ok(v) => Ok(v),
+            Err(()) => Err(format!(
+                "Redis failed or did not answer within {} ms",
+                self.cfg.command_timeout.as_millis()
+            )),
+        }
     }
 
     /// Poll the manual decisions' version every `manual_sync_ms` and apply
