@@ -41,9 +41,15 @@ impl Redis {
 
     /// Start (again) on the same port, empty, and wait until it answers.
     fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// [`Redis::restart`] with extra server arguments.
+    fn restart_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none());
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
+            .args(extra)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -53,7 +59,10 @@ impl Redis {
             );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.ping().is_none() {
+        while self
+            .command("PING")
+            .is_none_or(|r| !(r.starts_with("+PONG") || r.contains("NOAUTH")))
+        {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer in 10 s"
@@ -83,12 +92,6 @@ impl Redis {
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    }
-
-    fn ping(&self) -> Option<()> {
-        self.command("PING")
-            .filter(|r| r.starts_with("+PONG"))
-            .map(|_| ())
     }
 
     fn url(&self) -> String {
@@ -164,13 +167,15 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize, burst: u64, state: &str) -> Cluster {
+        Cluster::start_with(n, |upstream| replica_config(upstream, burst, state))
+    }
+
+    /// `n` replicas of the config `text` makes for the mock's address.
+    fn start_with(n: usize, text: impl Fn(SocketAddr) -> String) -> Cluster {
         let mock = mock::start("127.0.0.1:0".parse().unwrap(), MockOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let replicas = (0..n)
-            .map(|_| {
-                let text = replica_config(mock.addr(), burst, state);
-                server::start(config_from(&text, dir.path())).unwrap()
-            })
+            .map(|_| server::start(config_from(&text(mock.addr()), dir.path())).unwrap())
             .collect();
         Cluster {
             _mock: mock,
@@ -547,4 +552,167 @@ async fn redis_paused_opens_the_breaker_and_requests_stay_bounded() {
     })
     .await;
     assert_eq!(send(&c.url(0), "sk-p", LIMIT).await.0, 200);
+}
+
+const TEMPLATES: [&str; 2] = [
+    "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer. Question: {} Answer: {}",
+    "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct. Task: {} Candidate answer: {}",
+];
+
+fn fill(i: usize) -> String {
+    const SYL: [&str; 12] = [
+        "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es",
+    ];
+    (0..20)
+        .map(|k| {
+            let x = i * 31 + k * 7;
+            format!(
+                "{}{}{}",
+                SYL[x % 12],
+                SYL[(x / 12) % 12],
+                SYL[(x / 144) % 12]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The hydra of tests/clusters.rs on one replica whose cells are in Redis:
+/// the cluster's shared budget is checked in the same script call as the
+/// account's, and refuses with the cluster's policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_budget_in_redis_refuses_a_hydra() {
+    let redis = Redis::start();
+    let env = Env::start(&format!(
+        r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 16
+
+[cluster]
+min_strength = "strong"
+min_members = 3
+[cluster.budget]
+requests_per_minute = 20
+burst_requests = 5
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 100
+
+[state]
+{}
+"#,
+        redis_state(&redis, "")
+    ));
+    let c = client();
+    let mut refused = None;
+    for i in 0..60 {
+        let key = format!("sk-hydra-{:02}", i % 12);
+        let prompt =
+            TEMPLATES[i % 2]
+                .replacen("{}", &fill(i), 1)
+                .replacen("{}", &fill(i + 1000), 1);
+        let body = serde_json::json!({
+            "model": "m", "max_tokens": 16,
+            "messages": [{"role": "user", "content": prompt}]
+        })
+        .to_string();
+        let mut req = messages_request(&env.url("/v1/messages"), &body);
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+        let r = timeout(c.request(req)).await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let _ = body_json(r).await;
+            }
+            429 => {
+                refused = Some(
+                    r.headers()["ratelimit-policy"]
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                );
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let policy = refused.expect("the hydra was never refused");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    // The cluster's cells are in Redis, under its own hash tag.
+    let keys = redis
+        .command(&format!("KEYS {{t{}:c:*", redis.port))
+        .unwrap();
+    assert!(keys.starts_with('*') && !keys.starts_with("*0"), "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_comes_from_the_named_environment_variable() {
+    let mut redis = Redis::start();
+    redis.kill();
+    redis.restart_with(&["--requirepass", "s3cret-from-env"]);
+    // A variable only this test reads.
+    std::env::set_var("DG_TEST_REDIS_PASSWORD_DISTRIBUTED", "s3cret-from-env");
+    let state = redis_state(
+        &redis,
+        "password_env = \"DG_TEST_REDIS_PASSWORD_DISTRIBUTED\"\non_failure = \"closed\"\n",
+    );
+    let c = Cluster::start(1, 1000, &state);
+    assert_eq!(send(&c.url(0), "sk-pw", LIMIT).await.0, 200);
+    assert_eq!(
+        metric(
+            c.admin(0),
+            "distill_guard_state_fallback_total{mode=\"closed\"}"
+        )
+        .await,
+        0.0
+    );
+}
+
+/// Output is charged post-paid after the stream, in the shared cell: a
+/// stream past the budget through one replica puts the account in debt on
+/// every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_debt_made_through_one_replica_refuses_on_another() {
+    let redis = Redis::start();
+    let state = redis_state(&redis, "");
+    // 6000 output tokens a minute: 100 a second, burst 6000.
+    let c = Cluster::start_with(2, |up| {
+        replica_config(up, 1000, &state).replace(
+            "output_tokens_per_minute = 10000000",
+            "output_tokens_per_minute = 6000",
+        )
+    });
+    let body = r#"{"model":"m","max_tokens":100000,"stream":true,"messages":[{"role":"user","content":"write"}]}"#;
+    let mut req = keyed(&c.url(0), "sk-streamer");
+    *req.body_mut() = Full::new(Bytes::from(body));
+    req.headers_mut()
+        .insert("x-mock-output-tokens", 6300u32.into());
+    let r = timeout(client().request(req)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = timeout(r.into_body().collect()).await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("message_stop"),
+        "the stream was cut"
+    );
+    // The settlement reaches Redis just after the stream: the other replica
+    // refuses with the account's output budget (300 tokens owed = 3 s).
+    let url = c.url(1);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let seen = loop {
+        let (status, body) = send(&url, "sk-streamer", LIMIT).await;
+        if status == 429 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "debt not seen on the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(seen.contains("output tokens per minute"), "{seen}");
+    let retry: u64 = seen.rsplit("retry-after=").next().unwrap().parse().unwrap();
+    assert!((2..=4).contains(&retry), "retry-after {retry}");
 }
