@@ -154,6 +154,9 @@ redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
 return 1
 ";
 
+/// The least time a call no request waits on may take.
+const BACKGROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a Redis call was for (metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -229,7 +232,7 @@ impl RedisStore {
         let client = ::redis::Client::open(info).map_err(|e| format!("state.url: {e}"))?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
+            .set_response_timeout(Some(cfg.command_timeout.max(BACKGROUND_TIMEOUT)))
             .set_number_of_retries(1)
             .set_min_delay(std::time::Duration::from_millis(20))
             .set_max_delay(std::time::Duration::from_millis(200));
@@ -311,8 +314,20 @@ impl RedisStore {
         }
     }
 
-    /// Run one Redis call under the command timeout; feed the breaker
-    /// and the metrics.
+    /// The bound on one call: `command_timeout_ms` where a request waits
+    /// on it (admission); calls no request waits on (settlements, the
+    /// manual-decision sync, an admin's decision) get at least
+    /// [`BACKGROUND_TIMEOUT`], so a slow moment does not drop a settlement
+    /// (and leave its in-flight slot held until the lease ends).
+    fn timeout(&self, op: Op) -> std::time::Duration {
+        match op {
+            Op::Admit => self.cfg.command_timeout,
+            Op::Settle | Op::Sync | Op::Manual => self.cfg.command_timeout.max(BACKGROUND_TIMEOUT),
+        }
+    }
+
+    /// Run one Redis call under its timeout; feed the breaker and the
+    /// metrics.
     async fn run<T>(
         &self,
         op: Op,
@@ -320,7 +335,7 @@ impl RedisStore {
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, ()> {
         let started = Instant::now();
-        let r = tokio::time::timeout(self.cfg.command_timeout, call).await;
+        let r = tokio::time::timeout(self.timeout(op), call).await;
         self.metrics.round_trip.observe(started.elapsed());
         self.metrics.commands[op as usize].fetch_add(1, Ordering::Relaxed);
         let failed = match r {
@@ -431,7 +446,7 @@ impl RedisStore {
             Ok(v) => Ok(v),
             Err(()) => Err(format!(
                 "Redis failed or did not answer within {} ms",
-                self.cfg.command_timeout.as_millis()
+                self.timeout(Op::Manual).as_millis()
             )),
         }
     }
