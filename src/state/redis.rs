@@ -326,16 +326,25 @@ impl RedisStore {
         }
     }
 
-    /// Run one Redis call under its timeout; feed the breaker and the
-    /// metrics.
-    async fn run<T>(
-        &self,
-        op: Op,
-        probe: bool,
-        call: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, ()> {
+    /// Run one Redis call (on a pooled connection) under its timeout;
+    /// feed the breaker and the metrics. A call that fails because its
+    /// connection was lost (Redis restarted, an idle connection cut) is
+    /// sent once more, within the same timeout, on the connection made
+    /// anew: a restart of Redis then costs no request a fallback.
+    async fn run<T, F, Fut>(&self, op: Op, probe: bool, call: F) -> Result<T, ()>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let started = Instant::now();
-        let r = tokio::time::timeout(self.timeout(op), call).await;
+        let conn = self.conn();
+        let attempts = async {
+            match call(conn.clone()).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => call(conn).await,
+                r => r,
+            }
+        };
+        let r = tokio::time::timeout(self.timeout(op), attempts).await;
         self.metrics.round_trip.observe(started.elapsed());
         self.metrics.commands[op as usize].fetch_add(1, Ordering::Relaxed);
         let failed = match r {
@@ -426,17 +435,12 @@ impl RedisStore {
         };
         let mut inv = self.manual.prepare_invoke();
         inv.key(&h).key(&v).arg(&field).arg(value);
-        let mut conn = self.conn();
-        let mut stored = self
-            .run(Op::Manual, probe, inv.invoke_async::<i64>(&mut conn))
+        let inv = &inv;
+        let stored = self
+            .run(Op::Manual, probe, |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
             .await;
-        if stored.is_err() && self.breaker.state() == BreakerState::Closed {
-            // Once more: a connection Redis dropped (it restarted) fails
-            // the first command sent on it, and is made anew for the next.
-            stored = self
-                .run(Op::Manual, false, inv.invoke_async::<i64>(&mut conn))
-                .await;
-        }
         match stored {
             Ok(-1) => Err(format!(
                 "Redis holds no manual decisions yet (it restarted empty); the replicas \
@@ -473,11 +477,13 @@ impl RedisStore {
     async fn sync_manual(&self, shared: &crate::server::Shared) {
         let Some(probe) = self.gate() else { return };
         let (h, v) = self.manual_keys();
-        let mut conn = self.conn();
         let mut get = ::redis::cmd("GET");
         get.arg(&v);
+        let get = &get;
         let Ok(version) = self
-            .run(Op::Sync, probe, get.query_async::<Option<i64>>(&mut conn))
+            .run(Op::Sync, probe, |mut c| async move {
+                get.query_async::<Option<i64>>(&mut c).await
+            })
             .await
         else {
             return;
@@ -495,8 +501,11 @@ impl RedisStore {
                 for (c, m) in clusters {
                     inv.arg(format!("c:{c:016x}")).arg(manual_str(m));
                 }
+                let inv = &inv;
                 let seeded = self
-                    .run(Op::Sync, false, inv.invoke_async::<i64>(&mut conn))
+                    .run(Op::Sync, false, |mut c| async move {
+                        inv.invoke_async::<i64>(&mut c).await
+                    })
                     .await;
                 if seeded == Ok(1) {
                     info!(
@@ -509,8 +518,13 @@ impl RedisStore {
             Some(v) if v != self.manual_version.load(Ordering::Relaxed) => {
                 let mut all = ::redis::cmd("HGETALL");
                 all.arg(&h);
-                let all = all.query_async::<HashMap<String, String>>(&mut conn);
-                let Ok(all) = self.run(Op::Sync, false, all).await else {
+                let all = &all;
+                let Ok(all) = self
+                    .run(Op::Sync, false, |mut c| async move {
+                        all.query_async::<HashMap<String, String>>(&mut c).await
+                    })
+                    .await
+                else {
                     return;
                 };
                 let changed = apply_manual(engine, &all);
@@ -740,9 +754,11 @@ impl BudgetStore for Arc<RedisStore> {
             inv.key(ch).key(cz);
             push_tier(&mut inv, &c.budget);
         }
-        let mut conn = self.conn();
+        let inv = &inv;
         let reply = self
-            .run(Op::Admit, probe, inv.invoke_async::<Vec<i64>>(&mut conn))
+            .run(Op::Admit, probe, |mut c| async move {
+                inv.invoke_async::<Vec<i64>>(&mut c).await
+            })
             .await;
         match reply.and_then(|r| RedisStore::admission(&r, ask)) {
             Ok(admission) => {
@@ -792,9 +808,11 @@ impl BudgetStore for Arc<RedisStore> {
             for (it, ot) in rates {
                 inv.arg(it).arg(ot);
             }
-            let mut conn = store.conn();
+            let inv = &inv;
             let _ = store
-                .run(Op::Settle, probe, inv.invoke_async::<i64>(&mut conn))
+                .run(Op::Settle, probe, |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
                 .await;
         });
     }
