@@ -742,3 +742,34 @@ async fn output_debt_made_through_one_replica_refuses_on_another() {
     let retry: u64 = seen.rsplit("retry-after=").next().unwrap().parse().unwrap();
     assert!((2..=4).contains(&retry), "retry-after {retry}");
 }
+
+/// A slot whose replica died holds its place until its lease ends, then
+/// no longer counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_slot_of_a_dead_replica_counts_until_its_lease_ends() {
+    let redis = Redis::start();
+    let state = redis_state(&redis, "");
+    let c = Cluster::start_with(1, |up| {
+        replica_config(up, 1000, &state).replace("max_concurrent = 64", "max_concurrent = 1")
+    });
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-ghost");
+    let zset = format!("{{t{}:a:{id}}}:f", redis.port);
+    // A slot held by a replica that is gone, its lease running for an hour.
+    let far = 4_000_000_000_000_000u64;
+    assert_eq!(
+        redis
+            .command(&format!("ZADD {zset} {far} dead:1"))
+            .as_deref(),
+        Some(":1\r\n")
+    );
+    let (status, body) = send(&c.url(0), "sk-ghost", LIMIT).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("concurrent requests"), "{body}");
+    // Its lease ended: the slot is dropped and the request admitted.
+    redis.command(&format!("ZADD {zset} 1 dead:1")).unwrap();
+    assert_eq!(send(&c.url(0), "sk-ghost", LIMIT).await.0, 200);
+    assert_eq!(
+        redis.command(&format!("ZSCORE {zset} dead:1")).as_deref(),
+        Some("$-1\r\n")
+    );
+}

@@ -470,7 +470,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         let shared = shared.clone();
         let shutdown = shutdown_rx.clone();
         let t = std::thread::Builder::new()
-            .name("dg-state".into())
+            .name(crate::state::redis::STATE_THREAD.into())
             .spawn(move || rt.block_on(store.run_sync(shared, shutdown)))
             .map_err(ServerError::Worker)?;
         threads.push(t);

@@ -32,9 +32,10 @@ use crate::engine::{
     Tier, Usage,
 };
 
-/// Admission: for each scope (account, then cluster) drop expired
-/// in-flight leases, check concurrency, the request cell (take 1) and the
-/// token cells (not in debt); only when every cell of every scope admits,
+/// Admission: for each scope (account, then cluster) check concurrency
+/// (dropping expired in-flight leases when at the cap), the request cell
+/// (take 1) and the token cells (not in debt); only when every cell of
+/// every scope admits,
 /// charge them all. Times are microseconds on the server's clock; the
 /// state of one scope is a hash (`r`, `i`, `o`: theoretical arrival times)
 /// and a sorted set of in-flight slots scored by their lease's end.
@@ -63,9 +64,13 @@ for s = 1, #KEYS / 2 do
   local rT, rC = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   local iT, iC = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
   local oT, oC = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', fmt(now))
   if redis.call('ZCARD', z) >= maxc then
-    return {0, s, 1, 1000000, 0, 1000000}
+    -- At the cap: drop slots whose lease ended (their replica died or
+    -- lost the settlement) before refusing. Below it they wait.
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', fmt(now))
+    if redis.call('ZCARD', z) >= maxc then
+      return {0, s, 1, 1000000, 0, 1000000}
+    end
   end
   local c = redis.call('HMGET', h, 'r', 'i', 'o')
   local r, i, o = tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0
@@ -154,6 +159,9 @@ redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
 return 1
 ";
 
+/// The thread that runs the store's sync loop (named by the server).
+pub const STATE_THREAD: &str = "dg-state";
+
 /// The least time a call no request waits on may take.
 const BACKGROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -186,6 +194,8 @@ struct StoreMetrics {
 pub struct RedisStore {
     cfg: RedisConfig,
     pool: Vec<ConnectionManager>,
+    /// The state thread's own connection.
+    own: ConnectionManager,
     next: AtomicUsize,
     breaker: Breaker,
     admit: Script,
@@ -236,14 +246,19 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(std::time::Duration::from_millis(20))
             .set_max_delay(std::time::Duration::from_millis(200));
-        let pool = (0..cfg.pool_size)
+        let pool = (0..=cfg.pool_size)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
             .collect::<RedisResult<Vec<_>>>()
             .map_err(|e| format!("redis: {e}"))?;
+        let (own, pool) = pool
+            .split_first()
+            .map(|(o, p)| (o.clone(), p.to_vec()))
+            .ok_or("state.pool_size: no connection")?;
         Ok(RedisStore {
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open),
             cfg: cfg.clone(),
             pool,
+            own,
             next: AtomicUsize::new(0),
             admit: Script::new(ADMIT_LUA),
             settle: Script::new(SETTLE_LUA),
@@ -257,9 +272,26 @@ impl RedisStore {
         })
     }
 
+    /// The connection of the calling thread: each thread keeps to one
+    /// pooled connection, whose I/O task then runs on that thread's
+    /// runtime (a connection is made by the first call on it), so a call
+    /// wakes no other thread. The state thread (settlements off a
+    /// runtime, the sync) has a connection of its own.
     fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        self.pool[i].clone()
+        thread_local! {
+            static SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        }
+        if std::thread::current().name() == Some(STATE_THREAD) {
+            return self.own.clone();
+        }
+        let i = SLOT.with(|slot| {
+            slot.get().unwrap_or_else(|| {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                slot.set(Some(i));
+                i
+            })
+        });
+        self.pool[i % self.pool.len()].clone()
     }
 
     /// `{prefix:a:ID}` / `{prefix:c:ID}`: one hash tag per budget owner.
@@ -785,7 +817,7 @@ impl BudgetStore for Arc<RedisStore> {
         let member = self.slot_name(slot);
         let input_charged = ticket.input_charged;
         let store = self.clone();
-        self.rt.spawn(async move {
+        let settle = async move {
             let Some(probe) = store.gate() else {
                 store
                     .metrics
@@ -814,6 +846,12 @@ impl BudgetStore for Arc<RedisStore> {
                     inv.invoke_async::<i64>(&mut c).await
                 })
                 .await;
-        });
+        };
+        // On the calling worker's runtime when there is one (its
+        // connection's task runs there), else on the state thread's.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn(settle)),
+            Err(_) => drop(self.rt.spawn(settle)),
+        }
     }
 }
