@@ -901,7 +901,8 @@ pub struct FileState {
     pub url: Option<String>,
     /// Environment variable holding the Redis password (never the file).
     pub password_env: Option<String>,
-    /// Connections to Redis (each multiplexes many requests).
+    /// Connections to Redis (each multiplexes many requests); a worker
+    /// thread keeps to one, so at least `server.workers` gives each its own.
     pub pool_size: u32,
     /// A Redis command that has not answered by then has failed: the
     /// request goes on under `on_failure`, it never waits longer.
