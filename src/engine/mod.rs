@@ -8,7 +8,10 @@
 //! maths is tested without sleeping.
 //!
 //! Budgets are [`gcra`] cells held per account and per cluster in
-//! [`accounts`]; a tier's quotas are looked up on every call, so a reloaded
+//! [`accounts`] (or, through `crate::state`, in a store every replica
+//! shares: [`Engine::assess`] names the cells a request needs as a
+//! [`BudgetAsk`], whoever holds them answers, [`Pending::conclude`]
+//! decides); a tier's quotas are looked up on every call, so a reloaded
 //! policy applies at once without resetting anyone's state. Accounts that
 //! share fingerprints are linked into clusters by [`link`] (prompts compared
 //! through [`signature`]); a cluster at or above the configured strength and
