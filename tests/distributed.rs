@@ -59,10 +59,14 @@ impl Redis {
             );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self
-            .command("PING")
-            .is_none_or(|r| !(r.starts_with("+PONG") || r.contains("NOAUTH")))
-        {
+        // A TLS-only server is ready once it accepts; a plain one answers.
+        let tls = extra.contains(&"--tls-port");
+        while if tls {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        } else {
+            self.command("PING")
+                .is_none_or(|r| !(r.starts_with("+PONG") || r.contains("NOAUTH")))
+        } {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer in 10 s"
@@ -771,5 +775,51 @@ async fn an_in_flight_slot_of_a_dead_replica_counts_until_its_lease_ends() {
     assert_eq!(
         redis.command(&format!("ZSCORE {zset} dead:1")).as_deref(),
         Some("$-1\r\n")
+    );
+}
+
+/// `rediss://` to a server whose certificate a private CA signed, named by
+/// `[state] ca_path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let pki = TestPki::new();
+    let mut redis = Redis::start();
+    redis.kill();
+    let port = redis.port.to_string();
+    let (cert, key, ca) = (
+        pki.cert_pem.display().to_string(),
+        pki.key_pem.display().to_string(),
+        pki.ca_pem.display().to_string(),
+    );
+    // TLS only: the plain port is off.
+    redis.restart_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let state = format!(
+        "backend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\nca_path = \"{ca}\"\n\
+         key_prefix = \"tls{port}\"\ncommand_timeout_ms = 2000\non_failure = \"closed\"\n"
+    );
+    let c = Cluster::start(1, 3, &state);
+    // on_failure = "closed": a 200 was admitted by Redis over TLS.
+    for _ in 0..3 {
+        let (status, body) = send(&c.url(0), "sk-tls", LIMIT).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(send(&c.url(0), "sk-tls", LIMIT).await.0, 429);
+    let a = c.admin(0);
+    assert_eq!(
+        metric(a, "distill_guard_state_fallback_total{mode=\"closed\"}").await,
+        0.0
     );
 }

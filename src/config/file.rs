@@ -901,6 +901,10 @@ pub struct FileState {
     pub url: Option<String>,
     /// Environment variable holding the Redis password (never the file).
     pub password_env: Option<String>,
+    /// PEM file of the CA certificates that sign the Redis server's
+    /// certificate (`rediss://` only); absent: the web PKI roots and the
+    /// system's.
+    pub ca_path: Option<String>,
     /// Connections to Redis (each multiplexes many requests); a worker
     /// thread keeps to one, so at least `server.workers` gives each its own.
     pub pool_size: u32,
@@ -933,6 +937,7 @@ impl Default for FileState {
             backend: "local".into(),
             url: None,
             password_env: None,
+            ca_path: None,
             pool_size: 4,
             command_timeout_ms: 50,
             connect_timeout_ms: 1000,

@@ -98,6 +98,8 @@ pub struct RedisConfig {
     pub url: String,
     /// The password, from the environment variable `[state] password_env`.
     pub password: Option<String>,
+    /// PEM CA certificates for `rediss://` (None: the default roots).
+    pub ca_pem: Option<Vec<u8>>,
     /// Connections kept.
     pub pool_size: usize,
     /// Bound on one command.
@@ -930,11 +932,11 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         record,
         detection,
         logging,
-        state: validate_state(&f.state)?,
+        state: validate_state(base, &f.state)?,
     })
 }
 
-fn validate_state(f: &file::FileState) -> Result<StateConfig, Invalid> {
+fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Invalid> {
     match f.backend.as_str() {
         "local" => return Ok(StateConfig::Local),
         "redis" => {}
@@ -986,6 +988,31 @@ fn validate_state(f: &file::FileState) -> Result<StateConfig, Invalid> {
             format!("expected a database number after the host, got {db:?}"),
         ));
     }
+    let ca_pem = match &f.ca_path {
+        None => None,
+        Some(_) if parsed.scheme() != "rediss" => {
+            return Err(invalid(
+                "state.ca_path",
+                "a CA is only used with TLS: the url must start with rediss://",
+            ))
+        }
+        Some(p) => {
+            let path = resolve(base, p);
+            let pem = std::fs::read(&path).map_err(|e| {
+                invalid(
+                    "state.ca_path",
+                    format!("expected a readable PEM file, {}: {e}", path.display()),
+                )
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(invalid(
+                    "state.ca_path",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(pem)
+        }
+    };
     let password = match &f.password_env {
         None => None,
         Some(var) => match std::env::var(var) {
@@ -1047,6 +1074,7 @@ fn validate_state(f: &file::FileState) -> Result<StateConfig, Invalid> {
     Ok(StateConfig::Redis(RedisConfig {
         url: url.clone(),
         password,
+        ca_pem,
         pool_size: f.pool_size as usize,
         command_timeout,
         connect_timeout: nonzero_ms("state.connect_timeout_ms", f.connect_timeout_ms)?,

@@ -338,6 +338,16 @@ fn state_section_is_validated_with_clear_errors() {
             "at most 10000",
         ),
         (
+            "backend = \"redis\"\nurl = \"redis://h\"\nca_path = \"ca.pem\"",
+            "state.ca_path",
+            "rediss://",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"rediss://h\"\nca_path = \"no-such-ca.pem\"",
+            "state.ca_path",
+            "readable PEM",
+        ),
+        (
             "backend = \"redis\"\nurl = \"redis://h\"\nbreaker_failures = 0",
             "state.breaker_failures",
             "above 0",

@@ -239,7 +239,17 @@ impl RedisStore {
             }
             None => info,
         };
-        let client = ::redis::Client::open(info).map_err(|e| format!("state.url: {e}"))?;
+        let client = match &cfg.ca_pem {
+            None => ::redis::Client::open(info),
+            Some(pem) => ::redis::Client::build_with_tls(
+                info,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
+        .map_err(|e| format!("state.url: {e}"))?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.command_timeout.max(BACKGROUND_TIMEOUT)))
