@@ -823,3 +823,33 @@ async fn rediss_with_a_private_ca() {
         0.0
     );
 }
+
+/// A replica starts while Redis is down, serves under on_failure, and
+/// shares its budgets once Redis comes up — no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_serves_and_joins_when_it_comes_up() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let state = redis_state(
+        &redis,
+        "command_timeout_ms = 200\nconnect_timeout_ms = 200\nbreaker_failures = 2\n\
+         breaker_open_ms = 200\n",
+    );
+    let c = Cluster::start(1, 1000, &state);
+    // on_failure = "local" (the default): served from the replica's cells.
+    for _ in 0..3 {
+        assert_eq!(send(&c.url(0), "sk-early", LIMIT).await.0, 200);
+    }
+    let a = c.admin(0);
+    assert!(metric(a, "distill_guard_state_fallback_total{mode=\"local\"}").await >= 1.0);
+    redis.restart();
+    eventually(LIMIT, "breaker closed once Redis is up", || async {
+        admin_get(a, "/readyz").await.1.contains("breaker=closed")
+    })
+    .await;
+    assert_eq!(send(&c.url(0), "sk-early", LIMIT).await.0, 200);
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-early");
+    assert!(redis
+        .command(&format!("HEXISTS {{t{}:a:{id}}} r", redis.port))
+        .is_some_and(|r| r.starts_with(":1")));
+}
