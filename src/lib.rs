@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod identity;
 pub mod api;
 pub mod engine;
+pub mod state;
 pub mod proxy;
 pub mod stack;
 pub mod admin;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! request id → API kind → fingerprint → identify → read + inspect body
-//!   → engine.decide → forward upstream → meter response → engine.settle
+//!   → engine.decide (budgets: state) → forward upstream → meter response
+//!   → engine.settle (budgets: state)
 //! ```
 //!
 //! Each step is a plain function in its own module; this file only calls them
@@ -69,7 +70,12 @@ pub async fn handle(
         Err((api, e)) => {
             debug!(request_id = ?request_id, error = %e, "request failed");
             log.decision = e.kind().label();
-            error_response(api.error_shape(), e.kind(), &e.client_message())
+            let mut r = error_response(api.error_shape(), e.kind(), &e.client_message());
+            if let Some(s) = e.retry_after() {
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            r
         }
     };
     worker.shared.metrics.request(if log.decision.is_empty() {
@@ -191,7 +197,11 @@ async fn proxy_request(
         attrs,
         request,
     };
-    let decision = engine.decide(&obs, shared.clock.now());
+    let (decision, receipt) = shared
+        .state
+        .decide(engine, &obs, shared.clock.now())
+        .await
+        .map_err(|_| ProxyError::StateUnavailable)?;
     let audit = Audit {
         shared,
         request_id,
@@ -279,7 +289,7 @@ async fn proxy_request(
         }
     };
     // From here the ticket is settled exactly once, whatever happens.
-    let mut settlement = Settlement::new(shared.clone(), ticket);
+    let mut settlement = Settlement::new(shared.clone(), ticket, receipt);
     settlement.record = record;
     // What the upstream may report at most: the output limit the request
     // was forwarded with, times its choices. Input is bounded only by what
@@ -730,6 +740,8 @@ const MAX_CHOICES: u32 = 128;
 struct Settlement {
     shared: Arc<Shared>,
     ticket: Option<Ticket>,
+    /// Where the ticket was charged (settled there too).
+    receipt: crate::state::Receipt,
     /// The most the upstream's reported usage is believed.
     ceiling: Usage,
     meter: Option<UsageMeter>,
@@ -738,10 +750,11 @@ struct Settlement {
 }
 
 impl Settlement {
-    fn new(shared: Arc<Shared>, ticket: Ticket) -> Self {
+    fn new(shared: Arc<Shared>, ticket: Ticket, receipt: crate::state::Receipt) -> Self {
         Settlement {
             shared,
             ticket: Some(ticket),
+            receipt,
             ceiling: Usage {
                 input_tokens: None,
                 output_tokens: u64::from(MAX_OUTPUT_UNKNOWN),
@@ -782,9 +795,13 @@ impl Settlement {
         if usage != reported {
             self.shared.metrics.usage_clamped();
         }
-        self.shared
-            .engine
-            .settle(&ticket, usage, self.shared.clock.now());
+        self.shared.state.settle(
+            &self.shared.engine,
+            &ticket,
+            self.receipt,
+            usage,
+            self.shared.clock.now(),
+        );
         if let (Some(log), Some(mut r)) = (&self.shared.record, self.record.take()) {
             r.output_tokens = usage.output_tokens;
             log.record(r);

@@ -122,6 +122,9 @@ fn deployment_configs_keep_the_shipped_policy() {
         "admin.state_path",
         "logging.format",
         "detection.phrase_lists",
+        // The compose stack runs Redis beside the proxy.
+        "state.backend",
+        "state.url",
     ];
     let mut shipped = toml_file("config/distill-guard.toml");
     for k in differ {
@@ -228,9 +231,25 @@ fn the_compose_stack_agrees_with_its_config() {
     let cfg = toml_file("deploy/compose/distill-guard.toml");
     let (proxy, admin) = ports("deploy/compose/distill-guard.toml");
     let services = at(&c, "services").as_mapping().unwrap();
-    for name in ["distill-guard", "mock-upstream", "prometheus", "grafana"] {
+    for name in [
+        "distill-guard",
+        "mock-upstream",
+        "redis",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(services.contains_key(name), "no service {name}");
     }
+    // The proxy's shared state is the stack's Redis, which it waits for.
+    assert_eq!(cfg["state"]["backend"].as_str(), Some("redis"));
+    assert_eq!(cfg["state"]["url"].as_str(), Some("redis://redis:6379/0"));
+    assert_eq!(
+        s(
+            at(&c, "services/distill-guard/depends_on/redis"),
+            "condition"
+        ),
+        "service_healthy"
+    );
     let dg = at(&c, "services/distill-guard");
     // The mounted config is the one checked here.
     let mounts: Vec<&str> = at(dg, "volumes")

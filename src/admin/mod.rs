@@ -209,10 +209,8 @@ async fn handle(
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, parts.as_slice()) {
-        (&Method::GET, ["metrics"]) => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(
+        (&Method::GET, ["metrics"]) => {
+            let mut text = shared.metrics.render(
                 &shared.engine,
                 metrics::Outputs {
                     audit: shared
@@ -224,8 +222,14 @@ async fn handle(
                         .as_ref()
                         .map(|r| (r.dropped(), r.write_errors())),
                 },
-            ),
-        ),
+            );
+            shared.state.render_metrics(&mut text);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            )
+        }
         (&Method::GET, ["admin", "accounts", id]) => match parse_id(id) {
             Some(id) => account(shared, AccountId(id)),
             None => error(StatusCode::BAD_REQUEST, "account ids are 16 hex digits"),
@@ -269,7 +273,7 @@ async fn handle(
                 "unblock" => None,
                 _ => return error(StatusCode::NOT_FOUND, "actions are block, unblock, allow"),
             };
-            manual_decision(shared, peer, kind, id, action, manual)
+            manual_decision(shared, peer, kind, id, action, manual).await
         }
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
@@ -298,8 +302,20 @@ async fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
         }
         Err(last)
     };
+    let (state_ok, state_line) = shared.state.readiness();
+    if !state_ok {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{state_line}: requests are refused until Redis answers\n"),
+        );
+    }
     match tokio::time::timeout(u.connect_timeout.min(Duration::from_secs(2)), connect).await {
-        Ok(Ok(())) => reply(StatusCode::OK, "text/plain", "ready\n"),
+        Ok(Ok(())) => reply(
+            StatusCode::OK,
+            "text/plain",
+            format!("ready\n{state_line}\n"),
+        ),
         Ok(Err(e)) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -467,7 +483,7 @@ fn top(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
     json_reply(StatusCode::OK, &json!({"by": by, "accounts": rows}))
 }
 
-fn manual_decision(
+async fn manual_decision(
     shared: &Shared,
     peer: SocketAddr,
     kind: &str,
@@ -475,6 +491,24 @@ fn manual_decision(
     action: &str,
     manual: Option<Manual>,
 ) -> Response<Full<Bytes>> {
+    // Shared first: a decision every replica cannot see is not made at
+    // all (the admin retries), rather than made on one replica only and
+    // undone by the next sync.
+    let shared_version = match shared.state.redis() {
+        None => None,
+        Some(r) => {
+            match r.store_manual(kind == "clusters", id, manual).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    warn!(error = %e, "manual decision not stored in Redis");
+                    return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not applied: the shared state store (Redis) cannot take it: {e}; retry"),
+                );
+                }
+            }
+        }
+    };
     if kind == "accounts" {
         shared.engine.set_manual_account(AccountId(id), manual);
     } else {
@@ -530,6 +564,7 @@ fn manual_decision(
             "subject": kind.trim_end_matches('s'),
             "manual": manual,
             "persisted": persisted,
+            "shared_version": shared_version,
         }),
     )
 }

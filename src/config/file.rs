@@ -56,6 +56,10 @@ pub struct FileConfig {
     /// Log output.
     #[serde(default)]
     pub logging: FileLogging,
+    /// Where budgets and manual decisions are kept: in this process, or in
+    /// Redis, shared by every replica.
+    #[serde(default)]
+    pub state: FileState,
 }
 
 /// `[fingerprint]`.
@@ -912,6 +916,70 @@ impl Default for FileRecord {
         Self {
             path: None,
             queue_capacity: 65_536,
+        }
+    }
+}
+
+/// `[state]`: where budget cells and manual decisions live. `local` (the
+/// default) keeps them in this process; `redis` shares them between every
+/// replica through one Redis (or Valkey) server (`docs/distributed.md`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileState {
+    /// `local` or `redis`.
+    pub backend: String,
+    /// `redis://HOST:PORT/DB` or `rediss://HOST:PORT/DB` (TLS); a user name
+    /// may be given (`redis://USER@HOST:PORT`), a password may not: it
+    /// comes from `password_env`.
+    pub url: Option<String>,
+    /// Environment variable holding the Redis password (never the file).
+    pub password_env: Option<String>,
+    /// PEM file of the CA certificates that sign the Redis server's
+    /// certificate (`rediss://` only); absent: the web PKI roots and the
+    /// system's.
+    pub ca_path: Option<String>,
+    /// Connections to Redis (each multiplexes many requests); a worker
+    /// thread keeps to one, so at least `server.workers` gives each its own.
+    pub pool_size: u32,
+    /// A Redis command that has not answered by then has failed: the
+    /// request goes on under `on_failure`, it never waits longer.
+    pub command_timeout_ms: u64,
+    /// Establishing a connection gives up after this.
+    pub connect_timeout_ms: u64,
+    /// Every key starts with it (letters, digits, `-`, `_`, `.`, `:`).
+    pub key_prefix: String,
+    /// What a request gets while Redis fails or the breaker is open:
+    /// `local` (this replica's own cells), `open` (admitted unchecked) or
+    /// `closed` (refused with a 503/529 in the API's shape).
+    pub on_failure: String,
+    /// Consecutive failures (errors or timeouts) that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one request probes Redis.
+    pub breaker_open_ms: u64,
+    /// How often manual decisions are checked for changes made through
+    /// another replica (one `GET` of a version key).
+    pub manual_sync_ms: u64,
+    /// A request in flight counts against concurrency caps at most this
+    /// long (a replica that dies cannot hold its slots forever).
+    pub in_flight_lease_ms: u64,
+}
+
+impl Default for FileState {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            url: None,
+            password_env: None,
+            ca_path: None,
+            pool_size: 4,
+            command_timeout_ms: 50,
+            connect_timeout_ms: 1000,
+            key_prefix: "dg".into(),
+            on_failure: "local".into(),
+            breaker_failures: 5,
+            breaker_open_ms: 2000,
+            manual_sync_ms: 250,
+            in_flight_lease_ms: 600_000,
         }
     }
 }

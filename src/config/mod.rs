@@ -55,6 +55,82 @@ pub struct Config {
     pub detection: DetectionConfig,
     /// Log output.
     pub logging: LoggingConfig,
+    /// Where budgets and manual decisions are kept.
+    pub state: StateConfig,
+}
+
+/// Where budget cells and manual decisions are kept (`[state]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StateConfig {
+    /// In this process only.
+    #[default]
+    Local,
+    /// In Redis, shared by every replica.
+    Redis(RedisConfig),
+}
+
+/// What a request gets while Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// This replica's own cells decide.
+    Local,
+    /// Admitted without a budget check.
+    Open,
+    /// Refused (503 / 529 in the API's shape).
+    Closed,
+}
+
+impl OnFailure {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Local => "local",
+            OnFailure::Open => "open",
+            OnFailure::Closed => "closed",
+        }
+    }
+}
+
+/// The Redis backend's settings, validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// The server URL as written (no password in it).
+    pub url: String,
+    /// The password, from the environment variable `[state] password_env`.
+    pub password: Option<String>,
+    /// PEM CA certificates for `rediss://` (None: the default roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Connections kept.
+    pub pool_size: usize,
+    /// Bound on one command.
+    pub command_timeout: Duration,
+    /// Bound on one connection attempt.
+    pub connect_timeout: Duration,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// What requests get while Redis fails.
+    pub on_failure: OnFailure,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe.
+    pub breaker_open: Duration,
+    /// Poll interval of the manual decisions' version.
+    pub manual_sync: Duration,
+    /// Lease of one in-flight slot.
+    pub in_flight_lease: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("on_failure", &self.on_failure)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the API key comes from.
@@ -859,7 +935,159 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
         record,
         detection,
         logging,
+        state: validate_state(base, &f.state)?,
     })
+}
+
+fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Invalid> {
+    match f.backend.as_str() {
+        "local" => return Ok(StateConfig::Local),
+        "redis" => {}
+        other => {
+            return Err(invalid(
+                "state.backend",
+                format!("expected \"local\" or \"redis\", got {other:?}"),
+            ))
+        }
+    }
+    let Some(url) = &f.url else {
+        return Err(invalid(
+            "state.url",
+            "backend = \"redis\" needs a url such as \"redis://127.0.0.1:6379/0\"",
+        ));
+    };
+    let parsed = url::Url::parse(url).map_err(|e| {
+        invalid(
+            "state.url",
+            format!("expected a redis:// or rediss:// URL: {e}"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(invalid(
+            "state.url",
+            format!(
+                "expected a redis:// or rediss:// (TLS) URL, got scheme {:?}",
+                parsed.scheme()
+            ),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "state.url",
+            "expected a host: redis://HOST:PORT/DB",
+        ));
+    }
+    if parsed.password().is_some() {
+        return Err(invalid(
+            "state.url",
+            "a password in the URL would be in the config file: put it in an environment \
+             variable and name that variable in state.password_env",
+        ));
+    }
+    let db = parsed.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(invalid(
+            "state.url",
+            format!("expected a database number after the host, got {db:?}"),
+        ));
+    }
+    let ca_pem = match &f.ca_path {
+        None => None,
+        Some(_) if parsed.scheme() != "rediss" => {
+            return Err(invalid(
+                "state.ca_path",
+                "a CA is only used with TLS: the url must start with rediss://",
+            ))
+        }
+        Some(p) => {
+            let path = resolve(base, p);
+            let pem = std::fs::read(&path).map_err(|e| {
+                invalid(
+                    "state.ca_path",
+                    format!("expected a readable PEM file, {}: {e}", path.display()),
+                )
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(invalid(
+                    "state.ca_path",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(pem)
+        }
+    };
+    let password = match &f.password_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                return Err(invalid(
+                    "state.password_env",
+                    format!("the environment variable {var} is not set (or empty)"),
+                ))
+            }
+        },
+    };
+    if f.pool_size == 0 || f.pool_size > 64 {
+        return Err(invalid(
+            "state.pool_size",
+            format!("expected 1 to 64 connections, got {}", f.pool_size),
+        ));
+    }
+    let prefix_ok = !f.key_prefix.is_empty()
+        && f.key_prefix.len() <= 64
+        && f.key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !prefix_ok {
+        return Err(invalid(
+            "state.key_prefix",
+            format!(
+                "expected 1 to 64 letters, digits, '-', '_', '.' or ':' (braces are the \
+                 key's hash tag, added by distill-guard), got {:?}",
+                f.key_prefix
+            ),
+        ));
+    }
+    let on_failure = match f.on_failure.as_str() {
+        "local" => OnFailure::Local,
+        "open" => OnFailure::Open,
+        "closed" => OnFailure::Closed,
+        other => {
+            return Err(invalid(
+                "state.on_failure",
+                format!("expected \"local\", \"open\" or \"closed\", got {other:?}"),
+            ))
+        }
+    };
+    if f.breaker_failures == 0 {
+        return Err(invalid(
+            "state.breaker_failures",
+            "expected a count above 0",
+        ));
+    }
+    let command_timeout = nonzero_ms("state.command_timeout_ms", f.command_timeout_ms)?;
+    if command_timeout > Duration::from_secs(10) {
+        return Err(invalid(
+            "state.command_timeout_ms",
+            "expected at most 10000: every request may wait this long for Redis",
+        ));
+    }
+    let in_flight_lease = nonzero_ms("state.in_flight_lease_ms", f.in_flight_lease_ms)?;
+    Ok(StateConfig::Redis(RedisConfig {
+        url: url.clone(),
+        password,
+        ca_pem,
+        pool_size: f.pool_size as usize,
+        command_timeout,
+        connect_timeout: nonzero_ms("state.connect_timeout_ms", f.connect_timeout_ms)?,
+        key_prefix: f.key_prefix.clone(),
+        on_failure,
+        breaker_failures: f.breaker_failures,
+        breaker_open: nonzero_ms("state.breaker_open_ms", f.breaker_open_ms)?,
+        manual_sync: nonzero_ms("state.manual_sync_ms", f.manual_sync_ms)?,
+        in_flight_lease,
+    }))
 }
 
 fn validate_admin(base: &Path, f: &file::FileAdmin) -> Result<AdminConfig, Invalid> {

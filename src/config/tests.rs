@@ -270,3 +270,93 @@ fn front_headers_are_validated() {
         assert_eq!(e.key, key, "{e}");
     }
 }
+
+#[test]
+fn state_section_is_validated_with_clear_errors() {
+    let with = |state: &str| parse_str(&format!("{MINIMAL}\n[state]\n{state}\n"));
+    assert_eq!(parse_str(MINIMAL).unwrap().state, StateConfig::Local);
+    let c = with(
+        "backend = \"redis\"\nurl = \"rediss://cache.internal:6380/2\"\non_failure = \"closed\"",
+    )
+    .unwrap();
+    let StateConfig::Redis(r) = c.state else {
+        panic!("expected redis");
+    };
+    assert_eq!(r.on_failure, OnFailure::Closed);
+    assert_eq!(r.command_timeout, Duration::from_millis(50));
+    assert_eq!(r.key_prefix, "dg");
+    let cases = [
+        (
+            "backend = \"etcd\"",
+            "state.backend",
+            "\"local\" or \"redis\"",
+        ),
+        ("backend = \"redis\"", "state.url", "needs a url"),
+        (
+            "backend = \"redis\"\nurl = \"http://h:1\"",
+            "state.url",
+            "redis:// or rediss://",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://:hunter2@h:6379\"",
+            "state.url",
+            "password_env",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\npassword_env = \"DG_TEST_UNSET_VARIABLE_X\"",
+            "state.password_env",
+            "not set",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h/x\"",
+            "state.url",
+            "database number",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\npool_size = 0",
+            "state.pool_size",
+            "1 to 64",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\nkey_prefix = \"a{b}\"",
+            "state.key_prefix",
+            "hash tag",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\non_failure = \"retry\"",
+            "state.on_failure",
+            "\"closed\"",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\ncommand_timeout_ms = 0",
+            "state.command_timeout_ms",
+            "above 0",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\ncommand_timeout_ms = 60000",
+            "state.command_timeout_ms",
+            "at most 10000",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\nca_path = \"ca.pem\"",
+            "state.ca_path",
+            "rediss://",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"rediss://h\"\nca_path = \"no-such-ca.pem\"",
+            "state.ca_path",
+            "readable PEM",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\nbreaker_failures = 0",
+            "state.breaker_failures",
+            "above 0",
+        ),
+    ];
+    for (body, key, reason) in cases {
+        let e = with(body).unwrap_err();
+        assert_eq!(e.key, key, "{body}: {e}");
+        assert!(e.reason.contains(reason), "{body}: {e}");
+        assert!(e.position.is_some(), "{body}: {e}");
+    }
+}

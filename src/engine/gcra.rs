@@ -80,6 +80,16 @@ impl Rate {
         self.period_secs
     }
 
+    /// Nanoseconds per unit (the emission interval).
+    pub fn emission(&self) -> Nanos {
+        self.emission
+    }
+
+    /// Burst capacity in nanoseconds (burst × emission interval).
+    pub fn capacity(&self) -> Nanos {
+        self.capacity
+    }
+
     /// Burst in units.
     pub fn burst(&self) -> u64 {
         self.capacity / self.emission

@@ -8,7 +8,10 @@
 //! maths is tested without sleeping.
 //!
 //! Budgets are [`gcra`] cells held per account and per cluster in
-//! [`accounts`]; a tier's quotas are looked up on every call, so a reloaded
+//! [`accounts`] (or, through `crate::state`, in a store every replica
+//! shares: [`Engine::assess`] names the cells a request needs as a
+//! [`BudgetAsk`], whoever holds them answers, [`Pending::conclude`]
+//! decides); a tier's quotas are looked up on every call, so a reloaded
 //! policy applies at once without resetting anyone's state. Accounts that
 //! share fingerprints are linked into clusters by [`link`] (prompts compared
 //! through [`signature`]); a cluster at or above the configured strength and
@@ -24,6 +27,7 @@ pub mod link;
 pub mod score;
 pub mod cohort;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -405,6 +409,103 @@ pub struct Usage {
     pub input_tokens: Option<u64>,
     /// Output tokens (reported or estimated from the streamed text).
     pub output_tokens: u64,
+}
+
+/// What one request asks of the budgets once everything else is decided:
+/// the account's cells under its tier (scaled down when throttled, its
+/// concurrency capped when slowed) and, when its cluster shares a budget,
+/// the cluster's cells under that budget. Wherever the cells are kept —
+/// in this process ([`Engine::admit_local`]) or shared by every replica
+/// (`crate::state`) — they are checked and charged with the same rules:
+/// every budget admits or nothing is charged.
+#[derive(Debug, Clone)]
+pub struct BudgetAsk {
+    /// The account.
+    pub account: AccountId,
+    /// The account's quotas for this request.
+    pub tier: Tier,
+    /// The cluster whose shared budget is charged too.
+    pub cluster: Option<ClusterAsk>,
+    /// Input tokens charged at admission (the estimate).
+    pub input_tokens: u64,
+}
+
+/// A cluster's part of a [`BudgetAsk`].
+#[derive(Debug, Clone)]
+pub struct ClusterAsk {
+    /// The cluster.
+    pub id: u64,
+    /// Its members now (its budget grows with them).
+    pub members: u32,
+    /// Its budget for this request.
+    pub budget: Tier,
+}
+
+/// The budgets' answer to a [`BudgetAsk`]: admitted (with the cluster
+/// charged too, and its size then), or the first budget that refused.
+pub type Admission = Result<Option<(u64, u32)>, LimitHit>;
+
+/// A decision before its budgets are asked ([`Engine::assess`]).
+// Not boxed: it lives for one call on the request path, and a box would
+// be an allocation per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Assessment {
+    /// Refused before any budget is asked (blocked, or a new account with
+    /// no room), or otherwise final.
+    Decided(Decision),
+    /// Every other check passed: the budgets decide.
+    Admit(Pending),
+}
+
+/// A decision waiting for its budgets' [`Admission`].
+#[derive(Debug)]
+pub struct Pending {
+    ask: BudgetAsk,
+    anonymous: bool,
+    throttled: bool,
+    scored_cluster: Option<u64>,
+    tier: Arc<str>,
+    allow_listed: bool,
+    cluster: Option<ClusterView>,
+    cluster_enforced: bool,
+    detection: Option<Detection>,
+}
+
+impl Pending {
+    /// The budget cells to check.
+    pub fn ask(&self) -> &BudgetAsk {
+        &self.ask
+    }
+
+    /// The decision, given what the budgets answered.
+    pub fn conclude(self, admission: Admission) -> Decision {
+        let verdict = match admission {
+            Err(hit) => Verdict::Throttle(hit),
+            Ok(cluster) => {
+                let d = self.detection.as_ref();
+                Verdict::Allow(Ticket {
+                    account: self.ask.account,
+                    anonymous: self.anonymous,
+                    input_charged: self.ask.input_tokens,
+                    cluster,
+                    scored_cluster: self.scored_cluster,
+                    scored_core: d.is_some_and(|d| d.in_cluster_core),
+                    throttled: self.throttled,
+                    scored_cohorts: d.map_or([0; cohort::KEYS], |d| d.cohorts),
+                    degraded: d.is_some_and(|d| d.degrade_to.is_some()),
+                })
+            }
+        };
+        Decision {
+            verdict,
+            tier: self.tier,
+            allow_listed: self.allow_listed,
+            cluster: self.cluster,
+            cluster_enforced: self.cluster_enforced,
+            detection: self.detection,
+        }
+    }
 }
 
 /// Counters of the engine's own housekeeping.
@@ -812,8 +913,24 @@ impl Engine {
         self.accounts.len()
     }
 
-    /// Decide what happens to a request.
+    /// Decide what happens to a request, its budgets checked in the
+    /// engine's own cells: [`Engine::assess`], [`Engine::admit_local`],
+    /// [`Pending::conclude`].
     pub fn decide(&self, obs: &Observation, now: Nanos) -> Decision {
+        match self.assess(obs, now) {
+            Assessment::Decided(d) => d,
+            Assessment::Admit(p) => {
+                let admission = self.admit_local(&p.ask, now);
+                p.conclude(admission)
+            }
+        }
+    }
+
+    /// Everything a decision needs but the budgets: manual decisions,
+    /// linking, detection. A request that is refused before its budgets
+    /// are asked is [`Assessment::Decided`]; any other names the budget
+    /// cells to check ([`BudgetAsk`]), wherever they are kept.
+    pub fn assess(&self, obs: &Observation, now: Nanos) -> Assessment {
         self.maybe_maintain(now);
         let policy = self.policy.load();
         let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
@@ -823,14 +940,14 @@ impl Engine {
         // A new account the store has no room for leaves no trace: not in
         // the store, not in the linker's index, not in a cluster's size.
         if let Err(hit) = self.admit_new_account(obs, &policy, now) {
-            return Decision {
+            return Assessment::Decided(Decision {
                 verdict: Verdict::Throttle(hit),
                 tier: tier.name.clone(),
                 allow_listed,
                 cluster: None,
                 cluster_enforced: false,
                 detection: None,
-            };
+            });
         }
         // Allow-listed accounts skip detection: they are never linked.
         let (cluster, shared) = if policy.cluster.enabled && !allow_listed {
@@ -857,7 +974,7 @@ impl Engine {
             }
         };
         if let Some(scope) = blocked {
-            return block(scope, false, None);
+            return Assessment::Decided(block(scope, false, None));
         }
         // A cluster is scored as a whole from `score_min_strength`, and
         // shares a budget from `min_strength` (evidence of one operator).
@@ -886,7 +1003,7 @@ impl Engine {
             .map_or(score::Level::Allow, |d| d.enforced);
         if applied == score::Level::Block {
             let scope = detection.as_ref().map_or(Scope::Account, |d| d.scope);
-            return block(scope, enforced.is_some(), detection);
+            return Assessment::Decided(block(scope, enforced.is_some(), detection));
         }
         // Throttled: budgets multiplied down (the account's and the
         // cluster's); slowed: the account's own concurrency capped. The cap
@@ -910,39 +1027,67 @@ impl Engine {
             account_tier.max_concurrent = account_tier.max_concurrent.min(d.slow_max_concurrent);
         }
         let throttled = factor < 1.0;
-        let mut verdict = self.accounts.with(obs.account.0, now, |state| {
-            admit(
-                state,
-                &account_tier,
-                obs,
-                throttled,
-                now,
-                || match enforced {
-                    None => Ok(None),
-                    Some(c) => {
-                        let budget = adjust(policy.cluster.budget(c.members));
-                        self.clusters
-                            .with(c.id, now, |cs| admit_cluster(cs, &budget, obs, now))
-                            .map(|()| Some((c.id, c.members)))
-                    }
-                },
-            )
-        });
-        if let Verdict::Allow(t) = &mut verdict {
-            t.scored_cluster = scored.filter(|_| detection.is_some()).map(|c| c.id);
-            t.scored_core = detection.as_ref().is_some_and(|d| d.in_cluster_core);
-            if let Some(d) = &detection {
-                t.scored_cohorts = d.cohorts;
-                t.degraded = d.degrade_to.is_some();
-            }
-        }
-        Decision {
-            verdict,
+        let ask = BudgetAsk {
+            account: obs.account,
+            tier: account_tier,
+            cluster: enforced.map(|c| ClusterAsk {
+                id: c.id,
+                members: c.members,
+                budget: adjust(policy.cluster.budget(c.members)),
+            }),
+            input_tokens: obs.input_tokens,
+        };
+        Assessment::Admit(Pending {
+            ask,
+            anonymous: obs.anonymous,
+            throttled,
+            scored_cluster: scored.filter(|_| detection.is_some()).map(|c| c.id),
             tier: tier.name.clone(),
             allow_listed,
             cluster,
             cluster_enforced: enforced.is_some(),
             detection,
+        })
+    }
+
+    /// Check a request's budgets in the engine's own cells and, when every
+    /// one admits, charge them: the account's on copies first, then the
+    /// cluster's (checked and committed under the account's lock), then
+    /// the account's committed.
+    pub fn admit_local(&self, ask: &BudgetAsk, now: Nanos) -> Admission {
+        self.accounts.with(ask.account.0, now, |state| {
+            let requests = check_cells(state, &ask.tier, Scope::Account, now)?;
+            let cluster = match &ask.cluster {
+                None => None,
+                Some(c) => {
+                    self.clusters.with(c.id, now, |cs| {
+                        let requests = check_cells(cs, &c.budget, Scope::Cluster, now)?;
+                        commit_cells(cs, &c.budget, requests, ask.input_tokens, now);
+                        Ok(())
+                    })?;
+                    Some((c.id, c.members))
+                }
+            };
+            commit_cells(state, &ask.tier, requests, ask.input_tokens, now);
+            Ok(cluster)
+        })
+    }
+
+    /// Charge a request that another store admitted (the shared one) to
+    /// the engine's own cells too, unchecked: what this process served
+    /// stays in its cells, so settling it here is exact, and a fallback
+    /// to these cells starts from this process's share of the traffic,
+    /// not from full buckets.
+    pub fn record_admission(&self, ask: &BudgetAsk, now: Nanos) {
+        let charge = |s: &mut AccountState, tier: &Tier| {
+            let mut requests = s.requests;
+            requests.charge(&tier.requests, 1, now);
+            commit_cells(s, tier, requests, ask.input_tokens, now);
+        };
+        self.accounts
+            .with(ask.account.0, now, |s| charge(s, &ask.tier));
+        if let Some(c) = &ask.cluster {
+            self.clusters.with(c.id, now, |s| charge(s, &c.budget));
         }
     }
 
@@ -1214,28 +1359,13 @@ impl Engine {
     /// is corrected by what the upstream reported.
     pub fn settle(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
         let policy = self.policy.load();
-        let (tier_idx, _) = policy.tier_of(ticket.account, ticket.anonymous);
-        // A request admitted under Throttle is charged to the same scaled
-        // budgets it was admitted against.
-        let factor = match &policy.detection {
-            Some(d) if ticket.throttled && d.throttle_factor < 1.0 => Some(d.throttle_factor),
-            _ => None,
-        };
-        fn scaled(t: &Tier, factor: Option<f64>) -> std::borrow::Cow<'_, Tier> {
-            match factor {
-                Some(f) => std::borrow::Cow::Owned(t.scaled(f)),
-                None => std::borrow::Cow::Borrowed(t),
-            }
-        }
-        let tier = scaled(&policy.tiers[tier_idx], factor);
+        let (tier, cluster) = settle_tiers(&policy, ticket);
         self.accounts.with(ticket.account.0, now, |s| {
             settle_cells(s, &tier, ticket, usage, now)
         });
-        if let Some((id, members)) = ticket.cluster {
-            let budget = policy.cluster.budget(members);
-            let budget = scaled(&budget, factor);
+        if let (Some((id, _)), Some(budget)) = (ticket.cluster, &cluster) {
             self.clusters
-                .with(id, now, |s| settle_cells(s, &budget, ticket, usage, now));
+                .with(id, now, |s| settle_cells(s, budget, ticket, usage, now));
         }
         if let Some(d) = &policy.detection {
             let full = !ticket.degraded;
@@ -1277,6 +1407,15 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The quotas `ticket` is settled against (its tier's, its cluster's
+    /// budget), as [`Engine::settle`] uses them: for a store that keeps
+    /// the cells elsewhere.
+    pub fn settle_quotas(&self, ticket: &Ticket) -> (Tier, Option<Tier>) {
+        let policy = self.policy.load();
+        let (tier, cluster) = settle_tiers(&policy, ticket);
+        (tier.into_owned(), cluster.map(Cow::into_owned))
     }
 
     /// The account's behaviour score now (None: no signals held).
@@ -1433,6 +1572,25 @@ pub struct AccountBudgets {
     pub last_seen: Nanos,
 }
 
+/// The quotas a ticket is settled against: its tier's and its cluster's
+/// budget, scaled as they were when it was admitted under Throttle.
+fn settle_tiers<'p>(policy: &'p Policy, ticket: &Ticket) -> (Cow<'p, Tier>, Option<Cow<'p, Tier>>) {
+    let (tier_idx, _) = policy.tier_of(ticket.account, ticket.anonymous);
+    let factor = match &policy.detection {
+        Some(d) if ticket.throttled && d.throttle_factor < 1.0 => Some(d.throttle_factor),
+        _ => None,
+    };
+    let scaled = |t: Cow<'p, Tier>| match factor {
+        Some(f) => Cow::Owned(t.scaled(f)),
+        None => t,
+    };
+    let tier = scaled(Cow::Borrowed(&policy.tiers[tier_idx]));
+    let cluster = ticket
+        .cluster
+        .map(|(_, members)| scaled(Cow::Owned(policy.cluster.budget(members))));
+    (tier, cluster)
+}
+
 /// Settle one budget state: one fewer in flight, output charged post-paid,
 /// the input estimate corrected by the reported count.
 fn settle_cells(s: &mut AccountState, tier: &Tier, ticket: &Ticket, usage: Usage, now: Nanos) {
@@ -1521,51 +1679,6 @@ fn commit_cells(
     state.input.charge(&tier.input, input_tokens, now);
     state.in_flight += 1;
     state.requests_total += 1;
-}
-
-/// The cluster's budgets for one request: checked, then committed.
-fn admit_cluster(
-    state: &mut AccountState,
-    budget: &Tier,
-    obs: &Observation,
-    now: Nanos,
-) -> Result<(), LimitHit> {
-    let requests = check_cells(state, budget, Scope::Cluster, now)?;
-    commit_cells(state, budget, requests, obs.input_tokens, now);
-    Ok(())
-}
-
-/// The budget checks of one request: the account's own on copies, then the
-/// cluster's (`cluster` checks and commits it); the account's state changes
-/// only when every budget admits.
-fn admit(
-    state: &mut AccountState,
-    tier: &Tier,
-    obs: &Observation,
-    throttled: bool,
-    now: Nanos,
-    cluster: impl FnOnce() -> Result<Option<(u64, u32)>, LimitHit>,
-) -> Verdict {
-    let requests = match check_cells(state, tier, Scope::Account, now) {
-        Ok(r) => r,
-        Err(hit) => return Verdict::Throttle(hit),
-    };
-    let cluster = match cluster() {
-        Ok(c) => c,
-        Err(hit) => return Verdict::Throttle(hit),
-    };
-    commit_cells(state, tier, requests, obs.input_tokens, now);
-    Verdict::Allow(Ticket {
-        account: obs.account,
-        anonymous: obs.anonymous,
-        input_charged: obs.input_tokens,
-        cluster,
-        scored_cluster: None,
-        scored_core: false,
-        throttled,
-        scored_cohorts: [0; cohort::KEYS],
-        degraded: false,
-    })
 }
 
 #[cfg(test)]

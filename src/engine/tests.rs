@@ -1668,3 +1668,42 @@ fn request_shapes_group_output_limits_by_scale() {
     // Nothing said (body not inspected): no shape, nothing to link on.
     assert_eq!(request_shape(&RequestFacts::default()), None);
 }
+
+/// A request another store admitted (`record_admission`) is charged to the
+/// engine's cells unchecked and settles there like one admitted locally:
+/// a fallback to these cells starts from what this process served.
+#[test]
+fn an_admission_recorded_from_another_store_settles_like_a_local_one() {
+    let e = Engine::new(Policy::single_tier(tier(60, 2, 1_000_000, 600, 100)));
+    let t0 = 10 * MIN;
+    let Assessment::Admit(p) = e.assess(&obs(9, 40), t0) else {
+        panic!("expected a budget ask");
+    };
+    assert_eq!(p.ask().input_tokens, 40);
+    assert!(p.ask().cluster.is_none());
+    // The shared store said yes (twice: past this process's burst of 2).
+    for _ in 0..3 {
+        e.record_admission(p.ask(), t0);
+    }
+    let t = allow(&p.conclude(Ok(None)));
+    let b = e.account_budgets(AccountId(9), t0).unwrap();
+    assert_eq!((b.in_flight, b.requests_remaining), (3, 0));
+    e.settle(
+        &t,
+        Usage {
+            input_tokens: Some(40),
+            output_tokens: 1200,
+        },
+        t0,
+    );
+    let b = e.account_budgets(AccountId(9), t0).unwrap();
+    assert_eq!((b.in_flight, b.output_tokens_debt), (2, 600));
+    // Falling back to these cells now refuses: the account owes.
+    assert_eq!(
+        throttle(&e.decide(&obs(9, 1), t0)).kind,
+        LimitKind::Requests
+    );
+    let (tier, cluster) = e.settle_quotas(&t);
+    assert_eq!(tier.output.per_period(), 600);
+    assert!(cluster.is_none());
+}

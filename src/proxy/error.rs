@@ -33,6 +33,10 @@ pub enum ProxyError {
     /// Upstream: the exchange failed after connecting.
     #[error("upstream failed: {0}")]
     Upstream(String),
+    /// Internal: the shared state store cannot answer and `[state]
+    /// on_failure = "closed"` refuses rather than decide without it.
+    #[error("shared state unavailable")]
+    StateUnavailable,
 }
 
 impl ProxyError {
@@ -45,6 +49,7 @@ impl ProxyError {
             ProxyError::Unauthorized => ErrorKind::Unauthorized,
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => ErrorKind::BadGateway,
             ProxyError::UpstreamTimeout(_) => ErrorKind::GatewayTimeout,
+            ProxyError::StateUnavailable => ErrorKind::Overloaded,
         }
     }
 
@@ -60,6 +65,17 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "the upstream API could not be reached".into(),
             ProxyError::UpstreamTimeout(_) => "the upstream API did not answer in time".into(),
             ProxyError::Upstream(_) => "the upstream API connection failed".into(),
+            ProxyError::StateUnavailable => {
+                "rate limits cannot be checked right now; retry shortly".into()
+            }
+        }
+    }
+
+    /// Seconds after which a retry may succeed, when the failure says.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ProxyError::StateUnavailable => Some(1),
+            _ => None,
         }
     }
 }

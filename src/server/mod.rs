@@ -128,6 +128,8 @@ pub struct Shared {
     upstream_tls: Arc<rustls::ClientConfig>,
     /// The policy engine.
     pub engine: Arc<Engine>,
+    /// Where budgets and manual decisions are kept (`[state]`).
+    pub state: crate::state::State,
     /// API key → account id.
     pub hasher: KeyHasher,
     /// The engine's clock: monotonic nanoseconds since start.
@@ -373,6 +375,24 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
             ),
         }
     }
+    // The shared store's connections and its sync loop live on a runtime
+    // of their own (requests await their calls from the workers).
+    let (state, state_rt) = match &config.state {
+        crate::config::StateConfig::Local => (crate::state::State::Local, None),
+        crate::config::StateConfig::Redis(r) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServerError::Worker)?;
+            let store = {
+                let _entered = rt.enter();
+                crate::state::redis::RedisStore::new(r, rt.handle().clone())
+                    .map_err(ServerError::State)?
+            };
+            info!(url = %r.url, on_failure = r.on_failure.as_str(), "state shared through Redis");
+            (crate::state::State::Redis(Arc::new(store)), Some(rt))
+        }
+    };
     let admin_listener = match config.admin.address {
         None => None,
         Some(addr) => {
@@ -414,6 +434,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         audit,
         tls: tls_slots,
         engine,
+        state,
         hasher,
         clock: Clock::with_speed(clock.speed),
         conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -451,6 +472,15 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         threads.push(t);
     }
     drop(listen_slots);
+    if let (Some(rt), Some(store)) = (state_rt, shared.state.redis().cloned()) {
+        let shared = shared.clone();
+        let shutdown = shutdown_rx.clone();
+        let t = std::thread::Builder::new()
+            .name(crate::state::redis::STATE_THREAD.into())
+            .spawn(move || rt.block_on(store.run_sync(shared, shutdown)))
+            .map_err(ServerError::Worker)?;
+        threads.push(t);
+    }
     // Housekeeping (indicator sweep) and, when configured, the admin API
     // share one thread of their own.
     {

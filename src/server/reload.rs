@@ -129,6 +129,11 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         notes.push("admin.max_connections");
         new.admin.max_connections = old.admin.max_connections;
     }
+    if old.state != new.state {
+        // The store and its connections are made once, at start.
+        notes.push("state");
+        new.state = old.state.clone();
+    }
     if old.identity.hash_secret != new.identity.hash_secret {
         notes.push("identity.hash_secret");
         new.identity.hash_secret = old.identity.hash_secret.clone();

@@ -1,0 +1,164 @@
+//! State step: where a request's budget cells are checked and charged, and
+//! where manual decisions live — in this process (`[state] backend =
+//! "local"`, the default), or in Redis, shared by every replica
+//! ([`redis`], `docs/distributed.md`).
+//!
+//! The seam is the budget admission: the engine decides everything else
+//! ([`Engine::assess`]), a [`BudgetStore`] answers the request's
+//! [`BudgetAsk`], and the engine concludes ([`Pending::conclude`]). The
+//! request path calls [`State::decide`] and [`State::settle`] and never
+//! knows which store answered.
+
+pub mod breaker;
+pub mod redis;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::engine::{
+    Admission, Assessment, BudgetAsk, Decision, Engine, Nanos, Observation, Pending, Ticket, Usage,
+};
+
+/// Where a request's budget cells are kept: checked and charged all at
+/// once ([`BudgetStore::admit`]), settled after the response
+/// ([`BudgetStore::settle`]).
+pub trait BudgetStore {
+    /// Check and charge the cells `ask` names (every one admits or none
+    /// is charged). `Err` only when the store cannot answer and its
+    /// failure mode is to refuse.
+    fn admit(
+        &self,
+        engine: &Engine,
+        ask: &BudgetAsk,
+        now: Nanos,
+    ) -> impl Future<Output = Result<(Admission, Receipt), Unavailable>> + Send;
+
+    /// Settle what an admitted request cost in this store's cells (the
+    /// engine's own cells are settled by [`Engine::settle`] in any case).
+    fn settle(&self, engine: &Engine, ticket: &Ticket, receipt: Receipt, usage: Usage);
+}
+
+/// Where an admitted request was charged, to settle it in the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    /// In this process's cells only.
+    Local,
+    /// In the shared cells too, holding in-flight slot `slot`.
+    Shared {
+        /// This request's in-flight slot (unique per replica).
+        slot: u64,
+    },
+}
+
+/// The shared store could not answer and `on_failure = "closed"`: the
+/// request is refused (503 / 529).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the shared state store is unavailable")]
+pub struct Unavailable;
+
+/// The engine's own cells: answered at once, in process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalBudgets;
+
+impl BudgetStore for LocalBudgets {
+    fn admit(
+        &self,
+        engine: &Engine,
+        ask: &BudgetAsk,
+        now: Nanos,
+    ) -> impl Future<Output = Result<(Admission, Receipt), Unavailable>> + Send {
+        std::future::ready(Ok((engine.admit_local(ask, now), Receipt::Local)))
+    }
+
+    fn settle(&self, _: &Engine, _: &Ticket, _: Receipt, _: Usage) {}
+}
+
+/// Decide a request with its budgets in `store`.
+pub async fn decide_with<S: BudgetStore>(
+    store: &S,
+    engine: &Engine,
+    obs: &Observation,
+    now: Nanos,
+) -> Result<(Decision, Receipt), Unavailable> {
+    match engine.assess(obs, now) {
+        Assessment::Decided(d) => Ok((d, Receipt::Local)),
+        Assessment::Admit(pending) => {
+            let pending: Pending = pending;
+            let (admission, receipt) = store.admit(engine, pending.ask(), now).await?;
+            Ok((pending.conclude(admission), receipt))
+        }
+    }
+}
+
+/// The state backend in use.
+pub enum State {
+    /// In this process only.
+    Local,
+    /// Shared through Redis.
+    Redis(Arc<redis::RedisStore>),
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Local => f.write_str("State::Local"),
+            State::Redis(_) => f.write_str("State::Redis"),
+        }
+    }
+}
+
+impl State {
+    /// Decide a request: the engine's checks, then the budgets in this
+    /// backend's store.
+    pub async fn decide(
+        &self,
+        engine: &Engine,
+        obs: &Observation,
+        now: Nanos,
+    ) -> Result<(Decision, Receipt), Unavailable> {
+        match self {
+            State::Local => decide_with(&LocalBudgets, engine, obs, now).await,
+            State::Redis(r) => decide_with(r, engine, obs, now).await,
+        }
+    }
+
+    /// Settle an admitted request: the engine's cells and signals, and the
+    /// shared cells where it was charged there.
+    pub fn settle(
+        &self,
+        engine: &Engine,
+        ticket: &Ticket,
+        receipt: Receipt,
+        usage: Usage,
+        now: Nanos,
+    ) {
+        engine.settle(ticket, usage, now);
+        if let State::Redis(r) = self {
+            r.settle(engine, ticket, receipt, usage);
+        }
+    }
+
+    /// The Redis store, when that is the backend.
+    pub fn redis(&self) -> Option<&Arc<redis::RedisStore>> {
+        match self {
+            State::Local => None,
+            State::Redis(r) => Some(r),
+        }
+    }
+
+    /// For `/readyz`: whether this replica can serve as configured, and a
+    /// line saying what the backend is doing.
+    pub fn readiness(&self) -> (bool, String) {
+        match self {
+            State::Local => (true, "state: local".into()),
+            State::Redis(r) => r.readiness(),
+        }
+    }
+
+    /// The backend's metrics in Prometheus text (nothing for local).
+    pub fn render_metrics(&self, out: &mut String) {
+        if let State::Redis(r) = self {
+            r.render_metrics(out);
+        }
+    }
+}

@@ -1,0 +1,867 @@
+//! The shared store: budget cells and manual decisions in Redis (or
+//! Valkey), so that every replica enforces one budget per account and per
+//! cluster, and a block made through one replica refuses on all of them.
+//!
+//! One Lua script call per decision checks and charges all of a request's
+//! cells atomically on the server's clock (`TIME`); one per settlement
+//! charges the output post-paid. Every call is bounded by
+//! `command_timeout_ms` and goes through a [`Breaker`]; when Redis cannot
+//! answer, `on_failure` decides (this replica's own cells, admit, or
+//! refuse). Key layout, the scripts and what a restart of Redis forgives:
+//! `docs/distributed.md`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{IntoConnectionInfo, RedisResult, Script};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::breaker::{Breaker, BreakerState, Gate, Transition};
+use super::{BudgetStore, Receipt, Unavailable};
+use crate::admin::metrics::Histogram;
+use crate::config::{OnFailure, RedisConfig};
+use crate::engine::gcra::Rate;
+use crate::engine::{
+    AccountId, Admission, BudgetAsk, Engine, LimitHit, LimitKind, Manual, Nanos, Scope, Ticket,
+    Tier, Usage,
+};
+
+/// Admission: for each scope (account, then cluster) check concurrency
+/// (dropping expired in-flight leases when at the cap), the request cell
+/// (take 1) and the token cells (not in debt); only when every cell of
+/// every scope admits,
+/// charge them all. Times are microseconds on the server's clock; the
+/// state of one scope is a hash (`r`, `i`, `o`: theoretical arrival times)
+/// and a sorted set of in-flight slots scored by their lease's end.
+const ADMIT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease = tonumber(ARGV[2])
+local input = tonumber(ARGV[3])
+local function fmt(x) return string.format('%.3f', x) end
+local function remaining(tat, T, C)
+  local used = tat - now
+  if used < 0 then used = 0 end
+  local left = C - used
+  if left < 0 then return 0 end
+  return math.floor(left / T)
+end
+local function reset(tat)
+  if tat > now then return math.ceil(tat - now) end
+  return 0
+end
+local plan = {}
+for s = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * s - 1], KEYS[2 * s]
+  local b = 3 + (s - 1) * 7
+  local maxc = tonumber(ARGV[b + 1])
+  local rT, rC = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local iT, iC = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local oT, oC = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
+  if redis.call('ZCARD', z) >= maxc then
+    -- At the cap: drop slots whose lease ended (their replica died or
+    -- lost the settlement) before refusing. Below it they wait.
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', fmt(now))
+    if redis.call('ZCARD', z) >= maxc then
+      return {0, s, 1, 1000000, 0, 1000000}
+    end
+  end
+  local c = redis.call('HMGET', h, 'r', 'i', 'o')
+  local r, i, o = tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0
+  local nr = math.max(r, now) + rT
+  if nr > now + rC then
+    return {0, s, 2, math.ceil(nr - now - rC), remaining(r, rT, rC), reset(r)}
+  end
+  local need = math.max(i, now) + iT
+  if need > now + iC then
+    return {0, s, 3, math.ceil(need - now - iC), remaining(i, iT, iC), reset(i)}
+  end
+  need = math.max(o, now) + oT
+  if need > now + oC then
+    return {0, s, 4, math.ceil(need - now - oC), remaining(o, oT, oC), reset(o)}
+  end
+  plan[s] = {h, z, nr, math.max(i, now) + input * iT, o}
+end
+for s = 1, #plan do
+  local p = plan[s]
+  redis.call('HSET', p[1], 'r', fmt(p[3]), 'i', fmt(p[4]))
+  redis.call('ZADD', p[2], fmt(now + lease), ARGV[1])
+  local last = math.max(p[3], p[4], p[5])
+  redis.call('PEXPIRE', p[1], string.format('%d', math.ceil((last - now) / 1000) + 1000))
+  redis.call('PEXPIRE', p[2], string.format('%d', math.ceil(lease / 1000) + 1000))
+end
+return {1}
+";
+
+/// Settlement: free the in-flight slot, charge the output post-paid (may
+/// go into debt), correct the input estimate by what the upstream
+/// reported (`ARGV[4]` < 0: nothing reported).
+const SETTLE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = tonumber(ARGV[2])
+local charged = tonumber(ARGV[3])
+local actual = tonumber(ARGV[4])
+local function fmt(x) return string.format('%.3f', x) end
+for s = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * s - 1], KEYS[2 * s]
+  local b = 4 + (s - 1) * 2
+  local iT, oT = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  redis.call('ZREM', z, ARGV[1])
+  local c = redis.call('HMGET', h, 'r', 'i', 'o')
+  local r, i, o = tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0
+  o = math.max(o, now) + out * oT
+  if actual >= 0 then
+    if actual > charged then
+      i = math.max(i, now) + (actual - charged) * iT
+    else
+      i = math.max(i - (charged - actual) * iT, now)
+    end
+  end
+  redis.call('HSET', h, 'i', fmt(i), 'o', fmt(o))
+  local last = math.max(r, i, o)
+  redis.call('PEXPIRE', h, string.format('%d', math.ceil(math.max(last - now, 0) / 1000) + 1000))
+end
+return 1
+";
+
+/// An admin's decision: set or clear one field, bump the version every
+/// replica polls. Returns the new version, or -1 while Redis holds no
+/// record yet (just started empty: a replica seeds it within one sync).
+const MANUAL_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return redis.call('INCR', KEYS[2])
+";
+
+/// Redis holds no record of manual decisions (new, or restarted empty):
+/// seed it with this replica's, unless another replica did first. The
+/// version starts at the server's time in microseconds, so it never
+/// repeats one a replica saw before a restart of Redis (a replica that
+/// missed the restart would take a repeated version for one it applied).
+const SEED_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for k = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 1])
+end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
+return 1
+";
+
+/// The thread that runs the store's sync loop (named by the server).
+pub const STATE_THREAD: &str = "dg-state";
+
+/// The least time a call no request waits on may take.
+const BACKGROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a Redis call was for (metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Admit,
+    Settle,
+    Sync,
+    Manual,
+}
+
+const OPS: [&str; 4] = ["admit", "settle", "sync", "manual"];
+
+/// The shared store's counters.
+#[derive(Debug, Default)]
+struct StoreMetrics {
+    round_trip: Histogram,
+    commands: [AtomicU64; 4],
+    /// [op] × [error, timeout].
+    errors: [[AtomicU64; 2]; 4],
+    /// Transitions into [closed, open, half_open].
+    transitions: [AtomicU64; 3],
+    /// Decisions made under on_failure: [local, open, closed].
+    fallback: [AtomicU64; 3],
+    settles_skipped: AtomicU64,
+}
+
+/// Budget cells and manual decisions in Redis.
+pub struct RedisStore {
+    cfg: RedisConfig,
+    pool: Vec<ConnectionManager>,
+    /// The state thread's own connection.
+    own: ConnectionManager,
+    next: AtomicUsize,
+    breaker: Breaker,
+    admit: Script,
+    settle: Script,
+    manual: Script,
+    seed: Script,
+    /// This process's id in in-flight slot names.
+    replica: u64,
+    slots: AtomicU64,
+    /// The manual decisions' version last applied (-1: none yet).
+    manual_version: AtomicI64,
+    metrics: StoreMetrics,
+    /// The state thread's runtime: settlements and the sync loop run there.
+    rt: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cfg", &self.cfg)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connections are made lazily (the first command connects, a lost
+    /// connection is re-made by the next one), so a replica starts while
+    /// Redis is down and serves under `on_failure` until it is back. Must
+    /// be called inside `rt`'s context.
+    pub fn new(cfg: &RedisConfig, rt: tokio::runtime::Handle) -> Result<RedisStore, String> {
+        let info = cfg
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| format!("state.url: {e}"))?;
+        let info = match &cfg.password {
+            Some(p) => {
+                let settings = info.redis_settings().clone().set_password(p);
+                info.set_redis_settings(settings)
+            }
+            None => info,
+        };
+        let client = match &cfg.ca_pem {
+            None => ::redis::Client::open(info),
+            Some(pem) => ::redis::Client::build_with_tls(
+                info,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
+        .map_err(|e| format!("state.url: {e}"))?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.command_timeout.max(BACKGROUND_TIMEOUT)))
+            .set_number_of_retries(1)
+            .set_min_delay(std::time::Duration::from_millis(20))
+            .set_max_delay(std::time::Duration::from_millis(200));
+        let pool = (0..=cfg.pool_size)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
+            .collect::<RedisResult<Vec<_>>>()
+            .map_err(|e| format!("redis: {e}"))?;
+        let (own, pool) = pool
+            .split_first()
+            .map(|(o, p)| (o.clone(), p.to_vec()))
+            .ok_or("state.pool_size: no connection")?;
+        Ok(RedisStore {
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open),
+            cfg: cfg.clone(),
+            pool,
+            own,
+            next: AtomicUsize::new(0),
+            admit: Script::new(ADMIT_LUA),
+            settle: Script::new(SETTLE_LUA),
+            manual: Script::new(MANUAL_LUA),
+            seed: Script::new(SEED_LUA),
+            replica: rand::random(),
+            slots: AtomicU64::new(0),
+            manual_version: AtomicI64::new(-1),
+            metrics: StoreMetrics::default(),
+            rt,
+        })
+    }
+
+    /// The connection of the calling thread: each thread keeps to one
+    /// pooled connection, whose I/O task then runs on that thread's
+    /// runtime (a connection is made by the first call on it), so a call
+    /// wakes no other thread. The state thread (settlements off a
+    /// runtime, the sync) has a connection of its own.
+    fn conn(&self) -> ConnectionManager {
+        thread_local! {
+            static SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        }
+        if std::thread::current().name() == Some(STATE_THREAD) {
+            return self.own.clone();
+        }
+        let i = SLOT.with(|slot| {
+            slot.get().unwrap_or_else(|| {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                slot.set(Some(i));
+                i
+            })
+        });
+        self.pool[i % self.pool.len()].clone()
+    }
+
+    /// `{prefix:a:ID}` / `{prefix:c:ID}`: one hash tag per budget owner.
+    fn cell_keys(&self, kind: char, id: u64) -> (String, String) {
+        let h = format!("{{{}:{kind}:{id:016x}}}", self.cfg.key_prefix);
+        let z = format!("{h}:f");
+        (h, z)
+    }
+
+    fn manual_keys(&self) -> (String, String) {
+        let h = format!("{{{}:manual}}", self.cfg.key_prefix);
+        let v = format!("{h}:v");
+        (h, v)
+    }
+
+    fn slot_name(&self, slot: u64) -> String {
+        format!("{:016x}:{slot}", self.replica)
+    }
+
+    fn transition(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let i = match t.to {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.metrics.transitions[i].fetch_add(1, Ordering::Relaxed);
+        match (t.from, t.to) {
+            (BreakerState::Closed, BreakerState::Open) => warn!(
+                failures = self.cfg.breaker_failures,
+                on_failure = self.cfg.on_failure.as_str(),
+                probe_after_ms = self.cfg.breaker_open.as_millis() as u64,
+                "redis state store failing: breaker open, requests go on under on_failure"
+            ),
+            (_, BreakerState::Closed) => info!("redis state store answering again: breaker closed"),
+            (from, to) => debug!(
+                from = from.as_str(),
+                to = to.as_str(),
+                "redis state store breaker"
+            ),
+        }
+    }
+
+    /// Whether a call may be made now, and whether it is the probe.
+    fn gate(&self) -> Option<bool> {
+        let (g, t) = self.breaker.gate();
+        self.transition(t);
+        match g {
+            Gate::Call => Some(false),
+            Gate::Probe => Some(true),
+            Gate::Skip => None,
+        }
+    }
+
+    /// The bound on one call: `command_timeout_ms` where a request waits
+    /// on it (admission); calls no request waits on (settlements, the
+    /// manual-decision sync, an admin's decision) get at least
+    /// [`BACKGROUND_TIMEOUT`], so a slow moment does not drop a settlement
+    /// (and leave its in-flight slot held until the lease ends).
+    fn timeout(&self, op: Op) -> std::time::Duration {
+        match op {
+            Op::Admit => self.cfg.command_timeout,
+            Op::Settle | Op::Sync | Op::Manual => self.cfg.command_timeout.max(BACKGROUND_TIMEOUT),
+        }
+    }
+
+    /// Run one Redis call (on a pooled connection) under its timeout;
+    /// feed the breaker and the metrics. A call that fails because its
+    /// connection was lost (Redis restarted, an idle connection cut) is
+    /// sent once more, within the same timeout, on the connection made
+    /// anew: a restart of Redis then costs no request a fallback.
+    async fn run<T, F, Fut>(&self, op: Op, probe: bool, call: F) -> Result<T, ()>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let conn = self.conn();
+        let attempts = async {
+            match call(conn.clone()).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => call(conn).await,
+                r => r,
+            }
+        };
+        let r = tokio::time::timeout(self.timeout(op), attempts).await;
+        self.metrics.round_trip.observe(started.elapsed());
+        self.metrics.commands[op as usize].fetch_add(1, Ordering::Relaxed);
+        let failed = match r {
+            Ok(Ok(v)) => {
+                self.transition(self.breaker.success(probe));
+                return Ok(v);
+            }
+            Ok(Err(e)) => {
+                debug!(op = OPS[op as usize], error = %e, "redis call failed");
+                0
+            }
+            Err(_) => 1,
+        };
+        self.metrics.errors[op as usize][failed].fetch_add(1, Ordering::Relaxed);
+        self.transition(self.breaker.failure(probe));
+        Err(())
+    }
+
+    /// The admission script's reply as an [`Admission`].
+    fn admission(reply: &[i64], ask: &BudgetAsk) -> Result<Admission, ()> {
+        match reply {
+            [1] => Ok(Ok(ask.cluster.as_ref().map(|c| (c.id, c.members)))),
+            &[0, scope, kind, retry_us, remaining, reset_us] => {
+                let (scope, tier) = match (scope, &ask.cluster) {
+                    (1, _) => (Scope::Account, &ask.tier),
+                    (2, Some(c)) => (Scope::Cluster, &c.budget),
+                    _ => return Err(()),
+                };
+                let (kind, quota) = match kind {
+                    1 => (LimitKind::Concurrency, None),
+                    2 => (LimitKind::Requests, Some(tier.requests)),
+                    3 => (LimitKind::InputTokens, Some(tier.input)),
+                    4 => (LimitKind::OutputTokens, Some(tier.output)),
+                    _ => return Err(()),
+                };
+                let ns = |us: i64| u64::try_from(us).unwrap_or(0).saturating_mul(1000);
+                Ok(Err(LimitHit {
+                    scope,
+                    kind,
+                    retry_after: ns(retry_us).max(1),
+                    quota,
+                    max_concurrent: tier.max_concurrent,
+                    remaining: u64::try_from(remaining).unwrap_or(0),
+                    reset_after: ns(reset_us),
+                }))
+            }
+            _ => Err(()),
+        }
+    }
+
+    /// What a request gets while Redis cannot answer.
+    fn fall_back(
+        &self,
+        engine: &Engine,
+        ask: &BudgetAsk,
+        now: Nanos,
+    ) -> Result<(Admission, Receipt), Unavailable> {
+        let mode = self.cfg.on_failure;
+        self.metrics.fallback[mode as usize].fetch_add(1, Ordering::Relaxed);
+        match mode {
+            OnFailure::Local => Ok((engine.admit_local(ask, now), Receipt::Local)),
+            OnFailure::Open => {
+                engine.record_admission(ask, now);
+                let cluster = ask.cluster.as_ref().map(|c| (c.id, c.members));
+                Ok((Ok(cluster), Receipt::Local))
+            }
+            OnFailure::Closed => Err(Unavailable),
+        }
+    }
+
+    /// Record an admin's decision in Redis (every replica applies it
+    /// within `manual_sync_ms`). `Err` says why it could not be.
+    pub async fn store_manual(
+        &self,
+        cluster: bool,
+        id: u64,
+        manual: Option<Manual>,
+    ) -> Result<i64, String> {
+        let Some(probe) = self.gate() else {
+            return Err("the Redis breaker is open (Redis failed recently)".into());
+        };
+        let (h, v) = self.manual_keys();
+        let field = format!("{}:{id:016x}", if cluster { 'c' } else { 'a' });
+        let value = match manual {
+            Some(Manual::Block) => "block",
+            Some(Manual::Allow) => "allow",
+            None => "",
+        };
+        let mut inv = self.manual.prepare_invoke();
+        inv.key(&h).key(&v).arg(&field).arg(value);
+        let inv = &inv;
+        let stored = self
+            .run(Op::Manual, probe, |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
+            .await;
+        match stored {
+            Ok(-1) => Err(format!(
+                "Redis holds no manual decisions yet (it restarted empty); the replicas \
+                 seed it within {} ms",
+                self.cfg.manual_sync.as_millis()
+            )),
+            Ok(v) => Ok(v),
+            Err(()) => Err(format!(
+                "Redis failed or did not answer within {} ms",
+                self.timeout(Op::Manual).as_millis()
+            )),
+        }
+    }
+
+    /// Poll the manual decisions' version every `manual_sync_ms` and apply
+    /// Redis's decisions when it moved; seed Redis with this replica's
+    /// when it holds none. Runs until `shutdown`.
+    pub async fn run_sync(
+        self: Arc<Self>,
+        shared: Arc<crate::server::Shared>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.cfg.manual_sync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                _ = tick.tick() => {}
+            }
+            self.sync_manual(&shared).await;
+        }
+    }
+
+    async fn sync_manual(&self, shared: &crate::server::Shared) {
+        let Some(probe) = self.gate() else { return };
+        let (h, v) = self.manual_keys();
+        let mut get = ::redis::cmd("GET");
+        get.arg(&v);
+        let get = &get;
+        let Ok(version) = self
+            .run(Op::Sync, probe, |mut c| async move {
+                get.query_async::<Option<i64>>(&mut c).await
+            })
+            .await
+        else {
+            return;
+        };
+        let engine = &shared.engine;
+        match version {
+            None => {
+                let (accounts, clusters) = engine.manual_decisions();
+                let mut inv = self.seed.prepare_invoke();
+                inv.key(&h).key(&v);
+                let n = accounts.len() + clusters.len();
+                for (a, m) in accounts {
+                    inv.arg(format!("a:{a}")).arg(manual_str(m));
+                }
+                for (c, m) in clusters {
+                    inv.arg(format!("c:{c:016x}")).arg(manual_str(m));
+                }
+                let inv = &inv;
+                let seeded = self
+                    .run(Op::Sync, false, |mut c| async move {
+                        inv.invoke_async::<i64>(&mut c).await
+                    })
+                    .await;
+                if seeded == Ok(1) {
+                    info!(
+                        decisions = n,
+                        "Redis held no manual decisions: seeded with this replica's"
+                    );
+                }
+                self.manual_version.store(-1, Ordering::Relaxed);
+            }
+            Some(v) if v != self.manual_version.load(Ordering::Relaxed) => {
+                let mut all = ::redis::cmd("HGETALL");
+                all.arg(&h);
+                let all = &all;
+                let Ok(all) = self
+                    .run(Op::Sync, false, |mut c| async move {
+                        all.query_async::<HashMap<String, String>>(&mut c).await
+                    })
+                    .await
+                else {
+                    return;
+                };
+                let changed = apply_manual(engine, &all);
+                self.manual_version.store(v, Ordering::Relaxed);
+                if changed > 0 {
+                    info!(
+                        version = v,
+                        changed, "manual decisions updated from Redis (made through a replica)"
+                    );
+                    let config = shared.config.load();
+                    if let Some(path) = &config.admin.state_path {
+                        if let Err(e) = crate::admin::state::save(path, engine) {
+                            warn!(path = %path.display(), error = %e, "cannot persist manual decisions");
+                        }
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `/readyz`: not ready only when Redis fails and requests are refused
+    /// for it (`on_failure = "closed"`).
+    pub fn readiness(&self) -> (bool, String) {
+        let st = self.breaker.state();
+        let ok = st == BreakerState::Closed || self.cfg.on_failure != OnFailure::Closed;
+        (
+            ok,
+            format!(
+                "state: redis breaker={} on_failure={}",
+                st.as_str(),
+                self.cfg.on_failure.as_str()
+            ),
+        )
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Prometheus text of the store's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        let m = &self.metrics;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        m.round_trip.render(
+            out,
+            "distill_guard_state_redis_round_trip_seconds",
+            "Time for one Redis call (script or command), timeouts included.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_redis_commands_total Redis calls made, by purpose.\n\
+             # TYPE distill_guard_state_redis_commands_total counter"
+        );
+        for (i, op) in OPS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "distill_guard_state_redis_commands_total{{op=\"{op}\"}} {}",
+                load(&m.commands[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_redis_errors_total Redis calls that failed, by purpose and kind.\n\
+             # TYPE distill_guard_state_redis_errors_total counter"
+        );
+        for (i, op) in OPS.iter().enumerate() {
+            for (j, kind) in ["error", "timeout"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "distill_guard_state_redis_errors_total{{op=\"{op}\",kind=\"{kind}\"}} {}",
+                    load(&m.errors[i][j])
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_breaker_state The Redis breaker: 0 closed, 1 open, 2 half open.\n\
+             # TYPE distill_guard_state_breaker_state gauge\n\
+             distill_guard_state_breaker_state {}",
+            self.breaker.state().gauge()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_breaker_transitions_total Breaker transitions, by the state entered.\n\
+             # TYPE distill_guard_state_breaker_transitions_total counter"
+        );
+        for (i, to) in ["closed", "open", "half_open"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "distill_guard_state_breaker_transitions_total{{to=\"{to}\"}} {}",
+                load(&m.transitions[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_fallback_total Budget decisions made under on_failure because Redis could not answer.\n\
+             # TYPE distill_guard_state_fallback_total counter"
+        );
+        for (i, mode) in ["local", "open", "closed"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "distill_guard_state_fallback_total{{mode=\"{mode}\"}} {}",
+                load(&m.fallback[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_settles_skipped_total Settlements not sent to Redis (breaker open); the shared cells do not see that output.\n\
+             # TYPE distill_guard_state_settles_skipped_total counter\n\
+             distill_guard_state_settles_skipped_total {}",
+            load(&m.settles_skipped)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_manual_version The version of the shared manual decisions applied here (-1: none yet).\n\
+             # TYPE distill_guard_state_manual_version gauge\n\
+             distill_guard_state_manual_version {}",
+            self.manual_version.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn manual_str(m: Manual) -> &'static str {
+    match m {
+        Manual::Block => "block",
+        Manual::Allow => "allow",
+    }
+}
+
+/// Make the engine's manual decisions those of Redis's hash; returns how
+/// many changed.
+fn apply_manual(engine: &Engine, all: &HashMap<String, String>) -> usize {
+    let mut accounts = HashMap::new();
+    let mut clusters = HashMap::new();
+    for (field, value) in all {
+        let m = match value.as_str() {
+            "block" => Manual::Block,
+            "allow" => Manual::Allow,
+            _ => continue,
+        };
+        let Some((kind, id)) = field.split_once(':') else {
+            continue;
+        };
+        let Some(id) = crate::config::accounts_file::parse_account_id(id) else {
+            continue;
+        };
+        match kind {
+            "a" => accounts.insert(id, m),
+            "c" => clusters.insert(id, m),
+            _ => None,
+        };
+    }
+    let (have_a, have_c) = engine.manual_decisions();
+    let mut changed = 0;
+    for (a, m) in &have_a {
+        if accounts.get(&a.0) != Some(m) {
+            engine.set_manual_account(*a, accounts.get(&a.0).copied());
+            changed += 1;
+        }
+    }
+    for (id, m) in accounts {
+        if !have_a.iter().any(|(a, h)| a.0 == id && *h == m) {
+            engine.set_manual_account(AccountId(id), Some(m));
+            changed += 1;
+        }
+    }
+    for (c, m) in &have_c {
+        if clusters.get(c) != Some(m) {
+            engine.set_manual_cluster(*c, clusters.get(c).copied());
+            changed += 1;
+        }
+    }
+    for (id, m) in clusters {
+        if !have_c.iter().any(|(c, h)| *c == id && *h == m) {
+            engine.set_manual_cluster(id, Some(m));
+            changed += 1;
+        }
+    }
+    changed
+}
+
+/// A rate's emission interval and burst capacity in microseconds, as the
+/// scripts take them.
+fn us(rate: &Rate) -> (f64, f64) {
+    (
+        rate.emission() as f64 / 1000.0,
+        rate.capacity() as f64 / 1000.0,
+    )
+}
+
+fn push_tier(inv: &mut ::redis::ScriptInvocation<'_>, tier: &Tier) {
+    let (rt, rc) = us(&tier.requests);
+    let (it, ic) = us(&tier.input);
+    let (ot, oc) = us(&tier.output);
+    inv.arg(tier.max_concurrent)
+        .arg(rt)
+        .arg(rc)
+        .arg(it)
+        .arg(ic)
+        .arg(ot)
+        .arg(oc);
+}
+
+impl BudgetStore for Arc<RedisStore> {
+    async fn admit(
+        &self,
+        engine: &Engine,
+        ask: &BudgetAsk,
+        now: Nanos,
+    ) -> Result<(Admission, Receipt), Unavailable> {
+        let Some(probe) = self.gate() else {
+            return self.fall_back(engine, ask, now);
+        };
+        let slot = self.slots.fetch_add(1, Ordering::Relaxed);
+        let (ah, az) = self.cell_keys('a', ask.account.0);
+        let mut inv = self.admit.prepare_invoke();
+        inv.key(&ah)
+            .key(&az)
+            .arg(self.slot_name(slot))
+            .arg(self.cfg.in_flight_lease.as_micros() as u64)
+            .arg(ask.input_tokens);
+        push_tier(&mut inv, &ask.tier);
+        if let Some(c) = &ask.cluster {
+            let (ch, cz) = self.cell_keys('c', c.id);
+            inv.key(ch).key(cz);
+            push_tier(&mut inv, &c.budget);
+        }
+        let inv = &inv;
+        let reply = self
+            .run(Op::Admit, probe, |mut c| async move {
+                inv.invoke_async::<Vec<i64>>(&mut c).await
+            })
+            .await;
+        match reply.and_then(|r| RedisStore::admission(&r, ask)) {
+            Ok(admission) => {
+                if admission.is_ok() {
+                    engine.record_admission(ask, now);
+                }
+                Ok((admission, Receipt::Shared { slot }))
+            }
+            Err(()) => self.fall_back(engine, ask, now),
+        }
+    }
+
+    fn settle(&self, engine: &Engine, ticket: &Ticket, receipt: Receipt, usage: Usage) {
+        let Receipt::Shared { slot } = receipt else {
+            return;
+        };
+        let (tier, cluster) = engine.settle_quotas(ticket);
+        let mut keys = vec![self.cell_keys('a', ticket.account.0)];
+        let mut rates = vec![(us(&tier.input).0, us(&tier.output).0)];
+        if let (Some((id, _)), Some(budget)) = (ticket.cluster, &cluster) {
+            keys.push(self.cell_keys('c', id));
+            rates.push((us(&budget.input).0, us(&budget.output).0));
+        }
+        let member = self.slot_name(slot);
+        let input_charged = ticket.input_charged;
+        let store = self.clone();
+        let settle = async move {
+            let Some(probe) = store.gate() else {
+                store
+                    .metrics
+                    .settles_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut inv = store.settle.prepare_invoke();
+            for (h, z) in &keys {
+                inv.key(h).key(z);
+            }
+            inv.arg(&member)
+                .arg(usage.output_tokens)
+                .arg(input_charged)
+                .arg(
+                    usage
+                        .input_tokens
+                        .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+                );
+            for (it, ot) in rates {
+                inv.arg(it).arg(ot);
+            }
+            let inv = &inv;
+            let _ = store
+                .run(Op::Settle, probe, |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+        };
+        // On the calling worker's runtime when there is one (its
+        // connection's task runs there), else on the state thread's.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn(settle)),
+            Err(_) => drop(self.rt.spawn(settle)),
+        }
+    }
+}

@@ -1,0 +1,855 @@
+//! Distributed mode on a real `redis-server` (started here on a free port,
+//! stopped by PID): replicas share one account budget, a block made
+//! through one replica refuses on the others within the sync bound, and
+//! Redis killed, restarted or paused never makes a request hang.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use distill_guard::mock::{self, MockHandle, MockOptions};
+use distill_guard::server::{self, Handle};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use support::*;
+
+const SECRET: &str = "distributed-test-hash-secret";
+
+/// A `redis-server` of this test's own, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis { port, child: None };
+        r.restart();
+        r
+    }
+
+    /// Start (again) on the same port, empty, and wait until it answers.
+    fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// [`Redis::restart`] with extra server arguments.
+    fn restart_with(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none());
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(extra)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server not found: install it (apt-get install redis-server; .ci/run does)",
+            );
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A TLS-only server is ready once it accepts; a plain one answers.
+        let tls = extra.contains(&"--tls-port");
+        while if tls {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        } else {
+            self.command("PING")
+                .is_none_or(|r| !(r.starts_with("+PONG") || r.contains("NOAUTH")))
+        } {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// One command over a raw connection (RESP inline), its reply line.
+    fn command(&self, cmd: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A paused server cannot die of SIGTERM; SIGKILL (kill()) can.
+            self.kill();
+        }
+    }
+}
+
+/// One replica's config: a budget of `burst` requests (10 a minute),
+/// detection and clusters off, and `state` as the `[state]` body.
+fn replica_config(upstream: SocketAddr, burst: u64, state: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+
+[upstream]
+url = "http://{upstream}"
+connect_timeout_ms = 1000
+first_byte_timeout_ms = 2000
+
+[server]
+workers = 1
+shutdown_grace_ms = 500
+
+[admin]
+address = "127.0.0.1:0"
+token_env = "DISTILL_GUARD_TEST_NO_SUCH_VARIABLE"
+
+[identity]
+hash_secret = "{SECRET}"
+
+[tiers.default]
+requests_per_minute = 10
+burst_requests = {burst}
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 64
+
+[cluster]
+enabled = false
+
+[detection]
+enabled = false
+
+[state]
+{state}
+"#
+    )
+}
+
+/// `[state]` on `redis`; tests that are not about timeouts give Redis a
+/// second, so a loaded machine does not turn a slow answer into a
+/// fallback.
+fn redis_state(redis: &Redis, extra: &str) -> String {
+    let timeout = if extra.contains("command_timeout_ms") {
+        ""
+    } else {
+        "command_timeout_ms = 1000\n"
+    };
+    format!(
+        "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"\n{timeout}{extra}",
+        redis.url(),
+        redis.port
+    )
+}
+
+struct Cluster {
+    _mock: MockHandle,
+    replicas: Vec<Handle>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize, burst: u64, state: &str) -> Cluster {
+        Cluster::start_with(n, |upstream| replica_config(upstream, burst, state))
+    }
+
+    /// `n` replicas of the config `text` makes for the mock's address.
+    fn start_with(n: usize, text: impl Fn(SocketAddr) -> String) -> Cluster {
+        let mock = mock::start("127.0.0.1:0".parse().unwrap(), MockOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = (0..n)
+            .map(|_| server::start(config_from(&text(mock.addr()), dir.path())).unwrap())
+            .collect();
+        Cluster {
+            _mock: mock,
+            replicas,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://{}/v1/messages", self.replicas[i].local_addrs()[0])
+    }
+
+    fn admin(&self, i: usize) -> SocketAddr {
+        self.replicas[i].admin_addr().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &self.replicas {
+            r.shutdown();
+        }
+    }
+}
+
+fn keyed(url: &str, key: &str) -> Request<Full<Bytes>> {
+    let mut r = messages_request(url, SMALL_MESSAGE);
+    r.headers_mut().insert("x-api-key", key.parse().unwrap());
+    r
+}
+
+/// One request; its status and body. Never longer than `limit`.
+async fn send(url: &str, key: &str, limit: Duration) -> (u16, String) {
+    let c = client();
+    let r = tokio::time::timeout(limit, async {
+        let r = c.request(keyed(url, key)).await.unwrap();
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").cloned();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let mut body = String::from_utf8_lossy(&body).into_owned();
+        if let Some(v) = retry {
+            body.push_str(&format!(" retry-after={}", v.to_str().unwrap()));
+        }
+        (status, body)
+    })
+    .await;
+    r.unwrap_or_else(|_| panic!("a request took longer than {limit:?}"))
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    admin_call(addr, "GET", path).await
+}
+
+async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = timeout(client().request(req)).await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of one sample line in a replica's metrics.
+async fn metric(addr: SocketAddr, sample: &str) -> f64 {
+    let (_, text) = admin_get(addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample}"))
+}
+
+/// Poll `cond` every 25 ms until it holds or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Send `n` requests for `key`, round robin over the replicas; how many
+/// were served (200) and how many refused for the budget (429).
+async fn spread(c: &Cluster, key: &str, n: usize) -> (usize, usize) {
+    let (mut ok, mut throttled) = (0, 0);
+    for i in 0..n {
+        let (status, body) = send(&c.url(i % c.replicas.len()), key, Duration::from_secs(10)).await;
+        match status {
+            200 => ok += 1,
+            429 => throttled += 1,
+            s => panic!("unexpected {s}: {body}"),
+        }
+    }
+    (ok, throttled)
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_account_budget_where_local_ones_give_three() {
+    let redis = Redis::start();
+    // Burst 6, 10 a minute: over the few seconds of the test at most one
+    // more request's worth refills.
+    let shared = Cluster::start(3, 6, &redis_state(&redis, ""));
+    let (ok, throttled) = spread(&shared, "sk-shared", 24).await;
+    assert!(
+        (6..=7).contains(&ok),
+        "three replicas on Redis served {ok} (budget 6, +1 refill)"
+    );
+    assert_eq!(ok + throttled, 24);
+    // The refusal is the account's, with its headers, from any replica.
+    let (status, body) = send(&shared.url(2), "sk-shared", LIMIT).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("rate_limit_error"), "{body}");
+
+    let local = Cluster::start(3, 6, "backend = \"local\"");
+    let (ok_local, _) = spread(&local, "sk-shared", 24).await;
+    assert!(
+        (18..=21).contains(&ok_local),
+        "three local replicas served {ok_local}: each its own budget of 6"
+    );
+    // One Redis script call per decision (the admission), one per
+    // settlement.
+    // Every Redis series the Grafana dashboard queries exists.
+    let (_, text) = admin_get(shared.admin(0), "/metrics").await;
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/distill-guard.json"
+    ))
+    .unwrap();
+    let queried: Vec<&str> = dash
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("distill_guard_state_"))
+        .collect();
+    assert!(queried.len() >= 4);
+    for n in queried {
+        assert!(
+            text.contains(n.trim_end_matches("_bucket")),
+            "dashboard queries {n}"
+        );
+    }
+    let admits = metric(
+        shared.admin(0),
+        "distill_guard_state_redis_commands_total{op=\"admit\"}",
+    )
+    .await;
+    assert_eq!(admits, 8.0, "replica 0 saw 8 of the 24 requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_count_across_replicas_and_settle() {
+    let redis = Redis::start();
+    let c = Cluster::start(2, 100, &redis_state(&redis, ""));
+    // Settling frees the slots: many more requests than max_concurrent (64)
+    // pass one after another.
+    let (ok, _) = spread(&c, "sk-inflight", 80).await;
+    assert_eq!(ok, 80);
+    // The in-flight set is empty once everything settled.
+    let key = {
+        let h = distill_guard::identity::KeyHasher::new(SECRET.as_bytes());
+        h.account_id(b"sk-inflight")
+    };
+    let zset = format!("{{t{}:a:{key}}}:f", redis.port);
+    eventually(LIMIT, "in-flight slots released", || async {
+        redis.command(&format!("ZCARD {zset}")).as_deref() == Some(":0\r\n")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_through_one_replica_refuses_on_the_others_and_survives_restarts() {
+    let redis = Redis::start();
+    // Bound: manual_sync_ms (250) + one command; the deadline below is 8×.
+    let state = redis_state(&redis, "manual_sync_ms = 250\n");
+    let mut c = Cluster::start(3, 1000, &state);
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-blocked");
+    assert_eq!(send(&c.url(1), "sk-blocked", LIMIT).await.0, 200);
+    let (status, body) =
+        admin_call(c.admin(0), "POST", &format!("/admin/accounts/{id}/block")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"shared_version\":"), "{body}");
+    for i in [1, 2] {
+        let url = c.url(i);
+        eventually(
+            Duration::from_secs(2),
+            "block seen by another replica",
+            || async { send(&url, "sk-blocked", LIMIT).await.0 == 403 },
+        )
+        .await;
+    }
+    // A replica started afterwards refuses too (Redis holds the decision).
+    let mock_addr = c._mock.addr();
+    let fresh = server::start(config_from(
+        &replica_config(mock_addr, 1000, &state),
+        c._dir.path(),
+    ))
+    .unwrap();
+    let fresh_url = format!("http://{}/v1/messages", fresh.local_addrs()[0]);
+    eventually(
+        Duration::from_secs(2),
+        "block seen by a new replica",
+        || async { send(&fresh_url, "sk-blocked", LIMIT).await.0 == 403 },
+    )
+    .await;
+    // Redis restarted empty: the replicas seed it again with what they
+    // hold, so the block survives that too.
+    let mut redis = redis;
+    redis.kill();
+    redis.restart();
+    eventually(Duration::from_secs(5), "Redis re-seeded", || async {
+        redis
+            .command(&format!("HGET {{t{}:manual}} a:{id}", redis.port))
+            .is_some_and(|r| r.contains("block"))
+    })
+    .await;
+    // Unblocked through the new replica: every replica serves again.
+    let (status, _) = admin_call(
+        fresh.admin_addr().unwrap(),
+        "POST",
+        &format!("/admin/accounts/{id}/unblock"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for i in 0..3 {
+        let url = c.url(i);
+        eventually(Duration::from_secs(2), "unblock seen", || async {
+            send(&url, "sk-blocked", LIMIT).await.0 == 200
+        })
+        .await;
+    }
+    fresh.shutdown();
+    c.replicas.truncate(3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_falls_back_without_hanging_and_recovers_without_restart() {
+    let mut redis = Redis::start();
+    let timeout_ms = 100;
+    let state = redis_state(
+        &redis,
+        &format!(
+            "command_timeout_ms = {timeout_ms}\nconnect_timeout_ms = 100\non_failure = \"local\"\n\
+             breaker_failures = 3\nbreaker_open_ms = 200\n"
+        ),
+    );
+    let c = Cluster::start(2, 1000, &state);
+    // Load from 4 tasks; Redis is killed while it runs.
+    let bound = Duration::from_millis(timeout_ms) + Duration::from_secs(2);
+    let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
+    let load = {
+        let urls = urls.clone();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for t in 0..4 {
+                let url = urls[t % 2].clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut statuses = Vec::new();
+                    for _ in 0..60 {
+                        // Each request must finish within the bound.
+                        statuses.push(send(&url, &format!("sk-load-{t}"), bound).await.0);
+                    }
+                    statuses
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.kill();
+    let statuses = load.await.unwrap();
+    // on_failure = "local": every request served, by the replica's own cells.
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let a = c.admin(0);
+    eventually(LIMIT, "fallback counted", || async {
+        metric(a, "distill_guard_state_fallback_total{mode=\"local\"}").await > 0.0
+    })
+    .await;
+    eventually(LIMIT, "breaker open", || async {
+        admin_get(a, "/readyz").await.1.contains("breaker=open")
+            || admin_get(a, "/readyz")
+                .await
+                .1
+                .contains("breaker=half_open")
+    })
+    .await;
+    // Still ready: on_failure = local serves.
+    assert_eq!(admin_get(a, "/readyz").await.0, 200);
+
+    // Redis back (empty): shared budgets again, no proxy restarted.
+    redis.restart();
+    for i in 0..2 {
+        let a = c.admin(i);
+        eventually(LIMIT, "breaker closed", || async {
+            admin_get(a, "/readyz").await.1.contains("breaker=closed")
+        })
+        .await;
+    }
+    // The account's cells are in Redis again.
+    let (ok, _) = spread(&c, "sk-after", 10).await;
+    assert_eq!(ok, 10);
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-after");
+    let cell = format!("{{t{}:a:{id}}}", redis.port);
+    assert!(
+        redis
+            .command(&format!("HEXISTS {cell} r"))
+            .is_some_and(|r| r.starts_with(":1")),
+        "the account's cell is not in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_closed_refuses_in_the_api_shape_and_readyz_says_so() {
+    let mut redis = Redis::start();
+    let state = redis_state(
+        &redis,
+        "command_timeout_ms = 100\nconnect_timeout_ms = 100\non_failure = \"closed\"\n\
+         breaker_failures = 2\nbreaker_open_ms = 60000\n",
+    );
+    let c = Cluster::start(1, 1000, &state);
+    assert_eq!(send(&c.url(0), "sk-c", LIMIT).await.0, 200);
+    redis.kill();
+    let bound = Duration::from_millis(100) + Duration::from_secs(2);
+    for _ in 0..4 {
+        let (status, body) = send(&c.url(0), "sk-c", bound).await;
+        assert_eq!(status, 529, "{body}");
+        assert!(body.contains("overloaded_error"), "{body}");
+        assert!(body.contains("retry-after=1"), "{body}");
+    }
+    let (status, body) = admin_get(c.admin(0), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("breaker=open"), "{body}");
+    // A block cannot be made while Redis is away: refused, not half-made.
+    let (status, body) =
+        admin_call(c.admin(0), "POST", "/admin/accounts/00000000000000ab/block").await;
+    assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_opens_the_breaker_and_requests_stay_bounded() {
+    let redis = Redis::start();
+    let timeout_ms = 150;
+    let state = redis_state(
+        &redis,
+        &format!(
+            "command_timeout_ms = {timeout_ms}\non_failure = \"open\"\nbreaker_failures = 3\n\
+             breaker_open_ms = 300\nmanual_sync_ms = 100\n"
+        ),
+    );
+    let c = Cluster::start(1, 1000, &state);
+    assert_eq!(send(&c.url(0), "sk-p", LIMIT).await.0, 200);
+    redis.signal("-STOP");
+    let bound = Duration::from_millis(timeout_ms) + Duration::from_secs(2);
+    for _ in 0..6 {
+        // on_failure = "open": admitted unchecked, never waiting on Redis
+        // past the command timeout.
+        assert_eq!(send(&c.url(0), "sk-p", bound).await.0, 200);
+    }
+    let a = c.admin(0);
+    assert!(
+        metric(
+            a,
+            "distill_guard_state_redis_errors_total{op=\"admit\",kind=\"timeout\"}"
+        )
+        .await
+            >= 1.0
+    );
+    eventually(LIMIT, "breaker open", || async {
+        metric(
+            a,
+            "distill_guard_state_breaker_transitions_total{to=\"open\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(metric(a, "distill_guard_state_fallback_total{mode=\"open\"}").await >= 1.0);
+    redis.signal("-CONT");
+    eventually(LIMIT, "breaker closed after the pause", || async {
+        metric(a, "distill_guard_state_breaker_state").await == 0.0
+    })
+    .await;
+    assert_eq!(send(&c.url(0), "sk-p", LIMIT).await.0, 200);
+}
+
+const TEMPLATES: [&str; 2] = [
+    "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer. Question: {} Answer: {}",
+    "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct. Task: {} Candidate answer: {}",
+];
+
+fn fill(i: usize) -> String {
+    const SYL: [&str; 12] = [
+        "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es",
+    ];
+    (0..20)
+        .map(|k| {
+            let x = i * 31 + k * 7;
+            format!(
+                "{}{}{}",
+                SYL[x % 12],
+                SYL[(x / 12) % 12],
+                SYL[(x / 144) % 12]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The hydra of tests/clusters.rs on one replica whose cells are in Redis:
+/// the cluster's shared budget is checked in the same script call as the
+/// account's, and refuses with the cluster's policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_budget_in_redis_refuses_a_hydra() {
+    let redis = Redis::start();
+    let env = Env::start(&format!(
+        r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 16
+
+[cluster]
+min_strength = "strong"
+min_members = 3
+[cluster.budget]
+requests_per_minute = 20
+burst_requests = 5
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 100
+
+[state]
+{}
+"#,
+        redis_state(&redis, "")
+    ));
+    let c = client();
+    let mut refused = None;
+    for i in 0..60 {
+        let key = format!("sk-hydra-{:02}", i % 12);
+        let prompt =
+            TEMPLATES[i % 2]
+                .replacen("{}", &fill(i), 1)
+                .replacen("{}", &fill(i + 1000), 1);
+        let body = serde_json::json!({
+            "model": "m", "max_tokens": 16,
+            "messages": [{"role": "user", "content": prompt}]
+        })
+        .to_string();
+        let mut req = messages_request(&env.url("/v1/messages"), &body);
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+        let r = timeout(c.request(req)).await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let _ = body_json(r).await;
+            }
+            429 => {
+                refused = Some(
+                    r.headers()["ratelimit-policy"]
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                );
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let policy = refused.expect("the hydra was never refused");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    // The cluster's cells are in Redis, under its own hash tag.
+    let keys = redis
+        .command(&format!("KEYS {{t{}:c:*", redis.port))
+        .unwrap();
+    assert!(keys.starts_with('*') && !keys.starts_with("*0"), "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_comes_from_the_named_environment_variable() {
+    let mut redis = Redis::start();
+    redis.kill();
+    redis.restart_with(&["--requirepass", "s3cret-from-env"]);
+    // A variable only this test reads.
+    std::env::set_var("DG_TEST_REDIS_PASSWORD_DISTRIBUTED", "s3cret-from-env");
+    let state = redis_state(
+        &redis,
+        "password_env = \"DG_TEST_REDIS_PASSWORD_DISTRIBUTED\"\non_failure = \"closed\"\n",
+    );
+    let c = Cluster::start(1, 1000, &state);
+    assert_eq!(send(&c.url(0), "sk-pw", LIMIT).await.0, 200);
+    assert_eq!(
+        metric(
+            c.admin(0),
+            "distill_guard_state_fallback_total{mode=\"closed\"}"
+        )
+        .await,
+        0.0
+    );
+}
+
+/// Output is charged post-paid after the stream, in the shared cell: a
+/// stream past the budget through one replica puts the account in debt on
+/// every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_debt_made_through_one_replica_refuses_on_another() {
+    let redis = Redis::start();
+    let state = redis_state(&redis, "");
+    // 6000 output tokens a minute: 100 a second, burst 6000.
+    let c = Cluster::start_with(2, |up| {
+        replica_config(up, 1000, &state).replace(
+            "output_tokens_per_minute = 10000000",
+            "output_tokens_per_minute = 6000",
+        )
+    });
+    let body = r#"{"model":"m","max_tokens":100000,"stream":true,"messages":[{"role":"user","content":"write"}]}"#;
+    let mut req = keyed(&c.url(0), "sk-streamer");
+    *req.body_mut() = Full::new(Bytes::from(body));
+    req.headers_mut()
+        .insert("x-mock-output-tokens", 6300u32.into());
+    let r = timeout(client().request(req)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = timeout(r.into_body().collect()).await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("message_stop"),
+        "the stream was cut"
+    );
+    // The settlement reaches Redis just after the stream: the other replica
+    // refuses with the account's output budget (300 tokens owed = 3 s).
+    let url = c.url(1);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let seen = loop {
+        let (status, body) = send(&url, "sk-streamer", LIMIT).await;
+        if status == 429 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "debt not seen on the other replica"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(seen.contains("output tokens per minute"), "{seen}");
+    let retry: u64 = seen.rsplit("retry-after=").next().unwrap().parse().unwrap();
+    assert!((2..=4).contains(&retry), "retry-after {retry}");
+}
+
+/// A slot whose replica died holds its place until its lease ends, then
+/// no longer counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_slot_of_a_dead_replica_counts_until_its_lease_ends() {
+    let redis = Redis::start();
+    let state = redis_state(&redis, "");
+    let c = Cluster::start_with(1, |up| {
+        replica_config(up, 1000, &state).replace("max_concurrent = 64", "max_concurrent = 1")
+    });
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-ghost");
+    let zset = format!("{{t{}:a:{id}}}:f", redis.port);
+    // A slot held by a replica that is gone, its lease running for an hour.
+    let far = 4_000_000_000_000_000u64;
+    assert_eq!(
+        redis
+            .command(&format!("ZADD {zset} {far} dead:1"))
+            .as_deref(),
+        Some(":1\r\n")
+    );
+    let (status, body) = send(&c.url(0), "sk-ghost", LIMIT).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("concurrent requests"), "{body}");
+    // Its lease ended: the slot is dropped and the request admitted.
+    redis.command(&format!("ZADD {zset} 1 dead:1")).unwrap();
+    assert_eq!(send(&c.url(0), "sk-ghost", LIMIT).await.0, 200);
+    assert_eq!(
+        redis.command(&format!("ZSCORE {zset} dead:1")).as_deref(),
+        Some("$-1\r\n")
+    );
+}
+
+/// `rediss://` to a server whose certificate a private CA signed, named by
+/// `[state] ca_path`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let pki = TestPki::new();
+    let mut redis = Redis::start();
+    redis.kill();
+    let port = redis.port.to_string();
+    let (cert, key, ca) = (
+        pki.cert_pem.display().to_string(),
+        pki.key_pem.display().to_string(),
+        pki.ca_pem.display().to_string(),
+    );
+    // TLS only: the plain port is off.
+    redis.restart_with(&[
+        "--port",
+        "0",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let state = format!(
+        "backend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\nca_path = \"{ca}\"\n\
+         key_prefix = \"tls{port}\"\ncommand_timeout_ms = 2000\non_failure = \"closed\"\n"
+    );
+    let c = Cluster::start(1, 3, &state);
+    // on_failure = "closed": a 200 was admitted by Redis over TLS.
+    for _ in 0..3 {
+        let (status, body) = send(&c.url(0), "sk-tls", LIMIT).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(send(&c.url(0), "sk-tls", LIMIT).await.0, 429);
+    let a = c.admin(0);
+    assert_eq!(
+        metric(a, "distill_guard_state_fallback_total{mode=\"closed\"}").await,
+        0.0
+    );
+}
+
+/// A replica starts while Redis is down, serves under on_failure, and
+/// shares its budgets once Redis comes up — no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_serves_and_joins_when_it_comes_up() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let state = redis_state(
+        &redis,
+        "command_timeout_ms = 200\nconnect_timeout_ms = 200\nbreaker_failures = 2\n\
+         breaker_open_ms = 200\n",
+    );
+    let c = Cluster::start(1, 1000, &state);
+    // on_failure = "local" (the default): served from the replica's cells.
+    for _ in 0..3 {
+        assert_eq!(send(&c.url(0), "sk-early", LIMIT).await.0, 200);
+    }
+    let a = c.admin(0);
+    assert!(metric(a, "distill_guard_state_fallback_total{mode=\"local\"}").await >= 1.0);
+    redis.restart();
+    eventually(LIMIT, "breaker closed once Redis is up", || async {
+        admin_get(a, "/readyz").await.1.contains("breaker=closed")
+    })
+    .await;
+    assert_eq!(send(&c.url(0), "sk-early", LIMIT).await.0, 200);
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-early");
+    assert!(redis
+        .command(&format!("HEXISTS {{t{}:a:{id}}} r", redis.port))
+        .is_some_and(|r| r.starts_with(":1")));
+}
