@@ -1279,6 +1279,10 @@ impl Engine {
                 level = cl;
                 scope = Scope::Cluster;
                 best = sc;
+            } else {
+                // The account's own level decides: the block is not the
+                // cluster's time at Degrade.
+                sustained = false;
             }
         }
         // Slow is for evidence still building: a campaign is throughput-
