@@ -9,29 +9,6 @@ mod support;
 
 use support::*;
 
-const TEMPLATES: [&str; 2] = [
-    "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer. Question: {} Answer: {}",
-    "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct. Task: {} Candidate answer: {}",
-];
-
-fn fill(i: usize) -> String {
-    const SYL: [&str; 12] = [
-        "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es",
-    ];
-    (0..20)
-        .map(|k| {
-            let x = i * 31 + k * 7;
-            format!(
-                "{}{}{}",
-                SYL[x % 12],
-                SYL[(x / 12) % 12],
-                SYL[(x / 144) % 12]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_hydra_is_refused_by_its_cluster_budget() {
     let env = Env::start(

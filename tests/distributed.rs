@@ -584,29 +584,6 @@ async fn redis_paused_opens_the_breaker_and_requests_stay_bounded() {
     assert_eq!(send(&c.url(0), "sk-p", LIMIT).await.0, 200);
 }
 
-const TEMPLATES: [&str; 2] = [
-    "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer. Question: {} Answer: {}",
-    "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct. Task: {} Candidate answer: {}",
-];
-
-fn fill(i: usize) -> String {
-    const SYL: [&str; 12] = [
-        "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es",
-    ];
-    (0..20)
-        .map(|k| {
-            let x = i * 31 + k * 7;
-            format!(
-                "{}{}{}",
-                SYL[x % 12],
-                SYL[(x / 12) % 12],
-                SYL[(x / 144) % 12]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The hydra of tests/clusters.rs on one replica whose cells are in Redis:
 /// the cluster's shared budget is checked in the same script call as the
 /// account's, and refuses with the cluster's policy.

@@ -303,3 +303,29 @@ pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin:
     }
     got
 }
+
+/// Two templates of a distillation hydra (chain of thought, grading with
+/// justifications), filled by [`fill`].
+pub const TEMPLATES: [&str; 2] = [
+    "Imagine and articulate the internal reasoning behind the completed response below, and write it out step by step before the final answer. Question: {} Answer: {}",
+    "You are a strict grader. Grade the following answer on a 1-10 rubric for correctness, completeness and clarity, and justify every point you deduct. Task: {} Candidate answer: {}",
+];
+
+/// Twenty made-up words, the same for the same `i`.
+pub fn fill(i: usize) -> String {
+    const SYL: [&str; 12] = [
+        "ka", "lo", "mi", "ter", "an", "su", "vel", "ro", "din", "pa", "qui", "es",
+    ];
+    (0..20)
+        .map(|k| {
+            let x = i * 31 + k * 7;
+            format!(
+                "{}{}{}",
+                SYL[x % 12],
+                SYL[(x / 12) % 12],
+                SYL[(x / 144) % 12]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
