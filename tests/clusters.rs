@@ -11,60 +11,8 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_hydra_is_refused_by_its_cluster_budget() {
-    let env = Env::start(
-        r#"
-[tiers.default]
-requests_per_minute = 600
-burst_requests = 100
-input_tokens_per_minute = 10000000
-output_tokens_per_minute = 10000000
-max_concurrent = 16
-
-[cluster]
-min_strength = "strong"
-min_members = 3
-[cluster.budget]
-requests_per_minute = 20
-burst_requests = 5
-input_tokens_per_minute = 10000000
-output_tokens_per_minute = 10000000
-max_concurrent = 100
-"#,
-    );
-    let c = client();
-    let mut served = 0;
-    let mut cluster_429 = None;
-    for i in 0..60 {
-        let key = format!("sk-hydra-{:02}", i % 12);
-        let t = TEMPLATES[i % 2];
-        let prompt = t
-            .replacen("{}", &fill(i), 1)
-            .replacen("{}", &fill(i + 1000), 1);
-        let body = serde_json::json!({
-            "model": "m", "max_tokens": 16,
-            "messages": [{"role": "user", "content": prompt}]
-        })
-        .to_string();
-        let mut req = messages_request(&env.url("/v1/messages"), &body);
-        req.headers_mut().insert("x-api-key", key.parse().unwrap());
-        let r = timeout(c.request(req)).await.unwrap();
-        match r.status().as_u16() {
-            200 => {
-                served += 1;
-                let _ = body_json(r).await;
-            }
-            429 => {
-                let policy = r.headers()["ratelimit-policy"]
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                let v = body_json(r).await;
-                cluster_429 = Some((policy, v));
-                break;
-            }
-            other => panic!("unexpected status {other}"),
-        }
-    }
+    let env = Env::start(HYDRA_POLICY);
+    let (served, cluster_429) = hydra_until_refused(&env.url("/v1/messages")).await;
     let (policy, v) = cluster_429.expect("the hydra was never refused");
     assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
     let msg = v["error"]["message"].as_str().unwrap();

@@ -7,19 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distill-guard");
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
+mod support;
+use support::{read_repo_file as read, repo_root as root};
 
 fn toml_file(rel: &str) -> toml::Value {
     toml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

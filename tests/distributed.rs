@@ -445,17 +445,21 @@ async fn redis_killed_mid_load_falls_back_without_hanging_and_recovers_without_r
     // Load from 4 tasks; Redis is killed while it runs.
     let bound = Duration::from_millis(timeout_ms) + Duration::from_secs(2);
     let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
         let urls = urls.clone();
+        let done = done.clone();
         tokio::spawn(async move {
             let mut tasks = Vec::new();
             for t in 0..4 {
                 let url = urls[t % 2].clone();
+                let done = done.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut statuses = Vec::new();
                     for _ in 0..60 {
                         // Each request must finish within the bound.
                         statuses.push(send(&url, &format!("sk-load-{t}"), bound).await.0);
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     statuses
                 }));
@@ -467,7 +471,12 @@ async fn redis_killed_mid_load_falls_back_without_hanging_and_recovers_without_r
             all
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Killed once the load is under way (and far from its end: 240 requests).
+    eventually(LIMIT, "the load under way", || {
+        let done = done.clone();
+        async move { done.load(std::sync::atomic::Ordering::Relaxed) >= 8 }
+    })
+    .await;
     redis.kill();
     let statuses = load.await.unwrap();
     // on_failure = "local": every request served, by the replica's own cells.
@@ -591,62 +600,13 @@ async fn redis_paused_opens_the_breaker_and_requests_stay_bounded() {
 async fn a_cluster_budget_in_redis_refuses_a_hydra() {
     let redis = Redis::start();
     let env = Env::start(&format!(
-        r#"
-[tiers.default]
-requests_per_minute = 600
-burst_requests = 100
-input_tokens_per_minute = 10000000
-output_tokens_per_minute = 10000000
-max_concurrent = 16
-
-[cluster]
-min_strength = "strong"
-min_members = 3
-[cluster.budget]
-requests_per_minute = 20
-burst_requests = 5
-input_tokens_per_minute = 10000000
-output_tokens_per_minute = 10000000
-max_concurrent = 100
-
-[state]
-{}
-"#,
+        "{HYDRA_POLICY}\n[state]\n{}\n",
         redis_state(&redis, "")
     ));
-    let c = client();
-    let mut refused = None;
-    for i in 0..60 {
-        let key = format!("sk-hydra-{:02}", i % 12);
-        let prompt =
-            TEMPLATES[i % 2]
-                .replacen("{}", &fill(i), 1)
-                .replacen("{}", &fill(i + 1000), 1);
-        let body = serde_json::json!({
-            "model": "m", "max_tokens": 16,
-            "messages": [{"role": "user", "content": prompt}]
-        })
-        .to_string();
-        let mut req = messages_request(&env.url("/v1/messages"), &body);
-        req.headers_mut().insert("x-api-key", key.parse().unwrap());
-        let r = timeout(c.request(req)).await.unwrap();
-        match r.status().as_u16() {
-            200 => {
-                let _ = body_json(r).await;
-            }
-            429 => {
-                refused = Some(
-                    r.headers()["ratelimit-policy"]
-                        .to_str()
-                        .unwrap()
-                        .to_string(),
-                );
-                break;
-            }
-            other => panic!("unexpected status {other}"),
-        }
-    }
-    let policy = refused.expect("the hydra was never refused");
+    let (_, refused) = hydra_until_refused(&env.url("/v1/messages")).await;
+    let policy = refused
+        .map(|(p, _)| p)
+        .expect("the hydra was never refused");
     assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
     // The cluster's cells are in Redis, under its own hash tag.
     let keys = redis

@@ -5,20 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value as Json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distill-guard");
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
+mod support;
+use support::{read_repo_file as read, repo_root as root};
 
 /// Every config file the project ships: the default, the examples and the
 /// deployment configs.

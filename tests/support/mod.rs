@@ -329,3 +329,72 @@ pub fn fill(i: usize) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Tiers far above what the hydra sends, and a strong cluster of three
+/// or more sharing a small budget (20 requests a minute, burst 5).
+pub const HYDRA_POLICY: &str = r#"
+[tiers.default]
+requests_per_minute = 600
+burst_requests = 100
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 16
+
+[cluster]
+min_strength = "strong"
+min_members = 3
+[cluster.budget]
+requests_per_minute = 20
+burst_requests = 5
+input_tokens_per_minute = 10000000
+output_tokens_per_minute = 10000000
+max_concurrent = 100
+"#;
+
+/// Sends a hydra's requests (12 keys, one client, [`TEMPLATES`]) to
+/// `messages_url`, at most 60, until one is refused: how many were served,
+/// and the refusal's `ratelimit-policy` and body.
+pub async fn hydra_until_refused(messages_url: &str) -> (u32, Option<(String, serde_json::Value)>) {
+    let c = client();
+    let mut served = 0;
+    for i in 0..60 {
+        let key = format!("sk-hydra-{:02}", i % 12);
+        let prompt =
+            TEMPLATES[i % 2]
+                .replacen("{}", &fill(i), 1)
+                .replacen("{}", &fill(i + 1000), 1);
+        let body = serde_json::json!({
+            "model": "m", "max_tokens": 16,
+            "messages": [{"role": "user", "content": prompt}]
+        })
+        .to_string();
+        let mut req = messages_request(messages_url, &body);
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+        let r = timeout(c.request(req)).await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                served += 1;
+                let _ = body_json(r).await;
+            }
+            429 => {
+                let policy = r.headers()["ratelimit-policy"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                return (served, Some((policy, body_json(r).await)));
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (served, None)
+}
+
+/// The repository's root (the crate's manifest directory).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file of the repository, by its path from the root.
+pub fn read_repo_file(rel: &str) -> String {
+    std::fs::read_to_string(repo_root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
