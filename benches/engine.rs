@@ -213,6 +213,13 @@ fn benches(c: &mut Criterion) {
     g.bench_function("prompt signature, 2 KB", |b| {
         b.iter(|| signature::signature(black_box(&p2k)))
     });
+    // As the proxy signs: the default phrase lists' shingles left out.
+    let matcher = distill_guard::engine::score::PhraseMatcher::with_defaults()
+        .expect("the default phrase lists compile");
+    let stock = matcher.stock_shingles();
+    g.bench_function("prompt signature, 2 KB, stock phrases left out", |b| {
+        b.iter(|| signature::signature_with(black_box(&p2k), stock))
+    });
     g.finish();
 }
 

@@ -852,7 +852,8 @@ fn observed_attrs(
     }
     let prompt = match info {
         Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
-            let sig = signature::signature(&i.prompt);
+            let sig =
+                signature::signature_with(&i.prompt, config.detection.matcher.stock_shingles());
             sig.is_informative().then(|| sig.index_keys())
         }
         _ => None,

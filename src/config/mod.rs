@@ -874,12 +874,14 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     };
     let tiers = validate_tiers(&f.tiers)?;
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
-    let cluster = validate_cluster(base, &f.cluster)?;
+    // Detection first: its phrase lists are the stock phrases prompt
+    // signatures leave out, ignored prompt files included.
+    let detection = validate_detection(base, &f.detection)?;
+    let cluster = validate_cluster(base, &f.cluster, detection.matcher.stock_shingles())?;
     let admin = validate_admin(base, &f.admin)?;
     if f.audit.queue_capacity == 0 {
         return Err(invalid("audit.queue_capacity", "expected a count above 0"));
     }
-    let detection = validate_detection(base, &f.detection)?;
     if f.record.queue_capacity == 0 {
         return Err(invalid("record.queue_capacity", "expected a count above 0"));
     }
@@ -1187,6 +1189,7 @@ fn attr_values(
     key: &str,
     base: &Path,
     v: &file::FileAttrValues,
+    stock: &crate::engine::signature::StockShingles,
     files: &mut Vec<PathBuf>,
 ) -> Result<AttrValues, Invalid> {
     let mut out = Vec::new();
@@ -1195,14 +1198,19 @@ fn attr_values(
     // (about 28 words); its tail keys only match prompts ending with it.
     for (i, p) in v.prompt_files.iter().enumerate() {
         let (path, text) = read_named(base, p, format!("{key}.prompt_files[{i}]"))?;
-        let sig = crate::engine::signature::signature(&text);
+        let sig = crate::engine::signature::signature_with(&text, stock);
         if !sig.is_informative() {
             return Err(invalid(
                 format!("{key}.prompt_files[{i}]"),
                 format!("{}: too short to identify a prompt", path.display()),
             ));
         }
-        out.extend(sig.index_keys().into_iter().map(|k| (AttrKind::Prompt, k)));
+        out.extend(
+            sig.index_keys()
+                .into_iter()
+                .filter(|&k| k != 0)
+                .map(|k| (AttrKind::Prompt, k)),
+        );
         files.push(path);
     }
     for (kind, list) in [
@@ -1230,7 +1238,11 @@ fn attr_values(
     Ok((out, nets))
 }
 
-fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig, Invalid> {
+fn validate_cluster(
+    base: &Path,
+    f: &file::FileCluster,
+    stock: &crate::engine::signature::StockShingles,
+) -> Result<ClusterConfig, Invalid> {
     let min_strength = strength("cluster.min_strength", &f.min_strength)?;
     let score_min_strength = strength("cluster.score_min_strength", &f.score_min_strength)?;
     let budget_min_level = crate::engine::score::Level::ALL
@@ -1307,9 +1319,15 @@ fn validate_cluster(base: &Path, f: &file::FileCluster) -> Result<ClusterConfig,
         });
     }
     let mut prompt_files = Vec::new();
-    let (ignored, ignore_nets) = attr_values("cluster.ignore", base, &f.ignore, &mut prompt_files)?;
-    let (downweighted, downweight_nets) =
-        attr_values("cluster.downweight", base, &f.downweight, &mut prompt_files)?;
+    let (ignored, ignore_nets) =
+        attr_values("cluster.ignore", base, &f.ignore, stock, &mut prompt_files)?;
+    let (downweighted, downweight_nets) = attr_values(
+        "cluster.downweight",
+        base,
+        &f.downweight,
+        stock,
+        &mut prompt_files,
+    )?;
     let link = LinkPolicy {
         rules,
         ignored,

@@ -229,7 +229,7 @@ pub struct Attributes<'a> {
     /// Autonomous system of the client IP.
     pub asn: Option<u64>,
     /// LSH band keys of the prompt-shape signature (near signatures share at least one key); empty when the prompt
-    /// is too short to be informative. At most 64 are used.
+    /// is too short to be informative. At most 64 are used; a key of 0 is none (a region of stock phrases only).
     pub prompt: &'a [u64],
     /// Request shape (model, scale of the output limit), hashed.
     pub shape: Option<u64>,
@@ -1819,7 +1819,8 @@ impl Linker {
             }
             for (i, &band) in bands.iter().enumerate() {
                 let f = self.band_flags.get(i).copied().unwrap_or(0);
-                if f & IGNORED != 0 {
+                // 0: no key (a prompt region of stock phrases only).
+                if band == 0 || f & IGNORED != 0 {
                     continue;
                 }
                 let strength = rule

@@ -1187,7 +1187,10 @@ impl Engine {
             model: f.model.as_deref(),
             input_tokens: obs.input_tokens,
             template_shared,
-            template_key: obs.attrs.prompt.map(|k| k[0]),
+            template_key: obs
+                .attrs
+                .prompt
+                .and_then(|k| k.into_iter().find(|&k| k != 0)),
             fill_key: f.fill_key,
             fingerprint_inconsistent: f.fingerprint_inconsistent,
             stack_changed: false,

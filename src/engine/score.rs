@@ -1086,6 +1086,8 @@ pub struct PhraseMatcher {
     phrases: usize,
     /// Longest normalised pattern, in bytes.
     max_len: usize,
+    /// The phrases' shingles, left out of prompt signatures (see [`super::signature::StockShingles`]).
+    stock: super::signature::StockShingles,
 }
 
 impl fmt::Debug for PhraseMatcher {
@@ -1446,7 +1448,16 @@ impl PhraseMatcher {
             all,
             phrases: patterns.len(),
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+            stock: super::signature::StockShingles::new(
+                lists.iter().flat_map(|(_, p)| p.iter().map(String::as_str)),
+            ),
         })
+    }
+
+    /// The shingles of every phrase of the lists: phrases many unrelated users type, so a prompt signature leaves
+    /// them out ([`super::signature::signature_with`]) and a shared phrase never links two accounts by itself.
+    pub fn stock_shingles(&self) -> &super::signature::StockShingles {
+        &self.stock
     }
 
     /// The three default lists, named `elicitation`, `rubric` and `trajectory` (bits 0, 1, 2).

@@ -210,6 +210,21 @@
 //!   borderline template links well or poorly as a whole, and rates measured
 //!   over a few templates vary with the signing key (the
 //!   `pair_rates_across_keys` test shows by how much).
+//!
+//! ## 10. Stock phrases
+//!
+//! Some phrases are typed by many unrelated users ("write out your reasoning
+//! step by step"). In a short prompt such a phrase is a large share of a
+//! region, so two users who both typed it share an index key often enough
+//! to link them (in `simulate`'s families, every cluster that held honest
+//! accounts of two unrelated populations was made by such keys).
+//! [`signature_with`] takes [`StockShingles`], the shingles of a list of
+//! such phrases (the engine uses its phrase lists: by construction phrases
+//! many people type), and leaves them out of every sketch. The shingles that
+//! straddle a phrase and the user's own words stay: they are the user's. A
+//! region with no other shingle has no sketch and gives no index key (its
+//! keys are 0) and is never near anything; a prompt with neither head nor
+//! tail is not informative.
 
 use std::fmt;
 use std::str::FromStr;
@@ -258,7 +273,7 @@ pub struct PromptSignature {
     tail: [u32; REGION_BINS],
     body: [u16; BODY_BINS],
     tokens: u32,
-    /// `HEAD_FALLBACK` and `TAIL_FALLBACK` bits.
+    /// `HEAD_FALLBACK`, `TAIL_FALLBACK`, `HEAD_EMPTY` and `TAIL_EMPTY` bits.
     flags: u8,
 }
 
@@ -266,6 +281,12 @@ pub struct PromptSignature {
 const HEAD_FALLBACK: u8 = 1;
 /// Flag: the last line held fewer than `REGION_MIN_SHINGLES` shingles.
 const TAIL_FALLBACK: u8 = 2;
+/// Flag: every shingle of the head was a stock shingle (§10): the head sketch is empty.
+const HEAD_EMPTY: u8 = 4;
+/// Flag: every shingle of the tail was a stock shingle: the tail sketch is empty.
+const TAIL_EMPTY: u8 = 8;
+/// Every flag a signature may carry.
+const ALL_FLAGS: u8 = HEAD_FALLBACK | TAIL_FALLBACK | HEAD_EMPTY | TAIL_EMPTY;
 
 /// Estimated Jaccard similarities of two signatures, region by region (§4).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -332,9 +353,100 @@ pub fn signature(text: &str) -> PromptSignature {
 ///
 /// Only signatures made with the same key can be compared or indexed together.
 pub fn signature_keyed(text: &str, key: u64) -> PromptSignature {
-    let mut sk = Sketcher::new(key);
+    signature_with(text, &StockShingles::none(key))
+}
+
+/// Signature of `text` with the key of `stock`, leaving out the shingles of
+/// its stock phrases (§10). Never panics.
+pub fn signature_with(text: &str, stock: &StockShingles) -> PromptSignature {
+    let mut sk = Sketcher::new(stock.key, stock);
     tokenize(text, &mut sk);
     sk.finish()
+}
+
+/// The shingles of phrases that many unrelated users type (§10), left out of
+/// a signature so that a shared stock phrase cannot make two prompts look
+/// built from one template.
+#[derive(Clone)]
+pub struct StockShingles {
+    key: u64,
+    /// Sorted, without duplicates.
+    hashes: Vec<u64>,
+    /// One bit per value of a hash's low 12 bits: most shingles are ruled
+    /// out by one load, without searching `hashes`.
+    filter: Box<[u64; 64]>,
+}
+
+impl StockShingles {
+    /// No stock phrases: signatures keep every shingle.
+    pub fn none(key: u64) -> StockShingles {
+        StockShingles {
+            key,
+            hashes: Vec::new(),
+            filter: Box::new([0; 64]),
+        }
+    }
+
+    /// The shingles of `phrases` under the built-in public key (§7). A
+    /// phrase shorter than a shingle ([`SHINGLE_TOKENS`] tokens) has none;
+    /// `*` (the phrase lists' word-prefix mark) is dropped.
+    pub fn new<'a>(phrases: impl IntoIterator<Item = &'a str>) -> StockShingles {
+        StockShingles::keyed(phrases, DEFAULT_KEY)
+    }
+
+    /// The shingles of `phrases` under `key`.
+    pub fn keyed<'a>(phrases: impl IntoIterator<Item = &'a str>, key: u64) -> StockShingles {
+        let none = StockShingles::none(key);
+        let mut hashes = Vec::new();
+        for phrase in phrases {
+            let mut sk = Sketcher::new(key, &none);
+            sk.record = Some(Vec::new());
+            tokenize(&phrase.replace('*', ""), &mut sk);
+            hashes.extend(sk.record.unwrap_or_default());
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        let mut filter = Box::new([0u64; 64]);
+        for &h in &hashes {
+            let bit = (h & 4095) as usize;
+            if let Some(w) = filter.get_mut(bit / 64) {
+                *w |= 1 << (bit % 64);
+            }
+        }
+        StockShingles {
+            key,
+            hashes,
+            filter,
+        }
+    }
+
+    /// Number of distinct stock shingles.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    #[inline]
+    fn contains(&self, h: u64) -> bool {
+        let bit = (h & 4095) as usize;
+        let hit = self
+            .filter
+            .get(bit / 64)
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0);
+        hit && self.hashes.binary_search(&h).is_ok()
+    }
+}
+
+impl fmt::Debug for StockShingles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StockShingles")
+            .field("shingles", &self.hashes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Estimated Jaccard similarity of the head, tail and body sketches (§4).
@@ -342,8 +454,8 @@ pub fn signature_keyed(text: &str, key: u64) -> PromptSignature {
 /// The body estimate is 0 unless both prompts have at least
 /// [`MIN_BODY_TOKENS`] tokens.
 pub fn similarity_parts(a: &PromptSignature, b: &PromptSignature) -> Similarity {
-    let head = equal_bins(&a.head, &b.head);
-    let tail = equal_bins(&a.tail, &b.tail);
+    let head = equal_region(a, b, HEAD_EMPTY, &a.head, &b.head);
+    let tail = equal_region(a, b, TAIL_EMPTY, &a.tail, &b.tail);
     let body = if body_usable(a, b) {
         equal_bins(&a.body, &b.body)
     } else {
@@ -370,13 +482,28 @@ pub fn similarity(a: &PromptSignature, b: &PromptSignature) -> f32 {
 pub fn is_near(a: &PromptSignature, b: &PromptSignature) -> bool {
     a.is_informative()
         && b.is_informative()
-        && (equal_bins(&a.head, &b.head) >= NEAR_REGION_BINS
-            || equal_bins(&a.tail, &b.tail) >= NEAR_REGION_BINS
+        && (equal_region(a, b, HEAD_EMPTY, &a.head, &b.head) >= NEAR_REGION_BINS
+            || equal_region(a, b, TAIL_EMPTY, &a.tail, &b.tail) >= NEAR_REGION_BINS
             || (body_usable(a, b) && equal_bins(&a.body, &b.body) >= NEAR_BODY_BINS))
 }
 
 fn body_usable(a: &PromptSignature, b: &PromptSignature) -> bool {
     a.tokens >= MIN_BODY_TOKENS && b.tokens >= MIN_BODY_TOKENS
+}
+
+/// Equal bins of one region; none when either side's region is empty (§10).
+fn equal_region(
+    a: &PromptSignature,
+    b: &PromptSignature,
+    empty: u8,
+    x: &[u32],
+    y: &[u32],
+) -> usize {
+    if (a.flags | b.flags) & empty != 0 {
+        0
+    } else {
+        equal_bins(x, y)
+    }
 }
 
 fn equal_bins<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -388,6 +515,7 @@ impl PromptSignature {
     /// Non-informative signatures are never near anything and should not be indexed.
     pub fn is_informative(&self) -> bool {
         self.tokens >= MIN_INFORMATIVE_TOKENS
+            && self.flags & (HEAD_EMPTY | TAIL_EMPTY) != HEAD_EMPTY | TAIL_EMPTY
     }
 
     /// Number of tokens in the prompt after masking (saturating at `u32::MAX`).
@@ -395,21 +523,26 @@ impl PromptSignature {
         self.tokens
     }
 
-    /// LSH keys for an exact-value index (§5): 4 from the head, then 4 from the tail.
+    /// LSH keys for an exact-value index (§5): 8 from the head, then 8 from the tail.
     ///
     /// Prompts of one template share at least one key with high probability,
     /// and unrelated prompts share none except by chance (2⁻³² per key). Keys
     /// from different positions never coincide except by chance, so one map
     /// can hold all of them. Index only informative signatures, and confirm a
-    /// candidate with [`is_near`].
+    /// candidate with [`is_near`]. A key of 0 is no key: the region's shingles
+    /// were all stock (§10); never index it.
     pub fn index_keys(&self) -> [u64; INDEX_KEYS] {
         let mut out = [0u64; INDEX_KEYS];
         let half = INDEX_KEYS / 2;
         let regions = [
-            (&self.head, self.flags & HEAD_FALLBACK != 0),
-            (&self.tail, self.flags & TAIL_FALLBACK != 0),
+            (&self.head, self.flags & HEAD_FALLBACK != 0, HEAD_EMPTY),
+            (&self.tail, self.flags & TAIL_FALLBACK != 0, TAIL_EMPTY),
         ];
-        for (r, (bins, fallback)) in regions.into_iter().enumerate() {
+        for (r, (bins, fallback, empty)) in regions.into_iter().enumerate() {
+            if self.flags & empty != 0 {
+                // No key: every shingle of the region was stock (§10).
+                continue;
+            }
             for j in 0..half {
                 // Two bins must agree (§5): a short shared phrase rarely
                 // fills both, and unrelated minima rarely coincide in both.
@@ -421,7 +554,7 @@ impl PromptSignature {
                     | (u64::from(fallback) << 44)
                     | ((j as u64) << 40);
                 if let Some(slot) = out.get_mut(r * half + j) {
-                    *slot = mix(mix(value ^ KEY_SALT) ^ tag);
+                    *slot = mix(mix(value ^ KEY_SALT) ^ tag).max(1);
                 }
             }
         }
@@ -484,7 +617,7 @@ impl PromptSignature {
         if version != VERSION {
             return Err(ParseSignatureError::Version(version));
         }
-        let flags = r.u8() & (HEAD_FALLBACK | TAIL_FALLBACK);
+        let flags = r.u8() & ALL_FLAGS;
         let tokens = r.u32();
         let mut sig = PromptSignature {
             head: [0; REGION_BINS],
@@ -638,8 +771,16 @@ const WORD_BUF: usize = 128;
 // Sketching
 
 /// Receives tokens, forms shingles and fills the three sketches.
-struct Sketcher {
+struct Sketcher<'s> {
     key: u64,
+    /// Shingles left out of the sketches (§10).
+    stock: &'s StockShingles,
+    /// Building [`StockShingles`]: every full shingle's hash, in order.
+    record: Option<Vec<u64>>,
+    /// Head shingles that went into the head sketch.
+    head_kept: usize,
+    /// Bit `i`: ring slot `i` holds a stock shingle.
+    ring_stock: u32,
     /// The last `SHINGLE_TOKENS - 1` tokens, oldest first.
     prev: [u64; SHINGLE_TOKENS - 1],
     tokens: u64,
@@ -661,10 +802,14 @@ struct Sketcher {
     body: [u32; BODY_BINS],
 }
 
-impl Sketcher {
-    fn new(key: u64) -> Self {
+impl<'s> Sketcher<'s> {
+    fn new(key: u64, stock: &'s StockShingles) -> Self {
         Sketcher {
             key,
+            stock,
+            record: None,
+            head_kept: 0,
+            ring_stock: 0,
             prev: [0; SHINGLE_TOKENS - 1],
             tokens: 0,
             last_mask: 0,
@@ -720,7 +865,11 @@ impl Sketcher {
                 ^ p1.rotate_left(r1)
                 ^ p2.rotate_left(r2)
                 ^ p3.rotate_left(r3);
-            self.shingle(mix(acc ^ self.key));
+            let h = mix(acc ^ self.key);
+            if let Some(r) = self.record.as_mut() {
+                r.push(h);
+            }
+            self.shingle(h);
         }
         let [_, p1, p2, p3] = self.prev;
         self.prev = [p1, p2, p3, t];
@@ -729,13 +878,18 @@ impl Sketcher {
 
     #[inline(always)]
     fn shingle(&mut self, s: u64) {
-        // Body: one-permutation MinHash; the high bits pick the bin.
-        let e = s ^ BODY_SALT;
-        let bin = ((e >> 32).wrapping_mul(BODY_BINS as u64) >> 32) as usize;
-        let v = e as u32;
-        // u32::MAX marks an empty bin (a real minimum equals it with odds 2^-32).
-        if let Some(m) = self.body.get_mut(bin) {
-            *m = (*m).min(v);
+        // A stock shingle keeps its place (regions are counted in shingles)
+        // but goes into no sketch.
+        let stock = !self.stock.is_empty() && self.stock.contains(s);
+        if !stock {
+            // Body: one-permutation MinHash; the high bits pick the bin.
+            let e = s ^ BODY_SALT;
+            let bin = ((e >> 32).wrapping_mul(BODY_BINS as u64) >> 32) as usize;
+            let v = e as u32;
+            // u32::MAX marks an empty bin (a real minimum equals it with odds 2^-32).
+            if let Some(m) = self.body.get_mut(bin) {
+                *m = (*m).min(v);
+            }
         }
         // Head: within the first line (at most REGION_MAX), or the first REGION_MIN.
         let in_head = (!self.past_first_line && self.head_count < REGION_MAX_SHINGLES)
@@ -743,12 +897,17 @@ impl Sketcher {
         if in_head {
             self.head_count += 1;
             self.head_line_count += usize::from(!self.past_first_line);
-            minhash_into(&mut self.head, &HEAD_SALTS, s);
+            if !stock {
+                self.head_kept += 1;
+                minhash_into(&mut self.head, &HEAD_SALTS, s);
+            }
         }
         // Tail: decided at the end, from the ring.
-        if let Some(slot) = self.ring.get_mut(self.shingles & (RING - 1)) {
-            *slot = s;
+        let slot = self.shingles & (RING - 1);
+        if let Some(r) = self.ring.get_mut(slot) {
+            *r = s;
         }
+        self.ring_stock = (self.ring_stock & !(1 << slot)) | (u32::from(stock) << slot);
         self.shingles += 1;
     }
 
@@ -766,11 +925,15 @@ impl Sketcher {
         let start = n.saturating_sub(REGION_MAX_SHINGLES);
         let min_start = n.saturating_sub(REGION_MIN_SHINGLES);
         let mut tail_line_count = 0;
+        let mut tail_kept = 0;
         for idx in start..n {
-            if let Some(&s) = self.ring.get(idx & (RING - 1)) {
+            let slot = idx & (RING - 1);
+            if let Some(&s) = self.ring.get(slot) {
                 let in_line = idx as u64 >= self.line_start_tok;
                 tail_line_count += usize::from(in_line);
-                if in_line || idx >= min_start {
+                let stock = self.ring_stock & (1 << slot) != 0;
+                if (in_line || idx >= min_start) && !stock {
+                    tail_kept += 1;
                     minhash_into(&mut self.tail, &TAIL_SALTS, s);
                 }
             }
@@ -781,6 +944,12 @@ impl Sketcher {
         }
         if tail_line_count < REGION_MIN_SHINGLES {
             flags |= TAIL_FALLBACK;
+        }
+        if n > 0 && self.head_kept == 0 {
+            flags |= HEAD_EMPTY;
+        }
+        if n > 0 && tail_kept == 0 {
+            flags |= TAIL_EMPTY;
         }
         self.densify_body();
         let mut sig = PromptSignature {
@@ -1319,6 +1488,89 @@ mod tests {
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
     use std::collections::{HashMap, HashSet};
+
+    // -----------------------------------------------------------------------
+    // Stock phrases (§10)
+
+    const STOCK: &str =
+        "please write out your reasoning step by step and check every intermediate step";
+
+    fn shared_keys(a: &PromptSignature, b: &PromptSignature) -> usize {
+        let b_keys: HashSet<u64> = b.index_keys().into_iter().filter(|&k| k != 0).collect();
+        a.index_keys()
+            .into_iter()
+            .filter(|k| *k != 0 && b_keys.contains(k))
+            .count()
+    }
+
+    /// Short prompts of unrelated users who typed one stock phrase: without the stock set they share index keys
+    /// (the phrase is most of each region); with it they share none and are not near.
+    #[test]
+    fn a_shared_stock_phrase_alone_gives_no_shared_key() {
+        let stock = StockShingles::new([STOCK]);
+        let mut linked_plain = 0;
+        for (a, b) in [
+            ("kalomiter ansuvel", "rodinpa quiesbor"),
+            ("linugatas reomfi", "delcuzan epkalo"),
+            ("mitersu velrodin", "paquies borlinu"),
+        ] {
+            let x = format!("{a} {STOCK}");
+            let y = format!("{b} {STOCK}");
+            linked_plain += usize::from(shared_keys(&signature(&x), &signature(&y)) > 0);
+            let (sx, sy) = (signature_with(&x, &stock), signature_with(&y, &stock));
+            assert_eq!(shared_keys(&sx, &sy), 0, "{x:?} / {y:?}");
+            assert!(!is_near(&sx, &sy), "{x:?} / {y:?}");
+        }
+        assert!(
+            linked_plain > 0,
+            "the example must show what the stock set prevents"
+        );
+    }
+
+    /// A template keeps linking when it contains a stock phrase: its other shingles still carry it.
+    #[test]
+    fn a_template_holding_a_stock_phrase_still_links() {
+        let stock = StockShingles::new([STOCK]);
+        let template = |fill: &str| {
+            format!(
+                "You are grading solutions for a benchmark of olympiad problems; {STOCK}, then give the final \
+                 answer in a box and a confidence between zero and one.\nProblem: {fill}"
+            )
+        };
+        let a = signature_with(
+            &template("a triangle has sides three four and five"),
+            &stock,
+        );
+        let b = signature_with(&template("how many primes lie below one hundred"), &stock);
+        assert!(is_near(&a, &b));
+        assert!(shared_keys(&a, &b) >= 4);
+    }
+
+    /// A prompt that is only a stock phrase has no sketch: not informative, no key, near nothing.
+    #[test]
+    fn a_prompt_of_stock_shingles_only_is_not_informative() {
+        let stock = StockShingles::new([STOCK, "think*"]);
+        assert!(stock.len() >= 9, "{stock:?}");
+        let sig = signature_with(STOCK, &stock);
+        assert!(!sig.is_informative());
+        assert!(sig.index_keys().iter().all(|&k| k == 0));
+        assert!(!is_near(&sig, &sig));
+        assert!(signature(STOCK).is_informative());
+        // The flags survive the hex form.
+        let back: PromptSignature = sig.to_hex().parse().unwrap();
+        assert_eq!(back, sig);
+        // Phrases shorter than a shingle have none.
+        assert!(StockShingles::new(["step by step"]).is_empty());
+    }
+
+    /// Without stock phrases, `signature_with` is `signature`.
+    #[test]
+    fn no_stock_phrases_change_nothing() {
+        let none = StockShingles::none(DEFAULT_KEY);
+        for text in [STOCK, GRADE, "hi", ""] {
+            assert_eq!(signature_with(text, &none), signature(text));
+        }
+    }
 
     // -----------------------------------------------------------------------
     // Unit tests

@@ -416,7 +416,7 @@ impl SimRequest {
         let p = &s.populations[self.population];
         let fp =
             |list: &[String]| (!list.is_empty()).then(|| list[self.profile % list.len()].clone());
-        let sig = signature::signature(&self.prompt);
+        let sig = signature::signature_with(&self.prompt, matcher.stock_shingles());
         let hits = matcher.scan(&self.prompt);
         TrafficRecord {
             v: RECORD_VERSION,
