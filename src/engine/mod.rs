@@ -966,6 +966,22 @@ impl Engine {
         self.assess_in(obs, now, Mode::View)
     }
 
+    /// The phrase lists a request's prompt matches, for an observation
+    /// shared with other replicas; None when nothing would apply it
+    /// (clusters and detection both off).
+    pub fn observation_hits(&self, obs: &Observation) -> Option<score::PhraseHits> {
+        let policy = self.policy.load();
+        let f = &obs.request;
+        match &policy.detection {
+            Some(d) => Some(
+                f.phrase_hits
+                    .unwrap_or_else(|| d.matcher.scan(f.prompt_text.as_deref().unwrap_or(""))),
+            ),
+            None if policy.cluster.enabled => Some(score::PhraseHits::default()),
+            None => None,
+        }
+    }
+
     /// Apply one request's observation at `now` to linking and behaviour
     /// state — what [`Engine::assess`] does to them, without the budgets
     /// and without a decision. Every replica applies every replica's
