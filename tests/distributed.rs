@@ -927,4 +927,62 @@ async fn a_hydra_spread_over_three_replicas_is_one_cluster_with_one_id() {
     }
     let (_, ready) = admin_get(three.admin(0), "/readyz").await;
     assert!(ready.contains("observations=shared"), "{ready}");
+    // A replica started afterwards replays the stream: same cluster, same id.
+    let late = hydra_replicas(&redis, 1, &format!("three{}", redis.port), "");
+    eventually(LIMIT, "a late replica replays the stream", || async {
+        let (status, c) = admin_get(late.admin(0), &format!("/admin/clusters/{id}")).await;
+        let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
+        status == 200 && c["members"].as_u64() == Some(12)
+    })
+    .await;
+}
+
+/// Redis killed: requests are linked on each replica alone (the view
+/// gauge says so) and never wait; Redis back: the replicas read the
+/// stream again without a restart and a new hydra member's observation
+/// reaches every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_falls_back_to_local_linking_and_resumes_when_redis_returns() {
+    let mut redis = Redis::start();
+    let c = hydra_replicas(&redis, 2, &format!("t{}", redis.port), "");
+    for i in 0..2 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    redis.kill();
+    for i in 0..2 {
+        eventually(LIMIT, "the view falls back to local linking", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 0.0
+        })
+        .await;
+    }
+    let (status, body) = send(&c.url(0), "sk-while-down", Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "{body}");
+    redis.restart();
+    for i in 0..2 {
+        eventually(LIMIT, "the view returns without a restart", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    // Observations flow again: one request through replica 0 is applied
+    // on replica 1.
+    let before = metric(
+        c.admin(1),
+        "distill_guard_state_stream_applied_total{kind=\"observation\"}",
+    )
+    .await;
+    let (status, body) = send(&c.url(0), "sk-after", Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(LIMIT, "replica 1 applies replica 0's observation", || async {
+        metric(
+            c.admin(1),
+            "distill_guard_state_stream_applied_total{kind=\"observation\"}",
+        )
+        .await
+            > before
+    })
+    .await;
 }
