@@ -920,7 +920,10 @@ async fn a_hydra_spread_over_three_replicas_is_one_cluster_with_one_id() {
             "distill_guard_state_stream_applied_total{kind=\"observation\"}",
         )
         .await;
-        assert!(applied >= f64::from(served_three), "replica {i} applied {applied}");
+        assert!(
+            applied >= f64::from(served_three),
+            "replica {i} applied {applied}"
+        );
         let lag = metric(three.admin(i), "distill_guard_state_stream_lag_entries").await;
         assert!(lag >= 0.0);
         let _ = metric(three.admin(i), "distill_guard_state_stream_lag_seconds").await;
@@ -976,13 +979,17 @@ async fn the_stream_falls_back_to_local_linking_and_resumes_when_redis_returns()
     .await;
     let (status, body) = send(&c.url(0), "sk-after", Duration::from_secs(5)).await;
     assert_eq!(status, 200, "{body}");
-    eventually(LIMIT, "replica 1 applies replica 0's observation", || async {
-        metric(
-            c.admin(1),
-            "distill_guard_state_stream_applied_total{kind=\"observation\"}",
-        )
-        .await
-            > before
-    })
+    eventually(
+        LIMIT,
+        "replica 1 applies replica 0's observation",
+        || async {
+            metric(
+                c.admin(1),
+                "distill_guard_state_stream_applied_total{kind=\"observation\"}",
+            )
+            .await
+                > before
+        },
+    )
     .await;
 }

@@ -60,6 +60,8 @@ pub struct Config {
 }
 
 /// Where budget cells and manual decisions are kept (`[state]`).
+// Made once per config load: a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum StateConfig {
     /// In this process only.

@@ -1139,7 +1139,9 @@ impl Engine {
             .filter(|c| policy.cluster.scored(c))
             .filter(|_| cluster_manual != Some(Manual::Allow));
         let detection = match &policy.detection {
-            Some(d) if blocked.is_none() && !allow_listed && cluster_manual != Some(Manual::Allow) => {
+            Some(d)
+                if blocked.is_none() && !allow_listed && cluster_manual != Some(Manual::Allow) =>
+            {
                 let keep = mode != Mode::View;
                 Some(self.detect(d, policy, tier, obs, (cluster, scored, shared), now, keep))
             }

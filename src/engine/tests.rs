@@ -486,7 +486,11 @@ mod clusters {
             .map(|e| e.cluster_of(AccountId(10_000)).expect("clustered"))
             .collect();
         assert!(ids[0].members >= 100, "{:?}", ids[0]);
-        assert!(ids.iter().all(|c| c.id == ids[0].id && c.members == ids[0].members), "{ids:?}");
+        assert!(
+            ids.iter()
+                .all(|c| c.id == ids[0].id && c.members == ids[0].members),
+            "{ids:?}"
+        );
         assert!(viewer.clusters(10).is_empty(), "a view changed the linker");
     }
 

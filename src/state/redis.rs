@@ -280,9 +280,9 @@ impl RedisStore {
             pool,
             own,
             reader,
-            stream: cfg.stream.map(|s| {
-                Arc::new(super::stream::ObservationStream::new(&cfg.key_prefix, s))
-            }),
+            stream: cfg
+                .stream
+                .map(|s| Arc::new(super::stream::ObservationStream::new(&cfg.key_prefix, s))),
             next: AtomicUsize::new(0),
             admit: Script::new(ADMIT_LUA),
             settle: Script::new(SETTLE_LUA),
@@ -378,9 +378,7 @@ impl RedisStore {
     fn timeout(&self, op: Op) -> std::time::Duration {
         match op {
             Op::Admit => self.cfg.command_timeout,
-            Op::Settle | Op::Sync | Op::Manual | Op::Append | Op::Read => {
-                self.background_timeout()
-            }
+            Op::Settle | Op::Sync | Op::Manual | Op::Append | Op::Read => self.background_timeout(),
         }
     }
 

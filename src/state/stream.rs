@@ -27,8 +27,8 @@ use crate::admin::metrics::Histogram;
 use crate::config::StreamConfig;
 use crate::engine::score::PhraseHits;
 use crate::engine::{
-    cohort, signature, AccountId, Engine, Nanos, Observation, ObservedAttrs, RequestFacts,
-    Ticket, Usage,
+    cohort, signature, AccountId, Engine, Nanos, Observation, ObservedAttrs, RequestFacts, Ticket,
+    Usage,
 };
 
 /// Entries appended in one pipelined round trip at most.
@@ -158,8 +158,8 @@ impl Entry {
     }
 
     /// Apply the entry to `engine` at `now` (the entry's stream time).
-    /// `Err` when it is malformed (nothing applied).
-    pub fn apply(&self, engine: &Engine, now: Nanos) -> Result<(), ()> {
+    /// False when it is malformed (nothing applied).
+    pub fn apply(&self, engine: &Engine, now: Nanos) -> bool {
         match self {
             Entry::Observed(o) => {
                 let prompt = match &o.p {
@@ -167,7 +167,7 @@ impl Entry {
                     Some(keys) => {
                         let mut k = [0u64; signature::INDEX_KEYS];
                         if keys.len() != k.len() {
-                            return Err(());
+                            return false;
                         }
                         k.copy_from_slice(keys);
                         Some(k)
@@ -218,7 +218,7 @@ impl Entry {
                 engine.settle_signals(&ticket, usage, now);
             }
         }
-        Ok(())
+        true
     }
 }
 
@@ -428,8 +428,8 @@ impl ObservationStream {
                     .as_ref()
                     .map(|e| e.apply(&engine, ms.saturating_mul(1_000_000)));
                 match (&entry, applied) {
-                    (Some(Entry::Observed(_)), Some(Ok(()))) => &self.metrics.applied[0],
-                    (Some(Entry::Settled(_)), Some(Ok(()))) => &self.metrics.applied[1],
+                    (Some(Entry::Observed(_)), Some(true)) => &self.metrics.applied[0],
+                    (Some(Entry::Settled(_)), Some(true)) => &self.metrics.applied[1],
                     _ => &self.metrics.malformed,
                 }
                 .fetch_add(1, Ordering::Relaxed);

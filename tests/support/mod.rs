@@ -370,10 +370,9 @@ pub async fn hydra_over_until_refused(
     for i in 0..60 {
         let messages_url = messages_urls[i % messages_urls.len()];
         let key = format!("sk-hydra-{:02}", i % 12);
-        let prompt =
-            TEMPLATES[template(i) % TEMPLATES.len()]
-                .replacen("{}", &fill(i), 1)
-                .replacen("{}", &fill(i + 1000), 1);
+        let prompt = TEMPLATES[template(i) % TEMPLATES.len()]
+            .replacen("{}", &fill(i), 1)
+            .replacen("{}", &fill(i + 1000), 1);
         let body = serde_json::json!({
             "model": "m", "max_tokens": 16,
             "messages": [{"role": "user", "content": prompt}]
