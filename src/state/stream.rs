@@ -39,8 +39,9 @@ const READ_COUNT: usize = 1024;
 const READ_BLOCK: Duration = Duration::from_millis(200);
 /// How often the lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(1);
-/// Entries behind counted at most (the count walks them on the server).
-const LAG_COUNT_CAP: u64 = 100_000;
+/// Entries behind counted at most (the count walks them on the server,
+/// once a second).
+const LAG_COUNT_CAP: u64 = 10_000;
 
 /// The lag: `{entries after ARGV[1] (at most ARGV[2]), the newest id}`.
 const LAG_LUA: &str = r"
@@ -457,12 +458,13 @@ impl ObservationStream {
     /// Entries between the last applied here and the stream's newest, and
     /// the milliseconds between them.
     async fn measure_lag(&self, store: &RedisStore, lag: &::redis::Script) {
+        let Some(probe) = store.gate() else { return };
         let from = self.last_id.lock().map(|l| l.clone()).unwrap_or_default();
         let mut inv = lag.prepare_invoke();
         inv.key(&self.key).arg(&from).arg(LAG_COUNT_CAP);
         let inv = &inv;
         let Ok((n, newest)) = store
-            .run(Op::Read, false, |mut c| async move {
+            .run(Op::Read, probe, |mut c| async move {
                 inv.invoke_async::<(u64, String)>(&mut c).await
             })
             .await
