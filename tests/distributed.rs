@@ -790,3 +790,206 @@ async fn a_replica_started_while_redis_is_down_serves_and_joins_when_it_comes_up
         .command(&format!("HEXISTS {{t{}:a:{id}}} r", redis.port))
         .is_some_and(|r| r.starts_with(":1")));
 }
+
+/// `n` replicas of the hydra policy (tests/support) sharing state and
+/// observations through `redis` under `prefix`, with one hash secret;
+/// `extra` goes into `[state]`.
+fn hydra_replicas(redis: &Redis, n: usize, prefix: &str, extra: &str) -> Cluster {
+    Cluster::start_with(n, |upstream| {
+        basic_config(
+            &format!("http://{upstream}"),
+            &format!(
+                "[identity]\nhash_secret = \"{SECRET}\"\n{HYDRA_POLICY}\n[state]\n\
+                 backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n\
+                 command_timeout_ms = 1000\n{extra}",
+                redis.url()
+            ),
+        )
+    })
+}
+
+/// The cluster ids of the accounts a replica serves (`/admin/top`).
+async fn served_clusters(addr: SocketAddr) -> Vec<String> {
+    let (_, top) = admin_get(addr, "/admin/top?by=requests").await;
+    let top: serde_json::Value = serde_json::from_str(&top).unwrap();
+    top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["cluster"].as_str().unwrap_or("none").to_string())
+        .collect()
+}
+
+/// Each of the hydra's accounts fills both templates, in turn (one
+/// operator's twelve accounts: one cluster).
+fn mixed(i: usize) -> usize {
+    i + i / 12
+}
+
+/// A hydra whose twelve accounts are spread over three replicas (each
+/// account reaches one replica only) is linked into one cluster with one
+/// id on all three, through the observation stream, and is refused by
+/// that cluster's shared budget after about as many requests as the same
+/// traffic through one replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hydra_spread_over_three_replicas_is_one_cluster_with_one_id() {
+    let redis = Redis::start();
+    // The same traffic through one replica (its own key prefix).
+    let one = hydra_replicas(&redis, 1, &format!("one{}", redis.port), "");
+    eventually(LIMIT, "replica reads the stream", || async {
+        metric(one.admin(0), "distill_guard_state_stream_view").await == 1.0
+    })
+    .await;
+    let (served_one, refused) = hydra_over_until_refused(&[&one.url(0)], mixed).await;
+    let (policy, _) = refused.expect("one replica never refused the hydra");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    drop(one);
+
+    let three = hydra_replicas(&redis, 3, &format!("three{}", redis.port), "");
+    for i in 0..3 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(three.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    let urls: Vec<String> = (0..3).map(|i| three.url(i)).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (served_three, refused) = hydra_over_until_refused(&urls, mixed).await;
+    let (policy, _) = refused.expect("three replicas never refused the hydra");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    // Without the stream each replica links only its four accounts, into
+    // a cluster of its own id (and budget).
+    let apart = hydra_replicas(
+        &redis,
+        3,
+        &format!("apart{}", redis.port),
+        "share_observations = false\n",
+    );
+    let apart_urls: Vec<String> = (0..3).map(|i| apart.url(i)).collect();
+    let apart_urls: Vec<&str> = apart_urls.iter().map(String::as_str).collect();
+    let (served_apart, _) = hydra_over_until_refused(&apart_urls, mixed).await;
+    let mut apart_ids = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        apart_ids.extend(served_clusters(apart.admin(i)).await);
+    }
+    assert!(apart_ids.len() > 1, "{apart_ids:?}");
+    drop(apart);
+    println!(
+        "hydra served before the first cluster refusal: one replica {served_one}, three sharing \
+         observations {served_three}, three without {served_apart} (ids {apart_ids:?})"
+    );
+    // Contained about as fast: at most twice what one replica served, plus
+    // a few requests of stream lag.
+    assert!(
+        served_three <= 2 * served_one + 6,
+        "three replicas served {served_three}, one served {served_one}"
+    );
+    // Each replica serves four of the accounts, and knows them all in one
+    // cluster under one id.
+    let mut ids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        ids.clear();
+        for i in 0..3 {
+            let clusters = served_clusters(three.admin(i)).await;
+            assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
+            ids.extend(clusters);
+        }
+        if ids.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster ids differ between replicas: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let id = ids.into_iter().next().unwrap();
+    assert_ne!(id, "none");
+    for i in 0..3 {
+        eventually(LIMIT, "every replica holds all twelve members", || async {
+            let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
+            let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
+            status == 200 && c["members"].as_u64() == Some(12)
+        })
+        .await;
+        // Every replica applied every replica's observations; the lag is
+        // measured and reported.
+        let applied = metric(
+            three.admin(i),
+            "distill_guard_state_stream_applied_total{kind=\"observation\"}",
+        )
+        .await;
+        assert!(
+            applied >= f64::from(served_three),
+            "replica {i} applied {applied}"
+        );
+        let lag = metric(three.admin(i), "distill_guard_state_stream_lag_entries").await;
+        assert!(lag >= 0.0);
+        let _ = metric(three.admin(i), "distill_guard_state_stream_lag_seconds").await;
+    }
+    let (_, ready) = admin_get(three.admin(0), "/readyz").await;
+    assert!(ready.contains("observations=shared"), "{ready}");
+    // A replica started afterwards replays the stream: same cluster, same id.
+    let late = hydra_replicas(&redis, 1, &format!("three{}", redis.port), "");
+    eventually(LIMIT, "a late replica replays the stream", || async {
+        let (status, c) = admin_get(late.admin(0), &format!("/admin/clusters/{id}")).await;
+        let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
+        status == 200 && c["members"].as_u64() == Some(12)
+    })
+    .await;
+}
+
+/// Redis killed: requests are linked on each replica alone (the view
+/// gauge says so) and never wait; Redis back: the replicas read the
+/// stream again without a restart and a new hydra member's observation
+/// reaches every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_falls_back_to_local_linking_and_resumes_when_redis_returns() {
+    let mut redis = Redis::start();
+    let c = hydra_replicas(&redis, 2, &format!("t{}", redis.port), "");
+    for i in 0..2 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    redis.kill();
+    for i in 0..2 {
+        eventually(LIMIT, "the view falls back to local linking", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 0.0
+        })
+        .await;
+    }
+    let (status, body) = send(&c.url(0), "sk-while-down", Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "{body}");
+    redis.restart();
+    for i in 0..2 {
+        eventually(LIMIT, "the view returns without a restart", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    // Observations flow again: one request through replica 0 is applied
+    // on replica 1.
+    let before = metric(
+        c.admin(1),
+        "distill_guard_state_stream_applied_total{kind=\"observation\"}",
+    )
+    .await;
+    let (status, body) = send(&c.url(0), "sk-after", Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        LIMIT,
+        "replica 1 applies replica 0's observation",
+        || async {
+            metric(
+                c.admin(1),
+                "distill_guard_state_stream_applied_total{kind=\"observation\"}",
+            )
+            .await
+                > before
+        },
+    )
+    .await;
+}

@@ -962,6 +962,18 @@ pub struct FileState {
     /// A request in flight counts against concurrency caps at most this
     /// long (a replica that dies cannot hold its slots forever).
     pub in_flight_lease_ms: u64,
+    /// Share every request's observation (hashed fingerprints, prompt
+    /// keys, signal inputs: never keys or prompt text) through a Redis
+    /// Stream that every replica applies in one order, so all replicas
+    /// link the same clusters under the same ids (`docs/distributed.md`).
+    /// Off: each replica links only what it sees.
+    pub share_observations: bool,
+    /// Entries the observation stream keeps (`XADD … MAXLEN ~`): a
+    /// replica that starts or returns replays at most this many.
+    pub stream_max_entries: u64,
+    /// Observations waiting to be appended (a bounded queue per replica);
+    /// when it is full an observation is dropped and counted.
+    pub stream_queue_entries: u32,
 }
 
 impl Default for FileState {
@@ -980,6 +992,9 @@ impl Default for FileState {
             breaker_open_ms: 2000,
             manual_sync_ms: 250,
             in_flight_lease_ms: 600_000,
+            share_observations: true,
+            stream_max_entries: 200_000,
+            stream_queue_entries: 16_384,
         }
     }
 }

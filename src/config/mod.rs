@@ -60,6 +60,8 @@ pub struct Config {
 }
 
 /// Where budget cells and manual decisions are kept (`[state]`).
+// Made once per config load: a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum StateConfig {
     /// In this process only.
@@ -118,6 +120,17 @@ pub struct RedisConfig {
     pub manual_sync: Duration,
     /// Lease of one in-flight slot.
     pub in_flight_lease: Duration,
+    /// The observation stream, when observations are shared.
+    pub stream: Option<StreamConfig>,
+}
+
+/// The shared observation stream's settings (`docs/distributed.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Entries kept (approximately: `MAXLEN ~`).
+    pub max_entries: u64,
+    /// Observations queued for appending at most.
+    pub queue_entries: usize,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -1076,6 +1089,28 @@ fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Inval
         ));
     }
     let in_flight_lease = nonzero_ms("state.in_flight_lease_ms", f.in_flight_lease_ms)?;
+    if !(1000..=100_000_000).contains(&f.stream_max_entries) {
+        return Err(invalid(
+            "state.stream_max_entries",
+            format!(
+                "expected 1000 to 100000000 entries, got {}",
+                f.stream_max_entries
+            ),
+        ));
+    }
+    if !(64..=1_048_576).contains(&f.stream_queue_entries) {
+        return Err(invalid(
+            "state.stream_queue_entries",
+            format!(
+                "expected 64 to 1048576 entries, got {}",
+                f.stream_queue_entries
+            ),
+        ));
+    }
+    let stream = f.share_observations.then_some(StreamConfig {
+        max_entries: f.stream_max_entries,
+        queue_entries: f.stream_queue_entries as usize,
+    });
     Ok(StateConfig::Redis(RedisConfig {
         url: url.clone(),
         password,
@@ -1089,6 +1124,7 @@ fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Inval
         breaker_open: nonzero_ms("state.breaker_open_ms", f.breaker_open_ms)?,
         manual_sync: nonzero_ms("state.manual_sync_ms", f.manual_sync_ms)?,
         in_flight_lease,
+        stream,
     }))
 }
 

@@ -285,7 +285,26 @@ fn state_section_is_validated_with_clear_errors() {
     assert_eq!(r.on_failure, OnFailure::Closed);
     assert_eq!(r.command_timeout, Duration::from_millis(50));
     assert_eq!(r.key_prefix, "dg");
+    assert_eq!(
+        r.stream,
+        Some(crate::config::StreamConfig {
+            max_entries: 200_000,
+            queue_entries: 16_384
+        })
+    );
+    let off = with("backend = \"redis\"\nurl = \"redis://h\"\nshare_observations = false").unwrap();
+    assert!(matches!(off.state, StateConfig::Redis(r) if r.stream.is_none()));
     let cases = [
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\nstream_max_entries = 10",
+            "state.stream_max_entries",
+            "1000 to",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://h\"\nstream_queue_entries = 0",
+            "state.stream_queue_entries",
+            "64 to",
+        ),
         (
             "backend = \"etcd\"",
             "state.backend",

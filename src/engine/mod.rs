@@ -580,6 +580,26 @@ impl ClusterBehaviour {
     }
 }
 
+/// How a request meets linking and behaviour state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Linked and observed for good, then decided (one process).
+    Local,
+    /// Decided on the applied state, changing none of it (the shared
+    /// stream applies the request later).
+    View,
+    /// Linked and observed for good, not decided (from the shared stream).
+    Apply,
+}
+
+/// What linking and detection made of a request ([`Engine::see`]).
+struct Seen {
+    cluster: Option<ClusterView>,
+    cluster_manual: Option<Manual>,
+    blocked: Option<Scope>,
+    detection: Option<Detection>,
+}
+
 /// The policy engine. Shared by all workers (`Sync`); every method takes
 /// `now`.
 pub struct Engine {
@@ -931,6 +951,58 @@ impl Engine {
     /// are asked is [`Assessment::Decided`]; any other names the budget
     /// cells to check ([`BudgetAsk`]), wherever they are kept.
     pub fn assess(&self, obs: &Observation, now: Nanos) -> Assessment {
+        self.assess_in(obs, now, Mode::Local)
+    }
+
+    /// [`Engine::assess`] on the view of clusters and behaviour as last
+    /// [applied](Engine::apply), changing none of it: the request's
+    /// account is in the cluster the applied observations put it in, and
+    /// its signals (and its cluster's and cohorts') are fed this request
+    /// on copies that are dropped — the request itself is applied when
+    /// its observation comes back from the shared stream
+    /// (`crate::state::stream`). Budgets and the account's own budget
+    /// state are this process's, as in `assess`.
+    pub fn assess_view(&self, obs: &Observation, now: Nanos) -> Assessment {
+        self.assess_in(obs, now, Mode::View)
+    }
+
+    /// The phrase lists a request's prompt matches, for an observation
+    /// shared with other replicas; None when nothing would apply it
+    /// (clusters and detection both off).
+    pub fn observation_hits(&self, obs: &Observation) -> Option<score::PhraseHits> {
+        let policy = self.policy.load();
+        let f = &obs.request;
+        match &policy.detection {
+            Some(d) => Some(
+                f.phrase_hits
+                    .unwrap_or_else(|| d.matcher.scan(f.prompt_text.as_deref().unwrap_or(""))),
+            ),
+            None if policy.cluster.enabled => Some(score::PhraseHits::default()),
+            None => None,
+        }
+    }
+
+    /// Apply one request's observation at `now` to linking and behaviour
+    /// state — what [`Engine::assess`] does to them, without the budgets
+    /// and without a decision. Every replica applies every replica's
+    /// observations in one order and at the times the shared stream gave
+    /// them, so they link the same clusters under the same ids.
+    pub fn apply(&self, obs: &Observation, now: Nanos) {
+        let policy = self.policy.load();
+        let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
+        let manual = self.manual_account(obs.account);
+        let allow_listed = allow_listed || manual == Some(Manual::Allow);
+        let _ = self.see(
+            obs,
+            &policy,
+            &policy.tiers[tier_idx],
+            (allow_listed, manual),
+            now,
+            Mode::Apply,
+        );
+    }
+
+    fn assess_in(&self, obs: &Observation, now: Nanos, mode: Mode) -> Assessment {
         self.maybe_maintain(now);
         let policy = self.policy.load();
         let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
@@ -949,18 +1021,12 @@ impl Engine {
                 detection: None,
             });
         }
-        // Allow-listed accounts skip detection: they are never linked.
-        let (cluster, shared) = if policy.cluster.enabled && !allow_listed {
-            self.observe_link(obs, &policy, now)
-        } else {
-            (None, 0)
-        };
-        let cluster_manual = cluster.and_then(|c| self.manual_cluster(c.id));
-        let blocked = match (manual, cluster_manual) {
-            (Some(Manual::Block), _) => Some(Scope::Account),
-            (_, Some(Manual::Block)) => Some(Scope::Cluster),
-            _ => None,
-        };
+        let Seen {
+            cluster,
+            cluster_manual,
+            blocked,
+            detection,
+        } = self.see(obs, &policy, tier, (allow_listed, manual), now, mode);
         // A refusal still touches the account's state (last seen, first seen).
         let block = |scope, cluster_enforced, detection| {
             self.accounts.with(obs.account.0, now, |_| ());
@@ -976,18 +1042,10 @@ impl Engine {
         if let Some(scope) = blocked {
             return Assessment::Decided(block(scope, false, None));
         }
-        // A cluster is scored as a whole from `score_min_strength`, and
-        // shares a budget from `min_strength` (evidence of one operator).
         let not_allowed = |_: &ClusterView| cluster_manual != Some(Manual::Allow);
         let scored = cluster
             .filter(|c| policy.cluster.scored(c))
             .filter(not_allowed);
-        let detection = match &policy.detection {
-            Some(d) if !allow_listed && cluster_manual != Some(Manual::Allow) => {
-                Some(self.detect(d, &policy, tier, obs, (cluster, scored, shared), now))
-            }
-            _ => None,
-        };
         // The shared budget needs the cluster's behaviour at
         // `budget_min_level` too (when detection scores it at all).
         let gate = policy.cluster.budget_min_level;
@@ -1048,6 +1106,53 @@ impl Engine {
             cluster_enforced: enforced.is_some(),
             detection,
         })
+    }
+
+    /// Linking and detection of one request, as `mode` wants them: linked
+    /// and observed for good (local, apply), or read from the applied
+    /// state with the request fed to copies (view). Allow-listed accounts
+    /// are never linked nor scored; a blocked account's request is linked
+    /// but not scored.
+    fn see(
+        &self,
+        obs: &Observation,
+        policy: &Policy,
+        tier: &Tier,
+        (allow_listed, manual): (bool, Option<Manual>),
+        now: Nanos,
+        mode: Mode,
+    ) -> Seen {
+        let (cluster, shared) = match mode {
+            _ if !policy.cluster.enabled || allow_listed => (None, 0),
+            Mode::View => (self.cluster_of(obs.account), 0),
+            Mode::Local | Mode::Apply => self.observe_link(obs, policy, now),
+        };
+        let cluster_manual = cluster.and_then(|c| self.manual_cluster(c.id));
+        let blocked = match (manual, cluster_manual) {
+            (Some(Manual::Block), _) => Some(Scope::Account),
+            (_, Some(Manual::Block)) => Some(Scope::Cluster),
+            _ => None,
+        };
+        // A cluster is scored as a whole from `score_min_strength`, and
+        // shares a budget from `min_strength` (evidence of one operator).
+        let scored = cluster
+            .filter(|c| policy.cluster.scored(c))
+            .filter(|_| cluster_manual != Some(Manual::Allow));
+        let detection = match &policy.detection {
+            Some(d)
+                if blocked.is_none() && !allow_listed && cluster_manual != Some(Manual::Allow) =>
+            {
+                let keep = mode != Mode::View;
+                Some(self.detect(d, policy, tier, obs, (cluster, scored, shared), now, keep))
+            }
+            _ => None,
+        };
+        Seen {
+            cluster,
+            cluster_manual,
+            blocked,
+            detection,
+        }
     }
 
     /// Check a request's budgets in the engine's own cells and, when every
@@ -1151,7 +1256,10 @@ impl Engine {
     /// it is scored as a whole), score them, move the ladders, and decide
     /// which level is enforced. `linked` is the account's cluster of any
     /// strength, `cluster` the one that is scored, `shared` the link rules
-    /// under which another account sent the same values.
+    /// under which another account sent the same values. Without `keep`
+    /// the account's, its cluster's and its cohorts' states are fed and
+    /// scored on copies, and left as they were.
+    #[allow(clippy::too_many_arguments)]
     fn detect(
         &self,
         d: &crate::config::DetectionConfig,
@@ -1160,6 +1268,7 @@ impl Engine {
         obs: &Observation,
         (linked, cluster, shared): (Option<ClusterView>, Option<ClusterView>, u32),
         now: Nanos,
+        keep: bool,
     ) -> Detection {
         let f = &obs.request;
         let hits = f
@@ -1200,8 +1309,24 @@ impl Engine {
         let mut cohorts = [0u64; cohort::KEYS];
         let mut by_cohort = false;
         let (mut level, mut scope, mut best) = {
-            let mut e = self.account_state(obs.account.0, now);
-            let (sig, ladder) = e.value_mut();
+            let mut entry;
+            let mut copy;
+            let (sig, ladder) = if keep {
+                entry = self.account_state(obs.account.0, now);
+                let e = entry.value_mut();
+                (&mut e.0, &mut e.1)
+            } else {
+                copy = self.account_signals.get(&obs.account.0).map_or_else(
+                    || {
+                        (
+                            score::AccountSignals::new(now),
+                            score::LadderState::default(),
+                        )
+                    },
+                    |e| *e.value(),
+                );
+                (&mut copy.0, &mut copy.1)
+            };
             // First seen by a scored cluster (it joined before the cluster
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
@@ -1214,7 +1339,8 @@ impl Engine {
             if sc.raw >= d.cohort_min_raw && profile.requests_total >= d.cohort_min_requests {
                 cohorts = cohort::keys(&profile);
                 for key in cohorts {
-                    let Some(c) = self.observe_cohort(key, obs.account.0, &req, hits, d, tier_rpm)
+                    let Some(c) =
+                        self.observe_cohort(key, obs.account.0, (&req, hits), d, tier_rpm, keep)
                     else {
                         continue;
                     };
@@ -1234,8 +1360,18 @@ impl Engine {
         let mut cluster_level = None;
         let mut sustained = false;
         if let Some(c) = cluster {
-            let mut e = self.cluster_state(&c);
-            let state = e.value_mut();
+            let mut entry;
+            let mut copy;
+            let state = if keep {
+                entry = self.cluster_state(&c);
+                entry.value_mut()
+            } else {
+                copy = self
+                    .cluster_signals
+                    .get(&c.id)
+                    .map_or_else(|| ClusterBehaviour::new(c.formed_at), |e| *e.value());
+                &mut copy
+            };
             state.all.set_members(c.members);
             if let Some(h) = &history {
                 state.all.absorb_member(h, now, &d.score);
@@ -1345,11 +1481,19 @@ impl Engine {
         &self,
         key: u64,
         account: u64,
-        req: &score::RequestSignals<'_>,
-        hits: score::PhraseHits,
+        (req, hits): (&score::RequestSignals<'_>, score::PhraseHits),
         d: &crate::config::DetectionConfig,
         tier_rpm: u64,
+        keep: bool,
     ) -> Option<score::Score> {
+        if !keep {
+            let mut c = self
+                .cohorts
+                .get(&key)
+                .map_or_else(|| score::ClusterSignals::new(req.now), |c| *c.value());
+            c.observe_hits(account, req, hits, &d.score, tier_rpm);
+            return Some(c.score(req.now, &d.score));
+        }
         if self.cohorts.len() >= MAX_COHORTS && !self.cohorts.contains_key(&key) {
             return None;
         }
@@ -1365,6 +1509,12 @@ impl Engine {
     /// charged post-paid (the account may go into debt); the input estimate
     /// is corrected by what the upstream reported.
     pub fn settle(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
+        self.settle_budgets(ticket, usage, now);
+        self.settle_signals(ticket, usage, now);
+    }
+
+    /// The budget half of [`Engine::settle`]: the engine's own cells.
+    pub fn settle_budgets(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
         let policy = self.policy.load();
         let (tier, cluster) = settle_tiers(&policy, ticket);
         self.accounts.with(ticket.account.0, now, |s| {
@@ -1374,6 +1524,15 @@ impl Engine {
             self.clusters
                 .with(id, now, |s| settle_cells(s, budget, ticket, usage, now));
         }
+    }
+
+    /// The behaviour half of [`Engine::settle`]: the output counts in the
+    /// signals of the account, its scored cluster and its cohorts (what a
+    /// replica applies from the shared stream). Uses the ticket's
+    /// `account`, `scored_cluster`, `scored_core`, `scored_cohorts` and
+    /// `degraded`.
+    pub fn settle_signals(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
+        let policy = self.policy.load();
         if let Some(d) = &policy.detection {
             let full = !ticket.degraded;
             if let Some(mut e) = self.account_signals.get_mut(&ticket.account.0) {

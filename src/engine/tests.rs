@@ -431,6 +431,69 @@ mod clusters {
 
     /// 400 accounts, one JA4, 8 IPs in two /24s, 6 templates; each account
     /// sends 2 requests a minute (its tier allows 60): together 800/min.
+    /// Three replicas that decide on their applied view (`assess_view`)
+    /// and apply every replica's observations in one order at one time
+    /// (the shared stream) link the hydra into one cluster with one id;
+    /// deciding on the view changes none of the linking state.
+    #[test]
+    fn replicas_applying_one_stream_converge_on_one_cluster_id() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let replicas: Vec<Engine> = (0..3).map(|_| Engine::new(cluster_policy(60))).collect();
+        let viewer = Engine::new(cluster_policy(60));
+        let ja4 = h(AttrKind::Ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
+        let minute = 60 * SECOND;
+        let start = 1_700_000_000 * SECOND;
+        let mut stream: Vec<(Observation, Nanos)> = Vec::new();
+        for n in 0..3000u64 {
+            let now = start + n * minute / 800;
+            let account = 10_000 + n % 120;
+            let t = TEMPLATES[(account % 6) as usize];
+            let text =
+                t.replacen("{}", &fill(&mut rng, 25), 1)
+                    .replacen("{}", &fill(&mut rng, 15), 1);
+            let o = Observation {
+                account: AccountId(account),
+                anonymous: false,
+                input_tokens: 120,
+                attrs: ObservedAttrs {
+                    ja4,
+                    http: None,
+                    h2: None,
+                    ip_prefix: h(AttrKind::IpPrefix, "203.0.113.0/24"),
+                    asn: None,
+                    prompt: prompt_keys(&text),
+                },
+                request: RequestFacts {
+                    model: Some("claude-sonnet-4-5".into()),
+                    max_output_tokens: Some(64_000),
+                    ..Default::default()
+                },
+            };
+            // The replica that receives it decides on its view; the stream
+            // (one entry behind) is applied everywhere.
+            let r = &replicas[(n % 3) as usize];
+            let _ = r.assess_view(&o, now);
+            let _ = viewer.assess_view(&o, now);
+            if let Some((prev, t)) = stream.last() {
+                for e in &replicas {
+                    e.apply(prev, *t + SECOND / 1000);
+                }
+            }
+            stream.push((o, now));
+        }
+        let ids: Vec<_> = replicas
+            .iter()
+            .map(|e| e.cluster_of(AccountId(10_000)).expect("clustered"))
+            .collect();
+        assert!(ids[0].members >= 100, "{:?}", ids[0]);
+        assert!(
+            ids.iter()
+                .all(|c| c.id == ids[0].id && c.members == ids[0].members),
+            "{ids:?}"
+        );
+        assert!(viewer.clusters(10).is_empty(), "a view changed the linker");
+    }
+
     #[test]
     fn hydra_becomes_one_cluster_and_is_held_to_the_cluster_budget() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);

@@ -177,6 +177,8 @@ impl Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin: std::time::Instant,
+    /// Engine time at `origin` (0, or the Unix time for [`Clock::wall`]).
+    base: Nanos,
     /// Engine nanoseconds per real nanosecond (1.0 except in `demo
     /// --traffic`, which plays a scenario faster than real time).
     speed: f64,
@@ -187,7 +189,24 @@ impl Clock {
     pub fn new() -> Clock {
         Clock {
             origin: std::time::Instant::now(),
+            base: 0,
             speed: 1.0,
+        }
+    }
+
+    /// `self`'s speed on a clock that starts at the Unix time in
+    /// nanoseconds and runs monotonically from there: the time line of the
+    /// shared observation stream (whose entries carry the Redis server's
+    /// milliseconds), so a replica's own requests and the stream's entries
+    /// are on one clock (give or take the skew between hosts).
+    pub fn wall(self) -> Clock {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Clock {
+            origin: std::time::Instant::now(),
+            base: unix,
+            speed: self.speed,
         }
     }
 
@@ -210,15 +229,16 @@ impl Clock {
         self.speed
     }
 
-    /// Nanoseconds since the clock started.
+    /// Nanoseconds since the clock started (plus its base).
     pub fn now(&self) -> Nanos {
         let real = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if self.speed == 1.0 {
+        let elapsed = if self.speed == 1.0 {
             real
         } else {
             // Saturating float-to-int conversion.
             (real as f64 * self.speed) as u64
-        }
+        };
+        self.base.saturating_add(elapsed)
     }
 }
 
@@ -355,9 +375,15 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
             KeyHasher::random()
         }
     };
+    // With a shared observation stream the engine runs on the stream's
+    // time line (Unix time), else from 0 at start.
+    let clock = match &config.state {
+        crate::config::StateConfig::Redis(r) if r.stream.is_some() => clock.wall(),
+        _ => Clock::with_speed(clock.speed),
+    };
     let engine = Arc::new(Engine::new(Policy::from_config_at(
         &config,
-        0,
+        clock.now(),
         crate::admin::audit::now_unix_ms(),
     )));
     if let Some(path) = &config.admin.state_path {
@@ -436,7 +462,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         engine,
         state,
         hasher,
-        clock: Clock::with_speed(clock.speed),
+        clock,
         conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         addresses: Default::default(),
         metrics: Metrics::default(),

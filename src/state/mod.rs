@@ -11,12 +11,14 @@
 
 pub mod breaker;
 pub mod redis;
+pub mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::engine::{
-    Admission, Assessment, BudgetAsk, Decision, Engine, Nanos, Observation, Pending, Ticket, Usage,
+    Admission, Assessment, BudgetAsk, Decision, Engine, LimitKind, Nanos, Observation, Pending,
+    Ticket, Usage, Verdict,
 };
 
 /// Where a request's budget cells are kept: checked and charged all at
@@ -73,14 +75,22 @@ impl BudgetStore for LocalBudgets {
     fn settle(&self, _: &Engine, _: &Ticket, _: Receipt, _: Usage) {}
 }
 
-/// Decide a request with its budgets in `store`.
+/// Decide a request with its budgets in `store`; with `view`, on the
+/// shared view of clusters ([`Engine::assess_view`]) rather than linking
+/// and observing it here ([`Engine::assess`]).
 pub async fn decide_with<S: BudgetStore>(
     store: &S,
     engine: &Engine,
     obs: &Observation,
     now: Nanos,
+    view: bool,
 ) -> Result<(Decision, Receipt), Unavailable> {
-    match engine.assess(obs, now) {
+    let assessment = if view {
+        engine.assess_view(obs, now)
+    } else {
+        engine.assess(obs, now)
+    };
+    match assessment {
         Assessment::Decided(d) => Ok((d, Receipt::Local)),
         Assessment::Admit(pending) => {
             let pending: Pending = pending;
@@ -117,8 +127,27 @@ impl State {
         now: Nanos,
     ) -> Result<(Decision, Receipt), Unavailable> {
         match self {
-            State::Local => decide_with(&LocalBudgets, engine, obs, now).await,
-            State::Redis(r) => decide_with(r, engine, obs, now).await,
+            State::Local => decide_with(&LocalBudgets, engine, obs, now, false).await,
+            State::Redis(r) => {
+                let Some(stream) = r.stream().filter(|s| s.in_view()) else {
+                    return decide_with(r, engine, obs, now, false).await;
+                };
+                let decided = decide_with(r, engine, obs, now, true).await;
+                // Every request the engine would have linked goes to the
+                // stream (a new account refused for want of room leaves
+                // no trace, as in `assess`), when anything applies it.
+                let traceless = matches!(
+                    &decided,
+                    Ok((Decision { verdict: Verdict::Throttle(h), .. }, _))
+                        if h.kind == LimitKind::NewAccounts
+                );
+                if !traceless {
+                    if let Some(hits) = engine.observation_hits(obs) {
+                        stream.push(stream::Entry::observed(obs, hits));
+                    }
+                }
+                decided
+            }
         }
     }
 
@@ -132,9 +161,21 @@ impl State {
         usage: Usage,
         now: Nanos,
     ) {
-        engine.settle(ticket, usage, now);
-        if let State::Redis(r) = self {
-            r.settle(engine, ticket, receipt, usage);
+        match self {
+            State::Local => engine.settle(ticket, usage, now),
+            State::Redis(r) => {
+                match r.stream().filter(|s| s.in_view()) {
+                    // The signal half comes back from the stream.
+                    Some(s) => {
+                        engine.settle_budgets(ticket, usage, now);
+                        if engine.policy().detection.is_some() {
+                            s.push(stream::Entry::settled(ticket, usage));
+                        }
+                    }
+                    None => engine.settle(ticket, usage, now),
+                }
+                r.settle(engine, ticket, receipt, usage);
+            }
         }
     }
 
@@ -153,6 +194,13 @@ impl State {
             State::Local => (true, "state: local".into()),
             State::Redis(r) => r.readiness(),
         }
+    }
+
+    /// Whether requests are decided on the shared view of clusters now.
+    pub fn in_shared_view(&self) -> bool {
+        self.redis()
+            .and_then(|r| r.stream())
+            .is_some_and(|s| s.in_view())
     }
 
     /// The backend's metrics in Prometheus text (nothing for local).

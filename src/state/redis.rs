@@ -167,22 +167,26 @@ const BACKGROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// What a Redis call was for (metrics label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(super) enum Op {
     Admit,
     Settle,
     Sync,
     Manual,
+    /// Observations appended to the stream (one pipeline per batch).
+    Append,
+    /// The stream read (`XREAD`) and its lag measured.
+    Read,
 }
 
-const OPS: [&str; 4] = ["admit", "settle", "sync", "manual"];
+const OPS: [&str; 6] = ["admit", "settle", "sync", "manual", "append", "read"];
 
 /// The shared store's counters.
 #[derive(Debug, Default)]
 struct StoreMetrics {
     round_trip: Histogram,
-    commands: [AtomicU64; 4],
+    commands: [AtomicU64; 6],
     /// [op] × [error, timeout].
-    errors: [[AtomicU64; 2]; 4],
+    errors: [[AtomicU64; 2]; 6],
     /// Transitions into [closed, open, half_open].
     transitions: [AtomicU64; 3],
     /// Decisions made under on_failure: [local, open, closed].
@@ -196,6 +200,10 @@ pub struct RedisStore {
     pool: Vec<ConnectionManager>,
     /// The state thread's own connection.
     own: ConnectionManager,
+    /// The observation stream reader's (its `XREAD` blocks).
+    reader: ConnectionManager,
+    /// The shared observation stream (`share_observations`).
+    stream: Option<Arc<super::stream::ObservationStream>>,
     next: AtomicUsize,
     breaker: Breaker,
     admit: Script,
@@ -256,19 +264,25 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(std::time::Duration::from_millis(20))
             .set_max_delay(std::time::Duration::from_millis(200));
-        let pool = (0..=cfg.pool_size)
+        let pool = (0..cfg.pool_size + 2)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
             .collect::<RedisResult<Vec<_>>>()
             .map_err(|e| format!("redis: {e}"))?;
-        let (own, pool) = pool
-            .split_first()
-            .map(|(o, p)| (o.clone(), p.to_vec()))
-            .ok_or("state.pool_size: no connection")?;
+        let (own, reader, pool) = match pool.as_slice() {
+            [own, reader, pool @ ..] if !pool.is_empty() => {
+                (own.clone(), reader.clone(), pool.to_vec())
+            }
+            _ => return Err("state.pool_size: no connection".into()),
+        };
         Ok(RedisStore {
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open),
             cfg: cfg.clone(),
             pool,
             own,
+            reader,
+            stream: cfg
+                .stream
+                .map(|s| Arc::new(super::stream::ObservationStream::new(&cfg.key_prefix, s))),
             next: AtomicUsize::new(0),
             admit: Script::new(ADMIT_LUA),
             settle: Script::new(SETTLE_LUA),
@@ -346,7 +360,7 @@ impl RedisStore {
     }
 
     /// Whether a call may be made now, and whether it is the probe.
-    fn gate(&self) -> Option<bool> {
+    pub(super) fn gate(&self) -> Option<bool> {
         let (g, t) = self.breaker.gate();
         self.transition(t);
         match g {
@@ -364,8 +378,41 @@ impl RedisStore {
     fn timeout(&self, op: Op) -> std::time::Duration {
         match op {
             Op::Admit => self.cfg.command_timeout,
-            Op::Settle | Op::Sync | Op::Manual => self.cfg.command_timeout.max(BACKGROUND_TIMEOUT),
+            Op::Settle | Op::Sync | Op::Manual | Op::Append | Op::Read => self.background_timeout(),
         }
+    }
+
+    /// The bound on a call no request waits on.
+    pub(super) fn background_timeout(&self) -> std::time::Duration {
+        self.cfg.command_timeout.max(BACKGROUND_TIMEOUT)
+    }
+
+    /// The stream reader's connection.
+    pub(super) fn reader(&self) -> ConnectionManager {
+        self.reader.clone()
+    }
+
+    /// Redis answers (the breaker is closed).
+    pub(super) fn answering(&self) -> bool {
+        self.breaker.state() == BreakerState::Closed
+    }
+
+    /// Count one stream read (`ok`: answered, failed, or None: timed
+    /// out). Reads do not feed the breaker, which is the request path's;
+    /// nor the round-trip histogram, since they block by design.
+    pub(super) fn note_read(&self, _took: std::time::Duration, ok: Option<bool>) {
+        let i = Op::Read as usize;
+        self.metrics.commands[i].fetch_add(1, Ordering::Relaxed);
+        match ok {
+            Some(true) => {}
+            Some(false) => drop(self.metrics.errors[i][0].fetch_add(1, Ordering::Relaxed)),
+            None => drop(self.metrics.errors[i][1].fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// The shared observation stream, when observations are shared.
+    pub fn stream(&self) -> Option<&Arc<super::stream::ObservationStream>> {
+        self.stream.as_ref()
     }
 
     /// Run one Redis call (on a pooled connection) under its timeout;
@@ -373,7 +420,7 @@ impl RedisStore {
     /// connection was lost (Redis restarted, an idle connection cut) is
     /// sent once more, within the same timeout, on the connection made
     /// anew: a restart of Redis then costs no request a fallback.
-    async fn run<T, F, Fut>(&self, op: Op, probe: bool, call: F) -> Result<T, ()>
+    pub(super) async fn run<T, F, Fut>(&self, op: Op, probe: bool, call: F) -> Result<T, ()>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -505,6 +552,10 @@ impl RedisStore {
         shared: Arc<crate::server::Shared>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        if let Some(stream) = self.stream.clone() {
+            tokio::spawn(stream.clone().run_appender(self.clone(), shutdown.clone()));
+            tokio::spawn(stream.run_reader(self.clone(), shared.engine.clone(), shutdown.clone()));
+        }
         let mut tick = tokio::time::interval(self.cfg.manual_sync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -596,9 +647,14 @@ impl RedisStore {
         (
             ok,
             format!(
-                "state: redis breaker={} on_failure={}",
+                "state: redis breaker={} on_failure={}{}",
                 st.as_str(),
-                self.cfg.on_failure.as_str()
+                self.cfg.on_failure.as_str(),
+                match &self.stream {
+                    None => "",
+                    Some(s) if s.in_view() => " observations=shared",
+                    Some(_) => " observations=local",
+                }
             ),
         )
     }
@@ -688,6 +744,9 @@ impl RedisStore {
              distill_guard_state_manual_version {}",
             self.manual_version.load(Ordering::Relaxed)
         );
+        if let Some(s) = &self.stream {
+            s.render_metrics(out);
+        }
     }
 }
 

@@ -355,14 +355,24 @@ max_concurrent = 100
 /// `messages_url`, at most 60, until one is refused: how many were served,
 /// and the refusal's `ratelimit-policy` and body.
 pub async fn hydra_until_refused(messages_url: &str) -> (u32, Option<(String, serde_json::Value)>) {
+    hydra_over_until_refused(&[messages_url], |i| i % 2).await
+}
+
+/// [`hydra_until_refused`] with request `i` sent to `messages_urls[i % n]`
+/// (a hydra spread over replicas behind a load balancer) and filled into
+/// template `template(i)`.
+pub async fn hydra_over_until_refused(
+    messages_urls: &[&str],
+    template: fn(usize) -> usize,
+) -> (u32, Option<(String, serde_json::Value)>) {
     let c = client();
     let mut served = 0;
     for i in 0..60 {
+        let messages_url = messages_urls[i % messages_urls.len()];
         let key = format!("sk-hydra-{:02}", i % 12);
-        let prompt =
-            TEMPLATES[i % 2]
-                .replacen("{}", &fill(i), 1)
-                .replacen("{}", &fill(i + 1000), 1);
+        let prompt = TEMPLATES[template(i) % TEMPLATES.len()]
+            .replacen("{}", &fill(i), 1)
+            .replacen("{}", &fill(i + 1000), 1);
         let body = serde_json::json!({
             "model": "m", "max_tokens": 16,
             "messages": [{"role": "user", "content": prompt}]

@@ -1,0 +1,574 @@
+//! One view of clusters: every replica appends its requests' observations
+//! to one Redis Stream and applies the whole stream — its own entries
+//! included, and only as they come back — to its linker and behaviour
+//! state in stream order, at the times the stream gave them, so every
+//! replica links the same clusters under the same ids
+//! (`docs/distributed.md`, "One view of clusters").
+//!
+//! The request path never waits on the stream: it decides on the state as
+//! of the last applied entry ([`Engine::assess_view`]) and queues its
+//! observation on a bounded channel; a task on the state thread appends
+//! what is queued in one pipelined round trip, and another reads the
+//! stream (`XREAD`, one reader per replica: every replica needs every
+//! entry) and applies it. While Redis fails, requests are linked and
+//! observed here alone (as in local mode) and nothing is appended.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::redis::{Op, RedisStore};
+use crate::admin::metrics::Histogram;
+use crate::config::StreamConfig;
+use crate::engine::score::PhraseHits;
+use crate::engine::{
+    cohort, signature, AccountId, Engine, Nanos, Observation, ObservedAttrs, RequestFacts, Ticket,
+    Usage,
+};
+
+/// Entries appended in one pipelined round trip at most.
+const APPEND_BATCH: usize = 512;
+/// Entries one `XREAD` returns at most.
+const READ_COUNT: usize = 1024;
+/// How long one `XREAD` waits for new entries.
+const READ_BLOCK: Duration = Duration::from_millis(200);
+/// How often the lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+/// Entries behind counted at most (the count walks them on the server,
+/// once a second).
+const LAG_COUNT_CAP: u64 = 10_000;
+
+/// The lag: `{entries after ARGV[1] (at most ARGV[2]), the newest id}`.
+const LAG_LUA: &str = r"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return {0, '0-0'} end
+if last[1][1] == ARGV[1] then return {0, ARGV[1]} end
+local n = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return {n, last[1][1]}
+";
+
+/// One stream entry (field `o`, JSON): a request's observation or a
+/// settlement's signal inputs. Hashes, counts and flags only — never an
+/// API key or prompt text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum Entry {
+    /// A request, as [`Engine::apply`] takes it.
+    #[serde(rename = "o")]
+    Observed(Observed),
+    /// What the response produced, for [`Engine::settle_signals`].
+    #[serde(rename = "s")]
+    Settled(Settled),
+}
+
+/// A request's observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Account id.
+    pub a: u64,
+    /// Anonymous.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub an: bool,
+    /// Estimated input tokens.
+    pub it: u64,
+    /// Hashed attributes: JA4, HTTP, HTTP/2, network, AS.
+    pub fp: [Option<u64>; 5],
+    /// Prompt-shape index keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<Vec<u64>>,
+    /// Thinking budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tb: Option<u32>,
+    /// Reasoning effort high.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rh: bool,
+    /// Requested output limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mo: Option<u32>,
+    /// Requested model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<String>,
+    /// Distinct-fill key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f: Option<u64>,
+    /// Fingerprints inconsistent with the user-agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inc: bool,
+    /// Phrase lists the prompt matched (bit per list of the config).
+    #[serde(default)]
+    pub ph: u32,
+}
+
+/// A settlement's signal inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settled {
+    /// Account id.
+    pub a: u64,
+    /// Output tokens.
+    pub out: u64,
+    /// Forwarded degraded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dg: bool,
+    /// The cluster whose behaviour state observed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sc: Option<u64>,
+    /// Counted in that cluster's core.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub core: bool,
+    /// Cohorts that observed it.
+    #[serde(default)]
+    pub co: [u64; cohort::KEYS],
+}
+
+impl Entry {
+    /// The entry for a request (its prompt scanned into `hits` already).
+    pub fn observed(obs: &Observation, hits: PhraseHits) -> Entry {
+        let a = &obs.attrs;
+        let f = &obs.request;
+        Entry::Observed(Observed {
+            a: obs.account.0,
+            an: obs.anonymous,
+            it: obs.input_tokens,
+            fp: [a.ja4, a.http, a.h2, a.ip_prefix, a.asn],
+            p: a.prompt.map(|k| k.to_vec()),
+            tb: f.thinking_budget,
+            rh: f.reasoning_effort_high,
+            mo: f.max_output_tokens,
+            m: f.model.clone(),
+            f: f.fill_key,
+            inc: f.fingerprint_inconsistent,
+            ph: hits.0,
+        })
+    }
+
+    /// The entry for a settlement.
+    pub fn settled(ticket: &Ticket, usage: Usage) -> Entry {
+        Entry::Settled(Settled {
+            a: ticket.account.0,
+            out: usage.output_tokens,
+            dg: ticket.degraded,
+            sc: ticket.scored_cluster,
+            core: ticket.scored_core,
+            co: ticket.scored_cohorts,
+        })
+    }
+
+    /// Apply the entry to `engine` at `now` (the entry's stream time).
+    /// False when it is malformed (nothing applied).
+    pub fn apply(&self, engine: &Engine, now: Nanos) -> bool {
+        match self {
+            Entry::Observed(o) => {
+                let prompt = match &o.p {
+                    None => None,
+                    Some(keys) => {
+                        let mut k = [0u64; signature::INDEX_KEYS];
+                        if keys.len() != k.len() {
+                            return false;
+                        }
+                        k.copy_from_slice(keys);
+                        Some(k)
+                    }
+                };
+                let [ja4, http, h2, ip_prefix, asn] = o.fp;
+                let obs = Observation {
+                    account: AccountId(o.a),
+                    anonymous: o.an,
+                    input_tokens: o.it,
+                    attrs: ObservedAttrs {
+                        ja4,
+                        http,
+                        h2,
+                        ip_prefix,
+                        asn,
+                        prompt,
+                    },
+                    request: RequestFacts {
+                        prompt_text: None,
+                        thinking_budget: o.tb,
+                        reasoning_effort_high: o.rh,
+                        max_output_tokens: o.mo,
+                        model: o.m.clone(),
+                        fill_key: o.f,
+                        fingerprint_inconsistent: o.inc,
+                        phrase_hits: Some(PhraseHits(o.ph)),
+                    },
+                };
+                engine.apply(&obs, now);
+            }
+            Entry::Settled(s) => {
+                let ticket = Ticket {
+                    account: AccountId(s.a),
+                    anonymous: false,
+                    input_charged: 0,
+                    cluster: None,
+                    scored_cluster: s.sc,
+                    scored_core: s.core,
+                    throttled: false,
+                    scored_cohorts: s.co,
+                    degraded: s.dg,
+                };
+                let usage = Usage {
+                    input_tokens: None,
+                    output_tokens: s.out,
+                };
+                engine.settle_signals(&ticket, usage, now);
+            }
+        }
+        true
+    }
+}
+
+/// A stream entry id's milliseconds (`MS-SEQ`).
+fn id_ms(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// The stream's counters.
+#[derive(Debug, Default)]
+struct StreamMetrics {
+    appended: AtomicU64,
+    /// Dropped: [queue full, Redis failed or breaker open].
+    dropped: [AtomicU64; 2],
+    /// Applied: [observations, settlements].
+    applied: [AtomicU64; 2],
+    malformed: AtomicU64,
+    lag_entries: AtomicU64,
+    lag_ms: AtomicU64,
+    /// Age of an entry when applied here (this host's clock against the
+    /// entry's server milliseconds).
+    delay: Histogram,
+}
+
+/// The observation stream of one replica: its append queue, its read
+/// position and its health.
+pub struct ObservationStream {
+    key: String,
+    cfg: StreamConfig,
+    tx: mpsc::Sender<Entry>,
+    rx: Mutex<Option<mpsc::Receiver<Entry>>>,
+    /// The reader reads (its last `XREAD` answered).
+    reading: AtomicBool,
+    /// Decisions are made on the shared view (1) or linked here (0).
+    view: AtomicBool,
+    /// The last entry applied here ("0-0": none).
+    last_id: Mutex<String>,
+    last_ms: AtomicI64,
+    metrics: StreamMetrics,
+}
+
+impl std::fmt::Debug for ObservationStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservationStream")
+            .field("key", &self.key)
+            .field("view", &self.view.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObservationStream {
+    /// A stream under `{prefix:obs}`, not read yet (so not in use until
+    /// the reader's first answer).
+    pub fn new(prefix: &str, cfg: StreamConfig) -> ObservationStream {
+        let (tx, rx) = mpsc::channel(cfg.queue_entries);
+        ObservationStream {
+            key: format!("{{{prefix}:obs}}"),
+            cfg,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            reading: AtomicBool::new(false),
+            view: AtomicBool::new(false),
+            last_id: Mutex::new("0-0".into()),
+            last_ms: AtomicI64::new(-1),
+            metrics: StreamMetrics::default(),
+        }
+    }
+
+    /// Whether a request is decided on the shared view now: the reader
+    /// reads and Redis answers (the breaker is closed). Otherwise it is
+    /// linked and observed here alone, as in local mode.
+    pub fn in_view(&self) -> bool {
+        self.view.load(Ordering::Relaxed)
+    }
+
+    /// Queue an entry for appending; never waits. A full queue drops it
+    /// (counted): that observation is then applied by no replica.
+    pub fn push(&self, entry: Entry) {
+        if self.tx.try_send(entry).is_err() {
+            self.metrics.dropped[0].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Re-evaluate whether requests are decided on the shared view; log
+    /// once per change.
+    fn set_view(&self, store: &RedisStore) {
+        let on = self.reading.load(Ordering::Relaxed) && store.answering();
+        if self.view.swap(on, Ordering::Relaxed) != on {
+            if on {
+                info!(
+                    from = %self.last_id.lock().map(|l| l.clone()).unwrap_or_default(),
+                    "observation stream read: requests decided on the shared view of clusters"
+                );
+            } else {
+                warn!("observation stream unavailable: requests linked on this replica alone until Redis answers");
+            }
+        }
+    }
+
+    /// Append what is queued, in batches of up to [`APPEND_BATCH`] (one
+    /// pipelined round trip each), until `shutdown`.
+    pub async fn run_appender(
+        self: Arc<Self>,
+        store: Arc<RedisStore>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(mut rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(APPEND_BATCH);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                n = rx.recv_many(&mut batch, APPEND_BATCH) => if n == 0 { break },
+            }
+            let Some(probe) = store.gate() else {
+                self.metrics.dropped[1].fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+                continue;
+            };
+            let mut pipe = ::redis::pipe();
+            for e in &batch {
+                let Ok(json) = serde_json::to_string(e) else {
+                    continue;
+                };
+                pipe.cmd("XADD")
+                    .arg(&self.key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.cfg.max_entries)
+                    .arg("*")
+                    .arg("o")
+                    .arg(json)
+                    .ignore();
+            }
+            let pipe = &pipe;
+            let n = batch.len() as u64;
+            let sent = store
+                .run(Op::Append, probe, |mut c| async move {
+                    pipe.query_async::<()>(&mut c).await
+                })
+                .await;
+            match sent {
+                Ok(()) => self.metrics.appended.fetch_add(n, Ordering::Relaxed),
+                Err(()) => self.metrics.dropped[1].fetch_add(n, Ordering::Relaxed),
+            };
+            batch.clear();
+        }
+    }
+
+    /// Read the stream from the last entry applied (from its start when
+    /// none: a replica starting late replays what the stream retains) and
+    /// apply every entry to `engine` at its stream time, until `shutdown`.
+    pub async fn run_reader(
+        self: Arc<Self>,
+        store: Arc<RedisStore>,
+        engine: Arc<Engine>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let lag = ::redis::Script::new(LAG_LUA);
+        let mut next_lag = Instant::now();
+        let mut conn = store.reader();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let from = self.last_id.lock().map(|l| l.clone()).unwrap_or_default();
+            let mut read = ::redis::cmd("XREAD");
+            read.arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(&from);
+            type Reply = Option<Vec<(String, Vec<(String, Vec<(String, String)>)>)>>;
+            let started = Instant::now();
+            let reply = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                r = tokio::time::timeout(
+                    READ_BLOCK + store.background_timeout(),
+                    read.query_async::<Reply>(&mut conn),
+                ) => r,
+            };
+            store.note_read(started.elapsed(), reply.as_ref().map(|r| r.is_ok()).ok());
+            let entries = match reply {
+                Ok(Ok(r)) => r.into_iter().flatten().flat_map(|(_, e)| e),
+                _ => {
+                    self.reading.store(false, Ordering::Relaxed);
+                    self.set_view(&store);
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    continue;
+                }
+            };
+            let wall_ms = crate::admin::audit::now_unix_ms();
+            let mut last = None;
+            for (id, fields) in entries {
+                let ms = id_ms(&id).unwrap_or(0);
+                let entry = fields
+                    .iter()
+                    .find(|(f, _)| f == "o")
+                    .and_then(|(_, v)| serde_json::from_str::<Entry>(v).ok());
+                let applied = entry
+                    .as_ref()
+                    .map(|e| e.apply(&engine, ms.saturating_mul(1_000_000)));
+                match (&entry, applied) {
+                    (Some(Entry::Observed(_)), Some(true)) => &self.metrics.applied[0],
+                    (Some(Entry::Settled(_)), Some(true)) => &self.metrics.applied[1],
+                    _ => &self.metrics.malformed,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .delay
+                    .observe(Duration::from_millis(wall_ms.saturating_sub(ms)));
+                last = Some((id, ms));
+            }
+            if let Some((id, ms)) = last {
+                if let Ok(mut l) = self.last_id.lock() {
+                    *l = id;
+                }
+                self.last_ms
+                    .store(i64::try_from(ms).unwrap_or(i64::MAX), Ordering::Relaxed);
+            }
+            self.reading.store(true, Ordering::Relaxed);
+            self.set_view(&store);
+            if Instant::now() >= next_lag {
+                next_lag = Instant::now() + LAG_EVERY;
+                self.measure_lag(&store, &lag).await;
+            }
+        }
+    }
+
+    /// Entries between the last applied here and the stream's newest, and
+    /// the milliseconds between them.
+    async fn measure_lag(&self, store: &RedisStore, lag: &::redis::Script) {
+        let Some(probe) = store.gate() else { return };
+        let from = self.last_id.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut inv = lag.prepare_invoke();
+        inv.key(&self.key).arg(&from).arg(LAG_COUNT_CAP);
+        let inv = &inv;
+        let Ok((n, newest)) = store
+            .run(Op::Read, probe, |mut c| async move {
+                inv.invoke_async::<(u64, String)>(&mut c).await
+            })
+            .await
+        else {
+            return;
+        };
+        self.metrics.lag_entries.store(n, Ordering::Relaxed);
+        let behind = match (id_ms(&newest), id_ms(&from)) {
+            (Some(a), Some(b)) => a.saturating_sub(b),
+            _ => 0,
+        };
+        self.metrics.lag_ms.store(behind, Ordering::Relaxed);
+    }
+
+    /// Prometheus text of the stream's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        let m = &self.metrics;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_stream_view Requests decided on the shared view of clusters (1) or linked on this replica alone (0).\n\
+             # TYPE distill_guard_state_stream_view gauge\n\
+             distill_guard_state_stream_view {}",
+            u8::from(self.in_view())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_stream_lag_entries Observation stream entries not applied here yet (measured every second, counted up to {LAG_COUNT_CAP}).\n\
+             # TYPE distill_guard_state_stream_lag_entries gauge\n\
+             distill_guard_state_stream_lag_entries {}",
+            load(&m.lag_entries)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_stream_lag_seconds Stream time between the newest entry and the last one applied here (measured every second).\n\
+             # TYPE distill_guard_state_stream_lag_seconds gauge\n\
+             distill_guard_state_stream_lag_seconds {}",
+            load(&m.lag_ms) as f64 / 1000.0
+        );
+        m.delay.render(
+            out,
+            "distill_guard_state_stream_delay_seconds",
+            "Age of an observation stream entry when applied here (this host's clock against the entry's Redis time).",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_stream_appended_total Observations and settlements appended to the stream by this replica.\n\
+             # TYPE distill_guard_state_stream_appended_total counter\n\
+             distill_guard_state_stream_appended_total {}",
+            load(&m.appended)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_stream_dropped_total Entries never appended: the queue was full, or Redis failed.\n\
+             # TYPE distill_guard_state_stream_dropped_total counter\n\
+             distill_guard_state_stream_dropped_total{{reason=\"queue_full\"}} {}\n\
+             distill_guard_state_stream_dropped_total{{reason=\"redis_failed\"}} {}",
+            load(&m.dropped[0]),
+            load(&m.dropped[1])
+        );
+        let _ = writeln!(
+            out,
+            "# HELP distill_guard_state_stream_applied_total Stream entries applied here (every replica's), by kind.\n\
+             # TYPE distill_guard_state_stream_applied_total counter\n\
+             distill_guard_state_stream_applied_total{{kind=\"observation\"}} {}\n\
+             distill_guard_state_stream_applied_total{{kind=\"settlement\"}} {}\n\
+             distill_guard_state_stream_applied_total{{kind=\"malformed\"}} {}",
+            load(&m.applied[0]),
+            load(&m.applied[1]),
+            load(&m.malformed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_json_without_text() {
+        let obs = Observation {
+            account: AccountId(0xdead_beef),
+            anonymous: false,
+            input_tokens: 42,
+            attrs: ObservedAttrs {
+                ja4: Some(1),
+                http: Some(2),
+                h2: None,
+                ip_prefix: Some(3),
+                asn: None,
+                prompt: Some([7; signature::INDEX_KEYS]),
+            },
+            request: RequestFacts {
+                prompt_text: Some("secret prompt".into()),
+                model: Some("m".into()),
+                max_output_tokens: Some(16),
+                fill_key: Some(9),
+                ..Default::default()
+            },
+        };
+        let e = Entry::observed(&obs, PhraseHits(5));
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("secret"), "{json}");
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), e);
+        assert_eq!(id_ms("1733212345678-3"), Some(1_733_212_345_678));
+    }
+}
