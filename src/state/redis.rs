@@ -24,13 +24,13 @@ use tracing::{debug, info, warn};
 
 use super::breaker::{Breaker, BreakerState, Gate, Transition};
 use super::{BudgetStore, Receipt, Unavailable};
-use crate::admin::metrics::Histogram;
 use crate::config::{OnFailure, RedisConfig};
 use crate::engine::gcra::Rate;
 use crate::engine::{
-    AccountId, Admission, BudgetAsk, Engine, LimitHit, LimitKind, Manual, Nanos, Scope, Ticket,
-    Tier, Usage,
+    AccountId, Admission, BudgetAsk, ClusterId, Engine, LimitHit, LimitKind, Manual, Nanos, Scope,
+    Ticket, Tier, Usage,
 };
+use crate::telemetry::metrics::Histogram;
 
 /// Admission: for each scope (account, then cluster) check concurrency
 /// (dropping expired in-flight leases when at the cap), the request cell
@@ -499,10 +499,13 @@ impl RedisStore {
 
     /// Poll the manual decisions' version every `manual_sync_ms` and apply
     /// Redis's decisions when it moved; seed Redis with this replica's
-    /// when it holds none. Runs until `shutdown`.
+    /// when it holds none, persisting what changed to the state file
+    /// `state_path` names at the time (`[admin] state_path`, reloadable).
+    /// Runs until `shutdown`.
     pub async fn run_sync(
         self: Arc<Self>,
-        shared: Arc<crate::server::Shared>,
+        engine: Arc<Engine>,
+        state_path: impl Fn() -> Option<std::path::PathBuf>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(self.cfg.manual_sync);
@@ -512,11 +515,15 @@ impl RedisStore {
                 _ = shutdown.wait_for(|s| *s) => break,
                 _ = tick.tick() => {}
             }
-            self.sync_manual(&shared).await;
+            self.sync_manual(&engine, &state_path).await;
         }
     }
 
-    async fn sync_manual(&self, shared: &crate::server::Shared) {
+    async fn sync_manual(
+        &self,
+        engine: &Engine,
+        state_path: &impl Fn() -> Option<std::path::PathBuf>,
+    ) {
         let Some(probe) = self.gate() else { return };
         let (h, v) = self.manual_keys();
         let mut get = ::redis::cmd("GET");
@@ -530,7 +537,6 @@ impl RedisStore {
         else {
             return;
         };
-        let engine = &shared.engine;
         match version {
             None => {
                 let (accounts, clusters) = engine.manual_decisions();
@@ -541,7 +547,7 @@ impl RedisStore {
                     inv.arg(format!("a:{a}")).arg(manual_str(m));
                 }
                 for (c, m) in clusters {
-                    inv.arg(format!("c:{c:016x}")).arg(manual_str(m));
+                    inv.arg(format!("c:{}", ClusterId(c))).arg(manual_str(m));
                 }
                 let inv = &inv;
                 let seeded = self
@@ -576,9 +582,8 @@ impl RedisStore {
                         version = v,
                         changed, "manual decisions updated from Redis (made through a replica)"
                     );
-                    let config = shared.config.load();
-                    if let Some(path) = &config.admin.state_path {
-                        if let Err(e) = crate::admin::state::save(path, engine) {
+                    if let Some(path) = state_path() {
+                        if let Err(e) = super::manual_file::save(&path, engine) {
                             warn!(path = %path.display(), error = %e, "cannot persist manual decisions");
                         }
                     }

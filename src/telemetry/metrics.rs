@@ -9,7 +9,28 @@ use std::time::Duration;
 use crate::engine::{Engine, LimitKind, Scope};
 use crate::fingerprint::front::{Outcome as FrontOutcome, Part as FrontPart};
 use crate::fingerprint::tls::HelloError;
-use crate::server::deadline::Expired;
+
+/// Why a connection was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No complete request head within the first-request deadline.
+    FirstRequest,
+    /// Nothing in flight for the idle deadline (closed gracefully).
+    Idle,
+    /// A response waited for the client to read it past the deadline.
+    WriteStall,
+}
+
+impl Expired {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expired::FirstRequest => "first_request_timeout",
+            Expired::Idle => "idle_timeout",
+            Expired::WriteStall => "write_stall",
+        }
+    }
+}
 
 const CUT_LABELS: [Expired; 3] = [Expired::FirstRequest, Expired::Idle, Expired::WriteStall];
 
@@ -244,14 +265,14 @@ impl Metrics {
     }
 
     /// An LLM request body could not be inspected; `refused` or forwarded.
-    pub fn uninspectable(&self, why: crate::stack::Uninspected, refused: bool) {
-        let w = usize::from(why == crate::stack::Uninspected::TooLarge);
+    pub fn uninspectable(&self, why: crate::api::Uninspected, refused: bool) {
+        let w = usize::from(why == crate::api::Uninspected::TooLarge);
         self.uninspectable[w][usize::from(!refused)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many uninspectable bodies were seen for `why`, `refused` or not.
-    pub fn uninspectable_count(&self, why: crate::stack::Uninspected, refused: bool) -> u64 {
-        let w = usize::from(why == crate::stack::Uninspected::TooLarge);
+    pub fn uninspectable_count(&self, why: crate::api::Uninspected, refused: bool) -> u64 {
+        let w = usize::from(why == crate::api::Uninspected::TooLarge);
         self.uninspectable[w][usize::from(!refused)].load(Ordering::Relaxed)
     }
 
