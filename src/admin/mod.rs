@@ -220,11 +220,8 @@ async fn handle(
                 },
             );
             shared.state.render_metrics(&mut text);
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text,
-            )
+            metrics::finish(&mut text);
+            reply(StatusCode::OK, metrics::CONTENT_TYPE, text)
         }
         (&Method::GET, ["admin", "accounts", id]) => match parse_id(id) {
             Some(id) => account(shared, AccountId(id)),
