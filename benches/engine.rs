@@ -38,7 +38,7 @@ max_concurrent = 100000
 "#,
     )
     .unwrap();
-    Policy::from_config(&c)
+    c.policy()
 }
 
 fn prompt(i: u64) -> String {

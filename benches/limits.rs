@@ -5,25 +5,21 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use distill_guard::engine::{
-    Engine, Observation, ObservedAttrs, Policy, Tier, Usage, Verdict, SECOND,
-};
+use distill_guard::engine::{Engine, Observation, ObservedAttrs, Policy, Usage, Verdict, SECOND};
 use distill_guard::identity::KeyHasher;
 use std::hint::black_box;
 
 const ACCOUNTS: u64 = 100_000;
 
 fn benches(c: &mut Criterion) {
-    let tier = Tier::from_config(
-        "default",
-        &distill_guard::config::TierConfig {
-            requests_per_minute: 1_000_000,
-            burst_requests: 1_000_000,
-            input_tokens_per_minute: 1_000_000_000,
-            output_tokens_per_minute: 1_000_000_000,
-            max_concurrent: 1000,
-        },
-    );
+    let tier = distill_guard::config::TierConfig {
+        requests_per_minute: 1_000_000,
+        burst_requests: 1_000_000,
+        input_tokens_per_minute: 1_000_000_000,
+        output_tokens_per_minute: 1_000_000_000,
+        max_concurrent: 1000,
+    }
+    .tier("default");
     let engine = Engine::new(Policy::single_tier(tier));
     let hasher = KeyHasher::new(b"bench-secret-0123456789abcdef");
     let keys: Vec<String> = (0..ACCOUNTS)

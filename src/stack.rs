@@ -23,16 +23,18 @@ use tracing::{debug, info};
 
 use crate::api::inspect::{self, Inspection};
 use crate::api::meter::UsageMeter;
-use crate::api::ApiKind;
+use crate::api::{ApiKind, Uninspected};
+use crate::app::{ConnInfo, Shared, Worker};
 use crate::config::{Config, MissingKey, Uninspectable};
 use crate::engine::score::Level;
-use crate::engine::{signature, Observation, ObservedAttrs, Ticket, Usage, Verdict};
+use crate::engine::{
+    signature, AccountId, ClusterId, Observation, ObservedAttrs, Ticket, Usage, Verdict,
+};
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
-use crate::identity::{self, AccountId};
+use crate::identity;
 use crate::proxy::body::{BodyTimeout, ClientBody, RequestBody, ResponseBody, ResponseObserver};
 use crate::proxy::error::{error_response, throttle_response, ProxyError};
 use crate::proxy::headers::{self, X_REQUEST_ID};
-use crate::server::{ConnInfo, Shared, Worker};
 
 /// Serve one client request.
 pub async fn handle(
@@ -449,7 +451,7 @@ fn traffic_record(
     let f = &obs.request;
     crate::replay::TrafficRecord {
         v: crate::replay::RECORD_VERSION,
-        t_ms: crate::admin::audit::now_unix_ms(),
+        t_ms: crate::telemetry::audit::now_unix_ms(),
         request_id: request_id.to_str().ok().map(String::from),
         account: account.to_string(),
         anonymous,
@@ -500,12 +502,12 @@ impl Audit<'_> {
             return;
         }
         let fp = self.fp;
-        let record = crate::admin::audit::AuditRecord {
-            time_unix_ms: crate::admin::audit::now_unix_ms(),
+        let record = crate::telemetry::audit::AuditRecord {
+            time_unix_ms: crate::telemetry::audit::now_unix_ms(),
             kind: "decision",
             request_id: self.request_id.to_str().ok().map(String::from),
             account: Some(self.account.to_string()),
-            cluster: self.decision.cluster.map(|c| format!("{:016x}", c.id)),
+            cluster: self.decision.cluster.map(|c| ClusterId(c.id).to_string()),
             fingerprints: Some(serde_json::json!({
                 "ja4": fp.ja4.as_ref().map(|j| j.as_str()),
                 "http": fp.http.as_ref().map(|h| h.as_str()),
@@ -519,7 +521,7 @@ impl Audit<'_> {
             reasons,
             mode: mode.to_string(),
         };
-        crate::admin::recent::tee(
+        crate::telemetry::recent::tee(
             self.shared.recent.as_ref(),
             self.shared.audit.as_ref(),
             record,
@@ -599,25 +601,6 @@ enum BodyRead {
     TooLarge,
     /// Not an LLM request body (other endpoints, other methods, empty).
     Skipped,
-}
-
-/// Why an LLM request body could not be inspected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Uninspected {
-    /// Not a JSON object the parser accepts.
-    Unparseable,
-    /// Over `api.inspect_max_body_bytes`.
-    TooLarge,
-}
-
-impl Uninspected {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Uninspected::Unparseable => "unparseable",
-            Uninspected::TooLarge => "too_large",
-        }
-    }
 }
 
 impl BodyRead {
@@ -839,7 +822,7 @@ fn observed_attrs(
     fp: &ClientFingerprint,
     info: Option<&Inspection>,
 ) -> ObservedAttrs {
-    let c = &config.cluster;
+    let c = &config.cluster.policy;
     if !c.enabled {
         // The network alone: new accounts are limited per network when the
         // account store is full, linking or not.
@@ -852,8 +835,10 @@ fn observed_attrs(
     }
     let prompt = match info {
         Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
-            let sig =
-                signature::signature_with(&i.prompt, config.detection.matcher.stock_shingles());
+            let sig = signature::signature_with(
+                &i.prompt,
+                config.detection.policy.matcher.stock_shingles(),
+            );
             sig.is_informative().then(|| sig.index_keys())
         }
         _ => None,

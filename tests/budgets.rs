@@ -79,12 +79,29 @@ async fn over_the_request_rate_is_a_well_formed_429_and_other_accounts_are_unaff
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // After retry-after, the first account is served again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = timeout(c.request(keyed(&env.url("/v1/messages"), "sk-a", SMALL_MESSAGE)))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    // After retry-after (1 s), the first account is served again.
+    served_again(&env.url("/v1/messages"), "sk-a", Duration::from_secs(6)).await;
+}
+
+/// Poll every 100 ms until `key` is served (200) on `url`, refused (429)
+/// meanwhile, for at most `limit`.
+async fn served_again(url: &str, key: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = timeout(client().request(keyed(url, key, SMALL_MESSAGE)))
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => return,
+            429 => {}
+            s => panic!("{key}: status {s} while waiting to be served again"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} not served again within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Stream `output_tokens` tokens; returns the concatenated body.
@@ -135,11 +152,12 @@ async fn output_debt_case(path: &str, end_marker: &str) {
         .unwrap();
     assert_eq!(r.status(), 200);
     // ...and once the debt is repaid the account is served again.
-    tokio::time::sleep(Duration::from_secs(retry).saturating_sub(start.elapsed())).await;
-    let r = timeout(client().request(keyed(&env.url(path), "sk-streamer", SMALL_MESSAGE)))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    served_again(
+        &env.url(path),
+        "sk-streamer",
+        Duration::from_secs(retry + 5).saturating_sub(start.elapsed()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,38 +268,26 @@ fn api_keys_never_appear_in_logs() {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let cfg = dir.path().join("dg.toml");
     std::fs::write(
         &cfg,
         format!(
             "{}{}[logging]\nformat = \"json\"\nlevel = \"trace\"\n",
-            basic_config(&format!("http://{}", mock.addr()), "").replacen(
-                "127.0.0.1:0",
-                &format!("127.0.0.1:{port}"),
-                1
-            ),
+            basic_config(&format!("http://{}", mock.addr()), ""),
             tier(60, 1, 1_000_000)
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distill-guard"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("DISTILL_GUARD_HASH_SECRET", "test-secret-0123456789abcdef")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_distill-guard"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("DISTILL_GUARD_HASH_SECRET", "test-secret-0123456789abcdef")
+            .stdout(Stdio::null()),
+        1,
+        false,
+    );
+    let proxy = child.listeners[0];
     const KEY: &str = "sk-ant-VERY-SECRET-KEY-4242";
     for (hdr, path) in [
         ("x-api-key", "/v1/messages"),
@@ -293,7 +299,7 @@ fn api_keys_never_appear_in_logs() {
         } else {
             KEY.to_string()
         };
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut s = TcpStream::connect(proxy).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(
             s,
@@ -309,17 +315,7 @@ fn api_keys_never_appear_in_logs() {
             "{out}"
         );
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    let _ = child.wait();
+    let logs = String::from_utf8(child.stop("-TERM")).unwrap();
     assert!(
         logs.contains("\"decision\":\"throttle\""),
         "no access lines in:\n{logs}"

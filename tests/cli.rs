@@ -374,8 +374,21 @@ fn demo_traffic_interrupted_leaves_nothing_behind() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Let it send for a while.
-    std::thread::sleep(Duration::from_secs(2));
+    // Wait until it is sending: the proxy has recorded traffic.
+    let recorded = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| std::fs::metadata(e.ok()?.path().join("traffic.jsonl")).ok())
+            .any(|m| m.len() > 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !recorded() {
+        assert!(Instant::now() < deadline, "no traffic recorded");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("exited before sending: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(child.try_wait().unwrap().is_none(), "finished already");
     signal(&child, "-INT");
     let status = wait_exit(&mut child, Duration::from_secs(20));

@@ -538,7 +538,10 @@ fn the_systemd_unit_is_sandboxed_reloads_with_sighup_and_verifies() {
 
 // ------------------------------------------------------------------ reload from a ConfigMap
 
-fn free_port() -> u16 {
+/// A port nothing listens on now: bound and released at once. Only a
+/// probe that must find no listener uses it; a listener is never started on
+/// a port picked this way (that would race other processes for it).
+fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -591,12 +594,11 @@ fn kubelet_update(dir: &Path, generation: u32, text: &str) {
 #[test]
 fn a_configmap_volume_is_reloaded_on_every_update_and_the_healthcheck_sees_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_port(), free_port());
     let config = |level: &str| {
         format!(
-            "[[listener]]\naddress = \"127.0.0.1:{proxy}\"\n\
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"http://127.0.0.1:9\"\n\
-             [admin]\naddress = \"127.0.0.1:{admin}\"\nwatch_config = true\n\
+             [admin]\naddress = \"127.0.0.1:0\"\nwatch_config = true\n\
              [logging]\nlevel = \"{level}\"\n"
         )
     };
@@ -614,13 +616,17 @@ fn a_configmap_volume_is_reloaded_on_every_update_and_the_healthcheck_sees_it() 
     )
     .unwrap();
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.path().join("distill-guard.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // The listeners are on port 0; their addresses are read from the log.
+    let spawned = support::spawn_listening(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("distill-guard.toml"))
+            .stdout(Stdio::null()),
+        1,
+        true,
+    );
+    let admin = spawned.admin.unwrap().port();
+    let mut child = spawned.child;
     wait_for("the admin listener", &mut child, || {
         reloads_ok(admin) == Some(0)
     });
@@ -642,7 +648,7 @@ fn a_configmap_volume_is_reloaded_on_every_update_and_the_healthcheck_sees_it() 
     assert!(health(admin, "/healthz"));
     assert!(!health(admin, "/no-such-path"), "only 200 is healthy");
     assert!(
-        !health(free_port(), "/healthz"),
+        !health(closed_port(), "/healthz"),
         "nothing listening is unhealthy"
     );
 

@@ -12,10 +12,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use distill_guard::admin::metrics::ConnReject;
 use distill_guard::fingerprint::tls::HelloError;
 use distill_guard::mock::MockHandle;
 use distill_guard::server::Handle;
+use distill_guard::telemetry::metrics::ConnReject;
 use support::*;
 
 const FORWARD: &str = r#"

@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use distill_guard::admin::metrics::ConnReject;
-use distill_guard::server::deadline::Expired;
+use distill_guard::app::deadline::Expired;
+use distill_guard::telemetry::metrics::ConnReject;
 use support::*;
 
 /// Short deadlines so that the tests run in about a second each.
@@ -421,7 +421,7 @@ const LONE_SURROGATE: &str =
 
 #[test]
 fn uninspectable_bodies_are_refused_in_the_api_shape() {
-    use distill_guard::stack::Uninspected;
+    use distill_guard::api::Uninspected;
     let env = Env::start("[api]\ninspect_max_body_bytes = 4096\n");
     let r = post(env.addr, "k1", "", &deep_json(200));
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
@@ -469,7 +469,7 @@ fn llm_paths_in_disguise_are_refused_not_forwarded_uninspected() {
 
 #[test]
 fn strictest_forwards_clean_accounts_and_refuses_degraded_ones() {
-    use distill_guard::stack::Uninspected;
+    use distill_guard::api::Uninspected;
     // Low thresholds: a chain-of-thought prompt with thinking reaches
     // degrade within a few requests (as in tests/detection.rs).
     let env = Env::start(

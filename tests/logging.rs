@@ -7,56 +7,31 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distill-guard");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Start `args` with stderr piped (drained by a thread, so the child never
-/// blocks on a full pipe) and colour-related environment cleared.
-fn spawn(args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let drain = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stderr.read_to_end(&mut out);
-        out
-    });
-    (child, drain)
-}
-
-fn wait_listening(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("process exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Start `args` (its listeners on port 0) with stderr piped and
+/// colour-related environment cleared; wait until it logs its client
+/// listener.
+fn spawn(args: &[&str]) -> Spawned {
+    spawn_listening(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null()),
+        1,
+        false,
+    )
 }
 
 /// One request, so that the access log writes a line; the status line.
-fn one_request(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+fn one_request(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
@@ -72,43 +47,26 @@ fn one_request(port: u16) -> String {
 }
 
 /// Signal the child, wait for it to exit (bounded) and return its stderr.
-fn stop(mut child: Child, drain: std::thread::JoinHandle<Vec<u8>>, sig: &str) -> String {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not exit after {sig}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    String::from_utf8(drain.join().unwrap()).expect("logs are UTF-8")
+fn stop(child: Spawned, sig: &str) -> String {
+    String::from_utf8(child.stop(sig)).expect("logs are UTF-8")
 }
 
 fn serve_logs(format: &str) -> String {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let cfg = dir.path().join("dg.toml");
     std::fs::write(
         &cfg,
         basic_config(
             &format!("http://{}", mock.addr()),
             &format!("[logging]\nformat = \"{format}\"\nlevel = \"info\"\n"),
-        )
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1),
+        ),
     )
     .unwrap();
-    let (mut child, drain) = spawn(&["serve", "--config", cfg.to_str().unwrap()]);
-    wait_listening(port, &mut child);
-    assert!(one_request(port).starts_with("HTTP/1.1 200"));
-    stop(child, drain, "-TERM")
+    let child = spawn(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert!(one_request(child.listeners[0]).starts_with("HTTP/1.1 200"));
+    stop(child, "-TERM")
 }
 
 #[test]
@@ -140,11 +98,9 @@ fn serve_json_logs_are_one_object_per_line() {
 
 #[test]
 fn demo_logs_into_a_pipe_have_no_colour_codes() {
-    let port = free_port();
-    let (mut child, drain) = spawn(&["demo", "--listen", &format!("127.0.0.1:{port}")]);
-    wait_listening(port, &mut child);
-    assert!(one_request(port).starts_with("HTTP/1.1 200"));
-    let logs = stop(child, drain, "-INT");
+    let child = spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    assert!(one_request(child.listeners[0]).starts_with("HTTP/1.1 200"));
+    let logs = stop(child, "-INT");
     assert!(logs.contains("request"), "no access line in:\n{logs}");
     assert!(!logs.contains("\x1b["), "escape codes in:\n{logs:?}");
 }

@@ -8,7 +8,7 @@
 //! same string); `read` from an untrusted peer believes nothing.
 #![no_main]
 
-use distill_guard::config::{AddressFormat, FrontConfig};
+use distill_guard::fingerprint::front::{AddressFormat, FrontConfig};
 use distill_guard::fingerprint::front::{self, Outcome};
 use distill_guard::fingerprint::{H2Fingerprint, Ja4Fingerprint};
 use libfuzzer_sys::fuzz_target;

@@ -5,7 +5,7 @@
 //! `/admin/clusters` (top clusters), `/admin/clusters/{id}/graph` (members
 //! and the links between them), `/admin/{accounts|clusters}/{id}/history`
 //! (score and signals over time, [`super::history`]), `/admin/decisions`
-//! (the latest decisions, [`super::recent`]) and `/admin/audit` (the audit
+//! (the latest decisions, [`crate::telemetry::recent`]) and `/admin/audit` (the audit
 //! file's tail). The page keeps the token in the tab's `sessionStorage` and
 //! sends it as `Authorization: Bearer`; it never puts it in a URL.
 
@@ -14,12 +14,12 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use super::history::{Point, Subject};
-use super::recent::Filter;
 use super::{cluster_json, error, json_reply, score_json};
+use crate::app::Shared;
 use crate::engine::score::Signal;
-use crate::engine::{AccountId, SECOND};
-use crate::server::Shared;
+use crate::engine::{AccountId, ClusterId, SECOND};
+use crate::telemetry::history::{Point, Subject};
+use crate::telemetry::recent::Filter;
 
 const INDEX_HTML: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");
@@ -114,10 +114,10 @@ pub(super) fn summary(shared: &Shared) -> Response<Full<Bytes>> {
         .collect();
     let config = shared.config.load();
     let d = &config.detection;
-    let mode = match (d.enabled, d.mode.enforce) {
+    let mode = match (d.enabled, d.policy.mode.enforce) {
         (false, _) => "off".to_string(),
         (true, false) => "shadow".to_string(),
-        (true, true) => format!("enforce on {} % of accounts", d.mode.enforce_percent),
+        (true, true) => format!("enforce on {} % of accounts", d.policy.mode.enforce_percent),
     };
     json_reply(
         StatusCode::OK,
@@ -270,7 +270,7 @@ pub(super) fn graph(shared: &Shared, id: u64) -> Response<Full<Bytes>> {
     json_reply(
         StatusCode::OK,
         &json!({
-            "id": format!("{id:016x}"),
+            "id": ClusterId(id).to_string(),
             "members": c.members,
             "nodes_shown": nodes.len(),
             "nodes": nodes,
@@ -302,7 +302,7 @@ fn point_json(p: &Point) -> serde_json::Value {
 
 /// `GET /admin/{accounts|clusters}/{id}/history`: the sampled score and
 /// signals of the subject, oldest first; from now on the subject is sampled
-/// every round for [`super::history::WATCH`].
+/// every round for [`crate::telemetry::history::WATCH`].
 pub(super) fn history(shared: &Shared, subject: Subject) -> Response<Full<Bytes>> {
     shared.history.watch(subject, std::time::Instant::now());
     let now = shared.clock.now();
@@ -314,7 +314,7 @@ pub(super) fn history(shared: &Shared, subject: Subject) -> Response<Full<Bytes>
         ),
         Subject::Cluster(c) => (
             "cluster",
-            format!("{c:016x}"),
+            ClusterId(c).to_string(),
             shared.engine.cluster_score(c, now),
         ),
     };
@@ -333,7 +333,7 @@ pub(super) fn history(shared: &Shared, subject: Subject) -> Response<Full<Bytes>
         &json!({
             "subject": kind,
             "id": id,
-            "interval_seconds": super::history::SAMPLE_INTERVAL.as_secs(),
+            "interval_seconds": crate::telemetry::history::SAMPLE_INTERVAL.as_secs(),
             "engine_ms_now": now / 1_000_000,
             "units": units,
             "current": score_json(current),

@@ -1,4 +1,4 @@
-//! Admin API and metrics, on a separate listener (`[admin] address`,
+//! Admin API, on a separate listener (`[admin] address`,
 //! loopback by default): `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /admin/accounts/{id}`, `GET /admin/clusters/{id}`,
 //! `GET /admin/top?by=score|requests|tokens`,
@@ -14,13 +14,7 @@
 //! written to `[admin] state_path` and recorded in the audit stream
 //! (`distill_guard::audit` log target).
 
-pub mod audit;
 pub mod console;
-pub mod history;
-pub mod indicators;
-pub mod metrics;
-pub mod recent;
-pub mod state;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,9 +32,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::engine::{AccountId, Manual};
-use crate::server::deadline::{drive, ConnWatch, Deadlines, Watched};
-use crate::server::Shared;
+use crate::app::deadline::{drive, ConnWatch, Deadlines, Watched};
+use crate::app::Shared;
+use crate::engine::{AccountId, ClusterId, Manual};
+use crate::state::manual_file as state;
+use crate::telemetry::{audit, history, metrics, recent};
 
 /// Serve the admin API until `shutdown` turns true. Connections are capped
 /// (`admin.max_connections`) and run under the client listeners' deadlines:
@@ -224,11 +220,8 @@ async fn handle(
                 },
             );
             shared.state.render_metrics(&mut text);
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                text,
-            )
+            metrics::finish(&mut text);
+            reply(StatusCode::OK, metrics::CONTENT_TYPE, text)
         }
         (&Method::GET, ["admin", "accounts", id]) => match parse_id(id) {
             Some(id) => account(shared, AccountId(id)),
@@ -366,7 +359,7 @@ fn cluster_json(shared: &Shared, c: &crate::engine::link::ClusterView) -> serde_
         .map(|(_, r)| r.name.as_str())
         .collect();
     json!({
-        "id": format!("{:016x}", c.id),
+        "id": ClusterId(c.id).to_string(),
         "members": c.members,
         "strength": c.strength.as_str(),
         "links": rules,
@@ -420,7 +413,7 @@ fn cluster(shared: &Shared, id: u64) -> Response<Full<Bytes>> {
         if manual.is_some() {
             return json_reply(
                 StatusCode::OK,
-                &json!({"id": format!("{id:016x}"), "members": 0, "manual": manual, "dissolved": true}),
+                &json!({"id": ClusterId(id).to_string(), "members": 0, "manual": manual, "dissolved": true}),
             );
         }
         return error(
@@ -449,7 +442,7 @@ fn top(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
         let cluster = shared
             .engine
             .cluster_of(id)
-            .map(|c| format!("{:016x}", c.id));
+            .map(|c| ClusterId(c.id).to_string());
         let score = shared.engine.account_score(id, now);
         json!({
             "id": id.to_string(),
@@ -548,8 +541,8 @@ async fn manual_decision(
             time_unix_ms: audit::now_unix_ms(),
             kind: "manual_decision",
             request_id: None,
-            account: (subject == "account").then(|| format!("{id:016x}")),
-            cluster: (subject == "cluster").then(|| format!("{id:016x}")),
+            account: (subject == "account").then(|| AccountId(id).to_string()),
+            cluster: (subject == "cluster").then(|| ClusterId(id).to_string()),
             fingerprints: None,
             decision: action.to_string(),
             reasons: vec![json!({"persisted": persisted})],
@@ -577,7 +570,7 @@ fn export_indicators(shared: &Shared) -> Response<Full<Bytes>> {
         .map(|(id, _)| {
             let members = shared.engine.cluster(id).map_or(0, |c| c.members);
             json!({
-                "cluster": format!("{id:016x}"),
+                "cluster": ClusterId(id).to_string(),
                 "members": members,
                 "indicators": shared.indicators.get(id),
             })

@@ -44,6 +44,25 @@ pub mod meter;
 use bytes::Bytes;
 use serde::Serialize;
 
+/// Why an LLM request body could not be inspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uninspected {
+    /// Not a JSON object the parser accepts.
+    Unparseable,
+    /// Over `api.inspect_max_body_bytes`.
+    TooLarge,
+}
+
+impl Uninspected {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Uninspected::Unparseable => "unparseable",
+            Uninspected::TooLarge => "too_large",
+        }
+    }
+}
+
 /// The upstream API a request path belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiKind {

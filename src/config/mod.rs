@@ -17,6 +17,11 @@ use http::Uri;
 
 use crate::engine::attr_hash;
 use crate::engine::link::{AttrKind, LinkPolicy, LinkRule, Strength};
+use crate::engine::policy::nanos;
+use crate::engine::{ActionMode, ClusterPolicy, DetectionPolicy, Nanos, Policy, Rate, Tier};
+use crate::fingerprint::consistency::KnownClient;
+use crate::fingerprint::front::{AddressFormat, FrontConfig};
+use crate::identity::KeySource;
 use file::FileConfig;
 
 /// A validated configuration.
@@ -146,15 +151,6 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// Where the API key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// The whole value of this header.
-    Header(http::HeaderName),
-    /// `Authorization: Bearer <key>`.
-    Bearer,
-}
-
 /// What happens to a request without an API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingKey {
@@ -212,6 +208,80 @@ pub struct TierConfig {
     pub max_concurrent: u32,
 }
 
+impl TierConfig {
+    /// The engine's tier named `name` with these quotas (token bursts: one
+    /// minute's worth).
+    pub fn tier(&self, name: &str) -> Tier {
+        Tier {
+            name: name.into(),
+            requests: Rate::per_minute(self.requests_per_minute, self.burst_requests),
+            input: Rate::per_minute(self.input_tokens_per_minute, self.input_tokens_per_minute),
+            output: Rate::per_minute(self.output_tokens_per_minute, self.output_tokens_per_minute),
+            max_concurrent: self.max_concurrent,
+        }
+    }
+}
+
+impl Config {
+    /// The engine's policy, for an engine whose clock reads `now` while the
+    /// wall clock reads `now_unix_ms` (to place the release times of new
+    /// models on the engine's clock).
+    pub fn policy_at(&self, now: Nanos, now_unix_ms: u64) -> Policy {
+        let mut p = self.policy();
+        if let Some(d) = p.detection.as_mut() {
+            d.score.new_models = self
+                .detection
+                .new_models_unix_ms
+                .iter()
+                .map(|(prefix, ms)| {
+                    let ago = now_unix_ms.saturating_sub(*ms).saturating_mul(1_000_000);
+                    let ahead = ms.saturating_sub(now_unix_ms).saturating_mul(1_000_000);
+                    (
+                        prefix.clone(),
+                        now.saturating_sub(ago).saturating_add(ahead),
+                    )
+                })
+                .collect();
+        }
+        p
+    }
+
+    /// The engine's policy (new-model release times taken as engine time in
+    /// milliseconds, as `replay` uses).
+    pub fn policy(&self) -> Policy {
+        let names: Vec<&String> = self.tiers.keys().collect();
+        let index = |n: &str| names.iter().position(|t| t.as_str() == n).unwrap_or(0);
+        let a = &self.accounts;
+        Policy {
+            tiers: self.tiers.iter().map(|(n, t)| t.tier(n)).collect(),
+            default_tier: index(&a.default_tier),
+            anonymous_tier: index(&a.anonymous_tier),
+            accounts: a
+                .entries
+                .iter()
+                .map(|(id, e)| (*id, (index(&e.tier), e.allow)))
+                .collect(),
+            max_tracked: a.max_tracked,
+            idle_evict: a.idle_evict,
+            new_accounts_at_capacity: Rate::per_minute(
+                a.new_accounts_per_minute_at_capacity,
+                a.new_accounts_per_minute_at_capacity,
+            ),
+            cluster: self.cluster.policy.clone(),
+            detection: self.detection.enabled.then(|| {
+                let mut d = self.detection.policy.clone();
+                d.score.new_models = self
+                    .detection
+                    .new_models_unix_ms
+                    .iter()
+                    .map(|(p, ms)| (p.clone(), ms.saturating_mul(1_000_000)))
+                    .collect();
+                d
+            }),
+        }
+    }
+}
+
 /// One entry of the accounts file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountEntry {
@@ -240,58 +310,14 @@ pub struct AccountsConfig {
     pub new_accounts_per_minute_at_capacity: u64,
 }
 
-/// One action of the ladder: enforced (on a share of accounts) or shadow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActionMode {
-    /// Enforced at all (false: shadow).
-    pub enforce: bool,
-    /// Share of accounts (0–100) on which it is enforced.
-    pub enforce_percent: u8,
-}
-
-/// Behaviour detection, validated.
+/// Behaviour detection, validated: the engine's [`DetectionPolicy`] and
+/// what only the config knows of it.
 #[derive(Debug, Clone)]
 pub struct DetectionConfig {
     /// Compute signals at all.
     pub enabled: bool,
-    /// The whole engine: enforced on this share of accounts (0: shadow).
-    pub mode: ActionMode,
-    /// Weights, ramps, thresholds, windows.
-    pub score: crate::engine::score::ScorePolicy,
-    /// Phrase lists, compiled.
-    pub matcher: std::sync::Arc<crate::engine::score::PhraseMatcher>,
-    /// A member's requests count in its cluster's core from this own raw
-    /// score on.
-    pub core_min_raw: f32,
-    /// An account's requests go into its behaviour cohorts from this own
-    /// raw score on (above 1: never).
-    pub cohort_min_raw: f32,
-    /// ...and from this many requests of its own on.
-    pub cohort_min_requests: u32,
-    /// Slow's mode.
-    pub slow: ActionMode,
-    /// Delay at the Slow mark.
-    pub slow_min_delay: Duration,
-    /// Delay at a score of 1.
-    pub slow_max_delay: Duration,
-    /// Concurrency cap of a slowed account.
-    pub slow_max_concurrent: u32,
-    /// Slow applies while the score rests on fewer requests than this;
-    /// from it on, the Slow level is acted on as Degrade (0: never).
-    pub slow_while_requests_below: u32,
-    /// Degrade's mode.
-    pub degrade: ActionMode,
-    /// Output limit when degraded.
-    pub degrade_max_output_tokens: u32,
-    /// Throttle's mode.
-    pub throttle: ActionMode,
-    /// Budget multiplier when throttled.
-    pub throttle_factor: f64,
-    /// Block's mode.
-    pub block: ActionMode,
-    /// A scored cluster acted on at Degrade or above for this long without
-    /// a break is blocked (None: never by time alone).
-    pub block_cluster_after_degrade: Option<crate::engine::Nanos>,
+    /// What the engine decides by when detection is on.
+    pub policy: DetectionPolicy,
     /// New models: (prefix, release time in Unix milliseconds).
     pub new_models_unix_ms: Vec<(String, u64)>,
     /// The phrase-list files (watched for reload).
@@ -324,33 +350,12 @@ pub struct AdminConfig {
     pub max_connections: usize,
 }
 
-/// Cluster linkage and budgets, validated.
+/// Cluster linkage and budgets, validated: the engine's [`ClusterPolicy`]
+/// and the files it was built from.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// Link and enforce at all.
-    pub enabled: bool,
-    /// Weakest link that makes a cluster share a budget.
-    pub min_strength: Strength,
-    /// Weakest link that makes detection score a cluster as a whole.
-    pub score_min_strength: Strength,
-    /// With detection on, the cluster's own level a shared budget needs.
-    pub budget_min_level: crate::engine::score::Level,
-    /// Smallest cluster that shares a budget.
-    pub min_members: u32,
-    /// The linker's rules and bounds (ignored/downweighted values hashed).
-    pub link: LinkPolicy,
-    /// The base budget.
-    pub budget: TierConfig,
-    /// Growth per member (fraction of base) ...
-    pub per_member_fraction: f64,
-    /// ... times members^exponent ...
-    pub growth_exponent: f64,
-    /// ... capped at this multiple.
-    pub max_multiplier: f64,
-    /// Client networks never used for linking.
-    pub ignore_nets: Vec<ipnet::IpNet>,
-    /// Client networks whose links are weakened.
-    pub downweight_nets: Vec<ipnet::IpNet>,
+    /// What the engine links and budgets by.
+    pub policy: ClusterPolicy,
     /// The `prompt_files` of `[cluster.ignore]` and `[cluster.downweight]`
     /// (watched for reload).
     pub prompt_files: Vec<PathBuf>,
@@ -453,54 +458,6 @@ pub struct FingerprintConfig {
     pub known_clients: Vec<KnownClient>,
     /// Headers a trusted front passes its observations in.
     pub front: FrontConfig,
-}
-
-/// `[fingerprint.front]`, validated: the headers a trusted front sets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FrontConfig {
-    /// The client's JA4.
-    pub ja4_header: Option<http::HeaderName>,
-    /// The client's Akamai-format HTTP/2 fingerprint.
-    pub h2_header: Option<http::HeaderName>,
-    /// The client's address.
-    pub address_header: Option<http::HeaderName>,
-    /// How the address is written.
-    pub address_format: AddressFormat,
-    /// The client's AS number.
-    pub asn_header: Option<http::HeaderName>,
-}
-
-impl FrontConfig {
-    /// Whether any front header is configured.
-    pub fn is_enabled(&self) -> bool {
-        self.ja4_header.is_some()
-            || self.h2_header.is_some()
-            || self.address_header.is_some()
-            || self.asn_header.is_some()
-    }
-}
-
-/// How a front writes the client's address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AddressFormat {
-    /// The address alone (`CF-Connecting-IP`).
-    #[default]
-    Ip,
-    /// Address and source port (`CloudFront-Viewer-Address`).
-    IpPort,
-}
-
-/// A client stack whose fingerprints are known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownClient {
-    /// Name used in reasons.
-    pub name: String,
-    /// `user-agent` prefix claiming it.
-    pub user_agent_prefix: String,
-    /// Known JA4 values (empty: not checked).
-    pub ja4: Vec<String>,
-    /// Known HTTP fingerprints (empty: not checked).
-    pub http: Vec<String>,
 }
 
 /// Log settings.
@@ -890,7 +847,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     // Detection first: its phrase lists are the stock phrases prompt
     // signatures leave out, ignored prompt files included.
     let detection = validate_detection(base, &f.detection)?;
-    let cluster = validate_cluster(base, &f.cluster, detection.matcher.stock_shingles())?;
+    let cluster = validate_cluster(base, &f.cluster, detection.policy.matcher.stock_shingles())?;
     let admin = validate_admin(base, &f.admin)?;
     if f.audit.queue_capacity == 0 {
         return Err(invalid("audit.queue_capacity", "expected a count above 0"));
@@ -1348,10 +1305,7 @@ fn validate_cluster(
             name: l.name.clone(),
             kinds,
             strength: strength(&format!("{key}.strength"), &l.strength)?,
-            window: crate::engine::policy::nanos(nonzero_ms(
-                &format!("{key}.window_ms"),
-                l.window_ms,
-            )?),
+            window: nanos(nonzero_ms(&format!("{key}.window_ms"), l.window_ms)?),
         });
     }
     let mut prompt_files = Vec::new();
@@ -1370,7 +1324,7 @@ fn validate_cluster(
         downweighted,
         max_accounts_per_value: f.max_accounts_per_value.max(1) as usize,
         max_values: usize::try_from(f.max_index_values).unwrap_or(usize::MAX),
-        generation: crate::engine::policy::nanos(generation),
+        generation: nanos(generation),
         max_links_per_request: f.max_links_per_request.max(1) as usize,
         max_linked_accounts: usize::try_from(f.max_linked_accounts).unwrap_or(usize::MAX),
         min_classes: f.min_link_classes as u8,
@@ -1379,18 +1333,20 @@ fn validate_cluster(
     link.validate()
         .map_err(|e| invalid("cluster", e.to_string()))?;
     Ok(ClusterConfig {
-        enabled: f.enabled,
-        min_strength,
-        score_min_strength,
-        budget_min_level,
-        min_members: f.min_members,
-        link,
-        budget,
-        per_member_fraction: f.per_member_fraction,
-        growth_exponent: f.growth_exponent,
-        max_multiplier: f.max_multiplier,
-        ignore_nets,
-        downweight_nets,
+        policy: ClusterPolicy {
+            enabled: f.enabled,
+            min_strength,
+            score_min_strength,
+            budget_min_level,
+            min_members: f.min_members,
+            base: budget.tier("cluster"),
+            per_member_fraction: f.per_member_fraction,
+            growth_exponent: f.growth_exponent,
+            max_multiplier: f.max_multiplier,
+            link,
+            ignore_nets,
+            downweight_nets,
+        },
         prompt_files,
     })
 }
@@ -1706,10 +1662,7 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
         }
     };
     let mut score = ScorePolicy {
-        half_life: crate::engine::policy::nanos(nonzero_ms(
-            "detection.half_life_ms",
-            f.half_life_ms,
-        )?),
+        half_life: nanos(nonzero_ms("detection.half_life_ms", f.half_life_ms)?),
         ..ScorePolicy::default()
     };
     for (name, w) in &f.weights {
@@ -1834,23 +1787,25 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
     }
     Ok(DetectionConfig {
         enabled: f.enabled,
-        mode,
-        score,
-        matcher: std::sync::Arc::new(matcher),
-        core_min_raw: f.core_min_raw,
-        cohort_min_raw: f.cohort_min_raw,
-        cohort_min_requests: f.cohort_min_requests,
-        slow,
-        slow_min_delay: Duration::from_millis(f.slow.min_delay_ms),
-        slow_max_delay: Duration::from_millis(f.slow.max_delay_ms),
-        slow_max_concurrent: f.slow.max_concurrent,
-        slow_while_requests_below: f.slow.while_requests_below,
-        degrade,
-        degrade_max_output_tokens: f.degrade.max_output_tokens,
-        throttle,
-        throttle_factor: f.throttle.budget_factor,
-        block,
-        block_cluster_after_degrade: block_cluster_after_degrade.map(crate::engine::policy::nanos),
+        policy: DetectionPolicy {
+            mode,
+            score,
+            matcher: std::sync::Arc::new(matcher),
+            core_min_raw: f.core_min_raw,
+            cohort_min_raw: f.cohort_min_raw,
+            cohort_min_requests: f.cohort_min_requests,
+            slow,
+            slow_min_delay: Duration::from_millis(f.slow.min_delay_ms),
+            slow_max_delay: Duration::from_millis(f.slow.max_delay_ms),
+            slow_max_concurrent: f.slow.max_concurrent,
+            slow_while_requests_below: f.slow.while_requests_below,
+            degrade,
+            degrade_max_output_tokens: f.degrade.max_output_tokens,
+            throttle,
+            throttle_factor: f.throttle.budget_factor,
+            block,
+            block_cluster_after_degrade: block_cluster_after_degrade.map(nanos),
+        },
         new_models_unix_ms: f
             .new_models
             .iter()

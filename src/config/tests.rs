@@ -172,14 +172,14 @@ fn shipped_phrase_lists_match_the_built_in_ones() {
 fn cluster_budget_gate_parses_and_rejects_unknown_levels() {
     use crate::engine::score::Level;
     assert_eq!(
-        parse_str(MINIMAL).unwrap().cluster.budget_min_level,
+        parse_str(MINIMAL).unwrap().cluster.policy.budget_min_level,
         Level::Allow
     );
     let c = parse_str(&format!(
         "{MINIMAL}\n[cluster]\nbudget_min_level = \"slow\"\n"
     ))
     .unwrap();
-    assert_eq!(c.cluster.budget_min_level, Level::Slow);
+    assert_eq!(c.cluster.policy.budget_min_level, Level::Slow);
     for bad in ["block", "sometimes"] {
         let e = parse_str(&format!(
             "{MINIMAL}\n[cluster]\nbudget_min_level = \"{bad}\"\n"
@@ -209,7 +209,12 @@ fn ignored_prompt_files_become_ignored_prompt_keys() {
     let c = with("tool.txt").unwrap();
     let keys = crate::engine::signature::signature(prompt).index_keys();
     for k in keys {
-        assert!(c.cluster.link.ignored.contains(&(AttrKind::Prompt, k)));
+        assert!(c
+            .cluster
+            .policy
+            .link
+            .ignored
+            .contains(&(AttrKind::Prompt, k)));
     }
     assert_eq!(c.cluster.prompt_files, vec![dir.path().join("tool.txt")]);
     for bad in ["missing.txt", "short.txt"] {

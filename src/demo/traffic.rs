@@ -33,15 +33,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 
+use crate::app::Clock;
 use crate::config::{ListenerConfig, TlsFiles};
 use crate::replay::{Headline, PopulationOutcome, TrafficRecord};
-use crate::server::{self, Clock};
+use crate::server;
 use crate::simulate::{Generator, Scenario, SimRequest};
 use crate::{mock, simulate};
 
-/// The small scenario (two simulated hours), compiled in so the demo runs
-/// from any directory.
-pub const SMALL_SCENARIO: &str = include_str!("../../config/scenarios/small.toml");
+pub use crate::simulate::scenario::SMALL_SCENARIO;
 
 /// The output length asked of the mock is capped at this.
 const MAX_OUTPUT_TOKENS: u64 = 8192;

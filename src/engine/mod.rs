@@ -26,6 +26,7 @@ pub mod signature;
 pub mod link;
 pub mod score;
 pub mod cohort;
+mod id;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,11 +34,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-pub use crate::identity::AccountId;
 use accounts::{AccountState, AccountStore, IdMap};
 pub use gcra::{Nanos, Rate, SECOND};
+pub use id::{AccountId, ClusterId};
 use link::{AttrKind, Attributes, ClusterView, Linker};
-pub use policy::{ClusterPolicy, Policy, Tier};
+pub use policy::{ActionMode, ClusterPolicy, DetectionPolicy, Policy, Tier};
 
 /// Stable 64-bit hash of an attribute value (FNV-1a over the kind and the
 /// bytes): the same in the proxy, in config lists and in `replay`.
@@ -90,7 +91,7 @@ pub fn request_shape(f: &RequestFacts) -> Option<u64> {
 /// decayed away (a slow account's evidence is in its raw score long before
 /// it rests on enough requests).
 fn signal_evidence(
-    d: &crate::config::DetectionConfig,
+    d: &DetectionPolicy,
     sig: &score::AccountSignals,
     ladder: score::LadderState,
     now: Nanos,
@@ -1262,7 +1263,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn detect(
         &self,
-        d: &crate::config::DetectionConfig,
+        d: &DetectionPolicy,
         policy: &Policy,
         tier: &Tier,
         obs: &Observation,
@@ -1434,7 +1435,7 @@ impl Engine {
         // Which level is enforced: the highest at or below `level` whose
         // action is enforced for this account (global mode and per action).
         let bucket = (obs.account.0 % 100) as u8;
-        let on = |m: crate::config::ActionMode| {
+        let on = |m: ActionMode| {
             d.mode.enforce && m.enforce && bucket < d.mode.enforce_percent.min(m.enforce_percent)
         };
         let mut enforced = score::Level::Allow;
@@ -1482,7 +1483,7 @@ impl Engine {
         key: u64,
         account: u64,
         (req, hits): (&score::RequestSignals<'_>, score::PhraseHits),
-        d: &crate::config::DetectionConfig,
+        d: &DetectionPolicy,
         tier_rpm: u64,
         keep: bool,
     ) -> Option<score::Score> {

@@ -1,13 +1,14 @@
 //! The engine's policy: tiers with their quotas as [`Rate`]s, which account
-//! gets which tier, and state bounds — built from a validated config.
+//! gets which tier, state bounds, cluster budgets and detection — built by
+//! `config` from a validated file.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::gcra::{Nanos, Rate};
 use super::link::{ClusterView, LinkPolicy, Strength};
 use super::AccountId;
-use crate::config::{Config, DetectionConfig, TierConfig};
 
 /// One tier's quotas.
 #[derive(Debug, Clone)]
@@ -36,17 +37,6 @@ impl Tier {
             max_concurrent: self.max_concurrent,
         }
     }
-
-    /// A tier from its config.
-    pub fn from_config(name: &str, t: &TierConfig) -> Tier {
-        Tier {
-            name: name.into(),
-            requests: Rate::per_minute(t.requests_per_minute, t.burst_requests),
-            input: Rate::per_minute(t.input_tokens_per_minute, t.input_tokens_per_minute),
-            output: Rate::per_minute(t.output_tokens_per_minute, t.output_tokens_per_minute),
-            max_concurrent: t.max_concurrent,
-        }
-    }
 }
 
 /// Everything the engine decides by.
@@ -69,7 +59,59 @@ pub struct Policy {
     /// Cluster budgets.
     pub cluster: ClusterPolicy,
     /// Behaviour detection (None: off).
-    pub detection: Option<DetectionConfig>,
+    pub detection: Option<DetectionPolicy>,
+}
+
+/// One action of the ladder: enforced (on a share of accounts) or shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionMode {
+    /// Enforced at all (false: shadow).
+    pub enforce: bool,
+    /// Share of accounts (0–100) on which it is enforced.
+    pub enforce_percent: u8,
+}
+
+/// Behaviour detection: what the engine decides by when it is on.
+#[derive(Debug, Clone)]
+pub struct DetectionPolicy {
+    /// The whole engine: enforced on this share of accounts (0: shadow).
+    pub mode: ActionMode,
+    /// Weights, ramps, thresholds, windows.
+    pub score: super::score::ScorePolicy,
+    /// Phrase lists, compiled.
+    pub matcher: std::sync::Arc<super::score::PhraseMatcher>,
+    /// A member's requests count in its cluster's core from this own raw
+    /// score on.
+    pub core_min_raw: f32,
+    /// An account's requests go into its behaviour cohorts from this own
+    /// raw score on (above 1: never).
+    pub cohort_min_raw: f32,
+    /// ...and from this many requests of its own on.
+    pub cohort_min_requests: u32,
+    /// Slow's mode.
+    pub slow: ActionMode,
+    /// Delay at the Slow mark.
+    pub slow_min_delay: Duration,
+    /// Delay at a score of 1.
+    pub slow_max_delay: Duration,
+    /// Concurrency cap of a slowed account.
+    pub slow_max_concurrent: u32,
+    /// Slow applies while the score rests on fewer requests than this;
+    /// from it on, the Slow level is acted on as Degrade (0: never).
+    pub slow_while_requests_below: u32,
+    /// Degrade's mode.
+    pub degrade: ActionMode,
+    /// Output limit when degraded.
+    pub degrade_max_output_tokens: u32,
+    /// Throttle's mode.
+    pub throttle: ActionMode,
+    /// Budget multiplier when throttled.
+    pub throttle_factor: f64,
+    /// Block's mode.
+    pub block: ActionMode,
+    /// A scored cluster acted on at Degrade or above for this long without
+    /// a break is blocked (None: never by time alone).
+    pub block_cluster_after_degrade: Option<Nanos>,
 }
 
 /// When clusters share a budget, and how big it is.
@@ -137,16 +179,13 @@ impl ClusterPolicy {
             score_min_strength: Strength::Strong,
             budget_min_level: super::score::Level::Allow,
             min_members: u32::MAX,
-            base: Tier::from_config(
-                "cluster",
-                &TierConfig {
-                    requests_per_minute: 1,
-                    burst_requests: 1,
-                    input_tokens_per_minute: 1,
-                    output_tokens_per_minute: 1,
-                    max_concurrent: 1,
-                },
-            ),
+            base: Tier {
+                name: "cluster".into(),
+                requests: Rate::per_minute(1, 1),
+                input: Rate::per_minute(1, 1),
+                output: Rate::per_minute(1, 1),
+                max_concurrent: 1,
+            },
             per_member_fraction: 0.0,
             growth_exponent: 0.0,
             max_multiplier: 1.0,
@@ -158,79 +197,6 @@ impl ClusterPolicy {
 }
 
 impl Policy {
-    /// The policy of a validated config, for an engine whose clock reads
-    /// `now` while the wall clock reads `now_unix_ms` (to place the release
-    /// times of new models on the engine's clock).
-    pub fn from_config_at(c: &Config, now: Nanos, now_unix_ms: u64) -> Policy {
-        let mut p = Policy::from_config(c);
-        if let Some(d) = p.detection.as_mut() {
-            d.score.new_models = d
-                .new_models_unix_ms
-                .iter()
-                .map(|(prefix, ms)| {
-                    let ago = now_unix_ms.saturating_sub(*ms).saturating_mul(1_000_000);
-                    let ahead = ms.saturating_sub(now_unix_ms).saturating_mul(1_000_000);
-                    (
-                        prefix.clone(),
-                        now.saturating_sub(ago).saturating_add(ahead),
-                    )
-                })
-                .collect();
-        }
-        p
-    }
-
-    /// The policy of a validated config (new-model release times taken as
-    /// engine time in milliseconds, as `replay` uses).
-    pub fn from_config(c: &Config) -> Policy {
-        let names: Vec<&String> = c.tiers.keys().collect();
-        let index = |n: &str| names.iter().position(|t| t.as_str() == n).unwrap_or(0);
-        Policy {
-            tiers: c
-                .tiers
-                .iter()
-                .map(|(n, t)| Tier::from_config(n, t))
-                .collect(),
-            default_tier: index(&c.accounts.default_tier),
-            anonymous_tier: index(&c.accounts.anonymous_tier),
-            accounts: c
-                .accounts
-                .entries
-                .iter()
-                .map(|(id, e)| (*id, (index(&e.tier), e.allow)))
-                .collect(),
-            max_tracked: c.accounts.max_tracked,
-            idle_evict: c.accounts.idle_evict,
-            new_accounts_at_capacity: Rate::per_minute(
-                c.accounts.new_accounts_per_minute_at_capacity,
-                c.accounts.new_accounts_per_minute_at_capacity,
-            ),
-            cluster: ClusterPolicy {
-                enabled: c.cluster.enabled,
-                min_strength: c.cluster.min_strength,
-                score_min_strength: c.cluster.score_min_strength,
-                budget_min_level: c.cluster.budget_min_level,
-                min_members: c.cluster.min_members,
-                base: Tier::from_config("cluster", &c.cluster.budget),
-                per_member_fraction: c.cluster.per_member_fraction,
-                growth_exponent: c.cluster.growth_exponent,
-                max_multiplier: c.cluster.max_multiplier,
-                link: c.cluster.link.clone(),
-                ignore_nets: c.cluster.ignore_nets.clone(),
-                downweight_nets: c.cluster.downweight_nets.clone(),
-            },
-            detection: c.detection.enabled.then(|| {
-                let mut d = c.detection.clone();
-                d.score.new_models = d
-                    .new_models_unix_ms
-                    .iter()
-                    .map(|(p, ms)| (p.clone(), ms.saturating_mul(1_000_000)))
-                    .collect();
-                d
-            }),
-        }
-    }
-
     /// A policy with one tier, for tests and benchmarks.
     pub fn single_tier(tier: Tier) -> Policy {
         Policy {

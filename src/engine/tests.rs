@@ -5,16 +5,14 @@ use super::*;
 const MIN: Nanos = 60 * SECOND;
 
 fn tier(rpm: u64, burst: u64, in_tpm: u64, out_tpm: u64, conc: u32) -> Tier {
-    Tier::from_config(
-        "t",
-        &crate::config::TierConfig {
-            requests_per_minute: rpm,
-            burst_requests: burst,
-            input_tokens_per_minute: in_tpm,
-            output_tokens_per_minute: out_tpm,
-            max_concurrent: conc,
-        },
-    )
+    crate::config::TierConfig {
+        requests_per_minute: rpm,
+        burst_requests: burst,
+        input_tokens_per_minute: in_tpm,
+        output_tokens_per_minute: out_tpm,
+        max_concurrent: conc,
+    }
+    .tier("t")
 }
 
 fn obs(account: u64, input_tokens: u64) -> Observation {
@@ -107,7 +105,7 @@ fn throttled_requests_settle_against_the_scaled_budget() {
          [detection.throttle]\nbudget_factor = 0.25\n",
     )
     .unwrap();
-    let e = Engine::new(Policy::from_config(&c));
+    let e = Engine::new(c.policy());
     let pinned = |a| Observation {
         request: RequestFacts {
             max_output_tokens: Some(64_000),
@@ -391,7 +389,7 @@ mod clusters {
              input_tokens_per_minute = 100000000\noutput_tokens_per_minute = 100000000\nmax_concurrent = 1000\n",
         )
         .unwrap();
-        p.cluster = Policy::from_config(&c).cluster;
+        p.cluster = c.policy().cluster;
         p
     }
 
@@ -768,7 +766,7 @@ mod detection {
             ),
         )
         .unwrap();
-        Policy::from_config(&c)
+        c.policy()
     }
 
     /// Account `50_000 + a` of a hydra: one chain-of-thought template, max_tokens at the ceiling, one JA4, eight
@@ -1188,7 +1186,7 @@ mod detection {
              strength = \"medium\"\nwindow_ms = 600000\n",
         )
         .unwrap();
-        let e = Engine::new(Policy::from_config(&c));
+        let e = Engine::new(c.policy());
         let mut rng = rand::rngs::StdRng::seed_from_u64(61);
         let t0 = 1000 * MIN;
         let req = |account: u64, text: String| Req {
@@ -1244,7 +1242,7 @@ mod detection {
              [cluster]\nmin_strength = \"strong\"\nscore_min_strength = \"medium\"\n",
         )
         .unwrap();
-        let e = Engine::new(Policy::from_config(&c));
+        let e = Engine::new(c.policy());
         let mut rng = rand::rngs::StdRng::seed_from_u64(41);
         let t0 = 1000 * MIN;
         let (mut last, mut input) = (None, 0u64);
@@ -1369,7 +1367,7 @@ mod detection {
         )
         .unwrap();
         let run_population = |template: &str, max_tokens: u32, output: u64, base: u64| {
-            let e = Engine::new(Policy::from_config(&c));
+            let e = Engine::new(c.policy());
             let mut rng = rand::rngs::StdRng::seed_from_u64(base);
             let t0 = 1000 * MIN;
             let (mut enforced, mut throttled) = (0u64, 0u64);
@@ -1441,7 +1439,7 @@ mod detection {
                 if ignore { "\"tool.txt\"" } else { "" }
             );
             let c = crate::config::parse(&dir.path().join("t.toml"), &text).unwrap();
-            let e = Engine::new(Policy::from_config(&c));
+            let e = Engine::new(c.policy());
             let mut rng = rand::rngs::StdRng::seed_from_u64(3);
             let mut linked = 0;
             for i in 0..600u64 {

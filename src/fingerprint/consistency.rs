@@ -3,7 +3,18 @@
 //! whose known TLS/HTTP fingerprints do not include the observed ones — a
 //! script dressed up as something else.
 
-use crate::config::KnownClient;
+/// A client stack whose fingerprints are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownClient {
+    /// Name used in reasons.
+    pub name: String,
+    /// `user-agent` prefix claiming it.
+    pub user_agent_prefix: String,
+    /// Known JA4 values (empty: not checked).
+    pub ja4: Vec<String>,
+    /// Known HTTP fingerprints (empty: not checked).
+    pub http: Vec<String>,
+}
 
 /// The known client a request claims to be but whose fingerprints it does
 /// not match, if any. Fingerprints that were not observed (no TLS, no tap)

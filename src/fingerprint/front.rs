@@ -13,7 +13,41 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use super::{H2Fingerprint, Ja4Fingerprint};
-use crate::config::{AddressFormat, FrontConfig};
+
+/// `[fingerprint.front]`, validated: the headers a trusted front sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontConfig {
+    /// The client's JA4.
+    pub ja4_header: Option<http::HeaderName>,
+    /// The client's Akamai-format HTTP/2 fingerprint.
+    pub h2_header: Option<http::HeaderName>,
+    /// The client's address.
+    pub address_header: Option<http::HeaderName>,
+    /// How the address is written.
+    pub address_format: AddressFormat,
+    /// The client's AS number.
+    pub asn_header: Option<http::HeaderName>,
+}
+
+impl FrontConfig {
+    /// Whether any front header is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.ja4_header.is_some()
+            || self.h2_header.is_some()
+            || self.address_header.is_some()
+            || self.asn_header.is_some()
+    }
+}
+
+/// How a front writes the client's address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddressFormat {
+    /// The address alone (`CF-Connecting-IP`).
+    #[default]
+    Ip,
+    /// Address and source port (`CloudFront-Viewer-Address`).
+    IpPort,
+}
 
 /// What a trusted front said about the client, each part valid.
 #[derive(Debug, Clone, Default)]

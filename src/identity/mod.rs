@@ -14,23 +14,18 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use sha2::Sha256;
 
-use crate::config::KeySource;
+use crate::engine::AccountId;
 
-/// An account: the keyed hash of its API key (or of an anonymous client's
-/// address prefix). Shown as 16 hex digits.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AccountId(pub u64);
+/// `x-forwarded-for`, believed from trusted proxies only.
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
-impl fmt::Display for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-impl fmt::Debug for AccountId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AccountId({self})")
-    }
+/// Where the API key comes from (`[identity] key_sources`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The whole value of this header.
+    Header(http::HeaderName),
+    /// `Authorization: Bearer <key>`.
+    Bearer,
 }
 
 /// Turns API keys into account ids. Keyed once; cloned per use (cheaper
@@ -157,11 +152,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    for v in headers
-        .get_all(&crate::proxy::headers::X_FORWARDED_FOR)
-        .iter()
-        .rev()
-    {
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(s) = v.to_str() else { return client };
         for hop in s.rsplit(',') {
             let Some(ip) = parse_hop(hop.trim()) else {

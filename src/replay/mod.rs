@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::engine::score::PhraseHits;
 use crate::engine::{
-    observed_attrs, signature, AccountId, Decision, Engine, Nanos, Observation, Policy,
+    observed_attrs, signature, AccountId, ClusterId, Decision, Engine, Nanos, Observation,
     RequestFacts, Usage, Verdict,
 };
 
@@ -141,7 +141,7 @@ impl TrafficRecord {
                     .map_err(|_| format!("line {line}: ip_prefix: expected a CIDR, got {p:?}"))?,
             ),
         };
-        let c = &config.cluster;
+        let c = &config.cluster.policy;
         let attrs = if c.enabled {
             observed_attrs(
                 self.ja4.as_deref(),
@@ -156,7 +156,7 @@ impl TrafficRecord {
         } else {
             Default::default()
         };
-        let names = config.detection.matcher.list_names();
+        let names = config.detection.policy.matcher.list_names();
         let hits = self
             .phrase_lists
             .iter()
@@ -252,7 +252,7 @@ impl<'c> Run<'c> {
     pub fn new(config: &'c Config) -> Run<'c> {
         Run {
             config,
-            engine: Engine::new(Policy::from_config(config)),
+            engine: Engine::new(config.policy()),
             last_now: 0,
             by_action: BTreeMap::new(),
             strongest: BTreeMap::new(),
@@ -326,7 +326,7 @@ impl<'c> Run<'c> {
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top.into_iter()
             .take(n)
-            .map(|(id, m)| (format!("{id:016x}"), m))
+            .map(|(id, m)| (ClusterId(id).to_string(), m))
             .collect()
     }
 }
@@ -439,7 +439,7 @@ pub fn replay(
                 "population": rec.population,
                 "decision": label,
                 "recorded": rec.decision,
-                "cluster": d.cluster.map(|c| format!("{:016x}", c.id)),
+                "cluster": d.cluster.map(|c| ClusterId(c.id).to_string()),
                 "cluster_members": d.cluster.map(|c| c.members),
                 "cluster_enforced": d.cluster_enforced,
                 "cluster_score": cluster_score,

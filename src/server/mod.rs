@@ -3,52 +3,8 @@
 //! under the connection cap, terminates TLS, serves HTTP/1.1 and HTTP/2 with
 //! hyper, and shuts down gracefully.
 
-/// `AsyncWrite` for a read-side wrapper `$ty<S>` whose writes go straight to
-/// its `inner` stream (used by the ClientHello rewind and the HTTP tap).
-macro_rules! delegate_async_write {
-    ($ty:ident) => {
-        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<S> {
-            fn poll_write(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-            }
-
-            fn poll_flush(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-            }
-
-            fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-            }
-
-            fn poll_write_vectored(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                bufs: &[std::io::IoSlice<'_>],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                self.inner.is_write_vectored()
-            }
-        }
-    };
-}
-
-pub mod deadline;
 pub mod hello;
 pub mod reload;
-pub mod tap;
 pub mod tls;
 
 use std::future::poll_fn;
@@ -67,13 +23,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::admin::metrics::{ConnReject, Metrics};
+use crate::app::{deadline, tap, Clock, ConnInfo, Shared, Worker, WARNINGS_PER_MINUTE};
 use crate::config::Config;
-use crate::engine::{Engine, Nanos, Policy};
-use crate::fingerprint::Ja4Fingerprint;
+use crate::engine::Engine;
 use crate::identity::{self, KeyHasher};
 use crate::proxy::{self, UpstreamClient};
 use crate::stack;
+use crate::telemetry::metrics::{ConnReject, Metrics};
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,166 +67,6 @@ pub enum ServerError {
     /// The state file of manual decisions is unusable.
     #[error("admin.state_path: {0}")]
     State(String),
-}
-
-/// State shared by all workers.
-pub struct Shared {
-    /// The policy and settings in force (swapped whole on reload).
-    pub config: ArcSwap<Config>,
-    /// Open client connections, capped by `limits.max_connections`.
-    conn_permits: Arc<Semaphore>,
-    /// Open client connections per address, capped by
-    /// `limits.max_connections_per_address`.
-    addresses: Arc<deadline::AddressShares>,
-    /// Process metrics.
-    pub metrics: Metrics,
-    /// rustls settings for the upstream.
-    upstream_tls: Arc<rustls::ClientConfig>,
-    /// The policy engine.
-    pub engine: Arc<Engine>,
-    /// Where budgets and manual decisions are kept (`[state]`).
-    pub state: crate::state::State,
-    /// API key → account id.
-    pub hasher: KeyHasher,
-    /// The engine's clock: monotonic nanoseconds since start.
-    pub clock: Clock,
-    /// Fingerprints seen per cluster, for indicator export.
-    pub indicators: crate::admin::indicators::Indicators,
-    /// The audit log, when configured (opened at start; its path needs a
-    /// restart to change).
-    pub audit: Option<crate::admin::audit::AuditLog>,
-    /// The traffic record, when configured.
-    pub record: Option<crate::admin::audit::JsonLines<crate::replay::TrafficRecord>>,
-    /// The latest decisions for the console, while the admin API is served.
-    pub recent: Option<crate::admin::recent::RecentDecisions>,
-    /// Sampled score histories for the console.
-    pub history: crate::admin::history::History,
-    /// Each listener's TLS settings (None for plain listeners), swapped when
-    /// certificates are reloaded; handshakes pick up the current one.
-    pub tls: Vec<Option<ArcSwap<rustls::ServerConfig>>>,
-    /// Warnings a client can cause (a failed accept when descriptors run
-    /// out) are logged within this budget and counted in full in metrics.
-    warnings: governor::DefaultDirectRateLimiter,
-}
-
-/// At most this many rate-limited warnings a minute, across workers.
-const WARNINGS_PER_MINUTE: u32 = 6;
-
-impl Shared {
-    /// `accept` failed on a `listener` ("client" or "admin"): out of file
-    /// descriptors and the like, which clients can cause by opening
-    /// connections. Counted every time; logged within a budget.
-    pub(crate) fn accept_failed(&self, listener: &'static str, e: &std::io::Error) {
-        self.metrics.accept_error();
-        if self.warnings.check().is_ok() {
-            warn!(
-                listener,
-                error = %e,
-                failed_so_far = self.metrics.accept_error_count(),
-                "accept failed (logged at most {WARNINGS_PER_MINUTE} times a minute)"
-            );
-        }
-    }
-}
-
-/// Monotonic time for the engine (which never reads a clock itself).
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    origin: std::time::Instant,
-    /// Engine time at `origin` (0, or the Unix time for [`Clock::wall`]).
-    base: Nanos,
-    /// Engine nanoseconds per real nanosecond (1.0 except in `demo
-    /// --traffic`, which plays a scenario faster than real time).
-    speed: f64,
-}
-
-impl Clock {
-    /// A clock starting now.
-    pub fn new() -> Clock {
-        Clock {
-            origin: std::time::Instant::now(),
-            base: 0,
-            speed: 1.0,
-        }
-    }
-
-    /// `self`'s speed on a clock that starts at the Unix time in
-    /// nanoseconds and runs monotonically from there: the time line of the
-    /// shared observation stream (whose entries carry the Redis server's
-    /// milliseconds), so a replica's own requests and the stream's entries
-    /// are on one clock (give or take the skew between hosts).
-    pub fn wall(self) -> Clock {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        Clock {
-            origin: std::time::Instant::now(),
-            base: unix,
-            speed: self.speed,
-        }
-    }
-
-    /// A clock starting now that runs `speed` times faster than real time
-    /// (for demos replaying a scenario; values that are not finite and
-    /// positive mean 1.0).
-    pub fn with_speed(speed: f64) -> Clock {
-        Clock {
-            speed: if speed.is_finite() && speed > 0.0 {
-                speed
-            } else {
-                1.0
-            },
-            ..Clock::new()
-        }
-    }
-
-    /// How many times faster than real time this clock runs.
-    pub fn speed(&self) -> f64 {
-        self.speed
-    }
-
-    /// Nanoseconds since the clock started (plus its base).
-    pub fn now(&self) -> Nanos {
-        let real = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let elapsed = if self.speed == 1.0 {
-            real
-        } else {
-            // Saturating float-to-int conversion.
-            (real as f64 * self.speed) as u64
-        };
-        self.base.saturating_add(elapsed)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
-}
-
-/// Per-worker state: lives on one thread's runtime.
-pub struct Worker {
-    /// Shared state.
-    pub shared: Arc<Shared>,
-    /// This worker's pooled upstream client.
-    pub client: UpstreamClient,
-}
-
-/// What one accepted connection knows about itself.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The socket peer.
-    pub peer: SocketAddr,
-    /// The client: the peer, or the source a trusted PROXY header announced.
-    pub client: SocketAddr,
-    /// The local address it arrived on.
-    pub local: SocketAddr,
-    /// Whether TLS was terminated here.
-    pub tls: bool,
-    /// JA4 of the ClientHello (TLS listeners only).
-    pub ja4: Option<Ja4Fingerprint>,
-    /// HTTP fingerprints seen on this connection's read side.
-    pub tap: Option<tap::TapHandle>,
 }
 
 struct Listener {
@@ -379,15 +175,13 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
     // time line (Unix time), else from 0 at start.
     let clock = match &config.state {
         crate::config::StateConfig::Redis(r) if r.stream.is_some() => clock.wall(),
-        _ => Clock::with_speed(clock.speed),
+        _ => Clock::with_speed(clock.speed()),
     };
-    let engine = Arc::new(Engine::new(Policy::from_config_at(
-        &config,
-        clock.now(),
-        crate::admin::audit::now_unix_ms(),
-    )));
+    let engine = Arc::new(Engine::new(
+        config.policy_at(clock.now(), crate::telemetry::audit::now_unix_ms()),
+    ));
     if let Some(path) = &config.admin.state_path {
-        use crate::admin::state::{restore, Restored};
+        use crate::state::manual_file::{restore, Restored};
         match restore(path, &engine).map_err(ServerError::State)? {
             Restored::Loaded(0) => {}
             Restored::Loaded(n) => {
@@ -441,14 +235,14 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
     let audit = match &config.audit.path {
         None => None,
         Some(p) => Some(
-            crate::admin::audit::AuditLog::open(p, config.audit.queue_capacity)
+            crate::telemetry::audit::AuditLog::open(p, config.audit.queue_capacity)
                 .map_err(|e| ServerError::State(format!("audit.path {}: {e}", p.display())))?,
         ),
     };
     let record = match &config.record {
         None => None,
         Some((p, cap)) => Some(
-            crate::admin::audit::JsonLines::open(p, *cap)
+            crate::telemetry::audit::JsonLines::open(p, *cap)
                 .map_err(|e| ServerError::State(format!("record.path {}: {e}", p.display())))?,
         ),
     };
@@ -503,7 +297,11 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         let shutdown = shutdown_rx.clone();
         let t = std::thread::Builder::new()
             .name(crate::state::redis::STATE_THREAD.into())
-            .spawn(move || rt.block_on(store.run_sync(shared, shutdown)))
+            .spawn(move || {
+                let engine = shared.engine.clone();
+                let state_path = move || shared.config.load().admin.state_path.clone();
+                rt.block_on(store.run_sync(engine, state_path, shutdown))
+            })
             .map_err(ServerError::Worker)?;
         threads.push(t);
     }
@@ -526,7 +324,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                             let mut sweep =
                                 tokio::time::interval(std::time::Duration::from_secs(60));
                             let mut sample =
-                                tokio::time::interval(crate::admin::history::SAMPLE_INTERVAL);
+                                tokio::time::interval(crate::telemetry::history::SAMPLE_INTERVAL);
                             sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             loop {
                                 tokio::select! {

@@ -15,9 +15,9 @@ use std::time::Duration;
 use notify::Watcher as _;
 use tracing::{info, warn};
 
-use super::{tls, Shared};
+use super::tls;
+use crate::app::Shared;
 use crate::config::{self, Config, ConfigError};
-use crate::engine::Policy;
 
 /// Re-read the config file and apply it.
 pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
@@ -34,11 +34,9 @@ pub fn reload(shared: &Shared) -> Result<(), ConfigError> {
                 slot.store(cert);
             }
         }
-        shared.engine.set_policy(Policy::from_config_at(
-            &new,
-            shared.clock.now(),
-            crate::admin::audit::now_unix_ms(),
-        ));
+        shared
+            .engine
+            .set_policy(new.policy_at(shared.clock.now(), crate::telemetry::audit::now_unix_ms()));
         shared.config.store(Arc::new(new));
     });
     match &result {

@@ -100,11 +100,8 @@ fn attack_templates(family: Family) -> (Vec<Vec<Piece>>, Vec<Vec<Piece>>) {
     };
     match family {
         Family::Tuning => {
-            let small = scenario::parse(
-                std::path::Path::new("small.toml"),
-                crate::demo::traffic::SMALL_SCENARIO,
-            )
-            .ok();
+            let small =
+                scenario::parse(std::path::Path::new("small.toml"), scenario::SMALL_SCENARIO).ok();
             let of = |name: &str| {
                 small
                     .as_ref()
@@ -551,7 +548,7 @@ pub fn evaluate(
     let mut ids: HashMap<String, usize> = HashMap::new();
     for (i, p) in s.populations.iter().enumerate() {
         for a in 0..p.accounts {
-            ids.insert(format!("{:016x}", super::account_id(s, i, a)), i);
+            ids.insert(AccountId(super::account_id(s, i, a)).to_string(), i);
         }
     }
     let mut seen: HashSet<u64> = HashSet::new();

@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::engine::score::PhraseMatcher;
 use crate::engine::signature;
-use crate::engine::Decision;
+use crate::engine::{AccountId, Decision};
 use crate::replay::{Headline, Run, TrafficRecord, RECORD_VERSION};
 pub use scenario::{Piece, Population, Scenario, Timing};
 
@@ -422,7 +422,7 @@ impl SimRequest {
             v: RECORD_VERSION,
             t_ms: self.t_ms,
             request_id: None,
-            account: format!("{:016x}", self.account_id(s)),
+            account: AccountId(self.account_id(s)).to_string(),
             anonymous: false,
             ja4: fp(&p.ja4),
             http: fp(&p.http),
@@ -476,7 +476,7 @@ pub fn account_id(s: &Scenario, population: usize, account: u32) -> u64 {
 /// per-key rate limits does.
 pub fn per_key_only(config: &Config) -> Config {
     let mut c = config.clone();
-    c.cluster.enabled = false;
+    c.cluster.policy.enabled = false;
     c.detection.enabled = false;
     c
 }
@@ -548,7 +548,7 @@ pub fn drive<'c>(
     baseline: &'c Config,
     mut each: impl FnMut(&TrafficRecord, &Decision, &Run<'c>) -> Result<(), String>,
 ) -> Result<(Run<'c>, Run<'c>, u64), String> {
-    let matcher = config.detection.matcher.clone();
+    let matcher = config.detection.policy.matcher.clone();
     let mut policy = Run::new(config);
     let mut base = Run::new(baseline);
     let mut n = 0u64;

@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 
+/// The small scenario (two simulated hours), compiled in so the demo and
+/// the tuning family run from any directory.
+pub const SMALL_SCENARIO: &str = include_str!("../../config/scenarios/small.toml");
+
 /// A scenario as written in the file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -106,7 +106,7 @@ fn rates_windows_and_timing_follow_the_scenario() {
 fn records_carry_fingerprints_labels_and_no_prompt_text() {
     let s = scenario();
     let c = config();
-    let m = c.detection.matcher.clone();
+    let m = c.detection.policy.matcher.clone();
     let reqs: Vec<SimRequest> = Generator::new(&s).collect();
     let hydra = reqs.iter().find(|r| r.population == 1).unwrap();
     let rec = hydra.record(&s, &c, &m);

@@ -10,6 +10,7 @@
 //! knows which store answered.
 
 pub mod breaker;
+pub mod manual_file;
 pub mod redis;
 pub mod stream;
 

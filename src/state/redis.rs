@@ -24,13 +24,17 @@ use tracing::{debug, info, warn};
 
 use super::breaker::{Breaker, BreakerState, Gate, Transition};
 use super::{BudgetStore, Receipt, Unavailable};
-use crate::admin::metrics::Histogram;
 use crate::config::{OnFailure, RedisConfig};
 use crate::engine::gcra::Rate;
 use crate::engine::{
-    AccountId, Admission, BudgetAsk, Engine, LimitHit, LimitKind, Manual, Nanos, Scope, Ticket,
-    Tier, Usage,
+    AccountId, Admission, BudgetAsk, ClusterId, Engine, LimitHit, LimitKind, Manual, Nanos, Scope,
+    Ticket, Tier, Usage,
 };
+use crate::telemetry::metrics::{labelled, labelled2, Histogram};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Admission: for each scope (account, then cluster) check concurrency
 /// (dropping expired in-flight leases when at the cap), the request cell
@@ -180,18 +184,163 @@ pub(super) enum Op {
 
 const OPS: [&str; 6] = ["admit", "settle", "sync", "manual", "append", "read"];
 
-/// The shared store's counters.
-#[derive(Debug, Default)]
+/// Whether a failed Redis call failed or timed out (metrics label).
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Error,
+    Timeout,
+}
+
+impl EncodeLabelValue for Op {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(OPS[*self as usize])
+    }
+}
+
+impl EncodeLabelValue for Failure {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Failure::Error => "error",
+            Failure::Timeout => "timeout",
+        })
+    }
+}
+
+impl EncodeLabelValue for BreakerState {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for OnFailure {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct OpLabels {
+    op: Op,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct ErrorLabels {
+    op: Op,
+    kind: Failure,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct TransitionLabels {
+    to: BreakerState,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct FallbackLabels {
+    mode: OnFailure,
+}
+
+const ALL_OPS: [Op; 6] = [
+    Op::Admit,
+    Op::Settle,
+    Op::Sync,
+    Op::Manual,
+    Op::Append,
+    Op::Read,
+];
+
+/// The shared store's metrics, each labelled series resolved once.
+#[derive(Debug)]
 struct StoreMetrics {
+    registry: Registry,
     round_trip: Histogram,
-    commands: [AtomicU64; 6],
+    commands: [Counter; 6],
     /// [op] × [error, timeout].
-    errors: [[AtomicU64; 2]; 6],
+    errors: [[Counter; 2]; 6],
     /// Transitions into [closed, open, half_open].
-    transitions: [AtomicU64; 3],
+    transitions: [Counter; 3],
     /// Decisions made under on_failure: [local, open, closed].
-    fallback: [AtomicU64; 3],
-    settles_skipped: AtomicU64,
+    fallback: [Counter; 3],
+    settles_skipped: Counter,
+    breaker_state: Gauge,
+    manual_version: Gauge,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        let round_trip = Histogram::default();
+        r.register(
+            "distill_guard_state_redis_round_trip_seconds",
+            "Time for one Redis call (script or command), timeouts included",
+            round_trip.clone(),
+        );
+        let (commands, family) = labelled(ALL_OPS, |op| OpLabels { op });
+        r.register(
+            "distill_guard_state_redis_commands",
+            "Redis calls made, by purpose",
+            family,
+        );
+        let (errors, family) =
+            labelled2(ALL_OPS, [Failure::Error, Failure::Timeout], |op, kind| {
+                ErrorLabels { op, kind }
+            });
+        r.register(
+            "distill_guard_state_redis_errors",
+            "Redis calls that failed, by purpose and kind",
+            family,
+        );
+        let breaker_state = Gauge::default();
+        r.register(
+            "distill_guard_state_breaker_state",
+            "The Redis breaker: 0 closed, 1 open, 2 half open",
+            breaker_state.clone(),
+        );
+        let (transitions, family) = labelled(
+            [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ],
+            |to| TransitionLabels { to },
+        );
+        r.register(
+            "distill_guard_state_breaker_transitions",
+            "Breaker transitions, by the state entered",
+            family,
+        );
+        let (fallback, family) = labelled(
+            [OnFailure::Local, OnFailure::Open, OnFailure::Closed],
+            |mode| FallbackLabels { mode },
+        );
+        r.register(
+            "distill_guard_state_fallback",
+            "Budget decisions made under on_failure because Redis could not answer",
+            family,
+        );
+        let settles_skipped = Counter::default();
+        r.register(
+            "distill_guard_state_settles_skipped",
+            "Settlements not sent to Redis (breaker open); the shared cells do not see that output",
+            settles_skipped.clone(),
+        );
+        let manual_version = Gauge::default();
+        r.register(
+            "distill_guard_state_manual_version",
+            "The version of the shared manual decisions applied here (-1: none yet)",
+            manual_version.clone(),
+        );
+        StoreMetrics {
+            registry: r,
+            round_trip,
+            commands,
+            errors,
+            transitions,
+            fallback,
+            settles_skipped,
+            breaker_state,
+            manual_version,
+        }
+    }
 }
 
 /// Budget cells and manual decisions in Redis.
@@ -342,7 +491,7 @@ impl RedisStore {
             BreakerState::Open => 1,
             BreakerState::HalfOpen => 2,
         };
-        self.metrics.transitions[i].fetch_add(1, Ordering::Relaxed);
+        self.metrics.transitions[i].inc();
         match (t.from, t.to) {
             (BreakerState::Closed, BreakerState::Open) => warn!(
                 failures = self.cfg.breaker_failures,
@@ -402,11 +551,11 @@ impl RedisStore {
     /// nor the round-trip histogram, since they block by design.
     pub(super) fn note_read(&self, _took: std::time::Duration, ok: Option<bool>) {
         let i = Op::Read as usize;
-        self.metrics.commands[i].fetch_add(1, Ordering::Relaxed);
+        self.metrics.commands[i].inc();
         match ok {
             Some(true) => {}
-            Some(false) => drop(self.metrics.errors[i][0].fetch_add(1, Ordering::Relaxed)),
-            None => drop(self.metrics.errors[i][1].fetch_add(1, Ordering::Relaxed)),
+            Some(false) => drop(self.metrics.errors[i][0].inc()),
+            None => drop(self.metrics.errors[i][1].inc()),
         }
     }
 
@@ -435,7 +584,7 @@ impl RedisStore {
         };
         let r = tokio::time::timeout(self.timeout(op), attempts).await;
         self.metrics.round_trip.observe(started.elapsed());
-        self.metrics.commands[op as usize].fetch_add(1, Ordering::Relaxed);
+        self.metrics.commands[op as usize].inc();
         let failed = match r {
             Ok(Ok(v)) => {
                 self.transition(self.breaker.success(probe));
@@ -447,7 +596,7 @@ impl RedisStore {
             }
             Err(_) => 1,
         };
-        self.metrics.errors[op as usize][failed].fetch_add(1, Ordering::Relaxed);
+        self.metrics.errors[op as usize][failed].inc();
         self.transition(self.breaker.failure(probe));
         Err(())
     }
@@ -492,7 +641,7 @@ impl RedisStore {
         now: Nanos,
     ) -> Result<(Admission, Receipt), Unavailable> {
         let mode = self.cfg.on_failure;
-        self.metrics.fallback[mode as usize].fetch_add(1, Ordering::Relaxed);
+        self.metrics.fallback[mode as usize].inc();
         match mode {
             OnFailure::Local => Ok((engine.admit_local(ask, now), Receipt::Local)),
             OnFailure::Open => {
@@ -546,15 +695,18 @@ impl RedisStore {
 
     /// Poll the manual decisions' version every `manual_sync_ms` and apply
     /// Redis's decisions when it moved; seed Redis with this replica's
-    /// when it holds none. Runs until `shutdown`.
+    /// when it holds none, persisting what changed to the state file
+    /// `state_path` names at the time (`[admin] state_path`, reloadable).
+    /// Runs until `shutdown`.
     pub async fn run_sync(
         self: Arc<Self>,
-        shared: Arc<crate::server::Shared>,
+        engine: Arc<Engine>,
+        state_path: impl Fn() -> Option<std::path::PathBuf>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         if let Some(stream) = self.stream.clone() {
             tokio::spawn(stream.clone().run_appender(self.clone(), shutdown.clone()));
-            tokio::spawn(stream.run_reader(self.clone(), shared.engine.clone(), shutdown.clone()));
+            tokio::spawn(stream.run_reader(self.clone(), engine.clone(), shutdown.clone()));
         }
         let mut tick = tokio::time::interval(self.cfg.manual_sync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -563,11 +715,15 @@ impl RedisStore {
                 _ = shutdown.wait_for(|s| *s) => break,
                 _ = tick.tick() => {}
             }
-            self.sync_manual(&shared).await;
+            self.sync_manual(&engine, &state_path).await;
         }
     }
 
-    async fn sync_manual(&self, shared: &crate::server::Shared) {
+    async fn sync_manual(
+        &self,
+        engine: &Engine,
+        state_path: &impl Fn() -> Option<std::path::PathBuf>,
+    ) {
         let Some(probe) = self.gate() else { return };
         let (h, v) = self.manual_keys();
         let mut get = ::redis::cmd("GET");
@@ -581,7 +737,6 @@ impl RedisStore {
         else {
             return;
         };
-        let engine = &shared.engine;
         match version {
             None => {
                 let (accounts, clusters) = engine.manual_decisions();
@@ -592,7 +747,7 @@ impl RedisStore {
                     inv.arg(format!("a:{a}")).arg(manual_str(m));
                 }
                 for (c, m) in clusters {
-                    inv.arg(format!("c:{c:016x}")).arg(manual_str(m));
+                    inv.arg(format!("c:{}", ClusterId(c))).arg(manual_str(m));
                 }
                 let inv = &inv;
                 let seeded = self
@@ -627,9 +782,8 @@ impl RedisStore {
                         version = v,
                         changed, "manual decisions updated from Redis (made through a replica)"
                     );
-                    let config = shared.config.load();
-                    if let Some(path) = &config.admin.state_path {
-                        if let Err(e) = crate::admin::state::save(path, engine) {
+                    if let Some(path) = state_path() {
+                        if let Err(e) = super::manual_file::save(&path, engine) {
                             warn!(path = %path.display(), error = %e, "cannot persist manual decisions");
                         }
                     }
@@ -664,86 +818,13 @@ impl RedisStore {
         self.breaker.state()
     }
 
-    /// Prometheus text of the store's metrics.
+    /// OpenMetrics text of the store's metrics (no `# EOF`).
     pub fn render_metrics(&self, out: &mut String) {
         let m = &self.metrics;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        m.round_trip.render(
-            out,
-            "distill_guard_state_redis_round_trip_seconds",
-            "Time for one Redis call (script or command), timeouts included.",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_redis_commands_total Redis calls made, by purpose.\n\
-             # TYPE distill_guard_state_redis_commands_total counter"
-        );
-        for (i, op) in OPS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "distill_guard_state_redis_commands_total{{op=\"{op}\"}} {}",
-                load(&m.commands[i])
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_redis_errors_total Redis calls that failed, by purpose and kind.\n\
-             # TYPE distill_guard_state_redis_errors_total counter"
-        );
-        for (i, op) in OPS.iter().enumerate() {
-            for (j, kind) in ["error", "timeout"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "distill_guard_state_redis_errors_total{{op=\"{op}\",kind=\"{kind}\"}} {}",
-                    load(&m.errors[i][j])
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_breaker_state The Redis breaker: 0 closed, 1 open, 2 half open.\n\
-             # TYPE distill_guard_state_breaker_state gauge\n\
-             distill_guard_state_breaker_state {}",
-            self.breaker.state().gauge()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_breaker_transitions_total Breaker transitions, by the state entered.\n\
-             # TYPE distill_guard_state_breaker_transitions_total counter"
-        );
-        for (i, to) in ["closed", "open", "half_open"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "distill_guard_state_breaker_transitions_total{{to=\"{to}\"}} {}",
-                load(&m.transitions[i])
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_fallback_total Budget decisions made under on_failure because Redis could not answer.\n\
-             # TYPE distill_guard_state_fallback_total counter"
-        );
-        for (i, mode) in ["local", "open", "closed"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "distill_guard_state_fallback_total{{mode=\"{mode}\"}} {}",
-                load(&m.fallback[i])
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_settles_skipped_total Settlements not sent to Redis (breaker open); the shared cells do not see that output.\n\
-             # TYPE distill_guard_state_settles_skipped_total counter\n\
-             distill_guard_state_settles_skipped_total {}",
-            load(&m.settles_skipped)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_manual_version The version of the shared manual decisions applied here (-1: none yet).\n\
-             # TYPE distill_guard_state_manual_version gauge\n\
-             distill_guard_state_manual_version {}",
-            self.manual_version.load(Ordering::Relaxed)
-        );
+        m.breaker_state.set(self.breaker.state().gauge());
+        m.manual_version
+            .set(self.manual_version.load(Ordering::Relaxed));
+        let _ = prometheus_client::encoding::text::encode_registry(out, &m.registry);
         if let Some(s) = &self.stream {
             s.render_metrics(out);
         }
@@ -888,10 +969,7 @@ impl BudgetStore for Arc<RedisStore> {
         let store = self.clone();
         let settle = async move {
             let Some(probe) = store.gate() else {
-                store
-                    .metrics
-                    .settles_skipped
-                    .fetch_add(1, Ordering::Relaxed);
+                store.metrics.settles_skipped.inc();
                 return;
             };
             let mut inv = store.settle.prepare_invoke();

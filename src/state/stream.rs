@@ -13,7 +13,6 @@
 //! entry) and applies it. While Redis fails, requests are linked and
 //! observed here alone (as in local mode) and nothing is appended.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,13 +22,17 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::redis::{Op, RedisStore};
-use crate::admin::metrics::Histogram;
 use crate::config::StreamConfig;
 use crate::engine::score::PhraseHits;
 use crate::engine::{
     cohort, signature, AccountId, Engine, Nanos, Observation, ObservedAttrs, RequestFacts, Ticket,
     Usage,
 };
+use crate::telemetry::metrics::{labelled, Histogram};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Entries appended in one pipelined round trip at most.
 const APPEND_BATCH: usize = 512;
@@ -228,20 +231,95 @@ fn id_ms(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()
 }
 
-/// The stream's counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct DroppedLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct AppliedLabels {
+    kind: &'static str,
+}
+
+/// The stream's metrics, each series resolved once.
+#[derive(Debug)]
 struct StreamMetrics {
-    appended: AtomicU64,
+    registry: Registry,
+    view: Gauge,
+    appended: Counter,
     /// Dropped: [queue full, Redis failed or breaker open].
-    dropped: [AtomicU64; 2],
-    /// Applied: [observations, settlements].
-    applied: [AtomicU64; 2],
-    malformed: AtomicU64,
-    lag_entries: AtomicU64,
-    lag_ms: AtomicU64,
+    dropped: [Counter; 2],
+    /// Applied: [observations, settlements, malformed].
+    applied: [Counter; 3],
+    lag_entries: Gauge,
+    lag_seconds: Gauge<f64, AtomicU64>,
     /// Age of an entry when applied here (this host's clock against the
     /// entry's server milliseconds).
     delay: Histogram,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        let view = Gauge::default();
+        r.register(
+            "distill_guard_state_stream_view",
+            "Requests decided on the shared view of clusters (1) or linked on this replica alone (0)",
+            view.clone(),
+        );
+        let lag_entries = Gauge::default();
+        r.register(
+            "distill_guard_state_stream_lag_entries",
+            format!(
+                "Observation stream entries not applied here yet (measured every second, counted up to {LAG_COUNT_CAP})"
+            ),
+            lag_entries.clone(),
+        );
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "distill_guard_state_stream_lag_seconds",
+            "Stream time between the newest entry and the last one applied here (measured every second)",
+            lag_seconds.clone(),
+        );
+        let delay = Histogram::default();
+        r.register(
+            "distill_guard_state_stream_delay_seconds",
+            "Age of an observation stream entry when applied here (this host's clock against the entry's Redis time)",
+            delay.clone(),
+        );
+        let appended = Counter::default();
+        r.register(
+            "distill_guard_state_stream_appended",
+            "Observations and settlements appended to the stream by this replica",
+            appended.clone(),
+        );
+        let (dropped, family) = labelled(["queue_full", "redis_failed"], |reason| DroppedLabels {
+            reason,
+        });
+        r.register(
+            "distill_guard_state_stream_dropped",
+            "Entries never appended: the queue was full, or Redis failed",
+            family,
+        );
+        let (applied, family) = labelled(["observation", "settlement", "malformed"], |kind| {
+            AppliedLabels { kind }
+        });
+        r.register(
+            "distill_guard_state_stream_applied",
+            "Stream entries applied here (every replica's), by kind",
+            family,
+        );
+        StreamMetrics {
+            registry: r,
+            view,
+            appended,
+            dropped,
+            applied,
+            lag_entries,
+            lag_seconds,
+            delay,
+        }
+    }
 }
 
 /// The observation stream of one replica: its append queue, its read
@@ -299,7 +377,7 @@ impl ObservationStream {
     /// (counted): that observation is then applied by no replica.
     pub fn push(&self, entry: Entry) {
         if self.tx.try_send(entry).is_err() {
-            self.metrics.dropped[0].fetch_add(1, Ordering::Relaxed);
+            self.metrics.dropped[0].inc();
         }
     }
 
@@ -336,7 +414,7 @@ impl ObservationStream {
                 n = rx.recv_many(&mut batch, APPEND_BATCH) => if n == 0 { break },
             }
             let Some(probe) = store.gate() else {
-                self.metrics.dropped[1].fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.metrics.dropped[1].inc_by(batch.len() as u64);
                 batch.clear();
                 continue;
             };
@@ -363,8 +441,8 @@ impl ObservationStream {
                 })
                 .await;
             match sent {
-                Ok(()) => self.metrics.appended.fetch_add(n, Ordering::Relaxed),
-                Err(()) => self.metrics.dropped[1].fetch_add(n, Ordering::Relaxed),
+                Ok(()) => self.metrics.appended.inc_by(n),
+                Err(()) => self.metrics.dropped[1].inc_by(n),
             };
             batch.clear();
         }
@@ -417,7 +495,7 @@ impl ObservationStream {
                     continue;
                 }
             };
-            let wall_ms = crate::admin::audit::now_unix_ms();
+            let wall_ms = crate::telemetry::audit::now_unix_ms();
             let mut last = None;
             for (id, fields) in entries {
                 let ms = id_ms(&id).unwrap_or(0);
@@ -431,9 +509,9 @@ impl ObservationStream {
                 match (&entry, applied) {
                     (Some(Entry::Observed(_)), Some(true)) => &self.metrics.applied[0],
                     (Some(Entry::Settled(_)), Some(true)) => &self.metrics.applied[1],
-                    _ => &self.metrics.malformed,
+                    _ => &self.metrics.applied[2],
                 }
-                .fetch_add(1, Ordering::Relaxed);
+                .inc();
                 self.metrics
                     .delay
                     .observe(Duration::from_millis(wall_ms.saturating_sub(ms)));
@@ -471,71 +549,21 @@ impl ObservationStream {
         else {
             return;
         };
-        self.metrics.lag_entries.store(n, Ordering::Relaxed);
+        self.metrics
+            .lag_entries
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
         let behind = match (id_ms(&newest), id_ms(&from)) {
             (Some(a), Some(b)) => a.saturating_sub(b),
             _ => 0,
         };
-        self.metrics.lag_ms.store(behind, Ordering::Relaxed);
+        self.metrics.lag_seconds.set(behind as f64 / 1000.0);
     }
 
-    /// Prometheus text of the stream's metrics.
+    /// OpenMetrics text of the stream's metrics (no `# EOF`).
     pub fn render_metrics(&self, out: &mut String) {
         let m = &self.metrics;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_stream_view Requests decided on the shared view of clusters (1) or linked on this replica alone (0).\n\
-             # TYPE distill_guard_state_stream_view gauge\n\
-             distill_guard_state_stream_view {}",
-            u8::from(self.in_view())
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_stream_lag_entries Observation stream entries not applied here yet (measured every second, counted up to {LAG_COUNT_CAP}).\n\
-             # TYPE distill_guard_state_stream_lag_entries gauge\n\
-             distill_guard_state_stream_lag_entries {}",
-            load(&m.lag_entries)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_stream_lag_seconds Stream time between the newest entry and the last one applied here (measured every second).\n\
-             # TYPE distill_guard_state_stream_lag_seconds gauge\n\
-             distill_guard_state_stream_lag_seconds {}",
-            load(&m.lag_ms) as f64 / 1000.0
-        );
-        m.delay.render(
-            out,
-            "distill_guard_state_stream_delay_seconds",
-            "Age of an observation stream entry when applied here (this host's clock against the entry's Redis time).",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_stream_appended_total Observations and settlements appended to the stream by this replica.\n\
-             # TYPE distill_guard_state_stream_appended_total counter\n\
-             distill_guard_state_stream_appended_total {}",
-            load(&m.appended)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_stream_dropped_total Entries never appended: the queue was full, or Redis failed.\n\
-             # TYPE distill_guard_state_stream_dropped_total counter\n\
-             distill_guard_state_stream_dropped_total{{reason=\"queue_full\"}} {}\n\
-             distill_guard_state_stream_dropped_total{{reason=\"redis_failed\"}} {}",
-            load(&m.dropped[0]),
-            load(&m.dropped[1])
-        );
-        let _ = writeln!(
-            out,
-            "# HELP distill_guard_state_stream_applied_total Stream entries applied here (every replica's), by kind.\n\
-             # TYPE distill_guard_state_stream_applied_total counter\n\
-             distill_guard_state_stream_applied_total{{kind=\"observation\"}} {}\n\
-             distill_guard_state_stream_applied_total{{kind=\"settlement\"}} {}\n\
-             distill_guard_state_stream_applied_total{{kind=\"malformed\"}} {}",
-            load(&m.applied[0]),
-            load(&m.applied[1]),
-            load(&m.malformed)
-        );
+        m.view.set(i64::from(self.in_view()));
+        let _ = prometheus_client::encoding::text::encode_registry(out, &m.registry);
     }
 }
 

@@ -221,6 +221,37 @@ pub struct Spawned {
     pub admin: Option<SocketAddr>,
     /// Its log lines so far (colour codes removed; the first 10,000).
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its stderr byte for byte, colour codes included (the first 64 MiB).
+    pub raw: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The thread draining stderr (ends when the child closes it).
+    pub drain: std::thread::JoinHandle<()>,
+}
+
+/// At most this much of a child's stderr is kept byte for byte.
+const RAW_CAP: usize = 64 << 20;
+
+impl Spawned {
+    /// Send `sig` (e.g. `-TERM`), wait until the child exits (20 s at
+    /// most) and its stderr is drained; its stderr, byte for byte.
+    pub fn stop(mut self, sig: &str) -> Vec<u8> {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(sent, "kill {sig} failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().expect("try_wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("no exit within 20 s of {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.drain.join().expect("stderr drain");
+        let raw = self.raw.lock().unwrap();
+        raw.clone()
+    }
 }
 
 /// Drop terminal colour codes (`ESC [ ... m`) from a log line.
@@ -266,11 +297,24 @@ pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin:
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let kept = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let line = strip_ansi(&line);
+    let raw = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (kept, kept_raw) = (log.clone(), raw.clone());
+    let drain = std::thread::spawn(move || {
+        let mut stderr = std::io::BufReader::new(stderr);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match stderr.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            {
+                let mut kept_raw = kept_raw.lock().unwrap();
+                if kept_raw.len() + buf.len() <= RAW_CAP {
+                    kept_raw.extend_from_slice(&buf);
+                }
+            }
+            let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']));
             if line.contains("listening") {
                 if let Some(a) = logged_address(&line) {
                     let _ = tx.send((line.contains("admin API"), a));
@@ -288,6 +332,8 @@ pub fn spawn_listening(cmd: &mut std::process::Command, listeners: usize, admin:
         listeners: Vec::new(),
         admin: None,
         log,
+        raw,
+        drain,
     };
     while got.listeners.len() < listeners || (admin && got.admin.is_none()) {
         if let Some(status) = got.child.try_wait().expect("try_wait") {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{AccountId, Engine, Manual};
+use crate::engine::{AccountId, ClusterId, Engine, Manual};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
@@ -35,7 +35,7 @@ pub fn save(path: &Path, engine: &Engine) -> std::io::Result<()> {
             .collect(),
         clusters: clusters
             .into_iter()
-            .map(|(c, m)| (format!("{c:016x}"), m))
+            .map(|(c, m)| (ClusterId(c).to_string(), m))
             .collect(),
     };
     let text = serde_json::to_string_pretty(&file).map_err(std::io::Error::other)?;
@@ -77,7 +77,7 @@ pub fn restore(path: &Path, engine: &Engine) -> Result<Restored, String> {
         Ok(n) => Ok(Restored::Loaded(n)),
         Err(reason) => {
             let mut aside = path.as_os_str().to_owned();
-            aside.push(format!(".bad-{}", super::audit::now_unix_ms()));
+            aside.push(format!(".bad-{}", crate::telemetry::audit::now_unix_ms()));
             let aside = std::path::PathBuf::from(aside);
             std::fs::rename(path, &aside)
                 .map_err(|e| format!("{reason}; and cannot move it aside: {e}"))?;
@@ -115,19 +115,19 @@ pub fn load(path: &Path, engine: &Engine) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Policy, Tier};
+    use crate::engine::Policy;
 
     fn engine() -> Engine {
-        Engine::new(Policy::single_tier(Tier::from_config(
-            "t",
-            &crate::config::TierConfig {
+        Engine::new(Policy::single_tier(
+            crate::config::TierConfig {
                 requests_per_minute: 1,
                 burst_requests: 1,
                 input_tokens_per_minute: 1,
                 output_tokens_per_minute: 1,
                 max_concurrent: 1,
-            },
-        )))
+            }
+            .tier("t"),
+        ))
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Limits;
+pub use crate::telemetry::metrics::Expired;
 
 /// The deadlines one connection runs under (read from the config when it
 /// was accepted).
@@ -50,28 +51,6 @@ impl Deadlines {
     fn tick(&self) -> Duration {
         (self.first_request.min(self.idle).min(self.write_stall) / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-}
-
-/// Why a connection was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
-    /// No complete request head within the first-request deadline.
-    FirstRequest,
-    /// Nothing in flight for the idle deadline (closed gracefully).
-    Idle,
-    /// A response waited for the client to read it past the deadline.
-    WriteStall,
-}
-
-impl Expired {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Expired::FirstRequest => "first_request_timeout",
-            Expired::Idle => "idle_timeout",
-            Expired::WriteStall => "write_stall",
-        }
     }
 }
 
