@@ -686,7 +686,7 @@ async fn read_body(
                         let remaining = limit - prefix.len() as u64;
                         let rb = RequestBody::Stream {
                             prefix: Some(prefix),
-                            rest: body,
+                            rest: Box::new(body),
                             remaining,
                             limit,
                         };
@@ -707,7 +707,7 @@ async fn read_body(
 fn stream_body(prefix: Option<Bytes>, rest: ClientBody, limit: u64) -> RequestBody {
     RequestBody::Stream {
         prefix,
-        rest,
+        rest: Box::new(rest),
         remaining: limit,
         limit,
     }
