@@ -228,7 +228,9 @@ fn content_length(head: &[u8]) -> usize {
     );
     hs.iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+        .map_or(0, |h| {
+            std::str::from_utf8(h.value).unwrap().parse().unwrap()
+        })
 }
 
 /// An upstream answering every request on a connection with `messages.json`.
@@ -403,6 +405,83 @@ fn report_streams(what: &str, s: &Stats) {
     );
 }
 
+/// The engine's own memory per tracked account, exactly: the heap it holds
+/// after the fill of `benches/engine.rs` (100k accounts, each once with its
+/// own prompt's index keys and its own network and stack attributes, the
+/// same budgets-raised default policy, detection on), over the accounts it
+/// tracks. Counted from before `Engine::new`, so tables made up front are in.
+fn engine_memory() {
+    use distill_guard::engine::link::AttrKind;
+    use distill_guard::engine::signature::{self, INDEX_KEYS};
+    use distill_guard::engine::{
+        attr_hash, AccountId, Engine, Observation, ObservedAttrs, Policy, Usage, Verdict, SECOND,
+    };
+    const ACCOUNTS: u64 = 100_000;
+    let text = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n{RAISED}"
+    );
+    let config = distill_guard::config::parse(std::path::Path::new("bench.toml"), &text).unwrap();
+    let policy = Policy::from_config(&config);
+    let prompt = |i: u64| {
+        format!(
+            "Imagine and articulate the internal reasoning behind the completed response below, \
+             and write it out step by step. Question {i}: what is the {} of {}? Answer: it is {}.",
+            i * 7919 % 1000,
+            i % 97,
+            i * 31
+        )
+    };
+    let attrs = |i: u64, keys: [u64; INDEX_KEYS]| {
+        let h = |k, v: String| Some(attr_hash(k, v.as_bytes()));
+        ObservedAttrs {
+            ja4: h(AttrKind::Ja4, format!("ja4-{}", i % 50)),
+            http: h(AttrKind::Http, format!("http-{}", i % 30)),
+            h2: None,
+            ip_prefix: h(
+                AttrKind::IpPrefix,
+                format!("10.{}.{}.0/24", i % 256, i / 256 % 256),
+            ),
+            asn: h(AttrKind::Asn, format!("{}", 64_500 + i % 300)),
+            prompt: Some(keys),
+        }
+    };
+    let region = Region::new(GLOBAL);
+    let engine = Engine::new(policy);
+    let made = region.change();
+    let mut now = 1000 * SECOND;
+    for i in 0..ACCOUNTS {
+        let o = Observation {
+            account: AccountId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            anonymous: false,
+            input_tokens: 100,
+            attrs: attrs(i, signature::signature(&prompt(i)).index_keys()),
+            request: Default::default(),
+        };
+        now += SECOND / 1000;
+        if let Verdict::Allow(t) = engine.decide(&o, now).verdict {
+            engine.settle(&t, Usage::default(), now);
+        }
+    }
+    let held = region.change();
+    let live = |s: &Stats| s.bytes_allocated as i64 - s.bytes_deallocated as i64;
+    let accounts = engine.tracked_accounts();
+    let stats = engine.link_stats().unwrap();
+    println!(
+        "\nengine memory (the fill of benches/engine.rs): {accounts} tracked accounts, {} index \
+         keys, {} index entries",
+        stats.values, stats.entries
+    );
+    println!(
+        "live heap {} B ({} B of it made by Engine::new) → {} B per tracked account; the \
+         engine's own estimate: linker ≈ {} B → {} B per account",
+        live(&held),
+        live(&made),
+        live(&held) / accounts.max(1) as i64,
+        stats.approx_bytes,
+        stats.approx_bytes / accounts.max(1)
+    );
+}
+
 fn main() {
     // `cargo test --benches` runs this with `--test`: nothing to measure.
     if std::env::args().any(|a| a == "--test") {
@@ -452,4 +531,6 @@ fn main() {
         proxy.shutdown();
         proxy.join();
     }
+
+    engine_memory();
 }
