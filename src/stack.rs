@@ -669,7 +669,7 @@ async fn read_body(
                         let remaining = limit - prefix.len() as u64;
                         let rb = RequestBody::Stream {
                             prefix: Some(prefix),
-                            rest: body,
+                            rest: Box::new(body),
                             remaining,
                             limit,
                         };
@@ -690,7 +690,7 @@ async fn read_body(
 fn stream_body(prefix: Option<Bytes>, rest: ClientBody, limit: u64) -> RequestBody {
     RequestBody::Stream {
         prefix,
-        rest,
+        rest: Box::new(rest),
         remaining: limit,
         limit,
     }
@@ -954,23 +954,18 @@ fn client_fingerprint(
 fn forward_fingerprint(config: &Config, fp: &ClientFingerprint, headers: &mut http::HeaderMap) {
     let fc = &config.fingerprint;
     let values = [
-        (
-            &fc.forward_ja4_header,
-            fp.ja4.as_ref().map(|j| j.as_str().to_string()),
-        ),
+        (&fc.forward_ja4_header, fp.ja4.as_ref().map(|j| j.as_str())),
         (
             &fc.forward_http_header,
-            fp.http.as_ref().map(|h| h.as_str().to_string()),
+            fp.http.as_ref().map(|h| h.as_str()),
         ),
-        (
-            &fc.forward_h2_header,
-            fp.h2.as_ref().map(|h| h.akamai().to_string()),
-        ),
+        (&fc.forward_h2_header, fp.h2.as_ref().map(|h| h.akamai())),
     ];
     for (name, value) in values {
         let Some(name) = name else { continue };
         headers.remove(name);
-        if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+        // Copied into a header value only when its header is configured.
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name.clone(), v);
         }
     }

@@ -147,8 +147,10 @@ pub enum RequestBody {
     Stream {
         /// Bytes already read from `rest` (sent first).
         prefix: Option<Bytes>,
-        /// The remainder of the client's body.
-        rest: ClientBody,
+        /// The remainder of the client's body, boxed: a request waits in the
+        /// upstream client's dispatch queue, whose slots are sized by the
+        /// largest variant, and most bodies are `Full`.
+        rest: Box<ClientBody>,
         /// Bytes that may still pass.
         remaining: u64,
         /// The configured limit (for the error).
@@ -182,7 +184,7 @@ impl Body for RequestBody {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
-                match ready!(Pin::new(rest).poll_frame(cx)) {
+                match ready!(Pin::new(rest.as_mut()).poll_frame(cx)) {
                     None => Poll::Ready(None),
                     Some(Err(e)) => Poll::Ready(Some(Err(e))),
                     Some(Ok(frame)) => {
