@@ -414,14 +414,14 @@ fn engine_memory() {
     use distill_guard::engine::link::AttrKind;
     use distill_guard::engine::signature::{self, INDEX_KEYS};
     use distill_guard::engine::{
-        attr_hash, AccountId, Engine, Observation, ObservedAttrs, Policy, Usage, Verdict, SECOND,
+        attr_hash, AccountId, Engine, Observation, ObservedAttrs, Usage, Verdict, SECOND,
     };
     const ACCOUNTS: u64 = 100_000;
     let text = format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n{RAISED}"
     );
     let config = distill_guard::config::parse(std::path::Path::new("bench.toml"), &text).unwrap();
-    let policy = Policy::from_config(&config);
+    let policy = config.policy();
     let prompt = |i: u64| {
         format!(
             "Imagine and articulate the internal reasoning behind the completed response below, \
