@@ -372,9 +372,10 @@ pub struct StockShingles {
     key: u64,
     /// Sorted, without duplicates.
     hashes: Vec<u64>,
-    /// One bit per value of a hash's low 12 bits: most shingles are ruled
-    /// out by one load, without searching `hashes`.
-    filter: Box<[u64; 64]>,
+    /// One bit per value of a hash's low 12 bits (64 words; empty, and not
+    /// allocated, without stock phrases): most shingles are ruled out by one
+    /// load, without searching `hashes`.
+    filter: Vec<u64>,
 }
 
 impl StockShingles {
@@ -383,7 +384,7 @@ impl StockShingles {
         StockShingles {
             key,
             hashes: Vec::new(),
-            filter: Box::new([0; 64]),
+            filter: Vec::new(),
         }
     }
 
@@ -406,7 +407,11 @@ impl StockShingles {
         }
         hashes.sort_unstable();
         hashes.dedup();
-        let mut filter = Box::new([0u64; 64]);
+        let mut filter = if hashes.is_empty() {
+            Vec::new()
+        } else {
+            vec![0u64; 64]
+        };
         for &h in &hashes {
             let bit = (h & 4095) as usize;
             if let Some(w) = filter.get_mut(bit / 64) {
