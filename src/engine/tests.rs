@@ -427,6 +427,38 @@ mod clusters {
         Some(attr_hash(kind, v.as_bytes()))
     }
 
+    /// One hydra request: the account's template (of 6) filled afresh, one
+    /// operator's request shape (model, `max_tokens` pinned), the given
+    /// client stack and network.
+    fn hydra_request(
+        rng: &mut rand::rngs::StdRng,
+        account: u64,
+        (ja4, http, ip_prefix): (Option<u64>, Option<u64>, Option<u64>),
+    ) -> Observation {
+        let t = TEMPLATES[(account % 6) as usize];
+        let text = t
+            .replacen("{}", &fill(rng, 25), 1)
+            .replacen("{}", &fill(rng, 15), 1);
+        Observation {
+            account: AccountId(account),
+            anonymous: false,
+            input_tokens: 120,
+            attrs: ObservedAttrs {
+                ja4,
+                http,
+                h2: None,
+                ip_prefix,
+                asn: None,
+                prompt: prompt_keys(&text),
+            },
+            request: RequestFacts {
+                model: Some("claude-sonnet-4-5".into()),
+                max_output_tokens: Some(64_000),
+                ..Default::default()
+            },
+        }
+    }
+
     /// 400 accounts, one JA4, 8 IPs in two /24s, 6 templates; each account
     /// sends 2 requests a minute (its tier allows 60): together 800/min.
     /// Three replicas that decide on their applied view (`assess_view`)
@@ -445,28 +477,8 @@ mod clusters {
         for n in 0..3000u64 {
             let now = start + n * minute / 800;
             let account = 10_000 + n % 120;
-            let t = TEMPLATES[(account % 6) as usize];
-            let text =
-                t.replacen("{}", &fill(&mut rng, 25), 1)
-                    .replacen("{}", &fill(&mut rng, 15), 1);
-            let o = Observation {
-                account: AccountId(account),
-                anonymous: false,
-                input_tokens: 120,
-                attrs: ObservedAttrs {
-                    ja4,
-                    http: None,
-                    h2: None,
-                    ip_prefix: h(AttrKind::IpPrefix, "203.0.113.0/24"),
-                    asn: None,
-                    prompt: prompt_keys(&text),
-                },
-                request: RequestFacts {
-                    model: Some("claude-sonnet-4-5".into()),
-                    max_output_tokens: Some(64_000),
-                    ..Default::default()
-                },
-            };
+            let net = h(AttrKind::IpPrefix, "203.0.113.0/24");
+            let o = hydra_request(&mut rng, account, (ja4, None, net));
             // The replica that receives it decides on its view; the stream
             // (one entry behind) is applied everywhere.
             let r = &replicas[(n % 3) as usize];
@@ -516,29 +528,9 @@ mod clusters {
         for n in 0..total {
             let now = start + n as u64 * minute / 800 + rng.gen_range(0..SECOND / 10);
             let account = 10_000 + (n % 400) as u64;
-            let t = TEMPLATES[(account % 6) as usize];
-            let text =
-                t.replacen("{}", &fill(&mut rng, 25), 1)
-                    .replacen("{}", &fill(&mut rng, 15), 1);
-            let o = Observation {
-                account: AccountId(account),
-                anonymous: false,
-                input_tokens: 120,
-                attrs: ObservedAttrs {
-                    ja4,
-                    http: h(AttrKind::Http, "h1_PO_11_c0r0l0_n08_5b1a6f0e9c2d"),
-                    h2: None,
-                    ip_prefix: prefixes[(account % 8 / 4) as usize],
-                    asn: None,
-                    prompt: prompt_keys(&text),
-                },
-                // One operator's code: one request shape.
-                request: RequestFacts {
-                    model: Some("claude-sonnet-4-5".into()),
-                    max_output_tokens: Some(64_000),
-                    ..Default::default()
-                },
-            };
+            let http = h(AttrKind::Http, "h1_PO_11_c0r0l0_n08_5b1a6f0e9c2d");
+            let net = prefixes[(account % 8 / 4) as usize];
+            let o = hydra_request(&mut rng, account, (ja4, http, net));
             let d = sim.send(&o, now);
             if let Some(c) = d.cluster {
                 if c.members >= 390 && clustered_at.is_none() {
