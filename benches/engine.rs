@@ -13,29 +13,18 @@ use distill_guard::engine::{
 };
 use std::hint::black_box;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::RAISED;
+
 const ACCOUNTS: u64 = 100_000;
 
 fn policy() -> Policy {
     let c = distill_guard::config::parse(
         std::path::Path::new("bench.toml"),
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[upstream]
-url = "http://127.0.0.1:9"
-[tiers.default]
-requests_per_minute = 100000000
-burst_requests = 100000000
-input_tokens_per_minute = 100000000000
-output_tokens_per_minute = 100000000000
-max_concurrent = 100000
-[cluster.budget]
-requests_per_minute = 100000000
-burst_requests = 100000000
-input_tokens_per_minute = 100000000000
-output_tokens_per_minute = 100000000000
-max_concurrent = 100000
-"#,
+        &format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n{RAISED}"
+        ),
     )
     .unwrap();
     c.policy()
