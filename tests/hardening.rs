@@ -704,11 +704,15 @@ max_concurrent = 16
     let r = read_response(&mut s, Duration::from_secs(10));
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let id = shared.hasher.account_id(b"kn");
+    // Charged for one choice, the cell would hold at least 59,000; charged
+    // for eight it holds 52,000, refilled at 1,000 a second, so below
+    // 59,000 for 7 s after the settlement (a poll that comes late on a
+    // loaded machine still sees it).
     wait_for("8,000 output tokens charged", || {
         shared
             .engine
             .account_budgets(id, shared.clock.now())
-            .is_some_and(|b| b.output_tokens_remaining <= 60_000 - 8_000)
+            .is_some_and(|b| b.output_tokens_remaining < 59_000)
     });
     assert_eq!(shared.metrics.usage_clamped_count(), before, "not clamped");
 }
@@ -833,6 +837,7 @@ fn failed_accepts_are_counted_and_their_warnings_kept_within_budget() {
     };
     // Open connections (at most 200) until the proxy logs a failed accept.
     let mut held = Vec::new();
+    let window_start = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(20);
     while failed_lines(&proxy.log) == 0 {
         assert!(Instant::now() < deadline, "no failed accept logged");
@@ -870,7 +875,14 @@ fn failed_accepts_are_counted_and_their_warnings_kept_within_budget() {
     let logged = failed_lines(&proxy.log);
     let _ = proxy.child.kill();
     let _ = proxy.child.wait();
-    assert!(logged <= 6, "{logged} warnings in a few seconds");
+    // The budget: 6 at once, then one more per 10 s (a loaded machine can
+    // stretch the window past 10 s).
+    let budget = 6 + window_start.elapsed().as_secs() / 10;
+    assert!(
+        logged as u64 <= budget,
+        "{logged} warnings within {:?} (budget {budget})",
+        window_start.elapsed()
+    );
     assert!(
         counted > logged as u64,
         "{counted} failures counted, {logged} logged"
