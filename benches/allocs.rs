@@ -401,7 +401,7 @@ fn engine_memory() {
     use distill_guard::engine::link::AttrKind;
     use distill_guard::engine::signature::{self, INDEX_KEYS};
     use distill_guard::engine::{
-        attr_hash, AccountId, Engine, Observation, ObservedAttrs, Usage, Verdict, SECOND,
+        attr_hash, AccountId, Engine, Observation, ObservedAttrs, Usage, SECOND,
     };
     const ACCOUNTS: u64 = 100_000;
     let text = format!(
@@ -445,7 +445,7 @@ fn engine_memory() {
             request: Default::default(),
         };
         now += SECOND / 1000;
-        if let Verdict::Allow(t) = engine.decide(&o, now).verdict {
+        if let Some(t) = engine.decide(&o, now).verdict.into_ticket() {
             engine.settle(&t, Usage::default(), now);
         }
     }

@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use distill_guard::engine::link::AttrKind;
 use distill_guard::engine::signature::{self, INDEX_KEYS};
 use distill_guard::engine::{
-    attr_hash, AccountId, Engine, Observation, ObservedAttrs, Policy, Usage, Verdict, SECOND,
+    attr_hash, AccountId, Engine, Observation, ObservedAttrs, Policy, Usage, SECOND,
 };
 use std::hint::black_box;
 
@@ -70,7 +70,7 @@ fn benches(c: &mut Criterion) {
             request: Default::default(),
         };
         now += SECOND / 1000;
-        if let Verdict::Allow(t) = engine.decide(&o, now).verdict {
+        if let Some(t) = engine.decide(&o, now).verdict.into_ticket() {
             engine.settle(&t, Usage::default(), now);
         }
         if i % 97 == 0 {
@@ -101,7 +101,7 @@ fn benches(c: &mut Criterion) {
                 i = (i + 1) % sample.len();
                 now += 1000;
                 let d = engine.decide(black_box(&sample[i]), now);
-                if let Verdict::Allow(t) = d.verdict {
+                if let Some(t) = d.verdict.into_ticket() {
                     engine.settle(
                         &t,
                         Usage {
@@ -164,7 +164,7 @@ fn benches(c: &mut Criterion) {
                 i = (i + 1) % detect_sample.len();
                 now += 1000;
                 let d = engine.decide(black_box(&detect_sample[i]), now);
-                if let Verdict::Allow(t) = d.verdict {
+                if let Some(t) = d.verdict.into_ticket() {
                     engine.settle(
                         &t,
                         Usage {

@@ -35,7 +35,7 @@ fn benches(c: &mut Criterion) {
             attrs: ObservedAttrs::default(),
             request: Default::default(),
         };
-        if let Verdict::Allow(t) = engine.decide(&obs, now).verdict {
+        if let Some(t) = engine.decide(&obs, now).verdict.into_ticket() {
             engine.settle(&t, Usage::default(), now);
         }
     }
@@ -61,7 +61,9 @@ fn benches(c: &mut Criterion) {
                 request: Default::default(),
             };
             match engine.decide(&obs, now).verdict {
-                Verdict::Allow(t) => engine.settle(
+                Verdict::Allow(t)
+                | Verdict::Slow { ticket: t, .. }
+                | Verdict::Degrade { ticket: t, .. } => engine.settle(
                     &t,
                     Usage {
                         input_tokens: Some(50),
@@ -69,7 +71,9 @@ fn benches(c: &mut Criterion) {
                     },
                     now,
                 ),
-                Verdict::Throttle(_) | Verdict::Block(_) => panic!("bench tier must not refuse"),
+                Verdict::Throttle(_) | Verdict::Block { .. } => {
+                    panic!("bench tier must not refuse")
+                }
             }
         })
     });

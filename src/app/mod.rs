@@ -1,6 +1,6 @@
 //! The process and its connections, as every step sees them: the state
 //! shared by all workers ([`Shared`]: config, engine, state backend,
-//! telemetry), the engine's [`Clock`], each worker's [`Worker`], and what an
+//! telemetry), the engine's [`Clock`], and what an
 //! accepted connection knows of itself ([`ConnInfo`], its [`deadline`]s and
 //! HTTP [`tap`]). The server, the request path and the admin API import it;
 //! it imports none of them.
@@ -61,7 +61,6 @@ use crate::config::Config;
 use crate::engine::{Engine, Nanos};
 use crate::fingerprint::Ja4Fingerprint;
 use crate::identity::KeyHasher;
-use crate::proxy::UpstreamClient;
 use crate::telemetry::metrics::Metrics;
 
 /// State shared by all workers.
@@ -108,6 +107,39 @@ pub struct Shared {
 pub(crate) const WARNINGS_PER_MINUTE: u32 = 6;
 
 impl Shared {
+    /// The state of a process deciding with `config`, `engine` and `state`:
+    /// no audit log, traffic record, console or TLS listeners yet (the
+    /// server sets those it has).
+    pub fn new(
+        config: Config,
+        engine: Arc<Engine>,
+        state: crate::state::State,
+        hasher: KeyHasher,
+        clock: Clock,
+        upstream_tls: Arc<rustls::ClientConfig>,
+    ) -> Shared {
+        Shared {
+            conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+            addresses: Default::default(),
+            metrics: Metrics::default(),
+            upstream_tls,
+            engine,
+            state,
+            hasher,
+            clock,
+            indicators: Default::default(),
+            audit: None,
+            record: None,
+            recent: None,
+            history: Default::default(),
+            tls: Vec::new(),
+            config: ArcSwap::from_pointee(config),
+            warnings: governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(WARNINGS_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
+            )),
+        }
+    }
+
     /// `accept` failed on a `listener` ("client" or "admin"): out of file
     /// descriptors and the like, which clients can cause by opening
     /// connections. Counted every time; logged within a budget.
@@ -133,6 +165,10 @@ pub struct Clock {
     /// Engine nanoseconds per real nanosecond (1.0 except in `demo
     /// --traffic`, which plays a scenario faster than real time).
     speed: f64,
+    /// Engine time set by whoever drives it (`demo --traffic`'s player: the
+    /// scenario time of the latest request sent), instead of the real time
+    /// since `origin`.
+    driven: Option<&'static std::sync::atomic::AtomicU64>,
 }
 
 impl Clock {
@@ -142,7 +178,24 @@ impl Clock {
             origin: std::time::Instant::now(),
             base: 0,
             speed: 1.0,
+            driven: None,
         }
+    }
+
+    /// A clock whose time is what the returned handle says (nanoseconds,
+    /// only ever raised: store with `fetch_max`), for a player that sends a
+    /// scenario's requests `speed` times faster than real time: the engine
+    /// sees the scenario's own time line however far a loaded machine makes
+    /// the player lag, and a slow-down of `d` engine time waits `d / speed`.
+    /// The handle lives as long as the process (one per demo run).
+    pub fn driven(speed: f64) -> (Clock, &'static std::sync::atomic::AtomicU64) {
+        let handle: &'static std::sync::atomic::AtomicU64 =
+            Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0)));
+        let clock = Clock {
+            driven: Some(handle),
+            ..Clock::with_speed(speed)
+        };
+        (clock, handle)
     }
 
     /// `self`'s speed on a clock that starts at the Unix time in
@@ -158,6 +211,7 @@ impl Clock {
             origin: std::time::Instant::now(),
             base: unix,
             speed: self.speed,
+            driven: self.driven,
         }
     }
 
@@ -175,13 +229,33 @@ impl Clock {
         }
     }
 
+    /// `self` started afresh now (from 0; speed and driver kept).
+    pub fn afresh(self) -> Clock {
+        Clock {
+            origin: std::time::Instant::now(),
+            base: 0,
+            ..self
+        }
+    }
+
     /// How many times faster than real time this clock runs.
     pub fn speed(&self) -> f64 {
         self.speed
     }
 
+    /// The real time an engine-time span takes: the same, unless the clock
+    /// runs faster than real time (`demo --traffic`).
+    pub fn real(&self, span: Nanos) -> std::time::Duration {
+        std::time::Duration::from_nanos(span).div_f64(self.speed)
+    }
+
     /// Nanoseconds since the clock started (plus its base).
     pub fn now(&self) -> Nanos {
+        if let Some(t) = self.driven {
+            return self
+                .base
+                .saturating_add(t.load(std::sync::atomic::Ordering::Relaxed));
+        }
         let real = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let elapsed = if self.speed == 1.0 {
             real
@@ -199,14 +273,6 @@ impl Default for Clock {
     }
 }
 
-/// Per-worker state: lives on one thread's runtime.
-pub struct Worker {
-    /// Shared state.
-    pub shared: Arc<Shared>,
-    /// This worker's pooled upstream client.
-    pub client: UpstreamClient,
-}
-
 /// What one accepted connection knows about itself.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -222,4 +288,21 @@ pub struct ConnInfo {
     pub ja4: Option<Ja4Fingerprint>,
     /// HTTP fingerprints seen on this connection's read side.
     pub tap: Option<tap::TapHandle>,
+}
+
+impl ConnInfo {
+    /// A connection known only by its addresses: what a gateway embedding
+    /// the guard as a tower layer knows (no ClientHello capture, no tap, so
+    /// no JA4 and no HTTP fingerprint). Insert it into each request's
+    /// extensions.
+    pub fn from_peer(peer: SocketAddr, local: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            client: peer,
+            local,
+            tls,
+            ja4: None,
+            tap: None,
+        }
+    }
 }

@@ -5,8 +5,10 @@
 //!
 //! The proxy runs the shipped default policy with one TLS listener (a
 //! certificate made at start) that reads a PROXY protocol header from
-//! loopback peers, and an engine clock `speed` times faster than real
-//! time, so per-minute budgets and detection windows see scenario time.
+//! loopback peers, and an engine clock that follows the player: each
+//! request is decided at its own scenario time (sent `speed` times faster
+//! than real time), so per-minute budgets and detection windows see the
+//! scenario's time line even when a loaded machine makes sending lag.
 //! Every request gets its own connection announcing the simulated client
 //! address in a PROXY v1 header (the proxy takes a client's network prefix
 //! from the connection, not from `x-forwarded-for`, which is sent too), and
@@ -552,8 +554,10 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         cfg.fingerprint.ipv4_prefix_len,
         cfg.fingerprint.ipv6_prefix_len,
     );
-    let proxy =
-        server::start_with_clock(cfg, Clock::with_speed(speed)).context("starting the proxy")?;
+    // The engine's clock follows the player: each request is decided at
+    // its scenario time, however far a loaded machine makes sending lag.
+    let (clock, scenario_ns) = Clock::driven(speed);
+    let proxy = server::start_with_clock(cfg, clock).context("starting the proxy")?;
     let addr = *proxy
         .local_addrs()
         .first()
@@ -605,6 +609,7 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
             profiles: Arc::new(profiles),
             addr,
             speed,
+            scenario_ns,
             progress: progress.clone(),
             front: options.front,
         },
@@ -695,6 +700,8 @@ struct Play {
     profiles: Arc<Vec<Profile>>,
     addr: SocketAddr,
     speed: f64,
+    /// The engine clock's time: the scenario time of the latest request sent.
+    scenario_ns: &'static std::sync::atomic::AtomicU64,
     progress: Arc<Mutex<Progress>>,
     front: Front,
 }
@@ -809,6 +816,11 @@ async fn send_all(p: Play) {
         if let Ok(mut g) = p.progress.lock() {
             g.sent[i] = true;
         }
+        let scenario_ms = p.requests[i].t_ms - first;
+        p.scenario_ns.fetch_max(
+            scenario_ms.saturating_mul(1_000_000),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let p = p.clone();
         tasks.spawn(async move {
             let began = Instant::now();

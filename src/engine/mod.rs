@@ -213,10 +213,10 @@ pub struct Detection {
     pub enforced: score::Level,
     /// The deciding score with its reasons.
     pub score: score::Score,
-    /// Delay before forwarding (Slow enforced).
-    pub delay: Option<Nanos>,
-    /// Output limit to forward with (Degrade enforced).
-    pub degrade_to: Option<u32>,
+    /// Delay before forwarding (Slow enforced): the verdict's.
+    pub(in crate::engine) delay: Option<Nanos>,
+    /// Output limit to forward with (Degrade enforced): the verdict's.
+    pub(in crate::engine) degrade_to: Option<u32>,
     /// Phrase lists the prompt matched.
     pub phrase_hits: Vec<String>,
     /// The ladder level of the account's cluster, when it is scored as a
@@ -317,15 +317,100 @@ pub struct LimitHit {
     pub reset_after: Nanos,
 }
 
-/// What happens to a request.
+/// What happens to a request: one of five actions. The first three forward
+/// it (settle with the [`Ticket`] afterwards), the last two refuse it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Forward it; settle with the [`Ticket`] afterwards.
+    /// Forward it as it came.
     Allow(Ticket),
-    /// Refuse with 429: a budget is spent.
+    /// Forward it after a delay (detection's Slow).
+    Slow {
+        /// Proof of admission.
+        ticket: Ticket,
+        /// Engine time to wait before forwarding.
+        delay: Nanos,
+    },
+    /// Forward it with its output limit clamped and its thinking /
+    /// reasoning parameters dropped (detection's Degrade, or its Throttle
+    /// when the scaled-down budgets admitted the request).
+    Degrade {
+        /// Proof of admission.
+        ticket: Ticket,
+        /// The output limit it is forwarded with.
+        max_output: u32,
+        /// A delay before forwarding, when slowing is enforced too.
+        delay: Option<Nanos>,
+    },
+    /// Refuse with 429: a budget is spent (the account's, perhaps scaled
+    /// down by detection's Throttle, its cluster's, or its network's).
     Throttle(LimitHit),
-    /// Refuse with 403: blocked by an admin (the account or its cluster).
-    Block(Scope),
+    /// Refuse with 403: the account or its cluster is blocked.
+    Block {
+        /// Whose block.
+        scope: Scope,
+        /// Who blocked it.
+        by: Blocker,
+    },
+}
+
+/// Who blocked a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocker {
+    /// An admin (a manual decision).
+    Admin,
+    /// Behaviour detection reached its Block level.
+    Detection,
+}
+
+impl Verdict {
+    /// The proof of admission, when the request is forwarded.
+    pub fn ticket(&self) -> Option<&Ticket> {
+        match self {
+            Verdict::Allow(t)
+            | Verdict::Slow { ticket: t, .. }
+            | Verdict::Degrade { ticket: t, .. } => Some(t),
+            Verdict::Throttle(_) | Verdict::Block { .. } => None,
+        }
+    }
+
+    /// The proof of admission, when the request is forwarded.
+    pub fn into_ticket(self) -> Option<Ticket> {
+        match self {
+            Verdict::Allow(t)
+            | Verdict::Slow { ticket: t, .. }
+            | Verdict::Degrade { ticket: t, .. } => Some(t),
+            Verdict::Throttle(_) | Verdict::Block { .. } => None,
+        }
+    }
+
+    /// What happened, as one word: allow, slow, degrade, throttle or block
+    /// (the access log's, the metrics' and the traffic record's label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Allow(_) => "allow",
+            Verdict::Slow { .. } => "slow",
+            Verdict::Degrade { .. } => "degrade",
+            Verdict::Throttle(_) => "throttle",
+            Verdict::Block { .. } => "block",
+        }
+    }
+
+    /// The delay before forwarding, if any.
+    pub fn delay(&self) -> Option<Nanos> {
+        match self {
+            Verdict::Slow { delay, .. } => Some(*delay),
+            Verdict::Degrade { delay, .. } => *delay,
+            _ => None,
+        }
+    }
+
+    /// The output limit a degraded request is forwarded with.
+    pub fn max_output(&self) -> Option<u32> {
+        match self {
+            Verdict::Degrade { max_output, .. } => Some(*max_output),
+            _ => None,
+        }
+    }
 }
 
 /// Every manual decision: (accounts, clusters).
@@ -388,18 +473,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// What happened, as one word: allow, slow, degrade, throttle or block
-    /// (the access log's, the metrics' and the traffic record's label).
+    /// What happened, as one word (see [`Verdict::label`]).
     pub fn label(&self) -> &'static str {
-        match &self.verdict {
-            Verdict::Throttle(_) => "throttle",
-            Verdict::Block(_) => "block",
-            Verdict::Allow(_) => match self.detection.as_ref().map(|d| d.enforced) {
-                Some(score::Level::Degrade) | Some(score::Level::Throttle) => "degrade",
-                Some(score::Level::Slow) => "slow",
-                _ => "allow",
-            },
-        }
+        self.verdict.label()
     }
 }
 
@@ -485,7 +561,7 @@ impl Pending {
             Err(hit) => Verdict::Throttle(hit),
             Ok(cluster) => {
                 let d = self.detection.as_ref();
-                Verdict::Allow(Ticket {
+                let ticket = Ticket {
                     account: self.ask.account,
                     anonymous: self.anonymous,
                     input_charged: self.ask.input_tokens,
@@ -495,7 +571,16 @@ impl Pending {
                     throttled: self.throttled,
                     scored_cohorts: d.map_or([0; cohort::KEYS], |d| d.cohorts),
                     degraded: d.is_some_and(|d| d.degrade_to.is_some()),
-                })
+                };
+                match (d.and_then(|d| d.degrade_to), d.and_then(|d| d.delay)) {
+                    (Some(max_output), delay) => Verdict::Degrade {
+                        ticket,
+                        max_output,
+                        delay,
+                    },
+                    (None, Some(delay)) => Verdict::Slow { ticket, delay },
+                    (None, None) => Verdict::Allow(ticket),
+                }
             }
         };
         Decision {
@@ -1029,10 +1114,10 @@ impl Engine {
             detection,
         } = self.see(obs, &policy, tier, (allow_listed, manual), now, mode);
         // A refusal still touches the account's state (last seen, first seen).
-        let block = |scope, cluster_enforced, detection| {
+        let block = |scope, by, cluster_enforced, detection| {
             self.accounts.with(obs.account.0, now, |_| ());
             Decision {
-                verdict: Verdict::Block(scope),
+                verdict: Verdict::Block { scope, by },
                 tier: tier.name.clone(),
                 allow_listed,
                 cluster,
@@ -1041,7 +1126,7 @@ impl Engine {
             }
         };
         if let Some(scope) = blocked {
-            return Assessment::Decided(block(scope, false, None));
+            return Assessment::Decided(block(scope, Blocker::Admin, false, None));
         }
         let not_allowed = |_: &ClusterView| cluster_manual != Some(Manual::Allow);
         let scored = cluster
@@ -1062,7 +1147,12 @@ impl Engine {
             .map_or(score::Level::Allow, |d| d.enforced);
         if applied == score::Level::Block {
             let scope = detection.as_ref().map_or(Scope::Account, |d| d.scope);
-            return Assessment::Decided(block(scope, enforced.is_some(), detection));
+            return Assessment::Decided(block(
+                scope,
+                Blocker::Detection,
+                enforced.is_some(),
+                detection,
+            ));
         }
         // Throttled: budgets multiplied down (the account's and the
         // cluster's); slowed: the account's own concurrency capped. The cap

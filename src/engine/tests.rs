@@ -26,9 +26,9 @@ fn obs(account: u64, input_tokens: u64) -> Observation {
 }
 
 fn allow(d: &Decision) -> Ticket {
-    match &d.verdict {
-        Verdict::Allow(t) => t.clone(),
-        other => panic!("expected allow, got {other:?}"),
+    match d.verdict.ticket() {
+        Some(t) => t.clone(),
+        None => panic!("expected admission, got {:?}", d.verdict),
     }
 }
 
@@ -271,7 +271,7 @@ fn state_stays_bounded_when_a_million_accounts_pass() {
     for i in 0..1_000_000u64 {
         now += 100_000; // 10k requests per simulated second
         let d = e.decide(&obs(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 10), now);
-        if let Verdict::Allow(t) = d.verdict {
+        if let Some(t) = d.verdict.into_ticket() {
             e.settle(
                 &t,
                 Usage {
@@ -404,7 +404,9 @@ mod clusters {
         fn send(&mut self, o: &Observation, now: Nanos) -> Decision {
             let d = self.engine.decide(o, now);
             match &d.verdict {
-                Verdict::Allow(t) => {
+                Verdict::Allow(t)
+                | Verdict::Slow { ticket: t, .. }
+                | Verdict::Degrade { ticket: t, .. } => {
                     self.served += 1;
                     self.engine.settle(
                         t,
@@ -417,7 +419,7 @@ mod clusters {
                 }
                 Verdict::Throttle(h) if h.scope == Scope::Cluster => self.throttled_by_cluster += 1,
                 Verdict::Throttle(_) => self.throttled_by_account += 1,
-                Verdict::Block(_) => panic!("nothing is blocked in these tests"),
+                Verdict::Block { .. } => panic!("nothing is blocked in these tests"),
             }
             d
         }
@@ -540,7 +542,7 @@ mod clusters {
             if d.cluster_enforced && first_enforced.is_none() {
                 first_enforced = Some(now);
             }
-            if now >= start + 5 * minute && matches!(d.verdict, Verdict::Allow(_)) {
+            if now >= start + 5 * minute && d.verdict.ticket().is_some() {
                 served_after += 1;
             }
         }
@@ -716,7 +718,7 @@ mod clusters {
         );
         let d = sim.send(&obs(&mut rng, 1), later + SECOND);
         assert!(!d.cluster_enforced);
-        assert!(matches!(d.verdict, Verdict::Allow(_)));
+        assert!(d.verdict.ticket().is_some());
     }
 
     #[test]
@@ -828,7 +830,7 @@ mod detection {
 
     fn run(e: &Engine, r: &Req, now: Nanos, output: u64) -> Decision {
         let d = e.decide(&observe(r), now);
-        if let Verdict::Allow(t) = &d.verdict {
+        if let Some(t) = d.verdict.ticket() {
             e.settle(
                 t,
                 Usage {
@@ -968,7 +970,7 @@ mod detection {
                     if det.enforced == Level::Degrade {
                         degraded.get_or_insert(now - t0);
                     }
-                    if let Verdict::Block(scope) = d.verdict {
+                    if let Verdict::Block { scope, .. } = d.verdict {
                         assert_eq!(scope, Scope::Cluster);
                         blocked.get_or_insert(now - t0);
                         sustained += u32::from(det.sustained);
@@ -1318,7 +1320,9 @@ mod detection {
             assert!(det.enforced < Level::Block, "campaign blocked");
             assert!(d.cluster_enforced, "the cluster shares no budget");
             match d.verdict {
-                Verdict::Allow(t) => tickets.push(t),
+                Verdict::Allow(t)
+                | Verdict::Slow { ticket: t, .. }
+                | Verdict::Degrade { ticket: t, .. } => tickets.push(t),
                 other => panic!("member {a} refused: {other:?}"),
             }
         }
@@ -1326,14 +1330,17 @@ mod detection {
         let third = e.decide(&observe(&req(97_000, &mut rng)), now);
         let t = e.decide(&observe(&req(97_000, &mut rng)), now);
         let hit = match (&third.verdict, &t.verdict) {
-            (Verdict::Allow(_), Verdict::Throttle(h)) => *h,
+            (
+                Verdict::Allow(_) | Verdict::Slow { .. } | Verdict::Degrade { .. },
+                Verdict::Throttle(h),
+            ) => *h,
             other => panic!("a slowed account's third request in flight: {other:?}"),
         };
         assert_eq!(
             (hit.kind, hit.scope),
             (LimitKind::Concurrency, Scope::Account)
         );
-        if let Verdict::Allow(t) = third.verdict {
+        if let Some(t) = third.verdict.into_ticket() {
             tickets.push(t);
         }
         for t in &tickets {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -45,8 +46,8 @@ pub enum BodyTimeout {
 /// longer than `read_timeout`, and, once it has been arriving for that
 /// long, an average rate of at least `min_rate` bytes per second.
 #[derive(Debug)]
-pub struct ClientBody {
-    inner: Incoming,
+pub struct ClientBody<B = Incoming> {
+    inner: B,
     read_timeout: Duration,
     min_rate: u64,
     started: Instant,
@@ -55,9 +56,9 @@ pub struct ClientBody {
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl ClientBody {
+impl<B> ClientBody<B> {
     /// `inner` under `read_timeout` and `min_rate` (0: no floor), starting now.
-    pub fn new(inner: Incoming, read_timeout: Duration, min_rate: u64) -> Self {
+    pub fn new(inner: B, read_timeout: Duration, min_rate: u64) -> Self {
         let now = Instant::now();
         ClientBody {
             inner,
@@ -83,7 +84,11 @@ impl ClientBody {
     }
 }
 
-impl Body for ClientBody {
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -147,10 +152,11 @@ pub enum RequestBody {
     Stream {
         /// Bytes already read from `rest` (sent first).
         prefix: Option<Bytes>,
-        /// The remainder of the client's body, boxed: a request waits in the
-        /// upstream client's dispatch queue, whose slots are sized by the
-        /// largest variant, and most bodies are `Full`.
-        rest: Box<ClientBody>,
+        /// The remainder of the client's body ([`ClientBody`] over whatever
+        /// body the server or the embedding gateway gave), boxed: a request
+        /// waits in the upstream client's dispatch queue, whose slots are
+        /// sized by the largest variant, and most bodies are `Full`.
+        rest: UnsyncBoxBody<Bytes, BoxError>,
         /// Bytes that may still pass.
         remaining: u64,
         /// The configured limit (for the error).
@@ -184,7 +190,7 @@ impl Body for RequestBody {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
-                match ready!(Pin::new(rest.as_mut()).poll_frame(cx)) {
+                match ready!(Pin::new(rest).poll_frame(cx)) {
                     None => Poll::Ready(None),
                     Some(Err(e)) => Poll::Ready(Some(Err(e))),
                     Some(Ok(frame)) => {
@@ -239,15 +245,16 @@ pub trait ResponseObserver: Send + 'static {
     fn on_end(&mut self, complete: bool);
 }
 
-/// Response body returned to the client.
-pub enum ResponseBody {
+/// Response body returned to the client: made here, or the body of the
+/// guarded service's response (the upstream's, for the proxy) streamed on.
+pub enum ResponseBody<B = Incoming> {
     /// A response made here (refusals, errors, mock).
     Full(Option<Bytes>),
     /// The upstream's body, streamed.
-    Upstream(Box<UpstreamBody>),
+    Upstream(Box<UpstreamBody<B>>),
 }
 
-impl std::fmt::Debug for ResponseBody {
+impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ResponseBody::Full(b) => f.debug_tuple("Full").field(b).finish(),
@@ -257,8 +264,8 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 /// The upstream's response body with its idle timer and observer.
-pub struct UpstreamBody {
-    inner: Incoming,
+pub struct UpstreamBody<B = Incoming> {
+    inner: B,
     idle_timeout: Duration,
     last_activity: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -266,7 +273,7 @@ pub struct UpstreamBody {
     ended: bool,
 }
 
-impl ResponseBody {
+impl<B> ResponseBody<B> {
     /// A complete body.
     pub fn full(b: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(b.into()))
@@ -279,7 +286,7 @@ impl ResponseBody {
 
     /// Stream `inner`, failing if no frame arrives within `idle_timeout`.
     pub fn upstream(
-        inner: Incoming,
+        inner: B,
         idle_timeout: Duration,
         observer: Option<Box<dyn ResponseObserver>>,
     ) -> Self {
@@ -294,7 +301,7 @@ impl ResponseBody {
     }
 }
 
-impl UpstreamBody {
+impl<B> UpstreamBody<B> {
     fn end(&mut self, complete: bool) {
         if !self.ended {
             self.ended = true;
@@ -304,7 +311,11 @@ impl UpstreamBody {
         }
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         loop {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(None) => {
@@ -341,14 +352,18 @@ impl UpstreamBody {
     }
 }
 
-impl Drop for UpstreamBody {
+impl<B> Drop for UpstreamBody<B> {
     fn drop(&mut self) {
         // The client went away (or hyper gave up) before the end.
         self.end(false);
     }
 }
 
-impl Body for ResponseBody {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 

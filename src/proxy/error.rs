@@ -1,12 +1,12 @@
-//! Failures of the forward step, which side caused them, and the one place
-//! that turns a failure or refusal into a response in the API's own error
-//! shape.
+//! Why a request is not forwarded (a refusal of the guard, or a failure and
+//! which side caused it), and [`refuse`]: the one function that turns any of
+//! them into a response in the API's own error shape.
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
 use crate::api::{self, ErrorKind, ErrorShape};
-use crate::engine::{LimitHit, LimitKind, SECOND};
+use crate::engine::{Blocker, LimitHit, LimitKind, Scope, SECOND};
 use crate::proxy::body::ResponseBody;
 
 /// Why a request could not be proxied.
@@ -37,6 +37,24 @@ pub enum ProxyError {
     /// on_failure = "closed"` refuses rather than decide without it.
     #[error("shared state unavailable")]
     StateUnavailable,
+    /// Refused: a budget is spent (429 with `RateLimit` headers).
+    #[error("{} {} budget spent", .0.scope.as_str(), .0.kind.as_str())]
+    Throttled(LimitHit),
+    /// Refused: the account or its cluster is blocked (403).
+    #[error("{} blocked", scope.as_str())]
+    Blocked {
+        /// Whose block.
+        scope: Scope,
+        /// An admin's or detection's.
+        by: Blocker,
+    },
+    /// Refused: detection restricts the account at degrade or above and its
+    /// body cannot be inspected, so it cannot be degraded (429).
+    #[error("restricted and uninspectable")]
+    Restricted,
+    /// Internal: the guard was embedded without what it needs.
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
@@ -50,6 +68,20 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => ErrorKind::BadGateway,
             ProxyError::UpstreamTimeout(_) => ErrorKind::GatewayTimeout,
             ProxyError::StateUnavailable => ErrorKind::Overloaded,
+            ProxyError::Throttled(_) | ProxyError::Restricted => ErrorKind::RateLimited,
+            ProxyError::Blocked { .. } => ErrorKind::Forbidden,
+            ProxyError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The access log's and the metrics' word for the outcome: a refusal of
+    /// the guard is named for its action (throttle, block), a failure for
+    /// its error kind.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::Throttled(_) | ProxyError::Restricted => "throttle",
+            ProxyError::Blocked { .. } => "block",
+            e => e.kind().label(),
         }
     }
 
@@ -68,20 +100,70 @@ impl ProxyError {
             ProxyError::StateUnavailable => {
                 "rate limits cannot be checked right now; retry shortly".into()
             }
+            ProxyError::Throttled(hit) => format!(
+                "rate limit exceeded: this {}'s {} budget ({}) is used up; retry in {} s",
+                hit.scope.as_str(),
+                hit.kind.describe(),
+                quota_text(hit),
+                ceil_secs(hit.retry_after),
+            ),
+            ProxyError::Blocked {
+                scope,
+                by: Blocker::Detection,
+            } => format!(
+                "this {}'s traffic matches a model-distillation campaign and is blocked",
+                scope.as_str()
+            ),
+            ProxyError::Blocked {
+                scope,
+                by: Blocker::Admin,
+            } => format!("this {} is blocked", scope.as_str()),
+            ProxyError::Restricted => "this account's traffic is restricted and this request \
+                                       body cannot be inspected; send a JSON body the API accepts"
+                .into(),
+            ProxyError::Internal(_) => "the gateway is misconfigured".into(),
         }
     }
 
     /// Seconds after which a retry may succeed, when the failure says.
-    pub fn retry_after(&self) -> Option<u32> {
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::StateUnavailable => Some(1),
+            ProxyError::Restricted => Some(60),
+            ProxyError::Throttled(hit) => Some(ceil_secs(hit.retry_after)),
             _ => None,
         }
     }
 }
 
+/// The one refusal function: any refusal or failure as a response in the
+/// API's error shape, with `retry-after` when a retry can succeed and, for
+/// a spent budget, the IETF `RateLimit-Policy` / `RateLimit` headers naming
+/// it.
+pub fn refuse<B>(shape: ErrorShape, e: &ProxyError) -> Response<ResponseBody<B>> {
+    let mut r = error_response(shape, e.kind(), &e.client_message());
+    let h = r.headers_mut();
+    if let Some(s) = e.retry_after() {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let ProxyError::Throttled(hit) = e {
+        let (policy, state) = ratelimit_headers(hit);
+        if let Ok(v) = HeaderValue::try_from(policy) {
+            h.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::try_from(state) {
+            h.insert("ratelimit", v);
+        }
+    }
+    r
+}
+
 /// A response made here, in the API's error shape.
-pub fn error_response(shape: ErrorShape, kind: ErrorKind, message: &str) -> Response<ResponseBody> {
+fn error_response<B>(
+    shape: ErrorShape,
+    kind: ErrorKind,
+    message: &str,
+) -> Response<ResponseBody<B>> {
     let mut r = Response::new(ResponseBody::full(api::error_body(shape, kind, message)));
     *r.status_mut() =
         StatusCode::from_u16(api::status(kind)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -94,40 +176,25 @@ fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(SECOND).max(1)
 }
 
-/// 429 for a spent budget: `retry-after` in whole seconds (rounded up), the
-/// IETF `RateLimit-Policy` / `RateLimit` headers naming the budget, and a
-/// body in the API's shape that says which limit was hit.
-pub fn throttle_response(shape: ErrorShape, hit: &LimitHit) -> Response<ResponseBody> {
-    let retry = ceil_secs(hit.retry_after);
+/// The quota that was hit, in words.
+fn quota_text(hit: &LimitHit) -> String {
+    match (hit.kind, hit.quota) {
+        (LimitKind::Concurrency, _) | (_, None) => format!("{} at once", hit.max_concurrent),
+        (_, Some(q)) => format!("{} per {} s", q.per_period(), q.period_secs()),
+    }
+}
+
+/// The `RateLimit-Policy` and `RateLimit` header values of a spent budget.
+fn ratelimit_headers(hit: &LimitHit) -> (String, String) {
     let name = format!("{}-{}", hit.scope.as_str(), hit.kind.as_str());
-    let (policy, quota_text) = match (hit.kind, hit.quota) {
-        (LimitKind::Concurrency, _) | (_, None) => (
-            format!("\"{name}\";q={}", hit.max_concurrent),
-            format!("{} at once", hit.max_concurrent),
-        ),
-        (_, Some(q)) => (
-            format!("\"{name}\";q={};w={}", q.per_period(), q.period_secs()),
-            format!("{} per {} s", q.per_period(), q.period_secs()),
-        ),
+    let policy = match (hit.kind, hit.quota) {
+        (LimitKind::Concurrency, _) | (_, None) => format!("\"{name}\";q={}", hit.max_concurrent),
+        (_, Some(q)) => format!("\"{name}\";q={};w={}", q.per_period(), q.period_secs()),
     };
     let state = format!(
         "\"{name}\";r={};t={}",
         hit.remaining,
         ceil_secs(hit.reset_after.max(hit.retry_after))
     );
-    let message = format!(
-        "rate limit exceeded: this {}'s {} budget ({quota_text}) is used up; retry in {retry} s",
-        hit.scope.as_str(),
-        hit.kind.describe(),
-    );
-    let mut r = error_response(shape, ErrorKind::RateLimited, &message);
-    let h = r.headers_mut();
-    h.insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
-    if let Ok(v) = HeaderValue::try_from(policy) {
-        h.insert("ratelimit-policy", v);
-    }
-    if let Ok(v) = HeaderValue::try_from(state) {
-        h.insert("ratelimit", v);
-    }
-    r
+    (policy, state)
 }

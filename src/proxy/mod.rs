@@ -1,24 +1,28 @@
-//! Forward step: the pooled upstream client (hyper-util + hyper-rustls) and
-//! the function that sends one request upstream under the configured
-//! timeouts, classifying failures by the side that caused them.
+//! Phase 8, forward: the pooled upstream client (hyper-util + hyper-rustls)
+//! and [`Upstream`], the tower service that sends one request upstream
+//! under the configured timeouts, classifying failures by the side that
+//! caused them. The guard ([`crate::stack`]) wraps it as a layer.
 
 pub mod body;
 pub mod error;
 pub mod headers;
 
-use std::net::IpAddr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+use crate::app::Shared;
 use crate::config::UpstreamConfig;
 use body::{BodyTimeout, BodyTooLarge, RequestBody};
 use error::ProxyError;
@@ -113,26 +117,91 @@ pub fn upstream_uri(cfg: &UpstreamConfig, client_uri: &Uri) -> Result<Uri, Proxy
         .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))
 }
 
-/// Send one request upstream. `parts` are the client's request head (URI,
-/// headers rewritten here); the response head must arrive within the
-/// first-byte timeout.
-pub async fn forward(
-    client: &UpstreamClient,
-    cfg: &UpstreamConfig,
-    mut parts: http::request::Parts,
-    body: RequestBody,
-    peer_ip: IpAddr,
-    tls: bool,
-    request_id: &HeaderValue,
-) -> Result<Response<Incoming>, ProxyError> {
-    parts.uri = upstream_uri(cfg, &parts.uri)?;
-    parts.version = Version::HTTP_11;
-    headers::prepare_upstream_request(&mut parts.headers, peer_ip, tls, request_id);
-    let req = Request::from_parts(parts, body);
-    match tokio::time::timeout(cfg.first_byte_timeout, client.request(req)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(cfg.first_byte_timeout)),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(classify(&e)),
+/// The upstream as a tower service: the client request, already guarded
+/// (its forwarding headers set), sent to the configured upstream with its
+/// URI rewritten; the response head must arrive within the first-byte
+/// timeout. Cheap to clone (one per request, as tower wants).
+#[derive(Clone)]
+pub struct Upstream {
+    client: UpstreamClient,
+    shared: Arc<Shared>,
+}
+
+impl Upstream {
+    /// Requests through `client`, to the upstream `shared`'s config names
+    /// (read per request: a reload applies to the next one).
+    pub fn new(client: UpstreamClient, shared: Arc<Shared>) -> Upstream {
+        Upstream { client, shared }
+    }
+}
+
+impl tower::Service<Request<RequestBody>> for Upstream {
+    type Response = Response<Incoming>;
+    type Error = ProxyError;
+    type Future = UpstreamFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // hyper-util's pooled client is always ready; its queue is per call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> UpstreamFuture {
+        let config = self.shared.config.load();
+        let cfg = &config.upstream;
+        let (mut parts, body) = req.into_parts();
+        parts.uri = match upstream_uri(cfg, &parts.uri) {
+            Ok(uri) => uri,
+            Err(e) => return UpstreamFuture::failed(e),
+        };
+        parts.version = Version::HTTP_11;
+        let sent = self.client.request(Request::from_parts(parts, body));
+        UpstreamFuture {
+            response: Some(tokio::time::timeout(cfg.first_byte_timeout, sent)),
+            error: None,
+            first_byte: cfg.first_byte_timeout,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response head of an [`Upstream`] call (a named future: no box
+    /// per request).
+    pub struct UpstreamFuture {
+        // The client's call under the first-byte timeout (None: refused
+        // before sending, with `error`).
+        #[pin]
+        response: Option<tokio::time::Timeout<ResponseFuture>>,
+        error: Option<ProxyError>,
+        first_byte: std::time::Duration,
+    }
+}
+
+impl UpstreamFuture {
+    fn failed(error: ProxyError) -> UpstreamFuture {
+        UpstreamFuture {
+            response: None,
+            error: Some(error),
+            first_byte: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Future for UpstreamFuture {
+    type Output = Result<Response<Incoming>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(response) = this.response.as_pin_mut() else {
+            return Poll::Ready(Err(this
+                .error
+                .take()
+                .unwrap_or_else(|| ProxyError::Upstream("polled after completion".into()))));
+        };
+        Poll::Ready(match ready!(response.poll(cx)) {
+            Err(_) => Err(ProxyError::UpstreamTimeout(*this.first_byte)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+        })
     }
 }
 
@@ -147,15 +216,27 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = s.source();
     }
-    let detail = error_chain(e);
     if e.is_connect() {
-        // hyper-util reports its own connect timeout as a connect error.
-        if detail.contains("timed out") {
+        // hyper-util reports its own connect timeout as a connect error
+        // caused by an I/O error of kind `TimedOut`.
+        if io_kind(e) == Some(std::io::ErrorKind::TimedOut) {
             return ProxyError::UpstreamTimeout(std::time::Duration::ZERO);
         }
-        return ProxyError::UpstreamConnect(detail);
+        return ProxyError::UpstreamConnect(error_chain(e));
     }
-    ProxyError::Upstream(detail)
+    ProxyError::Upstream(error_chain(e))
+}
+
+/// The kind of the first I/O error in `e`'s chain of causes.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// `error: cause: cause` on one line, for logs.

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::engine::score::PhraseHits;
 use crate::engine::{
     observed_attrs, signature, AccountId, ClusterId, Decision, Engine, Nanos, Observation,
-    RequestFacts, Usage, Verdict,
+    RequestFacts, Usage,
 };
 
 mod outcome;
@@ -269,11 +269,11 @@ impl<'c> Run<'c> {
         let now = rec.t_ms.saturating_mul(1_000_000).max(self.last_now);
         self.last_now = now;
         let d = self.engine.decide(&obs, now);
-        let served = match d.detection.as_ref().and_then(|x| x.degrade_to) {
+        let served = match d.verdict.max_output() {
             Some(limit) => rec.output_tokens.min(u64::from(limit)),
             None => rec.output_tokens,
         };
-        if let Verdict::Allow(t) = &d.verdict {
+        if let Some(t) = d.verdict.ticket() {
             self.engine.settle(
                 t,
                 Usage {

@@ -184,19 +184,19 @@ impl PopulationOutcome {
 
 /// Why a decision is not a plain allow, in a few words.
 fn reason(d: &crate::engine::Decision) -> String {
-    use crate::engine::Verdict;
+    use crate::engine::{Blocker, Verdict};
     match &d.verdict {
         Verdict::Throttle(h) => format!("throttle:{}:{}", h.scope.as_str(), h.kind.as_str()),
-        Verdict::Block(scope) => format!(
+        Verdict::Block { scope, by } => format!(
             "block:{}:{}",
             scope.as_str(),
-            match &d.detection {
-                Some(x) if x.sustained => "sustained",
-                Some(_) => "detection",
-                None => "manual",
+            match (by, &d.detection) {
+                (Blocker::Admin, _) => "manual",
+                (Blocker::Detection, Some(x)) if x.sustained => "sustained",
+                (Blocker::Detection, _) => "detection",
             }
         ),
-        Verdict::Allow(_) => {
+        Verdict::Allow(_) | Verdict::Slow { .. } | Verdict::Degrade { .. } => {
             let scope = d.detection.as_ref().map_or("account", |x| x.scope.as_str());
             format!("{}:{scope}", d.label())
         }

@@ -19,17 +19,18 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::app::{deadline, tap, Clock, ConnInfo, Shared, Worker, WARNINGS_PER_MINUTE};
+use crate::app::{deadline, tap, Clock, ConnInfo, Shared};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::identity::{self, KeyHasher};
-use crate::proxy::{self, UpstreamClient};
-use crate::stack;
+use crate::proxy::{self, Upstream, UpstreamClient};
+use crate::stack::{Guard, GuardLayer};
 use crate::telemetry::metrics::{ConnReject, Metrics};
+use tower::Layer as _;
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +176,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
     // time line (Unix time), else from 0 at start.
     let clock = match &config.state {
         crate::config::StateConfig::Redis(r) if r.stream.is_some() => clock.wall(),
-        _ => Clock::with_speed(clock.speed()),
+        _ => clock.afresh(),
     };
     let engine = Arc::new(Engine::new(
         config.policy_at(clock.now(), crate::telemetry::audit::now_unix_ms()),
@@ -246,25 +247,13 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                 .map_err(|e| ServerError::State(format!("record.path {}: {e}", p.display())))?,
         ),
     };
+    let recent = admin_listener.as_ref().map(|_| Default::default());
     let shared = Arc::new(Shared {
-        indicators: Default::default(),
-        record,
-        recent: admin_listener.as_ref().map(|_| Default::default()),
-        history: Default::default(),
         audit,
+        record,
+        recent,
         tls: tls_slots,
-        engine,
-        state,
-        hasher,
-        clock,
-        conn_permits: Arc::new(Semaphore::new(config.limits.max_connections)),
-        addresses: Default::default(),
-        metrics: Metrics::default(),
-        upstream_tls,
-        config: ArcSwap::from_pointee(config),
-        warnings: governor::RateLimiter::direct(governor::Quota::per_minute(
-            std::num::NonZeroU32::new(WARNINGS_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
-        )),
+        ..Shared::new(config, engine, state, hasher, clock, upstream_tls)
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -423,7 +412,7 @@ async fn worker_main(
         }
     }
     let worker = Arc::new(Worker {
-        client,
+        guard: GuardLayer::new(shared.clone()).layer(Upstream::new(client, shared.clone())),
         shared: shared.clone(),
     });
     // Every connection holds a receiver: the sender sees when all are gone.
@@ -734,7 +723,17 @@ where
     }
 }
 
-/// hyper service for one connection: hands each request to [`stack::handle`].
+/// Per-worker state: lives on one thread's runtime.
+pub(crate) struct Worker {
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// The guard around this worker's pooled upstream client: the same
+    /// tower layer a gateway embedding distill-guard uses.
+    guard: Guard<Upstream>,
+}
+
+/// hyper service for one connection: hands each request to the guard,
+/// with the connection its accept path saw.
 #[derive(Clone)]
 struct ProxyService {
     worker: Arc<Worker>,
@@ -755,7 +754,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         // In flight from here until its response body is dropped.
         let watch = self.watch.request();
         Box::pin(async move {
-            let resp = stack::handle(&worker, &conn, req).await;
+            let resp = worker.guard.serve(&conn, req).await;
             Ok(resp.map(|b| deadline::Watched::new(b, watch)))
         })
     }

@@ -1,0 +1,103 @@
+//! Phase 5, prompt features: what the engine decides on, as hashes and
+//! counts — the fingerprint's parts and the network hashed for linking, the
+//! prompt's shape signature as index keys, and the facts the behaviour
+//! signals read. The prompt text itself goes no further than the phrase
+//! scan.
+
+use crate::api::inspect::Inspection;
+use crate::config::Config;
+use crate::engine::{signature, Observation, ObservedAttrs};
+use crate::fingerprint::ClientFingerprint;
+
+use super::identify::Caller;
+use super::inspect::Inspected;
+
+/// The phase: the request as the engine observes it.
+pub(super) fn phase(
+    config: &Config,
+    caller: Caller,
+    fp: &ClientFingerprint,
+    inspected: &mut Inspected,
+) -> Observation {
+    let attrs = observed_attrs(config, fp, inspected.info.as_ref());
+    let request = request_facts(config, fp, inspected.info.as_mut());
+    Observation {
+        account: caller.account,
+        anonymous: caller.anonymous,
+        input_tokens: inspected.input_tokens,
+        attrs,
+        request,
+    }
+}
+
+/// The facts the behaviour signals need; the prompt is moved out of the
+/// inspection (it is not needed afterwards) and only scanned, never kept.
+fn request_facts(
+    config: &Config,
+    fp: &ClientFingerprint,
+    info: Option<&mut Inspection>,
+) -> crate::engine::RequestFacts {
+    let mut f = crate::engine::RequestFacts {
+        fingerprint_inconsistent: fp.inconsistent_with.is_some() || fp.unreadable,
+        ..Default::default()
+    };
+    if !config.detection.enabled {
+        return f;
+    }
+    if let Some(Inspection::Parsed(i)) = info {
+        f.thinking_budget = i
+            .thinking
+            .as_ref()
+            .filter(|t| t.is_enabled())
+            .and_then(|t| t.budget_tokens);
+        f.reasoning_effort_high = i.reasoning_effort.as_deref() == Some("high");
+        f.max_output_tokens = i.max_output_tokens;
+        f.model = i.model.clone();
+        if !i.prompt.is_empty() {
+            f.fill_key = Some(crate::engine::fill_key(&i.prompt));
+            f.prompt_text = Some(std::mem::take(&mut i.prompt));
+        }
+    }
+    f
+}
+
+/// What the engine links accounts by: the fingerprint's parts hashed, the
+/// client prefix (or the configured network it falls in), and the index keys
+/// of the prompt's shape signature. Nothing when linking is off.
+fn observed_attrs(
+    config: &Config,
+    fp: &ClientFingerprint,
+    info: Option<&Inspection>,
+) -> ObservedAttrs {
+    let c = &config.cluster.policy;
+    if !c.enabled {
+        // The network alone: new accounts are limited per network when the
+        // account store is full, linking or not.
+        let net =
+            crate::engine::observed_attrs(None, None, None, fp.ip_prefix, None, None, &[], &[]);
+        return ObservedAttrs {
+            ip_prefix: net.ip_prefix,
+            ..ObservedAttrs::default()
+        };
+    }
+    let prompt = match info {
+        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
+            let sig = signature::signature_with(
+                &i.prompt,
+                config.detection.policy.matcher.stock_shingles(),
+            );
+            sig.is_informative().then(|| sig.index_keys())
+        }
+        _ => None,
+    };
+    crate::engine::observed_attrs(
+        fp.ja4.as_ref().map(|j| j.as_str()),
+        fp.http.as_ref().map(|h| h.as_str()),
+        fp.h2.as_ref().map(|h| h.akamai()),
+        fp.ip_prefix,
+        fp.asn,
+        prompt,
+        &c.ignore_nets,
+        &c.downweight_nets,
+    )
+}
