@@ -50,6 +50,9 @@ pub enum Receipt {
     Shared {
         /// This request's in-flight slot (unique per replica).
         slot: u64,
+        /// On a Redis Cluster, the cluster under whose hash tag the
+        /// account's cells were charged (settled there too).
+        member_of: Option<u64>,
     },
 }
 
