@@ -29,13 +29,16 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Redis { port, child: None };
-        r.restart();
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with extra server arguments.
+    fn start_with(extra: &[&str]) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart_with(extra);
         r
     }
 
@@ -109,6 +112,116 @@ impl Drop for Redis {
             // A paused server cannot die of SIGTERM; SIGKILL (kill()) can.
             self.kill();
         }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis Cluster of three primaries of this test's own: `redis-server
+/// --cluster-enabled yes` on free ports (client and cluster bus), joined by
+/// `redis-cli --cluster create`, stopped by PID (each node is a [`Redis`]).
+struct RedisCluster {
+    nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Redis> = (0..3)
+            .map(|i| {
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                let bus = free_port().to_string();
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-port",
+                    &bus,
+                    "--dir",
+                    dir.path().to_str().unwrap(),
+                ])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let mut child = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli not found: install it with redis-server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli --cluster create did not finish in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "redis-cli --cluster create: {status}");
+        for n in &nodes {
+            while !n
+                .command("CLUSTER INFO")
+                .is_some_and(|r| r.contains("cluster_state:ok"))
+            {
+                assert!(Instant::now() < deadline, "the cluster is not ok in 30 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    /// `[state]` on this cluster: every node a seed, `on_failure =
+    /// "closed"` so that any call the cluster refuses (a cross-slot script,
+    /// a slot not followed) is a 529, never a silent local decision.
+    fn state(&self, prefix: &str, extra: &str) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect();
+        format!(
+            "backend = \"redis\"\ncluster = true\nurl = [{}]\nkey_prefix = \"{prefix}\"\n\
+             command_timeout_ms = 2000\non_failure = \"closed\"\n{extra}",
+            seeds.join(", ")
+        )
+    }
+
+    /// One command through `redis-cli -c` (which follows the redirect to
+    /// the node holding the key), its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.nodes[0].port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Keys held by each node.
+    fn sizes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let r = n.command("DBSIZE").unwrap();
+                r.trim().trim_start_matches(':').parse().unwrap()
+            })
+            .collect()
     }
 }
 
@@ -795,15 +908,22 @@ async fn a_replica_started_while_redis_is_down_serves_and_joins_when_it_comes_up
 /// observations through `redis` under `prefix`, with one hash secret;
 /// `extra` goes into `[state]`.
 fn hydra_replicas(redis: &Redis, n: usize, prefix: &str, extra: &str) -> Cluster {
+    hydra_replicas_on(
+        n,
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n\
+             command_timeout_ms = 1000\n{extra}",
+            redis.url()
+        ),
+    )
+}
+
+/// `n` replicas of the hydra policy with `state` as the `[state]` body.
+fn hydra_replicas_on(n: usize, state: &str) -> Cluster {
     Cluster::start_with(n, |upstream| {
         basic_config(
             &format!("http://{upstream}"),
-            &format!(
-                "[identity]\nhash_secret = \"{SECRET}\"\n{HYDRA_POLICY}\n[state]\n\
-                 backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n\
-                 command_timeout_ms = 1000\n{extra}",
-                redis.url()
-            ),
+            &format!("[identity]\nhash_secret = \"{SECRET}\"\n{HYDRA_POLICY}\n[state]\n{state}"),
         )
     })
 }
@@ -992,4 +1112,170 @@ async fn the_stream_falls_back_to_local_linking_and_resumes_when_redis_returns()
         },
     )
     .await;
+}
+
+/// The replicas' fallbacks and failed admissions: all zero when every call
+/// reached the node owning its slot.
+async fn assert_no_failed_calls(c: &Cluster) {
+    for i in 0..c.replicas.len() {
+        let a = c.admin(i);
+        for sample in [
+            "distill_guard_state_fallback_total{mode=\"closed\"}",
+            "distill_guard_state_redis_errors_total{op=\"admit\",kind=\"error\"}",
+            "distill_guard_state_redis_errors_total{op=\"admit\",kind=\"timeout\"}",
+            "distill_guard_state_redis_errors_total{op=\"manual\",kind=\"error\"}",
+        ] {
+            assert_eq!(metric(a, sample).await, 0.0, "replica {i}: {sample}");
+        }
+    }
+}
+
+/// On a real Redis Cluster of three primaries: three replicas enforce one
+/// account budget (as on one server), a block made through one replica
+/// refuses on the others, and the keys are spread over the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_replicas_share_an_account_budget_and_a_block() {
+    let rc = RedisCluster::start();
+    let prefix = format!("rc{}", rc.nodes[0].port);
+    let state = rc.state(&prefix, "manual_sync_ms = 250\n");
+    let c = Cluster::start(3, 6, &state);
+    let (ready, text) = admin_get(c.admin(0), "/readyz").await;
+    assert_eq!(ready, 200, "{text}");
+    assert!(text.contains("state: redis-cluster"), "{text}");
+    // Burst 6 shared by the three replicas (+1 refill over the test).
+    let (ok, throttled) = spread(&c, "sk-shared", 24).await;
+    assert!(
+        (6..=7).contains(&ok),
+        "three replicas on a Redis Cluster served {ok} (budget 6, +1 refill)"
+    );
+    assert_eq!(ok + throttled, 24);
+    // Many accounts: their cells land on every node (one hash tag each).
+    for k in 0..24 {
+        assert_eq!(
+            send(&c.url(k % 3), &format!("sk-many-{k}"), LIMIT).await.0,
+            200
+        );
+    }
+    let sizes = rc.sizes();
+    assert!(
+        sizes.iter().filter(|n| **n > 0).count() >= 2,
+        "keys on one node only: {sizes:?}"
+    );
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-shared");
+    assert_eq!(
+        rc.cli(&["HEXISTS", &format!("{{{prefix}:a:{id}}}"), "r"]),
+        "1",
+        "the account's cell is in the cluster"
+    );
+
+    // A block through replica 0 refuses on replicas 1 and 2 (bound:
+    // manual_sync_ms + one command; the deadline is 8×).
+    let blocked = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-b");
+    assert_eq!(send(&c.url(1), "sk-b", LIMIT).await.0, 200);
+    let (status, body) = admin_call(
+        c.admin(0),
+        "POST",
+        &format!("/admin/accounts/{blocked}/block"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for i in [1, 2] {
+        let url = c.url(i);
+        eventually(
+            Duration::from_secs(2),
+            "block seen by another replica",
+            || async { send(&url, "sk-b", LIMIT).await.0 == 403 },
+        )
+        .await;
+    }
+    assert_eq!(
+        rc.cli(&[
+            "HGET",
+            &format!("{{{prefix}:manual}}"),
+            &format!("a:{blocked}")
+        ]),
+        "block"
+    );
+    assert_no_failed_calls(&c).await;
+}
+
+/// On a real Redis Cluster: a hydra spread over three replicas becomes one
+/// cluster with one id on all of them through the observation stream (one
+/// key on one node, read with a blocking `XREAD` on the reader's own
+/// connections), and the cluster's budget — checked in the same script
+/// call as the member's cells, which live under the cluster's hash tag —
+/// refuses it about as fast as one replica does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_hydra_over_three_replicas_is_one_cluster_with_one_budget() {
+    let rc = RedisCluster::start();
+    let port = rc.nodes[0].port;
+    let one = hydra_replicas_on(1, &rc.state(&format!("one{port}"), ""));
+    eventually(LIMIT, "replica reads the stream", || async {
+        metric(one.admin(0), "distill_guard_state_stream_view").await == 1.0
+    })
+    .await;
+    let (served_one, refused) = hydra_over_until_refused(&[&one.url(0)], mixed).await;
+    let (policy, _) = refused.expect("one replica never refused the hydra");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    assert_no_failed_calls(&one).await;
+    drop(one);
+
+    let prefix = format!("three{port}");
+    let three = hydra_replicas_on(3, &rc.state(&prefix, ""));
+    for i in 0..3 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(three.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    let urls: Vec<String> = (0..3).map(|i| three.url(i)).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (served_three, refused) = hydra_over_until_refused(&urls, mixed).await;
+    let (policy, _) = refused.expect("three replicas never refused the hydra");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    println!(
+        "on a Redis Cluster, hydra served before the first cluster refusal: one replica \
+         {served_one}, three sharing observations {served_three}"
+    );
+    assert!(
+        served_three <= 2 * served_one + 6,
+        "three replicas served {served_three}, one served {served_one}"
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        ids.clear();
+        for i in 0..3 {
+            let clusters = served_clusters(three.admin(i)).await;
+            assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
+            ids.extend(clusters);
+        }
+        if ids.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster ids differ between replicas: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let id = ids.into_iter().next().unwrap();
+    assert_ne!(id, "none");
+    for i in 0..3 {
+        eventually(LIMIT, "every replica holds all twelve members", || async {
+            let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
+            let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
+            status == 200 && c["members"].as_u64() == Some(12)
+        })
+        .await;
+    }
+    // The cluster's cells are in Redis under its id (in debt: they outlive
+    // the test's assertions).
+    assert_eq!(
+        rc.cli(&["EXISTS", &format!("{{{prefix}:c:{id}}}")]),
+        "1",
+        "the cluster's cells"
+    );
+    assert_eq!(rc.cli(&["EXISTS", &format!("{{{prefix}:obs}}")]), "1");
+    assert_no_failed_calls(&three).await;
 }
