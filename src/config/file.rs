@@ -977,7 +977,10 @@ pub struct FileState {
     /// replica that starts or returns replays at most this many.
     pub stream_max_entries: u64,
     /// Observations waiting to be appended (a bounded queue per replica);
-    /// when it is full an observation is dropped and counted.
+    /// when it is full an observation is dropped and counted. Also the
+    /// bound of the outage buffer: the newest this many observations
+    /// linked on this replica alone while Redis failed, appended when it
+    /// returns (the view is then rebuilt from the stream).
     pub stream_queue_entries: u32,
 }
 
