@@ -50,10 +50,11 @@ impl Redis {
     /// [`Redis::restart`] with extra server arguments.
     fn restart_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none());
+        // `extra` last: it may turn persistence on.
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(extra)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1278,4 +1279,249 @@ async fn on_a_redis_cluster_a_hydra_over_three_replicas_is_one_cluster_with_one_
     );
     assert_eq!(rc.cli(&["EXISTS", &format!("{{{prefix}:obs}}")]), "1");
     assert_no_failed_calls(&three).await;
+}
+
+/// The cluster ids a replica holds for the hydra accounts it served.
+async fn hydra_clusters(addr: SocketAddr) -> std::collections::BTreeSet<String> {
+    let hasher = distill_guard::identity::KeyHasher::new(SECRET.as_bytes());
+    let hydra: Vec<String> = (0..12)
+        .map(|k| {
+            hasher
+                .account_id(format!("sk-hydra-{k:02}").as_bytes())
+                .to_string()
+        })
+        .collect();
+    let (_, top) = admin_get(addr, "/admin/top?by=requests").await;
+    let top: serde_json::Value = serde_json::from_str(&top).unwrap();
+    top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| hydra.iter().any(|h| a["id"].as_str() == Some(h)))
+        .map(|a| a["cluster"].as_str().unwrap_or("none").to_string())
+        .collect()
+}
+
+/// Redis killed (SIGKILL) while two replicas serve traffic; a hydra then
+/// arrives, half of it through each replica, and each links its half
+/// alone (two clusters, two ids). Redis restarted on the same port with
+/// its data (append-only file, fsync always): each replica appends what it
+/// held during the outage and rebuilds its view from the stream, and both
+/// come to hold one cluster of twelve under one id — no restart of a
+/// replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_replicas_rebuild_one_view_from_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let aof = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let mut redis = Redis::start_with(&aof);
+    let c = hydra_replicas_on(
+        2,
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"\n\
+             command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
+             breaker_open_ms = 200\n",
+            redis.url(),
+            redis.port
+        ),
+    );
+    for i in 0..2 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    // Steady traffic of one account through both replicas, before, during
+    // and after the outage; every request must finish within its bound.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = {
+        let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            for n in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (status, body) = send(&urls[n % 2], "sk-steady", Duration::from_secs(5)).await;
+                assert!(status == 200 || status == 429, "{status}: {body}");
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let applied = "distill_guard_state_stream_applied_total{kind=\"observation\"}";
+    for i in 0..2 {
+        eventually(LIMIT, "the steady traffic applied", || async {
+            metric(c.admin(i), applied).await >= 4.0
+        })
+        .await;
+    }
+    redis.kill();
+    for i in 0..2 {
+        eventually(LIMIT, "the view falls back to local linking", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 0.0
+        })
+        .await;
+    }
+    // The hydra: account k reaches replica k mod 2 only.
+    let client = client();
+    for i in 0..48 {
+        let r = timeout(client.request(hydra_request(&c.url(i % 2), i, mixed)))
+            .await
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 200 | 429), "{}", r.status());
+        let _ = r.into_body().collect().await.unwrap();
+    }
+    let (alone0, alone1) = (
+        hydra_clusters(c.admin(0)).await,
+        hydra_clusters(c.admin(1)).await,
+    );
+    println!("during the outage: replica 0 {alone0:?}, replica 1 {alone1:?}");
+    assert!(
+        alone0.len() == 1 && alone1.len() == 1 && alone0 != alone1 && !alone0.contains("none"),
+        "the outage did not split the view: {alone0:?} {alone1:?}"
+    );
+    for i in 0..2 {
+        assert!(metric(c.admin(i), "distill_guard_state_stream_outage_held_entries").await >= 24.0);
+    }
+
+    // Back, with its data: the views are rebuilt from one stream.
+    redis.restart_with(&aof);
+    let deadline = Instant::now() + LIMIT;
+    let ids = loop {
+        let mut ids = hydra_clusters(c.admin(0)).await;
+        ids.extend(hydra_clusters(c.admin(1)).await);
+        if ids.len() == 1 && !ids.contains("none") {
+            break ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still disagree: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let id = ids.into_iter().next().unwrap();
+    for i in 0..2 {
+        eventually(LIMIT, "both replicas hold all twelve members", || async {
+            let (status, body) = admin_get(c.admin(i), &format!("/admin/clusters/{id}")).await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            status == 200 && v["members"].as_u64() == Some(12)
+        })
+        .await;
+        let a = c.admin(i);
+        assert!(metric(a, "distill_guard_state_stream_resyncs_total").await >= 1.0);
+        assert_eq!(
+            metric(a, "distill_guard_state_stream_outage_held_entries").await,
+            0.0
+        );
+        assert_eq!(
+            metric(
+                a,
+                "distill_guard_state_stream_dropped_total{reason=\"outage_full\"}"
+            )
+            .await,
+            0.0
+        );
+    }
+    // The steady traffic never hung and went on through it all.
+    let before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(LIMIT, "steady traffic after the re-sync", || {
+        let sent = sent.clone();
+        async move { sent.load(std::sync::atomic::Ordering::Relaxed) > before + 4 }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+}
+
+/// Whether a replica holds cluster `id` with the hydra's twelve members.
+async fn twelve(addr: SocketAddr, id: &str) -> bool {
+    let (status, body) = admin_get(addr, &format!("/admin/clusters/{id}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status == 200 && v["members"].as_u64() == Some(12)
+}
+
+/// Redis restarted EMPTY after an outage: the stream is gone, so a view
+/// rebuilt from it would know less than the replicas hold. They keep their
+/// views — the hydra stays one cluster of twelve under one id on both, no
+/// account starts over — drop what they held (counted), and read the new
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
+    let mut redis = Redis::start();
+    let c = hydra_replicas_on(
+        2,
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"\n\
+             command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
+             breaker_open_ms = 200\n",
+            redis.url(),
+            redis.port
+        ),
+    );
+    for i in 0..2 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let _ = hydra_over_until_refused(&urls, mixed).await;
+    let deadline = Instant::now() + LIMIT;
+    let id = loop {
+        let mut ids = hydra_clusters(c.admin(0)).await;
+        ids.extend(hydra_clusters(c.admin(1)).await);
+        let one = ids.iter().next().filter(|_| ids.len() == 1).cloned();
+        if let Some(id) = one.filter(|id| id != "none") {
+            if twelve(c.admin(0), &id).await && twelve(c.admin(1), &id).await {
+                break id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no one cluster before: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    redis.kill();
+    eventually(LIMIT, "the view falls back to local linking", || async {
+        metric(c.admin(0), "distill_guard_state_stream_view").await == 0.0
+    })
+    .await;
+    assert_eq!(send(&c.url(0), "sk-while-down", LIMIT).await.0, 200);
+    redis.restart();
+    eventually(LIMIT, "the held entry dropped, not re-synced", || async {
+        metric(
+            c.admin(0),
+            "distill_guard_state_stream_dropped_total{reason=\"outage_not_resynced\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    for i in 0..2 {
+        let a = c.admin(i);
+        assert_eq!(
+            metric(a, "distill_guard_state_stream_resyncs_total").await,
+            0.0
+        );
+        assert!(twelve(a, &id).await, "replica {i} forgot the hydra");
+        assert_eq!(
+            hydra_clusters(a).await,
+            std::collections::BTreeSet::from([id.clone()])
+        );
+    }
+    // The new stream flows: replica 0's request is applied on replica 1.
+    let applied = "distill_guard_state_stream_applied_total{kind=\"observation\"}";
+    let before = metric(c.admin(1), applied).await;
+    assert_eq!(send(&c.url(0), "sk-after", LIMIT).await.0, 200);
+    eventually(LIMIT, "replica 1 applies the new stream", || async {
+        metric(c.admin(1), applied).await > before
+    })
+    .await;
 }
