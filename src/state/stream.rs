@@ -11,7 +11,9 @@
 //! what is queued in one pipelined round trip, and another reads the
 //! stream (`XREAD`, one reader per replica: every replica needs every
 //! entry) and applies it. While Redis fails, requests are linked and
-//! observed here alone (as in local mode) and nothing is appended.
+//! observed here alone (as in local mode) and their entries are held; when
+//! it returns they are appended and this replica's view is rebuilt from
+//! the stream, so every replica holds one view again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -43,6 +45,9 @@ const READ_COUNT: usize = 1024;
 const READ_BLOCK: Duration = Duration::from_millis(200);
 /// How often the lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// Re-syncs (each a replay of the retained stream) at most this often:
+/// a flapping Redis costs one replay per interval, not one per flap.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Entries behind counted at most (the count walks them on the server,
 /// once a second).
 const LAG_COUNT_CAP: u64 = 10_000;
@@ -585,6 +590,7 @@ impl ObservationStream {
         let lag = ::redis::Script::new(LAG_LUA);
         let mut next_lag = Instant::now();
         let mut conn = store.reader();
+        let mut last_resync: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -651,7 +657,11 @@ impl ObservationStream {
             }
             self.reading.store(true, Ordering::Relaxed);
             self.set_view(&store);
-            if self.in_view() && self.resync(&store, &engine).await {
+            if self.in_view()
+                && last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY)
+                && self.resync(&store, &engine).await
+            {
+                last_resync = Some(Instant::now());
                 continue;
             }
             if Instant::now() >= next_lag {
