@@ -129,27 +129,35 @@ fn free_port() -> u16 {
 /// `redis-cli --cluster create`, stopped by PID (each node is a [`Redis`]).
 struct RedisCluster {
     nodes: Vec<Redis>,
+    /// Each node's server arguments (its config file, bus port), to
+    /// restart it as the same node.
+    args: Vec<Vec<String>>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<Redis> = (0..3)
+        let args: Vec<Vec<String>> = (0..3)
             .map(|i| {
                 let conf = dir.path().join(format!("nodes-{i}.conf"));
-                let bus = free_port().to_string();
-                Redis::start_with(&[
+                [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     conf.to_str().unwrap(),
                     "--cluster-port",
-                    &bus,
+                    &free_port().to_string(),
                     "--dir",
                     dir.path().to_str().unwrap(),
-                ])
+                ]
+                .map(String::from)
+                .to_vec()
             })
+            .collect();
+        let nodes: Vec<Redis> = args
+            .iter()
+            .map(|a| Redis::start_with(&a.iter().map(String::as_str).collect::<Vec<_>>()))
             .collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -175,7 +183,19 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "redis-cli --cluster create: {status}");
-        for n in &nodes {
+        let c = RedisCluster {
+            nodes,
+            args,
+            _dir: dir,
+        };
+        c.wait_ok();
+        c
+    }
+
+    /// Poll `CLUSTER INFO` on every node until it says `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &self.nodes {
             while !n
                 .command("CLUSTER INFO")
                 .is_some_and(|r| r.contains("cluster_state:ok"))
@@ -184,22 +204,35 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        RedisCluster { nodes, _dir: dir }
+    }
+
+    /// Start every node again (as the same node: its config file holds its
+    /// id and slots), empty, and wait until the cluster is ok.
+    fn restart(&mut self) {
+        for (n, a) in self.nodes.iter_mut().zip(&self.args) {
+            n.restart_with(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        self.wait_ok();
+    }
+
+    /// The seed nodes as a TOML array.
+    fn seeds(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect();
+        format!("[{}]", seeds.join(", "))
     }
 
     /// `[state]` on this cluster: every node a seed, `on_failure =
     /// "closed"` so that any call the cluster refuses (a cross-slot script,
     /// a slot not followed) is a 529, never a silent local decision.
     fn state(&self, prefix: &str, extra: &str) -> String {
-        let seeds: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
-            .collect();
         format!(
-            "backend = \"redis\"\ncluster = true\nurl = [{}]\nkey_prefix = \"{prefix}\"\n\
+            "backend = \"redis\"\ncluster = true\nurl = {}\nkey_prefix = \"{prefix}\"\n\
              command_timeout_ms = 2000\non_failure = \"closed\"\n{extra}",
-            seeds.join(", ")
+            self.seeds()
         )
     }
 
@@ -1523,5 +1556,64 @@ async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
     eventually(LIMIT, "replica 1 applies the new stream", || async {
         metric(c.admin(1), applied).await > before
     })
+    .await;
+}
+
+/// A replica started while every node of the Redis Cluster is down serves
+/// under `on_failure`, and shares its budgets through the cluster once it
+/// is back; the whole cluster killed and restarted while the replica runs,
+/// likewise — no restart of the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_the_redis_cluster_is_down_joins_when_it_comes_up() {
+    let mut rc = RedisCluster::start();
+    for n in &mut rc.nodes {
+        n.kill();
+    }
+    let prefix = format!("down{}", rc.nodes[0].port);
+    let state = format!(
+        "backend = \"redis\"\ncluster = true\nurl = {}\nkey_prefix = \"{prefix}\"\n\
+         command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
+         breaker_open_ms = 200\n",
+        rc.seeds()
+    );
+    let c = Cluster::start(1, 1000, &state);
+    for _ in 0..3 {
+        let (status, body) = send(&c.url(0), "sk-early", Duration::from_secs(5)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let a = c.admin(0);
+    assert!(metric(a, "distill_guard_state_fallback_total{mode=\"local\"}").await >= 1.0);
+    rc.restart();
+    eventually(LIMIT, "breaker closed once the cluster is up", || async {
+        admin_get(a, "/readyz").await.1.contains("breaker=closed")
+    })
+    .await;
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-early");
+    let cell = format!("{{{prefix}:a:{id}}}");
+    eventually(LIMIT, "the account's cell in the cluster", || async {
+        assert_eq!(send(&c.url(0), "sk-early", LIMIT).await.0, 200);
+        rc.cli(&["HEXISTS", &cell, "r"]) == "1"
+    })
+    .await;
+    // Every node killed while the replica runs: requests go on under
+    // on_failure, none waits; the cluster back (empty): shared again.
+    for n in &mut rc.nodes {
+        n.kill();
+    }
+    for _ in 0..3 {
+        let (status, body) = send(&c.url(0), "sk-late", Duration::from_secs(5)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    rc.restart();
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-late");
+    let cell = format!("{{{prefix}:a:{id}}}");
+    eventually(
+        LIMIT,
+        "shared again after the cluster's restart",
+        || async {
+            assert_eq!(send(&c.url(0), "sk-late", LIMIT).await.0, 200);
+            rc.cli(&["HEXISTS", &cell, "r"]) == "1"
+        },
+    )
     .await;
 }
