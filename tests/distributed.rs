@@ -29,13 +29,16 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Redis { port, child: None };
-        r.restart();
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with extra server arguments.
+    fn start_with(extra: &[&str]) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart_with(extra);
         r
     }
 
@@ -47,10 +50,11 @@ impl Redis {
     /// [`Redis::restart`] with extra server arguments.
     fn restart_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none());
+        // `extra` last: it may turn persistence on.
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
-            .args(extra)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -109,6 +113,149 @@ impl Drop for Redis {
             // A paused server cannot die of SIGTERM; SIGKILL (kill()) can.
             self.kill();
         }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis Cluster of three primaries of this test's own: `redis-server
+/// --cluster-enabled yes` on free ports (client and cluster bus), joined by
+/// `redis-cli --cluster create`, stopped by PID (each node is a [`Redis`]).
+struct RedisCluster {
+    nodes: Vec<Redis>,
+    /// Each node's server arguments (its config file, bus port), to
+    /// restart it as the same node.
+    args: Vec<Vec<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<Vec<String>> = (0..3)
+            .map(|i| {
+                let conf = dir.path().join(format!("nodes-{i}.conf"));
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--dir",
+                    dir.path().to_str().unwrap(),
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+            .collect();
+        let nodes: Vec<Redis> = args
+            .iter()
+            .map(|a| Redis::start_with(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let mut child = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli not found: install it with redis-server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli --cluster create did not finish in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "redis-cli --cluster create: {status}");
+        let c = RedisCluster {
+            nodes,
+            args,
+            _dir: dir,
+        };
+        c.wait_ok();
+        c
+    }
+
+    /// Poll `CLUSTER INFO` on every node until it says `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &self.nodes {
+            while !n
+                .command("CLUSTER INFO")
+                .is_some_and(|r| r.contains("cluster_state:ok"))
+            {
+                assert!(Instant::now() < deadline, "the cluster is not ok in 30 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Start every node again (as the same node: its config file holds its
+    /// id and slots), empty, and wait until the cluster is ok.
+    fn restart(&mut self) {
+        for (n, a) in self.nodes.iter_mut().zip(&self.args) {
+            n.restart_with(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        self.wait_ok();
+    }
+
+    /// The seed nodes as a TOML array.
+    fn seeds(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect();
+        format!("[{}]", seeds.join(", "))
+    }
+
+    /// `[state]` on this cluster: every node a seed, `on_failure =
+    /// "closed"` so that any call the cluster refuses (a cross-slot script,
+    /// a slot not followed) is a 529, never a silent local decision.
+    fn state(&self, prefix: &str, extra: &str) -> String {
+        format!(
+            "backend = \"redis\"\ncluster = true\nurl = {}\nkey_prefix = \"{prefix}\"\n\
+             command_timeout_ms = 2000\non_failure = \"closed\"\n{extra}",
+            self.seeds()
+        )
+    }
+
+    /// One command through `redis-cli -c` (which follows the redirect to
+    /// the node holding the key), its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.nodes[0].port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Keys held by each node.
+    fn sizes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let r = n.command("DBSIZE").unwrap();
+                r.trim().trim_start_matches(':').parse().unwrap()
+            })
+            .collect()
     }
 }
 
@@ -795,15 +942,22 @@ async fn a_replica_started_while_redis_is_down_serves_and_joins_when_it_comes_up
 /// observations through `redis` under `prefix`, with one hash secret;
 /// `extra` goes into `[state]`.
 fn hydra_replicas(redis: &Redis, n: usize, prefix: &str, extra: &str) -> Cluster {
+    hydra_replicas_on(
+        n,
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n\
+             command_timeout_ms = 1000\n{extra}",
+            redis.url()
+        ),
+    )
+}
+
+/// `n` replicas of the hydra policy with `state` as the `[state]` body.
+fn hydra_replicas_on(n: usize, state: &str) -> Cluster {
     Cluster::start_with(n, |upstream| {
         basic_config(
             &format!("http://{upstream}"),
-            &format!(
-                "[identity]\nhash_secret = \"{SECRET}\"\n{HYDRA_POLICY}\n[state]\n\
-                 backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n\
-                 command_timeout_ms = 1000\n{extra}",
-                redis.url()
-            ),
+            &format!("[identity]\nhash_secret = \"{SECRET}\"\n{HYDRA_POLICY}\n[state]\n{state}"),
         )
     })
 }
@@ -989,6 +1143,476 @@ async fn the_stream_falls_back_to_local_linking_and_resumes_when_redis_returns()
             )
             .await
                 > before
+        },
+    )
+    .await;
+}
+
+/// The replicas' fallbacks and failed admissions: all zero when every call
+/// reached the node owning its slot.
+async fn assert_no_failed_calls(c: &Cluster) {
+    for i in 0..c.replicas.len() {
+        let a = c.admin(i);
+        for sample in [
+            "distill_guard_state_fallback_total{mode=\"closed\"}",
+            "distill_guard_state_redis_errors_total{op=\"admit\",kind=\"error\"}",
+            "distill_guard_state_redis_errors_total{op=\"admit\",kind=\"timeout\"}",
+            "distill_guard_state_redis_errors_total{op=\"manual\",kind=\"error\"}",
+        ] {
+            assert_eq!(metric(a, sample).await, 0.0, "replica {i}: {sample}");
+        }
+    }
+}
+
+/// On a real Redis Cluster of three primaries: three replicas enforce one
+/// account budget (as on one server), a block made through one replica
+/// refuses on the others, and the keys are spread over the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_replicas_share_an_account_budget_and_a_block() {
+    let rc = RedisCluster::start();
+    let prefix = format!("rc{}", rc.nodes[0].port);
+    let state = rc.state(&prefix, "manual_sync_ms = 250\n");
+    let c = Cluster::start(3, 6, &state);
+    let (ready, text) = admin_get(c.admin(0), "/readyz").await;
+    assert_eq!(ready, 200, "{text}");
+    assert!(text.contains("state: redis-cluster"), "{text}");
+    // Burst 6 shared by the three replicas (+1 refill over the test).
+    let (ok, throttled) = spread(&c, "sk-shared", 24).await;
+    assert!(
+        (6..=7).contains(&ok),
+        "three replicas on a Redis Cluster served {ok} (budget 6, +1 refill)"
+    );
+    assert_eq!(ok + throttled, 24);
+    // Many accounts: their cells land on every node (one hash tag each).
+    for k in 0..24 {
+        assert_eq!(
+            send(&c.url(k % 3), &format!("sk-many-{k}"), LIMIT).await.0,
+            200
+        );
+    }
+    let sizes = rc.sizes();
+    assert!(
+        sizes.iter().filter(|n| **n > 0).count() >= 2,
+        "keys on one node only: {sizes:?}"
+    );
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-shared");
+    assert_eq!(
+        rc.cli(&["HEXISTS", &format!("{{{prefix}:a:{id}}}"), "r"]),
+        "1",
+        "the account's cell is in the cluster"
+    );
+
+    // A block through replica 0 refuses on replicas 1 and 2 (bound:
+    // manual_sync_ms + one command; the deadline is 8×).
+    let blocked = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-b");
+    assert_eq!(send(&c.url(1), "sk-b", LIMIT).await.0, 200);
+    let (status, body) = admin_call(
+        c.admin(0),
+        "POST",
+        &format!("/admin/accounts/{blocked}/block"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for i in [1, 2] {
+        let url = c.url(i);
+        eventually(
+            Duration::from_secs(2),
+            "block seen by another replica",
+            || async { send(&url, "sk-b", LIMIT).await.0 == 403 },
+        )
+        .await;
+    }
+    assert_eq!(
+        rc.cli(&[
+            "HGET",
+            &format!("{{{prefix}:manual}}"),
+            &format!("a:{blocked}")
+        ]),
+        "block"
+    );
+    assert_no_failed_calls(&c).await;
+}
+
+/// On a real Redis Cluster: a hydra spread over three replicas becomes one
+/// cluster with one id on all of them through the observation stream (one
+/// key on one node, read with a blocking `XREAD` on the reader's own
+/// connections), and the cluster's budget — checked in the same script
+/// call as the member's cells, which live under the cluster's hash tag —
+/// refuses it about as fast as one replica does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_hydra_over_three_replicas_is_one_cluster_with_one_budget() {
+    let rc = RedisCluster::start();
+    let port = rc.nodes[0].port;
+    let one = hydra_replicas_on(1, &rc.state(&format!("one{port}"), ""));
+    eventually(LIMIT, "replica reads the stream", || async {
+        metric(one.admin(0), "distill_guard_state_stream_view").await == 1.0
+    })
+    .await;
+    let (served_one, refused) = hydra_over_until_refused(&[&one.url(0)], mixed).await;
+    let (policy, _) = refused.expect("one replica never refused the hydra");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    assert_no_failed_calls(&one).await;
+    drop(one);
+
+    let prefix = format!("three{port}");
+    let three = hydra_replicas_on(3, &rc.state(&prefix, ""));
+    for i in 0..3 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(three.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    let urls: Vec<String> = (0..3).map(|i| three.url(i)).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (served_three, refused) = hydra_over_until_refused(&urls, mixed).await;
+    let (policy, _) = refused.expect("three replicas never refused the hydra");
+    assert!(policy.starts_with("\"cluster-requests\";q="), "{policy}");
+    println!(
+        "on a Redis Cluster, hydra served before the first cluster refusal: one replica \
+         {served_one}, three sharing observations {served_three}"
+    );
+    assert!(
+        served_three <= 2 * served_one + 6,
+        "three replicas served {served_three}, one served {served_one}"
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        ids.clear();
+        for i in 0..3 {
+            let clusters = served_clusters(three.admin(i)).await;
+            assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
+            ids.extend(clusters);
+        }
+        if ids.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster ids differ between replicas: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let id = ids.into_iter().next().unwrap();
+    assert_ne!(id, "none");
+    for i in 0..3 {
+        eventually(LIMIT, "every replica holds all twelve members", || async {
+            let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
+            let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
+            status == 200 && c["members"].as_u64() == Some(12)
+        })
+        .await;
+    }
+    // The cluster's cells are in Redis under its id (in debt: they outlive
+    // the test's assertions).
+    assert_eq!(
+        rc.cli(&["EXISTS", &format!("{{{prefix}:c:{id}}}")]),
+        "1",
+        "the cluster's cells"
+    );
+    assert_eq!(rc.cli(&["EXISTS", &format!("{{{prefix}:obs}}")]), "1");
+    assert_no_failed_calls(&three).await;
+}
+
+/// The cluster ids a replica holds for the hydra accounts it served.
+async fn hydra_clusters(addr: SocketAddr) -> std::collections::BTreeSet<String> {
+    let hasher = distill_guard::identity::KeyHasher::new(SECRET.as_bytes());
+    let hydra: Vec<String> = (0..12)
+        .map(|k| {
+            hasher
+                .account_id(format!("sk-hydra-{k:02}").as_bytes())
+                .to_string()
+        })
+        .collect();
+    let (_, top) = admin_get(addr, "/admin/top?by=requests").await;
+    let top: serde_json::Value = serde_json::from_str(&top).unwrap();
+    top["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| hydra.iter().any(|h| a["id"].as_str() == Some(h)))
+        .map(|a| a["cluster"].as_str().unwrap_or("none").to_string())
+        .collect()
+}
+
+/// Redis killed (SIGKILL) while two replicas serve traffic; a hydra then
+/// arrives, half of it through each replica, and each links its half
+/// alone (two clusters, two ids). Redis restarted on the same port with
+/// its data (append-only file, fsync always): each replica appends what it
+/// held during the outage and rebuilds its view from the stream, and both
+/// come to hold one cluster of twelve under one id — no restart of a
+/// replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_the_replicas_rebuild_one_view_from_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let aof = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let mut redis = Redis::start_with(&aof);
+    let c = hydra_replicas_on(
+        2,
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"\n\
+             command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
+             breaker_open_ms = 200\n",
+            redis.url(),
+            redis.port
+        ),
+    );
+    for i in 0..2 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    // Steady traffic of one account through both replicas, before, during
+    // and after the outage; every request must finish within its bound.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = {
+        let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            for n in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (status, body) = send(&urls[n % 2], "sk-steady", Duration::from_secs(5)).await;
+                assert!(status == 200 || status == 429, "{status}: {body}");
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let applied = "distill_guard_state_stream_applied_total{kind=\"observation\"}";
+    for i in 0..2 {
+        eventually(LIMIT, "the steady traffic applied", || async {
+            metric(c.admin(i), applied).await >= 4.0
+        })
+        .await;
+    }
+    redis.kill();
+    for i in 0..2 {
+        eventually(LIMIT, "the view falls back to local linking", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 0.0
+        })
+        .await;
+    }
+    // The hydra: account k reaches replica k mod 2 only.
+    let client = client();
+    for i in 0..48 {
+        let r = timeout(client.request(hydra_request(&c.url(i % 2), i, mixed)))
+            .await
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 200 | 429), "{}", r.status());
+        let _ = r.into_body().collect().await.unwrap();
+    }
+    let (alone0, alone1) = (
+        hydra_clusters(c.admin(0)).await,
+        hydra_clusters(c.admin(1)).await,
+    );
+    println!("during the outage: replica 0 {alone0:?}, replica 1 {alone1:?}");
+    assert!(
+        alone0.len() == 1 && alone1.len() == 1 && alone0 != alone1 && !alone0.contains("none"),
+        "the outage did not split the view: {alone0:?} {alone1:?}"
+    );
+    for i in 0..2 {
+        assert!(metric(c.admin(i), "distill_guard_state_stream_outage_held_entries").await >= 24.0);
+    }
+
+    // Back, with its data: the views are rebuilt from one stream.
+    redis.restart_with(&aof);
+    let deadline = Instant::now() + LIMIT;
+    let ids = loop {
+        let mut ids = hydra_clusters(c.admin(0)).await;
+        ids.extend(hydra_clusters(c.admin(1)).await);
+        if ids.len() == 1 && !ids.contains("none") {
+            break ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still disagree: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let id = ids.into_iter().next().unwrap();
+    for i in 0..2 {
+        eventually(LIMIT, "both replicas hold all twelve members", || async {
+            let (status, body) = admin_get(c.admin(i), &format!("/admin/clusters/{id}")).await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            status == 200 && v["members"].as_u64() == Some(12)
+        })
+        .await;
+        let a = c.admin(i);
+        assert!(metric(a, "distill_guard_state_stream_resyncs_total").await >= 1.0);
+        assert_eq!(
+            metric(a, "distill_guard_state_stream_outage_held_entries").await,
+            0.0
+        );
+        assert_eq!(
+            metric(
+                a,
+                "distill_guard_state_stream_dropped_total{reason=\"outage_full\"}"
+            )
+            .await,
+            0.0
+        );
+    }
+    // The steady traffic never hung and went on through it all.
+    let before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(LIMIT, "steady traffic after the re-sync", || {
+        let sent = sent.clone();
+        async move { sent.load(std::sync::atomic::Ordering::Relaxed) > before + 4 }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+}
+
+/// Whether a replica holds cluster `id` with the hydra's twelve members.
+async fn twelve(addr: SocketAddr, id: &str) -> bool {
+    let (status, body) = admin_get(addr, &format!("/admin/clusters/{id}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status == 200 && v["members"].as_u64() == Some(12)
+}
+
+/// Redis restarted EMPTY after an outage: the stream is gone, so a view
+/// rebuilt from it would know less than the replicas hold. They keep their
+/// views — the hydra stays one cluster of twelve under one id on both, no
+/// account starts over — drop what they held (counted), and read the new
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
+    let mut redis = Redis::start();
+    let c = hydra_replicas_on(
+        2,
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"\n\
+             command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
+             breaker_open_ms = 200\n",
+            redis.url(),
+            redis.port
+        ),
+    );
+    for i in 0..2 {
+        eventually(LIMIT, "replicas read the stream", || async {
+            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
+        })
+        .await;
+    }
+    let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let _ = hydra_over_until_refused(&urls, mixed).await;
+    let deadline = Instant::now() + LIMIT;
+    let id = loop {
+        let mut ids = hydra_clusters(c.admin(0)).await;
+        ids.extend(hydra_clusters(c.admin(1)).await);
+        let one = ids.iter().next().filter(|_| ids.len() == 1).cloned();
+        if let Some(id) = one.filter(|id| id != "none") {
+            if twelve(c.admin(0), &id).await && twelve(c.admin(1), &id).await {
+                break id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no one cluster before: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    redis.kill();
+    eventually(LIMIT, "the view falls back to local linking", || async {
+        metric(c.admin(0), "distill_guard_state_stream_view").await == 0.0
+    })
+    .await;
+    assert_eq!(send(&c.url(0), "sk-while-down", LIMIT).await.0, 200);
+    redis.restart();
+    eventually(LIMIT, "the held entry dropped, not re-synced", || async {
+        metric(
+            c.admin(0),
+            "distill_guard_state_stream_dropped_total{reason=\"outage_not_resynced\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    for i in 0..2 {
+        let a = c.admin(i);
+        assert_eq!(
+            metric(a, "distill_guard_state_stream_resyncs_total").await,
+            0.0
+        );
+        assert!(twelve(a, &id).await, "replica {i} forgot the hydra");
+        assert_eq!(
+            hydra_clusters(a).await,
+            std::collections::BTreeSet::from([id.clone()])
+        );
+    }
+    // The new stream flows: replica 0's request is applied on replica 1.
+    let applied = "distill_guard_state_stream_applied_total{kind=\"observation\"}";
+    let before = metric(c.admin(1), applied).await;
+    assert_eq!(send(&c.url(0), "sk-after", LIMIT).await.0, 200);
+    eventually(LIMIT, "replica 1 applies the new stream", || async {
+        metric(c.admin(1), applied).await > before
+    })
+    .await;
+}
+
+/// A replica started while every node of the Redis Cluster is down serves
+/// under `on_failure`, and shares its budgets through the cluster once it
+/// is back; the whole cluster killed and restarted while the replica runs,
+/// likewise — no restart of the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_the_redis_cluster_is_down_joins_when_it_comes_up() {
+    let mut rc = RedisCluster::start();
+    for n in &mut rc.nodes {
+        n.kill();
+    }
+    let prefix = format!("down{}", rc.nodes[0].port);
+    let state = format!(
+        "backend = \"redis\"\ncluster = true\nurl = {}\nkey_prefix = \"{prefix}\"\n\
+         command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
+         breaker_open_ms = 200\n",
+        rc.seeds()
+    );
+    let c = Cluster::start(1, 1000, &state);
+    for _ in 0..3 {
+        let (status, body) = send(&c.url(0), "sk-early", Duration::from_secs(5)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let a = c.admin(0);
+    assert!(metric(a, "distill_guard_state_fallback_total{mode=\"local\"}").await >= 1.0);
+    rc.restart();
+    eventually(LIMIT, "breaker closed once the cluster is up", || async {
+        admin_get(a, "/readyz").await.1.contains("breaker=closed")
+    })
+    .await;
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-early");
+    let cell = format!("{{{prefix}:a:{id}}}");
+    eventually(LIMIT, "the account's cell in the cluster", || async {
+        assert_eq!(send(&c.url(0), "sk-early", LIMIT).await.0, 200);
+        rc.cli(&["HEXISTS", &cell, "r"]) == "1"
+    })
+    .await;
+    // Every node killed while the replica runs: requests go on under
+    // on_failure, none waits; the cluster back (empty): shared again.
+    for n in &mut rc.nodes {
+        n.kill();
+    }
+    for _ in 0..3 {
+        let (status, body) = send(&c.url(0), "sk-late", Duration::from_secs(5)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    rc.restart();
+    let id = distill_guard::identity::KeyHasher::new(SECRET.as_bytes()).account_id(b"sk-late");
+    let cell = format!("{{{prefix}:a:{id}}}");
+    eventually(
+        LIMIT,
+        "shared again after the cluster's restart",
+        || async {
+            assert_eq!(send(&c.url(0), "sk-late", LIMIT).await.0, 200);
+            rc.cli(&["HEXISTS", &cell, "r"]) == "1"
         },
     )
     .await;

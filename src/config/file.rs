@@ -930,8 +930,13 @@ pub struct FileState {
     pub backend: String,
     /// `redis://HOST:PORT/DB` or `rediss://HOST:PORT/DB` (TLS); a user name
     /// may be given (`redis://USER@HOST:PORT`), a password may not: it
-    /// comes from `password_env`.
-    pub url: Option<String>,
+    /// comes from `password_env`. With `cluster = true`, one or several
+    /// seed nodes of the Redis Cluster (a list of such URLs, database 0).
+    pub url: Option<FileUrls>,
+    /// The server is a Redis Cluster (or Valkey cluster): the client finds
+    /// the nodes from the seeds in `url` and sends each call to the node
+    /// owning its keys' slot (`docs/distributed.md`, "Redis Cluster").
+    pub cluster: bool,
     /// Environment variable holding the Redis password (never the file).
     pub password_env: Option<String>,
     /// PEM file of the CA certificates that sign the Redis server's
@@ -972,8 +977,21 @@ pub struct FileState {
     /// replica that starts or returns replays at most this many.
     pub stream_max_entries: u64,
     /// Observations waiting to be appended (a bounded queue per replica);
-    /// when it is full an observation is dropped and counted.
+    /// when it is full an observation is dropped and counted. Also the
+    /// bound of the outage buffer: the newest this many observations
+    /// linked on this replica alone while Redis failed, appended when it
+    /// returns (the view is then rebuilt from the stream).
     pub stream_queue_entries: u32,
+}
+
+/// `[state] url`: one URL, or several seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FileUrls {
+    /// One server (or one seed node of a cluster).
+    One(String),
+    /// Seed nodes of a Redis Cluster (`cluster = true`).
+    Seeds(Vec<String>),
 }
 
 impl Default for FileState {
@@ -981,6 +999,7 @@ impl Default for FileState {
         Self {
             backend: "local".into(),
             url: None,
+            cluster: false,
             password_env: None,
             ca_path: None,
             pool_size: 4,

@@ -101,8 +101,13 @@ impl OnFailure {
 /// The Redis backend's settings, validated.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// The server URL as written (no password in it).
+    /// The server URL as written (no password in it); the seed nodes,
+    /// comma-separated, for a cluster.
     pub url: String,
+    /// The server's URL, or the cluster's seed nodes.
+    pub urls: Vec<String>,
+    /// A Redis Cluster: calls go to the node owning their keys' slot.
+    pub cluster: bool,
     /// The password, from the environment variable `[state] password_env`.
     pub password: Option<String>,
     /// PEM CA certificates for `rediss://` (None: the default roots).
@@ -142,6 +147,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.url)
+            .field("cluster", &self.cluster)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("pool_size", &self.pool_size)
             .field("command_timeout", &self.command_timeout)
@@ -922,50 +928,40 @@ fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Inval
             ))
         }
     }
-    let Some(url) = &f.url else {
-        return Err(invalid(
-            "state.url",
-            "backend = \"redis\" needs a url such as \"redis://127.0.0.1:6379/0\"",
-        ));
+    let urls = match &f.url {
+        None => {
+            return Err(invalid(
+                "state.url",
+                "backend = \"redis\" needs a url such as \"redis://127.0.0.1:6379/0\"",
+            ))
+        }
+        Some(file::FileUrls::One(u)) => vec![u.clone()],
+        Some(file::FileUrls::Seeds(_)) if !f.cluster => {
+            return Err(invalid(
+                "state.url",
+                "a list of URLs names the seed nodes of a Redis Cluster: set state.cluster = \
+                 true, or give one URL",
+            ))
+        }
+        Some(file::FileUrls::Seeds(u)) if u.is_empty() => {
+            return Err(invalid("state.url", "expected at least one seed node URL"))
+        }
+        Some(file::FileUrls::Seeds(u)) => u.clone(),
     };
-    let parsed = url::Url::parse(url).map_err(|e| {
-        invalid(
-            "state.url",
-            format!("expected a redis:// or rediss:// URL: {e}"),
-        )
-    })?;
-    if !matches!(parsed.scheme(), "redis" | "rediss") {
-        return Err(invalid(
-            "state.url",
-            format!(
-                "expected a redis:// or rediss:// (TLS) URL, got scheme {:?}",
-                parsed.scheme()
-            ),
-        ));
+    let mut scheme = None;
+    for url in &urls {
+        let parsed = validate_redis_url(url, f.cluster)?;
+        if scheme.get_or_insert_with(|| parsed.scheme().to_string()) != parsed.scheme() {
+            return Err(invalid(
+                "state.url",
+                "the seed nodes must all be redis:// or all rediss:// (TLS)",
+            ));
+        }
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(
-            "state.url",
-            "expected a host: redis://HOST:PORT/DB",
-        ));
-    }
-    if parsed.password().is_some() {
-        return Err(invalid(
-            "state.url",
-            "a password in the URL would be in the config file: put it in an environment \
-             variable and name that variable in state.password_env",
-        ));
-    }
-    let db = parsed.path().trim_start_matches('/');
-    if !db.is_empty() && db.parse::<u32>().is_err() {
-        return Err(invalid(
-            "state.url",
-            format!("expected a database number after the host, got {db:?}"),
-        ));
-    }
+    let tls = scheme.as_deref() == Some("rediss");
     let ca_pem = match &f.ca_path {
         None => None,
-        Some(_) if parsed.scheme() != "rediss" => {
+        Some(_) if !tls => {
             return Err(invalid(
                 "state.ca_path",
                 "a CA is only used with TLS: the url must start with rediss://",
@@ -1069,7 +1065,9 @@ fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Inval
         queue_entries: f.stream_queue_entries as usize,
     });
     Ok(StateConfig::Redis(RedisConfig {
-        url: url.clone(),
+        url: urls.join(", "),
+        urls,
+        cluster: f.cluster,
         password,
         ca_pem,
         pool_size: f.pool_size as usize,
@@ -1083,6 +1081,52 @@ fn validate_state(base: &Path, f: &file::FileState) -> Result<StateConfig, Inval
         in_flight_lease,
         stream,
     }))
+}
+
+/// One `[state] url` (of a server, or of a cluster's seed node).
+fn validate_redis_url(url: &str, cluster: bool) -> Result<url::Url, Invalid> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        invalid(
+            "state.url",
+            format!("expected a redis:// or rediss:// URL: {e}"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(invalid(
+            "state.url",
+            format!(
+                "expected a redis:// or rediss:// (TLS) URL, got scheme {:?}",
+                parsed.scheme()
+            ),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "state.url",
+            "expected a host: redis://HOST:PORT/DB",
+        ));
+    }
+    if parsed.password().is_some() {
+        return Err(invalid(
+            "state.url",
+            "a password in the URL would be in the config file: put it in an environment \
+             variable and name that variable in state.password_env",
+        ));
+    }
+    let db = parsed.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(invalid(
+            "state.url",
+            format!("expected a database number after the host, got {db:?}"),
+        ));
+    }
+    if cluster && !db.is_empty() && db != "0" {
+        return Err(invalid(
+            "state.url",
+            format!("a Redis Cluster has database 0 only, got {db:?}"),
+        ));
+    }
+    Ok(parsed)
 }
 
 fn validate_admin(base: &Path, f: &file::FileAdmin) -> Result<AdminConfig, Invalid> {

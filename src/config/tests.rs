@@ -297,6 +297,20 @@ fn state_section_is_validated_with_clear_errors() {
             queue_entries: 16_384
         })
     );
+    assert!(!r.cluster);
+    assert_eq!(r.urls, ["rediss://cache.internal:6380/2"]);
+    let seeds = with(
+        "backend = \"redis\"\ncluster = true\nurl = [\"redis://a:7000\", \"redis://b:7001/0\"]",
+    )
+    .unwrap();
+    let StateConfig::Redis(rc) = seeds.state else {
+        panic!("not redis")
+    };
+    assert!(rc.cluster);
+    assert_eq!(rc.urls, ["redis://a:7000", "redis://b:7001/0"]);
+    assert_eq!(rc.url, "redis://a:7000, redis://b:7001/0");
+    let one_seed = with("backend = \"redis\"\ncluster = true\nurl = \"redis://a:7000\"").unwrap();
+    assert!(matches!(one_seed.state, StateConfig::Redis(r) if r.cluster && r.urls.len() == 1));
     let off = with("backend = \"redis\"\nurl = \"redis://h\"\nshare_observations = false").unwrap();
     assert!(matches!(off.state, StateConfig::Redis(r) if r.stream.is_none()));
     let cases = [
@@ -370,6 +384,31 @@ fn state_section_is_validated_with_clear_errors() {
             "backend = \"redis\"\nurl = \"rediss://h\"\nca_path = \"no-such-ca.pem\"",
             "state.ca_path",
             "readable PEM",
+        ),
+        (
+            "backend = \"redis\"\nurl = [\"redis://a\", \"redis://b\"]",
+            "state.url",
+            "state.cluster = true",
+        ),
+        (
+            "backend = \"redis\"\ncluster = true\nurl = []",
+            "state.url",
+            "at least one seed",
+        ),
+        (
+            "backend = \"redis\"\ncluster = true\nurl = [\"redis://a\", \"rediss://b\"]",
+            "state.url",
+            "or all rediss://",
+        ),
+        (
+            "backend = \"redis\"\ncluster = true\nurl = [\"redis://a/3\"]",
+            "state.url",
+            "database 0 only",
+        ),
+        (
+            "backend = \"redis\"\ncluster = true\nurl = [\"http://a\"]",
+            "state.url",
+            "redis:// or rediss://",
         ),
         (
             "backend = \"redis\"\nurl = \"redis://h\"\nbreaker_failures = 0",

@@ -1539,6 +1539,15 @@ impl Linker {
         }
     }
 
+    /// Forget every link, index entry and cluster, as a new linker with the same policy; the running totals
+    /// (links dropped, rotations) are kept, so counters exported from them never go back.
+    pub fn forget(&mut self) {
+        let mut fresh = Linker::new(self.policy.clone());
+        fresh.links_dropped_total = self.links_dropped_total;
+        fresh.rotations_total = self.rotations_total;
+        *self = fresh;
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &LinkPolicy {
         &self.policy

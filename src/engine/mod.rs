@@ -758,6 +758,21 @@ impl Engine {
         self.policy.store(Arc::new(policy));
     }
 
+    /// Forget the view that [`Engine::apply`] builds — links, clusters,
+    /// behaviour signals, ladders and cohorts — to build it again from the
+    /// start (a replica re-syncing its view from the shared stream). Budget
+    /// cells, accounts (first seen, totals) and manual decisions are kept.
+    pub fn reset_view(&self) {
+        // Lock order: the linker, then the signal maps.
+        let Ok(mut linker) = self.linker.lock() else {
+            return;
+        };
+        linker.forget();
+        self.account_signals.clear();
+        self.cluster_signals.clear();
+        self.cohorts.clear();
+    }
+
     /// Record an admin's decision about an account (`None` clears it).
     pub fn set_manual_account(&self, account: AccountId, manual: Option<Manual>) {
         match manual {

@@ -506,6 +506,68 @@ mod clusters {
         assert!(viewer.clusters(10).is_empty(), "a view changed the linker");
     }
 
+    /// Two replicas that linked alone during an outage (each half of a
+    /// hydra) hold different clusters; once each forgets its view and
+    /// replays the stream — which now holds the outage's observations too
+    /// — both hold exactly what an engine that only applied the stream
+    /// holds: one cluster, one id.
+    #[test]
+    fn replicas_that_linked_alone_converge_after_reset_and_replay() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let replicas: Vec<Engine> = (0..2).map(|_| Engine::new(cluster_policy(60))).collect();
+        let ja4 = h(AttrKind::Ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
+        let net = h(AttrKind::IpPrefix, "203.0.113.0/24");
+        let start = 1_700_000_000 * SECOND;
+        let step = 60 * SECOND / 800;
+        let mut stream: Vec<(Observation, Nanos)> = Vec::new();
+        // Before the outage: honest-looking traffic of other accounts.
+        for n in 0..200u64 {
+            let o = hydra_request(&mut rng, 50_000 + n, (None, None, None));
+            let now = start + n * step;
+            for e in &replicas {
+                e.apply(&o, now);
+            }
+            stream.push((o, now));
+        }
+        // The outage: each replica links its half of the hydra alone.
+        let mut held: Vec<Observation> = Vec::new();
+        for n in 200..1400u64 {
+            let o = hydra_request(&mut rng, 10_000 + n % 40, (ja4, None, net));
+            let _ = replicas[(n % 40 % 2) as usize].assess(&o, start + n * step);
+            held.push(o);
+        }
+        let a = replicas[0]
+            .cluster_of(AccountId(10_000))
+            .expect("clustered");
+        let b = replicas[1]
+            .cluster_of(AccountId(10_001))
+            .expect("clustered");
+        assert_ne!(a.id, b.id, "the outage did not split the view");
+        // Back: the held observations are appended (at the return's time),
+        // every replica forgets its view and replays the stream.
+        let back = start + 1400 * step;
+        for (k, o) in held.into_iter().enumerate() {
+            stream.push((o, back + k as u64 * SECOND / 1000));
+        }
+        let only_stream = Engine::new(cluster_policy(60));
+        for e in replicas.iter().chain([&only_stream]) {
+            e.reset_view();
+            for (o, t) in &stream {
+                e.apply(o, *t);
+            }
+        }
+        let want = only_stream
+            .cluster_of(AccountId(10_000))
+            .expect("clustered");
+        assert!(want.members >= 40, "{want:?}");
+        for e in &replicas {
+            for acc in [10_000, 10_001] {
+                let got = e.cluster_of(AccountId(acc)).expect("clustered");
+                assert_eq!((got.id, got.members), (want.id, want.members));
+            }
+        }
+    }
+
     #[test]
     fn hydra_becomes_one_cluster_and_is_held_to_the_cluster_budget() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);

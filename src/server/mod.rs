@@ -210,7 +210,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                 crate::state::redis::RedisStore::new(r, rt.handle().clone())
                     .map_err(ServerError::State)?
             };
-            info!(url = %r.url, on_failure = r.on_failure.as_str(), "state shared through Redis");
+            info!(url = %r.url, cluster = r.cluster, on_failure = r.on_failure.as_str(), "state shared through Redis");
             (crate::state::State::Redis(Arc::new(store)), Some(rt))
         }
     };

@@ -50,6 +50,9 @@ pub enum Receipt {
     Shared {
         /// This request's in-flight slot (unique per replica).
         slot: u64,
+        /// On a Redis Cluster, the cluster under whose hash tag the
+        /// account's cells were charged (settled there too).
+        member_of: Option<u64>,
     },
 }
 
@@ -130,10 +133,14 @@ impl State {
         match self {
             State::Local => decide_with(&LocalBudgets, engine, obs, now, false).await,
             State::Redis(r) => {
-                let Some(stream) = r.stream().filter(|s| s.in_view()) else {
+                let Some(stream) = r.stream() else {
                     return decide_with(r, engine, obs, now, false).await;
                 };
-                let decided = decide_with(r, engine, obs, now, true).await;
+                // On the shared view; or, while the stream is unavailable,
+                // linked here alone and held to be appended when Redis
+                // returns (the view is then rebuilt from the stream).
+                let view = stream.in_view();
+                let decided = decide_with(r, engine, obs, now, view).await;
                 // Every request the engine would have linked goes to the
                 // stream (a new account refused for want of room leaves
                 // no trace, as in `assess`), when anything applies it.
@@ -144,7 +151,12 @@ impl State {
                 );
                 if !traceless {
                     if let Some(hits) = engine.observation_hits(obs) {
-                        stream.push(stream::Entry::observed(obs, hits));
+                        let entry = stream::Entry::observed(obs, hits);
+                        if view {
+                            stream.push(entry);
+                        } else {
+                            stream.hold(entry);
+                        }
                     }
                 }
                 decided
@@ -165,12 +177,19 @@ impl State {
         match self {
             State::Local => engine.settle(ticket, usage, now),
             State::Redis(r) => {
-                match r.stream().filter(|s| s.in_view()) {
+                match r.stream() {
                     // The signal half comes back from the stream.
-                    Some(s) => {
+                    Some(s) if s.in_view() => {
                         engine.settle_budgets(ticket, usage, now);
                         if engine.policy().detection.is_some() {
                             s.push(stream::Entry::settled(ticket, usage));
+                        }
+                    }
+                    // Observed here alone; held for the stream.
+                    Some(s) => {
+                        engine.settle(ticket, usage, now);
+                        if engine.policy().detection.is_some() {
+                            s.hold(stream::Entry::settled(ticket, usage));
                         }
                     }
                     None => engine.settle(ticket, usage, now),

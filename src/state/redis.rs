@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{IntoConnectionInfo, RedisResult, Script};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::{ClusterClient, ClusterConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Script, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -165,6 +167,88 @@ return 1
 
 /// The thread that runs the store's sync loop (named by the server).
 pub const STATE_THREAD: &str = "dg-state";
+
+/// A connection to Redis: to one server (re-made when lost), or to a
+/// Redis Cluster (one multiplexed connection per node; each call goes to
+/// the node owning its keys' slot, following `MOVED` and `ASK`).
+#[derive(Clone)]
+pub(super) enum Conn {
+    /// One server (`cluster = false`).
+    Server(ConnectionManager),
+    /// A Redis Cluster (`cluster = true`).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The store's connections: the state thread's own, the stream reader's
+/// (its `XREAD` blocks), then the pool the worker threads keep to.
+// Made once per store: a box would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Conns {
+    /// To one server, made lazily by their first call.
+    Server(Vec<ConnectionManager>),
+    /// To a Redis Cluster: each made by the first thread that uses it, on
+    /// that thread's runtime (the cluster client spawns its I/O task when
+    /// made), so a worker's calls wake no other thread.
+    Cluster {
+        client: ClusterClient,
+        config: ClusterConfig,
+        conns: Vec<std::sync::OnceLock<ClusterConnection>>,
+    },
+}
+
+impl Conns {
+    fn len(&self) -> usize {
+        match self {
+            Conns::Server(c) => c.len(),
+            Conns::Cluster { conns, .. } => conns.len(),
+        }
+    }
+
+    /// Connection `i` (0: the state thread's, 1: the reader's, then the
+    /// pool's). Must be called inside a runtime's context.
+    fn get(&self, i: usize) -> Conn {
+        match self {
+            Conns::Server(c) => Conn::Server(c[i].clone()),
+            Conns::Cluster {
+                client,
+                config,
+                conns,
+            } => Conn::Cluster(
+                conns[i]
+                    .get_or_init(|| client.get_pending_async_connection_with_config(config.clone()))
+                    .clone(),
+            ),
+        }
+    }
+}
 
 /// The least time a call no request waits on may take.
 const BACKGROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -346,11 +430,8 @@ impl Default for StoreMetrics {
 /// Budget cells and manual decisions in Redis.
 pub struct RedisStore {
     cfg: RedisConfig,
-    pool: Vec<ConnectionManager>,
-    /// The state thread's own connection.
-    own: ConnectionManager,
-    /// The observation stream reader's (its `XREAD` blocks).
-    reader: ConnectionManager,
+    /// The state thread's, the stream reader's, then the pool's.
+    conns: Conns,
     /// The shared observation stream (`share_observations`).
     stream: Option<Arc<super::stream::ObservationStream>>,
     next: AtomicUsize,
@@ -384,6 +465,37 @@ impl RedisStore {
     /// Redis is down and serves under `on_failure` until it is back. Must
     /// be called inside `rt`'s context.
     pub fn new(cfg: &RedisConfig, rt: tokio::runtime::Handle) -> Result<RedisStore, String> {
+        let n = cfg.pool_size + 2;
+        let conns = if cfg.cluster {
+            Self::cluster_conns(cfg, n)?
+        } else {
+            Self::server_conns(cfg, n)?
+        };
+        if conns.len() < 3 {
+            return Err("state.pool_size: no connection".into());
+        }
+        Ok(RedisStore {
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open),
+            cfg: cfg.clone(),
+            conns,
+            stream: cfg
+                .stream
+                .map(|s| Arc::new(super::stream::ObservationStream::new(&cfg.key_prefix, s))),
+            next: AtomicUsize::new(0),
+            admit: Script::new(ADMIT_LUA),
+            settle: Script::new(SETTLE_LUA),
+            manual: Script::new(MANUAL_LUA),
+            seed: Script::new(SEED_LUA),
+            replica: rand::random(),
+            slots: AtomicU64::new(0),
+            manual_version: AtomicI64::new(-1),
+            metrics: StoreMetrics::default(),
+            rt,
+        })
+    }
+
+    /// `n` lazy connections to one server.
+    fn server_conns(cfg: &RedisConfig, n: usize) -> Result<Conns, String> {
         let info = cfg
             .url
             .as_str()
@@ -413,35 +525,41 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(std::time::Duration::from_millis(20))
             .set_max_delay(std::time::Duration::from_millis(200));
-        let pool = (0..cfg.pool_size + 2)
+        (0..n)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
             .collect::<RedisResult<Vec<_>>>()
-            .map_err(|e| format!("redis: {e}"))?;
-        let (own, reader, pool) = match pool.as_slice() {
-            [own, reader, pool @ ..] if !pool.is_empty() => {
-                (own.clone(), reader.clone(), pool.to_vec())
-            }
-            _ => return Err("state.pool_size: no connection".into()),
-        };
-        Ok(RedisStore {
-            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_open),
-            cfg: cfg.clone(),
-            pool,
-            own,
-            reader,
-            stream: cfg
-                .stream
-                .map(|s| Arc::new(super::stream::ObservationStream::new(&cfg.key_prefix, s))),
-            next: AtomicUsize::new(0),
-            admit: Script::new(ADMIT_LUA),
-            settle: Script::new(SETTLE_LUA),
-            manual: Script::new(MANUAL_LUA),
-            seed: Script::new(SEED_LUA),
-            replica: rand::random(),
-            slots: AtomicU64::new(0),
-            manual_version: AtomicI64::new(-1),
-            metrics: StoreMetrics::default(),
-            rt,
+            .map(Conns::Server)
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    /// `n` connections to a Redis Cluster, found from the seed nodes in
+    /// `url`, each made on first use.
+    fn cluster_conns(cfg: &RedisConfig, n: usize) -> Result<Conns, String> {
+        let mut b = ClusterClient::builder(cfg.urls.iter().map(String::as_str))
+            .connection_timeout(cfg.connect_timeout)
+            .response_timeout(cfg.command_timeout.max(BACKGROUND_TIMEOUT))
+            // Redirections (MOVED / ASK) and a node lost are retried
+            // quickly; every call stays bounded by its own timeout.
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        if let Some(p) = &cfg.password {
+            b = b.password(p);
+        }
+        if let Some(pem) = &cfg.ca_pem {
+            b = b.certs(::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
+        let client = b.build().map_err(|e| format!("state.url: {e}"))?;
+        let config = ClusterConfig::new()
+            .set_connection_timeout(cfg.connect_timeout)
+            .set_response_timeout(cfg.command_timeout.max(BACKGROUND_TIMEOUT));
+        Ok(Conns::Cluster {
+            client,
+            config,
+            conns: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
         })
     }
 
@@ -450,12 +568,12 @@ impl RedisStore {
     /// runtime (a connection is made by the first call on it), so a call
     /// wakes no other thread. The state thread (settlements off a
     /// runtime, the sync) has a connection of its own.
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         thread_local! {
             static SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
         }
         if std::thread::current().name() == Some(STATE_THREAD) {
-            return self.own.clone();
+            return self.conns.get(0);
         }
         let i = SLOT.with(|slot| {
             slot.get().unwrap_or_else(|| {
@@ -464,7 +582,7 @@ impl RedisStore {
                 i
             })
         });
-        self.pool[i % self.pool.len()].clone()
+        self.conns.get(2 + i % (self.conns.len() - 2))
     }
 
     /// `{prefix:a:ID}` / `{prefix:c:ID}`: one hash tag per budget owner.
@@ -472,6 +590,22 @@ impl RedisStore {
         let h = format!("{{{}:{kind}:{id:016x}}}", self.cfg.key_prefix);
         let z = format!("{h}:f");
         (h, z)
+    }
+
+    /// The account's cells. On a Redis Cluster, while the account is
+    /// charged as a member of an enforced cluster, they live under the
+    /// cluster's hash tag (`{prefix:c:CLUSTER}:a:ACCOUNT`), so one script
+    /// call touches one slot; on one server always under the account's own.
+    fn account_keys(&self, account: u64, member_of: Option<u64>) -> (String, String) {
+        match member_of {
+            Some(c) if self.cfg.cluster => {
+                let (ch, _) = self.cell_keys('c', c);
+                let h = format!("{ch}:a:{account:016x}");
+                let z = format!("{h}:f");
+                (h, z)
+            }
+            _ => self.cell_keys('a', account),
+        }
     }
 
     fn manual_keys(&self) -> (String, String) {
@@ -536,9 +670,11 @@ impl RedisStore {
         self.cfg.command_timeout.max(BACKGROUND_TIMEOUT)
     }
 
-    /// The stream reader's connection.
-    pub(super) fn reader(&self) -> ConnectionManager {
-        self.reader.clone()
+    /// The stream reader's connection (on a cluster, a connection of its
+    /// own to every node: its blocking `XREAD` holds the connection to the
+    /// node owning the stream's slot, and no other call waits behind it).
+    pub(super) fn reader(&self) -> Conn {
+        self.conns.get(1)
     }
 
     /// Redis answers (the breaker is closed).
@@ -571,7 +707,7 @@ impl RedisStore {
     /// anew: a restart of Redis then costs no request a fallback.
     pub(super) async fn run<T, F, Fut>(&self, op: Op, probe: bool, call: F) -> Result<T, ()>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let started = Instant::now();
@@ -801,7 +937,12 @@ impl RedisStore {
         (
             ok,
             format!(
-                "state: redis breaker={} on_failure={}{}",
+                "state: {} breaker={} on_failure={}{}",
+                if self.cfg.cluster {
+                    "redis-cluster"
+                } else {
+                    "redis"
+                },
                 st.as_str(),
                 self.cfg.on_failure.as_str(),
                 match &self.stream {
@@ -923,7 +1064,12 @@ impl BudgetStore for Arc<RedisStore> {
             return self.fall_back(engine, ask, now);
         };
         let slot = self.slots.fetch_add(1, Ordering::Relaxed);
-        let (ah, az) = self.cell_keys('a', ask.account.0);
+        let member_of = ask
+            .cluster
+            .as_ref()
+            .filter(|_| self.cfg.cluster)
+            .map(|c| c.id);
+        let (ah, az) = self.account_keys(ask.account.0, member_of);
         let mut inv = self.admit.prepare_invoke();
         inv.key(&ah)
             .key(&az)
@@ -947,18 +1093,18 @@ impl BudgetStore for Arc<RedisStore> {
                 if admission.is_ok() {
                     engine.record_admission(ask, now);
                 }
-                Ok((admission, Receipt::Shared { slot }))
+                Ok((admission, Receipt::Shared { slot, member_of }))
             }
             Err(()) => self.fall_back(engine, ask, now),
         }
     }
 
     fn settle(&self, engine: &Engine, ticket: &Ticket, receipt: Receipt, usage: Usage) {
-        let Receipt::Shared { slot } = receipt else {
+        let Receipt::Shared { slot, member_of } = receipt else {
             return;
         };
         let (tier, cluster) = engine.settle_quotas(ticket);
-        let mut keys = vec![self.cell_keys('a', ticket.account.0)];
+        let mut keys = vec![self.account_keys(ticket.account.0, member_of)];
         let mut rates = vec![(us(&tier.input).0, us(&tier.output).0)];
         if let (Some((id, _)), Some(budget)) = (ticket.cluster, &cluster) {
             keys.push(self.cell_keys('c', id));

@@ -11,8 +11,11 @@
 //! what is queued in one pipelined round trip, and another reads the
 //! stream (`XREAD`, one reader per replica: every replica needs every
 //! entry) and applies it. While Redis fails, requests are linked and
-//! observed here alone (as in local mode) and nothing is appended.
+//! observed here alone (as in local mode) and their entries are held; when
+//! it returns they are appended and this replica's view is rebuilt from
+//! the stream, so every replica holds one view again.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +45,9 @@ const READ_COUNT: usize = 1024;
 const READ_BLOCK: Duration = Duration::from_millis(200);
 /// How often the lag is measured.
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// Re-syncs (each a replay of the retained stream) at most this often:
+/// a flapping Redis costs one replay per interval, not one per flap.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Entries behind counted at most (the count walks them on the server,
 /// once a second).
 const LAG_COUNT_CAP: u64 = 10_000;
@@ -247,8 +253,13 @@ struct StreamMetrics {
     registry: Registry,
     view: Gauge,
     appended: Counter,
-    /// Dropped: [queue full, Redis failed or breaker open].
-    dropped: [Counter; 2],
+    /// Dropped: [queue full, Redis failed or breaker open, outage buffer
+    /// full, outage not re-synced (Redis came back without the stream)].
+    dropped: [Counter; 4],
+    /// Views forgotten and rebuilt from the stream after an outage.
+    resyncs: Counter,
+    /// Entries linked here alone, held for appending when Redis returns.
+    held: Gauge,
     /// Applied: [observations, settlements, malformed].
     applied: [Counter; 3],
     lag_entries: Gauge,
@@ -293,13 +304,31 @@ impl Default for StreamMetrics {
             "Observations and settlements appended to the stream by this replica",
             appended.clone(),
         );
-        let (dropped, family) = labelled(["queue_full", "redis_failed"], |reason| DroppedLabels {
-            reason,
-        });
+        let (dropped, family) = labelled(
+            [
+                "queue_full",
+                "redis_failed",
+                "outage_full",
+                "outage_not_resynced",
+            ],
+            |reason| DroppedLabels { reason },
+        );
         r.register(
             "distill_guard_state_stream_dropped",
-            "Entries never appended: the queue was full, or Redis failed",
+            "Entries never appended: the queue was full, Redis failed, the outage buffer was full, or Redis came back without the stream",
             family,
+        );
+        let resyncs = Counter::default();
+        r.register(
+            "distill_guard_state_stream_resyncs",
+            "Views of clusters forgotten and rebuilt from the stream after an outage in which this replica linked alone",
+            resyncs.clone(),
+        );
+        let held = Gauge::default();
+        r.register(
+            "distill_guard_state_stream_outage_held_entries",
+            "Entries linked on this replica alone during an outage, held to be appended when Redis returns",
+            held.clone(),
         );
         let (applied, family) = labelled(["observation", "settlement", "malformed"], |kind| {
             AppliedLabels { kind }
@@ -314,6 +343,8 @@ impl Default for StreamMetrics {
             view,
             appended,
             dropped,
+            resyncs,
+            held,
             applied,
             lag_entries,
             lag_seconds,
@@ -335,6 +366,12 @@ pub struct ObservationStream {
     view: AtomicBool,
     /// The last entry applied here ("0-0": none).
     last_id: Mutex<String>,
+    /// Entries linked here alone while the view was off (an outage), the
+    /// newest `queue_entries` of them, to append when Redis returns.
+    outage: Mutex<VecDeque<Entry>>,
+    /// Requests and settlements linked or observed here alone since the
+    /// view was last rebuilt: a re-sync is due when it is above 0.
+    alone: AtomicU64,
     last_ms: AtomicI64,
     metrics: StreamMetrics,
 }
@@ -361,6 +398,8 @@ impl ObservationStream {
             reading: AtomicBool::new(false),
             view: AtomicBool::new(false),
             last_id: Mutex::new("0-0".into()),
+            outage: Mutex::new(VecDeque::new()),
+            alone: AtomicU64::new(0),
             last_ms: AtomicI64::new(-1),
             metrics: StreamMetrics::default(),
         }
@@ -379,6 +418,21 @@ impl ObservationStream {
         if self.tx.try_send(entry).is_err() {
             self.metrics.dropped[0].inc();
         }
+    }
+
+    /// Keep an entry this replica linked or observed alone (the view is
+    /// off: Redis failed) to append it when Redis returns; the buffer keeps
+    /// the newest `stream_queue_entries` (older ones are dropped, counted).
+    pub fn hold(&self, entry: Entry) {
+        self.alone.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut q) = self.outage.lock() else {
+            return;
+        };
+        if q.len() >= self.cfg.queue_entries {
+            q.pop_front();
+            self.metrics.dropped[2].inc();
+        }
+        q.push_back(entry);
     }
 
     /// Re-evaluate whether requests are decided on the shared view; log
@@ -418,34 +472,110 @@ impl ObservationStream {
                 batch.clear();
                 continue;
             };
-            let mut pipe = ::redis::pipe();
-            for e in &batch {
-                let Ok(json) = serde_json::to_string(e) else {
-                    continue;
-                };
-                pipe.cmd("XADD")
-                    .arg(&self.key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.cfg.max_entries)
-                    .arg("*")
-                    .arg("o")
-                    .arg(json)
-                    .ignore();
-            }
-            let pipe = &pipe;
             let n = batch.len() as u64;
-            let sent = store
-                .run(Op::Append, probe, |mut c| async move {
-                    pipe.query_async::<()>(&mut c).await
-                })
-                .await;
-            match sent {
+            match self.append(&store, probe, &batch).await {
                 Ok(()) => self.metrics.appended.inc_by(n),
                 Err(()) => self.metrics.dropped[1].inc_by(n),
             };
             batch.clear();
         }
+    }
+
+    /// Append `entries` in one pipelined round trip.
+    async fn append(&self, store: &RedisStore, probe: bool, entries: &[Entry]) -> Result<(), ()> {
+        let mut pipe = ::redis::pipe();
+        for e in entries {
+            let Ok(json) = serde_json::to_string(e) else {
+                continue;
+            };
+            pipe.cmd("XADD")
+                .arg(&self.key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.cfg.max_entries)
+                .arg("*")
+                .arg("o")
+                .arg(json)
+                .ignore();
+        }
+        let pipe = &pipe;
+        store
+            .run(Op::Append, probe, |mut c| async move {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await
+    }
+
+    /// After an outage in which this replica linked alone: append what it
+    /// held, forget its view and read the stream again from its start, so
+    /// its view is rebuilt from the same entries, in the same order, as
+    /// every other replica's. Only when the stream still holds the last
+    /// entry applied here (Redis kept its data): a stream that came back
+    /// empty (or trimmed past this replica) would rebuild a view of less
+    /// than this replica holds, so then the view is kept and what was held
+    /// is dropped (counted), as it is already in this replica's view.
+    /// Returns whether the view was reset.
+    async fn resync(&self, store: &RedisStore, engine: &Engine) -> bool {
+        if self.alone.load(Ordering::Relaxed) == 0 || !store.answering() {
+            return false;
+        }
+        let Some(probe) = store.gate() else {
+            return false;
+        };
+        let from = self.last_id.lock().map(|l| l.clone()).unwrap_or_default();
+        let kept = if from == "0-0" {
+            Ok(true)
+        } else {
+            let mut range = ::redis::cmd("XRANGE");
+            range.arg(&self.key).arg(&from).arg(&from);
+            let range = &range;
+            store
+                .run(Op::Read, probe, |mut c| async move {
+                    range
+                        .query_async::<Vec<(String, Vec<(String, String)>)>>(&mut c)
+                        .await
+                })
+                .await
+                .map(|e| !e.is_empty())
+        };
+        let Ok(kept) = kept else { return false };
+        let alone = self.alone.swap(0, Ordering::Relaxed);
+        let held: Vec<Entry> = self
+            .outage
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default();
+        if !kept {
+            self.metrics.dropped[3].inc_by(held.len() as u64);
+            warn!(
+                held = held.len(),
+                "Redis came back without the observation stream applied here (restarted \
+                 empty?): this replica keeps its view; what it linked alone stays its own"
+            );
+            return false;
+        }
+        for chunk in held.chunks(APPEND_BATCH) {
+            let n = chunk.len() as u64;
+            let sent = match store.gate() {
+                Some(probe) => self.append(store, probe, chunk).await,
+                None => Err(()),
+            };
+            match sent {
+                Ok(()) => self.metrics.appended.inc_by(n),
+                Err(()) => self.metrics.dropped[1].inc_by(n),
+            };
+        }
+        engine.reset_view();
+        if let Ok(mut l) = self.last_id.lock() {
+            *l = "0-0".into();
+        }
+        self.metrics.resyncs.inc();
+        info!(
+            alone,
+            appended = held.len(),
+            "observation stream back after an outage: view rebuilt from the stream"
+        );
+        true
     }
 
     /// Read the stream from the last entry applied (from its start when
@@ -460,6 +590,7 @@ impl ObservationStream {
         let lag = ::redis::Script::new(LAG_LUA);
         let mut next_lag = Instant::now();
         let mut conn = store.reader();
+        let mut last_resync: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -526,6 +657,13 @@ impl ObservationStream {
             }
             self.reading.store(true, Ordering::Relaxed);
             self.set_view(&store);
+            if self.in_view()
+                && last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY)
+                && self.resync(&store, &engine).await
+            {
+                last_resync = Some(Instant::now());
+                continue;
+            }
             if Instant::now() >= next_lag {
                 next_lag = Instant::now() + LAG_EVERY;
                 self.measure_lag(&store, &lag).await;
@@ -563,6 +701,7 @@ impl ObservationStream {
     pub fn render_metrics(&self, out: &mut String) {
         let m = &self.metrics;
         m.view.set(i64::from(self.in_view()));
+        m.held.set(self.outage.lock().map_or(0, |q| q.len() as i64));
         let _ = prometheus_client::encoding::text::encode_registry(out, &m.registry);
     }
 }
@@ -570,6 +709,32 @@ impl ObservationStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outage_buffer_keeps_the_newest_entries_up_to_its_bound() {
+        let s = ObservationStream::new(
+            "t",
+            StreamConfig {
+                max_entries: 1000,
+                queue_entries: 64,
+            },
+        );
+        for a in 0..100u64 {
+            s.hold(Entry::Settled(Settled {
+                a,
+                out: 1,
+                dg: false,
+                sc: None,
+                core: false,
+                co: [0; cohort::KEYS],
+            }));
+        }
+        let q = s.outage.lock().unwrap();
+        assert_eq!(q.len(), 64);
+        assert!(matches!(q.front(), Some(Entry::Settled(e)) if e.a == 36));
+        assert_eq!(s.metrics.dropped[2].get(), 36);
+        assert_eq!(s.alone.load(Ordering::Relaxed), 100);
+    }
 
     #[test]
     fn entries_round_trip_through_json_without_text() {

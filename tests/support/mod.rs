@@ -404,6 +404,27 @@ pub async fn hydra_until_refused(messages_url: &str) -> (u32, Option<(String, se
     hydra_over_until_refused(&[messages_url], |i| i % 2).await
 }
 
+/// The hydra's request `i`: key `sk-hydra-{i mod 12}`, its prompt
+/// template `template(i)` of [`TEMPLATES`] filled with `i`'s words.
+pub fn hydra_request(
+    messages_url: &str,
+    i: usize,
+    template: fn(usize) -> usize,
+) -> Request<Full<Bytes>> {
+    let key = format!("sk-hydra-{:02}", i % 12);
+    let prompt = TEMPLATES[template(i) % TEMPLATES.len()]
+        .replacen("{}", &fill(i), 1)
+        .replacen("{}", &fill(i + 1000), 1);
+    let body = serde_json::json!({
+        "model": "m", "max_tokens": 16,
+        "messages": [{"role": "user", "content": prompt}]
+    })
+    .to_string();
+    let mut req = messages_request(messages_url, &body);
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    req
+}
+
 /// [`hydra_until_refused`] with request `i` sent to `messages_urls[i % n]`
 /// (a hydra spread over replicas behind a load balancer) and filled into
 /// template `template(i)`.
@@ -415,18 +436,9 @@ pub async fn hydra_over_until_refused(
     let mut served = 0;
     for i in 0..60 {
         let messages_url = messages_urls[i % messages_urls.len()];
-        let key = format!("sk-hydra-{:02}", i % 12);
-        let prompt = TEMPLATES[template(i) % TEMPLATES.len()]
-            .replacen("{}", &fill(i), 1)
-            .replacen("{}", &fill(i + 1000), 1);
-        let body = serde_json::json!({
-            "model": "m", "max_tokens": 16,
-            "messages": [{"role": "user", "content": prompt}]
-        })
-        .to_string();
-        let mut req = messages_request(messages_url, &body);
-        req.headers_mut().insert("x-api-key", key.parse().unwrap());
-        let r = timeout(c.request(req)).await.unwrap();
+        let r = timeout(c.request(hydra_request(messages_url, i, template)))
+            .await
+            .unwrap();
         match r.status().as_u16() {
             200 => {
                 served += 1;
