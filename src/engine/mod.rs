@@ -53,9 +53,9 @@ pub fn attr_hash(kind: AttrKind, value: &[u8]) -> u64 {
 
 /// A key for "distinct fills" (the breadth signal): the prompt's length
 /// and its first and last 256 bytes. Hashing the whole of a long prompt
-/// byte by byte cost ~2 µs per 2 KB for a signal that only counts distinct
-/// values; two fills that differ only in the middle of a long prompt count
-/// as one.
+/// would cost time in proportion to its length for a signal that only
+/// counts distinct values; two fills that differ only in the middle of a
+/// long prompt count as one.
 pub fn fill_key(prompt: &str) -> u64 {
     let b = prompt.as_bytes();
     let head = &b[..b.len().min(256)];
