@@ -26,6 +26,7 @@ pub mod signature;
 pub mod link;
 pub mod score;
 pub mod cohort;
+pub mod hash;
 mod id;
 
 use std::borrow::Cow;
@@ -40,15 +41,11 @@ pub use id::{AccountId, ClusterId};
 use link::{AttrKind, Attributes, ClusterView, Linker};
 pub use policy::{ActionMode, ClusterPolicy, DetectionPolicy, Policy, Tier};
 
-/// Stable 64-bit hash of an attribute value (FNV-1a over the kind and the
-/// bytes): the same in the proxy, in config lists and in `replay`.
+/// Stable 64-bit hash of an attribute value (FNV-1a over the kind, `:` and
+/// the bytes): the same in the proxy, in config lists and in `replay`.
 pub fn attr_hash(kind: AttrKind, value: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in kind.as_str().as_bytes().iter().chain(b":").chain(value) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    let kind = hash::fnv1a_from(hash::fnv1a(kind.as_str().as_bytes()), b":");
+    hash::fnv1a_from(kind, value)
 }
 
 /// A key for "distinct fills" (the breadth signal): the prompt's length

@@ -128,9 +128,9 @@ impl Forest {
     }
 
     fn fresh_id(&self, seed: u64) -> u64 {
-        let mut id = fmix(ID_SALT ^ seed);
+        let mut id = murmur3_fmix64(ID_SALT ^ seed);
         while id == 0 || self.by_id.contains_key(&id) {
-            id = fmix(id ^ K1);
+            id = murmur3_fmix64(id ^ GOLDEN);
         }
         id
     }
@@ -151,7 +151,7 @@ impl Forest {
             (nb.id, nb.formed_at, nb.size),
         );
         if chosen.0 == 0 {
-            let seed = combine(combine(a.min(b), a.max(b)), now);
+            let seed = murmur3_combine(murmur3_combine(a.min(b), a.max(b)), now);
             chosen = (self.fresh_id(seed), now);
             self.by_id.insert(chosen.0, w);
         }
@@ -217,7 +217,10 @@ impl Forest {
                 (m, r)
             };
             self.by_id.insert(id, keep);
-            let fresh = self.fresh_id(combine(combine(id, self.nodes[give as usize].account), now));
+            let fresh = self.fresh_id(murmur3_combine(
+                murmur3_combine(id, self.nodes[give as usize].account),
+                now,
+            ));
             let g = &mut self.nodes[give as usize];
             g.id = fresh;
             g.formed_at = now;

@@ -8,8 +8,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::mem::size_of;
+
+use super::hash::{murmur3_combine, murmur3_fmix64, FastHasher, GOLDEN};
 
 /// Nanoseconds on the caller's monotonic clock (an arbitrary epoch).
 pub use super::gcra::Nanos;
@@ -55,53 +57,12 @@ pub use policy::*;
 // ---------------------------------------------------------------------------------------------------------------
 // Hashing
 
-const K1: u64 = 0x9E37_79B9_7F4A_7C15;
 const KEY_SALT: u64 = 0x6c69_6e6b_2d6b_6579; // "link-key"
 const FLAG_SALT: u64 = 0x6c69_6e6b_2d66_6c67; // "link-flg"
 const ID_SALT: u64 = 0x6c69_6e6b_2d69_6473; // "link-ids"
 
-/// The 64-bit finalizer of MurmurHash3: a bijection with full avalanche.
-#[inline]
-fn fmix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
-}
-
-#[inline]
-fn combine(h: u64, v: u64) -> u64 {
-    fmix(h.wrapping_mul(K1) ^ v)
-}
-
 fn flag_key(kind: AttrKind, value: u64) -> u64 {
-    combine(fmix(FLAG_SALT ^ u64::from(kind.bit())), value)
-}
-
-/// Hasher for keys that are already hashes: one multiply and one xor-shift per word. Fixed, so iteration order
-/// never depends on a random seed.
-#[derive(Clone, Copy, Debug, Default)]
-struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        let x = (self.0 ^ v).wrapping_mul(K1);
-        self.0 = x ^ (x >> 32);
-    }
+    murmur3_combine(murmur3_fmix64(FLAG_SALT ^ u64::from(kind.bit())), value)
 }
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;

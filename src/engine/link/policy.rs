@@ -434,7 +434,7 @@ impl Compiled {
                 }
             }
             rules.push(CompiledRule {
-                seed: fmix(KEY_SALT ^ u64::from(mask)),
+                seed: murmur3_fmix64(KEY_SALT ^ u64::from(mask)),
                 scalars,
                 n_scalars,
                 prompt: mask & AttrKind::Prompt.bit() != 0,

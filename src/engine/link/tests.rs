@@ -1,4 +1,3 @@
-
 use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -940,5 +939,5 @@ fn attrs(bands: &[u64]) -> Attributes<'_> {
 }
 
 fn splitmix(x: u64) -> u64 {
-    fmix(x.wrapping_add(K1))
+    murmur3_fmix64(x.wrapping_add(GOLDEN))
 }

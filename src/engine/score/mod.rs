@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use super::hash::splitmix64;
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::dfa::DFA;
 use aho_corasick::{Anchored, BuildError, MatchError, MatchKind, StartKind};

@@ -248,7 +248,7 @@ impl ClusterSignals {
             };
         }
         slot.count = slot.count.saturating_add(1);
-        let bit = (mix(member) % u64::from(LOCK_BITS)) as usize;
+        let bit = (splitmix64(member) % u64::from(LOCK_BITS)) as usize;
         if let Some(word) = slot.bits.get_mut(bit / 64) {
             let mask = 1u64 << (bit % 64);
             if *word & mask == 0 {

@@ -1,4 +1,3 @@
-
 use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

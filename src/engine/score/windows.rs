@@ -132,8 +132,11 @@ impl Breadth {
                 ..Breadth::default()
             };
         }
-        set_bit(&mut self.fills, mix(fill));
-        set_bit(&mut self.templates, mix(template ^ 0x9e37_79b9_7f4a_7c15));
+        set_bit(&mut self.fills, splitmix64(fill));
+        set_bit(
+            &mut self.templates,
+            splitmix64(template ^ 0x9e37_79b9_7f4a_7c15),
+        );
     }
 
     /// This sketch as it would read in epoch `e` (not earlier than its own).
@@ -195,14 +198,6 @@ impl Breadth {
         }
         fills / linear_count(zeros(t), BREADTH_BITS).max(1.0)
     }
-}
-
-/// SplitMix64's finaliser: spreads any key over all 64 bits.
-pub(super) fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// `2^(−dt / half_life)`, exactly 1 when no time passed.

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::hash::{moremur, word_hash};
+
 /// Tokens per shingle (see `docs/signature.md`, §2).
 pub const SHINGLE_TOKENS: usize = 5;
 /// MinHash bins of the head sketch and of the tail sketch (§3).

@@ -5,24 +5,12 @@ use super::*;
 // ---------------------------------------------------------------------------
 // Hashing
 
-/// 64-bit finaliser (a variant of MurmurHash3's `fmix64`): a bijection with
-/// full avalanche.
-#[inline]
-pub(super) const fn mix(mut x: u64) -> u64 {
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x3C79_AC49_2BA7_B653);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0x1C69_B3F7_4AC4_AE35);
-    x ^= x >> 27;
-    x
-}
-
 /// `REGION_BINS` pseudo-random constants derived from `seed`.
 pub(super) const fn region_consts(seed: u64, force_odd: bool) -> [u64; REGION_BINS] {
     let mut out = [0u64; REGION_BINS];
     let mut i = 0;
     while i < REGION_BINS {
-        let v = mix(seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let v = moremur(seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         out[i] = if force_odd { v | 1 } else { v };
         i += 1;
     }
@@ -157,7 +145,7 @@ impl<'s> Sketcher<'s> {
                 ^ p1.rotate_left(r1)
                 ^ p2.rotate_left(r2)
                 ^ p3.rotate_left(r3);
-            let h = mix(acc ^ self.key);
+            let h = moremur(acc ^ self.key);
             if let Some(r) = self.record.as_mut() {
                 r.push(h);
             }
@@ -208,9 +196,9 @@ impl<'s> Sketcher<'s> {
             // Too short for one full shingle: one shingle of all the tokens.
             let mut acc = self.tokens ^ SHORT_SALT;
             for &p in &self.prev {
-                acc = mix(acc ^ p);
+                acc = moremur(acc ^ p);
             }
-            self.shingle(mix(acc ^ self.key));
+            self.shingle(moremur(acc ^ self.key));
         }
         // Tail: shingles wholly within the last line, or the last REGION_MIN.
         let n = self.shingles;
@@ -281,7 +269,7 @@ impl<'s> Sketcher<'s> {
             }
             let mut from = None;
             for attempt in 0..64u64 {
-                let j = ((mix(DENSE_SALT ^ ((i as u64) << 8) ^ attempt) >> 32)
+                let j = ((moremur(DENSE_SALT ^ ((i as u64) << 8) ^ attempt) >> 32)
                     .wrapping_mul(BODY_BINS as u64)
                     >> 32) as usize;
                 if is_filled(j) {

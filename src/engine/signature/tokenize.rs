@@ -161,7 +161,7 @@ pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
                 if is_cjk(ch) {
                     let mut tmp = [0u8; 4];
                     let len = ch.encode_utf8(&mut tmp).len();
-                    sk.word(hash_word(&tmp, 0, len, 0));
+                    sk.word(word_hash(&tmp, 0, len, 0));
                 } else if matches!(ch, '\u{2028}' | '\u{2029}' | '\u{0085}') {
                     sk.newline();
                 }
@@ -320,50 +320,11 @@ pub(super) fn ascii_chunk(b: &[u8], start: usize, sk: &mut Sketcher) -> Option<u
         sk.mask(MASK_CAP);
     } else {
         // Letters, '-' and '\'' only: OR-ing 0x20 lowercases exactly the letters.
-        let h = hash_word(b, core_start, core_end, 0x20);
+        let h = word_hash(b, core_start, core_end, 0x20);
         let label = b.get(core_end) == Some(&b':');
-        sk.word(if label { mix(h ^ LABEL_SALT) } else { h });
+        sk.word(if label { moremur(h ^ LABEL_SALT) } else { h });
     }
     Some(j)
-}
-
-/// Hash of the word `buf[start..end]`, eight bytes at a time, each OR-ed
-/// with `or_byte` first (`0x20` lowercases an ASCII word made of letters, `-`
-/// and `'`; `0` keeps bytes that are already lowercase). Bytes of `buf` past
-/// `end` may be read but do not count.
-#[inline]
-pub(super) fn hash_word(buf: &[u8], start: usize, end: usize, or_byte: u8) -> u64 {
-    let or_word = u64::from_le_bytes([or_byte; 8]);
-    let mut h: u64 = 0x243F_6A88_85A3_08D3;
-    let mut i = start;
-    loop {
-        let len = end.saturating_sub(i).min(8);
-        let v = match buf.get(i..i + 8) {
-            Some(block) => {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(block);
-                let keep = if len == 8 {
-                    u64::MAX
-                } else {
-                    (1u64 << (8 * len)) - 1
-                };
-                (u64::from_le_bytes(w) | or_word) & keep
-            }
-            None => {
-                let mut w = [0u8; 8];
-                for (dst, &src) in w.iter_mut().zip(buf.get(i..end).unwrap_or(&[])) {
-                    *dst = src | or_byte;
-                }
-                u64::from_le_bytes(w)
-            }
-        };
-        if len < 8 || i + 8 == end {
-            // Last block. Injective enough: the shingle hash mixes fully afterwards.
-            return (h ^ v ^ ((len as u64) << 59)).wrapping_mul(0xE703_7ED1_A0B4_28DB);
-        }
-        h = (h ^ v).wrapping_mul(0xA076_1D64_78BD_642F).rotate_left(29);
-        i += 8;
-    }
 }
 
 /// Turns one whitespace-delimited chunk into at most one token (§1).
@@ -454,7 +415,7 @@ pub(super) fn chunk_token(chunk: &str, sk: &mut Sketcher) {
     } else if first.is_uppercase() && any_lower && chars > 1 && !at_sentence_start {
         sk.mask(MASK_CAP);
     } else {
-        let h = hash_word(&buf, 0, len.min(WORD_BUF), 0);
-        sk.word(if label { mix(h ^ LABEL_SALT) } else { h });
+        let h = word_hash(&buf, 0, len.min(WORD_BUF), 0);
+        sk.word(if label { moremur(h ^ LABEL_SALT) } else { h });
     }
 }

@@ -189,7 +189,7 @@ impl PromptSignature {
                     | (u64::from(fallback) << 44)
                     | ((j as u64) << 40);
                 if let Some(slot) = out.get_mut(r * half + j) {
-                    *slot = mix(mix(value ^ KEY_SALT) ^ tag).max(1);
+                    *slot = moremur(moremur(value ^ KEY_SALT) ^ tag).max(1);
                 }
             }
         }

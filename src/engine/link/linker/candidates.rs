@@ -44,7 +44,7 @@ impl Candidates {
     /// accounts new ones are dropped.
     pub(in crate::engine::link) fn add(&mut self, e: &Entry, job: &KeyJob) {
         let mask = self.table.len() - 1;
-        let mut i = (e.account.wrapping_mul(K1) >> 32) as usize & mask;
+        let mut i = (e.account.wrapping_mul(GOLDEN) >> 32) as usize & mask;
         loop {
             let (account, at, stamp) = self.table[i];
             if stamp != self.stamp {

@@ -341,13 +341,13 @@ impl Linker {
                     continue 'rules;
                 }
                 downs += u8::from(f & DOWN != 0);
-                h = combine(h, v);
+                h = murmur3_combine(h, v);
             }
             if !rule.prompt {
                 let strength = rule.strength.saturating_sub(downs);
                 if strength > 0 {
                     self.keys.push(KeyJob {
-                        key: fmix(h).max(1),
+                        key: murmur3_fmix64(h).max(1),
                         strength,
                         window: rule.window,
                         bit: rule.bit,
@@ -368,7 +368,7 @@ impl Linker {
                     .saturating_sub(downs + u8::from(f & DOWN != 0));
                 if strength > 0 {
                     self.keys.push(KeyJob {
-                        key: combine(h, band).max(1),
+                        key: murmur3_combine(h, band).max(1),
                         strength,
                         window: rule.window,
                         bit: rule.bit,
