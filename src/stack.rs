@@ -32,6 +32,7 @@ use crate::engine::{
 };
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity;
+use crate::prompt::PromptFeatures;
 use crate::proxy::body::{BodyTimeout, ClientBody, RequestBody, ResponseBody, ResponseObserver};
 use crate::proxy::error::{error_response, throttle_response, ProxyError};
 use crate::proxy::headers::{self, X_REQUEST_ID};
@@ -170,7 +171,7 @@ async fn proxy_request(
             });
         }
     }
-    let mut info = match read {
+    let info = match read {
         BodyRead::Inspected(i) => Some(i),
         BodyRead::TooLarge | BodyRead::Skipped => None,
     };
@@ -190,8 +191,9 @@ async fn proxy_request(
     };
 
     let engine = &shared.engine;
-    let attrs = observed_attrs(&config, &fp, info.as_ref());
-    let request = request_facts(&config, &fp, info.as_mut());
+    let prompt = prompt_features(&config, info.as_ref());
+    let attrs = observed_attrs(&config, &fp, prompt.keys);
+    let request = request_facts(&config, &fp, info.as_ref(), &prompt);
     let obs = Observation {
         account,
         anonymous,
@@ -406,12 +408,27 @@ fn level_name(l: Level) -> &'static str {
     }
 }
 
-/// The facts the behaviour signals need; the prompt is moved out of the
-/// inspection (it is not needed afterwards) and only scanned, never kept.
+/// The prompt step: what the engine is told of the prompt (its signature's
+/// keys, phrase hits, fill key), so that it never sees the text.
+fn prompt_features(config: &Config, info: Option<&Inspection>) -> PromptFeatures {
+    let wanted = crate::prompt::Wanted {
+        linking: config.cluster.policy.enabled,
+        detection: config.detection.enabled,
+    };
+    match info {
+        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
+            crate::prompt::features(&config.detection.phrases, &i.prompt, wanted)
+        }
+        _ => PromptFeatures::default(),
+    }
+}
+
+/// The facts the behaviour signals need, the prompt's as features.
 fn request_facts(
     config: &Config,
     fp: &ClientFingerprint,
-    info: Option<&mut Inspection>,
+    info: Option<&Inspection>,
+    prompt: &PromptFeatures,
 ) -> crate::engine::RequestFacts {
     let mut f = crate::engine::RequestFacts {
         fingerprint_inconsistent: fp.inconsistent_with.is_some() || fp.unreadable,
@@ -429,10 +446,8 @@ fn request_facts(
         f.reasoning_effort_high = i.reasoning_effort.as_deref() == Some("high");
         f.max_output_tokens = i.max_output_tokens;
         f.model = i.model.clone();
-        if !i.prompt.is_empty() {
-            f.fill_key = Some(crate::engine::fill_key(&i.prompt));
-            f.prompt_text = Some(std::mem::take(&mut i.prompt));
-        }
+        f.fill_key = prompt.fill_key;
+        f.phrase_hits = prompt.phrase_hits;
     }
     f
 }
@@ -820,7 +835,7 @@ impl Drop for Settlement {
 fn observed_attrs(
     config: &Config,
     fp: &ClientFingerprint,
-    info: Option<&Inspection>,
+    prompt: Option<[u64; signature::INDEX_KEYS]>,
 ) -> ObservedAttrs {
     let c = &config.cluster.policy;
     if !c.enabled {
@@ -833,16 +848,6 @@ fn observed_attrs(
             ..ObservedAttrs::default()
         };
     }
-    let prompt = match info {
-        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
-            let sig = signature::signature_with(
-                &i.prompt,
-                config.detection.policy.matcher.stock_shingles(),
-            );
-            sig.is_informative().then(|| sig.index_keys())
-        }
-        _ => None,
-    };
     crate::engine::observed_attrs(
         fp.ja4.as_ref().map(|j| j.as_str()),
         fp.http.as_ref().map(|h| h.as_str()),

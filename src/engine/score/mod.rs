@@ -2,16 +2,14 @@
 //! a weighted explainable score, and an action ladder with hysteresis.
 //!
 //! Pure: no I/O, no clock reads (time comes in as `now`), no randomness. [`AccountSignals`], [`ClusterSignals`] and
-//! [`LadderState`] are small `Copy` values the caller keeps beside the account's budget cells; [`PhraseMatcher`] and
-//! [`ScorePolicy`] are built once (and on reload) and shared. The specification — each signal's formula, the score,
-//! the ladder, the defaults and why, phrase matching, memory and limits — is `docs/score.md`.
+//! [`LadderState`] are small `Copy` values the caller keeps beside the account's budget cells; [`ScorePolicy`] is
+//! built once (and on reload) and shared. Prompts arrive as phrase hits ([`PhraseHits`]), never as text. The
+//! specification — each signal's formula, the score, the ladder, the defaults and why, phrase matching, memory and
+//! limits — is `docs/score.md`.
 
 use std::fmt;
 
 use super::hash::splitmix64;
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::dfa::DFA;
-use aho_corasick::{Anchored, BuildError, MatchError, MatchKind, StartKind};
 
 /// Nanoseconds on the engine's clock (the same type as the engine's `gcra::Nanos`).
 pub use super::gcra::Nanos;
@@ -35,18 +33,14 @@ const LOCK_BITS: u32 = 256;
 const LOCK_RING: usize = 4;
 /// Phrase lists beyond this many are refused (a request's hits are a `u32` bitset).
 pub const MAX_PHRASE_LISTS: usize = 32;
-/// Longest phrase, in bytes once normalised (with its boundary separators).
-pub const MAX_PHRASE_BYTES: usize = 256;
 
 mod ladder;
-mod phrases;
 mod policy;
 mod signals;
 mod state;
 mod windows;
 
 pub use ladder::*;
-pub use phrases::*;
 pub use policy::*;
 pub use signals::*;
 pub use state::*;

@@ -221,13 +221,44 @@ impl Ramp {
     }
 }
 
+/// The lists a request's prompt matched, as a bitset over the matcher's lists (bit `i` = list `i`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct PhraseHits(pub u32);
+
+impl PhraseHits {
+    /// No list matched.
+    pub const NONE: PhraseHits = PhraseHits(0);
+
+    /// Whether any list matched.
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    /// Whether list `index` matched.
+    pub fn contains(self, index: usize) -> bool {
+        index < MAX_PHRASE_LISTS && self.0 & (1 << index) != 0
+    }
+
+    /// Number of lists matched.
+    pub fn count(self) -> u32 {
+        self.0.count_ones()
+    }
+
+    /// The names of the lists matched, given every list's name in bit order.
+    pub fn names(self, lists: &[String]) -> impl Iterator<Item = &str> + '_ {
+        lists
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.contains(*i))
+            .map(|(_, n)| n.as_str())
+    }
+}
+
 /// What the caller knows about one request when it arrives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestSignals<'a> {
     /// Arrival time on the engine's clock.
     pub now: Nanos,
-    /// The prompt text; only scanned by the phrase matcher, never stored.
-    pub prompt_text: &'a str,
     /// Anthropic extended thinking is enabled with this budget.
     pub thinking_budget: Option<u32>,
     /// OpenAI `reasoning_effort` / `reasoning.effort` is `"high"`.

@@ -92,22 +92,8 @@ impl AccountSignals {
         Some(*self)
     }
 
-    /// Record a request: scans the prompt with `matcher`, then [`AccountSignals::observe_hits`]. Returns the lists
-    /// the prompt matched (for the audit log).
-    pub fn observe(
-        &mut self,
-        req: &RequestSignals<'_>,
-        matcher: &PhraseMatcher,
-        policy: &ScorePolicy,
-        tier_rpm: u64,
-    ) -> PhraseHits {
-        let hits = matcher.scan(req.prompt_text);
-        self.w.observe(req, hits, policy, tier_rpm);
-        hits
-    }
-
-    /// Record a request whose prompt was already scanned (scan once, feed the account and its cluster).
-    /// `tier_rpm` is the account tier's requests per minute.
+    /// Record a request with the phrase lists its prompt matched (scanned once by the prompt step, before the
+    /// engine; the same hits feed the account and its cluster). `tier_rpm` is the account tier's requests per minute.
     pub fn observe_hits(
         &mut self,
         req: &RequestSignals<'_>,
@@ -199,22 +185,7 @@ impl ClusterSignals {
         self.members = members;
     }
 
-    /// Record a member's request: scans the prompt, then [`ClusterSignals::observe_hits`]. Returns the lists the
-    /// prompt matched.
-    pub fn observe(
-        &mut self,
-        member: u64,
-        req: &RequestSignals<'_>,
-        matcher: &PhraseMatcher,
-        policy: &ScorePolicy,
-        tier_rpm: u64,
-    ) -> PhraseHits {
-        let hits = matcher.scan(req.prompt_text);
-        self.observe_hits(member, req, hits, policy, tier_rpm);
-        hits
-    }
-
-    /// Record a member's request whose prompt was already scanned. `member` is the account id (keyed hash);
+    /// Record a member's request with the phrase lists its prompt matched. `member` is the account id (keyed hash);
     /// `tier_rpm` is the requests per minute that count as normal for the cluster (its budget's, or one account
     /// tier's to measure volume in accounts' worth).
     pub fn observe_hits(

@@ -6,171 +6,12 @@ use rand::{Rng, SeedableRng};
 const T0: Nanos = 400 * DAY;
 const TIER_RPM: u64 = 60;
 
-fn matcher() -> PhraseMatcher {
-    PhraseMatcher::with_defaults().unwrap()
+fn matcher() -> crate::prompt::PhraseMatcher {
+    crate::prompt::PhraseMatcher::with_defaults().unwrap()
 }
 
 fn mins(t: Nanos) -> f64 {
     t as f64 / MINUTE as f64
-}
-
-// -- phrase matcher ---------------------------------------------------------------------------------------
-
-#[test]
-fn matcher_finds_phrases_across_case_and_punctuation() {
-    let m = matcher();
-    assert_eq!(m.list_names(), ["elicitation", "rubric", "trajectory"]);
-    let hit = |t: &str| m.scan(t);
-    // Case, hyphens, line breaks, runs of spaces and punctuation.
-    assert!(hit("Please IMAGINE and ARTICULATE the Internal-Reasoning behind it").contains(0));
-    assert!(hit("...the internal\n\n  reasoning,behind a completed response").contains(0));
-    assert!(hit("Write it out: step-by-step!").contains(0));
-    assert!(hit("write_it_out_step_by_step").contains(0));
-    // Typographic dashes, quotes and apostrophes.
-    assert!(hit("show your full chain\u{2014}of\u{2013}thought").contains(0));
-    assert!(hit("Evaluate the assistant\u{2019}s response below").contains(1));
-    assert!(hit("Evaluate the assistant`s response").contains(1));
-    assert!(hit("rate it \u{201c}on a scale of 1 to 10\u{201d}").contains(1));
-    assert!(hit("Reconstruct\u{00a0}the tool calls").contains(2));
-    // Several lists at once.
-    let h =
-        hit("Grade the response. Then reconstruct the trajectory. Full chain of thought please.");
-    assert_eq!(h.count(), 3);
-    assert_eq!(
-        m.hit_names(h).collect::<Vec<_>>(),
-        ["elicitation", "rubric", "trajectory"]
-    );
-    // Whole words only.
-    assert!(!hit("a reasoning traces collection").any());
-    assert!(!hit("xinternal monologue").any());
-    assert!(hit("internal monologue.").contains(0));
-    // Ordinary prompts.
-    assert!(!hit("Can you help me write an email to my landlord about the broken heater?").any());
-    assert!(!hit("Explain step by step how to bake bread.").any());
-    assert!(!hit("").any());
-}
-
-#[test]
-fn matcher_custom_lists_and_wildcards() {
-    let m = PhraseMatcher::new(&[
-        ("a", vec!["reason*".into(), "*ography".into()]),
-        ("b", vec!["Same Phrase".into()]),
-        ("c", vec!["same-phrase".into()]),
-    ])
-    .unwrap();
-    assert!(m.scan("Reasoning!").contains(0));
-    assert!(m.scan("geography").contains(0));
-    assert!(!m.scan("unreasonable").contains(0));
-    // Duplicate phrases in two lists hit both.
-    assert_eq!(m.scan("the SAME phrase").0, 0b110);
-    assert_eq!(m.phrases(), 4);
-    assert!(matches!(
-        PhraseMatcher::new(&[("x", vec!["ok".into(), " -- ".into()])]),
-        Err(PhraseError::EmptyPhrase { index: 1, .. })
-    ));
-    let many: Vec<(&str, Vec<String>)> = (0..33).map(|_| ("l", vec!["x".into()])).collect();
-    assert!(matches!(
-        PhraseMatcher::new(&many),
-        Err(PhraseError::TooManyLists { lists: 33 })
-    ));
-    let empty = PhraseMatcher::new(&[]).unwrap();
-    assert!(!empty.scan("anything at all").any());
-    // Non-ASCII text passes through; invalid sequences never panic.
-    let u = PhraseMatcher::new(&[("u", vec!["raisonnement détaillé".into()])]).unwrap();
-    assert!(u.scan("Donne ton raisonnement détaillé.").contains(0));
-    let bytes = [0xE2u8, 0x80];
-    assert!(!u.scan(std::str::from_utf8(&bytes[..0]).unwrap()).any());
-}
-
-/// The lists `text` matches, the slow way: normalise and collapse the whole text, then look for each phrase.
-fn reference_scan(lists: &[&[&str]], text: &str) -> u32 {
-    let mut mapped = vec![0u8; text.len()];
-    map_chunk(text.as_bytes(), &mut mapped);
-    let mut framed = vec![SEP];
-    framed.extend_from_slice(&mapped);
-    framed.push(SEP);
-    let hay = collapse(&framed);
-    let mut hits = 0;
-    for (i, list) in lists.iter().enumerate() {
-        for p in list.iter() {
-            let p = normalise_phrase(p).unwrap();
-            if hay.windows(p.len()).any(|w| w == p.as_slice()) {
-                hits |= 1 << i;
-            }
-        }
-    }
-    hits
-}
-
-#[test]
-fn scan_agrees_with_a_reference_across_chunks_and_lanes() {
-    let m = matcher();
-    let lists = [DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY];
-    let seps = [
-        " ",
-        "  ",
-        "-",
-        ", ",
-        "\n\n",
-        "\u{2014}",
-        "_",
-        " \u{00a0} ",
-        "...",
-        "\t",
-    ];
-    let mut rng = StdRng::seed_from_u64(99);
-    let mut hit_texts = 0;
-    for round in 0..300 {
-        let target = [0, 40, 600, 3000, 4090, 9000, 20_000][round % 7];
-        let mut text = String::new();
-        while text.len() < target {
-            if rng.gen_ratio(1, 200) {
-                // A phrase with random case and separators, sometimes with a long run of separators inside.
-                let list = lists[rng.gen_range(0..3)];
-                let phrase = list[rng.gen_range(0..list.len())];
-                for (i, w) in phrase.split(' ').enumerate() {
-                    if i > 0 {
-                        if rng.gen_ratio(1, 10) {
-                            text.push_str(&" ".repeat(rng.gen_range(100..600)));
-                        } else {
-                            text.push_str(seps[rng.gen_range(0..seps.len())]);
-                        }
-                    }
-                    if rng.gen_bool(0.5) {
-                        text.push_str(&w.to_uppercase());
-                    } else {
-                        text.push_str(w);
-                    }
-                }
-            } else {
-                text.push_str(WORDS[rng.gen_range(0..WORDS.len())]);
-            }
-            text.push_str(seps[rng.gen_range(0..seps.len())]);
-        }
-        let want = reference_scan(&lists, &text);
-        hit_texts += usize::from(want != 0);
-        assert_eq!(m.scan(&text).0, want, "round {round}, {} bytes", text.len());
-    }
-    assert!(hit_texts > 50, "{hit_texts}");
-    // A phrase split by a long run of spaces exactly across the first chunk boundary.
-    for pad in 4000..4100 {
-        let text = format!("{} internal{}monologue", "x".repeat(pad), " ".repeat(700));
-        assert!(m.scan(&text).contains(0), "{pad}");
-    }
-}
-
-#[test]
-fn default_lists_have_15_to_60_phrases_and_build() {
-    for l in [DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY] {
-        assert!((15..=60).contains(&l.len()), "{}", l.len());
-        for p in l {
-            assert!(normalise_phrase(p).is_some(), "{p}");
-        }
-    }
-    assert_eq!(
-        matcher().phrases(),
-        DEFAULT_ELICITATION.len() + DEFAULT_RUBRIC.len() + DEFAULT_TRAJECTORY.len()
-    );
 }
 
 // -- policy and ladder ------------------------------------------------------------------------------------
@@ -299,7 +140,6 @@ fn release_pivot_weighs_young_accounts() {
     let mut p = ScorePolicy::default();
     let release = T0 + 10 * DAY;
     p.new_models.push(("claude-next".into(), release));
-    let m = matcher();
     let mut old = AccountSignals::new(T0);
     let mut fresh = AccountSignals::new(release + HOUR);
     for i in 0..30 {
@@ -308,8 +148,8 @@ fn release_pivot_weighs_young_accounts() {
             model: Some("claude-next-20260101"),
             ..req(now)
         };
-        old.observe(&r, &m, &p, TIER_RPM);
-        fresh.observe(&r, &m, &p, TIER_RPM);
+        old.observe_hits(&r, PhraseHits::NONE, &p, TIER_RPM);
+        fresh.observe_hits(&r, PhraseHits::NONE, &p, TIER_RPM);
     }
     let now = release + 2 * HOUR;
     let v = |a: &AccountSignals| {
@@ -323,12 +163,12 @@ fn release_pivot_weighs_young_accounts() {
     // After the window the model is no longer new.
     let mut late = AccountSignals::new(release + 8 * DAY);
     for i in 0..10 {
-        late.observe(
+        late.observe_hits(
             &RequestSignals {
                 model: Some("claude-next-20260101"),
                 ..req(release + 8 * DAY + i * MINUTE)
             },
-            &m,
+            PhraseHits::NONE,
             &p,
             TIER_RPM,
         );
@@ -373,27 +213,26 @@ fn breadth_union_reads_the_keys_of_both_across_epochs() {
 #[test]
 fn breadth_counts_fills_per_template() {
     let p = ScorePolicy::default();
-    let m = matcher();
     let mut templated = AccountSignals::new(T0);
     let mut free = AccountSignals::new(T0);
     for i in 0..100u64 {
         let now = T0 + i * 20 * SECOND;
-        templated.observe(
+        templated.observe_hits(
             &RequestSignals {
                 template_key: Some(1 + i % 2),
                 fill_key: Some(i * 7919),
                 ..req(now)
             },
-            &m,
+            PhraseHits::NONE,
             &p,
             TIER_RPM,
         );
-        free.observe(
+        free.observe_hits(
             &RequestSignals {
                 fill_key: Some(i * 7919),
                 ..req(now)
             },
-            &m,
+            PhraseHits::NONE,
             &p,
             TIER_RPM,
         );
@@ -426,15 +265,14 @@ fn breadth_counts_fills_per_template() {
 #[test]
 fn timing_and_volume_values() {
     let p = ScorePolicy::default();
-    let m = matcher();
     let mut regular = AccountSignals::new(T0);
     let mut poisson = AccountSignals::new(T0);
     let mut rng = StdRng::seed_from_u64(3);
     let mut t = T0;
     for i in 0..600u64 {
-        regular.observe(&req(T0 + i * 2 * SECOND), &m, &p, TIER_RPM);
+        regular.observe_hits(&req(T0 + i * 2 * SECOND), PhraseHits::NONE, &p, TIER_RPM);
         t += (-(1.0 - rng.gen::<f64>()).ln() * 2.0 * SECOND as f64) as Nanos;
-        poisson.observe(&req(t), &m, &p, TIER_RPM);
+        poisson.observe_hits(&req(t), PhraseHits::NONE, &p, TIER_RPM);
     }
     let now = T0 + 20 * MINUTE;
     let r = regular.score(now, &p);
@@ -457,16 +295,15 @@ fn timing_and_volume_values() {
 #[test]
 fn member_spread_is_members_per_request_per_minute() {
     let p = ScorePolicy::default();
-    let m = matcher();
     let spread_after_an_hour = |members: u32| {
         let mut c = ClusterSignals::new(T0);
         c.set_members(members);
         // 10 requests a minute, whoever sends them.
         for i in 0..600u64 {
-            c.observe(
+            c.observe_hits(
                 i % u64::from(members),
                 &req(T0 + i * 6 * SECOND),
-                &m,
+                PhraseHits::NONE,
                 &p,
                 TIER_RPM,
             );
@@ -491,16 +328,15 @@ fn member_spread_is_members_per_request_per_minute() {
 #[test]
 fn lockstep_needs_synchronised_members() {
     let p = ScorePolicy::default();
-    let m = matcher();
     let mut synced = ClusterSignals::new(T0);
     let mut spread = ClusterSignals::new(T0);
     let mut rng = StdRng::seed_from_u64(11);
     for wave in 0..30u64 {
         for member in 0..200u64 {
             let t = T0 + wave * MINUTE + rng.gen_range(0..SECOND / 2);
-            synced.observe(member, &req(t), &m, &p, TIER_RPM);
+            synced.observe_hits(member, &req(t), PhraseHits::NONE, &p, TIER_RPM);
             let t = T0 + wave * MINUTE + member * (MINUTE / 200) + rng.gen_range(0..SECOND / 4);
-            spread.observe(member, &req(t), &m, &p, TIER_RPM);
+            spread.observe_hits(member, &req(t), PhraseHits::NONE, &p, TIER_RPM);
         }
     }
     let now = T0 + 30 * MINUTE;
@@ -546,7 +382,6 @@ fn never_panics_on_odd_inputs() {
             for now in [0, u64::MAX, 1, u64::MAX / 2, 0, 5] {
                 let r = RequestSignals {
                     now,
-                    prompt_text: "\u{2019}\u{2014}x\u{00a0}",
                     thinking_budget: Some(u32::MAX),
                     reasoning_effort_high: true,
                     max_output_tokens: Some(u32::MAX),
@@ -558,10 +393,11 @@ fn never_panics_on_odd_inputs() {
                     fingerprint_inconsistent: true,
                     stack_changed: true,
                 };
+                let hits = m.scan("\u{2019}\u{2014}x\u{00a0}");
                 let _ = a.note_stack(Some(now));
                 let _ = a.profile(now, &policy);
-                a.observe(&r, &m, &policy, u64::MAX);
-                c.observe(u64::MAX, &r, &m, &policy, 0);
+                a.observe_hits(&r, hits, &policy, u64::MAX);
+                c.observe_hits(u64::MAX, &r, hits, &policy, 0);
                 a.settle(u64::MAX, now, &policy);
                 c.settle(u64::MAX, now, &policy);
                 for s in [a.score(now, &policy), c.score(now, &policy)] {
@@ -923,7 +759,7 @@ fn record(reached: &mut [Option<Nanos>; 5], level: Level, now: Nanos) {
 
 struct Sim {
     policy: ScorePolicy,
-    matcher: PhraseMatcher,
+    matcher: crate::prompt::PhraseMatcher,
     pools: Pools,
     rng: StdRng,
     accounts: Vec<Tracked>,
@@ -1061,12 +897,8 @@ impl Sim {
                 (text, r, rng.gen_range(300..4_000))
             }
         };
-        let r = RequestSignals {
-            now,
-            prompt_text: text,
-            ..r
-        };
-        let hits = self.matcher.scan(r.prompt_text);
+        let r = RequestSignals { now, ..r };
+        let hits = self.matcher.scan(text);
         let p = &self.policy;
         a.sig.observe_hits(&r, hits, p, TIER_RPM);
         let s = a.sig.score(now, p);

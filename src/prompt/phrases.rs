@@ -1,7 +1,17 @@
 //! Phrase matching: named lists compiled into one automaton, scanned without allocation (docs/score.md,
 //! "Phrase matching").
 
-use super::*;
+use std::fmt;
+
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, BuildError, MatchError, MatchKind, StartKind};
+
+use crate::engine::score::{PhraseHits, MAX_PHRASE_LISTS};
+use crate::engine::signature::StockShingles;
+
+/// Longest phrase, in bytes once normalised (with its boundary separators).
+pub const MAX_PHRASE_BYTES: usize = 256;
 
 /// Default phrases of prompts built to elicit reasoning traces (chain of thought written out for training).
 pub const DEFAULT_ELICITATION: &[&str] = &[
@@ -146,30 +156,6 @@ pub const DEFAULT_TRAJECTORY: &[&str] = &[
     "inputs and outputs of each",
 ];
 
-/// The lists a request's prompt matched, as a bitset over the matcher's lists (bit `i` = list `i`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct PhraseHits(pub u32);
-
-impl PhraseHits {
-    /// No list matched.
-    pub const NONE: PhraseHits = PhraseHits(0);
-
-    /// Whether any list matched.
-    pub fn any(self) -> bool {
-        self.0 != 0
-    }
-
-    /// Whether list `index` matched.
-    pub fn contains(self, index: usize) -> bool {
-        index < MAX_PHRASE_LISTS && self.0 & (1 << index) != 0
-    }
-
-    /// Number of lists matched.
-    pub fn count(self) -> u32 {
-        self.0.count_ones()
-    }
-}
-
 /// Why a phrase matcher could not be built.
 #[derive(Debug, Clone)]
 pub enum PhraseError {
@@ -244,8 +230,8 @@ pub struct PhraseMatcher {
     phrases: usize,
     /// Longest normalised pattern, in bytes.
     max_len: usize,
-    /// The phrases' shingles, left out of prompt signatures (see [`crate::engine::signature::StockShingles`]).
-    stock: crate::engine::signature::StockShingles,
+    /// The phrases' shingles, left out of prompt signatures (see [`StockShingles`]).
+    stock: StockShingles,
 }
 
 impl fmt::Debug for PhraseMatcher {
@@ -606,15 +592,13 @@ impl PhraseMatcher {
             all,
             phrases: patterns.len(),
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
-            stock: crate::engine::signature::StockShingles::new(
-                lists.iter().flat_map(|(_, p)| p.iter().map(String::as_str)),
-            ),
+            stock: StockShingles::new(lists.iter().flat_map(|(_, p)| p.iter().map(String::as_str))),
         })
     }
 
     /// The shingles of every phrase of the lists: phrases many unrelated users type, so a prompt signature leaves
     /// them out ([`crate::engine::signature::signature_with`]) and a shared phrase never links two accounts by itself.
-    pub fn stock_shingles(&self) -> &crate::engine::signature::StockShingles {
+    pub fn stock_shingles(&self) -> &StockShingles {
         &self.stock
     }
 
@@ -640,11 +624,7 @@ impl PhraseMatcher {
 
     /// Names of the lists in `hits`.
     pub fn hit_names(&self, hits: PhraseHits) -> impl Iterator<Item = &str> + '_ {
-        self.names
-            .iter()
-            .enumerate()
-            .filter(move |(i, _)| hits.contains(*i))
-            .map(|(_, n)| n.as_str())
+        hits.names(&self.names)
     }
 
     /// The lists `text` matches. The text is normalised byte for byte into a stack buffer, a chunk at a time, and
