@@ -10,6 +10,7 @@ mod phrases;
 
 pub use phrases::*;
 
+use crate::engine::attr_hash;
 use crate::engine::link::AttrKind;
 use crate::engine::score::PhraseHits;
 use crate::engine::signature::{self, INDEX_KEYS};
@@ -66,7 +67,6 @@ pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> Prompt
 /// counts distinct values; two fills that differ only in the middle of a
 /// long prompt count as one.
 pub fn fill_key(prompt: &str) -> u64 {
-    use crate::engine::attr_hash;
     let b = prompt.as_bytes();
     let head = &b[..b.len().min(256)];
     let tail = &b[b.len().saturating_sub(256)..];
