@@ -140,7 +140,11 @@ fn benches(c: &mut Criterion) {
         out
     };
     let keys = signature::signature(&p2k_prompt).index_keys();
-    let detect_sample: Vec<Observation> = sample
+    // The prompt step's phrase scan runs in every iteration, as the proxy
+    // runs it on every request before the engine.
+    let matcher = distill_guard::prompt::PhraseMatcher::with_defaults()
+        .expect("the default phrase lists compile");
+    let mut detect_sample: Vec<Observation> = sample
         .iter()
         .map(|o| Observation {
             attrs: ObservedAttrs {
@@ -148,7 +152,6 @@ fn benches(c: &mut Criterion) {
                 ..o.attrs
             },
             request: distill_guard::engine::RequestFacts {
-                prompt_text: Some(p2k_prompt.clone()),
                 max_output_tokens: Some(4096),
                 model: Some("claude-sonnet-4-5".into()),
                 fill_key: Some(o.account.0),
@@ -163,6 +166,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % detect_sample.len();
                 now += 1000;
+                detect_sample[i].request.phrase_hits = matcher.scan(black_box(&p2k_prompt));
                 let d = engine.decide(black_box(&detect_sample[i]), now);
                 if let Some(t) = d.verdict.into_ticket() {
                     engine.settle(
@@ -203,8 +207,6 @@ fn benches(c: &mut Criterion) {
         b.iter(|| signature::signature(black_box(&p2k)))
     });
     // As the proxy signs: the default phrase lists' shingles left out.
-    let matcher = distill_guard::engine::score::PhraseMatcher::with_defaults()
-        .expect("the default phrase lists compile");
     let stock = matcher.stock_shingles();
     g.bench_function("prompt signature, 2 KB, stock phrases left out", |b| {
         b.iter(|| signature::signature_with(black_box(&p2k), stock))

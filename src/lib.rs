@@ -16,6 +16,7 @@ pub mod server;
 pub mod fingerprint;
 pub mod identity;
 pub mod api;
+pub mod prompt;
 pub mod engine;
 pub mod state;
 pub mod proxy;

@@ -1,5 +1,5 @@
 //! Prompt signature and tokeniser (`distill_guard::engine::signature`) and
-//! the distinct-fill key (`distill_guard::engine::fill_key`).
+//! the distinct-fill key (`distill_guard::prompt::fill_key`).
 //!
 //! Input: `[split_lo][split_hi][key: 8 bytes][text ...]`; the text (lossy
 //! UTF-8) is cut at the char boundary at or before `split` into a second
@@ -20,11 +20,11 @@
 //! * `fill_key` depends only on the length and the first and last 256 bytes.
 #![no_main]
 
-use distill_guard::engine::fill_key;
 use distill_guard::engine::signature::{
     is_near, signature, signature_keyed, similarity, similarity_parts, PromptSignature,
     INDEX_KEYS, MIN_INFORMATIVE_TOKENS,
 };
+use distill_guard::prompt::fill_key;
 use libfuzzer_sys::fuzz_target;
 
 fn check_one(text: &str) -> PromptSignature {

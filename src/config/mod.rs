@@ -328,6 +328,9 @@ pub struct DetectionConfig {
     pub new_models_unix_ms: Vec<(String, u64)>,
     /// The phrase-list files (watched for reload).
     pub phrase_list_files: Vec<PathBuf>,
+    /// The phrase lists, compiled: the prompt step matches them, and
+    /// prompt signatures leave their phrases out.
+    pub phrases: std::sync::Arc<crate::prompt::PhraseMatcher>,
 }
 
 /// Audit log settings.
@@ -853,7 +856,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     // Detection first: its phrase lists are the stock phrases prompt
     // signatures leave out, ignored prompt files included.
     let detection = validate_detection(base, &f.detection)?;
-    let cluster = validate_cluster(base, &f.cluster, detection.policy.matcher.stock_shingles())?;
+    let cluster = validate_cluster(base, &f.cluster, detection.phrases.stock_shingles())?;
     let admin = validate_admin(base, &f.admin)?;
     if f.audit.queue_capacity == 0 {
         return Err(invalid("audit.queue_capacity", "expected a count above 0"));
@@ -1685,7 +1688,8 @@ fn action_mode(key: &str, mode: &str, percent: u8) -> Result<ActionMode, Invalid
 }
 
 fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionConfig, Invalid> {
-    use crate::engine::score::{Mark, PhraseMatcher, ScorePolicy, Signal};
+    use crate::engine::score::{Mark, ScorePolicy, Signal};
+    use crate::prompt::PhraseMatcher;
     let mode = {
         let enforce = match f.mode.as_str() {
             "enforce" => true,
@@ -1834,7 +1838,7 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
         policy: DetectionPolicy {
             mode,
             score,
-            matcher: std::sync::Arc::new(matcher),
+            phrase_lists: matcher.list_names().to_vec(),
             core_min_raw: f.core_min_raw,
             cohort_min_raw: f.cohort_min_raw,
             cohort_min_requests: f.cohort_min_requests,
@@ -1856,5 +1860,6 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             .map(|m| (m.prefix.clone(), m.released_unix_ms))
             .collect(),
         phrase_list_files: f.phrase_lists.iter().map(|p| resolve(base, p)).collect(),
+        phrases: std::sync::Arc::new(matcher),
     })
 }

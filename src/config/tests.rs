@@ -149,7 +149,7 @@ fn unusable_asn_database_is_rejected() {
 /// The shipped phrase-list files are exactly the built-in lists.
 #[test]
 fn shipped_phrase_lists_match_the_built_in_ones() {
-    use crate::engine::score::{DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY};
+    use crate::prompt::{DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/signals");
     for (file, builtin) in [
         ("elicitation.txt", DEFAULT_ELICITATION),

@@ -5,7 +5,7 @@
 //! flight, no evidence the caller wants kept), longest-idle first; what
 //! remains is the engine's to limit (new accounts are rate-limited).
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use dashmap::DashMap;
 
@@ -43,24 +43,7 @@ impl AccountState {
 }
 
 /// Account ids are already uniform hashes: use them as they are.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        // Spread the bits so dashmap's shard selection (high bits) and the
-        // table's bucket selection (low bits) both vary.
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+pub use super::hash::IdHasher;
 
 /// A map keyed by ids that are already uniform hashes.
 pub type IdMap<V> = DashMap<u64, V, BuildHasherDefault<IdHasher>>;

@@ -35,16 +35,8 @@ fn log_bucket(x: f32, unit: f32, max: u8) -> u8 {
 
 /// FNV-1a over `bytes`, then SplitMix64's finaliser: a fixed function, the same on every replica.
 fn hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     // Never 0: 0 means "no cohort" in a ticket.
-    (z ^ (z >> 31)) | 1
+    super::hash::splitmix64(super::hash::fnv1a(bytes)) | 1
 }
 
 /// The account's cohort keys. Key 0 is what it asks for (elicitation, output limits pinned at a ceiling, stack

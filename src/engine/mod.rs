@@ -26,6 +26,7 @@ pub mod signature;
 pub mod link;
 pub mod score;
 pub mod cohort;
+pub mod hash;
 mod id;
 
 use std::borrow::Cow;
@@ -40,29 +41,11 @@ pub use id::{AccountId, ClusterId};
 use link::{AttrKind, Attributes, ClusterView, Linker};
 pub use policy::{ActionMode, ClusterPolicy, DetectionPolicy, Policy, Tier};
 
-/// Stable 64-bit hash of an attribute value (FNV-1a over the kind and the
-/// bytes): the same in the proxy, in config lists and in `replay`.
+/// Stable 64-bit hash of an attribute value (FNV-1a over the kind, `:` and
+/// the bytes): the same in the proxy, in config lists and in `replay`.
 pub fn attr_hash(kind: AttrKind, value: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in kind.as_str().as_bytes().iter().chain(b":").chain(value) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// A key for "distinct fills" (the breadth signal): the prompt's length
-/// and its first and last 256 bytes. Hashing the whole of a long prompt
-/// byte by byte cost ~2 µs per 2 KB for a signal that only counts distinct
-/// values; two fills that differ only in the middle of a long prompt count
-/// as one.
-pub fn fill_key(prompt: &str) -> u64 {
-    let b = prompt.as_bytes();
-    let head = &b[..b.len().min(256)];
-    let tail = &b[b.len().saturating_sub(256)..];
-    attr_hash(AttrKind::Prompt, head)
-        ^ attr_hash(AttrKind::Prompt, tail).rotate_left(17)
-        ^ (b.len() as u64)
+    let kind = hash::fnv1a_from(hash::fnv1a(kind.as_str().as_bytes()), b":");
+    hash::fnv1a_from(kind, value)
 }
 
 /// The request's shape for linking ([`AttrKind::Shape`]): the model and the
@@ -144,12 +127,11 @@ pub struct Observation {
     pub request: RequestFacts,
 }
 
-/// Request facts for the behaviour signals (from inspection). The prompt
-/// text is only scanned for phrases, never stored.
+/// Request facts for the behaviour signals (from inspection). The engine
+/// never sees the prompt text: the prompt step (`crate::prompt`) turns it
+/// into the fill key and the phrase hits before.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestFacts {
-    /// The prompt text (request-scoped).
-    pub prompt_text: Option<String>,
     /// Anthropic thinking budget, when thinking is enabled.
     pub thinking_budget: Option<u32>,
     /// OpenAI reasoning effort is "high".
@@ -162,8 +144,9 @@ pub struct RequestFacts {
     pub fill_key: Option<u64>,
     /// The user-agent claims a client its fingerprints deny.
     pub fingerprint_inconsistent: bool,
-    /// Phrase lists already matched (replay); None: scan `prompt_text`.
-    pub phrase_hits: Option<score::PhraseHits>,
+    /// The phrase lists the prompt matched (by the prompt step, or as a
+    /// traffic record or the shared stream says).
+    pub phrase_hits: score::PhraseHits,
 }
 
 /// Hash a request's fingerprint values into linkage attributes — the one
@@ -1074,10 +1057,7 @@ impl Engine {
         let policy = self.policy.load();
         let f = &obs.request;
         match &policy.detection {
-            Some(d) => Some(
-                f.phrase_hits
-                    .unwrap_or_else(|| d.matcher.scan(f.prompt_text.as_deref().unwrap_or(""))),
-            ),
+            Some(_) => Some(f.phrase_hits),
             None if policy.cluster.enabled => Some(score::PhraseHits::default()),
             None => None,
         }
@@ -1377,9 +1357,7 @@ impl Engine {
         keep: bool,
     ) -> Detection {
         let f = &obs.request;
-        let hits = f
-            .phrase_hits
-            .unwrap_or_else(|| d.matcher.scan(f.prompt_text.as_deref().unwrap_or("")));
+        let hits = f.phrase_hits;
         // A prompt whose shape linked this account by a template rule, or
         // that a signal-only template rule saw on another account, is
         // shared with other accounts.
@@ -1395,7 +1373,6 @@ impl Engine {
             shared & prompt_rules != 0 || linked.is_some_and(|c| c.rules & prompt_rules != 0);
         let mut req = score::RequestSignals {
             now,
-            prompt_text: "",
             thinking_budget: f.thinking_budget,
             reasoning_effort_high: f.reasoning_effort_high,
             max_output_tokens: f.max_output_tokens,
@@ -1564,7 +1541,7 @@ impl Engine {
         });
         let degrade_to = (enforced >= score::Level::Degrade && on(d.degrade))
             .then_some(d.degrade_max_output_tokens);
-        let phrase_hits = d.matcher.hit_names(hits).map(String::from).collect();
+        let phrase_hits = hits.names(&d.phrase_lists).map(String::from).collect();
         Detection {
             level,
             scope,

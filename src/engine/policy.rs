@@ -78,8 +78,9 @@ pub struct DetectionPolicy {
     pub mode: ActionMode,
     /// Weights, ramps, thresholds, windows.
     pub score: super::score::ScorePolicy,
-    /// Phrase lists, compiled.
-    pub matcher: std::sync::Arc<super::score::PhraseMatcher>,
+    /// The phrase lists' names, in the order of [`super::score::PhraseHits`]'
+    /// bits (the prompt step matches them).
+    pub phrase_lists: Vec<String>,
     /// A member's requests count in its cluster's core from this own raw
     /// score on.
     pub core_min_raw: f32,

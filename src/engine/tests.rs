@@ -865,6 +865,12 @@ mod detection {
         prefix: String,
     }
 
+    /// The default phrase lists (the policy's), as the prompt step matches them.
+    fn phrases() -> &'static crate::prompt::PhraseMatcher {
+        static M: std::sync::OnceLock<crate::prompt::PhraseMatcher> = std::sync::OnceLock::new();
+        M.get_or_init(|| crate::prompt::PhraseMatcher::with_defaults().unwrap())
+    }
+
     fn observe(r: &Req) -> Observation {
         let sig = signature::signature(&r.text);
         let h = |k, v: &str| Some(attr_hash(k, v.as_bytes()));
@@ -881,7 +887,7 @@ mod detection {
                 prompt: sig.is_informative().then(|| sig.index_keys()),
             },
             request: RequestFacts {
-                prompt_text: Some(r.text.clone()),
+                phrase_hits: phrases().scan(&r.text),
                 max_output_tokens: Some(r.max_tokens),
                 model: Some("claude-sonnet-4-5".into()),
                 fill_key: Some(attr_hash(AttrKind::Prompt, r.text.as_bytes())),

@@ -156,7 +156,7 @@ impl TrafficRecord {
         } else {
             Default::default()
         };
-        let names = config.detection.policy.matcher.list_names();
+        let names = config.detection.phrases.list_names();
         let hits = self
             .phrase_lists
             .iter()
@@ -169,14 +169,13 @@ impl TrafficRecord {
             input_tokens: self.input_tokens,
             attrs,
             request: RequestFacts {
-                prompt_text: None,
                 thinking_budget: self.thinking_budget,
                 reasoning_effort_high: self.reasoning_high,
                 max_output_tokens: self.max_output_tokens,
                 model: self.model.clone(),
                 fill_key: self.fill_key.as_deref().and_then(hex),
                 fingerprint_inconsistent: self.inconsistent,
-                phrase_hits: Some(PhraseHits(hits)),
+                phrase_hits: PhraseHits(hits),
             },
         })
     }

@@ -29,9 +29,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::engine::score::PhraseMatcher;
-use crate::engine::signature;
 use crate::engine::{AccountId, Decision};
+use crate::prompt::PhraseMatcher;
 use crate::replay::{Headline, Run, TrafficRecord, RECORD_VERSION};
 pub use scenario::{Piece, Population, Scenario, Timing};
 
@@ -416,8 +415,7 @@ impl SimRequest {
         let p = &s.populations[self.population];
         let fp =
             |list: &[String]| (!list.is_empty()).then(|| list[self.profile % list.len()].clone());
-        let sig = signature::signature_with(&self.prompt, matcher.stock_shingles());
-        let hits = matcher.scan(&self.prompt);
+        let prompt = crate::prompt::features(matcher, &self.prompt, crate::prompt::Wanted::ALL);
         TrafficRecord {
             v: RECORD_VERSION,
             t_ms: self.t_ms,
@@ -442,16 +440,17 @@ impl SimRequest {
             max_output_tokens: Some(self.max_tokens),
             thinking_budget: self.thinking_budget,
             reasoning_high: false,
-            prompt_keys: if sig.is_informative() {
-                sig.index_keys()
-                    .iter()
-                    .map(|k| format!("{k:016x}"))
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            fill_key: Some(format!("{:016x}", crate::engine::fill_key(&self.prompt))),
-            phrase_lists: matcher.hit_names(hits).map(String::from).collect(),
+            prompt_keys: prompt
+                .keys
+                .iter()
+                .flatten()
+                .map(|k| format!("{k:016x}"))
+                .collect(),
+            fill_key: prompt.fill_key.map(|k| format!("{k:016x}")),
+            phrase_lists: matcher
+                .hit_names(prompt.phrase_hits)
+                .map(String::from)
+                .collect(),
             inconsistent: self.inconsistent,
             output_tokens: self.output_tokens,
             decision: String::new(),
@@ -548,7 +547,7 @@ pub fn drive<'c>(
     baseline: &'c Config,
     mut each: impl FnMut(&TrafficRecord, &Decision, &Run<'c>) -> Result<(), String>,
 ) -> Result<(Run<'c>, Run<'c>, u64), String> {
-    let matcher = config.detection.policy.matcher.clone();
+    let matcher = config.detection.phrases.clone();
     let mut policy = Run::new(config);
     let mut base = Run::new(baseline);
     let mut n = 0u64;

@@ -405,7 +405,7 @@ mod tests {
             populations: vec![s.population("campaign", templates, (0, 30 * 60_000), 1)],
         };
         let config = crate::demo::default_config().unwrap();
-        let matcher = config.detection.policy.matcher.clone();
+        let matcher = config.detection.phrases.clone();
         let reqs: Vec<_> = crate::simulate::Generator::new(&scenario).collect();
         assert!(!reqs.is_empty());
         for r in &reqs {

@@ -1,6 +1,7 @@
 //! Generator tests: determinism, rates, timing models, records.
 
 use super::*;
+use crate::engine::signature;
 use std::path::Path;
 
 const SCENARIO: &str = r#"
@@ -106,7 +107,7 @@ fn rates_windows_and_timing_follow_the_scenario() {
 fn records_carry_fingerprints_labels_and_no_prompt_text() {
     let s = scenario();
     let c = config();
-    let m = c.detection.policy.matcher.clone();
+    let m = c.detection.phrases.clone();
     let reqs: Vec<SimRequest> = Generator::new(&s).collect();
     let hydra = reqs.iter().find(|r| r.population == 1).unwrap();
     let rec = hydra.record(&s, &c, &m);

@@ -1,13 +1,14 @@
 //! Phase 5, prompt features: what the engine decides on, as hashes and
 //! counts — the fingerprint's parts and the network hashed for linking, the
 //! prompt's shape signature as index keys, and the facts the behaviour
-//! signals read. The prompt text itself goes no further than the phrase
-//! scan.
+//! signals read. The prompt text goes no further than the prompt step
+//! (`crate::prompt`), which turns it into those features.
 
 use crate::api::inspect::Inspection;
 use crate::config::Config;
 use crate::engine::{signature, Observation, ObservedAttrs};
 use crate::fingerprint::ClientFingerprint;
+use crate::prompt::PromptFeatures;
 
 use super::identify::Caller;
 use super::inspect::Inspected;
@@ -17,10 +18,11 @@ pub(super) fn phase(
     config: &Config,
     caller: Caller,
     fp: &ClientFingerprint,
-    inspected: &mut Inspected,
+    inspected: &Inspected,
 ) -> Observation {
-    let attrs = observed_attrs(config, fp, inspected.info.as_ref());
-    let request = request_facts(config, fp, inspected.info.as_mut());
+    let prompt = prompt_features(config, inspected.info.as_ref());
+    let attrs = observed_attrs(config, fp, prompt.keys);
+    let request = request_facts(config, fp, inspected.info.as_ref(), &prompt);
     Observation {
         account: caller.account,
         anonymous: caller.anonymous,
@@ -30,12 +32,27 @@ pub(super) fn phase(
     }
 }
 
-/// The facts the behaviour signals need; the prompt is moved out of the
-/// inspection (it is not needed afterwards) and only scanned, never kept.
+/// The prompt step: what the engine is told of the prompt (its signature's
+/// keys, phrase hits, fill key), so that it never sees the text.
+fn prompt_features(config: &Config, info: Option<&Inspection>) -> PromptFeatures {
+    let wanted = crate::prompt::Wanted {
+        linking: config.cluster.policy.enabled,
+        detection: config.detection.enabled,
+    };
+    match info {
+        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
+            crate::prompt::features(&config.detection.phrases, &i.prompt, wanted)
+        }
+        _ => PromptFeatures::default(),
+    }
+}
+
+/// The facts the behaviour signals need, the prompt's as features.
 fn request_facts(
     config: &Config,
     fp: &ClientFingerprint,
-    info: Option<&mut Inspection>,
+    info: Option<&Inspection>,
+    prompt: &PromptFeatures,
 ) -> crate::engine::RequestFacts {
     let mut f = crate::engine::RequestFacts {
         fingerprint_inconsistent: fp.inconsistent_with.is_some() || fp.unreadable,
@@ -53,10 +70,8 @@ fn request_facts(
         f.reasoning_effort_high = i.reasoning_effort.as_deref() == Some("high");
         f.max_output_tokens = i.max_output_tokens;
         f.model = i.model.clone();
-        if !i.prompt.is_empty() {
-            f.fill_key = Some(crate::engine::fill_key(&i.prompt));
-            f.prompt_text = Some(std::mem::take(&mut i.prompt));
-        }
+        f.fill_key = prompt.fill_key;
+        f.phrase_hits = prompt.phrase_hits;
     }
     f
 }
@@ -67,7 +82,7 @@ fn request_facts(
 fn observed_attrs(
     config: &Config,
     fp: &ClientFingerprint,
-    info: Option<&Inspection>,
+    prompt: Option<[u64; signature::INDEX_KEYS]>,
 ) -> ObservedAttrs {
     let c = &config.cluster.policy;
     if !c.enabled {
@@ -80,16 +95,6 @@ fn observed_attrs(
             ..ObservedAttrs::default()
         };
     }
-    let prompt = match info {
-        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
-            let sig = signature::signature_with(
-                &i.prompt,
-                config.detection.policy.matcher.stock_shingles(),
-            );
-            sig.is_informative().then(|| sig.index_keys())
-        }
-        _ => None,
-    };
     crate::engine::observed_attrs(
         fp.ja4.as_ref().map(|j| j.as_str()),
         fp.http.as_ref().map(|h| h.as_str()),

@@ -197,14 +197,13 @@ impl Entry {
                         prompt,
                     },
                     request: RequestFacts {
-                        prompt_text: None,
                         thinking_budget: o.tb,
                         reasoning_effort_high: o.rh,
                         max_output_tokens: o.mo,
                         model: o.m.clone(),
                         fill_key: o.f,
                         fingerprint_inconsistent: o.inc,
-                        phrase_hits: Some(PhraseHits(o.ph)),
+                        phrase_hits: PhraseHits(o.ph),
                     },
                 };
                 engine.apply(&obs, now);
@@ -751,7 +750,6 @@ mod tests {
                 prompt: Some([7; signature::INDEX_KEYS]),
             },
             request: RequestFacts {
-                prompt_text: Some("secret prompt".into()),
                 model: Some("m".into()),
                 max_output_tokens: Some(16),
                 fill_key: Some(9),
@@ -760,6 +758,8 @@ mod tests {
         };
         let e = Entry::observed(&obs, PhraseHits(5));
         let json = serde_json::to_string(&e).unwrap();
+        // (An observation holds no prompt text at all now: the prompt step
+        // turned it into features before the engine.)
         assert!(!json.contains("secret"), "{json}");
         assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), e);
         assert_eq!(id_ms("1733212345678-3"), Some(1_733_212_345_678));

@@ -1,0 +1,396 @@
+//! The attribute index: one open-addressing table from index key to the accounts seen under it
+//! (docs/link.md, "Rules and index keys").
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attribute index
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) account: u64,
+    pub(super) seen: Nanos,
+}
+
+/// One table slot, 32 bytes so that two share a cache line and none straddles two. `key == 0` marks it empty (keys
+/// are forced non-zero). `first` is always the most recently seen entry of the key; the others, if any, are in
+/// `spills[spill]` (0 = none).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(32))]
+pub(super) struct Slot {
+    pub(super) key: u64,
+    pub(super) first: Entry,
+    pub(super) spill: u32,
+}
+
+/// What one key lookup needs to know.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Touch {
+    pub(super) account: u64,
+    pub(super) now: Nanos,
+    pub(super) window: Nanos,
+    pub(super) max_window: Nanos,
+    pub(super) per_value: usize,
+    pub(super) max_values: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct Index {
+    pub(super) slots: Vec<Slot>,
+    pub(super) len: usize,
+    pub(super) entries: usize,
+    /// Entry lists of keys with more than one account; index 0 is never used.
+    pub(super) spills: Vec<VecDeque<Entry>>,
+    pub(super) free_spills: Vec<u32>,
+    /// Capacity (in entries) of all spill lists.
+    spill_cap: usize,
+    hand: usize,
+    sweep: usize,
+    pub(super) evicted_total: u64,
+    pub(super) expired_total: u64,
+}
+
+impl Index {
+    pub(super) fn new() -> Self {
+        Index {
+            slots: vec![Slot::default(); MIN_TABLE],
+            len: 0,
+            entries: 0,
+            spills: vec![VecDeque::new()],
+            free_spills: Vec::new(),
+            spill_cap: 0,
+            hand: 0,
+            sweep: 0,
+            evicted_total: 0,
+            expired_total: 0,
+        }
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    #[inline]
+    pub(super) fn probe(&self, key: u64) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = key as usize & mask;
+        loop {
+            let k = self.slots[i].key;
+            if k == key {
+                return Ok(i);
+            }
+            if k == 0 {
+                return Err(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Touches the home slot of every key, and the next one (which may sit on the next cache line), so that their
+    /// cache misses overlap before the real lookups.
+    pub(super) fn prefetch(&self, keys: &[KeyJob]) {
+        let mask = self.mask();
+        let mut acc = 0u64;
+        for job in keys {
+            let home = job.key as usize & mask;
+            acc ^= self.slots[home].key ^ self.slots[(home + 1) & mask].key;
+        }
+        std::hint::black_box(acc);
+    }
+
+    /// Records `t.account` under `key` and adds the other accounts seen within `t.window` to `out`, newest first.
+    pub(super) fn touch(&mut self, key: u64, t: &Touch, out: &mut Found) {
+        match self.probe(key) {
+            Ok(i) => self.update(i, t, out),
+            Err(_) => self.insert_new(key, t),
+        }
+    }
+
+    fn insert_new(&mut self, key: u64, t: &Touch) {
+        if self.len >= t.max_values {
+            self.evict_near(key as usize & self.mask(), t.now, t.max_window);
+        }
+        while self.len >= t.max_values {
+            self.evict_one(t.now, t.max_window);
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.resize(self.slots.len() * 2);
+        }
+        let i = match self.probe(key) {
+            Ok(i) | Err(i) => i,
+        };
+        self.slots[i] = Slot {
+            key,
+            first: Entry {
+                account: t.account,
+                seen: t.now,
+            },
+            spill: 0,
+        };
+        self.len += 1;
+        self.entries += 1;
+    }
+
+    fn update(&mut self, i: usize, t: &Touch, out: &mut Found) {
+        let mut slot = self.slots[i];
+        let me = Entry {
+            account: t.account,
+            seen: t.now,
+        };
+        let first = slot.first;
+        if t.now.saturating_sub(first.seen) > t.max_window {
+            // The newest entry has expired, so all have: start the list afresh.
+            self.entries -= self.free_spill(slot.spill);
+            self.slots[i].first = me;
+            self.slots[i].spill = 0;
+            return;
+        }
+        // Candidates, newest first: the list is ordered by recency, so this stops after `out.limit` or at the
+        // first entry outside the window.
+        if first.account != t.account && t.now.saturating_sub(first.seen) <= t.window {
+            out.items.push(first);
+        }
+        if slot.spill == 0 {
+            if first.account == t.account {
+                self.slots[i].first.seen = first.seen.max(t.now);
+            } else if t.per_value > 1 {
+                slot.spill = self.alloc_spill();
+                let v = &mut self.spills[slot.spill as usize];
+                let before = v.capacity();
+                v.push_back(first);
+                self.spill_cap += v.capacity() - before;
+                slot.first = me;
+                self.entries += 1;
+                self.slots[i] = slot;
+            } else {
+                self.slots[i].first = me;
+            }
+            return;
+        }
+        let v = &mut self.spills[slot.spill as usize];
+        for e in v.iter().rev() {
+            if out.items.len() >= out.limit || t.now.saturating_sub(e.seen) > t.window {
+                break;
+            }
+            if e.account != t.account {
+                out.items.push(*e);
+            }
+        }
+        // Expired entries are at the front.
+        let mut removed = 0;
+        while v
+            .front()
+            .is_some_and(|e| t.now.saturating_sub(e.seen) > t.max_window)
+        {
+            v.pop_front();
+            removed += 1;
+        }
+        if first.account == t.account {
+            slot.first.seen = first.seen.max(t.now);
+        } else {
+            // The account moves to the front (`first`), the old first becomes the newest of the rest.
+            match v.iter().position(|e| e.account == t.account) {
+                Some(j) => {
+                    v.remove(j);
+                    removed += 1;
+                }
+                None => {
+                    if 1 + v.len() >= t.per_value {
+                        v.pop_front();
+                        removed += 1;
+                    }
+                }
+            }
+            let before = v.capacity();
+            v.push_back(first);
+            self.spill_cap += v.capacity() - before;
+            slot.first = me;
+            self.entries += 1;
+        }
+        self.entries -= removed;
+        if v.is_empty() {
+            self.free_spill(slot.spill);
+            slot.spill = 0;
+        }
+        self.slots[i] = slot;
+    }
+
+    fn alloc_spill(&mut self) -> u32 {
+        match self.free_spills.pop() {
+            Some(s) => s,
+            None => {
+                self.spills.push(VecDeque::new());
+                (self.spills.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Returns spill list `s` (if any) to the free list; returns how many entries it held.
+    fn free_spill(&mut self, s: u32) -> usize {
+        if s == 0 {
+            return 0;
+        }
+        let v = &mut self.spills[s as usize];
+        let n = v.len();
+        v.clear();
+        if v.capacity() > SPILL_KEEP_CAP {
+            self.spill_cap -= v.capacity();
+            *v = VecDeque::new();
+        }
+        self.free_spills.push(s);
+        n
+    }
+
+    /// Frees the slot at `i` (its entries with it) and shifts the following run back over the hole.
+    fn remove_at(&mut self, i: usize) {
+        let n = 1 + self.free_spill(self.slots[i].spill);
+        self.slots[i] = Slot::default();
+        self.len -= 1;
+        self.entries -= n;
+        let mask = self.mask();
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        loop {
+            let k = self.slots[j].key;
+            if k == 0 {
+                break;
+            }
+            let home = k as usize & mask;
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots.swap(hole, j);
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+    }
+
+    /// Evicts the least recently used of the occupied slots among the `NEAR_SAMPLE` from `home` (the insertion
+    /// point, whose cache lines the probe has just loaded): sampled LRU whose sample costs little memory traffic.
+    /// Nothing is evicted when they are all empty.
+    fn evict_near(&mut self, home: usize, now: Nanos, max_window: Nanos) {
+        let mask = self.mask();
+        let mut best: Option<(usize, Nanos)> = None;
+        for k in 0..NEAR_SAMPLE {
+            let i = (home + k) & mask;
+            let s = &self.slots[i];
+            if s.key != 0 && best.is_none_or(|(_, newest)| s.first.seen < newest) {
+                best = Some((i, s.first.seen));
+            }
+        }
+        if let Some((at, newest)) = best {
+            self.count_eviction(now, newest, max_window);
+            self.remove_at(at);
+        }
+    }
+
+    fn count_eviction(&mut self, now: Nanos, newest: Nanos, max_window: Nanos) {
+        if now.saturating_sub(newest) > max_window {
+            self.expired_total += 1;
+        } else {
+            self.evicted_total += 1;
+        }
+    }
+
+    /// Evicts the least recently used of a few sampled slots.
+    pub(super) fn evict_one(&mut self, now: Nanos, max_window: Nanos) {
+        if self.len == 0 {
+            return;
+        }
+        let mask = self.mask();
+        let mut i = self.hand & mask;
+        let mut best: Option<(usize, Nanos)> = None;
+        let mut sampled = 0;
+        for _ in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.key != 0 {
+                if best.is_none_or(|(_, newest)| s.first.seen < newest) {
+                    best = Some((i, s.first.seen));
+                }
+                sampled += 1;
+                if sampled == EVICT_SAMPLE {
+                    break;
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        self.hand = (i + 1) & mask;
+        if let Some((at, newest)) = best {
+            self.count_eviction(now, newest, max_window);
+            self.remove_at(at);
+        }
+    }
+
+    /// Drops a few slots whose entries have all expired.
+    pub(super) fn sweep_step(&mut self, now: Nanos, max_window: Nanos) {
+        for _ in 0..SWEEP_STEP {
+            let i = self.sweep & self.mask();
+            let s = &self.slots[i];
+            if s.key != 0 && now.saturating_sub(s.first.seen) > max_window {
+                self.remove_at(i);
+                self.expired_total += 1;
+            } else {
+                self.sweep = (i + 1) & self.mask();
+            }
+        }
+    }
+
+    /// Drops every expired entry and slot, then shrinks a sparse table and releases idle spill lists.
+    pub(super) fn sweep_full(&mut self, now: Nanos, max_window: Nanos) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            let s = self.slots[i];
+            if s.key == 0 {
+                i += 1;
+                continue;
+            }
+            if now.saturating_sub(s.first.seen) > max_window {
+                self.remove_at(i);
+                self.expired_total += 1;
+                continue;
+            }
+            if s.spill != 0 {
+                let v = &mut self.spills[s.spill as usize];
+                let before = v.len();
+                v.retain(|e| now.saturating_sub(e.seen) <= max_window);
+                self.entries -= before - v.len();
+                if v.is_empty() {
+                    self.free_spill(s.spill);
+                    self.slots[i].spill = 0;
+                }
+            }
+            i += 1;
+        }
+        if self.slots.len() > MIN_TABLE && self.len * 8 < self.slots.len() {
+            self.resize(MIN_TABLE.max((self.len * 2).next_power_of_two()));
+        }
+        for &s in &self.free_spills {
+            let v = &mut self.spills[s as usize];
+            self.spill_cap -= v.capacity();
+            *v = VecDeque::new();
+        }
+    }
+
+    fn resize(&mut self, new_len: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); new_len]);
+        let mask = new_len - 1;
+        for s in old {
+            if s.key != 0 {
+                let mut i = s.key as usize & mask;
+                while self.slots[i].key != 0 {
+                    i = (i + 1) & mask;
+                }
+                self.slots[i] = s;
+            }
+        }
+        self.hand &= mask;
+        self.sweep &= mask;
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Slot>()
+            + self.spill_cap * size_of::<Entry>()
+            + self.spills.capacity() * size_of::<VecDeque<Entry>>()
+            + self.free_spills.capacity() * size_of::<u32>()
+    }
+}

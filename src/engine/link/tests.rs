@@ -1,0 +1,943 @@
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+const SEC: Nanos = 1_000_000_000;
+const MIN: Nanos = 60 * SEC;
+const GEN: Nanos = 10 * MIN;
+/// Band keys per prompt signature in these tests.
+const BANDS: usize = 4;
+/// An arbitrary epoch: the linker must not assume time starts at 0.
+const EPOCH: Nanos = 123_456 * SEC;
+
+const HYDRA_JA4: u64 = 0x4a34_0001;
+const HYDRA_HTTP: u64 = 0x4854_0001;
+const HYDRA_ASN: u64 = 0x4153_0001;
+const NAT_JA4: u64 = 0x4a34_0002;
+const NAT_HTTP: u64 = 0x4854_0002;
+const NAT_PREFIX: u64 = 0x5052_0002;
+const NAT_ASN: u64 = 0x4153_0002;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// One of the hydra's accounts: the hydra's JA4, 8 IPs in 2 prefixes, prompt template `template`.
+    Hydra { template: usize },
+    /// Behind the corporate NAT: one SDK JA4, one prefix, its own prompts.
+    Nat,
+    /// An ordinary client: its own stack and network, its own prompts.
+    Ordinary { ja4: u64, prefix: u64 },
+}
+
+struct Actor {
+    account: u64,
+    kind: Kind,
+    gap: (Nanos, Nanos),
+    active: bool,
+}
+
+/// A seeded traffic simulation on virtual time.
+struct Sim {
+    linker: Linker,
+    rng: StdRng,
+    now: Nanos,
+    actors: Vec<Actor>,
+    queue: BinaryHeap<Reverse<(Nanos, usize)>>,
+    templates: Vec<[u64; BANDS]>,
+    hydra_prefixes: [u64; 2],
+    common_ja4: Vec<u64>,
+    bands: Vec<u64>,
+    requests: u64,
+}
+
+impl Sim {
+    fn new(policy: LinkPolicy, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let templates = (0..6).map(|_| rng.gen()).collect();
+        let hydra_prefixes = [rng.gen(), rng.gen()];
+        // 20 common client stacks; the hydra's SDK is one of them.
+        let mut common_ja4: Vec<u64> = (0..19).map(|_| rng.gen()).collect();
+        common_ja4.push(HYDRA_JA4);
+        Sim {
+            linker: Linker::new(policy),
+            rng,
+            now: EPOCH,
+            actors: Vec::new(),
+            queue: BinaryHeap::new(),
+            templates,
+            hydra_prefixes,
+            common_ja4,
+            bands: Vec::new(),
+            requests: 0,
+        }
+    }
+
+    fn add(
+        &mut self,
+        n: usize,
+        gap: (Nanos, Nanos),
+        kind: impl Fn(usize, &mut StdRng) -> Kind,
+    ) -> Vec<u64> {
+        (0..n)
+            .map(|i| {
+                let account = self.rng.gen();
+                let kind = kind(i, &mut self.rng);
+                let first = self.now + self.rng.gen_range(0..gap.1);
+                self.queue.push(Reverse((first, self.actors.len())));
+                self.actors.push(Actor {
+                    account,
+                    kind,
+                    gap,
+                    active: true,
+                });
+                account
+            })
+            .collect()
+    }
+
+    fn add_hydra(&mut self, n: usize) -> Vec<u64> {
+        self.add(n, (30 * SEC, 90 * SEC), |i, _| Kind::Hydra {
+            template: i % 6,
+        })
+    }
+
+    fn add_nat(&mut self, n: usize) -> Vec<u64> {
+        self.add(n, (30 * SEC, 90 * SEC), |_, _| Kind::Nat)
+    }
+
+    fn add_ordinary(&mut self, n: usize) -> Vec<u64> {
+        let common = self.common_ja4.clone();
+        self.add(n, (10 * SEC, 120 * SEC), move |_, rng| Kind::Ordinary {
+            ja4: common[rng.gen_range(0..common.len())],
+            prefix: rng.gen(),
+        })
+    }
+
+    fn stop_all(&mut self) {
+        for a in &mut self.actors {
+            a.active = false;
+        }
+    }
+
+    fn run_until(&mut self, t: Nanos) {
+        while let Some(&Reverse((at, a))) = self.queue.peek() {
+            if at > t {
+                break;
+            }
+            self.queue.pop();
+            if !self.actors[a].active {
+                continue;
+            }
+            self.now = at;
+            self.send(a);
+            let (lo, hi) = self.actors[a].gap;
+            let next = at + self.rng.gen_range(lo..=hi);
+            self.queue.push(Reverse((next, a)));
+        }
+        self.now = self.now.max(t);
+    }
+
+    fn send(&mut self, a: usize) {
+        let Actor { account, kind, .. } = self.actors[a];
+        self.bands.clear();
+        let (ja4, http, prefix, asn) = match kind {
+            Kind::Hydra { template } => {
+                // A near-duplicate of the template: half the time one band differs.
+                self.bands.extend_from_slice(&self.templates[template]);
+                if self.rng.gen_bool(0.5) {
+                    let i = self.rng.gen_range(0..BANDS);
+                    self.bands[i] = self.rng.gen();
+                }
+                let ip = self.rng.gen_range(0..8);
+                (
+                    HYDRA_JA4,
+                    HYDRA_HTTP,
+                    self.hydra_prefixes[ip / 4],
+                    HYDRA_ASN,
+                )
+            }
+            Kind::Nat => {
+                self.bands.extend((0..BANDS).map(|_| self.rng.gen::<u64>()));
+                (NAT_JA4, NAT_HTTP, NAT_PREFIX, NAT_ASN)
+            }
+            Kind::Ordinary { ja4, prefix } => {
+                self.bands.extend((0..BANDS).map(|_| self.rng.gen::<u64>()));
+                (ja4, ja4 ^ 0x77, prefix, prefix >> 40)
+            }
+        };
+        let attrs = Attributes {
+            ja4: Some(ja4),
+            http: Some(http),
+            h2: None,
+            ip_prefix: Some(prefix),
+            asn: Some(asn),
+            prompt: &self.bands,
+            shape: None,
+        };
+        let view = self.linker.observe(account, &attrs, self.now);
+        assert_eq!(view, self.linker.cluster_of(account));
+        self.requests += 1;
+    }
+}
+
+/// How the given accounts are clustered: (unlinked, id → (members among them, view)).
+fn summary(linker: &Linker, accounts: &[u64]) -> (usize, BTreeMap<u64, (usize, ClusterView)>) {
+    let mut unlinked = 0;
+    let mut clusters = BTreeMap::new();
+    for &a in accounts {
+        match linker.cluster_of(a) {
+            None => unlinked += 1,
+            Some(v) => clusters.entry(v.id).or_insert((0, v)).0 += 1,
+        }
+    }
+    (unlinked, clusters)
+}
+
+fn largest(clusters: &BTreeMap<u64, (usize, ClusterView)>) -> usize {
+    clusters.values().map(|(n, _)| *n).max().unwrap_or(0)
+}
+
+fn weak_only_policy() -> LinkPolicy {
+    let mut policy = LinkPolicy::default();
+    policy.rules.retain(|r| r.name == "weak");
+    policy
+}
+
+/// Index invariants: every occupied slot is reachable from its key's home, `first` is the newest entry, spill
+/// lists are owned once and non-empty, counters match.
+fn check_index(index: &Index) {
+    let mut len = 0;
+    let mut entries = 0;
+    let mut owners = vec![0; index.spills.len()];
+    for &f in &index.free_spills {
+        owners[f as usize] += 1;
+    }
+    for (i, s) in index.slots.iter().enumerate() {
+        if s.key == 0 {
+            assert_eq!(s.spill, 0);
+            continue;
+        }
+        assert_eq!(index.probe(s.key), Ok(i));
+        len += 1;
+        entries += 1;
+        if s.spill != 0 {
+            let v = &index.spills[s.spill as usize];
+            assert!(!v.is_empty());
+            assert!(v
+                .iter()
+                .all(|e| e.seen <= s.first.seen && e.account != s.first.account));
+            owners[s.spill as usize] += 1;
+            entries += v.len();
+        }
+    }
+    assert!(
+        owners[1..].iter().all(|&n| n == 1),
+        "a spill list is lost or shared"
+    );
+    assert_eq!(index.len, len);
+    assert_eq!(index.entries, entries);
+}
+
+#[test]
+fn hydra_forms_one_strong_cluster() {
+    let mut sim = Sim::new(LinkPolicy::default(), 1);
+    let hydra = sim.add_hydra(400);
+    let start = sim.now;
+    let mut formed_after = None;
+    for step in 1..=120 {
+        sim.run_until(start + step * 5 * SEC);
+        let (unlinked, clusters) = summary(&sim.linker, &hydra);
+        if step % 6 == 0 && formed_after.is_none() {
+            println!(
+                "hydra t={:>3}s: {unlinked} unlinked, {} clusters, largest {}",
+                step * 5,
+                clusters.len(),
+                largest(&clusters)
+            );
+        }
+        let all_strong = clusters
+            .values()
+            .all(|(_, v)| v.strength == Strength::Strong);
+        if formed_after.is_none() && unlinked == 0 && clusters.len() <= 3 && all_strong {
+            formed_after = Some(step * 5);
+            println!(
+                    "hydra: all 400 accounts in {} Strong cluster(s) after {} simulated seconds ({} requests)",
+                    clusters.len(),
+                    step * 5,
+                    sim.requests
+                );
+        }
+    }
+    let formed_after = formed_after.expect("the hydra never formed");
+    assert!(formed_after <= 240, "took {formed_after} s");
+    // Ten minutes in: one cluster, linked by all three rules.
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!(unlinked, 0);
+    assert_eq!(clusters.len(), 1);
+    let (_, view) = clusters.values().next().copied().unwrap();
+    assert_eq!(view.members, 400);
+    assert_eq!(view.strength, Strength::Strong);
+    assert_eq!(view.rules, 0b111);
+    assert_eq!(sim.linker.cluster(view.id), Some(view));
+    let stats = sim.linker.stats();
+    println!("hydra stats after 10 min: {stats:?}");
+    assert_eq!(stats.accounts, 400);
+    assert_eq!(stats.clusters, 1);
+    check_index(&sim.linker.index);
+}
+
+#[test]
+fn corporate_nat_links_weakly_at_most() {
+    let mut sim = Sim::new(LinkPolicy::default(), 2);
+    let nat = sim.add_nat(50);
+    for minute in 1..=30 {
+        sim.run_until(EPOCH + minute * MIN);
+        let (_, clusters) = summary(&sim.linker, &nat);
+        for (_, v) in clusters.values() {
+            assert_eq!(v.strength, Strength::Weak, "{v:?}");
+            assert_eq!(v.rules, 0b100);
+        }
+    }
+    let (unlinked, clusters) = summary(&sim.linker, &nat);
+    println!(
+        "corporate NAT: {} weak cluster(s), largest {}, {unlinked} unlinked",
+        clusters.len(),
+        largest(&clusters)
+    );
+}
+
+#[test]
+fn ordinary_accounts_stay_unlinked() {
+    let mut sim = Sim::new(LinkPolicy::default(), 3);
+    let ordinary = sim.add_ordinary(300);
+    let mut largest_weak = 0;
+    for minute in 1..=30 {
+        sim.run_until(EPOCH + minute * MIN);
+        let (_, clusters) = summary(&sim.linker, &ordinary);
+        for (_, v) in clusters.values() {
+            assert!(v.strength < Strength::Medium, "{v:?}");
+        }
+        largest_weak = largest_weak.max(largest(&clusters));
+    }
+    println!("ordinary: largest weak cluster {largest_weak} (of 300 accounts)");
+    assert_eq!(largest_weak, 0);
+    assert_eq!(sim.linker.stats().clusters, 0);
+}
+
+#[test]
+fn mixed_traffic_keeps_populations_apart() {
+    let mut sim = Sim::new(LinkPolicy::default(), 4);
+    let hydra = sim.add_hydra(400);
+    let nat = sim.add_nat(50);
+    let ordinary = sim.add_ordinary(300);
+    sim.run_until(EPOCH + 30 * MIN);
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!((unlinked, clusters.len()), (0, 1));
+    let hydra_id = *clusters.keys().next().unwrap();
+    for &a in nat.iter().chain(&ordinary) {
+        if let Some(v) = sim.linker.cluster_of(a) {
+            assert_ne!(v.id, hydra_id);
+            assert_eq!(v.strength, Strength::Weak);
+        }
+    }
+    let hydra_members = sim.linker.members(hydra_id, usize::MAX);
+    assert_eq!(hydra_members.len(), 400);
+    assert!(hydra_members.iter().all(|a| hydra.contains(a)));
+    assert_eq!(sim.linker.members(hydra_id, 10).len(), 10);
+    assert!(sim.linker.members(hydra_id ^ 1, 10).is_empty());
+    assert_eq!(sim.linker.cluster(hydra_id ^ 1), None);
+}
+
+#[test]
+fn clusters_expire_when_the_hydra_stops() {
+    let mut sim = Sim::new(LinkPolicy::default(), 5);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 15 * MIN);
+    assert_eq!(summary(&sim.linker, &hydra).0, 0);
+    sim.stop_all();
+    let stop = sim.now;
+    let before = sim.linker.stats();
+    let mut gone_after = None;
+    for minute in 1..=30 {
+        sim.linker.maintain(stop + minute * MIN);
+        let (unlinked, _) = summary(&sim.linker, &hydra);
+        if minute == 1 {
+            assert_eq!(unlinked, 0, "links must outlive the request that made them");
+        }
+        if unlinked == hydra.len() && gone_after.is_none() {
+            gone_after = Some(minute);
+        }
+        if gone_after.is_some() {
+            assert_eq!(unlinked, hydra.len(), "a cluster came back");
+        }
+    }
+    let stats = sim.linker.stats();
+    println!(
+            "expiry: cluster gone {} simulated minutes after the hydra stopped; stats before {before:?}, after {stats:?}",
+            gone_after.unwrap()
+        );
+    assert!(gone_after.unwrap() <= 20);
+    assert_eq!((stats.values, stats.entries), (0, 0));
+    assert_eq!((stats.accounts, stats.clusters), (0, 0));
+    assert!(stats.approx_bytes < before.approx_bytes);
+    check_index(&sim.linker.index);
+}
+
+#[test]
+fn a_cluster_is_drawn_from_its_recent_links() {
+    let mut sim = Sim::new(LinkPolicy::default(), 7);
+    let hydra = sim.add_hydra(120);
+    let nat = sim.add_nat(40);
+    sim.run_until(EPOCH + 15 * MIN);
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!((unlinked, clusters.len()), (0, 1));
+    let id = *clusters.keys().next().unwrap();
+    // The hydra is the largest cluster; the NAT's is listed after it.
+    let listed = sim.linker.clusters(10);
+    assert_eq!(listed[0].id, id);
+    assert!(listed.windows(2).all(|w| w[0].members >= w[1].members));
+    let nat_cluster = sim.linker.cluster_of(nat[0]).map(|v| v.id);
+    assert!(nat_cluster.is_none_or(|n| listed.iter().any(|c| c.id == n)));
+    assert_eq!(sim.linker.clusters(1).len(), 1);
+
+    let links = sim.linker.cluster_links(id, 10_000);
+    let members: std::collections::HashSet<u64> = hydra.iter().copied().collect();
+    let mut pairs = std::collections::HashSet::new();
+    for e in &links {
+        // Both ends are members, each pair once, newest first, and every link names the rules it matched.
+        assert!(
+            members.contains(&e.from) && members.contains(&e.to),
+            "{e:?}"
+        );
+        assert!(pairs.insert((e.from.min(e.to), e.from.max(e.to))), "{e:?}");
+        assert_ne!(e.rules, 0);
+        assert!(e.at <= sim.now && e.at + 2 * GEN >= sim.now);
+    }
+    assert!(links.windows(2).all(|w| w[0].at >= w[1].at));
+    // The links connect every member: the graph is the cluster, not a sample of it.
+    let mut uf: std::collections::HashMap<u64, u64> = hydra.iter().map(|&a| (a, a)).collect();
+    fn root(uf: &mut std::collections::HashMap<u64, u64>, mut a: u64) -> u64 {
+        while uf[&a] != a {
+            a = uf[&a];
+        }
+        a
+    }
+    for e in &links {
+        let (ra, rb) = (root(&mut uf, e.from), root(&mut uf, e.to));
+        uf.insert(ra, rb);
+    }
+    let roots: std::collections::HashSet<u64> = hydra.iter().map(|&a| root(&mut uf, a)).collect();
+    assert_eq!(
+        roots.len(),
+        1,
+        "{} components from {} links",
+        roots.len(),
+        links.len()
+    );
+    assert_eq!(sim.linker.cluster_links(id, 5).len(), 5);
+    assert!(sim.linker.cluster_links(id ^ 1, 10).is_empty());
+}
+
+#[test]
+fn cluster_id_is_stable_across_rotations() {
+    let mut sim = Sim::new(LinkPolicy::default(), 6);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 5 * MIN);
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!((unlinked, clusters.len()), (0, 1));
+    let (_, first) = clusters.values().next().copied().unwrap();
+    for step in 1..=100 {
+        sim.run_until(EPOCH + 5 * MIN + step * 30 * SEC);
+        let (unlinked, clusters) = summary(&sim.linker, &hydra);
+        assert_eq!(unlinked, 0, "step {step}");
+        assert_eq!(clusters.len(), 1, "step {step}");
+        let (_, view) = clusters.values().next().copied().unwrap();
+        assert_eq!(
+            (view.id, view.formed_at),
+            (first.id, first.formed_at),
+            "step {step}"
+        );
+        assert_eq!(view.members, 400);
+    }
+    let rotations = sim.linker.stats().rotations_total;
+    println!("stable id {:#x} over {rotations} rotations", first.id);
+    assert!(rotations >= 5);
+}
+
+#[test]
+fn ignored_values_never_link() {
+    let mut sim = Sim::new(weak_only_policy(), 7);
+    let mut policy = weak_only_policy();
+    policy.ignored = vec![
+        (AttrKind::Ja4, HYDRA_JA4),
+        (AttrKind::IpPrefix, sim.hydra_prefixes[0]),
+        (AttrKind::IpPrefix, sim.hydra_prefixes[1]),
+    ];
+    sim.linker.set_policy(policy);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 20 * MIN);
+    assert_eq!(summary(&sim.linker, &hydra).0, 400);
+    let stats = sim.linker.stats();
+    assert_eq!((stats.clusters, stats.values), (0, 0));
+}
+
+#[test]
+fn ignoring_only_the_ja4_leaves_the_prompt_rule() {
+    let policy = LinkPolicy {
+        ignored: vec![(AttrKind::Ja4, HYDRA_JA4)],
+        ..LinkPolicy::default()
+    };
+    let mut sim = Sim::new(policy, 8);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 10 * MIN);
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!(unlinked, 0);
+    // Only the prompt rule applies: one Medium cluster per template.
+    assert_eq!(clusters.len(), 6);
+    assert!(clusters
+        .values()
+        .all(|(_, v)| v.strength == Strength::Medium && v.rules == 0b010));
+}
+
+#[test]
+fn downweighted_values_lower_strength() {
+    let policy = LinkPolicy {
+        downweighted: vec![(AttrKind::Ja4, HYDRA_JA4)],
+        ..LinkPolicy::default()
+    };
+    let mut sim = Sim::new(policy, 9);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 10 * MIN);
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!(unlinked, 0);
+    // strong → Medium, medium stays Medium, weak → no link: six Medium clusters joined by the strong rule's keys
+    // are still split by template (those keys include the prompt).
+    for (_, v) in clusters.values() {
+        assert_eq!(v.strength, Strength::Medium);
+        assert_eq!(v.rules & 0b100, 0, "the weak rule fell to nothing");
+    }
+}
+
+#[test]
+fn bounded_memory_under_a_million_accounts() {
+    let policy = LinkPolicy {
+        max_values: 50_000,
+        ..LinkPolicy::default()
+    };
+    let max_values = policy.max_values;
+    let mut linker = Linker::new(policy);
+    let mut rng = StdRng::seed_from_u64(10);
+    let n: u64 = 1_000_000;
+    let span = 4 * GEN;
+    let mut bands = [0u64; BANDS];
+    let mut linked_pairs = 0;
+    let mut peak_bytes = 0;
+    for i in 0..n {
+        let now = EPOCH + i * span / n;
+        // Every 100th account repeats the previous account's prompt (a pair to link); the rest are unique.
+        if i % 100 != 1 {
+            bands = rng.gen();
+        }
+        let attrs = Attributes {
+            ja4: Some(rng.gen()),
+            http: Some(rng.gen()),
+            h2: None,
+            ip_prefix: Some(rng.gen()),
+            asn: Some(rng.gen()),
+            prompt: &bands,
+            shape: None,
+        };
+        let view = linker.observe(splitmix(i), &attrs, now);
+        if i % 100 == 1 {
+            assert_eq!(view.map(|v| v.members), Some(2));
+            linked_pairs += 1;
+        } else {
+            assert_eq!(view, None);
+        }
+        if i % 50_000 == 0 {
+            let stats = linker.stats();
+            assert!(stats.values <= max_values, "{stats:?}");
+            peak_bytes = peak_bytes.max(stats.approx_bytes);
+        }
+    }
+    let stats = linker.stats();
+    println!("1M accounts: {linked_pairs} linked pairs; stats {stats:?}; peak ~{peak_bytes} bytes");
+    assert!(stats.values <= max_values);
+    assert!(stats.evicted_total > 0);
+    // Pairs come at ~2 500 per generation; only the last one to two generations are held.
+    assert!(stats.accounts <= 2 * 2 * 2_600, "{stats:?}");
+    assert!(stats.accounts >= 2 * 2_000, "{stats:?}");
+    linker.maintain(EPOCH + span + 2 * GEN);
+    let stats = linker.stats();
+    assert_eq!(
+        (stats.values, stats.entries, stats.accounts, stats.clusters),
+        (0, 0, 0, 0)
+    );
+    check_index(&linker.index);
+}
+
+#[test]
+fn linked_accounts_cap_refuses_links() {
+    let policy = LinkPolicy {
+        max_linked_accounts: 100,
+        ..LinkPolicy::default()
+    };
+    let mut sim = Sim::new(policy, 11);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 10 * MIN);
+    let stats = sim.linker.stats();
+    assert!(stats.accounts <= 100, "{stats:?}");
+    assert!(stats.links_dropped_total > 0);
+    assert_eq!(summary(&sim.linker, &hydra).0, 400 - stats.accounts);
+}
+
+#[test]
+fn merge_keeps_the_older_id() {
+    let mut linker = Linker::new(LinkPolicy::default());
+    let prompt = |p: u64| [p, p + 1, p + 2, p + 3];
+    let (p1, p2, p3) = (prompt(100), prompt(200), prompt(300));
+    assert_eq!(linker.observe(1, &attrs(&p1), EPOCH), None);
+    let x = linker.observe(2, &attrs(&p1), EPOCH + SEC).unwrap();
+    assert_eq!(
+        (x.members, x.strength, x.rules, x.formed_at),
+        (2, Strength::Medium, 0b010, EPOCH + SEC)
+    );
+    assert_eq!(linker.observe(3, &attrs(&p2), EPOCH + 2 * SEC), None);
+    let y = linker.observe(4, &attrs(&p2), EPOCH + 3 * SEC).unwrap();
+    assert_ne!(x.id, y.id);
+    // 3 first, so the younger cluster's member starts the merge.
+    linker.observe(3, &attrs(&p3), EPOCH + 4 * SEC);
+    let merged = linker.observe(2, &attrs(&p3), EPOCH + 5 * SEC).unwrap();
+    assert_eq!(
+        (merged.id, merged.members, merged.formed_at),
+        (x.id, 4, x.formed_at)
+    );
+    assert_eq!(linker.cluster(y.id), None);
+    assert_eq!(linker.cluster_of(4).map(|v| v.id), Some(x.id));
+    let mut members = linker.members(x.id, 10);
+    members.sort_unstable();
+    assert_eq!(members, vec![1, 2, 3, 4]);
+    // What changed, for state kept per cluster: every account joined once, and y went into x.
+    let changes = linker.changes().clone();
+    assert_eq!(changes.merges, vec![(y.id, x.id)]);
+    assert_eq!(changes.joined, vec![2, 1, 4, 3]);
+    linker.clear_changes();
+    assert!(linker.changes().is_empty());
+    // Outside the window nothing links.
+    let late = EPOCH + 5 * SEC + 11 * MIN;
+    assert_eq!(linker.observe(5, &attrs(&p1), late), None);
+}
+
+#[test]
+fn each_rule_has_its_own_window() {
+    let mut policy = LinkPolicy::default();
+    policy.rules[0].window = MIN; // strong: within one minute only
+    let mut linker = Linker::new(policy);
+    let bands = [7, 8];
+    let attrs = Attributes {
+        ja4: Some(1),
+        ip_prefix: Some(2),
+        prompt: &bands,
+        ..Attributes::default()
+    };
+    assert_eq!(linker.observe(1, &attrs, EPOCH), None);
+    // Two minutes later: too late for the strong rule, in time for medium and weak.
+    let v = linker.observe(2, &attrs, EPOCH + 2 * MIN).unwrap();
+    assert_eq!((v.strength, v.rules), (Strength::Medium, 0b110));
+    // Thirty seconds later: strong.
+    let v = linker
+        .observe(3, &attrs, EPOCH + 2 * MIN + 30 * SEC)
+        .unwrap();
+    assert_eq!(
+        (v.strength, v.rules, v.members),
+        (Strength::Strong, 0b111, 3)
+    );
+}
+
+#[test]
+fn a_rule_of_one_evidence_class_reports_sharing_but_never_links() {
+    // The reference rules with two classes required: "medium" (prompt
+    // only) is signal-only; "weak" (JA4 + prefix) and "strong" link.
+    let policy = LinkPolicy {
+        min_classes: 2,
+        ..LinkPolicy::default()
+    };
+    let mut linker = Linker::new(policy);
+    let bands = [7, 8];
+    // Strangers with one template, each from their own stack and network.
+    for a in 1..=20u64 {
+        let attrs = Attributes {
+            ja4: Some(100 + a),
+            ip_prefix: Some(200 + a),
+            prompt: &bands,
+            ..Attributes::default()
+        };
+        assert_eq!(linker.observe(a, &attrs, EPOCH + a * SEC), None);
+        // Every one after the first saw the template on another account.
+        let want = if a == 1 { 0 } else { 0b010 };
+        assert_eq!(linker.shared_rules(), want, "account {a}");
+    }
+    assert_eq!(linker.stats().clusters, 0);
+    // The same template with a second class (one stack and network): linked.
+    let attrs = Attributes {
+        ja4: Some(101),
+        ip_prefix: Some(201),
+        prompt: &bands,
+        ..Attributes::default()
+    };
+    let v = linker.observe(99, &attrs, EPOCH + 30 * SEC).unwrap();
+    assert_eq!((v.strength, v.members), (Strength::Strong, 2));
+    assert_eq!(v.rules & 0b010, 0, "the signal-only rule holds no cluster");
+    assert_eq!(linker.shared_rules(), 0b111);
+}
+
+#[test]
+fn the_request_shape_is_a_class_of_its_own() {
+    let policy = LinkPolicy {
+        rules: vec![LinkRule {
+            name: "template+shape".into(),
+            kinds: vec![AttrKind::Prompt, AttrKind::Shape],
+            strength: Strength::Medium,
+            window: 10 * MIN,
+        }],
+        min_classes: 2,
+        ..LinkPolicy::default()
+    };
+    let mut linker = Linker::new(policy);
+    let bands = [7, 8];
+    let with = |shape| Attributes {
+        prompt: &bands,
+        shape: Some(shape),
+        ..Attributes::default()
+    };
+    assert_eq!(linker.observe(1, &with(5), EPOCH), None);
+    // Same template, another request shape: no link.
+    assert_eq!(linker.observe(2, &with(6), EPOCH + SEC), None);
+    // Same template and shape: linked.
+    let v = linker.observe(3, &with(5), EPOCH + 2 * SEC).unwrap();
+    assert_eq!((v.strength, v.members), (Strength::Medium, 2));
+}
+
+#[test]
+fn lists_keep_the_most_recent_accounts() {
+    let policy = LinkPolicy {
+        max_accounts_per_value: 16,
+        ..LinkPolicy::default()
+    };
+    let mut linker = Linker::new(policy);
+    let attrs = Attributes {
+        ja4: Some(1),
+        ip_prefix: Some(2),
+        ..Attributes::default()
+    };
+    for a in 0..1_000u64 {
+        linker.observe(a, &attrs, EPOCH + a * SEC / 10);
+    }
+    // One key (the weak rule's), sixteen most recent accounts.
+    let stats = linker.stats();
+    assert_eq!((stats.values, stats.entries), (1, 16));
+    let slot = linker.index.slots.iter().find(|s| s.key != 0).unwrap();
+    assert_eq!(slot.first.account, 999);
+    let rest: Vec<u64> = linker.index.spills[slot.spill as usize]
+        .iter()
+        .map(|e| e.account)
+        .collect();
+    assert_eq!(rest, (984..999).collect::<Vec<_>>());
+    // All of them one weak cluster, each request linking to at most 8.
+    let v = linker.cluster_of(0).unwrap();
+    assert_eq!((v.members, v.strength), (1_000, Strength::Weak));
+    check_index(&linker.index);
+}
+
+#[test]
+fn split_evidence_gets_a_fresh_id_for_the_smaller_part() {
+    let mut linker = Linker::new(LinkPolicy::default());
+    // Generation 0: {1,2} via prompt A, {3,4} via prompt B, 2–3 via prompt C: one cluster X.
+    let t = EPOCH;
+    linker.observe(1, &attrs(&[10]), t);
+    linker.observe(2, &attrs(&[10]), t + SEC);
+    linker.observe(3, &attrs(&[20]), t + 2 * SEC);
+    linker.observe(4, &attrs(&[20]), t + 3 * SEC);
+    linker.observe(2, &attrs(&[30]), t + 4 * SEC);
+    let x = linker.observe(3, &attrs(&[30]), t + 5 * SEC).unwrap();
+    assert_eq!(x.members, 4);
+    // Generation 1: only {1,2} and {3,4,5} relink (both adopt X); the bridge is gone.
+    let t = EPOCH + GEN + MIN;
+    linker.observe(1, &attrs(&[40]), t);
+    linker.observe(2, &attrs(&[40]), t + SEC);
+    linker.observe(3, &attrs(&[50]), t + 2 * SEC);
+    linker.observe(4, &attrs(&[50]), t + 3 * SEC);
+    linker.observe(5, &attrs(&[50]), t + 4 * SEC);
+    assert_eq!(
+        linker.cluster_of(5).map(|v| (v.id, v.members)),
+        Some((x.id, 5))
+    );
+    // Generation 2: the larger part keeps X, the smaller gets a fresh id formed at rotation.
+    linker.maintain(EPOCH + 2 * GEN + MIN);
+    let big = linker.cluster_of(3).unwrap();
+    let small = linker.cluster_of(1).unwrap();
+    assert_eq!((big.id, big.members, big.formed_at), (x.id, 3, x.formed_at));
+    assert_ne!(small.id, x.id);
+    assert_eq!(small.members, 2);
+    assert_eq!(linker.cluster(small.id), Some(small));
+    assert_eq!(linker.cluster(x.id), Some(big));
+}
+
+#[test]
+fn same_traffic_same_clusters() {
+    let run = || {
+        let mut sim = Sim::new(LinkPolicy::default(), 12);
+        let mut accounts = sim.add_hydra(200);
+        accounts.extend(sim.add_nat(30));
+        accounts.extend(sim.add_ordinary(100));
+        sim.run_until(EPOCH + 25 * MIN);
+        let views: Vec<_> = accounts.iter().map(|&a| sim.linker.cluster_of(a)).collect();
+        (views, sim.linker.stats())
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b);
+    assert!(a.0.iter().any(Option::is_some));
+}
+
+#[test]
+fn hot_reload_keeps_state() {
+    let mut sim = Sim::new(LinkPolicy::default(), 13);
+    let hydra = sim.add_hydra(400);
+    sim.run_until(EPOCH + 5 * MIN);
+    let before = sim.linker.cluster_of(hydra[0]).unwrap();
+    let mut policy = LinkPolicy {
+        max_values: 500,
+        ..LinkPolicy::default()
+    };
+    policy.rules.reverse();
+    sim.linker.set_policy(policy);
+    assert!(sim.linker.stats().values <= 500);
+    assert_eq!(sim.linker.cluster_of(hydra[0]), Some(before));
+    sim.run_until(EPOCH + 25 * MIN);
+    let (unlinked, clusters) = summary(&sim.linker, &hydra);
+    assert_eq!((unlinked, clusters.len()), (0, 1));
+    let (_, after) = clusters.values().next().copied().unwrap();
+    assert_eq!(after.id, before.id);
+    // Rule bits follow the new order: weak is now bit 0, strong bit 2.
+    assert_eq!(after.rules, 0b111);
+    check_index(&sim.linker.index);
+}
+
+#[test]
+fn index_survives_churn() {
+    let mut index = Index::new();
+    let mut rng = StdRng::seed_from_u64(14);
+    let mut out = Found::default();
+    for step in 0..200_000u64 {
+        let now = EPOCH + step * SEC / 10;
+        let touch = Touch {
+            account: rng.gen_range(0..50),
+            now,
+            window: 5 * SEC,
+            max_window: 10 * SEC,
+            per_value: 4,
+            max_values: 3_000,
+        };
+        // Few distinct keys with clustered low bits, so probe runs and wrap-around are exercised.
+        let key = (rng.gen_range(0..6_000u64) << 20 | rng.gen_range(0..8)).max(1);
+        out.items.clear();
+        out.limit = 8;
+        index.touch(key, &touch, &mut out);
+        assert!(out.items.len() < 4);
+        assert!(out.items.iter().all(|e| e.account != touch.account));
+        index.sweep_step(now, 10 * SEC);
+        if step % 20_000 == 0 {
+            check_index(&index);
+            assert!(index.len <= 3_000);
+        }
+    }
+    index.sweep_full(EPOCH + 200_000 * SEC / 10, 10 * SEC);
+    check_index(&index);
+    assert!(index.evicted_total + index.expired_total > 0);
+}
+
+#[test]
+fn policy_validation() {
+    assert_eq!(LinkPolicy::default().validate(), Ok(()));
+    let mut p = LinkPolicy::default();
+    p.rules[1].kinds.clear();
+    assert!(matches!(
+        p.validate(),
+        Err(LinkPolicyError::EmptyRule { .. })
+    ));
+    let p = LinkPolicy {
+        generation: 0,
+        ..LinkPolicy::default()
+    };
+    assert_eq!(
+        p.validate(),
+        Err(LinkPolicyError::Zero {
+            field: "generation"
+        })
+    );
+    let mut p = LinkPolicy::default();
+    p.rules[2].name = "strong".into();
+    assert!(p.validate().unwrap_err().to_string().contains("strong"));
+    // An invalid policy is still usable: empty rules are skipped, zero limits raised.
+    let mut p = LinkPolicy {
+        max_values: 0,
+        ..LinkPolicy::default()
+    };
+    p.rules[1].kinds.clear();
+    let mut linker = Linker::new(p);
+    let bands = [1, 2];
+    let attrs = Attributes {
+        prompt: &bands,
+        ..Attributes::default()
+    };
+    linker.observe(1, &attrs, EPOCH);
+    assert_eq!(
+        linker.stats().values,
+        0,
+        "no rule applies without JA4 and prefix"
+    );
+}
+
+/// `min_prompt_bands`: a link found only by the prompt rule needs that many distinct bands shared; a rule with
+/// a client-stack or network attribute links on one.
+#[test]
+fn prompt_only_links_need_the_set_number_of_bands() {
+    let linked = |min_prompt_bands: u8, a: &[u64], b: &[u64], stack: bool| {
+        let mut policy = LinkPolicy {
+            min_prompt_bands,
+            ..LinkPolicy::default()
+        };
+        // Strong (JA4 + prefix + prompt) and medium (prompt); not the weak rule, which links on JA4 + prefix.
+        policy.rules.truncate(2);
+        let mut linker = Linker::new(policy);
+        let with = |bands| Attributes {
+            ja4: stack.then_some(HYDRA_JA4),
+            ip_prefix: stack.then_some(77),
+            ..attrs(bands)
+        };
+        linker.observe(1, &with(a), EPOCH);
+        linker.observe(2, &with(b), EPOCH + SEC).is_some()
+    };
+    // One band in common (a stock phrase), then two.
+    let one = ([10, 11, 12, 13], [10, 21, 22, 23]);
+    let two = ([10, 11, 12, 13], [10, 11, 22, 23]);
+    assert!(linked(1, &one.0, &one.1, false));
+    assert!(!linked(2, &one.0, &one.1, false), "one band linked");
+    assert!(linked(2, &two.0, &two.1, false));
+    assert!(!linked(3, &two.0, &two.1, false), "two bands linked at 3");
+    // Same JA4 and prefix: the strong rule links on one band.
+    assert!(linked(2, &one.0, &one.1, true));
+}
+
+/// Attributes with only a prompt signature.
+fn attrs(bands: &[u64]) -> Attributes<'_> {
+    Attributes {
+        prompt: bands,
+        ..Attributes::default()
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    murmur3_fmix64(x.wrapping_add(GOLDEN))
+}

@@ -1,0 +1,310 @@
+//! An account's and a cluster's signal state ([`AccountSignals`], [`ClusterSignals`]).
+
+use super::*;
+
+/// One account's behavioural signals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccountSignals {
+    w: Window,
+    /// Its history went into a cluster's state ([`AccountSignals::join_cluster`]).
+    joined: bool,
+    /// Key of the client stack of its last request (0: none yet).
+    last_stack: u64,
+}
+
+/// An account's behaviour as plain numbers, for comparing accounts by similarity ([`crate::engine::cohort`]): what it asks
+/// for, what it gets, how often, and whether its client stack stays put.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Profile {
+    /// Requests observed since the state was created.
+    pub requests_total: u32,
+    /// Requests per hour over the window.
+    pub requests_per_hour: f32,
+    /// Estimated prompt tokens per request.
+    pub input_per_request: f32,
+    /// Output tokens per request served in full (0: none settled yet).
+    pub output_per_request: f32,
+    /// [`Signal::ReasoningElicitation`]'s raw value.
+    pub elicitation: f32,
+    /// [`Signal::PinnedMaxTokens`]'s raw value.
+    pub pinned: f32,
+    /// [`Signal::StackChurn`]'s raw value.
+    pub stack_churn: f32,
+}
+
+impl AccountSignals {
+    /// An account first seen at `first_seen` (its creation time, if the caller knows it, else its first request).
+    pub fn new(first_seen: Nanos) -> AccountSignals {
+        AccountSignals {
+            w: Window::new(first_seen),
+            joined: false,
+            last_stack: 0,
+        }
+    }
+
+    /// Record the client stack (a hash of its JA4 and HTTP fingerprint; None: unknown) of the request about to be
+    /// observed, and say whether it differs from the previous request's: pass that as
+    /// [`RequestSignals::stack_changed`]. Honest clients keep theirs; a campaign that rotates stacks per request
+    /// (curl-impersonate style) changes it on most requests.
+    pub fn note_stack(&mut self, stack: Option<u64>) -> bool {
+        let Some(k) = stack.map(|k| k | 1) else {
+            return false;
+        };
+        let changed = self.last_stack != 0 && self.last_stack != k;
+        self.last_stack = k;
+        changed
+    }
+
+    /// The account's behaviour at `now`, for [`crate::engine::cohort::keys`].
+    pub fn profile(&self, now: Nanos, policy: &ScorePolicy) -> Profile {
+        let c = &self.w.c;
+        let age = now.saturating_sub(self.w.first_seen);
+        let n = self.w.requests(now, policy);
+        Profile {
+            requests_total: self.w.requests_total,
+            requests_per_hour: (rate_per_sec(n, policy.half_life, age) * 3600.0) as f32,
+            input_per_request: if c.n > f32::EPSILON {
+                c.input / c.n
+            } else {
+                0.0
+            },
+            output_per_request: if c.full > f32::EPSILON {
+                c.full_output / c.full
+            } else {
+                0.0
+            },
+            elicitation: share(c.elicit, c.n),
+            pinned: share(c.pinned, c.n),
+            stack_churn: share(c.churn, c.n),
+        }
+    }
+
+    /// The account's history so far, the first time it is called (later: `None`), for
+    /// [`ClusterSignals::absorb_member`] when the account joins a scored cluster or is first seen in one: call it
+    /// before observing the current request, which the cluster observes itself. Only the first cluster gets the
+    /// history: when that cluster merges into another, its state (history included) goes along
+    /// ([`ClusterSignals::absorb_cluster`]); if it dissolves, a later cluster sees only later requests.
+    pub fn join_cluster(&mut self) -> Option<AccountSignals> {
+        if self.joined {
+            return None;
+        }
+        self.joined = true;
+        Some(*self)
+    }
+
+    /// Record a request with the phrase lists its prompt matched (scanned once by the prompt step, before the
+    /// engine; the same hits feed the account and its cluster). `tier_rpm` is the account tier's requests per minute.
+    pub fn observe_hits(
+        &mut self,
+        req: &RequestSignals<'_>,
+        hits: PhraseHits,
+        policy: &ScorePolicy,
+        tier_rpm: u64,
+    ) {
+        self.w.observe(req, hits, policy, tier_rpm);
+    }
+
+    /// Record what a response served in full actually produced.
+    pub fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
+        self.w.settle(output_tokens, now, policy, true);
+    }
+
+    /// Record what a degraded response produced: it counts for [`Signal::OutputRatio`], not for
+    /// [`Signal::OutputLength`] (the clamp, not the client, set its length).
+    pub fn settle_degraded(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
+        self.w.settle(output_tokens, now, policy, false);
+    }
+
+    /// The score at `now`, with every signal but [`Signal::Lockstep`]. Does not change the state.
+    pub fn score(&self, now: Nanos, policy: &ScorePolicy) -> Score {
+        self.w.score(now, policy, None)
+    }
+
+    /// First seen (engine time).
+    pub fn first_seen(&self) -> Nanos {
+        self.w.first_seen
+    }
+
+    /// Set the first-seen time (e.g. the account's creation time from elsewhere, or after this state was evicted
+    /// and rebuilt); only ever moves it earlier.
+    pub fn set_first_seen(&mut self, t: Nanos) {
+        self.w.first_seen = self.w.first_seen.min(t);
+    }
+
+    /// Last request seen (engine time; the first-seen time before any request).
+    pub fn last_seen(&self) -> Nanos {
+        self.w.last_arrival
+    }
+
+    /// Requests observed since this state was created.
+    pub fn requests_total(&self) -> u32 {
+        self.w.requests_total
+    }
+
+    /// Decayed requests in the window at `now`: when this is far below `min_requests` the state can be dropped.
+    pub fn requests(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
+        self.w.requests(now, policy)
+    }
+}
+
+/// One second of cluster traffic: requests and a 256-bit sketch of the distinct members that sent them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SecondSlot {
+    /// Second index + 1 (0: unused).
+    second: u64,
+    count: u32,
+    zeros: u16,
+    flagged: bool,
+    bits: [u64; 4],
+}
+
+/// One cluster's behavioural signals: the account signals over all its members' requests, plus lockstep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClusterSignals {
+    w: Window,
+    /// Decayed requests that landed in lockstep seconds.
+    lock: f32,
+    /// Members, as of the last request ([`ClusterSignals::set_members`]).
+    members: u32,
+    ring: [SecondSlot; LOCK_RING],
+}
+
+impl ClusterSignals {
+    /// A cluster formed at `formed_at` (the linker's `ClusterView::formed_at`).
+    pub fn new(formed_at: Nanos) -> ClusterSignals {
+        ClusterSignals {
+            w: Window::new(formed_at),
+            lock: 0.0,
+            members: 0,
+            ring: [SecondSlot::default(); LOCK_RING],
+        }
+    }
+
+    /// The cluster's member count now (the linker's `ClusterView::members`), for [`Signal::MemberSpread`].
+    pub fn set_members(&mut self, members: u32) {
+        self.members = members;
+    }
+
+    /// Record a member's request with the phrase lists its prompt matched. `member` is the account id (keyed hash);
+    /// `tier_rpm` is the requests per minute that count as normal for the cluster (its budget's, or one account
+    /// tier's to measure volume in accounts' worth).
+    pub fn observe_hits(
+        &mut self,
+        member: u64,
+        req: &RequestSignals<'_>,
+        hits: PhraseHits,
+        policy: &ScorePolicy,
+        tier_rpm: u64,
+    ) {
+        let f = self.w.decay_to(req.now, policy);
+        self.lock *= f;
+        self.w.observe(req, hits, policy, tier_rpm);
+        self.lockstep(member, req.now, policy);
+    }
+
+    fn lockstep(&mut self, member: u64, now: Nanos, policy: &ScorePolicy) {
+        let second = now / SECOND + 1;
+        let Some(slot) = self.ring.get_mut((second % LOCK_RING as u64) as usize) else {
+            return;
+        };
+        if slot.second > second {
+            // Older than the ring: too late to tell.
+            return;
+        }
+        if slot.second < second {
+            *slot = SecondSlot {
+                second,
+                zeros: LOCK_BITS as u16,
+                ..SecondSlot::default()
+            };
+        }
+        slot.count = slot.count.saturating_add(1);
+        let bit = (splitmix64(member) % u64::from(LOCK_BITS)) as usize;
+        if let Some(word) = slot.bits.get_mut(bit / 64) {
+            let mask = 1u64 << (bit % 64);
+            if *word & mask == 0 {
+                *word |= mask;
+                slot.zeros = slot.zeros.saturating_sub(1);
+            }
+        }
+        let age = now.saturating_sub(self.w.first_seen);
+        let rate = rate_per_sec(self.w.c.n, policy.half_life, age);
+        let need = f64::from(policy.lockstep_min_members)
+            .max(f64::from(policy.lockstep_rate_factor) * rate);
+        if f64::from(linear_count(u32::from(slot.zeros), LOCK_BITS)) >= need {
+            if slot.flagged {
+                self.lock += 1.0;
+            } else {
+                slot.flagged = true;
+                self.lock += slot.count as f32;
+            }
+        }
+    }
+
+    /// Adds a member's history from before it was in this cluster (its requests, what they carried and produced,
+    /// its first-seen time), so a cluster that forms out of accounts which already sent is scored on everything its
+    /// members sent, not only on what arrived after the link. Call once per member, before its current request.
+    pub fn absorb_member(&mut self, member: &AccountSignals, now: Nanos, policy: &ScorePolicy) {
+        let f = self.w.absorb(&member.w, now, policy);
+        self.lock *= f;
+    }
+
+    /// Adds the state of a cluster that merged into this one (the linker's [`crate::engine::link::Linker::changes`]):
+    /// evidence is not lost when two clusters become one.
+    pub fn absorb_cluster(&mut self, other: &ClusterSignals, now: Nanos, policy: &ScorePolicy) {
+        let f = self.w.absorb(&other.w, now, policy);
+        self.lock = self.lock * f
+            + other.lock * decay_factor(now.saturating_sub(other.w.updated), policy.half_life);
+        self.members = self.members.max(other.members);
+    }
+
+    /// Record what a member's response served in full actually produced.
+    pub fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
+        self.settle_as(output_tokens, now, policy, true);
+    }
+
+    /// [`ClusterSignals::settle`] for a request that was served in full (`full`) or degraded (its output counts for
+    /// [`Signal::OutputRatio`], not for [`Signal::OutputLength`]; see [`AccountSignals::settle_degraded`]).
+    pub fn settle_as(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
+        let f = self.w.decay_to(now, policy);
+        self.lock *= f;
+        self.w.c.output += output_tokens as f32;
+        if full {
+            self.w.c.full += 1.0;
+            self.w.c.full_output += output_tokens as f32;
+        }
+    }
+
+    /// The score at `now`, with every signal. Does not change the state.
+    pub fn score(&self, now: Nanos, policy: &ScorePolicy) -> Score {
+        // Shares are ratios of counters decayed to the same time, so the lockstep count goes in as stored.
+        self.w.score(
+            now,
+            policy,
+            Some(ClusterFacts {
+                lock: self.lock,
+                members: self.members,
+            }),
+        )
+    }
+
+    /// Formed at (engine time).
+    pub fn first_seen(&self) -> Nanos {
+        self.w.first_seen
+    }
+
+    /// Last request seen (engine time).
+    pub fn last_seen(&self) -> Nanos {
+        self.w.last_arrival
+    }
+
+    /// Requests observed since this state was created.
+    pub fn requests_total(&self) -> u32 {
+        self.w.requests_total
+    }
+
+    /// Decayed requests in the window at `now`.
+    pub fn requests(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
+        self.w.requests(now, policy)
+    }
+}

@@ -1,0 +1,303 @@
+//! Shingles and the three sketches: head, tail and body (§2, §3).
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Hashing
+
+/// `REGION_BINS` pseudo-random constants derived from `seed`.
+pub(super) const fn region_consts(seed: u64, force_odd: bool) -> [u64; REGION_BINS] {
+    let mut out = [0u64; REGION_BINS];
+    let mut i = 0;
+    while i < REGION_BINS {
+        let v = moremur(seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        out[i] = if force_odd { v | 1 } else { v };
+        i += 1;
+    }
+    out
+}
+
+/// Odd multipliers of the region hash functions.
+pub(super) const REGION_MUL: [u64; REGION_BINS] = region_consts(0x0123_4567_89AB_CDEF, true);
+/// Salts of the head hash functions.
+pub(super) const HEAD_SALTS: [u64; REGION_BINS] = region_consts(0x7A3C_55D1_0E4B_9F21, false);
+/// Salts of the tail hash functions.
+pub(super) const TAIL_SALTS: [u64; REGION_BINS] = region_consts(0x3F84_D5B5_B547_0917, false);
+
+pub(super) const MASK_NUM: u64 = 0x9E37_79B9_7F4A_7C15;
+pub(super) const MASK_ID: u64 = 0xC2B2_AE3D_27D4_EB4F;
+pub(super) const MASK_URL: u64 = 0x1656_67B1_9E37_79F9;
+pub(super) const MASK_QUOTE: u64 = 0x85EB_CA77_C2B2_AE63;
+pub(super) const MASK_CODE: u64 = 0x27D4_EB2F_1656_67C5;
+pub(super) const MASK_CAP: u64 = 0x6A09_E667_F3BC_C908;
+pub(super) const LABEL_SALT: u64 = 0xD6E8_FEB8_6659_FD93;
+pub(super) const SHORT_SALT: u64 = 0xBB67_AE85_84CA_A73B;
+pub(super) const BODY_SALT: u64 = 0x5899_65CC_7537_4CC3;
+pub(super) const DENSE_SALT: u64 = 0x1D8E_4E27_C47D_124F;
+pub(super) const KEY_SALT: u64 = 0x3C6E_F372_FE94_F82B;
+/// Rotations applied to the older tokens of a shingle (oldest first).
+pub(super) const SHINGLE_ROT: [u32; SHINGLE_TOKENS - 1] = [52, 39, 26, 13];
+
+/// Size of the ring of recent shingles: a power of two ≥ `REGION_MAX_SHINGLES`.
+pub(super) const RING: usize = 32;
+pub(super) const QUOTE_MAX_BYTES: usize = 600;
+pub(super) const INLINE_CODE_MAX_BYTES: usize = 200;
+pub(super) const LONG_WORD_CHARS: usize = 24;
+/// Bytes of a lowercased word on the Unicode path (24 characters of up to 4
+/// bytes, and a lowercase form can be longer than the original).
+pub(super) const WORD_BUF: usize = 128;
+
+// ---------------------------------------------------------------------------
+// Sketching
+
+/// Receives tokens, forms shingles and fills the three sketches.
+pub(super) struct Sketcher<'s> {
+    key: u64,
+    /// Shingles left out of the sketches (§10).
+    stock: &'s StockShingles,
+    /// Building [`StockShingles`]: every full shingle's hash, in order.
+    pub(super) record: Option<Vec<u64>>,
+    /// Head shingles that went into the head sketch.
+    head_kept: usize,
+    /// Bit `i`: ring slot `i` holds a stock shingle.
+    ring_stock: u32,
+    /// The last `SHINGLE_TOKENS - 1` tokens, oldest first.
+    prev: [u64; SHINGLE_TOKENS - 1],
+    tokens: u64,
+    last_mask: u64,
+    shingles: usize,
+    head_count: usize,
+    /// Head shingles that lie within the first line.
+    head_line_count: usize,
+    /// Whether a line break has been seen after the first token.
+    past_first_line: bool,
+    pending_newline: bool,
+    /// Index of the first token of the current line.
+    line_start_tok: u64,
+    pub(super) sentence_start: bool,
+    /// The last `RING` shingle hashes; shingle `i` starts at token `i`.
+    ring: [u64; RING],
+    head: [u64; REGION_BINS],
+    tail: [u64; REGION_BINS],
+    body: [u32; BODY_BINS],
+}
+
+impl<'s> Sketcher<'s> {
+    pub(super) fn new(key: u64, stock: &'s StockShingles) -> Self {
+        Sketcher {
+            key,
+            stock,
+            record: None,
+            head_kept: 0,
+            ring_stock: 0,
+            prev: [0; SHINGLE_TOKENS - 1],
+            tokens: 0,
+            last_mask: 0,
+            shingles: 0,
+            head_count: 0,
+            head_line_count: 0,
+            past_first_line: false,
+            pending_newline: false,
+            line_start_tok: 0,
+            sentence_start: true,
+            ring: [0; RING],
+            head: [u64::MAX; REGION_BINS],
+            tail: [u64::MAX; REGION_BINS],
+            body: [u32::MAX; BODY_BINS],
+        }
+    }
+
+    #[inline]
+    pub(super) fn newline(&mut self) {
+        if self.tokens > 0 {
+            self.pending_newline = true;
+        }
+        self.sentence_start = true;
+    }
+
+    #[inline]
+    pub(super) fn word(&mut self, t: u64) {
+        self.last_mask = 0;
+        self.push_token(t);
+    }
+
+    #[inline]
+    pub(super) fn mask(&mut self, m: u64) {
+        if self.last_mask != m {
+            self.last_mask = m;
+            self.push_token(m);
+        }
+    }
+
+    #[inline(always)]
+    fn push_token(&mut self, t: u64) {
+        if self.pending_newline {
+            self.pending_newline = false;
+            self.past_first_line = true;
+            self.line_start_tok = self.tokens;
+        }
+        if self.tokens >= (SHINGLE_TOKENS - 1) as u64 {
+            // Distinct rotations keep the window's order; one mix finishes it.
+            let [p0, p1, p2, p3] = self.prev;
+            let [r0, r1, r2, r3] = SHINGLE_ROT;
+            let acc = t
+                ^ p0.rotate_left(r0)
+                ^ p1.rotate_left(r1)
+                ^ p2.rotate_left(r2)
+                ^ p3.rotate_left(r3);
+            let h = moremur(acc ^ self.key);
+            if let Some(r) = self.record.as_mut() {
+                r.push(h);
+            }
+            self.shingle(h);
+        }
+        let [_, p1, p2, p3] = self.prev;
+        self.prev = [p1, p2, p3, t];
+        self.tokens += 1;
+    }
+
+    #[inline(always)]
+    fn shingle(&mut self, s: u64) {
+        // A stock shingle keeps its place (regions are counted in shingles)
+        // but goes into no sketch.
+        let stock = !self.stock.is_empty() && self.stock.contains(s);
+        if !stock {
+            // Body: one-permutation MinHash; the high bits pick the bin.
+            let e = s ^ BODY_SALT;
+            let bin = ((e >> 32).wrapping_mul(BODY_BINS as u64) >> 32) as usize;
+            let v = e as u32;
+            // u32::MAX marks an empty bin (a real minimum equals it with odds 2^-32).
+            if let Some(m) = self.body.get_mut(bin) {
+                *m = (*m).min(v);
+            }
+        }
+        // Head: within the first line (at most REGION_MAX), or the first REGION_MIN.
+        let in_head = (!self.past_first_line && self.head_count < REGION_MAX_SHINGLES)
+            || self.head_count < REGION_MIN_SHINGLES;
+        if in_head {
+            self.head_count += 1;
+            self.head_line_count += usize::from(!self.past_first_line);
+            if !stock {
+                self.head_kept += 1;
+                minhash_into(&mut self.head, &HEAD_SALTS, s);
+            }
+        }
+        // Tail: decided at the end, from the ring.
+        let slot = self.shingles & (RING - 1);
+        if let Some(r) = self.ring.get_mut(slot) {
+            *r = s;
+        }
+        self.ring_stock = (self.ring_stock & !(1 << slot)) | (u32::from(stock) << slot);
+        self.shingles += 1;
+    }
+
+    pub(super) fn finish(mut self) -> PromptSignature {
+        if self.tokens > 0 && self.tokens < SHINGLE_TOKENS as u64 {
+            // Too short for one full shingle: one shingle of all the tokens.
+            let mut acc = self.tokens ^ SHORT_SALT;
+            for &p in &self.prev {
+                acc = moremur(acc ^ p);
+            }
+            self.shingle(moremur(acc ^ self.key));
+        }
+        // Tail: shingles wholly within the last line, or the last REGION_MIN.
+        let n = self.shingles;
+        let start = n.saturating_sub(REGION_MAX_SHINGLES);
+        let min_start = n.saturating_sub(REGION_MIN_SHINGLES);
+        let mut tail_line_count = 0;
+        let mut tail_kept = 0;
+        for idx in start..n {
+            let slot = idx & (RING - 1);
+            if let Some(&s) = self.ring.get(slot) {
+                let in_line = idx as u64 >= self.line_start_tok;
+                tail_line_count += usize::from(in_line);
+                let stock = self.ring_stock & (1 << slot) != 0;
+                if (in_line || idx >= min_start) && !stock {
+                    tail_kept += 1;
+                    minhash_into(&mut self.tail, &TAIL_SALTS, s);
+                }
+            }
+        }
+        let mut flags = 0;
+        if self.head_line_count < REGION_MIN_SHINGLES {
+            flags |= HEAD_FALLBACK;
+        }
+        if tail_line_count < REGION_MIN_SHINGLES {
+            flags |= TAIL_FALLBACK;
+        }
+        if n > 0 && self.head_kept == 0 {
+            flags |= HEAD_EMPTY;
+        }
+        if n > 0 && tail_kept == 0 {
+            flags |= TAIL_EMPTY;
+        }
+        self.densify_body();
+        let mut sig = PromptSignature {
+            head: [0; REGION_BINS],
+            tail: [0; REGION_BINS],
+            body: [0; BODY_BINS],
+            tokens: u32::try_from(self.tokens).unwrap_or(u32::MAX),
+            flags,
+        };
+        for (out, m) in sig.head.iter_mut().zip(self.head.iter()) {
+            *out = (m >> 32) as u32;
+        }
+        for (out, m) in sig.tail.iter_mut().zip(self.tail.iter()) {
+            *out = (m >> 32) as u32;
+        }
+        for (out, m) in sig.body.iter_mut().zip(self.body.iter()) {
+            *out = (m >> 16) as u16;
+        }
+        sig
+    }
+
+    /// Fills empty body bins from non-empty ones along a fixed probe sequence.
+    fn densify_body(&mut self) {
+        let filled = self
+            .body
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (j, &v)| acc | (u64::from(v != u32::MAX) << j));
+        if filled == 0 {
+            return;
+        }
+        let is_filled = |j: usize| filled & (1u64 << j) != 0;
+        let src = self.body;
+        for (i, out) in self.body.iter_mut().enumerate() {
+            if is_filled(i) {
+                continue;
+            }
+            let mut from = None;
+            for attempt in 0..64u64 {
+                let j = ((moremur(DENSE_SALT ^ ((i as u64) << 8) ^ attempt) >> 32)
+                    .wrapping_mul(BODY_BINS as u64)
+                    >> 32) as usize;
+                if is_filled(j) {
+                    from = Some(j);
+                    break;
+                }
+            }
+            let j = from.or_else(|| {
+                (1..BODY_BINS)
+                    .map(|d| (i + d) % BODY_BINS)
+                    .find(|&j| is_filled(j))
+            });
+            if let Some(v) = j.and_then(|j| src.get(j)) {
+                *out = *v;
+            }
+        }
+    }
+}
+
+/// Updates a region sketch with shingle `s`: bin `i` keeps the minimum of
+/// hash function `i` (multiply, then xor-shift, of the salted shingle).
+#[inline]
+pub(super) fn minhash_into(mins: &mut [u64; REGION_BINS], salts: &[u64; REGION_BINS], s: u64) {
+    for ((m, salt), mul) in mins.iter_mut().zip(salts).zip(REGION_MUL.iter()) {
+        let v = (s ^ salt).wrapping_mul(*mul);
+        let v = v ^ (v >> 29);
+        if v < *m {
+            *m = v;
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Prompt analysis (the step between inspection and the engine): turns a request's prompt text into
+//! [`PromptFeatures`] — the index keys of its template signature, the phrase lists it matches, its fill key — so
+//! that the engine works on features and never sees the text.
+//!
+//! The phrase lists ([`PhraseMatcher`]) are built from the config with the engine's policy and reloaded with it;
+//! their phrases are also the stock phrases left out of every signature (`docs/signature.md`, §10). Matching is
+//! specified in `docs/score.md` ("Phrase matching").
+
+mod phrases;
+
+pub use phrases::*;
+
+use crate::engine::attr_hash;
+use crate::engine::link::AttrKind;
+use crate::engine::score::PhraseHits;
+use crate::engine::signature::{self, INDEX_KEYS};
+
+/// What the engine is told about a prompt, computed from its text before the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptFeatures {
+    /// Index keys of the prompt's template signature (informative prompts only), for linking.
+    pub keys: Option<[u64; INDEX_KEYS]>,
+    /// The phrase lists the prompt matched, for detection.
+    pub phrase_hits: PhraseHits,
+    /// The prompt's fill key ([`fill_key`]), for detection's breadth signal.
+    pub fill_key: Option<u64>,
+}
+
+/// Which features a request needs: the signature's keys when accounts are linked, the phrase hits and the fill key
+/// when detection is on. What is not wanted is not computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// Signature index keys (linking is on).
+    pub linking: bool,
+    /// Phrase hits and fill key (detection is on).
+    pub detection: bool,
+}
+
+impl Wanted {
+    /// Every feature.
+    pub const ALL: Wanted = Wanted {
+        linking: true,
+        detection: true,
+    };
+}
+
+/// The features of `prompt` that `wanted` asks for; the signature leaves out the shingles of `matcher`'s phrases.
+pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> PromptFeatures {
+    let keys = wanted.linking.then(|| {
+        let sig = signature::signature_with(prompt, matcher.stock_shingles());
+        sig.is_informative().then(|| sig.index_keys())
+    });
+    PromptFeatures {
+        keys: keys.flatten(),
+        phrase_hits: if wanted.detection {
+            matcher.scan(prompt)
+        } else {
+            PhraseHits::NONE
+        },
+        fill_key: wanted.detection.then(|| fill_key(prompt)),
+    }
+}
+
+/// A key for "distinct fills" (the breadth signal): the prompt's length
+/// and its first and last 256 bytes. Hashing the whole of a long prompt
+/// would cost time in proportion to its length for a signal that only
+/// counts distinct values; two fills that differ only in the middle of a
+/// long prompt count as one.
+pub fn fill_key(prompt: &str) -> u64 {
+    let b = prompt.as_bytes();
+    let head = &b[..b.len().min(256)];
+    let tail = &b[b.len().saturating_sub(256)..];
+    attr_hash(AttrKind::Prompt, head)
+        ^ attr_hash(AttrKind::Prompt, tail).rotate_left(17)
+        ^ (b.len() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn matcher() -> PhraseMatcher {
+    PhraseMatcher::with_defaults().unwrap()
+}
+
+/// Common English words (the same list the score tests draw prompts from).
+const WORDS: &[&str] = &[
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "that",
+    "this",
+    "it",
+    "as",
+    "by",
+    "from",
+    "river",
+    "market",
+    "policy",
+    "engine",
+    "garden",
+    "letter",
+    "budget",
+    "winter",
+    "protein",
+    "orbit",
+    "village",
+    "contract",
+    "signal",
+    "harbor",
+    "theory",
+    "kitchen",
+    "museum",
+    "battery",
+    "forest",
+    "ticket",
+    "invoice",
+    "planet",
+    "recipe",
+    "station",
+    "library",
+    "doctor",
+    "network",
+    "holiday",
+    "painting",
+    "bridge",
+    "customer",
+    "quarter",
+    "revenue",
+    "schedule",
+    "language",
+    "history",
+    "window",
+    "mountain",
+    "student",
+    "energy",
+    "method",
+    "report",
+    "travel",
+    "insurance",
+    "weather",
+    "function",
+    "variable",
+    "database",
+    "server",
+    "request",
+    "response",
+    "error",
+    "question",
+    "answer",
+    "problem",
+    "result",
+    "value",
+    "number",
+    "because",
+    "however",
+    "therefore",
+    "quickly",
+    "carefully",
+    "usually",
+    "often",
+    "never",
+    "always",
+    "some",
+    "many",
+    "few",
+    "large",
+    "small",
+    "new",
+    "old",
+    "good",
+    "bad",
+    "early",
+    "late",
+    "simple",
+    "complex",
+];
+
+// -- phrase matcher ---------------------------------------------------------------------------------------
+
+#[test]
+fn matcher_finds_phrases_across_case_and_punctuation() {
+    let m = matcher();
+    assert_eq!(m.list_names(), ["elicitation", "rubric", "trajectory"]);
+    let hit = |t: &str| m.scan(t);
+    // Case, hyphens, line breaks, runs of spaces and punctuation.
+    assert!(hit("Please IMAGINE and ARTICULATE the Internal-Reasoning behind it").contains(0));
+    assert!(hit("...the internal\n\n  reasoning,behind a completed response").contains(0));
+    assert!(hit("Write it out: step-by-step!").contains(0));
+    assert!(hit("write_it_out_step_by_step").contains(0));
+    // Typographic dashes, quotes and apostrophes.
+    assert!(hit("show your full chain\u{2014}of\u{2013}thought").contains(0));
+    assert!(hit("Evaluate the assistant\u{2019}s response below").contains(1));
+    assert!(hit("Evaluate the assistant`s response").contains(1));
+    assert!(hit("rate it \u{201c}on a scale of 1 to 10\u{201d}").contains(1));
+    assert!(hit("Reconstruct\u{00a0}the tool calls").contains(2));
+    // Several lists at once.
+    let h =
+        hit("Grade the response. Then reconstruct the trajectory. Full chain of thought please.");
+    assert_eq!(h.count(), 3);
+    assert_eq!(
+        m.hit_names(h).collect::<Vec<_>>(),
+        ["elicitation", "rubric", "trajectory"]
+    );
+    // Whole words only.
+    assert!(!hit("a reasoning traces collection").any());
+    assert!(!hit("xinternal monologue").any());
+    assert!(hit("internal monologue.").contains(0));
+    // Ordinary prompts.
+    assert!(!hit("Can you help me write an email to my landlord about the broken heater?").any());
+    assert!(!hit("Explain step by step how to bake bread.").any());
+    assert!(!hit("").any());
+}
+
+#[test]
+fn matcher_custom_lists_and_wildcards() {
+    let m = PhraseMatcher::new(&[
+        ("a", vec!["reason*".into(), "*ography".into()]),
+        ("b", vec!["Same Phrase".into()]),
+        ("c", vec!["same-phrase".into()]),
+    ])
+    .unwrap();
+    assert!(m.scan("Reasoning!").contains(0));
+    assert!(m.scan("geography").contains(0));
+    assert!(!m.scan("unreasonable").contains(0));
+    // Duplicate phrases in two lists hit both.
+    assert_eq!(m.scan("the SAME phrase").0, 0b110);
+    assert_eq!(m.phrases(), 4);
+    assert!(matches!(
+        PhraseMatcher::new(&[("x", vec!["ok".into(), " -- ".into()])]),
+        Err(PhraseError::EmptyPhrase { index: 1, .. })
+    ));
+    let many: Vec<(&str, Vec<String>)> = (0..33).map(|_| ("l", vec!["x".into()])).collect();
+    assert!(matches!(
+        PhraseMatcher::new(&many),
+        Err(PhraseError::TooManyLists { lists: 33 })
+    ));
+    let empty = PhraseMatcher::new(&[]).unwrap();
+    assert!(!empty.scan("anything at all").any());
+    // Non-ASCII text passes through; invalid sequences never panic.
+    let u = PhraseMatcher::new(&[("u", vec!["raisonnement détaillé".into()])]).unwrap();
+    assert!(u.scan("Donne ton raisonnement détaillé.").contains(0));
+    let bytes = [0xE2u8, 0x80];
+    assert!(!u.scan(std::str::from_utf8(&bytes[..0]).unwrap()).any());
+}
+
+/// The lists `text` matches, the slow way: normalise and collapse the whole text, then look for each phrase.
+fn reference_scan(lists: &[&[&str]], text: &str) -> u32 {
+    let mut mapped = vec![0u8; text.len()];
+    map_chunk(text.as_bytes(), &mut mapped);
+    let mut framed = vec![SEP];
+    framed.extend_from_slice(&mapped);
+    framed.push(SEP);
+    let hay = collapse(&framed);
+    let mut hits = 0;
+    for (i, list) in lists.iter().enumerate() {
+        for p in list.iter() {
+            let p = normalise_phrase(p).unwrap();
+            if hay.windows(p.len()).any(|w| w == p.as_slice()) {
+                hits |= 1 << i;
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn scan_agrees_with_a_reference_across_chunks_and_lanes() {
+    let m = matcher();
+    let lists = [DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY];
+    let seps = [
+        " ",
+        "  ",
+        "-",
+        ", ",
+        "\n\n",
+        "\u{2014}",
+        "_",
+        " \u{00a0} ",
+        "...",
+        "\t",
+    ];
+    let mut rng = StdRng::seed_from_u64(99);
+    let mut hit_texts = 0;
+    for round in 0..300 {
+        let target = [0, 40, 600, 3000, 4090, 9000, 20_000][round % 7];
+        let mut text = String::new();
+        while text.len() < target {
+            if rng.gen_ratio(1, 200) {
+                // A phrase with random case and separators, sometimes with a long run of separators inside.
+                let list = lists[rng.gen_range(0..3)];
+                let phrase = list[rng.gen_range(0..list.len())];
+                for (i, w) in phrase.split(' ').enumerate() {
+                    if i > 0 {
+                        if rng.gen_ratio(1, 10) {
+                            text.push_str(&" ".repeat(rng.gen_range(100..600)));
+                        } else {
+                            text.push_str(seps[rng.gen_range(0..seps.len())]);
+                        }
+                    }
+                    if rng.gen_bool(0.5) {
+                        text.push_str(&w.to_uppercase());
+                    } else {
+                        text.push_str(w);
+                    }
+                }
+            } else {
+                text.push_str(WORDS[rng.gen_range(0..WORDS.len())]);
+            }
+            text.push_str(seps[rng.gen_range(0..seps.len())]);
+        }
+        let want = reference_scan(&lists, &text);
+        hit_texts += usize::from(want != 0);
+        assert_eq!(m.scan(&text).0, want, "round {round}, {} bytes", text.len());
+    }
+    assert!(hit_texts > 50, "{hit_texts}");
+    // A phrase split by a long run of spaces exactly across the first chunk boundary.
+    for pad in 4000..4100 {
+        let text = format!("{} internal{}monologue", "x".repeat(pad), " ".repeat(700));
+        assert!(m.scan(&text).contains(0), "{pad}");
+    }
+}
+
+#[test]
+fn default_lists_have_15_to_60_phrases_and_build() {
+    for l in [DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY] {
+        assert!((15..=60).contains(&l.len()), "{}", l.len());
+        for p in l {
+            assert!(normalise_phrase(p).is_some(), "{p}");
+        }
+    }
+    assert_eq!(
+        matcher().phrases(),
+        DEFAULT_ELICITATION.len() + DEFAULT_RUBRIC.len() + DEFAULT_TRAJECTORY.len()
+    );
+}
