@@ -81,6 +81,17 @@
 //! - **output_length** `= Σoutput_full / Σ[served in full]`: output tokens per request that was served in full
 //!   (requests the engine degraded are left out: the clamp, not the client, set their length), 0 before one is
 //!   settled. Distillation wants long answers; a client that reads short ones (chat, batch, evaluation) does not.
+//! - **yield_per_member** (clusters only) `= Σyield / (Σ[served in full] + min_requests) × r × 3600 / members`,
+//!   `yield` the output tokens of a response served in full that is a *long yield* — at least
+//!   `yield_min_output_tokens` and at least `yield_min_ratio` times its request's input tokens (the caller passes
+//!   the input with [`ClusterSignals::settle_request`]; settled without it, nothing counts) — `r` the cluster's
+//!   requests per second as for volume, over a window taken as at least 10 minutes old, and `members` the distinct
+//!   members whose requests the state observed over the current and previous epoch (a 256-bit linear-counting
+//!   sketch; a core counts only its own members): the long answers to short prompts each member would take in an
+//!   hour if served in full. What a campaign is after; per request served in
+//!   full, so acting on the cluster does not take its evidence away, and a rate, so cover traffic dilutes it only
+//!   by its own share. An honest crowd behind one address (a corporate NAT, one app's users) sends at human rates
+//!   and gets long answers mostly to long prompts; agents get long answers to long contexts.
 //!
 //! # Score
 //!
@@ -125,6 +136,7 @@
 //! | volume                    | 0.03   | 0.3 → 1.0 × tier    |
 //! | stack_churn               | 0.50   | 0.05 → 0.5          |
 //! | output_length             | 0.20   | 1 500 → 4 000 tokens |
+//! | yield_per_member (clusters) | 0.30 | 8 000 → 24 000 tokens per member-hour |
 //!
 //! Marks (enter / exit): Slow 0.50 / 0.40, Degrade 0.55 / 0.45 (fitted), Throttle 0.75 / 0.62, Block 0.90 / 0.78.
 //! `half_life` 1 h, `activity_half_life` 15 min, `min_requests` 8, `prior_requests` 3,
@@ -137,13 +149,16 @@
 //! (`benches/fit-detection.py`; the held-out family is only reported, BENCHMARKS.md): at 0.30 the elicitation
 //! weight degraded 5–10 % of honest requests there (students and chat users who ask for step-by-step answers).
 //! output_length was fitted at 0.40 and ships at 0.20: at 0.40 the small scenario's honest coding agents, whose
-//! answers are long, were degraded (the tuning family has no honest answers that long).
+//! answers are long, were degraded (the tuning family has no honest answers that long). yield_per_member's weight
+//! was chosen on the tuning family (0, 0.20, 0.30 over 32 seeds), its ramp and `yield_min_output_tokens` 1 500,
+//! `yield_min_ratio` 10 from the tuning family's honest clusters (app users ≈ 3 000 per member-hour at most).
 //!
 //! The rule behind the weights: everything a legitimate templated workload (a batch job, an evaluation harness, a
 //! corporate tool) can show — template reuse, regular timing, breadth, a young account, volume, a fingerprint
 //! mismatch — sums to 0.41, below Slow's 0.50. stack_churn and output_length are heavy because honest clients show
 //! neither: they keep their client stack, and read answers shorter than a distillation campaign asks for. An account reaches Slow only with evidence of extraction (elicitation
-//! phrases, pinned ceilings, long outputs, a release pivot); a cluster can also with lockstep or member_spread.
+//! phrases, pinned ceilings, long outputs, a release pivot); a cluster can also with lockstep, member_spread or
+//! yield_per_member.
 //!
 //! # Phrase matching
 //!
@@ -167,7 +182,7 @@
 //!
 //! # Memory and cost
 //!
-//! `size_of::<AccountSignals>()` is 184 bytes, `ClusterSignals` 368, `LadderState` 1. The default phrase table
+//! `size_of::<AccountSignals>()` is 184 bytes, `ClusterSignals` 440, `LadderState` 1. The default phrase table
 //! (74 phrases) has 1 529 states × 30 byte classes × 4 bytes ≈ 180 KiB. Measured in release on a shared 2-vCPU EPYC
 //! (least-disturbed of 30 rounds): scanning a 2 KiB prompt ≈ 1.7 µs; `observe_hits` ≈ 45 ns; `score` ≈ 185 ns
 //! (its one allocation is the contributions `Vec`); `observe` + `score` of an account ≈ 2.0 µs, plus the cluster's
@@ -202,6 +217,8 @@ const MIN_GAPS: f32 = 3.0;
 const MIN_GAP_MEAN_SECS: f32 = 0.001;
 /// A window is never taken as younger than this when a rate is corrected for its age.
 const MIN_RATE_AGE: Nanos = MINUTE;
+/// [`Signal::YieldPerMember`]'s rate per member is never taken over a window younger than this.
+const YIELD_MIN_AGE: Nanos = 10 * MINUTE;
 /// Bits of the breadth sketches (fill keys and template keys), two `u64` words each.
 const BREADTH_BITS: u32 = 128;
 /// Bits of a lockstep second's distinct-member sketch.
@@ -248,11 +265,14 @@ pub enum Signal {
     StackChurn = 12,
     /// Output tokens per request actually served in full (degraded requests left out).
     OutputLength = 13,
+    /// Output tokens per member-hour of answers served in full that are long and many times their prompt
+    /// (clusters only).
+    YieldPerMember = 14,
 }
 
 impl Signal {
     /// Number of signals.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every signal, in index order.
     pub const ALL: [Signal; Signal::COUNT] = [
@@ -270,11 +290,15 @@ impl Signal {
         Signal::MemberSpread,
         Signal::StackChurn,
         Signal::OutputLength,
+        Signal::YieldPerMember,
     ];
 
     /// Signals only a cluster has (an account's score leaves them out).
     pub fn cluster_only(self) -> bool {
-        matches!(self, Signal::Lockstep | Signal::MemberSpread)
+        matches!(
+            self,
+            Signal::Lockstep | Signal::MemberSpread | Signal::YieldPerMember
+        )
     }
 
     /// Index in [`Signal::ALL`].
@@ -299,6 +323,7 @@ impl Signal {
             Signal::MemberSpread => "member_spread",
             Signal::StackChurn => "stack_churn",
             Signal::OutputLength => "output_length",
+            Signal::YieldPerMember => "yield_per_member",
         }
     }
 
@@ -319,6 +344,7 @@ impl Signal {
             Signal::Breadth => "fills per template",
             Signal::MemberSpread => "members per request per minute",
             Signal::OutputLength => "output tokens per request",
+            Signal::YieldPerMember => "long-yield output tokens per member-hour",
         }
     }
 }
@@ -360,6 +386,8 @@ pub struct PerSignal<T> {
     pub stack_churn: T,
     /// [`Signal::OutputLength`].
     pub output_length: T,
+    /// [`Signal::YieldPerMember`].
+    pub yield_per_member: T,
 }
 
 impl<T: Copy> PerSignal<T> {
@@ -380,6 +408,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::MemberSpread => self.member_spread,
             Signal::StackChurn => self.stack_churn,
             Signal::OutputLength => self.output_length,
+            Signal::YieldPerMember => self.yield_per_member,
         }
     }
 
@@ -400,6 +429,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::MemberSpread => &mut self.member_spread,
             Signal::StackChurn => &mut self.stack_churn,
             Signal::OutputLength => &mut self.output_length,
+            Signal::YieldPerMember => &mut self.yield_per_member,
         };
         *slot = value;
     }
@@ -631,6 +661,11 @@ pub struct ScorePolicy {
     pub lockstep_rate_factor: f32,
     /// [`Signal::MemberSpread`] reads 0 for clusters with fewer members.
     pub spread_min_members: u32,
+    /// A response served in full counts towards [`Signal::YieldPerMember`] when it has at least this many output
+    /// tokens...
+    pub yield_min_output_tokens: u32,
+    /// ...and at least this many times the request's input tokens.
+    pub yield_min_ratio: f32,
 }
 
 impl Default for ScorePolicy {
@@ -651,6 +686,7 @@ impl Default for ScorePolicy {
                 member_spread: 0.12,
                 stack_churn: 0.5,
                 output_length: 0.2,
+                yield_per_member: 0.3,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
@@ -667,6 +703,7 @@ impl Default for ScorePolicy {
                 member_spread: Ramp::new(1.0, 5.0),
                 stack_churn: Ramp::new(0.05, 0.5),
                 output_length: Ramp::new(1_500.0, 4_000.0),
+                yield_per_member: Ramp::new(8_000.0, 24_000.0),
             },
             thresholds: Thresholds {
                 slow: Mark::new(0.50, 0.40),
@@ -706,6 +743,8 @@ impl Default for ScorePolicy {
             lockstep_min_members: 8,
             spread_min_members: 20,
             lockstep_rate_factor: 4.0,
+            yield_min_output_tokens: 1_500,
+            yield_min_ratio: 10.0,
         }
     }
 }
@@ -816,6 +855,9 @@ impl ScorePolicy {
         }
         if !(self.lockstep_rate_factor.is_finite() && self.lockstep_rate_factor >= 1.0) {
             return err("lockstep_rate_factor".into(), "a finite number >= 1");
+        }
+        if !(self.yield_min_ratio.is_finite() && self.yield_min_ratio >= 0.0) {
+            return err("yield_min_ratio".into(), "a finite number >= 0");
         }
         Ok(())
     }
@@ -1614,6 +1656,9 @@ struct Counters {
     full: f32,
     /// Output tokens of those.
     full_output: f32,
+    /// Output tokens of those that were long yields ([`ScorePolicy::yield_min_output_tokens`],
+    /// [`ScorePolicy::yield_min_ratio`]).
+    yield_output: f32,
 }
 
 impl Counters {
@@ -1631,6 +1676,7 @@ impl Counters {
         self.churn *= f;
         self.full *= f;
         self.full_output *= f;
+        self.yield_output *= f;
     }
 
     /// Adds another window's sums (already decayed to the same time). The gap statistics stay this window's own:
@@ -1647,6 +1693,7 @@ impl Counters {
         self.churn += o.churn;
         self.full += o.full;
         self.full_output += o.full_output;
+        self.yield_output += o.yield_output;
     }
 
     /// Add one gap (seconds): West's weighted incremental mean and variance.
@@ -1786,6 +1833,13 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A response of `output` tokens to a prompt of `input` tokens is a long yield: long
+/// ([`ScorePolicy::yield_min_output_tokens`]) and many times its prompt ([`ScorePolicy::yield_min_ratio`]).
+fn is_long_yield(output: u64, input: u64, policy: &ScorePolicy) -> bool {
+    output >= u64::from(policy.yield_min_output_tokens)
+        && output as f64 >= f64::from(policy.yield_min_ratio) * input as f64
+}
+
 /// `2^(−dt / half_life)`, exactly 1 when no time passed.
 fn decay_factor(dt: Nanos, half_life: Nanos) -> f32 {
     if dt == 0 {
@@ -1824,6 +1878,73 @@ struct ClusterFacts {
     lock: f32,
     /// Members now.
     members: u32,
+    /// Distinct members that sent in the current and the previous epoch (0: none).
+    senders: f32,
+}
+
+/// Bits of a cluster's distinct-senders sketch.
+const SENDER_BITS: u32 = 256;
+
+/// Distinct members that sent requests in the current and the previous epoch (one half-life each), as 256-bit
+/// linear-counting bitmaps (saturating near 1 600). Counted from the requests a state observed, so a cluster's core
+/// counts only the members whose requests it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Senders {
+    epoch: u32,
+    cur: [u64; 4],
+    prev: [u64; 4],
+}
+
+impl Senders {
+    fn insert(&mut self, now: Nanos, half_life: Nanos, member: u64) {
+        *self = self.at_epoch(epoch_of(now, half_life));
+        let bit = (mix(member ^ 0x5e4d_e125) % u64::from(SENDER_BITS)) as usize;
+        if let Some(w) = self.cur.get_mut(bit / 64) {
+            *w |= 1 << (bit % 64);
+        }
+    }
+
+    /// This sketch as it would read in epoch `e` (not earlier than its own).
+    fn at_epoch(self, e: u32) -> Senders {
+        match e.wrapping_sub(self.epoch) as i32 {
+            i32::MIN..=0 => self,
+            1 => Senders {
+                epoch: e,
+                cur: [0; 4],
+                prev: self.cur,
+            },
+            _ => Senders {
+                epoch: e,
+                ..Senders::default()
+            },
+        }
+    }
+
+    /// The members either has seen, in the later of their epochs.
+    fn union(self, other: Senders) -> Senders {
+        let e = if (other.epoch.wrapping_sub(self.epoch) as i32) > 0 {
+            other.epoch
+        } else {
+            self.epoch
+        };
+        let (a, b) = (self.at_epoch(e), other.at_epoch(e));
+        let mut out = Senders {
+            epoch: e,
+            ..Senders::default()
+        };
+        for i in 0..4 {
+            out.cur[i] = a.cur[i] | b.cur[i];
+            out.prev[i] = a.prev[i] | b.prev[i];
+        }
+        out
+    }
+
+    /// Distinct senders in the current and previous epoch as seen at `now`.
+    fn count(&self, now: Nanos, half_life: Nanos) -> f32 {
+        let s = self.at_epoch(epoch_of(now, half_life));
+        let ones: u32 = (0..4).map(|i| (s.cur[i] | s.prev[i]).count_ones()).sum();
+        linear_count(SENDER_BITS - ones, SENDER_BITS)
+    }
 }
 
 /// State shared by accounts and clusters.
@@ -1943,13 +2064,24 @@ impl Window {
     }
 
     /// `full`: the request was served in full (not degraded), so its output counts towards
-    /// [`Signal::OutputLength`] too.
-    fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
+    /// [`Signal::OutputLength`] too, and towards [`Signal::YieldPerMember`] when it is a long yield of its
+    /// `input_tokens` (None: the input is not known, and the yield is not counted).
+    fn settle(
+        &mut self,
+        output_tokens: u64,
+        input_tokens: Option<u64>,
+        now: Nanos,
+        policy: &ScorePolicy,
+        full: bool,
+    ) {
         self.decay_to(now, policy);
         self.c.output += output_tokens as f32;
         if full {
             self.c.full += 1.0;
             self.c.full_output += output_tokens as f32;
+            if input_tokens.is_some_and(|i| is_long_yield(output_tokens, i, policy)) {
+                self.c.yield_output += output_tokens as f32;
+            }
         }
     }
 
@@ -2020,6 +2152,19 @@ impl Window {
         v[Signal::StackChurn.index()] = share(c.churn, c.n);
         v[Signal::OutputLength.index()] = if c.full > f32::EPSILON {
             c.full_output / c.full
+        } else {
+            0.0
+        };
+        // Per request served in full, so that acting on the cluster (degraded or refused answers) does not
+        // take its own evidence away, shrunk towards 0 by `min_requests` requests (a few long answers are not a
+        // yield); times the requests each sender sends an hour, over at least `YIELD_MIN_AGE` (a cluster that
+        // is still forming counts each member from its first request, so its young rate per member is high).
+        // Senders, not the linker's members: the members whose requests this state holds (a cluster's core
+        // holds only its own, so honest members linked in do not dilute it).
+        v[Signal::YieldPerMember.index()] = if cluster.senders >= 1.0 {
+            let per_request = c.yield_output / (c.full + policy.min_requests.max(1.0));
+            let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
+            (f64::from(per_request) * rate * 3600.0 / f64::from(cluster.senders)) as f32
         } else {
             0.0
         };
@@ -2255,13 +2400,29 @@ impl AccountSignals {
 
     /// Record what a response served in full actually produced.
     pub fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
-        self.w.settle(output_tokens, now, policy, true);
+        self.w.settle(output_tokens, None, now, policy, true);
     }
 
     /// Record what a degraded response produced: it counts for [`Signal::OutputRatio`], not for
     /// [`Signal::OutputLength`] (the clamp, not the client, set its length).
     pub fn settle_degraded(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
-        self.w.settle(output_tokens, now, policy, false);
+        self.w.settle(output_tokens, None, now, policy, false);
+    }
+
+    /// Record what a response produced, served in full (`full`) or degraded, with its request's input tokens
+    /// (None: unknown): a long yield ([`ScorePolicy::yield_min_output_tokens`], [`ScorePolicy::yield_min_ratio`])
+    /// is kept apart, for the clusters and cohorts the account's history goes to ([`Signal::YieldPerMember`] is
+    /// a cluster signal).
+    pub fn settle_request(
+        &mut self,
+        output_tokens: u64,
+        input_tokens: Option<u64>,
+        now: Nanos,
+        policy: &ScorePolicy,
+        full: bool,
+    ) {
+        self.w
+            .settle(output_tokens, input_tokens, now, policy, full);
     }
 
     /// The score at `now`, with every signal but [`Signal::Lockstep`]. Does not change the state.
@@ -2316,6 +2477,8 @@ pub struct ClusterSignals {
     /// Members, as of the last request ([`ClusterSignals::set_members`]).
     members: u32,
     ring: [SecondSlot; LOCK_RING],
+    /// Distinct members whose requests it observed, for [`Signal::YieldPerMember`].
+    senders: Senders,
 }
 
 impl ClusterSignals {
@@ -2326,6 +2489,7 @@ impl ClusterSignals {
             lock: 0.0,
             members: 0,
             ring: [SecondSlot::default(); LOCK_RING],
+            senders: Senders::default(),
         }
     }
 
@@ -2364,6 +2528,7 @@ impl ClusterSignals {
         self.lock *= f;
         self.w.observe(req, hits, policy, tier_rpm);
         self.lockstep(member, req.now, policy);
+        self.senders.insert(req.now, policy.half_life, member);
     }
 
     fn lockstep(&mut self, member: u64, now: Nanos, policy: &ScorePolicy) {
@@ -2420,6 +2585,7 @@ impl ClusterSignals {
         self.lock = self.lock * f
             + other.lock * decay_factor(now.saturating_sub(other.w.updated), policy.half_life);
         self.members = self.members.max(other.members);
+        self.senders = self.senders.union(other.senders);
     }
 
     /// Record what a member's response served in full actually produced.
@@ -2430,13 +2596,23 @@ impl ClusterSignals {
     /// [`ClusterSignals::settle`] for a request that was served in full (`full`) or degraded (its output counts for
     /// [`Signal::OutputRatio`], not for [`Signal::OutputLength`]; see [`AccountSignals::settle_degraded`]).
     pub fn settle_as(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
+        self.settle_request(output_tokens, None, now, policy, full);
+    }
+
+    /// [`ClusterSignals::settle_as`] with the request's input tokens (None: unknown), so that a long yield counts
+    /// towards [`Signal::YieldPerMember`].
+    pub fn settle_request(
+        &mut self,
+        output_tokens: u64,
+        input_tokens: Option<u64>,
+        now: Nanos,
+        policy: &ScorePolicy,
+        full: bool,
+    ) {
         let f = self.w.decay_to(now, policy);
         self.lock *= f;
-        self.w.c.output += output_tokens as f32;
-        if full {
-            self.w.c.full += 1.0;
-            self.w.c.full_output += output_tokens as f32;
-        }
+        self.w
+            .settle(output_tokens, input_tokens, now, policy, full);
     }
 
     /// The score at `now`, with every signal. Does not change the state.
@@ -2448,6 +2624,7 @@ impl ClusterSignals {
             Some(ClusterFacts {
                 lock: self.lock,
                 members: self.members,
+                senders: self.senders.count(now, policy.half_life),
             }),
         )
     }
@@ -2772,6 +2949,146 @@ mod tests {
             model: Some("claude-sonnet-4-5"),
             ..RequestSignals::default()
         }
+    }
+
+    /// A cluster of `members` accounts, each sending `per_hour` requests for `hours`, requests drawn by `draw`
+    /// (input tokens, output tokens); every response settled with its input, served in full or not.
+    fn yield_cluster(
+        members: u64,
+        per_hour: u64,
+        hours: u64,
+        seed: u64,
+        full: bool,
+        mut draw: impl FnMut(&mut StdRng) -> (u64, u64),
+    ) -> (ClusterSignals, Nanos) {
+        let p = ScorePolicy::default();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = ClusterSignals::new(T0);
+        c.set_members(members as u32);
+        let gap = HOUR / (members * per_hour);
+        let end = T0 + hours * HOUR;
+        let mut now = T0;
+        let mut i = 0u64;
+        while now < end {
+            let (input, output) = draw(&mut rng);
+            let r = RequestSignals {
+                input_tokens: input,
+                ..req(now)
+            };
+            c.observe_hits(i % members, &r, PhraseHits::default(), &p, TIER_RPM);
+            c.settle_request(output, Some(input), now, &p, full);
+            now += gap;
+            i += 1;
+        }
+        (c, end)
+    }
+
+    /// What a campaign sends, with `cover` of its requests ordinary chat (short question, short answer) and the
+    /// rest short prompts asking for long answers.
+    fn campaign_request(cover: f64) -> impl FnMut(&mut StdRng) -> (u64, u64) {
+        move |rng| {
+            if rng.gen_bool(cover) {
+                (rng.gen_range(10..160), rng.gen_range(80..=1200))
+            } else {
+                (rng.gen_range(100..250), rng.gen_range(1500..=6000))
+            }
+        }
+    }
+
+    fn yield_of(c: &ClusterSignals, now: Nanos) -> f32 {
+        let s = c.score(now, &ScorePolicy::default());
+        s.contribution(Signal::YieldPerMember)
+            .map_or(f32::NAN, |c| c.value)
+    }
+
+    #[test]
+    fn yield_per_member_fires_on_a_campaign_cluster_not_on_its_honest_look_alikes() {
+        let p = ScorePolicy::default();
+        let ramp = p.ramps.get(Signal::YieldPerMember);
+        // Many accounts on few addresses, 30 requests an hour each, 43 % cover traffic (the shape `redteam`
+        // found that a corporate NAT's score let through).
+        let (campaign, end) = yield_cluster(100, 30, 1, 1, true, campaign_request(0.43));
+        // A corporate NAT or one app's users: ordinary rates, answers up to 3 000 tokens to prompts that carry
+        // a system prompt (~280 tokens).
+        let (nat, _) = yield_cluster(100, 8, 1, 2, true, |rng| {
+            (rng.gen_range(200..360), rng.gen_range(100..=3000))
+        });
+        // Short questions and short answers at the same rate: chat users behind one address.
+        let (chat, _) = yield_cluster(100, 30, 1, 3, true, |rng| {
+            (rng.gen_range(10..160), rng.gen_range(80..=1500))
+        });
+        // Agents: as busy as the campaign and answers as long, to long contexts.
+        let (agents, _) = yield_cluster(100, 30, 1, 4, true, |rng| {
+            (rng.gen_range(700..1000), rng.gen_range(300..=4000))
+        });
+        let (c, n, ch, a) = (
+            yield_of(&campaign, end),
+            yield_of(&nat, end),
+            yield_of(&chat, end),
+            yield_of(&agents, end),
+        );
+        println!(
+            "long-yield tokens per member-hour: campaign {c:.0}, NAT/app {n:.0}, chat {ch:.0}, agents {a:.0} \
+             (ramp {} -> {})",
+            ramp.off, ramp.full
+        );
+        assert!(c >= ramp.full, "campaign {c}");
+        for (name, v) in [("nat", n), ("chat", ch), ("agents", a)] {
+            assert!(v < ramp.off, "{name} {v}");
+        }
+    }
+
+    #[test]
+    fn yield_per_member_stays_while_the_cluster_is_acted_on() {
+        let p = ScorePolicy::default();
+        let full = p.ramps.get(Signal::YieldPerMember).full;
+        let (mut c, end) = yield_cluster(100, 30, 1, 5, true, campaign_request(0.3));
+        assert!(yield_of(&c, end) >= full);
+        // Degraded for the next 30 minutes: 512 tokens at most, settled as not served in full.
+        let mut now = end;
+        let mut rng = StdRng::seed_from_u64(6);
+        for i in 0..1500u64 {
+            let input = rng.gen_range(100..250);
+            c.observe_hits(
+                i % 100,
+                &RequestSignals {
+                    input_tokens: input,
+                    ..req(now)
+                },
+                PhraseHits::default(),
+                &p,
+                TIER_RPM,
+            );
+            c.settle_request(512, Some(input), now, &p, false);
+            now += SECOND * 6 / 5;
+        }
+        assert!(yield_of(&c, now) >= full, "{}", yield_of(&c, now));
+    }
+
+    #[test]
+    fn yield_per_member_needs_the_input_and_a_cluster() {
+        let p = ScorePolicy::default();
+        // Settled without the request's input (settle_as): no yield is counted.
+        let mut c = ClusterSignals::new(T0);
+        c.set_members(10);
+        let mut a = AccountSignals::new(T0);
+        for i in 0..300u64 {
+            let now = T0 + i * 12 * SECOND;
+            let r = RequestSignals {
+                input_tokens: 100,
+                ..req(now)
+            };
+            c.observe_hits(i % 10, &r, PhraseHits::default(), &p, TIER_RPM);
+            c.settle_as(5_000, now, &p, true);
+            a.observe_hits(&r, PhraseHits::default(), &p, TIER_RPM);
+            a.settle_request(5_000, Some(100), now, &p, true);
+        }
+        assert_eq!(yield_of(&c, T0 + HOUR), 0.0);
+        // An account is not scored on it (a cluster signal), whatever it settled.
+        assert!(a
+            .score(T0 + HOUR, &p)
+            .contribution(Signal::YieldPerMember)
+            .is_none());
     }
 
     #[test]
