@@ -702,7 +702,7 @@ impl std::fmt::Debug for Engine {
 /// How often idle state is swept (engine time).
 const MAINTENANCE_INTERVAL: Nanos = 10 * SECOND;
 
-/// Behaviour cohorts held at most (368 bytes each): keys are quantised, so a
+/// Behaviour cohorts held at most (440 bytes each): keys are quantised, so a
 /// few hundred per model are in use; beyond the cap no new cohort is made
 /// until idle ones are swept.
 const MAX_COHORTS: usize = 16_384;
@@ -1618,23 +1618,22 @@ impl Engine {
         let policy = self.policy.load();
         if let Some(d) = &policy.detection {
             let full = !ticket.degraded;
+            let out = usage.output_tokens;
+            // The request's prompt: as the upstream counted it, else as charged.
+            let input = Some(usage.input_tokens.unwrap_or(ticket.input_charged));
             if let Some(mut e) = self.account_signals.get_mut(&ticket.account.0) {
-                if full {
-                    e.0.settle(usage.output_tokens, now, &d.score);
-                } else {
-                    e.0.settle_degraded(usage.output_tokens, now, &d.score);
-                }
+                e.0.settle_request(out, input, now, &d.score, full);
             }
             for key in ticket.scored_cohorts.iter().filter(|&&k| k != 0) {
                 if let Some(mut c) = self.cohorts.get_mut(key) {
-                    c.settle_as(usage.output_tokens, now, &d.score, full);
+                    c.settle_request(out, input, now, &d.score, full);
                 }
             }
             if let Some(id) = ticket.scored_cluster {
                 let settle = |e: &mut ClusterBehaviour| {
-                    e.all.settle_as(usage.output_tokens, now, &d.score, full);
+                    e.all.settle_request(out, input, now, &d.score, full);
                     if ticket.scored_core {
-                        e.core.settle_as(usage.output_tokens, now, &d.score, full);
+                        e.core.settle_request(out, input, now, &d.score, full);
                     }
                 };
                 let settled = self

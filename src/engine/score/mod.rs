@@ -25,6 +25,8 @@ const MIN_GAPS: f32 = 3.0;
 const MIN_GAP_MEAN_SECS: f32 = 0.001;
 /// A window is never taken as younger than this when a rate is corrected for its age.
 const MIN_RATE_AGE: Nanos = MINUTE;
+/// [`Signal::YieldPerMember`]'s rate per member is never taken over a window younger than this.
+const YIELD_MIN_AGE: Nanos = 10 * MINUTE;
 /// Bits of the breadth sketches (fill keys and template keys), two `u64` words each.
 const BREADTH_BITS: u32 = 128;
 /// Bits of a lockstep second's distinct-member sketch.

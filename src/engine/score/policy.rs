@@ -44,6 +44,11 @@ pub struct ScorePolicy {
     pub lockstep_rate_factor: f32,
     /// [`Signal::MemberSpread`] reads 0 for clusters with fewer members.
     pub spread_min_members: u32,
+    /// A response served in full counts towards [`Signal::YieldPerMember`] when it has at least this many output
+    /// tokens...
+    pub yield_min_output_tokens: u32,
+    /// ...and at least this many times the request's input tokens.
+    pub yield_min_ratio: f32,
 }
 
 impl Default for ScorePolicy {
@@ -64,6 +69,7 @@ impl Default for ScorePolicy {
                 member_spread: 0.12,
                 stack_churn: 0.5,
                 output_length: 0.2,
+                yield_per_member: 0.3,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
@@ -80,6 +86,7 @@ impl Default for ScorePolicy {
                 member_spread: Ramp::new(1.0, 5.0),
                 stack_churn: Ramp::new(0.05, 0.5),
                 output_length: Ramp::new(1_500.0, 4_000.0),
+                yield_per_member: Ramp::new(8_000.0, 24_000.0),
             },
             thresholds: Thresholds {
                 slow: Mark::new(0.50, 0.40),
@@ -119,6 +126,8 @@ impl Default for ScorePolicy {
             lockstep_min_members: 8,
             spread_min_members: 20,
             lockstep_rate_factor: 4.0,
+            yield_min_output_tokens: 1_500,
+            yield_min_ratio: 10.0,
         }
     }
 }
@@ -229,6 +238,9 @@ impl ScorePolicy {
         }
         if !(self.lockstep_rate_factor.is_finite() && self.lockstep_rate_factor >= 1.0) {
             return err("lockstep_rate_factor".into(), "a finite number >= 1");
+        }
+        if !(self.yield_min_ratio.is_finite() && self.yield_min_ratio >= 0.0) {
+            return err("yield_min_ratio".into(), "a finite number >= 0");
         }
         Ok(())
     }

@@ -33,11 +33,14 @@ pub enum Signal {
     StackChurn = 12,
     /// Output tokens per request actually served in full (degraded requests left out).
     OutputLength = 13,
+    /// Output tokens per member-hour of answers served in full that are long and many times their prompt
+    /// (clusters only).
+    YieldPerMember = 14,
 }
 
 impl Signal {
     /// Number of signals.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every signal, in index order.
     pub const ALL: [Signal; Signal::COUNT] = [
@@ -55,11 +58,15 @@ impl Signal {
         Signal::MemberSpread,
         Signal::StackChurn,
         Signal::OutputLength,
+        Signal::YieldPerMember,
     ];
 
     /// Signals only a cluster has (an account's score leaves them out).
     pub fn cluster_only(self) -> bool {
-        matches!(self, Signal::Lockstep | Signal::MemberSpread)
+        matches!(
+            self,
+            Signal::Lockstep | Signal::MemberSpread | Signal::YieldPerMember
+        )
     }
 
     /// Index in [`Signal::ALL`].
@@ -84,6 +91,7 @@ impl Signal {
             Signal::MemberSpread => "member_spread",
             Signal::StackChurn => "stack_churn",
             Signal::OutputLength => "output_length",
+            Signal::YieldPerMember => "yield_per_member",
         }
     }
 
@@ -104,6 +112,7 @@ impl Signal {
             Signal::Breadth => "fills per template",
             Signal::MemberSpread => "members per request per minute",
             Signal::OutputLength => "output tokens per request",
+            Signal::YieldPerMember => "long-yield output tokens per member-hour",
         }
     }
 }
@@ -145,6 +154,8 @@ pub struct PerSignal<T> {
     pub stack_churn: T,
     /// [`Signal::OutputLength`].
     pub output_length: T,
+    /// [`Signal::YieldPerMember`].
+    pub yield_per_member: T,
 }
 
 impl<T: Copy> PerSignal<T> {
@@ -165,6 +176,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::MemberSpread => self.member_spread,
             Signal::StackChurn => self.stack_churn,
             Signal::OutputLength => self.output_length,
+            Signal::YieldPerMember => self.yield_per_member,
         }
     }
 
@@ -185,6 +197,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::MemberSpread => &mut self.member_spread,
             Signal::StackChurn => &mut self.stack_churn,
             Signal::OutputLength => &mut self.output_length,
+            Signal::YieldPerMember => &mut self.yield_per_member,
         };
         *slot = value;
     }

@@ -106,13 +106,29 @@ impl AccountSignals {
 
     /// Record what a response served in full actually produced.
     pub fn settle(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
-        self.w.settle(output_tokens, now, policy, true);
+        self.w.settle(output_tokens, None, now, policy, true);
     }
 
     /// Record what a degraded response produced: it counts for [`Signal::OutputRatio`], not for
     /// [`Signal::OutputLength`] (the clamp, not the client, set its length).
     pub fn settle_degraded(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
-        self.w.settle(output_tokens, now, policy, false);
+        self.w.settle(output_tokens, None, now, policy, false);
+    }
+
+    /// Record what a response produced, served in full (`full`) or degraded, with its request's input tokens
+    /// (None: unknown): a long yield ([`ScorePolicy::yield_min_output_tokens`], [`ScorePolicy::yield_min_ratio`])
+    /// is kept apart, for the clusters and cohorts the account's history goes to ([`Signal::YieldPerMember`] is
+    /// a cluster signal).
+    pub fn settle_request(
+        &mut self,
+        output_tokens: u64,
+        input_tokens: Option<u64>,
+        now: Nanos,
+        policy: &ScorePolicy,
+        full: bool,
+    ) {
+        self.w
+            .settle(output_tokens, input_tokens, now, policy, full);
     }
 
     /// The score at `now`, with every signal but [`Signal::Lockstep`]. Does not change the state.
@@ -167,6 +183,8 @@ pub struct ClusterSignals {
     /// Members, as of the last request ([`ClusterSignals::set_members`]).
     members: u32,
     ring: [SecondSlot; LOCK_RING],
+    /// Distinct members whose requests it observed, for [`Signal::YieldPerMember`].
+    senders: Senders,
 }
 
 impl ClusterSignals {
@@ -177,6 +195,7 @@ impl ClusterSignals {
             lock: 0.0,
             members: 0,
             ring: [SecondSlot::default(); LOCK_RING],
+            senders: Senders::default(),
         }
     }
 
@@ -200,6 +219,7 @@ impl ClusterSignals {
         self.lock *= f;
         self.w.observe(req, hits, policy, tier_rpm);
         self.lockstep(member, req.now, policy);
+        self.senders.insert(req.now, policy.half_life, member);
     }
 
     fn lockstep(&mut self, member: u64, now: Nanos, policy: &ScorePolicy) {
@@ -256,6 +276,7 @@ impl ClusterSignals {
         self.lock = self.lock * f
             + other.lock * decay_factor(now.saturating_sub(other.w.updated), policy.half_life);
         self.members = self.members.max(other.members);
+        self.senders = self.senders.union(other.senders);
     }
 
     /// Record what a member's response served in full actually produced.
@@ -266,13 +287,23 @@ impl ClusterSignals {
     /// [`ClusterSignals::settle`] for a request that was served in full (`full`) or degraded (its output counts for
     /// [`Signal::OutputRatio`], not for [`Signal::OutputLength`]; see [`AccountSignals::settle_degraded`]).
     pub fn settle_as(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
+        self.settle_request(output_tokens, None, now, policy, full);
+    }
+
+    /// [`ClusterSignals::settle_as`] with the request's input tokens (None: unknown), so that a long yield counts
+    /// towards [`Signal::YieldPerMember`].
+    pub fn settle_request(
+        &mut self,
+        output_tokens: u64,
+        input_tokens: Option<u64>,
+        now: Nanos,
+        policy: &ScorePolicy,
+        full: bool,
+    ) {
         let f = self.w.decay_to(now, policy);
         self.lock *= f;
-        self.w.c.output += output_tokens as f32;
-        if full {
-            self.w.c.full += 1.0;
-            self.w.c.full_output += output_tokens as f32;
-        }
+        self.w
+            .settle(output_tokens, input_tokens, now, policy, full);
     }
 
     /// The score at `now`, with every signal. Does not change the state.
@@ -284,6 +315,7 @@ impl ClusterSignals {
             Some(ClusterFacts {
                 lock: self.lock,
                 members: self.members,
+                senders: self.senders.count(now, policy.half_life),
             }),
         )
     }

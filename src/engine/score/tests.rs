@@ -1114,3 +1114,143 @@ fn hydra_decays_back_to_allow_after_stopping() {
     assert!(back.iter().all(|&m| m <= 120.0));
     assert!(cluster_back <= 120.0);
 }
+
+/// A cluster of `members` accounts, each sending `per_hour` requests for `hours`, requests drawn by `draw`
+/// (input tokens, output tokens); every response settled with its input, served in full or not.
+fn yield_cluster(
+    members: u64,
+    per_hour: u64,
+    hours: u64,
+    seed: u64,
+    full: bool,
+    mut draw: impl FnMut(&mut StdRng) -> (u64, u64),
+) -> (ClusterSignals, Nanos) {
+    let p = ScorePolicy::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = ClusterSignals::new(T0);
+    c.set_members(members as u32);
+    let gap = HOUR / (members * per_hour);
+    let end = T0 + hours * HOUR;
+    let mut now = T0;
+    let mut i = 0u64;
+    while now < end {
+        let (input, output) = draw(&mut rng);
+        let r = RequestSignals {
+            input_tokens: input,
+            ..req(now)
+        };
+        c.observe_hits(i % members, &r, PhraseHits::default(), &p, TIER_RPM);
+        c.settle_request(output, Some(input), now, &p, full);
+        now += gap;
+        i += 1;
+    }
+    (c, end)
+}
+
+/// What a campaign sends, with `cover` of its requests ordinary chat (short question, short answer) and the
+/// rest short prompts asking for long answers.
+fn campaign_request(cover: f64) -> impl FnMut(&mut StdRng) -> (u64, u64) {
+    move |rng| {
+        if rng.gen_bool(cover) {
+            (rng.gen_range(10..160), rng.gen_range(80..=1200))
+        } else {
+            (rng.gen_range(100..250), rng.gen_range(1500..=6000))
+        }
+    }
+}
+
+fn yield_of(c: &ClusterSignals, now: Nanos) -> f32 {
+    let s = c.score(now, &ScorePolicy::default());
+    s.contribution(Signal::YieldPerMember)
+        .map_or(f32::NAN, |c| c.value)
+}
+
+#[test]
+fn yield_per_member_fires_on_a_campaign_cluster_not_on_its_honest_look_alikes() {
+    let p = ScorePolicy::default();
+    let ramp = p.ramps.get(Signal::YieldPerMember);
+    // Many accounts on few addresses, 30 requests an hour each, 43 % cover traffic (the shape `redteam`
+    // found that a corporate NAT's score let through).
+    let (campaign, end) = yield_cluster(100, 30, 1, 1, true, campaign_request(0.43));
+    // A corporate NAT or one app's users: ordinary rates, answers up to 3 000 tokens to prompts that carry
+    // a system prompt (~280 tokens).
+    let (nat, _) = yield_cluster(100, 8, 1, 2, true, |rng| {
+        (rng.gen_range(200..360), rng.gen_range(100..=3000))
+    });
+    // Short questions and short answers at the same rate: chat users behind one address.
+    let (chat, _) = yield_cluster(100, 30, 1, 3, true, |rng| {
+        (rng.gen_range(10..160), rng.gen_range(80..=1500))
+    });
+    // Agents: as busy as the campaign and answers as long, to long contexts.
+    let (agents, _) = yield_cluster(100, 30, 1, 4, true, |rng| {
+        (rng.gen_range(700..1000), rng.gen_range(300..=4000))
+    });
+    let (c, n, ch, a) = (
+        yield_of(&campaign, end),
+        yield_of(&nat, end),
+        yield_of(&chat, end),
+        yield_of(&agents, end),
+    );
+    println!(
+        "long-yield tokens per member-hour: campaign {c:.0}, NAT/app {n:.0}, chat {ch:.0}, agents {a:.0} \
+         (ramp {} -> {})",
+        ramp.off, ramp.full
+    );
+    assert!(c >= ramp.full, "campaign {c}");
+    for (name, v) in [("nat", n), ("chat", ch), ("agents", a)] {
+        assert!(v < ramp.off, "{name} {v}");
+    }
+}
+
+#[test]
+fn yield_per_member_stays_while_the_cluster_is_acted_on() {
+    let p = ScorePolicy::default();
+    let full = p.ramps.get(Signal::YieldPerMember).full;
+    let (mut c, end) = yield_cluster(100, 30, 1, 5, true, campaign_request(0.3));
+    assert!(yield_of(&c, end) >= full);
+    // Degraded for the next 30 minutes: 512 tokens at most, settled as not served in full.
+    let mut now = end;
+    let mut rng = StdRng::seed_from_u64(6);
+    for i in 0..1500u64 {
+        let input = rng.gen_range(100..250);
+        c.observe_hits(
+            i % 100,
+            &RequestSignals {
+                input_tokens: input,
+                ..req(now)
+            },
+            PhraseHits::default(),
+            &p,
+            TIER_RPM,
+        );
+        c.settle_request(512, Some(input), now, &p, false);
+        now += SECOND * 6 / 5;
+    }
+    assert!(yield_of(&c, now) >= full, "{}", yield_of(&c, now));
+}
+
+#[test]
+fn yield_per_member_needs_the_input_and_a_cluster() {
+    let p = ScorePolicy::default();
+    // Settled without the request's input (settle_as): no yield is counted.
+    let mut c = ClusterSignals::new(T0);
+    c.set_members(10);
+    let mut a = AccountSignals::new(T0);
+    for i in 0..300u64 {
+        let now = T0 + i * 12 * SECOND;
+        let r = RequestSignals {
+            input_tokens: 100,
+            ..req(now)
+        };
+        c.observe_hits(i % 10, &r, PhraseHits::default(), &p, TIER_RPM);
+        c.settle_as(5_000, now, &p, true);
+        a.observe_hits(&r, PhraseHits::default(), &p, TIER_RPM);
+        a.settle_request(5_000, Some(100), now, &p, true);
+    }
+    assert_eq!(yield_of(&c, T0 + HOUR), 0.0);
+    // An account is not scored on it (a cluster signal), whatever it settled.
+    assert!(a
+        .score(T0 + HOUR, &p)
+        .contribution(Signal::YieldPerMember)
+        .is_none());
+}

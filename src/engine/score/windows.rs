@@ -33,6 +33,9 @@ pub(super) struct Counters {
     pub(super) full: f32,
     /// Output tokens of those.
     pub(super) full_output: f32,
+    /// Output tokens of those that were long yields ([`ScorePolicy::yield_min_output_tokens`],
+    /// [`ScorePolicy::yield_min_ratio`]).
+    pub(super) yield_output: f32,
 }
 
 impl Counters {
@@ -50,6 +53,7 @@ impl Counters {
         self.churn *= f;
         self.full *= f;
         self.full_output *= f;
+        self.yield_output *= f;
     }
 
     /// Adds another window's sums (already decayed to the same time). The gap statistics stay this window's own:
@@ -66,6 +70,7 @@ impl Counters {
         self.churn += o.churn;
         self.full += o.full;
         self.full_output += o.full_output;
+        self.yield_output += o.yield_output;
     }
 
     /// Add one gap (seconds): West's weighted incremental mean and variance.
@@ -200,6 +205,13 @@ impl Breadth {
     }
 }
 
+/// A response of `output` tokens to a prompt of `input` tokens is a long yield: long
+/// ([`ScorePolicy::yield_min_output_tokens`]) and many times its prompt ([`ScorePolicy::yield_min_ratio`]).
+pub(super) fn is_long_yield(output: u64, input: u64, policy: &ScorePolicy) -> bool {
+    output >= u64::from(policy.yield_min_output_tokens)
+        && output as f64 >= f64::from(policy.yield_min_ratio) * input as f64
+}
+
 /// `2^(−dt / half_life)`, exactly 1 when no time passed.
 pub(super) fn decay_factor(dt: Nanos, half_life: Nanos) -> f32 {
     if dt == 0 {
@@ -238,6 +250,73 @@ pub(super) struct ClusterFacts {
     pub(super) lock: f32,
     /// Members now.
     pub(super) members: u32,
+    /// Distinct members that sent in the current and the previous epoch (0: none).
+    pub(super) senders: f32,
+}
+
+/// Bits of a cluster's distinct-senders sketch.
+const SENDER_BITS: u32 = 256;
+
+/// Distinct members that sent requests in the current and the previous epoch (one half-life each), as 256-bit
+/// linear-counting bitmaps (saturating near 1 600). Counted from the requests a state observed, so a cluster's core
+/// counts only the members whose requests it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Senders {
+    epoch: u32,
+    cur: [u64; 4],
+    prev: [u64; 4],
+}
+
+impl Senders {
+    pub(super) fn insert(&mut self, now: Nanos, half_life: Nanos, member: u64) {
+        *self = self.at_epoch(epoch_of(now, half_life));
+        let bit = (splitmix64(member ^ 0x5e4d_e125) % u64::from(SENDER_BITS)) as usize;
+        if let Some(w) = self.cur.get_mut(bit / 64) {
+            *w |= 1 << (bit % 64);
+        }
+    }
+
+    /// This sketch as it would read in epoch `e` (not earlier than its own).
+    fn at_epoch(self, e: u32) -> Senders {
+        match e.wrapping_sub(self.epoch) as i32 {
+            i32::MIN..=0 => self,
+            1 => Senders {
+                epoch: e,
+                cur: [0; 4],
+                prev: self.cur,
+            },
+            _ => Senders {
+                epoch: e,
+                ..Senders::default()
+            },
+        }
+    }
+
+    /// The members either has seen, in the later of their epochs.
+    pub(super) fn union(self, other: Senders) -> Senders {
+        let e = if (other.epoch.wrapping_sub(self.epoch) as i32) > 0 {
+            other.epoch
+        } else {
+            self.epoch
+        };
+        let (a, b) = (self.at_epoch(e), other.at_epoch(e));
+        let mut out = Senders {
+            epoch: e,
+            ..Senders::default()
+        };
+        for i in 0..4 {
+            out.cur[i] = a.cur[i] | b.cur[i];
+            out.prev[i] = a.prev[i] | b.prev[i];
+        }
+        out
+    }
+
+    /// Distinct senders in the current and previous epoch as seen at `now`.
+    pub(super) fn count(&self, now: Nanos, half_life: Nanos) -> f32 {
+        let s = self.at_epoch(epoch_of(now, half_life));
+        let ones: u32 = (0..4).map(|i| (s.cur[i] | s.prev[i]).count_ones()).sum();
+        linear_count(SENDER_BITS - ones, SENDER_BITS)
+    }
 }
 
 /// State shared by accounts and clusters.
@@ -357,10 +436,12 @@ impl Window {
     }
 
     /// `full`: the request was served in full (not degraded), so its output counts towards
-    /// [`Signal::OutputLength`] too.
+    /// [`Signal::OutputLength`] too, and towards [`Signal::YieldPerMember`] when it is a long yield of its
+    /// `input_tokens` (None: the input is not known, and the yield is not counted).
     pub(super) fn settle(
         &mut self,
         output_tokens: u64,
+        input_tokens: Option<u64>,
         now: Nanos,
         policy: &ScorePolicy,
         full: bool,
@@ -370,6 +451,9 @@ impl Window {
         if full {
             self.c.full += 1.0;
             self.c.full_output += output_tokens as f32;
+            if input_tokens.is_some_and(|i| is_long_yield(output_tokens, i, policy)) {
+                self.c.yield_output += output_tokens as f32;
+            }
         }
     }
 
@@ -440,6 +524,19 @@ impl Window {
         v[Signal::StackChurn.index()] = share(c.churn, c.n);
         v[Signal::OutputLength.index()] = if c.full > f32::EPSILON {
             c.full_output / c.full
+        } else {
+            0.0
+        };
+        // Per request served in full, so that acting on the cluster (degraded or refused answers) does not
+        // take its own evidence away, shrunk towards 0 by `min_requests` requests (a few long answers are not a
+        // yield); times the requests each sender sends an hour, over at least `YIELD_MIN_AGE` (a cluster that
+        // is still forming counts each member from its first request, so its young rate per member is high).
+        // Senders, not the linker's members: the members whose requests this state holds (a cluster's core
+        // holds only its own, so honest members linked in do not dilute it).
+        v[Signal::YieldPerMember.index()] = if cluster.senders >= 1.0 {
+            let per_request = c.yield_output / (c.full + policy.min_requests.max(1.0));
+            let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
+            (f64::from(per_request) * rate * 3600.0 / f64::from(cluster.senders)) as f32
         } else {
             0.0
         };
