@@ -49,4 +49,4 @@ pub use state::*;
 use windows::*;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -436,7 +436,9 @@ enum Kind {
     Power,
 }
 
-const WORDS: &[&str] = &[
+/// Common English words that test prompts are drawn from (the prompt step's
+/// tests draw from them too).
+pub(crate) const WORDS: &[&str] = &[
     "the",
     "a",
     "of",
