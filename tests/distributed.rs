@@ -974,6 +974,32 @@ async fn served_clusters(addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// The one cluster id every replica of `three` gives the four hydra
+/// accounts it serves, polled until they agree (or `LIMIT` passes).
+async fn one_cluster_id(three: &Cluster) -> String {
+    let mut ids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        ids.clear();
+        for i in 0..3 {
+            let clusters = served_clusters(three.admin(i)).await;
+            assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
+            ids.extend(clusters);
+        }
+        if ids.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster ids differ between replicas: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let id = ids.into_iter().next().unwrap();
+    assert_ne!(id, "none");
+    id
+}
+
 /// Each of the hydra's accounts fills both templates, in turn (one
 /// operator's twelve accounts: one cluster).
 fn mixed(i: usize) -> usize {
@@ -1040,26 +1066,7 @@ async fn a_hydra_spread_over_three_replicas_is_one_cluster_with_one_id() {
     );
     // Each replica serves four of the accounts, and knows them all in one
     // cluster under one id.
-    let mut ids = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        ids.clear();
-        for i in 0..3 {
-            let clusters = served_clusters(three.admin(i)).await;
-            assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
-            ids.extend(clusters);
-        }
-        if ids.len() == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster ids differ between replicas: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let id = ids.into_iter().next().unwrap();
-    assert_ne!(id, "none");
+    let id = one_cluster_id(&three).await;
     for i in 0..3 {
         eventually(LIMIT, "every replica holds all twelve members", || async {
             let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
@@ -1275,26 +1282,7 @@ async fn on_a_redis_cluster_a_hydra_over_three_replicas_is_one_cluster_with_one_
         served_three <= 2 * served_one + 6,
         "three replicas served {served_three}, one served {served_one}"
     );
-    let mut ids = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        ids.clear();
-        for i in 0..3 {
-            let clusters = served_clusters(three.admin(i)).await;
-            assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
-            ids.extend(clusters);
-        }
-        if ids.len() == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster ids differ between replicas: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let id = ids.into_iter().next().unwrap();
-    assert_ne!(id, "none");
+    let id = one_cluster_id(&three).await;
     for i in 0..3 {
         eventually(LIMIT, "every replica holds all twelve members", || async {
             let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
