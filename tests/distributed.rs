@@ -1068,10 +1068,8 @@ async fn a_hydra_spread_over_three_replicas_is_one_cluster_with_one_id() {
     // cluster under one id.
     let id = one_cluster_id(&three).await;
     for i in 0..3 {
-        eventually(LIMIT, "every replica holds all twelve members", || async {
-            let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
-            let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
-            status == 200 && c["members"].as_u64() == Some(12)
+        eventually(LIMIT, "every replica holds all twelve members", || {
+            twelve(three.admin(i), &id)
         })
         .await;
         // Every replica applied every replica's observations; the lag is
@@ -1093,10 +1091,8 @@ async fn a_hydra_spread_over_three_replicas_is_one_cluster_with_one_id() {
     assert!(ready.contains("observations=shared"), "{ready}");
     // A replica started afterwards replays the stream: same cluster, same id.
     let late = hydra_replicas(&redis, 1, &format!("three{}", redis.port), "");
-    eventually(LIMIT, "a late replica replays the stream", || async {
-        let (status, c) = admin_get(late.admin(0), &format!("/admin/clusters/{id}")).await;
-        let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
-        status == 200 && c["members"].as_u64() == Some(12)
+    eventually(LIMIT, "a late replica replays the stream", || {
+        twelve(late.admin(0), &id)
     })
     .await;
 }
@@ -1284,10 +1280,8 @@ async fn on_a_redis_cluster_a_hydra_over_three_replicas_is_one_cluster_with_one_
     );
     let id = one_cluster_id(&three).await;
     for i in 0..3 {
-        eventually(LIMIT, "every replica holds all twelve members", || async {
-            let (status, c) = admin_get(three.admin(i), &format!("/admin/clusters/{id}")).await;
-            let c: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
-            status == 200 && c["members"].as_u64() == Some(12)
+        eventually(LIMIT, "every replica holds all twelve members", || {
+            twelve(three.admin(i), &id)
         })
         .await;
     }
@@ -1342,22 +1336,7 @@ async fn after_an_outage_the_replicas_rebuild_one_view_from_the_stream() {
         dir.path().to_str().unwrap(),
     ];
     let mut redis = Redis::start_with(&aof);
-    let c = hydra_replicas_on(
-        2,
-        &format!(
-            "backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"\n\
-             command_timeout_ms = 300\nconnect_timeout_ms = 300\nbreaker_failures = 2\n\
-             breaker_open_ms = 200\n",
-            redis.url(),
-            redis.port
-        ),
-    );
-    for i in 0..2 {
-        eventually(LIMIT, "replicas read the stream", || async {
-            metric(c.admin(i), "distill_guard_state_stream_view").await == 1.0
-        })
-        .await;
-    }
+    let c = outage_replicas(&redis).await;
     // Steady traffic of one account through both replicas, before, during
     // and after the outage; every request must finish within its bound.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1430,10 +1409,8 @@ async fn after_an_outage_the_replicas_rebuild_one_view_from_the_stream() {
     };
     let id = ids.into_iter().next().unwrap();
     for i in 0..2 {
-        eventually(LIMIT, "both replicas hold all twelve members", || async {
-            let (status, body) = admin_get(c.admin(i), &format!("/admin/clusters/{id}")).await;
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            status == 200 && v["members"].as_u64() == Some(12)
+        eventually(LIMIT, "both replicas hold all twelve members", || {
+            twelve(c.admin(i), &id)
         })
         .await;
         let a = c.admin(i);
@@ -1462,21 +1439,9 @@ async fn after_an_outage_the_replicas_rebuild_one_view_from_the_stream() {
     load.await.unwrap();
 }
 
-/// Whether a replica holds cluster `id` with the hydra's twelve members.
-async fn twelve(addr: SocketAddr, id: &str) -> bool {
-    let (status, body) = admin_get(addr, &format!("/admin/clusters/{id}")).await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    status == 200 && v["members"].as_u64() == Some(12)
-}
-
-/// Redis restarted EMPTY after an outage: the stream is gone, so a view
-/// rebuilt from it would know less than the replicas hold. They keep their
-/// views — the hydra stays one cluster of twelve under one id on both, no
-/// account starts over — drop what they held (counted), and read the new
-/// stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
-    let mut redis = Redis::start();
+/// Two hydra replicas on `redis` with short timeouts and a quick breaker
+/// (for outage tests), once both read the observation stream.
+async fn outage_replicas(redis: &Redis) -> Cluster {
     let c = hydra_replicas_on(
         2,
         &format!(
@@ -1493,6 +1458,25 @@ async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
         })
         .await;
     }
+    c
+}
+
+/// Whether a replica holds cluster `id` with the hydra's twelve members.
+async fn twelve(addr: SocketAddr, id: &str) -> bool {
+    let (status, body) = admin_get(addr, &format!("/admin/clusters/{id}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status == 200 && v["members"].as_u64() == Some(12)
+}
+
+/// Redis restarted EMPTY after an outage: the stream is gone, so a view
+/// rebuilt from it would know less than the replicas hold. They keep their
+/// views — the hydra stays one cluster of twelve under one id on both, no
+/// account starts over — drop what they held (counted), and read the new
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
+    let mut redis = Redis::start();
+    let c = outage_replicas(&redis).await;
     let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let _ = hydra_over_until_refused(&urls, mixed).await;
