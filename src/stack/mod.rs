@@ -41,9 +41,31 @@ use tracing::{debug, info};
 use crate::api::ApiKind;
 use crate::app::{ConnInfo, Shared};
 use crate::engine::AccountId;
-use crate::proxy::body::{BoxError, ResponseBody};
+use crate::proxy::body::{BoxError, RequestBody, ResponseBody};
 use crate::proxy::error::{refuse, ProxyError};
 use crate::proxy::headers::{self, X_REQUEST_ID};
+
+/// A body the guard streams: the client's request body, or the forwarding
+/// service's response body.
+pub trait StreamBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> StreamBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+/// What the guard wraps: a service that forwards an admitted request and
+/// answers with a response whose body (`RB`) the guard streams back.
+pub trait Forward<RB>:
+    Service<Request<RequestBody>, Response = Response<RB>, Error: Into<BoxError>, Future: Send>
+    + Clone
+    + Send
+{
+}
+
+impl<S, RB> Forward<RB> for S where
+    S: Service<Request<RequestBody>, Response = Response<RB>, Error: Into<BoxError>, Future: Send>
+        + Clone
+        + Send
+{
+}
 
 /// The guard as a tower layer: wraps the service that forwards a request.
 #[derive(Clone)]
@@ -124,15 +146,9 @@ impl<S> Guard<S> {
     /// extensions.
     pub async fn serve<B, RB>(&self, conn: &ConnInfo, req: Request<B>) -> Response<ResponseBody<RB>>
     where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
-        S: Service<Request<crate::proxy::body::RequestBody>, Response = Response<RB>>
-            + Clone
-            + Send,
-        S::Error: Into<BoxError>,
-        S::Future: Send,
-        RB: Body<Data = Bytes> + Send + Unpin + 'static,
-        RB::Error: Into<BoxError>,
+        B: StreamBody,
+        S: Forward<RB>,
+        RB: StreamBody,
     {
         let mut ctx = RequestCtx::new(&req);
         let served = match ApiKind::disguised(ctx.uri.path()) {
@@ -164,15 +180,9 @@ impl<S> Guard<S> {
         req: Request<B>,
     ) -> Result<Response<ResponseBody<RB>>, ProxyError>
     where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
-        S: Service<Request<crate::proxy::body::RequestBody>, Response = Response<RB>>
-            + Clone
-            + Send,
-        S::Error: Into<BoxError>,
-        S::Future: Send,
-        RB: Body<Data = Bytes> + Send + Unpin + 'static,
-        RB::Error: Into<BoxError>,
+        B: StreamBody,
+        S: Forward<RB>,
+        RB: StreamBody,
     {
         let shared = &self.shared;
         let config = shared.config.load();
@@ -272,17 +282,10 @@ fn upstream_error(e: BoxError) -> ProxyError {
 /// know.
 impl<S, B, RB> Service<Request<B>> for Guard<S>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-    S: Service<Request<crate::proxy::body::RequestBody>, Response = Response<RB>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    RB: Body<Data = Bytes> + Send + Unpin + 'static,
-    RB::Error: Into<BoxError>,
+    B: StreamBody,
+    // The response's body type named here, so the impl determines `RB`.
+    S: Service<Request<RequestBody>, Response = Response<RB>> + Forward<RB> + Sync + 'static,
+    RB: StreamBody,
 {
     type Response = Response<ResponseBody<RB>>;
     type Error = Infallible;
