@@ -34,6 +34,9 @@ pub const RECENT_LINKS: usize = 1 << 15;
 const EVICT_SAMPLE: usize = 8;
 /// Slots next to an insertion point sampled for an eviction (about two at load 1/2; two cache lines).
 const NEAR_SAMPLE: usize = 4;
+/// An account already linked skips gathering candidates for at most its shortest rule window (or the generation)
+/// divided by this (docs/link.md, "Accounts already linked").
+const REFRESH_DIVISOR: Nanos = 32;
 /// Smallest index table (slots).
 const MIN_TABLE: usize = 1024;
 /// A freed spill list keeps its capacity for reuse up to this many entries.

@@ -415,6 +415,9 @@ pub(super) struct Compiled {
     pub(super) max_links: usize,
     pub(super) max_linked: usize,
     pub(super) min_bands: u32,
+    /// How long an account already linked that found nothing new skips gathering candidates (docs/link.md,
+    /// "Accounts already linked"); 0: never.
+    pub(super) refresh: Nanos,
 }
 
 impl Compiled {
@@ -452,7 +455,9 @@ impl Compiled {
         for &(kind, value) in &policy.downweighted {
             *flags.entry(flag_key(kind, value)).or_insert(0) |= DOWN;
         }
+        let shortest = rules.iter().map(|r| r.window).min().unwrap_or(0);
         Compiled {
+            refresh: shortest.min(policy.generation) / REFRESH_DIVISOR,
             uses_prompt: rules.iter().any(|r| r.prompt),
             max_window: rules.iter().map(|r| r.window).max().unwrap_or(0),
             rules,

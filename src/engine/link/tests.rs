@@ -630,6 +630,54 @@ fn merge_keeps_the_older_id() {
 }
 
 #[test]
+fn an_account_already_linked_skips_gathering_until_something_changes() {
+    let mut linker = Linker::new(LinkPolicy::default());
+    let refresh = linker.compiled.refresh;
+    assert!(refresh > 0 && refresh < MIN);
+    let (p1, p2) = ([100, 101, 102, 103], [200, 201, 202, 203]);
+    linker.observe(1, &attrs(&p1), EPOCH);
+    let x = linker.observe(2, &attrs(&p1), EPOCH + SEC).unwrap();
+    // That gathering merged: not settled. The next finds only its cluster: settled.
+    assert!(!linker.settled.contains_key(&2));
+    assert_eq!(linker.observe(2, &attrs(&p1), EPOCH + 2 * SEC), Some(x));
+    let shared = linker.shared_rules();
+    assert_eq!(shared, 0b010);
+    assert!(linker.settled.contains_key(&2));
+    // Within `refresh`: no gathering, the same answer, the same shared rules, and 2 is refreshed at the front of
+    // every key's list.
+    assert_eq!(linker.observe(2, &attrs(&p1), EPOCH + 3 * SEC), Some(x));
+    assert_eq!(linker.shared_rules(), shared);
+    for &band in &p1 {
+        let key = murmur3_combine(linker.compiled.rules[1].seed, band).max(1);
+        let slot = linker.index.slots[linker.index.probe(key).unwrap()];
+        assert_eq!(
+            slot.first,
+            Entry {
+                account: 2,
+                seen: EPOCH + 3 * SEC
+            }
+        );
+    }
+    // A newcomer links through its own request.
+    let v = linker.observe(3, &attrs(&p1), EPOCH + 4 * SEC).unwrap();
+    assert_eq!((v.id, v.members), (x.id, 3));
+    // Other keys: a full gathering, which links 2 to the accounts of the other template.
+    linker.observe(4, &attrs(&p2), EPOCH + 5 * SEC);
+    let v = linker.observe(2, &attrs(&p2), EPOCH + 6 * SEC).unwrap();
+    assert_eq!((v.id, v.members), (x.id, 4));
+    // After `refresh`, and after a rotation, it gathers again.
+    linker.observe(2, &attrs(&p2), EPOCH + 7 * SEC);
+    assert!(linker.settled.contains_key(&2));
+    linker.observe(2, &attrs(&p2), EPOCH + 7 * SEC + refresh);
+    assert!(linker
+        .settled
+        .get(&2)
+        .is_some_and(|s| s.at == EPOCH + 7 * SEC + refresh));
+    linker.observe(5, &attrs(&[900]), EPOCH + GEN);
+    assert!(linker.settled.is_empty());
+}
+
+#[test]
 fn each_rule_has_its_own_window() {
     let mut policy = LinkPolicy::default();
     policy.rules[0].window = MIN; // strong: within one minute only

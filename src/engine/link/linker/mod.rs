@@ -10,7 +10,7 @@ pub(in crate::engine::link) use candidates::*;
 #[derive(Debug)]
 pub struct Linker {
     policy: LinkPolicy,
-    compiled: Compiled,
+    pub(super) compiled: Compiled,
     pub(super) index: Index,
     live: Forest,
     cur: Forest,
@@ -28,6 +28,17 @@ pub struct Linker {
     /// The last [`RECENT_LINKS`] links made, a ring (`recent_next` is the slot written next once it is full).
     recent: Vec<LinkEdge>,
     recent_next: usize,
+    /// Accounts whose last full gathering (this generation) found only accounts already in their cluster: the hash
+    /// of their keys then, and when (docs/link.md, "Accounts already linked"). Cleared at rotation, so it holds
+    /// accounts of `cur` only.
+    pub(super) settled: FastMap<u64, Settled>,
+}
+
+/// See [`Linker::settled`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Settled {
+    keys: u64,
+    pub(super) at: Nanos,
 }
 
 /// What linking changed since it was last drained ([`Linker::changes`]): for whoever keeps state per cluster
@@ -76,6 +87,7 @@ impl Linker {
             shared: 0,
             recent: Vec::new(),
             recent_next: 0,
+            settled: FastMap::default(),
         }
     }
 
@@ -99,6 +111,7 @@ impl Linker {
     pub fn set_policy(&mut self, policy: LinkPolicy) {
         self.compiled = Compiled::new(&policy);
         self.policy = policy;
+        self.settled.clear();
         while self.index.len > self.compiled.max_values {
             self.index
                 .evict_one(self.last_now, self.compiled.max_window);
@@ -121,6 +134,12 @@ impl Linker {
             return self.cluster_of(account);
         }
         self.index.prefetch(&self.keys);
+        let keys_hash = self.keys_hash();
+        // An account already linked that found nothing new a moment ago, with the same keys, only records itself
+        // under its keys (docs/link.md, "Accounts already linked").
+        let gather = !self.settled.get(&account).is_some_and(|s| {
+            s.keys == keys_hash && now >= s.at && now - s.at < self.compiled.refresh
+        });
 
         let keys = std::mem::take(&mut self.keys);
         let mut found = std::mem::take(&mut self.found);
@@ -129,7 +148,8 @@ impl Linker {
         let max_links = self.compiled.max_links;
         for job in &keys {
             found.items.clear();
-            found.limit = max_links;
+            // Without gathering, one other account is enough to know the key is shared.
+            found.limit = if gather { max_links } else { 1 };
             let touch = Touch {
                 account,
                 now,
@@ -142,29 +162,40 @@ impl Linker {
             if !found.items.is_empty() {
                 self.shared |= job.bit;
             }
-            if job.signal_only {
+            if job.signal_only || !gather {
                 continue;
             }
             for e in &found.items {
                 cands.add(e, job);
             }
         }
-        if !cands.list.is_empty() {
+        if gather {
             // Strongest first. A candidate already in the account's component (this generation) only reinforces
             // it; the others are merged in, at most `max_links` of them.
             cands.list.sort_unstable_by(candidate_order);
             let mut merges = 0;
+            let mut all_in = cands.list.len() < MAX_CANDIDATES;
             let mut root = self.cur.get(account).map(|i| self.cur.find(i));
             let min_bands = self.compiled.min_bands;
             for c in cands.list.iter().filter(|c| c.links(min_bands)) {
                 if self.reinforce(root, c) {
                     continue;
                 }
+                all_in = false;
                 if merges < max_links {
                     self.link(account, c, now);
                     merges += 1;
                     root = self.cur.get(account).map(|i| self.cur.find(i));
                 }
+            }
+            if all_in && root.is_some() {
+                let s = Settled {
+                    keys: keys_hash,
+                    at: now,
+                };
+                self.settled.insert(account, s);
+            } else {
+                self.settled.remove(&account);
             }
         }
         self.keys = keys;
@@ -285,7 +316,8 @@ impl Linker {
             + self.band_flags.capacity()
             + self.compiled.rules.capacity() * size_of::<CompiledRule>()
             + map_bytes(&self.compiled.flags)
-            + self.recent.capacity() * size_of::<LinkEdge>();
+            + self.recent.capacity() * size_of::<LinkEdge>()
+            + map_bytes(&self.settled);
         LinkStats {
             values: self.index.len,
             entries: self.index.entries,
@@ -317,6 +349,7 @@ impl Linker {
             self.live.resolve_dups(now);
             self.rotations_total += 1;
         }
+        self.settled.clear();
         self.gen_start = Some(start + due * generation);
     }
 
@@ -387,6 +420,14 @@ impl Linker {
                 }
             }
         }
+    }
+
+    /// A hash of the request's keys as linking uses them (key, strength, rule, band).
+    fn keys_hash(&self) -> u64 {
+        self.keys.iter().fold(0, |h, job| {
+            let how = u64::from(job.strength) | u64::from(job.band) << 8 | u64::from(job.bit) << 16;
+            murmur3_combine(murmur3_combine(h, job.key), how)
+        })
     }
 
     /// When `c` is already in the component `root` of `cur` (so in the same component of `live` too), adds the
