@@ -386,28 +386,6 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
     pops
 }
 
-/// Heavy long-answer users (reports, stories, whole files): short prompts,
-/// long answers, at human rates — the honest look-alike of a slow-and-low
-/// campaign's yield per account ([`Signal::YieldPerHour`]). Drawn from a
-/// stream of its own and put after every other population, so that those
-/// keep their draws and their schedules.
-///
-/// [`Signal::YieldPerHour`]: crate::engine::score::Signal::YieldPerHour
-fn long_answer_users(seed: u64, size: Size) -> Population {
-    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0x10a6));
-    let accounts = ((f64::from(rng.gen_range(20..=60u32)) * size.accounts).round() as u32).max(1);
-    Population {
-        accounts,
-        rate_per_hour: rng.gen_range(3.0..10.0),
-        end_ms: size.minutes * MINUTE,
-        prompt_words: [20, 150],
-        max_tokens: vec![8192, 16000],
-        thinking_share: 0.2,
-        output_tokens: [800, 5000],
-        ..honest("long-answer-users".into(), seed, &RESIDENTIAL, accounts)
-    }
-}
-
 /// The name of the drawn campaign's population.
 pub const CAMPAIGN: &str = "campaign";
 
@@ -456,7 +434,6 @@ pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
     let max_warmup = (end.saturating_sub(start) / MINUTE / 2) as u32;
     campaign.warmup_minutes = campaign.warmup_minutes.min(max_warmup);
     pops.push(campaign.population(CAMPAIGN, paraphrased, (start, end), seed));
-    pops.push(long_answer_users(seed, size));
     Drawn {
         scenario: Scenario {
             name: format!("{}-{seed}", family.as_str()),
@@ -487,7 +464,6 @@ pub fn against_background(strategy: &AttackStrategy, seed: u64, size: Size) -> S
     let (_, paraphrased) = attack_templates(Family::Tuning);
     let start = (2 * MINUTE).min(end / 4);
     pops.push(strategy.population(CAMPAIGN, paraphrased, (start, end), seed));
-    pops.push(long_answer_users(seed, size));
     Scenario {
         name: format!("redteam-{seed}"),
         description: format!("honest background of seed {seed} and one campaign"),
