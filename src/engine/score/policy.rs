@@ -70,6 +70,7 @@ impl Default for ScorePolicy {
                 stack_churn: 0.5,
                 output_length: 0.2,
                 yield_per_member: 0.3,
+                yield_per_hour: 0.0,
             },
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
@@ -87,6 +88,7 @@ impl Default for ScorePolicy {
                 stack_churn: Ramp::new(0.05, 0.5),
                 output_length: Ramp::new(1_500.0, 4_000.0),
                 yield_per_member: Ramp::new(8_000.0, 24_000.0),
+                yield_per_hour: Ramp::new(8_000.0, 24_000.0),
             },
             thresholds: Thresholds {
                 slow: Mark::new(0.50, 0.40),

@@ -36,11 +36,14 @@ pub enum Signal {
     /// Output tokens per member-hour of answers served in full that are long and many times their prompt
     /// (clusters only).
     YieldPerMember = 14,
+    /// Output tokens per hour of answers served in full that are long and many times their prompt (accounts only:
+    /// a cluster has [`Signal::YieldPerMember`]).
+    YieldPerHour = 15,
 }
 
 impl Signal {
     /// Number of signals.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every signal, in index order.
     pub const ALL: [Signal; Signal::COUNT] = [
@@ -59,6 +62,7 @@ impl Signal {
         Signal::StackChurn,
         Signal::OutputLength,
         Signal::YieldPerMember,
+        Signal::YieldPerHour,
     ];
 
     /// Signals only a cluster has (an account's score leaves them out).
@@ -67,6 +71,11 @@ impl Signal {
             self,
             Signal::Lockstep | Signal::MemberSpread | Signal::YieldPerMember
         )
+    }
+
+    /// Signals only an account has (a cluster's score leaves them out).
+    pub fn account_only(self) -> bool {
+        matches!(self, Signal::YieldPerHour)
     }
 
     /// Index in [`Signal::ALL`].
@@ -92,6 +101,7 @@ impl Signal {
             Signal::StackChurn => "stack_churn",
             Signal::OutputLength => "output_length",
             Signal::YieldPerMember => "yield_per_member",
+            Signal::YieldPerHour => "yield_per_hour",
         }
     }
 
@@ -113,6 +123,7 @@ impl Signal {
             Signal::MemberSpread => "members per request per minute",
             Signal::OutputLength => "output tokens per request",
             Signal::YieldPerMember => "long-yield output tokens per member-hour",
+            Signal::YieldPerHour => "long-yield output tokens per hour",
         }
     }
 }
@@ -156,6 +167,8 @@ pub struct PerSignal<T> {
     pub output_length: T,
     /// [`Signal::YieldPerMember`].
     pub yield_per_member: T,
+    /// [`Signal::YieldPerHour`].
+    pub yield_per_hour: T,
 }
 
 impl<T: Copy> PerSignal<T> {
@@ -177,6 +190,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::StackChurn => self.stack_churn,
             Signal::OutputLength => self.output_length,
             Signal::YieldPerMember => self.yield_per_member,
+            Signal::YieldPerHour => self.yield_per_hour,
         }
     }
 
@@ -198,6 +212,7 @@ impl<T: Copy> PerSignal<T> {
             Signal::StackChurn => &mut self.stack_churn,
             Signal::OutputLength => &mut self.output_length,
             Signal::YieldPerMember => &mut self.yield_per_member,
+            Signal::YieldPerHour => &mut self.yield_per_hour,
         };
         *slot = value;
     }

@@ -1256,3 +1256,108 @@ fn yield_per_member_needs_the_input_and_a_cluster() {
         .contribution(Signal::YieldPerMember)
         .is_none());
 }
+
+/// One account sending `per_hour` requests an hour for `hours`, each `(input, output)` from `draw`, served in full.
+fn yield_account(
+    per_hour: u64,
+    hours: u64,
+    seed: u64,
+    mut draw: impl FnMut(&mut StdRng) -> (u64, u64),
+) -> (AccountSignals, Nanos) {
+    let p = ScorePolicy::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut a = AccountSignals::new(T0);
+    let gap = HOUR / per_hour;
+    let end = T0 + hours * HOUR;
+    let mut now = T0;
+    while now < end {
+        let (input, output) = draw(&mut rng);
+        let r = RequestSignals {
+            input_tokens: input,
+            ..req(now)
+        };
+        a.observe_hits(&r, PhraseHits::default(), &p, TIER_RPM);
+        a.settle_request(output, Some(input), now, &p, true);
+        now += gap;
+    }
+    (a, end)
+}
+
+fn yield_per_hour_of(a: &AccountSignals, now: Nanos) -> f32 {
+    let mut p = ScorePolicy::default();
+    p.weights.set(Signal::YieldPerHour, 0.3);
+    a.score(now, &p)
+        .contribution(Signal::YieldPerHour)
+        .map_or(f32::NAN, |c| c.value)
+}
+
+#[test]
+fn yield_per_hour_fires_on_a_campaign_account_not_on_its_honest_look_alikes() {
+    let p = ScorePolicy::default();
+    let ramp = p.ramps.get(Signal::YieldPerHour);
+    // `redteam`'s best evasion before this signal: one account of a small campaign, 13 requests an hour, 27 %
+    // cover traffic, two hours.
+    let (campaign, end) = yield_account(13, 2, 1, campaign_request(0.27));
+    // Students asking for step-by-step answers, at the top of their rate: short prompts, answers up to 2 500.
+    let (students, _) = yield_account(8, 2, 2, |rng| {
+        (rng.gen_range(20..110), rng.gen_range(300..=2500))
+    });
+    // Chat users: short questions, short answers.
+    let (chat, _) = yield_account(8, 2, 3, |rng| {
+        (rng.gen_range(10..160), rng.gen_range(80..=1500))
+    });
+    // Agents: busier than the campaign and answers as long, to long contexts.
+    let (agents, _) = yield_account(40, 2, 4, |rng| {
+        (rng.gen_range(700..1000), rng.gen_range(300..=4000))
+    });
+    // Heavy long-answer users (reports, stories, whole files) at the top of their rate: short prompts, long
+    // answers. The signal's nearest honest neighbour: only the rate tells them from the campaign.
+    let (writers, _) = yield_account(10, 2, 5, |rng| {
+        (rng.gen_range(30..200), rng.gen_range(800..=5000))
+    });
+    let (c, s, ch, a, w) = (
+        yield_per_hour_of(&campaign, end),
+        yield_per_hour_of(&students, end),
+        yield_per_hour_of(&chat, end),
+        yield_per_hour_of(&agents, end),
+        yield_per_hour_of(&writers, end),
+    );
+    println!(
+        "long-yield tokens per account-hour: campaign {c:.0}, students {s:.0}, chat {ch:.0}, agents {a:.0}, \
+         long-answer users {w:.0} (ramp {} -> {})",
+        ramp.off, ramp.full
+    );
+    let mid = (ramp.off + ramp.full) / 2.0;
+    assert!(c >= mid, "campaign {c}");
+    for (name, v) in [("students", s), ("chat", ch), ("agents", a)] {
+        assert!(v < ramp.off, "{name} {v}");
+    }
+    // Above the ramp's foot too, and not far below the campaign: why the weight ships at 0 (docs/score.md).
+    assert!(w > ramp.off && w < c, "long-answer users {w}, campaign {c}");
+}
+
+#[test]
+fn yield_per_hour_is_an_account_signal_and_raises_its_score() {
+    // Off by default (docs/score.md): switched on here.
+    let mut p = ScorePolicy::default();
+    p.weights.set(Signal::YieldPerHour, 0.3);
+    let (a, end) = yield_account(13, 2, 1, campaign_request(0.27));
+    let with = a.score(end, &p);
+    let yield_points = with
+        .contribution(Signal::YieldPerHour)
+        .map_or(0.0, |c| c.contribution);
+    assert!(yield_points > 0.0, "{with:?}");
+    let mut off = p.clone();
+    off.weights.set(Signal::YieldPerHour, 0.0);
+    assert!(a.score(end, &off).value + yield_points * 0.99 <= with.value);
+    // A cluster is not scored on it: it has the per-member form.
+    let (c, end) = yield_cluster(10, 13, 2, 1, true, campaign_request(0.27));
+    assert!(c
+        .score(end, &p)
+        .contribution(Signal::YieldPerHour)
+        .is_none());
+    assert!(c
+        .score(end, &p)
+        .contribution(Signal::YieldPerMember)
+        .is_some());
+}

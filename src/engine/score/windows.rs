@@ -540,6 +540,13 @@ impl Window {
         } else {
             0.0
         };
+        // The same yield for one account (an account's score; a cluster's has the per-member form above): what a
+        // slow-and-low campaign's account takes an hour, which cover traffic dilutes only by its own share.
+        v[Signal::YieldPerHour.index()] = {
+            let per_request = c.yield_output / (c.full + policy.min_requests.max(1.0));
+            let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
+            (f64::from(per_request) * rate * 3600.0) as f32
+        };
 
         let evidence = if n < policy.min_requests || n <= 0.0 {
             0.0
@@ -570,7 +577,7 @@ impl Window {
         let mut contributions = Vec::with_capacity(Signal::COUNT);
         let mut raw = 0.0f32;
         for s in Signal::ALL {
-            if s.cluster_only() && cluster.is_none() {
+            if s.cluster_only() && cluster.is_none() || s.account_only() && cluster.is_some() {
                 continue;
             }
             let value = snap.values[s.index()];
