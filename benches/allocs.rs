@@ -474,6 +474,25 @@ fn main() {
     if std::env::args().any(|a| a == "--test") {
         return;
     }
+    // `cargo bench --bench allocs -- streams` runs one part (requests,
+    // streams, engine); without a name, all three.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| only.is_empty() || only.iter().any(|a| a == part);
+    if run("requests") {
+        per_request_counts();
+    }
+    if run("streams") {
+        per_stream_heap();
+    }
+    if run("engine") {
+        engine_memory();
+    }
+}
+
+fn per_request_counts() {
     println!(
         "allocations per proxied request: {MEASURED} requests on one connection after \
          {WARMUP}, keys key-0..key-{} rotated",
@@ -493,7 +512,9 @@ fn main() {
             proxy.join();
         }
     }
+}
 
+fn per_stream_heap() {
     println!(
         "\nheap held per open SSE stream: {STREAMS} concurrent streams of one key, each read to \
          its first event (live = allocated - freed while all are open)"
@@ -518,6 +539,4 @@ fn main() {
         proxy.shutdown();
         proxy.join();
     }
-
-    engine_memory();
 }

@@ -597,6 +597,11 @@ fn key_before(before_colon: &[u8]) -> Option<(&[u8], bool)> {
     Some((&s[q + 1..], escaped))
 }
 
+/// First capacity of a buffer that [`bounded_extend`] grows: most usage
+/// objects fit (they are 60–300 bytes), so one is made in one step
+/// instead of five doublings from a few bytes.
+const FIRST_CAPACITY: usize = 256;
+
 /// Appends `bytes` (the caller checked `v.len() + bytes.len() <= max`)
 /// without letting the capacity grow past `max`.
 fn bounded_extend(v: &mut Vec<u8>, bytes: &[u8], max: usize) {
@@ -604,6 +609,7 @@ fn bounded_extend(v: &mut Vec<u8>, bytes: &[u8], max: usize) {
     if v.capacity() < needed {
         let want = needed
             .max(v.capacity().saturating_mul(2))
+            .max(FIRST_CAPACITY)
             .min(max)
             .max(needed);
         v.reserve_exact(want - v.len());

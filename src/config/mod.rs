@@ -397,6 +397,10 @@ pub struct UpstreamConfig {
     pub scheme: Scheme,
     /// Host and port.
     pub authority: Authority,
+    /// The `Host` an HTTP/1 upstream is sent: the URL's host, with its port
+    /// unless it is the scheme's default (what hyper-util would format on
+    /// every request; made once here).
+    pub host: http::HeaderValue,
     /// Path prefix without a trailing `/` (empty for none).
     pub path_prefix: String,
     /// Extra CA certificates (PEM) for an https upstream.
@@ -755,6 +759,17 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     if uri.query().is_some() {
         return Err(invalid("upstream.url", "expected no query string"));
     }
+    let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_string(),
+    };
+    let host = http::HeaderValue::try_from(host).map_err(|_| {
+        invalid(
+            "upstream.url",
+            format!("expected a host in the URL, got {:?}", u.url),
+        )
+    })?;
     let path_prefix = uri.path().trim_end_matches('/').to_string();
     let ca_path = match &u.ca_path {
         None => None,
@@ -775,6 +790,7 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
     let upstream = UpstreamConfig {
         scheme,
         authority,
+        host,
         path_prefix,
         ca_path,
         connect_timeout: nonzero_ms("upstream.connect_timeout_ms", u.connect_timeout_ms)?,

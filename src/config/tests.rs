@@ -25,6 +25,19 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn upstream_host_omits_only_the_default_port() {
+    let host = |url: &str| {
+        let text = MINIMAL.replace("http://127.0.0.1:9000/base/", url);
+        parse_str(&text).unwrap().upstream.host
+    };
+    assert_eq!(host("http://127.0.0.1:9000/base/"), "127.0.0.1:9000");
+    assert_eq!(host("http://api.example:80"), "api.example");
+    assert_eq!(host("https://api.example:443/v"), "api.example");
+    assert_eq!(host("https://api.example:8443"), "api.example:8443");
+    assert_eq!(host("http://[::1]:9000"), "[::1]:9000");
+}
+
+#[test]
 fn unknown_key_is_an_error_with_position_and_path() {
     let text = format!("{MINIMAL}\n[limits]\nmax_body = 5\n");
     let e = parse_str(&text).unwrap_err();

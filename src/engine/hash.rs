@@ -23,6 +23,18 @@ pub fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// FNV-1a continued over text written to it: `write!(Fnv1a(h), "{v}")`
+/// hashes `v`'s `Display` text exactly as [`fnv1a_from`] over that text
+/// would, without making the text.
+pub struct Fnv1a(pub u64);
+
+impl std::fmt::Write for Fnv1a {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0 = fnv1a_from(self.0, s.as_bytes());
+        Ok(())
+    }
+}
+
 /// FNV-1a (64-bit) of `bytes`.
 #[inline]
 pub fn fnv1a(bytes: &[u8]) -> u64 {

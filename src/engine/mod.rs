@@ -44,8 +44,22 @@ pub use policy::{ActionMode, ClusterPolicy, DetectionPolicy, Policy, Tier};
 /// Stable 64-bit hash of an attribute value (FNV-1a over the kind, `:` and
 /// the bytes): the same in the proxy, in config lists and in `replay`.
 pub fn attr_hash(kind: AttrKind, value: &[u8]) -> u64 {
-    let kind = hash::fnv1a_from(hash::fnv1a(kind.as_str().as_bytes()), b":");
-    hash::fnv1a_from(kind, value)
+    hash::fnv1a_from(attr_hash_prefix(kind), value)
+}
+
+/// [`attr_hash`] of a value's `Display` text, hashed as it is written
+/// (no string made per request).
+fn attr_hash_display(kind: AttrKind, value: impl std::fmt::Display) -> u64 {
+    use std::fmt::Write as _;
+    let mut h = hash::Fnv1a(attr_hash_prefix(kind));
+    // Writing into a hash cannot fail.
+    let _ = write!(h, "{value}");
+    h.0
+}
+
+/// The hash of `kind` and `:`, where every [`attr_hash`] starts.
+fn attr_hash_prefix(kind: AttrKind) -> u64 {
+    hash::fnv1a_from(hash::fnv1a(kind.as_str().as_bytes()), b":")
 }
 
 /// The request's shape for linking ([`AttrKind::Shape`]): the model and the
@@ -62,10 +76,9 @@ pub fn request_shape(f: &RequestFacts) -> Option<u64> {
     let scale = f
         .max_output_tokens
         .map_or(0, |v| (32 - v.leading_zeros()) / 2 + 1);
-    let mut value = Vec::with_capacity(48);
-    value.extend_from_slice(f.model.as_deref().unwrap_or("").as_bytes());
-    value.extend_from_slice(&[0, scale as u8]);
-    Some(attr_hash(AttrKind::Shape, &value))
+    // The hash of `model`, 0, `scale`, continued piece by piece.
+    let model = attr_hash(AttrKind::Shape, f.model.as_deref().unwrap_or("").as_bytes());
+    Some(hash::fnv1a_from(model, &[0, scale as u8]))
 }
 
 /// An account's behaviour state carries evidence that must not be dropped
@@ -169,9 +182,9 @@ pub fn observed_attrs(
         if ignore_nets.iter().any(|n| n.contains(&p)) {
             None
         } else if let Some(n) = downweight_nets.iter().find(|n| n.contains(&p)) {
-            h(AttrKind::IpPrefix, &n.to_string())
+            Some(attr_hash_display(AttrKind::IpPrefix, n))
         } else {
-            h(AttrKind::IpPrefix, &p.to_string())
+            Some(attr_hash_display(AttrKind::IpPrefix, p))
         }
     });
     ObservedAttrs {
@@ -179,7 +192,7 @@ pub fn observed_attrs(
         http: http.and_then(|v| h(AttrKind::Http, v)),
         h2: h2.and_then(|v| h(AttrKind::H2, v)),
         ip_prefix,
-        asn: asn.and_then(|a| h(AttrKind::Asn, &a.to_string())),
+        asn: asn.map(|a| attr_hash_display(AttrKind::Asn, a)),
         prompt,
     }
 }

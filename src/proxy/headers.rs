@@ -60,19 +60,44 @@ pub fn prepare_upstream_request(
 ) {
     strip_hop_by_hop(headers);
     headers.remove(HOST);
-    let ip = peer_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), peer_ip);
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// `x-forwarded-for` with `ip` appended to the client's list (kept when it
+/// is visible ASCII and not blank). The address is written on the stack,
+/// so the value's bytes are the one allocation.
+fn forwarded_for(prev: Option<&HeaderValue>, ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    // The longest text form of an address (INET6_ADDRSTRLEN - 1).
+    let mut buf = [0u8; 45];
+    let len = {
+        let mut w = &mut buf[..];
+        // Cannot fail: every address fits.
+        let _ = write!(w, "{ip}");
+        45 - w.len()
+    };
+    let addr = &buf[..len];
+    let prev = prev
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.trim().is_empty());
+    let value = match prev {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + addr.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(addr);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+        }
+        None => HeaderValue::from_bytes(addr),
+    };
+    // Only visible ASCII was written (`prev` passed `to_str`).
+    value.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client's `x-request-id` when it is a sane token (visible ASCII, at
@@ -106,8 +131,12 @@ pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     hex_u64(prefix, &mut buf[..16]);
     hex_u64(n, &mut buf[16..]);
-    // Only hex digits were written, so this cannot fail; fall back anyway.
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Owned by its `Bytes` (one allocation, shared by refcount), where
+    // `from_bytes` would copy and then allocate again on the first clone
+    // (the upstream request's copy). Only hex digits were written, so this
+    // cannot fail; fall back anyway.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn hex_u64(mut v: u64, out: &mut [u8]) {
@@ -159,6 +188,13 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        // A blank list is replaced; the longest address form fits.
+        h.insert("x-forwarded-for", HeaderValue::from_static("  "));
+        let long: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        prepare_upstream_request(&mut h, long, false, &HeaderValue::from_static("i"));
+        assert_eq!(h["x-forwarded-for"], long.to_string().as_str());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -154,6 +155,9 @@ impl tower::Service<Request<RequestBody>> for Upstream {
             Err(e) => return UpstreamFuture::failed(e),
         };
         parts.version = Version::HTTP_11;
+        // Set here rather than by the client, which would format it anew
+        // for every request (HTTP/1 only; over h2 it equals `:authority`).
+        parts.headers.insert(HOST, cfg.host.clone());
         let sent = self.client.request(Request::from_parts(parts, body));
         UpstreamFuture {
             response: Some(tokio::time::timeout(cfg.first_byte_timeout, sent)),
