@@ -414,12 +414,32 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    until(limit, what, || {
+        let held = cond();
+        async move {
+            if held.await {
+                Ok(())
+            } else {
+                Err(format!("not within {limit:?}"))
+            }
+        }
+    })
+    .await
+}
+
+/// Poll `probe` every 25 ms until it gives a value or `limit` passes; the
+/// failure names what was awaited and what the last probe saw.
+async fn until<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + limit;
     loop {
-        if cond().await {
-            return;
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(Instant::now() < deadline, "{what}: {seen}"),
         }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -814,18 +834,17 @@ async fn output_debt_made_through_one_replica_refuses_on_another() {
     // The settlement reaches Redis just after the stream: the other replica
     // refuses with the account's output budget (300 tokens owed = 3 s).
     let url = c.url(1);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let seen = loop {
-        let (status, body) = send(&url, "sk-streamer", LIMIT).await;
-        if status == 429 {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "debt not seen on the other replica"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let seen = until(
+        Duration::from_secs(2),
+        "debt not seen on the other replica",
+        || async {
+            match send(&url, "sk-streamer", LIMIT).await {
+                (429, body) => Ok(body),
+                (status, _) => Err(format!("status {status}")),
+            }
+        },
+    )
+    .await;
     assert!(seen.contains("output tokens per minute"), "{seen}");
     let retry: u64 = seen.rsplit("retry-after=").next().unwrap().parse().unwrap();
     assert!((2..=4).contains(&retry), "retry-after {retry}");
@@ -977,24 +996,20 @@ async fn served_clusters(addr: SocketAddr) -> Vec<String> {
 /// The one cluster id every replica of `three` gives the four hydra
 /// accounts it serves, polled until they agree (or `LIMIT` passes).
 async fn one_cluster_id(three: &Cluster) -> String {
-    let mut ids = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        ids.clear();
+    let ids = until(LIMIT, "cluster ids differ between replicas", || async {
+        let mut ids = std::collections::BTreeSet::new();
         for i in 0..3 {
             let clusters = served_clusters(three.admin(i)).await;
             assert_eq!(clusters.len(), 4, "replica {i}: {clusters:?}");
             ids.extend(clusters);
         }
         if ids.len() == 1 {
-            break;
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "cluster ids differ between replicas: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     let id = ids.into_iter().next().unwrap();
     assert_ne!(id, "none");
     id
@@ -1394,19 +1409,16 @@ async fn after_an_outage_the_replicas_rebuild_one_view_from_the_stream() {
 
     // Back, with its data: the views are rebuilt from one stream.
     redis.restart_with(&aof);
-    let deadline = Instant::now() + LIMIT;
-    let ids = loop {
+    let ids = until(LIMIT, "replicas still disagree", || async {
         let mut ids = hydra_clusters(c.admin(0)).await;
         ids.extend(hydra_clusters(c.admin(1)).await);
         if ids.len() == 1 && !ids.contains("none") {
-            break ids;
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas still disagree: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    })
+    .await;
     let id = ids.into_iter().next().unwrap();
     for i in 0..2 {
         eventually(LIMIT, "both replicas hold all twelve members", || {
@@ -1480,19 +1492,18 @@ async fn redis_back_empty_keeps_the_views_the_replicas_hold() {
     let urls: Vec<String> = (0..2).map(|i| c.url(i)).collect();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let _ = hydra_over_until_refused(&urls, mixed).await;
-    let deadline = Instant::now() + LIMIT;
-    let id = loop {
+    let id = until(LIMIT, "no one cluster before", || async {
         let mut ids = hydra_clusters(c.admin(0)).await;
         ids.extend(hydra_clusters(c.admin(1)).await);
         let one = ids.iter().next().filter(|_| ids.len() == 1).cloned();
         if let Some(id) = one.filter(|id| id != "none") {
             if twelve(c.admin(0), &id).await && twelve(c.admin(1), &id).await {
-                break id;
+                return Ok(id);
             }
         }
-        assert!(Instant::now() < deadline, "no one cluster before: {ids:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+        Err(format!("{ids:?}"))
+    })
+    .await;
     redis.kill();
     eventually(LIMIT, "the view falls back to local linking", || async {
         metric(c.admin(0), "distill_guard_state_stream_view").await == 0.0
