@@ -117,8 +117,8 @@ impl AccountSignals {
 
     /// Record what a response produced, served in full (`full`) or degraded, with its request's input tokens
     /// (None: unknown): a long yield ([`ScorePolicy::yield_min_output_tokens`], [`ScorePolicy::yield_min_ratio`])
-    /// is kept apart, for the clusters and cohorts the account's history goes to ([`Signal::YieldPerMember`] is
-    /// a cluster signal).
+    /// is kept apart: for the account's own [`Signal::YieldPerHour`], and for the clusters and cohorts its
+    /// history goes to ([`Signal::YieldPerMember`]).
     pub fn settle_request(
         &mut self,
         output_tokens: u64,

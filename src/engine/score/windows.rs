@@ -436,7 +436,8 @@ impl Window {
     }
 
     /// `full`: the request was served in full (not degraded), so its output counts towards
-    /// [`Signal::OutputLength`] too, and towards [`Signal::YieldPerMember`] when it is a long yield of its
+    /// [`Signal::OutputLength`] too, and towards [`Signal::YieldPerMember`] (a cluster's) or
+    /// [`Signal::YieldPerHour`] (an account's) when it is a long yield of its
     /// `input_tokens` (None: the input is not known, and the yield is not counted).
     pub(super) fn settle(
         &mut self,
