@@ -124,6 +124,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() && buf.remaining() > 0 {
+                // What has arrived since comes in the same read: hyper
+                // reserves room for each read, so a short first read made
+                // it double its buffer for the second. Pending, EOF or an
+                // error here shows again on the next read (an error at
+                // worst as EOF), so nothing is lost by ignoring it.
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -147,6 +155,24 @@ mod tests {
         let mut out = String::new();
         r.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn rewind_hands_over_what_has_arrived_with_the_prefix() {
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b" world")
+            .await
+            .unwrap();
+        let mut r = Rewind::new(BytesMut::from(&b"hello"[..]), b);
+        let mut out = [0u8; 32];
+        let n = r.read(&mut out).await.unwrap();
+        assert_eq!(&out[..n], b"hello world");
+        // Nothing more has arrived: the next read waits for it.
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"!")
+            .await
+            .unwrap();
+        let n = r.read(&mut out).await.unwrap();
+        assert_eq!(&out[..n], b"!");
     }
 
     #[tokio::test]

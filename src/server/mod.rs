@@ -379,7 +379,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
 /// hyper's connection settings for a new client connection, from the
 /// config in force when it was accepted (a reload applies to the next
 /// connections).
-pub(crate) fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+pub(crate) fn http_builder(config: &Config, http: Http) -> auto::Builder<TokioExecutor> {
     let l = &config.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -391,7 +391,54 @@ pub(crate) fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(256)
         .keep_alive_interval(l.h2_keepalive_interval)
         .keep_alive_timeout(l.h2_keepalive_timeout);
-    b
+    match http {
+        Http::One => b.http1_only(),
+        Http::Two => b.http2_only(),
+        Http::Unknown => b,
+    }
+}
+
+/// The HTTP version a connection speaks, when its ALPN or its first bytes
+/// already say so.
+///
+/// Serving a known version directly skips hyper-util's own sniff, which
+/// reads the first 24 bytes apart and hands them to hyper as a first read
+/// of their own: hyper's 8 KiB read buffer then had to grow for the second
+/// read, to 16 KiB, and stayed that size for the connection's life (8 KiB
+/// more per open stream; BENCHMARKS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Http {
+    One,
+    Two,
+    /// Not decided yet (e.g. only part of the HTTP/2 preface has arrived):
+    /// hyper-util sniffs.
+    Unknown,
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Http {
+    /// From a plain connection's first bytes.
+    fn sniff(first: &[u8]) -> Http {
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] {
+            Http::One
+        } else if n == H2_PREFACE.len() {
+            Http::Two
+        } else {
+            Http::Unknown
+        }
+    }
+
+    /// From the protocol a TLS handshake agreed on.
+    fn from_alpn(alpn: Option<&[u8]>) -> Http {
+        match alpn {
+            Some(b"h2") => Http::Two,
+            Some(b"http/1.1") => Http::One,
+            _ => Http::Unknown,
+        }
+    }
 }
 
 async fn worker_main(
@@ -531,7 +578,7 @@ async fn serve_connection(
     let accepted =
         tokio::time::timeout(deadline, accept_io(stream, peer, tls, trusted, metrics)).await;
     match accepted {
-        Ok(Ok((io, conn))) => {
+        Ok(Ok((io, conn, http))) => {
             // Behind a trusted PROXY-protocol front the share is the
             // announced client's: the front itself is exempt.
             if trusted && conn.client.ip() != peer.ip() {
@@ -549,7 +596,7 @@ async fn serve_connection(
                 tap: Some(tap),
                 ..conn
             };
-            serve_http(worker.clone(), TokioIo::new(io), conn, held).await;
+            serve_http(worker.clone(), TokioIo::new(io), conn, http, held).await;
         }
         Ok(Err(reason)) => {
             debug!(%peer, ?reason, "connection closed before HTTP");
@@ -577,7 +624,7 @@ async fn accept_io(
     tls: Option<Arc<rustls::ServerConfig>>,
     read_proxy_header: bool,
     metrics: &Metrics,
-) -> Result<(ClientIo, ConnInfo), ConnReject> {
+) -> Result<(ClientIo, ConnInfo, Http), ConnReject> {
     let local = stream.local_addr().unwrap_or(peer);
     let hello_err = |e| match e {
         hello::CaptureError::Hello(h) => ConnReject::Hello(h),
@@ -614,19 +661,26 @@ async fn accept_io(
                 .into_stream(config)
                 .await
                 .map_err(|_| ConnReject::TlsHandshake)?;
-            Ok((ClientIo::Tls(Box::new(tls)), conn))
+            let http = Http::from_alpn(tls.get_ref().1.alpn_protocol());
+            Ok((ClientIo::Tls(Box::new(tls)), conn, http))
         }
         None => {
-            if buffered.is_empty() {
+            let http = if buffered.is_empty() {
                 // A client must say something before the deadline; hyper's
                 // own header timeout only starts once HTTP/1 is chosen.
-                let mut first = [0u8; 1];
+                let mut first = [0u8; H2_PREFACE.len()];
                 match stream.peek(&mut first).await {
-                    Ok(n) if n > 0 => {}
+                    Ok(n) if n > 0 => Http::sniff(&first[..n]),
                     _ => return Err(ConnReject::Io),
                 }
-            }
-            Ok((ClientIo::Plain(hello::Rewind::new(buffered, stream)), conn))
+            } else {
+                Http::sniff(&buffered)
+            };
+            Ok((
+                ClientIo::Plain(hello::Rewind::new(buffered, stream)),
+                conn,
+                http,
+            ))
         }
     }
 }
@@ -695,7 +749,7 @@ impl tokio::io::AsyncWrite for ClientIo {
     }
 }
 
-async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, mut held: Held)
+async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, http: Http, mut held: Held)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -708,7 +762,9 @@ where
         conn: Arc::new(conn),
         watch: watch.clone(),
     };
-    let served = http_builder(&config).serve_connection(io, svc).into_owned();
+    let served = http_builder(&config, http)
+        .serve_connection(io, svc)
+        .into_owned();
     tokio::pin!(served);
     let graceful = |c: std::pin::Pin<
         &mut auto::Connection<'static, I, ProxyService, TokioExecutor>,
@@ -757,5 +813,30 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             let resp = worker.guard.serve(&conn, req).await;
             Ok(resp.map(|b| deadline::Watched::new(b, watch)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_decide_the_version_once_they_can() {
+        assert_eq!(Http::sniff(b"POST /v1/messages HTTP/1.1\r\n"), Http::One);
+        assert_eq!(Http::sniff(b"G"), Http::One);
+        // "PRI" could still be the HTTP/2 preface, or an HTTP/1 method.
+        assert_eq!(Http::sniff(b"PRI * HTTP/2"), Http::Unknown);
+        assert_eq!(Http::sniff(b"PRI / HTTP/1.1\r\n"), Http::One);
+        assert_eq!(Http::sniff(H2_PREFACE), Http::Two);
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4]);
+        assert_eq!(Http::sniff(&more), Http::Two);
+    }
+
+    #[test]
+    fn alpn_decides_the_version_when_there_is_one() {
+        assert_eq!(Http::from_alpn(Some(b"h2")), Http::Two);
+        assert_eq!(Http::from_alpn(Some(b"http/1.1")), Http::One);
+        assert_eq!(Http::from_alpn(None), Http::Unknown);
     }
 }
