@@ -27,8 +27,21 @@ const HOP_BY_HOP: [&str; 5] = [
     "http2-settings",
 ];
 
+/// Whether `name` is hop-by-hop in itself (those a `connection` header
+/// lists come with that header, which is).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
+        || HOP_BY_HOP.contains(&name.as_str())
+}
+
 /// Remove hop-by-hop headers, including those listed in `connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at the names they have is cheaper
+    // than looking up each of the nine (a `&str` name is parsed and hashed
+    // for every lookup).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(CONNECTION) {
         if let Ok(list) = conn.to_str() {
             let named: Vec<HeaderName> = list
@@ -73,15 +86,9 @@ pub fn prepare_upstream_request(
 /// is visible ASCII and not blank). The address is written on the stack,
 /// so the value's bytes are the one allocation.
 fn forwarded_for(prev: Option<&HeaderValue>, ip: IpAddr) -> HeaderValue {
-    use std::io::Write as _;
     // The longest text form of an address (INET6_ADDRSTRLEN - 1).
     let mut buf = [0u8; 45];
-    let len = {
-        let mut w = &mut buf[..];
-        // Cannot fail: every address fits.
-        let _ = write!(w, "{ip}");
-        45 - w.len()
-    };
+    let len = write_ip(ip, &mut buf);
     let addr = &buf[..len];
     let prev = prev
         .and_then(|v| v.to_str().ok())
@@ -98,6 +105,40 @@ fn forwarded_for(prev: Option<&HeaderValue>, ip: IpAddr) -> HeaderValue {
     };
     // Only visible ASCII was written (`prev` passed `to_str`).
     value.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Write `ip`'s text form into `buf`; returns its length. IPv4, the usual
+/// case, digit by digit: `Display` goes through `fmt` for every octet.
+fn write_ip(ip: IpAddr, buf: &mut [u8; 45]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let mut w = &mut buf[..];
+            // Cannot fail: every address fits.
+            let _ = write!(w, "{ip}");
+            45 - w.len()
+        }
+    }
 }
 
 /// The client's `x-request-id` when it is a sane token (visible ASCII, at
@@ -195,6 +236,46 @@ mod tests {
             .unwrap();
         prepare_upstream_request(&mut h, long, false, &HeaderValue::from_static("i"));
         assert_eq!(h["x-forwarded-for"], long.to_string().as_str());
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.10.9",
+            "::1",
+            "2001:db8::ff",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut buf = [0u8; 45];
+            let len = write_ip(ip, &mut buf);
+            assert_eq!(&buf[..len], ip.to_string().as_bytes());
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n / 3, 255 - n, n % 10]);
+            let mut buf = [0u8; 45];
+            let len = write_ip(ip, &mut buf);
+            assert_eq!(&buf[..len], ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_as_they_are() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.append("x-b", HeaderValue::from_static("1"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // One hop-by-hop name among them is enough to strip it.
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
