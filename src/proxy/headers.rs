@@ -17,48 +17,47 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// `x-forwarded-proto`.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Hop-by-hop headers that are removed in both directions, besides any the
+/// Hop-by-hop headers, removed in both directions, besides any the
 /// `connection` header names.
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "http2-settings",
+static HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("http2-settings"),
 ];
-
-/// Whether `name` is hop-by-hop in itself (those a `connection` header
-/// lists come with that header, which is).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
-        || HOP_BY_HOP.contains(&name.as_str())
-}
 
 /// Remove hop-by-hop headers, including those listed in `connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one look at the names they have is cheaper
-    // than looking up each of the nine (a `&str` name is parsed and hashed
-    // for every lookup).
-    if !headers.keys().any(is_hop_by_hop) {
+    // Most requests carry none: one look at the names they have is cheaper
+    // than a lookup for each of the ten.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
-    if let Some(conn) = headers.get(CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            let named: Vec<HeaderName> = list
-                .split(',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect();
-            for n in named {
-                headers.remove(n);
-            }
-        }
-        headers.remove(CONNECTION);
-    }
-    for h in [TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
-        headers.remove(h);
-    }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    // The names `connection` lists that are not removed anyway (most list
+    // only `keep-alive` or `close`: nothing to parse or allocate; `close`
+    // is an option, not a field name).
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
     }
 }
 
@@ -274,6 +273,13 @@ mod tests {
         assert_eq!(h, before);
         // One hop-by-hop name among them is enough to strip it.
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // Every `connection` header's list counts, in any case.
+        h.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(CONNECTION, HeaderValue::from_static("close, X-Other"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
     }
