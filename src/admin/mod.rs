@@ -87,7 +87,7 @@ pub async fn serve(
                 }
             })
         };
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {
             let _held = (permit, open);
@@ -95,7 +95,7 @@ pub async fn serve(
             tokio::pin!(conn);
             let graceful =
                 |c: std::pin::Pin<&mut auto::Connection<'_, _, _, _>>| c.graceful_shutdown();
-            let _ = drive(conn, graceful, &watch, &deadlines, &mut shutdown).await;
+            let _ = drive(conn, graceful, &watch, &deadlines, &shutdown).await;
         });
     }
     drop(open_rx);

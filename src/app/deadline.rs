@@ -209,17 +209,25 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// shutdown signal. Shutdown and idleness close it gracefully (`graceful`);
 /// a missed first request or a write stall drops it at once. Returns the
 /// connection's own result, or the deadline that cut it.
+///
+/// The deadlines and the shutdown signal are watched by a task of their
+/// own ([`cut`]), which tells this one through a oneshot: the connection
+/// wakes for every read and write, and a timer and a watch polled beside
+/// it would be polled on each of those wakes.
 pub async fn drive<F: Future>(
     mut conn: Pin<&mut F>,
     graceful: impl FnOnce(Pin<&mut F>),
-    watch: &ConnWatch,
+    watch: &Arc<ConnWatch>,
     deadlines: &Deadlines,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<F::Output, Expired> {
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(cut(watch.clone(), *deadlines, shutdown.clone(), cut_tx));
+    let _stop_watcher = AbortOnDrop(watcher.abort_handle());
     let cut = tokio::select! {
+        biased;
         r = conn.as_mut() => return Ok(r),
-        Ok(_) = shutdown.wait_for(|stop| *stop) => None,
-        e = watch.expired(deadlines) => Some(e),
+        Ok(cut) = cut_rx => cut,
     };
     match cut {
         // The worker's grace period bounds this wait.
@@ -233,6 +241,31 @@ pub async fn drive<F: Future>(
             Err(Expired::Idle)
         }
         Some(e) => Err(e),
+    }
+}
+
+/// Watch one connection: send `None` on shutdown, or the deadline that
+/// passed first.
+async fn cut(
+    watch: Arc<ConnWatch>,
+    deadlines: Deadlines,
+    mut shutdown: watch::Receiver<bool>,
+    tx: tokio::sync::oneshot::Sender<Option<Expired>>,
+) {
+    let cut = tokio::select! {
+        Ok(_) = shutdown.wait_for(|stop| *stop) => None,
+        e = watch.expired(&deadlines) => Some(e),
+    };
+    let _ = tx.send(cut);
+}
+
+/// Aborts a task when dropped (the connection's watcher, when the
+/// connection ends whichever way).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

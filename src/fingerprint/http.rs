@@ -301,6 +301,45 @@ pub struct H1Tap {
     /// Where the search for the end of the head in `buf` resumes.
     scan_from: usize,
     queue: VecDeque<HttpFingerprint>,
+    /// The last head's shape and fingerprint (see [`LastHead`]).
+    last: Option<LastHead>,
+}
+
+/// A connection's last request head: its shape (version, method and header
+/// names exactly as received) and its fingerprint. A client sends the same
+/// shape request after request, and hashing the names costs more than the
+/// rest of the tap: a head of the same shape takes the same fingerprint.
+#[derive(Debug)]
+struct LastHead {
+    /// The version's code, the method, a space, then each name and a comma
+    /// (neither a method nor a name holds a space or a comma).
+    shape: Vec<u8>,
+    fingerprint: HttpFingerprint,
+}
+
+impl LastHead {
+    /// The pieces of a head's shape, in order.
+    fn pieces<'h>(
+        version: HttpVersion,
+        method: &'h str,
+        headers: &'h [httparse::Header<'h>],
+    ) -> impl Iterator<Item = &'h [u8]> {
+        [version.code().as_bytes(), method.as_bytes(), b" "]
+            .into_iter()
+            .chain(headers.iter().flat_map(|h| [h.name.as_bytes(), b","]))
+    }
+
+    /// Whether a head made of `pieces` has this shape.
+    fn same_shape<'p>(&self, pieces: impl Iterator<Item = &'p [u8]>) -> bool {
+        let mut rest = &self.shape[..];
+        for piece in pieces {
+            match rest.strip_prefix(piece) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -339,6 +378,7 @@ impl H1Tap {
             buf: Vec::new(),
             scan_from: 0,
             queue: VecDeque::new(),
+            last: None,
         }
     }
 
@@ -415,7 +455,7 @@ impl H1Tap {
                         self.disable();
                         return rest.len();
                     }
-                    let parsed = rest.get(..end).and_then(parse_head);
+                    let parsed = rest.get(..end).and_then(|h| parse_head(h, &mut self.last));
                     self.on_head(parsed);
                     end
                 }
@@ -441,7 +481,7 @@ impl H1Tap {
             match find_head_end(&self.buf, self.scan_from) {
                 Ok(end) => {
                     let buf = std::mem::take(&mut self.buf);
-                    let parsed = buf.get(..end).and_then(parse_head);
+                    let parsed = buf.get(..end).and_then(|h| parse_head(h, &mut self.last));
                     self.buf = buf;
                     self.buf.clear();
                     self.scan_from = 0;
@@ -505,8 +545,9 @@ fn find_head_end(bytes: &[u8], from: usize) -> Result<usize, usize> {
 
 /// Parses one complete head (ending with its empty line): its fingerprint and
 /// how its body is framed. `None` when hyper would reject it or we cannot
-/// follow it.
-fn parse_head(bytes: &[u8]) -> Option<(HttpFingerprint, Framing)> {
+/// follow it. A head shaped as `last` takes its fingerprint; any other
+/// becomes `last`.
+fn parse_head(bytes: &[u8], last: &mut Option<LastHead>) -> Option<(HttpFingerprint, Framing)> {
     let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(bytes, &mut headers) {
@@ -519,14 +560,12 @@ fn parse_head(bytes: &[u8]) -> Option<(HttpFingerprint, Framing)> {
         1 => HttpVersion::Http11,
         _ => return None,
     };
-    let mut builder = HttpFingerprintBuilder::new(version, method);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut upgrade = method == "CONNECT";
     for header in req.headers.iter() {
         let name = header.name;
-        builder.header_name(name);
         if name.eq_ignore_ascii_case("transfer-encoding") {
             if version == HttpVersion::Http10 {
                 return None;
@@ -556,7 +595,25 @@ fn parse_head(bytes: &[u8]) -> Option<(HttpFingerprint, Framing)> {
     } else {
         Framing::Length(content_length.unwrap_or(0))
     };
-    Some((builder.finish(), framing))
+    let headers = &*req.headers;
+    let fingerprint = match last {
+        Some(l) if l.same_shape(LastHead::pieces(version, method, headers)) => {
+            l.fingerprint.clone()
+        }
+        _ => {
+            let fingerprint =
+                HttpFingerprint::from_parts(version, method, headers.iter().map(|h| h.name));
+            *last = Some(LastHead {
+                shape: LastHead::pieces(version, method, headers)
+                    .flatten()
+                    .copied()
+                    .collect(),
+                fingerprint: fingerprint.clone(),
+            });
+            fingerprint
+        }
+    };
+    Some((fingerprint, framing))
 }
 
 /// Whether the last transfer coding of a Transfer-Encoding value is chunked.
@@ -834,6 +891,33 @@ Cookie: a=b\r\n\r\n";
         assert_eq!(fp.as_str().len(), FINGERPRINT_LEN);
         assert_eq!(fp.order_hash().len(), HASH_HEX_LEN);
         assert_eq!(fp.to_string(), fp.as_str());
+    }
+
+    #[test]
+    fn a_head_of_the_last_shape_takes_its_fingerprint_and_any_change_is_seen() {
+        // Each head alone on a fresh tap gives the reference fingerprint.
+        let heads: [&[u8]; 9] = [
+            CURL,
+            CURL,
+            b"GET / HTTP/1.1\r\nhost: example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUser-Agent: curl/8.5.0\r\nHost: example.com\r\nAccept: */*\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nCookie: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\n\r\n",
+            CURL,
+        ];
+        let alone: Vec<String> = heads
+            .iter()
+            .map(|h| fingerprints(&[h]).0[0].clone())
+            .collect();
+        let on_one_connection = whole_and_bytewise(&heads.concat());
+        assert_eq!(on_one_connection, alone);
+        assert_eq!(alone[0], alone[1]);
+        assert_eq!(alone[0], alone[8]);
+        for (i, fp) in alone.iter().enumerate().skip(2).take(6) {
+            assert_ne!(fp, &alone[0], "head {i} differs from curl's in shape");
+        }
     }
 
     #[test]

@@ -17,35 +17,65 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// `x-forwarded-proto`.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Hop-by-hop headers that are removed in both directions, besides any the
+/// Hop-by-hop headers, removed in both directions, besides any the
 /// `connection` header names.
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "http2-settings",
+static HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("http2-settings"),
 ];
+
+/// Whether `name` is one of [`HOP_BY_HOP`] (one match on the lowercase
+/// name: cheaper than comparing it with each).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "http2-settings"
+    )
+}
 
 /// Remove hop-by-hop headers, including those listed in `connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            let named: Vec<HeaderName> = list
-                .split(',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect();
-            for n in named {
-                headers.remove(n);
-            }
-        }
-        headers.remove(CONNECTION);
+    // Most requests carry none: one look at the names they have is cheaper
+    // than a lookup for each of the ten.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
-    for h in [TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
-        headers.remove(h);
-    }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    // The names `connection` lists that are not removed anyway (most list
+    // only `keep-alive` or `close`: nothing to parse or allocate; `close`
+    // is an option, not a field name).
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
     }
 }
 
@@ -73,15 +103,9 @@ pub fn prepare_upstream_request(
 /// is visible ASCII and not blank). The address is written on the stack,
 /// so the value's bytes are the one allocation.
 fn forwarded_for(prev: Option<&HeaderValue>, ip: IpAddr) -> HeaderValue {
-    use std::io::Write as _;
     // The longest text form of an address (INET6_ADDRSTRLEN - 1).
     let mut buf = [0u8; 45];
-    let len = {
-        let mut w = &mut buf[..];
-        // Cannot fail: every address fits.
-        let _ = write!(w, "{ip}");
-        45 - w.len()
-    };
+    let len = write_ip(ip, &mut buf);
     let addr = &buf[..len];
     let prev = prev
         .and_then(|v| v.to_str().ok())
@@ -98,6 +122,40 @@ fn forwarded_for(prev: Option<&HeaderValue>, ip: IpAddr) -> HeaderValue {
     };
     // Only visible ASCII was written (`prev` passed `to_str`).
     value.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Write `ip`'s text form into `buf`; returns its length. IPv4, the usual
+/// case, digit by digit: `Display` goes through `fmt` for every octet.
+fn write_ip(ip: IpAddr, buf: &mut [u8; 45]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let mut w = &mut buf[..];
+            // Cannot fail: every address fits.
+            let _ = write!(w, "{ip}");
+            45 - w.len()
+        }
+    }
 }
 
 /// The client's `x-request-id` when it is a sane token (visible ASCII, at
@@ -195,6 +253,62 @@ mod tests {
             .unwrap();
         prepare_upstream_request(&mut h, long, false, &HeaderValue::from_static("i"));
         assert_eq!(h["x-forwarded-for"], long.to_string().as_str());
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.10.9",
+            "::1",
+            "2001:db8::ff",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut buf = [0u8; 45];
+            let len = write_ip(ip, &mut buf);
+            assert_eq!(&buf[..len], ip.to_string().as_bytes());
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n / 3, 255 - n, n % 10]);
+            let mut buf = [0u8; 45];
+            let len = write_ip(ip, &mut buf);
+            assert_eq!(&buf[..len], ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_as_they_are() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.append("x-b", HeaderValue::from_static("1"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // One hop-by-hop name among them is enough to strip it.
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // Every `connection` header's list counts, in any case.
+        h.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(CONNECTION, HeaderValue::from_static("close, X-Other"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn the_match_names_the_list() {
+        for n in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        assert!(!is_hop_by_hop(&HOST));
+        assert!(!is_hop_by_hop(&HeaderName::from_static("x-connection")));
     }
 
     #[test]

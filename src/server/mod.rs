@@ -749,7 +749,7 @@ impl tokio::io::AsyncWrite for ClientIo {
     }
 }
 
-async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, http: Http, mut held: Held)
+async fn serve_http<I>(worker: Arc<Worker>, io: I, conn: ConnInfo, http: Http, held: Held)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -769,7 +769,7 @@ where
     let graceful = |c: std::pin::Pin<
         &mut auto::Connection<'static, I, ProxyService, TokioExecutor>,
     >| { c.graceful_shutdown() };
-    match deadline::drive(served, graceful, &watch, &deadlines, &mut held.shutdown).await {
+    match deadline::drive(served, graceful, &watch, &deadlines, &held.shutdown).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%peer, error = %e, "connection ended with an error"),
         Err(cut) => {

@@ -7,6 +7,9 @@
 //! channel with `try_send`; a full channel drops the record and counts it.
 //! A writer thread appends to the file and flushes when idle, and on
 //! shutdown drains what is queued and flushes before the process exits.
+//! Woken by a record, the writer lets more gather for [`GATHER`] before it
+//! writes them all: a sender wakes only a writer that waits, so with a line
+//! per request it wakes about a hundred times a second, not per request.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
+
+/// How long the writer lets records gather once one has woken it.
+pub const GATHER: Duration = Duration::from_millis(10);
+
+/// How long the writer waits for a record before it flushes what it wrote.
+const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
 /// One audit line.
 #[derive(Debug, Clone, Serialize)]
@@ -75,13 +84,16 @@ impl<T: Serialize + Send + 'static> JsonLines<T> {
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, rx) = sync_channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (tx, rx) = sync_channel(capacity);
         let write_errors = Arc::new(AtomicU64::new(0));
         let errors = write_errors.clone();
         let shown = path.display().to_string();
         let writer = std::thread::Builder::new()
             .name("dg-audit".into())
-            .spawn(move || write_loop(rx, std::io::BufWriter::new(file), &errors, &shown))?;
+            .spawn(move || {
+                write_loop(rx, std::io::BufWriter::new(file), capacity, &errors, &shown)
+            })?;
         Ok(JsonLines {
             tx: Mutex::new(Some(tx)),
             dropped: AtomicU64::new(0),
@@ -146,6 +158,7 @@ impl<T> Drop for JsonLines<T> {
 fn write_loop<T: Serialize>(
     rx: Receiver<T>,
     mut out: std::io::BufWriter<std::fs::File>,
+    capacity: usize,
     errors: &AtomicU64,
     path: &str,
 ) {
@@ -157,14 +170,34 @@ fn write_loop<T: Serialize>(
             tracing::warn!(path, error = %e, failures = n + 1, "cannot write a JSON Lines record");
         }
     };
+    // One line's JSON, reused (a line is written whole or not at all).
+    let mut line = Vec::with_capacity(1024);
+    let mut write = |out: &mut std::io::BufWriter<std::fs::File>, r: T| {
+        line.clear();
+        if serde_json::to_writer(&mut line, &r).is_ok() {
+            line.push(b'\n');
+            if let Err(e) = out.write_all(&line) {
+                failed(e);
+            }
+        }
+    };
+    // Whether the last batch filled half the queue: then the writer keeps
+    // draining instead of letting more gather (a full queue drops).
+    let mut pressed = false;
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        match rx.recv_timeout(IDLE_FLUSH) {
             Ok(r) => {
-                if let Ok(line) = serde_json::to_string(&r) {
-                    if let Err(e) = writeln!(out, "{line}") {
-                        failed(e);
-                    }
+                write(&mut out, r);
+                // Senders queue without waking anyone meanwhile.
+                if !pressed {
+                    std::thread::sleep(GATHER);
                 }
+                let mut batch = 1;
+                for r in rx.try_iter() {
+                    write(&mut out, r);
+                    batch += 1;
+                }
+                pressed = batch * 2 >= capacity;
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = out.flush() {
