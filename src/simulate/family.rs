@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
@@ -178,8 +178,12 @@ fn templates(list: &[&str]) -> Vec<Vec<Piece>> {
 fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Population {
     let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
     let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
-    let (addresses, address_asns) =
-        scenario::spread_addresses(&networks, &asns, addresses.max(1), seed ^ name.len() as u64);
+    let (addresses, address_asns) = scenario::spread_addresses(
+        &networks,
+        &asns,
+        addresses.max(1),
+        address_seed(seed, &name),
+    );
     Population {
         name,
         attack: false,
@@ -219,14 +223,39 @@ fn one_stack(i: usize, stacks: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
     (vec![j.to_string()], vec![h.to_string()])
 }
 
-/// The honest look-alikes, drawn.
-fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Population> {
+/// The stream a drawn scenario's population `name` (or `"layout"`, the
+/// scenario's shape) draws its parameters from: the seed and the name,
+/// never the position ([`super::population_rng`]).
+fn stream(seed: u64, name: &str) -> ChaCha8Rng {
+    super::population_rng(seed, name, PARAMETER_STREAM)
+}
+
+/// Where population `name` of the scenario of `seed` places its addresses:
+/// its own, so two populations in one network do not share addresses by
+/// position.
+pub(crate) fn address_seed(seed: u64, name: &str) -> u64 {
+    super::population_stream(seed, name, 0xadd7)
+}
+
+/// Purpose of the parameter streams.
+const PARAMETER_STREAM: u64 = 0xfa31;
+
+/// A drawn account count: `lo..=hi` times the size's factor, at least one.
+fn accounts(rng: &mut ChaCha8Rng, (lo, hi): (u32, u32), size: Size) -> u32 {
+    ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
+}
+
+/// The honest look-alikes, drawn. Each population's parameters come from
+/// its own stream ([`stream`]); which apps and how many NATs there are
+/// come from the scenario's layout stream. A population added here draws
+/// from a stream of its own, so the others keep their draws.
+fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
     let end = size.minutes * MINUTE;
-    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| {
-        ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
-    };
+    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| accounts(rng, (lo, hi), size);
+    let mut layout = stream(seed, "layout");
     let mut pops = Vec::new();
     // Chat users: browsers and SDKs in residential ISPs.
+    let rng = &mut stream(seed, "chat");
     let accounts = n(rng, 200, 400);
     pops.push(Population {
         accounts,
@@ -237,6 +266,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("chat".into(), seed, &RESIDENTIAL, accounts)
     });
     // Students asking for step-by-step explanations.
+    let rng = &mut stream(seed, "students");
     let accounts = n(rng, 40, 120);
     pops.push(Population {
         accounts,
@@ -251,10 +281,12 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("students".into(), seed, &RESIDENTIAL, accounts)
     });
     // Users of one app each: its system prompt in every request, its client.
-    let apps = rng.gen_range(1..=3usize);
-    let first_app = rng.gen_range(0..APP_PROMPTS.len());
+    let apps = layout.gen_range(1..=3usize);
+    let first_app = layout.gen_range(0..APP_PROMPTS.len());
     for k in 0..apps {
         let app = (first_app + k) % APP_PROMPTS.len();
+        let name = format!("app-{app}-users");
+        let rng = &mut stream(seed, &name);
         let accounts = n(rng, 20, 80);
         let (ja4, http) = one_stack(3 + k, &HONEST_STACKS);
         pops.push(Population {
@@ -268,12 +300,14 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
             max_tokens: vec![4096, 8192, 32000],
             thinking_share: rng.gen_range(0.0..0.5),
             output_tokens: [100, 3000],
-            ..honest(format!("app-{app}-users"), seed, &RESIDENTIAL, accounts)
+            ..honest(name, seed, &RESIDENTIAL, accounts)
         });
     }
     // Corporate NATs: many accounts, one or two addresses, one client stack.
-    let nats = rng.gen_range(1..=2usize);
+    let nats = layout.gen_range(1..=2usize);
     for k in 0..nats {
+        let name = format!("corporate-nat-{k}");
+        let rng = &mut stream(seed, &name);
         let accounts = n(rng, 20, 100);
         let (ja4, http) = one_stack(k * 3 + 3, &HONEST_STACKS);
         let net = [("192.0.2.0/24", 64700), ("172.16.5.0/24", 64701)][k];
@@ -289,15 +323,11 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
             elicitation_phrases: CHAT_PHRASES.iter().map(|s| s.to_string()).collect(),
             thinking_share: 0.0,
             output_tokens: [100, 2000],
-            ..honest(
-                format!("corporate-nat-{k}"),
-                seed,
-                &[net],
-                rng.gen_range(1..=2),
-            )
+            ..honest(name, seed, &[net], rng.gen_range(1..=2))
         });
     }
     // Batch summarisers: high volume, fixed templates, small max_tokens.
+    let rng = &mut stream(seed, "batch");
     let accounts = n(rng, 1, 4);
     let (ja4, http) = one_stack(1, &TOOL_STACKS);
     pops.push(Population {
@@ -316,6 +346,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("batch".into(), seed, &[("10.20.0.0/16", 64800)], accounts)
     });
     // An evaluation harness: a burst of short, fixed-format questions.
+    let rng = &mut stream(seed, "eval");
     let start = rng.gen_range(0..size.minutes.max(2) / 2) * MINUTE;
     let (ja4, http) = one_stack(0, &TOOL_STACKS);
     pops.push(Population {
@@ -334,6 +365,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("eval".into(), seed, &[("10.30.0.0/24", 64801)], 1)
     });
     // LLM-as-judge pipelines: a grader template, short verdicts.
+    let rng = &mut stream(seed, "judge");
     let accounts = n(rng, 1, 3);
     let (ja4, http) = one_stack(3, &HONEST_STACKS);
     pops.push(Population {
@@ -351,6 +383,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("judge".into(), seed, &[("10.40.0.0/24", 64802)], accounts)
     });
     // Agents with tool-use trajectories: long contexts, high limits.
+    let rng = &mut stream(seed, "agents");
     let accounts = n(rng, 20, 60);
     pops.push(Population {
         accounts,
@@ -372,6 +405,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("agents".into(), seed, &RESIDENTIAL, accounts)
     });
     // Multi-turn chats over pasted documents: long prompts.
+    let rng = &mut stream(seed, "doc-chat");
     let accounts = n(rng, 20, 80);
     pops.push(Population {
         accounts,
@@ -401,17 +435,15 @@ pub struct Drawn {
 /// The scenario of `seed` in `family` at `size`: honest look-alikes, a
 /// hydra and a campaign drawn from the strategy space.
 pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
-    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0xfa31));
     let end = size.minutes * MINUTE;
-    let mut pops = honest_populations(&mut rng, seed, size);
-    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| {
-        ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
-    };
+    let mut pops = honest_populations(seed, size);
 
-    // Attacks: a hydra and a campaign drawn from the whole space.
+    // Attacks: a hydra and a campaign drawn from the whole space, each
+    // from its own stream.
     let (plain, paraphrased) = attack_templates(family);
+    let mut rng = stream(seed, "hydra");
     let hydra = AttackStrategy {
-        accounts: n(&mut rng, 100, 400),
+        accounts: accounts(&mut rng, (100, 400), size),
         addresses_per_account: rng.gen_range(0.05..0.3),
         address_rotation: true,
         stack_rotation: false,
@@ -428,6 +460,7 @@ pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
     let mut h = hydra.population("hydra", plain, (start, end), seed);
     h.stealth = false;
     pops.push(h);
+    let mut rng = stream(seed, CAMPAIGN);
     let mut campaign = AttackStrategy::draw(&mut rng);
     campaign.accounts = ((f64::from(campaign.accounts) * size.accounts).round() as u32).max(1);
     let start = rng.gen_range(2..=15).min(size.minutes / 4) * MINUTE;
@@ -458,9 +491,8 @@ const START_UNIX_MS: u64 = 1_767_225_600_000;
 /// campaign of `strategy` from minute 2 and the tuning family's paraphrased
 /// templates: what `redteam` evaluates a strategy on.
 pub fn against_background(strategy: &AttackStrategy, seed: u64, size: Size) -> Scenario {
-    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0xfa31));
     let end = size.minutes * MINUTE;
-    let mut pops = honest_populations(&mut rng, seed, size);
+    let mut pops = honest_populations(seed, size);
     let (_, paraphrased) = attack_templates(Family::Tuning);
     let start = (2 * MINUTE).min(end / 4);
     pops.push(strategy.population(CAMPAIGN, paraphrased, (start, end), seed));
@@ -898,6 +930,42 @@ mod tests {
         let first: Vec<_> = super::super::Generator::new(&a.scenario).take(50).collect();
         let again: Vec<_> = super::super::Generator::new(&b.scenario).take(50).collect();
         assert_eq!(first, again);
+    }
+
+    /// Every population of a drawn scenario sends what it would send
+    /// alone: no population's traffic depends on another's.
+    #[test]
+    fn a_drawn_populations_traffic_is_its_own() {
+        let size = Size {
+            minutes: 30,
+            accounts: 0.2,
+        };
+        let d = draw(Family::Tuning, 1003, size);
+        let all: Vec<_> = super::super::Generator::new(&d.scenario).collect();
+        for (i, p) in d.scenario.populations.iter().enumerate() {
+            let alone = Scenario {
+                populations: vec![p.clone()],
+                ..d.scenario.clone()
+            };
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|r| r.population == i)
+                .map(|r| super::super::SimRequest {
+                    population: 0,
+                    ..r.clone()
+                })
+                .collect();
+            let solo: Vec<_> = super::super::Generator::new(&alone).collect();
+            assert!(!solo.is_empty(), "{}", p.name);
+            assert!(mine == solo, "{}: traffic depends on the others", p.name);
+        }
+        // The honest background is the same in a family draw and in
+        // redteam's (which has no hydra and its own campaign).
+        let bg = against_background(&d.campaign, 1003, size);
+        for p in bg.populations.iter().filter(|p| !p.attack) {
+            let q = d.scenario.populations.iter().find(|q| q.name == p.name);
+            assert_eq!(q.map(|q| format!("{q:?}")), Some(format!("{p:?}")));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::engine::signature;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const SCENARIO: &str = r#"
@@ -159,4 +160,64 @@ fn spreads_take_the_middle_and_sort_never_last() {
     assert_eq!((s.min, s.median, s.max), (Some(420), None, None));
     let s = secs(vec![None, Some(60), Some(120)]);
     assert_eq!((s.min, s.median, s.max), (Some(60), Some(120), None));
+}
+
+/// Each population's requests (its position in the scenario cleared), by
+/// name.
+type ByPopulation = BTreeMap<String, Vec<SimRequest>>;
+
+/// [`ByPopulation`], and the order of every request as (name, time,
+/// account).
+fn by_population(s: &Scenario) -> (ByPopulation, Vec<(String, u64, u32)>) {
+    let mut each = ByPopulation::new();
+    let mut order = Vec::new();
+    for mut r in Generator::new(s) {
+        let name = s.populations[r.population].name.clone();
+        order.push((name.clone(), r.t_ms, r.account));
+        r.population = 0;
+        each.entry(name).or_default().push(r);
+    }
+    (each, order)
+}
+
+#[test]
+fn adding_or_removing_a_population_leaves_the_others_traffic_as_it_was() {
+    let s = scenario();
+    let (before, order) = by_population(&s);
+    assert_eq!(before.len(), 3);
+
+    // A heavy population put first: every other one moves up a place.
+    let mut added = s.clone();
+    let mut heavy = s.populations[0].clone();
+    heavy.name = "long-answers".into();
+    heavy.rate_per_hour = 40.0;
+    heavy.max_tokens = vec![16000];
+    heavy.output_tokens = [2000, 8000];
+    added.populations.insert(0, heavy);
+    let (after, after_order) = by_population(&added);
+    assert!(after["long-answers"].len() > 1000, "the new one sends");
+    for (name, reqs) in &before {
+        assert_eq!(&after[name], reqs, "{name}'s requests changed");
+    }
+    let others: Vec<_> = after_order
+        .into_iter()
+        .filter(|(name, _, _)| name != "long-answers")
+        .collect();
+    assert_eq!(others, order, "the others interleave as before");
+
+    // One taken away (the first): the rest are as they were.
+    let mut removed = s.clone();
+    removed.populations.remove(0);
+    let (rest, _) = by_population(&removed);
+    assert_eq!(rest.len(), 2);
+    for (name, reqs) in &rest {
+        assert_eq!(&before[name], reqs, "{name}'s requests changed");
+    }
+
+    // A population is its name's: renaming one changes its traffic.
+    let mut renamed = s.clone();
+    renamed.populations[2].name = "batch-2".into();
+    let (re, _) = by_population(&renamed);
+    assert_ne!(re["batch-2"], before["batch"]);
+    assert_eq!(re["chat"], before["chat"]);
 }
