@@ -9,9 +9,11 @@
 //! file: honest look-alikes of a campaign (chat, students asking for
 //! step-by-step answers, users of one app sharing its system prompt,
 //! corporate NATs, batch summarisers, evaluation harnesses, LLM-as-judge
-//! pipelines, tool-using agents, chats over pasted documents) with drawn
-//! sizes and rates, a hydra with drawn size and pools, and a campaign drawn
-//! from the whole [`AttackStrategy`] space.
+//! pipelines, tool-using agents, chats over pasted documents, and heavy
+//! long-answer users: students' worked solutions, document writers, judges
+//! that reason, whole-document rewrites) with drawn sizes and rates, a
+//! hydra with drawn size and pools, and a campaign drawn from the whole
+//! [`AttackStrategy`] space. Each population draws from its own stream.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -162,6 +164,20 @@ const STUDENT_PHRASES: [&str; 4] = [
     "walk me through each step",
     "why does that step work",
 ];
+/// What students who want the whole working type (some of it on the
+/// elicitation list: honest users say these too).
+const STUDENT_LONG_PHRASES: [&str; 6] = [
+    "explain it step by step",
+    "show your working",
+    "walk me through your reasoning",
+    "explain your thought process",
+    "write out every step of your reasoning",
+    "show every intermediate step",
+];
+const JUDGE_RATIONALE_TEMPLATES: [&str; 2] = [
+    "You are grading a response using the rubric below. Think step by step: for each criterion, quote the relevant part of the response, explain whether it meets the criterion and why, then give the score on a scale of 1 to 10.\nRubric: {}\nQuestion: {}\nResponse: {}",
+    "Compare the two answers below as an expert reviewer. Write a detailed critique of each, covering correctness, completeness and clarity, explain your reasoning, then state which response is better.\nQuestion: {}\nAnswer A: {}\nAnswer B: {}",
+];
 const CHAT_PHRASES: [&str; 2] = [
     "write out your reasoning step by step",
     "every intermediate step",
@@ -207,6 +223,7 @@ fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Popu
         elicitation_share: 0.0,
         elicitation_phrases: Vec::new(),
         max_tokens: vec![1024, 2048, 4096, 8192],
+        pinned_max_tokens_share: 0.0,
         thinking_share: 0.1,
         thinking_budget: 16000,
         output_tokens: [80, 1500],
@@ -416,7 +433,101 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
         output_tokens: [200, 1500],
         ..honest("doc-chat".into(), seed, &RESIDENTIAL, accounts)
     });
+    pops.extend(long_answer_populations(seed, size));
+    pops
+}
 
+/// The honest heavy long-answer users: accounts that legitimately draw
+/// 20–40 thousand output tokens an hour in bursts — the look-alikes of a
+/// slow-and-low campaign's yield per account. Each draws from its own
+/// stream like every other population.
+fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
+    let end = size.minutes * MINUTE;
+    let mut pops = Vec::new();
+    // Students working through problem sets: step-by-step explanations,
+    // long worked answers, in study sessions; many study apps pin
+    // max_tokens.
+    let rng = &mut stream(seed, "students-long");
+    let accounts = self::accounts(rng, (20, 60), size);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(6.0..14.0),
+        end_ms: end,
+        timing: Timing::Sessions {
+            per_day: rng.gen_range(1.0..3.0),
+            minutes: [30, 120],
+        },
+        prompt_words: [20, 120],
+        elicitation_share: rng.gen_range(0.5..0.9),
+        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
+        max_tokens: vec![4096, 8192, 16000],
+        pinned_max_tokens_share: rng.gen_range(0.3..0.7),
+        thinking_share: rng.gen_range(0.3..0.6),
+        output_tokens: [1500, 4500],
+        ..honest("students-long".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // Long-document writers (reports, chapters, whole files): high
+    // max_tokens, long outputs, several sessions a day.
+    let rng = &mut stream(seed, "doc-writers");
+    let accounts = self::accounts(rng, (10, 40), size);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(4.0..8.0),
+        end_ms: end,
+        timing: Timing::Sessions {
+            per_day: rng.gen_range(2.0..5.0),
+            minutes: [45, 180],
+        },
+        prompt_words: [30, 300],
+        max_tokens: vec![16000, 32000, 64000],
+        pinned_max_tokens_share: rng.gen_range(0.5..0.9),
+        thinking_share: 0.2,
+        output_tokens: [2500, 8000],
+        ..honest("doc-writers".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // LLM-as-judge pipelines that reason before the verdict: rubric
+    // templates asking for step-by-step critique, one pinned ceiling.
+    let rng = &mut stream(seed, "judge-rationale");
+    let accounts = self::accounts(rng, (1, 3), size);
+    let (ja4, http) = one_stack(4, &HONEST_STACKS);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(15.0..30.0),
+        end_ms: end,
+        timing: Timing::Periodic { jitter: 0.3 },
+        ja4,
+        http,
+        templates: templates(&JUDGE_RATIONALE_TEMPLATES),
+        fill_words: [30, 250],
+        max_tokens: vec![4096],
+        thinking_share: 0.0,
+        output_tokens: [600, 2000],
+        ..honest(
+            "judge-rationale".into(),
+            seed,
+            &[("10.50.0.0/24", 64803)],
+            accounts,
+        )
+    });
+    // Multi-turn chats over pasted documents that ask for the whole
+    // document back (rewritten, translated, restructured): long prompts
+    // and long answers, in sessions.
+    let rng = &mut stream(seed, "doc-rewrite");
+    let accounts = self::accounts(rng, (10, 40), size);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(4.0..10.0),
+        end_ms: end,
+        timing: Timing::Sessions {
+            per_day: rng.gen_range(1.0..3.0),
+            minutes: [30, 90],
+        },
+        prompt_words: [800, 3000],
+        max_tokens: vec![8192, 16000],
+        thinking_share: 0.0,
+        output_tokens: [1500, 5000],
+        ..honest("doc-rewrite".into(), seed, &RESIDENTIAL, accounts)
+    });
     pops
 }
 
@@ -923,7 +1034,19 @@ mod tests {
             .map(|p| p.name.as_str())
             .collect();
         for want in [
-            "chat", "students", "batch", "eval", "judge", "agents", "doc-chat", "hydra", CAMPAIGN,
+            "chat",
+            "students",
+            "batch",
+            "eval",
+            "judge",
+            "agents",
+            "doc-chat",
+            "students-long",
+            "doc-writers",
+            "judge-rationale",
+            "doc-rewrite",
+            "hydra",
+            CAMPAIGN,
         ] {
             assert!(names.contains(&want), "{want} in {names:?}");
         }
@@ -942,6 +1065,7 @@ mod tests {
         };
         let d = draw(Family::Tuning, 1003, size);
         let all: Vec<_> = super::super::Generator::new(&d.scenario).collect();
+        let mut sent = 0;
         for (i, p) in d.scenario.populations.iter().enumerate() {
             let alone = Scenario {
                 populations: vec![p.clone()],
@@ -956,9 +1080,11 @@ mod tests {
                 })
                 .collect();
             let solo: Vec<_> = super::super::Generator::new(&alone).collect();
-            assert!(!solo.is_empty(), "{}", p.name);
+            sent += usize::from(!solo.is_empty());
             assert!(mine == solo, "{}: traffic depends on the others", p.name);
         }
+        // At this size a few session-based accounts may have no session.
+        assert!(sent + 3 >= d.scenario.populations.len(), "{sent} sent");
         // The honest background is the same in a family draw and in
         // redteam's (which has no hydra and its own campaign).
         let bg = against_background(&d.campaign, 1003, size);

@@ -222,6 +222,31 @@ fn schedule(
                 }
             }
         }
+        Timing::Sessions {
+            per_day,
+            minutes: [lo, hi],
+        } => {
+            let sessions_per_ms = per_day / 86_400_000.0;
+            for a in 0..p.accounts {
+                // A session that began before `start` may still run.
+                let mut session = start - (hi * 60_000) as f64;
+                loop {
+                    session += -(1.0 - rng.gen::<f64>()).ln() / sessions_per_ms;
+                    if session >= end {
+                        break;
+                    }
+                    let until = session + (rng.gen_range(lo..=hi) * 60_000) as f64;
+                    let mut t = session;
+                    loop {
+                        t += -(1.0 - rng.gen::<f64>()).ln() / per_ms;
+                        if t >= until || t >= end {
+                            break;
+                        }
+                        push(t, a);
+                    }
+                }
+            }
+        }
         Timing::Waves {
             period_ms,
             spread_ms,
@@ -393,11 +418,23 @@ fn make_request(s: &Scenario, e: Event) -> SimRequest {
         asn: p.address_asns.get(a).copied(),
         model: p.models[rng.gen_range(0..p.models.len())].clone(),
         prompt,
-        max_tokens: p.max_tokens[rng.gen_range(0..p.max_tokens.len())],
+        max_tokens: max_tokens(p, &mut rng, account_key),
         thinking_budget: thinking.then_some(p.thinking_budget),
         output_tokens: rng.gen_range(p.output_tokens[0]..=p.output_tokens[1]),
         inconsistent: p.inconsistent_share > 0.0 && rng.gen_bool(p.inconsistent_share),
         cover: false,
+    }
+}
+
+/// A request's `max_tokens`: drawn per request, or the one its account's
+/// client pins (a share of the accounts, chosen by the account's key).
+fn max_tokens(p: &Population, rng: &mut ChaCha8Rng, account_key: u64) -> u32 {
+    let drawn = p.max_tokens[rng.gen_range(0..p.max_tokens.len())];
+    let pins = (mix(account_key, 0x919) >> 11) as f64 / (1u64 << 53) as f64;
+    if pins < p.pinned_max_tokens_share {
+        p.max_tokens[(account_key >> 40) as usize % p.max_tokens.len()]
+    } else {
+        drawn
     }
 }
 

@@ -335,6 +335,7 @@ impl AttackStrategy {
             } else {
                 vec![4096, 8192, 16000, 32000]
             },
+            pinned_max_tokens_share: 0.0,
             thinking_share: 0.3,
             thinking_budget: 24000,
             output_tokens: [1500, 6000],

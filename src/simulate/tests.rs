@@ -221,3 +221,77 @@ fn adding_or_removing_a_population_leaves_the_others_traffic_as_it_was() {
     assert_ne!(re["batch-2"], before["batch"]);
     assert_eq!(re["chat"], before["chat"]);
 }
+
+#[test]
+fn sessions_come_in_bursts_and_pinned_clients_keep_their_limit() {
+    let text = r#"
+name = "t"
+seed = 3
+duration_minutes = 600
+
+[[population]]
+name = "writers"
+accounts = 200
+requests_per_account_per_hour = 6.0
+timing = "sessions"
+sessions_per_day = 2.0
+session_minutes = [60, 60]
+networks = ["198.51.100.0/24"]
+addresses = 200
+max_tokens = [8192, 16000, 32000]
+pinned_max_tokens_share = 0.5
+output_tokens = [2000, 8000]
+"#;
+    let s = scenario::parse(Path::new("t.toml"), text).unwrap();
+    assert_eq!(
+        s.populations[0].timing,
+        Timing::Sessions {
+            per_day: 2.0,
+            minutes: [60, 60]
+        }
+    );
+    let reqs: Vec<SimRequest> = Generator::new(&s).collect();
+    let mut per_account: BTreeMap<u32, Vec<&SimRequest>> = BTreeMap::new();
+    for r in &reqs {
+        per_account.entry(r.account).or_default().push(r);
+    }
+    // 2 sessions a day over 10 h: about 0.83 sessions an account, an hour
+    // of 6 requests each; many accounts have none.
+    let n = reqs.len() as f64;
+    assert!((600.0..1400.0).contains(&n), "{n} requests");
+    assert!(
+        per_account.len() < 190,
+        "{} accounts sent",
+        per_account.len()
+    );
+    // Within an account, requests come in bursts: gaps of at most a
+    // session's length, or the long pause between sessions.
+    let gaps: Vec<u64> = per_account
+        .values()
+        .flat_map(|rs| rs.windows(2).map(|w| w[1].t_ms - w[0].t_ms))
+        .collect();
+    let short = gaps.iter().filter(|&&g| g < 3_600_000).count() as f64;
+    assert!(
+        short / gaps.len() as f64 > 0.8,
+        "bursty: {short} of {}",
+        gaps.len()
+    );
+    // About half the accounts keep one max_tokens; the others vary it.
+    let pinned = per_account
+        .values()
+        .filter(|rs| rs.len() >= 4)
+        .map(|rs| rs.iter().all(|r| r.max_tokens == rs[0].max_tokens))
+        .collect::<Vec<_>>();
+    let share = pinned.iter().filter(|&&p| p).count() as f64 / pinned.len() as f64;
+    assert!((0.35..0.7).contains(&share), "pinned share {share}");
+
+    let bad = text.replace("session_minutes = [60, 60]", "session_minutes = [0, 60]");
+    let e = scenario::parse(Path::new("t.toml"), &bad).unwrap_err();
+    assert_eq!(e.key, "population[0].session_minutes");
+    let bad = text.replace(
+        "pinned_max_tokens_share = 0.5",
+        "pinned_max_tokens_share = 2",
+    );
+    let e = scenario::parse(Path::new("t.toml"), &bad).unwrap_err();
+    assert_eq!(e.key, "population[0].pinned_max_tokens_share");
+}
