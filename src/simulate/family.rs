@@ -9,14 +9,16 @@
 //! file: honest look-alikes of a campaign (chat, students asking for
 //! step-by-step answers, users of one app sharing its system prompt,
 //! corporate NATs, batch summarisers, evaluation harnesses, LLM-as-judge
-//! pipelines, tool-using agents, chats over pasted documents) with drawn
-//! sizes and rates, a hydra with drawn size and pools, and a campaign drawn
-//! from the whole [`AttackStrategy`] space.
+//! pipelines, tool-using agents, chats over pasted documents, and heavy
+//! long-answer users: students' worked solutions, document writers, judges
+//! that reason, whole-document rewrites) with drawn sizes and rates, a
+//! hydra with drawn size and pools, and a campaign drawn from the whole
+//! [`AttackStrategy`] space. Each population draws from its own stream.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
@@ -162,6 +164,20 @@ const STUDENT_PHRASES: [&str; 4] = [
     "walk me through each step",
     "why does that step work",
 ];
+/// What students who want the whole working type (some of it on the
+/// elicitation list: honest users say these too).
+const STUDENT_LONG_PHRASES: [&str; 6] = [
+    "explain it step by step",
+    "show your working",
+    "walk me through your reasoning",
+    "explain your thought process",
+    "write out every step of your reasoning",
+    "show every intermediate step",
+];
+const JUDGE_RATIONALE_TEMPLATES: [&str; 2] = [
+    "You are grading a response using the rubric below. Think step by step: for each criterion, quote the relevant part of the response, explain whether it meets the criterion and why, then give the score on a scale of 1 to 10.\nRubric: {}\nQuestion: {}\nResponse: {}",
+    "Compare the two answers below as an expert reviewer. Write a detailed critique of each, covering correctness, completeness and clarity, explain your reasoning, then state which response is better.\nQuestion: {}\nAnswer A: {}\nAnswer B: {}",
+];
 const CHAT_PHRASES: [&str; 2] = [
     "write out your reasoning step by step",
     "every intermediate step",
@@ -178,8 +194,12 @@ fn templates(list: &[&str]) -> Vec<Vec<Piece>> {
 fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Population {
     let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
     let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
-    let (addresses, address_asns) =
-        scenario::spread_addresses(&networks, &asns, addresses.max(1), seed ^ name.len() as u64);
+    let (addresses, address_asns) = scenario::spread_addresses(
+        &networks,
+        &asns,
+        addresses.max(1),
+        address_seed(seed, &name),
+    );
     Population {
         name,
         attack: false,
@@ -203,6 +223,7 @@ fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Popu
         elicitation_share: 0.0,
         elicitation_phrases: Vec::new(),
         max_tokens: vec![1024, 2048, 4096, 8192],
+        pinned_max_tokens_share: 0.0,
         thinking_share: 0.1,
         thinking_budget: 16000,
         output_tokens: [80, 1500],
@@ -219,14 +240,39 @@ fn one_stack(i: usize, stacks: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
     (vec![j.to_string()], vec![h.to_string()])
 }
 
-/// The honest look-alikes, drawn.
-fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Population> {
+/// The stream a drawn scenario's population `name` (or `"layout"`, the
+/// scenario's shape) draws its parameters from: the seed and the name,
+/// never the position ([`super::population_rng`]).
+fn stream(seed: u64, name: &str) -> ChaCha8Rng {
+    super::population_rng(seed, name, PARAMETER_STREAM)
+}
+
+/// Where population `name` of the scenario of `seed` places its addresses:
+/// its own, so two populations in one network do not share addresses by
+/// position.
+pub(crate) fn address_seed(seed: u64, name: &str) -> u64 {
+    super::population_stream(seed, name, 0xadd7)
+}
+
+/// Purpose of the parameter streams.
+const PARAMETER_STREAM: u64 = 0xfa31;
+
+/// A drawn account count: `lo..=hi` times the size's factor, at least one.
+fn accounts(rng: &mut ChaCha8Rng, (lo, hi): (u32, u32), size: Size) -> u32 {
+    ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
+}
+
+/// The honest look-alikes, drawn. Each population's parameters come from
+/// its own stream ([`stream`]); which apps and how many NATs there are
+/// come from the scenario's layout stream. A population added here draws
+/// from a stream of its own, so the others keep their draws.
+fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
     let end = size.minutes * MINUTE;
-    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| {
-        ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
-    };
+    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| accounts(rng, (lo, hi), size);
+    let mut layout = stream(seed, "layout");
     let mut pops = Vec::new();
     // Chat users: browsers and SDKs in residential ISPs.
+    let rng = &mut stream(seed, "chat");
     let accounts = n(rng, 200, 400);
     pops.push(Population {
         accounts,
@@ -237,6 +283,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("chat".into(), seed, &RESIDENTIAL, accounts)
     });
     // Students asking for step-by-step explanations.
+    let rng = &mut stream(seed, "students");
     let accounts = n(rng, 40, 120);
     pops.push(Population {
         accounts,
@@ -251,10 +298,12 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("students".into(), seed, &RESIDENTIAL, accounts)
     });
     // Users of one app each: its system prompt in every request, its client.
-    let apps = rng.gen_range(1..=3usize);
-    let first_app = rng.gen_range(0..APP_PROMPTS.len());
+    let apps = layout.gen_range(1..=3usize);
+    let first_app = layout.gen_range(0..APP_PROMPTS.len());
     for k in 0..apps {
         let app = (first_app + k) % APP_PROMPTS.len();
+        let name = format!("app-{app}-users");
+        let rng = &mut stream(seed, &name);
         let accounts = n(rng, 20, 80);
         let (ja4, http) = one_stack(3 + k, &HONEST_STACKS);
         pops.push(Population {
@@ -268,12 +317,14 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
             max_tokens: vec![4096, 8192, 32000],
             thinking_share: rng.gen_range(0.0..0.5),
             output_tokens: [100, 3000],
-            ..honest(format!("app-{app}-users"), seed, &RESIDENTIAL, accounts)
+            ..honest(name, seed, &RESIDENTIAL, accounts)
         });
     }
     // Corporate NATs: many accounts, one or two addresses, one client stack.
-    let nats = rng.gen_range(1..=2usize);
+    let nats = layout.gen_range(1..=2usize);
     for k in 0..nats {
+        let name = format!("corporate-nat-{k}");
+        let rng = &mut stream(seed, &name);
         let accounts = n(rng, 20, 100);
         let (ja4, http) = one_stack(k * 3 + 3, &HONEST_STACKS);
         let net = [("192.0.2.0/24", 64700), ("172.16.5.0/24", 64701)][k];
@@ -289,15 +340,11 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
             elicitation_phrases: CHAT_PHRASES.iter().map(|s| s.to_string()).collect(),
             thinking_share: 0.0,
             output_tokens: [100, 2000],
-            ..honest(
-                format!("corporate-nat-{k}"),
-                seed,
-                &[net],
-                rng.gen_range(1..=2),
-            )
+            ..honest(name, seed, &[net], rng.gen_range(1..=2))
         });
     }
     // Batch summarisers: high volume, fixed templates, small max_tokens.
+    let rng = &mut stream(seed, "batch");
     let accounts = n(rng, 1, 4);
     let (ja4, http) = one_stack(1, &TOOL_STACKS);
     pops.push(Population {
@@ -316,6 +363,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("batch".into(), seed, &[("10.20.0.0/16", 64800)], accounts)
     });
     // An evaluation harness: a burst of short, fixed-format questions.
+    let rng = &mut stream(seed, "eval");
     let start = rng.gen_range(0..size.minutes.max(2) / 2) * MINUTE;
     let (ja4, http) = one_stack(0, &TOOL_STACKS);
     pops.push(Population {
@@ -334,6 +382,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("eval".into(), seed, &[("10.30.0.0/24", 64801)], 1)
     });
     // LLM-as-judge pipelines: a grader template, short verdicts.
+    let rng = &mut stream(seed, "judge");
     let accounts = n(rng, 1, 3);
     let (ja4, http) = one_stack(3, &HONEST_STACKS);
     pops.push(Population {
@@ -351,6 +400,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("judge".into(), seed, &[("10.40.0.0/24", 64802)], accounts)
     });
     // Agents with tool-use trajectories: long contexts, high limits.
+    let rng = &mut stream(seed, "agents");
     let accounts = n(rng, 20, 60);
     pops.push(Population {
         accounts,
@@ -372,6 +422,7 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         ..honest("agents".into(), seed, &RESIDENTIAL, accounts)
     });
     // Multi-turn chats over pasted documents: long prompts.
+    let rng = &mut stream(seed, "doc-chat");
     let accounts = n(rng, 20, 80);
     pops.push(Population {
         accounts,
@@ -382,7 +433,101 @@ fn honest_populations(rng: &mut ChaCha8Rng, seed: u64, size: Size) -> Vec<Popula
         output_tokens: [200, 1500],
         ..honest("doc-chat".into(), seed, &RESIDENTIAL, accounts)
     });
+    pops.extend(long_answer_populations(seed, size));
+    pops
+}
 
+/// The honest heavy long-answer users: accounts that legitimately draw
+/// 20–40 thousand output tokens an hour in bursts — the look-alikes of a
+/// slow-and-low campaign's yield per account. Each draws from its own
+/// stream like every other population.
+fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
+    let end = size.minutes * MINUTE;
+    let mut pops = Vec::new();
+    // Students working through problem sets: step-by-step explanations,
+    // long worked answers, in study sessions; many study apps pin
+    // max_tokens.
+    let rng = &mut stream(seed, "students-long");
+    let accounts = self::accounts(rng, (20, 60), size);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(6.0..14.0),
+        end_ms: end,
+        timing: Timing::Sessions {
+            per_day: rng.gen_range(1.0..3.0),
+            minutes: [30, 120],
+        },
+        prompt_words: [20, 120],
+        elicitation_share: rng.gen_range(0.5..0.9),
+        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
+        max_tokens: vec![4096, 8192, 16000],
+        pinned_max_tokens_share: rng.gen_range(0.3..0.7),
+        thinking_share: rng.gen_range(0.3..0.6),
+        output_tokens: [1500, 4500],
+        ..honest("students-long".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // Long-document writers (reports, chapters, whole files): high
+    // max_tokens, long outputs, several sessions a day.
+    let rng = &mut stream(seed, "doc-writers");
+    let accounts = self::accounts(rng, (10, 40), size);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(4.0..8.0),
+        end_ms: end,
+        timing: Timing::Sessions {
+            per_day: rng.gen_range(2.0..5.0),
+            minutes: [45, 180],
+        },
+        prompt_words: [30, 300],
+        max_tokens: vec![16000, 32000, 64000],
+        pinned_max_tokens_share: rng.gen_range(0.5..0.9),
+        thinking_share: 0.2,
+        output_tokens: [2500, 8000],
+        ..honest("doc-writers".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // LLM-as-judge pipelines that reason before the verdict: rubric
+    // templates asking for step-by-step critique, one pinned ceiling.
+    let rng = &mut stream(seed, "judge-rationale");
+    let accounts = self::accounts(rng, (1, 3), size);
+    let (ja4, http) = one_stack(4, &HONEST_STACKS);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(15.0..30.0),
+        end_ms: end,
+        timing: Timing::Periodic { jitter: 0.3 },
+        ja4,
+        http,
+        templates: templates(&JUDGE_RATIONALE_TEMPLATES),
+        fill_words: [30, 250],
+        max_tokens: vec![4096],
+        thinking_share: 0.0,
+        output_tokens: [600, 2000],
+        ..honest(
+            "judge-rationale".into(),
+            seed,
+            &[("10.50.0.0/24", 64803)],
+            accounts,
+        )
+    });
+    // Multi-turn chats over pasted documents that ask for the whole
+    // document back (rewritten, translated, restructured): long prompts
+    // and long answers, in sessions.
+    let rng = &mut stream(seed, "doc-rewrite");
+    let accounts = self::accounts(rng, (10, 40), size);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(4.0..10.0),
+        end_ms: end,
+        timing: Timing::Sessions {
+            per_day: rng.gen_range(1.0..3.0),
+            minutes: [30, 90],
+        },
+        prompt_words: [800, 3000],
+        max_tokens: vec![8192, 16000],
+        thinking_share: 0.0,
+        output_tokens: [1500, 5000],
+        ..honest("doc-rewrite".into(), seed, &RESIDENTIAL, accounts)
+    });
     pops
 }
 
@@ -401,17 +546,15 @@ pub struct Drawn {
 /// The scenario of `seed` in `family` at `size`: honest look-alikes, a
 /// hydra and a campaign drawn from the strategy space.
 pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
-    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0xfa31));
     let end = size.minutes * MINUTE;
-    let mut pops = honest_populations(&mut rng, seed, size);
-    let n = |rng: &mut ChaCha8Rng, lo: u32, hi: u32| {
-        ((f64::from(rng.gen_range(lo..=hi)) * size.accounts).round() as u32).max(1)
-    };
+    let mut pops = honest_populations(seed, size);
 
-    // Attacks: a hydra and a campaign drawn from the whole space.
+    // Attacks: a hydra and a campaign drawn from the whole space, each
+    // from its own stream.
     let (plain, paraphrased) = attack_templates(family);
+    let mut rng = stream(seed, "hydra");
     let hydra = AttackStrategy {
-        accounts: n(&mut rng, 100, 400),
+        accounts: accounts(&mut rng, (100, 400), size),
         addresses_per_account: rng.gen_range(0.05..0.3),
         address_rotation: true,
         stack_rotation: false,
@@ -428,6 +571,7 @@ pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
     let mut h = hydra.population("hydra", plain, (start, end), seed);
     h.stealth = false;
     pops.push(h);
+    let mut rng = stream(seed, CAMPAIGN);
     let mut campaign = AttackStrategy::draw(&mut rng);
     campaign.accounts = ((f64::from(campaign.accounts) * size.accounts).round() as u32).max(1);
     let start = rng.gen_range(2..=15).min(size.minutes / 4) * MINUTE;
@@ -458,9 +602,8 @@ const START_UNIX_MS: u64 = 1_767_225_600_000;
 /// campaign of `strategy` from minute 2 and the tuning family's paraphrased
 /// templates: what `redteam` evaluates a strategy on.
 pub fn against_background(strategy: &AttackStrategy, seed: u64, size: Size) -> Scenario {
-    let mut rng = ChaCha8Rng::seed_from_u64(super::mix(seed, 0xfa31));
     let end = size.minutes * MINUTE;
-    let mut pops = honest_populations(&mut rng, seed, size);
+    let mut pops = honest_populations(seed, size);
     let (_, paraphrased) = attack_templates(Family::Tuning);
     let start = (2 * MINUTE).min(end / 4);
     pops.push(strategy.population(CAMPAIGN, paraphrased, (start, end), seed));
@@ -891,13 +1034,64 @@ mod tests {
             .map(|p| p.name.as_str())
             .collect();
         for want in [
-            "chat", "students", "batch", "eval", "judge", "agents", "doc-chat", "hydra", CAMPAIGN,
+            "chat",
+            "students",
+            "batch",
+            "eval",
+            "judge",
+            "agents",
+            "doc-chat",
+            "students-long",
+            "doc-writers",
+            "judge-rationale",
+            "doc-rewrite",
+            "hydra",
+            CAMPAIGN,
         ] {
             assert!(names.contains(&want), "{want} in {names:?}");
         }
         let first: Vec<_> = super::super::Generator::new(&a.scenario).take(50).collect();
         let again: Vec<_> = super::super::Generator::new(&b.scenario).take(50).collect();
         assert_eq!(first, again);
+    }
+
+    /// Every population of a drawn scenario sends what it would send
+    /// alone: no population's traffic depends on another's.
+    #[test]
+    fn a_drawn_populations_traffic_is_its_own() {
+        let size = Size {
+            minutes: 30,
+            accounts: 0.2,
+        };
+        let d = draw(Family::Tuning, 1003, size);
+        let all: Vec<_> = super::super::Generator::new(&d.scenario).collect();
+        let mut sent = 0;
+        for (i, p) in d.scenario.populations.iter().enumerate() {
+            let alone = Scenario {
+                populations: vec![p.clone()],
+                ..d.scenario.clone()
+            };
+            let mine: Vec<_> = all
+                .iter()
+                .filter(|r| r.population == i)
+                .map(|r| super::super::SimRequest {
+                    population: 0,
+                    ..r.clone()
+                })
+                .collect();
+            let solo: Vec<_> = super::super::Generator::new(&alone).collect();
+            sent += usize::from(!solo.is_empty());
+            assert!(mine == solo, "{}: traffic depends on the others", p.name);
+        }
+        // At this size a few session-based accounts may have no session.
+        assert!(sent + 3 >= d.scenario.populations.len(), "{sent} sent");
+        // The honest background is the same in a family draw and in
+        // redteam's (which has no hydra and its own campaign).
+        let bg = against_background(&d.campaign, 1003, size);
+        for p in bg.populations.iter().filter(|p| !p.attack) {
+            let q = d.scenario.populations.iter().find(|q| q.name == p.name);
+            assert_eq!(q.map(|q| format!("{q:?}")), Some(format!("{p:?}")));
+        }
     }
 
     #[test]

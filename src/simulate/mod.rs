@@ -4,10 +4,12 @@
 //! it, beside a per-key-limits-only policy (what other gateways can do).
 //!
 //! Generation is deterministic: the same scenario and seed give the same
-//! requests, byte for byte, on every run. It is also open-loop: a campaign's
-//! accounts send on their schedule whatever the answers were (a refused
-//! exchange is counted as refused, not retried), so the figures say what
-//! share of a fixed campaign got through.
+//! requests, byte for byte, on every run. Each population draws from its
+//! own streams (seeded by the scenario's seed and the population's name),
+//! so adding or removing a population leaves the others' traffic as it
+//! was. It is also open-loop: a campaign's accounts send on their schedule
+//! whatever the answers were (a refused exchange is counted as refused, not
+//! retried), so the figures say what share of a fixed campaign got through.
 //!
 //! A [`SimRequest`] is one request with its prompt text; [`Generator`]
 //! yields them in time order. `simulate` turns each into a traffic record
@@ -51,6 +53,25 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
+/// The random stream of one population of a scenario: drawn from the
+/// scenario's seed and the population's name (unique in a scenario), never
+/// from its position, so adding or removing a population leaves every
+/// other population's draws — and so its traffic — as they were. `purpose`
+/// tells apart the streams one population uses (its parameters, its
+/// schedule, its requests).
+pub(crate) fn population_stream(seed: u64, name: &str, purpose: u64) -> u64 {
+    mix(mix(seed, name_hash(name)), purpose)
+}
+
+/// [`population_stream`] as a generator.
+pub(crate) fn population_rng(seed: u64, name: &str, purpose: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(population_stream(seed, name, purpose))
+}
+
+/// Purposes of a population's streams.
+const SCHEDULE_STREAM: u64 = 0x5c4e;
+const REQUEST_STREAM: u64 = 0x5eed;
+
 /// One generated request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimRequest {
@@ -85,11 +106,19 @@ pub struct SimRequest {
     pub cover: bool,
 }
 
+/// One scheduled request. Ties in time are broken by the population's
+/// stream (not its position) and the account, so the order of two
+/// populations' requests does not depend on a third.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Event {
     t_ms: u64,
-    population: u32,
+    /// The population's request stream ([`population_stream`]).
+    stream: u64,
     account: u32,
+    /// The request's number in its population's schedule: with `stream`,
+    /// what seeds the request's own draws.
+    n: u32,
+    population: u32,
 }
 
 /// A scenario's requests in time order.
@@ -106,8 +135,9 @@ impl<'s> Generator<'s> {
     pub fn new(scenario: &'s Scenario) -> Generator<'s> {
         let mut events = Vec::new();
         for (i, p) in scenario.populations.iter().enumerate() {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(scenario.seed, 1 + i as u64));
-            schedule(p, i as u32, &mut rng, &mut events);
+            let mut rng = population_rng(scenario.seed, &p.name, SCHEDULE_STREAM);
+            let stream = population_stream(scenario.seed, &p.name, REQUEST_STREAM);
+            schedule(p, (i as u32, stream), &mut rng, &mut events);
         }
         events.sort_unstable();
         for e in &mut events {
@@ -141,23 +171,32 @@ impl Iterator for Generator<'_> {
 
     fn next(&mut self) -> Option<SimRequest> {
         let e = *self.events.get(self.next)?;
-        let index = self.next as u64;
         self.next += 1;
-        Some(make_request(self.scenario, e, index))
+        Some(make_request(self.scenario, e))
     }
 }
 
-/// Arrival times (ms from the scenario start) of one population.
-fn schedule(p: &Population, index: u32, rng: &mut ChaCha8Rng, out: &mut Vec<Event>) {
+/// Arrival times (ms from the scenario start) of one population, the
+/// population's position and request stream.
+fn schedule(
+    p: &Population,
+    (index, stream): (u32, u64),
+    rng: &mut ChaCha8Rng,
+    out: &mut Vec<Event>,
+) {
     let per_ms = p.rate_per_hour / 3_600_000.0;
     let (start, end) = (p.start_ms as f64, p.end_ms as f64);
+    let mut n = 0u32;
     let mut push = |t: f64, account: u32| {
         if t >= start && t < end {
             out.push(Event {
                 t_ms: t as u64,
-                population: index,
+                stream,
                 account,
+                n,
+                population: index,
             });
+            n = n.wrapping_add(1);
         }
     };
     match p.timing {
@@ -180,6 +219,31 @@ fn schedule(p: &Population, index: u32, rng: &mut ChaCha8Rng, out: &mut Vec<Even
                 while t < end {
                     push(t, a);
                     t += period * (1.0 + jitter * (2.0 * rng.gen::<f64>() - 1.0));
+                }
+            }
+        }
+        Timing::Sessions {
+            per_day,
+            minutes: [lo, hi],
+        } => {
+            let sessions_per_ms = per_day / 86_400_000.0;
+            for a in 0..p.accounts {
+                // A session that began before `start` may still run.
+                let mut session = start - (hi * 60_000) as f64;
+                loop {
+                    session += -(1.0 - rng.gen::<f64>()).ln() / sessions_per_ms;
+                    if session >= end {
+                        break;
+                    }
+                    let until = session + (rng.gen_range(lo..=hi) * 60_000) as f64;
+                    let mut t = session;
+                    loop {
+                        t += -(1.0 - rng.gen::<f64>()).ln() / per_ms;
+                        if t >= until || t >= end {
+                            break;
+                        }
+                        push(t, a);
+                    }
                 }
             }
         }
@@ -285,9 +349,11 @@ fn pick(rng: &mut ChaCha8Rng, per: scenario::Per, account_key: u64, len: usize) 
     }
 }
 
-fn make_request(s: &Scenario, e: Event, index: u64) -> SimRequest {
+/// The request of event `e`: its draws come from its population's request
+/// stream and its number there, nothing else.
+fn make_request(s: &Scenario, e: Event) -> SimRequest {
     let p = &s.populations[e.population as usize];
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(s.seed ^ 0x5eed, index));
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(e.stream, u64::from(e.n)));
     let account_key = mix(mix(s.seed, name_hash(&p.name)), u64::from(e.account));
     let profiles = p.ja4.len().max(p.http.len()).max(p.h2.len());
     let profile = pick(&mut rng, p.fingerprint_per, account_key, profiles);
@@ -352,11 +418,23 @@ fn make_request(s: &Scenario, e: Event, index: u64) -> SimRequest {
         asn: p.address_asns.get(a).copied(),
         model: p.models[rng.gen_range(0..p.models.len())].clone(),
         prompt,
-        max_tokens: p.max_tokens[rng.gen_range(0..p.max_tokens.len())],
+        max_tokens: max_tokens(p, &mut rng, account_key),
         thinking_budget: thinking.then_some(p.thinking_budget),
         output_tokens: rng.gen_range(p.output_tokens[0]..=p.output_tokens[1]),
         inconsistent: p.inconsistent_share > 0.0 && rng.gen_bool(p.inconsistent_share),
         cover: false,
+    }
+}
+
+/// A request's `max_tokens`: drawn per request, or the one its account's
+/// client pins (a share of the accounts, chosen by the account's key).
+fn max_tokens(p: &Population, rng: &mut ChaCha8Rng, account_key: u64) -> u32 {
+    let drawn = p.max_tokens[rng.gen_range(0..p.max_tokens.len())];
+    let pins = (mix(account_key, 0x919) >> 11) as f64 / (1u64 << 53) as f64;
+    if pins < p.pinned_max_tokens_share {
+        p.max_tokens[(account_key >> 40) as usize % p.max_tokens.len()]
+    } else {
+        drawn
     }
 }
 

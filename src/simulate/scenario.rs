@@ -59,6 +59,10 @@ struct PopulationFile {
     wave_period_s: u64,
     #[serde(default = "default_wave_spread")]
     wave_spread_ms: u64,
+    #[serde(default = "default_sessions_per_day")]
+    sessions_per_day: f64,
+    #[serde(default = "default_session_minutes")]
+    session_minutes: [u64; 2],
     #[serde(default)]
     ja4: Vec<String>,
     #[serde(default)]
@@ -89,6 +93,8 @@ struct PopulationFile {
     elicitation_phrases: Vec<String>,
     max_tokens: Vec<u32>,
     #[serde(default)]
+    pinned_max_tokens_share: f64,
+    #[serde(default)]
     thinking_share: f64,
     #[serde(default)]
     thinking_budget: u32,
@@ -115,6 +121,12 @@ fn default_wave_period() -> u64 {
 fn default_wave_spread() -> u64 {
     2000
 }
+fn default_sessions_per_day() -> f64 {
+    3.0
+}
+fn default_session_minutes() -> [u64; 2] {
+    [20, 90]
+}
 fn default_models() -> Vec<String> {
     vec!["claude-sonnet-4-5".into()]
 }
@@ -135,6 +147,7 @@ enum TimingFile {
     Poisson,
     Periodic,
     Waves,
+    Sessions,
 }
 
 /// Whether a choice is made once per account or for every request.
@@ -166,6 +179,16 @@ pub enum Timing {
         period_ms: u64,
         /// A wave's requests fall within this many milliseconds.
         spread_ms: u64,
+    },
+    /// Working sessions: each account starts sessions at random
+    /// (`per_day` a day on average, so in a short scenario many accounts
+    /// have none) and sends at the population's rate only while one runs —
+    /// a heavy user's bursts.
+    Sessions {
+        /// Mean sessions an account starts a day.
+        per_day: f64,
+        /// A session's length in minutes: [min, max], drawn uniformly.
+        minutes: [u64; 2],
     },
 }
 
@@ -227,6 +250,9 @@ pub struct Population {
     pub elicitation_phrases: Vec<String>,
     /// `max_tokens` values (one per request, uniformly).
     pub max_tokens: Vec<u32>,
+    /// Share of accounts whose client pins one `max_tokens` of the list
+    /// (chosen by the account) instead of varying it per request.
+    pub pinned_max_tokens_share: f64,
     /// Share of requests with thinking enabled.
     pub thinking_share: f64,
     /// Its budget.
@@ -350,6 +376,22 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
                     spread_ms: p.wave_spread_ms,
                 }
             }
+            TimingFile::Sessions => {
+                if !(p.sessions_per_day > 0.0 && p.sessions_per_day <= 1440.0) {
+                    return bad("sessions_per_day", "expected more than 0 and at most 1440");
+                }
+                let [lo, hi] = p.session_minutes;
+                if lo == 0 || lo > hi || hi > 1440 {
+                    return bad(
+                        "session_minutes",
+                        "expected [min, max] with 1 <= min <= max <= 1440",
+                    );
+                }
+                Timing::Sessions {
+                    per_day: p.sessions_per_day,
+                    minutes: p.session_minutes,
+                }
+            }
         };
         let networks = p
             .networks
@@ -393,6 +435,7 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             ("inconsistent_share", p.inconsistent_share),
             ("paraphrase_share", p.paraphrase_share),
             ("cover_share", p.cover_share),
+            ("pinned_max_tokens_share", p.pinned_max_tokens_share),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(k, "expected a share from 0 to 1");
@@ -445,6 +488,7 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             elicitation_share: p.elicitation_share,
             elicitation_phrases: p.elicitation_phrases,
             max_tokens: p.max_tokens,
+            pinned_max_tokens_share: p.pinned_max_tokens_share,
             thinking_share: p.thinking_share,
             thinking_budget: p.thinking_budget,
             output_tokens: p.output_tokens,

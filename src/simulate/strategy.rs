@@ -270,8 +270,8 @@ impl AttackStrategy {
     }
 
     /// The campaign as a population named `name`, active from `start_ms`
-    /// to `end_ms` (scenario time), with these templates; `seed` places
-    /// its addresses.
+    /// to `end_ms` (scenario time), with these templates; `seed` and the
+    /// name place its addresses.
     pub fn population(
         &self,
         name: &str,
@@ -283,8 +283,12 @@ impl AttackStrategy {
         let nets: &[(&str, u32)] = if residential { &RESIDENTIAL } else { &RESELLER };
         let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
         let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
-        let (addresses, address_asns) =
-            super::scenario::spread_addresses(&networks, &asns, self.addresses(), seed ^ 0xa77a);
+        let (addresses, address_asns) = super::scenario::spread_addresses(
+            &networks,
+            &asns,
+            self.addresses(),
+            super::family::address_seed(seed, name),
+        );
         let stacks: &[(&str, &str)] = match (self.stack_rotation, self.sdk_mimic) {
             (true, _) => &ROTATION_STACKS,
             (false, true) => &HONEST_STACKS,
@@ -331,6 +335,7 @@ impl AttackStrategy {
             } else {
                 vec![4096, 8192, 16000, 32000]
             },
+            pinned_max_tokens_share: 0.0,
             thinking_share: 0.3,
             thinking_budget: 24000,
             output_tokens: [1500, 6000],

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::engine::signature;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const SCENARIO: &str = r#"
@@ -159,4 +160,138 @@ fn spreads_take_the_middle_and_sort_never_last() {
     assert_eq!((s.min, s.median, s.max), (Some(420), None, None));
     let s = secs(vec![None, Some(60), Some(120)]);
     assert_eq!((s.min, s.median, s.max), (Some(60), Some(120), None));
+}
+
+/// Each population's requests (its position in the scenario cleared), by
+/// name.
+type ByPopulation = BTreeMap<String, Vec<SimRequest>>;
+
+/// [`ByPopulation`], and the order of every request as (name, time,
+/// account).
+fn by_population(s: &Scenario) -> (ByPopulation, Vec<(String, u64, u32)>) {
+    let mut each = ByPopulation::new();
+    let mut order = Vec::new();
+    for mut r in Generator::new(s) {
+        let name = s.populations[r.population].name.clone();
+        order.push((name.clone(), r.t_ms, r.account));
+        r.population = 0;
+        each.entry(name).or_default().push(r);
+    }
+    (each, order)
+}
+
+#[test]
+fn adding_or_removing_a_population_leaves_the_others_traffic_as_it_was() {
+    let s = scenario();
+    let (before, order) = by_population(&s);
+    assert_eq!(before.len(), 3);
+
+    // A heavy population put first: every other one moves up a place.
+    let mut added = s.clone();
+    let mut heavy = s.populations[0].clone();
+    heavy.name = "long-answers".into();
+    heavy.rate_per_hour = 40.0;
+    heavy.max_tokens = vec![16000];
+    heavy.output_tokens = [2000, 8000];
+    added.populations.insert(0, heavy);
+    let (after, after_order) = by_population(&added);
+    assert!(after["long-answers"].len() > 1000, "the new one sends");
+    for (name, reqs) in &before {
+        assert_eq!(&after[name], reqs, "{name}'s requests changed");
+    }
+    let others: Vec<_> = after_order
+        .into_iter()
+        .filter(|(name, _, _)| name != "long-answers")
+        .collect();
+    assert_eq!(others, order, "the others interleave as before");
+
+    // One taken away (the first): the rest are as they were.
+    let mut removed = s.clone();
+    removed.populations.remove(0);
+    let (rest, _) = by_population(&removed);
+    assert_eq!(rest.len(), 2);
+    for (name, reqs) in &rest {
+        assert_eq!(&before[name], reqs, "{name}'s requests changed");
+    }
+
+    // A population is its name's: renaming one changes its traffic.
+    let mut renamed = s.clone();
+    renamed.populations[2].name = "batch-2".into();
+    let (re, _) = by_population(&renamed);
+    assert_ne!(re["batch-2"], before["batch"]);
+    assert_eq!(re["chat"], before["chat"]);
+}
+
+#[test]
+fn sessions_come_in_bursts_and_pinned_clients_keep_their_limit() {
+    let text = r#"
+name = "t"
+seed = 3
+duration_minutes = 600
+
+[[population]]
+name = "writers"
+accounts = 200
+requests_per_account_per_hour = 6.0
+timing = "sessions"
+sessions_per_day = 2.0
+session_minutes = [60, 60]
+networks = ["198.51.100.0/24"]
+addresses = 200
+max_tokens = [8192, 16000, 32000]
+pinned_max_tokens_share = 0.5
+output_tokens = [2000, 8000]
+"#;
+    let s = scenario::parse(Path::new("t.toml"), text).unwrap();
+    assert_eq!(
+        s.populations[0].timing,
+        Timing::Sessions {
+            per_day: 2.0,
+            minutes: [60, 60]
+        }
+    );
+    let reqs: Vec<SimRequest> = Generator::new(&s).collect();
+    let mut per_account: BTreeMap<u32, Vec<&SimRequest>> = BTreeMap::new();
+    for r in &reqs {
+        per_account.entry(r.account).or_default().push(r);
+    }
+    // 2 sessions a day over 10 h: about 0.83 sessions an account, an hour
+    // of 6 requests each; many accounts have none.
+    let n = reqs.len() as f64;
+    assert!((600.0..1400.0).contains(&n), "{n} requests");
+    assert!(
+        per_account.len() < 190,
+        "{} accounts sent",
+        per_account.len()
+    );
+    // Within an account, requests come in bursts: gaps of at most a
+    // session's length, or the long pause between sessions.
+    let gaps: Vec<u64> = per_account
+        .values()
+        .flat_map(|rs| rs.windows(2).map(|w| w[1].t_ms - w[0].t_ms))
+        .collect();
+    let short = gaps.iter().filter(|&&g| g < 3_600_000).count() as f64;
+    assert!(
+        short / gaps.len() as f64 > 0.8,
+        "bursty: {short} of {}",
+        gaps.len()
+    );
+    // About half the accounts keep one max_tokens; the others vary it.
+    let pinned = per_account
+        .values()
+        .filter(|rs| rs.len() >= 4)
+        .map(|rs| rs.iter().all(|r| r.max_tokens == rs[0].max_tokens))
+        .collect::<Vec<_>>();
+    let share = pinned.iter().filter(|&&p| p).count() as f64 / pinned.len() as f64;
+    assert!((0.35..0.7).contains(&share), "pinned share {share}");
+
+    let bad = text.replace("session_minutes = [60, 60]", "session_minutes = [0, 60]");
+    let e = scenario::parse(Path::new("t.toml"), &bad).unwrap_err();
+    assert_eq!(e.key, "population[0].session_minutes");
+    let bad = text.replace(
+        "pinned_max_tokens_share = 0.5",
+        "pinned_max_tokens_share = 2",
+    );
+    let e = scenario::parse(Path::new("t.toml"), &bad).unwrap_err();
+    assert_eq!(e.key, "population[0].pinned_max_tokens_share");
 }
