@@ -87,14 +87,6 @@ pub const fn moremur(mut x: u64) -> u64 {
 pub fn word_hash(buf: &[u8], start: usize, end: usize, or_byte: u8) -> u64 {
     let or_word = u64::from_le_bytes([or_byte; 8]);
     let mut h: u64 = 0x243F_6A88_85A3_08D3;
-    // Most words fit one block: the loop's first and last step, without its bookkeeping.
-    let len = end.saturating_sub(start);
-    if let (1..=8, Some(block)) = (len, buf.get(start..start + 8)) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(block);
-        let v = (u64::from_le_bytes(w) | or_word) & (u64::MAX >> (64 - 8 * len));
-        return (h ^ v ^ ((len as u64) << 59)).wrapping_mul(0xE703_7ED1_A0B4_28DB);
-    }
     let mut i = start;
     loop {
         let len = end.saturating_sub(i).min(8);
