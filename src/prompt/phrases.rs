@@ -346,13 +346,15 @@ pub(super) fn normalise_phrase(phrase: &str) -> Option<Vec<u8>> {
 }
 
 /// Start of the shortest suffix of `buf[..end]` holding `need` bytes of its collapsed form (a separator right
-/// after another does not count): where a walk must start to see every match that ends at or after `end`.
+/// after another does not count): where a walk must start to see every match that ends at or after `end`. `buf`
+/// may be normalised or raw ASCII ([`map_byte`] leaves normalised bytes as they are).
 pub(super) fn back(buf: &[u8], end: usize, need: usize) -> usize {
+    let is_sep = |i: usize| buf.get(i).is_some_and(|&b| map_byte(b) == SEP);
     let mut i = end.min(buf.len());
     let mut count = 0;
     while i > 0 && count < need {
         i -= 1;
-        let repeat = buf.get(i) == Some(&SEP) && i > 0 && buf.get(i - 1) == Some(&SEP);
+        let repeat = is_sep(i) && i > 0 && is_sep(i - 1);
         count += usize::from(!repeat);
     }
     i
@@ -404,6 +406,14 @@ impl Table {
             if used[usize::from(b)] {
                 classes[usize::from(b)] = u8::try_from(reps.len()).unwrap_or(u8::MAX);
                 reps.push(b);
+            }
+        }
+        // An ASCII byte takes the class of its normalised form (upper-case letters that of the lower-case one,
+        // punctuation and whitespace the separator's), so ASCII text is walked as it is, without a mapping pass.
+        for b in 0..0x80u8 {
+            let m = map_byte(b);
+            if m != b {
+                classes[usize::from(b)] = classes[usize::from(m)];
             }
         }
         let k = reps.len();
@@ -500,8 +510,8 @@ impl Table {
             .unwrap_or(0)
     }
 
-    /// One walk over `bytes` from state `s`.
-    fn walk(&self, mut s: u32, bytes: &[u8]) -> u32 {
+    /// One walk over `bytes` from state `s`: the lists matched and the state at the end.
+    fn walk(&self, mut s: u32, bytes: &[u8]) -> (u32, u32) {
         let mut hits = 0;
         for &b in bytes {
             s = self.step(s, b);
@@ -509,25 +519,38 @@ impl Table {
                 hits |= self.bits(s);
             }
         }
-        hits
+        (hits, s)
     }
 
-    /// Walk a chunk in four interleaved lanes (independent walks over its quarters, each starting early enough
-    /// to see every match that ends in its quarter).
-    fn walk_laned(&self, chunk: &[u8], need: usize) -> u32 {
-        let n = chunk.len();
+    /// Walk `hay[from..to]` in four interleaved lanes: independent walks over its quarters, each starting early
+    /// enough in `hay` to see every match that ends in its quarter. A walk that starts at the beginning of `hay`
+    /// starts in state `first`, others in the start state. Returns the lists matched and the state at `to`.
+    fn walk_laned(
+        &self,
+        hay: &[u8],
+        from: usize,
+        to: usize,
+        need: usize,
+        first: u32,
+    ) -> (u32, u32) {
+        let begin = |at: usize| match back(hay, at, need) {
+            0 => (0, first),
+            b => (b, self.start),
+        };
+        let n = to.saturating_sub(from);
         if n < MIN_LANED.max(8 * need) {
-            return self.walk(self.start, chunk);
+            let (b, s) = begin(from);
+            return self.walk(s, hay.get(b..to).unwrap_or_default());
         }
         let q = n / 4;
         let lane = |k: usize| {
-            let from = if k == 0 { 0 } else { back(chunk, k * q, need) };
-            let to = if k == 3 { n } else { (k + 1) * q };
-            chunk.get(from..to).unwrap_or_default()
+            let (b, s) = begin(from + k * q);
+            let end = if k == 3 { to } else { from + (k + 1) * q };
+            (s, hay.get(b..end).unwrap_or_default())
         };
-        let (l0, l1, l2, l3) = (lane(0), lane(1), lane(2), lane(3));
+        let ((mut s0, l0), (mut s1, l1), (mut s2, l2), (mut s3, l3)) =
+            (lane(0), lane(1), lane(2), lane(3));
         let common = l0.len().min(l1.len()).min(l2.len()).min(l3.len());
-        let (mut s0, mut s1, mut s2, mut s3) = (self.start, self.start, self.start, self.start);
         let ml = self.match_limit;
         let mut hits = 0u32;
         for (((&b0, &b1), &b2), &b3) in l0.iter().zip(l1).zip(l2).zip(l3) {
@@ -539,10 +562,13 @@ impl Table {
                 hits |= self.bits(s0) | self.bits(s1) | self.bits(s2) | self.bits(s3);
             }
         }
+        let mut end = self.start;
         for (s, l) in [(s0, l0), (s1, l1), (s2, l2), (s3, l3)] {
-            hits |= self.walk(s, l.get(common..).unwrap_or_default());
+            let (h, e) = self.walk(s, l.get(common..).unwrap_or_default());
+            hits |= h;
+            end = e;
         }
-        hits
+        (hits, end)
     }
 }
 
@@ -635,6 +661,9 @@ impl PhraseMatcher {
             return PhraseHits::NONE;
         };
         let need = self.max_len.saturating_sub(1).min(MAX_PHRASE_BYTES);
+        if text.is_ascii() {
+            return PhraseHits(self.scan_ascii(table, text.as_bytes(), need));
+        }
         let mut buf = [0u8; SCAN_CHUNK + MAX_PHRASE_BYTES + 2];
         // The text starts and ends at a word boundary.
         buf[0] = SEP;
@@ -660,7 +689,7 @@ impl PhraseMatcher {
                     len += 1;
                 }
             }
-            hits |= table.walk_laned(buf.get(..len).unwrap_or_default(), need);
+            hits |= table.walk_laned(&buf, 0, len, need, table.start).0;
             if done || hits == self.all {
                 break;
             }
@@ -681,5 +710,27 @@ impl PhraseMatcher {
             len = j;
         }
         PhraseHits(hits)
+    }
+
+    /// [`scan`](Self::scan) of ASCII text: the table's classes normalise ASCII bytes, so the text is walked as it
+    /// is, a chunk at a time (each chunk's first lane starts far enough back in the text), between the separators
+    /// that frame it.
+    fn scan_ascii(&self, table: &Table, text: &[u8], need: usize) -> u32 {
+        // The state after the separator that precedes the text.
+        let framed = table.step(table.start, SEP);
+        let mut hits = 0;
+        let mut from = 0;
+        loop {
+            let to = text.len().min(from + SCAN_CHUNK);
+            let (h, end) = table.walk_laned(text, from, to, need, framed);
+            hits |= h;
+            if to == text.len() {
+                return hits | table.bits(table.step(end, SEP));
+            }
+            if hits == self.all {
+                return hits;
+            }
+            from = to;
+        }
     }
 }

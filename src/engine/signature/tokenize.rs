@@ -242,6 +242,13 @@ pub(super) fn is_url(chunk: &[u8]) -> bool {
 /// (having emitted nothing) if the chunk holds a non-ASCII byte.
 #[inline]
 pub(super) fn ascii_chunk(b: &[u8], start: usize, sk: &mut Sketcher) -> Option<usize> {
+    // Most chunks are one lower-case word between spaces: nothing to classify.
+    let end = lowercase_end(b, start);
+    if end > start && end - start <= LONG_WORD_CHARS && b.get(end).is_none_or(|&c| is_ascii_ws(c)) {
+        sk.sentence_start = false;
+        sk.word(word_hash(b, start, end, 0));
+        return Some(end);
+    }
     // One scan: find the chunk's end and its core (first to last
     // alphanumeric byte), and gather what classifies the core.
     let mut j = start;
@@ -264,10 +271,7 @@ pub(super) fn ascii_chunk(b: &[u8], start: usize, sk: &mut Sketcher) -> Option<u
             pending_special = false;
             sent = false;
             seen |= C_LOWER;
-            j += 1;
-            while b.get(j).is_some_and(|&c| CLASS[usize::from(c)] == C_LOWER) {
-                j += 1;
-            }
+            j = lowercase_end(b, j + 1);
             core_end = j;
             prev = C_LOWER;
             continue;
@@ -325,6 +329,32 @@ pub(super) fn ascii_chunk(b: &[u8], start: usize, sk: &mut Sketcher) -> Option<u
         sk.word(if label { moremur(h ^ LABEL_SALT) } else { h });
     }
     Some(j)
+}
+
+/// End of the run of ASCII lower-case letters that starts at `j`, eight
+/// bytes at a time: in each byte's low seven bits, adding 0x1f carries into
+/// bit 7 from `a` (0x61) up, and adding 0x05 from past `z` (0x7a) up.
+#[inline]
+pub(super) fn lowercase_end(b: &[u8], mut j: usize) -> usize {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(block) = b.get(j..j + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(block);
+        let x = u64::from_le_bytes(w);
+        let from_a = (x & LOW7) + 0x1f1f_1f1f_1f1f_1f1f;
+        let past_z = (x & LOW7) + 0x0505_0505_0505_0505;
+        // Bit 7 of each byte: set where the byte is a lower-case letter.
+        let lower = from_a & !past_z & !x & HIGH;
+        if lower != HIGH {
+            return j + (!lower & HIGH).trailing_zeros() as usize / 8;
+        }
+        j += 8;
+    }
+    while b.get(j).is_some_and(u8::is_ascii_lowercase) {
+        j += 1;
+    }
+    j
 }
 
 /// Turns one whitespace-delimited chunk into at most one token (§1).
