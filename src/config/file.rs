@@ -686,8 +686,9 @@ pub struct FileDetection {
     /// ...once it has sent at least this many requests (its behaviour is
     /// known from them).
     pub cohort_min_requests: u32,
-    /// An account whose own raw score reaches this (0–1; above 1: never)
-    /// sends its requests into its client network's pool — the accounts
+    /// An account whose own raw score reaches this (0–1; above 1: never),
+    /// and that takes long answers itself, sends its requests into its
+    /// client network's pool — the accounts
     /// on one network prefix that show some of the same evidence — and,
     /// once the pool holds `network_pool_min_members` of them, is scored
     /// by the pool's evidence as a whole (its long-answer yield per member
@@ -722,7 +723,7 @@ impl Default for FileDetection {
             core_min_raw: 0.45,
             cohort_min_raw: 0.5,
             cohort_min_requests: 2,
-            network_pool_min_raw: 0.25,
+            network_pool_min_raw: 2.0,
             network_pool_min_members: 4,
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),

@@ -1479,11 +1479,17 @@ impl Engine {
                 }
             }
             // Its client network's pool: the accounts on its prefix whose own
-            // evidence reaches `network_pool_min_raw`, scored as a whole (what
+            // evidence reaches `network_pool_min_raw` and that take long
+            // answers to short prompts themselves, scored as a whole (what
             // they take together, long answers per member-hour, is what none
-            // of them shows alone) once it has seen enough of them.
+            // of them shows alone) once it has seen enough of them. An
+            // account that takes no long answer neither feeds a pool nor
+            // dilutes it (honest members of a campaign's network cannot lower
+            // what the campaign gets).
             let prefix = obs.attrs.ip_prefix.filter(|_| {
-                own_raw >= d.network_pool_min_raw && profile.requests_total >= d.cohort_min_requests
+                own_raw >= d.network_pool_min_raw
+                    && profile.long_yield_per_request > 0.0
+                    && profile.requests_total >= d.cohort_min_requests
             });
             if let Some(key) = prefix.map(pool_key) {
                 // Each request carries its sender's own rate, so an account
@@ -1502,7 +1508,8 @@ impl Engine {
                     // what an extraction takes; the account takes that score as
                     // far as it takes the same itself: its own evidence plus its
                     // own long-answer yield per hour (per request served in
-                    // full, times its rate), weighed as the pool's yield per
+                    // full, shrunk by `prior_requests`, times its rate),
+                    // weighed as the pool's yield per
                     // member is. So honest neighbours on the prefix (short
                     // answers, or long ones at human rates) are not lifted.
                     let w = &d.score;

@@ -25,8 +25,9 @@ pub struct Profile {
     /// Output tokens per request served in full (0: none settled yet).
     pub output_per_request: f32,
     /// Output tokens of long yields ([`ScorePolicy::yield_min_output_tokens`], [`ScorePolicy::yield_min_ratio`])
-    /// per request served in full (0: none settled yet); unlike [`Signal::YieldPerHour`], not shrunk towards 0 by
-    /// `min_requests`.
+    /// per request served in full, counting `prior_requests` more served requests without a yield (0: none
+    /// settled yet): a young account's first long answer is not yet its rate. Shrunk less than
+    /// [`Signal::YieldPerHour`] (which counts `min_requests`).
     pub long_yield_per_request: f32,
     /// [`Signal::ReasoningElicitation`]'s raw value.
     pub elicitation: f32,
@@ -85,7 +86,7 @@ impl AccountSignals {
                 0.0
             },
             long_yield_per_request: if c.full > f32::EPSILON {
-                c.yield_output / c.full
+                c.yield_output / (c.full + policy.prior_requests.max(0.0))
             } else {
                 0.0
             },
