@@ -686,6 +686,18 @@ pub struct FileDetection {
     /// ...once it has sent at least this many requests (its behaviour is
     /// known from them).
     pub cohort_min_requests: u32,
+    /// An account whose own raw score reaches this (0–1; above 1: never),
+    /// and that takes long answers itself, sends its requests into its
+    /// client network's pool — the accounts
+    /// on one network prefix that show some of the same evidence — and,
+    /// once the pool holds `network_pool_min_members` of them, is scored
+    /// by the pool's evidence as a whole (its long-answer yield per member
+    /// among it): many accounts on few addresses that each take long
+    /// answers at a modest rate.
+    pub network_pool_min_raw: f32,
+    /// Distinct accounts a network pool must have seen (over the current
+    /// and the previous half-life) before its score counts.
+    pub network_pool_min_members: u32,
     /// Slow: a delay before forwarding and a lower concurrency cap for the
     /// account.
     pub slow: FileSlow,
@@ -711,6 +723,8 @@ impl Default for FileDetection {
             core_min_raw: 0.45,
             cohort_min_raw: 0.5,
             cohort_min_requests: 2,
+            network_pool_min_raw: 2.0,
+            network_pool_min_members: 4,
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),
             thresholds: FileThresholds::default(),

@@ -1843,6 +1843,18 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             "expected a number >= 0 (above 1: no cohorts)",
         ));
     }
+    if !(f.network_pool_min_raw.is_finite() && f.network_pool_min_raw >= 0.0) {
+        return Err(invalid(
+            "detection.network_pool_min_raw",
+            "expected a number >= 0 (above 1: no network pools)",
+        ));
+    }
+    if f.network_pool_min_members < 2 {
+        return Err(invalid(
+            "detection.network_pool_min_members",
+            "expected a count of at least 2",
+        ));
+    }
     if f.cohort_min_requests == 0 {
         return Err(invalid(
             "detection.cohort_min_requests",
@@ -1858,6 +1870,8 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             core_min_raw: f.core_min_raw,
             cohort_min_raw: f.cohort_min_raw,
             cohort_min_requests: f.cohort_min_requests,
+            network_pool_min_raw: f.network_pool_min_raw,
+            network_pool_min_members: f.network_pool_min_members,
             slow,
             slow_min_delay: Duration::from_millis(f.slow.min_delay_ms),
             slow_max_delay: Duration::from_millis(f.slow.max_delay_ms),

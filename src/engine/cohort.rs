@@ -74,6 +74,7 @@ mod tests {
             requests_per_hour: 12.0 + 3.0 * j,
             input_per_request: 100.0 + 80.0 * j,
             output_per_request: 4_200.0 + 1_000.0 * j,
+            long_yield_per_request: 4_200.0 + 1_000.0 * j,
             elicitation: 0.08,
             pinned: 0.0,
             stack_churn: 0.85 + 0.1 * j,

@@ -83,8 +83,8 @@ pub fn request_shape(f: &RequestFacts) -> Option<u64> {
 
 /// An account's behaviour state carries evidence that must not be dropped
 /// with its idle budget state: it is above Allow, its score is half way to
-/// Slow, or its own raw score reaches `cohort_min_raw` on requests not yet
-/// decayed away (a slow account's evidence is in its raw score long before
+/// Slow, or its own raw score reaches `cohort_min_raw` or
+/// `network_pool_min_raw` on requests not yet decayed away (a slow account's evidence is in its raw score long before
 /// it rests on enough requests).
 fn signal_evidence(
     d: &DetectionPolicy,
@@ -96,7 +96,12 @@ fn signal_evidence(
     let mut ladder = ladder;
     ladder.update(sc.value, &d.score) > score::Level::Allow
         || sc.value >= d.score.thresholds.slow.enter / 2.0
-        || (sc.raw >= d.cohort_min_raw && sc.requests >= 0.5)
+        || (sc.raw >= d.cohort_min_raw.min(d.network_pool_min_raw) && sc.requests >= 0.5)
+}
+
+/// The key of a client network's pool (never 0: 0 means "no pool").
+fn pool_key(ip_prefix: u64) -> u64 {
+    hash::splitmix64(ip_prefix ^ 0x9001_c0de_5eed_0001) | 1
 }
 
 /// The client stack of a request (JA4 and HTTP fingerprint together), for
@@ -227,6 +232,11 @@ pub struct Detection {
     /// The account's level rests on its cohort's evidence (its own
     /// requests were too few).
     pub by_cohort: bool,
+    /// The network pool that observed the request (0: none): the
+    /// account's own raw score reached `network_pool_min_raw`.
+    pub pool: u64,
+    /// The account's level rests on its network pool's score.
+    pub by_pool: bool,
     /// The level is Block because the account's cluster has been held at
     /// Degrade for `[detection.block] cluster_after_degrade_ms`.
     pub sustained: bool,
@@ -446,6 +456,9 @@ pub struct Ticket {
     /// The behaviour cohorts that observed the request (0: none); what the
     /// response produces counts there too.
     pub scored_cohorts: [u64; cohort::KEYS],
+    /// The network pool that observed the request (0: none); what the
+    /// response produces counts there too.
+    pub scored_pool: u64,
     /// Forwarded degraded (output clamped): its output does not count as
     /// the client's own output length.
     pub degraded: bool,
@@ -566,6 +579,7 @@ impl Pending {
                     scored_core: d.is_some_and(|d| d.in_cluster_core),
                     throttled: self.throttled,
                     scored_cohorts: d.map_or([0; cohort::KEYS], |d| d.cohorts),
+                    scored_pool: d.map_or(0, |d| d.pool),
                     degraded: d.is_some_and(|d| d.degrade_to.is_some()),
                 };
                 match (d.and_then(|d| d.degrade_to), d.and_then(|d| d.delay)) {
@@ -662,6 +676,15 @@ impl ClusterBehaviour {
     }
 }
 
+/// A request as a behaviour cohort or a network pool observes it: the
+/// account, the request's signals and phrase hits, and the detection
+/// policy, the tier's requests per minute and whether state is kept.
+type GroupRequest<'r, 'a> = (
+    u64,
+    (&'r score::RequestSignals<'a>, score::PhraseHits),
+    (&'r DetectionPolicy, u64, bool),
+);
+
 /// How a request meets linking and behaviour state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -692,6 +715,9 @@ pub struct Engine {
     cluster_signals: dashmap::DashMap<u64, ClusterBehaviour>,
     /// Behaviour cohorts by key ([`cohort`]), at most [`MAX_COHORTS`].
     cohorts: dashmap::DashMap<u64, score::ClusterSignals>,
+    /// Network pools by key ([`pool_key`] of the client prefix), at most
+    /// [`MAX_COHORTS`].
+    pools: dashmap::DashMap<u64, score::ClusterSignals>,
     linker: Mutex<Linker>,
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
@@ -737,6 +763,7 @@ impl Engine {
             account_signals: dashmap::DashMap::new(),
             cluster_signals: dashmap::DashMap::new(),
             cohorts: dashmap::DashMap::new(),
+            pools: dashmap::DashMap::new(),
             manual_accounts: dashmap::DashMap::new(),
             manual_clusters: dashmap::DashMap::new(),
             new_accounts: IdMap::default(),
@@ -755,7 +782,7 @@ impl Engine {
     }
 
     /// Forget the view that [`Engine::apply`] builds — links, clusters,
-    /// behaviour signals, ladders and cohorts — to build it again from the
+    /// behaviour signals, ladders, cohorts and network pools — to build it again from the
     /// start (a replica re-syncing its view from the shared stream). Budget
     /// cells, accounts (first seen, totals) and manual decisions are kept.
     pub fn reset_view(&self) {
@@ -767,6 +794,7 @@ impl Engine {
         self.account_signals.clear();
         self.cluster_signals.clear();
         self.cohorts.clear();
+        self.pools.clear();
     }
 
     /// Record an admin's decision about an account (`None` clears it).
@@ -1399,11 +1427,14 @@ impl Engine {
             fill_key: f.fill_key,
             fingerprint_inconsistent: f.fingerprint_inconsistent,
             stack_changed: false,
+            sender_requests_per_hour: 0.0,
         };
         let tier_rpm = tier.requests.per_period();
         let history;
         let mut cohorts = [0u64; cohort::KEYS];
         let mut by_cohort = false;
+        let mut pool = 0u64;
+        let mut by_pool = false;
         let (mut level, mut scope, mut best) = {
             let mut entry;
             let mut copy;
@@ -1429,21 +1460,66 @@ impl Engine {
             req.stack_changed = sig.note_stack(client_stack(&obs.attrs));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);
+            let own_raw = sc.raw;
             // Too few requests of its own for the evidence its signals show:
             // its behaviour cohort's pooled requests supply the amount.
             let profile = sig.profile(now, &d.score);
+            let group = (obs.account.0, (&req, hits), (d, tier_rpm, keep));
             if sc.raw >= d.cohort_min_raw && profile.requests_total >= d.cohort_min_requests {
                 cohorts = cohort::keys(&profile);
                 for key in cohorts {
-                    let Some(c) =
-                        self.observe_cohort(key, obs.account.0, (&req, hits), d, tier_rpm, keep)
-                    else {
+                    let Some((c, _)) = self.observe_group(&self.cohorts, key, group) else {
                         continue;
                     };
                     let value = sc.raw.min(c.raw) * c.evidence * c.activity;
                     if value > sc.value {
                         sc = score::Score { value, ..c };
                         by_cohort = true;
+                    }
+                }
+            }
+            // Its client network's pool: the accounts on its prefix whose own
+            // evidence reaches `network_pool_min_raw` and that take long
+            // answers to short prompts themselves, scored as a whole (what
+            // they take together, long answers per member-hour, is what none
+            // of them shows alone) once it has seen enough of them. An
+            // account that takes no long answer neither feeds a pool nor
+            // dilutes it (honest members of a campaign's network cannot lower
+            // what the campaign gets).
+            let prefix = obs.attrs.ip_prefix.filter(|_| {
+                own_raw >= d.network_pool_min_raw
+                    && profile.long_yield_per_request > 0.0
+                    && profile.requests_total >= d.cohort_min_requests
+            });
+            if let Some(key) = prefix.map(pool_key) {
+                // Each request carries its sender's own rate, so an account
+                // that rotates its requests over several prefixes counts at its
+                // full rate in each of their pools.
+                let rate = sig.requests_per_hour(now, &d.score);
+                let req = score::RequestSignals {
+                    sender_requests_per_hour: rate,
+                    ..req
+                };
+                let own_yield = profile.long_yield_per_request * rate;
+                let group = (obs.account.0, (&req, hits), (d, tier_rpm, keep));
+                if let Some((p, members)) = self.observe_group(&self.pools, key, group) {
+                    pool = key;
+                    // The pool says the accounts on this network take, together,
+                    // what an extraction takes; the account takes that score as
+                    // far as it takes the same itself: its own evidence plus its
+                    // own long-answer yield per hour (per request served in
+                    // full, shrunk by `prior_requests`, times its rate),
+                    // weighed as the pool's yield per
+                    // member is. So honest neighbours on the prefix (short
+                    // answers, or long ones at human rates) are not lifted.
+                    let w = &d.score;
+                    let own = own_raw
+                        + w.weights.yield_per_member * w.ramps.yield_per_member.apply(own_yield);
+                    let value = p.raw.min(own) * p.evidence * p.activity;
+                    if members >= d.network_pool_min_members as f32 && value > sc.value {
+                        sc = score::Score { value, ..p };
+                        by_pool = true;
+                        by_cohort = false;
                     }
                 }
             }
@@ -1567,38 +1643,43 @@ impl Engine {
             in_cluster_core: in_core,
             cohorts,
             by_cohort,
+            pool,
+            by_pool,
             sustained,
         }
     }
 
-    /// A cohort observes a request and is scored (None: no room for a new
-    /// cohort). Lock order: the account's signals, then the cohort's.
-    fn observe_cohort(
+    /// A behaviour cohort or a network pool (in `groups`) observes a
+    /// request of `account` and is scored, with the distinct members it
+    /// has seen (None: no room for a new group). Without `keep` the group
+    /// is fed on a copy. Its members are not set: many accounts each
+    /// sending little ([`score::Signal::MemberSpread`]) is what a
+    /// corporate NAT shows too, evidence only where the linker joined
+    /// them. Lock order: the account's signals, then the group's.
+    fn observe_group(
         &self,
+        groups: &dashmap::DashMap<u64, score::ClusterSignals>,
         key: u64,
-        account: u64,
-        (req, hits): (&score::RequestSignals<'_>, score::PhraseHits),
-        d: &DetectionPolicy,
-        tier_rpm: u64,
-        keep: bool,
-    ) -> Option<score::Score> {
-        if !keep {
-            let mut c = self
-                .cohorts
-                .get(&key)
-                .map_or_else(|| score::ClusterSignals::new(req.now), |c| *c.value());
+        (account, (req, hits), (d, tier_rpm, keep)): GroupRequest<'_, '_>,
+    ) -> Option<(score::Score, f32)> {
+        let now = req.now;
+        let observe = |c: &mut score::ClusterSignals| {
             c.observe_hits(account, req, hits, &d.score, tier_rpm);
-            return Some(c.score(req.now, &d.score));
+            (c.score(now, &d.score), c.senders(now, &d.score))
+        };
+        if !keep {
+            let mut c = groups
+                .get(&key)
+                .map_or_else(|| score::ClusterSignals::new(now), |c| *c.value());
+            return Some(observe(&mut c));
         }
-        if self.cohorts.len() >= MAX_COHORTS && !self.cohorts.contains_key(&key) {
+        if groups.len() >= MAX_COHORTS && !groups.contains_key(&key) {
             return None;
         }
-        let mut c = self
-            .cohorts
+        let mut c = groups
             .entry(key)
-            .or_insert_with(|| score::ClusterSignals::new(req.now));
-        c.observe_hits(account, req, hits, &d.score, tier_rpm);
-        Some(c.score(req.now, &d.score))
+            .or_insert_with(|| score::ClusterSignals::new(now));
+        Some(observe(&mut c))
     }
 
     /// Settle an admitted request with what it cost. Output tokens are
@@ -1625,8 +1706,8 @@ impl Engine {
     /// The behaviour half of [`Engine::settle`]: the output counts in the
     /// signals of the account, its scored cluster and its cohorts (what a
     /// replica applies from the shared stream). Uses the ticket's
-    /// `account`, `scored_cluster`, `scored_core`, `scored_cohorts` and
-    /// `degraded`.
+    /// `account`, `scored_cluster`, `scored_core`, `scored_cohorts`,
+    /// `scored_pool` and `degraded`.
     pub fn settle_signals(&self, ticket: &Ticket, usage: Usage, now: Nanos) {
         let policy = self.policy.load();
         if let Some(d) = &policy.detection {
@@ -1640,6 +1721,11 @@ impl Engine {
             for key in ticket.scored_cohorts.iter().filter(|&&k| k != 0) {
                 if let Some(mut c) = self.cohorts.get_mut(key) {
                     c.settle_request(out, input, now, &d.score, full);
+                }
+            }
+            if ticket.scored_pool != 0 {
+                if let Some(mut p) = self.pools.get_mut(&ticket.scored_pool) {
+                    p.settle_request(out, input, now, &d.score, full);
                 }
             }
             if let Some(id) = ticket.scored_cluster {
@@ -1779,6 +1865,8 @@ impl Engine {
         }
         if let Some(d) = &policy.detection {
             self.cohorts
+                .retain(|_, c| c.requests(now, &d.score) >= COHORT_IDLE_REQUESTS);
+            self.pools
                 .retain(|_, c| c.requests(now, &d.score) >= COHORT_IDLE_REQUESTS);
         }
         self.new_accounts.retain(|_, c| !c.is_idle(now));

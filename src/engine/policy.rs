@@ -89,6 +89,12 @@ pub struct DetectionPolicy {
     pub cohort_min_raw: f32,
     /// ...and from this many requests of its own on.
     pub cohort_min_requests: u32,
+    /// An account's requests go into its client network's pool from this
+    /// own raw score on (above 1: never); it is scored by the pool as a
+    /// whole ([`super::Engine`], docs/score.md "Network pools").
+    pub network_pool_min_raw: f32,
+    /// Distinct accounts a pool must have seen before its score counts.
+    pub network_pool_min_members: u32,
     /// Slow's mode.
     pub slow: ActionMode,
     /// Delay at the Slow mark.

@@ -1725,6 +1725,176 @@ mod detection {
         println!("without cohorts: {without:?}");
         assert_eq!(without["campaign"].1, 0, "{without:?}");
     }
+
+    /// A slow-and-low campaign hidden behind a few addresses: 24 young
+    /// accounts on two network prefixes, each with an honest client stack
+    /// of its own, free-text prompts (nothing to link them by), 12 requests
+    /// an hour of which a quarter are cover (short answers), the rest long
+    /// answers to short prompts, `max_tokens` below the model's ceiling.
+    /// No account's own evidence reaches Slow (about 0.3), and cohorts
+    /// (`cohort_min_raw` 0.5) never take them in; their network pool —
+    /// long answers per member-hour over the accounts on one prefix — does
+    /// what none of them does alone. Beside it, honest look-alikes behind
+    /// one address each: a corporate NAT (30 accounts, one stack, answers
+    /// mostly short) and an app's users behind their company's NAT (one
+    /// system prompt and one stack, answers up to 2 500 tokens), heavy
+    /// long-answer users on addresses of their own. No honest account
+    /// leaves Allow by its own or its pool's score; with pools off, fewer of
+    /// the campaign's requests are degraded. Pools ship off
+    /// (`network_pool_min_raw` 2.0): the app's users living on the
+    /// campaign's own prefixes, with a few long answers among their first
+    /// requests, were lifted to Degrade by its pool (BENCHMARKS.md, "Network
+    /// pools"), so that case is not asserted here.
+    #[test]
+    fn a_campaign_on_few_addresses_is_scored_by_its_network_pool() {
+        const STACKS: [&str; 6] = ["ja4-a", "ja4-b", "ja4-c", "ja4-d", "ja4-e", "ja4-f"];
+        const APP: &str =
+            "You are a helpful writing assistant inside a note-taking app. Improve the user's \
+                           text for clarity and tone without changing its meaning.";
+        let t0 = 1000 * MIN;
+        let run_with = |pools: bool| {
+            let mut p = policy();
+            if let Some(d) = p.detection.as_mut() {
+                d.network_pool_min_raw = if pools { 0.25 } else { 2.0 };
+            }
+            let e = Engine::new(p);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(44);
+            // Every account's requests, in time order: (time, population, account index).
+            let mut due: Vec<(Nanos, &str, u64)> = Vec::new();
+            for (pop, accounts, per_hour) in [
+                ("campaign", 24u64, 12u64),
+                ("nat", 30, 6),
+                ("app-nat", 30, 6),
+                ("long-answer", 24, 10),
+            ] {
+                let period = 60 * MIN / per_hour;
+                for a in 0..accounts {
+                    let mut t = t0 + rng.gen_range(0..period);
+                    while t < t0 + 90 * MIN {
+                        due.push((t, pop, a));
+                        // Jittered by ±60 % of the period.
+                        t += period * 4 / 10 + rng.gen_range(0..period * 12 / 10);
+                    }
+                }
+            }
+            due.sort_unstable();
+            // (requests, degraded or worse, of which by the pool) per population, last 30 minutes.
+            let mut got: std::collections::BTreeMap<&str, (u32, u32, u32)> = Default::default();
+            for (now, pop, a) in due {
+                let (r, output) = match pop {
+                    "campaign" if rng.gen_bool(0.27) => (
+                        Req {
+                            account: 95_000 + a,
+                            text: {
+                                let n = rng.gen_range(8..120);
+                                words(&mut rng, n)
+                            },
+                            max_tokens: 2_048,
+                            ja4: STACKS[a as usize % STACKS.len()],
+                            prefix: format!("100.64.{}.0/24", 7 + a % 2),
+                        },
+                        rng.gen_range(80..1_200),
+                    ),
+                    "campaign" => (
+                        Req {
+                            account: 95_000 + a,
+                            text: {
+                                let n = rng.gen_range(30..60);
+                                words(&mut rng, n)
+                            },
+                            max_tokens: 32_000,
+                            ja4: STACKS[a as usize % STACKS.len()],
+                            prefix: format!("100.64.{}.0/24", 7 + a % 2),
+                        },
+                        rng.gen_range(1_500..6_000),
+                    ),
+                    "nat" => (
+                        Req {
+                            account: 96_000 + a,
+                            text: {
+                                let n = rng.gen_range(10..150);
+                                words(&mut rng, n)
+                            },
+                            max_tokens: 2_048,
+                            ja4: "ja4-corp-sdk",
+                            prefix: "192.0.2.0/24".into(),
+                        },
+                        rng.gen_range(100..2_000),
+                    ),
+                    "app-nat" => (
+                        Req {
+                            account: 97_000 + a,
+                            text: format!("{APP}\nNote: {}", words(&mut rng, 40)),
+                            max_tokens: 8_192,
+                            ja4: "ja4-corp-browser",
+                            prefix: "172.16.5.0/24".into(),
+                        },
+                        rng.gen_range(100..2_500),
+                    ),
+                    "neighbours" => (
+                        Req {
+                            account: 99_000 + a,
+                            text: format!("{APP}\nNote: {}", words(&mut rng, 40)),
+                            max_tokens: 8_192,
+                            ja4: "ja4-home-browser",
+                            prefix: format!("100.64.{}.0/24", 7 + a % 2),
+                        },
+                        rng.gen_range(100..3_000),
+                    ),
+                    _ => (
+                        Req {
+                            account: 98_000 + a,
+                            text: {
+                                let n = rng.gen_range(20..150);
+                                words(&mut rng, n)
+                            },
+                            max_tokens: 16_000,
+                            ja4: STACKS[a as usize % STACKS.len()],
+                            prefix: format!("198.18.{a}.0/24"),
+                        },
+                        rng.gen_range(800..5_000),
+                    ),
+                };
+                let d = run(&e, &r, now, output);
+                let det = d.detection.expect("detection on");
+                if now >= t0 + 60 * MIN {
+                    let x = got.entry(pop).or_default();
+                    x.0 += 1;
+                    if det.enforced >= Level::Degrade {
+                        x.1 += 1;
+                        x.2 += u32::from(det.by_pool);
+                    }
+                }
+                if pop != "campaign" {
+                    // No honest account leaves Allow by its own score or its
+                    // pool's. (The app's users behind one NAT, and the app's
+                    // users on the campaign's prefixes, share a template, a
+                    // stack and a prefix, so the linker joins them into scored
+                    // clusters, which can reach Degrade on their own signals —
+                    // member_spread, template_reuse, yield per member: that is
+                    // the cluster's score, with or without pools.)
+                    if det.scope == Scope::Account {
+                        assert_eq!(det.level, Level::Allow, "{pop} {a}: {det:?}");
+                    }
+                }
+            }
+            got
+        };
+        let with = run_with(true);
+        println!("with network pools: {with:?}");
+        let (n, degraded, by_pool) = with["campaign"];
+        assert!(
+            degraded * 10 >= n * 8,
+            "campaign degraded {degraded} of {n}"
+        );
+        assert!(
+            by_pool * 3 >= degraded,
+            "{by_pool} of {degraded} by the pool"
+        );
+        let without = run_with(false);
+        println!("without network pools: {without:?}");
+        assert!(without["campaign"].1 < degraded, "{without:?}");
+    }
 }
 
 #[test]

@@ -218,6 +218,7 @@ impl Audit<'_> {
             "enforced_level": level_name(d.enforced),
             "phrase_lists": d.phrase_hits,
             "by_cohort": d.by_cohort,
+            "by_network_pool": d.by_pool,
             "sustained_degrade": d.sustained,
         })];
         reasons.extend(

@@ -132,6 +132,13 @@ pub struct Settled {
     /// Cohorts that observed it.
     #[serde(default)]
     pub co: [u64; cohort::KEYS],
+    /// The network pool that observed it (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub po: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 impl Entry {
@@ -164,6 +171,7 @@ impl Entry {
             sc: ticket.scored_cluster,
             core: ticket.scored_core,
             co: ticket.scored_cohorts,
+            po: ticket.scored_pool,
         })
     }
 
@@ -218,6 +226,7 @@ impl Entry {
                     scored_core: s.core,
                     throttled: false,
                     scored_cohorts: s.co,
+                    scored_pool: s.po,
                     degraded: s.dg,
                 };
                 let usage = Usage {
@@ -726,6 +735,7 @@ mod tests {
                 sc: None,
                 core: false,
                 co: [0; cohort::KEYS],
+                po: 0,
             }));
         }
         let q = s.outage.lock().unwrap();

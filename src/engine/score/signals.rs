@@ -283,7 +283,7 @@ impl PhraseHits {
 }
 
 /// What the caller knows about one request when it arrives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RequestSignals<'a> {
     /// Arrival time on the engine's clock.
     pub now: Nanos,
@@ -307,6 +307,10 @@ pub struct RequestSignals<'a> {
     pub fingerprint_inconsistent: bool,
     /// The account's client stack differs from the one of its previous request ([`AccountSignals::note_stack`]).
     pub stack_changed: bool,
+    /// For a group that is scored on its senders' own rates (a network pool): the sending account's requests per
+    /// hour ([`AccountSignals::requests_per_hour`]); 0: not given, [`Signal::YieldPerMember`] takes the group's rate
+    /// per distinct sender.
+    pub sender_requests_per_hour: f32,
 }
 
 /// One signal's part in a score.

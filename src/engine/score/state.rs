@@ -24,6 +24,11 @@ pub struct Profile {
     pub input_per_request: f32,
     /// Output tokens per request served in full (0: none settled yet).
     pub output_per_request: f32,
+    /// Output tokens of long yields ([`ScorePolicy::yield_min_output_tokens`], [`ScorePolicy::yield_min_ratio`])
+    /// per request served in full, counting `prior_requests` more served requests without a yield (0: none
+    /// settled yet): a young account's first long answer is not yet its rate. Shrunk less than
+    /// [`Signal::YieldPerHour`] (which counts `min_requests`).
+    pub long_yield_per_request: f32,
     /// [`Signal::ReasoningElicitation`]'s raw value.
     pub elicitation: f32,
     /// [`Signal::PinnedMaxTokens`]'s raw value.
@@ -55,6 +60,13 @@ impl AccountSignals {
         changed
     }
 
+    /// The account's own requests per hour at `now`, over a window taken as at least 10 minutes old (as the yield
+    /// signals take it), for [`RequestSignals::sender_requests_per_hour`].
+    pub fn requests_per_hour(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
+        let age = now.saturating_sub(self.w.first_seen).max(YIELD_MIN_AGE);
+        (rate_per_sec(self.w.requests(now, policy), policy.half_life, age) * 3600.0) as f32
+    }
+
     /// The account's behaviour at `now`, for [`crate::engine::cohort::keys`].
     pub fn profile(&self, now: Nanos, policy: &ScorePolicy) -> Profile {
         let c = &self.w.c;
@@ -70,6 +82,11 @@ impl AccountSignals {
             },
             output_per_request: if c.full > f32::EPSILON {
                 c.full_output / c.full
+            } else {
+                0.0
+            },
+            long_yield_per_request: if c.full > f32::EPSILON {
+                c.yield_output / (c.full + policy.prior_requests.max(0.0))
             } else {
                 0.0
             },
@@ -338,5 +355,11 @@ impl ClusterSignals {
     /// Decayed requests in the window at `now`.
     pub fn requests(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
         self.w.requests(now, policy)
+    }
+
+    /// Distinct members whose requests it observed over the current and the previous epoch (one half-life each),
+    /// estimated at `now`.
+    pub fn senders(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
+        self.senders.count(now, policy.half_life)
     }
 }

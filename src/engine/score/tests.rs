@@ -392,6 +392,7 @@ fn never_panics_on_odd_inputs() {
                     fill_key: Some(0),
                     fingerprint_inconsistent: true,
                     stack_changed: true,
+                    sender_requests_per_hour: f32::MAX,
                 };
                 let hits = m.scan("\u{2019}\u{2014}x\u{00a0}");
                 let _ = a.note_stack(Some(now));

@@ -36,6 +36,9 @@ pub(super) struct Counters {
     /// Output tokens of those that were long yields ([`ScorePolicy::yield_min_output_tokens`],
     /// [`ScorePolicy::yield_min_ratio`]).
     pub(super) yield_output: f32,
+    /// Requests per hour of each request's sender ([`RequestSignals::sender_requests_per_hour`]; 0 when not
+    /// given).
+    sender_rate: f32,
 }
 
 impl Counters {
@@ -54,6 +57,7 @@ impl Counters {
         self.full *= f;
         self.full_output *= f;
         self.yield_output *= f;
+        self.sender_rate *= f;
     }
 
     /// Adds another window's sums (already decayed to the same time). The gap statistics stay this window's own:
@@ -71,6 +75,7 @@ impl Counters {
         self.full += o.full;
         self.full_output += o.full_output;
         self.yield_output += o.yield_output;
+        self.sender_rate += o.sender_rate;
     }
 
     /// Add one gap (seconds): West's weighted incremental mean and variance.
@@ -391,6 +396,7 @@ impl Window {
         self.first_seen = self.first_seen.min(now);
 
         self.c.n += 1.0;
+        self.c.sender_rate += req.sender_requests_per_hour.max(0.0);
         self.fast += 1.0;
         let by_params = req
             .thinking_budget
@@ -534,10 +540,18 @@ impl Window {
         // is still forming counts each member from its first request, so its young rate per member is high).
         // Senders, not the linker's members: the members whose requests this state holds (a cluster's core
         // holds only its own, so honest members linked in do not dilute it).
+        // A group whose requests carry their senders' own rates (a network pool) takes the mean of those instead:
+        // the rate per sender is then the same however a sender spreads its requests over groups (one account's
+        // requests rotated over five addresses are in five pools, each seeing it at a fifth of its rate).
         v[Signal::YieldPerMember.index()] = if cluster.senders >= 1.0 {
             let per_request = c.yield_output / (c.full + policy.min_requests.max(1.0));
-            let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
-            (f64::from(per_request) * rate * 3600.0 / f64::from(cluster.senders)) as f32
+            let per_member_hour = if c.sender_rate > 0.0 {
+                f64::from(c.sender_rate / c.n.max(f32::EPSILON))
+            } else {
+                let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
+                rate * 3600.0 / f64::from(cluster.senders)
+            };
+            (f64::from(per_request) * per_member_hour) as f32
         } else {
             0.0
         };
