@@ -84,8 +84,9 @@ pub fn request_shape(f: &RequestFacts) -> Option<u64> {
 /// An account's behaviour state carries evidence that must not be dropped
 /// with its idle budget state: it is above Allow, its score is half way to
 /// Slow, or its own raw score reaches `cohort_min_raw` or
-/// `network_pool_min_raw` on requests not yet decayed away (a slow account's evidence is in its raw score long before
-/// it rests on enough requests).
+/// `network_pool_min_raw` on requests not yet decayed away (a slow
+/// account's evidence is in its raw score long before it rests on enough
+/// requests).
 fn signal_evidence(
     d: &DetectionPolicy,
     sig: &score::AccountSignals,
@@ -676,14 +677,18 @@ impl ClusterBehaviour {
     }
 }
 
-/// A request as a behaviour cohort or a network pool observes it: the
-/// account, the request's signals and phrase hits, and the detection
-/// policy, the tier's requests per minute and whether state is kept.
-type GroupRequest<'r, 'a> = (
-    u64,
-    (&'r score::RequestSignals<'a>, score::PhraseHits),
-    (&'r DetectionPolicy, u64, bool),
-);
+/// A request as a behaviour cohort or a network pool observes it.
+#[derive(Clone, Copy)]
+struct GroupRequest<'r, 'a> {
+    account: u64,
+    req: &'r score::RequestSignals<'a>,
+    hits: score::PhraseHits,
+    policy: &'r DetectionPolicy,
+    /// The tier's requests per minute.
+    tier_rpm: u64,
+    /// Whether the group's state is kept (else it is fed on a copy).
+    keep: bool,
+}
 
 /// How a request meets linking and behaviour state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1464,7 +1469,14 @@ impl Engine {
             // Too few requests of its own for the evidence its signals show:
             // its behaviour cohort's pooled requests supply the amount.
             let profile = sig.profile(now, &d.score);
-            let group = (obs.account.0, (&req, hits), (d, tier_rpm, keep));
+            let group = GroupRequest {
+                account: obs.account.0,
+                req: &req,
+                hits,
+                policy: d,
+                tier_rpm,
+                keep,
+            };
             if sc.raw >= d.cohort_min_raw && profile.requests_total >= d.cohort_min_requests {
                 cohorts = cohort::keys(&profile);
                 for key in cohorts {
@@ -1501,7 +1513,7 @@ impl Engine {
                     ..req
                 };
                 let own_yield = profile.long_yield_per_request * rate;
-                let group = (obs.account.0, (&req, hits), (d, tier_rpm, keep));
+                let group = GroupRequest { req: &req, ..group };
                 if let Some((p, members)) = self.observe_group(&self.pools, key, group) {
                     pool = key;
                     // The pool says the accounts on this network take, together,
@@ -1509,9 +1521,9 @@ impl Engine {
                     // far as it takes the same itself: its own evidence plus its
                     // own long-answer yield per hour (per request served in
                     // full, shrunk by `prior_requests`, times its rate),
-                    // weighed as the pool's yield per
-                    // member is. So honest neighbours on the prefix (short
-                    // answers, or long ones at human rates) are not lifted.
+                    // weighed as the pool's yield per member is. So honest
+                    // neighbours on the prefix (short answers, or long ones at
+                    // human rates) are not lifted.
                     let w = &d.score;
                     let own = own_raw
                         + w.weights.yield_per_member * w.ramps.yield_per_member.apply(own_yield);
@@ -1660,7 +1672,14 @@ impl Engine {
         &self,
         groups: &dashmap::DashMap<u64, score::ClusterSignals>,
         key: u64,
-        (account, (req, hits), (d, tier_rpm, keep)): GroupRequest<'_, '_>,
+        GroupRequest {
+            account,
+            req,
+            hits,
+            policy: d,
+            tier_rpm,
+            keep,
+        }: GroupRequest<'_, '_>,
     ) -> Option<(score::Score, f32)> {
         let now = req.now;
         let observe = |c: &mut score::ClusterSignals| {
