@@ -140,6 +140,14 @@ const APP_PROMPTS: [&str; 4] = [
     "You are the support assistant of an online shop. Answer questions about orders, delivery and returns politely and briefly; never promise refunds, hand over to a human when unsure.\n\nOrder data: {}\n\nCustomer: {}",
     "You are a tutor for secondary-school mathematics. Guide the student to the answer with hints and questions, explain each step when asked, and check their working.\n\nTopic: {}\n\nStudent: {}",
 ];
+/// A company's internal assistants: the system prompt of a tool only its
+/// staff use (so the NAT's users are one app's users, not also a public
+/// app's).
+const INTERNAL_APP_PROMPTS: [&str; 3] = [
+    "You are the internal knowledge assistant of a logistics company. Answer staff questions from the policy handbook and the wiki excerpts below; cite the section you used and say when the handbook does not cover a question.\n\nExcerpts:\n{}\n\nEmployee: {}",
+    "You are the drafting assistant of a law firm's contracts team. Redraft the clause below in plain English for the client memo, keep every defined term and flag anything that changes the clause's effect.\n\nClause:\n{}\n\nAssociate: {}",
+    "You are the engineering assistant of a hardware design group. Answer questions about the team's internal build and test tooling; prefer the documented commands and keep answers short.\n\nTool docs:\n{}\n\nEngineer: {}",
+];
 const BATCH_TEMPLATES: [&str; 4] = [
     "Summarise the following support ticket in three bullet points for the weekly report.\nTicket: {}",
     "Extract the invoice number, the total and the due date from this email as JSON.\nEmail: {}",
@@ -343,6 +351,32 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
             ..honest(name, seed, &[net], rng.gen_range(1..=2))
         });
     }
+    // A company's staff using its internal assistant behind their corporate
+    // NAT: one system prompt, one client stack, one or two addresses in one /24 —
+    // every attribute a strong link rule joins on. One cluster of one
+    // population; it must not be acted on for being one.
+    let rng = &mut stream(seed, "app-nat");
+    let accounts = n(rng, 20, 60);
+    let app = rng.gen_range(0..INTERNAL_APP_PROMPTS.len());
+    let (ja4, http) = one_stack(4, &HONEST_STACKS);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(4.0..10.0),
+        end_ms: end,
+        ja4,
+        http,
+        templates: templates(&INTERNAL_APP_PROMPTS[app..=app]),
+        fill_words: [20, 200],
+        max_tokens: vec![4096, 8192],
+        thinking_share: rng.gen_range(0.0..0.3),
+        output_tokens: [100, 2500],
+        ..honest(
+            "app-nat".into(),
+            seed,
+            &[("198.51.100.0/24", 64702)],
+            rng.gen_range(1..=2),
+        )
+    });
     // Batch summarisers: high volume, fixed templates, small max_tokens.
     let rng = &mut stream(seed, "batch");
     let accounts = n(rng, 1, 4);
