@@ -1518,16 +1518,26 @@ impl Engine {
                     pool = key;
                     // The pool says the accounts on this network take, together,
                     // what an extraction takes; the account takes that score as
-                    // far as it takes the same itself: its own evidence plus its
-                    // own long-answer yield per hour (per request served in
-                    // full, shrunk by `prior_requests`, times its rate),
-                    // weighed as the pool's yield per member is. So honest
+                    // far as it takes the same itself: the pool's evidence
+                    // other than its yield per member, capped by the account's
+                    // own raw score, plus the account's own long-answer yield
+                    // per hour (per request served in full, shrunk by
+                    // `prior_requests`, times its rate) weighed as the pool's
+                    // yield per member is and capped by it. So honest
                     // neighbours on the prefix (short answers, or long ones at
-                    // human rates) are not lifted.
+                    // human rates) are not lifted, and a neighbour's own long
+                    // answers, already in its raw score as output length and
+                    // ratio, do not stand in for the pool's yield.
                     let w = &d.score;
-                    let own = own_raw
-                        + w.weights.yield_per_member * w.ramps.yield_per_member.apply(own_yield);
-                    let value = p.raw.min(own) * p.evidence * p.activity;
+                    let pool_yield = p
+                        .contributions
+                        .iter()
+                        .find(|c| c.signal == score::Signal::YieldPerMember)
+                        .map_or(0.0, |c| c.weight * c.normalised);
+                    let own_term =
+                        w.weights.yield_per_member * w.ramps.yield_per_member.apply(own_yield);
+                    let own = own_term.min(pool_yield) + (p.raw - pool_yield).min(own_raw);
+                    let value = own * p.evidence * p.activity;
                     if members >= d.network_pool_min_members as f32 && value > sc.value {
                         sc = score::Score { value, ..p };
                         by_pool = true;
