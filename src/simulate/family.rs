@@ -240,6 +240,7 @@ fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Popu
         paraphrase_share: 1.0,
         warmup_ms: 0,
         cover_share: 0.0,
+        community: None,
     }
 }
 
@@ -377,6 +378,39 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
             rng.gen_range(1..=2),
         )
     });
+    // A company's developers running coding agents behind their office
+    // NAT: tool-use trajectories with long answers at agent rates, a few
+    // addresses in one /24, one or two client stacks. Per account and per
+    // network they take as many long answers as an extraction does. The
+    // same coding tool as `agents` (one community: the tool's prompt links
+    // its users by template+shape).
+    let rng = &mut stream(seed, "office-agents");
+    let accounts = n(rng, 8, 30);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(10.0..30.0),
+        end_ms: end,
+        ja4: HONEST_STACKS[3..5]
+            .iter()
+            .map(|s| s.0.to_string())
+            .collect(),
+        http: HONEST_STACKS[3..5]
+            .iter()
+            .map(|s| s.1.to_string())
+            .collect(),
+        templates: templates(&AGENT_TEMPLATES),
+        fill_words: [100, 400],
+        max_tokens: vec![16000, 32000],
+        thinking_share: 0.5,
+        output_tokens: [500, 6000],
+        community: Some(AGENT_TOOL.into()),
+        ..honest(
+            "office-agents".into(),
+            seed,
+            &[("203.0.113.0/24", 64703)],
+            rng.gen_range(1..=4),
+        )
+    });
     // Batch summarisers: high volume, fixed templates, small max_tokens.
     let rng = &mut stream(seed, "batch");
     let accounts = n(rng, 1, 4);
@@ -453,6 +487,7 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
         max_tokens: vec![16000, 32000],
         thinking_share: 0.5,
         output_tokens: [300, 4000],
+        community: Some(AGENT_TOOL.into()),
         ..honest("agents".into(), seed, &RESIDENTIAL, accounts)
     });
     // Multi-turn chats over pasted documents: long prompts.
@@ -808,7 +843,12 @@ fn rec_id(hex: &str) -> u64 {
     u64::from_str_radix(hex, 16).unwrap_or(0)
 }
 
-/// The largest mixed cluster among the accounts seen so far.
+/// The coding tool of the `agents` and `office-agents` populations.
+const AGENT_TOOL: &str = "agent-tool";
+
+/// The largest mixed cluster among the accounts seen so far: honest
+/// accounts of two communities ([`Population::community`]; by default each
+/// population is its own), or honest and attack accounts.
 fn largest_mixed(
     s: &Scenario,
     run: &crate::replay::Run<'_>,
@@ -827,9 +867,14 @@ fn largest_mixed(
     clusters
         .into_values()
         .filter(|(_, pops)| {
-            let honest = pops.keys().filter(|&&p| !s.populations[p].attack).count();
-            let attack = pops.len() - honest;
-            honest >= 2 || (honest >= 1 && attack >= 1)
+            let honest: HashSet<&str> = pops
+                .keys()
+                .map(|&p| &s.populations[p])
+                .filter(|p| !p.attack)
+                .map(|p| p.community.as_deref().unwrap_or(&p.name))
+                .collect();
+            let attack = pops.keys().filter(|&&p| s.populations[p].attack).count();
+            honest.len() >= 2 || (!honest.is_empty() && attack >= 1)
         })
         .max_by_key(|(members, _)| *members)
         .map(|(members, pops)| MixedCluster {

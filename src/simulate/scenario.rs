@@ -109,6 +109,8 @@ struct PopulationFile {
     warmup_minutes: u64,
     #[serde(default)]
     cover_share: f64,
+    #[serde(default)]
+    community: Option<String>,
 }
 
 fn default_paraphrase() -> f64 {
@@ -271,6 +273,11 @@ pub struct Population {
     pub warmup_ms: u64,
     /// After the warm-up, share of requests that are cover traffic.
     pub cover_share: f64,
+    /// Honest populations with the same community are users of one product
+    /// (one app or coding tool, its system prompt in their requests): a
+    /// cluster that joins them is not a mixed cluster of strangers. None:
+    /// a community of its own.
+    pub community: Option<String>,
 }
 
 /// A validated scenario.
@@ -497,6 +504,7 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             paraphrase_share: p.paraphrase_share,
             warmup_ms: p.warmup_minutes * MINUTE,
             cover_share: p.cover_share,
+            community: p.community,
         });
     }
     Ok(Scenario {

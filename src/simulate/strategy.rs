@@ -344,6 +344,7 @@ impl AttackStrategy {
             paraphrase_share: self.paraphrase_share,
             warmup_ms,
             cover_share: self.cover_share,
+            community: None,
         }
     }
 
