@@ -723,7 +723,7 @@ impl Default for FileDetection {
             core_min_raw: 0.45,
             cohort_min_raw: 0.5,
             cohort_min_requests: 2,
-            network_pool_min_raw: 0.25,
+            network_pool_min_raw: 2.0,
             network_pool_min_members: 4,
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),
