@@ -244,6 +244,23 @@ fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Popu
     }
 }
 
+/// Users of one coding agent (the tool's system prompt and two of its
+/// client stacks, long contexts, high limits, thinking half the time);
+/// callers set accounts, rate and answers.
+fn coding_agents(name: &str, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Population {
+    let stacks = &HONEST_STACKS[3..5];
+    Population {
+        ja4: stacks.iter().map(|s| s.0.to_string()).collect(),
+        http: stacks.iter().map(|s| s.1.to_string()).collect(),
+        templates: templates(&AGENT_TEMPLATES),
+        fill_words: [100, 400],
+        max_tokens: vec![16000, 32000],
+        thinking_share: 0.5,
+        community: Some(AGENT_TOOL.into()),
+        ..honest(name.into(), seed, nets, addresses)
+    }
+}
+
 fn one_stack(i: usize, stacks: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
     let (j, h) = stacks[i % stacks.len()];
     (vec![j.to_string()], vec![h.to_string()])
@@ -386,29 +403,18 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
     // its users by template+shape).
     let rng = &mut stream(seed, "office-agents");
     let accounts = n(rng, 8, 30);
+    let rate_per_hour = rng.gen_range(10.0..30.0);
+    let addresses = rng.gen_range(1..=4);
     pops.push(Population {
         accounts,
-        rate_per_hour: rng.gen_range(10.0..30.0),
+        rate_per_hour,
         end_ms: end,
-        ja4: HONEST_STACKS[3..5]
-            .iter()
-            .map(|s| s.0.to_string())
-            .collect(),
-        http: HONEST_STACKS[3..5]
-            .iter()
-            .map(|s| s.1.to_string())
-            .collect(),
-        templates: templates(&AGENT_TEMPLATES),
-        fill_words: [100, 400],
-        max_tokens: vec![16000, 32000],
-        thinking_share: 0.5,
         output_tokens: [500, 6000],
-        community: Some(AGENT_TOOL.into()),
-        ..honest(
-            "office-agents".into(),
+        ..coding_agents(
+            "office-agents",
             seed,
             &[("203.0.113.0/24", 64703)],
-            rng.gen_range(1..=4),
+            addresses,
         )
     });
     // Batch summarisers: high volume, fixed templates, small max_tokens.
@@ -474,21 +480,8 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
         accounts,
         rate_per_hour: rng.gen_range(15.0..40.0),
         end_ms: end,
-        ja4: HONEST_STACKS[3..5]
-            .iter()
-            .map(|s| s.0.to_string())
-            .collect(),
-        http: HONEST_STACKS[3..5]
-            .iter()
-            .map(|s| s.1.to_string())
-            .collect(),
-        templates: templates(&AGENT_TEMPLATES),
-        fill_words: [100, 400],
-        max_tokens: vec![16000, 32000],
-        thinking_share: 0.5,
         output_tokens: [300, 4000],
-        community: Some(AGENT_TOOL.into()),
-        ..honest("agents".into(), seed, &RESIDENTIAL, accounts)
+        ..coding_agents("agents", seed, &RESIDENTIAL, accounts)
     });
     // Multi-turn chats over pasted documents: long prompts.
     let rng = &mut stream(seed, "doc-chat");
