@@ -1743,6 +1743,9 @@ mod detection {
     /// 3 000 tokens). No honest account leaves Allow by its own score, the
     /// pool lifts no honest request past Degrade and at most 0.5 % of them
     /// to it; with pools off, none of the campaign's requests are degraded.
+    /// (Pools still ship off: honest heavy users who share a /24 and take
+    /// long answers at a campaign's rate themselves, such as coding agents
+    /// behind one office NAT, are lifted all the way; docs/score.md.)
     #[test]
     fn a_campaign_on_few_addresses_is_scored_by_its_network_pool() {
         const STACKS: [&str; 6] = ["ja4-a", "ja4-b", "ja4-c", "ja4-d", "ja4-e", "ja4-f"];
