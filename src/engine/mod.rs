@@ -100,6 +100,11 @@ fn signal_evidence(
         || (sc.raw >= d.cohort_min_raw.min(d.network_pool_min_raw) && sc.requests >= 0.5)
 }
 
+/// An idle account's behaviour state is kept (within twice the cap) while its
+/// decayed requests are at least this: one half-life after a single request,
+/// longer after more.
+const SIGNAL_KEEP_REQUESTS: f32 = 0.5;
+
 /// The key of a client network's pool (never 0: 0 means "no pool").
 fn pool_key(ip_prefix: u64) -> u64 {
     hash::splitmix64(ip_prefix ^ 0x9001_c0de_5eed_0001) | 1
@@ -1876,17 +1881,20 @@ impl Engine {
             .clusters
             .evict(now, policy.idle_evict, policy.max_tracked, |_| false);
         // Signals go with their account's state, and with dissolved clusters;
-        // an account's signals that carry evidence outlive its idle budget
-        // state, within twice the cap (a slow account is idle between its
-        // requests: dropping its signals would make every request its first).
+        // an account's signals that carry evidence, or whose requests have
+        // not decayed away, outlive its idle budget state, within twice
+        // the cap (a slow account is idle between its requests: dropping its
+        // signals would make every request its first — a campaign account at
+        // a few requests an hour whose evidence is still below every mark
+        // would never build any, and a returning account would read young).
         let room = self.account_signals.len() <= policy.max_tracked.saturating_mul(2);
         self.account_signals.retain(|id, e| {
             self.accounts.peek(*id, |_| ()).is_some()
                 || (room
-                    && policy
-                        .detection
-                        .as_ref()
-                        .is_some_and(|d| signal_evidence(d, &e.0, e.1, now)))
+                    && policy.detection.as_ref().is_some_and(|d| {
+                        signal_evidence(d, &e.0, e.1, now)
+                            || e.0.score(now, &d.score).requests >= SIGNAL_KEEP_REQUESTS
+                    }))
         });
         if let Ok(linker) = self.linker.lock() {
             self.cluster_signals

@@ -1726,6 +1726,43 @@ mod detection {
         assert_eq!(without["campaign"].1, 0, "{without:?}");
     }
 
+    /// An account that sends a request every 20 minutes is idle longer than
+    /// `idle_evict` (10 minutes) between requests, and its budget state is
+    /// dropped each time. Its behaviour state stays while its requests have
+    /// not decayed away, so its evidence builds and its age counts from its
+    /// first request; an account quiet for hours is forgotten.
+    #[test]
+    fn a_slow_accounts_behaviour_outlives_its_idle_budget_state() {
+        let e = Engine::new(policy());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let t0 = 1000 * MIN;
+        let req = |rng: &mut rand::rngs::StdRng| Req {
+            account: 42_000,
+            text: words(rng, 60),
+            max_tokens: 4_096,
+            ja4: "ja4-sdk",
+            prefix: "198.51.100.0/24".into(),
+        };
+        let mut last = None;
+        for k in 0..6u64 {
+            let now = t0 + k * 20 * MIN;
+            // Maintenance runs between the requests, as the proxy runs it.
+            e.maintain(now.saturating_sub(MIN));
+            let d = run(&e, &req(&mut rng), now, 300);
+            last = d.detection.map(|x| x.score.requests);
+        }
+        // Six requests, one every 20 minutes, decayed with a one-hour
+        // half-life: about 3.3 (1.0 if each had been its first).
+        let n = last.expect("detection on");
+        assert!(n > 2.5, "decayed requests {n}");
+        // Quiet for ten hours: forgotten.
+        let later = t0 + 5 * 20 * MIN + 600 * MIN;
+        e.maintain(later);
+        let d = run(&e, &req(&mut rng), later + MIN, 300);
+        let n = d.detection.expect("detection on").score.requests;
+        assert!(n < 1.5, "decayed requests after ten idle hours {n}");
+    }
+
     /// A slow-and-low campaign hidden behind a few addresses: 24 young
     /// accounts on two network prefixes, each with an honest client stack
     /// of its own, free-text prompts (nothing to link them by), 12 requests
