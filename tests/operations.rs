@@ -131,6 +131,7 @@ async fn admin_needs_the_token_and_metrics_parse_as_prometheus_text() {
         3.0
     );
     assert!(value("distill_guard_tracked_accounts", None) >= 1.0);
+    assert!(value("distill_guard_tracked_behaviour_states", None) >= 1.0);
     assert!(value("distill_guard_connections_accepted_total", None) >= 1.0);
     let hist = scrape
         .samples

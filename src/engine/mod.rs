@@ -1068,6 +1068,13 @@ impl Engine {
         self.accounts.len()
     }
 
+    /// Accounts whose behaviour (detection signal) state is held now: it
+    /// outlives their idle budget state while they carry evidence or their
+    /// requests have not decayed away, within twice `max_tracked`.
+    pub fn tracked_behaviour(&self) -> usize {
+        self.account_signals.len()
+    }
+
     /// Decide what happens to a request, its budgets checked in the
     /// engine's own cells: [`Engine::assess`], [`Engine::admit_local`],
     /// [`Pending::conclude`].

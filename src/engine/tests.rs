@@ -1755,6 +1755,9 @@ mod detection {
         // half-life: about 3.3 (1.0 if each had been its first).
         let n = last.expect("detection on");
         assert!(n > 2.5, "decayed requests {n}");
+        // Between requests its budget state goes; its behaviour state stays.
+        e.maintain(t0 + 5 * 20 * MIN + 15 * MIN);
+        assert_eq!((e.tracked_accounts(), e.tracked_behaviour()), (0, 1));
         // Quiet for ten hours: forgotten.
         let later = t0 + 5 * 20 * MIN + 600 * MIN;
         e.maintain(later);

@@ -899,6 +899,13 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
     );
     register(
         &mut r,
+        "distill_guard_tracked_behaviour_states",
+        "Accounts whose behaviour (detection signal) state is held; it outlives idle budget state \
+         while the account's requests have not decayed away, within twice accounts.max_tracked.",
+        gauge(size(engine.tracked_behaviour())),
+    );
+    register(
+        &mut r,
         "distill_guard_tracked_account_cap",
         "Configured cap on tracked accounts (accounts.max_tracked).",
         gauge(size(engine.policy().max_tracked)),
