@@ -1899,8 +1899,9 @@ impl Engine {
             self.accounts.peek(*id, |_| ()).is_some()
                 || (room
                     && policy.detection.as_ref().is_some_and(|d| {
-                        signal_evidence(d, &e.0, e.1, now)
-                            || e.0.score(now, &d.score).requests >= SIGNAL_KEEP_REQUESTS
+                        // The cheap test first: most kept states pass it.
+                        e.0.requests(now, &d.score) >= SIGNAL_KEEP_REQUESTS
+                            || signal_evidence(d, &e.0, e.1, now)
                     }))
         });
         if let Ok(linker) = self.linker.lock() {
