@@ -1542,9 +1542,7 @@ impl Engine {
                     // ratio, do not stand in for the pool's yield.
                     let w = &d.score;
                     let pool_yield = p
-                        .contributions
-                        .iter()
-                        .find(|c| c.signal == score::Signal::YieldPerMember)
+                        .contribution(score::Signal::YieldPerMember)
                         .map_or(0.0, |c| c.weight * c.normalised);
                     let own_term =
                         w.weights.yield_per_member * w.ramps.yield_per_member.apply(own_yield);
