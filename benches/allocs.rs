@@ -443,6 +443,7 @@ fn engine_memory() {
             input_tokens: 100,
             attrs: attrs(i, signature::signature(&prompt(i)).index_keys()),
             request: Default::default(),
+            account_age: None,
         };
         now += SECOND / 1000;
         if let Some(t) = engine.decide(&o, now).verdict.into_ticket() {

@@ -68,6 +68,7 @@ fn benches(c: &mut Criterion) {
             input_tokens: 100,
             attrs: attrs(i, sig.index_keys()),
             request: Default::default(),
+            account_age: None,
         };
         now += SECOND / 1000;
         if let Some(t) = engine.decide(&o, now).verdict.into_ticket() {

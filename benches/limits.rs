@@ -34,6 +34,7 @@ fn benches(c: &mut Criterion) {
             input_tokens: 10,
             attrs: ObservedAttrs::default(),
             request: Default::default(),
+            account_age: None,
         };
         if let Some(t) = engine.decide(&obs, now).verdict.into_ticket() {
             engine.settle(&t, Usage::default(), now);
@@ -59,6 +60,7 @@ fn benches(c: &mut Criterion) {
                 input_tokens: 50,
                 attrs: ObservedAttrs::default(),
                 request: Default::default(),
+                account_age: None,
             };
             match engine.decide(&obs, now).verdict {
                 Verdict::Allow(t)

@@ -259,6 +259,11 @@ pub struct FileAccounts {
     /// the cap: while only they remain, new accounts are rate-limited per
     /// client network, and never admitted past twice the cap.
     pub max_tracked: u64,
+    /// Accounts whose tenure (first seen, and how old they were then) is
+    /// kept after their state is dropped, at most; beyond it the least
+    /// recently seen are forgotten, and no account is read as younger than
+    /// the history kept since (about 40 bytes per account).
+    pub max_tenure: u64,
     /// Account state idle this long (and owing nothing) is dropped.
     pub idle_evict_ms: u64,
     /// While the account store is full, new accounts admitted per client
@@ -273,6 +278,7 @@ impl Default for FileAccounts {
             default_tier: "default".into(),
             anonymous_tier: "default".into(),
             max_tracked: 1_000_000,
+            max_tenure: 1_000_000,
             idle_evict_ms: 600_000,
             new_accounts_per_minute_at_capacity: 60,
         }

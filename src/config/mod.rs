@@ -268,6 +268,7 @@ impl Config {
                 .map(|(id, e)| (*id, (index(&e.tier), e.allow)))
                 .collect(),
             max_tracked: a.max_tracked,
+            max_tenure: a.max_tenure,
             idle_evict: a.idle_evict,
             new_accounts_at_capacity: Rate::per_minute(
                 a.new_accounts_per_minute_at_capacity,
@@ -310,6 +311,8 @@ pub struct AccountsConfig {
     pub anonymous_tier: String,
     /// State cap.
     pub max_tracked: usize,
+    /// Tenure cap.
+    pub max_tenure: usize,
     /// Idle state lifetime.
     pub idle_evict: Duration,
     /// New accounts per client network per minute while the store is full.
@@ -1536,6 +1539,9 @@ fn validate_accounts(
     if f.max_tracked == 0 {
         return Err(invalid("accounts.max_tracked", "expected a count above 0"));
     }
+    if f.max_tenure == 0 {
+        return Err(invalid("accounts.max_tenure", "expected a count above 0"));
+    }
     if f.new_accounts_per_minute_at_capacity == 0 {
         return Err(invalid(
             "accounts.new_accounts_per_minute_at_capacity",
@@ -1557,6 +1563,7 @@ fn validate_accounts(
         default_tier: f.default_tier.clone(),
         anonymous_tier: f.anonymous_tier.clone(),
         max_tracked: usize::try_from(f.max_tracked).unwrap_or(usize::MAX),
+        max_tenure: usize::try_from(f.max_tenure).unwrap_or(usize::MAX),
         idle_evict: nonzero_ms("accounts.idle_evict_ms", f.idle_evict_ms)?,
         new_accounts_per_minute_at_capacity: f.new_accounts_per_minute_at_capacity,
     })

@@ -37,6 +37,9 @@ use arc_swap::ArcSwap;
 
 use accounts::{AccountState, AccountStore, IdMap};
 pub use gcra::{Nanos, Rate, SECOND};
+
+const MINUTE: Nanos = 60 * SECOND;
+const HOUR: Nanos = 60 * MINUTE;
 pub use id::{AccountId, ClusterId};
 use link::{AttrKind, Attributes, ClusterView, Linker};
 pub use policy::{ActionMode, ClusterPolicy, DetectionPolicy, Policy, Tier};
@@ -105,6 +108,25 @@ fn signal_evidence(
 /// longer after more.
 const SIGNAL_KEEP_REQUESTS: f32 = 0.5;
 
+/// One account's tenure, in engine minutes: kept after its behaviour state
+/// is dropped, so that an account that comes back days later is not read as
+/// new (12 bytes beside its 8-byte key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tenure {
+    /// When the engine first saw the account.
+    first: u32,
+    /// How old the account was then.
+    prior: u32,
+    /// Its last request the engine knows of (when its behaviour state was
+    /// last dropped or the map last made room): the least recent go first.
+    last: u32,
+}
+
+/// Engine time in whole minutes (saturating), for [`Tenure`].
+fn minutes(t: Nanos) -> u32 {
+    u32::try_from(t / MINUTE).unwrap_or(u32::MAX)
+}
+
 /// The key of a client network's pool (never 0: 0 means "no pool").
 fn pool_key(ip_prefix: u64) -> u64 {
     hash::splitmix64(ip_prefix ^ 0x9001_c0de_5eed_0001) | 1
@@ -149,6 +171,10 @@ pub struct Observation {
     pub attrs: ObservedAttrs,
     /// What the behaviour signals need from the request.
     pub request: RequestFacts,
+    /// The account's age at this request, as a trusted auth front states it
+    /// (`[identity] account_created_header`); None: the engine's own
+    /// [tenure](Engine::tenure_of) is used.
+    pub account_age: Option<Nanos>,
 }
 
 /// Request facts for the behaviour signals (from inspection). The engine
@@ -731,6 +757,13 @@ pub struct Engine {
     linker: Mutex<Linker>,
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
+    /// What is known of accounts' age beyond their behaviour state, at most
+    /// `tenure_max` ([`Engine::tenure_of`]).
+    tenure: dashmap::DashMap<u64, Tenure>,
+    /// Engine time since which every account's first request is known
+    /// (`u64::MAX`: not yet set — the first account scored sets it): the
+    /// start of the history, moved on when the tenure map forgets accounts.
+    tenure_since: AtomicU64,
     /// New-account cells per client network, used while the account store
     /// is full.
     new_accounts: IdMap<gcra::Gcra>,
@@ -776,6 +809,8 @@ impl Engine {
             pools: dashmap::DashMap::new(),
             manual_accounts: dashmap::DashMap::new(),
             manual_clusters: dashmap::DashMap::new(),
+            tenure: dashmap::DashMap::new(),
+            tenure_since: AtomicU64::new(u64::MAX),
             new_accounts: IdMap::default(),
             next_maintenance: AtomicU64::new(0),
             next_room_sweep: AtomicU64::new(0),
@@ -969,7 +1004,7 @@ impl Engine {
         };
         let cluster = linker.observe(obs.account.0, &attrs, now);
         if !linker.changes().is_empty() {
-            self.follow_links(linker.changes(), cluster, policy, now);
+            self.follow_links(linker.changes(), cluster, obs, policy, now);
             linker.clear_changes();
         }
         (cluster, linker.shared_rules())
@@ -983,6 +1018,7 @@ impl Engine {
         &self,
         changes: &link::LinkChanges,
         cluster: Option<ClusterView>,
+        obs: &Observation,
         policy: &Policy,
         now: Nanos,
     ) {
@@ -1013,7 +1049,9 @@ impl Engine {
         for &account in &changes.joined {
             // A first request has no state yet: make it, so its history is not taken later.
             let (history, raw) = {
-                let mut e = self.account_state(account, now);
+                // (The request's own account is made with the age it states.)
+                let stated = obs.account_age.filter(|_| account == obs.account.0);
+                let mut e = self.account_state(account, stated, now);
                 let history = e.0.join_cluster();
                 let raw = history.map_or(0.0, |_| e.0.score(now, &d.score).raw);
                 (history, raw)
@@ -1029,18 +1067,83 @@ impl Engine {
         }
     }
 
-    /// An account's behaviour state, made (first seen `now`) if it has none.
+    /// An account's behaviour state, made (first seen `now`, with its
+    /// [tenure](Engine::tenure_of), `stated` or the engine's) if it has none.
     fn account_state(
         &self,
         account: u64,
+        stated: Option<Nanos>,
         now: Nanos,
     ) -> dashmap::mapref::one::RefMut<'_, u64, (score::AccountSignals, score::LadderState)> {
         self.account_signals.entry(account).or_insert_with(|| {
             (
-                score::AccountSignals::new(now),
-                score::LadderState::default(),
+                self.new_signals(account, stated, now, true),
+                Default::default(),
             )
         })
+    }
+
+    /// A new behaviour state for `account`, first seen `now`, as old as its
+    /// tenure; `record`: the engine's tenure map learns of it.
+    fn new_signals(
+        &self,
+        account: u64,
+        stated: Option<Nanos>,
+        now: Nanos,
+        record: bool,
+    ) -> score::AccountSignals {
+        let mut s = score::AccountSignals::new(now);
+        s.set_tenure(self.tenure_of(account, stated, now, record));
+        s
+    }
+
+    /// How old `account` is at `now`: as a trusted auth front states it
+    /// (`stated`), else as the tenure map remembers it (the age it had when
+    /// first seen, plus the time since), else — an account the engine has
+    /// not seen since its history began — no younger than the history
+    /// leaves possible: an account first seen an hour after a restart may
+    /// be years old, so its age counts as the account-age ramp's far end
+    /// (the age at which the signal is off) less the history watched.
+    /// Only after that much history is a first request a new account's.
+    /// `record`: remember the answer.
+    fn tenure_of(&self, account: u64, stated: Option<Nanos>, now: Nanos, record: bool) -> Nanos {
+        let (first, age) = if let Some(age) = stated {
+            (now, age)
+        } else if let Some(t) = self.tenure.get(&account) {
+            let first = u64::from(t.first) * MINUTE;
+            return (u64::from(t.prior) * MINUTE).saturating_add(now.saturating_sub(first));
+        } else {
+            let since = match self.tenure_since.load(Ordering::Relaxed) {
+                u64::MAX if record => {
+                    let _ = self.tenure_since.compare_exchange(
+                        u64::MAX,
+                        now,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    self.tenure_since.load(Ordering::Relaxed)
+                }
+                u64::MAX => now,
+                t => t,
+            };
+            let horizon = self.policy.load().detection.as_ref().map_or(0, |d| {
+                let r = d.score.ramps.account_age;
+                (f64::from(r.off.max(r.full)).max(0.0) * HOUR as f64) as Nanos
+            });
+            (now, horizon.saturating_sub(now.saturating_sub(since)))
+        };
+        if record {
+            let m = minutes(first);
+            self.tenure.insert(
+                account,
+                Tenure {
+                    first: m,
+                    prior: minutes(age),
+                    last: m,
+                },
+            );
+        }
+        age
     }
 
     /// A cluster's behaviour state, made (formed when the linker says) if it has none.
@@ -1445,6 +1548,7 @@ impl Engine {
             fingerprint_inconsistent: f.fingerprint_inconsistent,
             stack_changed: false,
             sender_requests_per_hour: 0.0,
+            sender_age: None,
         };
         let tier_rpm = tier.requests.per_period();
         let history;
@@ -1456,16 +1560,14 @@ impl Engine {
             let mut entry;
             let mut copy;
             let (sig, ladder) = if keep {
-                entry = self.account_state(obs.account.0, now);
+                entry = self.account_state(obs.account.0, obs.account_age, now);
                 let e = entry.value_mut();
                 (&mut e.0, &mut e.1)
             } else {
                 copy = self.account_signals.get(&obs.account.0).map_or_else(
                     || {
-                        (
-                            score::AccountSignals::new(now),
-                            score::LadderState::default(),
-                        )
+                        let s = self.new_signals(obs.account.0, obs.account_age, now, false);
+                        (s, score::LadderState::default())
                     },
                     |e| *e.value(),
                 );
@@ -1475,6 +1577,7 @@ impl Engine {
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
             req.stack_changed = sig.note_stack(client_stack(&obs.attrs));
+            req.sender_age = Some(sig.age(now));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);
             let own_raw = sc.raw;
@@ -1894,14 +1997,22 @@ impl Engine {
         // would never build any, and a returning account would read young).
         let room = self.account_signals.len() <= policy.max_tracked.saturating_mul(2);
         self.account_signals.retain(|id, e| {
-            self.accounts.peek(*id, |_| ()).is_some()
+            let keep = self.accounts.peek(*id, |_| ()).is_some()
                 || (room
                     && policy.detection.as_ref().is_some_and(|d| {
                         // The cheap test first: most kept states pass it.
                         e.0.requests(now, &d.score) >= SIGNAL_KEEP_REQUESTS
                             || signal_evidence(d, &e.0, e.1, now)
-                    }))
+                    }));
+            if !keep {
+                // Its tenure outlives it (lock order: signals, then tenure).
+                if let Some(mut t) = self.tenure.get_mut(id) {
+                    t.last = t.last.max(minutes(e.0.last_seen()));
+                }
+            }
+            keep
         });
+        self.forget_tenure(now, policy.max_tenure);
         if let Ok(linker) = self.linker.lock() {
             self.cluster_signals
                 .retain(|id, _| linker.cluster(*id).is_some());
@@ -1922,6 +2033,47 @@ impl Engine {
         self.stats
             .kept_over_cap
             .store(e.kept_over_cap, Ordering::Relaxed);
+    }
+
+    /// Beyond `cap` tenures, forget the least recently seen down to nine
+    /// tenths of it, and move the start of the history past them: an
+    /// account not in the map was then not seen since at least their last
+    /// request, and nothing earlier is known of it.
+    fn forget_tenure(&self, now: Nanos, cap: usize) {
+        let len = self.tenure.len();
+        if len <= cap {
+            return;
+        }
+        // Accounts with behaviour state are active: seen now.
+        let m = minutes(now);
+        for e in self.account_signals.iter() {
+            if let Some(mut t) = self.tenure.get_mut(e.key()) {
+                t.last = m;
+            }
+        }
+        let mut lasts: Vec<u32> = self.tenure.iter().map(|t| t.last).collect();
+        let drop = (len - cap / 10 * 9).min(lasts.len());
+        let Some(k) = drop.checked_sub(1) else {
+            return;
+        };
+        let (_, cut, _) = lasts.select_nth_unstable(k);
+        let cut = *cut;
+        // Those seen at the cut's minute go only as far as `drop` asks.
+        let mut ties = drop - lasts.iter().filter(|&&l| l < cut).count();
+        self.tenure.retain(|_, t| {
+            let keep = t.last > cut || (t.last == cut && ties == 0);
+            if t.last == cut && !keep {
+                ties -= 1;
+            }
+            keep
+        });
+        self.tenure_since
+            .fetch_max((u64::from(cut) + 1) * MINUTE, Ordering::Relaxed);
+    }
+
+    /// Accounts whose tenure the engine keeps.
+    pub fn tracked_tenure(&self) -> usize {
+        self.tenure.len()
     }
 
     /// Whether dropping the account would lose detection evidence: an admin

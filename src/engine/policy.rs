@@ -52,6 +52,8 @@ pub struct Policy {
     pub accounts: HashMap<u64, (usize, bool)>,
     /// Account states kept at most.
     pub max_tracked: usize,
+    /// Account tenures kept at most (`Engine::tenure_of`).
+    pub max_tenure: usize,
     /// Idle state lifetime.
     pub idle_evict: std::time::Duration,
     /// New accounts per client network while the account store is full.
@@ -212,6 +214,7 @@ impl Policy {
             anonymous_tier: 0,
             accounts: HashMap::new(),
             max_tracked: 1_000_000,
+            max_tenure: 1_000_000,
             idle_evict: std::time::Duration::from_secs(600),
             new_accounts_at_capacity: Rate::per_minute(60, 60),
             cluster: ClusterPolicy::disabled(),

@@ -22,6 +22,7 @@ fn obs(account: u64, input_tokens: u64) -> Observation {
         input_tokens,
         attrs: ObservedAttrs::default(),
         request: Default::default(),
+        account_age: None,
     }
 }
 
@@ -307,6 +308,7 @@ fn anonymous_clients_use_the_anonymous_tier() {
         input_tokens: 0,
         attrs: ObservedAttrs::default(),
         request: Default::default(),
+        account_age: None,
     };
     let t = allow(&e.decide(&anon, 0));
     e.settle(&t, Usage::default(), 0);
@@ -458,6 +460,7 @@ mod clusters {
                 max_output_tokens: Some(64_000),
                 ..Default::default()
             },
+            account_age: None,
         }
     }
 
@@ -676,6 +679,7 @@ mod clusters {
                     prompt: prompt_keys(&text),
                 },
                 request: Default::default(),
+                account_age: None,
             };
             let d = sim.send(&o, now);
             if let Some(c) = d.cluster {
@@ -718,6 +722,7 @@ mod clusters {
                     prompt: prompt_keys(&text),
                 },
                 request: Default::default(),
+                account_age: None,
             };
             let d = sim.send(&o, now);
             assert!(
@@ -760,6 +765,7 @@ mod clusters {
                     prompt: prompt_keys(&text),
                 },
                 request: Default::default(),
+                account_age: None,
             }
         };
         for n in 0..600u64 {
@@ -893,6 +899,9 @@ mod detection {
                 fill_key: Some(attr_hash(AttrKind::Prompt, r.text.as_bytes())),
                 ..Default::default()
             },
+            // Every account here is opened when it first sends (the engine's
+            // own tenure is tested on its own).
+            account_age: Some(0),
         }
     }
 
@@ -1764,6 +1773,91 @@ mod detection {
         let d = run(&e, &req(&mut rng), later + MIN, 300);
         let n = d.detection.expect("detection on").score.requests;
         assert!(n < 1.5, "decayed requests after ten idle hours {n}");
+    }
+
+    /// Account tenure: after a restart the engine cannot tell a new account
+    /// from an old one it has not seen yet, so no account reads younger than
+    /// the history it has watched allows (the account-age ramp's far end,
+    /// 72 hours, less that history); after that much history a first
+    /// request is a new account's. An account whose behaviour state was
+    /// dropped keeps its age; an age a trusted auth front states wins; and
+    /// beyond `max_tenure` the least recently seen are forgotten and the
+    /// history is taken to start after them.
+    #[test]
+    fn an_accounts_age_is_what_the_history_allows_and_survives_its_state() {
+        const HOUR: Nanos = 60 * MIN;
+        let mut p = policy();
+        p.max_tenure = 10;
+        let e = Engine::new(p);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let req = |account: u64, rng: &mut rand::rngs::StdRng| Req {
+            account,
+            text: words(rng, 40),
+            max_tokens: 4_096,
+            ja4: "ja4-sdk",
+            prefix: "192.0.2.0/24".into(),
+        };
+        let age_hours = |account: u64, now: Nanos| {
+            let (s, _) = e.account_score(AccountId(account), now).expect("scored");
+            s.contribution(score::Signal::AccountAge)
+                .map(|c| c.value)
+                .expect("account age applies")
+        };
+        // The engine's own tenure: no age stated.
+        let run = |e: &Engine, r: &Req, now: Nanos, output: u64| {
+            let mut o = observe(r);
+            o.account_age = None;
+            let d = e.decide(&o, now);
+            if let Some(t) = d.verdict.ticket() {
+                let usage = Usage {
+                    input_tokens: None,
+                    output_tokens: output,
+                };
+                e.settle(t, usage, now);
+            }
+        };
+        let t0 = 1000 * MIN;
+        run(&e, &req(1, &mut rng), t0, 100);
+        // Seen as the history starts: as old as the 72-hour horizon.
+        assert!(
+            (age_hours(1, t0) - 72.0).abs() < 0.1,
+            "{}",
+            age_hours(1, t0)
+        );
+        // Ten hours in, a first request still reads 62 hours old at least.
+        let t10 = t0 + 10 * HOUR;
+        run(&e, &req(2, &mut rng), t10, 100);
+        assert!(
+            (age_hours(2, t10) - 62.0).abs() < 0.1,
+            "{}",
+            age_hours(2, t10)
+        );
+        // Three days in, a first request is a new account's.
+        let t80 = t0 + 80 * HOUR;
+        run(&e, &req(3, &mut rng), t80, 100);
+        assert!(age_hours(3, t80) < 0.1, "{}", age_hours(3, t80));
+        // Account 1 comes back after 80 hours: its state went, its age did not.
+        e.maintain(t80);
+        assert!(e.account_score(AccountId(1), t80).is_none());
+        run(&e, &req(1, &mut rng), t80 + MIN, 100);
+        let a1 = age_hours(1, t80 + MIN);
+        assert!((a1 - 152.0).abs() < 0.2, "{a1}");
+        // A stated age wins over the engine's.
+        let mut o = observe(&req(4, &mut rng));
+        o.account_age = Some(1000 * HOUR);
+        e.decide(&o, t80);
+        assert!((age_hours(4, t80) - 1000.0).abs() < 0.1);
+        // Past the cap the least recently seen go, and the history restarts
+        // after them: a newcomer then reads old again, for a while.
+        let t100 = t0 + 100 * HOUR;
+        for a in 10..22u64 {
+            run(&e, &req(a, &mut rng), t100 + a * MIN, 100);
+        }
+        e.maintain(t100 + 30 * MIN);
+        assert!(e.tracked_tenure() <= 10, "{}", e.tracked_tenure());
+        run(&e, &req(99, &mut rng), t100 + HOUR, 100);
+        let a99 = age_hours(99, t100 + HOUR);
+        assert!(a99 > 71.0, "a newcomer right after the map forgot: {a99}");
     }
 
     /// A slow-and-low campaign hidden behind a few addresses: 24 young

@@ -92,6 +92,11 @@ pub struct TrafficRecord {
     /// The user-agent claimed a client its fingerprints denied.
     #[serde(default)]
     pub inconsistent: bool,
+    /// The account's age in seconds at this request, as the trusted auth
+    /// front stated it (`[identity] account_created_header`); absent: the
+    /// engine's own tenure is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_age_s: Option<u64>,
     /// Output tokens the response produced (0 when refused).
     #[serde(default)]
     pub output_tokens: u64,
@@ -177,6 +182,9 @@ impl TrafficRecord {
                 fingerprint_inconsistent: self.inconsistent,
                 phrase_hits: PhraseHits(hits),
             },
+            account_age: self
+                .account_age_s
+                .map(|s| s.saturating_mul(crate::engine::SECOND)),
         })
     }
 }

@@ -241,7 +241,23 @@ fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Popu
         warmup_ms: 0,
         cover_share: 0.0,
         community: None,
+        tenure_hours: Some(HONEST_TENURE_HOURS),
+        new_accounts: 0.0,
     }
+}
+
+/// Honest accounts are a month to three years old, but for the sign-ups
+/// of the day ([`with_new_accounts`]).
+const HONEST_TENURE_HOURS: [f64; 2] = [24.0 * 30.0, 24.0 * 365.0 * 3.0];
+
+/// Every honest population's share of new accounts (sign-ups of the day:
+/// 2 to 20 %), each drawn from a stream of its own so the populations keep
+/// their other draws.
+fn with_new_accounts(seed: u64, mut pops: Vec<Population>) -> Vec<Population> {
+    for p in pops.iter_mut().filter(|p| !p.attack) {
+        p.new_accounts = stream(seed, &format!("{}/tenure", p.name)).gen_range(0.02..=0.2);
+    }
+    pops
 }
 
 /// Users of one coding agent (the tool's system prompt and two of its
@@ -496,7 +512,7 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
         ..honest("doc-chat".into(), seed, &RESIDENTIAL, accounts)
     });
     pops.extend(long_answer_populations(seed, size));
-    pops
+    with_new_accounts(seed, pops)
 }
 
 /// The honest heavy long-answer users: accounts that legitimately draw
@@ -628,6 +644,7 @@ pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
         cover_share: 0.0,
         models: 1,
         pinned_max_tokens: true,
+        aged_days: 0.0,
     };
     let start = rng.gen_range(1..=10).min(size.minutes / 4) * MINUTE;
     let mut h = hydra.population("hydra", plain, (start, end), seed);
@@ -635,6 +652,7 @@ pub fn draw(family: Family, seed: u64, size: Size) -> Drawn {
     pops.push(h);
     let mut rng = stream(seed, CAMPAIGN);
     let mut campaign = AttackStrategy::draw(&mut rng);
+    campaign.aged_days = super::strategy::draw_aged_days(&mut stream(seed, "campaign/tenure"));
     campaign.accounts = ((f64::from(campaign.accounts) * size.accounts).round() as u32).max(1);
     let start = rng.gen_range(2..=15).min(size.minutes / 4) * MINUTE;
     let max_warmup = (end.saturating_sub(start) / MINUTE / 2) as u32;

@@ -349,12 +349,18 @@ fn pick(rng: &mut ChaCha8Rng, per: scenario::Per, account_key: u64, len: usize) 
     }
 }
 
+/// The generator's key of account `account` of population `p`: what its
+/// per-account choices (stack, address, template, tenure) are drawn from.
+fn account_key(s: &Scenario, p: &scenario::Population, account: u32) -> u64 {
+    mix(mix(s.seed, name_hash(&p.name)), u64::from(account))
+}
+
 /// The request of event `e`: its draws come from its population's request
 /// stream and its number there, nothing else.
 fn make_request(s: &Scenario, e: Event) -> SimRequest {
     let p = &s.populations[e.population as usize];
     let mut rng = ChaCha8Rng::seed_from_u64(mix(e.stream, u64::from(e.n)));
-    let account_key = mix(mix(s.seed, name_hash(&p.name)), u64::from(e.account));
+    let account_key = account_key(s, p, e.account);
     let profiles = p.ja4.len().max(p.http.len()).max(p.h2.len());
     let profile = pick(&mut rng, p.fingerprint_per, account_key, profiles);
     let a = pick(
@@ -500,6 +506,10 @@ impl SimRequest {
             request_id: None,
             account: AccountId(self.account_id(s)).to_string(),
             anonymous: false,
+            account_age_s: p.account_age_s(
+                account_key(s, p, self.account),
+                self.t_ms.saturating_sub(s.start_unix_ms),
+            ),
             ja4: fp(&p.ja4),
             http: fp(&p.http),
             h2: fp(&p.h2),

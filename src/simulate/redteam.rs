@@ -22,7 +22,10 @@ use crate::config::Config;
 
 /// What a campaign pays, in account-hours: an account for an hour costs 1
 /// (sign-up, verification, the payment method behind it), a rented client
-/// address for an hour costs `address_hour` of that (a residential proxy).
+/// address for an hour costs `address_hour` of that (a residential proxy),
+/// and an account aged before the campaign costs `aged_account_day` per
+/// day of age (bought aged, or opened ahead and kept alive dormant: its
+/// identity, payment method and phone number held, no traffic).
 /// The API's own price per token is left out: the attacker pays it under
 /// any policy, for every token it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -31,12 +34,16 @@ pub struct CostModel {
     pub account_hour: f64,
     /// Cost of one rented address for one hour.
     pub address_hour: f64,
+    /// Cost of one account's age, per day: a dormant account-day costs an
+    /// active account-hour.
+    pub aged_account_day: f64,
 }
 
 /// The cost model `redteam` uses.
 pub const COST: CostModel = CostModel {
     account_hour: 1.0,
     address_hour: 0.25,
+    aged_account_day: 1.0,
 };
 
 impl CostModel {
@@ -45,6 +52,7 @@ impl CostModel {
         hours
             * (f64::from(s.accounts) * self.account_hour
                 + f64::from(s.addresses()) * self.address_hour)
+            + f64::from(s.accounts) * s.aged_days * self.aged_account_day
     }
 }
 
@@ -176,7 +184,11 @@ pub fn search(
     for index in 2..options.budget {
         // One evaluation in four explores the whole space; the rest climb.
         let (origin, strategy) = if rng.gen_bool(0.25) {
-            (Origin::Random, AttackStrategy::draw(&mut rng))
+            (Origin::Random, {
+                let mut s = AttackStrategy::draw(&mut rng);
+                s.aged_days = super::strategy::draw_aged_days(&mut rng);
+                s
+            })
         } else {
             (Origin::Neighbour, best.strategy.mutate(&mut rng))
         };
@@ -213,13 +225,14 @@ impl RedteamReport {
     /// the multiplier.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "redteam: seed {}, {} evaluations, background seed {} ({} minutes); cost: account-hour {}, address-hour {}\n",
+            "redteam: seed {}, {} evaluations, background seed {} ({} minutes); cost: account-hour {}, address-hour {}, aged account-day {}\n",
             self.options.seed,
             self.evaluations.len(),
             self.options.background_seed,
             self.options.minutes,
             self.cost_model.account_hour,
             self.cost_model.address_hour,
+            self.cost_model.aged_account_day,
         );
         let _ = writeln!(
             out,
@@ -293,5 +306,10 @@ mod tests {
             ..AttackStrategy::starting_point()
         };
         assert_eq!(COST.cost(&s, 2.0), 2.0 * (100.0 + 50.0 * 0.25));
+        let aged = AttackStrategy {
+            aged_days: 3.0,
+            ..s.clone()
+        };
+        assert_eq!(COST.cost(&aged, 2.0), COST.cost(&s, 2.0) + 100.0 * 3.0);
     }
 }

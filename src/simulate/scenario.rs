@@ -111,6 +111,10 @@ struct PopulationFile {
     cover_share: f64,
     #[serde(default)]
     community: Option<String>,
+    #[serde(default)]
+    tenure_hours: Option<[f64; 2]>,
+    #[serde(default)]
+    new_accounts: f64,
 }
 
 fn default_paraphrase() -> f64 {
@@ -278,6 +282,34 @@ pub struct Population {
     /// cluster that joins them is not a mixed cluster of strangers. None:
     /// a community of its own.
     pub community: Option<String>,
+    /// How old its accounts are at the scenario start, in hours: drawn per
+    /// account, log-uniformly between the two, and stated with every
+    /// request as a trusted auth front would (the record's
+    /// `account_age_s`). None: not stated (the proxy's own tenure is used).
+    pub tenure_hours: Option<[f64; 2]>,
+    /// Share of its accounts that are new instead: made within the minute
+    /// before the population starts (sign-ups of the day).
+    pub new_accounts: f64,
+}
+
+impl Population {
+    /// The age in seconds of account `account_key` (the generator's
+    /// per-account key) at `since_start_ms` into the scenario, as stated
+    /// to the proxy: [`Population::tenure_hours`] or
+    /// [`Population::new_accounts`].
+    pub fn account_age_s(&self, account_key: u64, since_start_ms: u64) -> Option<u64> {
+        let [lo, hi] = self.tenure_hours?;
+        let h = super::mix(account_key, 0x7e4e_5eed);
+        let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+        let age_at_start_ms = if unit(h) < self.new_accounts {
+            // Made at most a minute before the population's start.
+            -(self.start_ms as f64) + unit(super::mix(h, 1)) * 60_000.0
+        } else {
+            let (lo, hi) = (lo.max(1.0 / 60.0), hi.max(lo.max(1.0 / 60.0)));
+            (lo.ln() + unit(super::mix(h, 2)) * (hi.ln() - lo.ln())).exp() * 3_600_000.0
+        };
+        Some(((age_at_start_ms + since_start_ms as f64).max(0.0) / 1000.0) as u64)
+    }
 }
 
 /// A validated scenario.
@@ -466,6 +498,23 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
         if p.output_tokens[0] > p.output_tokens[1] {
             return bad("output_tokens", "expected [min, max] with min <= max");
         }
+        if let Some([lo, hi]) = p.tenure_hours {
+            if !(lo >= 0.0 && lo <= hi && hi <= 24.0 * 365.0 * 30.0) {
+                return bad(
+                    "tenure_hours",
+                    "expected [min, max] hours with 0 <= min <= max <= 262800 (30 years)",
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&p.new_accounts) {
+            return bad("new_accounts", "expected a share from 0 to 1");
+        }
+        if p.new_accounts > 0.0 && p.tenure_hours.is_none() {
+            return bad(
+                "new_accounts",
+                "needs tenure_hours (the ages of the other accounts)",
+            );
+        }
         if p.start_minute + p.warmup_minutes > end {
             return bad(
                 "warmup_minutes",
@@ -505,6 +554,8 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             warmup_ms: p.warmup_minutes * MINUTE,
             cover_share: p.cover_share,
             community: p.community,
+            tenure_hours: p.tenure_hours,
+            new_accounts: p.new_accounts,
         });
     }
     Ok(Scenario {

@@ -119,6 +119,10 @@ pub struct AttackStrategy {
     pub models: u32,
     /// `max_tokens` pinned at one ceiling (otherwise varied like a client).
     pub pinned_max_tokens: bool,
+    /// Days its accounts existed before the campaign (0: opened for it):
+    /// aged accounts bought or opened ahead and kept dormant, so that the
+    /// auth front states an old account. Priced by `redteam`'s cost model.
+    pub aged_days: f64,
 }
 
 /// The ranges of the space (inclusive).
@@ -137,6 +141,19 @@ pub mod range {
     pub const COVER_SHARE: (f64, f64) = (0.0, 0.5);
     /// Models.
     pub const MODELS: (u32, u32) = (1, 3);
+    /// Days the accounts were aged (0, or from 0.5).
+    pub const AGED_DAYS: (f64, f64) = (0.0, 90.0);
+}
+
+/// How long a campaign ages its accounts, drawn: half open them for the
+/// campaign, half age them 12 hours to 90 days (log-uniform). Drawn from
+/// its own stream by callers, so the other parameters keep their draws.
+pub fn draw_aged_days(rng: &mut ChaCha8Rng) -> f64 {
+    if rng.gen_bool(0.5) {
+        0.0
+    } else {
+        log_uniform(rng, (0.5, range::AGED_DAYS.1))
+    }
 }
 
 fn log_uniform(rng: &mut ChaCha8Rng, (lo, hi): (f64, f64)) -> f64 {
@@ -145,7 +162,7 @@ fn log_uniform(rng: &mut ChaCha8Rng, (lo, hi): (f64, f64)) -> f64 {
 
 impl AttackStrategy {
     /// A strategy drawn uniformly from the space (log-uniform for counts
-    /// and rates).
+    /// and rates), its accounts new ([`draw_aged_days`] draws their age).
     pub fn draw(rng: &mut ChaCha8Rng) -> AttackStrategy {
         let (alo, ahi) = range::ACCOUNTS;
         AttackStrategy {
@@ -161,6 +178,7 @@ impl AttackStrategy {
             cover_share: rng.gen_range(range::COVER_SHARE.0..=range::COVER_SHARE.1),
             models: rng.gen_range(range::MODELS.0..=range::MODELS.1),
             pinned_max_tokens: rng.gen_bool(0.5),
+            aged_days: 0.0,
         }
         .clamped()
     }
@@ -181,6 +199,7 @@ impl AttackStrategy {
             cover_share: 0.0,
             models: 1,
             pinned_max_tokens: false,
+            aged_days: 0.0,
         }
     }
 
@@ -200,6 +219,7 @@ impl AttackStrategy {
             cover_share: 0.0,
             models: 1,
             pinned_max_tokens: true,
+            aged_days: 0.0,
         }
     }
 
@@ -210,7 +230,7 @@ impl AttackStrategy {
         let moves = rng.gen_range(1..=3);
         for _ in 0..moves {
             let scale = |rng: &mut ChaCha8Rng| (rng.gen::<f64>() * 1.2 - 0.6).exp();
-            match rng.gen_range(0..12) {
+            match rng.gen_range(0..13) {
                 0 => s.accounts = (f64::from(s.accounts) * scale(rng)).round() as u32,
                 1 => s.addresses_per_account *= scale(rng) * scale(rng),
                 2 => s.address_rotation = !s.address_rotation,
@@ -226,6 +246,15 @@ impl AttackStrategy {
                 }
                 9 => s.cover_share += rng.gen_range(-0.15..=0.15),
                 10 => s.models = rng.gen_range(range::MODELS.0..=range::MODELS.1),
+                11 => {
+                    s.aged_days = if s.aged_days <= 0.0 {
+                        log_uniform(rng, (0.5, 7.0))
+                    } else if rng.gen_bool(0.2) {
+                        0.0
+                    } else {
+                        s.aged_days * scale(rng) * scale(rng)
+                    }
+                }
                 _ => s.pinned_max_tokens = !s.pinned_max_tokens,
             }
         }
@@ -251,6 +280,7 @@ impl AttackStrategy {
             .cover_share
             .clamp(range::COVER_SHARE.0, range::COVER_SHARE.1);
         self.models = self.models.clamp(range::MODELS.0, range::MODELS.1);
+        self.aged_days = self.aged_days.clamp(range::AGED_DAYS.0, range::AGED_DAYS.1);
         self
     }
 
@@ -345,14 +375,22 @@ impl AttackStrategy {
             warmup_ms,
             cover_share: self.cover_share,
             community: None,
+            // Accounts opened for the campaign are made when it starts.
+            tenure_hours: Some([self.aged_days * 24.0; 2]),
+            new_accounts: if self.aged_days > 0.0 { 0.0 } else { 1.0 },
         }
     }
 
     /// One line: the parameters that matter most.
     pub fn describe(&self) -> String {
         format!(
-            "{} accounts, {} addresses ({:.2}/account, {}), stacks {}{}, paraphrase {:.0} %, {:.1} req/account/h, jitter {:.2}, warm-up {} min, cover {:.0} %, {} model(s), max_tokens {}",
+            "{} accounts{}, {} addresses ({:.2}/account, {}), stacks {}{}, paraphrase {:.0} %, {:.1} req/account/h, jitter {:.2}, warm-up {} min, cover {:.0} %, {} model(s), max_tokens {}",
             self.accounts,
+            if self.aged_days > 0.0 {
+                format!(" aged {:.1} days", self.aged_days)
+            } else {
+                " opened for it".to_string()
+            },
             self.addresses(),
             self.addresses_per_account,
             if self.address_rotation { "rotated per request" } else { "kept per account" },

@@ -29,6 +29,7 @@ pub(super) fn phase(
         input_tokens: inspected.input_tokens,
         attrs,
         request,
+        account_age: caller.account_age,
     }
 }
 

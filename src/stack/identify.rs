@@ -16,6 +16,8 @@ pub(super) struct Caller {
     pub account: AccountId,
     /// Keyless, counted per client prefix.
     pub anonymous: bool,
+    /// The account's age, as a trusted auth front states it.
+    pub account_age: Option<crate::engine::Nanos>,
 }
 
 /// The identify step: the account of a request (keyed hash of its API key),
@@ -32,6 +34,7 @@ pub(super) fn phase<B>(
         return Ok(Caller {
             account: hasher.account_id(key),
             anonymous: false,
+            account_age: None,
         });
     }
     match id.missing_key {
@@ -41,6 +44,7 @@ pub(super) fn phase<B>(
             Ok(Caller {
                 account: hasher.anonymous_id(&prefix),
                 anonymous: true,
+                account_age: None,
             })
         }
     }

@@ -150,6 +150,7 @@ fn traffic_record(facts: &Facts<'_>, decision: &Decision) -> TrafficRecord {
             .map(|d| d.phrase_hits.clone())
             .unwrap_or_default(),
         inconsistent: f.fingerprint_inconsistent,
+        account_age_s: obs.account_age.map(|a| a / crate::engine::SECOND),
         output_tokens: 0,
         decision: decision.label().to_string(),
         population: None,

@@ -29,7 +29,7 @@ use crate::config::StreamConfig;
 use crate::engine::score::PhraseHits;
 use crate::engine::{
     cohort, signature, AccountId, Engine, Nanos, Observation, ObservedAttrs, RequestFacts, Ticket,
-    Usage,
+    Usage, SECOND,
 };
 use crate::telemetry::metrics::{labelled, Histogram};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -111,6 +111,9 @@ pub struct Observed {
     /// Phrase lists the prompt matched (bit per list of the config).
     #[serde(default)]
     pub ph: u32,
+    /// The account's age in seconds, as the trusted auth front stated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ag: Option<u64>,
 }
 
 /// A settlement's signal inputs.
@@ -159,6 +162,7 @@ impl Entry {
             f: f.fill_key,
             inc: f.fingerprint_inconsistent,
             ph: hits.0,
+            ag: obs.account_age.map(|a| a / SECOND),
         })
     }
 
@@ -213,6 +217,7 @@ impl Entry {
                         fingerprint_inconsistent: o.inc,
                         phrase_hits: PhraseHits(o.ph),
                     },
+                    account_age: o.ag.map(|s| s.saturating_mul(SECOND)),
                 };
                 engine.apply(&obs, now);
             }
@@ -765,6 +770,7 @@ mod tests {
                 fill_key: Some(9),
                 ..Default::default()
             },
+            account_age: Some(86_400 * SECOND),
         };
         let e = Entry::observed(&obs, PhraseHits(5));
         let json = serde_json::to_string(&e).unwrap();

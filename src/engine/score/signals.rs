@@ -311,6 +311,9 @@ pub struct RequestSignals<'a> {
     /// hour ([`AccountSignals::requests_per_hour`]); 0: not given, [`Signal::YieldPerMember`] takes the group's rate
     /// per distinct sender.
     pub sender_requests_per_hour: f32,
+    /// The sending account's age ([`AccountSignals::age`]); None: the observing window's own age.
+    /// A group's [`Signal::AccountAge`] is its requests' mean sender age, each taken up to the ramp's far end.
+    pub sender_age: Option<Nanos>,
 }
 
 /// One signal's part in a score.

@@ -158,10 +158,15 @@ impl AccountSignals {
         self.w.first_seen
     }
 
-    /// Set the first-seen time (e.g. the account's creation time from elsewhere, or after this state was evicted
-    /// and rebuilt); only ever moves it earlier.
-    pub fn set_first_seen(&mut self, t: Nanos) {
-        self.w.first_seen = self.w.first_seen.min(t);
+    /// Set how old the account already was when this state was first seen (its tenure: stated by the auth front,
+    /// or kept by the engine beyond this state); [`Signal::AccountAge`] reads the first-seen age plus this.
+    pub fn set_tenure(&mut self, age: Nanos) {
+        self.w.tenure_min = u32::try_from(age / MINUTE).unwrap_or(u32::MAX);
+    }
+
+    /// The account's age at `now`: its tenure when first seen plus the time since.
+    pub fn age(&self, now: Nanos) -> Nanos {
+        self.w.age(now)
     }
 
     /// Last request seen (engine time; the first-seen time before any request).

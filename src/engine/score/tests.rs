@@ -393,6 +393,7 @@ fn never_panics_on_odd_inputs() {
                     fingerprint_inconsistent: true,
                     stack_changed: true,
                     sender_requests_per_hour: f32::MAX,
+                    sender_age: Some(u64::MAX),
                 };
                 let hits = m.scan("\u{2019}\u{2014}x\u{00a0}");
                 let _ = a.note_stack(Some(now));

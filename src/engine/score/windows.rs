@@ -39,6 +39,9 @@ pub(super) struct Counters {
     /// Requests per hour of each request's sender ([`RequestSignals::sender_requests_per_hour`]; 0 when not
     /// given).
     sender_rate: f32,
+    /// Hours of age of each request's sender ([`RequestSignals::sender_age`]), each at most the account-age
+    /// ramp's far end.
+    sender_age: f32,
 }
 
 impl Counters {
@@ -58,6 +61,7 @@ impl Counters {
         self.full_output *= f;
         self.yield_output *= f;
         self.sender_rate *= f;
+        self.sender_age *= f;
     }
 
     /// Adds another window's sums (already decayed to the same time). The gap statistics stay this window's own:
@@ -76,6 +80,7 @@ impl Counters {
         self.full_output += o.full_output;
         self.yield_output += o.yield_output;
         self.sender_rate += o.sender_rate;
+        self.sender_age += o.sender_age;
     }
 
     /// Add one gap (seconds): West's weighted incremental mean and variance.
@@ -334,6 +339,8 @@ pub(super) struct Window {
     pub(super) last_arrival: Nanos,
     pub(super) requests_total: u32,
     tier_rpm: u32,
+    /// Minutes the account already existed when first seen (accounts only; 0 for groups).
+    pub(super) tenure_min: u32,
     /// Requests decayed with the activity half-life.
     fast: f32,
     pub(super) c: Counters,
@@ -356,10 +363,17 @@ impl Window {
             last_arrival: first_seen,
             requests_total: 0,
             tier_rpm: 0,
+            tenure_min: 0,
             fast: 0.0,
             c: Counters::default(),
             breadth: Breadth::default(),
         }
+    }
+
+    /// The age at `now`: since first seen, plus the tenure it had then.
+    pub(super) fn age(&self, now: Nanos) -> Nanos {
+        now.saturating_sub(self.first_seen)
+            .saturating_add(u64::from(self.tenure_min) * MINUTE)
     }
 
     /// Decay everything to `now` (never backwards); returns the factor applied to the main counters.
@@ -397,6 +411,9 @@ impl Window {
 
         self.c.n += 1.0;
         self.c.sender_rate += req.sender_requests_per_hour.max(0.0);
+        let age = req.sender_age.unwrap_or_else(|| self.age(now));
+        let ramp = policy.ramps.account_age;
+        self.c.sender_age += ((age as f64 / HOUR as f64) as f32).min(ramp.off.max(ramp.full));
         self.fast += 1.0;
         let by_params = req
             .thinking_budget
@@ -426,7 +443,10 @@ impl Window {
         }
         if let Some(release) = req.model.and_then(|m| policy.release_of(m)) {
             if now >= release && now - release <= policy.new_model_window {
-                let young = self.first_seen.saturating_add(policy.pivot_young) >= release;
+                let born = self
+                    .first_seen
+                    .saturating_sub(u64::from(self.tenure_min) * MINUTE);
+                let young = born.saturating_add(policy.pivot_young) >= release;
                 self.c.pivot += if young {
                     1.0
                 } else {
@@ -488,7 +508,14 @@ impl Window {
 
     /// Every signal's raw value at `now` (the cluster-only signals from `cluster`, if any), without changing the
     /// state.
-    fn snapshot(&self, now: Nanos, policy: &ScorePolicy, cluster: ClusterFacts) -> Snapshot {
+    fn snapshot(
+        &self,
+        now: Nanos,
+        policy: &ScorePolicy,
+        cluster: Option<ClusterFacts>,
+    ) -> Snapshot {
+        let group = cluster.is_some();
+        let cluster = cluster.unwrap_or_default();
         let dt = now.saturating_sub(self.updated);
         let f = decay_factor(dt, policy.half_life);
         let n = self.c.n * f;
@@ -524,7 +551,13 @@ impl Window {
         } else {
             0.0
         };
-        v[Signal::AccountAge.index()] = (age as f64 / HOUR as f64) as f32;
+        // An account's own age; a group's, its requests' mean sender age (a cluster formed today of accounts
+        // years old is not young; one of accounts opened today is).
+        v[Signal::AccountAge.index()] = if group && c.n > f32::EPSILON {
+            c.sender_age / c.n
+        } else {
+            (self.age(now) as f64 / HOUR as f64) as f32
+        };
         v[Signal::Breadth.index()] = self.breadth.ratio(now, policy.half_life);
         v[Signal::FingerprintInconsistency.index()] = share(c.flagged, c.n);
         v[Signal::ReleasePivot.index()] = share(c.pivot, c.n);
@@ -588,7 +621,7 @@ impl Window {
         policy: &ScorePolicy,
         cluster: Option<ClusterFacts>,
     ) -> Score {
-        let snap = self.snapshot(now, policy, cluster.unwrap_or_default());
+        let snap = self.snapshot(now, policy, cluster);
         let mut contributions = Vec::with_capacity(Signal::COUNT);
         let mut raw = 0.0f32;
         for s in Signal::ALL {
