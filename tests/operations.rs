@@ -323,6 +323,70 @@ async fn a_manual_block_survives_a_reload_and_a_restart() {
     stop(child);
 }
 
+/// The accounts' tenure is written at shutdown to `[accounts] tenure_path`
+/// and read back at start: the restarted proxy remembers the accounts before
+/// any of them sends again (the gauge counts them), and a tenure file
+/// written under another hash secret is set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_tenure_survives_a_restart() {
+    let mock =
+        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dg.toml");
+    let tenure = dir.path().join("tenure.bin");
+    let text = basic_config(&format!("http://{}", mock.addr()), "")
+        .replace("[admin]\naddress = \"127.0.0.1:0\"\n", "")
+        + &format!("[accounts]\ntenure_path = \"{}\"\n", tenure.display())
+        + &with_admin("", &dir.path().join("state.json"));
+    std::fs::write(&cfg, text).unwrap();
+    let tracked = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("distill_guard_tracked_tenure_accounts "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+
+    let (child, url, admin_addr) = spawn_serve(&cfg);
+    for key in ["sk-tenure-a", "sk-tenure-b", "sk-tenure-c"] {
+        assert_eq!(status(&url, key).await, 200);
+    }
+    let (_, metrics) = admin(admin_addr, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(tracked(&metrics), Some(3.0), "{metrics}");
+    stop(child);
+    assert!(tenure.exists(), "no tenure file written at shutdown");
+
+    // Restarted: the three accounts are remembered before they send.
+    let (child, _url, admin_addr) = spawn_serve(&cfg);
+    let (_, metrics) = admin(admin_addr, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(tracked(&metrics), Some(3.0), "{metrics}");
+    stop(child);
+
+    // Under another secret the file's account ids mean nothing: set aside.
+    let mut other = Command::new(env!("CARGO_BIN_EXE_distill-guard"));
+    other
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env(
+            "DISTILL_GUARD_HASH_SECRET",
+            "another-secret-0123456789abcdef",
+        )
+        .stdout(Stdio::null());
+    let spawned = spawn_listening(&mut other, 1, true);
+    let (child, other_admin) = (spawned.child, spawned.admin.expect("admin address"));
+    let (_, metrics) = admin(other_admin, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(tracked(&metrics), Some(0.0), "{metrics}");
+    stop(child);
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tenure.bin.bad-")
+        });
+    assert!(aside, "the foreign tenure file was not set aside");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_valid_and_invalid_under_load_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();

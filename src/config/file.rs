@@ -264,6 +264,13 @@ pub struct FileAccounts {
     /// recently seen are forgotten, and no account is read as younger than
     /// the history kept since (about 40 bytes per account).
     pub max_tenure: u64,
+    /// File the accounts' tenure is kept in across restarts (written every
+    /// five minutes and at shutdown, read at start; relative paths are
+    /// relative to the config file). Used only with an identity hash secret
+    /// (account ids must survive the restart); a file written under another
+    /// secret is set aside. Absent: every start begins a new history, and
+    /// for its first 72 hours no account reads young.
+    pub tenure_path: Option<String>,
     /// Account state idle this long (and owing nothing) is dropped.
     pub idle_evict_ms: u64,
     /// While the account store is full, new accounts admitted per client
@@ -279,6 +286,7 @@ impl Default for FileAccounts {
             anonymous_tier: "default".into(),
             max_tracked: 1_000_000,
             max_tenure: 1_000_000,
+            tenure_path: None,
             idle_evict_ms: 600_000,
             new_accounts_per_minute_at_capacity: 60,
         }

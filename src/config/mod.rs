@@ -313,6 +313,8 @@ pub struct AccountsConfig {
     pub max_tracked: usize,
     /// Tenure cap.
     pub max_tenure: usize,
+    /// Where tenure is kept across restarts.
+    pub tenure_path: Option<PathBuf>,
     /// Idle state lifetime.
     pub idle_evict: Duration,
     /// New accounts per client network per minute while the store is full.
@@ -1564,6 +1566,7 @@ fn validate_accounts(
         anonymous_tier: f.anonymous_tier.clone(),
         max_tracked: usize::try_from(f.max_tracked).unwrap_or(usize::MAX),
         max_tenure: usize::try_from(f.max_tenure).unwrap_or(usize::MAX),
+        tenure_path: f.tenure_path.as_ref().map(|p| resolve(base, p)),
         idle_evict: nonzero_ms("accounts.idle_evict_ms", f.idle_evict_ms)?,
         new_accounts_per_minute_at_capacity: f.new_accounts_per_minute_at_capacity,
     })

@@ -108,6 +108,16 @@ fn signal_evidence(
 /// longer after more.
 const SIGNAL_KEEP_REQUESTS: f32 = 0.5;
 
+/// The engine's tenure, relative to the time it was exported at
+/// ([`Engine::export_tenure`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenureExport {
+    /// How long the engine's history had run (None: it had not begun).
+    pub history: Option<Nanos>,
+    /// Per account: its age, and the time since its last request known.
+    pub accounts: Vec<(AccountId, Nanos, Nanos)>,
+}
+
 /// One account's tenure, in engine minutes: kept after its behaviour state
 /// is dropped, so that an account that comes back days later is not read as
 /// new (12 bytes beside its 8-byte key).
@@ -121,6 +131,11 @@ struct Tenure {
     /// last dropped or the map last made room): the least recent go first.
     last: u32,
 }
+
+/// How far before the engine's time 0 a tenure history taken over may
+/// start (2^60 ns, about 36 years): the history's start is kept shifted by
+/// it.
+const TENURE_EPOCH: Nanos = 1 << 60;
 
 /// Engine time in whole minutes (saturating), for [`Tenure`].
 fn minutes(t: Nanos) -> u32 {
@@ -760,9 +775,11 @@ pub struct Engine {
     /// What is known of accounts' age beyond their behaviour state, at most
     /// `tenure_max` ([`Engine::tenure_of`]).
     tenure: dashmap::DashMap<u64, Tenure>,
-    /// Engine time since which every account's first request is known
-    /// (`u64::MAX`: not yet set — the first account scored sets it): the
-    /// start of the history, moved on when the tenure map forgets accounts.
+    /// Engine time since which every account's first request is known,
+    /// plus [`TENURE_EPOCH`] (a history taken over from before this engine's
+    /// time 0 starts before it; `u64::MAX`: not yet set — the first account
+    /// scored sets it): the start of the history, moved on when the tenure
+    /// map forgets accounts.
     tenure_since: AtomicU64,
     /// New-account cells per client network, used while the account store
     /// is full.
@@ -1117,20 +1134,21 @@ impl Engine {
                 u64::MAX if record => {
                     let _ = self.tenure_since.compare_exchange(
                         u64::MAX,
-                        now,
+                        now.saturating_add(TENURE_EPOCH),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
                     self.tenure_since.load(Ordering::Relaxed)
                 }
-                u64::MAX => now,
+                u64::MAX => now.saturating_add(TENURE_EPOCH),
                 t => t,
             };
             let horizon = self.policy.load().detection.as_ref().map_or(0, |d| {
                 let r = d.score.ramps.account_age;
                 (f64::from(r.off.max(r.full)).max(0.0) * HOUR as f64) as Nanos
             });
-            (now, horizon.saturating_sub(now.saturating_sub(since)))
+            let watched = (now.saturating_add(TENURE_EPOCH)).saturating_sub(since);
+            (now, horizon.saturating_sub(watched))
         };
         if record {
             let m = minutes(first);
@@ -2067,13 +2085,61 @@ impl Engine {
             }
             keep
         });
-        self.tenure_since
-            .fetch_max((u64::from(cut) + 1) * MINUTE, Ordering::Relaxed);
+        self.tenure_since.fetch_max(
+            (u64::from(cut) + 1) * MINUTE + TENURE_EPOCH,
+            Ordering::Relaxed,
+        );
     }
 
     /// Accounts whose tenure the engine keeps.
     pub fn tracked_tenure(&self) -> usize {
         self.tenure.len()
+    }
+
+    /// What the engine knows of accounts' ages, relative to `now` (so that
+    /// another process, on another clock, can take it over:
+    /// [`Engine::import_tenure`]).
+    pub fn export_tenure(&self, now: Nanos) -> TenureExport {
+        let since = self.tenure_since.load(Ordering::Relaxed);
+        let accounts = self
+            .tenure
+            .iter()
+            .map(|e| {
+                let t = *e.value();
+                let first = u64::from(t.first) * MINUTE;
+                let age = (u64::from(t.prior) * MINUTE).saturating_add(now.saturating_sub(first));
+                let idle = now.saturating_sub(u64::from(t.last) * MINUTE);
+                (AccountId(*e.key()), age, idle)
+            })
+            .collect();
+        TenureExport {
+            history: (since != u64::MAX)
+                .then(|| (now.saturating_add(TENURE_EPOCH)).saturating_sub(since)),
+            accounts,
+        }
+    }
+
+    /// Take over an export made `gap` ago (by this process or one before
+    /// it): every age and idle time grows by `gap`, and the history is taken
+    /// to run through it (no request reached the API through this engine
+    /// meanwhile). Accounts already known here keep what is known here.
+    pub fn import_tenure(&self, now: Nanos, export: &TenureExport, gap: Nanos) {
+        if let Some(h) = export.history {
+            let since = (now.saturating_add(TENURE_EPOCH)).saturating_sub(h.saturating_add(gap));
+            let _ = self
+                .tenure_since
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some(if t == u64::MAX { since } else { t.min(since) })
+                });
+        }
+        let m = minutes(now);
+        for &(account, age, idle) in &export.accounts {
+            self.tenure.entry(account.0).or_insert(Tenure {
+                first: m,
+                prior: minutes(age.saturating_add(gap)),
+                last: minutes(now.saturating_sub(idle.saturating_add(gap))),
+            });
+        }
     }
 
     /// Whether dropping the account would lose detection evidence: an admin

@@ -112,17 +112,41 @@ impl Handle {
         let _ = self.shutdown.send(true);
     }
 
-    /// Wait until every worker has finished, then flush the audit log.
+    /// Wait until every worker has finished, then write the tenure file and
+    /// flush the audit log.
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
         }
+        save_tenure(&self.shared);
         if let Some(a) = &self.shared.audit {
             a.close();
         }
         if let Some(r) = &self.shared.record {
             r.close();
         }
+    }
+}
+
+/// How often the tenure file is written (and once at shutdown).
+const TENURE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Write the accounts' tenure to `[accounts] tenure_path`, if set (and an
+/// identity hash secret keeps account ids across restarts).
+fn save_tenure(shared: &Shared) {
+    let config = shared.config.load();
+    let Some(path) = &config.accounts.tenure_path else {
+        return;
+    };
+    if config.identity.hash_secret.is_none() {
+        return;
+    }
+    let probe = crate::state::tenure_file::probe(&shared.hasher);
+    let unix_ms = crate::telemetry::audit::now_unix_ms();
+    match crate::state::tenure_file::save(path, &shared.engine, shared.clock.now(), unix_ms, probe)
+    {
+        Ok(n) => debug!(accounts = n, path = %path.display(), "account tenure written"),
+        Err(e) => warn!(path = %path.display(), error = %e, "cannot write the tenure file"),
     }
 }
 
@@ -194,6 +218,29 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                 %reason,
                 "state file unusable: set aside, starting with no manual decisions"
             ),
+        }
+    }
+    if let Some(path) = &config.accounts.tenure_path {
+        use crate::state::manual_file::Restored;
+        use crate::state::tenure_file::{probe, restore};
+        if config.identity.hash_secret.is_none() {
+            warn!(path = %path.display(), "accounts.tenure_path unused: without an identity hash secret account ids change on every restart");
+        } else {
+            let unix_ms = crate::telemetry::audit::now_unix_ms();
+            match restore(path, &engine, clock.now(), unix_ms, probe(&hasher))
+                .map_err(ServerError::State)?
+            {
+                Restored::Loaded(0) => {}
+                Restored::Loaded(n) => {
+                    info!(accounts = n, path = %path.display(), "account tenure restored")
+                }
+                Restored::SetAside { aside, reason } => warn!(
+                    path = %path.display(),
+                    aside = %aside.display(),
+                    %reason,
+                    "tenure file unusable: set aside, the account-age history starts now"
+                ),
+            }
         }
     }
     // The shared store's connections and its sync loop live on a runtime
@@ -312,12 +359,20 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                         async move {
                             let mut sweep =
                                 tokio::time::interval(std::time::Duration::from_secs(60));
+                            let mut tenure = tokio::time::interval_at(
+                                tokio::time::Instant::now() + TENURE_SAVE_INTERVAL,
+                                TENURE_SAVE_INTERVAL,
+                            );
                             let mut sample =
                                 tokio::time::interval(crate::telemetry::history::SAMPLE_INTERVAL);
                             sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             loop {
                                 tokio::select! {
                                     _ = sweep.tick() => crate::admin::sweep_indicators(&shared),
+                                    _ = tenure.tick() => {
+                                        let shared = shared.clone();
+                                        let _ = tokio::task::spawn_blocking(move || save_tenure(&shared)).await;
+                                    }
                                     // Histories only serve the console.
                                     _ = sample.tick(), if shared.recent.is_some() => {
                                         crate::admin::sample_history(&shared)

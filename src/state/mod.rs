@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod manual_file;
 pub mod redis;
 pub mod stream;
+pub mod tenure_file;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -906,6 +906,13 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
     );
     register(
         &mut r,
+        "distill_guard_tracked_tenure_accounts",
+        "Accounts whose age the engine remembers beyond their behaviour state, within \
+         accounts.max_tenure (kept across restarts in accounts.tenure_path).",
+        gauge(size(engine.tracked_tenure())),
+    );
+    register(
+        &mut r,
         "distill_guard_tracked_account_cap",
         "Configured cap on tracked accounts (accounts.max_tracked).",
         gauge(size(engine.policy().max_tracked)),
