@@ -206,41 +206,19 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         config.policy_at(clock.now(), crate::telemetry::audit::now_unix_ms()),
     ));
     if let Some(path) = &config.admin.state_path {
-        use crate::state::manual_file::{restore, Restored};
-        match restore(path, &engine).map_err(ServerError::State)? {
-            Restored::Loaded(0) => {}
-            Restored::Loaded(n) => {
-                info!(decisions = n, path = %path.display(), "manual decisions restored")
-            }
-            Restored::SetAside { aside, reason } => warn!(
-                path = %path.display(),
-                aside = %aside.display(),
-                %reason,
-                "state file unusable: set aside, starting with no manual decisions"
-            ),
-        }
+        crate::state::manual_file::restore(path, &engine)
+            .map_err(ServerError::State)?
+            .log(path, "manual decisions", "starting with none");
     }
     if let Some(path) = &config.accounts.tenure_path {
-        use crate::state::manual_file::Restored;
         use crate::state::tenure_file::{probe, restore};
         if config.identity.hash_secret.is_none() {
             warn!(path = %path.display(), "accounts.tenure_path unused: without an identity hash secret account ids change on every restart");
         } else {
             let unix_ms = crate::telemetry::audit::now_unix_ms();
-            match restore(path, &engine, clock.now(), unix_ms, probe(&hasher))
+            restore(path, &engine, clock.now(), unix_ms, probe(&hasher))
                 .map_err(ServerError::State)?
-            {
-                Restored::Loaded(0) => {}
-                Restored::Loaded(n) => {
-                    info!(accounts = n, path = %path.display(), "account tenure restored")
-                }
-                Restored::SetAside { aside, reason } => warn!(
-                    path = %path.display(),
-                    aside = %aside.display(),
-                    %reason,
-                    "tenure file unusable: set aside, the account-age history starts now"
-                ),
-            }
+                .log(path, "account tenure", "the account-age history starts now");
         }
     }
     // The shared store's connections and its sync loop live on a runtime

@@ -73,7 +73,17 @@ pub enum Restored {
 /// admin to inspect) and the proxy starts with no manual decisions. Fails
 /// only when the bad file cannot be moved aside (it would be overwritten).
 pub fn restore(path: &Path, engine: &Engine) -> Result<Restored, String> {
-    match load(path, engine) {
+    loaded_or_set_aside(path, load(path, engine))
+}
+
+/// What a state file's load came to: the count loaded, or the file moved
+/// to `<path>.bad-<unix ms>` because of the error (failing only when it
+/// cannot be moved).
+pub(crate) fn loaded_or_set_aside(
+    path: &Path,
+    loaded: Result<usize, String>,
+) -> Result<Restored, String> {
+    match loaded {
         Ok(n) => Ok(Restored::Loaded(n)),
         Err(reason) => {
             let mut aside = path.as_os_str().to_owned();
@@ -82,6 +92,25 @@ pub fn restore(path: &Path, engine: &Engine) -> Result<Restored, String> {
             std::fs::rename(path, &aside)
                 .map_err(|e| format!("{reason}; and cannot move it aside: {e}"))?;
             Ok(Restored::SetAside { aside, reason })
+        }
+    }
+}
+
+impl Restored {
+    /// Log what a restore at start did with the file at `path`: `what` was
+    /// restored, or the file was set aside and the process starts `fresh`.
+    pub fn log(&self, path: &Path, what: &str, fresh: &str) {
+        match self {
+            Restored::Loaded(0) => {}
+            Restored::Loaded(n) => {
+                tracing::info!(count = n, path = %path.display(), "{what} restored")
+            }
+            Restored::SetAside { aside, reason } => tracing::warn!(
+                path = %path.display(),
+                aside = %aside.display(),
+                %reason,
+                "{what}: file unusable, set aside; {fresh}"
+            ),
         }
     }
 }

@@ -81,17 +81,7 @@ pub fn restore(
     unix_ms: u64,
     probe: u64,
 ) -> Result<Restored, String> {
-    match load(path, engine, now, unix_ms, probe) {
-        Ok(n) => Ok(Restored::Loaded(n)),
-        Err(reason) => {
-            let mut aside = path.as_os_str().to_owned();
-            aside.push(format!(".bad-{unix_ms}"));
-            let aside = std::path::PathBuf::from(aside);
-            std::fs::rename(path, &aside)
-                .map_err(|e| format!("{reason}; and cannot move it aside: {e}"))?;
-            Ok(Restored::SetAside { aside, reason })
-        }
-    }
+    super::manual_file::loaded_or_set_aside(path, load(path, engine, now, unix_ms, probe))
 }
 
 /// Load `path` into `engine`; a missing file is empty. Returns the accounts
