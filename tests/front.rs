@@ -80,6 +80,11 @@ struct Recipe {
 
 impl Recipe {
     fn start(name: &str) -> Recipe {
+        Recipe::start_with(name, &[])
+    }
+
+    /// [`Recipe::start`] with more `[identity]` keys (string values).
+    fn start_with(name: &str, identity: &[(&str, &str)]) -> Recipe {
         use toml::Value as T;
         let pki = TestPki::new();
         let mock =
@@ -114,13 +119,12 @@ impl Recipe {
             "upstream",
             vec![("url", T::from(format!("http://{}", mock.addr())))],
         );
-        set(
-            "identity",
-            vec![(
-                "trusted_proxies",
-                T::Array(vec![T::from(format!("{FRONT}/32"))]),
-            )],
-        );
+        let mut id = vec![(
+            "trusted_proxies",
+            T::Array(vec![T::from(format!("{FRONT}/32"))]),
+        )];
+        id.extend(identity.iter().map(|(k, v)| (*k, T::from(*v))));
+        set("identity", id);
         set("server", vec![("workers", T::from(1))]);
         set(
             "admin",
@@ -161,6 +165,18 @@ impl Recipe {
     /// `distill_guard_front_headers_total{part, outcome}` as scraped from
     /// the admin listener's `/metrics`.
     async fn scraped(&self, part: &str, outcome: &str) -> f64 {
+        self.sample(|s| {
+            s.metric == "distill_guard_front_headers_total"
+                && s.labels.get("part") == Some(part)
+                && s.labels.get("outcome") == Some(outcome)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no front header sample {part} {outcome}"))
+    }
+
+    /// The value of the first sample `which` picks in a scrape of the admin
+    /// listener's `/metrics`.
+    async fn sample(&self, which: impl Fn(&prometheus_parse::Sample) -> bool) -> Option<f64> {
         let admin = self.proxy.admin_addr().unwrap();
         let req = Request::get(format!("http://{admin}/metrics"))
             .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
@@ -175,16 +191,11 @@ impl Recipe {
         scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == "distill_guard_front_headers_total"
-                    && s.labels.get("part") == Some(part)
-                    && s.labels.get("outcome") == Some(outcome)
-            })
+            .find(|s| which(s))
             .map(|s| match s.value {
                 prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
                 _ => f64::NAN,
             })
-            .unwrap_or_else(|| panic!("no front header sample {part} {outcome}"))
     }
 
     /// One request over TLS from `from`, with `headers`; its request id.
@@ -401,6 +412,16 @@ fn proxy_v2(src: std::net::Ipv4Addr, src_port: u16) -> Vec<u8> {
 /// TLS and one HTTP/1.1 request; its request id, or `None` when the
 /// connection is refused before a response.
 async fn proxied_tls_request(r: &Recipe, from: &str, prefix: &[u8]) -> Option<String> {
+    proxied_tls_request_with(r, from, prefix, &[]).await
+}
+
+/// [`proxied_tls_request`] with more request `headers`.
+async fn proxied_tls_request_with(
+    r: &Recipe,
+    from: &str,
+    prefix: &[u8],
+    headers: &[(&str, &str)],
+) -> Option<String> {
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
@@ -417,6 +438,12 @@ async fn proxied_tls_request(r: &Recipe, from: &str, prefix: &[u8]) -> Option<St
     let mut req: Request<Full<Bytes>> = messages_request("/v1/messages", SMALL_MESSAGE);
     req.headers_mut()
         .insert("host", "localhost".parse().unwrap());
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
     let resp = timeout(sender.send_request(req)).await.ok()?;
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
@@ -512,4 +539,110 @@ async fn behind_a_kubernetes_ingress_forwarded_for_is_believed_from_the_ingress_
     // The front headers of the CDN recipes mean nothing here: no
     // [fingerprint.front] is configured, nothing is counted.
     assert_eq!(r.front_count(Part::Ja4, Outcome::Untrusted), 0);
+}
+
+/// The header an auth front states account creation times in, for the
+/// tests below.
+const CREATED: &str = "x-account-created";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A Kubernetes ingress that is also the auth front: it states when each
+/// account was created.
+fn auth_front() -> Recipe {
+    Recipe::start_with("kubernetes-ingress", &[("account_created_header", CREATED)])
+}
+
+/// `distill_guard_account_created_invalid_total`, scraped.
+async fn created_invalid(r: &Recipe) -> f64 {
+    r.sample(|s| s.metric == "distill_guard_account_created_invalid_total")
+        .await
+        .expect("no distill_guard_account_created_invalid_total sample")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_fronts_account_creation_time_is_the_account_age() {
+    let r = auth_front();
+    let age = 30 * 86_400;
+    let created = (unix_now() - age).to_string();
+    let id = r.plain_request(FRONT, &[(CREATED, &created)]).await;
+    let (rec, _) = r.lines_of(&id);
+    let got = rec["account_age_s"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{rec}"));
+    // Now at the proxy, less the creation time: the seconds the request
+    // took are all the difference.
+    assert!((age..age + 60).contains(&got), "{got} for {age}: {rec}");
+
+    // A creation time a little ahead of this host's clock is skew: age 0.
+    let ahead = (unix_now() + 60).to_string();
+    let id = r.plain_request(FRONT, &[(CREATED, &ahead)]).await;
+    let (rec, _) = r.lines_of(&id);
+    assert_eq!(rec["account_age_s"], 0, "{rec}");
+    assert_eq!(created_invalid(&r).await, 0.0);
+    assert_eq!(r.proxy.shared().metrics.account_created_invalid_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_creation_time_from_an_untrusted_peer_is_ignored() {
+    let r = auth_front();
+    let created = (unix_now() - 86_400).to_string();
+    let id = r.plain_request(CLIENT, &[(CREATED, &created)]).await;
+    let (rec, _) = r.lines_of(&id);
+    assert_eq!(rec.get("account_age_s"), None, "{rec}");
+    // Not the front's mistake: not counted.
+    assert_eq!(created_invalid(&r).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_creation_time_through_a_trusted_l4_balancer_is_the_clients_word() {
+    // The balancer is trusted for its PROXY header, but the HTTP headers
+    // behind it are the client's own: not believed.
+    let r = Recipe::start_with("nlb-proxy-protocol", &[("account_created_header", CREATED)]);
+    let created = (unix_now() - 86_400).to_string();
+    let id = proxied_tls_request_with(
+        &r,
+        FRONT,
+        &proxy_v2("203.0.113.77".parse().unwrap(), 40000),
+        &[(CREATED, &created)],
+    )
+    .await
+    .expect("served through the balancer");
+    let (rec, _) = r.lines_of(&id);
+    assert_eq!(rec["sources"]["address"], "front", "{rec}");
+    assert_eq!(rec.get("account_age_s"), None, "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_account_creation_time_is_ignored_and_counted() {
+    let r = auth_front();
+    let far_ahead = (unix_now() + 3600).to_string();
+    let mut expected = 0.0;
+    for bad in [
+        "yesterday",
+        "2026-01-01T00:00:00Z",
+        "-5",
+        "1.5e9",
+        far_ahead.as_str(),
+    ] {
+        let id = r.plain_request(FRONT, &[(CREATED, bad)]).await;
+        let (rec, _) = r.lines_of(&id);
+        assert_eq!(rec.get("account_age_s"), None, "{bad}: {rec}");
+        expected += 1.0;
+    }
+    // Two values (a front that appends to a client's own): neither is used.
+    let created = (unix_now() - 86_400).to_string();
+    let id = r
+        .plain_request(FRONT, &[(CREATED, &created), (CREATED, &created)])
+        .await;
+    let (rec, _) = r.lines_of(&id);
+    assert_eq!(rec.get("account_age_s"), None, "{rec}");
+    expected += 1.0;
+    // Counted before the response, so the scrape sees every one.
+    assert_eq!(created_invalid(&r).await, expected);
 }

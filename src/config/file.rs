@@ -169,6 +169,13 @@ pub struct FileIdentity {
     /// Anonymous IPv6 clients are keyed by this prefix length.
     #[schemars(range(max = 128))]
     pub ipv6_key_prefix_len: u8,
+    /// Header in which a trusted auth front states when the request's
+    /// account was created, as Unix seconds (e.g. `"x-account-created"`).
+    /// Believed only from a peer in `trusted_proxies`; a value that does not
+    /// parse or lies more than 5 minutes in the future is ignored and
+    /// counted (`distill_guard_account_created_invalid_total`). Unset, or
+    /// without a believed value, the engine's own account tenure is used.
+    pub account_created_header: Option<String>,
 }
 
 impl Default for FileIdentity {
@@ -180,6 +187,7 @@ impl Default for FileIdentity {
             missing_key: "reject".into(),
             trusted_proxies: Vec::new(),
             ipv6_key_prefix_len: 64,
+            account_created_header: None,
         }
     }
 }

@@ -179,6 +179,9 @@ pub struct IdentityConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// IPv6 prefix length for anonymous keying.
     pub ipv6_key_prefix_len: u8,
+    /// Where a trusted auth front states the account's creation time
+    /// (Unix seconds); None: not read.
+    pub account_created_header: Option<http::HeaderName>,
 }
 
 /// Request inspection settings.
@@ -1479,12 +1482,27 @@ fn validate_identity(f: &file::FileIdentity) -> Result<IdentityConfig, Invalid> 
     if f.ipv6_key_prefix_len > 128 {
         return Err(invalid("identity.ipv6_key_prefix_len", "expected 0 to 128"));
     }
+    let account_created_header =
+        header_name("identity.account_created_header", &f.account_created_header)?;
+    if let Some(n) = account_created_header
+        .as_ref()
+        .filter(|n| client_header(n) || key_sources.contains(&KeySource::Header((*n).clone())))
+    {
+        return Err(invalid(
+            "identity.account_created_header",
+            format!(
+                "expected a header the auth front sets for distill-guard alone, got {:?}",
+                n.as_str()
+            ),
+        ));
+    }
     Ok(IdentityConfig {
         key_sources,
         hash_secret,
         missing_key,
         trusted_proxies,
         ipv6_key_prefix_len: f.ipv6_key_prefix_len,
+        account_created_header,
     })
 }
 
@@ -1663,16 +1681,7 @@ fn validate_front(f: &file::FileFront) -> Result<FrontConfig, Invalid> {
         ("asn_header", &front.asn_header),
     ] {
         if let Some(n) = name {
-            if matches!(
-                n.as_str(),
-                "host"
-                    | "authorization"
-                    | "x-api-key"
-                    | "content-type"
-                    | "content-length"
-                    | "x-forwarded-for"
-                    | "x-request-id"
-            ) {
+            if client_header(n) {
                 return Err(invalid(
                     format!("fingerprint.front.{key}"),
                     format!(
@@ -1685,6 +1694,21 @@ fn validate_front(f: &file::FileFront) -> Result<FrontConfig, Invalid> {
         }
     }
     Ok(front)
+}
+
+/// A header that carries the client's own credentials, body framing or
+/// routing: never a front's statement.
+fn client_header(n: &http::HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "host"
+            | "authorization"
+            | "x-api-key"
+            | "content-type"
+            | "content-length"
+            | "x-forwarded-for"
+            | "x-request-id"
+    )
 }
 
 #[cfg(test)]

@@ -290,6 +290,35 @@ fn front_headers_are_validated() {
 }
 
 #[test]
+fn account_created_header_is_validated() {
+    assert_eq!(
+        parse_str(MINIMAL).unwrap().identity.account_created_header,
+        None
+    );
+    let ok = parse_str(&format!(
+        "{MINIMAL}[identity]\naccount_created_header = \"X-Account-Created\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.identity
+            .account_created_header
+            .as_ref()
+            .map(|h| h.as_str()),
+        Some("x-account-created")
+    );
+    for body in [
+        "account_created_header = \"bad header\"",
+        "account_created_header = \"\"",
+        "account_created_header = \"x-api-key\"",
+        "account_created_header = \"x-forwarded-for\"",
+        "key_headers = [\"x-key\"]\naccount_created_header = \"x-key\"",
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[identity]\n{body}\n")).unwrap_err();
+        assert_eq!(e.key, "identity.account_created_header", "{body}: {e}");
+    }
+}
+
+#[test]
 fn state_section_is_validated_with_clear_errors() {
     let with = |state: &str| parse_str(&format!("{MINIMAL}\n[state]\n{state}\n"));
     assert_eq!(parse_str(MINIMAL).unwrap().state, StateConfig::Local);

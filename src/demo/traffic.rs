@@ -17,6 +17,13 @@
 //! connection comes from the trusted front and `x-forwarded-for` alone
 //! names the client.
 //!
+//! Each request states its account's age as a trusted auth front would, in
+//! [`ACCOUNT_CREATED_HEADER`] (`[identity] account_created_header`): the
+//! wall-clock time less the age the scenario gives the account at the
+//! request's scenario time. The proxy believes it only from a trusted
+//! peer, so only behind the HTTP front: behind PROXY protocol the header
+//! comes from the (simulated) client itself.
+//!
 //! The proxy's decision for each answer is read back from its traffic
 //! record (joined on the `x-request-id` the demo sets): a 200 may have been
 //! slowed or degraded, which the client cannot see.
@@ -43,6 +50,10 @@ use crate::simulate::{Generator, Scenario, SimRequest};
 use crate::{mock, simulate};
 
 pub use crate::simulate::scenario::SMALL_SCENARIO;
+
+/// Where each request states its account's creation time (Unix seconds),
+/// as a trusted auth front would.
+pub const ACCOUNT_CREATED_HEADER: &str = "x-account-created";
 
 /// The output length asked of the mock is capped at this.
 const MAX_OUTPUT_TOKENS: u64 = 8192;
@@ -546,6 +557,8 @@ pub fn run(options: &TrafficOptions) -> anyhow::Result<TrafficReport> {
         "127.0.0.0/8".parse().context("loopback network")?,
         "::1/128".parse().context("loopback network")?,
     ];
+    cfg.identity.account_created_header =
+        Some(http::HeaderName::from_static(ACCOUNT_CREATED_HEADER));
     cfg.record = Some((record_path.clone(), 1 << 16));
     // The console's drill-downs show the audit log's tail.
     cfg.audit.path = Some(scratch.0.join("audit.jsonl"));
@@ -904,6 +917,15 @@ async fn send(p: &Play, i: usize) -> anyhow::Result<u16> {
             "x-mock-output-tokens",
             req.output_tokens.min(MAX_OUTPUT_TOKENS).to_string(),
         );
+    if let Some(age_s) = req.account_age_s(&p.scenario) {
+        // The age at the request's scenario time, stated as the creation
+        // time it makes at the wall clock the proxy reads.
+        let now_s = crate::telemetry::audit::now_unix_ms() / 1000;
+        builder = builder.header(
+            ACCOUNT_CREATED_HEADER,
+            now_s.saturating_sub(age_s).to_string(),
+        );
+    }
     let request = builder
         .body(Full::new(body(req)))
         .context("building the request")?;

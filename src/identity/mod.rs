@@ -2,7 +2,8 @@
 //! from. The account id is a keyed hash (HMAC-SHA-256, truncated to 64 bits)
 //! of the API key: the raw key is never stored, logged or exported. The
 //! client IP is the socket peer, or what a *trusted* proxy says
-//! (`x-forwarded-for`, PROXY protocol).
+//! (`x-forwarded-for`, PROXY protocol); so is the account's creation time,
+//! when an auth front states it ([`account_age`]).
 
 pub mod proxy_protocol;
 
@@ -14,7 +15,7 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use sha2::Sha256;
 
-use crate::engine::AccountId;
+use crate::engine::{AccountId, Nanos, SECOND};
 
 /// `x-forwarded-for`, believed from trusted proxies only.
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -175,6 +176,31 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
+/// How far in the future a stated account creation time may lie and still
+/// count, as age 0: the clocks of the auth front and this host may differ
+/// by this much. Further ahead, the statement is ignored.
+pub const ACCOUNT_CREATED_SKEW_S: u64 = 300;
+
+/// The account's age at `now_unix_ms` from the creation time an auth front
+/// states (`[identity] account_created_header`): Unix seconds, a decimal
+/// integer (surrounding blanks allowed). None when the value is not one, or
+/// lies more than [`ACCOUNT_CREATED_SKEW_S`] after `now_unix_ms`; a time up
+/// to that far ahead is age 0.
+pub fn account_age(value: &[u8], now_unix_ms: u64) -> Option<Nanos> {
+    let digits = trim_ascii(value);
+    // 12 digits reach the year 33658: longer is no creation time.
+    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let created_s = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+    let created = created_s.saturating_mul(SECOND);
+    let now = now_unix_ms.saturating_mul(1_000_000);
+    if created > now.saturating_add(ACCOUNT_CREATED_SKEW_S * SECOND) {
+        return None;
+    }
+    Some(now.saturating_sub(created))
+}
+
 /// The prefix anonymous clients are keyed by: the whole IPv4 address, or
 /// the IPv6 address cut to `v6_len` bits.
 pub fn anonymous_prefix(ip: IpAddr, v6_len: u8) -> IpNet {
@@ -254,6 +280,39 @@ mod tests {
             client_ip("10.9.9.9".parse().unwrap(), &h, &[]),
             "10.9.9.9".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn account_age_is_now_less_the_stated_creation_time() {
+        let now_ms = 1_780_000_000_500;
+        let day = 86_400;
+        let age = |v: &str| account_age(v.as_bytes(), now_ms);
+        // 30 days ago, to the half second `now_ms` is past the second.
+        assert_eq!(
+            age(&(1_780_000_000 - 30 * day).to_string()),
+            Some(30 * day * SECOND + SECOND / 2)
+        );
+        assert_eq!(age(" 1780000000 "), Some(SECOND / 2));
+        assert_eq!(age("0"), Some(now_ms * 1_000_000));
+        // Up to five minutes ahead is clock skew: age 0. Beyond, ignored.
+        assert_eq!(age("1780000300"), Some(0));
+        assert_eq!(age("1780000301"), None);
+        assert_eq!(age("99999999999"), None);
+        for bad in [
+            "",
+            " ",
+            "-5",
+            "+1780000000",
+            "1780000000.5",
+            "1.78e9",
+            "2026-06-01T00:00:00Z",
+            "0x6a1b",
+            "1780000000 1780000000",
+            "17800000000000000000000",
+        ] {
+            assert_eq!(age(bad), None, "{bad:?}");
+        }
+        assert_eq!(account_age(b"\xff1", now_ms), None);
     }
 
     #[test]

@@ -492,6 +492,17 @@ impl SimRequest {
         account_id(s, self.population, self.account)
     }
 
+    /// Its account's age in seconds at this request, as a trusted auth
+    /// front states it ([`scenario::Population::account_age_s`]); None:
+    /// its population states none.
+    pub fn account_age_s(&self, s: &Scenario) -> Option<u64> {
+        let p = &s.populations[self.population];
+        p.account_age_s(
+            account_key(s, p, self.account),
+            self.t_ms.saturating_sub(s.start_unix_ms),
+        )
+    }
+
     /// The traffic record the proxy would write for this request under
     /// `config` (its prefix lengths, phrase lists), with the population
     /// label, and the output a full answer has.
@@ -506,10 +517,7 @@ impl SimRequest {
             request_id: None,
             account: AccountId(self.account_id(s)).to_string(),
             anonymous: false,
-            account_age_s: p.account_age_s(
-                account_key(s, p, self.account),
-                self.t_ms.saturating_sub(s.start_unix_ms),
-            ),
+            account_age_s: self.account_age_s(s),
             ja4: fp(&p.ja4),
             http: fp(&p.http),
             h2: fp(&p.h2),

@@ -11,16 +11,25 @@ use crate::config::Config;
 use crate::fingerprint::{self, ClientFingerprint, HttpFingerprint};
 use crate::identity;
 
+/// Whether the request's headers were written by a trusted front: the
+/// client the connection names (the peer, or the source a trusted PROXY
+/// header announced) is in `identity.trusted_proxies`. A front's headers
+/// (`x-forwarded-for`, `[fingerprint.front]`, `[identity]
+/// account_created_header`) are believed only then.
+pub(super) fn trusted_front(config: &Config, conn: &ConnInfo) -> bool {
+    identity::is_trusted(conn.client.ip(), &config.identity.trusted_proxies)
+}
+
 /// The phase: the client's address and its fingerprint. Front headers are
-/// read here (and only believed from a trusted peer), so the network prefix
-/// and ASN are the client's, not a front's.
+/// read here (and only believed from a `trusted` peer, [`trusted_front`]),
+/// so the network prefix and ASN are the client's, not a front's.
 pub(super) fn phase<B>(
     config: &Config,
     shared: &Shared,
     conn: &ConnInfo,
+    trusted: bool,
     req: &Request<B>,
 ) -> (ClientFingerprint, std::net::IpAddr) {
-    let trusted = identity::is_trusted(conn.client.ip(), &config.identity.trusted_proxies);
     let front = fingerprint::front::read(
         &config.fingerprint.front,
         req.headers(),

@@ -1,11 +1,13 @@
 //! Phase 3, identify: whose request this is — the keyed hash of its API key
 //! (never the key itself), or an anonymous account per client prefix when
-//! the config allows keyless requests.
+//! the config allows keyless requests — and how old its account is, when a
+//! trusted auth front states it.
 
 use http::Request;
 
+use crate::app::Shared;
 use crate::config::{Config, MissingKey};
-use crate::engine::AccountId;
+use crate::engine::{AccountId, Nanos};
 use crate::identity;
 use crate::proxy::error::ProxyError;
 
@@ -17,24 +19,27 @@ pub(super) struct Caller {
     /// Keyless, counted per client prefix.
     pub anonymous: bool,
     /// The account's age, as a trusted auth front states it.
-    pub account_age: Option<crate::engine::Nanos>,
+    pub account_age: Option<Nanos>,
 }
 
 /// The identify step: the account of a request (keyed hash of its API key),
 /// or an anonymous account for its client prefix when allowed; refused
-/// with 401 when it has no key and anonymous access is off.
+/// with 401 when it has no key and anonymous access is off. A keyed
+/// account's age comes from `[identity] account_created_header` when the
+/// request's headers are a `trusted` front's.
 pub(super) fn phase<B>(
     config: &Config,
-    hasher: &identity::KeyHasher,
+    shared: &Shared,
+    trusted: bool,
     client_ip: std::net::IpAddr,
     req: &Request<B>,
 ) -> Result<Caller, ProxyError> {
     let id = &config.identity;
     if let Some(key) = identity::api_key(req.headers(), &id.key_sources) {
         return Ok(Caller {
-            account: hasher.account_id(key),
+            account: shared.hasher.account_id(key),
             anonymous: false,
-            account_age: None,
+            account_age: account_age(config, shared, trusted, req.headers()),
         });
     }
     match id.missing_key {
@@ -42,10 +47,37 @@ pub(super) fn phase<B>(
         MissingKey::Anonymous => {
             let prefix = identity::anonymous_prefix(client_ip, id.ipv6_key_prefix_len);
             Ok(Caller {
-                account: hasher.anonymous_id(&prefix),
+                account: shared.hasher.anonymous_id(&prefix),
                 anonymous: true,
                 account_age: None,
             })
         }
     }
+}
+
+/// The account's age from the creation time a trusted front states, at
+/// this host's wall clock. Not believed from an untrusted peer; a trusted
+/// peer's value that is repeated (a front that appends instead of
+/// replacing would let a client's own copy through), not Unix seconds, or
+/// too far in the future is ignored and counted.
+fn account_age(
+    config: &Config,
+    shared: &Shared,
+    trusted: bool,
+    headers: &http::HeaderMap,
+) -> Option<Nanos> {
+    let name = config.identity.account_created_header.as_ref()?;
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    if !trusted {
+        return None;
+    }
+    let age = match values.next() {
+        None => identity::account_age(first.as_bytes(), crate::telemetry::audit::now_unix_ms()),
+        Some(_) => None,
+    };
+    if age.is_none() {
+        shared.metrics.account_created_invalid();
+    }
+    age
 }

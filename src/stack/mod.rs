@@ -186,11 +186,15 @@ impl<S> Guard<S> {
     {
         let shared = &self.shared;
         let config = shared.config.load();
+        // Whether the request's headers come from a trusted front: one rule
+        // for every header a front states (x-forwarded-for, [fingerprint.front],
+        // the account's creation time).
+        let trusted = fingerprint::trusted_front(&config, conn);
         // 2. fingerprint (with the client address a trusted front vouches for)
-        let (fp, client_ip) = fingerprint::phase(&config, shared, conn, &req);
+        let (fp, client_ip) = fingerprint::phase(&config, shared, conn, trusted, &req);
         ctx.client = Some(client_ip);
-        // 3. identify
-        let caller = identify::phase(&config, &shared.hasher, client_ip, &req)?;
+        // 3. identify (with the account age a trusted front states)
+        let caller = identify::phase(&config, shared, trusted, client_ip, &req)?;
         ctx.account = Some(caller.account);
         let (mut parts, body) = req.into_parts();
         fingerprint::rewrite_headers(&config, &fp, &mut parts.headers);

@@ -491,6 +491,9 @@ pub struct Metrics {
     uninspectable: [[Counter; 2]; 2],
     /// `[fingerprint.front]` headers: part × outcome.
     front_headers: [[Counter; FrontOutcome::ALL.len()]; FrontPart::ALL.len()],
+    /// `[identity] account_created_header` values from trusted peers that
+    /// were ignored.
+    account_created_invalid: Counter,
     requests: [Counter; RequestOutcome::ALL.len()],
     /// scope × limit.
     limits_hit: [[Counter; KINDS.len()]; SCOPES.len()],
@@ -613,6 +616,13 @@ impl Metrics {
             "[fingerprint.front] headers requests carried, by part and outcome: used (trusted peer, well-formed), malformed (trusted peer, ignored) or untrusted (peer not in identity.trusted_proxies, ignored). All are removed before forwarding.",
             family,
         );
+        let account_created_invalid = Counter::default();
+        register(
+            &mut r,
+            "distill_guard_account_created_invalid",
+            "[identity] account_created_header values from trusted peers that were ignored: not Unix seconds, repeated, or more than 5 minutes in the future (the engine's own tenure is used instead).",
+            account_created_invalid.clone(),
+        );
         let (requests, family) =
             labelled(RequestOutcome::ALL, |decision| DecisionLabels { decision });
         register(
@@ -680,6 +690,7 @@ impl Metrics {
             accept_errors,
             uninspectable,
             front_headers,
+            account_created_invalid,
             requests,
             limits_hit,
             upstream_status,
@@ -780,6 +791,17 @@ impl Metrics {
     /// How many front headers of `part` had `outcome`.
     pub fn front_header_count(&self, part: FrontPart, outcome: FrontOutcome) -> u64 {
         self.front_counter(part, outcome).get()
+    }
+
+    /// A trusted peer's account creation time was ignored (malformed,
+    /// repeated, or too far in the future).
+    pub fn account_created_invalid(&self) {
+        self.account_created_invalid.inc();
+    }
+
+    /// How many stated account creation times were ignored.
+    pub fn account_created_invalid_count(&self) -> u64 {
+        self.account_created_invalid.get()
     }
 
     fn cut_counter(&self, why: Expired) -> &Counter {
@@ -1014,6 +1036,7 @@ mod tests {
         m.uninspectable(Uninspected::TooLarge, false);
         m.upstream_status(503);
         m.reload(false);
+        m.account_created_invalid();
         m.proxy_overhead.observe(Duration::from_micros(30));
         let mut text = m.render(&engine(), Outputs::default());
         finish(&mut text);
@@ -1027,6 +1050,7 @@ mod tests {
             "distill_guard_uninspectable_total{reason=\"too_large\",action=\"strictest\"} 1",
             "distill_guard_upstream_responses_total{class=\"5xx\"} 1",
             "distill_guard_config_reloads_total{result=\"rejected\"} 1",
+            "distill_guard_account_created_invalid_total 1",
             "distill_guard_output_records_total{log=\"record\",outcome=\"write_error\"} 0",
             "distill_guard_proxy_overhead_seconds_count 1",
             "distill_guard_proxy_overhead_seconds_bucket{le=\"+Inf\"} 1",
