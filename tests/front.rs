@@ -578,6 +578,7 @@ async fn an_auth_fronts_account_creation_time_is_the_account_age() {
     // Now at the proxy, less the creation time: the seconds the request
     // took are all the difference.
     assert!((age..age + 60).contains(&got), "{got} for {age}: {rec}");
+    no_header_starting(&r.upstream_headers(&id), &[CREATED]);
 
     // A creation time a little ahead of this host's clock is skew: age 0.
     let ahead = (unix_now() + 60).to_string();
@@ -595,6 +596,8 @@ async fn an_account_creation_time_from_an_untrusted_peer_is_ignored() {
     let id = r.plain_request(CLIENT, &[(CREATED, &created)]).await;
     let (rec, _) = r.lines_of(&id);
     assert_eq!(rec.get("account_age_s"), None, "{rec}");
+    // Believed or not, it never reaches the upstream.
+    no_header_starting(&r.upstream_headers(&id), &[CREATED]);
     // Not the front's mistake: not counted.
     assert_eq!(created_invalid(&r).await, 0.0);
 }

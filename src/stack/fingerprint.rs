@@ -50,14 +50,18 @@ pub(super) fn phase<B>(
 }
 
 /// What travels upstream of this phase: front headers never do, believed
-/// or not (the upstream cannot mistake a forged one for the front's); the
-/// observed fingerprints do when configured.
+/// or not (the upstream cannot mistake a forged one for the front's), nor
+/// does the account-created header; the observed fingerprints do when
+/// configured.
 pub(super) fn rewrite_headers(
     config: &Config,
     fp: &ClientFingerprint,
     headers: &mut http::HeaderMap,
 ) {
     fingerprint::front::strip(&config.fingerprint.front, headers);
+    if let Some(h) = &config.identity.account_created_header {
+        headers.remove(h);
+    }
     forward_fingerprint(config, fp, headers);
 }
 
