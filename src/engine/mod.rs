@@ -773,7 +773,7 @@ pub struct Engine {
     manual_accounts: dashmap::DashMap<u64, Manual>,
     manual_clusters: dashmap::DashMap<u64, Manual>,
     /// What is known of accounts' age beyond their behaviour state, at most
-    /// `tenure_max` ([`Engine::tenure_of`]).
+    /// `max_tenure` ([`Engine::tenure_of`]).
     tenure: dashmap::DashMap<u64, Tenure>,
     /// Engine time since which every account's first request is known,
     /// plus [`TENURE_EPOCH`] (a history taken over from before this engine's
@@ -1147,7 +1147,7 @@ impl Engine {
                 let r = d.score.ramps.account_age;
                 (f64::from(r.off.max(r.full)).max(0.0) * HOUR as f64) as Nanos
             });
-            let watched = (now.saturating_add(TENURE_EPOCH)).saturating_sub(since);
+            let watched = now.saturating_add(TENURE_EPOCH).saturating_sub(since);
             (now, horizon.saturating_sub(watched))
         };
         if record {
