@@ -1144,8 +1144,7 @@ impl Engine {
                 t => t,
             };
             let horizon = self.policy.load().detection.as_ref().map_or(0, |d| {
-                let r = d.score.ramps.account_age;
-                (f64::from(r.off.max(r.full)).max(0.0) * HOUR as f64) as Nanos
+                (f64::from(d.score.account_age_horizon_hours()) * HOUR as f64) as Nanos
             });
             let watched = now.saturating_add(TENURE_EPOCH).saturating_sub(since);
             (now, horizon.saturating_sub(watched))

@@ -1816,22 +1816,21 @@ mod detection {
                 e.settle(t, usage, now);
             }
         };
+        let assert_age = |account: u64, now: Nanos, hours: f32, within: f32| {
+            let got = age_hours(account, now);
+            assert!(
+                (got - hours).abs() < within,
+                "account {account}: {got} hours"
+            );
+        };
         let t0 = 1000 * MIN;
         run(&e, &req(1, &mut rng), t0, 100);
         // Seen as the history starts: as old as the 72-hour horizon.
-        assert!(
-            (age_hours(1, t0) - 72.0).abs() < 0.1,
-            "{}",
-            age_hours(1, t0)
-        );
+        assert_age(1, t0, 72.0, 0.1);
         // Ten hours in, a first request still reads 62 hours old at least.
         let t10 = t0 + 10 * HOUR;
         run(&e, &req(2, &mut rng), t10, 100);
-        assert!(
-            (age_hours(2, t10) - 62.0).abs() < 0.1,
-            "{}",
-            age_hours(2, t10)
-        );
+        assert_age(2, t10, 62.0, 0.1);
         // Three days in, a first request is a new account's.
         let t80 = t0 + 80 * HOUR;
         run(&e, &req(3, &mut rng), t80, 100);
@@ -1840,13 +1839,12 @@ mod detection {
         e.maintain(t80);
         assert!(e.account_score(AccountId(1), t80).is_none());
         run(&e, &req(1, &mut rng), t80 + MIN, 100);
-        let a1 = age_hours(1, t80 + MIN);
-        assert!((a1 - 152.0).abs() < 0.2, "{a1}");
+        assert_age(1, t80 + MIN, 152.0, 0.2);
         // A stated age wins over the engine's.
         let mut o = observe(&req(4, &mut rng));
         o.account_age = Some(1000 * HOUR);
         e.decide(&o, t80);
-        assert!((age_hours(4, t80) - 1000.0).abs() < 0.1);
+        assert_age(4, t80, 1000.0, 0.1);
         // Past the cap the least recently seen go, and the history restarts
         // after them: a newcomer then reads old again, for a while.
         let t100 = t0 + 100 * HOUR;

@@ -349,6 +349,12 @@ fn pick(rng: &mut ChaCha8Rng, per: scenario::Per, account_key: u64, len: usize) 
     }
 }
 
+/// A hash as a number in [0, 1) (its top 53 bits), for per-account draws
+/// that come from the account's key rather than a stream.
+pub(crate) fn unit_of(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The generator's key of account `account` of population `p`: what its
 /// per-account choices (stack, address, template, tenure) are drawn from.
 fn account_key(s: &Scenario, p: &scenario::Population, account: u32) -> u64 {
@@ -436,7 +442,7 @@ fn make_request(s: &Scenario, e: Event) -> SimRequest {
 /// client pins (a share of the accounts, chosen by the account's key).
 fn max_tokens(p: &Population, rng: &mut ChaCha8Rng, account_key: u64) -> u32 {
     let drawn = p.max_tokens[rng.gen_range(0..p.max_tokens.len())];
-    let pins = (mix(account_key, 0x919) >> 11) as f64 / (1u64 << 53) as f64;
+    let pins = unit_of(mix(account_key, 0x919));
     if pins < p.pinned_max_tokens_share {
         p.max_tokens[(account_key >> 40) as usize % p.max_tokens.len()]
     } else {

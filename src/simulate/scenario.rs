@@ -300,7 +300,7 @@ impl Population {
     pub fn account_age_s(&self, account_key: u64, since_start_ms: u64) -> Option<u64> {
         let [lo, hi] = self.tenure_hours?;
         let h = super::mix(account_key, 0x7e4e_5eed);
-        let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = super::unit_of;
         let age_at_start_ms = if unit(h) < self.new_accounts {
             // Made at most a minute before the population's start.
             -(self.start_ms as f64) + unit(super::mix(h, 1)) * 60_000.0

@@ -152,6 +152,13 @@ impl fmt::Display for ScorePolicyError {
 impl std::error::Error for ScorePolicyError {}
 
 impl ScorePolicy {
+    /// Hours of age at which [`Signal::AccountAge`] is off (the far end of its
+    /// ramp): older reads no different, so ages are counted up to it.
+    pub fn account_age_horizon_hours(&self) -> f32 {
+        let r = self.ramps.account_age;
+        r.off.max(r.full).max(0.0)
+    }
+
     /// Check every value; the first bad one is named.
     pub fn validate(&self) -> Result<(), ScorePolicyError> {
         let err = |field: String, expected: &'static str| Err(ScorePolicyError { field, expected });

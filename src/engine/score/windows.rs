@@ -412,8 +412,8 @@ impl Window {
         self.c.n += 1.0;
         self.c.sender_rate += req.sender_requests_per_hour.max(0.0);
         let age = req.sender_age.unwrap_or_else(|| self.age(now));
-        let ramp = policy.ramps.account_age;
-        self.c.sender_age += ((age as f64 / HOUR as f64) as f32).min(ramp.off.max(ramp.full));
+        self.c.sender_age +=
+            ((age as f64 / HOUR as f64) as f32).min(policy.account_age_horizon_hours());
         self.fast += 1.0;
         let by_params = req
             .thinking_budget
