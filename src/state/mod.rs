@@ -95,6 +95,16 @@ pub async fn decide_with<S: BudgetStore>(
     } else {
         engine.assess(obs, now)
     };
+    conclude(store, engine, assessment, now).await
+}
+
+/// The budgets' half of a decision: what the engine admitted asks `store`.
+async fn conclude<S: BudgetStore>(
+    store: &S,
+    engine: &Engine,
+    assessment: Assessment,
+    now: Nanos,
+) -> Result<(Decision, Receipt), Unavailable> {
     match assessment {
         Assessment::Decided(d) => Ok((d, Receipt::Local)),
         Assessment::Admit(pending) => {
@@ -140,27 +150,28 @@ impl State {
                 // On the shared view; or, while the stream is unavailable,
                 // linked here alone and held to be appended when Redis
                 // returns (the view is then rebuilt from the stream).
-                let view = stream.in_view();
-                let decided = decide_with(r, engine, obs, now, view).await;
-                // Every request the engine would have linked goes to the
-                // stream (a new account refused for want of room leaves
-                // no trace, as in `assess`), when anything applies it.
-                let traceless = matches!(
-                    &decided,
-                    Ok((Decision { verdict: Verdict::Throttle(h), .. }, _))
-                        if h.kind == LimitKind::NewAccounts
-                );
-                if !traceless {
-                    if let Some(hits) = engine.observation_hits(obs) {
-                        let entry = stream::Entry::observed(obs, hits);
-                        if view {
-                            stream.push(entry);
-                        } else {
-                            stream.hold(entry);
-                        }
-                    }
-                }
-                decided
+                let assessment = stream.record(|view| {
+                    let assessment = if view {
+                        engine.assess_view(obs, now)
+                    } else {
+                        engine.assess(obs, now)
+                    };
+                    // Every request the engine would have linked goes to
+                    // the stream (a new account refused for want of room
+                    // leaves no trace, as in `assess`), when anything
+                    // applies it.
+                    let traceless = matches!(
+                        &assessment,
+                        Assessment::Decided(Decision { verdict: Verdict::Throttle(h), .. })
+                            if h.kind == LimitKind::NewAccounts
+                    );
+                    let entry = (!traceless)
+                        .then(|| engine.observation_hits(obs))
+                        .flatten()
+                        .map(|hits| stream::Entry::observed(obs, hits));
+                    (assessment, entry)
+                });
+                conclude(r, engine, assessment, now).await
             }
         }
     }
@@ -179,20 +190,17 @@ impl State {
             State::Local => engine.settle(ticket, usage, now),
             State::Redis(r) => {
                 match r.stream() {
-                    // The signal half comes back from the stream.
-                    Some(s) if s.in_view() => {
-                        engine.settle_budgets(ticket, usage, now);
-                        if engine.policy().detection.is_some() {
-                            s.push(stream::Entry::settled(ticket, usage));
+                    Some(s) => s.record(|view| {
+                        if view {
+                            // The signal half comes back from the stream.
+                            engine.settle_budgets(ticket, usage, now);
+                        } else {
+                            // Observed here alone; held for the stream.
+                            engine.settle(ticket, usage, now);
                         }
-                    }
-                    // Observed here alone; held for the stream.
-                    Some(s) => {
-                        engine.settle(ticket, usage, now);
-                        if engine.policy().detection.is_some() {
-                            s.hold(stream::Entry::settled(ticket, usage));
-                        }
-                    }
+                        let entry = engine.policy().detection.is_some();
+                        ((), entry.then(|| stream::Entry::settled(ticket, usage)))
+                    }),
                     None => engine.settle(ticket, usage, now),
                 }
                 r.settle(engine, ticket, receipt, usage);

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -382,6 +382,10 @@ pub struct ObservationStream {
     /// Entries linked here alone while the view was off (an outage), the
     /// newest `queue_entries` of them, to append when Redis returns.
     outage: Mutex<VecDeque<Entry>>,
+    /// Held (read) while a request is linked and held here alone, taken
+    /// (write) by a re-sync while it drains what is held: a request linked
+    /// alone before a re-sync is appended by it, never held after it.
+    alone_gate: RwLock<()>,
     /// Requests and settlements linked or observed here alone since the
     /// view was last rebuilt: a re-sync is due when it is above 0.
     alone: AtomicU64,
@@ -412,6 +416,7 @@ impl ObservationStream {
             view: AtomicBool::new(false),
             last_id: Mutex::new("0-0".into()),
             outage: Mutex::new(VecDeque::new()),
+            alone_gate: RwLock::new(()),
             alone: AtomicU64::new(0),
             last_ms: AtomicI64::new(-1),
             metrics: StreamMetrics::default(),
@@ -425,9 +430,35 @@ impl ObservationStream {
         self.view.load(Ordering::Relaxed)
     }
 
+    /// Link or observe a request through `f`: on the shared view when it
+    /// is on (`f(true)`), here alone while it is off (`f(false)`); the
+    /// entry `f` gives is queued for appending, or held while the view is
+    /// off. Linking alone and holding happen under one gate a re-sync
+    /// takes to drain what is held, so a request linked here alone is
+    /// either appended by the re-sync or sees the view back on — nothing
+    /// linked alone before Redis returned stays held after it.
+    pub fn record<T>(&self, f: impl FnOnce(bool) -> (T, Option<Entry>)) -> T {
+        if self.in_view() {
+            let (out, entry) = f(true);
+            if let Some(entry) = entry {
+                self.push(entry);
+            }
+            return out;
+        }
+        let _alone = self.alone_gate.read();
+        let view = self.in_view();
+        let (out, entry) = f(view);
+        match entry {
+            Some(entry) if view => self.push(entry),
+            Some(entry) => self.hold(entry),
+            None => {}
+        }
+        out
+    }
+
     /// Queue an entry for appending; never waits. A full queue drops it
     /// (counted): that observation is then applied by no replica.
-    pub fn push(&self, entry: Entry) {
+    fn push(&self, entry: Entry) {
         if self.tx.try_send(entry).is_err() {
             self.metrics.dropped[0].inc();
         }
@@ -436,7 +467,7 @@ impl ObservationStream {
     /// Keep an entry this replica linked or observed alone (the view is
     /// off: Redis failed) to append it when Redis returns; the buffer keeps
     /// the newest `stream_queue_entries` (older ones are dropped, counted).
-    pub fn hold(&self, entry: Entry) {
+    fn hold(&self, entry: Entry) {
         self.alone.fetch_add(1, Ordering::Relaxed);
         let Ok(mut q) = self.outage.lock() else {
             return;
@@ -519,6 +550,21 @@ impl ObservationStream {
             .await
     }
 
+    /// What was linked here alone (a count) and held, taken for a re-sync.
+    /// The view is on (the reader re-syncs only then): once the gate is
+    /// taken, every request linked here alone has held its entry, and the
+    /// next ones are decided on the view.
+    fn take_held(&self) -> (u64, Vec<Entry>) {
+        let _drain = self.alone_gate.write();
+        let alone = self.alone.swap(0, Ordering::Relaxed);
+        let held = self
+            .outage
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default();
+        (alone, held)
+    }
+
     /// After an outage in which this replica linked alone: append what it
     /// held, forget its view and read the stream again from its start, so
     /// its view is rebuilt from the same entries, in the same order, as
@@ -552,12 +598,7 @@ impl ObservationStream {
                 .map(|e| !e.is_empty())
         };
         let Ok(kept) = kept else { return false };
-        let alone = self.alone.swap(0, Ordering::Relaxed);
-        let held: Vec<Entry> = self
-            .outage
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default();
+        let (alone, held) = self.take_held();
         if !kept {
             self.metrics.dropped[3].inc_by(held.len() as u64);
             warn!(
@@ -733,21 +774,73 @@ mod tests {
             },
         );
         for a in 0..100u64 {
-            s.hold(Entry::Settled(Settled {
-                a,
-                out: 1,
-                dg: false,
-                sc: None,
-                core: false,
-                co: [0; cohort::KEYS],
-                po: 0,
-            }));
+            s.hold(settled(a));
         }
         let q = s.outage.lock().unwrap();
         assert_eq!(q.len(), 64);
         assert!(matches!(q.front(), Some(Entry::Settled(e)) if e.a == 36));
         assert_eq!(s.metrics.dropped[2].get(), 36);
         assert_eq!(s.alone.load(Ordering::Relaxed), 100);
+    }
+
+    fn settled(a: u64) -> Entry {
+        Entry::Settled(Settled {
+            a,
+            out: 1,
+            dg: false,
+            sc: None,
+            core: false,
+            co: [0; cohort::KEYS],
+            po: 0,
+        })
+    }
+
+    /// The race a replica met once Redis returned: a request linked here
+    /// alone while the view was off, whose entry was held only after the
+    /// re-sync had drained the buffer, stayed held (its observation in no
+    /// other replica's view) until the next re-sync, 30 s on.
+    #[test]
+    fn a_request_linked_alone_as_redis_returns_is_taken_by_the_resync_not_left_held() {
+        let s = Arc::new(ObservationStream::new(
+            "t",
+            StreamConfig {
+                max_entries: 1000,
+                queue_entries: 64,
+            },
+        ));
+        let (inside, linking) = std::sync::mpsc::channel();
+        let (finish, go) = std::sync::mpsc::channel::<()>();
+        let request = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                s.record(|view| {
+                    inside.send(view).unwrap();
+                    go.recv().unwrap();
+                    ((), Some(settled(7)))
+                })
+            })
+        };
+        assert!(!linking.recv().unwrap(), "linked alone: the view is off");
+        // Redis answers again: the view is on and the re-sync drains.
+        s.view.store(true, Ordering::Relaxed);
+        let resync = {
+            let s = s.clone();
+            std::thread::spawn(move || s.take_held())
+        };
+        finish.send(()).unwrap();
+        request.join().unwrap();
+        let (alone, held) = resync.join().unwrap();
+        assert_eq!((alone, held.len()), (1, 1), "the re-sync took the request");
+        assert!(s.outage.lock().unwrap().is_empty(), "nothing stays held");
+        assert_eq!(s.alone.load(Ordering::Relaxed), 0);
+        // The next request is decided on the view and queued, not held.
+        s.record(|view| {
+            assert!(view);
+            ((), Some(settled(8)))
+        });
+        assert!(s.outage.lock().unwrap().is_empty());
+        let queued = s.rx.lock().unwrap().as_mut().unwrap().try_recv();
+        assert!(matches!(queued, Ok(Entry::Settled(e)) if e.a == 8));
     }
 
     #[test]
