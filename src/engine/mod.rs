@@ -1563,7 +1563,7 @@ impl Engine {
                 .and_then(|k| k.into_iter().find(|&k| k != 0)),
             fill_key: f.fill_key,
             fingerprint_inconsistent: f.fingerprint_inconsistent,
-            stack_changed: false,
+            stack: score::StackNovelty::Known,
             sender_requests_per_hour: 0.0,
             sender_age: None,
         };
@@ -1593,7 +1593,7 @@ impl Engine {
             // First seen by a scored cluster (it joined before the cluster
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
-            req.stack_changed = sig.note_stack(client_stack(&obs.attrs));
+            req.stack = sig.note_stack(client_stack(&obs.attrs));
             req.sender_age = Some(sig.age(now));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);

@@ -243,6 +243,7 @@ fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Popu
         community: None,
         tenure_hours: Some(HONEST_TENURE_HOURS),
         new_accounts: 0.0,
+        second_client: None,
     }
 }
 
@@ -256,6 +257,43 @@ const HONEST_TENURE_HOURS: [f64; 2] = [24.0 * 30.0, 24.0 * 365.0 * 3.0];
 fn with_new_accounts(seed: u64, mut pops: Vec<Population>) -> Vec<Population> {
     for p in pops.iter_mut().filter(|p| !p.attack) {
         p.new_accounts = stream(seed, &format!("{}/tenure", p.name)).gen_range(0.02..=0.2);
+    }
+    pops
+}
+
+/// Where honest accounts' second clients send from: a mobile carrier and
+/// a cloud provider's region (a server beside a developer's laptop), each
+/// its own AS.
+const SECOND_CLIENT_NETS: [(&str, u32); 2] = [("100.0.0.0/10", 64660), ("44.0.0.0/10", 64661)];
+
+/// Every honest population's accounts that also send from a second client
+/// (0 to 25 % of them, 10 to 40 % of their requests each), each drawn from
+/// a stream of its own ("<name>/clients") so the populations keep their
+/// other draws. These are the honest look-alikes of a campaign rotating
+/// client stacks and addresses: their stack and network change between
+/// requests, though far less often.
+fn with_second_clients(seed: u64, mut pops: Vec<Population>) -> Vec<Population> {
+    let networks: Vec<ipnet::IpNet> = SECOND_CLIENT_NETS
+        .iter()
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    let asns: Vec<u32> = SECOND_CLIENT_NETS.iter().map(|(_, a)| *a).collect();
+    for p in pops.iter_mut().filter(|p| !p.attack) {
+        let name = format!("{}/clients", p.name);
+        let rng = &mut stream(seed, &name);
+        let (accounts, requests) = (rng.gen_range(0.0..=0.25), rng.gen_range(0.1..=0.4));
+        let (addresses, address_asns) = scenario::spread_addresses(
+            &networks,
+            &asns,
+            p.accounts.max(1),
+            address_seed(seed, &name),
+        );
+        p.second_client = Some(scenario::SecondClient {
+            accounts,
+            requests,
+            addresses,
+            address_asns,
+        });
     }
     pops
 }
@@ -512,7 +550,7 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
         ..honest("doc-chat".into(), seed, &RESIDENTIAL, accounts)
     });
     pops.extend(long_answer_populations(seed, size));
-    with_new_accounts(seed, pops)
+    with_second_clients(seed, with_new_accounts(seed, pops))
 }
 
 /// The honest heavy long-answer users: accounts that legitimately draw

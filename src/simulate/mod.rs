@@ -368,13 +368,30 @@ fn make_request(s: &Scenario, e: Event) -> SimRequest {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(e.stream, u64::from(e.n)));
     let account_key = account_key(s, p, e.account);
     let profiles = p.ja4.len().max(p.http.len()).max(p.h2.len());
-    let profile = pick(&mut rng, p.fingerprint_per, account_key, profiles);
+    let mut profile = pick(&mut rng, p.fingerprint_per, account_key, profiles);
     let a = pick(
         &mut rng,
         p.address_per,
         account_key >> 16,
         p.addresses.len(),
     );
+    let (mut address, mut asn) = (p.addresses[a], p.address_asns.get(a).copied());
+    if let Some(c) = p
+        .second_client
+        .as_ref()
+        .filter(|c| c.sends(account_key, e.stream, e.n))
+    {
+        // The account's other client: its own stack and address.
+        let second = account_key.rotate_left(23);
+        profile = pick(&mut rng, scenario::Per::Account, second, profiles);
+        let b = pick(
+            &mut rng,
+            scenario::Per::Account,
+            second >> 16,
+            c.addresses.len(),
+        );
+        (address, asn) = (c.addresses[b], c.address_asns.get(b).copied());
+    }
     let t = pick(
         &mut rng,
         p.template_per,
@@ -386,7 +403,7 @@ fn make_request(s: &Scenario, e: Event) -> SimRequest {
     let cover = (p.warmup_ms > 0 && since_start < p.start_ms + p.warmup_ms)
         || (p.cover_share > 0.0 && rng.gen_bool(p.cover_share));
     if cover {
-        return cover_request(p, e, &mut rng, profile, a);
+        return cover_request(p, e, &mut rng, profile, (address, asn));
     }
     match p.templates.get(t) {
         None => {
@@ -426,8 +443,8 @@ fn make_request(s: &Scenario, e: Event) -> SimRequest {
         population: e.population as usize,
         account: e.account,
         profile,
-        address: p.addresses[a],
-        asn: p.address_asns.get(a).copied(),
+        address,
+        asn,
         model: p.models[rng.gen_range(0..p.models.len())].clone(),
         prompt,
         max_tokens: max_tokens(p, &mut rng, account_key),
@@ -461,7 +478,7 @@ fn cover_request(
     e: Event,
     rng: &mut ChaCha8Rng,
     profile: usize,
-    a: usize,
+    (address, asn): (IpAddr, Option<u32>),
 ) -> SimRequest {
     let mut prompt = String::with_capacity(256);
     let n = rng.gen_range(8..=120);
@@ -471,8 +488,8 @@ fn cover_request(
         population: e.population as usize,
         account: e.account,
         profile,
-        address: p.addresses[a],
-        asn: p.address_asns.get(a).copied(),
+        address,
+        asn,
         model: p.models[rng.gen_range(0..p.models.len())].clone(),
         prompt,
         max_tokens: COVER_MAX_TOKENS[rng.gen_range(0..COVER_MAX_TOKENS.len())],

@@ -115,6 +115,20 @@ struct PopulationFile {
     tenure_hours: Option<[f64; 2]>,
     #[serde(default)]
     new_accounts: f64,
+    #[serde(default)]
+    second_client: Option<SecondClientFile>,
+}
+
+/// `second_client` of a population in a scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecondClientFile {
+    accounts: f64,
+    requests: f64,
+    networks: Vec<String>,
+    #[serde(default)]
+    asns: Vec<u32>,
+    addresses: u32,
 }
 
 fn default_paraphrase() -> f64 {
@@ -290,6 +304,38 @@ pub struct Population {
     /// Share of its accounts that are new instead: made within the minute
     /// before the population starts (sign-ups of the day).
     pub new_accounts: f64,
+    /// Accounts whose key is also used from a second client (None: none).
+    pub second_client: Option<SecondClient>,
+}
+
+/// A second client some of a population's accounts also send from — a
+/// developer's laptop beside the app's server, a phone beside a laptop:
+/// another client stack (of the population's list, chosen by the account)
+/// on another network, interleaved with the first request by request.
+/// Honest accounts look like this; a churn signal must not take them for a
+/// campaign rotating its stacks or addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondClient {
+    /// Share of the population's accounts that have one (chosen by the
+    /// account's key).
+    pub accounts: f64,
+    /// Share of such an account's requests sent from it (drawn per request).
+    pub requests: f64,
+    /// Its addresses (one kept per account).
+    pub addresses: Vec<IpAddr>,
+    /// AS number of each address (parallel to `addresses`; empty: none).
+    pub address_asns: Vec<u32>,
+}
+
+impl SecondClient {
+    /// Whether request `n` of stream `stream` of account `account_key` is
+    /// sent from the second client. Hashed, not drawn from the request's
+    /// stream, so the request's other draws are what they are without it.
+    pub fn sends(&self, account_key: u64, stream: u64, n: u32) -> bool {
+        let unit = super::unit_of;
+        unit(super::mix(account_key, 0x5ec0_c11e)) < self.accounts
+            && unit(super::mix(super::mix(stream, u64::from(n)), 0x5ec0_c11e)) < self.requests
+    }
 }
 
 impl Population {
@@ -515,6 +561,43 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
                 "needs tenure_hours (the ages of the other accounts)",
             );
         }
+        let second_client = match p.second_client {
+            None => None,
+            Some(c) => {
+                let key = |k: &str| format!("population[{i}].second_client.{k}");
+                let networks: Vec<ipnet::IpNet> = c
+                    .networks
+                    .iter()
+                    .map(|n| n.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| (key("networks"), "expected CIDRs like 203.0.113.0/24".into()))?;
+                if networks.is_empty() {
+                    return Err((key("networks"), "expected at least one network".into()));
+                }
+                if !c.asns.is_empty() && c.asns.len() != networks.len() {
+                    return Err((
+                        key("asns"),
+                        "expected one AS number per network, or none".into(),
+                    ));
+                }
+                if c.addresses == 0 || c.addresses > 10_000_000 {
+                    return Err((key("addresses"), "expected 1 to 10000000".into()));
+                }
+                for (k, v) in [("accounts", c.accounts), ("requests", c.requests)] {
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err((key(k), "expected a share from 0 to 1".into()));
+                    }
+                }
+                let (addresses, address_asns) =
+                    spread_addresses(&networks, &c.asns, c.addresses, f.seed ^ 0x5ec0);
+                Some(SecondClient {
+                    accounts: c.accounts,
+                    requests: c.requests,
+                    addresses,
+                    address_asns,
+                })
+            }
+        };
         if p.start_minute + p.warmup_minutes > end {
             return bad(
                 "warmup_minutes",
@@ -556,6 +639,7 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             community: p.community,
             tenure_hours: p.tenure_hours,
             new_accounts: p.new_accounts,
+            second_client,
         });
     }
     Ok(Scenario {
@@ -692,6 +776,58 @@ output_tokens = [100, 200]
             .parse::<ipnet::IpNet>()
             .unwrap()
             .contains(a)));
+    }
+
+    /// An account with a second client sends some requests from it (its own
+    /// address, on the second client's network) and the rest from its first;
+    /// the other requests are as they were without it.
+    #[test]
+    fn a_second_client_sends_a_share_of_its_accounts_requests() {
+        let path = Path::new("s.toml");
+        let without = MINIMAL
+            .replace("duration_minutes = 10", "duration_minutes = 600")
+            .replace(
+                "addresses = 5\n",
+                "addresses = 5\nja4 = [\"a\", \"b\", \"c\"]\n",
+            );
+        let with = format!(
+            "{without}second_client = {{ accounts = 1.0, requests = 0.3, \
+             networks = [\"100.0.0.0/10\"], asns = [64660], addresses = 5 }}\n"
+        );
+        let (a, b) = (parse(path, &with).unwrap(), parse(path, &without).unwrap());
+        let second: ipnet::IpNet = "100.0.0.0/10".parse().unwrap();
+        let (ra, rb): (Vec<_>, Vec<_>) = (
+            crate::simulate::Generator::new(&a).collect(),
+            crate::simulate::Generator::new(&b).collect(),
+        );
+        assert_eq!(ra.len(), rb.len());
+        let mut from_second = 0;
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!(
+                (x.t_ms, x.account, &x.prompt),
+                (y.t_ms, y.account, &y.prompt)
+            );
+            if second.contains(&x.address) {
+                from_second += 1;
+                assert_eq!(x.asn, Some(64660));
+            } else {
+                assert_eq!((x.address, x.profile), (y.address, y.profile));
+            }
+        }
+        let share = f64::from(from_second) / ra.len() as f64;
+        assert!((0.2..0.4).contains(&share), "{from_second} of {}", ra.len());
+        // Each account keeps one second address.
+        for account in 0..5 {
+            let seen: std::collections::BTreeSet<_> = ra
+                .iter()
+                .filter(|r| r.account == account && second.contains(&r.address))
+                .map(|r| r.address)
+                .collect();
+            assert!(seen.len() <= 1, "{seen:?}");
+        }
+        let bad = with.replace("accounts = 1.0", "accounts = 1.5");
+        let e = parse(path, &bad).unwrap_err();
+        assert_eq!(e.key, "population[0].second_client.accounts");
     }
 
     #[test]

@@ -378,6 +378,7 @@ impl AttackStrategy {
             // Accounts opened for the campaign are made when it starts.
             tenure_hours: Some([self.aged_days * 24.0; 2]),
             new_accounts: if self.aged_days > 0.0 { 0.0 } else { 1.0 },
+            second_client: None,
         }
     }
 

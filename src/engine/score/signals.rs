@@ -29,7 +29,7 @@ pub enum Signal {
     ReleasePivot = 10,
     /// How thinly a cluster's traffic is spread over its accounts: members ÷ requests per minute (clusters only).
     MemberSpread = 11,
-    /// Share of requests whose client stack (JA4, HTTP fingerprint) differs from the account's previous request's.
+    /// Share of requests whose client stack (JA4, HTTP fingerprint) is new to the account (none of the last few it used).
     StackChurn = 12,
     /// Output tokens per request actually served in full (degraded requests left out).
     OutputLength = 13,
@@ -282,6 +282,37 @@ impl PhraseHits {
     }
 }
 
+/// How new a request's client stack is to its account ([`AccountSignals::note_stack`]), as [`Signal::StackChurn`]
+/// counts it ([`StackNovelty::churn`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StackNovelty {
+    /// One the account used lately (or its first, or unknown).
+    #[default]
+    Known,
+    /// The account's second distinct stack.
+    Second,
+    /// A stack beyond the account's second it has not used lately.
+    Further,
+}
+
+/// What a group (cluster, cohort, pool) counts for a member's second client: an account counts it in full, but in
+/// a group its honest members' second clients (a laptop and a phone, a developer's machine beside the app's server)
+/// add up. Fitted on the tuning family with honest second clients: 1 refused up to 1.2 % of an honest coding-tool
+/// community's requests, 0 let slow stack-rotating campaigns through (stealth worst decile 19.5 → 35.8 %); 0.5 kept
+/// both (docs/score.md, "stack_churn").
+pub const GROUP_SECOND_STACK: f32 = 0.5;
+
+impl StackNovelty {
+    /// What it adds to [`Signal::StackChurn`]'s count, in an account's window or, with `group`, in a group's.
+    pub fn churn(self, group: bool) -> f32 {
+        match self {
+            StackNovelty::Known => 0.0,
+            StackNovelty::Second if group => GROUP_SECOND_STACK,
+            StackNovelty::Second | StackNovelty::Further => 1.0,
+        }
+    }
+}
+
 /// What the caller knows about one request when it arrives.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RequestSignals<'a> {
@@ -305,8 +336,8 @@ pub struct RequestSignals<'a> {
     pub fill_key: Option<u64>,
     /// The client's fingerprints contradict each other.
     pub fingerprint_inconsistent: bool,
-    /// The account's client stack differs from the one of its previous request ([`AccountSignals::note_stack`]).
-    pub stack_changed: bool,
+    /// How new the request's client stack is to its account ([`AccountSignals::note_stack`]).
+    pub stack: StackNovelty,
     /// For a group that is scored on its senders' own rates (a network pool): the sending account's requests per
     /// hour ([`AccountSignals::requests_per_hour`]); 0: not given, [`Signal::YieldPerMember`] takes the group's rate
     /// per distinct sender.

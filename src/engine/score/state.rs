@@ -8,9 +8,14 @@ pub struct AccountSignals {
     w: Window,
     /// Its history went into a cluster's state ([`AccountSignals::join_cluster`]).
     joined: bool,
-    /// Key of the client stack of its last request (0: none yet).
-    last_stack: u64,
+    /// Keys of the last [`KNOWN_STACKS`] distinct client stacks it used, the latest first (0: none yet).
+    stacks: [u64; KNOWN_STACKS],
 }
+
+/// Client stacks an account is remembered to use: a request from one of them is not churn. An honest key is used
+/// from a few clients (a laptop and a phone, a developer's machine beside the app's server) and moves between them;
+/// a campaign impersonating browsers and SDKs per request draws from many more.
+pub const KNOWN_STACKS: usize = 3;
 
 /// An account's behaviour as plain numbers, for comparing accounts by similarity ([`crate::engine::cohort`]): what it asks
 /// for, what it gets, how often, and whether its client stack stays put.
@@ -43,20 +48,29 @@ impl AccountSignals {
         AccountSignals {
             w: Window::new(first_seen),
             joined: false,
-            last_stack: 0,
+            stacks: [0; KNOWN_STACKS],
         }
     }
 
     /// Record the client stack (a hash of its JA4 and HTTP fingerprint; None: unknown) of the request about to be
-    /// observed, and say whether it differs from the previous request's: pass that as
-    /// [`RequestSignals::stack_changed`]. Honest clients keep theirs; a campaign that rotates stacks per request
-    /// (curl-impersonate style) changes it on most requests.
-    pub fn note_stack(&mut self, stack: Option<u64>) -> bool {
+    /// observed, and say how new it is to the account — none of the last [`KNOWN_STACKS`] distinct stacks it used,
+    /// and not its first: pass that as [`RequestSignals::stack`]. Honest keys keep their client, or move between the
+    /// few they are used from; a campaign that rotates stacks per request (curl-impersonate style) brings a new one
+    /// on most requests.
+    pub fn note_stack(&mut self, stack: Option<u64>) -> StackNovelty {
         let Some(k) = stack.map(|k| k | 1) else {
-            return false;
+            return StackNovelty::Known;
         };
-        let changed = self.last_stack != 0 && self.last_stack != k;
-        self.last_stack = k;
+        let known = self.stacks.iter().position(|&s| s == k);
+        let changed = match (known, self.stacks) {
+            (Some(_), _) | (None, [0, ..]) => StackNovelty::Known,
+            (None, [_, 0, ..]) => StackNovelty::Second,
+            (None, _) => StackNovelty::Further,
+        };
+        // Move it to the front; a new one pushes out the least recent.
+        let end = known.unwrap_or(KNOWN_STACKS - 1);
+        self.stacks.copy_within(0..end, 1);
+        self.stacks[0] = k;
         changed
     }
 
@@ -118,7 +132,7 @@ impl AccountSignals {
         policy: &ScorePolicy,
         tier_rpm: u64,
     ) {
-        self.w.observe(req, hits, policy, tier_rpm);
+        self.w.observe(req, hits, policy, tier_rpm, false);
     }
 
     /// Record what a response served in full actually produced.
@@ -239,7 +253,7 @@ impl ClusterSignals {
     ) {
         let f = self.w.decay_to(req.now, policy);
         self.lock *= f;
-        self.w.observe(req, hits, policy, tier_rpm);
+        self.w.observe(req, hits, policy, tier_rpm, true);
         self.lockstep(member, req.now, policy);
         self.senders.insert(req.now, policy.half_life, member);
     }

@@ -391,7 +391,7 @@ fn never_panics_on_odd_inputs() {
                     template_key: Some(u64::MAX),
                     fill_key: Some(0),
                     fingerprint_inconsistent: true,
-                    stack_changed: true,
+                    stack: StackNovelty::Further,
                     sender_requests_per_hour: f32::MAX,
                     sender_age: Some(u64::MAX),
                 };
@@ -409,6 +409,51 @@ fn never_panics_on_odd_inputs() {
             }
         }
     }
+}
+
+/// An honest key used from two clients (a laptop and a phone) moves between them: one change, its second client
+/// when first seen, which a group counts at half weight. A third client is one more change. A campaign rotating over a
+/// dozen stacks brings a new one on most requests even though each recurs.
+#[test]
+fn a_stack_is_churn_only_when_the_account_does_not_know_it() {
+    use StackNovelty::*;
+    let novelty = |a: &mut AccountSignals, stacks: &mut dyn Iterator<Item = u64>| {
+        let mut seen = [0usize; 3];
+        for k in stacks {
+            seen[a.note_stack(Some(k)) as usize] += 1;
+        }
+        (seen[Second as usize], seen[Further as usize])
+    };
+    let mut honest = AccountSignals::new(0);
+    let two = &mut (0..40u64).map(|i| if i % 3 == 0 { 12 } else { 22 });
+    assert_eq!(novelty(&mut honest, two), (1, 0));
+    let mut three = AccountSignals::new(0);
+    let known = &mut (0..40u64).map(|i| (100 + i % KNOWN_STACKS as u64) << 1);
+    assert_eq!(
+        novelty(&mut three, known),
+        (1, KNOWN_STACKS - 2),
+        "as many clients as remembered"
+    );
+    let mut rotating = AccountSignals::new(0);
+    let mut x = 7u64;
+    let dozen = &mut (0..400).map(|_| {
+        x = crate::engine::hash::splitmix64(x);
+        (1000 + x % 12) << 1
+    });
+    let (second, further) = novelty(&mut rotating, dozen);
+    assert_eq!(second, 1);
+    assert!(further > 240, "{further} of 400");
+    assert_eq!(
+        (Second.churn(false), Second.churn(true)),
+        (1.0, GROUP_SECOND_STACK)
+    );
+    assert_eq!((Further.churn(true), Known.churn(false)), (1.0, 0.0));
+    // Unknown stacks neither count nor reset what is known.
+    assert_eq!(honest.note_stack(None), Known);
+    assert_eq!(
+        (honest.note_stack(Some(22)), honest.note_stack(Some(12))),
+        (Known, Known)
+    );
 }
 
 #[test]

@@ -389,12 +389,15 @@ impl Window {
         f
     }
 
+    /// Count a request; `group`: this is a group's window (cluster, cohort, pool), not its sender's
+    /// ([`StackNovelty::churn`]).
     pub(super) fn observe(
         &mut self,
         req: &RequestSignals<'_>,
         hits: PhraseHits,
         policy: &ScorePolicy,
         tier_rpm: u64,
+        group: bool,
     ) {
         let now = req.now;
         self.decay_to(now, policy);
@@ -438,9 +441,7 @@ impl Window {
         if req.fingerprint_inconsistent {
             self.c.flagged += 1.0;
         }
-        if req.stack_changed {
-            self.c.churn += 1.0;
-        }
+        self.c.churn += req.stack.churn(group);
         if let Some(release) = req.model.and_then(|m| policy.release_of(m)) {
             if now >= release && now - release <= policy.new_model_window {
                 let born = self
