@@ -204,6 +204,12 @@ fn benches(c: &mut Criterion) {
         }
         out
     };
+    // The idle-state sweep: the proxy runs it once per 10 s of engine time
+    // on its housekeeping thread; replay and simulation run it inline on
+    // the request that finds it due. It walks every tracked account.
+    g.bench_function("maintain: sweep of 100k tracked accounts", |b| {
+        b.iter(|| engine.maintain(black_box(now)))
+    });
     g.bench_function("prompt signature, 2 KB", |b| {
         b.iter(|| signature::signature(black_box(&p2k)))
     });

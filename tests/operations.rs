@@ -387,6 +387,39 @@ async fn account_tenure_survives_a_restart() {
     assert!(aside, "the foreign tenure file was not set aside");
 }
 
+/// Idle account state is swept by the proxy's housekeeping, not by the
+/// request that happens to find the sweep due (it walks every tracked
+/// account: milliseconds at hundreds of thousands): an idle account is
+/// forgotten while no request arrives at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_accounts_are_swept_without_a_request_to_trigger_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_mock, proxy) = start_with_admin("[accounts]\nidle_evict_ms = 300\n", dir.path());
+    let a = proxy.admin_addr().unwrap();
+    let url = format!("http://{}/v1/messages", proxy.local_addrs()[0]);
+    let tracked = || async move {
+        let (_, m) = admin(a, "GET", "/metrics", Some(TOKEN)).await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("distill_guard_tracked_accounts "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let r = timeout(client().request(messages_request(&url, SMALL_MESSAGE)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = body_json(r).await;
+    assert_eq!(tracked().await, Some(1.0));
+    // The sweep runs every 10 s of engine time; no request from here on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tracked().await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the idle account was never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_valid_and_invalid_under_load_fail_no_request() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,7 +30,7 @@ pub mod hash;
 mod id;
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -785,6 +785,8 @@ pub struct Engine {
     /// is full.
     new_accounts: IdMap<gcra::Gcra>,
     next_maintenance: AtomicU64,
+    /// The owner sweeps idle state on its own schedule ([`Engine::maintain_if_due`]): requests do not.
+    maintained_outside: AtomicBool,
     /// Engine time before which a full store is not swept again for room.
     next_room_sweep: AtomicU64,
     stats: EngineStats,
@@ -830,6 +832,7 @@ impl Engine {
             tenure_since: AtomicU64::new(u64::MAX),
             new_accounts: IdMap::default(),
             next_maintenance: AtomicU64::new(0),
+            maintained_outside: AtomicBool::new(false),
             next_room_sweep: AtomicU64::new(0),
             stats: EngineStats::default(),
         }
@@ -1262,7 +1265,9 @@ impl Engine {
     }
 
     fn assess_in(&self, obs: &Observation, now: Nanos, mode: Mode) -> Assessment {
-        self.maybe_maintain(now);
+        if !self.maintained_outside.load(Ordering::Relaxed) {
+            self.maintain_if_due(now);
+        }
         let policy = self.policy.load();
         let (tier_idx, allow_listed) = policy.tier_of(obs.account, obs.anonymous);
         let tier = &policy.tiers[tier_idx];
@@ -1975,7 +1980,17 @@ impl Engine {
         })
     }
 
-    fn maybe_maintain(&self, now: Nanos) {
+    /// From now on the caller sweeps idle state itself, calling [`Engine::maintain_if_due`] (the proxy does, once a
+    /// second off its request threads): the sweep walks every tracked account, milliseconds at hundreds of
+    /// thousands, which the request that found it due paid otherwise (replay and simulation keep it inline:
+    /// deterministic, and nothing waits on them). A full store still makes room on the request that needs it.
+    pub fn maintain_outside(&self) {
+        self.maintained_outside.store(true, Ordering::Relaxed);
+    }
+
+    /// Sweep idle state ([`Engine::maintain`]) if the last sweep is at least the maintenance interval (10 s of
+    /// engine time) old.
+    pub fn maintain_if_due(&self, now: Nanos) {
         let due = self.next_maintenance.load(Ordering::Relaxed);
         if now >= due
             && self

@@ -280,6 +280,8 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         tls: tls_slots,
         ..Shared::new(config, engine, state, hasher, clock, upstream_tls)
     });
+    // Idle state is swept by housekeeping, off the request threads.
+    shared.engine.maintain_outside();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut threads = Vec::with_capacity(workers);
@@ -319,8 +321,8 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
             .map_err(ServerError::Worker)?;
         threads.push(t);
     }
-    // Housekeeping (indicator sweep) and, when configured, the admin API
-    // share one thread of their own.
+    // Housekeeping (idle state, indicators, tenure file, console history)
+    // and, when configured, the admin API share one thread of their own.
     {
         let shared = shared.clone();
         let mut shutdown = shutdown_rx.clone();
@@ -337,6 +339,9 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                         async move {
                             let mut sweep =
                                 tokio::time::interval(std::time::Duration::from_secs(60));
+                            let mut maintain =
+                                tokio::time::interval(std::time::Duration::from_secs(1));
+                            maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             let mut tenure = tokio::time::interval_at(
                                 tokio::time::Instant::now() + TENURE_SAVE_INTERVAL,
                                 TENURE_SAVE_INTERVAL,
@@ -347,6 +352,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                             loop {
                                 tokio::select! {
                                     _ = sweep.tick() => crate::admin::sweep_indicators(&shared),
+                                    _ = maintain.tick() => shared.engine.maintain_if_due(shared.clock.now()),
                                     _ = tenure.tick() => {
                                         let shared = shared.clone();
                                         let _ = tokio::task::spawn_blocking(move || save_tenure(&shared)).await;
