@@ -478,22 +478,8 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
                 }
             }
         };
-        let networks = p
-            .networks
-            .iter()
-            .map(|n| n.parse::<ipnet::IpNet>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| (key("networks"), "expected CIDRs like 203.0.113.0/24".into()))?;
-        if networks.is_empty() {
-            return bad("networks", "expected at least one network");
-        }
-        if !p.asns.is_empty() && p.asns.len() != networks.len() {
-            return bad("asns", "expected one AS number per network, or none");
-        }
-        if p.addresses == 0 || p.addresses > 10_000_000 {
-            return bad("addresses", "expected 1 to 10000000");
-        }
-        let (addresses, address_asns) = spread_addresses(&networks, &p.asns, p.addresses, f.seed);
+        let (addresses, address_asns) = addresses_in(&p.networks, &p.asns, p.addresses, f.seed)
+            .map_err(|(k, r)| (key(k), r))?;
         if p.models.is_empty() || p.models.iter().any(String::is_empty) {
             return bad("models", "expected at least one model name");
         }
@@ -565,31 +551,14 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
             None => None,
             Some(c) => {
                 let key = |k: &str| format!("population[{i}].second_client.{k}");
-                let networks: Vec<ipnet::IpNet> = c
-                    .networks
-                    .iter()
-                    .map(|n| n.parse())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| (key("networks"), "expected CIDRs like 203.0.113.0/24".into()))?;
-                if networks.is_empty() {
-                    return Err((key("networks"), "expected at least one network".into()));
-                }
-                if !c.asns.is_empty() && c.asns.len() != networks.len() {
-                    return Err((
-                        key("asns"),
-                        "expected one AS number per network, or none".into(),
-                    ));
-                }
-                if c.addresses == 0 || c.addresses > 10_000_000 {
-                    return Err((key("addresses"), "expected 1 to 10000000".into()));
-                }
+                let (addresses, address_asns) =
+                    addresses_in(&c.networks, &c.asns, c.addresses, f.seed ^ 0x5ec0)
+                        .map_err(|(k, r)| (key(k), r))?;
                 for (k, v) in [("accounts", c.accounts), ("requests", c.requests)] {
                     if !(0.0..=1.0).contains(&v) {
                         return Err((key(k), "expected a share from 0 to 1".into()));
                     }
                 }
-                let (addresses, address_asns) =
-                    spread_addresses(&networks, &c.asns, c.addresses, f.seed ^ 0x5ec0);
                 Some(SecondClient {
                     accounts: c.accounts,
                     requests: c.requests,
@@ -650,6 +619,35 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
         duration_ms: f.duration_minutes * MINUTE,
         populations,
     })
+}
+
+/// Addresses and, parallel to them, their AS numbers (empty: none).
+type Addresses = (Vec<IpAddr>, Vec<u32>);
+
+/// `n` addresses spread over the CIDRs `networks` (with `asns`, one per
+/// network or none), validated as a scenario file states them: on error,
+/// the offending field and why.
+fn addresses_in(
+    networks: &[String],
+    asns: &[u32],
+    n: u32,
+    seed: u64,
+) -> Result<Addresses, (&'static str, String)> {
+    let networks = networks
+        .iter()
+        .map(|n| n.parse::<ipnet::IpNet>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ("networks", "expected CIDRs like 203.0.113.0/24".to_string()))?;
+    if networks.is_empty() {
+        return Err(("networks", "expected at least one network".into()));
+    }
+    if !asns.is_empty() && asns.len() != networks.len() {
+        return Err(("asns", "expected one AS number per network, or none".into()));
+    }
+    if n == 0 || n > 10_000_000 {
+        return Err(("addresses", "expected 1 to 10000000".into()));
+    }
+    Ok(spread_addresses(&networks, asns, n, seed))
 }
 
 /// `n` distinct-ish addresses spread over `networks` in turn (address `i`
