@@ -471,7 +471,8 @@ fn llm_paths_in_disguise_are_refused_not_forwarded_uninspected() {
 fn strictest_forwards_clean_accounts_and_refuses_degraded_ones() {
     use distill_guard::api::Uninspected;
     // Low thresholds: a chain-of-thought prompt with thinking reaches
-    // degrade within a few requests (as in tests/detection.rs).
+    // degrade on its 9th request, on reasoning elicitation alone; the
+    // signals that read arrival times are off, as in tests/detection.rs.
     let env = Env::start(
         r#"
 [api]
@@ -487,14 +488,17 @@ max_concurrent = 64
 [detection]
 mode = "enforce"
 [detection.thresholds]
-slow_enter = 0.10
-slow_exit = 0.05
-degrade_enter = 0.15
-degrade_exit = 0.10
+slow_enter = 0.05
+slow_exit = 0.03
+degrade_enter = 0.09
+degrade_exit = 0.07
 throttle_enter = 0.98
 throttle_exit = 0.97
 block_enter = 0.995
 block_exit = 0.99
+[detection.weights]
+timing_regularity = 0.0
+volume = 0.0
 [detection.slow]
 min_delay_ms = 0
 max_delay_ms = 0
