@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::scenario::{self, Per, Piece, Population, Scenario, Timing};
-use super::strategy::{AttackStrategy, HONEST_STACKS, RESIDENTIAL, TOOL_STACKS};
+use super::strategy::{AttackStrategy, HONEST_STACKS, RESIDENTIAL, ROTATION_STACKS, TOOL_STACKS};
 use crate::config::Config;
 use crate::engine::AccountId;
 
@@ -278,7 +278,10 @@ fn with_second_clients(seed: u64, mut pops: Vec<Population>) -> Vec<Population> 
         .filter_map(|(n, _)| n.parse().ok())
         .collect();
     let asns: Vec<u32> = SECOND_CLIENT_NETS.iter().map(|(_, a)| *a).collect();
-    for p in pops.iter_mut().filter(|p| !p.attack) {
+    for p in pops
+        .iter_mut()
+        .filter(|p| !p.attack && p.second_client.is_none())
+    {
         let name = format!("{}/clients", p.name);
         let rng = &mut stream(seed, &name);
         let (accounts, requests) = (rng.gen_range(0.0..=0.25), rng.gen_range(0.1..=0.4));
@@ -291,6 +294,7 @@ fn with_second_clients(seed: u64, mut pops: Vec<Population>) -> Vec<Population> 
         p.second_client = Some(scenario::SecondClient {
             accounts,
             requests,
+            clients: 1,
             addresses,
             address_asns,
         });
@@ -549,8 +553,58 @@ fn honest_populations(seed: u64, size: Size) -> Vec<Population> {
         output_tokens: [200, 1500],
         ..honest("doc-chat".into(), seed, &RESIDENTIAL, accounts)
     });
+    pops.push(team_keys(seed, size));
     pops.extend(long_answer_populations(seed, size));
     with_second_clients(seed, with_new_accounts(seed, pops))
+}
+
+/// Keys a team shares: each key used from 4 to 8 machines (laptops, a
+/// build server, a notebook host), each machine its own client stack — the
+/// browsers, SDKs and the versions of them that `redteam`'s stack rotation
+/// impersonates — and its own address, their requests interleaved. Coding
+/// and explanation questions, some step by step, some long answers. The
+/// honest look-alike of a campaign account that rotates its client stack:
+/// its stack changes from request to request among a handful it keeps.
+fn team_keys(seed: u64, size: Size) -> Population {
+    let name = "team-keys";
+    let rng = &mut stream(seed, name);
+    let accounts = self::accounts(rng, (3, 12), size);
+    let clients = rng.gen_range(3..=7u32);
+    let nets: Vec<(&str, u32)> = RESIDENTIAL
+        .iter()
+        .chain(&SECOND_CLIENT_NETS)
+        .copied()
+        .collect();
+    let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
+    let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
+    let (addresses, address_asns) = scenario::spread_addresses(
+        &networks,
+        &asns,
+        accounts * clients,
+        address_seed(seed, &format!("{name}/clients")),
+    );
+    Population {
+        accounts,
+        rate_per_hour: rng.gen_range(15.0..60.0),
+        end_ms: size.minutes * MINUTE,
+        ja4: ROTATION_STACKS.iter().map(|s| s.0.to_string()).collect(),
+        http: ROTATION_STACKS.iter().map(|s| s.1.to_string()).collect(),
+        elicitation_share: rng.gen_range(0.1..0.4),
+        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
+        max_tokens: vec![4096, 8192, 16000],
+        thinking_share: 0.3,
+        output_tokens: [200, 3000],
+        // The first machine is one of `clients + 1`: the others send the
+        // rest of the key's requests.
+        second_client: Some(scenario::SecondClient {
+            accounts: 1.0,
+            requests: f64::from(clients) / f64::from(clients + 1),
+            clients,
+            addresses,
+            address_asns,
+        }),
+        ..honest(name.into(), seed, &RESIDENTIAL, accounts)
+    }
 }
 
 /// The honest heavy long-answer users: accounts that legitimately draw

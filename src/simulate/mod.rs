@@ -381,8 +381,11 @@ fn make_request(s: &Scenario, e: Event) -> SimRequest {
         .as_ref()
         .filter(|c| c.sends(account_key, e.stream, e.n))
     {
-        // The account's other client: its own stack and address.
-        let second = account_key.rotate_left(23);
+        // One of the account's other clients: its own stack and address.
+        let second = match c.client(e.stream, e.n) {
+            0 => account_key.rotate_left(23),
+            k => mix(account_key.rotate_left(23), u64::from(k)),
+        };
         profile = pick(&mut rng, scenario::Per::Account, second, profiles);
         let b = pick(
             &mut rng,

@@ -129,6 +129,12 @@ struct SecondClientFile {
     #[serde(default)]
     asns: Vec<u32>,
     addresses: u32,
+    #[serde(default = "one")]
+    clients: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_paraphrase() -> f64 {
@@ -308,19 +314,27 @@ pub struct Population {
     pub second_client: Option<SecondClient>,
 }
 
-/// A second client some of a population's accounts also send from — a
-/// developer's laptop beside the app's server, a phone beside a laptop:
-/// another client stack (of the population's list, chosen by the account)
-/// on another network, interleaved with the first request by request.
+/// The most other clients a key can have in a scenario.
+pub const MAX_OTHER_CLIENTS: u32 = 16;
+
+/// Other clients some of a population's accounts also send from — a
+/// developer's laptop beside the app's server, a phone beside a laptop, or
+/// (`clients` above 1) a team's machines sharing one key: each another
+/// client stack (of the population's list, chosen by the client) on
+/// another network, interleaved with the first request by request.
 /// Honest accounts look like this; a churn signal must not take them for a
 /// campaign rotating its stacks or addresses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecondClient {
-    /// Share of the population's accounts that have one (chosen by the
+    /// Share of the population's accounts that have them (chosen by the
     /// account's key).
     pub accounts: f64,
-    /// Share of such an account's requests sent from it (drawn per request).
+    /// Share of such an account's requests sent from them (drawn per
+    /// request).
     pub requests: f64,
+    /// How many other clients such an account has (1: a second client);
+    /// each of those requests comes from one of them, drawn per request.
+    pub clients: u32,
     /// Its addresses (one kept per account).
     pub addresses: Vec<IpAddr>,
     /// AS number of each address (parallel to `addresses`; empty: none).
@@ -335,6 +349,13 @@ impl SecondClient {
         let unit = super::unit_of;
         unit(super::mix(account_key, 0x5ec0_c11e)) < self.accounts
             && unit(super::mix(super::mix(stream, u64::from(n)), 0x5ec0_c11e)) < self.requests
+    }
+
+    /// Which of the other clients sends request `n` of stream `stream`
+    /// (one that [`SecondClient::sends`]): `0..clients`, hashed like it.
+    pub fn client(&self, stream: u64, n: u32) -> u32 {
+        let h = super::mix(super::mix(stream, u64::from(n)), 0xc11e_0a7e);
+        (h % u64::from(self.clients.max(1))) as u32
     }
 }
 
@@ -559,9 +580,13 @@ fn validate(f: ScenarioFile) -> Result<Scenario, Invalid> {
                         return Err((key(k), "expected a share from 0 to 1".into()));
                     }
                 }
+                if !(1..=MAX_OTHER_CLIENTS).contains(&c.clients) {
+                    return Err((key("clients"), format!("expected 1 to {MAX_OTHER_CLIENTS}")));
+                }
                 Some(SecondClient {
                     accounts: c.accounts,
                     requests: c.requests,
+                    clients: c.clients,
                     addresses,
                     address_asns,
                 })
@@ -826,6 +851,50 @@ output_tokens = [100, 200]
         let bad = with.replace("accounts = 1.0", "accounts = 1.5");
         let e = parse(path, &bad).unwrap_err();
         assert_eq!(e.key, "population[0].second_client.accounts");
+        let bad = with.replace("addresses = 5 }", "addresses = 5, clients = 0 }");
+        let e = parse(path, &bad).unwrap_err();
+        assert_eq!(e.key, "population[0].second_client.clients");
+    }
+
+    /// A team's key: each of its other clients keeps its own address and
+    /// stack, and their requests are spread over all of them.
+    #[test]
+    fn a_key_shared_by_a_team_is_sent_from_each_of_its_clients() {
+        let path = Path::new("s.toml");
+        let ja4: Vec<String> = (0..12).map(|i| format!("\"j{i}\"")).collect();
+        let text = MINIMAL
+            .replace("duration_minutes = 10", "duration_minutes = 600")
+            .replace(
+                "addresses = 5\n",
+                &format!("addresses = 5\nja4 = [{}]\n", ja4.join(", ")),
+            )
+            + "second_client = { accounts = 1.0, requests = 0.8, networks = [\"100.0.0.0/10\"], \
+               addresses = 40, clients = 4 }\n";
+        let s = parse(path, &text).unwrap();
+        let second: ipnet::IpNet = "100.0.0.0/10".parse().unwrap();
+        let reqs: Vec<_> = crate::simulate::Generator::new(&s).collect();
+        for account in 0..5 {
+            let mut clients = std::collections::BTreeMap::new();
+            for r in reqs
+                .iter()
+                .filter(|r| r.account == account && second.contains(&r.address))
+            {
+                *clients.entry((r.address, r.profile)).or_insert(0u32) += 1;
+            }
+            // Four clients, unless two drew the same address and stack.
+            assert!((3..=4).contains(&clients.len()), "{clients:?}");
+            let addresses: std::collections::BTreeSet<_> = clients.keys().map(|k| k.0).collect();
+            assert_eq!(
+                addresses.len(),
+                clients.len(),
+                "one stack per address: {clients:?}"
+            );
+            let total: u32 = clients.values().sum();
+            assert!(
+                clients.values().all(|&n| n * 10 > total),
+                "each sends a share: {clients:?}"
+            );
+        }
     }
 
     #[test]

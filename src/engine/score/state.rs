@@ -8,14 +8,17 @@ pub struct AccountSignals {
     w: Window,
     /// Its history went into a cluster's state ([`AccountSignals::join_cluster`]).
     joined: bool,
-    /// Keys of the last [`KNOWN_STACKS`] distinct client stacks it used, the latest first (0: none yet).
-    stacks: [u64; KNOWN_STACKS],
+    /// Keys of the last [`KNOWN_STACKS`] distinct client stacks it used, folded to 32 bits, the latest first (0:
+    /// none yet).
+    stacks: [u32; KNOWN_STACKS],
 }
 
 /// Client stacks an account is remembered to use: a request from one of them is not churn. An honest key is used
-/// from a few clients (a laptop and a phone, a developer's machine beside the app's server) and moves between them;
-/// a campaign impersonating browsers and SDKs per request draws from many more.
-pub const KNOWN_STACKS: usize = 3;
+/// from a few clients (a laptop and a phone, a developer's machine beside the app's server, a team's machines
+/// sharing one key, each its own SDK or browser build) and moves between them; a campaign impersonating browsers
+/// and SDKs per request draws from more than that. Three (until 2026-12-05) took the keys of teams of four or more
+/// for rotation: the tuning family's team keys (4 to 8 machines) were degraded on most of their requests.
+pub const KNOWN_STACKS: usize = 8;
 
 /// An account's behaviour as plain numbers, for comparing accounts by similarity ([`crate::engine::cohort`]): what it asks
 /// for, what it gets, how often, and whether its client stack stays put.
@@ -58,7 +61,8 @@ impl AccountSignals {
     /// few they are used from; a campaign that rotates stacks per request (curl-impersonate style) brings a new one
     /// on most requests.
     pub fn note_stack(&mut self, stack: Option<u64>) -> StackNovelty {
-        let Some(k) = stack.map(|k| k | 1) else {
+        // Folded to 32 bits (two of one account's few stacks collide about once in 10^8 accounts) and never 0.
+        let Some(k) = stack.map(|k| (k ^ (k >> 32)) as u32 | 1) else {
             return StackNovelty::Known;
         };
         let known = self.stacks.iter().position(|&s| s == k);
