@@ -17,7 +17,7 @@ pub struct AccountSignals {
 /// from a few clients (a laptop and a phone, a developer's machine beside the app's server, a team's machines
 /// sharing one key, each its own SDK or browser build) and moves between them; a campaign impersonating browsers
 /// and SDKs per request draws from more than that. Three (until 2026-12-05) took the keys of teams of four or more
-/// for rotation: the tuning family's team keys (4 to 8 machines) were degraded on most of their requests.
+/// for rotation: the tuning family's team keys (4 to 8 machines) were degraded on up to a tenth of their requests.
 pub const KNOWN_STACKS: usize = 8;
 
 /// An account's behaviour as plain numbers, for comparing accounts by similarity ([`crate::engine::cohort`]): what it asks
@@ -59,7 +59,7 @@ impl AccountSignals {
     /// observed, and say how new it is to the account — none of the last [`KNOWN_STACKS`] distinct stacks it used,
     /// and not its first: pass that as [`RequestSignals::stack`]. Honest keys keep their client, or move between the
     /// few they are used from; a campaign that rotates stacks per request (curl-impersonate style) brings a new one
-    /// on most requests.
+    /// on each of its first requests and, once it has used more than it is remembered to, on a share of the rest.
     pub fn note_stack(&mut self, stack: Option<u64>) -> StackNovelty {
         // Folded to 32 bits (two of one account's few stacks collide about once in 10^8 accounts) and never 0.
         let Some(k) = stack.map(|k| (k ^ (k >> 32)) as u32 | 1) else {
