@@ -200,14 +200,8 @@ fn templates(list: &[&str]) -> Vec<Vec<Piece>> {
 /// An honest population with a chat client's defaults; callers set what
 /// differs.
 fn honest(name: String, seed: u64, nets: &[(&str, u32)], addresses: u32) -> Population {
-    let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
-    let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
-    let (addresses, address_asns) = scenario::spread_addresses(
-        &networks,
-        &asns,
-        addresses.max(1),
-        address_seed(seed, &name),
-    );
+    let (addresses, address_asns) =
+        scenario::spread_over(nets, addresses.max(1), address_seed(seed, &name));
     Population {
         name,
         attack: false,
@@ -273,11 +267,6 @@ const SECOND_CLIENT_NETS: [(&str, u32); 2] = [("100.0.0.0/10", 64660), ("44.0.0.
 /// client stacks and addresses: their stack and network change between
 /// requests, though far less often.
 fn with_second_clients(seed: u64, mut pops: Vec<Population>) -> Vec<Population> {
-    let networks: Vec<ipnet::IpNet> = SECOND_CLIENT_NETS
-        .iter()
-        .filter_map(|(n, _)| n.parse().ok())
-        .collect();
-    let asns: Vec<u32> = SECOND_CLIENT_NETS.iter().map(|(_, a)| *a).collect();
     for p in pops
         .iter_mut()
         .filter(|p| !p.attack && p.second_client.is_none())
@@ -285,9 +274,8 @@ fn with_second_clients(seed: u64, mut pops: Vec<Population>) -> Vec<Population> 
         let name = format!("{}/clients", p.name);
         let rng = &mut stream(seed, &name);
         let (accounts, requests) = (rng.gen_range(0.0..=0.25), rng.gen_range(0.1..=0.4));
-        let (addresses, address_asns) = scenario::spread_addresses(
-            &networks,
-            &asns,
+        let (addresses, address_asns) = scenario::spread_over(
+            &SECOND_CLIENT_NETS,
             p.accounts.max(1),
             address_seed(seed, &name),
         );
@@ -575,11 +563,8 @@ fn team_keys(seed: u64, size: Size) -> Population {
         .chain(&SECOND_CLIENT_NETS)
         .copied()
         .collect();
-    let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
-    let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
-    let (addresses, address_asns) = scenario::spread_addresses(
-        &networks,
-        &asns,
+    let (addresses, address_asns) = scenario::spread_over(
+        &nets,
         accounts * clients,
         address_seed(seed, &format!("{name}/clients")),
     );

@@ -675,9 +675,18 @@ fn addresses_in(
     Ok(spread_addresses(&networks, asns, n, seed))
 }
 
+/// [`spread_addresses`] over built-in `(CIDR, AS number)` pairs (the
+/// families' and strategies' networks; a pair that does not parse is
+/// skipped).
+pub(crate) fn spread_over(nets: &[(&str, u32)], n: u32, seed: u64) -> Addresses {
+    let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
+    let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
+    spread_addresses(&networks, &asns, n, seed)
+}
+
 /// `n` distinct-ish addresses spread over `networks` in turn (address `i`
 /// in network `i % len`, at a hashed host offset), with their AS numbers.
-pub(crate) fn spread_addresses(
+fn spread_addresses(
     networks: &[ipnet::IpNet],
     asns: &[u32],
     n: u32,

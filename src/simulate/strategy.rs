@@ -311,11 +311,8 @@ impl AttackStrategy {
     ) -> Population {
         let residential = self.sdk_mimic || self.addresses_per_account >= 0.25;
         let nets: &[(&str, u32)] = if residential { &RESIDENTIAL } else { &RESELLER };
-        let networks: Vec<ipnet::IpNet> = nets.iter().filter_map(|(n, _)| n.parse().ok()).collect();
-        let asns: Vec<u32> = nets.iter().map(|(_, a)| *a).collect();
-        let (addresses, address_asns) = super::scenario::spread_addresses(
-            &networks,
-            &asns,
+        let (addresses, address_asns) = super::scenario::spread_over(
+            nets,
             self.addresses(),
             super::family::address_seed(seed, name),
         );
