@@ -545,7 +545,7 @@ async fn manual_decision(
             cluster: (subject == "cluster").then(|| ClusterId(id).to_string()),
             fingerprints: None,
             decision: action.to_string(),
-            reasons: vec![json!({"persisted": persisted})],
+            reasons: vec![json!({"persisted": persisted}).into()],
             mode: format!("admin@{peer}"),
         };
         recent::tee(shared.recent.as_ref(), shared.audit.as_ref(), record);

@@ -14,6 +14,7 @@ use crate::engine::score::Level;
 use crate::engine::{AccountId, Blocker, ClusterId, Decision, Observation, Verdict};
 use crate::fingerprint::ClientFingerprint;
 use crate::replay::TrafficRecord;
+use crate::telemetry::audit::{DetectionReason, Fingerprints, Reason, SignalReason};
 
 /// What a decision's telemetry needs to know of its request.
 pub(super) struct Facts<'a> {
@@ -68,7 +69,7 @@ pub(super) fn decision(
                 "retry_after_s": hit.retry_after.div_ceil(crate::engine::SECOND),
                 "remaining": hit.remaining,
             });
-            audit.line("throttle", vec![reason], "enforce");
+            audit.line("throttle", vec![reason.into()], "enforce");
             debug!(
                 request_id = ?facts.request_id,
                 account = %facts.account,
@@ -82,7 +83,7 @@ pub(super) fn decision(
             by: Blocker::Admin,
         } => {
             let reason = serde_json::json!({"manual_block": scope.as_str()});
-            audit.line("block", vec![reason], "enforce");
+            audit.line("block", vec![reason.into()], "enforce");
         }
         // Its detection line above holds the reasons.
         Verdict::Block {
@@ -170,26 +171,17 @@ struct Audit<'a> {
 impl Audit<'_> {
     /// One audit line, to the audit log and the console's latest decisions
     /// (no-op without either).
-    fn line(&self, action: &str, reasons: Vec<serde_json::Value>, mode: &str) {
+    fn line(&self, action: &str, reasons: Vec<Reason>, mode: &str) {
         if !self.wanted() {
             return;
         }
-        let fp = self.fp;
         let record = crate::telemetry::audit::AuditRecord {
             time_unix_ms: crate::telemetry::audit::now_unix_ms(),
             kind: "decision",
             request_id: self.request_id.to_str().ok().map(String::from),
             account: Some(self.account.to_string()),
             cluster: self.decision.cluster.map(|c| ClusterId(c.id).to_string()),
-            fingerprints: Some(serde_json::json!({
-                "ja4": fp.ja4.as_ref().map(|j| j.as_str()),
-                "http": fp.http.as_ref().map(|h| h.as_str()),
-                "h2": fp.h2.as_ref().map(|h| h.akamai()),
-                "ip_prefix": fp.ip_prefix.map(|p| p.to_string()),
-                "asn": fp.asn,
-                "inconsistent_with": fp.inconsistent_with,
-                "sources": fp.sources,
-            })),
+            fingerprints: Some(Fingerprints(self.fp.clone())),
             decision: action.to_string(),
             reasons,
             mode: mode.to_string(),
@@ -212,27 +204,27 @@ impl Audit<'_> {
         if !self.wanted() {
             return;
         }
-        let mut reasons: Vec<serde_json::Value> = vec![serde_json::json!({
-            "score": d.score.value,
-            "scope": d.scope.as_str(),
-            "level": level_name(d.level),
-            "enforced_level": level_name(d.enforced),
-            "phrase_lists": d.phrase_hits,
-            "by_cohort": d.by_cohort,
-            "by_network_pool": d.by_pool,
-            "sustained_degrade": d.sustained,
-        })];
+        let mut reasons = vec![Reason::Detection(Box::new(DetectionReason {
+            score: f64::from(d.score.value),
+            scope: d.scope.as_str(),
+            level: level_name(d.level),
+            enforced_level: level_name(d.enforced),
+            phrase_lists: d.phrase_hits.clone(),
+            by_cohort: d.by_cohort,
+            by_network_pool: d.by_pool,
+            sustained_degrade: d.sustained,
+        }))];
         reasons.extend(
             d.score
                 .contributions
                 .iter()
                 .filter(|c| c.contribution > 0.0)
                 .map(|c| {
-                    serde_json::json!({
-                        "signal": c.signal.as_str(),
-                        "value": c.value,
-                        "weight": c.weight,
-                        "contribution": c.contribution,
+                    Reason::Signal(SignalReason {
+                        signal: c.signal.as_str(),
+                        value: f64::from(c.value),
+                        weight: f64::from(c.weight),
+                        contribution: f64::from(c.contribution),
                     })
                 }),
         );

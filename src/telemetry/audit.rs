@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::fingerprint::ClientFingerprint;
+
 /// How long the writer lets records gather once one has woken it.
 pub const GATHER: Duration = Duration::from_millis(10);
 
@@ -45,13 +47,100 @@ pub struct AuditRecord {
     pub cluster: Option<String>,
     /// Client fingerprints.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fingerprints: Option<serde_json::Value>,
+    pub fingerprints: Option<Fingerprints>,
     /// allow, slow, degrade, throttle, block (or the manual action).
     pub decision: String,
     /// Why, with each reason's values.
-    pub reasons: Vec<serde_json::Value>,
+    pub reasons: Vec<Reason>,
     /// "enforce" or "shadow" (decisions), or who made a manual decision.
     pub mode: String,
+}
+
+/// The client fingerprints of an audit line: `ja4`, `http`, `h2`,
+/// `ip_prefix`, `asn`, `inconsistent_with` (null when absent) and `sources`.
+/// Kept as the request's [`ClientFingerprint`] and written out only when the
+/// line is: a detection line is built on the request path, for every request
+/// of a flagged account even in shadow mode.
+#[derive(Debug, Clone)]
+pub struct Fingerprints(pub ClientFingerprint);
+
+impl Serialize for Fingerprints {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let fp = &self.0;
+        let mut m = s.serialize_struct("Fingerprints", 7)?;
+        m.serialize_field("ja4", &fp.ja4.as_ref().map(|j| j.as_str()))?;
+        m.serialize_field("http", &fp.http.as_ref().map(|h| h.as_str()))?;
+        m.serialize_field("h2", &fp.h2.as_ref().map(|h| h.akamai()))?;
+        m.serialize_field("ip_prefix", &fp.ip_prefix.as_ref().map(Shown))?;
+        m.serialize_field("asn", &fp.asn)?;
+        m.serialize_field("inconsistent_with", &fp.inconsistent_with)?;
+        m.serialize_field("sources", &fp.sources)?;
+        m.end()
+    }
+}
+
+/// A value written as its `Display` text.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// One reason of an audit line: a JSON object. Detection lines, written per
+/// request of a flagged account, use the typed forms (no map built per line);
+/// the rarer throttle, block and manual lines a [`serde_json::Value`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reason {
+    /// A detection's summary, the first reason of its line.
+    Detection(Box<DetectionReason>),
+    /// One signal's share of a detection's score.
+    Signal(SignalReason),
+    /// Any other reason.
+    Other(serde_json::Value),
+}
+
+/// A detection's summary (scores as `f64`, as they were always written).
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectionReason {
+    /// The score that set the level.
+    pub score: f64,
+    /// "account" or "cluster".
+    pub scope: &'static str,
+    /// The level the score reached.
+    pub level: &'static str,
+    /// The level acted on (below `level` in shadow mode).
+    pub enforced_level: &'static str,
+    /// The phrase lists the prompt matched.
+    pub phrase_lists: Vec<String>,
+    /// Whether a behaviour cohort set the level.
+    pub by_cohort: bool,
+    /// Whether a network pool set the level.
+    pub by_network_pool: bool,
+    /// Whether a sustained degrade escalated it.
+    pub sustained_degrade: bool,
+}
+
+/// One signal's share of a detection's score.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalReason {
+    /// The signal's name.
+    pub signal: &'static str,
+    /// Its raw value.
+    pub value: f64,
+    /// Its weight.
+    pub weight: f64,
+    /// Its share of the score.
+    pub contribution: f64,
+}
+
+impl From<serde_json::Value> for Reason {
+    fn from(v: serde_json::Value) -> Self {
+        Reason::Other(v)
+    }
 }
 
 /// The audit log.
@@ -223,6 +312,59 @@ pub fn now_unix_ms() -> u64 {
 mod tests {
     use super::*;
 
+    /// The typed reasons and fingerprints write what the `json!` objects
+    /// built before them wrote, key for key and digit for digit (scores are
+    /// `f32` widened to `f64`, as `serde_json::Value` widened them).
+    #[test]
+    fn typed_reasons_and_fingerprints_keep_the_wire_format() {
+        let score: f32 = 0.1;
+        let reasons = vec![
+            Reason::Detection(Box::new(DetectionReason {
+                score: f64::from(score),
+                scope: "cluster",
+                level: "degrade",
+                enforced_level: "allow",
+                phrase_lists: vec!["reasoning".into()],
+                by_cohort: true,
+                by_network_pool: false,
+                sustained_degrade: false,
+            })),
+            Reason::Signal(SignalReason {
+                signal: "stack_churn",
+                value: f64::from(2.5f32),
+                weight: f64::from(0.3f32),
+                contribution: f64::from(f32::NAN),
+            }),
+            serde_json::json!({"limit": "requests"}).into(),
+        ];
+        let before = serde_json::json!([
+            {"score": score, "scope": "cluster", "level": "degrade", "enforced_level": "allow",
+             "phrase_lists": ["reasoning"], "by_cohort": true, "by_network_pool": false,
+             "sustained_degrade": false},
+            {"signal": "stack_churn", "value": 2.5f32, "weight": 0.3f32, "contribution": f32::NAN},
+            {"limit": "requests"},
+        ]);
+        assert_eq!(
+            serde_json::to_string(&reasons).unwrap(),
+            serde_json::to_string(&before).unwrap()
+        );
+
+        let fp = ClientFingerprint {
+            ip_prefix: Some("203.0.113.0/24".parse().unwrap()),
+            asn: Some(64500),
+            inconsistent_with: Some("curl".into()),
+            ..ClientFingerprint::default()
+        };
+        let before = serde_json::json!({
+            "ja4": null, "http": null, "h2": null, "ip_prefix": "203.0.113.0/24",
+            "asn": 64500, "inconsistent_with": "curl", "sources": fp.sources,
+        });
+        assert_eq!(
+            serde_json::to_string(&Fingerprints(fp)).unwrap(),
+            serde_json::to_string(&before).unwrap()
+        );
+    }
+
     fn rec(i: u32) -> AuditRecord {
         AuditRecord {
             time_unix_ms: 1,
@@ -232,7 +374,7 @@ mod tests {
             cluster: None,
             fingerprints: None,
             decision: "throttle".into(),
-            reasons: vec![serde_json::json!({"limit": "requests"})],
+            reasons: vec![serde_json::json!({"limit": "requests"}).into()],
             mode: "enforce".into(),
         }
     }
