@@ -17,7 +17,7 @@ decile:
     refused worst decile > 0.1 %), plus 20 x the excess.
 
 Usage (from the repository root, after `cargo build --release`):
-  benches/fit-detection.py [--seeds 8] [--passes 1] [--out fitted.toml] [--binary PATH]
+  benches/fit-detection.py [--seeds 32] [--passes 1] [--out fitted.toml] [--binary PATH]
 Prints every evaluation and the fitted values; writes the fitted config.
 """
 
@@ -116,7 +116,7 @@ def summary(r):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--passes", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "target" / "fitted.toml"))
     ap.add_argument("--binary", default=str(BINARY))
