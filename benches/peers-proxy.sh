@@ -6,7 +6,10 @@
 #   PROXY_CMD=$PWD/benches/peers-proxy.sh SCENARIO=messages ROUNDS=3 ../shared/bench/peers.sh
 #
 # DG_BIN overrides the binary; DG_EXTRA_TOML is appended to the config (to bench
-# policy variants, e.g. limits on).
+# policy variants, e.g. limits on); DG_ADMIN sets the admin address (default: a
+# free port), e.g. to read /admin/decisions during a run: whether the bench's
+# traffic is flagged changes the work per request (BENCHMARKS.md, "Detection
+# lines in shadow mode").
 set -euo pipefail
 : "${PROXY_LISTEN:?run me through peers.sh}" "${PROXY_UPSTREAM:?run me through peers.sh}" "${BENCH_TMP:?run me through peers.sh}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,7 +30,7 @@ shutdown_grace_ms = 1000
 level = "warn"
 
 [admin]
-address = "127.0.0.1:0"
+address = "${DG_ADMIN:-127.0.0.1:0}"
 watch_config = false
 ${DG_EXTRA_TOML:-}
 TOML
