@@ -1569,6 +1569,7 @@ impl Engine {
             fill_key: f.fill_key,
             fingerprint_inconsistent: f.fingerprint_inconsistent,
             stack: score::StackNovelty::Known,
+            stack_key: 0,
             sender_requests_per_hour: 0.0,
             sender_age: None,
         };
@@ -1598,7 +1599,9 @@ impl Engine {
             // First seen by a scored cluster (it joined before the cluster
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
-            req.stack = sig.note_stack(client_stack(&obs.attrs));
+            let stack = client_stack(&obs.attrs);
+            req.stack = sig.note_stack(stack);
+            req.stack_key = score::stack_key(stack);
             req.sender_age = Some(sig.age(now));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);

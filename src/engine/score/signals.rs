@@ -345,6 +345,9 @@ pub struct RequestSignals<'a> {
     pub fingerprint_inconsistent: bool,
     /// How new the request's client stack is to its account ([`AccountSignals::note_stack`]).
     pub stack: StackNovelty,
+    /// The request's client stack ([`stack_key`]; 0: unknown), for a group to tell an upgrade of its members'
+    /// common client from churn.
+    pub stack_key: u32,
     /// For a group that is scored on its senders' own rates (a network pool): the sending account's requests per
     /// hour ([`AccountSignals::requests_per_hour`]); 0: not given, [`Signal::YieldPerMember`] takes the group's rate
     /// per distinct sender.

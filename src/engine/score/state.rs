@@ -61,10 +61,10 @@ impl AccountSignals {
     /// few they are used from; a campaign that rotates stacks per request (curl-impersonate style) brings a new one
     /// on each of its first requests and, once it has used more than it is remembered to, on a share of the rest.
     pub fn note_stack(&mut self, stack: Option<u64>) -> StackNovelty {
-        // Folded to 32 bits (two of one account's few stacks collide about once in 10^8 accounts) and never 0.
-        let Some(k) = stack.map(|k| (k ^ (k >> 32)) as u32 | 1) else {
+        let k = stack_key(stack);
+        if k == 0 {
             return StackNovelty::Known;
-        };
+        }
         let known = self.stacks.iter().position(|&s| s == k);
         let changed = match (known, self.stacks) {
             (Some(_), _) | (None, [0, ..]) => StackNovelty::Known,
@@ -136,7 +136,8 @@ impl AccountSignals {
         policy: &ScorePolicy,
         tier_rpm: u64,
     ) {
-        self.w.observe(req, hits, policy, tier_rpm, false);
+        self.w
+            .observe(req, hits, policy, tier_rpm, req.stack.churn(false));
     }
 
     /// Record what a response served in full actually produced.
@@ -203,6 +204,22 @@ impl AccountSignals {
     }
 }
 
+/// A client stack as accounts and groups remember it ([`RequestSignals::stack_key`]): folded to 32 bits (two of one
+/// account's few stacks collide about once in 10^8 accounts) and never 0; 0 for an unknown stack.
+pub fn stack_key(stack: Option<u64>) -> u32 {
+    stack.map_or(0, |k| (k ^ (k >> 32)) as u32 | 1)
+}
+
+/// A stack that was new to the members that sent it, and how many did lately ([`ClusterSignals::fresh_stack`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct FreshStack {
+    key: u32,
+    count: f32,
+}
+
+/// Stacks new to their members that a group counts.
+const FRESH_SLOTS: usize = 4;
+
 /// One second of cluster traffic: requests and a 256-bit sketch of the distinct members that sent them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct SecondSlot {
@@ -225,6 +242,9 @@ pub struct ClusterSignals {
     ring: [SecondSlot; LOCK_RING],
     /// Distinct members whose requests it observed, for [`Signal::YieldPerMember`].
     senders: Senders,
+    /// The stacks that were new to their members, heaviest kept, and when their counts were last decayed.
+    fresh: [FreshStack; FRESH_SLOTS],
+    fresh_at: Nanos,
 }
 
 impl ClusterSignals {
@@ -236,6 +256,8 @@ impl ClusterSignals {
             members: 0,
             ring: [SecondSlot::default(); LOCK_RING],
             senders: Senders::default(),
+            fresh: [FreshStack::default(); FRESH_SLOTS],
+            fresh_at: formed_at,
         }
     }
 
@@ -257,9 +279,50 @@ impl ClusterSignals {
     ) {
         let f = self.w.decay_to(req.now, policy);
         self.lock *= f;
-        self.w.observe(req, hits, policy, tier_rpm, true);
+        let mut churn = req.stack.churn(true);
+        if req.stack != StackNovelty::Known {
+            churn *= self.fresh_stack(req.stack_key, req.now, policy.half_life);
+        }
+        self.w.observe(req, hits, policy, tier_rpm, churn);
         self.lockstep(member, req.now, policy);
         self.senders.insert(req.now, policy.half_life, member);
+    }
+
+    /// Record a stack that was new to the member that sent it (`key` as [`stack_key`]) and return what it weighs as
+    /// the group's churn, 0..=1: 1 while the group's new stacks are spread, falling to 0 as this one becomes all of
+    /// them. Members that take up one new stack are a common client upgraded (a fleet's SDK, a new header order):
+    /// every member shows its second stack at once, which would otherwise be the group's churn at its top and, with
+    /// a templated fleet's regular timing, take it to Degrade. A rotating campaign's members draw from a dozen
+    /// stacks, a team's machines are each their own: no one stack is most of theirs. The counts (decayed by
+    /// `half_life`, heaviest kept) are a space-saving sketch; an unknown key weighs 1, as before.
+    pub(super) fn fresh_stack(&mut self, key: u32, now: Nanos, half_life: Nanos) -> f32 {
+        if key == 0 {
+            return 1.0;
+        }
+        if now > self.fresh_at {
+            let f = decay_factor(now - self.fresh_at, half_life);
+            for s in &mut self.fresh {
+                s.count *= f;
+            }
+            self.fresh_at = now;
+        }
+        let i = match self.fresh.iter().position(|s| s.key == key) {
+            Some(i) => i,
+            None => {
+                let (i, min) = self
+                    .fresh
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| a.1.count.total_cmp(&b.1.count))
+                    .map_or((0, 0.0), |(i, s)| (i, s.count));
+                self.fresh[i] = FreshStack { key, count: min };
+                i
+            }
+        };
+        self.fresh[i].count += 1.0;
+        let total: f32 = self.fresh.iter().map(|s| s.count).sum();
+        let share = self.fresh[i].count / total.max(f32::EPSILON);
+        (2.0 * (1.0 - share)).clamp(0.0, 1.0)
     }
 
     fn lockstep(&mut self, member: u64, now: Nanos, policy: &ScorePolicy) {

@@ -392,6 +392,7 @@ fn never_panics_on_odd_inputs() {
                     fill_key: Some(0),
                     fingerprint_inconsistent: true,
                     stack: StackNovelty::Further,
+                    stack_key: u32::MAX,
                     sender_requests_per_hour: f32::MAX,
                     sender_age: Some(u64::MAX),
                 };
@@ -462,6 +463,66 @@ fn a_stack_is_churn_only_when_the_account_does_not_know_it() {
     assert_eq!(
         (honest.note_stack(Some(22)), honest.note_stack(Some(12))),
         (Known, Known)
+    );
+}
+
+/// A group's members that each show a second stack, all the same one, are an upgrade of their common client; members
+/// that each show their own (a rotating campaign's, a team's machines) are churn, as they were.
+#[test]
+fn one_new_stack_taken_up_by_a_group_is_an_upgrade_not_churn() {
+    let p = ScorePolicy::default();
+    let churn = |key_of: &dyn Fn(u64) -> u64| {
+        let mut g = ClusterSignals::new(T0);
+        let mut last = T0;
+        for i in 0..200u64 {
+            let member = i % 50;
+            last = T0 + i * SECOND;
+            // Each member's first request is on its first stack; its second, on the new one.
+            let (stack, key) = if i < 50 {
+                (StackNovelty::Known, 1u64 << 1)
+            } else if i < 100 {
+                (StackNovelty::Second, key_of(member))
+            } else {
+                (StackNovelty::Known, key_of(member))
+            };
+            let r = RequestSignals {
+                stack,
+                stack_key: stack_key(Some(key)),
+                ..req(last)
+            };
+            g.observe_hits(member, &r, PhraseHits::NONE, &p, TIER_RPM);
+        }
+        g.score(last, &p)
+            .contribution(Signal::StackChurn)
+            .map_or(0.0, |c| c.value)
+    };
+    let upgrade = churn(&|_| 7 << 1);
+    let own = churn(&|m| (100 + m % 12) << 1);
+    assert_eq!(upgrade, 0.0, "one stack, taken up by every member");
+    // 50 of 200 requests brought a member's second stack, each counting GROUP_SECOND_STACK (the first not at all,
+    // a few others a little less while one of the twelve is ahead).
+    let expected = 49.0 * GROUP_SECOND_STACK / 200.0;
+    assert!(
+        own <= expected + 1e-3 && own >= 0.9 * expected,
+        "{own} against {expected}"
+    );
+    // A group's first new stack weighs nothing until another follows; one that most members take up weighs less and
+    // less; long after, a lone one is an upgrade again.
+    let mut g = ClusterSignals::new(T0);
+    let h = p.half_life;
+    assert_eq!(g.fresh_stack(5, T0, h), 0.0);
+    assert_eq!(g.fresh_stack(5, T0 + MINUTE, h), 0.0);
+    assert_eq!(g.fresh_stack(7, T0 + 2 * MINUTE, h), 1.0);
+    let w: Vec<f32> = (0..20)
+        .map(|i| g.fresh_stack(7, T0 + (3 + i) * MINUTE, h))
+        .collect();
+    assert!(w.windows(2).all(|p| p[1] <= p[0]), "{w:?}");
+    assert!(w[19] < 0.2, "{w:?}");
+    assert!(g.fresh_stack(9, T0 + 20 * h, h) < 0.01);
+    assert_eq!(
+        g.fresh_stack(0, T0 + 20 * h, h),
+        1.0,
+        "an unknown stack counts"
     );
 }
 

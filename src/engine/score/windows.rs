@@ -389,15 +389,15 @@ impl Window {
         f
     }
 
-    /// Count a request; `group`: this is a group's window (cluster, cohort, pool), not its sender's
-    /// ([`StackNovelty::churn`]).
+    /// Count a request; `churn`: what its client stack adds to [`Signal::StackChurn`]'s count here (its
+    /// [`StackNovelty::churn`], in a group weighed by [`ClusterSignals`]).
     pub(super) fn observe(
         &mut self,
         req: &RequestSignals<'_>,
         hits: PhraseHits,
         policy: &ScorePolicy,
         tier_rpm: u64,
-        group: bool,
+        churn: f32,
     ) {
         let now = req.now;
         self.decay_to(now, policy);
@@ -441,7 +441,7 @@ impl Window {
         if req.fingerprint_inconsistent {
             self.c.flagged += 1.0;
         }
-        self.c.churn += req.stack.churn(group);
+        self.c.churn += churn;
         if let Some(release) = req.model.and_then(|m| policy.release_of(m)) {
             if now >= release && now - release <= policy.new_model_window {
                 let born = self
