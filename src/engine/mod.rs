@@ -1599,9 +1599,8 @@ impl Engine {
             // First seen by a scored cluster (it joined before the cluster
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
-            let stack = client_stack(&obs.attrs);
-            req.stack = sig.note_stack(stack);
-            req.stack_key = score::stack_key(stack);
+            req.stack_key = score::stack_key(client_stack(&obs.attrs));
+            req.stack = sig.note_stack(req.stack_key);
             req.sender_age = Some(sig.age(now));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);

@@ -397,7 +397,7 @@ fn never_panics_on_odd_inputs() {
                     sender_age: Some(u64::MAX),
                 };
                 let hits = m.scan("\u{2019}\u{2014}x\u{00a0}");
-                let _ = a.note_stack(Some(now));
+                let _ = a.note_stack(stack_key(Some(now)));
                 let _ = a.profile(now, &policy);
                 a.observe_hits(&r, hits, &policy, u64::MAX);
                 c.observe_hits(u64::MAX, &r, hits, &policy, 0);
@@ -422,7 +422,7 @@ fn a_stack_is_churn_only_when_the_account_does_not_know_it() {
     let novelty = |a: &mut AccountSignals, stacks: &mut dyn Iterator<Item = u64>| {
         let mut seen = [0usize; 3];
         for k in stacks {
-            seen[a.note_stack(Some(k)) as usize] += 1;
+            seen[a.note_stack(stack_key(Some(k))) as usize] += 1;
         }
         (seen[Second as usize], seen[Further as usize])
     };
@@ -459,9 +459,12 @@ fn a_stack_is_churn_only_when_the_account_does_not_know_it() {
     );
     assert_eq!((Further.churn(true), Known.churn(false)), (1.0, 0.0));
     // Unknown stacks neither count nor reset what is known.
-    assert_eq!(honest.note_stack(None), Known);
+    assert_eq!(honest.note_stack(stack_key(None)), Known);
     assert_eq!(
-        (honest.note_stack(Some(22)), honest.note_stack(Some(12))),
+        (
+            honest.note_stack(stack_key(Some(22))),
+            honest.note_stack(stack_key(Some(12))),
+        ),
         (Known, Known)
     );
 }
