@@ -249,7 +249,11 @@ const HONEST_TENURE_HOURS: [f64; 2] = [24.0 * 30.0, 24.0 * 365.0 * 3.0];
 /// 2 to 20 %), each drawn from a stream of its own so the populations keep
 /// their other draws.
 fn with_new_accounts(seed: u64, mut pops: Vec<Population>) -> Vec<Population> {
-    for p in pops.iter_mut().filter(|p| !p.attack) {
+    // A population that states its own share (a workshop's sign-ups) keeps it.
+    for p in pops
+        .iter_mut()
+        .filter(|p| !p.attack && p.new_accounts == 0.0)
+    {
         p.new_accounts = stream(seed, &format!("{}/tenure", p.name)).gen_range(0.02..=0.2);
     }
     pops
@@ -620,6 +624,37 @@ fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
         thinking_share: rng.gen_range(0.3..0.6),
         output_tokens: [1500, 4500],
         ..honest("students-long".into(), seed, &RESIDENTIAL, accounts)
+    });
+    // A workshop on a campus network: students who signed up for it today,
+    // each on their own laptop's browser, behind the university's NAT (one
+    // or two addresses in one /24), working through a problem set together
+    // for one to two and a half hours: step-by-step explanations and long
+    // worked answers. The honest look-alike of a young campaign on a few
+    // addresses: every account new, one network, long answers.
+    let rng = &mut stream(seed, "workshop");
+    let accounts = self::accounts(rng, (15, 60), size);
+    let start = rng.gen_range(0..=end / 2);
+    let length = rng.gen_range(60..=150) * MINUTE;
+    let addresses = rng.gen_range(1..=2);
+    pops.push(Population {
+        accounts,
+        rate_per_hour: rng.gen_range(6.0..14.0),
+        start_ms: start,
+        end_ms: (start + length).min(end),
+        prompt_words: [20, 120],
+        elicitation_share: rng.gen_range(0.5..0.9),
+        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
+        max_tokens: vec![4096, 8192, 16000],
+        pinned_max_tokens_share: rng.gen_range(0.3..0.7),
+        thinking_share: rng.gen_range(0.3..0.6),
+        output_tokens: [1500, 4500],
+        new_accounts: 1.0,
+        ..honest(
+            "workshop".into(),
+            seed,
+            &[("10.60.0.0/24", 64704)],
+            addresses,
+        )
     });
     // Long-document writers (reports, chapters, whole files): high
     // max_tokens, long outputs, several sessions a day.
@@ -1212,6 +1247,7 @@ mod tests {
             "doc-writers",
             "judge-rationale",
             "doc-rewrite",
+            "workshop",
             "hydra",
             CAMPAIGN,
         ] {
@@ -1258,6 +1294,33 @@ mod tests {
         for p in bg.populations.iter().filter(|p| !p.attack) {
             let q = d.scenario.populations.iter().find(|q| q.name == p.name);
             assert_eq!(q.map(|q| format!("{q:?}")), Some(format!("{p:?}")));
+        }
+    }
+
+    /// The workshop is the one honest population whose accounts are all
+    /// opened for it (on the day, just before it starts), on one campus
+    /// /24, inside the run; every other honest population keeps its 2–20 %
+    /// of the day's sign-ups.
+    #[test]
+    fn a_workshop_is_young_together_on_one_network() {
+        for (family, seed) in [(Family::Tuning, 1000), (Family::Heldout, 9000)] {
+            let d = draw(family, seed, Size::FULL);
+            let pops = &d.scenario.populations;
+            let w = pops.iter().find(|p| p.name == "workshop").unwrap();
+            assert_eq!(w.new_accounts, 1.0);
+            assert!(!w.attack && w.accounts >= 15, "{}", w.accounts);
+            assert!(w.start_ms < w.end_ms && w.end_ms <= d.scenario.duration_ms);
+            assert!(!w.addresses.is_empty() && w.addresses.len() <= 2);
+            for a in &w.addresses {
+                assert!(a.to_string().starts_with("10.60.0."), "{a}");
+            }
+            for k in 0..u64::from(w.accounts) {
+                let age = w.account_age_s(k, w.start_ms).unwrap();
+                assert!(age <= 60, "workshop account {k}: {age} s old at its start");
+            }
+            for p in pops.iter().filter(|p| !p.attack && p.name != "workshop") {
+                assert!((0.02..=0.2).contains(&p.new_accounts), "{}", p.name);
+            }
         }
     }
 
