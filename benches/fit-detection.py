@@ -40,7 +40,8 @@ SPACE = [
     ("detection.weights", "stack_churn", [0.0, 0.1, 0.3, 0.5]),
     ("detection.weights", "output_length", [0.0, 0.2, 0.3, 0.4, 0.5]),
     ("detection.weights", "output_ratio", [0.05, 0.10]),
-    ("detection", "cohort_min_raw", [0.4, 0.5, 0.6, 2.0]),
+    ("detection.weights", "account_age", [0.0, 0.04, 0.08]),
+    ("detection", "cohort_min_raw", [0.4, 0.5, 0.55, 0.6, 2.0]),
     ("detection.thresholds", "degrade_enter", [0.55, 0.62, 0.7]),
 ]
 

@@ -743,7 +743,7 @@ impl Default for FileDetection {
             enforce_percent: 100,
             half_life_ms: 3_600_000,
             core_min_raw: 0.45,
-            cohort_min_raw: 0.5,
+            cohort_min_raw: 0.55,
             cohort_min_requests: 2,
             network_pool_min_raw: 2.0,
             network_pool_min_members: 4,

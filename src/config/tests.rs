@@ -142,6 +142,35 @@ fn shipped_configs_load() {
     }
 }
 
+/// The shipped policy keeps the weights' design rule: everything a
+/// legitimate templated workload can show (template reuse, regular timing,
+/// volume, a young account, breadth, a fingerprint mismatch) sums below
+/// the cluster core's mark, so honest members of a campaign's cluster stay
+/// out of its core (and below Slow), whatever a fit moves.
+#[test]
+fn shipped_context_weights_stay_below_the_core_mark() {
+    use crate::engine::score::Signal;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/distill-guard.toml");
+    let c = load(&path).unwrap();
+    let d = &c.detection.policy;
+    let context: f32 = [
+        Signal::TemplateReuse,
+        Signal::TimingRegularity,
+        Signal::Volume,
+        Signal::AccountAge,
+        Signal::Breadth,
+        Signal::FingerprintInconsistency,
+    ]
+    .iter()
+    .map(|&s| d.score.weights.get(s))
+    .sum();
+    assert!(
+        context < d.core_min_raw && context < d.score.thresholds.slow.enter,
+        "context weights sum to {context}, core mark {}",
+        d.core_min_raw
+    );
+}
+
 #[test]
 fn unusable_asn_database_is_rejected() {
     let dir = tempfile::tempdir().unwrap();

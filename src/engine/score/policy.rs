@@ -56,7 +56,7 @@ impl Default for ScorePolicy {
         ScorePolicy {
             weights: PerSignal {
                 reasoning_elicitation: 0.15,
-                template_reuse: 0.10,
+                template_reuse: 0.12,
                 output_ratio: 0.10,
                 pinned_max_tokens: 0.15,
                 timing_regularity: 0.08,
