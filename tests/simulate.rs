@@ -407,7 +407,8 @@ fn a_family_run_reports_its_seeds_and_is_deterministic() {
 /// same as before the streams changed. Since the `workshop` population
 /// (2026-12-05; new students on one campus network) seed 1001's honest
 /// degraded read 0.503 % at `cohort_min_raw` 0.50, over the bound; at the
-/// refitted 0.55 it reads 0.01 %, and the campaign is served 40 %.
+/// refitted 0.55 it reads 0.01 % (and the slow stealth campaign is served
+/// 40 % after its first ten minutes, against the 60 % above).
 #[test]
 fn behaviour_cohorts_reach_slow_stealth_campaigns_without_touching_honest_traffic() {
     let (r, _) = simulate(&[
