@@ -153,17 +153,10 @@ fn shipped_context_weights_stay_below_the_core_mark() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/distill-guard.toml");
     let c = load(&path).unwrap();
     let d = &c.detection.policy;
-    let context: f32 = [
-        Signal::TemplateReuse,
-        Signal::TimingRegularity,
-        Signal::Volume,
-        Signal::AccountAge,
-        Signal::Breadth,
-        Signal::FingerprintInconsistency,
-    ]
-    .iter()
-    .map(|&s| d.score.weights.get(s))
-    .sum();
+    let context: f32 = Signal::CONTEXT
+        .iter()
+        .map(|&s| d.score.weights.get(s))
+        .sum();
     assert!(
         context < d.core_min_raw && context < d.score.thresholds.slow.enter,
         "context weights sum to {context}, core mark {}",

@@ -600,6 +600,23 @@ fn team_keys(seed: u64, size: Size) -> Population {
 /// 20–40 thousand output tokens an hour in bursts — the look-alikes of a
 /// slow-and-low campaign's yield per account. Each draws from its own
 /// stream like every other population.
+/// Students' requests for worked solutions (`students-long`, `workshop`):
+/// step-by-step explanations, long worked answers; many study apps pin
+/// max_tokens. Draws the shares from `rng` after the caller's own draws
+/// (a struct's base expression is evaluated after its fields).
+fn worked_answers(rng: &mut ChaCha8Rng, base: Population) -> Population {
+    Population {
+        prompt_words: [20, 120],
+        elicitation_share: rng.gen_range(0.5..0.9),
+        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
+        max_tokens: vec![4096, 8192, 16000],
+        pinned_max_tokens_share: rng.gen_range(0.3..0.7),
+        thinking_share: rng.gen_range(0.3..0.6),
+        output_tokens: [1500, 4500],
+        ..base
+    }
+}
+
 fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
     let end = size.minutes * MINUTE;
     let mut pops = Vec::new();
@@ -616,14 +633,10 @@ fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
             per_day: rng.gen_range(1.0..3.0),
             minutes: [30, 120],
         },
-        prompt_words: [20, 120],
-        elicitation_share: rng.gen_range(0.5..0.9),
-        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
-        max_tokens: vec![4096, 8192, 16000],
-        pinned_max_tokens_share: rng.gen_range(0.3..0.7),
-        thinking_share: rng.gen_range(0.3..0.6),
-        output_tokens: [1500, 4500],
-        ..honest("students-long".into(), seed, &RESIDENTIAL, accounts)
+        ..worked_answers(
+            rng,
+            honest("students-long".into(), seed, &RESIDENTIAL, accounts),
+        )
     });
     // A workshop on a campus network: students who signed up for it today,
     // each on their own laptop's browser, behind the university's NAT (one
@@ -641,19 +654,15 @@ fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
         rate_per_hour: rng.gen_range(6.0..14.0),
         start_ms: start,
         end_ms: (start + length).min(end),
-        prompt_words: [20, 120],
-        elicitation_share: rng.gen_range(0.5..0.9),
-        elicitation_phrases: STUDENT_LONG_PHRASES.iter().map(|s| s.to_string()).collect(),
-        max_tokens: vec![4096, 8192, 16000],
-        pinned_max_tokens_share: rng.gen_range(0.3..0.7),
-        thinking_share: rng.gen_range(0.3..0.6),
-        output_tokens: [1500, 4500],
         new_accounts: 1.0,
-        ..honest(
-            "workshop".into(),
-            seed,
-            &[("10.60.0.0/24", 64704)],
-            addresses,
+        ..worked_answers(
+            rng,
+            honest(
+                "workshop".into(),
+                seed,
+                &[("10.60.0.0/24", 64704)],
+                addresses,
+            ),
         )
     });
     // Long-document writers (reports, chapters, whole files): high

@@ -45,6 +45,19 @@ impl Signal {
     /// Number of signals.
     pub const COUNT: usize = 16;
 
+    /// What a legitimate templated workload (a batch job, an evaluation
+    /// harness, a corporate tool) can show: everything but elicitation,
+    /// pinned or long outputs, churn and the release pivot. The weights keep
+    /// their sum below Slow and below the cluster core's mark (docs/score.md).
+    pub const CONTEXT: [Signal; 6] = [
+        Signal::TemplateReuse,
+        Signal::TimingRegularity,
+        Signal::Volume,
+        Signal::AccountAge,
+        Signal::Breadth,
+        Signal::FingerprintInconsistency,
+    ];
+
     /// Every signal, in index order.
     pub const ALL: [Signal; Signal::COUNT] = [
         Signal::ReasoningElicitation,

@@ -22,17 +22,7 @@ fn default_policy_is_valid_and_coordination_alone_stays_allow() {
     p.validate().unwrap();
     // No combination of the account signals that a legitimate templated workload can show (everything but
     // elicitation, pinned/long outputs and the release pivot) reaches Slow on its own.
-    let context: f32 = [
-        Signal::TemplateReuse,
-        Signal::TimingRegularity,
-        Signal::Volume,
-        Signal::AccountAge,
-        Signal::Breadth,
-        Signal::FingerprintInconsistency,
-    ]
-    .iter()
-    .map(|&s| p.weights.get(s))
-    .sum();
+    let context: f32 = Signal::CONTEXT.iter().map(|&s| p.weights.get(s)).sum();
     println!(
         "coordination/context weights sum to {context:.2} (slow enters at {:.2})",
         p.thresholds.slow.enter
