@@ -57,9 +57,10 @@ impl AccountSignals {
 
     /// Record the client stack ([`stack_key`] of the hash of its JA4 and HTTP fingerprint; 0: unknown) of the
     /// request about to be observed, and say how new it is to the account — none of the last [`KNOWN_STACKS`]
-    /// distinct stacks it used, and not its first: pass that as [`RequestSignals::stack`]. Honest keys keep their client, or move between the
-    /// few they are used from; a campaign that rotates stacks per request (curl-impersonate style) brings a new one
-    /// on each of its first requests and, once it has used more than it is remembered to, on a share of the rest.
+    /// distinct stacks it used, and not its first: pass that as [`RequestSignals::stack`]. Honest keys keep their
+    /// client, or move between the few they are used from; a campaign that rotates stacks per request
+    /// (curl-impersonate style) brings a new one on each of its first requests and, once it has used more than it
+    /// is remembered to, on a share of the rest.
     pub fn note_stack(&mut self, k: u32) -> StackNovelty {
         if k == 0 {
             return StackNovelty::Known;
