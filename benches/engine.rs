@@ -213,6 +213,10 @@ fn benches(c: &mut Criterion) {
     g.bench_function("prompt signature, 2 KB", |b| {
         b.iter(|| signature::signature(black_box(&p2k)))
     });
+    // The prompt step's phrase scan alone (inside the detection case above).
+    g.bench_function("phrase scan, 2 KB", |b| {
+        b.iter(|| matcher.scan(black_box(&p2k_prompt)))
+    });
     // As the proxy signs: the default phrase lists' shingles left out.
     let stock = matcher.stock_shingles();
     g.bench_function("prompt signature, 2 KB, stock phrases left out", |b| {

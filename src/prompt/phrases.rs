@@ -224,7 +224,7 @@ impl std::error::Error for PhraseError {
 /// (at start and on reload), shared by all workers.
 #[derive(Clone)]
 pub struct PhraseMatcher {
-    table: Option<Table>,
+    pub(super) table: Option<Table>,
     names: Vec<String>,
     all: u32,
     phrases: usize,
@@ -363,6 +363,20 @@ pub(super) fn back(buf: &[u8], end: usize, need: usize) -> usize {
 /// Entries of a phrase table at most (64 MiB).
 pub(super) const MAX_TABLE_ENTRIES: usize = 1 << 24;
 
+/// Entries of a fixed-size transition table (512 KiB). A table that fits (the default lists': 68 430 entries) is
+/// padded to this size, so a step masks its index into range instead of checking it: in the four-lane walk the
+/// checks cost three instructions a step and pushed the lanes' registers onto the stack.
+pub(super) const FIXED_ENTRIES: usize = 1 << 17;
+
+/// The transition table of a [`Table`].
+#[derive(Debug, Clone)]
+enum Trans {
+    /// At most [`FIXED_ENTRIES`] entries, padded with the start state.
+    Fixed(Box<[u32; FIXED_ENTRIES]>),
+    /// Larger tables (long custom lists), checked on every step.
+    Large(Vec<u32>),
+}
+
 /// The phrase automaton re-encoded as a dense table over the phrases' own bytes, for the scan's inner loop.
 #[derive(Debug, Clone)]
 pub(super) struct Table {
@@ -372,7 +386,7 @@ pub(super) struct Table {
     stride: u32,
     /// `trans[state + class]` is the next state; states are row offsets (index × stride). A state entered on a
     /// separator stays on further separators, which collapses runs of them without a pass of its own.
-    trans: Vec<u32>,
+    trans: Trans,
     /// States below this are match states…
     match_limit: u32,
     /// …with the list bits `match_bits[state / stride]`.
@@ -479,23 +493,45 @@ impl Table {
                     .fold(0, |a, b| a | b)
             })
             .collect();
+        let start = row(renumber[0]);
+        let trans = if trans.len() <= FIXED_ENTRIES {
+            trans.resize(FIXED_ENTRIES, start);
+            match trans.into_boxed_slice().try_into() {
+                Ok(fixed) => Trans::Fixed(fixed),
+                Err(large) => Trans::Large(Vec::from(large)),
+            }
+        } else {
+            Trans::Large(trans)
+        };
         Ok(Table {
             classes,
             stride: u32::try_from(k).unwrap_or(u32::MAX),
             trans,
             match_limit: row(matches),
             match_bits,
-            start: row(renumber[0]),
+            start,
         })
     }
 
+    /// Whether the transition table is the fixed-size one.
+    #[cfg(test)]
+    pub(super) fn is_fixed(&self) -> bool {
+        matches!(self.trans, Trans::Fixed(_))
+    }
+
+    /// The state after `s` on byte `b`.
     #[inline(always)]
     fn step(&self, s: u32, b: u8) -> u32 {
-        let c = u32::from(self.classes[usize::from(b)]);
-        self.trans
-            .get(s.wrapping_add(c) as usize)
-            .copied()
-            .unwrap_or(self.start)
+        match &self.trans {
+            Trans::Fixed(t) => self.step_in(|i| fixed_next(t, i), s, b),
+            Trans::Large(t) => self.step_in(|i| large_next(t, i, self.start), s, b),
+        }
+    }
+
+    /// The state after `s` on byte `b`, with `next` reading the transition table.
+    #[inline(always)]
+    fn step_in(&self, next: impl Fn(u32) -> u32, s: u32, b: u8) -> u32 {
+        next(s.wrapping_add(u32::from(self.classes[usize::from(b)])))
     }
 
     /// List bits of state `s` (0 unless it is a match state).
@@ -510,11 +546,13 @@ impl Table {
             .unwrap_or(0)
     }
 
-    /// One walk over `bytes` from state `s`: the lists matched and the state at the end.
-    fn walk(&self, mut s: u32, bytes: &[u8]) -> (u32, u32) {
+    /// One walk over `bytes` from state `s`, `next` reading the transition table: the lists matched and the state at
+    /// the end.
+    #[inline(always)]
+    fn walk_in(&self, next: impl Fn(u32) -> u32 + Copy, mut s: u32, bytes: &[u8]) -> (u32, u32) {
         let mut hits = 0;
         for &b in bytes {
-            s = self.step(s, b);
+            s = self.step_in(next, s, b);
             if s < self.match_limit {
                 hits |= self.bits(s);
             }
@@ -533,6 +571,24 @@ impl Table {
         need: usize,
         first: u32,
     ) -> (u32, u32) {
+        match &self.trans {
+            Trans::Fixed(t) => self.walk_laned_in(|i| fixed_next(t, i), hay, from, to, need, first),
+            Trans::Large(t) => {
+                self.walk_laned_in(|i| large_next(t, i, self.start), hay, from, to, need, first)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn walk_laned_in(
+        &self,
+        next: impl Fn(u32) -> u32 + Copy,
+        hay: &[u8],
+        from: usize,
+        to: usize,
+        need: usize,
+        first: u32,
+    ) -> (u32, u32) {
         let begin = |at: usize| match back(hay, at, need) {
             0 => (0, first),
             b => (b, self.start),
@@ -540,7 +596,7 @@ impl Table {
         let n = to.saturating_sub(from);
         if n < MIN_LANED.max(8 * need) {
             let (b, s) = begin(from);
-            return self.walk(s, hay.get(b..to).unwrap_or_default());
+            return self.walk_in(next, s, hay.get(b..to).unwrap_or_default());
         }
         let q = n / 4;
         let lane = |k: usize| {
@@ -554,22 +610,35 @@ impl Table {
         let ml = self.match_limit;
         let mut hits = 0u32;
         for (((&b0, &b1), &b2), &b3) in l0.iter().zip(l1).zip(l2).zip(l3) {
-            s0 = self.step(s0, b0);
-            s1 = self.step(s1, b1);
-            s2 = self.step(s2, b2);
-            s3 = self.step(s3, b3);
+            s0 = self.step_in(next, s0, b0);
+            s1 = self.step_in(next, s1, b1);
+            s2 = self.step_in(next, s2, b2);
+            s3 = self.step_in(next, s3, b3);
             if (s0 < ml) | (s1 < ml) | (s2 < ml) | (s3 < ml) {
                 hits |= self.bits(s0) | self.bits(s1) | self.bits(s2) | self.bits(s3);
             }
         }
         let mut end = self.start;
         for (s, l) in [(s0, l0), (s1, l1), (s2, l2), (s3, l3)] {
-            let (h, e) = self.walk(s, l.get(common..).unwrap_or_default());
+            let (h, e) = self.walk_in(next, s, l.get(common..).unwrap_or_default());
             hits |= h;
             end = e;
         }
         (hits, end)
     }
+}
+
+/// Entry `i` of a fixed-size table: the mask keeps every index in range, so no step checks it (a table's own
+/// entries are all below its length, so the mask never changes one).
+#[inline(always)]
+fn fixed_next(t: &[u32; FIXED_ENTRIES], i: u32) -> u32 {
+    t[i as usize & (FIXED_ENTRIES - 1)]
+}
+
+/// Entry `i` of a larger table (the start state out of range, which never happens).
+#[inline(always)]
+fn large_next(t: &[u32], i: u32, start: u32) -> u32 {
+    t.get(i as usize).copied().unwrap_or(start)
 }
 
 /// Normalised text is scanned in chunks of this many bytes (a stack buffer).
