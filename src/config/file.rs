@@ -525,11 +525,13 @@ pub struct FileCluster {
 
 impl Default for FileCluster {
     fn default() -> Self {
-        let rule = |name: &str, attrs: &[&str], strength: &str| FileLinkRule {
+        // An hour for template rules on a network and a stack, ten minutes for the others (the shipped config
+        // says why).
+        let rule = |name: &str, attrs: &[&str], strength: &str, window_ms| FileLinkRule {
             name: name.into(),
             attributes: attrs.iter().map(|a| a.to_string()).collect(),
             strength: strength.into(),
-            window_ms: 600_000,
+            window_ms,
         };
         Self {
             enabled: true,
@@ -559,14 +561,16 @@ impl Default for FileCluster {
                     "tls+network+template",
                     &["ja4", "ip_prefix", "prompt"],
                     "strong",
+                    3_600_000,
                 ),
                 rule(
                     "http+network+template",
                     &["http", "ip_prefix", "prompt"],
                     "strong",
+                    3_600_000,
                 ),
-                rule("template+shape", &["prompt", "shape"], "medium"),
-                rule("tls+network", &["ja4", "ip_prefix"], "weak"),
+                rule("template+shape", &["prompt", "shape"], "medium", 600_000),
+                rule("tls+network", &["ja4", "ip_prefix"], "weak", 600_000),
             ],
             ignore: FileAttrValues::default(),
             downweight: FileAttrValues::default(),
