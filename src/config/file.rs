@@ -506,6 +506,12 @@ pub struct FileCluster {
     /// ending in one stock phrase share a band by it.
     #[schemars(range(min = 1, max = 16))]
     pub min_prompt_bands: u8,
+    /// Such a link to a request more than this long before (within the
+    /// rule's window) needs `late_min_prompt_bands` bands instead; 0: off.
+    pub late_after_ms: u64,
+    /// See `late_after_ms`: at least `min_prompt_bands`.
+    #[schemars(range(min = 1, max = 16))]
+    pub late_min_prompt_bands: u8,
     /// Budget growth per member (fraction of the base budget) ...
     pub per_member_fraction: f64,
     /// ... times members to this power (below 1: sublinear) ...
@@ -525,8 +531,7 @@ pub struct FileCluster {
 
 impl Default for FileCluster {
     fn default() -> Self {
-        // An hour for template rules on a network and a stack, ten minutes for the others (the shipped config
-        // says why).
+        // An hour for the template rules (the shipped config says why), ten minutes for the weak one.
         let rule = |name: &str, attrs: &[&str], strength: &str, window_ms| FileLinkRule {
             name: name.into(),
             attributes: attrs.iter().map(|a| a.to_string()).collect(),
@@ -546,6 +551,8 @@ impl Default for FileCluster {
             max_linked_accounts: 1 << 20,
             min_link_classes: 2,
             min_prompt_bands: 1,
+            late_after_ms: 600_000,
+            late_min_prompt_bands: 2,
             per_member_fraction: 0.25,
             growth_exponent: 0.5,
             max_multiplier: 4.0,
@@ -569,7 +576,7 @@ impl Default for FileCluster {
                     "strong",
                     3_600_000,
                 ),
-                rule("template+shape", &["prompt", "shape"], "medium", 600_000),
+                rule("template+shape", &["prompt", "shape"], "medium", 3_600_000),
                 rule("tls+network", &["ja4", "ip_prefix"], "weak", 600_000),
             ],
             ignore: FileAttrValues::default(),

@@ -1328,6 +1328,12 @@ fn validate_cluster(
             "expected a count from 1 to 16 (a prompt signature has 16 bands)",
         ));
     }
+    if !(f.min_prompt_bands..=16).contains(&f.late_min_prompt_bands) {
+        return Err(invalid(
+            "cluster.late_min_prompt_bands",
+            "expected a count from min_prompt_bands to 16 (a prompt signature has 16 bands)",
+        ));
+    }
     if !(1..=4).contains(&f.min_link_classes) {
         return Err(invalid(
             "cluster.min_link_classes",
@@ -1400,6 +1406,8 @@ fn validate_cluster(
         max_linked_accounts: usize::try_from(f.max_linked_accounts).unwrap_or(usize::MAX),
         min_classes: f.min_link_classes as u8,
         min_prompt_bands: f.min_prompt_bands,
+        late_after: nanos(Duration::from_millis(f.late_after_ms)),
+        late_min_prompt_bands: f.late_min_prompt_bands,
     };
     link.validate()
         .map_err(|e| invalid("cluster", e.to_string()))?;

@@ -103,6 +103,13 @@ fn bad_values_are_rejected() {
         let e = parse_str(&MINIMAL.replace(from, to)).unwrap_err();
         assert_eq!(e.key, key, "{e}");
     }
+    for bands in [
+        "min_prompt_bands = 2\nlate_min_prompt_bands = 1",
+        "late_min_prompt_bands = 17",
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[cluster]\n{bands}\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.late_min_prompt_bands", "{e}");
+    }
     let e = parse_str("[upstream]\nurl = \"http://x\"\n").unwrap_err();
     assert_eq!(e.key, "listener");
     let e = parse_str(&format!("{MINIMAL}[logging]\nformat = \"xml\"\n")).unwrap_err();

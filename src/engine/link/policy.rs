@@ -176,6 +176,12 @@ pub struct LinkPolicy {
     /// shape is nearly constant across honest users, while a template's instances share most of their bands.
     /// 1: one band links.
     pub min_prompt_bands: u8,
+    /// A link found only by such rules to a request more than this long before the current one needs
+    /// [`LinkPolicy::late_min_prompt_bands`] bands instead: a long window then finds a slow campaign's template without
+    /// letting one phrase that unrelated users type link them across it. 0: off.
+    pub late_after: Nanos,
+    /// See [`LinkPolicy::late_after`].
+    pub late_min_prompt_bands: u8,
 }
 
 impl Default for LinkPolicy {
@@ -205,6 +211,8 @@ impl Default for LinkPolicy {
             max_accounts_per_value: 64,
             max_values: 1 << 20,
             min_prompt_bands: 1,
+            late_after: 0,
+            late_min_prompt_bands: 1,
             generation: 10 * MINUTE,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
@@ -415,6 +423,8 @@ pub(super) struct Compiled {
     pub(super) max_links: usize,
     pub(super) max_linked: usize,
     pub(super) min_bands: u32,
+    pub(super) late_after: Nanos,
+    pub(super) late_min_bands: u32,
     /// How long an account already linked that found nothing new skips gathering candidates (docs/link.md,
     /// "Accounts already linked"); 0: never.
     pub(super) refresh: Nanos,
@@ -468,6 +478,13 @@ impl Compiled {
             max_links: policy.max_links_per_request.clamp(1, MAX_LINKS_CAP),
             max_linked: policy.max_linked_accounts.clamp(2, u32::MAX as usize - 1),
             min_bands: u32::from(policy.min_prompt_bands.max(1)),
+            late_after: policy.late_after,
+            late_min_bands: u32::from(
+                policy
+                    .late_min_prompt_bands
+                    .max(policy.min_prompt_bands)
+                    .max(1),
+            ),
         }
     }
 

@@ -978,6 +978,38 @@ fn prompt_only_links_need_the_set_number_of_bands() {
     assert!(linked(2, &one.0, &one.1, true));
 }
 
+/// `late_after` / `late_min_prompt_bands`: a link found only by the prompt rule to a request older than `late_after`
+/// needs the late count of bands; a newer one the usual count; nothing beyond the rule's window.
+#[test]
+fn late_prompt_only_links_need_the_late_number_of_bands() {
+    let linked = |gap: Nanos, a: &[u64], b: &[u64]| {
+        let mut policy = LinkPolicy {
+            late_after: 10 * MINUTE,
+            late_min_prompt_bands: 2,
+            ..LinkPolicy::default()
+        };
+        policy.rules.truncate(2);
+        for rule in &mut policy.rules {
+            rule.window = 60 * MINUTE;
+        }
+        let mut linker = Linker::new(policy);
+        linker.observe(1, &attrs(a), EPOCH);
+        linker.observe(2, &attrs(b), EPOCH + gap).is_some()
+    };
+    let one = ([10, 11, 12, 13], [10, 21, 22, 23]);
+    let two = ([10, 11, 12, 13], [10, 11, 22, 23]);
+    assert!(linked(5 * MINUTE, &one.0, &one.1));
+    assert!(
+        !linked(30 * MINUTE, &one.0, &one.1),
+        "one band linked across 30 minutes"
+    );
+    assert!(linked(30 * MINUTE, &two.0, &two.1));
+    assert!(
+        !linked(70 * MINUTE, &two.0, &two.1),
+        "linked beyond the window"
+    );
+}
+
 /// Attributes with only a prompt signature.
 fn attrs(bands: &[u64]) -> Attributes<'_> {
     Attributes {

@@ -41,8 +41,8 @@ impl Candidates {
     }
 
     /// Adds a link to `e.account` found under `job`, merging with earlier finds; beyond `MAX_CANDIDATES` distinct
-    /// accounts new ones are dropped.
-    pub(in crate::engine::link) fn add(&mut self, e: &Entry, job: &KeyJob) {
+    /// accounts new ones are dropped. `late`: the entry is older than [`LinkPolicy::late_after`].
+    pub(in crate::engine::link) fn add(&mut self, e: &Entry, job: &KeyJob, late: bool) {
         let mask = self.table.len() - 1;
         let mut i = (e.account.wrapping_mul(GOLDEN) >> 32) as usize & mask;
         loop {
@@ -56,9 +56,10 @@ impl Candidates {
                         strength: job.strength,
                         rules: job.bit,
                         bands: 0,
+                        late_bands: 0,
                         scalar: false,
                     };
-                    c.mark(job);
+                    c.mark(job, late);
                     self.list.push(c);
                 }
                 return;
@@ -68,7 +69,7 @@ impl Candidates {
                 c.seen = c.seen.max(e.seen);
                 c.strength = c.strength.max(job.strength);
                 c.rules |= job.bit;
-                c.mark(job);
+                c.mark(job, late);
                 return;
             }
             i = (i + 1) & mask;
@@ -98,24 +99,33 @@ pub(in crate::engine::link) struct Candidate {
     seen: Nanos,
     pub(in crate::engine::link) strength: u8,
     pub(in crate::engine::link) rules: u32,
-    /// Prompt bands (bit per position) it was found under by prompt-only rules.
+    /// Prompt bands (bit per position) it was found under by prompt-only rules, in entries within
+    /// [`LinkPolicy::late_after`]…
     bands: u64,
+    /// …and in older ones.
+    late_bands: u64,
     /// Found under a rule with a client-stack or network attribute.
     scalar: bool,
 }
 
 impl Candidate {
-    fn mark(&mut self, job: &KeyJob) {
+    fn mark(&mut self, job: &KeyJob, late: bool) {
+        let bit = 1u64 << (job.band & 63);
         if job.band == NO_BAND {
             self.scalar = true;
+        } else if late {
+            self.late_bands |= bit;
         } else {
-            self.bands |= 1u64 << (job.band & 63);
+            self.bands |= bit;
         }
     }
 
-    /// Enough evidence to link: a rule with a client-stack or network attribute, or `min_bands` distinct prompt bands.
-    pub(in crate::engine::link) fn links(&self, min_bands: u32) -> bool {
-        self.scalar || self.bands.count_ones() >= min_bands
+    /// Enough evidence to link: a rule with a client-stack or network attribute, `min_bands` distinct prompt bands
+    /// in recent entries, or `late_min_bands` counting the older ones too.
+    pub(in crate::engine::link) fn links(&self, min_bands: u32, late_min_bands: u32) -> bool {
+        self.scalar
+            || self.bands.count_ones() >= min_bands
+            || (self.bands | self.late_bands).count_ones() >= late_min_bands
     }
 }
 

@@ -165,8 +165,10 @@ impl Linker {
             if job.signal_only || !gather {
                 continue;
             }
+            let late_after = self.compiled.late_after;
             for e in &found.items {
-                cands.add(e, job);
+                let late = late_after > 0 && now.saturating_sub(e.seen) > late_after;
+                cands.add(e, job, late);
             }
         }
         if gather {
@@ -176,8 +178,13 @@ impl Linker {
             let mut merges = 0;
             let mut all_in = cands.list.len() < MAX_CANDIDATES;
             let mut root = self.cur.get(account).map(|i| self.cur.find(i));
-            let min_bands = self.compiled.min_bands;
-            for c in cands.list.iter().filter(|c| c.links(min_bands)) {
+            let (min_bands, late_min_bands) =
+                (self.compiled.min_bands, self.compiled.late_min_bands);
+            for c in cands
+                .list
+                .iter()
+                .filter(|c| c.links(min_bands, late_min_bands))
+            {
                 if self.reinforce(root, c) {
                     continue;
                 }
