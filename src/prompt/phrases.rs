@@ -371,7 +371,8 @@ pub(super) const FIXED_ENTRIES: usize = 1 << 17;
 /// The transition table of a [`Table`].
 #[derive(Debug, Clone)]
 enum Trans {
-    /// At most [`FIXED_ENTRIES`] entries, padded with the start state.
+    /// At most [`FIXED_ENTRIES`] entries, padded with zeros (never read: every state and class stays below the
+    /// table's own length).
     Fixed(Box<[u32; FIXED_ENTRIES]>),
     /// Larger tables (long custom lists), checked on every step.
     Large(Vec<u32>),
@@ -495,8 +496,10 @@ impl Table {
             .collect();
         let start = row(renumber[0]);
         let trans = if trans.len() <= FIXED_ENTRIES {
-            trans.resize(FIXED_ENTRIES, start);
-            match trans.into_boxed_slice().try_into() {
+            // Zeroed (so the padding's pages are never written, nor made resident), then the table at its head.
+            let mut fixed = vec![0u32; FIXED_ENTRIES];
+            fixed[..trans.len()].copy_from_slice(&trans);
+            match fixed.into_boxed_slice().try_into() {
                 Ok(fixed) => Trans::Fixed(fixed),
                 Err(large) => Trans::Large(Vec::from(large)),
             }
