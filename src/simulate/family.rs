@@ -596,10 +596,6 @@ fn team_keys(seed: u64, size: Size) -> Population {
     }
 }
 
-/// The honest heavy long-answer users: accounts that legitimately draw
-/// 20–40 thousand output tokens an hour in bursts — the look-alikes of a
-/// slow-and-low campaign's yield per account. Each draws from its own
-/// stream like every other population.
 /// Students' requests for worked solutions (`students-long`, `workshop`):
 /// step-by-step explanations, long worked answers; many study apps pin
 /// max_tokens. Draws the shares from `rng` after the caller's own draws
@@ -617,6 +613,10 @@ fn worked_answers(rng: &mut ChaCha8Rng, base: Population) -> Population {
     }
 }
 
+/// The honest heavy long-answer users: accounts that legitimately draw
+/// 20–40 thousand output tokens an hour in bursts — the look-alikes of a
+/// slow-and-low campaign's yield per account. Each draws from its own
+/// stream like every other population.
 fn long_answer_populations(seed: u64, size: Size) -> Vec<Population> {
     let end = size.minutes * MINUTE;
     let mut pops = Vec::new();
