@@ -150,6 +150,61 @@ fn save_tenure(shared: &Shared) {
     }
 }
 
+/// Checks of the link index's reach between two warnings about it (the checks are a minute apart).
+const REACH_WARN_EVERY: u32 = 10;
+
+/// What the last check of the link index's reach saw.
+struct ReachCheck {
+    evicted: u64,
+    since_warned: u32,
+}
+
+impl Default for ReachCheck {
+    fn default() -> Self {
+        ReachCheck {
+            evicted: 0,
+            since_warned: REACH_WARN_EVERY,
+        }
+    }
+}
+
+/// When the index evicted keys still in their window since `evicted_before` and reaches back less than the
+/// longest rule window: the reach and that window, in seconds.
+fn short_reach(
+    stats: &crate::engine::link::LinkStats,
+    evicted_before: u64,
+    policy: &crate::engine::link::LinkPolicy,
+) -> Option<(u64, u64)> {
+    const SEC: u64 = 1_000_000_000;
+    let longest = policy.rules.iter().map(|r| r.window).max().unwrap_or(0);
+    (stats.evicted_total > evicted_before && stats.evicted_age < longest)
+        .then_some((stats.evicted_age / SEC, longest / SEC))
+}
+
+/// Warns (at most every [`REACH_WARN_EVERY`] checks) when the link index is too small for the traffic to hold
+/// the link windows: linking then sees less far back than the config says (docs/link.md, "Memory").
+fn check_link_reach(shared: &Shared, last: &mut ReachCheck) {
+    let Some(stats) = shared.engine.link_stats() else {
+        return;
+    };
+    let policy = shared.engine.policy();
+    let short = short_reach(&stats, last.evicted, &policy.cluster.link);
+    last.evicted = stats.evicted_total;
+    last.since_warned = last.since_warned.saturating_add(1);
+    if let Some((reach_s, window_s)) = short {
+        if last.since_warned >= REACH_WARN_EVERY {
+            last.since_warned = 0;
+            warn!(
+                reach_s,
+                window_s,
+                max_index_values = policy.cluster.link.max_values,
+                "the link index reaches back less than the longest link window on this traffic: \
+                 raise [cluster] max_index_values (docs/link.md, \"Memory\")"
+            );
+        }
+    }
+}
+
 /// Bind every listener and start the workers. Returns once the sockets are
 /// bound, so connections are queued from then on.
 pub fn start(config: Config) -> Result<Handle, ServerError> {
@@ -349,9 +404,13 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                             let mut sample =
                                 tokio::time::interval(crate::telemetry::history::SAMPLE_INTERVAL);
                             sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            let mut reach = ReachCheck::default();
                             loop {
                                 tokio::select! {
-                                    _ = sweep.tick() => crate::admin::sweep_indicators(&shared),
+                                    _ = sweep.tick() => {
+                                        crate::admin::sweep_indicators(&shared);
+                                        check_link_reach(&shared, &mut reach);
+                                    }
                                     _ = maintain.tick() => shared.engine.maintain_if_due(shared.clock.now()),
                                     _ = tenure.tick() => {
                                         let shared = shared.clone();
@@ -870,6 +929,30 @@ mod tests {
         let mut more = H2_PREFACE.to_vec();
         more.extend_from_slice(&[0, 0, 0, 4]);
         assert_eq!(Http::sniff(&more), Http::Two);
+    }
+
+    #[test]
+    fn a_short_reach_is_reported_only_while_keys_go_early() {
+        use crate::engine::link::{LinkPolicy, LinkStats};
+        const SEC: u64 = 1_000_000_000;
+        let policy = LinkPolicy::default(); // windows of ten minutes
+        let stats = |evicted_total, age_s: u64| LinkStats {
+            evicted_total,
+            evicted_age: age_s * SEC,
+            ..LinkStats::default()
+        };
+        assert_eq!(
+            short_reach(&stats(0, 0), 0, &policy),
+            None,
+            "nothing evicted"
+        );
+        assert_eq!(short_reach(&stats(5, 120), 0, &policy), Some((120, 600)));
+        assert_eq!(short_reach(&stats(5, 120), 5, &policy), None, "none since");
+        assert_eq!(
+            short_reach(&stats(9, 900), 5, &policy),
+            None,
+            "reaches past the window"
+        );
     }
 
     #[test]

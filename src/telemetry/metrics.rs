@@ -1003,6 +1003,13 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
         );
         register(
             &mut r,
+            "distill_guard_link_index_evicted_age_seconds",
+            "Age of the index values the cap evicts while still in their window (moving average): how far \
+             back linking reaches (0: none evicted early). Below the link windows: raise cluster.max_index_values.",
+            gauge(l.evicted_age / 1_000_000_000),
+        );
+        register(
+            &mut r,
             "distill_guard_link_memory_bytes",
             "Estimated bytes held by the linkage index and clusters.",
             gauge(size(l.approx_bytes)),

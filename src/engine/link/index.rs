@@ -48,6 +48,8 @@ pub(super) struct Index {
     sweep: usize,
     pub(super) evicted_total: u64,
     pub(super) expired_total: u64,
+    /// See [`LinkStats::evicted_age`].
+    pub(super) evicted_age: Nanos,
 }
 
 /// Where `account` is in `v`. In a full list (a hydra's key) the account is usually not there, having been pushed
@@ -87,6 +89,7 @@ impl Index {
             sweep: 0,
             evicted_total: 0,
             expired_total: 0,
+            evicted_age: 0,
         }
     }
 
@@ -313,6 +316,13 @@ impl Index {
             self.expired_total += 1;
         } else {
             self.evicted_total += 1;
+            // A moving average: one sampled eviction's age is noisy.
+            let age = now.saturating_sub(newest);
+            self.evicted_age = if self.evicted_age == 0 {
+                age
+            } else {
+                self.evicted_age - self.evicted_age / AGE_WEIGHT + age / AGE_WEIGHT
+            };
         }
     }
 

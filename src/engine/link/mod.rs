@@ -32,6 +32,8 @@ const SWEEP_STEP: usize = 4;
 pub const RECENT_LINKS: usize = 1 << 15;
 /// Occupied slots sampled per eviction by the sweeping hand (used when the neighbourhood is empty).
 const EVICT_SAMPLE: usize = 8;
+/// [`LinkStats::evicted_age`] moves by 1/this of each eviction's age.
+const AGE_WEIGHT: Nanos = 1024;
 /// Slots next to an insertion point sampled for an eviction (about two at load 1/2; two cache lines).
 const NEAR_SAMPLE: usize = 4;
 /// An account already linked skips gathering candidates for at most its shortest rule window (or the generation)

@@ -375,6 +375,10 @@ pub struct LinkStats {
     pub clusters: usize,
     /// Index keys evicted by the `max_values` cap while still within their window.
     pub evicted_total: u64,
+    /// How long before their eviction the keys counted in `evicted_total` were last seen, a moving average over the
+    /// last thousand or so: how far back the index reaches on this traffic (0: no key evicted early yet). Below the
+    /// rule windows, linking sees less than they say: raise `max_values`.
+    pub evicted_age: Nanos,
     /// Index keys dropped because every entry had outlived the largest rule window.
     pub expired_total: u64,
     /// Links refused by the `max_linked_accounts` cap.

@@ -565,6 +565,15 @@ fn bounded_memory_under_a_million_accounts() {
     println!("1M accounts: {linked_pairs} linked pairs; stats {stats:?}; peak ~{peak_bytes} bytes");
     assert!(stats.values <= max_values);
     assert!(stats.evicted_total > 0);
+    // Nine fresh keys a request (the bands of two prompt rules, one network key) at n / span requests a
+    // nanosecond: the cap holds the last `max_values / 9` requests. Sampled LRU evicts a little short of that.
+    let keys = (2 * BANDS + 1) as u64;
+    let horizon = (max_values as u64 / keys) * span / n;
+    let age = stats.evicted_age;
+    assert!(
+        age > horizon / 2 && age < horizon * 3 / 2,
+        "{age} against {horizon}"
+    );
     // Pairs come at ~2 500 per generation; only the last one to two generations are held.
     assert!(stats.accounts <= 2 * 2 * 2_600, "{stats:?}");
     assert!(stats.accounts >= 2 * 2_000, "{stats:?}");

@@ -331,6 +331,7 @@ impl Linker {
             accounts: self.live.nodes.len(),
             clusters: self.live.nodes.len() - self.live.unions,
             evicted_total: self.index.evicted_total,
+            evicted_age: self.index.evicted_age,
             expired_total: self.index.expired_total,
             links_dropped_total: self.links_dropped_total,
             rotations_total: self.rotations_total,
