@@ -546,7 +546,7 @@ impl Default for FileCluster {
             min_members: 3,
             generation_ms: 600_000,
             max_accounts_per_value: 64,
-            max_index_values: 1 << 20,
+            max_index_values: 1 << 22,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
             min_link_classes: 2,
