@@ -512,6 +512,11 @@ pub struct FileCluster {
     /// See `late_after_ms`: at least `min_prompt_bands`.
     #[schemars(range(min = 1, max = 16))]
     pub late_min_prompt_bands: u8,
+    /// A link to a request with more than this many requests observed since
+    /// is late too, however recent: on a busy API the part of the window
+    /// where min_prompt_bands links holds as many requests as on a quiet
+    /// one. 0: off; else 64 to 67108864.
+    pub late_after_requests: u64,
     /// Budget growth per member (fraction of the base budget) ...
     pub per_member_fraction: f64,
     /// ... times members to this power (below 1: sublinear) ...
@@ -553,6 +558,7 @@ impl Default for FileCluster {
             min_prompt_bands: 1,
             late_after_ms: 600_000,
             late_min_prompt_bands: 2,
+            late_after_requests: 4_000,
             per_member_fraction: 0.25,
             growth_exponent: 0.5,
             max_multiplier: 4.0,

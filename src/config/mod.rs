@@ -1334,6 +1334,12 @@ fn validate_cluster(
             "expected a count from min_prompt_bands to 16 (a prompt signature has 16 bands)",
         ));
     }
+    if f.late_after_requests != 0 && !(64..=1 << 26).contains(&f.late_after_requests) {
+        return Err(invalid(
+            "cluster.late_after_requests",
+            "expected 0 (off) or a count from 64 to 67108864",
+        ));
+    }
     if !(1..=4).contains(&f.min_link_classes) {
         return Err(invalid(
             "cluster.min_link_classes",
@@ -1408,6 +1414,7 @@ fn validate_cluster(
         min_prompt_bands: f.min_prompt_bands,
         late_after: nanos(Duration::from_millis(f.late_after_ms)),
         late_min_prompt_bands: f.late_min_prompt_bands,
+        late_after_requests: f.late_after_requests,
     };
     link.validate()
         .map_err(|e| invalid("cluster", e.to_string()))?;

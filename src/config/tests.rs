@@ -110,6 +110,10 @@ fn bad_values_are_rejected() {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{bands}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.late_min_prompt_bands", "{e}");
     }
+    for count in ["late_after_requests = 63", "late_after_requests = 67108865"] {
+        let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.late_after_requests", "{e}");
+    }
     let e = parse_str("[upstream]\nurl = \"http://x\"\n").unwrap_err();
     assert_eq!(e.key, "listener");
     let e = parse_str(&format!("{MINIMAL}[logging]\nformat = \"xml\"\n")).unwrap_err();

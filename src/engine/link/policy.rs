@@ -182,7 +182,16 @@ pub struct LinkPolicy {
     pub late_after: Nanos,
     /// See [`LinkPolicy::late_after`].
     pub late_min_prompt_bands: u8,
+    /// A link to a request with more than this many requests (of any account) observed since is late too, however
+    /// recent: on a busy API the part of the window where one band links holds as many requests as on a quiet one,
+    /// so unrelated users who type the same phrasing meet under it as rarely (docs/link.md, "Linking"). 0: off;
+    /// otherwise at least [`LATE_MARK_EVERY`].
+    pub late_after_requests: u64,
 }
+
+/// [`Linker`] notes the time of every this many requests to tell how long ago
+/// [`LinkPolicy::late_after_requests`] requests were.
+pub const LATE_MARK_EVERY: u64 = 64;
 
 impl Default for LinkPolicy {
     /// The reference policy: `strong` = same JA4 + IP prefix + prompt shape, `medium` = same prompt shape,
@@ -213,6 +222,7 @@ impl Default for LinkPolicy {
             min_prompt_bands: 1,
             late_after: 0,
             late_min_prompt_bands: 1,
+            late_after_requests: 0,
             generation: 10 * MINUTE,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
@@ -429,6 +439,8 @@ pub(super) struct Compiled {
     pub(super) min_bands: u32,
     pub(super) late_after: Nanos,
     pub(super) late_min_bands: u32,
+    /// Marks ([`LATE_MARK_EVERY`] requests apart) that span [`LinkPolicy::late_after_requests`]; 0: off.
+    pub(super) late_marks: usize,
     /// How long an account already linked that found nothing new skips gathering candidates (docs/link.md,
     /// "Accounts already linked"); 0: never.
     pub(super) refresh: Nanos,
@@ -489,6 +501,8 @@ impl Compiled {
                     .max(policy.min_prompt_bands)
                     .max(1),
             ),
+            late_marks: usize::try_from(policy.late_after_requests / LATE_MARK_EVERY)
+                .unwrap_or(usize::MAX),
         }
     }
 

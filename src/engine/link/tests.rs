@@ -1019,6 +1019,37 @@ fn late_prompt_only_links_need_the_late_number_of_bands() {
     );
 }
 
+/// `late_after_requests`: a one-band link to a request two minutes old is late when more than that many requests came
+/// since (a busy API), and recent when fewer did.
+#[test]
+fn on_a_busy_api_one_band_links_only_across_few_requests() {
+    let linked = |others: u64| {
+        let mut policy = LinkPolicy {
+            late_after: 10 * MINUTE,
+            late_min_prompt_bands: 2,
+            late_after_requests: 128,
+            ..LinkPolicy::default()
+        };
+        policy.rules.truncate(2);
+        for rule in &mut policy.rules {
+            rule.window = 60 * MINUTE;
+        }
+        let mut linker = Linker::new(policy);
+        linker.observe(1, &attrs(&[10, 11, 12, 13]), EPOCH);
+        // Other accounts' requests in the next minute, with prompts of their own.
+        for i in 0..others {
+            let bands = [1000 + 4 * i, 1001 + 4 * i, 1002 + 4 * i, 1003 + 4 * i];
+            linker.observe(100 + i, &attrs(&bands), EPOCH + SEC + i * (MINUTE / 400));
+        }
+        linker
+            .observe(2, &attrs(&[10, 21, 22, 23]), EPOCH + 2 * MINUTE)
+            .is_some()
+    };
+    assert!(linked(0));
+    assert!(linked(100), "late after 101 requests");
+    assert!(!linked(300), "one band linked across 300 requests");
+}
+
 /// Attributes with only a prompt signature.
 fn attrs(bands: &[u64]) -> Attributes<'_> {
     Attributes {

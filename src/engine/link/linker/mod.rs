@@ -28,6 +28,10 @@ pub struct Linker {
     /// The last [`RECENT_LINKS`] links made, a ring (`recent_next` is the slot written next once it is full).
     recent: Vec<LinkEdge>,
     recent_next: usize,
+    /// Requests observed, and the time of every [`LATE_MARK_EVERY`]th of the last
+    /// [`LinkPolicy::late_after_requests`] (oldest first).
+    observed: u64,
+    marks: VecDeque<Nanos>,
     /// Accounts whose last full gathering (this generation) found only accounts already in their cluster: the hash
     /// of their keys then, and when (docs/link.md, "Accounts already linked"). Cleared at rotation, so it holds
     /// accounts of `cur` only.
@@ -87,6 +91,8 @@ impl Linker {
             shared: 0,
             recent: Vec::new(),
             recent_next: 0,
+            observed: 0,
+            marks: VecDeque::new(),
             settled: FastMap::default(),
         }
     }
@@ -112,6 +118,9 @@ impl Linker {
         self.compiled = Compiled::new(&policy);
         self.policy = policy;
         self.settled.clear();
+        while self.marks.len() > self.compiled.late_marks {
+            self.marks.pop_front();
+        }
         while self.index.len > self.compiled.max_values {
             self.index
                 .evict_one(self.last_now, self.compiled.max_window);
@@ -128,6 +137,7 @@ impl Linker {
     ) -> Option<ClusterView> {
         self.rotate_if_due(now);
         self.index.sweep_step(now, self.compiled.max_window);
+        let late_after = self.late_after(now);
         self.collect_keys(attrs);
         self.shared = 0;
         if self.keys.is_empty() {
@@ -165,7 +175,6 @@ impl Linker {
             if job.signal_only || !gather {
                 continue;
             }
-            let late_after = self.compiled.late_after;
             for e in &found.items {
                 let late = late_after > 0 && now.saturating_sub(e.seen) > late_after;
                 cands.add(e, job, late);
@@ -209,6 +218,26 @@ impl Linker {
         self.found = found;
         self.cands = cands;
         self.cluster_of(account)
+    }
+
+    /// Counts the request and returns how long ago a request must be to be late: [`LinkPolicy::late_after`], or
+    /// less when [`LinkPolicy::late_after_requests`] requests came since (0: nothing is late).
+    fn late_after(&mut self, now: Nanos) -> Nanos {
+        let (after, marks) = (self.compiled.late_after, self.compiled.late_marks);
+        if after == 0 || marks == 0 {
+            return after;
+        }
+        self.observed += 1;
+        if self.observed.is_multiple_of(LATE_MARK_EVERY) {
+            if self.marks.len() >= marks {
+                self.marks.pop_front();
+            }
+            self.marks.push_back(now);
+        }
+        match self.marks.front() {
+            Some(&oldest) if self.marks.len() == marks => after.min(now.saturating_sub(oldest)),
+            _ => after,
+        }
     }
 
     /// The rules (bit `i` for [`LinkPolicy::rules`]`[i]`) under which the last [`Linker::observe`] found another
@@ -324,6 +353,7 @@ impl Linker {
             + self.compiled.rules.capacity() * size_of::<CompiledRule>()
             + map_bytes(&self.compiled.flags)
             + self.recent.capacity() * size_of::<LinkEdge>()
+            + self.marks.capacity() * size_of::<Nanos>()
             + map_bytes(&self.settled);
         LinkStats {
             values: self.index.len,
