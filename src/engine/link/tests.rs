@@ -992,16 +992,7 @@ fn prompt_only_links_need_the_set_number_of_bands() {
 #[test]
 fn late_prompt_only_links_need_the_late_number_of_bands() {
     let linked = |gap: Nanos, a: &[u64], b: &[u64]| {
-        let mut policy = LinkPolicy {
-            late_after: 10 * MINUTE,
-            late_min_prompt_bands: 2,
-            ..LinkPolicy::default()
-        };
-        policy.rules.truncate(2);
-        for rule in &mut policy.rules {
-            rule.window = 60 * MINUTE;
-        }
-        let mut linker = Linker::new(policy);
+        let mut linker = Linker::new(hour_with_late_bands(0));
         linker.observe(1, &attrs(a), EPOCH);
         linker.observe(2, &attrs(b), EPOCH + gap).is_some()
     };
@@ -1024,17 +1015,7 @@ fn late_prompt_only_links_need_the_late_number_of_bands() {
 #[test]
 fn on_a_busy_api_one_band_links_only_across_few_requests() {
     let linked = |others: u64| {
-        let mut policy = LinkPolicy {
-            late_after: 10 * MINUTE,
-            late_min_prompt_bands: 2,
-            late_after_requests: 128,
-            ..LinkPolicy::default()
-        };
-        policy.rules.truncate(2);
-        for rule in &mut policy.rules {
-            rule.window = 60 * MINUTE;
-        }
-        let mut linker = Linker::new(policy);
+        let mut linker = Linker::new(hour_with_late_bands(128));
         linker.observe(1, &attrs(&[10, 11, 12, 13]), EPOCH);
         // Other accounts' requests in the next minute, with prompts of their own.
         for i in 0..others {
@@ -1046,8 +1027,24 @@ fn on_a_busy_api_one_band_links_only_across_few_requests() {
             .is_some()
     };
     assert!(linked(0));
-    assert!(linked(100), "late after 101 requests");
+    assert!(linked(100), "not linked across 101 requests");
     assert!(!linked(300), "one band linked across 300 requests");
+}
+
+/// The reference policy's strong and prompt-only rules over an hour; links to requests older than ten minutes (or
+/// `late_after_requests` requests) need two bands.
+fn hour_with_late_bands(late_after_requests: u64) -> LinkPolicy {
+    let mut policy = LinkPolicy {
+        late_after: 10 * MINUTE,
+        late_min_prompt_bands: 2,
+        late_after_requests,
+        ..LinkPolicy::default()
+    };
+    policy.rules.truncate(2);
+    for rule in &mut policy.rules {
+        rule.window = 60 * MINUTE;
+    }
+    policy
 }
 
 /// Attributes with only a prompt signature.
