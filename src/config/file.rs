@@ -491,6 +491,9 @@ pub struct FileCluster {
     /// Accounts remembered per attribute value.
     pub max_accounts_per_value: u32,
     /// Attribute values remembered (the index cap; least recently used go).
+    /// A request with a new prompt adds about 50, so the cap bounds how far
+    /// back linking sees: values = 50 x requests/s x seconds (32-byte slots,
+    /// 2 to 2.7 a value when full).
     pub max_index_values: u64,
     /// Other accounts one request may be linked to.
     pub max_links_per_request: u32,
