@@ -175,10 +175,10 @@ fn short_reach(
     evicted_before: u64,
     policy: &crate::engine::link::LinkPolicy,
 ) -> Option<(u64, u64)> {
-    const SEC: u64 = 1_000_000_000;
+    use crate::engine::SECOND;
     let longest = policy.rules.iter().map(|r| r.window).max().unwrap_or(0);
     (stats.evicted_total > evicted_before && stats.evicted_age < longest)
-        .then_some((stats.evicted_age / SEC, longest / SEC))
+        .then_some((stats.evicted_age / SECOND, longest / SECOND))
 }
 
 /// Warns (at most every [`REACH_WARN_EVERY`] checks) when the link index is too small for the traffic to hold
@@ -934,7 +934,7 @@ mod tests {
     #[test]
     fn a_short_reach_is_reported_only_while_keys_go_early() {
         use crate::engine::link::{LinkPolicy, LinkStats};
-        const SEC: u64 = 1_000_000_000;
+        use crate::engine::SECOND as SEC;
         let policy = LinkPolicy::default(); // windows of ten minutes
         let stats = |evicted_total, age_s: u64| LinkStats {
             evicted_total,
