@@ -1,12 +1,18 @@
 //! The attribute index: one open-addressing table from index key to the accounts seen under it
 //! (docs/link.md, "Rules and index keys").
 
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::{Pod, Zeroable};
+use memmap2::MmapMut;
+
 use super::*;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Attribute index
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
 pub(super) struct Entry {
     pub(super) account: u64,
     pub(super) seen: Nanos,
@@ -14,13 +20,74 @@ pub(super) struct Entry {
 
 /// One table slot, 32 bytes so that two share a cache line and none straddles two. `key == 0` marks it empty (keys
 /// are forced non-zero). `first` is always the most recently seen entry of the key; the others, if any, are in
-/// `spills[spill]` (0 = none).
-#[derive(Clone, Copy, Debug, Default)]
+/// `spills[spill]` (0 = none). All zeros is an empty slot, so a fresh mapping is an empty table.
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 #[repr(C, align(32))]
 pub(super) struct Slot {
     pub(super) key: u64,
     pub(super) first: Entry,
     pub(super) spill: u32,
+    _pad: u32,
+}
+
+/// The slot table's memory. A large table is probed at random: every probe misses the cache and, on 4 KiB pages,
+/// the TLB as well, whose page walk misses the cache again once the table outgrows what the cached page-table
+/// lines cover (a table of 2²³ slots is 256 MiB, 65 536 pages). So a table from [`HUGE_TABLE_BYTES`] on has a
+/// mapping of its own, advised onto transparent huge pages (the kernel's default `madvise` mode honours that): 128
+/// pages of 2 MiB, which the TLB holds. Smaller tables, and a table whose mapping fails, stay on the heap; where the
+/// kernel has huge pages off, the advice is refused and the mapping works on small pages.
+pub(super) enum Slots {
+    Heap(Vec<Slot>),
+    Mapped(MmapMut),
+}
+
+/// Tables of at least this many bytes are mapped on their own (two huge pages).
+pub(super) const HUGE_TABLE_BYTES: usize = 4 << 20;
+
+impl Slots {
+    /// `len` empty slots.
+    fn new(len: usize) -> Slots {
+        let bytes = len * size_of::<Slot>();
+        if bytes >= HUGE_TABLE_BYTES {
+            if let Ok(map) = MmapMut::map_anon(bytes) {
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                return Slots::Mapped(map);
+            }
+        }
+        Slots::Heap(vec![Slot::default(); len])
+    }
+}
+
+impl Deref for Slots {
+    type Target = [Slot];
+
+    fn deref(&self) -> &[Slot] {
+        match self {
+            Slots::Heap(v) => v,
+            // A mapping is page-aligned and its length a multiple of the slot's size: the cast cannot fail.
+            Slots::Mapped(m) => bytemuck::cast_slice(m),
+        }
+    }
+}
+
+impl DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut [Slot] {
+        match self {
+            Slots::Heap(v) => v,
+            Slots::Mapped(m) => bytemuck::cast_slice_mut(m),
+        }
+    }
+}
+
+impl fmt::Debug for Slots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Slots::Heap(_) => "heap",
+            Slots::Mapped(_) => "mapped",
+        };
+        write!(f, "Slots({} {kind})", self.len())
+    }
 }
 
 /// What one key lookup needs to know.
@@ -36,7 +103,7 @@ pub(super) struct Touch {
 
 #[derive(Debug)]
 pub(super) struct Index {
-    pub(super) slots: Vec<Slot>,
+    pub(super) slots: Slots,
     pub(super) len: usize,
     pub(super) entries: usize,
     /// Entry lists of keys with more than one account; index 0 is never used.
@@ -79,7 +146,7 @@ fn position_in(s: &[Entry], account: u64) -> Option<usize> {
 impl Index {
     pub(super) fn new() -> Self {
         Index {
-            slots: vec![Slot::default(); MIN_TABLE],
+            slots: Slots::new(MIN_TABLE),
             len: 0,
             entries: 0,
             spills: vec![VecDeque::new()],
@@ -153,7 +220,7 @@ impl Index {
                 account: t.account,
                 seen: t.now,
             },
-            spill: 0,
+            ..Slot::default()
         };
         self.len += 1;
         self.entries += 1;
@@ -406,9 +473,9 @@ impl Index {
     }
 
     fn resize(&mut self, new_len: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); new_len]);
+        let old = std::mem::replace(&mut self.slots, Slots::new(new_len));
         let mask = new_len - 1;
-        for s in old {
+        for &s in old.iter() {
             if s.key != 0 {
                 let mut i = s.key as usize & mask;
                 while self.slots[i].key != 0 {
@@ -421,8 +488,16 @@ impl Index {
         self.sweep &= mask;
     }
 
+    /// The table's bytes when it is in a mapping of its own (0 on the heap).
+    pub(super) fn mapped_bytes(&self) -> usize {
+        match &self.slots {
+            Slots::Heap(_) => 0,
+            Slots::Mapped(m) => m.len(),
+        }
+    }
+
     pub(super) fn bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>()
+        self.slots.len() * size_of::<Slot>()
             + self.spill_cap * size_of::<Entry>()
             + self.spills.capacity() * size_of::<VecDeque<Entry>>()
             + self.free_spills.capacity() * size_of::<u32>()

@@ -395,8 +395,11 @@ pub struct LinkStats {
     pub links_dropped_total: u64,
     /// Generation rotations done.
     pub rotations_total: u64,
-    /// Estimated heap bytes held by all structures (from their capacities).
+    /// Estimated bytes held by all structures (from their capacities), the index table's own mapping included.
     pub approx_bytes: usize,
+    /// Of `approx_bytes`, the index table's when it has a mapping of its own (a large table): memory outside the
+    /// heap, which a heap count leaves out.
+    pub mapped_bytes: usize,
 }
 
 // ---------------------------------------------------------------------------------------------------------------

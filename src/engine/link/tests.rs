@@ -914,6 +914,37 @@ fn index_survives_churn() {
     assert!(index.evicted_total + index.expired_total > 0);
 }
 
+/// A table that grows past [`HUGE_TABLE_BYTES`] moves into a mapping of its own, keeps every key on the way, and
+/// goes back to the heap when a sweep shrinks it.
+#[test]
+fn a_large_table_is_mapped_and_moves_back_when_it_shrinks() {
+    let mut index = Index::new();
+    assert!(matches!(index.slots, Slots::Heap(_)));
+    let mut out = Found::default();
+    let touch = |i: u64| Touch {
+        account: i % 1_000,
+        now: EPOCH + i,
+        window: SEC,
+        max_window: SEC,
+        per_value: 4,
+        max_values: 1 << 20,
+    };
+    let keys = (HUGE_TABLE_BYTES / size_of::<Slot>()) as u64;
+    for i in 1..=keys {
+        index.touch(i.wrapping_mul(GOLDEN) | 1, &touch(i), &mut out);
+    }
+    assert!(index.slots.len() * size_of::<Slot>() >= HUGE_TABLE_BYTES);
+    assert!(matches!(index.slots, Slots::Mapped(_)));
+    assert_eq!(index.len, keys as usize);
+    check_index(&index);
+    // Every key is still found after the moves.
+    assert!((1..=keys).all(|i| index.probe(i.wrapping_mul(GOLDEN) | 1).is_ok()));
+    index.sweep_full(EPOCH + keys + 2 * SEC, SEC);
+    assert_eq!(index.len, 0);
+    assert!(matches!(index.slots, Slots::Heap(_)));
+    check_index(&index);
+}
+
 #[test]
 fn policy_validation() {
     assert_eq!(LinkPolicy::default().validate(), Ok(()));

@@ -366,6 +366,7 @@ impl Linker {
             links_dropped_total: self.links_dropped_total,
             rotations_total: self.rotations_total,
             approx_bytes: self.index.bytes() + self.live.bytes() + self.cur.bytes() + scratch,
+            mapped_bytes: self.index.mapped_bytes(),
         }
     }
 
