@@ -397,8 +397,8 @@ fn report_streams(what: &str, s: &Stats) {
 /// own prompt's index keys and its own network and stack attributes, the
 /// same budgets-raised default policy, detection on), over the accounts it
 /// tracks. Counted from before `Engine::new`, so tables made up front are in.
-/// With `accounts` at the shipped `max_tracked` (the `engine-full` part) it
-/// is the engine at its caps: what a deployment's memory limit must hold.
+/// With `fill` at the shipped `max_tracked` (the `engine-full` part) it is
+/// the engine at its caps: what a deployment's memory limit must hold.
 fn engine_memory(fill: u64) {
     use distill_guard::engine::link::AttrKind;
     use distill_guard::engine::signature::{self, INDEX_KEYS};
@@ -508,7 +508,7 @@ fn main() {
         engine_memory(100_000);
     }
     // At the shipped caps (a million accounts): only when named, it takes
-    // about a minute.
+    // a few minutes.
     if only.iter().any(|a| a == "engine-full") {
         engine_memory(1_000_000);
     }
