@@ -528,7 +528,8 @@ fn state_is_small() {
         "size_of AccountSignals = {a} bytes, ClusterSignals = {c} bytes, LadderState = {l} byte(s)"
     );
     assert!(a <= 300);
-    assert!(c <= 512);
+    // One per cluster, cohort or network pool, not per account; 520 bytes since the output-length histogram.
+    assert!(c <= 576);
 }
 
 // -- population simulation --------------------------------------------------------------------------------
