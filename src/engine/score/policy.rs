@@ -86,7 +86,7 @@ impl Default for ScorePolicy {
                 release_pivot: Ramp::new(0.05, 0.5),
                 member_spread: Ramp::new(1.0, 5.0),
                 stack_churn: Ramp::new(0.05, 0.5),
-                output_length: Ramp::new(2_250.0, 6_000.0),
+                output_length: Ramp::new(1_500.0, 4_000.0),
                 yield_per_member: Ramp::new(8_000.0, 24_000.0),
                 yield_per_hour: Ramp::new(8_000.0, 24_000.0),
             },

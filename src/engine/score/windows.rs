@@ -33,9 +33,6 @@ pub(super) struct Counters {
     pub(super) full: f32,
     /// Output tokens of those.
     pub(super) full_output: f32,
-    /// Those requests by output length, in buckets of a factor of two ([`length_bucket`]): what
-    /// [`Signal::OutputLength`] reads its upper quartile from.
-    full_lengths: [f32; LENGTH_BUCKETS],
     /// Output tokens of those that were long yields ([`ScorePolicy::yield_min_output_tokens`],
     /// [`ScorePolicy::yield_min_ratio`]).
     pub(super) yield_output: f32,
@@ -45,26 +42,6 @@ pub(super) struct Counters {
     /// Hours of age of each request's sender ([`RequestSignals::sender_age`]), each at most the account-age
     /// ramp's far end.
     sender_age: f32,
-}
-
-/// Buckets of [`Counters::full_lengths`]: under 256 output tokens, then one per factor of two up to 8 192 and more.
-pub(super) const LENGTH_BUCKETS: usize = 7;
-
-/// The bucket of a response of `tokens` output tokens.
-pub(super) fn length_bucket(tokens: u64) -> usize {
-    // 0 below 256, b for 256·2^(b-1) ≤ tokens < 256·2^b, the last for everything from 8 192.
-    let b = (u64::BITS - (tokens / 256).leading_zeros()) as usize;
-    b.min(LENGTH_BUCKETS - 1)
-}
-
-/// The lengths bucket `b` spans, for interpolation (the first from 1 token, the last up to twice its floor).
-fn bucket_bounds(b: usize) -> (f32, f32) {
-    if b == 0 {
-        (1.0, 256.0)
-    } else {
-        let lo = 256.0 * (1u32 << (b - 1)) as f32;
-        (lo, 2.0 * lo)
-    }
 }
 
 impl Counters {
@@ -82,9 +59,6 @@ impl Counters {
         self.churn *= f;
         self.full *= f;
         self.full_output *= f;
-        for b in &mut self.full_lengths {
-            *b *= f;
-        }
         self.yield_output *= f;
         self.sender_rate *= f;
         self.sender_age *= f;
@@ -104,35 +78,9 @@ impl Counters {
         self.churn += o.churn;
         self.full += o.full;
         self.full_output += o.full_output;
-        for (b, x) in self.full_lengths.iter_mut().zip(o.full_lengths) {
-            *b += x;
-        }
         self.yield_output += o.yield_output;
         self.sender_rate += o.sender_rate;
         self.sender_age += o.sender_age;
-    }
-
-    /// The output length that a quarter of the requests served in full reached (interpolated within its bucket on
-    /// a log scale), 0 before one is settled. A quartile, not the mean: a campaign that sends short cover requests
-    /// beside its extraction, or whose degraded and refused requests leave only its cover served in full, cannot
-    /// pull it down while at least a quarter of what it is served are long answers (BENCHMARKS.md, "Output length
-    /// as an upper quartile").
-    pub(super) fn output_length_upper_quartile(&self) -> f32 {
-        if self.full <= f32::EPSILON {
-            return 0.0;
-        }
-        let want = self.full / 4.0;
-        let mut above = 0.0f32;
-        for b in (0..LENGTH_BUCKETS).rev() {
-            let h = self.full_lengths[b];
-            if h > 0.0 && above + h >= want {
-                let (lo, hi) = bucket_bounds(b);
-                let from_top = ((want - above) / h).clamp(0.0, 1.0);
-                return hi * (lo / hi).powf(from_top);
-            }
-            above += h;
-        }
-        self.full_output / self.full
     }
 
     /// Add one gap (seconds): West's weighted incremental mean and variance.
@@ -531,7 +479,6 @@ impl Window {
         if full {
             self.c.full += 1.0;
             self.c.full_output += output_tokens as f32;
-            self.c.full_lengths[length_bucket(output_tokens)] += 1.0;
             if input_tokens.is_some_and(|i| is_long_yield(output_tokens, i, policy)) {
                 self.c.yield_output += output_tokens as f32;
             }
@@ -616,7 +563,11 @@ impl Window {
         v[Signal::FingerprintInconsistency.index()] = share(c.flagged, c.n);
         v[Signal::ReleasePivot.index()] = share(c.pivot, c.n);
         v[Signal::StackChurn.index()] = share(c.churn, c.n);
-        v[Signal::OutputLength.index()] = c.output_length_upper_quartile();
+        v[Signal::OutputLength.index()] = if c.full > f32::EPSILON {
+            c.full_output / c.full
+        } else {
+            0.0
+        };
         // Per request served in full, so that acting on the cluster (degraded or refused answers) does not
         // take its own evidence away, shrunk towards 0 by `min_requests` requests (a few long answers are not a
         // yield); times the requests each sender sends an hour, over at least `YIELD_MIN_AGE` (a cluster that
