@@ -33,7 +33,7 @@ pub(super) struct Slot {
 /// The slot table's memory. A large table is probed at random: every probe misses the cache and, on 4 KiB pages,
 /// the TLB as well, whose page walk misses the cache again once the table outgrows what the cached page-table
 /// lines cover (a table of 2²³ slots is 256 MiB, 65 536 pages). So a table from [`HUGE_TABLE_BYTES`] on has a
-/// mapping of its own, advised onto transparent huge pages (the kernel's default `madvise` mode honours that): 128
+/// mapping of its own, advised onto transparent huge pages (honoured in the kernel's `madvise` and `always` modes): 128
 /// pages of 2 MiB, which the TLB holds. Smaller tables, and a table whose mapping fails, stay on the heap; where the
 /// kernel has huge pages off, the advice is refused and the mapping works on small pages.
 pub(super) enum Slots {
