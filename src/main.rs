@@ -372,6 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             init_logging(cfg.logging.format, &cfg.logging.level);
+            server::descriptors::prepare(server::descriptors::needed(&cfg));
             let signals = Signals::register()?;
             let handle = server::start(cfg).context("starting the proxy")?;
             signals.wait(|| {

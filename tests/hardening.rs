@@ -892,3 +892,69 @@ fn failed_accepts_are_counted_and_their_warnings_kept_within_budget() {
         "{counted} failures counted, {logged} logged"
     );
 }
+
+/// A limit of `/proc/<pid>/limits`' "Max open files" line: (soft, hard).
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let value = |v: &str| v.parse().unwrap_or(u64::MAX); // "unlimited"
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (value(fields[3]), value(fields[4]))
+}
+
+/// The descriptor table's size (`FDSize` of `/proc/<pid>/status`).
+fn descriptor_table(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize line")
+}
+
+/// Started under a low soft open-files limit (a common default), the proxy raises it towards what
+/// `limits.max_connections` needs and grows its descriptor table to that size before the first accept: grown later,
+/// the table stalls the accepting worker at every doubling (BENCHMARKS.md, "Stalls at 256, 512, 1024…
+/// descriptors").
+#[test]
+fn open_files_are_sized_for_the_connection_limit_at_start() {
+    let mock = distill_guard::mock::start(
+        "127.0.0.1:0".parse().unwrap(),
+        distill_guard::mock::MockOptions::default(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = basic_config(
+        &format!("http://{}", mock.addr()),
+        "[limits]\nmax_connections = 3000\n",
+    );
+    let needed = distill_guard::server::descriptors::needed(&config_from(&text, dir.path()));
+    assert!(needed > 6000, "{needed}");
+    let cfg = dir.path().join("dg.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let script = format!(
+        "ulimit -S -n 256 && exec '{}' serve --config '{}'",
+        env!("CARGO_BIN_EXE_distill-guard"),
+        cfg.display()
+    );
+    let proxy = spawn_listening(
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null()),
+        1,
+        true,
+    );
+    let pid = proxy.child.id();
+    let (soft, hard) = open_files_limits(pid);
+    let reachable = needed.min(hard);
+    assert_eq!(soft, reachable, "soft limit (hard {hard}, needed {needed})");
+    let table = descriptor_table(pid);
+    assert!(table >= reachable, "descriptor table {table} < {reachable}");
+    // And serves.
+    let response = post(proxy.listeners[0], "key-1", "", SMALL_MESSAGE);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    proxy.stop("-TERM");
+}

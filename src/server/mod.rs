@@ -3,6 +3,7 @@
 //! under the connection cap, terminates TLS, serves HTTP/1.1 and HTTP/2 with
 //! hyper, and shuts down gracefully.
 
+pub mod descriptors;
 pub mod hello;
 pub mod reload;
 pub mod tls;
