@@ -46,11 +46,12 @@ impl Deadlines {
         }
     }
 
-    /// How often the timer looks: a quarter of the shortest deadline,
-    /// between 10 ms and 1 s (a deadline is enforced late by at most this).
-    fn tick(&self) -> Duration {
-        (self.first_request.min(self.idle).min(self.write_stall) / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    /// The furthest the timer looks ahead: a deadline that is not running
+    /// yet (the connection going idle, a response starting to wait for the
+    /// client) starts no earlier than now, so it passes no earlier than now
+    /// plus the shorter of those two.
+    fn horizon(&self) -> Duration {
+        self.idle.min(self.write_stall)
     }
 }
 
@@ -105,32 +106,56 @@ impl ConnWatch {
 
     /// The deadline that has passed now, if any.
     pub fn check(&self, d: &Deadlines) -> Option<Expired> {
+        self.look(d).err()
+    }
+
+    /// The deadline that has passed now, or how many milliseconds from
+    /// now the next one can pass at the earliest: the earliest of those
+    /// running, and of those that may start later ([`Deadlines::horizon`]).
+    fn look(&self, d: &Deadlines) -> Result<u64, Expired> {
         let now = self.now_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let left =
+            |since: u64, limit: Duration| (since.saturating_add(ms(limit))).saturating_sub(now);
+        let horizon = ms(d.horizon());
         if self.requests.load(Ordering::SeqCst) == 0 {
-            return (now >= ms(d.first_request)).then_some(Expired::FirstRequest);
+            return match left(0, d.first_request) {
+                0 => Err(Expired::FirstRequest),
+                l => Ok(l.min(horizon)),
+            };
         }
         if self.active.load(Ordering::SeqCst) == 0 {
             let since = self.idle_since_ms.load(Ordering::SeqCst);
-            return (now.saturating_sub(since) >= ms(d.idle)).then_some(Expired::Idle);
+            return match left(since, d.idle) {
+                0 => Err(Expired::Idle),
+                l => Ok(l.min(horizon)),
+            };
         }
-        let stalled = self.responses.lock().is_ok_and(|r| {
-            r.iter().filter_map(Weak::upgrade).any(|w| {
+        let mut next = horizon;
+        if let Ok(r) = self.responses.lock() {
+            for w in r.iter().filter_map(Weak::upgrade) {
                 let since = w.load(Ordering::SeqCst);
-                since > 0 && now.saturating_sub(since - 1) >= ms(d.write_stall)
-            })
-        });
-        stalled.then_some(Expired::WriteStall)
+                if since > 0 {
+                    match left(since - 1, d.write_stall) {
+                        0 => return Err(Expired::WriteStall),
+                        l => next = next.min(l),
+                    }
+                }
+            }
+        }
+        Ok(next)
     }
 
-    /// Resolves when a deadline passes.
+    /// Resolves when a deadline passes, to the millisecond. The timer
+    /// sleeps until the earliest moment one can pass (at most
+    /// [`Deadlines::horizon`] ahead), not on a fixed tick: an open stream
+    /// costs one timer wake a minute with the default deadlines, not one a
+    /// second.
     pub async fn expired(&self, d: &Deadlines) -> Expired {
-        let mut tick = tokio::time::interval(d.tick());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            if let Some(e) = self.check(d) {
-                return e;
+            match self.look(d) {
+                Err(e) => return e,
+                Ok(ms) => tokio::time::sleep(Duration::from_millis(ms.max(1))).await,
             }
         }
     }
@@ -383,6 +408,64 @@ mod tests {
         // Asked for more: no longer waiting on the client.
         let _ = Pin::new(&mut body).poll_frame(&mut cx);
         assert_eq!(w.check(&d), None);
+    }
+
+    /// The timer wakes at the deadline itself, not on a tick after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_enforced_when_it_passes() {
+        let w = ConnWatch::new();
+        let d = Deadlines {
+            first_request: Duration::from_millis(10_500),
+            idle: Duration::from_millis(7_000),
+            write_stall: Duration::from_millis(60_000),
+        };
+        assert_eq!(w.expired(&d).await, Expired::FirstRequest);
+        assert_eq!(w.origin.elapsed(), Duration::from_millis(10_500));
+    }
+
+    /// A deadline that starts while the timer sleeps (a response starts
+    /// waiting for the client) is enforced on time: the timer never sleeps
+    /// past the earliest moment one could pass.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_stall_that_starts_while_the_timer_sleeps_is_caught_on_time() {
+        let w = ConnWatch::new();
+        let d = Deadlines {
+            first_request: Duration::from_millis(300_000),
+            idle: Duration::from_millis(60_000),
+            write_stall: Duration::from_millis(5_500),
+        };
+        let timer = tokio::spawn({
+            let w = w.clone();
+            async move { w.expired(&d).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let mut body = Watched::new(
+            http_body_util::Full::new(Bytes::from_static(b"x")),
+            w.request(),
+        );
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        // Waiting for the client since 2 s: stalled at 7.5 s, whatever the
+        // timer was sleeping towards when the wait began.
+        assert_eq!(timer.await.unwrap(), Expired::WriteStall);
+        assert_eq!(w.origin.elapsed(), Duration::from_millis(7_500));
+    }
+
+    /// A stream that waits on its upstream (a response in flight, no frame
+    /// waiting for the client) wakes the timer once per horizon, not once
+    /// a second.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_stream_wakes_the_timer_once_per_horizon() {
+        let w = ConnWatch::new();
+        let d = deadlines(60_000);
+        let _in_flight = w.request();
+        assert_eq!(w.look(&d), Ok(60_000));
+        tokio::time::advance(Duration::from_millis(59_000)).await;
+        assert_eq!(w.look(&d), Ok(60_000));
     }
 
     #[test]
