@@ -905,16 +905,6 @@ fn open_files_limits(pid: u32) -> (u64, u64) {
     (value(fields[3]), value(fields[4]))
 }
 
-/// The descriptor table's size (`FDSize` of `/proc/<pid>/status`).
-fn descriptor_table(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("FDSize line")
-}
-
 /// Started under a low soft open-files limit (a common default), the proxy raises it towards what
 /// `limits.max_connections` needs and grows its descriptor table to that size before the first accept: grown later,
 /// the table stalls the accepting worker at every doubling (BENCHMARKS.md, "Stalls at 256, 512, 1024…
@@ -951,7 +941,7 @@ fn open_files_are_sized_for_the_connection_limit_at_start() {
     let (soft, hard) = open_files_limits(pid);
     let reachable = needed.min(hard);
     assert_eq!(soft, reachable, "soft limit (hard {hard}, needed {needed})");
-    let table = descriptor_table(pid);
+    let table = distill_guard::server::descriptors::table_size(pid).expect("FDSize");
     assert!(table >= reachable, "descriptor table {table} < {reachable}");
     // And serves.
     let response = post(proxy.listeners[0], "key-1", "", SMALL_MESSAGE);

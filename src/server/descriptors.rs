@@ -85,7 +85,7 @@ pub fn prepare(needed: u64) -> Descriptors {
             needed,
             limit = soft,
             hard_limit = before.maximum,
-            "limits.max_connections needs more open files than the hard limit allows: accepts will fail \
+            "limits.max_connections needs more open files than the hard limit allows: accepts can fail \
              before the connection cap is reached (raise the hard RLIMIT_NOFILE, e.g. LimitNOFILE= in systemd)"
         );
     }
@@ -106,10 +106,19 @@ pub fn prepare(needed: u64) -> Descriptors {
         needed,
         soft_limit = soft,
         raised_from = (before.current != soft).then_some(before.current).flatten(),
-        table_holds = presized_to.map(|t| t + 1),
+        table = table_size(std::process::id()),
         "open files sized for the connection limits"
     );
     d
+}
+
+/// The size of process `pid`'s descriptor table (`FDSize` in `/proc/<pid>/status`), where /proc has it.
+pub fn table_size(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Duplicate a descriptor onto `top` (or the lowest free number above it) and close the copy: the kernel grows the
@@ -143,16 +152,6 @@ fn grow_table(top: u64) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// The size of this process's descriptor table (`FDSize` in /proc/self/status).
-    fn table_size() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("FDSize:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("FDSize line")
-    }
-
     #[test]
     fn the_table_is_grown_to_hold_what_is_needed_within_the_limit() {
         let limit = getrlimit(Resource::Nofile);
@@ -169,11 +168,8 @@ mod tests {
         );
         let top = d.presized_to.expect("grown");
         assert_eq!(top + 1, d.soft.map_or(want, |s| s.min(want)));
-        assert!(
-            table_size() > top,
-            "FDSize {} does not hold {top}",
-            table_size()
-        );
+        let table = table_size(std::process::id()).expect("FDSize in /proc/self/status");
+        assert!(table > top, "FDSize {table} does not hold {top}");
     }
 
     #[test]
