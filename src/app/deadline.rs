@@ -438,12 +438,12 @@ mod tests {
             let w = w.clone();
             async move { w.expired(&d).await }
         });
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::advance(Duration::from_millis(1_000)).await;
         let mut body = Watched::new(
             http_body_util::Full::new(Bytes::from_static(b"x")),
             w.request(),
         );
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::advance(Duration::from_millis(1_000)).await;
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(matches!(
             Pin::new(&mut body).poll_frame(&mut cx),

@@ -34,12 +34,8 @@ const MAX_PRESIZED: u64 = 1 << 20;
 pub struct Descriptors {
     /// Descriptors the config can need at once.
     pub needed: u64,
-    /// The soft limit before (None: unlimited).
-    pub soft_before: Option<u64>,
     /// The soft limit now.
     pub soft: Option<u64>,
-    /// The hard limit.
-    pub hard: Option<u64>,
     /// The highest descriptor number the table was grown to hold (None: not grown).
     pub presized_to: Option<u64>,
 }
@@ -49,11 +45,12 @@ pub struct Descriptors {
 pub fn needed(config: &Config) -> u64 {
     let client = config.limits.max_connections as u64;
     let admin = config.admin.max_connections as u64;
-    let workers = config.server.workers.max(1) as u64 * config.listeners.len().max(1) as u64;
+    let listener_copies =
+        config.server.workers.max(1) as u64 * config.listeners.len().max(1) as u64;
     client
         .saturating_mul(2)
         .saturating_add(admin)
-        .saturating_add(workers.saturating_mul(PER_WORKER))
+        .saturating_add(listener_copies.saturating_mul(PER_WORKER))
         .saturating_add(BESIDE_CONNECTIONS)
 }
 
@@ -97,9 +94,7 @@ pub fn prepare(needed: u64) -> Descriptors {
     let presized_to = grow_table(top);
     let d = Descriptors {
         needed,
-        soft_before: before.current,
         soft,
-        hard: before.maximum,
         presized_to,
     };
     info!(
