@@ -133,6 +133,12 @@ enum Command {
         /// reported figures use the default).
         #[arg(long, default_value_t = 1.0, requires = "family")]
         scale: f64,
+        /// With --family: leave out the family's first N seeds and run the
+        /// --seeds after them. Once a slice of the held-out family has been
+        /// looked into (a seed diagnosed, a choice made after seeing it), the
+        /// next slice is one nothing was chosen on.
+        #[arg(long, default_value_t = 0, requires = "family", value_parser = clap::value_parser!(u64).range(0..=999))]
+        skip: u64,
         /// The policy (default: the shipped config/distill-guard.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -525,6 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             family,
             minutes,
             scale,
+            skip,
         } => {
             let (c, b) = match policy_and_baseline(config_path.as_deref(), baseline.as_deref()) {
                 Ok(x) => x,
@@ -543,7 +550,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         minutes,
                         accounts: scale,
                     };
-                    return simulate_family(f, seeds.unwrap_or(FAMILY_SEEDS), size, &c, &b, report);
+                    let slice = f.seeds_from(skip, u64::from(seeds.unwrap_or(FAMILY_SEEDS)));
+                    if slice.is_empty() {
+                        eprintln!(
+                            "--skip {skip}: the {} family has {} seeds",
+                            f.as_str(),
+                            distill_guard::simulate::family::FAMILY_SIZE
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    return simulate_family(f, &slice, size, &c, &b, report);
                 }
                 (None, Some(p)) => p,
                 (None, None) => anyhow::bail!("--scenario or --family is required"),
@@ -750,8 +766,6 @@ fn healthcheck(address: SocketAddr, path: &str) -> anyhow::Result<ExitCode> {
 /// at 32 seeds"). 32 seeds take about 15 s in a release build.
 const FAMILY_SEEDS: u32 = 32;
 
-/// `simulate --family F --seeds N`: the family's first `n` scenarios,
-/// drawn and run one after the other.
 /// The policy to try (`--config`, or the shipped default) and the baseline
 /// it is compared with (`--baseline`, or its per-key limits alone).
 fn policy_and_baseline(
@@ -769,9 +783,11 @@ fn policy_and_baseline(
     Ok((c, b))
 }
 
+/// `simulate --family F [--skip K] --seeds N`: the family's scenarios of
+/// `seeds`, drawn and run one after the other.
 fn simulate_family(
     family: distill_guard::simulate::family::Family,
-    n: u32,
+    seeds: &[u64],
     size: distill_guard::simulate::family::Size,
     policy: &config::Config,
     baseline: &config::Config,
@@ -779,8 +795,8 @@ fn simulate_family(
 ) -> anyhow::Result<ExitCode> {
     use distill_guard::simulate::family;
     let started = std::time::Instant::now();
-    let mut runs = Vec::with_capacity(n as usize);
-    for seed in family.seeds(u64::from(n)) {
+    let mut runs = Vec::with_capacity(seeds.len());
+    for &seed in seeds {
         let drawn = family::draw(family, seed, size);
         match family::evaluate(&drawn.scenario, Some(&drawn.campaign), policy, baseline) {
             Ok(r) => runs.push(r),
@@ -794,8 +810,11 @@ fn simulate_family(
     match report {
         ReportFormat::Json => println!("{}", serde_json::to_string(&all)?),
         ReportFormat::Text => println!(
-            "{}({n} seeds, each drawn, generated and replayed twice, in {:.1} s)",
+            "{}({} seeds, {}–{}, each drawn, generated and replayed twice, in {:.1} s)",
             all.render(),
+            seeds.len(),
+            seeds.first().copied().unwrap_or_default(),
+            seeds.last().copied().unwrap_or_default(),
             started.elapsed().as_secs_f64()
         ),
     }

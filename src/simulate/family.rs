@@ -58,7 +58,13 @@ impl Family {
 
     /// Its first `n` seeds (at most [`FAMILY_SIZE`]).
     pub fn seeds(self, n: u64) -> Vec<u64> {
-        (0..n.min(FAMILY_SIZE))
+        self.seeds_from(0, n)
+    }
+
+    /// `n` of its seeds after its first `skip` (never past its last seed).
+    pub fn seeds_from(self, skip: u64, n: u64) -> Vec<u64> {
+        let from = skip.min(FAMILY_SIZE);
+        (from..from.saturating_add(n).min(FAMILY_SIZE))
             .map(|i| self.first_seed() + i)
             .collect()
     }
@@ -1229,6 +1235,14 @@ mod tests {
         assert_eq!(Family::of_seed(1000), Some(Family::Tuning));
         assert_eq!(Family::of_seed(9999), Some(Family::Heldout));
         assert_eq!(Family::of_seed(7), None);
+    }
+
+    #[test]
+    fn a_slice_starts_after_the_skipped_seeds_and_stays_in_the_family() {
+        assert_eq!(Family::Heldout.seeds_from(32, 3), vec![9032, 9033, 9034]);
+        assert_eq!(Family::Tuning.seeds_from(0, 2), Family::Tuning.seeds(2));
+        assert_eq!(Family::Heldout.seeds_from(998, 5), vec![9998, 9999]);
+        assert!(Family::Tuning.seeds_from(FAMILY_SIZE, 5).is_empty());
     }
 
     #[test]
