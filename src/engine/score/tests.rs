@@ -1341,6 +1341,59 @@ fn yield_per_member_stays_while_the_cluster_is_acted_on() {
     assert!(yield_of(&c, now) >= full, "{}", yield_of(&c, now));
 }
 
+fn ratio_of(c: &ClusterSignals, now: Nanos) -> f32 {
+    let s = c.score(now, &ScorePolicy::default());
+    s.contribution(Signal::OutputRatio)
+        .map_or(f32::NAN, |c| c.value)
+}
+
+/// Output ratio is output per answer served in full over input per request: the answers a policy clamps or
+/// refuses are censored, not short. Before, a held campaign cluster's ratio fell with each clamped or refused
+/// answer until its score dropped under the exit mark and the campaign was let go.
+#[test]
+fn output_ratio_stays_while_the_cluster_is_degraded_or_refused() {
+    let p = ScorePolicy::default();
+    let (mut c, end) = yield_cluster(100, 30, 1, 7, true, campaign_request(0.3));
+    let before = ratio_of(&c, end);
+    assert!(before >= p.ramps.get(Signal::OutputRatio).full, "{before}");
+    let mut now = end;
+    let mut rng = StdRng::seed_from_u64(8);
+    // Half an hour held: every other request degraded to 512 tokens, the rest refused (observed, never settled).
+    for i in 0..1500u64 {
+        let input = rng.gen_range(100..250);
+        c.observe_hits(
+            i % 100,
+            &RequestSignals {
+                input_tokens: input,
+                ..req(now)
+            },
+            PhraseHits::default(),
+            &p,
+            TIER_RPM,
+        );
+        if i % 2 == 0 {
+            c.settle_request(512, Some(input), now, &p, false);
+        }
+        now += SECOND * 6 / 5;
+    }
+    let after = ratio_of(&c, now);
+    assert!(
+        (after - before).abs() <= 0.1 * before,
+        "ratio {before} -> {after} while acted on"
+    );
+    // Answers served in full that are short do lower it: the evidence still follows what the sender gets.
+    for i in 0..1500u64 {
+        c.observe_hits(i % 100, &req(now), PhraseHits::default(), &p, TIER_RPM);
+        c.settle_request(100, Some(500), now, &p, true);
+        now += SECOND * 6 / 5;
+    }
+    let short = ratio_of(&c, now);
+    assert!(
+        short < 0.5 * after,
+        "ratio {after} -> {short} after short answers"
+    );
+}
+
 #[test]
 fn yield_per_member_needs_the_input_and_a_cluster() {
     let p = ScorePolicy::default();

@@ -19,8 +19,6 @@ pub(super) struct Counters {
     pivot: f32,
     /// Input tokens.
     pub(super) input: f32,
-    /// Output tokens (settled).
-    pub(super) output: f32,
     /// Weight of the gap statistics.
     gap_w: f32,
     /// Weighted mean gap (seconds).
@@ -53,7 +51,6 @@ impl Counters {
         self.flagged *= f;
         self.pivot *= f;
         self.input *= f;
-        self.output *= f;
         self.gap_w *= f;
         self.gap_m2 *= f;
         self.churn *= f;
@@ -74,7 +71,6 @@ impl Counters {
         self.flagged += o.flagged;
         self.pivot += o.pivot;
         self.input += o.input;
-        self.output += o.output;
         self.churn += o.churn;
         self.full += o.full;
         self.full_output += o.full_output;
@@ -475,7 +471,6 @@ impl Window {
         full: bool,
     ) {
         self.decay_to(now, policy);
-        self.c.output += output_tokens as f32;
         if full {
             self.c.full += 1.0;
             self.c.full_output += output_tokens as f32;
@@ -527,8 +522,10 @@ impl Window {
         let mut v = [0.0f32; Signal::COUNT];
         v[Signal::ReasoningElicitation.index()] = share(c.elicit, c.n);
         v[Signal::TemplateReuse.index()] = share(c.shared, c.n);
-        v[Signal::OutputRatio.index()] = if c.n > 0.0 {
-            c.output / c.input.max(c.n)
+        // Output per request served in full over input per request: degraded (clamped) and refused answers
+        // are censored, not short, so acting on an account or cluster does not take this evidence away.
+        v[Signal::OutputRatio.index()] = if c.full > f32::EPSILON && c.n > 0.0 {
+            (c.full_output / c.full) / (c.input.max(c.n) / c.n)
         } else {
             0.0
         };
