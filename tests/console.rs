@@ -843,13 +843,13 @@ async fn the_console_api() {
             .iter()
             .map(|k| k.as_str().unwrap())
             .collect();
-        for k in ["http", "ip_prefix", "prompt"] {
+        for k in ["ip_prefix", "prompt"] {
             assert!(kinds.contains(&k), "{e}");
         }
         assert!(e["rules"]
             .as_array()
             .unwrap()
-            .contains(&json!("http+network+template")));
+            .contains(&json!("network+template")));
     }
 
     // Blocked: the next member request is refused, and the decisions, the

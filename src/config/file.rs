@@ -491,8 +491,8 @@ pub struct FileCluster {
     /// Accounts remembered per attribute value.
     pub max_accounts_per_value: u32,
     /// Attribute values remembered (the index cap; least recently used go).
-    /// A request with a new prompt adds about 50, so the cap bounds how far
-    /// back linking sees: values = 50 x requests/s x seconds (32-byte slots,
+    /// A request with a new prompt adds 32 with the shipped rules, so the cap
+    /// bounds how far back linking sees: values = 32 x requests/s x seconds (32-byte slots,
     /// 2 to 2.7 a value when full).
     pub max_index_values: u64,
     /// Other accounts one request may be linked to.
@@ -574,14 +574,8 @@ impl Default for FileCluster {
             },
             links: vec![
                 rule(
-                    "tls+network+template",
-                    &["ja4", "ip_prefix", "prompt"],
-                    "strong",
-                    3_600_000,
-                ),
-                rule(
-                    "http+network+template",
-                    &["http", "ip_prefix", "prompt"],
+                    "network+template",
+                    &["ip_prefix", "prompt"],
                     "strong",
                     3_600_000,
                 ),
