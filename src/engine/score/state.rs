@@ -145,8 +145,8 @@ impl AccountSignals {
         self.w.settle(output_tokens, None, now, policy, true);
     }
 
-    /// Record what a degraded response produced: it counts for [`Signal::OutputRatio`], not for
-    /// [`Signal::OutputLength`] (the clamp, not the client, set its length).
+    /// Record what a degraded response produced: it counts as a request, not for the output of
+    /// [`Signal::OutputRatio`] or [`Signal::OutputLength`] (the clamp, not the client, set its length).
     pub fn settle_degraded(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
         self.w.settle(output_tokens, None, now, policy, false);
     }
@@ -388,7 +388,7 @@ impl ClusterSignals {
     }
 
     /// [`ClusterSignals::settle`] for a request that was served in full (`full`) or degraded (its output counts for
-    /// [`Signal::OutputRatio`], not for [`Signal::OutputLength`]; see [`AccountSignals::settle_degraded`]).
+    /// no output signal; see [`AccountSignals::settle_degraded`]).
     pub fn settle_as(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy, full: bool) {
         self.settle_request(output_tokens, None, now, policy, full);
     }
