@@ -1321,8 +1321,16 @@ fn yield_per_member_stays_while_the_cluster_is_acted_on() {
     let (mut c, end) = yield_cluster(100, 30, 1, 5, true, campaign_request(0.3));
     assert!(yield_of(&c, end) >= full);
     // Degraded for the next 30 minutes: 512 tokens at most, settled as not served in full.
-    let mut now = end;
-    let mut rng = StdRng::seed_from_u64(6);
+    let now = hold(&mut c, end, 6, 1);
+    assert!(yield_of(&c, now) >= full, "{}", yield_of(&c, now));
+}
+
+/// Half an hour of a held campaign's requests (1 500, short prompts) from `now` on: every `settle_every`-th
+/// answered degraded at 512 tokens (not served in full), the others refused (observed, never settled). Returns the
+/// time after them.
+fn hold(c: &mut ClusterSignals, mut now: Nanos, seed: u64, settle_every: u64) -> Nanos {
+    let p = ScorePolicy::default();
+    let mut rng = StdRng::seed_from_u64(seed);
     for i in 0..1500u64 {
         let input = rng.gen_range(100..250);
         c.observe_hits(
@@ -1335,10 +1343,12 @@ fn yield_per_member_stays_while_the_cluster_is_acted_on() {
             &p,
             TIER_RPM,
         );
-        c.settle_request(512, Some(input), now, &p, false);
+        if i % settle_every == 0 {
+            c.settle_request(512, Some(input), now, &p, false);
+        }
         now += SECOND * 6 / 5;
     }
-    assert!(yield_of(&c, now) >= full, "{}", yield_of(&c, now));
+    now
 }
 
 fn ratio_of(c: &ClusterSignals, now: Nanos) -> f32 {
@@ -1356,26 +1366,8 @@ fn output_ratio_stays_while_the_cluster_is_degraded_or_refused() {
     let (mut c, end) = yield_cluster(100, 30, 1, 7, true, campaign_request(0.3));
     let before = ratio_of(&c, end);
     assert!(before >= p.ramps.get(Signal::OutputRatio).full, "{before}");
-    let mut now = end;
-    let mut rng = StdRng::seed_from_u64(8);
-    // Half an hour held: every other request degraded to 512 tokens, the rest refused (observed, never settled).
-    for i in 0..1500u64 {
-        let input = rng.gen_range(100..250);
-        c.observe_hits(
-            i % 100,
-            &RequestSignals {
-                input_tokens: input,
-                ..req(now)
-            },
-            PhraseHits::default(),
-            &p,
-            TIER_RPM,
-        );
-        if i % 2 == 0 {
-            c.settle_request(512, Some(input), now, &p, false);
-        }
-        now += SECOND * 6 / 5;
-    }
+    // Half an hour held: every other request degraded to 512 tokens, the rest refused.
+    let mut now = hold(&mut c, end, 8, 2);
     let after = ratio_of(&c, now);
     assert!(
         (after - before).abs() <= 0.1 * before,
