@@ -75,7 +75,7 @@ impl Default for ScorePolicy {
             ramps: PerSignal {
                 reasoning_elicitation: Ramp::new(0.05, 0.6),
                 template_reuse: Ramp::new(0.2, 0.8),
-                output_ratio: Ramp::new(2.0, 12.0),
+                output_ratio: Ramp::new(3.0, 15.0),
                 pinned_max_tokens: Ramp::new(0.2, 0.8),
                 timing_regularity: Ramp::new(0.8, 0.25),
                 lockstep: Ramp::new(0.1, 0.5),
