@@ -1271,10 +1271,14 @@ fn campaign_request(cover: f64) -> impl FnMut(&mut StdRng) -> (u64, u64) {
     }
 }
 
-fn yield_of(c: &ClusterSignals, now: Nanos) -> f32 {
+/// The raw value of `signal` in the cluster's score at `now` (NaN when it does not apply).
+fn value_of(c: &ClusterSignals, now: Nanos, signal: Signal) -> f32 {
     let s = c.score(now, &ScorePolicy::default());
-    s.contribution(Signal::YieldPerMember)
-        .map_or(f32::NAN, |c| c.value)
+    s.contribution(signal).map_or(f32::NAN, |c| c.value)
+}
+
+fn yield_of(c: &ClusterSignals, now: Nanos) -> f32 {
+    value_of(c, now, Signal::YieldPerMember)
 }
 
 #[test]
@@ -1352,9 +1356,7 @@ fn hold(c: &mut ClusterSignals, mut now: Nanos, seed: u64, settle_every: u64) ->
 }
 
 fn ratio_of(c: &ClusterSignals, now: Nanos) -> f32 {
-    let s = c.score(now, &ScorePolicy::default());
-    s.contribution(Signal::OutputRatio)
-        .map_or(f32::NAN, |c| c.value)
+    value_of(c, now, Signal::OutputRatio)
 }
 
 /// Output ratio is output per answer served in full over input per request: the answers a policy clamps or
