@@ -120,9 +120,10 @@ enum Command {
         scenario: Option<PathBuf>,
         /// Instead of a scenario file, a family of drawn scenarios: tuning
         /// (seeds 1000–1999; fit policy there) or heldout (seeds 9000–9999;
-        /// report there). Runs the family's first --seeds seeds (default 32:
-        /// fewer make the worst decile one unlucky draw) and prints each
-        /// seed's figures, their median and worst decile.
+        /// report there). Runs --seeds of its seeds (default 32: fewer make
+        /// the worst decile one unlucky draw) from its first, or after
+        /// --skip, and prints each seed's figures, their median and worst
+        /// decile.
         #[arg(long, value_enum, conflicts_with_all = ["scenario", "record", "seed"])]
         family: Option<distill_guard::simulate::family::Family>,
         /// With --family: each drawn scenario's length in minutes (the
