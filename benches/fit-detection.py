@@ -18,6 +18,7 @@ decile:
 
 Usage (from the repository root, after `cargo build --release`):
   benches/fit-detection.py [--seeds 32] [--passes 1] [--out fitted.toml] [--binary PATH]
+                           [--degraded-cap 0.5]
 Prints every evaluation and the fitted values; writes the fitted config.
 """
 
@@ -93,7 +94,7 @@ def evaluate(binary, text, seeds):
     return json.loads(out)
 
 
-def objective(r):
+def objective(r, degraded_cap=0.005):
     t = lambda k: (r[k]["median"], r[k]["worst_decile"])
     a, aw = t("attack_served_after_10min")
     s, sw = t("stealth_served_after_10min")
@@ -102,7 +103,7 @@ def objective(r):
     _, degraded = t("legit_degraded_fraction")
     _, refused = t("legit_refused_fraction")
     obj = a + aw + s + sw + tok + 2 * slowed
-    excess = max(0.0, degraded - 0.005) + max(0.0, refused - 0.001)
+    excess = max(0.0, degraded - degraded_cap) + max(0.0, refused - 0.001)
     if excess > 0:
         obj += 10 + 20 * excess
     return obj
@@ -121,6 +122,9 @@ def main():
     ap.add_argument("--passes", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "target" / "fitted.toml"))
     ap.add_argument("--binary", default=str(BINARY))
+    ap.add_argument("--degraded-cap", type=float, default=0.5,
+                    help="honest degraded worst decile (%%) the fit may reach at 1x; at ten times "
+                         "the accounts it has read about twice as much, so 0.25 keeps 10x under the goal")
     args = ap.parse_args()
     base = CONFIG.read_text()
     values = {}
@@ -137,7 +141,7 @@ def main():
         k = tuple(sorted(vals.items()))
         if k not in cache:
             r = evaluate(args.binary, render(vals), args.seeds)
-            cache[k] = (objective(r), r)
+            cache[k] = (objective(r, args.degraded_cap / 100), r)
             shown = ", ".join(f"{key}={v}" for (_, key), v in sorted(vals.items()))
             print(f"{cache[k][0]:8.4f}  {summary(r)}  [{shown}]", flush=True)
         return cache[k][0]
