@@ -1600,7 +1600,7 @@ impl Engine {
             // was scored): its history goes there, before this request.
             history = cluster.and_then(|_| sig.join_cluster());
             req.stack_key = score::stack_key(client_stack(&obs.attrs));
-            req.stack = sig.note_stack(req.stack_key);
+            req.stack = sig.note_stack(req.stack_key, score::stack_key(obs.attrs.ip_prefix));
             req.sender_age = Some(sig.age(now));
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);

@@ -1632,6 +1632,12 @@ mod detection {
     /// corporate NAT (one network, one stack). The campaign is scored by its
     /// behaviour cohort and degraded; the look-alikes stay at Allow. With
     /// cohorts off, the campaign's accounts alone never leave Allow.
+    ///
+    /// A campaign that also moves each account to a new network with every
+    /// new stack shows, request by request, what a team's machines show
+    /// (a new stack from a new network counts as a second client does), so
+    /// less of it is degraded: measured 143 of 180 (the first version of this
+    /// test ran that campaign alone and asked for nine in ten).
     #[test]
     fn a_stealth_campaign_is_scored_by_its_behaviour_cohort() {
         const STACKS: [&str; 6] = ["ja4-a", "ja4-b", "ja4-c", "ja4-d", "ja4-e", "ja4-f"];
@@ -1639,7 +1645,7 @@ mod detection {
             "You are a helpful writing assistant inside a note-taking app. Improve the user's \
                            text for clarity and tone without changing its meaning.";
         let t0 = 1000 * MIN;
-        let run_with = |cohorts: bool| {
+        let run_with = |cohorts: bool, moving: bool| {
             let mut p = policy();
             if !cohorts {
                 if let Some(d) = p.detection.as_mut() {
@@ -1669,7 +1675,11 @@ mod detection {
                                 text: n.clone(),
                                 max_tokens: 32_000,
                                 ja4: STACKS[rng.gen_range(0..STACKS.len())],
-                                prefix: format!("10.{a}.{minute}.0/24"),
+                                prefix: if moving {
+                                    format!("10.{a}.{minute}.0/24")
+                                } else {
+                                    format!("10.{a}.0.0/24")
+                                },
                             },
                             rng.gen_range(3_000..6_000),
                         ),
@@ -1720,7 +1730,7 @@ mod detection {
             }
             got
         };
-        let with = run_with(true);
+        let with = run_with(true, false);
         println!("with cohorts: {with:?}");
         let (n, degraded, by_cohort) = with["campaign"];
         assert!(
@@ -1731,9 +1741,16 @@ mod detection {
             by_cohort * 10 >= degraded * 9,
             "{by_cohort} of {degraded} by the cohort"
         );
-        let without = run_with(false);
+        let without = run_with(false, false);
         println!("without cohorts: {without:?}");
         assert_eq!(without["campaign"].1, 0, "{without:?}");
+        let moving = run_with(true, true);
+        println!("moving its network with its stack: {moving:?}");
+        let (n, degraded, _) = moving["campaign"];
+        assert!(
+            degraded * 4 >= n * 3,
+            "moving campaign degraded {degraded} of {n}"
+        );
     }
 
     /// An account that sends a request every 20 minutes is idle longer than

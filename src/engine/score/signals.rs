@@ -306,6 +306,12 @@ pub enum StackNovelty {
     Second,
     /// A stack beyond the account's second it has not used lately.
     Further,
+    /// A stack beyond the account's first it has not used lately, from a network none of the stacks it remembers
+    /// was last used from: another of its machines (a team member's, a phone on mobile data) as much as a campaign
+    /// that moves its address with its stack, so it counts as a second client does, however many came before. A
+    /// client that changes while its network stays (a rotating campaign behind one address or a few proxies) is
+    /// [`StackNovelty::Second`] or [`StackNovelty::Further`].
+    Elsewhere,
 }
 
 /// What an account counts for its second client: most honest keys are used from one client, and a campaign that
@@ -326,8 +332,8 @@ impl StackNovelty {
     pub fn churn(self, group: bool) -> f32 {
         match self {
             StackNovelty::Known => 0.0,
-            StackNovelty::Second if group => GROUP_SECOND_STACK,
-            StackNovelty::Second => ACCOUNT_SECOND_STACK,
+            StackNovelty::Second | StackNovelty::Elsewhere if group => GROUP_SECOND_STACK,
+            StackNovelty::Second | StackNovelty::Elsewhere => ACCOUNT_SECOND_STACK,
             StackNovelty::Further => 1.0,
         }
     }

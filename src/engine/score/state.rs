@@ -11,6 +11,8 @@ pub struct AccountSignals {
     /// Keys of the last [`KNOWN_STACKS`] distinct client stacks it used, folded to 32 bits, the latest first (0:
     /// none yet).
     stacks: [u32; KNOWN_STACKS],
+    /// The network ([`stack_key`] of the client's prefix; 0: unknown) each of `stacks` was last used from.
+    nets: [u32; KNOWN_STACKS],
 }
 
 /// Client stacks an account is remembered to use: a request from one of them is not churn. An honest key is used
@@ -52,6 +54,7 @@ impl AccountSignals {
             w: Window::new(first_seen),
             joined: false,
             stacks: [0; KNOWN_STACKS],
+            nets: [0; KNOWN_STACKS],
         }
     }
 
@@ -60,21 +63,27 @@ impl AccountSignals {
     /// distinct stacks it used, and not its first: pass that as [`RequestSignals::stack`]. Honest keys keep their
     /// client, or move between the few they are used from; a campaign that rotates stacks per request
     /// (curl-impersonate style) brings a new one on each of its first requests and, once it has used more than it
-    /// is remembered to, on a share of the rest.
-    pub fn note_stack(&mut self, k: u32) -> StackNovelty {
+    /// is remembered to, on a share of the rest. `net` is the client's network ([`stack_key`] of its prefix key; 0:
+    /// unknown): a new stack from a network none of the remembered stacks was last used from is another machine
+    /// ([`StackNovelty::Elsewhere`]), one from a network the account already used is its client changing in place.
+    pub fn note_stack(&mut self, k: u32, net: u32) -> StackNovelty {
         if k == 0 {
             return StackNovelty::Known;
         }
         let known = self.stacks.iter().position(|&s| s == k);
+        let moved = net != 0 && !self.nets.contains(&net);
         let changed = match (known, self.stacks) {
             (Some(_), _) | (None, [0, ..]) => StackNovelty::Known,
+            (None, _) if moved => StackNovelty::Elsewhere,
             (None, [_, 0, ..]) => StackNovelty::Second,
             (None, _) => StackNovelty::Further,
         };
         // Move it to the front; a new one pushes out the least recent.
         let end = known.unwrap_or(KNOWN_STACKS - 1);
         self.stacks.copy_within(0..end, 1);
+        self.nets.copy_within(0..end, 1);
         self.stacks[0] = k;
+        self.nets[0] = net;
         changed
     }
 

@@ -387,7 +387,7 @@ fn never_panics_on_odd_inputs() {
                     sender_age: Some(u64::MAX),
                 };
                 let hits = m.scan("\u{2019}\u{2014}x\u{00a0}");
-                let _ = a.note_stack(stack_key(Some(now)));
+                let _ = a.note_stack(stack_key(Some(now)), 0);
                 let _ = a.profile(now, &policy);
                 a.observe_hits(&r, hits, &policy, u64::MAX);
                 c.observe_hits(u64::MAX, &r, hits, &policy, 0);
@@ -410,9 +410,9 @@ fn never_panics_on_odd_inputs() {
 fn a_stack_is_churn_only_when_the_account_does_not_know_it() {
     use StackNovelty::*;
     let novelty = |a: &mut AccountSignals, stacks: &mut dyn Iterator<Item = u64>| {
-        let mut seen = [0usize; 3];
+        let mut seen = [0usize; 4];
         for k in stacks {
-            seen[a.note_stack(stack_key(Some(k))) as usize] += 1;
+            seen[a.note_stack(stack_key(Some(k)), 0) as usize] += 1;
         }
         (seen[Second as usize], seen[Further as usize])
     };
@@ -449,13 +449,63 @@ fn a_stack_is_churn_only_when_the_account_does_not_know_it() {
     );
     assert_eq!((Further.churn(true), Known.churn(false)), (1.0, 0.0));
     // Unknown stacks neither count nor reset what is known.
-    assert_eq!(honest.note_stack(stack_key(None)), Known);
+    assert_eq!(honest.note_stack(stack_key(None), 0), Known);
     assert_eq!(
         (
-            honest.note_stack(stack_key(Some(22))),
-            honest.note_stack(stack_key(Some(12))),
+            honest.note_stack(stack_key(Some(22)), 0),
+            honest.note_stack(stack_key(Some(12)), 0),
         ),
         (Known, Known)
+    );
+}
+
+/// A new stack that comes with a new network is another machine of the account's (a team member's, a phone on mobile
+/// data) as much as a rotation: it counts as a second client does. One that comes from a network the account already
+/// used with another stack is its client changing in place — a campaign rotating stacks behind one proxy or a few —
+/// and counts as before.
+#[test]
+fn a_new_stack_from_a_new_network_counts_less() {
+    use StackNovelty::*;
+    // Keys as `stack_key` folds them (the low bit set): even inputs keep them apart.
+    let net = |n: u64| stack_key(Some(n << 1));
+    let stack = |n: u64| stack_key(Some(n << 1));
+    // A team's six machines, each its own stack on its own network, in turn.
+    let mut team = AccountSignals::new(0);
+    let seen: Vec<_> = (0..60u64)
+        .map(|i| team.note_stack(stack(100 + i % 6), net(500 + i % 6)))
+        .collect();
+    assert_eq!(seen.iter().filter(|&&s| s == Elsewhere).count(), 5);
+    assert!(
+        seen.iter().all(|&s| s == Known || s == Elsewhere),
+        "{seen:?}"
+    );
+    // A campaign rotating stacks behind one proxy.
+    let mut proxy = AccountSignals::new(0);
+    let seen: Vec<_> = (0..4u64)
+        .map(|i| proxy.note_stack(stack(200 + i), net(7)))
+        .collect();
+    assert_eq!(seen, [Known, Second, Further, Further]);
+    // Behind two proxies it moves between: once a network recurs, a new stack from it is churn.
+    let mut two = AccountSignals::new(0);
+    let seen: Vec<_> = (0..5u64)
+        .map(|i| two.note_stack(stack(300 + i), net(i % 2)))
+        .collect();
+    assert_eq!(seen, [Known, Elsewhere, Further, Further, Further]);
+    // A laptop that moves keeps its stack: known, wherever it is.
+    let mut laptop = AccountSignals::new(0);
+    let seen: Vec<_> = (0..4u64)
+        .map(|i| laptop.note_stack(stack(400), net(600 + i)))
+        .collect();
+    assert_eq!(seen, [Known; 4]);
+    // Without a network, a new stack counts as before.
+    let mut unknown = AccountSignals::new(0);
+    let seen: Vec<_> = (0..3u64)
+        .map(|i| unknown.note_stack(stack(500 + i), 0))
+        .collect();
+    assert_eq!(seen, [Known, Second, Further]);
+    assert_eq!(
+        (Elsewhere.churn(false), Elsewhere.churn(true)),
+        (ACCOUNT_SECOND_STACK, GROUP_SECOND_STACK)
     );
 }
 
