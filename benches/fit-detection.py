@@ -124,7 +124,7 @@ def main():
     ap.add_argument("--binary", default=str(BINARY))
     ap.add_argument("--degraded-cap", type=float, default=0.5,
                     help="honest degraded worst decile (%%) the fit may reach at 1x; at ten times "
-                         "the accounts it has read about twice as much, so 0.25 keeps 10x under the goal")
+                         "the accounts it has read 1.4 to 2 times as much, so 0.25 keeps 10x under the goal")
     args = ap.parse_args()
     base = CONFIG.read_text()
     values = {}
