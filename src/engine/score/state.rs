@@ -154,8 +154,8 @@ impl AccountSignals {
         self.w.settle(output_tokens, None, now, policy, true);
     }
 
-    /// Record what a degraded response produced: it counts as a request, not for the output of
-    /// [`Signal::OutputRatio`] or [`Signal::OutputLength`] (the clamp, not the client, set its length).
+    /// Record what a degraded response produced: nothing of it counts for [`Signal::OutputRatio`] or
+    /// [`Signal::OutputLength`] (the clamp, not the client, set its length); its request was counted when observed.
     pub fn settle_degraded(&mut self, output_tokens: u64, now: Nanos, policy: &ScorePolicy) {
         self.w.settle(output_tokens, None, now, policy, false);
     }
