@@ -781,6 +781,10 @@ pub struct Engine {
     /// scored sets it): the start of the history, moved on when the tenure
     /// map forgets accounts.
     tenure_since: AtomicU64,
+    /// Engine time of the first request detection observed (`u64::MAX`: none yet): how long it has watched
+    /// accounts' clients ([`score::ScorePolicy::stack_watch`]). Not moved by an imported tenure history, which
+    /// holds no clients.
+    watch_started: AtomicU64,
     /// New-account cells per client network, used while the account store
     /// is full.
     new_accounts: IdMap<gcra::Gcra>,
@@ -830,6 +834,7 @@ impl Engine {
             manual_clusters: dashmap::DashMap::new(),
             tenure: dashmap::DashMap::new(),
             tenure_since: AtomicU64::new(u64::MAX),
+            watch_started: AtomicU64::new(u64::MAX),
             new_accounts: IdMap::default(),
             next_maintenance: AtomicU64::new(0),
             maintained_outside: AtomicBool::new(false),
@@ -1164,6 +1169,38 @@ impl Engine {
             );
         }
         age
+    }
+
+    /// How much of a new stack's churn an engine that has just started takes
+    /// off ([`score::RequestSignals::stack_discount`]): an account older than
+    /// the engine's watch has used clients it has not seen, so its second
+    /// clients (another machine, a second stack) count `watched /
+    /// stack_watch` of what they would until the engine has watched
+    /// `stack_watch`. A new account's clients are all new to it, and a stack
+    /// changing in place ([`score::StackNovelty::Further`]) is no machine the
+    /// engine missed: neither is discounted.
+    fn stack_discount(
+        &self,
+        novelty: score::StackNovelty,
+        age: Nanos,
+        now: Nanos,
+        policy: &score::ScorePolicy,
+    ) -> f32 {
+        let _ = self.watch_started.compare_exchange(
+            u64::MAX,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let watched = now.saturating_sub(self.watch_started.load(Ordering::Relaxed));
+        let second = matches!(
+            novelty,
+            score::StackNovelty::Second | score::StackNovelty::Elsewhere
+        );
+        if !second || watched >= policy.stack_watch || age <= watched {
+            return 0.0;
+        }
+        1.0 - (watched as f64 / policy.stack_watch as f64) as f32
     }
 
     /// A cluster's behaviour state, made (formed when the linker says) if it has none.
@@ -1572,6 +1609,7 @@ impl Engine {
             stack_key: 0,
             sender_requests_per_hour: 0.0,
             sender_age: None,
+            stack_discount: 0.0,
         };
         let tier_rpm = tier.requests.per_period();
         let history;
@@ -1602,6 +1640,7 @@ impl Engine {
             req.stack_key = score::stack_key(client_stack(&obs.attrs));
             req.stack = sig.note_stack(req.stack_key, score::stack_key(obs.attrs.ip_prefix));
             req.sender_age = Some(sig.age(now));
+            req.stack_discount = self.stack_discount(req.stack, sig.age(now), now, &d.score);
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);
             let own_raw = sc.raw;

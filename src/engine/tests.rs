@@ -1623,6 +1623,72 @@ mod detection {
         }
     }
 
+    /// An engine that has just started has not seen the machines an old
+    /// account already uses: a team key's other machines (each its own stack
+    /// on its own network) count less as churn while the engine starts
+    /// watching, in proportion to the watch so far. A new account's machines
+    /// are new to it, and an old account's seen after the watch
+    /// (`stack_watch`, 30 minutes) count in full.
+    #[test]
+    fn an_engine_just_started_counts_an_old_accounts_other_machines_less() {
+        const JA4: [&str; 4] = [
+            "t13d1516h2_8daaf6152771_02713d6af862",
+            "t13d1715h2_5b57614c22b0_3d5424432f57",
+            "t13d1812h2_e8a523a41297_ef7df7f74e48",
+            "t13d1713h2_5b57614c22b0_06a6a26b8c29",
+        ];
+        let e = Engine::new(policy());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let t0 = 1000 * MIN;
+        let old = 30 * 24 * 60 * MIN;
+        // Twelve requests a minute apart from four machines in turn; the
+        // account's stack churn after them.
+        let mut team = |account: u64, start: Nanos, age: Nanos| {
+            for i in 0..12u64 {
+                let r = Req {
+                    account,
+                    text: format!("Summarise this note for the team: {}", words(&mut rng, 30)),
+                    max_tokens: 1024,
+                    ja4: JA4[(i % 4) as usize],
+                    prefix: format!("10.{account}.{}.0/24", i % 4),
+                };
+                let mut o = observe(&r);
+                o.account_age = Some(age);
+                let now = start + i * MIN;
+                if let Some(t) = e.decide(&o, now).verdict.ticket() {
+                    let usage = Usage {
+                        input_tokens: None,
+                        output_tokens: 300,
+                    };
+                    e.settle(t, usage, now);
+                }
+            }
+            let (score, _) = e
+                .account_score(AccountId(account), start + 12 * MIN)
+                .unwrap();
+            score
+                .contributions
+                .iter()
+                .find(|c| c.signal == score::Signal::StackChurn)
+                .unwrap()
+                .value
+        };
+        let old_at_start = team(1, t0, old);
+        let new_at_start = team(2, t0, 0);
+        let old_later = team(3, t0 + 40 * MIN, old);
+        // Three second clients at 3/4 over twelve requests.
+        assert!(new_at_start > 0.15, "{new_at_start}");
+        // Seen 1, 2 and 3 minutes into the 30-minute watch: 1/30 to 3/30 of that.
+        assert!(
+            old_at_start < new_at_start / 8.0,
+            "{old_at_start} {new_at_start}"
+        );
+        assert!(
+            (old_later - new_at_start).abs() < 1e-4,
+            "{old_later} {new_at_start}"
+        );
+    }
+
     /// A stealth campaign: every account its own network, a client stack
     /// rotated per request, prompts paraphrased (no two alike), each account
     /// too slow for its own score to rest on enough requests. What its

@@ -49,6 +49,10 @@ pub struct ScorePolicy {
     pub yield_min_output_tokens: u32,
     /// ...and at least this many times the request's input tokens.
     pub yield_min_ratio: f32,
+    /// How long an engine that has just started takes to count an older account's second clients in full
+    /// ([`StackNovelty::Second`], [`StackNovelty::Elsewhere`]): at `t` into its watch they count `t / stack_watch`
+    /// of what they would. It has not seen the machines such an account already used; a new account's are new.
+    pub stack_watch: Nanos,
 }
 
 impl Default for ScorePolicy {
@@ -130,6 +134,7 @@ impl Default for ScorePolicy {
             lockstep_rate_factor: 4.0,
             yield_min_output_tokens: 1_500,
             yield_min_ratio: 10.0,
+            stack_watch: 30 * MINUTE,
         }
     }
 }

@@ -374,6 +374,16 @@ pub struct RequestSignals<'a> {
     /// The sending account's age ([`AccountSignals::age`]); None: the observing window's own age.
     /// A group's [`Signal::AccountAge`] is its requests' mean sender age, each taken up to the ramp's far end.
     pub sender_age: Option<Nanos>,
+    /// Share of [`RequestSignals::stack`]'s churn taken off, 0..=1: an engine that has just started has not seen the
+    /// clients an older account already used ([`ScorePolicy::stack_watch`]).
+    pub stack_discount: f32,
+}
+
+impl RequestSignals<'_> {
+    /// What the request adds to [`Signal::StackChurn`]'s count ([`StackNovelty::churn`], less the discount).
+    pub fn churn(&self, group: bool) -> f32 {
+        self.stack.churn(group) * (1.0 - self.stack_discount.clamp(0.0, 1.0))
+    }
 }
 
 /// One signal's part in a score.

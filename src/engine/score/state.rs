@@ -146,7 +146,7 @@ impl AccountSignals {
         tier_rpm: u64,
     ) {
         self.w
-            .observe(req, hits, policy, tier_rpm, req.stack.churn(false));
+            .observe(req, hits, policy, tier_rpm, req.churn(false));
     }
 
     /// Record what a response served in full actually produced.
@@ -288,7 +288,7 @@ impl ClusterSignals {
     ) {
         let f = self.w.decay_to(req.now, policy);
         self.lock *= f;
-        let mut churn = req.stack.churn(true);
+        let mut churn = req.churn(true);
         if req.stack != StackNovelty::Known {
             churn *= self.fresh_stack(req.stack_key, req.now, policy.half_life);
         }

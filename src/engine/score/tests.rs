@@ -385,6 +385,7 @@ fn never_panics_on_odd_inputs() {
                     stack_key: u32::MAX,
                     sender_requests_per_hour: f32::MAX,
                     sender_age: Some(u64::MAX),
+                    stack_discount: f32::MAX,
                 };
                 let hits = m.scan("\u{2019}\u{2014}x\u{00a0}");
                 let _ = a.note_stack(stack_key(Some(now)), 0);
