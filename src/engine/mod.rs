@@ -1186,13 +1186,21 @@ impl Engine {
         now: Nanos,
         policy: &score::ScorePolicy,
     ) -> f32 {
-        let _ = self.watch_started.compare_exchange(
-            u64::MAX,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        let watched = now.saturating_sub(self.watch_started.load(Ordering::Relaxed));
+        // A plain load on every request; the compare-exchange (a write) only
+        // until the first request has set the start.
+        let started = match self.watch_started.load(Ordering::Relaxed) {
+            u64::MAX => {
+                let _ = self.watch_started.compare_exchange(
+                    u64::MAX,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                self.watch_started.load(Ordering::Relaxed)
+            }
+            t => t,
+        };
+        let watched = now.saturating_sub(started);
         let second = matches!(
             novelty,
             score::StackNovelty::Second | score::StackNovelty::Elsewhere
@@ -1639,8 +1647,9 @@ impl Engine {
             history = cluster.and_then(|_| sig.join_cluster());
             req.stack_key = score::stack_key(client_stack(&obs.attrs));
             req.stack = sig.note_stack(req.stack_key, score::stack_key(obs.attrs.ip_prefix));
-            req.sender_age = Some(sig.age(now));
-            req.stack_discount = self.stack_discount(req.stack, sig.age(now), now, &d.score);
+            let age = sig.age(now);
+            req.sender_age = Some(age);
+            req.stack_discount = self.stack_discount(req.stack, age, now, &d.score);
             sig.observe_hits(&req, hits, &d.score, tier_rpm);
             let mut sc = sig.score(now, &d.score);
             let own_raw = sc.raw;
