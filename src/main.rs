@@ -800,7 +800,19 @@ fn simulate_family(
             }
         }
     }
-    let all = family::FamilyReport::new(family, runs);
+    // What each campaign's cost per token is priced against: the cheapest
+    // per-key extraction, on the background `redteam` prices it on by
+    // default (the first tuning seed), so that every slice of either family
+    // is priced against the same reference.
+    let background = family::Family::Tuning.seeds(1)[0];
+    let reference = match family::per_key_reference(background, size, policy, baseline) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("per-key reference on seed {background}: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let all = family::FamilyReport::new(family, runs, Some(reference));
     match report {
         ReportFormat::Json => println!("{}", serde_json::to_string(&all)?),
         ReportFormat::Text => println!(

@@ -363,6 +363,41 @@ fn a_family_run_reports_its_seeds_and_is_deterministic() {
     for key in ["attack_served_after_10min", "legit_refused_fraction"] {
         assert!(r[key]["median"].is_number() && r[key]["worst_decile"].is_number());
     }
+    // Each campaign is priced against the cheapest per-key extraction:
+    // `redteam`'s per-key optimum under the baseline on its default
+    // background, the same figure its own report prices against.
+    let reference = f(&r, "per_key_reference");
+    let red: serde_json::Value = serde_json::from_slice(
+        &Command::new(BIN)
+            .args([
+                "redteam",
+                "--budget",
+                "2",
+                "--minutes",
+                "20",
+                "--scale",
+                "0.2",
+            ])
+            .args(["--report", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(red["evaluations"][1]["origin"], "per-key-optimum");
+    assert_eq!(
+        reference,
+        f(&red["evaluations"][1], "baseline_tokens_per_cost")
+    );
+    for run in runs {
+        let (cost, tokens) = (f(run, "campaign_cost"), f(run, "campaign_tokens_served"));
+        assert!(cost > 0.0, "{run}");
+        match run["cost_multiplier"].as_f64() {
+            Some(m) => assert!((m - reference * cost / tokens).abs() <= 1e-9 * m, "{run}"),
+            None => assert_eq!(tokens, 0.0, "{run}"),
+        }
+    }
+    assert!(r["cost_multiplier"].get("worst_decile").is_some(), "{r}");
     let (again, _) = simulate(&args);
     assert_eq!(r, again, "the same family run twice");
     let (held, _) = simulate(&[

@@ -22,6 +22,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::redteam::COST;
 use super::scenario::{self, Per, Piece, Population, Scenario, Timing};
 use super::strategy::{AttackStrategy, HONEST_STACKS, RESIDENTIAL, ROTATION_STACKS, TOOL_STACKS};
 use crate::config::Config;
@@ -824,6 +825,34 @@ pub fn against_background(strategy: &AttackStrategy, seed: u64, size: Size) -> S
     }
 }
 
+/// How long the campaign of `s` (its population named [`CAMPAIGN`], run
+/// with `strategy`) runs, warm-up included, in hours, and what that costs
+/// under [`COST`] (None: `s` has no campaign).
+pub fn campaign_cost(s: &Scenario, strategy: &AttackStrategy) -> Option<(f64, f64)> {
+    let p = s.populations.iter().find(|p| p.name == CAMPAIGN)?;
+    let hours = p.end_ms.saturating_sub(p.start_ms) as f64 / 3_600_000.0;
+    Some((hours, COST.cost(strategy, hours)))
+}
+
+/// Output tokens per unit of cost that the cheapest extraction under
+/// per-key limits alone gets: [`AttackStrategy::per_key_optimum`] (where
+/// `redteam` starts its search) under `baseline`, on the honest background
+/// of `seed`. What [`FamilyReport::new`] prices each campaign against.
+pub fn per_key_reference(
+    seed: u64,
+    size: Size,
+    config: &Config,
+    baseline: &Config,
+) -> Result<f64, String> {
+    let strategy = AttackStrategy::per_key_optimum();
+    let s = against_background(&strategy, seed, size);
+    let run = evaluate(&s, Some(&strategy), config, baseline)?;
+    match run.campaign_cost {
+        Some(cost) if cost > 0.0 => Ok(run.baseline_campaign_tokens_served as f64 / cost),
+        _ => Err("the per-key reference campaign costs nothing".into()),
+    }
+}
+
 /// The largest cluster holding honest accounts of more than one population,
 /// or honest and attack accounts: at its largest over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -856,6 +885,12 @@ pub struct FamilyRun {
     pub campaign_tokens_served: u64,
     /// Output tokens the per-key-only baseline let out to it.
     pub baseline_campaign_tokens_served: u64,
+    /// What the campaign paid ([`campaign_cost`]; None: no campaign).
+    pub campaign_cost: Option<f64>,
+    /// Its cost per output token let out, over the per-key reference's
+    /// ([`FamilyReport::new`] sets it; None: no campaign, or nothing let
+    /// out to it).
+    pub cost_multiplier: Option<f64>,
     /// Attack requests more than ten minutes after their campaign's first
     /// extraction request, served in full (allowed or slowed).
     pub attack_served_after_10min: f64,
@@ -964,6 +999,10 @@ pub fn evaluate(
         campaign: campaign.cloned(),
         campaign_tokens_served: tokens(&h),
         baseline_campaign_tokens_served: tokens(&b),
+        campaign_cost: campaign
+            .and_then(|c| campaign_cost(s, c))
+            .map(|(_, cost)| cost),
+        cost_multiplier: None,
         attack_served_after_10min: share(&|_| true).unwrap_or(0.0),
         stealth_served_after_10min: share(&|p| p.stealth),
         attack_served_fraction: h.attack_served_fraction,
@@ -1057,6 +1096,16 @@ fn tail_of(mut xs: Vec<f64>) -> Tail<f64> {
     tail(&xs)
 }
 
+/// Multipliers, where the lowest is the worst and `None` (nothing
+/// extracted) the best.
+fn tail_of_lowest(mut xs: Vec<Option<f64>>) -> Tail<Option<f64>> {
+    xs.sort_by(|a, b| {
+        b.unwrap_or(f64::INFINITY)
+            .total_cmp(&a.unwrap_or(f64::INFINITY))
+    });
+    tail(&xs)
+}
+
 /// Seconds, `None` for never: never is the worst.
 fn tail_of_seconds(mut xs: Vec<Option<u64>>) -> Tail<Option<u64>> {
     xs.sort_by_key(|x| x.unwrap_or(u64::MAX));
@@ -1088,11 +1137,34 @@ pub struct FamilyReport {
     pub containment_seconds: Tail<Option<u64>>,
     /// Of the largest mixed cluster's members (0: none).
     pub largest_mixed_cluster: Tail<f64>,
+    /// Output tokens per unit of cost of the cheapest per-key extraction
+    /// ([`per_key_reference`]; None: not measured).
+    pub per_key_reference: Option<f64>,
+    /// Of `cost_multiplier` over the runs with a campaign: the worst
+    /// decile is the lowest (the campaign that paid least per token), a
+    /// campaign that got nothing counts as the highest.
+    pub cost_multiplier: Tail<Option<f64>>,
 }
 
 impl FamilyReport {
-    /// Sums up the runs.
-    pub fn new(family: Family, runs: Vec<FamilyRun>) -> FamilyReport {
+    /// Sums up the runs, pricing each campaign against `per_key_reference`
+    /// (output tokens per unit of cost under per-key limits alone, as
+    /// [`per_key_reference`] measures it): what it paid per token let out,
+    /// as a multiple of that reference's cost per token — the figure
+    /// `redteam` maximises the inverse of.
+    pub fn new(
+        family: Family,
+        mut runs: Vec<FamilyRun>,
+        per_key_reference: Option<f64>,
+    ) -> FamilyReport {
+        for r in &mut runs {
+            r.cost_multiplier = match (r.campaign_cost, per_key_reference) {
+                (Some(cost), Some(reference)) if r.campaign_tokens_served > 0 => {
+                    Some(reference * cost / r.campaign_tokens_served as f64)
+                }
+                _ => None,
+            };
+        }
         let f = |get: &dyn Fn(&FamilyRun) -> Option<f64>| {
             tail_of(runs.iter().filter_map(get).collect())
         };
@@ -1112,6 +1184,13 @@ impl FamilyReport {
                     r.largest_mixed_cluster.as_ref().map_or(0, |m| m.members),
                 ))
             }),
+            per_key_reference,
+            cost_multiplier: tail_of_lowest(
+                runs.iter()
+                    .filter(|r| r.campaign_cost.is_some() && per_key_reference.is_some())
+                    .map(|r| r.cost_multiplier)
+                    .collect(),
+            ),
             runs,
         }
     }
@@ -1125,11 +1204,12 @@ impl FamilyReport {
             self.family.as_str(),
             self.runs.len()
         );
-        let mut line = |cols: [&str; 10]| {
-            let [a, b, c, d, e, f, g, h, i, j] = cols;
+        let times = |x: Option<f64>| x.map_or("-".to_string(), |m| format!("{m:.1}x"));
+        let mut line = |cols: [&str; 11]| {
+            let [a, b, c, d, e, f, g, h, i, j, k] = cols;
             let _ = writeln!(
                 out,
-                "{a:>6} {b:>8} {c:>10} {d:>10} {e:>10} {f:>10} {g:>10} {h:>10} {i:>11} {j:>7}"
+                "{a:>6} {b:>8} {c:>10} {d:>10} {e:>10} {f:>10} {g:>10} {h:>10} {i:>11} {j:>7} {k:>9}"
             );
         };
         line([
@@ -1143,6 +1223,7 @@ impl FamilyReport {
             "slowed",
             "containment",
             "mixed",
+            "cost",
         ]);
         for r in &self.runs {
             let cols = [
@@ -1159,6 +1240,10 @@ impl FamilyReport {
                     .as_ref()
                     .map_or(0, |m| m.members)
                     .to_string(),
+                match (r.campaign_cost, r.cost_multiplier) {
+                    (Some(_), None) if r.campaign_tokens_served == 0 => "no tokens".into(),
+                    (_, m) => times(m),
+                },
             ];
             line(cols.each_ref().map(String::as_str));
         }
@@ -1197,6 +1282,19 @@ impl FamilyReport {
             format!("{}", self.largest_mixed_cluster.median),
             format!("{}", self.largest_mixed_cluster.worst_decile),
         );
+        if let Some(reference) = self.per_key_reference {
+            let shown = |x: Option<f64>| x.map_or("no tokens".into(), |m| format!("{m:.1}x"));
+            row(
+                "campaign's cost per token, x per-key",
+                shown(self.cost_multiplier.median),
+                shown(self.cost_multiplier.worst_decile),
+            );
+            let _ = writeln!(
+                out,
+                "cost: account-hour {}, address-hour {}, aged account-day {}; per-key reference {reference:.1} tokens per unit (the cheapest extraction under per-key limits alone)",
+                COST.account_hour, COST.address_hour, COST.aged_account_day
+            );
+        }
         if let Some(r) = self
             .runs
             .iter()
@@ -1373,5 +1471,50 @@ mod tests {
         let s = tail_of_seconds(vec![Some(60), None, Some(120)]);
         assert_eq!(s.median, Some(120));
         assert_eq!(s.worst_decile, None);
+    }
+
+    fn priced(seed: u64, cost: Option<f64>, tokens: u64) -> FamilyRun {
+        FamilyRun {
+            seed,
+            requests: 1,
+            campaign: None,
+            campaign_tokens_served: tokens,
+            baseline_campaign_tokens_served: tokens,
+            campaign_cost: cost,
+            cost_multiplier: None,
+            attack_served_after_10min: 0.0,
+            stealth_served_after_10min: None,
+            attack_served_fraction: 0.0,
+            attack_output_tokens_fraction: 0.0,
+            legit_refused_fraction: 0.0,
+            legit_degraded_fraction: 0.0,
+            legit_slowed_fraction: 0.0,
+            containment_seconds: None,
+            largest_mixed_cluster: None,
+            baseline_attack_served_fraction: 1.0,
+        }
+    }
+
+    /// A campaign's cost per token over the reference's: 100 units for
+    /// 50 000 tokens against 1 000 tokens a unit is 2×. The worst decile is
+    /// the campaign that paid least; one that got nothing is the best, and
+    /// a run without a campaign is left out.
+    #[test]
+    fn campaigns_are_priced_against_the_per_key_reference() {
+        let runs = vec![
+            priced(1, Some(100.0), 50_000),
+            priced(2, Some(100.0), 10_000),
+            priced(3, Some(100.0), 0),
+            priced(4, None, 0),
+        ];
+        let r = FamilyReport::new(Family::Tuning, runs, Some(1_000.0));
+        let m: Vec<Option<f64>> = r.runs.iter().map(|r| r.cost_multiplier).collect();
+        assert_eq!(m, [Some(2.0), Some(10.0), None, None]);
+        assert_eq!(r.cost_multiplier.median, Some(10.0));
+        assert_eq!(r.cost_multiplier.worst_decile, Some(2.0));
+        assert!(r.render().contains("no tokens"), "{}", r.render());
+        let unpriced = FamilyReport::new(Family::Tuning, vec![priced(1, Some(100.0), 1)], None);
+        assert_eq!(unpriced.runs[0].cost_multiplier, None);
+        assert!(!unpriced.render().contains("per-key reference"));
     }
 }

@@ -150,13 +150,8 @@ pub fn search(
     let evaluate = |index: u32, origin: Origin, strategy: AttackStrategy| {
         let s = family::against_background(&strategy, options.background_seed, size);
         let run = family::evaluate(&s, Some(&strategy), config, baseline)?;
-        let p = s
-            .populations
-            .iter()
-            .find(|p| p.name == family::CAMPAIGN)
-            .ok_or("the campaign is missing")?;
-        let hours = p.end_ms.saturating_sub(p.start_ms) as f64 / 3_600_000.0;
-        let cost = COST.cost(&strategy, hours);
+        let (hours, cost) =
+            family::campaign_cost(&s, &strategy).ok_or("the campaign is missing")?;
         let per = |t: u64| if cost > 0.0 { t as f64 / cost } else { 0.0 };
         Ok::<_, String>(Evaluation {
             index,
