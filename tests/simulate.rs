@@ -396,6 +396,10 @@ fn a_family_run_reports_its_seeds_and_is_deterministic() {
             Some(m) => assert!((m - reference * cost / tokens).abs() <= 1e-9 * m, "{run}"),
             None => assert_eq!(tokens, 0.0, "{run}"),
         }
+        // Dropping each account when caught pays no more and gets no more.
+        let dropped = &run["if_dropped"];
+        assert!(f(dropped, "cost") <= cost, "{run}");
+        assert!(f(dropped, "tokens") <= tokens, "{run}");
     }
     assert!(r["cost_multiplier"].get("worst_decile").is_some(), "{r}");
     let (again, _) = simulate(&args);

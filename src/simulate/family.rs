@@ -891,6 +891,9 @@ pub struct FamilyRun {
     /// ([`FamilyReport::new`] sets it; None: no campaign, or nothing let
     /// out to it).
     pub cost_multiplier: Option<f64>,
+    /// The same campaign run by an attacker that drops each account at its
+    /// first answer not served in full (None: no campaign).
+    pub if_dropped: Option<IfDropped>,
     /// Attack requests more than ten minutes after their campaign's first
     /// extraction request, served in full (allowed or slowed).
     pub attack_served_after_10min: f64,
@@ -913,6 +916,33 @@ pub struct FamilyRun {
     pub largest_mixed_cluster: Option<MixedCluster>,
     /// The per-key-only baseline's attack served in full.
     pub baseline_attack_served_fraction: f64,
+}
+
+/// A campaign as an attacker that drops each account at its first answer
+/// not served in full (degraded, throttled or blocked) would have run it,
+/// opening no account in its place: each account costs its hours until then
+/// (its share of the rented addresses with it; its age in full) and takes
+/// the extraction tokens let out to it until then, the dropping answer's
+/// included (a cover request's answer can drop it too).
+/// Where [`FamilyRun::campaign_cost`] has every account pay to the end, this
+/// attacker stops paying as soon as it is caught, and gives up the degraded
+/// answers it would have gone on getting: neither is always the cheaper.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct IfDropped {
+    /// What it pays.
+    pub cost: f64,
+    /// Output tokens let out to it.
+    pub tokens: u64,
+    /// Its cost per token over the per-key reference's
+    /// ([`FamilyReport::new`] sets it; None: nothing let out).
+    pub cost_multiplier: Option<f64>,
+}
+
+/// One campaign account, for [`IfDropped`].
+#[derive(Default)]
+struct Dropping {
+    dropped_ms: Option<u64>,
+    tokens: u64,
 }
 
 #[derive(Default)]
@@ -949,6 +979,8 @@ pub fn evaluate(
             }
         }
     };
+    let campaign_pop = s.populations.iter().position(|p| p.name == CAMPAIGN);
+    let mut dropping: HashMap<u64, Dropping> = HashMap::new();
     let mut last_t = s.start_unix_ms;
     let (policy, base, n) = super::drive(s, config, baseline, |rec, d, run| {
         last_t = rec.t_ms;
@@ -964,6 +996,22 @@ pub fn evaluate(
                 if rec.t_ms >= first + SETTLING_MINUTES * MINUTE {
                     l.requests += 1;
                     l.served += u64::from(matches!(d.label(), "allow" | "slow"));
+                }
+            }
+            if Some(p) == campaign_pop {
+                let a = dropping.entry(rec_id(&rec.account)).or_default();
+                if a.dropped_ms.is_none() {
+                    let label = d.label();
+                    // Extraction answers count (cover requests carry no
+                    // population), as in `campaign_tokens_served`; any
+                    // answer not served in full drops the account.
+                    if rec.population.is_some() && matches!(label, "allow" | "slow" | "degrade") {
+                        let limit = d.verdict.max_output().map_or(u64::MAX, u64::from);
+                        a.tokens += rec.output_tokens.min(limit);
+                    }
+                    if !matches!(label, "allow" | "slow") {
+                        a.dropped_ms = Some(rec.t_ms);
+                    }
                 }
             }
         }
@@ -1003,6 +1051,7 @@ pub fn evaluate(
             .and_then(|c| campaign_cost(s, c))
             .map(|(_, cost)| cost),
         cost_multiplier: None,
+        if_dropped: campaign.and_then(|c| if_dropped(s, c, &dropping)),
         attack_served_after_10min: share(&|_| true).unwrap_or(0.0),
         stealth_served_after_10min: share(&|p| p.stealth),
         attack_served_fraction: h.attack_served_fraction,
@@ -1013,6 +1062,33 @@ pub fn evaluate(
         containment_seconds: h.containment_seconds,
         largest_mixed_cluster: worst,
         baseline_attack_served_fraction: b.attack_served_fraction,
+    })
+}
+
+/// [`IfDropped`] of the campaign of `s`, run with `strategy`, from its
+/// accounts' requests (`accounts`, by [`rec_id`]): each account is held
+/// from the campaign's start until its drop or the end.
+fn if_dropped(
+    s: &Scenario,
+    strategy: &AttackStrategy,
+    accounts: &HashMap<u64, Dropping>,
+) -> Option<IfDropped> {
+    let p = s.populations.iter().find(|p| p.name == CAMPAIGN)?;
+    let (hours, _) = campaign_cost(s, strategy)?;
+    let n = strategy.accounts.max(1);
+    // Accounts that sent nothing are held to the end, like those never caught.
+    let mut held = hours * f64::from(n.saturating_sub(accounts.len() as u32));
+    let mut tokens = 0;
+    for a in accounts.values() {
+        let until = a.dropped_ms.unwrap_or(p.end_ms).min(p.end_ms);
+        held += until.saturating_sub(p.start_ms) as f64 / 3_600_000.0;
+        tokens += a.tokens;
+    }
+    // The mean hours an account was held, at the cost model's rates.
+    Some(IfDropped {
+        cost: COST.cost(strategy, held / f64::from(n)),
+        tokens,
+        cost_multiplier: None,
     })
 }
 
@@ -1144,6 +1220,8 @@ pub struct FamilyReport {
     /// decile is the lowest (the campaign that paid least per token), a
     /// campaign that got nothing counts as the highest.
     pub cost_multiplier: Tail<Option<f64>>,
+    /// The same of each run's [`IfDropped`] multiple.
+    pub cost_multiplier_if_dropped: Tail<Option<f64>>,
 }
 
 impl FamilyReport {
@@ -1157,13 +1235,18 @@ impl FamilyReport {
         mut runs: Vec<FamilyRun>,
         per_key_reference: Option<f64>,
     ) -> FamilyReport {
+        let multiple = |cost: f64, tokens: u64| {
+            per_key_reference
+                .filter(|_| tokens > 0)
+                .map(|reference| reference * cost / tokens as f64)
+        };
         for r in &mut runs {
-            r.cost_multiplier = match (r.campaign_cost, per_key_reference) {
-                (Some(cost), Some(reference)) if r.campaign_tokens_served > 0 => {
-                    Some(reference * cost / r.campaign_tokens_served as f64)
-                }
-                _ => None,
-            };
+            r.cost_multiplier = r
+                .campaign_cost
+                .and_then(|cost| multiple(cost, r.campaign_tokens_served));
+            if let Some(d) = &mut r.if_dropped {
+                d.cost_multiplier = multiple(d.cost, d.tokens);
+            }
         }
         let f = |get: &dyn Fn(&FamilyRun) -> Option<f64>| {
             tail_of(runs.iter().filter_map(get).collect())
@@ -1191,6 +1274,12 @@ impl FamilyReport {
                     .map(|r| r.cost_multiplier)
                     .collect(),
             ),
+            cost_multiplier_if_dropped: tail_of_lowest(
+                runs.iter()
+                    .filter_map(|r| r.if_dropped.filter(|_| per_key_reference.is_some()))
+                    .map(|d| d.cost_multiplier)
+                    .collect(),
+            ),
             runs,
         }
     }
@@ -1204,12 +1293,17 @@ impl FamilyReport {
             self.family.as_str(),
             self.runs.len()
         );
-        let times = |x: Option<f64>| x.map_or("-".to_string(), |m| format!("{m:.1}x"));
-        let mut line = |cols: [&str; 11]| {
-            let [a, b, c, d, e, f, g, h, i, j, k] = cols;
+        // A campaign's multiple: "-" without a campaign or a reference.
+        let times = |priced: bool, tokens: u64, m: Option<f64>| match m {
+            Some(m) => format!("{m:.1}x"),
+            None if priced && tokens == 0 => "no tokens".into(),
+            None => "-".into(),
+        };
+        let mut line = |cols: [&str; 12]| {
+            let [a, b, c, d, e, f, g, h, i, j, k, l] = cols;
             let _ = writeln!(
                 out,
-                "{a:>6} {b:>8} {c:>10} {d:>10} {e:>10} {f:>10} {g:>10} {h:>10} {i:>11} {j:>7} {k:>9}"
+                "{a:>6} {b:>8} {c:>10} {d:>10} {e:>10} {f:>10} {g:>10} {h:>10} {i:>11} {j:>7} {k:>9} {l:>10}"
             );
         };
         line([
@@ -1224,6 +1318,7 @@ impl FamilyReport {
             "containment",
             "mixed",
             "cost",
+            "if dropped",
         ]);
         for r in &self.runs {
             let cols = [
@@ -1240,10 +1335,18 @@ impl FamilyReport {
                     .as_ref()
                     .map_or(0, |m| m.members)
                     .to_string(),
-                match (r.campaign_cost, r.cost_multiplier) {
-                    (Some(_), None) if r.campaign_tokens_served == 0 => "no tokens".into(),
-                    (_, m) => times(m),
-                },
+                times(
+                    r.campaign_cost.is_some() && self.per_key_reference.is_some(),
+                    r.campaign_tokens_served,
+                    r.cost_multiplier,
+                ),
+                r.if_dropped.map_or("-".into(), |d| {
+                    times(
+                        self.per_key_reference.is_some(),
+                        d.tokens,
+                        d.cost_multiplier,
+                    )
+                }),
             ];
             line(cols.each_ref().map(String::as_str));
         }
@@ -1288,6 +1391,11 @@ impl FamilyReport {
                 "campaign's cost per token, x per-key",
                 shown(self.cost_multiplier.median),
                 shown(self.cost_multiplier.worst_decile),
+            );
+            row(
+                "the same, each account dropped when caught",
+                shown(self.cost_multiplier_if_dropped.median),
+                shown(self.cost_multiplier_if_dropped.worst_decile),
             );
             let _ = writeln!(
                 out,
@@ -1482,6 +1590,11 @@ mod tests {
             baseline_campaign_tokens_served: tokens,
             campaign_cost: cost,
             cost_multiplier: None,
+            if_dropped: cost.map(|c| IfDropped {
+                cost: c / 2.0,
+                tokens: tokens / 4,
+                cost_multiplier: None,
+            }),
             attack_served_after_10min: 0.0,
             stealth_served_after_10min: None,
             attack_served_fraction: 0.0,
@@ -1512,9 +1625,55 @@ mod tests {
         assert_eq!(m, [Some(2.0), Some(10.0), None, None]);
         assert_eq!(r.cost_multiplier.median, Some(10.0));
         assert_eq!(r.cost_multiplier.worst_decile, Some(2.0));
+        // Half the cost for a quarter of the tokens: twice the multiple.
+        let d: Vec<Option<f64>> = r
+            .runs
+            .iter()
+            .map(|r| r.if_dropped.and_then(|d| d.cost_multiplier))
+            .collect();
+        assert_eq!(d, [Some(4.0), Some(20.0), None, None]);
+        assert_eq!(r.cost_multiplier_if_dropped.worst_decile, Some(4.0));
         assert!(r.render().contains("no tokens"), "{}", r.render());
         let unpriced = FamilyReport::new(Family::Tuning, vec![priced(1, Some(100.0), 1)], None);
         assert_eq!(unpriced.runs[0].cost_multiplier, None);
         assert!(!unpriced.render().contains("per-key reference"));
+    }
+
+    /// An account dropped at its first answer not served in full is held
+    /// until then; one never caught, or that never sent, to the end.
+    #[test]
+    fn a_dropped_account_pays_until_it_is_dropped() {
+        let d = draw(Family::Tuning, 1000, Size::FULL);
+        let (s, c) = (&d.scenario, &d.campaign);
+        let p = s.populations.iter().find(|p| p.name == CAMPAIGN).unwrap();
+        let (_, full) = campaign_cost(s, c).unwrap();
+        let none = if_dropped(s, c, &HashMap::new()).unwrap();
+        assert_eq!((none.cost, none.tokens), (full, 0));
+        let all: HashMap<u64, Dropping> = (0..u64::from(c.accounts))
+            .map(|i| {
+                let a = Dropping {
+                    dropped_ms: Some(p.start_ms),
+                    tokens: 10,
+                };
+                (i, a)
+            })
+            .collect();
+        let at_once = if_dropped(s, c, &all).unwrap();
+        assert_eq!(at_once.cost, COST.cost(c, 0.0));
+        assert_eq!(at_once.tokens, 10 * u64::from(c.accounts));
+        let half = p.start_ms + (p.end_ms - p.start_ms) / 2;
+        let one = HashMap::from([(
+            7,
+            Dropping {
+                dropped_ms: Some(half),
+                tokens: 5,
+            },
+        )]);
+        let hours = (p.end_ms - p.start_ms) as f64 / 3_600_000.0;
+        let n = f64::from(c.accounts);
+        let mean = (hours * (n - 1.0) + hours / 2.0) / n;
+        let r = if_dropped(s, c, &one).unwrap();
+        assert!((r.cost - COST.cost(c, mean)).abs() < 1e-9 * full, "{r:?}");
+        assert!(r.cost < full && r.tokens == 5);
     }
 }
