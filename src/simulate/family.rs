@@ -1387,16 +1387,18 @@ impl FamilyReport {
         );
         if let Some(reference) = self.per_key_reference {
             let shown = |x: Option<f64>| x.map_or("no tokens".into(), |m| format!("{m:.1}x"));
-            row(
-                "campaign's cost per token, x per-key",
-                shown(self.cost_multiplier.median),
-                shown(self.cost_multiplier.worst_decile),
-            );
-            row(
-                "the same, each account dropped when caught",
-                shown(self.cost_multiplier_if_dropped.median),
-                shown(self.cost_multiplier_if_dropped.worst_decile),
-            );
+            for (label, t) in [
+                (
+                    "campaign's cost per token, x per-key",
+                    &self.cost_multiplier,
+                ),
+                (
+                    "the same, each account dropped when caught",
+                    &self.cost_multiplier_if_dropped,
+                ),
+            ] {
+                row(label, shown(t.median), shown(t.worst_decile));
+            }
             let _ = writeln!(
                 out,
                 "cost: account-hour {}, address-hour {}, aged account-day {}; per-key reference {reference:.1} tokens per unit (the cheapest extraction under per-key limits alone)",
