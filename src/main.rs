@@ -804,7 +804,7 @@ fn simulate_family(
     // per-key extraction, on the background `redteam` prices it on by
     // default (the first tuning seed), so that every slice of either family
     // is priced against the same reference.
-    let background = family::Family::Tuning.seeds(1)[0];
+    let background = family::Family::Tuning.first_seed();
     let reference = match family::per_key_reference(background, size, policy, baseline) {
         Ok(r) => r,
         Err(e) => {
