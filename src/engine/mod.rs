@@ -464,6 +464,13 @@ impl Verdict {
             _ => None,
         }
     }
+
+    /// What a client gets of `produced` output tokens under this verdict:
+    /// all of them, or a degraded request's limit.
+    pub fn clamp_output(&self, produced: u64) -> u64 {
+        self.max_output()
+            .map_or(produced, |m| produced.min(u64::from(m)))
+    }
 }
 
 /// Every manual decision: (accounts, clusters).
@@ -1189,15 +1196,10 @@ impl Engine {
         // A plain load on every request; the compare-exchange (a write) only
         // until the first request has set the start.
         let started = match self.watch_started.load(Ordering::Relaxed) {
-            u64::MAX => {
-                let _ = self.watch_started.compare_exchange(
-                    u64::MAX,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                self.watch_started.load(Ordering::Relaxed)
-            }
+            u64::MAX => self
+                .watch_started
+                .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed)
+                .map_or_else(|set| set, |_| now),
             t => t,
         };
         let watched = now.saturating_sub(started);

@@ -276,10 +276,7 @@ impl<'c> Run<'c> {
         let now = rec.t_ms.saturating_mul(1_000_000).max(self.last_now);
         self.last_now = now;
         let d = self.engine.decide(&obs, now);
-        let served = match d.verdict.max_output() {
-            Some(limit) => rec.output_tokens.min(u64::from(limit)),
-            None => rec.output_tokens,
-        };
+        let served = d.verdict.clamp_output(rec.output_tokens);
         if let Some(t) = d.verdict.ticket() {
             self.engine.settle(
                 t,

@@ -1006,8 +1006,7 @@ pub fn evaluate(
                     // population), as in `campaign_tokens_served`; any
                     // answer not served in full drops the account.
                     if rec.population.is_some() && matches!(label, "allow" | "slow" | "degrade") {
-                        let limit = d.verdict.max_output().map_or(u64::MAX, u64::from);
-                        a.tokens += rec.output_tokens.min(limit);
+                        a.tokens += d.verdict.clamp_output(rec.output_tokens);
                     }
                     if !matches!(label, "allow" | "slow") {
                         a.dropped_ms = Some(rec.t_ms);
