@@ -194,6 +194,11 @@ enum Command {
         /// Report format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         report: ReportFormat,
+        /// Do not search: price the best evasion of each of these earlier
+        /// `redteam --report json` reports (or a file holding one strategy
+        /// object) under this policy, on this background.
+        #[arg(long, num_args = 1.., value_name = "REPORT", conflicts_with_all = ["seed", "budget"])]
+        reprice: Vec<PathBuf>,
     },
     /// Mock upstream + proxy with the default policy, in one process.
     Demo {
@@ -619,6 +624,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             minutes,
             scale,
             report,
+            reprice,
         } => {
             use distill_guard::simulate::{family::Family, redteam};
             let (c, b) = match policy_and_baseline(config_path.as_deref(), baseline.as_deref()) {
@@ -635,6 +641,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if Family::of_seed(background_seed) != Some(Family::Tuning) {
                 eprintln!("--background-seed: expected a tuning-family seed (1000-1999)");
                 return Ok(ExitCode::FAILURE);
+            }
+            if !reprice.is_empty() {
+                let strategies = match read_strategies(&reprice) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
+                let options = redteam::RepriceOptions {
+                    background_seed,
+                    minutes,
+                    scale,
+                };
+                let r = match redteam::reprice(&options, strategies, &c, &b) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
+                match report {
+                    ReportFormat::Json => println!("{}", serde_json::to_string(&r)?),
+                    ReportFormat::Text => print!("{}", r.render()),
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             let options = redteam::Options {
                 seed,
@@ -861,6 +893,31 @@ fn simulate_seeds(
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The strategies `redteam --reprice` prices: each file's `best.strategy`
+/// (a `redteam --report json` report) or, failing that, the file's whole
+/// object as one strategy. Labelled by the file's path.
+fn read_strategies(
+    paths: &[PathBuf],
+) -> Result<Vec<(String, distill_guard::simulate::strategy::AttackStrategy)>, String> {
+    paths
+        .iter()
+        .map(|p| {
+            let label = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{label}: {e}"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{label}: {e}"))?;
+            let strategy = v
+                .get("best")
+                .and_then(|b| b.get("strategy"))
+                .cloned()
+                .unwrap_or(v);
+            serde_json::from_value(strategy)
+                .map(|s| (label.clone(), s))
+                .map_err(|e| format!("{label}: not a redteam report or an attack strategy: {e}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

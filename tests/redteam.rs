@@ -92,3 +92,114 @@ fn redteam_refuses_a_held_out_background_and_a_budget_below_two() {
         assert!(!out.status.success(), "{args:?}");
     }
 }
+
+#[test]
+fn a_repriced_best_evasion_gets_what_it_got_in_its_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = SMALL.to_vec();
+    args.extend(["--report", "json"]);
+    let search = redteam(&args).stdout;
+    let r: serde_json::Value = serde_json::from_slice(&search).unwrap();
+    let report = dir.path().join("search.json");
+    std::fs::write(&report, &search).unwrap();
+    // The same strategy as a bare object.
+    let bare = dir.path().join("strategy.json");
+    std::fs::write(&bare, r["best"]["strategy"].to_string()).unwrap();
+
+    let out = redteam(&[
+        "--minutes",
+        "15",
+        "--scale",
+        "0.1",
+        "--report",
+        "json",
+        "--reprice",
+        report.to_str().unwrap(),
+        bare.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let given = p["strategies"].as_array().unwrap();
+    assert_eq!(given.len(), 2);
+    let reference = f(&p["per_key_reference"], "baseline_tokens_per_cost");
+    let mut lowest = f64::INFINITY;
+    for g in given {
+        let e = &g["evaluation"];
+        assert_eq!(e["origin"], "given");
+        assert_eq!(e["strategy"], r["best"]["strategy"]);
+        // Same policy, same background, same strategy: the same campaign.
+        for key in ["tokens", "baseline_tokens", "cost", "hours"] {
+            assert_eq!(e[key], r["best"][key], "{key}");
+        }
+        assert!(reference >= f(&r["evaluations"][1], "baseline_tokens_per_cost"));
+        match g["cost_multiplier"].as_f64() {
+            Some(m) => {
+                let want = reference / f(e, "tokens_per_cost");
+                assert!((m - want).abs() <= 1e-9 * want, "{m} vs {want}");
+                lowest = lowest.min(m);
+            }
+            None => assert_eq!(f(e, "tokens"), 0.0),
+        }
+    }
+    match p["cost_multiplier"].as_f64() {
+        Some(m) => assert_eq!(m, lowest),
+        None => assert!(lowest.is_infinite()),
+    }
+    let text = String::from_utf8(
+        redteam(&[
+            "--minutes",
+            "15",
+            "--scale",
+            "0.1",
+            "--reprice",
+            bare.to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(text.contains("lowest cost multiplier"), "{text}");
+}
+
+#[test]
+fn reprice_refuses_what_is_not_a_strategy_of_the_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut strategy = serde_json::json!({
+        "accounts": 100, "addresses_per_account": 0.5, "address_rotation": false,
+        "stack_rotation": false, "sdk_mimic": true, "paraphrase_share": 0.5,
+        "requests_per_account_per_hour": 10.0, "jitter": 0.2, "warmup_minutes": 0,
+        "cover_share": 0.1, "models": 1, "pinned_max_tokens": false, "aged_days": 0.0
+    });
+    let cases = [
+        ("too many accounts", {
+            let mut s = strategy.clone();
+            s["accounts"] = 100_000.into();
+            s
+        }),
+        ("an unknown field", {
+            strategy["accounts_typo"] = 3.into();
+            strategy
+        }),
+        ("not JSON", serde_json::Value::String("{".into())),
+    ];
+    for (what, v) in cases {
+        let path = dir.path().join("s.json");
+        let text = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["redteam", "--minutes", "15", "--scale", "0.1", "--reprice"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{what}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("s.json"), "{what}: {err}");
+    }
+    // A search's own knobs do not go with it.
+    let out = Command::new(BIN)
+        .args(["redteam", "--seed", "2", "--reprice", "x.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -9,6 +9,12 @@
 //! the policy and under the baseline. The attacker maximises output tokens
 //! extracted per unit of cost ([`CostModel`]: account-hours and rented
 //! address-hours).
+//!
+//! [`reprice`] evaluates given strategies instead of searching: the best
+//! evasions earlier searches found, priced under another policy. A search
+//! is a climb whose path depends on the policy, so two policies' best
+//! evasions are found on different paths; pricing each policy on the same
+//! strategies is the comparison that path does not blur.
 
 use std::fmt::Write as _;
 
@@ -86,6 +92,8 @@ pub enum Origin {
     Random,
     /// A neighbour of the best so far.
     Neighbour,
+    /// Given to [`reprice`].
+    Given,
 }
 
 /// One strategy, evaluated.
@@ -133,6 +141,33 @@ pub struct RedteamReport {
     pub cost_multiplier: Option<f64>,
 }
 
+/// One campaign of `strategy` on the honest background of tuning seed
+/// `background`, under `config` and under `baseline`, priced.
+fn evaluate(
+    (background, size): (u64, Size),
+    index: u32,
+    origin: Origin,
+    strategy: AttackStrategy,
+    config: &Config,
+    baseline: &Config,
+) -> Result<Evaluation, String> {
+    let s = family::against_background(&strategy, background, size);
+    let run = family::evaluate(&s, Some(&strategy), config, baseline)?;
+    let (hours, cost) = family::campaign_cost(&s, &strategy).ok_or("the campaign is missing")?;
+    let per = |t: u64| if cost > 0.0 { t as f64 / cost } else { 0.0 };
+    Ok(Evaluation {
+        index,
+        origin,
+        hours,
+        cost,
+        tokens: run.campaign_tokens_served,
+        baseline_tokens: run.baseline_campaign_tokens_served,
+        tokens_per_cost: per(run.campaign_tokens_served),
+        baseline_tokens_per_cost: per(run.baseline_campaign_tokens_served),
+        strategy,
+    })
+}
+
 /// Run the search of `options` against `config`, beside `baseline`.
 pub fn search(
     options: &Options,
@@ -148,22 +183,14 @@ pub fn search(
     };
     let mut rng = ChaCha8Rng::seed_from_u64(super::mix(options.seed, 0x4ed7));
     let evaluate = |index: u32, origin: Origin, strategy: AttackStrategy| {
-        let s = family::against_background(&strategy, options.background_seed, size);
-        let run = family::evaluate(&s, Some(&strategy), config, baseline)?;
-        let (hours, cost) =
-            family::campaign_cost(&s, &strategy).ok_or("the campaign is missing")?;
-        let per = |t: u64| if cost > 0.0 { t as f64 / cost } else { 0.0 };
-        Ok::<_, String>(Evaluation {
+        evaluate(
+            (options.background_seed, size),
             index,
             origin,
-            hours,
-            cost,
-            tokens: run.campaign_tokens_served,
-            baseline_tokens: run.baseline_campaign_tokens_served,
-            tokens_per_cost: per(run.campaign_tokens_served),
-            baseline_tokens_per_cost: per(run.baseline_campaign_tokens_served),
             strategy,
-        })
+            config,
+            baseline,
+        )
     };
     let start = evaluate(0, Origin::Start, AttackStrategy::starting_point())?;
     let mut evaluations = vec![
@@ -193,17 +220,8 @@ pub fn search(
         }
         evaluations.push(e);
     }
-    let per_key_reference = evaluations
-        .iter()
-        .max_by(|a, b| {
-            a.baseline_tokens_per_cost
-                .total_cmp(&b.baseline_tokens_per_cost)
-                .then(b.index.cmp(&a.index))
-        })
-        .cloned()
-        .unwrap_or_else(|| start.clone());
-    let cost_multiplier = (best.tokens_per_cost > 0.0)
-        .then(|| per_key_reference.baseline_tokens_per_cost / best.tokens_per_cost);
+    let per_key_reference = cheapest_per_key(&evaluations).unwrap_or_else(|| start.clone());
+    let cost_multiplier = multiplier(&per_key_reference, &best);
     Ok(RedteamReport {
         options: *options,
         cost_model: COST,
@@ -213,6 +231,186 @@ pub fn search(
         per_key_reference,
         cost_multiplier,
     })
+}
+
+/// The evaluation that the per-key-only baseline lets extract the most per
+/// unit of cost (the earliest of equals).
+fn cheapest_per_key(evaluations: &[Evaluation]) -> Option<Evaluation> {
+    evaluations
+        .iter()
+        .max_by(|a, b| {
+            a.baseline_tokens_per_cost
+                .total_cmp(&b.baseline_tokens_per_cost)
+                .then(b.index.cmp(&a.index))
+        })
+        .cloned()
+}
+
+/// How much dearer per extracted token `e` is under the policy than the
+/// per-key `reference` under the baseline (None: `e` extracted nothing).
+fn multiplier(reference: &Evaluation, e: &Evaluation) -> Option<f64> {
+    (e.tokens_per_cost > 0.0).then(|| reference.baseline_tokens_per_cost / e.tokens_per_cost)
+}
+
+/// Where [`reprice`] runs its campaigns.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RepriceOptions {
+    /// The tuning-family seed whose honest background every campaign runs
+    /// on.
+    pub background_seed: u64,
+    /// Scenario length in minutes.
+    pub minutes: u64,
+    /// Honest accounts times this.
+    pub scale: f64,
+}
+
+/// A given strategy, priced under the policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repriced {
+    /// Where it was read from.
+    pub source: String,
+    /// Its campaign under the policy and under the baseline.
+    pub evaluation: Evaluation,
+    /// Its cost per extracted token over the per-key reference's (None: it
+    /// extracted nothing).
+    pub cost_multiplier: Option<f64>,
+}
+
+/// Given strategies priced under a policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepriceReport {
+    /// Where the campaigns ran.
+    pub options: RepriceOptions,
+    /// The cost model.
+    pub cost_model: CostModel,
+    /// The strategies, in the order given.
+    pub strategies: Vec<Repriced>,
+    /// The cheapest extraction under the per-key-only baseline among the
+    /// per-key optimum and the given strategies (as a search takes it from
+    /// everything it evaluated).
+    pub per_key_reference: Evaluation,
+    /// The lowest of the strategies' multipliers: the cheapest of these
+    /// evasions under the policy (None: none extracted anything).
+    pub cost_multiplier: Option<f64>,
+}
+
+/// Price each of `strategies` (a source label and the strategy) under
+/// `config` and `baseline` on the background of `options`, beside the per-key
+/// optimum. Strategies outside the search space are refused.
+pub fn reprice(
+    options: &RepriceOptions,
+    strategies: Vec<(String, AttackStrategy)>,
+    config: &Config,
+    baseline: &Config,
+) -> Result<RepriceReport, String> {
+    let at = (
+        options.background_seed,
+        Size {
+            minutes: options.minutes,
+            accounts: options.scale,
+        },
+    );
+    for (source, s) in &strategies {
+        if s.clone().clamped() != *s {
+            return Err(format!(
+                "{source}: the strategy is outside the search space: {}",
+                s.describe()
+            ));
+        }
+    }
+    let optimum = evaluate(
+        at,
+        0,
+        Origin::PerKeyOptimum,
+        AttackStrategy::per_key_optimum(),
+        config,
+        baseline,
+    )?;
+    let mut evaluations = vec![optimum];
+    let mut sources = Vec::new();
+    for (i, (source, strategy)) in strategies.into_iter().enumerate() {
+        let index = u32::try_from(i + 1).map_err(|_| "too many strategies")?;
+        evaluations.push(evaluate(
+            at,
+            index,
+            Origin::Given,
+            strategy,
+            config,
+            baseline,
+        )?);
+        sources.push(source);
+    }
+    let reference = cheapest_per_key(&evaluations).ok_or("nothing evaluated")?;
+    let strategies: Vec<Repriced> = sources
+        .into_iter()
+        .zip(evaluations.into_iter().skip(1))
+        .map(|(source, evaluation)| Repriced {
+            source,
+            cost_multiplier: multiplier(&reference, &evaluation),
+            evaluation,
+        })
+        .collect();
+    // The cheapest evasion: the lowest multiplier, where extracting nothing
+    // counts as the highest.
+    let cost_multiplier = strategies
+        .iter()
+        .map(|r| r.cost_multiplier.unwrap_or(f64::INFINITY))
+        .min_by(f64::total_cmp)
+        .filter(|m| m.is_finite());
+    Ok(RepriceReport {
+        options: *options,
+        cost_model: COST,
+        strategies,
+        per_key_reference: reference,
+        cost_multiplier,
+    })
+}
+
+impl RepriceReport {
+    /// The report as text: each strategy's figures, the reference and the
+    /// lowest multiplier.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "redteam --reprice: {} strategies, background seed {} ({} minutes, honest accounts x{}); cost: account-hour {}, address-hour {}, aged account-day {}\n",
+            self.strategies.len(),
+            self.options.background_seed,
+            self.options.minutes,
+            self.options.scale,
+            self.cost_model.account_hour,
+            self.cost_model.address_hour,
+            self.cost_model.aged_account_day,
+        );
+        for r in &self.strategies {
+            let e = &r.evaluation;
+            let _ = writeln!(
+                out,
+                "{}: {:.1} tokens per account-hour ({} tokens for {:.1}; per-key {:.1}), cost multiplier {}\n  {}",
+                r.source,
+                e.tokens_per_cost,
+                e.tokens,
+                e.cost,
+                e.baseline_tokens_per_cost,
+                r.cost_multiplier
+                    .map_or("unbounded (nothing extracted)".to_string(), |m| format!("{m:.2}x")),
+                e.strategy.describe()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "per-key reference (baseline): {:.1} tokens per account-hour\n  {}",
+            self.per_key_reference.baseline_tokens_per_cost,
+            self.per_key_reference.strategy.describe()
+        );
+        let _ = writeln!(
+            out,
+            "lowest cost multiplier against the per-key baseline per extracted token: {}",
+            self.cost_multiplier
+                .map_or("unbounded (nothing extracted)".to_string(), |m| format!(
+                    "{m:.2}x"
+                ))
+        );
+        out
+    }
 }
 
 impl RedteamReport {

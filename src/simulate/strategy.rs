@@ -6,7 +6,7 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::scenario::{Per, Piece, Population, Timing};
 
@@ -87,8 +87,10 @@ pub(crate) const RESELLER: [(&str, u32); 4] = [
     ("91.200.0.0/20", 64903),
 ];
 
-/// One attack strategy: a point of the space.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One attack strategy: a point of the space. Read back (`redteam
+/// --reprice`) from the form it is written in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AttackStrategy {
     /// Accounts the campaign opens.
     pub accounts: u32,
