@@ -701,6 +701,12 @@ pub struct FileDetection {
     pub enforce_percent: u8,
     /// Half-life of every signal window.
     pub half_life_ms: u64,
+    /// Half-life of a group's onset window (clusters, behaviour cohorts,
+    /// network pools): a group is scored by the higher of its
+    /// `half_life_ms` window and this one, so that its traffic of an hour
+    /// ago does not dilute what it does now. 0: no onset window. Below
+    /// `half_life_ms`.
+    pub onset_half_life_ms: u64,
     /// Phrase-list files (one phrase per line, `#` comments; the list is
     /// named by the file stem). Empty: the built-in lists.
     pub phrase_lists: Vec<String>,
@@ -756,6 +762,7 @@ impl Default for FileDetection {
             mode: "enforce".into(),
             enforce_percent: 100,
             half_life_ms: 3_600_000,
+            onset_half_life_ms: 600_000,
             core_min_raw: 0.45,
             cohort_min_raw: 0.55,
             cohort_min_requests: 2,

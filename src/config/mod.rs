@@ -1774,8 +1774,16 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             enforce_percent: f.enforce_percent,
         }
     };
+    let half_life = nanos(nonzero_ms("detection.half_life_ms", f.half_life_ms)?);
+    if f.onset_half_life_ms >= f.half_life_ms {
+        return Err(invalid(
+            "detection.onset_half_life_ms",
+            "expected 0 (no onset window) or less than detection.half_life_ms",
+        ));
+    }
     let mut score = ScorePolicy {
-        half_life: nanos(nonzero_ms("detection.half_life_ms", f.half_life_ms)?),
+        half_life,
+        onset_half_life: nanos(Duration::from_millis(f.onset_half_life_ms)),
         ..ScorePolicy::default()
     };
     for (name, w) in &f.weights {

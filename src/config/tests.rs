@@ -114,6 +114,20 @@ fn bad_values_are_rejected() {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.late_after_requests", "{e}");
     }
+    for onset in [
+        "onset_half_life_ms = 3600000",
+        "half_life_ms = 1800000\nonset_half_life_ms = 1800001",
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[detection]\n{onset}\n")).unwrap_err();
+        assert_eq!(e.key, "detection.onset_half_life_ms", "{e}");
+    }
+    for (onset, want) in [("onset_half_life_ms = 0", 0), ("", 10 * 60)] {
+        let c = parse_str(&format!("{MINIMAL}[detection]\n{onset}\n")).unwrap();
+        assert_eq!(
+            c.detection.policy.score.onset_half_life,
+            want * 1_000_000_000
+        );
+    }
     let e = parse_str("[upstream]\nurl = \"http://x\"\n").unwrap_err();
     assert_eq!(e.key, "listener");
     let e = parse_str(&format!("{MINIMAL}[logging]\nformat = \"xml\"\n")).unwrap_err();

@@ -20,6 +20,10 @@ pub struct ScorePolicy {
     pub half_life: Nanos,
     /// Half-life of the short request counter that measures whether the source is still active.
     pub activity_half_life: Nanos,
+    /// Half-life of a group's second window, its onset window (clusters, cohorts, network pools; 0: none): a group
+    /// is scored by the higher of its `half_life` window and this one, so that what it did an hour ago (a
+    /// campaign's warm-up of benign traffic) does not dilute what it does now. Below `half_life`.
+    pub onset_half_life: Nanos,
     /// Credit (0..=1) a request earns towards reasoning elicitation by its parameters alone.
     pub elicitation_param_credit: f32,
     /// Thinking budgets at or above this count as elicitation parameters.
@@ -104,6 +108,7 @@ impl Default for ScorePolicy {
             prior_requests: 3.0,
             half_life: HOUR,
             activity_half_life: 15 * MINUTE,
+            onset_half_life: 10 * MINUTE,
             elicitation_param_credit: 0.25,
             thinking_budget_threshold: 16_000,
             pinned_fraction: 0.95,
@@ -220,6 +225,12 @@ impl ScorePolicy {
             return err(
                 "activity_half_life".into(),
                 "a duration above 0 and below half_life",
+            );
+        }
+        if self.onset_half_life >= self.half_life {
+            return err(
+                "onset_half_life".into(),
+                "0 (no onset window) or a duration below half_life",
             );
         }
         if !(0.0..=1.0).contains(&self.elicitation_param_credit) {

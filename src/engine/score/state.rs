@@ -240,10 +240,14 @@ pub(super) struct SecondSlot {
     bits: [u64; 4],
 }
 
-/// One cluster's behavioural signals: the account signals over all its members' requests, plus lockstep.
+/// One cluster's behavioural signals: the account signals over all its members' requests, plus lockstep. Also a
+/// behaviour cohort's and a network pool's. Besides its window of [`ScorePolicy::half_life`] it keeps an onset window
+/// of [`ScorePolicy::onset_half_life`] over the same requests and is scored by the higher of the two.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClusterSignals {
     w: Window,
+    /// The same requests over the onset half-life (not updated while the policy has none).
+    onset: Window,
     /// Decayed requests that landed in lockstep seconds.
     lock: f32,
     /// Members, as of the last request ([`ClusterSignals::set_members`]).
@@ -261,6 +265,7 @@ impl ClusterSignals {
     pub fn new(formed_at: Nanos) -> ClusterSignals {
         ClusterSignals {
             w: Window::new(formed_at),
+            onset: Window::onset(formed_at),
             lock: 0.0,
             members: 0,
             ring: [SecondSlot::default(); LOCK_RING],
@@ -293,6 +298,9 @@ impl ClusterSignals {
             churn *= self.fresh_stack(req.stack_key, req.now, policy.half_life);
         }
         self.w.observe(req, hits, policy, tier_rpm, churn);
+        if policy.onset_half_life > 0 {
+            self.onset.observe(req, hits, policy, tier_rpm, churn);
+        }
         self.lockstep(member, req.now, policy);
         self.senders.insert(req.now, policy.half_life, member);
     }
@@ -378,6 +386,9 @@ impl ClusterSignals {
     /// members sent, not only on what arrived after the link. Call once per member, before its current request.
     pub fn absorb_member(&mut self, member: &AccountSignals, now: Nanos, policy: &ScorePolicy) {
         let f = self.w.absorb(&member.w, now, policy);
+        if policy.onset_half_life > 0 {
+            self.onset.absorb(&member.w, now, policy);
+        }
         self.lock *= f;
     }
 
@@ -385,6 +396,9 @@ impl ClusterSignals {
     /// evidence is not lost when two clusters become one.
     pub fn absorb_cluster(&mut self, other: &ClusterSignals, now: Nanos, policy: &ScorePolicy) {
         let f = self.w.absorb(&other.w, now, policy);
+        if policy.onset_half_life > 0 {
+            self.onset.absorb(&other.onset, now, policy);
+        }
         self.lock = self.lock * f
             + other.lock * decay_factor(now.saturating_sub(other.w.updated), policy.half_life);
         self.members = self.members.max(other.members);
@@ -416,20 +430,49 @@ impl ClusterSignals {
         self.lock *= f;
         self.w
             .settle(output_tokens, input_tokens, now, policy, full);
+        if policy.onset_half_life > 0 {
+            self.onset
+                .settle(output_tokens, input_tokens, now, policy, full);
+        }
     }
 
-    /// The score at `now`, with every signal. Does not change the state.
+    /// The score at `now`, with every signal: the higher of its window's and its onset window's. Does not change
+    /// the state.
+    ///
+    /// A group's shares and yields are ratios over its window, so an hour of benign traffic before an extraction
+    /// starts (a campaign's warm-up, or cover traffic sent ahead) holds them down for as long as it stays in the
+    /// hour; the onset window forgets it within minutes. A group whose traffic is the same throughout reads about
+    /// the same in both, the onset one noisier but on fewer requests (so less evidence). Lockstep is counted in
+    /// the hour window only (the onset score reads 0 there).
     pub fn score(&self, now: Nanos, policy: &ScorePolicy) -> Score {
+        let senders = self.senders.count(now, policy.half_life);
         // Shares are ratios of counters decayed to the same time, so the lockstep count goes in as stored.
-        self.w.score(
+        let hour = self.w.score(
             now,
             policy,
             Some(ClusterFacts {
                 lock: self.lock,
                 members: self.members,
-                senders: self.senders.count(now, policy.half_life),
+                senders,
             }),
-        )
+        );
+        if policy.onset_half_life == 0 || self.onset.requests(now, policy) < policy.min_requests {
+            return hour;
+        }
+        let onset = self.onset.score(
+            now,
+            policy,
+            Some(ClusterFacts {
+                lock: 0.0,
+                members: self.members,
+                senders,
+            }),
+        );
+        if onset.value > hour.value {
+            onset
+        } else {
+            hour
+        }
     }
 
     /// Formed at (engine time).

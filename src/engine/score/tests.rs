@@ -579,7 +579,8 @@ fn state_is_small() {
         "size_of AccountSignals = {a} bytes, ClusterSignals = {c} bytes, LadderState = {l} byte(s)"
     );
     assert!(a <= 300);
-    assert!(c <= 512);
+    // Two windows (the onset window's since 2026-12-06); a cluster holds two (all members, core).
+    assert!(c <= 768);
 }
 
 // -- population simulation --------------------------------------------------------------------------------
@@ -1568,4 +1569,129 @@ fn yield_per_hour_is_an_account_signal_and_raises_its_score() {
         .score(end, &p)
         .contribution(Signal::YieldPerMember)
         .is_some());
+}
+
+/// A cluster of 60 members at 30 requests an hour each that sends `before` (input and output tokens) for
+/// `warm` and then `after`: each request's time after the switch and the cluster's score then, for two hours.
+fn switching_cluster(
+    p: &ScorePolicy,
+    warm: Nanos,
+    seed: u64,
+    mut before: impl FnMut(&mut StdRng) -> (u64, u64),
+    mut after: impl FnMut(&mut StdRng) -> (u64, u64),
+) -> Vec<(Nanos, f32)> {
+    let members = 60u64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = ClusterSignals::new(T0);
+    c.set_members(members as u32);
+    let gap = HOUR / (members * 30);
+    let switch = T0 + warm;
+    let mut out = Vec::new();
+    let (mut now, mut i) = (T0, 0u64);
+    while now < switch + 2 * HOUR {
+        let (input, output) = if now < switch {
+            before(&mut rng)
+        } else {
+            after(&mut rng)
+        };
+        let r = RequestSignals {
+            input_tokens: input,
+            ..req(now)
+        };
+        c.observe_hits(i % members, &r, PhraseHits::default(), p, TIER_RPM);
+        c.settle_request(output, Some(input), now, p, true);
+        if now >= switch {
+            out.push((now - switch, c.score(now, p).value));
+        }
+        now += gap;
+        i += 1;
+    }
+    out
+}
+
+/// Chat: short questions, short answers.
+fn chat_request(rng: &mut StdRng) -> (u64, u64) {
+    (rng.gen_range(10..160), rng.gen_range(80..=1200))
+}
+
+#[test]
+fn a_warm_up_of_benign_traffic_does_not_hold_a_cluster_down_for_an_hour() {
+    let on = ScorePolicy::default();
+    let off = ScorePolicy {
+        onset_half_life: 0,
+        ..ScorePolicy::default()
+    };
+    let slow = on.thresholds.slow.enter;
+    let first = |scores: &[(Nanos, f32)]| scores.iter().find(|(_, v)| *v >= slow).map(|(t, _)| *t);
+    // Thirty minutes of chat, then every request a short prompt for a long answer.
+    let run =
+        |p: &ScorePolicy| switching_cluster(p, 30 * MINUTE, 7, chat_request, campaign_request(0.0));
+    let (with, without) = (first(&run(&on)), first(&run(&off)));
+    println!(
+        "minutes from the switch to Slow: onset window {:?}, hour window only {:?}",
+        with.map(mins),
+        without.map(mins)
+    );
+    let (Some(with), Some(without)) = (with, without) else {
+        panic!("both reach Slow: {with:?} {without:?}");
+    };
+    assert!(
+        with * 3 <= without * 2,
+        "{} vs {} minutes",
+        mins(with),
+        mins(without)
+    );
+    // Without a warm-up the hour window is as quick: the onset window only takes the old traffic away.
+    let fresh = |p: &ScorePolicy| {
+        first(&switching_cluster(
+            p,
+            0,
+            7,
+            chat_request,
+            campaign_request(0.0),
+        ))
+    };
+    let (a, b) = (fresh(&on).unwrap(), fresh(&off).unwrap());
+    assert!(
+        a.abs_diff(b) <= 2 * MINUTE,
+        "{} vs {} minutes",
+        mins(a),
+        mins(b)
+    );
+}
+
+#[test]
+fn a_steady_honest_cluster_reads_the_same_in_its_onset_window() {
+    let on = ScorePolicy::default();
+    let off = ScorePolicy {
+        onset_half_life: 0,
+        ..ScorePolicy::default()
+    };
+    // A corporate NAT or one app's users (as in the yield test above), the same for two and a half hours; and
+    // chat users, some of whom paste documents for long summaries.
+    let nat = |rng: &mut StdRng| (rng.gen_range(200..360), rng.gen_range(100..=3000));
+    let mixed = |rng: &mut StdRng| {
+        if rng.gen_bool(0.1) {
+            (rng.gen_range(2000..6000), rng.gen_range(300..=2500))
+        } else {
+            chat_request(rng)
+        }
+    };
+    for (name, seed) in [("nat", 11u64), ("chat", 12)] {
+        let run = |p: &ScorePolicy| match name {
+            "nat" => switching_cluster(p, 30 * MINUTE, seed, nat, nat),
+            _ => switching_cluster(p, 30 * MINUTE, seed, mixed, mixed),
+        };
+        let (with, without) = (run(&on), run(&off));
+        let top = |s: &[(Nanos, f32)]| s.iter().map(|x| x.1).fold(0.0f32, f32::max);
+        let lift = with
+            .iter()
+            .zip(&without)
+            .map(|(a, b)| a.1 - b.1)
+            .fold(0.0f32, f32::max);
+        println!("{name}: highest score {:.3} (hour window only {:.3}), most the onset window adds {lift:.3}",
+            top(&with), top(&without));
+        assert!(top(&with) < on.thresholds.slow.exit, "{name}");
+        assert!(lift <= 0.05, "{name}: {lift}");
+    }
 }

@@ -341,6 +341,8 @@ pub(super) struct Window {
     fast: f32,
     pub(super) c: Counters,
     breadth: Breadth,
+    /// Decays with the onset half-life ([`ScorePolicy::onset_half_life`]) instead of the policy's.
+    onset: bool,
 }
 
 /// Signal values and the factors of the score at one time.
@@ -363,6 +365,26 @@ impl Window {
             fast: 0.0,
             c: Counters::default(),
             breadth: Breadth::default(),
+            onset: false,
+        }
+    }
+
+    /// A window that decays with the onset half-life (a group's recent requests; see [`ClusterSignals`]).
+    pub(super) fn onset(first_seen: Nanos) -> Window {
+        Window {
+            onset: true,
+            ..Window::new(first_seen)
+        }
+    }
+
+    /// The half-lives this window decays with, its counters' and its activity's: the policy's, or for an onset
+    /// window the onset half-life and an activity half-life of at most half of it.
+    fn half_lives(&self, policy: &ScorePolicy) -> (Nanos, Nanos) {
+        if self.onset {
+            let h = policy.onset_half_life;
+            (h, policy.activity_half_life.min(h / 2).max(1))
+        } else {
+            (policy.half_life, policy.activity_half_life)
         }
     }
 
@@ -378,9 +400,10 @@ impl Window {
         if dt == 0 {
             return 1.0;
         }
-        let f = decay_factor(dt, policy.half_life);
+        let (half_life, activity) = self.half_lives(policy);
+        let f = decay_factor(dt, half_life);
         self.c.scale(f);
-        self.fast *= decay_factor(dt, policy.activity_half_life);
+        self.fast *= decay_factor(dt, activity);
         self.updated = now;
         f
     }
@@ -454,7 +477,8 @@ impl Window {
         self.c.input += req.input_tokens as f32;
         if let Some(fill) = req.fill_key {
             let template = req.template_key.unwrap_or(fill);
-            self.breadth.insert(now, policy.half_life, template, fill);
+            self.breadth
+                .insert(now, self.half_lives(policy).0, template, fill);
         }
     }
 
@@ -486,10 +510,11 @@ impl Window {
     pub(super) fn absorb(&mut self, other: &Window, now: Nanos, policy: &ScorePolicy) -> f32 {
         let f = self.decay_to(now, policy);
         let dt = now.saturating_sub(other.updated);
+        let (half_life, activity) = self.half_lives(policy);
         let mut c = other.c;
-        c.scale(decay_factor(dt, policy.half_life));
+        c.scale(decay_factor(dt, half_life));
         self.c.add_sums(&c);
-        self.fast += other.fast * decay_factor(dt, policy.activity_half_life);
+        self.fast += other.fast * decay_factor(dt, activity);
         self.requests_total = self.requests_total.saturating_add(other.requests_total);
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_arrival = self.last_arrival.max(other.last_arrival);
@@ -499,7 +524,7 @@ impl Window {
 
     /// Decayed requests at `now`.
     pub(super) fn requests(&self, now: Nanos, policy: &ScorePolicy) -> f32 {
-        self.c.n * decay_factor(now.saturating_sub(self.updated), policy.half_life)
+        self.c.n * decay_factor(now.saturating_sub(self.updated), self.half_lives(policy).0)
     }
 
     /// Every signal's raw value at `now` (the cluster-only signals from `cluster`, if any), without changing the
@@ -513,9 +538,10 @@ impl Window {
         let group = cluster.is_some();
         let cluster = cluster.unwrap_or_default();
         let dt = now.saturating_sub(self.updated);
-        let f = decay_factor(dt, policy.half_life);
+        let (half_life, activity_half_life) = self.half_lives(policy);
+        let f = decay_factor(dt, half_life);
         let n = self.c.n * f;
-        let fast = self.fast * decay_factor(dt, policy.activity_half_life);
+        let fast = self.fast * decay_factor(dt, activity_half_life);
         let c = &self.c;
         let age = now.saturating_sub(self.first_seen);
 
@@ -537,7 +563,7 @@ impl Window {
             1.0
         };
         v[Signal::Lockstep.index()] = share(cluster.lock, c.n);
-        let rate = rate_per_sec(n, policy.half_life, age);
+        let rate = rate_per_sec(n, half_life, age);
         v[Signal::MemberSpread.index()] =
             if cluster.members >= policy.spread_min_members && rate > 0.0 {
                 (f64::from(cluster.members) / (rate * 60.0)) as f32
@@ -556,7 +582,7 @@ impl Window {
         } else {
             (self.age(now) as f64 / HOUR as f64) as f32
         };
-        v[Signal::Breadth.index()] = self.breadth.ratio(now, policy.half_life);
+        v[Signal::Breadth.index()] = self.breadth.ratio(now, half_life);
         v[Signal::FingerprintInconsistency.index()] = share(c.flagged, c.n);
         v[Signal::ReleasePivot.index()] = share(c.pivot, c.n);
         v[Signal::StackChurn.index()] = share(c.churn, c.n);
@@ -579,7 +605,7 @@ impl Window {
             let per_member_hour = if c.sender_rate > 0.0 {
                 f64::from(c.sender_rate / c.n.max(f32::EPSILON))
             } else {
-                let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
+                let rate = rate_per_sec(n, half_life, age.max(YIELD_MIN_AGE));
                 rate * 3600.0 / f64::from(cluster.senders)
             };
             (f64::from(per_request) * per_member_hour) as f32
@@ -590,7 +616,7 @@ impl Window {
         // slow-and-low campaign's account takes an hour, which cover traffic dilutes only by its own share.
         v[Signal::YieldPerHour.index()] = {
             let per_request = c.yield_output / (c.full + policy.min_requests.max(1.0));
-            let rate = rate_per_sec(n, policy.half_life, age.max(YIELD_MIN_AGE));
+            let rate = rate_per_sec(n, half_life, age.max(YIELD_MIN_AGE));
             (f64::from(per_request) * rate * 3600.0) as f32
         };
 
@@ -599,7 +625,7 @@ impl Window {
         } else {
             n / (n + policy.prior_requests.max(0.0))
         };
-        let fast_rate = rate_per_sec(fast, policy.activity_half_life, age);
+        let fast_rate = rate_per_sec(fast, activity_half_life, age);
         let activity = if rate > 0.0 {
             (fast_rate / rate).min(1.0) as f32
         } else {
