@@ -643,19 +643,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             if !reprice.is_empty() {
-                let strategies = match read_strategies(&reprice) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return Ok(ExitCode::FAILURE);
-                    }
-                };
                 let options = redteam::RepriceOptions {
                     background_seed,
                     minutes,
                     scale,
                 };
-                let r = match redteam::reprice(&options, strategies, &c, &b) {
+                let priced = read_strategies(&reprice)
+                    .and_then(|strategies| redteam::reprice(&options, strategies, &c, &b));
+                let r = match priced {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("{e}");

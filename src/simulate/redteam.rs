@@ -252,6 +252,13 @@ fn multiplier(reference: &Evaluation, e: &Evaluation) -> Option<f64> {
     (e.tokens_per_cost > 0.0).then(|| reference.baseline_tokens_per_cost / e.tokens_per_cost)
 }
 
+/// A multiplier as the text reports show it.
+fn show_multiplier(m: Option<f64>) -> String {
+    m.map_or("unbounded (nothing extracted)".to_string(), |m| {
+        format!("{m:.2}x")
+    })
+}
+
 /// Where [`reprice`] runs its campaigns.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RepriceOptions {
@@ -390,8 +397,7 @@ impl RepriceReport {
                 e.tokens,
                 e.cost,
                 e.baseline_tokens_per_cost,
-                r.cost_multiplier
-                    .map_or("unbounded (nothing extracted)".to_string(), |m| format!("{m:.2}x")),
+                show_multiplier(r.cost_multiplier),
                 e.strategy.describe()
             );
         }
@@ -404,10 +410,7 @@ impl RepriceReport {
         let _ = writeln!(
             out,
             "lowest cost multiplier against the per-key baseline per extracted token: {}",
-            self.cost_multiplier
-                .map_or("unbounded (nothing extracted)".to_string(), |m| format!(
-                    "{m:.2}x"
-                ))
+            show_multiplier(self.cost_multiplier)
         );
         out
     }
@@ -478,10 +481,7 @@ impl RedteamReport {
         let _ = writeln!(
             out,
             "cost multiplier against the per-key baseline per extracted token: {}",
-            self.cost_multiplier
-                .map_or("unbounded (nothing extracted)".to_string(), |m| format!(
-                    "{m:.2}x"
-                ))
+            show_multiplier(self.cost_multiplier)
         );
         out
     }

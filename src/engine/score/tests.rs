@@ -1609,6 +1609,15 @@ fn switching_cluster(
     out
 }
 
+/// The default policy, and the same without an onset window.
+fn onset_on_off() -> (ScorePolicy, ScorePolicy) {
+    let off = ScorePolicy {
+        onset_half_life: 0,
+        ..ScorePolicy::default()
+    };
+    (ScorePolicy::default(), off)
+}
+
 /// Chat: short questions, short answers.
 fn chat_request(rng: &mut StdRng) -> (u64, u64) {
     (rng.gen_range(10..160), rng.gen_range(80..=1200))
@@ -1616,11 +1625,7 @@ fn chat_request(rng: &mut StdRng) -> (u64, u64) {
 
 #[test]
 fn a_warm_up_of_benign_traffic_does_not_hold_a_cluster_down_for_an_hour() {
-    let on = ScorePolicy::default();
-    let off = ScorePolicy {
-        onset_half_life: 0,
-        ..ScorePolicy::default()
-    };
+    let (on, off) = onset_on_off();
     let slow = on.thresholds.slow.enter;
     let first = |scores: &[(Nanos, f32)]| scores.iter().find(|(_, v)| *v >= slow).map(|(t, _)| *t);
     // Thirty minutes of chat, then every request a short prompt for a long answer.
@@ -1662,11 +1667,7 @@ fn a_warm_up_of_benign_traffic_does_not_hold_a_cluster_down_for_an_hour() {
 
 #[test]
 fn a_steady_honest_cluster_reads_the_same_in_its_onset_window() {
-    let on = ScorePolicy::default();
-    let off = ScorePolicy {
-        onset_half_life: 0,
-        ..ScorePolicy::default()
-    };
+    let (on, off) = onset_on_off();
     // A corporate NAT or one app's users (as in the yield test above), the same for two and a half hours; and
     // chat users, some of whom paste documents for long summaries.
     let nat = |rng: &mut StdRng| (rng.gen_range(200..360), rng.gen_range(100..=3000));
