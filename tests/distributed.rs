@@ -71,6 +71,13 @@ impl Redis {
             self.command("PING")
                 .is_none_or(|r| !(r.starts_with("+PONG") || r.contains("NOAUTH")))
         } {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer in 10 s"
@@ -116,12 +123,25 @@ impl Drop for Redis {
     }
 }
 
+/// A port free now, below the kernel's ephemeral range (32768 and up by
+/// default), and never the same twice in this process: a port taken from
+/// the ephemeral range and released can be given to any outgoing
+/// connection of a test running beside this one before the server that was
+/// to listen on it starts (or restarts on it), and a cluster node that
+/// cannot bind its client or bus port never answers.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A Redis Cluster of three primaries of this test's own: `redis-server
