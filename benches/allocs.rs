@@ -542,9 +542,8 @@ fn per_stream_heap() {
          its first event (live = allocated - freed while all are open)"
     );
     println!(
-        "(a request waiting for an upstream connection, Request<RequestBody>: {} B; \
-         hyper-util's dispatch queue allocates 32 such slots per upstream connection)",
-        std::mem::size_of::<http::Request<distill_guard::proxy::body::RequestBody>>()
+        "(an upstream response body, which owns its connection: {} B inline)",
+        std::mem::size_of::<distill_guard::proxy::h1::Body>()
     );
     let body = body("messages").replace("\"max_tokens\":64,", "\"max_tokens\":64,\"stream\":true,");
     let release = Arc::new(Barrier::new(STREAMS + 1));

@@ -1,10 +1,11 @@
-//! Phase 8, forward: the pooled upstream client (hyper-util + hyper-rustls)
-//! and [`Upstream`], the tower service that sends one request upstream
-//! under the configured timeouts, classifying failures by the side that
-//! caused them. The guard ([`crate::stack`]) wraps it as a layer.
+//! Phase 8, forward: the pooled upstream client ([`h1`]: HTTP/1.1, plain or
+//! rustls) and [`Upstream`], the tower service that sends one request
+//! upstream under the configured timeouts, classifying failures by the side
+//! that caused them. The guard ([`crate::stack`]) wraps it as a layer.
 
 pub mod body;
 pub mod error;
+pub mod h1;
 pub mod headers;
 
 use std::future::Future;
@@ -14,12 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Request, Response, Uri};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
@@ -29,7 +25,7 @@ use body::{BodyTimeout, BodyTooLarge, RequestBody};
 use error::ProxyError;
 
 /// The pooled upstream client; one per worker runtime.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type UpstreamClient = h1::Client;
 
 /// The upstream TLS settings could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +65,7 @@ pub fn upstream_tls(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, C
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // ALPN (h2, http/1.1) is set by the connector builder.
+    // ALPN (http/1.1) is set by the client.
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -77,28 +73,15 @@ pub fn upstream_tls(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, C
     Ok(Arc::new(tls))
 }
 
-/// A pooled client for the upstream, offering h2 and http/1.1 by ALPN on
-/// https. Each worker runtime gets its own (its pool's connections are
-/// driven by tasks on that runtime).
-pub fn upstream_client(cfg: &UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cfg.connect_timeout));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .timer(TokioTimer::new())
-        .build(connector)
+/// A pooled client for the upstream (HTTP/1.1; `http/1.1` by ALPN on
+/// https). Each worker runtime gets its own: its pool's connections are
+/// used by that runtime's tasks only.
+pub fn upstream_client(tls: Arc<rustls::ClientConfig>) -> UpstreamClient {
+    h1::Client::new(tls)
 }
 
-/// The upstream URI for a client request path.
+/// The upstream request's target (origin form: path and query, after the
+/// configured prefix) for a client request URI.
 pub fn upstream_uri(cfg: &UpstreamConfig, client_uri: &Uri) -> Result<Uri, ProxyError> {
     let pq = client_uri
         .path_and_query()
@@ -110,12 +93,7 @@ pub fn upstream_uri(cfg: &UpstreamConfig, client_uri: &Uri) -> Result<Uri, Proxy
         PathAndQuery::try_from(format!("{}{}", cfg.path_prefix, pq.as_str()))
             .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?
     };
-    Uri::builder()
-        .scheme(cfg.scheme.clone())
-        .authority(cfg.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))
+    Ok(Uri::from(pq))
 }
 
 /// The upstream as a tower service: the client request, already guarded
@@ -137,12 +115,13 @@ impl Upstream {
 }
 
 impl tower::Service<Request<RequestBody>> for Upstream {
-    type Response = Response<Incoming>;
+    type Response = Response<h1::Body>;
     type Error = ProxyError;
     type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // hyper-util's pooled client is always ready; its queue is per call.
+        // The pooled client is always ready: a request without an idle
+        // connection opens one.
         Poll::Ready(Ok(()))
     }
 
@@ -154,11 +133,11 @@ impl tower::Service<Request<RequestBody>> for Upstream {
             Ok(uri) => uri,
             Err(e) => return UpstreamFuture::failed(e),
         };
-        parts.version = Version::HTTP_11;
-        // Set here rather than by the client, which would format it anew
-        // for every request (HTTP/1 only; over h2 it equals `:authority`).
         parts.headers.insert(HOST, cfg.host.clone());
-        let sent = self.client.request(Request::from_parts(parts, body));
+        let client = self.client.clone();
+        let target = h1::Target::of(cfg);
+        let sent: h1::SendFuture =
+            Box::pin(async move { client.send(Request::from_parts(parts, body), target).await });
         UpstreamFuture {
             response: Some(tokio::time::timeout(cfg.first_byte_timeout, sent)),
             error: None,
@@ -168,13 +147,12 @@ impl tower::Service<Request<RequestBody>> for Upstream {
 }
 
 pin_project_lite::pin_project! {
-    /// The response head of an [`Upstream`] call (a named future: no box
-    /// per request).
+    /// The response head of an [`Upstream`] call.
     pub struct UpstreamFuture {
         // The client's call under the first-byte timeout (None: refused
         // before sending, with `error`).
         #[pin]
-        response: Option<tokio::time::Timeout<ResponseFuture>>,
+        response: Option<tokio::time::Timeout<h1::SendFuture>>,
         error: Option<ProxyError>,
         first_byte: std::time::Duration,
     }
@@ -191,7 +169,7 @@ impl UpstreamFuture {
 }
 
 impl Future for UpstreamFuture {
-    type Output = Result<Response<Incoming>, ProxyError>;
+    type Output = Result<Response<h1::Body>, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -204,43 +182,31 @@ impl Future for UpstreamFuture {
         Poll::Ready(match ready!(response.poll(cx)) {
             Err(_) => Err(ProxyError::UpstreamTimeout(*this.first_byte)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => Err(classify(e)),
         })
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(t) = s.downcast_ref::<BodyTooLarge>() {
-            return ProxyError::BodyTooLarge(t.limit);
+/// A failure of the exchange, by the side that caused it.
+fn classify(e: h1::Failure) -> ProxyError {
+    match e {
+        h1::Failure::ConnectTimeout(_) => ProxyError::UpstreamTimeout(std::time::Duration::ZERO),
+        h1::Failure::Connect { .. } => ProxyError::UpstreamConnect(error_chain(&e)),
+        h1::Failure::Body(body) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(body.as_ref());
+            while let Some(s) = source {
+                if let Some(t) = s.downcast_ref::<BodyTooLarge>() {
+                    return ProxyError::BodyTooLarge(t.limit);
+                }
+                if let Some(t) = s.downcast_ref::<BodyTimeout>() {
+                    return ProxyError::BodyTimeout(t.clone());
+                }
+                source = s.source();
+            }
+            ProxyError::Upstream(format!("request body: {}", error_chain(body.as_ref())))
         }
-        if let Some(t) = s.downcast_ref::<BodyTimeout>() {
-            return ProxyError::BodyTimeout(t.clone());
-        }
-        source = s.source();
+        e => ProxyError::Upstream(error_chain(&e)),
     }
-    if e.is_connect() {
-        // hyper-util reports its own connect timeout as a connect error
-        // caused by an I/O error of kind `TimedOut`.
-        if io_kind(e) == Some(std::io::ErrorKind::TimedOut) {
-            return ProxyError::UpstreamTimeout(std::time::Duration::ZERO);
-        }
-        return ProxyError::UpstreamConnect(error_chain(e));
-    }
-    ProxyError::Upstream(error_chain(e))
-}
-
-/// The kind of the first I/O error in `e`'s chain of causes.
-fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        source = s.source();
-    }
-    None
 }
 
 /// `error: cause: cause` on one line, for logs.

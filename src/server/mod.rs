@@ -349,10 +349,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
         }
         let shared = shared.clone();
         let shutdown = shutdown_rx.clone();
-        let client = {
-            let config = shared.config.load();
-            proxy::upstream_client(&config.upstream, shared.upstream_tls.clone())
-        };
+        let client = proxy::upstream_client(shared.upstream_tls.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -897,7 +894,8 @@ struct ProxyService {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = http::Response<deadline::Watched<crate::proxy::body::ResponseBody>>;
+    type Response =
+        http::Response<deadline::Watched<crate::proxy::body::ResponseBody<proxy::h1::Body>>>;
     type Error = std::convert::Infallible;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
