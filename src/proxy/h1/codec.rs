@@ -5,12 +5,15 @@
 
 use std::io::{self, Write};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{Method, Response, StatusCode, Version};
 
 /// Most header fields a response head may carry (hyper's default).
 pub const MAX_HEADERS: usize = 100;
+
+/// Header fields a response's map has room for at least.
+const MAP_ROOM: usize = 16;
 
 /// Largest response head accepted, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -79,17 +82,13 @@ pub struct Head {
     pub framing: Decoder,
     /// Whether the connection may carry another request afterwards.
     pub keep_alive: bool,
-    /// Bytes of the buffer the head took (what follows is body).
-    pub len: usize,
 }
 
-/// The outcome of parsing what has arrived so far.
+/// A parsed head: informational, or the final one.
 #[derive(Debug)]
 pub enum Parsed {
-    /// More bytes are needed.
-    Partial,
-    /// An informational (1xx) head of `len` bytes, to be skipped.
-    Informational(usize),
+    /// An informational (1xx) head, to be skipped.
+    Informational,
     /// The final head.
     Complete(Head),
 }
@@ -98,23 +97,30 @@ fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-/// Parse a response head from the start of `buf`, for a request made with
-/// `method`.
-pub fn parse_head(buf: &[u8], method: &Method) -> io::Result<Parsed> {
+/// The length of the response head at the start of `buf`, once all of it
+/// has arrived (None: more bytes are needed).
+pub fn head_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Response::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(invalid(format!(
+            "response head larger than {MAX_HEAD_BYTES} bytes"
+        ))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(invalid(format!("invalid response head: {e}"))),
+    }
+}
+
+/// Parse a complete response head (as [`head_len`] measured it), for a
+/// request made with `method`. Header values share `head`'s bytes.
+pub fn parse_head(head: &Bytes, method: &Method) -> io::Result<Parsed> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= MAX_HEAD_BYTES {
-                return Err(invalid(format!(
-                    "response head larger than {MAX_HEAD_BYTES} bytes"
-                )));
-            }
-            return Ok(Parsed::Partial);
-        }
+    match res.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(invalid("incomplete response head")),
         Err(e) => return Err(invalid(format!("invalid response head: {e}"))),
-    };
+    }
     let code = res.code.unwrap_or(0);
     let status =
         StatusCode::from_u16(code).map_err(|_| invalid(format!("invalid status {code}")))?;
@@ -124,14 +130,17 @@ pub fn parse_head(buf: &[u8], method: &Method) -> io::Result<Parsed> {
                 "101 Switching Protocols to a request that asked for none",
             ));
         }
-        return Ok(Parsed::Informational(len));
+        return Ok(Parsed::Informational);
     }
     let version = if res.version == Some(1) {
         Version::HTTP_11
     } else {
         Version::HTTP_10
     };
-    let mut map = HeaderMap::with_capacity(res.headers.len());
+    // Room for the header the guard adds (x-request-id), and for the next
+    // request's: hyper's server reuses a response's map for the next
+    // request head on its connection, to which the guard adds four.
+    let mut map = HeaderMap::with_capacity(res.headers.len().max(MAP_ROOM) + 4);
     let mut keep_alive = version == Version::HTTP_11;
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -139,7 +148,7 @@ pub fn parse_head(buf: &[u8], method: &Method) -> io::Result<Parsed> {
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| invalid(format!("invalid header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
             .map_err(|_| invalid(format!("invalid value of header {name}")))?;
         if name == CONTENT_LENGTH {
             let n = std::str::from_utf8(h.value)
@@ -210,7 +219,6 @@ pub fn parse_head(buf: &[u8], method: &Method) -> io::Result<Parsed> {
         response,
         framing,
         keep_alive,
-        len,
     }))
 }
 
@@ -465,9 +473,18 @@ mod tests {
         assert_eq!((out.as_slice(), done), (&b"hello"[..], false));
     }
 
+    /// `buf` measured, then parsed: the head, and the bytes after it.
+    fn parse(buf: &[u8], method: &Method) -> io::Result<Option<(Parsed, usize)>> {
+        let Some(len) = head_len(buf)? else {
+            return Ok(None);
+        };
+        let head = Bytes::copy_from_slice(&buf[..len]);
+        Ok(Some((parse_head(&head, method)?, len)))
+    }
+
     fn complete(buf: &[u8], method: &Method) -> Head {
-        match parse_head(buf, method).unwrap() {
-            Parsed::Complete(h) => h,
+        match parse(buf, method).unwrap() {
+            Some((Parsed::Complete(h), _)) => h,
             other => panic!("{other:?}"),
         }
     }
@@ -478,9 +495,16 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc",
             &Method::POST,
         );
+        assert_eq!((h.framing, h.keep_alive), (Decoder::Length(3), true));
         assert_eq!(
-            (h.framing, h.keep_alive, h.len),
-            (Decoder::Length(3), true, 38)
+            parse(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc",
+                &Method::POST
+            )
+            .unwrap()
+            .unwrap()
+            .1,
+            38
         );
         let h = complete(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\ncontent-length: 9\r\n\r\n",
@@ -524,25 +548,22 @@ mod tests {
     fn informational_heads_are_skipped_and_bad_heads_refused() {
         let buf = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
         assert!(matches!(
-            parse_head(buf, &Method::POST).unwrap(),
-            Parsed::Informational(25)
+            parse(buf, &Method::POST).unwrap(),
+            Some((Parsed::Informational, 25))
         ));
-        assert!(matches!(
-            parse_head(&buf[25..], &Method::POST).unwrap(),
-            Parsed::Partial
-        ));
+        assert!(parse(&buf[25..], &Method::POST).unwrap().is_none());
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
         ] {
-            assert!(parse_head(bad, &Method::GET).is_err(), "{bad:?}");
+            assert!(parse(bad, &Method::GET).is_err(), "{bad:?}");
         }
         let long = [b'a'; MAX_HEAD_BYTES];
         let mut big = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         big.extend_from_slice(&long);
-        assert!(parse_head(&big, &Method::GET).is_err());
+        assert!(parse(&big, &Method::GET).is_err());
     }
 
     #[test]

@@ -415,38 +415,32 @@ async fn write_streamed(
 }
 
 /// Read until the final response head is complete: the head, and the bytes
-/// that followed it (the start of the body).
+/// that followed it (the start of the body). The head's header values share
+/// the one buffer it was read into.
 async fn read_head(io: &mut Io, method: &Method) -> Result<(codec::Head, Bytes), Failure> {
-    let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BYTES);
-    let mut start = 0;
+    let mut buf = BytesMut::with_capacity(HEAD_BYTES);
+    let mut got_any = false;
     loop {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(HEAD_BYTES);
         }
         let n = io.read_buf(&mut buf).await.map_err(Failure::Head)?;
         if n == 0 {
-            return Err(if buf.is_empty() {
-                Failure::Closed
-            } else {
+            return Err(if got_any {
                 Failure::Head(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the connection was closed in the response head",
                 ))
+            } else {
+                Failure::Closed
             });
         }
-        loop {
-            match codec::parse_head(&buf[start..], method).map_err(Failure::Head)? {
-                Parsed::Partial => break,
-                Parsed::Informational(len) => start += len,
-                Parsed::Complete(head) => {
-                    let end = start + head.len;
-                    let rest = if end == buf.len() {
-                        Bytes::new()
-                    } else {
-                        Bytes::from(buf).slice(end..)
-                    };
-                    return Ok((head, rest));
-                }
+        got_any = true;
+        while let Some(len) = codec::head_len(&buf).map_err(Failure::Head)? {
+            let head = buf.split_to(len).freeze();
+            match codec::parse_head(&head, method).map_err(Failure::Head)? {
+                Parsed::Informational => {}
+                Parsed::Complete(head) => return Ok((head, buf.freeze())),
             }
         }
     }
@@ -509,6 +503,27 @@ impl Body {
         }
     }
 
+    /// Bytes read with the head, of a body that is not chunked: its data as
+    /// they are (no copy), the connection released if that was all of it.
+    fn unframed(&mut self, rest: &Bytes) -> Option<Bytes> {
+        let take = match self.decoder {
+            Decoder::Length(n) => n.min(rest.len() as u64) as usize,
+            Decoder::Close => rest.len(),
+            _ => return None,
+        };
+        if take < rest.len() {
+            self.keep_alive = false;
+        }
+        if let Decoder::Length(n) = &mut self.decoder {
+            *n -= take as u64;
+            if *n == 0 {
+                self.decoder = Decoder::Done;
+                self.release();
+            }
+        }
+        Some(rest.slice(..take))
+    }
+
     fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> io::Result<()> {
         let used = self.decoder.decode(input, out)?;
         if used < input.len() {
@@ -531,6 +546,10 @@ impl http_body::Body for Body {
         let mut out = BytesMut::new();
         if !this.rest.is_empty() {
             let rest = std::mem::take(&mut this.rest);
+            if let Some(frame) = this.unframed(&rest) {
+                // Sent as it is, sharing the head's buffer.
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
             if let Err(e) = this.decode(&rest, &mut out) {
                 this.conn = None;
                 return Poll::Ready(Some(Err(e)));
