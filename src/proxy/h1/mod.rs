@@ -440,7 +440,15 @@ async fn read_head(io: &mut Io, method: &Method) -> Result<(codec::Head, Bytes),
             let head = buf.split_to(len).freeze();
             match codec::parse_head(&head, method).map_err(Failure::Head)? {
                 Parsed::Informational => {}
-                Parsed::Complete(head) => return Ok((head, buf.freeze())),
+                Parsed::Complete(head) => {
+                    // An empty remainder would still hold the buffer.
+                    let rest = if buf.is_empty() {
+                        Bytes::new()
+                    } else {
+                        buf.freeze()
+                    };
+                    return Ok((head, rest));
+                }
             }
         }
     }
