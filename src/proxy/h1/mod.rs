@@ -255,7 +255,7 @@ impl Client {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let framing = framing(&parts.method, &parts.headers, &body);
-        let head = codec::encode_head(&parts.method, path, &parts.headers, framing, 0);
+        let head = codec::encode_head(&parts.method, path, &parts.headers, framing);
         let replay = match &body {
             RequestBody::Full(b) => Some(b.clone().unwrap_or_default()),
             RequestBody::Stream { .. } => None,
@@ -276,7 +276,8 @@ impl Client {
             let result = match (&replay, body.take()) {
                 (Some(bytes), _) => write_full(&mut io, &head, bytes).await,
                 (None, Some(b)) => write_streamed(&mut io, &head, b, framing).await,
-                (None, None) => unreachable!("a streamed body is sent once"),
+                // Not reached: a streamed body is never sent again.
+                (None, None) => Err(Failure::Body("the request body was already sent".into())),
             };
             let result = match result {
                 Ok(()) => read_head(&mut io, &parts.method).await,
