@@ -405,9 +405,8 @@ pub struct UpstreamConfig {
     pub scheme: Scheme,
     /// Host and port.
     pub authority: Authority,
-    /// The `Host` an HTTP/1 upstream is sent: the URL's host, with its port
-    /// unless it is the scheme's default (what hyper-util would format on
-    /// every request; made once here).
+    /// The `Host` the upstream is sent: the URL's host, with its port
+    /// unless it is the scheme's default (made once here, not per request).
     pub host: http::HeaderValue,
     /// Path prefix without a trailing `/` (empty for none).
     pub path_prefix: String,
