@@ -343,13 +343,17 @@ fn framing(
     headers: &http::HeaderMap,
     body: &RequestBody,
 ) -> Option<RequestFraming> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    // The declared length, read only where it decides: not for a buffered
+    // body (every inspected request), whose own length is sent.
+    let declared = || {
+        headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
     match body {
         RequestBody::Full(Some(b)) => Some(RequestFraming::Length(b.len() as u64)),
-        RequestBody::Full(None) => match (declared, method) {
+        RequestBody::Full(None) => match (declared(), method) {
             (Some(0), _) => None,
             (Some(_), _) => Some(RequestFraming::Length(0)),
             (None, &Method::POST | &Method::PUT | &Method::PATCH) => {
@@ -357,7 +361,7 @@ fn framing(
             }
             (None, _) => None,
         },
-        RequestBody::Stream { .. } => Some(match declared {
+        RequestBody::Stream { .. } => Some(match declared() {
             Some(n) => RequestFraming::Length(n),
             None => RequestFraming::Chunked,
         }),
