@@ -853,6 +853,96 @@ pub fn per_key_reference(
     }
 }
 
+/// An honest population priced as a campaign: what an attacker whose
+/// traffic cannot be told from that population's (its accounts and their
+/// ages, its addresses, client stacks, prompts, limits and timing) pays per
+/// output token. The policy sees traffic, not intent, so it serves such a
+/// copy what it served the population: the lowest of these multiples in a
+/// scenario bounds what the policy charges any campaign there without
+/// refusing or degrading honest users. A cost multiple goal above it can be
+/// met only at that population's expense.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LookAlike {
+    /// The population.
+    pub population: String,
+    /// Its accounts.
+    pub accounts: u32,
+    /// Hours it is active (its copy pays for its accounts and addresses
+    /// over all of them, as [`campaign_cost`] does).
+    pub hours: f64,
+    /// What the copy pays under [`COST`]: account-hours, address-hours
+    /// (the population's addresses and its second clients'), and each
+    /// account's age at the population's start in aged account-days.
+    pub cost: f64,
+    /// Output tokens the policy let out to the population.
+    pub tokens: u64,
+    /// Share of its requests not served in full (degraded or refused): what
+    /// the policy already takes from it.
+    pub not_served_in_full: f64,
+    /// Its cost per token over the per-key reference's
+    /// ([`FamilyReport::new`] sets it; None: nothing let out, or no
+    /// reference).
+    pub cost_multiplier: Option<f64>,
+}
+
+impl LookAlike {
+    /// Output tokens per unit of cost.
+    pub fn tokens_per_cost(&self) -> f64 {
+        if self.cost > 0.0 {
+            self.tokens as f64 / self.cost
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Each honest population of `s` that was let out output tokens, priced as
+/// a campaign ([`LookAlike`]) from the policy's `headline`.
+fn look_alikes(s: &Scenario, headline: &crate::replay::Headline) -> Vec<LookAlike> {
+    let mut out = Vec::new();
+    for p in s.populations.iter().filter(|p| !p.attack && p.accounts > 0) {
+        let Some(o) = headline.populations.get(&p.name) else {
+            continue;
+        };
+        if o.output_tokens_served == 0 {
+            continue;
+        }
+        let hours = p.end_ms.saturating_sub(p.start_ms) as f64 / 3_600_000.0;
+        let addresses =
+            p.addresses.len() + p.second_client.as_ref().map_or(0, |c| c.addresses.len());
+        let aged_days: f64 = (0..p.accounts)
+            .filter_map(|a| p.account_age_s(super::account_key(s, p, a), p.start_ms))
+            .map(|age_s| age_s as f64 / 86_400.0)
+            .sum();
+        let cost = hours
+            * (f64::from(p.accounts) * COST.account_hour + addresses as f64 * COST.address_hour)
+            + aged_days * COST.aged_account_day;
+        let full = o.allowed + o.slowed;
+        out.push(LookAlike {
+            population: p.name.clone(),
+            accounts: p.accounts,
+            hours,
+            cost,
+            tokens: o.output_tokens_served,
+            not_served_in_full: if o.requests > 0 {
+                1.0 - full as f64 / o.requests as f64
+            } else {
+                0.0
+            },
+            cost_multiplier: None,
+        });
+    }
+    out
+}
+
+/// Of `look_alikes`, the one with the most output tokens per unit of cost:
+/// the cheapest to copy.
+pub fn cheapest_look_alike(look_alikes: &[LookAlike]) -> Option<&LookAlike> {
+    look_alikes
+        .iter()
+        .max_by(|a, b| a.tokens_per_cost().total_cmp(&b.tokens_per_cost()))
+}
+
 /// The largest cluster holding honest accounts of more than one population,
 /// or honest and attack accounts: at its largest over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -914,6 +1004,8 @@ pub struct FamilyRun {
     pub containment_seconds: Option<u64>,
     /// The largest mixed cluster (None: no cluster was mixed).
     pub largest_mixed_cluster: Option<MixedCluster>,
+    /// Each honest population priced as a campaign, in scenario order.
+    pub look_alikes: Vec<LookAlike>,
     /// The per-key-only baseline's attack served in full.
     pub baseline_attack_served_fraction: f64,
 }
@@ -1060,6 +1152,7 @@ pub fn evaluate(
         legit_slowed_fraction: h.legit_slowed_fraction,
         containment_seconds: h.containment_seconds,
         largest_mixed_cluster: worst,
+        look_alikes: look_alikes(s, &h),
         baseline_attack_served_fraction: b.attack_served_fraction,
     })
 }
@@ -1221,6 +1314,10 @@ pub struct FamilyReport {
     pub cost_multiplier: Tail<Option<f64>>,
     /// The same of each run's [`IfDropped`] multiple.
     pub cost_multiplier_if_dropped: Tail<Option<f64>>,
+    /// Of each run's cheapest honest look-alike's multiple
+    /// ([`cheapest_look_alike`]): the worst decile is the lowest, the
+    /// ceiling on what the policy charges a copy of honest traffic.
+    pub look_alike_multiple: Tail<Option<f64>>,
 }
 
 impl FamilyReport {
@@ -1245,6 +1342,9 @@ impl FamilyReport {
                 .and_then(|cost| multiple(cost, r.campaign_tokens_served));
             if let Some(d) = &mut r.if_dropped {
                 d.cost_multiplier = multiple(d.cost, d.tokens);
+            }
+            for l in &mut r.look_alikes {
+                l.cost_multiplier = multiple(l.cost, l.tokens);
             }
         }
         let f = |get: &dyn Fn(&FamilyRun) -> Option<f64>| {
@@ -1277,6 +1377,13 @@ impl FamilyReport {
                 runs.iter()
                     .filter_map(|r| r.if_dropped.filter(|_| per_key_reference.is_some()))
                     .map(|d| d.cost_multiplier)
+                    .collect(),
+            ),
+            look_alike_multiple: tail_of_lowest(
+                runs.iter()
+                    .filter(|_| per_key_reference.is_some())
+                    .filter_map(|r| cheapest_look_alike(&r.look_alikes))
+                    .map(|l| l.cost_multiplier)
                     .collect(),
             ),
             runs,
@@ -1395,8 +1502,31 @@ impl FamilyReport {
                     "the same, each account dropped when caught",
                     &self.cost_multiplier_if_dropped,
                 ),
+                (
+                    "cheapest honest look-alike, x per-key",
+                    &self.look_alike_multiple,
+                ),
             ] {
                 row(label, shown(t.median), shown(t.worst_decile));
+            }
+            // The run whose cheapest look-alike is cheapest of all.
+            if let Some((seed, l)) = self
+                .runs
+                .iter()
+                .filter_map(|r| cheapest_look_alike(&r.look_alikes).map(|l| (r.seed, l)))
+                .max_by(|a, b| a.1.tokens_per_cost().total_cmp(&b.1.tokens_per_cost()))
+            {
+                let _ = writeln!(
+                    out,
+                    "cheapest honest look-alike: seed {seed}, {} ({} accounts, {:.1} h, {} tokens for {:.1}, {:.2} % not served in full): {}; a campaign whose traffic is its copy pays that, and a policy can charge it more only by taking from that population",
+                    l.population,
+                    l.accounts,
+                    l.hours,
+                    l.tokens,
+                    l.cost,
+                    l.not_served_in_full * 100.0,
+                    shown(l.cost_multiplier),
+                );
             }
             let _ = writeln!(
                 out,
@@ -1605,6 +1735,7 @@ mod tests {
             legit_slowed_fraction: 0.0,
             containment_seconds: None,
             largest_mixed_cluster: None,
+            look_alikes: Vec::new(),
             baseline_attack_served_fraction: 1.0,
         }
     }
@@ -1638,6 +1769,88 @@ mod tests {
         let unpriced = FamilyReport::new(Family::Tuning, vec![priced(1, Some(100.0), 1)], None);
         assert_eq!(unpriced.runs[0].cost_multiplier, None);
         assert!(!unpriced.render().contains("per-key reference"));
+    }
+
+    /// An honest population is priced as the campaign that copies it: a
+    /// workshop of new accounts on one or two addresses pays what a
+    /// campaign of as many new accounts on as many addresses pays for as
+    /// many hours; accounts that existed long before their population
+    /// starts add their age; a population let out nothing is not priced.
+    #[test]
+    fn an_honest_population_is_priced_as_the_campaign_that_copies_it() {
+        let d = draw(Family::Tuning, 1000, Size::FULL);
+        let s = &d.scenario;
+        let outcome = |requests: u64, degraded: u64, tokens: u64| {
+            let mut o = crate::replay::PopulationOutcome::default();
+            (o.requests, o.allowed, o.degraded) = (requests, requests - degraded, degraded);
+            o.output_tokens_served = tokens;
+            o
+        };
+        let mut pops = BTreeMap::new();
+        pops.insert("workshop".to_string(), outcome(400, 100, 1_000_000));
+        pops.insert("students-long".to_string(), outcome(400, 0, 1_000_000));
+        pops.insert("chat".to_string(), outcome(400, 0, 0));
+        let h = crate::replay::Headline::new(&pops);
+        let priced = look_alikes(s, &h);
+        let names: Vec<&str> = priced.iter().map(|l| l.population.as_str()).collect();
+        assert_eq!(names, ["students-long", "workshop"], "{priced:?}");
+
+        let w = s.populations.iter().find(|p| p.name == "workshop").unwrap();
+        // Its students' phones and home connections are rented too.
+        let second = w.second_client.as_ref().map_or(0, |c| c.addresses.len());
+        let copy = AttackStrategy {
+            accounts: w.accounts,
+            addresses_per_account: (w.addresses.len() + second) as f64 / f64::from(w.accounts),
+            aged_days: 0.0,
+            ..AttackStrategy::starting_point()
+        };
+        let hours = (w.end_ms - w.start_ms) as f64 / 3_600_000.0;
+        let l = priced
+            .iter()
+            .find(|l| l.population == "workshop")
+            .unwrap()
+            .clone();
+        // Its accounts were made at most a minute before it started.
+        let made = f64::from(w.accounts) / 1440.0 * COST.aged_account_day;
+        let campaign = COST.cost(&copy, hours);
+        assert!(
+            l.cost >= campaign && l.cost <= campaign + made,
+            "{l:?} against {campaign}"
+        );
+        assert_eq!((l.tokens, l.not_served_in_full), (1_000_000, 0.25));
+
+        // Students' accounts are hours to years old: their copy pays for it.
+        let st = priced
+            .iter()
+            .find(|l| l.population == "students-long")
+            .unwrap();
+        let p = s
+            .populations
+            .iter()
+            .find(|p| p.name == "students-long")
+            .unwrap();
+        let unaged = (p.end_ms - p.start_ms) as f64 / 3_600_000.0
+            * (f64::from(p.accounts) * COST.account_hour
+                + p.addresses.len() as f64 * COST.address_hour);
+        assert!(st.cost > unaged + 1.0, "{st:?} against {unaged}");
+
+        // The cheapest to copy is the one with the most tokens per cost; a
+        // report prices it against the reference, lowest first.
+        let cheapest = cheapest_look_alike(&priced).unwrap();
+        assert_eq!(cheapest.population, "workshop");
+        let mut run = priced_run(1);
+        run.look_alikes = priced;
+        let r = FamilyReport::new(Family::Tuning, vec![run], Some(1_000.0));
+        let m = r.runs[0].look_alikes[1].cost_multiplier.unwrap();
+        assert!((m - 1_000.0 * l.cost / 1_000_000.0).abs() < 1e-9, "{m}");
+        assert_eq!(r.look_alike_multiple.worst_decile, Some(m));
+        assert!(r
+            .render()
+            .contains("cheapest honest look-alike: seed 1, workshop"));
+    }
+
+    fn priced_run(seed: u64) -> FamilyRun {
+        priced(seed, None, 0)
     }
 
     /// An account dropped at its first answer not served in full is held

@@ -117,6 +117,10 @@ pub struct Evaluation {
     pub tokens_per_cost: f64,
     /// `baseline_tokens / cost`.
     pub baseline_tokens_per_cost: f64,
+    /// The cheapest honest population of its background to copy, priced as
+    /// a campaign ([`family::cheapest_look_alike`]; its multiple is set
+    /// where a report prices against the per-key reference).
+    pub look_alike: Option<family::LookAlike>,
 }
 
 /// What a search found.
@@ -139,6 +143,11 @@ pub struct RedteamReport {
     /// reference's: how much dearer the policy makes extraction. `None`:
     /// the best evasion extracted nothing.
     pub cost_multiplier: Option<f64>,
+    /// The cheapest honest population of the background to copy, on the
+    /// best evasion's run, priced against the per-key reference: the
+    /// multiple a campaign that copies it pays, which the policy can raise
+    /// only by taking from that population.
+    pub look_alike: Option<family::LookAlike>,
 }
 
 /// One campaign of `strategy` on the honest background of tuning seed
@@ -164,6 +173,7 @@ fn evaluate(
         baseline_tokens: run.baseline_campaign_tokens_served,
         tokens_per_cost: per(run.campaign_tokens_served),
         baseline_tokens_per_cost: per(run.baseline_campaign_tokens_served),
+        look_alike: family::cheapest_look_alike(&run.look_alikes).cloned(),
         strategy,
     })
 }
@@ -222,6 +232,7 @@ pub fn search(
     }
     let per_key_reference = cheapest_per_key(&evaluations).unwrap_or_else(|| start.clone());
     let cost_multiplier = multiplier(&per_key_reference, &best);
+    let look_alike = priced_look_alike(&per_key_reference, best.look_alike.as_ref());
     Ok(RedteamReport {
         options: *options,
         cost_model: COST,
@@ -230,6 +241,7 @@ pub fn search(
         best,
         per_key_reference,
         cost_multiplier,
+        look_alike,
     })
 }
 
@@ -252,11 +264,39 @@ fn multiplier(reference: &Evaluation, e: &Evaluation) -> Option<f64> {
     (e.tokens_per_cost > 0.0).then(|| reference.baseline_tokens_per_cost / e.tokens_per_cost)
 }
 
+/// `l` with its multiple against `reference` (None in, None out).
+fn priced_look_alike(
+    reference: &Evaluation,
+    l: Option<&family::LookAlike>,
+) -> Option<family::LookAlike> {
+    let mut l = l?.clone();
+    l.cost_multiplier =
+        (l.tokens > 0).then(|| reference.baseline_tokens_per_cost / l.tokens_per_cost());
+    Some(l)
+}
+
 /// A multiplier as the text reports show it.
 fn show_multiplier(m: Option<f64>) -> String {
     m.map_or("unbounded (nothing extracted)".to_string(), |m| {
         format!("{m:.2}x")
     })
+}
+
+/// The line of a report that names the cheapest honest look-alike.
+fn render_look_alike(out: &mut String, l: Option<&family::LookAlike>) {
+    if let Some(l) = l {
+        let _ = writeln!(
+            out,
+            "cheapest honest look-alike on this background: {} ({} accounts, {:.1} h, {} tokens for {:.1}): a campaign that copies it pays {}, and the policy can charge it more only by taking from {}",
+            l.population,
+            l.accounts,
+            l.hours,
+            l.tokens,
+            l.cost,
+            show_multiplier(l.cost_multiplier),
+            l.population,
+        );
+    }
 }
 
 /// Where [`reprice`] runs its campaigns.
@@ -299,6 +339,10 @@ pub struct RepriceReport {
     /// The lowest of the strategies' multipliers: the cheapest of these
     /// evasions under the policy (None: none extracted anything).
     pub cost_multiplier: Option<f64>,
+    /// The cheapest honest population of the background to copy, over the
+    /// strategies' runs, priced against the per-key reference (as
+    /// [`RedteamReport::look_alike`]).
+    pub look_alike: Option<family::LookAlike>,
 }
 
 /// Price each of `strategies` (a source label and the strategy) under
@@ -348,6 +392,13 @@ pub fn reprice(
         sources.push(source);
     }
     let reference = cheapest_per_key(&evaluations).ok_or("nothing evaluated")?;
+    let look_alike = priced_look_alike(
+        &reference,
+        evaluations
+            .iter()
+            .filter_map(|e| e.look_alike.as_ref())
+            .max_by(|a, b| a.tokens_per_cost().total_cmp(&b.tokens_per_cost())),
+    );
     let strategies: Vec<Repriced> = sources
         .into_iter()
         .zip(evaluations.into_iter().skip(1))
@@ -370,6 +421,7 @@ pub fn reprice(
         strategies,
         per_key_reference: reference,
         cost_multiplier,
+        look_alike,
     })
 }
 
@@ -412,6 +464,7 @@ impl RepriceReport {
             "lowest cost multiplier against the per-key baseline per extracted token: {}",
             show_multiplier(self.cost_multiplier)
         );
+        render_look_alike(&mut out, self.look_alike.as_ref());
         out
     }
 }
@@ -483,6 +536,7 @@ impl RedteamReport {
             "cost multiplier against the per-key baseline per extracted token: {}",
             show_multiplier(self.cost_multiplier)
         );
+        render_look_alike(&mut out, self.look_alike.as_ref());
         out
     }
 }
