@@ -71,10 +71,22 @@ fn a_small_search_is_well_formed_deterministic_and_no_worse_than_its_start() {
         }
         None => assert_eq!(f(best, "tokens"), 0.0),
     }
+    // The background's cheapest honest population to copy, priced against
+    // the same reference.
+    let l = &r["look_alike"];
+    assert!(
+        l.is_object(),
+        "an honest population was let out tokens: {r}"
+    );
+    assert!(f(l, "tokens") > 0.0 && f(l, "cost") > 0.0, "{l}");
+    let want = f(reference, "baseline_tokens_per_cost") / (f(l, "tokens") / f(l, "cost"));
+    let m = f(l, "cost_multiplier");
+    assert!((m - want).abs() <= 1e-9 * want.max(1.0), "{m} vs {want}");
     let again: serde_json::Value = serde_json::from_slice(&redteam(&args).stdout).unwrap();
     assert_eq!(r, again, "the same seed gives the same search");
     let text = String::from_utf8(redteam(&SMALL).stdout).unwrap();
     assert!(text.contains("best evasion"), "{text}");
+    assert!(text.contains("cheapest honest look-alike"), "{text}");
     assert!(
         text.contains("cost multiplier against the per-key baseline"),
         "{text}"
@@ -144,6 +156,15 @@ fn a_repriced_best_evasion_gets_what_it_got_in_its_search() {
         Some(m) => assert_eq!(m, lowest),
         None => assert!(lowest.is_infinite()),
     }
+    // The cheapest honest look-alike over these runs, one of which is the
+    // search's best run again: at least as cheap as the one it named,
+    // priced against this run's reference.
+    let (l, searched) = (&p["look_alike"], &r["best"]["look_alike"]);
+    let per_cost = |v: &serde_json::Value| f(v, "tokens") / f(v, "cost");
+    assert!(per_cost(l) >= per_cost(searched), "{l} against {searched}");
+    let want = reference / (f(l, "tokens") / f(l, "cost"));
+    let m = f(l, "cost_multiplier");
+    assert!((m - want).abs() <= 1e-9 * want, "{m} vs {want}");
     let text = String::from_utf8(
         redteam(&[
             "--minutes",
@@ -157,6 +178,7 @@ fn a_repriced_best_evasion_gets_what_it_got_in_its_search() {
     )
     .unwrap();
     assert!(text.contains("lowest cost multiplier"), "{text}");
+    assert!(text.contains("cheapest honest look-alike"), "{text}");
 }
 
 #[test]
