@@ -937,9 +937,11 @@ fn look_alikes(s: &Scenario, headline: &crate::replay::Headline) -> Vec<LookAlik
 
 /// Of `look_alikes`, the one with the most output tokens per unit of cost:
 /// the cheapest to copy.
-pub fn cheapest_look_alike(look_alikes: &[LookAlike]) -> Option<&LookAlike> {
+pub fn cheapest_look_alike<'a>(
+    look_alikes: impl IntoIterator<Item = &'a LookAlike>,
+) -> Option<&'a LookAlike> {
     look_alikes
-        .iter()
+        .into_iter()
         .max_by(|a, b| a.tokens_per_cost().total_cmp(&b.tokens_per_cost()))
 }
 
@@ -1791,9 +1793,9 @@ mod tests {
         pops.insert("students-long".to_string(), outcome(400, 0, 1_000_000));
         pops.insert("chat".to_string(), outcome(400, 0, 0));
         let h = crate::replay::Headline::new(&pops);
-        let priced = look_alikes(s, &h);
-        let names: Vec<&str> = priced.iter().map(|l| l.population.as_str()).collect();
-        assert_eq!(names, ["students-long", "workshop"], "{priced:?}");
+        let found = look_alikes(s, &h);
+        let names: Vec<&str> = found.iter().map(|l| l.population.as_str()).collect();
+        assert_eq!(names, ["students-long", "workshop"], "{found:?}");
 
         let w = s.populations.iter().find(|p| p.name == "workshop").unwrap();
         // Its students' phones and home connections are rented too.
@@ -1805,7 +1807,7 @@ mod tests {
             ..AttackStrategy::starting_point()
         };
         let hours = (w.end_ms - w.start_ms) as f64 / 3_600_000.0;
-        let l = priced
+        let l = found
             .iter()
             .find(|l| l.population == "workshop")
             .unwrap()
@@ -1820,7 +1822,7 @@ mod tests {
         assert_eq!((l.tokens, l.not_served_in_full), (1_000_000, 0.25));
 
         // Students' accounts are hours to years old: their copy pays for it.
-        let st = priced
+        let st = found
             .iter()
             .find(|l| l.population == "students-long")
             .unwrap();
@@ -1836,10 +1838,10 @@ mod tests {
 
         // The cheapest to copy is the one with the most tokens per cost; a
         // report prices it against the reference, lowest first.
-        let cheapest = cheapest_look_alike(&priced).unwrap();
+        let cheapest = cheapest_look_alike(&found).unwrap();
         assert_eq!(cheapest.population, "workshop");
-        let mut run = priced_run(1);
-        run.look_alikes = priced;
+        let mut run = priced(1, None, 0);
+        run.look_alikes = found;
         let r = FamilyReport::new(Family::Tuning, vec![run], Some(1_000.0));
         let m = r.runs[0].look_alikes[1].cost_multiplier.unwrap();
         assert!((m - 1_000.0 * l.cost / 1_000_000.0).abs() < 1e-9, "{m}");
@@ -1847,10 +1849,6 @@ mod tests {
         assert!(r
             .render()
             .contains("cheapest honest look-alike: seed 1, workshop"));
-    }
-
-    fn priced_run(seed: u64) -> FamilyRun {
-        priced(seed, None, 0)
     }
 
     /// An account dropped at its first answer not served in full is held

@@ -394,10 +394,7 @@ pub fn reprice(
     let reference = cheapest_per_key(&evaluations).ok_or("nothing evaluated")?;
     let look_alike = priced_look_alike(
         &reference,
-        evaluations
-            .iter()
-            .filter_map(|e| e.look_alike.as_ref())
-            .max_by(|a, b| a.tokens_per_cost().total_cmp(&b.tokens_per_cost())),
+        family::cheapest_look_alike(evaluations.iter().filter_map(|e| e.look_alike.as_ref())),
     );
     let strategies: Vec<Repriced> = sources
         .into_iter()
