@@ -914,9 +914,8 @@ fn look_alikes(s: &Scenario, headline: &crate::replay::Headline) -> Vec<LookAlik
             .filter_map(|a| p.account_age_s(super::account_key(s, p, a), p.start_ms))
             .map(|age_s| age_s as f64 / 86_400.0)
             .sum();
-        let cost = hours
-            * (f64::from(p.accounts) * COST.account_hour + addresses as f64 * COST.address_hour)
-            + aged_days * COST.aged_account_day;
+        let addresses = u32::try_from(addresses).unwrap_or(u32::MAX);
+        let cost = COST.price(p.accounts, addresses, hours, aged_days);
         let full = o.allowed + o.slowed;
         out.push(LookAlike {
             population: p.name.clone(),

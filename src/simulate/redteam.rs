@@ -55,10 +55,19 @@ pub const COST: CostModel = CostModel {
 impl CostModel {
     /// What running `s` for `hours` costs.
     pub fn cost(&self, s: &AttackStrategy, hours: f64) -> f64 {
-        hours
-            * (f64::from(s.accounts) * self.account_hour
-                + f64::from(s.addresses()) * self.address_hour)
-            + f64::from(s.accounts) * s.aged_days * self.aged_account_day
+        self.price(
+            s.accounts,
+            s.addresses(),
+            hours,
+            f64::from(s.accounts) * s.aged_days,
+        )
+    }
+
+    /// What `accounts` accounts and `addresses` rented addresses cost for
+    /// `hours`, the accounts' ages summing to `aged_days`.
+    pub fn price(&self, accounts: u32, addresses: u32, hours: f64, aged_days: f64) -> f64 {
+        hours * (f64::from(accounts) * self.account_hour + f64::from(addresses) * self.address_hour)
+            + aged_days * self.aged_account_day
     }
 }
 
