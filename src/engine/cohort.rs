@@ -11,11 +11,17 @@
 //! one [`super::score::ClusterSignals`] per key, a *cohort*.
 //!
 //! Only accounts whose own raw score (the weighted signals, before the amount of evidence is weighed) reaches
-//! `cohort_min_raw` send their requests into a cohort, and an account takes from its cohort only the amount of
-//! evidence, never more suspicion than its own: its cohort score is `min(own raw, cohort raw) × cohort evidence ×
-//! cohort activity`. So honest look-alikes (the users of one app, a corporate NAT, a batch job) are never put under
-//! a shared budget by a cohort, their benign requests cannot dilute a campaign's cohort, and an honest account
-//! whose own signals stay low gets nothing from a cohort it resembles.
+//! `cohort_min_raw` send their requests into a cohort, and an account takes from its cohort mainly the amount of
+//! evidence: its score from its first cohort (key 0) is `min(own raw, cohort raw) × cohort evidence × cohort
+//! activity`. Its second cohort (key 1) is weighed the same way against the raw score the account holds at that
+//! point, which is the first cohort's raw when the first cohort lent: so the second can lend up to
+//! `min(raw of both cohorts)`, above the account's own raw when both cohorts' exceed it, and less than its own raw
+//! allows when the first cohort's is lower. Capping both by the account's own raw was built and measured: it
+//! degraded more honest requests and served no less of any campaign (BENCHMARKS.md, "Cohort lending: two changes
+//! tried, not kept"), so the sequential cap stays. Either way honest look-alikes (the users of one app, a corporate
+//! NAT, a batch job) are never put under a shared budget by a cohort, their benign requests cannot dilute a
+//! campaign's cohort, and an honest account whose own signals stay under `cohort_min_raw` gets nothing from a cohort
+//! it resembles.
 //!
 //! Pure, like the rest of the engine: no I/O, no clock, no randomness.
 

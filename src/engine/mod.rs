@@ -1672,6 +1672,10 @@ impl Engine {
                     let Some((c, _)) = self.observe_group(&self.cohorts, key, group) else {
                         continue;
                     };
+                    // `sc.raw`, not `own_raw`: once a cohort has lent, the next
+                    // one is capped by the raw score that cohort lent
+                    // (module docs of `cohort`; measured in BENCHMARKS.md,
+                    // "Cohort lending").
                     let value = sc.raw.min(c.raw) * c.evidence * c.activity;
                     if value > sc.value {
                         sc = score::Score { value, ..c };
