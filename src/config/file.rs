@@ -520,6 +520,12 @@ pub struct FileCluster {
     /// where min_prompt_bands links holds as many requests as on a quiet
     /// one. 0: off; else 64 to 67108864.
     pub late_after_requests: u64,
+    /// A link on one prompt band alone (no client stack, no network, one
+    /// band) joins two accounts only once one of them has been found so with
+    /// at least this many distinct accounts (this one included) within one
+    /// to two generations. 1: every such link joins.
+    #[schemars(range(min = 1, max = 16))]
+    pub single_band_contacts: u8,
     /// Budget growth per member (fraction of the base budget) ...
     pub per_member_fraction: f64,
     /// ... times members to this power (below 1: sublinear) ...
@@ -562,6 +568,7 @@ impl Default for FileCluster {
             late_after_ms: 600_000,
             late_min_prompt_bands: 2,
             late_after_requests: 4_000,
+            single_band_contacts: 2,
             per_member_fraction: 0.25,
             growth_exponent: 0.5,
             max_multiplier: 4.0,

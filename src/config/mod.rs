@@ -1339,6 +1339,12 @@ fn validate_cluster(
             "expected 0 (off) or a count from 64 to 67108864",
         ));
     }
+    if !(1..=16).contains(&f.single_band_contacts) {
+        return Err(invalid(
+            "cluster.single_band_contacts",
+            "expected a count of accounts from 1 (every link on one band joins) to 16",
+        ));
+    }
     if !(1..=4).contains(&f.min_link_classes) {
         return Err(invalid(
             "cluster.min_link_classes",
@@ -1414,6 +1420,7 @@ fn validate_cluster(
         late_after: nanos(Duration::from_millis(f.late_after_ms)),
         late_min_prompt_bands: f.late_min_prompt_bands,
         late_after_requests: f.late_after_requests,
+        single_band_contacts: f.single_band_contacts,
     };
     link.validate()
         .map_err(|e| invalid("cluster", e.to_string()))?;

@@ -114,6 +114,10 @@ fn bad_values_are_rejected() {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.late_after_requests", "{e}");
     }
+    for count in ["single_band_contacts = 0", "single_band_contacts = 17"] {
+        let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.single_band_contacts", "{e}");
+    }
     for onset in [
         "onset_half_life_ms = 3600000",
         "half_life_ms = 1800000\nonset_half_life_ms = 1800001",

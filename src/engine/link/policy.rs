@@ -187,6 +187,12 @@ pub struct LinkPolicy {
     /// so unrelated users who type the same phrasing meet under it as rarely (docs/link.md, "Linking"). 0: off;
     /// otherwise at least [`LATE_MARK_EVERY`].
     pub late_after_requests: u64,
+    /// A link found on a single prompt band alone (no client-stack or network attribute, one band: what
+    /// [`LinkPolicy::min_prompt_bands`] = 1 lets through) joins two accounts only once one of them has been found so
+    /// with at least this many distinct accounts, this one included, within this generation and the last: one phrasing
+    /// that two strangers happen to share, each sharing it with no one else, stays a coincidence, while the accounts
+    /// of a group that paraphrases its templates meet several others. 1 (or 0): every such link joins.
+    pub single_band_contacts: u8,
 }
 
 /// [`Linker`] notes the time of every this many requests to tell how long ago
@@ -223,6 +229,7 @@ impl Default for LinkPolicy {
             late_after: 0,
             late_min_prompt_bands: 1,
             late_after_requests: 0,
+            single_band_contacts: 1,
             generation: 10 * MINUTE,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
@@ -444,6 +451,8 @@ pub(super) struct Compiled {
     pub(super) late_min_bands: u32,
     /// Marks ([`LATE_MARK_EVERY`] requests apart) that span [`LinkPolicy::late_after_requests`]; 0: off.
     pub(super) late_marks: usize,
+    /// [`LinkPolicy::single_band_contacts`], at least 1.
+    pub(super) single_band_contacts: u8,
     /// How long an account already linked that found nothing new skips gathering candidates (docs/link.md,
     /// "Accounts already linked"); 0: never.
     pub(super) refresh: Nanos,
@@ -506,6 +515,7 @@ impl Compiled {
             ),
             late_marks: usize::try_from(policy.late_after_requests / LATE_MARK_EVERY)
                 .unwrap_or(usize::MAX),
+            single_band_contacts: policy.single_band_contacts.max(1),
         }
     }
 

@@ -1089,3 +1089,86 @@ fn attrs(bands: &[u64]) -> Attributes<'_> {
 fn splitmix(x: u64) -> u64 {
     murmur3_fmix64(x.wrapping_add(GOLDEN))
 }
+
+/// The reference policy's strong and prompt-only rules, with `single_band_contacts` set.
+fn with_single_band_contacts(contacts: u8) -> LinkPolicy {
+    let mut policy = LinkPolicy {
+        single_band_contacts: contacts,
+        ..LinkPolicy::default()
+    };
+    policy.rules.truncate(2);
+    policy
+}
+
+/// `single_band_contacts` = 2: two strangers who share one phrasing with no one else stay apart however often they
+/// meet on it; a third account that shares it joins all three (one of the two has then met two accounts so).
+#[test]
+fn a_link_on_one_band_waits_for_a_second_partner() {
+    let (a, b, c) = ([10, 11, 12, 13], [10, 21, 22, 23], [10, 31, 32, 33]);
+    let mut linker = Linker::new(with_single_band_contacts(1));
+    linker.observe(1, &attrs(&a), EPOCH);
+    assert!(
+        linker.observe(2, &attrs(&b), EPOCH + SEC).is_some(),
+        "at 1 the first one-band link joins"
+    );
+
+    let mut linker = Linker::new(with_single_band_contacts(2));
+    for k in 0..4 {
+        let t = EPOCH + k * MIN;
+        assert!(linker.observe(1, &attrs(&a), t).is_none());
+        assert!(
+            linker.observe(2, &attrs(&b), t + SEC).is_none(),
+            "two accounts linked on one band at their meeting {k}"
+        );
+    }
+    let cluster = linker
+        .observe(3, &attrs(&c), EPOCH + 5 * MIN)
+        .expect("a third account on the band is linked");
+    assert_eq!(cluster.members, 3);
+    assert_eq!(linker.cluster_of(1).map(|v| v.id), Some(cluster.id));
+}
+
+/// `single_band_contacts` holds back only links on one band alone: two bands, or a rule with a client-stack or
+/// network attribute, join at once.
+#[test]
+fn links_on_more_than_one_band_are_not_held_back() {
+    let mut linker = Linker::new(with_single_band_contacts(2));
+    linker.observe(1, &attrs(&[10, 11, 12, 13]), EPOCH);
+    assert!(linker
+        .observe(2, &attrs(&[10, 11, 22, 23]), EPOCH + SEC)
+        .is_some());
+
+    let mut linker = Linker::new(with_single_band_contacts(2));
+    let with_stack = |bands| Attributes {
+        ja4: Some(HYDRA_JA4),
+        ip_prefix: Some(77),
+        ..attrs(bands)
+    };
+    linker.observe(1, &with_stack(&[10, 11, 12, 13]), EPOCH);
+    assert!(linker
+        .observe(2, &with_stack(&[10, 21, 22, 23]), EPOCH + SEC)
+        .is_some());
+}
+
+/// Single-band contacts count for one to two generations: a partner met more than two generations ago is
+/// forgotten, so a new one is again only the first.
+#[test]
+fn single_band_contacts_are_forgotten_after_two_generations() {
+    let (a, b, c) = ([10, 11, 12, 13], [10, 21, 22, 23], [10, 31, 32, 33]);
+    let third_links = |gap: Nanos| {
+        let mut linker = Linker::new(with_single_band_contacts(2));
+        linker.observe(1, &attrs(&a), EPOCH);
+        assert!(linker.observe(2, &attrs(&b), EPOCH + SEC).is_none());
+        // Account 1 again, alone within the window; then a third account.
+        linker.observe(1, &attrs(&a), EPOCH + gap);
+        linker.observe(3, &attrs(&c), EPOCH + gap + SEC).is_some()
+    };
+    assert!(
+        third_links(GEN + MIN),
+        "a partner of the last generation forgotten"
+    );
+    assert!(
+        !third_links(2 * GEN + 5 * MIN),
+        "a partner of two generations ago still counted"
+    );
+}

@@ -120,6 +120,11 @@ impl Candidate {
         }
     }
 
+    /// Found on one prompt band and nothing else: no rule with a client-stack or network attribute.
+    pub(in crate::engine::link) fn single_band(&self) -> bool {
+        !self.scalar && (self.bands | self.late_bands).count_ones() < 2
+    }
+
     /// Enough evidence to link: a rule with a client-stack or network attribute, `min_bands` distinct prompt bands
     /// in recent entries, or `late_min_bands` counting the older ones too.
     pub(in crate::engine::link) fn links(&self, min_bands: u32, late_min_bands: u32) -> bool {

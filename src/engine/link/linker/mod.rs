@@ -3,8 +3,10 @@
 use super::*;
 
 mod candidates;
+mod contacts;
 
 pub(in crate::engine::link) use candidates::*;
+use contacts::*;
 
 /// Links accounts that share fingerprints into clusters; see `docs/link.md` for the design.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub struct Linker {
     /// of their keys then, and when (docs/link.md, "Accounts already linked"). Cleared at rotation, so it holds
     /// accounts of `cur` only.
     pub(super) settled: FastMap<u64, Settled>,
+    /// Accounts found together on a single prompt band alone ([`LinkPolicy::single_band_contacts`]).
+    contacts: Contacts,
 }
 
 /// See [`Linker::settled`].
@@ -94,6 +98,7 @@ impl Linker {
             observed: 0,
             marks: VecDeque::new(),
             settled: FastMap::default(),
+            contacts: Contacts::default(),
         }
     }
 
@@ -189,6 +194,7 @@ impl Linker {
             let mut root = self.cur.get(account).map(|i| self.cur.find(i));
             let (min_bands, late_min_bands) =
                 (self.compiled.min_bands, self.compiled.late_min_bands);
+            let partners = self.compiled.single_band_contacts;
             for c in cands
                 .list
                 .iter()
@@ -196,6 +202,15 @@ impl Linker {
             {
                 if self.reinforce(root, c) {
                     continue;
+                }
+                // One band shared with no one else is a coincidence of phrasing, not yet a link.
+                if partners > 1 && c.single_band() {
+                    if let Met::Partners(n) = self.contacts.meet(account, c.account) {
+                        if n < partners {
+                            all_in = false;
+                            continue;
+                        }
+                    }
                 }
                 all_in = false;
                 if merges < max_links {
@@ -354,7 +369,8 @@ impl Linker {
             + map_bytes(&self.compiled.flags)
             + self.recent.capacity() * size_of::<LinkEdge>()
             + self.marks.capacity() * size_of::<Nanos>()
-            + map_bytes(&self.settled);
+            + map_bytes(&self.settled)
+            + self.contacts.bytes();
         LinkStats {
             values: self.index.len,
             entries: self.index.entries,
@@ -389,6 +405,9 @@ impl Linker {
             self.rotations_total += 1;
         }
         self.settled.clear();
+        for _ in 0..due.min(2) {
+            self.contacts.rotate();
+        }
         self.gen_start = Some(start + due * generation);
     }
 
