@@ -71,3 +71,51 @@ impl Contacts {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distinct partners are counted once per pair, carried over one rotation and dropped at the second; a full
+    /// record counts nothing new.
+    #[test]
+    fn partners_are_counted_per_pair_and_bounded() {
+        let mut c = Contacts::default();
+        assert_eq!(c.meet(1, 2), Met::Partners(1));
+        assert_eq!(
+            c.meet(2, 1),
+            Met::Partners(1),
+            "the same pair counted twice"
+        );
+        assert_eq!(c.meet(1, 3), Met::Partners(2));
+        c.rotate();
+        assert_eq!(
+            c.meet(3, 1),
+            Met::Partners(2),
+            "a pair of the last generation counted again"
+        );
+        assert_eq!(c.meet(4, 5), Met::Partners(1));
+        assert_eq!(c.meet(1, 4), Met::Partners(3));
+        c.rotate();
+        c.rotate();
+        assert_eq!(
+            c.meet(1, 6),
+            Met::Partners(1),
+            "partners of two generations ago counted"
+        );
+
+        let mut c = Contacts::default();
+        for i in 0..MAX_CONTACT_PAIRS as u64 {
+            assert!(matches!(c.meet(2 * i + 100, 2 * i + 101), Met::Partners(1)));
+        }
+        assert_eq!(c.meet(7, 8), Met::Full);
+        assert_eq!(
+            c.meet(100, 101),
+            Met::Partners(1),
+            "a recorded pair is still counted"
+        );
+        assert!(c.bytes() > 0);
+        c.rotate();
+        assert_eq!(c.meet(7, 8), Met::Partners(1));
+    }
+}
