@@ -1010,6 +1010,20 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
         );
         register(
             &mut r,
+            "distill_guard_link_single_band_held",
+            "Links on one prompt band alone held back until one of the two accounts has met a second partner so \
+             (cluster.single_band_contacts).",
+            ConstCounter::new(l.single_band_held_total),
+        );
+        register(
+            &mut r,
+            "distill_guard_link_single_band_unrecorded",
+            "Links on one prompt band alone that joined unchecked because the record of such contacts was full \
+             (2^16 pairs a generation).",
+            ConstCounter::new(l.single_band_unrecorded_total),
+        );
+        register(
+            &mut r,
             "distill_guard_link_memory_bytes",
             "Estimated bytes held by the linkage index and clusters.",
             gauge(size(l.approx_bytes)),

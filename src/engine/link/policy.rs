@@ -400,6 +400,12 @@ pub struct LinkStats {
     pub expired_total: u64,
     /// Links refused by the `max_linked_accounts` cap.
     pub links_dropped_total: u64,
+    /// Links on one prompt band alone held back because neither account had been found so with
+    /// [`LinkPolicy::single_band_contacts`] distinct accounts yet.
+    pub single_band_held_total: u64,
+    /// Links on one prompt band alone that joined unchecked because the generation's record of such contacts was
+    /// full: above zero, the traffic makes more one-band coincidences than the record holds.
+    pub single_band_unrecorded_total: u64,
     /// Generation rotations done.
     pub rotations_total: u64,
     /// Estimated bytes held by all structures (from their capacities), the index table's own mapping included.

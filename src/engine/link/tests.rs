@@ -1121,11 +1121,15 @@ fn a_link_on_one_band_waits_for_a_second_partner() {
             "two accounts linked on one band at their meeting {k}"
         );
     }
+    // Account 2's four requests found account 1, and account 1's last three found account 2.
+    assert_eq!(linker.stats().single_band_held_total, 7);
     let cluster = linker
         .observe(3, &attrs(&c), EPOCH + 5 * MIN)
         .expect("a third account on the band is linked");
     assert_eq!(cluster.members, 3);
     assert_eq!(linker.cluster_of(1).map(|v| v.id), Some(cluster.id));
+    assert_eq!(linker.stats().single_band_held_total, 7);
+    assert_eq!(linker.stats().single_band_unrecorded_total, 0);
 }
 
 /// `single_band_contacts` holds back only links on one band alone: two bands, or a rule with a client-stack or

@@ -40,6 +40,8 @@ pub struct Linker {
     pub(super) settled: FastMap<u64, Settled>,
     /// Accounts found together on a single prompt band alone ([`LinkPolicy::single_band_contacts`]).
     contacts: Contacts,
+    single_band_held_total: u64,
+    single_band_unrecorded_total: u64,
 }
 
 /// See [`Linker::settled`].
@@ -99,6 +101,8 @@ impl Linker {
             marks: VecDeque::new(),
             settled: FastMap::default(),
             contacts: Contacts::default(),
+            single_band_held_total: 0,
+            single_band_unrecorded_total: 0,
         }
     }
 
@@ -108,6 +112,8 @@ impl Linker {
         let mut fresh = Linker::new(self.policy.clone());
         fresh.links_dropped_total = self.links_dropped_total;
         fresh.rotations_total = self.rotations_total;
+        fresh.single_band_held_total = self.single_band_held_total;
+        fresh.single_band_unrecorded_total = self.single_band_unrecorded_total;
         *self = fresh;
     }
 
@@ -205,11 +211,14 @@ impl Linker {
                 }
                 // One band shared with no one else is a coincidence of phrasing, not yet a link.
                 if partners > 1 && c.single_band() {
-                    if let Met::Partners(n) = self.contacts.meet(account, c.account) {
-                        if n < partners {
+                    match self.contacts.meet(account, c.account) {
+                        Met::Partners(n) if n < partners => {
+                            self.single_band_held_total += 1;
                             all_in = false;
                             continue;
                         }
+                        Met::Partners(_) => {}
+                        Met::Full => self.single_band_unrecorded_total += 1,
                     }
                 }
                 all_in = false;
@@ -380,6 +389,8 @@ impl Linker {
             evicted_age: self.index.evicted_age,
             expired_total: self.index.expired_total,
             links_dropped_total: self.links_dropped_total,
+            single_band_held_total: self.single_band_held_total,
+            single_band_unrecorded_total: self.single_band_unrecorded_total,
             rotations_total: self.rotations_total,
             approx_bytes: self.index.bytes() + self.live.bytes() + self.cur.bytes() + scratch,
             mapped_bytes: self.index.mapped_bytes(),
