@@ -3,8 +3,9 @@
 
 use super::*;
 
-/// Pairs (and so accounts) recorded per generation, at most. Beyond it a pair is not recorded and its link is judged as
-/// if the rule were off (it joins), so that a flood of coincidences cannot hold back the links that were made before.
+/// Pairs (and so accounts) recorded per generation, at most. Beyond it a pair is not recorded and its link joins as if
+/// the rule were off: a flood of one-band coincidences cannot hold back links that `min_prompt_bands` alone would make
+/// (counted in [`LinkStats::single_band_unrecorded_total`]).
 pub(in crate::engine::link) const MAX_CONTACT_PAIRS: usize = 1 << 16;
 
 /// One generation's record: the pairs of accounts found together on a single band alone, and how many distinct
