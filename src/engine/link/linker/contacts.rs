@@ -37,8 +37,9 @@ impl Contacts {
     pub(super) fn meet(&mut self, a: u64, b: u64) -> Met {
         let pair = murmur3_combine(a.min(b), a.max(b));
         let [cur, last] = &mut self.gens;
-        let fresh = !cur.pairs.contains_key(&pair) && !last.pairs.contains_key(&pair);
-        if !cur.pairs.contains_key(&pair) {
+        let recorded = cur.pairs.contains_key(&pair);
+        let fresh = !recorded && !last.pairs.contains_key(&pair);
+        if !recorded {
             // Each pair recorded adds at most two partners: this bounds both maps.
             if cur.pairs.len() >= MAX_CONTACT_PAIRS {
                 return Met::Full;

@@ -413,12 +413,10 @@ impl Linker {
             std::mem::swap(&mut self.live, &mut self.cur);
             self.cur.clear(self.live.nodes.len());
             self.live.resolve_dups(now);
+            self.contacts.rotate();
             self.rotations_total += 1;
         }
         self.settled.clear();
-        for _ in 0..due.min(2) {
-            self.contacts.rotate();
-        }
         self.gen_start = Some(start + due * generation);
     }
 
