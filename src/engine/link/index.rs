@@ -19,15 +19,14 @@ pub(super) struct Entry {
 }
 
 /// One table slot, 32 bytes so that two share a cache line and none straddles two. `key == 0` marks it empty (keys
-/// are forced non-zero). `first` is always the most recently seen entry of the key; the others, if any, are in
-/// `spills[spill]` (0 = none). All zeros is an empty slot, so a fresh mapping is an empty table.
+/// are forced non-zero). `first` is always the most recently seen entry of the key; the others, if any, are the
+/// spill list `spill` (oldest first). All zeros is an empty slot, so a fresh mapping is an empty table.
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 #[repr(C, align(32))]
 pub(super) struct Slot {
     pub(super) key: u64,
     pub(super) first: Entry,
-    pub(super) spill: u32,
-    _pad: u32,
+    pub(super) spill: SpillRef,
 }
 
 /// The slot table's memory. A large table is probed at random: every probe misses the cache and, on 4 KiB pages,
@@ -106,11 +105,8 @@ pub(super) struct Index {
     pub(super) slots: Slots,
     pub(super) len: usize,
     pub(super) entries: usize,
-    /// Entry lists of keys with more than one account; index 0 is never used.
-    pub(super) spills: Vec<VecDeque<Entry>>,
-    pub(super) free_spills: Vec<u32>,
-    /// Capacity (in entries) of all spill lists.
-    spill_cap: usize,
+    /// Entry lists of keys with more than one account.
+    pub(super) spills: Spills,
     hand: usize,
     sweep: usize,
     pub(super) evicted_total: u64,
@@ -119,13 +115,8 @@ pub(super) struct Index {
     pub(super) evicted_age: Nanos,
 }
 
-/// Where `account` is in `v`. In a full list (a hydra's key) the account is usually not there, having been pushed
+/// Where `account` is in `s`. In a full list (a hydra's key) the account is usually not there, having been pushed
 /// out since its last request: the whole list is compared, eight entries at a time with no branch inside.
-fn position_of(v: &VecDeque<Entry>, account: u64) -> Option<usize> {
-    let (a, b) = v.as_slices();
-    position_in(a, account).or_else(|| position_in(b, account).map(|j| a.len() + j))
-}
-
 fn position_in(s: &[Entry], account: u64) -> Option<usize> {
     let mut from = 0;
     for chunk in s.chunks_exact(8) {
@@ -149,9 +140,7 @@ impl Index {
             slots: Slots::new(MIN_TABLE),
             len: 0,
             entries: 0,
-            spills: vec![VecDeque::new()],
-            free_spills: Vec::new(),
-            spill_cap: 0,
+            spills: Spills::default(),
             hand: 0,
             sweep: 0,
             evicted_total: 0,
@@ -235,9 +224,10 @@ impl Index {
         let first = slot.first;
         if t.now.saturating_sub(first.seen) > t.max_window {
             // The newest entry has expired, so all have: start the list afresh.
-            self.entries -= self.free_spill(slot.spill);
+            self.entries -= slot.spill.len();
+            self.spills.free(slot.spill);
             self.slots[i].first = me;
-            self.slots[i].spill = 0;
+            self.slots[i].spill = SpillRef::NONE;
             return;
         }
         // Candidates, newest first: the list is ordered by recency, so this stops after `out.limit` or at the
@@ -245,24 +235,22 @@ impl Index {
         if first.account != t.account && t.now.saturating_sub(first.seen) <= t.window {
             out.items.push(first);
         }
-        if slot.spill == 0 {
+        let mut list = slot.spill;
+        if !list.is_some() {
             if first.account == t.account {
                 self.slots[i].first.seen = first.seen.max(t.now);
             } else if t.per_value > 1 {
-                slot.spill = self.alloc_spill();
-                let v = &mut self.spills[slot.spill as usize];
-                let before = v.capacity();
-                v.push_back(first);
-                self.spill_cap += v.capacity() - before;
+                slot.spill = self.spills.push(list, first);
                 slot.first = me;
-                self.entries += 1;
+                self.entries += slot.spill.len();
                 self.slots[i] = slot;
             } else {
                 self.slots[i].first = me;
             }
             return;
         }
-        let v = &mut self.spills[slot.spill as usize];
+        let before = list.len();
+        let v = self.spills.get(list);
         for e in v.iter().rev() {
             if out.items.len() >= out.limit || t.now.saturating_sub(e.seen) > t.window {
                 break;
@@ -272,73 +260,41 @@ impl Index {
             }
         }
         // Expired entries are at the front.
-        let mut removed = 0;
-        while v
-            .front()
-            .is_some_and(|e| t.now.saturating_sub(e.seen) > t.max_window)
-        {
-            v.pop_front();
-            removed += 1;
-        }
+        let expired = v
+            .iter()
+            .take_while(|e| t.now.saturating_sub(e.seen) > t.max_window)
+            .count();
+        list = self.spills.drop_front(list, expired);
         if first.account == t.account {
             slot.first.seen = first.seen.max(t.now);
         } else {
             // The account moves to the front (`first`), the old first becomes the newest of the rest.
-            match position_of(v, t.account) {
-                Some(j) => {
-                    v.remove(j);
-                    removed += 1;
-                }
+            match position_in(self.spills.get(list), t.account) {
+                Some(j) => list = self.spills.remove(list, j),
                 None => {
-                    if 1 + v.len() >= t.per_value {
-                        v.pop_front();
-                        removed += 1;
+                    if 1 + list.len() >= t.per_value {
+                        list = self.spills.drop_front(list, 1);
                     }
                 }
             }
-            let before = v.capacity();
-            v.push_back(first);
-            self.spill_cap += v.capacity() - before;
+            list = self.spills.push(list, first);
             slot.first = me;
-            self.entries += 1;
         }
-        self.entries -= removed;
-        if v.is_empty() {
-            self.free_spill(slot.spill);
-            slot.spill = 0;
+        // `first` is one entry before and after: only the list's length changes the count.
+        self.entries = self.entries + list.len() - before;
+        if list.len() == 0 {
+            self.spills.free(list);
+            list = SpillRef::NONE;
         }
+        slot.spill = list;
         self.slots[i] = slot;
-    }
-
-    fn alloc_spill(&mut self) -> u32 {
-        match self.free_spills.pop() {
-            Some(s) => s,
-            None => {
-                self.spills.push(VecDeque::new());
-                (self.spills.len() - 1) as u32
-            }
-        }
-    }
-
-    /// Returns spill list `s` (if any) to the free list; returns how many entries it held.
-    fn free_spill(&mut self, s: u32) -> usize {
-        if s == 0 {
-            return 0;
-        }
-        let v = &mut self.spills[s as usize];
-        let n = v.len();
-        v.clear();
-        if v.capacity() > SPILL_KEEP_CAP {
-            self.spill_cap -= v.capacity();
-            *v = VecDeque::new();
-        }
-        self.free_spills.push(s);
-        n
     }
 
     /// Frees the slot at `i` (its entries with it) and shifts the following run back over the hole.
     fn remove_at(&mut self, i: usize) {
-        let n = 1 + self.free_spill(self.slots[i].spill);
+        let spill = self.slots[i].spill;
+        let n = 1 + spill.len();
+        self.spills.free(spill);
         self.slots[i] = Slot::default();
         self.len -= 1;
         self.entries -= n;
@@ -450,26 +406,23 @@ impl Index {
                 self.expired_total += 1;
                 continue;
             }
-            if s.spill != 0 {
-                let v = &mut self.spills[s.spill as usize];
-                let before = v.len();
-                v.retain(|e| now.saturating_sub(e.seen) <= max_window);
-                self.entries -= before - v.len();
-                if v.is_empty() {
-                    self.free_spill(s.spill);
-                    self.slots[i].spill = 0;
+            if s.spill.is_some() {
+                let mut list = s.spill;
+                self.entries -= self
+                    .spills
+                    .retain(&mut list, |e| now.saturating_sub(e.seen) <= max_window);
+                if list.len() == 0 {
+                    self.spills.free(list);
+                    list = SpillRef::NONE;
                 }
+                self.slots[i].spill = list;
             }
             i += 1;
         }
         if self.slots.len() > MIN_TABLE && self.len * 8 < self.slots.len() {
             self.resize(MIN_TABLE.max((self.len * 2).next_power_of_two()));
         }
-        for &s in &self.free_spills {
-            let v = &mut self.spills[s as usize];
-            self.spill_cap -= v.capacity();
-            *v = VecDeque::new();
-        }
+        self.spills.compact(&mut self.slots);
     }
 
     fn resize(&mut self, new_len: usize) {
@@ -497,9 +450,6 @@ impl Index {
     }
 
     pub(super) fn bytes(&self) -> usize {
-        self.slots.len() * size_of::<Slot>()
-            + self.spill_cap * size_of::<Entry>()
-            + self.spills.capacity() * size_of::<VecDeque<Entry>>()
-            + self.free_spills.capacity() * size_of::<u32>()
+        self.slots.len() * size_of::<Slot>() + self.spills.bytes()
     }
 }

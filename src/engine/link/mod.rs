@@ -41,8 +41,6 @@ const NEAR_SAMPLE: usize = 4;
 const REFRESH_DIVISOR: Nanos = 32;
 /// Smallest index table (slots).
 const MIN_TABLE: usize = 1024;
-/// A freed spill list keeps its capacity for reuse up to this many entries.
-const SPILL_KEEP_CAP: usize = 8;
 /// Union-find forests keep at least this much capacity when cleared.
 const FOREST_KEEP: usize = 1024;
 
@@ -53,11 +51,14 @@ mod forest;
 mod index;
 mod linker;
 mod policy;
+mod spills;
 
 use forest::*;
 use index::*;
 pub use linker::*;
 pub use policy::*;
+pub use spills::MAX_SPILL;
+use spills::*;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Hashing

@@ -155,7 +155,7 @@ pub struct LinkPolicy {
     pub ignored: Vec<(AttrKind, u64)>,
     /// Values that lower a rule's strength by one step each (Weak → no link).
     pub downweighted: Vec<(AttrKind, u64)>,
-    /// Accounts kept per index key (most recently seen kept), e.g. 64.
+    /// Accounts kept per index key (most recently seen kept), e.g. 64; at most [`MAX_SPILL`] are used.
     pub max_accounts_per_value: usize,
     /// Index keys kept; beyond it the least recently used are evicted.
     pub max_values: usize,
@@ -506,7 +506,7 @@ impl Compiled {
             max_window: rules.iter().map(|r| r.window).max().unwrap_or(0),
             rules,
             flags,
-            per_value: policy.max_accounts_per_value.max(1),
+            per_value: policy.max_accounts_per_value.clamp(1, MAX_SPILL),
             max_values: policy.max_values.max(1),
             generation: policy.generation.max(1),
             max_links: policy.max_links_per_request.clamp(1, MAX_LINKS_CAP),

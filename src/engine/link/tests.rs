@@ -2,7 +2,7 @@ use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 const SEC: Nanos = 1_000_000_000;
 const MIN: Nanos = 60 * SEC;
@@ -205,35 +205,47 @@ fn weak_only_policy() -> LinkPolicy {
 }
 
 /// Index invariants: every occupied slot is reachable from its key's home, `first` is the newest entry, spill
-/// lists are owned once and non-empty, counters match.
+/// lists are non-empty, and every block of the spill arena is one list's or free, never both or two lists'; counters
+/// match.
 fn check_index(index: &Index) {
     let mut len = 0;
     let mut entries = 0;
-    let mut owners = vec![0; index.spills.len()];
-    for &f in &index.free_spills {
-        owners[f as usize] += 1;
+    let mut owners = vec![0u8; index.spills.arena_len()];
+    let mut own = |(at, size): (usize, usize)| {
+        for o in &mut owners[at..at + size] {
+            *o += 1;
+        }
+    };
+    let mut free = 0;
+    for block in index.spills.free_blocks() {
+        free += block.1;
+        own(block);
     }
+    assert_eq!(index.spills.free_entries(), free);
     for (i, s) in index.slots.iter().enumerate() {
         if s.key == 0 {
-            assert_eq!(s.spill, 0);
+            assert!(!s.spill.is_some());
             continue;
         }
         assert_eq!(index.probe(s.key), Ok(i));
         len += 1;
         entries += 1;
-        if s.spill != 0 {
-            let v = &index.spills[s.spill as usize];
+        if s.spill.is_some() {
+            let v = index.spills.get(s.spill);
             assert!(!v.is_empty());
+            assert_eq!(v.len(), s.spill.len());
             assert!(v
                 .iter()
                 .all(|e| e.seen <= s.first.seen && e.account != s.first.account));
-            owners[s.spill as usize] += 1;
+            let (at, size) = Spills::block(s.spill);
+            assert!(s.spill.len() <= size);
+            own((at, size));
             entries += v.len();
         }
     }
     assert!(
-        owners[1..].iter().all(|&n| n == 1),
-        "a spill list is lost or shared"
+        owners.iter().all(|&n| n <= 1),
+        "a spill block is shared, or free and in use"
     );
     assert_eq!(index.len, len);
     assert_eq!(index.entries, entries);
@@ -796,7 +808,10 @@ fn lists_keep_the_most_recent_accounts() {
     assert_eq!((stats.values, stats.entries), (1, 16));
     let slot = linker.index.slots.iter().find(|s| s.key != 0).unwrap();
     assert_eq!(slot.first.account, 999);
-    let rest: Vec<u64> = linker.index.spills[slot.spill as usize]
+    let rest: Vec<u64> = linker
+        .index
+        .spills
+        .get(slot.spill)
         .iter()
         .map(|e| e.account)
         .collect();
@@ -912,6 +927,98 @@ fn index_survives_churn() {
     index.sweep_full(EPOCH + 200_000 * SEC / 10, 10 * SEC);
     check_index(&index);
     assert!(index.evicted_total + index.expired_total > 0);
+}
+
+/// The index against a plain model of what it keeps per key: the accounts, newest first, at most `per_value`, an
+/// entry dropped once older than `max_window`; a touch finds the others within `window`, newest first, at most
+/// `limit`. Keys of every popularity make spill lists grow, shrink, move between blocks, empty and come back, and
+/// full sweeps compact the arena between rounds.
+#[test]
+fn index_matches_a_model_of_recent_accounts_per_key() {
+    const WINDOW: Nanos = 5 * SEC;
+    const MAX_WINDOW: Nanos = 20 * SEC;
+    const PER_VALUE: usize = 12;
+    let mut index = Index::new();
+    let mut model: HashMap<u64, Vec<Entry>> = HashMap::new();
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut out = Found::default();
+    let mut now = EPOCH;
+    let mut compacted = 0;
+    for round in 0..6u64 {
+        // Busy rounds and quiet ones, so that lists fill up and run dry.
+        let (accounts, step) = if round % 2 == 0 {
+            (60, SEC / 20)
+        } else {
+            (8, SEC)
+        };
+        for _ in 0..40_000 {
+            now += rng.gen_range(0..step);
+            let account = rng.gen_range(0..accounts);
+            // A few hot keys, many cold ones.
+            let key = if rng.gen_bool(0.3) {
+                rng.gen_range(1..8u64)
+            } else {
+                rng.gen_range(8..2_000u64)
+            };
+            let t = Touch {
+                account,
+                now,
+                window: WINDOW,
+                max_window: MAX_WINDOW,
+                per_value: PER_VALUE,
+                max_values: 1 << 20,
+            };
+            out.items.clear();
+            out.limit = 6;
+            index.touch(key, &t, &mut out);
+            let list = model.entry(key).or_default();
+            list.retain(|e| now - e.seen <= MAX_WINDOW);
+            let expected: Vec<Entry> = list
+                .iter()
+                .filter(|e| e.account != account && now - e.seen <= WINDOW)
+                .take(6)
+                .copied()
+                .collect();
+            assert_eq!(out.items, expected, "key {key} at {now}");
+            match list.iter().position(|e| e.account == account) {
+                Some(j) => {
+                    list.remove(j);
+                }
+                None if list.len() >= PER_VALUE => {
+                    list.pop();
+                }
+                None => {}
+            }
+            list.insert(0, Entry { account, seen: now });
+            index.sweep_step(now, MAX_WINDOW);
+        }
+        check_index(&index);
+        let free_before = index.spills.free_entries();
+        index.sweep_full(now, MAX_WINDOW);
+        check_index(&index);
+        if free_before > 0 && index.spills.free_entries() == 0 {
+            compacted += 1;
+        }
+        // Everything the model holds unexpired, the index holds, in the same order.
+        for (key, list) in &model {
+            let held: Vec<Entry> = match index.probe(*key) {
+                Ok(i) => {
+                    let s = index.slots[i];
+                    let mut v = vec![s.first];
+                    v.extend(index.spills.get(s.spill).iter().rev());
+                    v
+                }
+                Err(_) => Vec::new(),
+            };
+            let live: Vec<Entry> = list
+                .iter()
+                .filter(|e| now - e.seen <= MAX_WINDOW)
+                .copied()
+                .collect();
+            assert_eq!(held, live, "key {key} after round {round}");
+        }
+    }
+    assert!(compacted > 0, "no full sweep compacted the arena");
 }
 
 /// A table that grows past [`HUGE_TABLE_BYTES`] moves into a mapping of its own, keeps every key on the way, and
