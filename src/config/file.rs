@@ -488,7 +488,8 @@ pub struct FileCluster {
     pub min_members: u32,
     /// Links expire by generation: one to two of these.
     pub generation_ms: u64,
-    /// Accounts remembered per attribute value.
+    /// Accounts remembered per attribute value (1 to 65536).
+    #[schemars(range(min = 1, max = 65536))]
     pub max_accounts_per_value: u32,
     /// Attribute values remembered (the index cap; least recently used go).
     /// A request with a new prompt adds 32 with the shipped rules, so the cap

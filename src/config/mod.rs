@@ -1339,6 +1339,12 @@ fn validate_cluster(
             "expected 0 (off) or a count from 64 to 67108864",
         ));
     }
+    if !(1..=crate::engine::link::MAX_SPILL as u32).contains(&f.max_accounts_per_value) {
+        return Err(invalid(
+            "cluster.max_accounts_per_value",
+            "expected a count of accounts from 1 to 65536",
+        ));
+    }
     if !(1..=16).contains(&f.single_band_contacts) {
         return Err(invalid(
             "cluster.single_band_contacts",
@@ -1410,7 +1416,7 @@ fn validate_cluster(
         rules,
         ignored,
         downweighted,
-        max_accounts_per_value: f.max_accounts_per_value.max(1) as usize,
+        max_accounts_per_value: f.max_accounts_per_value as usize,
         max_values: usize::try_from(f.max_index_values).unwrap_or(usize::MAX),
         generation: nanos(generation),
         max_links_per_request: f.max_links_per_request.max(1) as usize,

@@ -114,6 +114,13 @@ fn bad_values_are_rejected() {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.late_after_requests", "{e}");
     }
+    for count in [
+        "max_accounts_per_value = 0",
+        "max_accounts_per_value = 65537",
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.max_accounts_per_value", "{e}");
+    }
     for count in ["single_band_contacts = 0", "single_band_contacts = 17"] {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.single_band_contacts", "{e}");
