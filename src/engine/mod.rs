@@ -672,6 +672,28 @@ pub struct EngineStats {
     pub new_accounts_refused: AtomicU64,
 }
 
+/// The accounts that joined a cluster while it was too small to be scored, up to four (what the shipped
+/// `min_members` of 3 needs, with room; a larger cluster's further members bring their histories themselves).
+#[derive(Debug, Clone, Copy, Default)]
+struct PendingMembers {
+    ids: [u64; 4],
+    n: u8,
+}
+
+impl PendingMembers {
+    fn add(&mut self, account: u64) {
+        let n = usize::from(self.n);
+        if n < self.ids.len() && !self.ids[..n].contains(&account) {
+            self.ids[n] = account;
+            self.n += 1;
+        }
+    }
+
+    fn accounts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ids[..usize::from(self.n)].iter().copied()
+    }
+}
+
 /// A scored cluster's behaviour state. `all` observes every member's
 /// requests; `core` only the requests of members whose own evidence (their
 /// account's raw score, before the amount of evidence is weighed) reaches
@@ -771,6 +793,9 @@ pub struct Engine {
     clusters: AccountStore,
     account_signals: dashmap::DashMap<u64, (score::AccountSignals, score::LadderState)>,
     cluster_signals: dashmap::DashMap<u64, ClusterBehaviour>,
+    /// Clusters strong enough to be scored but not yet `min_members` large: the accounts that joined them, whose
+    /// histories the cluster takes when it is scored ([`Engine::follow_links`]).
+    pending_members: dashmap::DashMap<u64, PendingMembers>,
     /// Behaviour cohorts by key ([`cohort`]), at most [`MAX_COHORTS`].
     cohorts: dashmap::DashMap<u64, score::ClusterSignals>,
     /// Network pools by key ([`pool_key`] of the client prefix), at most
@@ -835,6 +860,7 @@ impl Engine {
             clusters: AccountStore::default(),
             account_signals: dashmap::DashMap::new(),
             cluster_signals: dashmap::DashMap::new(),
+            pending_members: dashmap::DashMap::new(),
             cohorts: dashmap::DashMap::new(),
             pools: dashmap::DashMap::new(),
             manual_accounts: dashmap::DashMap::new(),
@@ -870,6 +896,7 @@ impl Engine {
         linker.forget();
         self.account_signals.clear();
         self.cluster_signals.clear();
+        self.pending_members.clear();
         self.cohorts.clear();
         self.pools.clear();
     }
@@ -1057,10 +1084,15 @@ impl Engine {
         let Some(d) = &policy.detection else {
             for (gone, _) in &changes.merges {
                 self.cluster_signals.remove(gone);
+                self.pending_members.remove(gone);
             }
             return;
         };
         for &(gone, into) in &changes.merges {
+            if let Some((_, p)) = self.pending_members.remove(&gone) {
+                let mut to = self.pending_members.entry(into).or_default();
+                p.accounts().for_each(|a| to.add(a));
+            }
             let Some((_, state)) = self.cluster_signals.remove(&gone) else {
                 continue;
             };
@@ -1071,14 +1103,24 @@ impl Engine {
                 }
             }
         }
-        // Only clusters strong enough to be scored keep behaviour state (a
-        // pair keeps it until it grows to `min_members`). Members that joined
-        // while the cluster was weaker bring their history with their next
-        // request (`detect`).
+        // Only clusters that are scored keep behaviour state. Most linked accounts are in pairs, which are not
+        // (`min_members`), and a state of their own (two 680-byte windows) held for each was most of the engine's
+        // memory per linked account: a cluster strong enough but still too small only notes who joined it, and
+        // takes their histories, all of them, once it is scored. Members it did not note (past `PendingMembers`'
+        // room, or joined while it was weaker) bring theirs with their next request (`detect`).
         let Some(c) = cluster.filter(|c| c.strength >= policy.cluster.score_min_strength) else {
             return;
         };
-        for &account in &changes.joined {
+        if !policy.cluster.scored(&c) {
+            if !changes.joined.is_empty() {
+                let mut p = self.pending_members.entry(c.id).or_default();
+                changes.joined.iter().for_each(|&a| p.add(a));
+            }
+            return;
+        }
+        let pending = self.pending_members.remove(&c.id).map(|(_, p)| p);
+        let noted = pending.iter().flat_map(PendingMembers::accounts);
+        for account in changes.joined.iter().copied().chain(noted) {
             // A first request has no state yet: make it, so its history is not taken later.
             let (history, raw) = {
                 // (The request's own account is made with the age it states.)
@@ -2103,6 +2145,8 @@ impl Engine {
         self.forget_tenure(now, policy.max_tenure);
         if let Ok(linker) = self.linker.lock() {
             self.cluster_signals
+                .retain(|id, _| linker.cluster(*id).is_some());
+            self.pending_members
                 .retain(|id, _| linker.cluster(*id).is_some());
         }
         if let Some(d) = &policy.detection {

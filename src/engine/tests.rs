@@ -1197,18 +1197,31 @@ mod detection {
             let mut last = None;
             for a in 0..12u64 {
                 let text = format!("{template}\nQuestion: {}", words(&mut rng, 15));
-                last = run(&e, &req(base + a, text), t0 + 5 * MIN + a * SECOND, 2_000).cluster;
+                let at = t0 + 5 * MIN + a * SECOND;
+                last = run(&e, &req(base + a, text), at, 2_000).cluster;
+                if a == 1 {
+                    // A pair is too small to be scored and holds no behaviour state.
+                    let pair = e.cluster_of(AccountId(base)).expect("the first two linked");
+                    assert_eq!(pair.members, 2);
+                    assert!(
+                        e.cluster_requests(pair.id, at).is_none(),
+                        "a pair holds state"
+                    );
+                }
             }
             let c = last.expect("the template linked them");
             assert_eq!(c.members, 12);
             let now = t0 + 5 * MIN + 12 * SECOND;
             let requests = e.cluster_requests(c.id, now).expect("scored");
-            // 48 earlier requests, the first member's template request and
-            // the 10 the cluster observed itself (the second member's came
-            // while the pair was too small to score), decayed for up to five
-            // minutes (half-life one hour); linked requests alone would be 10.
+            // All 60: 48 earlier requests, the first two members' template
+            // requests (sent while the pair was too small to score, taken
+            // with their histories when the third member made it large
+            // enough) and the 10 the cluster observed itself, decayed for up
+            // to five minutes (half-life one hour). Linked requests alone
+            // would be 10; a pair's state taken when it formed left out the
+            // second member's template request (57.0).
             assert!(
-                requests > 55.0 && requests <= 59.0,
+                requests > 57.5 && requests <= 60.0,
                 "cluster of {} holds {} requests",
                 c.members,
                 requests
