@@ -2143,7 +2143,8 @@ impl Engine {
             keep
         });
         self.forget_tenure(now, policy.max_tenure);
-        if let Ok(linker) = self.linker.lock() {
+        if let Ok(mut linker) = self.linker.lock() {
+            linker.compact();
             self.cluster_signals
                 .retain(|id, _| linker.cluster(*id).is_some());
             self.pending_members

@@ -1,5 +1,5 @@
-//! The index's spill lists: a key's entries beyond its newest, every list a block of one arena (docs/link.md,
-//! "Memory").
+//! The index's spill lists: a key's entries beyond its newest. Short lists, the common case, are blocks of one
+//! arena; longer ones are vectors of their own (docs/link.md, "Memory").
 
 use std::ops::Range;
 
@@ -9,14 +9,18 @@ use super::*;
 
 /// Most entries a spill list holds; `max_accounts_per_value` is at most this (a key's newest entry is in its slot).
 pub const MAX_SPILL: usize = 1 << 16;
-/// Block sizes: 1, 2, 4 … [`MAX_SPILL`] entries.
-const CLASSES: usize = 17;
-/// `SpillRef::meta`: the list's length in the low bits, its block's size class + 1 above them (0: no block).
+/// Lists of up to this many entries are arena blocks (of one or two entries); a longer one is a vector of its own.
+const SHORT: usize = 2;
+/// `SpillRef::meta`: the list's length in the low bits, its kind + 1 above them (0: no list). Kinds: 0 and 1, an
+/// arena block of one or two entries; [`LONG`], a vector of its own.
 const LEN_BITS: u32 = 27;
 const LEN_MASK: u32 = (1 << LEN_BITS) - 1;
+const LONG: u32 = 2;
+/// A freed long list keeps its vector's capacity for reuse up to this many entries.
+const LONG_KEEP_CAP: usize = 8;
 
-/// Where a key's spill list is: the block of `1 << class` entries at `at` in the arena, whose first `len` entries
-/// are the list, oldest first. It fills a slot's last eight bytes; all zeros is no list.
+/// Where a key's spill list is: an arena block (`at` its offset) or a long list (`at` its index), and its length.
+/// It fills a slot's last eight bytes; all zeros is no list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub(super) struct SpillRef {
@@ -28,10 +32,10 @@ impl SpillRef {
     /// No list.
     pub(super) const NONE: SpillRef = SpillRef { at: 0, meta: 0 };
 
-    fn new(at: u32, class: usize, len: usize) -> SpillRef {
+    fn new(at: u32, kind: u32, len: usize) -> SpillRef {
         SpillRef {
             at,
-            meta: ((class as u32 + 1) << LEN_BITS) | len as u32,
+            meta: ((kind + 1) << LEN_BITS) | len as u32,
         }
     }
 
@@ -40,13 +44,14 @@ impl SpillRef {
         (self.meta & LEN_MASK) as usize
     }
 
-    /// Whether there is a block (a stored slot's list is never empty).
+    /// Whether there is a list (a stored slot's list is never empty).
     pub(super) fn is_some(self) -> bool {
         self.meta != 0
     }
 
-    fn class(self) -> usize {
-        (self.meta >> LEN_BITS) as usize - 1
+    /// 0 or 1: an arena block of `1 << kind` entries; [`LONG`]: a vector.
+    fn kind(self) -> u32 {
+        (self.meta >> LEN_BITS) - 1
     }
 
     fn with_len(self, len: usize) -> SpillRef {
@@ -62,87 +67,134 @@ impl SpillRef {
     }
 }
 
-/// Size class of a block that holds `len` entries.
-fn class_for(len: usize) -> usize {
-    len.max(1).next_power_of_two().trailing_zeros() as usize
-}
-
-/// Every spill list of the index in one arena of entries, each a block of a power-of-two size: a key seen by two
-/// accounts spills one entry of 16 bytes (a list of its own was a 32-byte header and a heap block of four). Freed
-/// blocks are reused by size; [`Spills::compact`] gives back the room they hold.
+/// Every spill list of the index. Most keys that spill at all were seen by two or three accounts: their lists are
+/// blocks of one or two 16-byte entries in one arena, with no header and no heap block of their own (a `VecDeque`
+/// each took a 32-byte header and a heap block of at least four entries). Freed blocks are reused by size, so the
+/// arena holds at most as many blocks of each size as were ever in use at once. A list that grows past two entries
+/// moves to a vector of its own, as every list was before: the arena's blocks would otherwise come in every size,
+/// and free blocks of the sizes a growing list leaves behind would pile up.
 #[derive(Debug, Default)]
 pub(super) struct Spills {
     arena: Vec<Entry>,
-    /// Offsets of free blocks, by size class.
-    free: [Vec<u32>; CLASSES],
-    /// Entries the free blocks span.
+    /// Offsets of free arena blocks of one and of two entries.
+    free: [Vec<u32>; SHORT],
+    /// Entries the free arena blocks span.
     free_entries: usize,
+    /// Long lists, oldest entry first; freed ones are kept for reuse.
+    long: Vec<Vec<Entry>>,
+    free_long: Vec<u32>,
+    /// Capacity (in entries) of all long lists.
+    long_cap: usize,
 }
 
 impl Spills {
     /// The list's entries, oldest first (empty for [`SpillRef::NONE`]).
     pub(super) fn get(&self, r: SpillRef) -> &[Entry] {
-        self.arena.get(r.range()).unwrap_or_default()
+        if !r.is_some() {
+            &[]
+        } else if r.kind() == LONG {
+            self.long.get(r.at as usize).map_or(&[], Vec::as_slice)
+        } else {
+            self.arena.get(r.range()).unwrap_or_default()
+        }
     }
 
-    /// A block of size `class`: a free one, or new at the arena's end. None once the arena would pass `u32`
-    /// offsets (64 GiB of entries).
-    fn alloc(&mut self, class: usize) -> Option<u32> {
-        if let Some(at) = self.free.get_mut(class).and_then(Vec::pop) {
-            self.free_entries -= 1 << class;
+    /// An arena block of `1 << kind` entries: a free one, or new at the arena's end. None once the arena would pass
+    /// `u32` offsets (64 GiB of entries).
+    fn alloc_short(&mut self, kind: u32) -> Option<u32> {
+        let size = 1usize << kind;
+        if let Some(at) = self.free.get_mut(kind as usize).and_then(Vec::pop) {
+            self.free_entries -= size;
             return Some(at);
         }
         let at = u32::try_from(self.arena.len()).ok()?;
-        let end = self.arena.len().checked_add(1 << class)?;
+        let end = self.arena.len() + size;
         u32::try_from(end).ok()?;
         self.arena.resize(end, Entry::default());
         Some(at)
     }
 
-    /// Returns the list's block (if any) for reuse.
-    pub(super) fn free(&mut self, r: SpillRef) {
-        if r.is_some() {
-            let class = r.class();
-            if let Some(f) = self.free.get_mut(class) {
-                f.push(r.at);
-                self.free_entries += 1 << class;
+    /// A long list holding `entries`.
+    fn alloc_long(&mut self, entries: &[Entry]) -> SpillRef {
+        let id = match self.free_long.pop() {
+            Some(id) => id,
+            None => {
+                self.long.push(Vec::new());
+                (self.long.len() - 1) as u32
             }
+        };
+        let v = &mut self.long[id as usize];
+        let before = v.capacity();
+        // Four, then doubling: a list capped at 2^k entries ends in a block of 2^k, not of 3 × 2^(k-1).
+        v.reserve(entries.len().next_power_of_two().max(4));
+        v.extend_from_slice(entries);
+        self.long_cap += v.capacity() - before;
+        SpillRef::new(id, LONG, entries.len())
+    }
+
+    /// Returns the list's storage for reuse.
+    pub(super) fn free(&mut self, r: SpillRef) {
+        if !r.is_some() {
+            return;
+        }
+        let kind = r.kind();
+        if kind == LONG {
+            let v = &mut self.long[r.at as usize];
+            v.clear();
+            if v.capacity() > LONG_KEEP_CAP {
+                self.long_cap -= v.capacity();
+                *v = Vec::new();
+            }
+            self.free_long.push(r.at);
+        } else if let Some(f) = self.free.get_mut(kind as usize) {
+            f.push(r.at);
+            self.free_entries += 1 << kind;
         }
     }
 
-    /// Appends `e` as the newest entry, moving the list to a block twice the size when its own is full. Where no
-    /// block can be had (the arena at its limit), the oldest entry makes room.
+    /// Appends `e` as the newest entry: into the list's block while it has room, else a block of two, else a vector.
     pub(super) fn push(&mut self, r: SpillRef, e: Entry) -> SpillRef {
         let len = r.len();
-        let r = if !r.is_some() {
-            match self.alloc(0) {
-                Some(at) => SpillRef::new(at, 0, 0),
-                None => return r,
-            }
-        } else if len == 1 << r.class() {
-            match self.alloc(r.class() + 1) {
-                Some(at) => {
-                    let from = r.at as usize;
-                    self.arena.copy_within(from..from + len, at as usize);
-                    self.free(r);
-                    SpillRef::new(at, r.class() + 1, len)
-                }
-                None => self.drop_front(r, 1),
-            }
-        } else {
-            r
-        };
-        let len = r.len();
-        if let Some(slot) = self.arena.get_mut(r.at as usize + len) {
-            *slot = e;
+        if r.is_some() && r.kind() == LONG {
+            let v = &mut self.long[r.at as usize];
+            let before = v.capacity();
+            v.push(e);
+            self.long_cap += v.capacity() - before;
+            return r.with_len(len + 1);
         }
-        r.with_len(len + 1)
+        let room = r.is_some() && len < 1 << r.kind();
+        if room {
+            self.arena[r.at as usize + len] = e;
+            return r.with_len(len + 1);
+        }
+        let kind = if r.is_some() { r.kind() + 1 } else { 0 };
+        let short = if (kind as usize) < SHORT {
+            self.alloc_short(kind)
+        } else {
+            None
+        };
+        let Some(at) = short else {
+            let mut entries = self.get(r).to_vec();
+            entries.push(e);
+            self.free(r);
+            return self.alloc_long(&entries);
+        };
+        let (from, to) = (r.range(), at as usize);
+        self.arena.copy_within(from, to);
+        self.arena[to + len] = e;
+        self.free(r);
+        SpillRef::new(at, kind, len + 1)
     }
 
-    /// Drops the `n` oldest entries; the block stays the list's, even when it is left empty.
+    /// Drops the `n` oldest entries; the list keeps its storage, even when it is left empty.
     pub(super) fn drop_front(&mut self, r: SpillRef, n: usize) -> SpillRef {
         let n = n.min(r.len());
-        if n > 0 {
+        if n == 0 {
+            return r;
+        }
+        if r.kind() == LONG {
+            self.long[r.at as usize].drain(..n);
+        } else {
             let range = r.range();
             self.arena
                 .copy_within(range.start + n..range.end, range.start);
@@ -155,87 +207,115 @@ impl Spills {
         if j >= r.len() {
             return r;
         }
-        let range = r.range();
-        self.arena
-            .copy_within(range.start + j + 1..range.end, range.start + j);
+        if r.kind() == LONG {
+            self.long[r.at as usize].remove(j);
+        } else {
+            let range = r.range();
+            self.arena
+                .copy_within(range.start + j + 1..range.end, range.start + j);
+        }
         r.with_len(r.len() - 1)
     }
 
     /// Keeps the entries `keep` says to, in order; returns how many were dropped.
     pub(super) fn retain(&mut self, r: &mut SpillRef, keep: impl Fn(&Entry) -> bool) -> usize {
-        let range = r.range();
-        let mut to = range.start;
-        for from in range.clone() {
-            let e = self.arena[from];
-            if keep(&e) {
-                self.arena[to] = e;
-                to += 1;
-            }
+        if !r.is_some() {
+            return 0;
         }
-        let dropped = range.end - to;
-        *r = r.with_len(r.len() - dropped);
-        dropped
+        let len = r.len();
+        let kept = if r.kind() == LONG {
+            let v = &mut self.long[r.at as usize];
+            v.retain(|e| keep(e));
+            v.len()
+        } else {
+            let range = r.range();
+            let mut to = range.start;
+            for from in range {
+                let e = self.arena[from];
+                if keep(&e) {
+                    self.arena[to] = e;
+                    to += 1;
+                }
+            }
+            to - r.at as usize
+        };
+        *r = r.with_len(kept);
+        len - kept
     }
 
-    /// Copies every slot's list into a new arena, each in the smallest block that holds it, when free blocks span
-    /// at least a quarter of the arena: what lists shed (expired entries, keys gone) goes back to the allocator.
-    /// O(entries); run from maintenance.
+    /// Copies the short lists into a new arena when free blocks span at least a quarter of it (O(slots)), and lets go
+    /// of the vectors of freed long lists (O(those)): what the lists shed goes back to the allocator. Run by the full
+    /// sweep and by the engine's maintenance.
     pub(super) fn compact(&mut self, slots: &mut [Slot]) {
-        if self.free_entries * 4 < self.arena.len() {
+        for &id in &self.free_long {
+            let v = &mut self.long[id as usize];
+            self.long_cap -= v.capacity();
+            *v = Vec::new();
+        }
+        if self.free_entries == 0 || self.free_entries * 4 < self.arena.len() {
             return;
         }
-        let need: usize = slots
-            .iter()
-            .filter(|s| s.spill.is_some())
-            .map(|s| 1usize << class_for(s.spill.len()))
-            .sum();
-        let mut arena = Vec::with_capacity(need);
-        for s in slots.iter_mut().filter(|s| s.spill.is_some()) {
+        let mut arena = Vec::new();
+        for s in slots.iter_mut() {
             let r = s.spill;
-            let class = class_for(r.len());
-            // `need` fits the old arena's offsets, so it fits `u32`.
+            if !r.is_some() || r.kind() == LONG {
+                continue;
+            }
+            let kind = u32::from(r.len() > 1);
+            // The new arena is smaller than the old one, so its offsets fit `u32`.
             let at = arena.len() as u32;
             arena.extend_from_slice(self.get(r));
-            arena.resize(at as usize + (1 << class), Entry::default());
-            s.spill = SpillRef::new(at, class, r.len());
+            arena.resize(at as usize + (1 << kind), Entry::default());
+            s.spill = SpillRef::new(at, kind, r.len());
         }
+        arena.shrink_to_fit();
         self.arena = arena;
-        for f in &mut self.free {
-            *f = Vec::new();
-        }
+        self.free = Default::default();
         self.free_entries = 0;
-    }
-
-    /// Entries in use or free.
-    #[cfg(test)]
-    pub(super) fn arena_len(&self) -> usize {
-        self.arena.len()
-    }
-
-    /// Entries the free blocks span.
-    #[cfg(test)]
-    pub(super) fn free_entries(&self) -> usize {
-        self.free_entries
-    }
-
-    /// The free blocks, as (offset, size).
-    #[cfg(test)]
-    pub(super) fn free_blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.free
-            .iter()
-            .enumerate()
-            .flat_map(|(class, f)| f.iter().map(move |&at| (at as usize, 1 << class)))
-    }
-
-    /// The block a list holds, as (offset, size).
-    #[cfg(test)]
-    pub(super) fn block(r: SpillRef) -> (usize, usize) {
-        (r.at as usize, 1 << r.class())
     }
 
     /// Bytes held.
     pub(super) fn bytes(&self) -> usize {
         self.arena.capacity() * size_of::<Entry>()
             + self.free.iter().map(Vec::capacity).sum::<usize>() * size_of::<u32>()
+            + self.long.capacity() * size_of::<Vec<Entry>>()
+            + self.long_cap * size_of::<Entry>()
+            + self.free_long.capacity() * size_of::<u32>()
+    }
+
+    /// Arena entries in use or free.
+    #[cfg(test)]
+    pub(super) fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Arena entries the free blocks span.
+    #[cfg(test)]
+    pub(super) fn free_entries(&self) -> usize {
+        self.free_entries
+    }
+
+    /// The free arena blocks, as (offset, size).
+    #[cfg(test)]
+    pub(super) fn free_blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.free
+            .iter()
+            .enumerate()
+            .flat_map(|(kind, f)| f.iter().map(move |&at| (at as usize, 1 << kind)))
+    }
+
+    /// Long lists, and the free ones among them.
+    #[cfg(test)]
+    pub(super) fn long_lists(&self) -> (usize, &[u32]) {
+        (self.long.len(), &self.free_long)
+    }
+
+    /// The arena block a short list holds, as (offset, size), or the index of a long list.
+    #[cfg(test)]
+    pub(super) fn place(r: SpillRef) -> Result<(usize, usize), usize> {
+        match r.kind() {
+            LONG => Err(r.at as usize),
+            kind => Ok((r.at as usize, 1 << kind)),
+        }
     }
 }

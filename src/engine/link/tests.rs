@@ -205,8 +205,8 @@ fn weak_only_policy() -> LinkPolicy {
 }
 
 /// Index invariants: every occupied slot is reachable from its key's home, `first` is the newest entry, spill
-/// lists are non-empty, and every block of the spill arena is one list's or free, never both or two lists'; counters
-/// match.
+/// lists are non-empty, every arena block is one short list's or free (never both, never two lists'), every long
+/// list one slot's or free; counters match.
 fn check_index(index: &Index) {
     let mut len = 0;
     let mut entries = 0;
@@ -222,6 +222,11 @@ fn check_index(index: &Index) {
         own(block);
     }
     assert_eq!(index.spills.free_entries(), free);
+    let (long, free_long) = index.spills.long_lists();
+    let mut long_owners = vec![0u8; long];
+    for &id in free_long {
+        long_owners[id as usize] += 1;
+    }
     for (i, s) in index.slots.iter().enumerate() {
         if s.key == 0 {
             assert!(!s.spill.is_some());
@@ -237,15 +242,23 @@ fn check_index(index: &Index) {
             assert!(v
                 .iter()
                 .all(|e| e.seen <= s.first.seen && e.account != s.first.account));
-            let (at, size) = Spills::block(s.spill);
-            assert!(s.spill.len() <= size);
-            own((at, size));
+            match Spills::place(s.spill) {
+                Ok((at, size)) => {
+                    assert!(s.spill.len() <= size);
+                    own((at, size));
+                }
+                Err(id) => long_owners[id] += 1,
+            }
             entries += v.len();
         }
     }
     assert!(
         owners.iter().all(|&n| n <= 1),
-        "a spill block is shared, or free and in use"
+        "an arena block is shared, or free and in use"
+    );
+    assert!(
+        long_owners.iter().all(|&n| n == 1),
+        "a long list is lost or shared"
     );
     assert_eq!(index.len, len);
     assert_eq!(index.entries, entries);
