@@ -1034,6 +1034,60 @@ fn index_matches_a_model_of_recent_accounts_per_key() {
     assert!(compacted > 0, "no full sweep compacted the arena");
 }
 
+/// Lists that grow past two entries leave their arena blocks free; compaction gives that room back and keeps every
+/// list as it was.
+#[test]
+fn compaction_gives_back_the_blocks_of_lists_that_grew_long() {
+    let mut index = Index::new();
+    let mut out = Found::default();
+    let touch = |account: u64, step: u64| Touch {
+        account,
+        now: EPOCH + step,
+        window: SEC,
+        max_window: 1_000 * SEC,
+        per_value: 16,
+        max_values: 1 << 20,
+    };
+    let keys = 1_000u64;
+    // Three accounts per key: every list holds two entries, in a block of two.
+    let mut step = 0;
+    for account in 0..3 {
+        for k in 1..=keys {
+            step += 1;
+            index.touch(k.wrapping_mul(GOLDEN) | 1, &touch(account, step), &mut out);
+        }
+    }
+    check_index(&index);
+    let short = index.spills.arena_len();
+    assert!(short >= 2 * keys as usize);
+    // Six more: every list is long now, and its block is free.
+    for account in 3..9 {
+        for k in 1..=keys {
+            step += 1;
+            index.touch(k.wrapping_mul(GOLDEN) | 1, &touch(account, step), &mut out);
+        }
+    }
+    check_index(&index);
+    assert_eq!(index.spills.free_entries(), index.spills.arena_len());
+    let lists: Vec<Vec<Entry>> = (1..=keys)
+        .map(|k| {
+            let s = index.slots[index.probe(k.wrapping_mul(GOLDEN) | 1).unwrap()];
+            index.spills.get(s.spill).to_vec()
+        })
+        .collect();
+    index.spills.compact(&mut index.slots);
+    check_index(&index);
+    assert_eq!(
+        (index.spills.arena_len(), index.spills.free_entries()),
+        (0, 0)
+    );
+    for (k, list) in (1..=keys).zip(&lists) {
+        let s = index.slots[index.probe(k.wrapping_mul(GOLDEN) | 1).unwrap()];
+        assert_eq!(index.spills.get(s.spill), &list[..]);
+        assert_eq!(list.len(), 8);
+    }
+}
+
 /// A table that grows past [`HUGE_TABLE_BYTES`] moves into a mapping of its own, keeps every key on the way, and
 /// goes back to the heap when a sweep shrinks it.
 #[test]
