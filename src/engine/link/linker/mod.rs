@@ -368,8 +368,8 @@ impl Linker {
     }
 
     /// Gives back the room of spill blocks freed since the last time, once they span a quarter of the index's arena
-    /// of short lists (O(values) then, and O(freed long lists) always): lists that grew long, or keys that went, leave blocks that
-    /// only new short lists would reuse. [`Linker::maintain`] does it too.
+    /// of short lists (O(values) then, and O(freed long lists) always): lists that grew long, or keys that went,
+    /// leave blocks that only new short lists would reuse. [`Linker::maintain`] does it too.
     pub fn compact(&mut self) {
         self.index.spills.compact(&mut self.index.slots);
     }
