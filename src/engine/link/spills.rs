@@ -174,10 +174,12 @@ impl Spills {
             None
         };
         let Some(at) = short else {
-            let mut entries = self.get(r).to_vec();
-            entries.push(e);
+            // At most two entries and the new one, on the stack: no allocation but the vector's own.
+            let mut entries = [Entry::default(); SHORT + 1];
+            entries[..len].copy_from_slice(self.get(r));
+            entries[len] = e;
             self.free(r);
-            return self.alloc_long(&entries);
+            return self.alloc_long(&entries[..=len]);
         };
         let (from, to) = (r.range(), at as usize);
         self.arena.copy_within(from, to);
