@@ -125,8 +125,6 @@ impl Spills {
         };
         let v = &mut self.long[id as usize];
         let before = v.capacity();
-        // Four, then doubling: a list capped at 2^k entries ends in a block of 2^k, not of 3 × 2^(k-1).
-        v.reserve(entries.len().next_power_of_two().max(4));
         v.extend_from_slice(entries);
         self.long_cap += v.capacity() - before;
         SpillRef::new(id, LONG, entries.len())
