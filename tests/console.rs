@@ -641,6 +641,8 @@ async fn an_analyst_blocks_a_hydra_from_the_console() {
         "#live li[data-request-id='{request_id}'] a[data-kind='account']"
     ))
     .await;
+    let account_title = format!("account {hydra_account}");
+    let account_title = &account_title;
     let account = until(
         "the account's page",
         Duration::from_secs(60),
@@ -658,10 +660,13 @@ async fn an_analyst_blocks_a_hydra_from_the_console() {
                     json!([]),
                 )
                 .await;
-            // The score's line is drawn (two samples or more); an account
-            // of the hydra scores little on its own, so its signals'
-            // contributions may all be 0 and have no line.
-            (v["signals"].as_u64()? >= 3
+            // The page has switched from the cluster's (whose recent
+            // decisions show the same block) to the account's. The score's
+            // line is drawn (two samples or more); an account of the hydra
+            // scores little on its own, so its signals' contributions may
+            // all be 0 and have no line.
+            (v["title"].as_str()? == account_title
+                && v["signals"].as_u64()? >= 3
                 && v["history"].as_u64()? >= 1
                 && v["recent"].as_array()?.iter().any(|r| {
                     r.as_str()
