@@ -825,6 +825,8 @@ pub struct Engine {
     maintained_outside: AtomicBool,
     /// Engine time before which a full store is not swept again for room.
     next_room_sweep: AtomicU64,
+    /// A request found the store full while the owner sweeps ([`Engine::make_room_if_wanted`]).
+    room_wanted: AtomicBool,
     stats: EngineStats,
 }
 
@@ -872,6 +874,7 @@ impl Engine {
             next_maintenance: AtomicU64::new(0),
             maintained_outside: AtomicBool::new(false),
             next_room_sweep: AtomicU64::new(0),
+            room_wanted: AtomicBool::new(false),
             stats: EngineStats::default(),
         }
     }
@@ -1558,7 +1561,12 @@ impl Engine {
     /// is at its cap: make room (forgivable state only, at most once a
     /// second), and if none can be made, admit the new account only within
     /// its network's new-account budget, and never past twice the cap.
-    /// Known accounts, allow-listed and listed ones always pass.
+    /// Known accounts, allow-listed and listed ones always pass. When the
+    /// owner sweeps ([`Engine::maintain_outside`]) the request only asks for
+    /// room ([`Engine::make_room_if_wanted`]) and is admitted as if none
+    /// could be made: the sweep walks every tracked account, hundreds of
+    /// milliseconds at the shipped cap, which this request and every
+    /// connection on its worker would otherwise wait for.
     fn admit_new_account(
         &self,
         obs: &Observation,
@@ -1572,17 +1580,13 @@ impl Engine {
         {
             return Ok(());
         }
-        let due = self.next_room_sweep.load(Ordering::Relaxed);
-        if now >= due
-            && self
-                .next_room_sweep
-                .compare_exchange(due, now + SECOND, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.maintain(now);
-        }
-        if self.accounts.len() < cap {
-            return Ok(());
+        if self.maintained_outside.load(Ordering::Relaxed) {
+            self.room_wanted.store(true, Ordering::Relaxed);
+        } else {
+            self.make_room(now);
+            if self.accounts.len() < cap {
+                return Ok(());
+            }
         }
         let rate = &policy.new_accounts_at_capacity;
         let refuse = |retry_after| {
@@ -2079,11 +2083,33 @@ impl Engine {
     }
 
     /// From now on the caller sweeps idle state itself, calling [`Engine::maintain_if_due`] (the proxy does, once a
-    /// second off its request threads): the sweep walks every tracked account, milliseconds at hundreds of
-    /// thousands, which the request that found it due paid otherwise (replay and simulation keep it inline:
-    /// deterministic, and nothing waits on them). A full store still makes room on the request that needs it.
+    /// second off its request threads) and [`Engine::make_room_if_wanted`]: the sweep walks every tracked account,
+    /// milliseconds at hundreds of thousands, which the request that found it due paid otherwise (replay and
+    /// simulation keep it inline: deterministic, and nothing waits on them).
     pub fn maintain_outside(&self) {
         self.maintained_outside.store(true, Ordering::Relaxed);
+    }
+
+    /// Sweep for room ([`Engine::maintain`]) if a request found the account store full since the last call, at
+    /// most once a second of engine time; returns whether it swept. For an owner that sweeps
+    /// ([`Engine::maintain_outside`]): call it often (the proxy does every 100 ms, off its request threads), as
+    /// new accounts are admitted only within their network's budget until room is made.
+    pub fn make_room_if_wanted(&self, now: Nanos) -> bool {
+        self.room_wanted.swap(false, Ordering::Relaxed) && self.make_room(now)
+    }
+
+    /// [`Engine::maintain`], unless a sweep for room ran less than a second of engine time ago.
+    fn make_room(&self, now: Nanos) -> bool {
+        let due = self.next_room_sweep.load(Ordering::Relaxed);
+        let sweep = now >= due
+            && self
+                .next_room_sweep
+                .compare_exchange(due, now + SECOND, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if sweep {
+            self.maintain(now);
+        }
+        sweep
     }
 
     /// Sweep idle state ([`Engine::maintain`]) if the last sweep is at least the maintenance interval (10 s of

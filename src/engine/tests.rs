@@ -2197,6 +2197,64 @@ fn a_key_flood_never_forgives_a_debt_and_limits_new_accounts_per_network() {
     assert!(e.tracked_accounts() <= 200, "{}", e.tracked_accounts());
 }
 
+/// With the owner sweeping, a request that finds the store full asks for room and is admitted within its network's
+/// budget; it does not sweep (a walk of every tracked account, hundreds of milliseconds at the shipped cap, that it
+/// and every connection on its worker would wait for). The owner's call makes the room, once.
+#[test]
+fn a_full_store_asks_its_owner_for_room_instead_of_sweeping_on_the_request() {
+    let mut policy = Policy::single_tier(tier(600, 100, 1_000_000_000, 1_000_000, 100));
+    policy.max_tracked = 100;
+    policy.idle_evict = std::time::Duration::from_secs(3600);
+    policy.new_accounts_at_capacity = Rate::per_minute(5, 5);
+    let e = Engine::new(policy);
+    e.maintain_outside();
+    let from = |account: u64, net: u64| Observation {
+        attrs: ObservedAttrs {
+            ip_prefix: Some(net),
+            ..Default::default()
+        },
+        ..obs(account, 10)
+    };
+    let t0 = 100 * MIN;
+    // Fill the store: every account idle and owing nothing, so all can go for room.
+    for i in 0..100u64 {
+        let t = allow(&e.decide(&from(i, i), t0 + i * 1_000_000));
+        e.settle(&t, Usage::default(), t0 + i * 1_000_000);
+    }
+    assert_eq!(e.tracked_accounts(), 100);
+    assert!(!e.make_room_if_wanted(t0 + SECOND), "no request asked");
+    // New accounts from one network, the store full: the first five pass on the network's budget, the rest are
+    // refused, and none of them swept.
+    let now = t0 + 2 * SECOND;
+    let mut admitted = 0;
+    for i in 0..8u64 {
+        let d = e.decide(&from(1_000 + i, 7), now);
+        if let Verdict::Throttle(h) = d.verdict {
+            assert_eq!((h.scope, h.kind), (Scope::Network, LimitKind::NewAccounts));
+        } else {
+            admitted += 1;
+            e.settle(&allow(&d), Usage::default(), now);
+        }
+    }
+    assert_eq!(admitted, 5);
+    // Over the cap now, and the room sweep's second-long pause over: a request that swept would drop the idle
+    // accounts down to 7/8 of the cap.
+    let later = now + 2 * SECOND;
+    allow(&e.decide(&from(1_100, 8), later));
+    assert_eq!(e.tracked_accounts(), 106, "a request swept the store");
+    assert_eq!(e.stats().evicted_over_cap.load(Ordering::Relaxed), 0);
+    // The owner's call sweeps down to 7/8 of the cap; then nothing is asked until the store is full again.
+    assert!(e.make_room_if_wanted(later + 1_000_000));
+    assert!(
+        e.tracked_accounts() <= 100 - 100 / 8,
+        "{}",
+        e.tracked_accounts()
+    );
+    assert!(!e.make_room_if_wanted(later + 2 * SECOND));
+    // With room, the network's next new account passes without its budget.
+    allow(&e.decide(&from(2_000, 7), later + 3 * SECOND));
+}
+
 #[test]
 fn request_shapes_group_output_limits_by_scale() {
     let shape = |model: Option<&str>, max: Option<u32>| {

@@ -395,6 +395,11 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                             let mut maintain =
                                 tokio::time::interval(std::time::Duration::from_secs(1));
                             maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            // A full account store asks for room; new accounts wait
+                            // on their network's budget until it is made.
+                            let mut room =
+                                tokio::time::interval(std::time::Duration::from_millis(100));
+                            room.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             let mut tenure = tokio::time::interval_at(
                                 tokio::time::Instant::now() + TENURE_SAVE_INTERVAL,
                                 TENURE_SAVE_INTERVAL,
@@ -410,6 +415,9 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                                         check_link_reach(&shared, &mut reach);
                                     }
                                     _ = maintain.tick() => shared.engine.maintain_if_due(shared.clock.now()),
+                                    _ = room.tick() => {
+                                        shared.engine.make_room_if_wanted(shared.clock.now());
+                                    }
                                     _ = tenure.tick() => {
                                         let shared = shared.clone();
                                         let _ = tokio::task::spawn_blocking(move || save_tenure(&shared)).await;
