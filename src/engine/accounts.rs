@@ -6,7 +6,9 @@
 //! remains is the engine's to limit (new accounts are rate-limited).
 
 use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::gcra::{Gcra, Nanos};
@@ -48,20 +50,50 @@ pub use super::hash::IdHasher;
 /// A map keyed by ids that are already uniform hashes.
 pub type IdMap<V> = DashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// Shards of the maps that hold a state per tracked account (a million at
+/// the shipped cap). A sweep locks one shard at a time and holds it while it
+/// walks it; a request for an account in that shard waits, and with it every
+/// connection on its worker. With dashmap's default (four per core: 8 on two
+/// cores) a sweep's shard is 125 000 accounts and nearly every request during
+/// a sweep meets one; with 256 it is about 4 000, and few do.
+pub const STATE_SHARDS: usize = 256;
+
+/// A map of `STATE_SHARDS` shards keyed by ids that are already uniform hashes.
+pub fn state_map<V>() -> IdMap<V> {
+    IdMap::with_hasher_and_shard_amount(BuildHasherDefault::default(), STATE_SHARDS)
+}
+
 /// All accounts' (or clusters') state.
-#[derive(Default)]
 pub struct AccountStore {
     map: IdMap<AccountState>,
+    /// Entries in `map`: its `len` locks every shard in turn, and the
+    /// request path asks whether the store is full.
+    len: AtomicUsize,
+}
+
+impl Default for AccountStore {
+    fn default() -> Self {
+        AccountStore {
+            map: state_map(),
+            len: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl AccountStore {
     /// Run `f` on the account's state, creating it if new; updates
     /// `last_seen`.
     pub fn with<R>(&self, id: u64, now: Nanos, f: impl FnOnce(&mut AccountState) -> R) -> R {
-        let mut entry = self.map.entry(id).or_insert_with(|| AccountState {
-            first_seen: now,
-            ..AccountState::default()
-        });
+        let mut entry = match self.map.entry(id) {
+            Entry::Occupied(e) => e.into_ref(),
+            Entry::Vacant(v) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+                v.insert(AccountState {
+                    first_seen: now,
+                    ..AccountState::default()
+                })
+            }
+        };
         let state = entry.value_mut();
         state.last_seen = state.last_seen.max(now);
         f(state)
@@ -88,12 +120,12 @@ impl AccountStore {
 
     /// Accounts held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Whether no account is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Whether `id` has state.
@@ -113,15 +145,18 @@ impl AccountStore {
         keep: impl Fn(u64) -> bool,
     ) -> Eviction {
         let idle_ns = u64::try_from(idle_for.as_nanos()).unwrap_or(u64::MAX);
-        let before = self.map.len();
+        let mut idle = 0;
         self.map.retain(|id, s| {
-            !(s.is_idle(now) && now.saturating_sub(s.last_seen) >= idle_ns && !keep(*id))
+            let drop = s.is_idle(now) && now.saturating_sub(s.last_seen) >= idle_ns && !keep(*id);
+            idle += usize::from(drop);
+            !drop
         });
+        self.len.fetch_sub(idle, Ordering::Relaxed);
         let mut e = Eviction {
-            idle: before.saturating_sub(self.map.len()) as u64,
+            idle: idle as u64,
             ..Eviction::default()
         };
-        if self.map.len() > cap {
+        if self.len() > cap {
             let target = cap - cap / 8;
             let mut candidates: Vec<(Nanos, u64)> = self
                 .map
@@ -130,18 +165,19 @@ impl AccountStore {
                 .map(|e| (e.last_seen, *e.key()))
                 .collect();
             candidates.retain(|(_, id)| !keep(*id));
-            let excess = self.map.len().saturating_sub(target).min(candidates.len());
+            let excess = self.len().saturating_sub(target).min(candidates.len());
             if excess > 0 {
                 candidates.select_nth_unstable(excess - 1);
                 for (_, id) in &candidates[..excess] {
                     // Re-checked under the entry's lock: it may have been
                     // used since it was listed.
                     if self.map.remove_if(id, |_, s| s.is_idle(now)).is_some() {
+                        self.len.fetch_sub(1, Ordering::Relaxed);
                         e.over_cap += 1;
                     }
                 }
             }
-            e.kept_over_cap = self.map.len().saturating_sub(cap) as u64;
+            e.kept_over_cap = self.len().saturating_sub(cap) as u64;
         }
         e
     }
@@ -176,6 +212,9 @@ mod tests {
         for id in 11..=21 {
             store.with(id, 0, |_| ());
         }
+        // The count is kept, not walked: a known account adds nothing.
+        store.with(5, 0, |_| ());
+        assert_eq!((store.len(), store.map.len()), (21, 21));
         let e = store.evict(10 * sec, std::time::Duration::from_secs(3600), 8, |id| {
             id == 21
         });
@@ -186,7 +225,7 @@ mod tests {
             assert!(store.contains(id), "account {id} owed and was dropped");
         }
         assert!(store.contains(21));
-        assert_eq!(store.len(), 11);
+        assert_eq!((store.len(), store.map.len()), (11, 11));
     }
 
     #[test]
@@ -202,6 +241,7 @@ mod tests {
         });
         assert_eq!(e.idle, 2);
         assert!(store.contains(2) && !store.contains(1) && !store.contains(3));
+        assert_eq!((store.len(), store.map.len()), (1, 1));
         // Its evidence has decayed: it goes at the next pass.
         let e = store.evict(7300 * sec, std::time::Duration::from_secs(600), 100, |_| {
             false
