@@ -496,6 +496,12 @@ pub struct FileCluster {
     /// bounds how far back linking sees: values = 32 x requests/s x seconds (32-byte slots,
     /// 2 to 2.7 a value when full).
     pub max_index_values: u64,
+    /// Index entries (an account under a value) held over all values, at
+    /// least max_index_values; beyond it the least recently used values go,
+    /// as beyond max_index_values. 16 bytes each (a little more in lists of
+    /// three or more), so with the table it bounds the index's memory, which
+    /// max_index_values x max_accounts_per_value alone does not.
+    pub max_index_entries: u64,
     /// Other accounts one request may be linked to.
     pub max_links_per_request: u32,
     /// Accounts held in clusters at most.
@@ -562,6 +568,7 @@ impl Default for FileCluster {
             generation_ms: 600_000,
             max_accounts_per_value: 64,
             max_index_values: 1 << 22,
+            max_index_entries: 1 << 24,
             max_links_per_request: 8,
             max_linked_accounts: 1 << 20,
             min_link_classes: 2,

@@ -1345,6 +1345,12 @@ fn validate_cluster(
             "expected a count of accounts from 1 to 65536",
         ));
     }
+    if f.max_index_entries < f.max_index_values {
+        return Err(invalid(
+            "cluster.max_index_entries",
+            "expected at least max_index_values (every value holds one entry)",
+        ));
+    }
     if !(1..=16).contains(&f.single_band_contacts) {
         return Err(invalid(
             "cluster.single_band_contacts",
@@ -1418,6 +1424,7 @@ fn validate_cluster(
         downweighted,
         max_accounts_per_value: f.max_accounts_per_value as usize,
         max_values: usize::try_from(f.max_index_values).unwrap_or(usize::MAX),
+        max_entries: usize::try_from(f.max_index_entries).unwrap_or(usize::MAX),
         generation: nanos(generation),
         max_links_per_request: f.max_links_per_request.max(1) as usize,
         max_linked_accounts: usize::try_from(f.max_linked_accounts).unwrap_or(usize::MAX),

@@ -121,6 +121,13 @@ fn bad_values_are_rejected() {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.max_accounts_per_value", "{e}");
     }
+    for count in [
+        "max_index_entries = 4194303",
+        "max_index_values = 1000\nmax_index_entries = 999",
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.max_index_entries", "{e}");
+    }
     for count in ["single_band_contacts = 0", "single_band_contacts = 17"] {
         let e = parse_str(&format!("{MINIMAL}[cluster]\n{count}\n")).unwrap_err();
         assert_eq!(e.key, "cluster.single_band_contacts", "{e}");

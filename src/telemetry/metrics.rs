@@ -997,6 +997,12 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
         );
         register(
             &mut r,
+            "distill_guard_link_index_entries_cap",
+            "Configured cap on index entries (cluster.max_index_entries).",
+            gauge(size(engine.policy().cluster.link.max_entries)),
+        );
+        register(
+            &mut r,
             "distill_guard_link_index_evictions",
             "Index values evicted by the cap while still in their window.",
             ConstCounter::new(l.evicted_total),

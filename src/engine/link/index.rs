@@ -98,6 +98,7 @@ pub(super) struct Touch {
     pub(super) max_window: Nanos,
     pub(super) per_value: usize,
     pub(super) max_values: usize,
+    pub(super) max_entries: usize,
 }
 
 #[derive(Debug)]
@@ -191,10 +192,11 @@ impl Index {
     }
 
     fn insert_new(&mut self, key: u64, t: &Touch) {
-        if self.len >= t.max_values {
+        let full = |ix: &Index| ix.len >= t.max_values || ix.entries >= t.max_entries;
+        if full(self) {
             self.evict_near(key as usize & self.mask(), t.now, t.max_window);
         }
-        while self.len >= t.max_values {
+        while full(self) && self.len > 0 {
             self.evict_one(t.now, t.max_window);
         }
         if (self.len + 1) * 4 > self.slots.len() * 3 {
@@ -239,7 +241,7 @@ impl Index {
         if !list.is_some() {
             if first.account == t.account {
                 self.slots[i].first.seen = first.seen.max(t.now);
-            } else if t.per_value > 1 {
+            } else if t.per_value > 1 && self.entries < t.max_entries {
                 slot.spill = self.spills.push(list, first);
                 slot.first = me;
                 self.entries += slot.spill.len();
@@ -265,6 +267,8 @@ impl Index {
             .take_while(|e| t.now.saturating_sub(e.seen) > t.max_window)
             .count();
         list = self.spills.drop_front(list, expired);
+        // At the entries cap a list does not grow: it keeps its length, as a full one does.
+        let at_cap = self.entries + list.len() - before >= t.max_entries;
         if first.account == t.account {
             slot.first.seen = first.seen.max(t.now);
         } else {
@@ -272,7 +276,7 @@ impl Index {
             match position_in(self.spills.get(list), t.account) {
                 Some(j) => list = self.spills.remove(list, j),
                 None => {
-                    if 1 + list.len() >= t.per_value {
+                    if 1 + list.len() >= t.per_value || (at_cap && list.len() > 0) {
                         list = self.spills.drop_front(list, 1);
                     }
                 }

@@ -159,6 +159,10 @@ pub struct LinkPolicy {
     pub max_accounts_per_value: usize,
     /// Index keys kept; beyond it the least recently used are evicted.
     pub max_values: usize,
+    /// Index entries (an account under a key) kept over all keys, at least `max_values` (each key holds one); beyond
+    /// it the least recently used keys are evicted, as beyond `max_values`, and a key's list stops growing while
+    /// none can be. Without it the index is bounded only by `max_values × max_accounts_per_value` entries.
+    pub max_entries: usize,
     /// Links expire by generation: generations rotate every this long; a link lasts one to two generations.
     pub generation: Nanos,
     /// Other accounts one request is linked to, at most (the strongest, then most recent), e.g. 8; at most 64.
@@ -225,6 +229,7 @@ impl Default for LinkPolicy {
             downweighted: Vec::new(),
             max_accounts_per_value: 64,
             max_values: 1 << 20,
+            max_entries: 1 << 22,
             min_prompt_bands: 1,
             late_after: 0,
             late_min_prompt_bands: 1,
@@ -331,6 +336,7 @@ impl LinkPolicy {
         let limits = [
             ("max_accounts_per_value", self.max_accounts_per_value as u64),
             ("max_values", self.max_values as u64),
+            ("max_entries", self.max_entries as u64),
             ("generation", self.generation),
             ("max_links_per_request", self.max_links_per_request as u64),
             ("max_linked_accounts", self.max_linked_accounts as u64),
@@ -449,6 +455,8 @@ pub(super) struct Compiled {
     pub(super) max_window: Nanos,
     pub(super) per_value: usize,
     pub(super) max_values: usize,
+    /// [`LinkPolicy::max_entries`], at least `max_values`.
+    pub(super) max_entries: usize,
     pub(super) generation: Nanos,
     pub(super) max_links: usize,
     pub(super) max_linked: usize,
@@ -508,6 +516,7 @@ impl Compiled {
             flags,
             per_value: policy.max_accounts_per_value.clamp(1, MAX_SPILL),
             max_values: policy.max_values.max(1),
+            max_entries: policy.max_entries.max(policy.max_values).max(1),
             generation: policy.generation.max(1),
             max_links: policy.max_links_per_request.clamp(1, MAX_LINKS_CAP),
             max_linked: policy.max_linked_accounts.clamp(2, u32::MAX as usize - 1),

@@ -611,6 +611,63 @@ fn bounded_memory_under_a_million_accounts() {
     check_index(&linker.index);
 }
 
+/// Keys each shared by many accounts fill lists, not the table: `max_values` alone lets entries reach
+/// `max_values × max_accounts_per_value`. `max_entries` holds them, by evicting keys as `max_values` does, and a
+/// lowered cap on reload evicts at once.
+#[test]
+fn index_entries_stay_under_their_cap_when_keys_are_shared() {
+    let run = |max_entries: usize| {
+        let policy = LinkPolicy {
+            max_values: 5_000,
+            max_entries,
+            ..LinkPolicy::default()
+        };
+        let mut linker = Linker::new(policy);
+        let mut rng = StdRng::seed_from_u64(11);
+        // 60 templates, 4 networks, 4 stacks: every key is sent by dozens of the 3 000 accounts.
+        let templates: Vec<[u64; BANDS]> = (0..60).map(|_| rng.gen()).collect();
+        let mut peak = 0;
+        for i in 0..30_000u64 {
+            let account = splitmix(rng.gen_range(0..3_000u64));
+            let attrs = Attributes {
+                ja4: Some(rng.gen_range(1..5)),
+                http: None,
+                h2: None,
+                ip_prefix: Some(rng.gen_range(1..5) << 8),
+                asn: None,
+                prompt: &templates[rng.gen_range(0..60)],
+                shape: None,
+            };
+            linker.observe(account, &attrs, EPOCH + i * SEC / 10);
+            if i % 500 == 0 {
+                peak = peak.max(linker.stats().entries);
+                check_index(&linker.index);
+            }
+        }
+        (linker, peak)
+    };
+    // Without the entries cap (every key may hold its 64 accounts) this traffic holds far more than 12 000.
+    let (_, uncapped) = run(5_000 * 64);
+    assert!(uncapped > 30_000, "{uncapped}");
+    let (mut linker, peak) = run(12_000);
+    let stats = linker.stats();
+    assert!(
+        peak <= 12_000 && stats.entries <= 12_000,
+        "{peak} {stats:?}"
+    );
+    assert!(stats.evicted_total > 0, "{stats:?}");
+    // Linking still works within what is held: accounts of one template and network are clustered.
+    assert!(stats.clusters > 0 && stats.accounts > 100, "{stats:?}");
+    // A lowered cap on reload evicts at once.
+    linker.set_policy(LinkPolicy {
+        max_values: 5_000,
+        max_entries: 6_000,
+        ..LinkPolicy::default()
+    });
+    assert!(linker.stats().entries <= 6_000, "{:?}", linker.stats());
+    check_index(&linker.index);
+}
+
 #[test]
 fn linked_accounts_cap_refuses_links() {
     let policy = LinkPolicy {
@@ -923,6 +980,7 @@ fn index_survives_churn() {
             max_window: 10 * SEC,
             per_value: 4,
             max_values: 3_000,
+            max_entries: usize::MAX,
         };
         // Few distinct keys with clustered low bits, so probe runs and wrap-around are exercised.
         let key = (rng.gen_range(0..6_000u64) << 20 | rng.gen_range(0..8)).max(1);
@@ -980,6 +1038,7 @@ fn index_matches_a_model_of_recent_accounts_per_key() {
                 max_window: MAX_WINDOW,
                 per_value: PER_VALUE,
                 max_values: 1 << 20,
+                max_entries: usize::MAX,
             };
             out.items.clear();
             out.limit = 6;
@@ -1047,6 +1106,7 @@ fn compaction_gives_back_the_blocks_of_lists_that_grew_long() {
         max_window: 1_000 * SEC,
         per_value: 16,
         max_values: 1 << 20,
+        max_entries: usize::MAX,
     };
     let keys = 1_000u64;
     // Three accounts per key: every list holds two entries, in a block of two.
@@ -1102,6 +1162,7 @@ fn a_large_table_is_mapped_and_moves_back_when_it_shrinks() {
         max_window: SEC,
         per_value: 4,
         max_values: 1 << 20,
+        max_entries: usize::MAX,
     };
     let keys = (HUGE_TABLE_BYTES / size_of::<Slot>()) as u64;
     for i in 1..=keys {

@@ -123,8 +123,8 @@ impl Linker {
     }
 
     /// Hot reload: applies a new policy and keeps the index and the clusters. Keys depend on a rule's kinds only,
-    /// so a reordered or retuned rule keeps its index entries; a lowered `max_values` evicts at once; a lowered
-    /// `max_linked_accounts` refuses new links until rotation brings the count under it.
+    /// so a reordered or retuned rule keeps its index entries; a lowered `max_values` or `max_entries` evicts at
+    /// once; a lowered `max_linked_accounts` refuses new links until rotation brings the count under it.
     pub fn set_policy(&mut self, policy: LinkPolicy) {
         self.compiled = Compiled::new(&policy);
         self.policy = policy;
@@ -132,7 +132,10 @@ impl Linker {
         while self.marks.len() > self.compiled.late_marks {
             self.marks.pop_front();
         }
-        while self.index.len > self.compiled.max_values {
+        while self.index.len > 0
+            && (self.index.len > self.compiled.max_values
+                || self.index.entries > self.compiled.max_entries)
+        {
             self.index
                 .evict_one(self.last_now, self.compiled.max_window);
         }
@@ -178,6 +181,7 @@ impl Linker {
                 max_window: self.compiled.max_window,
                 per_value: self.compiled.per_value,
                 max_values: self.compiled.max_values,
+                max_entries: self.compiled.max_entries,
             };
             self.index.touch(job.key, &touch, &mut found);
             if !found.items.is_empty() {
