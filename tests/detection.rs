@@ -79,6 +79,39 @@ fn last_upstream_body(env: &Env) -> serde_json::Value {
     serde_json::from_str(&env.mock.requests().last().unwrap().body).unwrap()
 }
 
+/// The account with the highest score, as `/admin/accounts/{id}` shows it (its score above 0.09).
+async fn top_scored_account(env: &Env) -> serde_json::Value {
+    let admin = env.proxy.admin_addr().unwrap();
+    let get = |path: String| {
+        client().request(
+            http::Request::get(format!("http://{admin}{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+    };
+    let top = body_json(timeout(get("/admin/top?by=score".into())).await.unwrap()).await;
+    let id = top["accounts"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{top}"))
+        .to_string();
+    assert!(
+        top["accounts"][0]["score"].as_f64().unwrap() > 0.09,
+        "{top}"
+    );
+    body_json(timeout(get(format!("/admin/accounts/{id}"))).await.unwrap()).await
+}
+
+/// Whether reasoning elicitation (the phrase lists) adds to the account's score.
+fn elicitation_counted(acct: &serde_json::Value) -> bool {
+    acct["score"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| {
+            s["signal"] == "reasoning_elicitation" && s["contribution"].as_f64().unwrap() > 0.0
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degrade_rewrites_what_the_upstream_sees() {
     let env = Env::start(&detection(
@@ -94,43 +127,9 @@ async fn degrade_rewrites_what_the_upstream_sees() {
     let rest = send(&env, 15).await;
     assert!(rest.iter().all(|(s, _)| *s == 200));
     // The admin API shows the score with every signal's value and contribution.
-    let admin = env.proxy.admin_addr().unwrap();
-    let r = timeout(
-        client().request(
-            http::Request::get(format!("http://{admin}/admin/top?by=score"))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
-    let top = body_json(r).await;
-    let id = top["accounts"][0]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{top}"))
-        .to_string();
-    assert!(
-        top["accounts"][0]["score"].as_f64().unwrap() > 0.09,
-        "{top}"
-    );
-    let r = timeout(
-        client().request(
-            http::Request::get(format!("http://{admin}/admin/accounts/{id}"))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        ),
-    )
-    .await
-    .unwrap();
-    let acct = body_json(r).await;
+    let acct = top_scored_account(&env).await;
     assert_eq!(acct["score"]["level"], "degrade", "{acct}");
-    assert!(acct["score"]["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(
-            |s| s["signal"] == "reasoning_elicitation" && s["contribution"].as_f64().unwrap() > 0.0
-        ));
+    assert!(elicitation_counted(&acct), "{acct}");
     let v = last_upstream_body(&env);
     assert_eq!(v["max_tokens"], 64, "degraded request: {v}");
     assert!(v.get("thinking").is_none(), "thinking must be removed: {v}");
@@ -144,6 +143,56 @@ async fn degrade_rewrites_what_the_upstream_sees() {
         .map(|(_, v)| v.parse().unwrap())
         .expect("content-length");
     assert_eq!(len, seen.body.len());
+}
+
+/// A body and a prompt of 64 KiB or more are inspected and analysed on the blocking pool, not on the worker
+/// (BENCHMARKS.md, "Long prompts off the worker"): what they say still reaches the engine (the elicitation at the
+/// end of a pasted document) and the degrade rewrite (the body parsed whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_is_analysed_off_the_worker_and_still_counts() {
+    let env = Env::start(&detection(
+        "enforce",
+        LOW_DEGRADE,
+        &format!("{DEGRADE_64}{NO_TIMING}"),
+    ));
+    let document =
+        "The quarterly report lists revenue by region and by product line. ".repeat(1600);
+    let prompt = format!("{document}\n{COT}");
+    assert!(prompt.len() > 100 * 1024);
+    // No thinking parameters: reasoning elicitation then comes from the phrase lists alone.
+    let long = serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 4000,
+        "messages": [{"role": "user", "content": prompt}]
+    })
+    .to_string();
+    for i in 0..16 {
+        let r = timeout(client().request(messages_request(&env.url("/v1/messages"), &long)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let _ = body_json(r).await;
+        let v = last_upstream_body(&env);
+        if i == 0 {
+            assert_eq!(v["max_tokens"], 4000, "the first request is not degraded");
+        }
+    }
+    let acct = top_scored_account(&env).await;
+    assert_eq!(acct["score"]["level"], "degrade", "{acct}");
+    assert!(
+        elicitation_counted(&acct),
+        "the phrase at the end went unseen: {acct}"
+    );
+    let v = last_upstream_body(&env);
+    assert_eq!(
+        v["max_tokens"], 64,
+        "the 16th request is degraded: {}",
+        v["max_tokens"]
+    );
+    assert_eq!(
+        v["messages"][0]["content"], prompt,
+        "the prompt is untouched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,8 @@ pub enum ProxyError {
     /// body cannot be inspected, so it cannot be degraded (429).
     #[error("restricted and uninspectable")]
     Restricted,
-    /// Internal: the guard was embedded without what it needs.
+    /// Internal: the guard was embedded without what it needs, or work handed
+    /// to the blocking pool did not come back (the runtime is shutting down).
     #[error("{0}")]
     Internal(&'static str),
 }
@@ -121,7 +122,7 @@ impl ProxyError {
             ProxyError::Restricted => "this account's traffic is restricted and this request \
                                        body cannot be inspected; send a JSON body the API accepts"
                 .into(),
-            ProxyError::Internal(_) => "the gateway is misconfigured".into(),
+            ProxyError::Internal(why) => format!("internal error: {why}"),
         }
     }
 

@@ -4,6 +4,8 @@
 //! signals read. The prompt text goes no further than the prompt step
 //! (`crate::prompt`), which turns it into those features.
 
+use std::sync::Arc;
+
 use crate::api::inspect::Inspection;
 use crate::config::Config;
 use crate::engine::{signature, Observation, ObservedAttrs};
@@ -11,41 +13,64 @@ use crate::fingerprint::ClientFingerprint;
 use crate::prompt::PromptFeatures;
 
 use super::identify::Caller;
-use super::inspect::Inspected;
+use super::inspect::{Inspected, OFFLOAD_BYTES};
+use crate::proxy::error::ProxyError;
 
 /// The phase: the request as the engine observes it.
-pub(super) fn phase(
-    config: &Config,
+pub(super) async fn phase(
+    config: &Arc<Config>,
     caller: Caller,
     fp: &ClientFingerprint,
-    inspected: &Inspected,
-) -> Observation {
-    let prompt = prompt_features(config, inspected.info.as_ref());
+    inspected: &mut Inspected,
+) -> Result<Observation, ProxyError> {
+    let prompt = prompt_features(config, inspected.info.as_mut()).await?;
     let attrs = observed_attrs(config, fp, prompt.keys);
     let request = request_facts(config, fp, inspected.info.as_ref(), &prompt);
-    Observation {
+    Ok(Observation {
         account: caller.account,
         anonymous: caller.anonymous,
         input_tokens: inspected.input_tokens,
         attrs,
         request,
         account_age: caller.account_age,
-    }
+    })
 }
 
 /// The prompt step: what the engine is told of the prompt (its signature's
-/// keys, phrase hits, fill key), so that it never sees the text.
-fn prompt_features(config: &Config, info: Option<&Inspection>) -> PromptFeatures {
+/// keys, phrase hits, fill key), so that it never sees the text. A prompt
+/// of [`OFFLOAD_BYTES`] or more is analysed on the blocking pool, as its
+/// body was inspected.
+async fn prompt_features(
+    config: &Arc<Config>,
+    info: Option<&mut Inspection>,
+) -> Result<PromptFeatures, ProxyError> {
     let wanted = crate::prompt::Wanted {
         linking: config.cluster.policy.enabled,
         detection: config.detection.enabled,
     };
-    match info {
-        Some(Inspection::Parsed(i)) if !i.prompt.is_empty() => {
-            crate::prompt::features(&config.detection.phrases, &i.prompt, wanted)
-        }
-        _ => PromptFeatures::default(),
+    let Some(Inspection::Parsed(i)) = info else {
+        return Ok(PromptFeatures::default());
+    };
+    if i.prompt.is_empty() {
+        return Ok(PromptFeatures::default());
     }
+    if i.prompt.len() < OFFLOAD_BYTES {
+        return Ok(crate::prompt::features(
+            &config.detection.phrases,
+            &i.prompt,
+            wanted,
+        ));
+    }
+    let text = std::mem::take(&mut i.prompt);
+    let config = Arc::clone(config);
+    let (features, text) = tokio::task::spawn_blocking(move || {
+        let f = crate::prompt::features(&config.detection.phrases, &text, wanted);
+        (f, text)
+    })
+    .await
+    .map_err(|_| ProxyError::Internal("prompt analysis did not finish"))?;
+    i.prompt = text;
+    Ok(features)
 }
 
 /// The facts the behaviour signals need, the prompt's as features.

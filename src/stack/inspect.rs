@@ -21,6 +21,15 @@ use crate::proxy::error::ProxyError;
 /// own limit).
 const MAX_CHOICES: u32 = 128;
 
+/// Bodies (and prompts) of at least this many bytes are inspected (and
+/// analysed, `super::features`) on tokio's blocking pool, not on the worker:
+/// the work is linear in the size, about 7 µs per KiB in all, and on the
+/// worker it holds every other connection of that worker for as long (an
+/// 8 MiB prompt: about 60 ms of CPU, and up to 105 ms more for every other
+/// request on its worker; BENCHMARKS.md, "Long prompts off the worker").
+/// Below it the hand-off would cost more than it saves.
+pub(super) const OFFLOAD_BYTES: usize = 64 * 1024;
+
 /// What the phase found: the body to forward and what it says.
 pub(super) struct Inspected {
     /// The body as it goes upstream (read whole, or streamed on).
@@ -185,7 +194,14 @@ where
         }
     }
     let bytes: Bytes = buf.freeze();
-    let inspection = inspect::inspect(api, &bytes);
+    let inspection = if bytes.len() < OFFLOAD_BYTES {
+        inspect::inspect(api, &bytes)
+    } else {
+        let body = bytes.clone();
+        tokio::task::spawn_blocking(move || inspect::inspect(api, &body))
+            .await
+            .map_err(|_| ProxyError::Internal("request inspection did not finish"))?
+    };
     Ok((
         RequestBody::Full(Some(bytes)),
         BodyRead::Inspected(inspection),

@@ -201,7 +201,7 @@ impl<S> Guard<S> {
         // 4. classify and inspect
         let mut inspected = inspect::phase(&config, shared, ctx.api, &parts, body).await?;
         // 5. prompt features
-        let obs = features::phase(&config, caller, &fp, &inspected);
+        let obs = features::phase(&config, caller, &fp, &mut inspected).await?;
         // 6. decide
         let (decision, receipt) = shared
             .state
