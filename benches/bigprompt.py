@@ -27,16 +27,13 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from caps import raised_budgets  # noqa: E402
-from soak import ADMIN_TOKEN, read_until, start  # noqa: E402
+from soak import base_config, exchange, start_mock, start_proxy, stop  # noqa: E402
 
 WORDS = (
     "the model reason about a distributed system with latency budget cluster account token stream "
@@ -67,19 +64,8 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
 
 
-async def exchange(reader, writer, key, data):
-    writer.write(
-        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + f"x-api-key: {key}\r\ncontent-length: {len(data)}\r\n\r\n".encode()
-        + data
-    )
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-    m = re.search(rb"content-length: (\d+)", head, re.I)
-    if not m:
-        raise ConnectionError("no content-length")
-    await asyncio.wait_for(reader.readexactly(int(m.group(1))), 60)
-    status = int(head.split(b" ", 2)[1])
+async def exchange_ok(reader, writer, key, data):
+    status = await exchange(reader, writer, key, data, timeout=60)
     if status != 200:
         raise ConnectionError(f"status {status}")
 
@@ -90,7 +76,7 @@ async def small_client(port, stop, interval, out, cid):
     i = 0
     while not stop.is_set():
         t0 = time.perf_counter()
-        await exchange(reader, writer, f"small-{cid}-{i % 50}", data)
+        await exchange_ok(reader, writer, f"small-{cid}-{i % 50}", data)
         out.append(time.perf_counter() - t0)
         i += 1
         await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t0)))
@@ -141,7 +127,7 @@ async def window(port, pid, size, requests, args):
             if time.time() > deadline:
                 break
             s = time.perf_counter()
-            await exchange(reader, writer, f"long-{k % 20}", data)
+            await exchange_ok(reader, writer, f"long-{k % 20}", data)
             long_lat.append(time.perf_counter() - s)
         writer.close()
     else:
@@ -171,45 +157,17 @@ def main():
     ap.add_argument("--binary", default="target/release/distill-guard")
     args = ap.parse_args()
 
-    mock = start([args.binary, "mock-upstream", "--listen", "127.0.0.1:0"])
-    up = read_until(mock.stdout, r"listening on http://([0-9.:]+)", time.time() + 20).group(1)
-    subprocess.Popen(["cat"], stdin=mock.stdout, stdout=subprocess.DEVNULL)
-    cfg = os.path.join(tempfile.mkdtemp(), "bigprompt.toml")
-    with open(cfg, "w") as f:
-        f.write(
-            f"""
-[[listener]]
-address = "127.0.0.1:0"
-[upstream]
-url = "http://{up}"
-[server]
-workers = {args.workers}
-[admin]
-address = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-watch_config = false
-[logging]
-format = "json"
-level = "info"
+    mock, up = start_mock(args.binary)
+    proxy, port, _admin = start_proxy(
+        args.binary,
+        base_config(up, args.workers)
+        + f"""
 [detection]
 mode = "shadow"
 {raised_budgets()}
-"""
-        )
-    proxy = start([args.binary, "serve", "--config", cfg])
-    deadline0 = time.time() + 30
-    port = None
-    while port is None:
-        line = proxy.stderr.readline().decode(errors="replace")
-        if not line or time.time() > deadline0:
-            raise SystemExit("bigprompt: proxy did not start")
-        try:
-            fields = json.loads(line).get("fields", {})
-        except ValueError:
-            continue
-        if fields.get("message") == "listening":
-            port = int(fields["address"].rsplit(":", 1)[1])
-    subprocess.Popen(["cat"], stdin=proxy.stderr, stdout=subprocess.DEVNULL)
+""",
+        "bigprompt",
+    )
 
     print(
         "| prompt bytes | long requests | proxy CPU ÷ long requests | long request p50 | "
@@ -233,10 +191,7 @@ mode = "shadow"
                     flush=True,
                 )
     finally:
-        proxy.terminate()
-        mock.terminate()
-        proxy.wait(timeout=30)
-        mock.wait(timeout=30)
+        stop(proxy, mock)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,10 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from soak import ADMIN_TOKEN, http_get, metric, metric_sum, read_until, start  # noqa: E402
+from soak import base_config, http_get, metric, metric_sum, start_mock, start_proxy, stop  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,55 +76,26 @@ def main():
     ap.add_argument("--binary", default="target/release/distill-guard")
     args = ap.parse_args()
 
-    mock = start([args.binary, "mock-upstream", "--listen", "127.0.0.1:0"])
-    up = read_until(mock.stdout, r"listening on http://([0-9.:]+)", time.time() + 20).group(1)
-    subprocess.Popen(["cat"], stdin=mock.stdout, stdout=subprocess.DEVNULL)
-    tmp = tempfile.mkdtemp()
-    cfg = os.path.join(tmp, "caps.toml")
+    mock, up = start_mock(args.binary)
     accounts = f"[accounts]\nmax_tracked = {args.max_tracked}\n" if args.max_tracked else ""
     index = f"max_index_values = {args.max_index_values}\n" if args.max_index_values else ""
     if args.max_index_entries:
         index += f"max_index_entries = {args.max_index_entries}\n"
-    with open(cfg, "w") as f:
-        f.write(
-            f"""
-[[listener]]
-address = "127.0.0.1:0"
-[upstream]
-url = "http://{up}"
+    proxy, port, admin = start_proxy(
+        args.binary,
+        base_config(up)
+        + f"""
 [identity]
 trusted_proxies = ["127.0.0.0/8"]
-[admin]
-address = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-watch_config = false
-[logging]
-format = "json"
-level = "info"
 [detection]
 mode = "shadow"
 {accounts}
 [cluster]
 {index}
 {raised_budgets()}
-"""
-        )
-    proxy = start([args.binary, "serve", "--config", cfg])
-    deadline0 = time.time() + 30
-    port = admin = None
-    while port is None or admin is None:
-        line = proxy.stderr.readline().decode(errors="replace")
-        if not line or time.time() > deadline0:
-            raise SystemExit("caps: proxy did not start")
-        try:
-            fields = json.loads(line).get("fields", {})
-        except ValueError:
-            continue
-        if fields.get("message") == "listening":
-            port = int(fields["address"].rsplit(":", 1)[1])
-        if fields.get("message") == "admin API listening":
-            admin = int(fields["address"].rsplit(":", 1)[1])
-    subprocess.Popen(["cat"], stdin=proxy.stderr, stdout=subprocess.DEVNULL)
+""",
+        "caps",
+    )
 
     def sample(t0, label):
         text = asyncio.run(http_get("127.0.0.1", admin, "/metrics"))
@@ -197,10 +167,7 @@ mode = "shadow"
             print(f"round {r + 1} decisions so far: {json.dumps(decisions)}", flush=True)
             print(f"round {r + 1} counters so far: {json.dumps(counters)}", flush=True)
     finally:
-        proxy.terminate()
-        mock.terminate()
-        proxy.wait(timeout=30)
-        mock.wait(timeout=30)
+        stop(proxy, mock)
 
 
 if __name__ == "__main__":

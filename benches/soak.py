@@ -41,6 +41,84 @@ def read_until(stream, pattern, deadline):
     raise SystemExit(f"soak: did not see {pattern!r} in time")
 
 
+def start_mock(binary):
+    """The built-in mock upstream on a free loopback port: (process, "host:port"), its output drained."""
+    mock = start([binary, "mock-upstream", "--listen", "127.0.0.1:0"])
+    up = read_until(mock.stdout, r"listening on http://([0-9.:]+)", time.time() + 20).group(1)
+    subprocess.Popen(["cat"], stdin=mock.stdout, stdout=subprocess.DEVNULL)
+    return mock, up
+
+
+def stop(*procs):
+    """Terminates `procs` and waits for them (at most 30 s each)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def base_config(upstream, workers=0):
+    """What every bench's proxy config starts with: listener and admin API on free loopback ports (the admin API
+    with ADMIN_TOKEN), `upstream`, `workers` (0: one per core), and a JSON log at info, which start_proxy reads."""
+    return f"""
+[[listener]]
+address = "127.0.0.1:0"
+[upstream]
+url = "http://{upstream}"
+[server]
+workers = {workers}
+[admin]
+address = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+watch_config = false
+[logging]
+format = "json"
+level = "info"
+"""
+
+
+async def exchange(reader, writer, key, body, timeout=10):
+    """One POST /v1/messages with `body` as `key` on an open connection; returns the status."""
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"x-api-key: {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    m = re.search(rb"content-length: (\d+)", head, re.I)
+    if not m:
+        raise ConnectionError("no content-length")
+    await asyncio.wait_for(reader.readexactly(int(m.group(1))), timeout)
+    return int(head.split(b" ", 2)[1])
+
+
+def start_proxy(binary, config, name):
+    """The proxy on `config` (TOML whose listener and admin API take free ports and whose log is JSON at info):
+    (process, port, admin port) once both listen; its log is drained from then on."""
+    cfg = os.path.join(tempfile.mkdtemp(), f"{name}.toml")
+    with open(cfg, "w") as f:
+        f.write(config)
+    proxy = start([binary, "serve", "--config", cfg])
+    deadline = time.time() + 30
+    port = admin = None
+    while port is None or admin is None:
+        line = proxy.stderr.readline().decode(errors="replace")
+        if not line or time.time() > deadline:
+            raise SystemExit(f"{name}: proxy did not start")
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if fields.get("message") == "listening":
+            port = int(fields["address"].rsplit(":", 1)[1])
+        if fields.get("message") == "admin API listening":
+            admin = int(fields["address"].rsplit(":", 1)[1])
+    # Keep draining the proxy's log so it never blocks on a full pipe.
+    subprocess.Popen(["cat"], stdin=proxy.stderr, stdout=subprocess.DEVNULL)
+    return proxy, port, admin
+
+
 def proc_sample(pid):
     rss_kb = 0
     with open(f"/proc/{pid}/status") as f:
@@ -97,20 +175,8 @@ async def honest_worker(port, stats, keys, deadline, wid, workers, rate_per_work
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             key = f"soak-key-{i % keys:07d}"
             i += workers
-            writer.write(
-                b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                + f"x-api-key: {key}\r\ncontent-length: {len(BODY)}\r\n\r\n".encode()
-                + BODY
-            )
-            await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            m = re.search(rb"content-length: (\d+)", head, re.I)
-            if m:
-                await asyncio.wait_for(reader.readexactly(int(m.group(1))), 10)
-            else:
-                raise ConnectionError("no content-length")
+            status = await exchange(reader, writer, key, BODY)
             stats.sent += 1
-            status = int(head.split(b" ", 2)[1])
             if status == 200:
                 stats.ok += 1
             elif status in (429, 403):
@@ -247,25 +313,17 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    mock = start([args.binary, "mock-upstream", "--listen", "127.0.0.1:0"])
-    up = read_until(mock.stdout, r"listening on http://([0-9.:]+)", time.time() + 20).group(1)
-    tmp = tempfile.mkdtemp()
-    cfg = os.path.join(tmp, "soak.toml")
-    with open(cfg, "w") as f:
-        f.write(
-            f"""
-[[listener]]
-address = "127.0.0.1:0"
-[upstream]
-url = "http://{up}"
+    mock, up = start_mock(args.binary)
+    proxy, port, admin = start_proxy(
+        args.binary,
+        base_config(up, workers=2)
+        + f"""
 [limits]
 max_connections = 1024
 request_head_timeout_ms = 5000
 idle_connection_timeout_ms = 10000
 body_read_timeout_ms = 5000
 write_stall_timeout_ms = 10000
-[server]
-workers = 2
 [tiers.default]
 requests_per_minute = 600
 burst_requests = 100
@@ -275,32 +333,9 @@ max_concurrent = 16
 [accounts]
 max_tracked = {args.max_tracked}
 new_accounts_per_minute_at_capacity = 100000
-[admin]
-address = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-[logging]
-format = "json"
-level = "info"
-"""
-        )
-    proxy = start([args.binary, "serve", "--config", cfg])
-    deadline0 = time.time() + 30
-    port = admin = None
-    while port is None or admin is None:
-        line = proxy.stderr.readline().decode(errors="replace")
-        if not line or time.time() > deadline0:
-            raise SystemExit("soak: proxy did not start")
-        try:
-            v = json.loads(line)
-        except ValueError:
-            continue
-        fields = v.get("fields", {})
-        if fields.get("message") == "listening":
-            port = int(fields["address"].rsplit(":", 1)[1])
-        if fields.get("message") == "admin API listening":
-            admin = int(fields["address"].rsplit(":", 1)[1])
-    # Keep draining the proxy's log so it never blocks on a full pipe.
-    subprocess.Popen(["cat"], stdin=proxy.stderr, stdout=subprocess.DEVNULL)
+""",
+        "soak",
+    )
 
     stats = Stats()
     rows = []
