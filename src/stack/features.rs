@@ -11,10 +11,10 @@ use crate::config::Config;
 use crate::engine::{signature, Observation, ObservedAttrs};
 use crate::fingerprint::ClientFingerprint;
 use crate::prompt::PromptFeatures;
+use crate::proxy::error::ProxyError;
 
 use super::identify::Caller;
 use super::inspect::{Inspected, OFFLOAD_BYTES};
-use crate::proxy::error::ProxyError;
 
 /// The phase: the request as the engine observes it.
 pub(super) async fn phase(
