@@ -159,9 +159,10 @@ pub struct LinkPolicy {
     pub max_accounts_per_value: usize,
     /// Index keys kept; beyond it the least recently used are evicted.
     pub max_values: usize,
-    /// Index entries (an account under a key) kept over all keys, at least `max_values` (each key holds one); beyond
-    /// it the least recently used keys are evicted, as beyond `max_values`, and a key's list stops growing while
-    /// none can be. Without it the index is bounded only by `max_values × max_accounts_per_value` entries.
+    /// Index entries (an account under a key) kept over all keys, at least `max_values` (each key holds one): at
+    /// the cap a new key evicts the least recently used keys, as beyond `max_values`, and a key's list keeps its
+    /// length (its oldest entry goes). Without it the index is bounded only by `max_values ×
+    /// max_accounts_per_value` entries.
     pub max_entries: usize,
     /// Links expire by generation: generations rotate every this long; a link lasts one to two generations.
     pub generation: Nanos,
