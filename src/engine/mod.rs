@@ -2100,11 +2100,16 @@ impl Engine {
 
     /// [`Engine::maintain`], unless a sweep for room ran less than a second of engine time ago.
     fn make_room(&self, now: Nanos) -> bool {
-        let due = self.next_room_sweep.load(Ordering::Relaxed);
+        self.maintain_after(&self.next_room_sweep, SECOND, now)
+    }
+
+    /// [`Engine::maintain`] if `next` (engine time) has come, and then `next` is `interval` on; one caller wins
+    /// when several find it due. Returns whether it swept.
+    fn maintain_after(&self, next: &AtomicU64, interval: Nanos, now: Nanos) -> bool {
+        let due = next.load(Ordering::Relaxed);
         let sweep = now >= due
-            && self
-                .next_room_sweep
-                .compare_exchange(due, now + SECOND, Ordering::Relaxed, Ordering::Relaxed)
+            && next
+                .compare_exchange(due, now + interval, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
         if sweep {
             self.maintain(now);
@@ -2115,20 +2120,7 @@ impl Engine {
     /// Sweep idle state ([`Engine::maintain`]) if the last sweep is at least the maintenance interval (10 s of
     /// engine time) old.
     pub fn maintain_if_due(&self, now: Nanos) {
-        let due = self.next_maintenance.load(Ordering::Relaxed);
-        if now >= due
-            && self
-                .next_maintenance
-                .compare_exchange(
-                    due,
-                    now + MAINTENANCE_INTERVAL,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            self.maintain(now);
-        }
+        self.maintain_after(&self.next_maintenance, MAINTENANCE_INTERVAL, now);
     }
 
     /// Drop idle account state and, beyond the cap, the longest-idle state
