@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use distill_guard::config::{self, LogFormat};
+use distill_guard::telemetry::stderr::Stderr;
 use distill_guard::{demo, mock, server};
 
 /// The process's allocator: jemalloc. Against glibc's malloc it holds less
@@ -274,7 +275,12 @@ fn main() -> ExitCode {
 /// Logs go to stderr: JSON is one object per line and never coloured; text
 /// is coloured only when stderr is a terminal and `NO_COLOR` is unset, so
 /// files, pipes and journald get no escape codes.
-fn init_logging(format: LogFormat, level: &str) {
+///
+/// `queued` (the commands that serve traffic): lines go through
+/// [`Stderr`]'s queue and thread, so a request never waits on stderr (a
+/// reader that stalls costs lines, counted, not requests). Keep the returned
+/// guard until the command ends: dropping it writes what is queued.
+fn init_logging(format: LogFormat, level: &str, queued: bool) -> Option<QueuedLog> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
@@ -282,14 +288,43 @@ fn init_logging(format: LogFormat, level: &str) {
     let colour = format == LogFormat::Text
         && std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    match queued.then(Stderr::install).flatten() {
+        Some(queue) => {
+            install_subscriber(format, filter, colour, queue.clone());
+            Some(QueuedLog(queue))
+        }
+        None => {
+            install_subscriber(format, filter, colour, std::io::stderr);
+            None
+        }
+    }
+}
+
+fn install_subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    colour: bool,
+    writer: W,
+) where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Writes the log's queue out when dropped (at most [`distill_guard::telemetry::stderr::CLOSE_WAIT`]).
+struct QueuedLog(Stderr);
+
+impl Drop for QueuedLog {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// SIGTERM, SIGINT and SIGHUP, registered before anything is started so a
@@ -383,7 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            init_logging(cfg.logging.format, &cfg.logging.level);
+            let _log = init_logging(cfg.logging.format, &cfg.logging.level, true);
             server::descriptors::prepare(server::descriptors::needed(&cfg));
             let signals = Signals::register()?;
             let handle = server::start(cfg).context("starting the proxy")?;
@@ -401,7 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             latency_ms,
             token_delay_ms,
         } => {
-            init_logging(LogFormat::Text, "info");
+            init_logging(LogFormat::Text, "info", false);
             let signals = Signals::register()?;
             let opts = mock::MockOptions {
                 latency: Duration::from_millis(latency_ms),
@@ -696,7 +731,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => {
             // The access log would drown the table: warnings only.
-            init_logging(LogFormat::Text, "warn");
+            init_logging(LogFormat::Text, "warn", false);
             let options = demo::traffic::TrafficOptions {
                 speed,
                 scenario,
@@ -711,7 +746,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen, .. } => {
-            init_logging(LogFormat::Text, "info");
+            let _log = init_logging(LogFormat::Text, "info", true);
             let signals = Signals::register()?;
             let (upstream, proxy) = demo::start(
                 listen,

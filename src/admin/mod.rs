@@ -217,6 +217,7 @@ async fn handle(
                         .record
                         .as_ref()
                         .map(|r| (r.dropped(), r.write_errors())),
+                    stderr: crate::telemetry::stderr::Stderr::installed_counts(),
                 },
             );
             shared.state.render_metrics(&mut text);

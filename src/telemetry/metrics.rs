@@ -225,6 +225,7 @@ pub enum ReloadResult {
 enum OutputLog {
     Audit,
     Record,
+    Stderr,
 }
 
 /// What became of a line that did not reach its file.
@@ -267,6 +268,7 @@ label_values! {
     OutputLog => |v| match v {
         OutputLog::Audit => "audit",
         OutputLog::Record => "record",
+        OutputLog::Stderr => "stderr",
     };
     OutputOutcome => |v| match v {
         OutputOutcome::Dropped => "dropped",
@@ -473,6 +475,8 @@ pub struct Outputs {
     pub audit: Option<(u64, u64)>,
     /// The traffic record.
     pub record: Option<(u64, u64)>,
+    /// The process log's queue to stderr ([`super::stderr`]): lines dropped, batches that failed to write.
+    pub stderr: Option<(u64, u64)>,
 }
 
 /// Counters and gauges of the running process.
@@ -894,6 +898,7 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
     let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
     let (audit_dropped, audit_errors) = outputs.audit.unwrap_or_default();
     let (record_dropped, record_errors) = outputs.record.unwrap_or_default();
+    let (stderr_dropped, stderr_errors) = outputs.stderr.unwrap_or_default();
     register(
         &mut r,
         "distill_guard_audit_dropped",
@@ -904,12 +909,15 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
     register(
         &mut r,
         "distill_guard_output_records",
-        "Audit log and traffic record lines that did not reach their file: dropped (queue full) or failed to write.",
+        "Audit log, traffic record and process log (stderr) lines that did not reach their file: dropped (queue \
+         full) or failed to write (for stderr, batches of lines).",
         ConstFamily(vec![
             (output(OutputLog::Audit, OutputOutcome::Dropped), audit_dropped),
             (output(OutputLog::Audit, OutputOutcome::WriteError), audit_errors),
             (output(OutputLog::Record, OutputOutcome::Dropped), record_dropped),
             (output(OutputLog::Record, OutputOutcome::WriteError), record_errors),
+            (output(OutputLog::Stderr, OutputOutcome::Dropped), stderr_dropped),
+            (output(OutputLog::Stderr, OutputOutcome::WriteError), stderr_errors),
         ]),
     );
     let size = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);

@@ -9,3 +9,4 @@ pub mod history;
 pub mod indicators;
 pub mod metrics;
 pub mod recent;
+pub mod stderr;
