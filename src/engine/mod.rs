@@ -2098,6 +2098,25 @@ impl Engine {
         self.room_wanted.swap(false, Ordering::Relaxed) && self.make_room(now)
     }
 
+    /// The link index's next table length, when its growth is near and no table is ready for it: for an owner
+    /// that maintains outside ([`Engine::maintain_outside`]) to make with [`Engine::grow_index_ahead`], off its
+    /// request threads. The growth itself runs on a request with the linker locked, every worker waiting: faulting
+    /// in a large table's memory took up to half a second there (BENCHMARKS.md, "The index grows off the request
+    /// path"), and rehashing into a table already in memory is a fraction of that.
+    pub fn index_growth_wanted(&self) -> Option<usize> {
+        self.linker.lock().ok()?.spare_wanted()
+    }
+
+    /// Makes the index table of `len` slots ([`Engine::index_growth_wanted`]) with the linker unlocked, then hands
+    /// it to the linker, which keeps it if it is still the size its next growth needs. Slow: up to hundreds of
+    /// milliseconds for the largest tables.
+    pub fn grow_index_ahead(&self, len: usize) {
+        let spare = link::SpareTable::prepare(len);
+        if let Ok(mut l) = self.linker.lock() {
+            l.give_spare(spare);
+        }
+    }
+
     /// [`Engine::maintain`], unless a sweep for room ran less than a second of engine time ago.
     fn make_room(&self, now: Nanos) -> bool {
         self.maintain_after(&self.next_room_sweep, SECOND, now)

@@ -56,6 +56,38 @@ impl Slots {
         }
         Slots::Heap(vec![Slot::default(); len])
     }
+
+    /// `len` empty slots whose pages are all in memory already: a mapping's pages are otherwise faulted in by the
+    /// first write to each, during the resize, with the linker locked. On huge pages a fault may wait for the
+    /// kernel to compact memory: a table of 2²³ slots took up to half a second to fault in on this project's
+    /// machine (BENCHMARKS.md, "The index grows off the request path").
+    fn prefaulted(len: usize) -> Slots {
+        let mut slots = Slots::new(len);
+        if let Slots::Mapped(m) = &mut slots {
+            // Writing the zero each page holds allocates it (reading would map the shared zero page).
+            for page in m.chunks_mut(4096) {
+                page[0] = 0;
+            }
+        }
+        slots
+    }
+}
+
+/// A slot table of the next size, made ready off the request path ([`Index::spare_wanted`]).
+pub struct SpareTable(pub(super) Slots);
+
+impl SpareTable {
+    /// An empty table of `len` slots (as [`Linker::spare_wanted`] asks), its memory faulted in. Slow (up to
+    /// hundreds of milliseconds for the largest tables): call it with no lock held.
+    pub fn prepare(len: usize) -> SpareTable {
+        SpareTable(Slots::prefaulted(len))
+    }
+}
+
+impl fmt::Debug for SpareTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 impl Deref for Slots {
@@ -114,6 +146,8 @@ pub(super) struct Index {
     pub(super) expired_total: u64,
     /// See [`LinkStats::evicted_age`].
     pub(super) evicted_age: Nanos,
+    /// The next table, made ready by the owner ([`Index::spare_wanted`]); the next growth takes it.
+    spare: Option<Slots>,
 }
 
 /// Where `account` is in `s`. In a full list (a hydra's key) the account is usually not there, having been pushed
@@ -147,6 +181,7 @@ impl Index {
             evicted_total: 0,
             expired_total: 0,
             evicted_age: 0,
+            spare: None,
         }
     }
 
@@ -429,8 +464,33 @@ impl Index {
         self.spills.compact(&mut self.slots);
     }
 
+    /// The length of the table the next growth needs, when that growth is near (the table more than
+    /// [`SPARE_LOAD`] full), possible (`max_values` keys would need it) and large enough to be mapped, and no
+    /// spare is ready for it: for an owner to make ([`SpareTable::prepare`]) off the request path and hand over
+    /// ([`Index::give_spare`]).
+    pub(super) fn spare_wanted(&self, max_values: usize) -> Option<usize> {
+        let (slots, next) = (self.slots.len(), self.slots.len() * 2);
+        let near = self.len * SPARE_LOAD.1 > slots * SPARE_LOAD.0;
+        let possible = max_values * 4 > slots * 3;
+        let mapped = next * size_of::<Slot>() >= HUGE_TABLE_BYTES;
+        let ready = self.spare.as_ref().is_some_and(|s| s.len() == next);
+        (near && possible && mapped && !ready).then_some(next)
+    }
+
+    /// Keeps `spare` for the next growth if it is of the size that growth needs (it may have been made for a
+    /// table that has shrunk or grown since).
+    pub(super) fn give_spare(&mut self, spare: SpareTable) {
+        if spare.0.len() == self.slots.len() * 2 {
+            self.spare = Some(spare.0);
+        }
+    }
+
     fn resize(&mut self, new_len: usize) {
-        let old = std::mem::replace(&mut self.slots, Slots::new(new_len));
+        let table = match self.spare.take() {
+            Some(s) if s.len() == new_len => s,
+            _ => Slots::new(new_len),
+        };
+        let old = std::mem::replace(&mut self.slots, table);
         let mask = new_len - 1;
         for &s in old.iter() {
             if s.key != 0 {
@@ -445,15 +505,18 @@ impl Index {
         self.sweep &= mask;
     }
 
-    /// The table's bytes when it is in a mapping of its own (0 on the heap).
+    /// The bytes of the table and of the spare made ready for its growth that are in mappings of their own (the
+    /// heap's are counted by the allocator).
     pub(super) fn mapped_bytes(&self) -> usize {
-        match &self.slots {
+        let mapped = |s: &Slots| match s {
             Slots::Heap(_) => 0,
             Slots::Mapped(m) => m.len(),
-        }
+        };
+        mapped(&self.slots) + self.spare.as_ref().map_or(0, mapped)
     }
 
     pub(super) fn bytes(&self) -> usize {
-        self.slots.len() * size_of::<Slot>() + self.spills.bytes()
+        let spare = self.spare.as_ref().map_or(0, |s| s.len());
+        (self.slots.len() + spare) * size_of::<Slot>() + self.spills.bytes()
     }
 }

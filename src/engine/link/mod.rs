@@ -41,6 +41,9 @@ const NEAR_SAMPLE: usize = 4;
 const REFRESH_DIVISOR: Nanos = 32;
 /// Smallest index table (slots).
 const MIN_TABLE: usize = 1024;
+/// Load (a fraction: numerator, denominator) past which the table's next size is asked for ahead of its growth at
+/// 3/4 ([`Linker::spare_wanted`]): the keys between are time for the owner to make it.
+const SPARE_LOAD: (usize, usize) = (9, 16);
 /// Union-find forests keep at least this much capacity when cleared.
 const FOREST_KEEP: usize = 1024;
 
@@ -54,6 +57,7 @@ mod policy;
 mod spills;
 
 use forest::*;
+pub use index::SpareTable;
 use index::*;
 pub use linker::*;
 pub use policy::*;

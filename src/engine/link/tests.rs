@@ -668,6 +668,94 @@ fn index_entries_stay_under_their_cap_when_keys_are_shared() {
     check_index(&linker.index);
 }
 
+/// A large table's growth used to fault its new memory in with the linker locked (up to half a second). An owner
+/// can make the next table ready beforehand: the growth then moves into it, and nothing else changes.
+#[test]
+fn the_index_grows_into_a_table_made_ready_ahead() {
+    let mut plain = Linker::new(LinkPolicy::default());
+    let mut ahead = Linker::new(LinkPolicy::default());
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut made = Vec::new();
+    let mut bands = [0u64; BANDS];
+    // Nine keys a request, a pair on one prompt every 50 requests: about 117 000 keys, so the table grows into
+    // 2^17 slots (4 MiB, the first size that is mapped) and then, at 98 304 keys, into 2^18.
+    for i in 0..13_000u64 {
+        if i % 50 != 1 {
+            bands = rng.gen();
+        }
+        let attrs = Attributes {
+            ja4: Some(rng.gen()),
+            http: Some(rng.gen()),
+            h2: None,
+            ip_prefix: Some(rng.gen()),
+            asn: Some(rng.gen()),
+            prompt: &bands,
+            shape: None,
+        };
+        let now = EPOCH + i * SEC / 100;
+        assert_eq!(
+            plain.observe(splitmix(i), &attrs, now),
+            ahead.observe(splitmix(i), &attrs, now)
+        );
+        if let Some(len) = ahead.spare_wanted() {
+            assert_eq!(len, 2 * ahead.index.slots.len());
+            assert!(ahead.index.len * 16 > ahead.index.slots.len() * 9);
+            // One of the wrong size (made for a table that has grown or shrunk since) is not kept.
+            ahead.give_spare(SpareTable::prepare(len / 2));
+            assert_eq!(ahead.spare_wanted(), Some(len));
+            let spare = SpareTable::prepare(len);
+            made.push((len, spare.0.as_ptr()));
+            ahead.give_spare(spare);
+            assert_eq!(ahead.spare_wanted(), None, "asked again once ready");
+        }
+    }
+    let lens: Vec<usize> = made.iter().map(|m| m.0).collect();
+    assert_eq!(lens, [1 << 17, 1 << 18]);
+    let (len, table) = made[1];
+    assert_eq!(ahead.index.slots.len(), len);
+    assert!(matches!(ahead.index.slots, Slots::Mapped(_)));
+    assert_eq!(
+        ahead.index.slots.as_ptr(),
+        table,
+        "the growth made a table of its own"
+    );
+    check_index(&ahead.index);
+    let (p, a) = (plain.stats(), ahead.stats());
+    assert_eq!(
+        (p.values, p.entries, p.accounts, p.clusters),
+        (a.values, a.entries, a.accounts, a.clusters)
+    );
+    assert_eq!((p.mapped_bytes, a.mapped_bytes), (len * 32, len * 32));
+
+    // A table that `max_values` keeps from growing again asks for nothing, however full it is.
+    let mut capped = Linker::new(LinkPolicy {
+        max_values: 80_000,
+        ..LinkPolicy::default()
+    });
+    for i in 0..25_000u64 {
+        let keys: [u64; BANDS] = rng.gen();
+        let attrs = Attributes {
+            ja4: Some(rng.gen()),
+            http: Some(rng.gen()),
+            h2: None,
+            ip_prefix: Some(rng.gen()),
+            asn: Some(rng.gen()),
+            prompt: &keys,
+            shape: None,
+        };
+        capped.observe(splitmix(i), &attrs, EPOCH + i * SEC / 100);
+        // 80 000 keys need 2^17 slots (2^16 hold 49 152), never 2^18.
+        match capped.spare_wanted() {
+            Some(len) if capped.index.slots.len() < 1 << 17 => {
+                capped.give_spare(SpareTable::prepare(len))
+            }
+            wanted => assert_eq!(wanted, None),
+        }
+    }
+    assert_eq!(capped.index.slots.len(), 1 << 17);
+    assert!(capped.index.len * 16 > capped.index.slots.len() * 9);
+}
+
 #[test]
 fn linked_accounts_cap_refuses_links() {
     let policy = LinkPolicy {

@@ -371,6 +371,18 @@ impl Linker {
         self.index.sweep_full(now, self.compiled.max_window);
     }
 
+    /// The length of the index table that its next growth needs, when that growth is near and nothing is ready
+    /// for it: for an owner that can make it ([`SpareTable::prepare`]) with the linker unlocked and hand it over
+    /// ([`Linker::give_spare`]). Otherwise the growth makes its table itself, with the linker locked.
+    pub fn spare_wanted(&self) -> Option<usize> {
+        self.index.spare_wanted(self.compiled.max_values)
+    }
+
+    /// Keeps `spare` for the index's next growth, if it is still of the size that growth needs.
+    pub fn give_spare(&mut self, spare: SpareTable) {
+        self.index.give_spare(spare);
+    }
+
     /// Gives back the room of spill blocks freed since the last time, once they span a quarter of the index's arena
     /// of short lists (O(values) then, and O(freed long lists) always): lists that grew long, or keys that went,
     /// leave blocks that only new short lists would reuse. [`Linker::maintain`] does it too.
