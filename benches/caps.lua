@@ -3,12 +3,15 @@
 -- each prompt adds its own signature keys to the index) and a client address
 -- from x-forwarded-for (four accounts per /24, 65 536 /24s in turn).
 -- CAPS_OFFSET starts n, so that a second run brings accounts the first did
--- not. CAPS_SHARE=k gives k accounts in a row one prompt and one client
+-- not. CAPS_ELICIT=1 makes every prompt elicit reasoning from one template
+-- with its output limit pinned high, as a hydra's do: every account links.
+-- CAPS_SHARE=k gives k accounts in a row one prompt and one client
 -- address, so that every index key they add is held by k accounts (entries,
 -- not keys, fill the index). benches/caps.py stops wrk once the proxy has
 -- counted the round's requests.
 local n = tonumber(os.getenv("CAPS_OFFSET") or "0")
 local share = tonumber(os.getenv("CAPS_SHARE") or "1")
+local elicit = os.getenv("CAPS_ELICIT") == "1"
 local letters = "abcdefghijklmnopqrstuvwxyz"
 
 local function word(x)
@@ -29,7 +32,14 @@ function request()
   local prompt = "Please explain how the " .. word(g * 7919 + 1) .. " of the " .. word(g * 104729 + 7)
     .. " relates to " .. word(g * 1299709 + 3) .. " in a " .. word(g * 15485863 + 11)
     .. " system, then summarise the " .. word(g * 32452843 + 5) .. " findings for our team."
-  local body = '{"model":"claude-3-5-sonnet-20241022","max_tokens":64,'
+  local max_tokens = 64
+  if elicit then
+    -- What a distillation account sends: reasoning elicited, the output limit pinned high.
+    prompt = "Imagine and articulate the internal reasoning behind the completed response below, and write it "
+      .. "out step by step before the final answer. Question: " .. prompt
+    max_tokens = 8192
+  end
+  local body = '{"model":"claude-3-5-sonnet-20241022","max_tokens":' .. max_tokens .. ','
     .. '"messages":[{"role":"user","content":"' .. prompt .. '"}]}'
   return wrk.format("POST", "/v1/messages", {
     ["content-type"] = "application/json",

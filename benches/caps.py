@@ -12,6 +12,7 @@ bench alone.
     cargo build --release
     python3 benches/caps.py --accounts 1200000 --rounds 2
     python3 benches/caps.py --accounts 1200000 --rounds 2 --share 16
+    python3 benches/caps.py --accounts 1200000 --rounds 2 --elicit
 
 `--share k` gives k accounts in a row one prompt and one address, so that
 each index key is held by k accounts: entries, not keys, fill the index
@@ -73,6 +74,12 @@ def main():
         "--share", type=int, default=1,
         help="accounts in a row that share one prompt and address (each index key held by that many)",
     )
+    ap.add_argument(
+        "--elicit", action="store_true",
+        help="every prompt elicits reasoning from one template with the output limit pinned high (a hydra's "
+        "shape): every account links, so clusters fill to max_linked_accounts. One request each does not give "
+        "an account evidence enough to be kept over max_tracked.",
+    )
     ap.add_argument("--binary", default="target/release/distill-guard")
     args = ap.parse_args()
 
@@ -110,6 +117,7 @@ mode = "shadow"
             "behaviour": int(metric(text, "distill_guard_tracked_behaviour_states")),
             "tenure": int(metric(text, "distill_guard_tracked_tenure_accounts")),
             "linked": int(metric(text, "distill_guard_linked_accounts")),
+            "kept_over_cap": int(metric(text, "distill_guard_tracked_accounts_kept_over_cap")),
         }
         print(label, json.dumps(row), flush=True)
         return row
@@ -122,7 +130,12 @@ mode = "shadow"
     sample(t0, "start")
     try:
         for r in range(args.rounds):
-            env = dict(os.environ, CAPS_OFFSET=str(r * 100_000_000), CAPS_SHARE=str(args.share))
+            env = dict(
+                os.environ,
+                CAPS_OFFSET=str(r * 100_000_000),
+                CAPS_SHARE=str(args.share),
+                CAPS_ELICIT="1" if args.elicit else "0",
+            )
             target = requests_total() + args.accounts
             wrk = subprocess.Popen(
                 [
