@@ -146,8 +146,12 @@ pub(super) struct Index {
     pub(super) expired_total: u64,
     /// See [`LinkStats::evicted_age`].
     pub(super) evicted_age: Nanos,
-    /// The next table, made ready by the owner ([`Index::spare_wanted`]); the next growth takes it.
-    spare: Option<Slots>,
+    /// The next table, made ready by the owner ([`Index::spare_wanted`]), and when it was given; the next growth
+    /// takes it.
+    spare: Option<(Slots, Nanos)>,
+    /// The key count when a spare was last given back unused ([`Index::release_stale_spare`]): none is asked for
+    /// again until the keys have grown by 1/32 of the table from there.
+    spare_declined_at: Option<usize>,
 }
 
 /// Where `account` is in `s`. In a full list (a hydra's key) the account is usually not there, having been pushed
@@ -182,6 +186,7 @@ impl Index {
             expired_total: 0,
             evicted_age: 0,
             spare: None,
+            spare_declined_at: None,
         }
     }
 
@@ -473,21 +478,38 @@ impl Index {
         let near = self.len * SPARE_LOAD.1 > slots * SPARE_LOAD.0;
         let possible = max_values * 4 > slots * 3;
         let mapped = next * size_of::<Slot>() >= HUGE_TABLE_BYTES;
-        let ready = self.spare.as_ref().is_some_and(|s| s.len() == next);
-        (near && possible && mapped && !ready).then_some(next)
+        let ready = self.spare.as_ref().is_some_and(|s| s.0.len() == next);
+        let declined = self
+            .spare_declined_at
+            .is_some_and(|at| self.len < at + slots / 32);
+        (near && possible && mapped && !ready && !declined).then_some(next)
     }
 
     /// Keeps `spare` for the next growth if it is of the size that growth needs (it may have been made for a
     /// table that has shrunk or grown since).
-    pub(super) fn give_spare(&mut self, spare: SpareTable) {
+    pub(super) fn give_spare(&mut self, spare: SpareTable, now: Nanos) {
         if spare.0.len() == self.slots.len() * 2 {
-            self.spare = Some(spare.0);
+            self.spare = Some((spare.0, now));
+        }
+    }
+
+    /// Gives back a spare unused for [`SPARE_KEEP`]: keys that hold steady between [`SPARE_LOAD`] and the growth
+    /// would otherwise keep a table twice the index's size for nothing.
+    pub(super) fn release_stale_spare(&mut self, now: Nanos) {
+        if self
+            .spare
+            .as_ref()
+            .is_some_and(|s| now.saturating_sub(s.1) > SPARE_KEEP)
+        {
+            self.spare = None;
+            self.spare_declined_at = Some(self.len);
         }
     }
 
     fn resize(&mut self, new_len: usize) {
+        self.spare_declined_at = None;
         let table = match self.spare.take() {
-            Some(s) if s.len() == new_len => s,
+            Some((s, _)) if s.len() == new_len => s,
             _ => Slots::new(new_len),
         };
         let old = std::mem::replace(&mut self.slots, table);
@@ -512,11 +534,11 @@ impl Index {
             Slots::Heap(_) => 0,
             Slots::Mapped(m) => m.len(),
         };
-        mapped(&self.slots) + self.spare.as_ref().map_or(0, mapped)
+        mapped(&self.slots) + self.spare.as_ref().map_or(0, |s| mapped(&s.0))
     }
 
     pub(super) fn bytes(&self) -> usize {
-        let spare = self.spare.as_ref().map_or(0, |s| s.len());
+        let spare = self.spare.as_ref().map_or(0, |s| s.0.len());
         (self.slots.len() + spare) * size_of::<Slot>() + self.spills.bytes()
     }
 }

@@ -44,6 +44,8 @@ const MIN_TABLE: usize = 1024;
 /// Load (a fraction: numerator, denominator) past which the table's next size is asked for ahead of its growth at
 /// 3/4 ([`Linker::spare_wanted`]): the keys between are time for the owner to make it.
 const SPARE_LOAD: (usize, usize) = (9, 16);
+/// A spare table unused this long (engine time) is given back ([`Linker::compact`]).
+const SPARE_KEEP: Nanos = 600 * 1_000_000_000;
 /// Union-find forests keep at least this much capacity when cleared.
 const FOREST_KEEP: usize = 1024;
 

@@ -756,6 +756,54 @@ fn the_index_grows_into_a_table_made_ready_ahead() {
     assert!(capped.index.len * 16 > capped.index.slots.len() * 9);
 }
 
+/// Keys that hold steady between the load that asks for the next table and the growth would keep a table twice
+/// the index's size for nothing: one unused for ten minutes is given back, and not asked for again until the keys
+/// grow.
+#[test]
+fn a_spare_the_index_never_grows_into_is_given_back() {
+    let mut index = Index::new();
+    let mut found = Found::default();
+    let mut key = 0u64;
+    let mut add = |index: &mut Index, n: usize, now: Nanos| {
+        for _ in 0..n {
+            key += 1;
+            let t = Touch {
+                account: key,
+                now,
+                window: GEN,
+                max_window: 6 * GEN,
+                per_value: 64,
+                max_values: 1 << 22,
+                max_entries: 1 << 24,
+            };
+            index.touch(splitmix(key) | 1, &t, &mut found);
+        }
+    };
+    // 80 000 keys: 61 % of 2^17 slots, past 9/16 and short of the growth at 3/4.
+    add(&mut index, 80_000, EPOCH);
+    assert_eq!(index.slots.len(), 1 << 17);
+    let len = index
+        .spare_wanted(1 << 22)
+        .expect("asked for near the growth");
+    assert_eq!(len, 1 << 18);
+    let given = EPOCH + SEC;
+    index.give_spare(SpareTable::prepare(len), given);
+    assert_eq!(index.spare_wanted(1 << 22), None);
+    let table = (1 << 17) * 32;
+    assert_eq!(index.mapped_bytes(), 3 * table);
+    // Kept while it may still be needed.
+    index.release_stale_spare(given + 10 * MIN);
+    assert_eq!(index.mapped_bytes(), 3 * table);
+    // Unused for longer: given back, and not asked for again until the keys grow by 1/32 of the table.
+    index.release_stale_spare(given + 10 * MIN + 1);
+    assert_eq!(index.mapped_bytes(), table);
+    add(&mut index, (1 << 17) / 32 - 1, given + 11 * MIN);
+    assert_eq!(index.spare_wanted(1 << 22), None);
+    add(&mut index, 1, given + 11 * MIN);
+    assert_eq!(index.spare_wanted(1 << 22), Some(1 << 18));
+    check_index(&index);
+}
+
 #[test]
 fn linked_accounts_cap_refuses_links() {
     let policy = LinkPolicy {

@@ -369,6 +369,7 @@ impl Linker {
     pub fn maintain(&mut self, now: Nanos) {
         self.rotate_if_due(now);
         self.index.sweep_full(now, self.compiled.max_window);
+        self.index.release_stale_spare(now);
     }
 
     /// The length of the index table that its next growth needs, when that growth is near and nothing is ready
@@ -380,14 +381,16 @@ impl Linker {
 
     /// Keeps `spare` for the index's next growth, if it is still of the size that growth needs.
     pub fn give_spare(&mut self, spare: SpareTable) {
-        self.index.give_spare(spare);
+        self.index.give_spare(spare, self.last_now);
     }
 
     /// Gives back the room of spill blocks freed since the last time, once they span a quarter of the index's arena
     /// of short lists (O(values) then, and O(freed long lists) always): lists that grew long, or keys that went,
-    /// leave blocks that only new short lists would reuse. [`Linker::maintain`] does it too.
+    /// leave blocks that only new short lists would reuse. [`Linker::maintain`] does it too. A spare table given
+    /// ten minutes ago and still unused goes too; none is asked for again until the keys grow by 1/32 of the table.
     pub fn compact(&mut self) {
         self.index.spills.compact(&mut self.index.slots);
+        self.index.release_stale_spare(self.last_now);
     }
 
     /// Counters and sizes for metrics.
