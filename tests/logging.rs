@@ -51,7 +51,14 @@ fn stop(child: Spawned, sig: &str) -> String {
     String::from_utf8(child.stop(sig)).expect("logs are UTF-8")
 }
 
-fn serve_logs(format: &str) -> String {
+/// A mock upstream and a config in a temporary directory that proxies to it, logging at info in `format`.
+fn logging_config(
+    format: &str,
+) -> (
+    distill_guard::mock::MockHandle,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let mock =
         distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -64,6 +71,11 @@ fn serve_logs(format: &str) -> String {
         ),
     )
     .unwrap();
+    (mock, dir, cfg)
+}
+
+fn serve_logs(format: &str) -> String {
+    let (_mock, _dir, cfg) = logging_config(format);
     let child = spawn(&["serve", "--config", cfg.to_str().unwrap()]);
     assert!(one_request(child.listeners[0]).starts_with("HTTP/1.1 200"));
     stop(child, "-TERM")
@@ -143,18 +155,7 @@ fn metric(admin: SocketAddr, series: &str) -> Option<u64> {
 #[test]
 fn a_log_reader_that_stops_reading_does_not_stop_requests() {
     use std::io::BufRead;
-    let mock =
-        distill_guard::mock::start("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("dg.toml");
-    std::fs::write(
-        &cfg,
-        basic_config(
-            &format!("http://{}", mock.addr()),
-            "[logging]\nformat = \"json\"\nlevel = \"info\"\n",
-        ),
-    )
-    .unwrap();
+    let (_mock, _dir, cfg) = logging_config("json");
     let mut child = Command::new(BIN)
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env_remove("RUST_LOG")

@@ -564,15 +564,7 @@ fn bounded_memory_under_a_million_accounts() {
         if i % 100 != 1 {
             bands = rng.gen();
         }
-        let attrs = Attributes {
-            ja4: Some(rng.gen()),
-            http: Some(rng.gen()),
-            h2: None,
-            ip_prefix: Some(rng.gen()),
-            asn: Some(rng.gen()),
-            prompt: &bands,
-            shape: None,
-        };
+        let attrs = random_network_and_stack(&mut rng, &bands);
         let view = linker.observe(splitmix(i), &attrs, now);
         if i % 100 == 1 {
             assert_eq!(view.map(|v| v.members), Some(2));
@@ -683,15 +675,7 @@ fn the_index_grows_into_a_table_made_ready_ahead() {
         if i % 50 != 1 {
             bands = rng.gen();
         }
-        let attrs = Attributes {
-            ja4: Some(rng.gen()),
-            http: Some(rng.gen()),
-            h2: None,
-            ip_prefix: Some(rng.gen()),
-            asn: Some(rng.gen()),
-            prompt: &bands,
-            shape: None,
-        };
+        let attrs = random_network_and_stack(&mut rng, &bands);
         let now = EPOCH + i * SEC / 100;
         assert_eq!(
             plain.observe(splitmix(i), &attrs, now),
@@ -734,15 +718,7 @@ fn the_index_grows_into_a_table_made_ready_ahead() {
     });
     for i in 0..25_000u64 {
         let keys: [u64; BANDS] = rng.gen();
-        let attrs = Attributes {
-            ja4: Some(rng.gen()),
-            http: Some(rng.gen()),
-            h2: None,
-            ip_prefix: Some(rng.gen()),
-            asn: Some(rng.gen()),
-            prompt: &keys,
-            shape: None,
-        };
+        let attrs = random_network_and_stack(&mut rng, &keys);
         capped.observe(splitmix(i), &attrs, EPOCH + i * SEC / 100);
         // 80 000 keys need 2^17 slots (2^16 hold 49 152), never 2^18.
         match capped.spare_wanted() {
@@ -1454,6 +1430,19 @@ fn attrs(bands: &[u64]) -> Attributes<'_> {
     Attributes {
         prompt: bands,
         ..Attributes::default()
+    }
+}
+
+/// Attributes with a random client stack and network (never shared) and `prompt`'s band keys.
+fn random_network_and_stack<'a>(rng: &mut StdRng, prompt: &'a [u64]) -> Attributes<'a> {
+    Attributes {
+        ja4: Some(rng.gen()),
+        http: Some(rng.gen()),
+        h2: None,
+        ip_prefix: Some(rng.gen()),
+        asn: Some(rng.gen()),
+        prompt,
+        shape: None,
     }
 }
 
