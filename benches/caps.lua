@@ -12,6 +12,8 @@
 local n = tonumber(os.getenv("CAPS_OFFSET") or "0")
 local share = tonumber(os.getenv("CAPS_SHARE") or "1")
 local elicit = os.getenv("CAPS_ELICIT") == "1"
+local young = os.getenv("CAPS_YOUNG") == "1"
+local rep = tonumber(os.getenv("CAPS_REPEAT") or "1")
 local letters = "abcdefghijklmnopqrstuvwxyz"
 
 local function word(x)
@@ -26,7 +28,8 @@ end
 
 function request()
   n = n + 1
-  local g = math.floor(n / share)
+  local account = math.floor(n / rep)
+  local g = math.floor(account / share)
   local net = math.floor(g / 4)
   local ip = string.format("10.%d.%d.%d", math.floor(net / 256) % 256, net % 256, g % 4 + 1)
   local prompt = "Please explain how the " .. word(g * 7919 + 1) .. " of the " .. word(g * 104729 + 7)
@@ -41,11 +44,16 @@ function request()
   end
   local body = '{"model":"claude-3-5-sonnet-20241022","max_tokens":' .. max_tokens .. ','
     .. '"messages":[{"role":"user","content":"' .. prompt .. '"}]}'
-  return wrk.format("POST", "/v1/messages", {
+  local headers = {
     ["content-type"] = "application/json",
     ["anthropic-version"] = "2023-06-01",
-    ["x-api-key"] = "caps-" .. n,
+    ["x-api-key"] = "caps-" .. account,
     ["x-forwarded-for"] = ip,
-  }, body)
+  }
+  if young then
+    -- Created a minute ago, as the trusted front states it.
+    headers["x-account-created"] = tostring(os.time() - 60)
+  end
+  return wrk.format("POST", "/v1/messages", headers, body)
 end
 

@@ -80,6 +80,14 @@ def main():
         "shape): every account links, so clusters fill to max_linked_accounts. One request each does not give "
         "an account evidence enough to be kept over max_tracked.",
     )
+    ap.add_argument(
+        "--young", action="store_true",
+        help="the trusted front states every account was created a minute ago (x-account-created)",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1,
+        help="requests in a row from each account (--accounts counts requests)",
+    )
     ap.add_argument("--binary", default="target/release/distill-guard")
     args = ap.parse_args()
 
@@ -94,6 +102,7 @@ def main():
         + f"""
 [identity]
 trusted_proxies = ["127.0.0.0/8"]
+account_created_header = "x-account-created"
 [detection]
 mode = "shadow"
 {accounts}
@@ -135,6 +144,8 @@ mode = "shadow"
                 CAPS_OFFSET=str(r * 100_000_000),
                 CAPS_SHARE=str(args.share),
                 CAPS_ELICIT="1" if args.elicit else "0",
+                CAPS_YOUNG="1" if args.young else "0",
+                CAPS_REPEAT=str(args.repeat),
             )
             target = requests_total() + args.accounts
             wrk = subprocess.Popen(
