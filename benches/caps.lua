@@ -5,10 +5,12 @@
 -- CAPS_OFFSET starts n, so that a second run brings accounts the first did
 -- not. CAPS_ELICIT=1 makes every prompt elicit reasoning from one template
 -- with its output limit pinned high, as a hydra's do: every account links.
--- CAPS_SHARE=k gives k accounts in a row one prompt and one client
--- address, so that every index key they add is held by k accounts (entries,
--- not keys, fill the index). benches/caps.py stops wrk once the proxy has
--- counted the round's requests.
+-- CAPS_YOUNG=1 states through x-account-created (from a trusted front) that
+-- every account was created a minute ago. CAPS_REPEAT=r sends r requests in a
+-- row from each account. CAPS_SHARE=k gives k accounts in a row one prompt
+-- and one client address, so that every index key they add is held by k
+-- accounts (entries, not keys, fill the index). benches/caps.py stops wrk
+-- once the proxy has counted the round's requests.
 local n = tonumber(os.getenv("CAPS_OFFSET") or "0")
 local share = tonumber(os.getenv("CAPS_SHARE") or "1")
 local elicit = os.getenv("CAPS_ELICIT") == "1"

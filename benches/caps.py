@@ -13,6 +13,8 @@ bench alone.
     python3 benches/caps.py --accounts 1200000 --rounds 2
     python3 benches/caps.py --accounts 1200000 --rounds 2 --share 16
     python3 benches/caps.py --accounts 1200000 --rounds 2 --elicit
+    python3 benches/caps.py --accounts 13500000 --rounds 1 --round-seconds 1000 \
+        --elicit --young --repeat 6      # twice max_tracked, every account kept
 
 `--share k` gives k accounts in a row one prompt and one address, so that
 each index key is held by k accounts: entries, not keys, fill the index
