@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+/// How long lines gather after a write before the next one: the audit writer's pause.
+pub use super::audit::GATHER;
+
 /// Bytes queued at most; a line that does not fit is dropped whole.
 pub const QUEUE_BYTES: usize = 1 << 20;
-/// How long lines gather after a write before the next one.
-pub const GATHER: Duration = Duration::from_millis(10);
 /// How long [`Stderr::close`] waits for the queue to reach stderr (a reader that stalls must not stop an exit).
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
