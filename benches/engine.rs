@@ -213,6 +213,11 @@ fn benches(c: &mut Criterion) {
     g.bench_function("prompt signature, 2 KB", |b| {
         b.iter(|| signature::signature(black_box(&p2k)))
     });
+    // A chat turn of five words (peers.sh's messages scenario): few
+    // shingles, so most body bins are filled by densification.
+    g.bench_function("prompt signature, 5 words", |b| {
+        b.iter(|| signature::signature(black_box("Say hello in five words.")))
+    });
     // The prompt step's phrase scan alone (inside the detection case above).
     g.bench_function("phrase scan, 2 KB", |b| {
         b.iter(|| matcher.scan(black_box(&p2k_prompt)))

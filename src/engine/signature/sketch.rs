@@ -252,6 +252,12 @@ impl<'s> Sketcher<'s> {
     }
 
     /// Fills empty body bins from non-empty ones along a fixed probe sequence.
+    ///
+    /// Bin `i` takes the first filled bin of its sequence (§3). The sequence
+    /// is fixed, so [`PROBE_RANK`] holds where each bin first appears in it,
+    /// and the first filled one is the filled bin of lowest rank: a short
+    /// prompt (one or two filled bins) then costs a few compares per empty
+    /// bin instead of walking some 32 probe hashes each.
     fn densify_body(&mut self) {
         let filled = self
             .body
@@ -261,32 +267,63 @@ impl<'s> Sketcher<'s> {
         if filled == 0 {
             return;
         }
-        let is_filled = |j: usize| filled & (1u64 << j) != 0;
         let src = self.body;
-        for (i, out) in self.body.iter_mut().enumerate() {
-            if is_filled(i) {
+        for ((i, out), ranks) in self.body.iter_mut().enumerate().zip(PROBE_RANK.iter()) {
+            if filled & (1u64 << i) != 0 {
                 continue;
             }
-            let mut from = None;
-            for attempt in 0..64u64 {
-                let j = ((moremur(DENSE_SALT ^ ((i as u64) << 8) ^ attempt) >> 32)
-                    .wrapping_mul(BODY_BINS as u64)
-                    >> 32) as usize;
-                if is_filled(j) {
-                    from = Some(j);
-                    break;
+            let mut best = (PROBE_ATTEMPTS, None);
+            let mut rest = filled;
+            while rest != 0 {
+                let j = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                if let Some(&rank) = ranks.get(j) {
+                    if rank < best.0 {
+                        best = (rank, Some(j));
+                    }
                 }
             }
-            let j = from.or_else(|| {
+            let j = best.1.or_else(|| {
                 (1..BODY_BINS)
                     .map(|d| (i + d) % BODY_BINS)
-                    .find(|&j| is_filled(j))
+                    .find(|&j| filled & (1u64 << j) != 0)
             });
             if let Some(v) = j.and_then(|j| src.get(j)) {
                 *out = *v;
             }
         }
     }
+}
+
+/// Length of each body bin's probe sequence; past it, the next filled bin in
+/// order is taken.
+const PROBE_ATTEMPTS: u8 = 64;
+
+/// Attempt `attempt` of body bin `bin`'s probe sequence: the bin it looks at.
+const fn probe(bin: usize, attempt: u64) -> usize {
+    ((moremur(DENSE_SALT ^ ((bin as u64) << 8) ^ attempt) >> 32).wrapping_mul(BODY_BINS as u64)
+        >> 32) as usize
+}
+
+/// `PROBE_RANK[i][j]`: the first attempt of bin `i`'s probe sequence that
+/// looks at bin `j`, or [`PROBE_ATTEMPTS`] if none of them does.
+static PROBE_RANK: [[u8; BODY_BINS]; BODY_BINS] = probe_ranks();
+
+const fn probe_ranks() -> [[u8; BODY_BINS]; BODY_BINS] {
+    let mut ranks = [[PROBE_ATTEMPTS; BODY_BINS]; BODY_BINS];
+    let mut i = 0;
+    while i < BODY_BINS {
+        let mut attempt = 0;
+        while attempt < PROBE_ATTEMPTS {
+            let j = probe(i, attempt as u64);
+            if ranks[i][j] == PROBE_ATTEMPTS {
+                ranks[i][j] = attempt;
+            }
+            attempt += 1;
+        }
+        i += 1;
+    }
+    ranks
 }
 
 /// Updates a region sketch with shingle `s`: bin `i` keeps the minimum of
@@ -299,5 +336,84 @@ pub(super) fn minhash_into(mins: &mut [u64; REGION_BINS], salts: &[u64; REGION_B
         if v < *m {
             *m = v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk `densify_body` replaced: each empty bin hashes its probe
+    /// sequence until it meets a filled bin.
+    fn densify_by_walking(body: &mut [u32; BODY_BINS]) {
+        let filled = |j: usize| body[j] != u32::MAX;
+        if !(0..BODY_BINS).any(filled) {
+            return;
+        }
+        let src = *body;
+        let mut out = src;
+        for (i, o) in out.iter_mut().enumerate() {
+            if src[i] != u32::MAX {
+                continue;
+            }
+            let j = (0..u64::from(PROBE_ATTEMPTS))
+                .map(|attempt| probe(i, attempt))
+                .find(|&j| src[j] != u32::MAX)
+                .or_else(|| {
+                    (1..BODY_BINS)
+                        .map(|d| (i + d) % BODY_BINS)
+                        .find(|&j| src[j] != u32::MAX)
+                });
+            *o = src[j.unwrap()];
+        }
+        *body = out;
+    }
+
+    fn densified(mask: u32) -> ([u32; BODY_BINS], [u32; BODY_BINS]) {
+        let stock = StockShingles::none(1);
+        let mut sk = Sketcher::new(1, &stock);
+        for (j, b) in sk.body.iter_mut().enumerate() {
+            *b = if mask & (1 << j) != 0 {
+                1000 + j as u32
+            } else {
+                u32::MAX
+            };
+        }
+        let mut walked = sk.body;
+        densify_by_walking(&mut walked);
+        sk.densify_body();
+        (sk.body, walked)
+    }
+
+    #[test]
+    fn densification_by_rank_takes_the_bins_the_probe_walk_takes() {
+        // Every body with one or two filled bins (short prompts), then
+        // pseudo-random fill patterns of every density.
+        let mut masks: Vec<u32> = (0..BODY_BINS).map(|j| 1 << j).collect();
+        for a in 0..BODY_BINS {
+            for b in a + 1..BODY_BINS {
+                masks.push(1 << a | 1 << b);
+            }
+        }
+        let mut x = 7u64;
+        for _ in 0..20_000 {
+            x = moremur(x.wrapping_add(0x9E37_79B9_7F4A_7C15));
+            let density = (x >> 59) as u32; // keep 0..=31 of every 32 bits
+            let m = (x as u32) & ((moremur(x) as u32) | (u32::MAX >> density.min(31)));
+            masks.push(m);
+        }
+        masks.push(0);
+        masks.push(u32::MAX);
+        for m in masks {
+            let (by_rank, walked) = densified(m);
+            assert_eq!(by_rank, walked, "fill mask {m:#010x}");
+        }
+    }
+
+    #[test]
+    fn some_bins_probe_sequences_miss_bins() {
+        // The fallback after the probe sequence is reachable: some bin's 64
+        // attempts never look at some other bin, so the rank table has gaps.
+        assert!(PROBE_RANK.iter().flatten().any(|&r| r == PROBE_ATTEMPTS));
     }
 }
