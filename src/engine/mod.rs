@@ -2102,7 +2102,7 @@ impl Engine {
     /// that maintains outside ([`Engine::maintain_outside`]) to make with [`Engine::grow_index_ahead`], off its
     /// request threads. The growth itself runs on a request with the linker locked, every worker waiting: faulting
     /// in a large table's memory took up to half a second there (BENCHMARKS.md, "The index grows off the request
-    /// path"), and rehashing into a table already in memory is a fraction of that.
+    /// path"). Into a table made ready, the rehash is spread over the key touches that follow as well.
     pub fn index_growth_wanted(&self) -> Option<usize> {
         self.linker.lock().ok()?.spare_wanted()
     }

@@ -152,6 +152,61 @@ pub(super) struct Index {
     /// The key count when a spare was last given back unused ([`Index::release_stale_spare`]): none is asked for
     /// again until the keys have grown by 1/32 of the table from there.
     spare_declined_at: Option<usize>,
+    /// The table a growth into a ready spare left behind, with keys not yet moved into `slots`. Each touch moves
+    /// [`MIGRATE_STEP`] of its slots, in order, and the touched key if it is still here; every key is in exactly
+    /// one of the two tables.
+    pub(super) old: Option<Slots>,
+    /// Slots of `old` before this one are empty.
+    pub(super) drained: usize,
+}
+
+/// Where `key` is in `slots` (`Ok`), or the empty slot that ends its probe (`Err`).
+#[inline]
+pub(super) fn probe_in(slots: &[Slot], key: u64) -> Result<usize, usize> {
+    let mask = slots.len() - 1;
+    let mut i = key as usize & mask;
+    loop {
+        let k = slots[i].key;
+        if k == key {
+            return Ok(i);
+        }
+        if k == 0 {
+            return Err(i);
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/// Empties the slot at `i` and shifts the following run back over the hole, so that every key left is still
+/// found from its home; returns what the slot held.
+fn take_at(slots: &mut [Slot], i: usize) -> Slot {
+    let taken = std::mem::take(&mut slots[i]);
+    let mask = slots.len() - 1;
+    let mut hole = i;
+    let mut j = (i + 1) & mask;
+    loop {
+        let k = slots[j].key;
+        if k == 0 {
+            break;
+        }
+        let home = k as usize & mask;
+        if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+            slots.swap(hole, j);
+            hole = j;
+        }
+        j = (j + 1) & mask;
+    }
+    taken
+}
+
+/// Puts `s`, whose key `slots` does not hold, at the end of its key's probe.
+fn place(slots: &mut [Slot], s: Slot) {
+    let mask = slots.len() - 1;
+    let mut i = s.key as usize & mask;
+    while slots[i].key != 0 {
+        i = (i + 1) & mask;
+    }
+    slots[i] = s;
 }
 
 /// Where `account` is in `s`. In a full list (a hydra's key) the account is usually not there, having been pushed
@@ -187,6 +242,8 @@ impl Index {
             evicted_age: 0,
             spare: None,
             spare_declined_at: None,
+            old: None,
+            drained: 0,
         }
     }
 
@@ -195,20 +252,11 @@ impl Index {
         self.slots.len() - 1
     }
 
+    /// Where `key` is in the table (`Ok`), or where it would go (`Err`). A key still in the table a growth left
+    /// behind is not seen here.
     #[inline]
     pub(super) fn probe(&self, key: u64) -> Result<usize, usize> {
-        let mask = self.mask();
-        let mut i = key as usize & mask;
-        loop {
-            let k = self.slots[i].key;
-            if k == key {
-                return Ok(i);
-            }
-            if k == 0 {
-                return Err(i);
-            }
-            i = (i + 1) & mask;
-        }
+        probe_in(&self.slots, key)
     }
 
     /// Touches the home slot of every key, and the next one (which may sit on the next cache line), so that their
@@ -225,22 +273,74 @@ impl Index {
 
     /// Records `t.account` under `key` and adds the other accounts seen within `t.window` to `out`, newest first.
     pub(super) fn touch(&mut self, key: u64, t: &Touch, out: &mut Found) {
+        if self.old.is_some() {
+            self.migrate(MIGRATE_STEP);
+        }
         match self.probe(key) {
             Ok(i) => self.update(i, t, out),
-            Err(_) => self.insert_new(key, t),
+            Err(i) => match self.take_old(key) {
+                // Moved to the end of its probe in the new table, where `probe` found room.
+                Some(s) => {
+                    self.slots[i] = s;
+                    self.update(i, t, out);
+                }
+                None => self.insert_new(key, t),
+            },
         }
+    }
+
+    /// Moves the next `steps` slots of the table a growth left behind into the current one (empty ones count as
+    /// steps too), and drops it once it is empty.
+    fn migrate(&mut self, steps: usize) {
+        let Index {
+            slots,
+            old,
+            drained,
+            ..
+        } = self;
+        let Some(from) = old.as_mut() else {
+            return;
+        };
+        for _ in 0..steps {
+            let Some(s) = from.get(*drained) else {
+                *old = None;
+                *drained = 0;
+                return;
+            };
+            if s.key != 0 {
+                place(slots, take_at(from, *drained));
+            }
+            // The shift may have brought a later key into this slot: it is looked at again.
+            if from.get(*drained).is_some_and(|s| s.key == 0) {
+                *drained += 1;
+            }
+        }
+    }
+
+    /// Moves whatever is left of the table a growth left behind (before a growth or a full sweep).
+    fn finish_migration(&mut self) {
+        while self.old.is_some() {
+            self.migrate(usize::MAX);
+        }
+    }
+
+    /// Takes `key`'s slot out of the table a growth left behind, if it is there.
+    fn take_old(&mut self, key: u64) -> Option<Slot> {
+        let old = self.old.as_mut()?;
+        let i = probe_in(old, key).ok()?;
+        Some(take_at(old, i))
     }
 
     fn insert_new(&mut self, key: u64, t: &Touch) {
         let full = |ix: &Index| ix.len >= t.max_values || ix.entries >= t.max_entries;
-        if full(self) {
+        if full(self) && self.old.is_none() {
             self.evict_near(key as usize & self.mask(), t.now, t.max_window);
         }
         while full(self) && self.len > 0 {
             self.evict_one(t.now, t.max_window);
         }
         if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.resize(self.slots.len() * 2);
+            self.grow();
         }
         let i = match self.probe(key) {
             Ok(i) | Err(i) => i,
@@ -336,27 +436,15 @@ impl Index {
 
     /// Frees the slot at `i` (its entries with it) and shifts the following run back over the hole.
     fn remove_at(&mut self, i: usize) {
-        let spill = self.slots[i].spill;
-        let n = 1 + spill.len();
-        self.spills.free(spill);
-        self.slots[i] = Slot::default();
+        let s = take_at(&mut self.slots, i);
+        self.forget(s);
+    }
+
+    /// Counts out a slot taken from a table, and frees its entries.
+    fn forget(&mut self, s: Slot) {
+        self.spills.free(s.spill);
         self.len -= 1;
-        self.entries -= n;
-        let mask = self.mask();
-        let mut hole = i;
-        let mut j = (i + 1) & mask;
-        loop {
-            let k = self.slots[j].key;
-            if k == 0 {
-                break;
-            }
-            let home = k as usize & mask;
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.slots.swap(hole, j);
-                hole = j;
-            }
-            j = (j + 1) & mask;
-        }
+        self.entries -= 1 + s.spill.len();
     }
 
     /// Evicts the least recently used of the occupied slots among the `NEAR_SAMPLE` from `home` (the insertion
@@ -393,9 +481,11 @@ impl Index {
         }
     }
 
-    /// Evicts the least recently used of a few sampled slots.
+    /// Evicts the least recently used of a few sampled slots. While a growth's old table is being drained, its next
+    /// key goes instead: no key left there has been touched since the growth, and every key in the new table has
+    /// been touched or moved since.
     pub(super) fn evict_one(&mut self, now: Nanos, max_window: Nanos) {
-        if self.len == 0 {
+        if self.len == 0 || self.evict_old(now, max_window) {
             return;
         }
         let mask = self.mask();
@@ -422,6 +512,30 @@ impl Index {
         }
     }
 
+    /// Evicts the next key of the table a growth left behind; false when there is none left.
+    fn evict_old(&mut self, now: Nanos, max_window: Nanos) -> bool {
+        loop {
+            let Some(old) = self.old.as_mut() else {
+                return false;
+            };
+            match old.get(self.drained) {
+                None => {
+                    self.old = None;
+                    self.drained = 0;
+                    return false;
+                }
+                Some(s) if s.key == 0 => self.drained += 1,
+                Some(s) => {
+                    let newest = s.first.seen;
+                    let s = take_at(old, self.drained);
+                    self.count_eviction(now, newest, max_window);
+                    self.forget(s);
+                    return true;
+                }
+            }
+        }
+    }
+
     /// Drops a few slots whose entries have all expired.
     pub(super) fn sweep_step(&mut self, now: Nanos, max_window: Nanos) {
         for _ in 0..SWEEP_STEP {
@@ -438,6 +552,7 @@ impl Index {
 
     /// Drops every expired entry and slot, then shrinks a sparse table and releases idle spill lists.
     pub(super) fn sweep_full(&mut self, now: Nanos, max_window: Nanos) {
+        self.finish_migration();
         let mut i = 0;
         while i < self.slots.len() {
             let s = self.slots[i];
@@ -469,6 +584,14 @@ impl Index {
         self.spills.compact(&mut self.slots);
     }
 
+    /// Gives back the spill arena's freed room ([`Spills::compact`]); not while a growth's old table still holds
+    /// keys (the next compaction does it).
+    pub(super) fn compact_spills(&mut self) {
+        if self.old.is_none() {
+            self.spills.compact(&mut self.slots);
+        }
+    }
+
     /// The length of the table the next growth needs, when that growth is near (the table more than
     /// [`SPARE_LOAD`] full), possible (`max_values` keys would need it) and large enough to be mapped, and no
     /// spare is ready for it: for an owner to make ([`SpareTable::prepare`]) off the request path and hand over
@@ -482,7 +605,8 @@ impl Index {
         let declined = self
             .spare_declined_at
             .is_some_and(|at| self.len < at + slots / 32);
-        (near && possible && mapped && !ready && !declined).then_some(next)
+        let migrating = self.old.is_some();
+        (near && possible && mapped && !ready && !declined && !migrating).then_some(next)
     }
 
     /// Keeps `spare` for the next growth if it is of the size that growth needs (it may have been made for a
@@ -506,39 +630,52 @@ impl Index {
         }
     }
 
-    fn resize(&mut self, new_len: usize) {
-        self.spare_declined_at = None;
-        let table = match self.spare.take() {
-            Some((s, _)) if s.len() == new_len => s,
-            _ => Slots::new(new_len),
-        };
-        let old = std::mem::replace(&mut self.slots, table);
-        let mask = new_len - 1;
-        for &s in old.iter() {
-            if s.key != 0 {
-                let mut i = s.key as usize & mask;
-                while self.slots[i].key != 0 {
-                    i = (i + 1) & mask;
-                }
-                self.slots[i] = s;
+    /// Doubles the table. Into a spare made ready ahead, the keys move over the touches that follow
+    /// ([`Index::touch`]), so that no one request pays for the whole rehash (tens of milliseconds for millions of
+    /// keys, with the linker locked); otherwise all at once.
+    fn grow(&mut self) {
+        self.finish_migration();
+        let new_len = self.slots.len() * 2;
+        match self.spare.take() {
+            Some((table, _)) if table.len() == new_len => {
+                self.spare_declined_at = None;
+                self.old = Some(std::mem::replace(&mut self.slots, table));
+                self.drained = 0;
+                self.hand &= new_len - 1;
+                self.sweep &= new_len - 1;
             }
+            _ => self.resize(new_len),
         }
-        self.hand &= mask;
-        self.sweep &= mask;
     }
 
-    /// The bytes of the table and of the spare made ready for its growth that are in mappings of their own (the
-    /// heap's are counted by the allocator).
+    /// Moves every key into a new table of `new_len` slots at once.
+    fn resize(&mut self, new_len: usize) {
+        self.spare_declined_at = None;
+        let old = std::mem::replace(&mut self.slots, Slots::new(new_len));
+        for &s in old.iter() {
+            if s.key != 0 {
+                place(&mut self.slots, s);
+            }
+        }
+        self.hand &= new_len - 1;
+        self.sweep &= new_len - 1;
+    }
+
+    /// The bytes of the table, of the spare made ready for its growth and of the table a growth left behind that
+    /// are in mappings of their own (the heap's are counted by the allocator).
     pub(super) fn mapped_bytes(&self) -> usize {
         let mapped = |s: &Slots| match s {
             Slots::Heap(_) => 0,
             Slots::Mapped(m) => m.len(),
         };
-        mapped(&self.slots) + self.spare.as_ref().map_or(0, |s| mapped(&s.0))
+        mapped(&self.slots)
+            + self.spare.as_ref().map_or(0, |s| mapped(&s.0))
+            + self.old.as_ref().map_or(0, mapped)
     }
 
     pub(super) fn bytes(&self) -> usize {
         let spare = self.spare.as_ref().map_or(0, |s| s.0.len());
-        (self.slots.len() + spare) * size_of::<Slot>() + self.spills.bytes()
+        let old = self.old.as_ref().map_or(0, |s| s.len());
+        (self.slots.len() + spare + old) * size_of::<Slot>() + self.spills.bytes()
     }
 }

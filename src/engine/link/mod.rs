@@ -44,6 +44,10 @@ const MIN_TABLE: usize = 1024;
 /// Load (a fraction: numerator, denominator) past which the table's next size is asked for ahead of its growth at
 /// 3/4 ([`Linker::spare_wanted`]): the keys between are time for the owner to make it.
 const SPARE_LOAD: (usize, usize) = (9, 16);
+/// Slots of the table left behind by a growth into a ready spare that each key touch moves into the new table
+/// ([`Index::touch`]): the growth's rehash spread over the touches that follow it. Eight a touch drain a table of
+/// `n` slots within `n / 8` touches, long before the new one (twice the size, then 3/8 full) needs to grow again.
+const MIGRATE_STEP: usize = 8;
 /// A spare table unused this long (engine time) is given back ([`Linker::compact`]).
 const SPARE_KEEP: Nanos = 600 * 1_000_000_000;
 /// Union-find forests keep at least this much capacity when cleared.

@@ -227,12 +227,24 @@ fn check_index(index: &Index) {
     for &id in free_long {
         long_owners[id as usize] += 1;
     }
-    for (i, s) in index.slots.iter().enumerate() {
+    // Every key is in one of the two tables while a growth's old table is drained, found from its home there.
+    let old = index.old.as_deref().unwrap_or_default();
+    assert!(old.iter().take(index.drained).all(|s| s.key == 0));
+    let tables = [(&index.slots[..], true), (old, false)];
+    for (i, s, current) in tables
+        .iter()
+        .flat_map(|&(t, current)| t.iter().enumerate().map(move |(i, s)| (i, s, current)))
+    {
         if s.key == 0 {
             assert!(!s.spill.is_some());
             continue;
         }
-        assert_eq!(index.probe(s.key), Ok(i));
+        if current {
+            assert_eq!(index.probe(s.key), Ok(i));
+        } else {
+            assert_eq!(probe_in(old, s.key), Ok(i));
+            assert!(index.probe(s.key).is_err(), "a key in both tables");
+        }
         len += 1;
         entries += 1;
         if s.spill.is_some() {
@@ -709,6 +721,19 @@ fn the_index_grows_into_a_table_made_ready_ahead() {
         (p.values, p.entries, p.accounts, p.clusters),
         (a.values, a.entries, a.accounts, a.clusters)
     );
+    // The keys of the table it grew from are still moving over (8 slots a touch), which holds its memory till then.
+    assert!(ahead.index.old.is_some());
+    assert_eq!(
+        (p.mapped_bytes, a.mapped_bytes),
+        (len * 32, len * 32 * 3 / 2)
+    );
+    let later = EPOCH + 13_000 * SEC / 100;
+    plain.maintain(later);
+    ahead.maintain(later);
+    assert!(ahead.index.old.is_none(), "a full sweep moves the rest");
+    check_index(&ahead.index);
+    let (p, a) = (plain.stats(), ahead.stats());
+    assert_eq!((p.values, p.entries), (a.values, a.entries));
     assert_eq!((p.mapped_bytes, a.mapped_bytes), (len * 32, len * 32));
 
     // A table that `max_values` keeps from growing again asks for nothing, however full it is.
@@ -730,6 +755,98 @@ fn the_index_grows_into_a_table_made_ready_ahead() {
     }
     assert_eq!(capped.index.slots.len(), 1 << 17);
     assert!(capped.index.len * 16 > capped.index.slots.len() * 9);
+}
+
+/// A growth into a ready table moves its keys over the touches that follow (a few slots each, and a touched key at
+/// once): while both tables hold keys, every touch finds what the same touch finds in an index that grew all at
+/// once. At `max_values` during the move, the old table's keys, untouched since the growth, are evicted first.
+#[test]
+fn a_growth_into_a_ready_table_moves_its_keys_over_the_touches_that_follow() {
+    let touch = |account: u64, now: Nanos, max_values: usize| Touch {
+        account,
+        now,
+        window: GEN,
+        max_window: 6 * GEN,
+        per_value: 8,
+        max_values,
+        max_entries: 1 << 24,
+    };
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut plain, mut ahead) = (Index::new(), Index::new());
+    let mut found = (
+        Found {
+            limit: 64,
+            ..Found::default()
+        },
+        Found {
+            limit: 64,
+            ..Found::default()
+        },
+    );
+    let (mut growths, mut touches_while_moving, mut old_hits) = (0, 0, 0);
+    for step in 0..300_000u64 {
+        // Keys from a range that widens: old keys come back, some of them still in the old table.
+        let key = splitmix(rng.gen_range(0..1 + step * 2 / 3)) | 1;
+        let (account, now) = (rng.gen_range(0..40u64), EPOCH + step * SEC / 1000);
+        found.0.items.clear();
+        found.1.items.clear();
+        let in_old = ahead
+            .old
+            .as_deref()
+            .is_some_and(|o| probe_in(o, key).is_ok());
+        plain.touch(key, &touch(account, now, 1 << 22), &mut found.0);
+        ahead.touch(key, &touch(account, now, 1 << 22), &mut found.1);
+        assert_eq!(found.0.items, found.1.items, "step {step}");
+        old_hits += usize::from(in_old);
+        touches_while_moving += usize::from(ahead.old.is_some());
+        if let Some(len) = ahead.spare_wanted(1 << 22) {
+            ahead.give_spare(SpareTable::prepare(len), now);
+            growths += 1;
+        }
+        if step % 25_000 == 0 || (ahead.old.is_some() && step % 2_000 == 0) {
+            check_index(&ahead);
+        }
+    }
+    assert_eq!(growths, 2, "into 2^17 and 2^18 slots");
+    assert!(
+        touches_while_moving > 10_000 && old_hits > 100,
+        "{touches_while_moving} {old_hits}"
+    );
+    assert!(ahead.old.is_none());
+    assert_eq!((plain.len, plain.entries), (ahead.len, ahead.entries));
+    check_index(&ahead);
+
+    // `max_values` just past the growth: the cap is reached while the old table still holds most keys.
+    let mut capped = Index::new();
+    let (mut grown_at, mut moved_at) = (None, None);
+    for k in 0..120_000u64 {
+        let now = EPOCH + k * SEC / 1000;
+        let was_moving = capped.old.is_some();
+        capped.touch(splitmix(k) | 1, &touch(k, now, 100_000), &mut found.0);
+        assert!(capped.len <= 100_000);
+        if !was_moving && capped.old.is_some() {
+            grown_at = Some(k);
+        }
+        if was_moving && capped.old.is_none() && k > 100_000 {
+            moved_at = Some(k);
+            // Every eviction so far took an old key: each key inserted since the growth is still held.
+            let from = grown_at.unwrap();
+            assert!((from..=k).all(|k| capped.probe(splitmix(k) | 1).is_ok()));
+            assert!(capped.evicted_total > 1_000, "{}", capped.evicted_total);
+        }
+        if let Some(len) = capped.spare_wanted(100_000) {
+            capped.give_spare(SpareTable::prepare(len), now);
+        }
+        if k % 10_000 == 0 {
+            check_index(&capped);
+        }
+    }
+    assert!(
+        grown_at.is_some() && moved_at.is_some(),
+        "{grown_at:?} {moved_at:?}"
+    );
+    assert_eq!(capped.len, 100_000);
+    check_index(&capped);
 }
 
 /// Keys that hold steady between the load that asks for the next table and the growth would keep a table twice

@@ -389,7 +389,7 @@ impl Linker {
     /// leave blocks that only new short lists would reuse. [`Linker::maintain`] does it too. A spare table given
     /// ten minutes ago and still unused goes too; none is asked for again until the keys grow by 1/32 of the table.
     pub fn compact(&mut self) {
-        self.index.spills.compact(&mut self.index.slots);
+        self.index.compact_spills();
         self.index.release_stale_spare(self.last_now);
     }
 
