@@ -59,3 +59,10 @@ function request()
   return wrk.format("POST", "/v1/messages", headers, body)
 end
 
+
+-- The tail past p99, where a stall of the whole proxy (every connection's request waiting at once) shows: one
+-- line for caps.py to read.
+function done(summary, latency, requests)
+  io.write(string.format("CAPS-TAIL p999_us=%d p9999_us=%d p99999_us=%d\n",
+    latency:percentile(99.9), latency:percentile(99.99), latency:percentile(99.999)))
+end

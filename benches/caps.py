@@ -5,7 +5,10 @@ shipped caps on accounts and on the link index, driven by wrk through
 key, its own informative prompt, a client address from x-forwarded-for behind
 a trusted front on loopback). Samples the proxy's resident memory (VmRSS, and
 VmHWM, its peak) and the engine's gauges every few seconds, and prints one
-line per sample and one per round. What a deployment's memory limit must hold
+line per sample and one per round; the round's line gives wrk's latency
+percentiles up to p99.999, where a stall of the whole proxy (every
+connection's request waiting on one lock) shows better than in the one
+slowest request. What a deployment's memory limit must hold
 (deploy/kubernetes/deployment.yaml) comes from this, not from the engine
 bench alone.
 
@@ -50,6 +53,11 @@ def status_kb(pid, field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def ms(us):
+    """wrk's microseconds as milliseconds, or '?' when the line was missing."""
+    return f"{int(us) / 1000:.2f}ms" if us is not None else "?"
 
 
 def raised_budgets():
@@ -169,6 +177,7 @@ mode = "shadow"
             errs = re.search(r"Socket errors: (.*)", out)
             lat = dict(re.findall(r"\b(50|99)%\s+(\S+)", out))
             worst = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out, re.M)
+            tail = dict(re.findall(r"\b(p9+)_us=(\d+)", out))
             text = asyncio.run(http_get("127.0.0.1", admin, "/metrics"))
             decisions = {
                 d: int(float(v))
@@ -187,7 +196,9 @@ mode = "shadow"
                 f"non-2xx {non2xx.group(1) if non2xx else 0}; "
                 f"socket errors: {errs.group(1) if errs else 'none'}; "
                 f"rss {row['rss_mb']} MB, peak {row['hwm_mb']} MB, tracked {row['tracked']}; "
-                f"latency p50 {lat.get('50')}, p99 {lat.get('99')}, max {worst.group(1) if worst else '?'}",
+                f"latency p50 {lat.get('50')}, p99 {lat.get('99')}, "
+                f"p99.9 / p99.99 / p99.999 {' / '.join(ms(tail.get(k)) for k in ('p999', 'p9999', 'p99999'))}, "
+                f"max {worst.group(1) if worst else '?'}",
                 flush=True,
             )
             print(f"round {r + 1} decisions so far: {json.dumps(decisions)}", flush=True)
