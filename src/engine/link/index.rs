@@ -319,9 +319,8 @@ impl Index {
 
     /// Moves whatever is left of the table a growth left behind (before a growth or a full sweep).
     fn finish_migration(&mut self) {
-        while self.old.is_some() {
-            self.migrate(usize::MAX);
-        }
+        // No step limit: it returns once the old table is empty and dropped.
+        self.migrate(usize::MAX);
     }
 
     /// Takes `key`'s slot out of the table a growth left behind, if it is there.
