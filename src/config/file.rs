@@ -486,7 +486,9 @@ pub struct FileCluster {
     pub budget_min_level: String,
     /// Smallest cluster that shares a budget.
     pub min_members: u32,
-    /// Links expire by generation: one to two of these.
+    /// Links expire by generation: one to two of these. No shorter than the
+    /// longest rule window, or a link found across that window expires before
+    /// the slower account sends again (docs/link.md).
     pub generation_ms: u64,
     /// Accounts remembered per attribute value (1 to 65536).
     #[schemars(range(min = 1, max = 65536))]
@@ -565,7 +567,7 @@ impl Default for FileCluster {
             score_min_strength: "medium".into(),
             budget_min_level: "allow".into(),
             min_members: 3,
-            generation_ms: 600_000,
+            generation_ms: 3_600_000,
             max_accounts_per_value: 64,
             max_index_values: 1 << 22,
             max_index_entries: 1 << 24,

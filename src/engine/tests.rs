@@ -774,10 +774,10 @@ mod clusters {
         }
         let c = sim.engine.cluster_of(AccountId(1)).expect("clustered");
         assert!(c.members >= 25);
-        // Silence for longer than the link windows (an hour) and so for more
-        // than three generations (30 minutes); one lone request from an
-        // unrelated account drives the engine's clock.
-        let later = start + 70 * 60 * SECOND;
+        // Silence for longer than two generations (an hour each, as long as
+        // the link windows); one lone request from an unrelated account
+        // drives the engine's clock.
+        let later = start + 130 * 60 * SECOND;
         let mut lone = obs(&mut rng, 99_999);
         lone.attrs = ObservedAttrs::default();
         sim.send(&lone, later);
