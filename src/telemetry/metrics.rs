@@ -1024,6 +1024,13 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
         );
         register(
             &mut r,
+            "distill_guard_links_refused",
+            "Links refused because cluster.max_linked_accounts accounts are held in clusters: above zero, \
+             campaigns seen now cannot be linked; raise the cap (links last one to two cluster.generation_ms).",
+            ConstCounter::new(l.links_dropped_total),
+        );
+        register(
+            &mut r,
             "distill_guard_link_single_band_held",
             "Links on one prompt band alone held back until one of the two accounts has met a second partner so \
              (cluster.single_band_contacts).",
