@@ -757,6 +757,18 @@ pub struct FileDetection {
     /// Distinct accounts a network pool must have seen (over the current
     /// and the previous half-life) before its score counts.
     pub network_pool_min_members: u32,
+    /// `max_tokens` at or above this fraction of the model's output ceiling
+    /// counts as pinned (the pinned_max_tokens signal), in (0, 1].
+    pub pinned_fraction: f32,
+    /// Output-token ceiling of models that neither a
+    /// `[[detection.model_ceiling]]` nor the built-in table names.
+    pub default_model_ceiling: u32,
+    /// Output-token ceilings by model-name prefix
+    /// (`[[detection.model_ceiling]]`), added to the built-in table of
+    /// Anthropic and OpenAI models; an entry replaces a built-in one of the
+    /// same prefix, and the longest matching prefix wins.
+    #[serde(rename = "model_ceiling")]
+    pub model_ceilings: Vec<FileModelCeiling>,
     /// Slow: a delay before forwarding and a lower concurrency cap for the
     /// account.
     pub slow: FileSlow,
@@ -785,6 +797,9 @@ impl Default for FileDetection {
             cohort_min_requests: 2,
             network_pool_min_raw: 2.0,
             network_pool_min_members: 4,
+            pinned_fraction: 0.95,
+            default_model_ceiling: 8_192,
+            model_ceilings: Vec::new(),
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),
             thresholds: FileThresholds::default(),
@@ -962,6 +977,16 @@ impl Default for FileBlock {
             cluster_after_degrade_ms: 0,
         }
     }
+}
+
+/// One `[[detection.model_ceiling]]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileModelCeiling {
+    /// Model-name prefix, e.g. "claude-opus-5".
+    pub prefix: String,
+    /// The most output tokens the model returns for one request.
+    pub max_output_tokens: u32,
 }
 
 /// One `[[detection.new_model]]`.

@@ -1803,8 +1803,43 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
     let mut score = ScorePolicy {
         half_life,
         onset_half_life: nanos(Duration::from_millis(f.onset_half_life_ms)),
+        pinned_fraction: f.pinned_fraction,
+        default_ceiling: f.default_model_ceiling,
         ..ScorePolicy::default()
     };
+    if f.default_model_ceiling == 0 {
+        return Err(invalid(
+            "detection.default_model_ceiling",
+            "expected a count above 0",
+        ));
+    }
+    for (i, c) in f.model_ceilings.iter().enumerate() {
+        if c.prefix.is_empty() {
+            return Err(invalid(
+                format!("detection.model_ceiling[{i}].prefix"),
+                "expected a non-empty model-name prefix",
+            ));
+        }
+        if c.max_output_tokens == 0 {
+            return Err(invalid(
+                format!("detection.model_ceiling[{i}].max_output_tokens"),
+                "expected a count above 0",
+            ));
+        }
+        if f.model_ceilings[..i].iter().any(|o| o.prefix == c.prefix) {
+            return Err(invalid(
+                format!("detection.model_ceiling[{i}].prefix"),
+                format!(
+                    "expected each prefix once; \"{}\" is listed before",
+                    c.prefix
+                ),
+            ));
+        }
+        score.model_ceilings.retain(|(p, _)| *p != c.prefix);
+        score
+            .model_ceilings
+            .push((c.prefix.clone(), c.max_output_tokens));
+    }
     for (name, w) in &f.weights {
         let Some(sig) = Signal::ALL.into_iter().find(|s| s.as_str() == name) else {
             return Err(invalid(

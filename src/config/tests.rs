@@ -156,6 +156,67 @@ fn bad_values_are_rejected() {
 }
 
 #[test]
+fn model_ceilings_extend_and_replace_the_built_in_table() {
+    let c = parse_str(&format!(
+        "{MINIMAL}[detection]\npinned_fraction = 0.5\ndefault_model_ceiling = 4096\n\
+         [[detection.model_ceiling]]\nprefix = \"claude-opus-5\"\nmax_output_tokens = 128000\n\
+         [[detection.model_ceiling]]\nprefix = \"claude-opus-4\"\nmax_output_tokens = 48000\n"
+    ))
+    .unwrap();
+    let s = &c.detection.policy.score;
+    assert_eq!(s.pinned_fraction, 0.5);
+    assert_eq!(s.ceiling(Some("claude-opus-5-20270101")), 128_000);
+    // Replaces the built-in entry of the same prefix...
+    assert_eq!(s.ceiling(Some("claude-opus-4-1")), 48_000);
+    assert_eq!(
+        s.model_ceilings
+            .iter()
+            .filter(|(p, _)| p == "claude-opus-4")
+            .count(),
+        1
+    );
+    // ... and leaves the longer built-in prefix alone.
+    assert_eq!(s.ceiling(Some("claude-opus-4-5")), 64_000);
+    assert_eq!(s.ceiling(Some("some-new-model")), 4096);
+    assert_eq!(s.ceiling(None), 4096);
+    // Without the section: the built-in table and marks.
+    let d = parse_str(MINIMAL).unwrap();
+    assert_eq!(d.detection.policy.score.pinned_fraction, 0.95);
+    assert_eq!(
+        d.detection.policy.score.ceiling(Some("some-new-model")),
+        8192
+    );
+    assert_eq!(
+        d.detection.policy.score.model_ceilings,
+        crate::engine::score::ScorePolicy::default().model_ceilings
+    );
+    for (bad, key) in [
+        ("pinned_fraction = 0.0", "detection.pinned_fraction"),
+        ("pinned_fraction = 1.5", "detection.pinned_fraction"),
+        (
+            "default_model_ceiling = 0",
+            "detection.default_model_ceiling",
+        ),
+        (
+            "[[detection.model_ceiling]]\nprefix = \"\"\nmax_output_tokens = 10",
+            "detection.model_ceiling[0].prefix",
+        ),
+        (
+            "[[detection.model_ceiling]]\nprefix = \"m\"\nmax_output_tokens = 0",
+            "detection.model_ceiling[0].max_output_tokens",
+        ),
+        (
+            "[[detection.model_ceiling]]\nprefix = \"m\"\nmax_output_tokens = 5\n\
+             [[detection.model_ceiling]]\nprefix = \"m\"\nmax_output_tokens = 6",
+            "detection.model_ceiling[1].prefix",
+        ),
+    ] {
+        let e = parse_str(&format!("{MINIMAL}[detection]\n{bad}\n")).unwrap_err();
+        assert_eq!(e.key, key, "{bad}: {e}");
+    }
+}
+
+#[test]
 fn missing_file_is_an_error() {
     let e = load(Path::new("/nonexistent/distill-guard.toml")).unwrap_err();
     assert!(e.to_string().contains("cannot read"), "{e}");
