@@ -565,7 +565,7 @@ impl Default for FileCluster {
             enabled: true,
             min_strength: "medium".into(),
             score_min_strength: "medium".into(),
-            budget_min_level: "allow".into(),
+            budget_min_level: "slow".into(),
             min_members: 3,
             generation_ms: 3_600_000,
             max_accounts_per_value: 64,

@@ -306,19 +306,19 @@ fn shipped_phrase_lists_match_the_built_in_ones() {
 }
 
 /// `[cluster] budget_min_level` takes a ladder level below block; the file
-/// default keeps budgets ungated.
+/// default gates budgets at slow, as the shipped config does.
 #[test]
 fn cluster_budget_gate_parses_and_rejects_unknown_levels() {
     use crate::engine::score::Level;
     assert_eq!(
         parse_str(MINIMAL).unwrap().cluster.policy.budget_min_level,
-        Level::Allow
+        Level::Slow
     );
     let c = parse_str(&format!(
-        "{MINIMAL}\n[cluster]\nbudget_min_level = \"slow\"\n"
+        "{MINIMAL}\n[cluster]\nbudget_min_level = \"allow\"\n"
     ))
     .unwrap();
-    assert_eq!(c.cluster.policy.budget_min_level, Level::Slow);
+    assert_eq!(c.cluster.policy.budget_min_level, Level::Allow);
     for bad in ["block", "sometimes"] {
         let e = parse_str(&format!(
             "{MINIMAL}\n[cluster]\nbudget_min_level = \"{bad}\"\n"
