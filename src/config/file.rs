@@ -786,6 +786,8 @@ pub struct FileDetection {
 
 impl Default for FileDetection {
     fn default() -> Self {
+        // The pinned mark and the default ceiling are the engine's own.
+        let score = crate::engine::score::ScorePolicy::default();
         Self {
             enabled: true,
             mode: "enforce".into(),
@@ -797,8 +799,8 @@ impl Default for FileDetection {
             cohort_min_requests: 2,
             network_pool_min_raw: 2.0,
             network_pool_min_members: 4,
-            pinned_fraction: 0.95,
-            default_model_ceiling: 8_192,
+            pinned_fraction: score.pinned_fraction,
+            default_model_ceiling: score.default_ceiling,
             model_ceilings: Vec::new(),
             phrase_lists: Vec::new(),
             weights: std::collections::BTreeMap::new(),
