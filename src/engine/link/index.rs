@@ -291,7 +291,7 @@ impl Index {
 
     /// Moves the next `steps` slots of the table a growth left behind into the current one (empty ones count as
     /// steps too), and drops it once it is empty.
-    fn migrate(&mut self, steps: usize) {
+    pub(super) fn migrate(&mut self, steps: usize) {
         let Index {
             slots,
             old,

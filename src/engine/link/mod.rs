@@ -39,6 +39,9 @@ const NEAR_SAMPLE: usize = 4;
 /// An account already linked skips gathering candidates for at most its shortest rule window (or the generation)
 /// divided by this (docs/link.md, "Accounts already linked").
 const REFRESH_DIVISOR: Nanos = 32;
+/// Within its `refresh`, such an account records itself under its keys at most once per `refresh` divided by this
+/// (docs/link.md, "Accounts already linked").
+const RECORD_DIVISOR: Nanos = 8;
 /// Smallest index table (slots).
 const MIN_TABLE: usize = 1024;
 /// Load (a fraction: numerator, denominator) past which the table's next size is asked for ahead of its growth at

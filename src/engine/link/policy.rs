@@ -471,6 +471,8 @@ pub(super) struct Compiled {
     /// How long an account already linked that found nothing new skips gathering candidates (docs/link.md,
     /// "Accounts already linked"); 0: never.
     pub(super) refresh: Nanos,
+    /// How long such an account, once it has recorded itself under its keys, skips recording them again; 0: never.
+    pub(super) record_every: Nanos,
 }
 
 impl Compiled {
@@ -509,8 +511,10 @@ impl Compiled {
             *flags.entry(flag_key(kind, value)).or_insert(0) |= DOWN;
         }
         let shortest = rules.iter().map(|r| r.window).min().unwrap_or(0);
+        let refresh = shortest.min(policy.generation) / REFRESH_DIVISOR;
         Compiled {
-            refresh: shortest.min(policy.generation) / REFRESH_DIVISOR,
+            refresh,
+            record_every: refresh / RECORD_DIVISOR,
             uses_prompt: rules.iter().any(|r| r.prompt),
             max_window: rules.iter().map(|r| r.window).max().unwrap_or(0),
             rules,

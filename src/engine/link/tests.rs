@@ -963,36 +963,56 @@ fn an_account_already_linked_skips_gathering_until_something_changes() {
     let shared = linker.shared_rules();
     assert_eq!(shared, 0b010);
     assert!(linker.settled.contains_key(&2));
-    // Within `refresh`: no gathering, the same answer, the same shared rules, and 2 is refreshed at the front of
-    // every key's list.
-    assert_eq!(linker.observe(2, &attrs(&p1), EPOCH + 3 * SEC), Some(x));
+    let first_of = |linker: &Linker, band: u64| {
+        let key = murmur3_combine(linker.compiled.rules[1].seed, band).max(1);
+        linker.index.slots[linker.index.probe(key).unwrap()].first
+    };
+    // Within `record_every` of that: no gathering and no recording, the same answer and shared rules; 2's entries
+    // stay as they were.
+    let record = linker.compiled.record_every;
+    assert!(record > 0 && record < refresh);
+    let t = EPOCH + 2 * SEC + record / 2;
+    assert_eq!(linker.observe(2, &attrs(&p1), t), Some(x));
     assert_eq!(linker.shared_rules(), shared);
     for &band in &p1 {
-        let key = murmur3_combine(linker.compiled.rules[1].seed, band).max(1);
-        let slot = linker.index.slots[linker.index.probe(key).unwrap()];
+        let at = EPOCH + 2 * SEC;
         assert_eq!(
-            slot.first,
+            first_of(&linker, band),
             Entry {
                 account: 2,
-                seen: EPOCH + 3 * SEC
+                seen: at
+            }
+        );
+    }
+    // Within `refresh`, after `record_every`: no gathering, the same answer and shared rules, and 2 is recorded at
+    // the front of every key's list.
+    let t = EPOCH + 2 * SEC + record;
+    assert_eq!(linker.observe(2, &attrs(&p1), t), Some(x));
+    assert_eq!(linker.shared_rules(), shared);
+    for &band in &p1 {
+        assert_eq!(
+            first_of(&linker, band),
+            Entry {
+                account: 2,
+                seen: t
             }
         );
     }
     // A newcomer links through its own request.
-    let v = linker.observe(3, &attrs(&p1), EPOCH + 4 * SEC).unwrap();
+    let v = linker.observe(3, &attrs(&p1), t + SEC).unwrap();
     assert_eq!((v.id, v.members), (x.id, 3));
     // Other keys: a full gathering, which links 2 to the accounts of the other template.
-    linker.observe(4, &attrs(&p2), EPOCH + 5 * SEC);
-    let v = linker.observe(2, &attrs(&p2), EPOCH + 6 * SEC).unwrap();
+    linker.observe(4, &attrs(&p2), t + 2 * SEC);
+    let v = linker.observe(2, &attrs(&p2), t + 3 * SEC).unwrap();
     assert_eq!((v.id, v.members), (x.id, 4));
     // After `refresh`, and after a rotation, it gathers again.
-    linker.observe(2, &attrs(&p2), EPOCH + 7 * SEC);
+    linker.observe(2, &attrs(&p2), t + 4 * SEC);
     assert!(linker.settled.contains_key(&2));
-    linker.observe(2, &attrs(&p2), EPOCH + 7 * SEC + refresh);
+    linker.observe(2, &attrs(&p2), t + 4 * SEC + refresh);
     assert!(linker
         .settled
         .get(&2)
-        .is_some_and(|s| s.at == EPOCH + 7 * SEC + refresh));
+        .is_some_and(|s| s.at == t + 4 * SEC + refresh));
     linker.observe(5, &attrs(&[900]), EPOCH + GEN);
     assert!(linker.settled.is_empty());
 }

@@ -49,6 +49,9 @@ pub struct Linker {
 pub(super) struct Settled {
     keys: u64,
     pub(super) at: Nanos,
+    /// When the account last recorded itself under these keys, and the rules shared then.
+    recorded: Nanos,
+    shared: u32,
 }
 
 /// What linking changed since it was last drained ([`Linker::changes`]): for whoever keeps state per cluster
@@ -157,13 +160,22 @@ impl Linker {
         if self.keys.is_empty() {
             return self.cluster_of(account);
         }
-        self.index.prefetch(&self.keys);
         let keys_hash = self.keys_hash();
         // An account already linked that found nothing new a moment ago, with the same keys, only records itself
-        // under its keys (docs/link.md, "Accounts already linked").
-        let gather = !self.settled.get(&account).is_some_and(|s| {
-            s.keys == keys_hash && now >= s.at && now - s.at < self.compiled.refresh
-        });
+        // under its keys, and not at all when it did so a moment ago (docs/link.md, "Accounts already linked").
+        let settled =
+            self.settled.get(&account).copied().filter(|s| {
+                s.keys == keys_hash && now >= s.at && now - s.at < self.compiled.refresh
+            });
+        if let Some(s) = settled {
+            if now >= s.recorded && now - s.recorded < self.compiled.record_every {
+                self.shared = s.shared;
+                self.index.migrate(MIGRATE_STEP * self.keys.len());
+                return self.cluster_of(account);
+            }
+        }
+        let gather = settled.is_none();
+        self.index.prefetch(&self.keys);
 
         let keys = std::mem::take(&mut self.keys);
         let mut found = std::mem::take(&mut self.found);
@@ -236,11 +248,16 @@ impl Linker {
                 let s = Settled {
                     keys: keys_hash,
                     at: now,
+                    recorded: now,
+                    shared: self.shared,
                 };
                 self.settled.insert(account, s);
             } else {
                 self.settled.remove(&account);
             }
+        } else if let Some(s) = self.settled.get_mut(&account) {
+            s.recorded = now;
+            s.shared = self.shared;
         }
         self.keys = keys;
         self.found = found;
