@@ -182,6 +182,75 @@ fn benches(c: &mut Criterion) {
             })
         },
     );
+    // The same, but the request's signature keys differ from the account's
+    // last request on every request (4 096 key sets of distinct 2 KB
+    // prompts, rotated): no request takes the linker's shortcuts for an
+    // account that sends the same prompt again (docs/link.md, "Accounts
+    // already linked"), so every one gathers candidates in full. The text
+    // scanned for phrases is the prompt above.
+    let vocabulary = [
+        "the",
+        "model",
+        "reason",
+        "about",
+        "a",
+        "distributed",
+        "system",
+        "with",
+        "latency",
+        "budget",
+        "cache",
+        "queue",
+        "shard",
+        "replica",
+        "leader",
+        "quorum",
+        "clock",
+        "drift",
+        "write",
+        "read",
+    ];
+    let key_sets: Vec<[u64; INDEX_KEYS]> = (0..4096u64)
+        .map(|k| {
+            let mut out = String::from(
+                "Imagine and articulate the internal reasoning behind the completed response below. ",
+            );
+            let mut x = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            while out.len() < 2048 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                out.push_str(vocabulary[(x % vocabulary.len() as u64) as usize]);
+                out.push(' ');
+            }
+            signature::signature(&out).index_keys()
+        })
+        .collect();
+    let mut turn = 0usize;
+    g.bench_function(
+        "decide+settle with detection, 2 KB prompt, keys new on every request",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % detect_sample.len();
+                turn = (turn + 1) % key_sets.len();
+                now += 1000;
+                let o = &mut detect_sample[i];
+                o.attrs.prompt = Some(key_sets[turn]);
+                o.request.phrase_hits = matcher.scan(black_box(&p2k_prompt));
+                let d = engine.decide(black_box(&*o), now);
+                if let Some(t) = d.verdict.into_ticket() {
+                    engine.settle(
+                        &t,
+                        Usage {
+                            input_tokens: Some(500),
+                            output_tokens: 200,
+                        },
+                        now,
+                    );
+                }
+            })
+        },
+    );
     let p2k: String = {
         let words = [
             "the",
