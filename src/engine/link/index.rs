@@ -271,6 +271,21 @@ impl Index {
         std::hint::black_box(acc);
     }
 
+    /// Touches the oldest and the newest entry of every key's list (a list lives apart from its slot, so reading it
+    /// is a cache miss of its own), once [`Index::prefetch`] has brought the slots in: the lists' misses overlap too.
+    pub(super) fn prefetch_lists(&self, keys: &[KeyJob]) {
+        let mut acc = 0u64;
+        for job in keys {
+            if let Ok(i) = self.probe(job.key) {
+                let list = self.spills.get(self.slots[i].spill);
+                if let (Some(a), Some(b)) = (list.first(), list.last()) {
+                    acc ^= a.seen ^ b.seen;
+                }
+            }
+        }
+        std::hint::black_box(acc);
+    }
+
     /// Records `t.account` under `key` and adds the other accounts seen within `t.window` to `out`, newest first.
     pub(super) fn touch(&mut self, key: u64, t: &Touch, out: &mut Found) {
         if self.old.is_some() {

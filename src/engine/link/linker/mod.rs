@@ -176,6 +176,7 @@ impl Linker {
         }
         let gather = settled.is_none();
         self.index.prefetch(&self.keys);
+        self.index.prefetch_lists(&self.keys);
 
         let keys = std::mem::take(&mut self.keys);
         let mut found = std::mem::take(&mut self.found);
