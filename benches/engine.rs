@@ -189,26 +189,9 @@ fn benches(c: &mut Criterion) {
     // already linked"), so every one gathers candidates in full. The text
     // scanned for phrases is the prompt above.
     let vocabulary = [
-        "the",
-        "model",
-        "reason",
-        "about",
-        "a",
-        "distributed",
-        "system",
-        "with",
-        "latency",
-        "budget",
-        "cache",
-        "queue",
-        "shard",
-        "replica",
-        "leader",
-        "quorum",
-        "clock",
-        "drift",
-        "write",
-        "read",
+        "cache", "queue", "shard", "replica", "leader", "quorum", "clock", "drift", "write",
+        "read", "lease", "epoch", "vote", "term", "log", "snapshot", "commit", "abort", "retry",
+        "timeout",
     ];
     let key_sets: Vec<[u64; INDEX_KEYS]> = (0..4096u64)
         .map(|k| {
