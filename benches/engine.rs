@@ -55,6 +55,22 @@ fn attrs(i: u64, keys: [u64; INDEX_KEYS]) -> ObservedAttrs {
     }
 }
 
+/// One request through the engine: its decision and, when it is admitted,
+/// its settlement with `input_tokens` and 200 output tokens.
+fn decide_settle(engine: &Engine, o: &Observation, input_tokens: u64, now: u64) {
+    let d = engine.decide(black_box(o), now);
+    if let Some(t) = d.verdict.into_ticket() {
+        engine.settle(
+            &t,
+            Usage {
+                input_tokens: Some(input_tokens),
+                output_tokens: 200,
+            },
+            now,
+        );
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let engine = Engine::new(policy());
     let mut now = 1000 * SECOND;
@@ -101,17 +117,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % sample.len();
                 now += 1000;
-                let d = engine.decide(black_box(&sample[i]), now);
-                if let Some(t) = d.verdict.into_ticket() {
-                    engine.settle(
-                        &t,
-                        Usage {
-                            input_tokens: Some(100),
-                            output_tokens: 200,
-                        },
-                        now,
-                    );
-                }
+                decide_settle(&engine, &sample[i], 100, now);
             })
         },
     );
@@ -168,17 +174,7 @@ fn benches(c: &mut Criterion) {
                 i = (i + 1) % detect_sample.len();
                 now += 1000;
                 detect_sample[i].request.phrase_hits = matcher.scan(black_box(&p2k_prompt));
-                let d = engine.decide(black_box(&detect_sample[i]), now);
-                if let Some(t) = d.verdict.into_ticket() {
-                    engine.settle(
-                        &t,
-                        Usage {
-                            input_tokens: Some(500),
-                            output_tokens: 200,
-                        },
-                        now,
-                    );
-                }
+                decide_settle(&engine, &detect_sample[i], 500, now);
             })
         },
     );
@@ -220,17 +216,7 @@ fn benches(c: &mut Criterion) {
                 let o = &mut detect_sample[i];
                 o.attrs.prompt = Some(key_sets[turn]);
                 o.request.phrase_hits = matcher.scan(black_box(&p2k_prompt));
-                let d = engine.decide(black_box(&*o), now);
-                if let Some(t) = d.verdict.into_ticket() {
-                    engine.settle(
-                        &t,
-                        Usage {
-                            input_tokens: Some(500),
-                            output_tokens: 200,
-                        },
-                        now,
-                    );
-                }
+                decide_settle(&engine, o, 500, now);
             })
         },
     );
