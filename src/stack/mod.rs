@@ -220,13 +220,16 @@ impl<S> Guard<S> {
         // 7. act: refuse, or (from here the ticket is settled exactly once,
         // whatever happens) restrict, degrade, slow.
         let ticket = act::admitted(&decision)?.clone();
-        let mut settlement = settle::Settlement::new(
+        // Boxed now, as the response body will hold it: the request's future
+        // holds it across the upstream call, and unboxed it would be copied
+        // with that future.
+        let mut settlement = Box::new(settle::Settlement::new(
             shared.clone(),
             (ticket, receipt),
             &inspected,
             &decision.verdict,
             record,
-        );
+        ));
         act::phase(
             shared,
             ctx.api,
@@ -260,11 +263,7 @@ impl<S> Guard<S> {
         headers::strip_hop_by_hop(&mut parts.headers);
         settlement.meter(ctx.api, &parts);
         settlement.start_stream();
-        let body = ResponseBody::upstream(
-            body,
-            config.upstream.idle_timeout,
-            Some(Box::new(settlement)),
-        );
+        let body = ResponseBody::upstream(body, config.upstream.idle_timeout, Some(settlement));
         Ok(Response::from_parts(parts, body))
     }
 }

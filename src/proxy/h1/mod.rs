@@ -271,7 +271,9 @@ impl Client {
             let reused = pooled.is_some();
             let mut io = match pooled {
                 Some(io) => io,
-                None => self.connect(&target).await?,
+                // Boxed: a new connection is seldom made, and unboxed its
+                // state (TCP and TLS setup) would be half of every request's.
+                None => Box::pin(self.connect(&target)).await?,
             };
             let result = match (&replay, body.take()) {
                 (Some(bytes), _) => write_full(&mut io, &head, bytes).await,
