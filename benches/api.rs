@@ -50,6 +50,11 @@ fn benches(c: &mut Criterion) {
     ))
     .expect("../shared/bench/fixtures beside the project");
     let events: Vec<&[u8]> = sse.split_inclusive(|b| *b == b'\n').collect();
+    let message = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/bench/fixtures/messages.json"
+    ))
+    .expect("../shared/bench/fixtures beside the project");
 
     let mut g = c.benchmark_group("api");
     g.bench_function("serde_json::Value parse (baseline)", |b| {
@@ -60,6 +65,14 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("estimate_tokens 2 KB", |b| {
         b.iter(|| estimate_tokens(black_box(&prompt)))
+    });
+    // A whole JSON response (peers.sh's `messages`): usage read from it as it passes.
+    g.bench_function("meter messages.json (one frame)", |b| {
+        b.iter(|| {
+            let mut m = UsageMeter::new(ApiKind::Anthropic, false);
+            m.feed(black_box(&message));
+            m.finish()
+        })
     });
     g.bench_function("meter stream.sse (20 events, one frame per line)", |b| {
         b.iter(|| {
