@@ -937,7 +937,7 @@ mod tests {
     /// Every request's future is built and then moved whole into its box
     /// (`ProxyService::call`), so its size is copied per request. The guard's
     /// was 5 840 bytes while it held the Redis path's state on the local
-    /// store and a connect's in every upstream call (BENCHMARKS.md, "A
+    /// store and the settlement across the upstream call (BENCHMARKS.md, "A
     /// request's future"); 3 080 since.
     #[tokio::test]
     async fn a_request_future_holds_no_state_it_seldom_needs() {
