@@ -4,10 +4,11 @@
 //! ([`redis`], `docs/distributed.md`).
 //!
 //! The seam is the budget admission: the engine decides everything else
-//! ([`Engine::assess`]), a [`BudgetStore`] answers the request's
-//! [`BudgetAsk`], and the engine concludes ([`Pending::conclude`]). The
-//! request path calls [`State::decide`] and [`State::settle`] and never
-//! knows which store answered.
+//! ([`Engine::assess`]), the request's [`BudgetAsk`] is answered by the
+//! engine's own cells in local mode ([`Engine::decide`], at once) or by a
+//! [`BudgetStore`] (Redis), and the engine concludes
+//! ([`Pending::conclude`]). The request path calls [`State::decide`] and
+//! [`State::settle`] and never knows which answered.
 
 pub mod breaker;
 pub mod manual_file;
@@ -64,23 +65,6 @@ pub enum Receipt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the shared state store is unavailable")]
 pub struct Unavailable;
-
-/// The engine's own cells: answered at once, in process.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalBudgets;
-
-impl BudgetStore for LocalBudgets {
-    fn admit(
-        &self,
-        engine: &Engine,
-        ask: &BudgetAsk,
-        now: Nanos,
-    ) -> impl Future<Output = Result<(Admission, Receipt), Unavailable>> + Send {
-        std::future::ready(Ok((engine.admit_local(ask, now), Receipt::Local)))
-    }
-
-    fn settle(&self, _: &Engine, _: &Ticket, _: Receipt, _: Usage) {}
-}
 
 /// Decide a request with its budgets in `store`; with `view`, on the
 /// shared view of clusters ([`Engine::assess_view`]) rather than linking
