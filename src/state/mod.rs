@@ -66,24 +66,6 @@ pub enum Receipt {
 #[error("the shared state store is unavailable")]
 pub struct Unavailable;
 
-/// Decide a request with its budgets in `store`; with `view`, on the
-/// shared view of clusters ([`Engine::assess_view`]) rather than linking
-/// and observing it here ([`Engine::assess`]).
-pub async fn decide_with<S: BudgetStore>(
-    store: &S,
-    engine: &Engine,
-    obs: &Observation,
-    now: Nanos,
-    view: bool,
-) -> Result<(Decision, Receipt), Unavailable> {
-    let assessment = if view {
-        engine.assess_view(obs, now)
-    } else {
-        engine.assess(obs, now)
-    };
-    conclude(store, engine, assessment, now).await
-}
-
 /// The budgets' half of a decision: what the engine admitted asks `store`.
 async fn conclude<S: BudgetStore>(
     store: &S,
@@ -132,7 +114,7 @@ async fn decide_shared(
     now: Nanos,
 ) -> Result<(Decision, Receipt), Unavailable> {
     let Some(stream) = r.stream() else {
-        return decide_with(r, engine, obs, now, false).await;
+        return conclude(r, engine, engine.assess(obs, now), now).await;
     };
     // On the shared view; or, while the stream is unavailable, linked here
     // alone and held to be appended when Redis returns (the view is then
