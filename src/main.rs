@@ -124,8 +124,10 @@ enum Command {
         /// report there). Runs --seeds of its seeds (default 32: fewer make
         /// the worst decile one unlucky draw) from its first, or after
         /// --skip, and prints each seed's figures, their median and worst
-        /// decile.
-        #[arg(long, value_enum, conflicts_with_all = ["scenario", "record", "seed"])]
+        /// decile. With --seed instead: that one drawn scenario, reported
+        /// as a scenario file's is, and --record writes its traffic (to
+        /// follow a seed's requests with `replay --decisions`).
+        #[arg(long, value_enum, conflicts_with = "scenario")]
         family: Option<distill_guard::simulate::family::Family>,
         /// With --family: each drawn scenario's length in minutes (the
         /// reported figures use the default).
@@ -155,7 +157,8 @@ enum Command {
         /// Report format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         report: ReportFormat,
-        /// Generate from this seed instead of the scenario's own.
+        /// Generate from this seed instead of the scenario's own (with
+        /// --family: the family's seed to draw, e.g. 1008).
         #[arg(long)]
         seed: Option<u64>,
         /// Run the scenario once per seed, from the scenario's seed (or
@@ -581,7 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let scenario = match (family, scenario) {
+            let s = match (family, scenario) {
                 (Some(f), _) => {
                     if !(scale > 0.0 && scale <= 10.0) {
                         eprintln!("--scale: expected more than 0 and at most 10");
@@ -591,25 +594,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         minutes,
                         accounts: scale,
                     };
-                    // clap bounds --skip to 0..=999 and --seeds to 1..=1000: never empty.
-                    let slice = f.seeds_from(skip, u64::from(seeds.unwrap_or(FAMILY_SEEDS)));
-                    return simulate_family(f, &slice, size, &c, &b, report);
+                    let Some(one) = seed else {
+                        if record.is_some() {
+                            eprintln!(
+                                "--record with --family: name the one seed to record (--seed)"
+                            );
+                            return Ok(ExitCode::FAILURE);
+                        }
+                        // clap bounds --skip to 0..=999 and --seeds to 1..=1000: never empty.
+                        let slice = f.seeds_from(skip, u64::from(seeds.unwrap_or(FAMILY_SEEDS)));
+                        return simulate_family(f, &slice, size, &c, &b, report);
+                    };
+                    if distill_guard::simulate::family::Family::of_seed(one) != Some(f) {
+                        eprintln!(
+                            "--seed {one}: not a seed of the {} family ({}-{})",
+                            f.as_str(),
+                            f.first_seed(),
+                            f.first_seed() + distill_guard::simulate::family::FAMILY_SIZE - 1
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    if seeds.is_some() || skip != 0 {
+                        eprintln!("--seed with --family runs that one seed: --seeds and --skip do not apply");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    distill_guard::simulate::family::draw(f, one, size).scenario
                 }
-                (None, Some(p)) => p,
+                (None, Some(scenario)) => {
+                    let s = match distill_guard::simulate::scenario::load_with_seed(&scenario, seed)
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    };
+                    if let Some(runs) = seeds {
+                        return simulate_seeds(&scenario, s.seed, runs, &c, &b, report);
+                    }
+                    s
+                }
                 (None, None) => anyhow::bail!("--scenario or --family is required"),
             };
-            let loaded = distill_guard::simulate::scenario::load_with_seed(&scenario, seed)
-                .map(|s| (s, c, b));
-            let (s, c, b) = match loaded {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            if let Some(runs) = seeds {
-                return simulate_seeds(&scenario, s.seed, runs, &c, &b, report);
-            }
             let to_stdout = record.as_deref() == Some(std::path::Path::new("-"));
             let mut out: Option<Box<dyn std::io::Write>> = match &record {
                 None => None,

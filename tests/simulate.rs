@@ -432,6 +432,86 @@ fn a_family_run_reports_its_seeds_and_is_deterministic() {
     assert!(text.contains("median / worst decile"), "{text}");
 }
 
+/// `simulate --family F --seed S`: that one drawn scenario, the family
+/// run's traffic (the same request count as the family's row for S), its
+/// record written for `replay --decisions`; a seed of the other family, a
+/// record of a whole slice, or --seeds / --skip beside --seed are refused
+/// with a reason.
+#[test]
+fn one_seed_of_a_family_runs_alone_and_records_its_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("seed.jsonl");
+    let size = ["--minutes", "20", "--scale", "0.2", "--report", "json"];
+    let (family, _) = simulate(
+        &[
+            &["--family", "tuning", "--skip", "1", "--seeds", "1"],
+            &size[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(family["runs"][0]["seed"], 1001);
+    let (one, _) = simulate(
+        &[
+            &[
+                "--family",
+                "tuning",
+                "--seed",
+                "1001",
+                "--record",
+                record.to_str().unwrap(),
+            ],
+            &size[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(one["scenario"], "tuning-1001");
+    assert_eq!(one["requests"], family["runs"][0]["requests"]);
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        text.lines().count() as u64,
+        one["requests"].as_u64().unwrap()
+    );
+    assert!(text
+        .lines()
+        .any(|l| l.contains("\"population\":\"campaign\"")));
+    let replay = Command::new(BIN)
+        .args(["replay", "--json", "--config"])
+        .arg(repo("config/distill-guard.toml"))
+        .arg(&record)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(
+        summary["headline"]["attack_requests"],
+        one["attack_requests"]
+    );
+
+    for (args, reason) in [
+        (vec!["--seed", "9000"], "not a seed of the tuning family"),
+        (vec!["--record", "x.jsonl"], "name the one seed to record"),
+        (
+            vec!["--seed", "1001", "--seeds", "2"],
+            "--seeds and --skip do not apply",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["simulate", "--family", "tuning"])
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
+    assert!(!dir.path().join("x.jsonl").exists());
+}
+
 /// Issue 14, causes 5 and 6, on a small budget: the first two tuning
 /// seeds' campaigns at half size. Since each population draws from its own
 /// stream (2026-12-03) seed 1001's is the slow stealth one (27 accounts at
