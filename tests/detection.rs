@@ -195,6 +195,84 @@ async fn a_long_prompt_is_analysed_off_the_worker_and_still_counts() {
     );
 }
 
+/// A conversation through the proxy: each turn sends the history again. The part an earlier request sent is not
+/// walked again (`/metrics` counts the turns walked past it, and a turn sent twice not walked at all), and what
+/// the new part says still counts: the first request holds no elicitation phrase, and each later one brings its
+/// own in its newest message, so the phrase lists see them only if the new parts are scanned; they climb the
+/// ladder as in `degrade_rewrites_what_the_upstream_sees`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
+    let env = Env::start(&detection(
+        "enforce",
+        LOW_DEGRADE,
+        &format!("{DEGRADE_64}{NO_TIMING}"),
+    ));
+    let document = "The quarterly report lists revenue by region and by product line. ".repeat(30);
+    let mut messages = vec![serde_json::json!({"role": "user", "content": document})];
+    let mut degraded_at = None;
+    for turn in 0..=16 {
+        if turn > 0 {
+            messages.push(
+                serde_json::json!({"role": "assistant", "content": format!("Noted, part {turn}.")}),
+            );
+            messages.push(
+                serde_json::json!({"role": "user", "content": format!("{COT} (part {turn})")}),
+            );
+        }
+        let body = serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 4000,
+            "messages": messages,
+        })
+        .to_string();
+        // The last turn is sent twice, as a client retries.
+        for _ in 0..if turn == 16 { 2 } else { 1 } {
+            let r = timeout(client().request(messages_request(&env.url("/v1/messages"), &body)))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "turn {turn}");
+            let _ = body_json(r).await;
+        }
+        if degraded_at.is_none() && last_upstream_body(&env)["max_tokens"] == 64 {
+            degraded_at = Some(turn);
+        }
+    }
+    let acct = top_scored_account(&env).await;
+    assert!(elicitation_counted(&acct), "{acct}");
+    assert!(
+        degraded_at.is_some_and(|t| t <= 12),
+        "degraded at {degraded_at:?}: {acct}"
+    );
+    let admin = env.proxy.admin_addr().unwrap();
+    let metrics = timeout(
+        client().request(
+            http::Request::get(format!("http://{admin}/metrics"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(
+        http_body_util::BodyExt::collect(metrics.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let count = |walked: &str| -> u64 {
+        let line = format!("distill_guard_prompts_walked_total{{walked=\"{walked}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing:\n{text}"))
+    };
+    assert_eq!(count("none"), 1, "the turn sent twice");
+    assert_eq!(count("all"), 1, "the first turn");
+    assert_eq!(count("rest"), 16, "every later turn");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_adds_the_configured_delay() {
     let env = Env::start(&detection(

@@ -218,6 +218,7 @@ async fn handle(
                         .as_ref()
                         .map(|r| (r.dropped(), r.write_errors())),
                     stderr: crate::telemetry::stderr::Stderr::installed_counts(),
+                    prompts: Some(shared.config.load().detection.phrases.cache().stats()),
                 },
             );
             shared.state.render_metrics(&mut text);

@@ -77,8 +77,69 @@ pub struct RequestInfo {
     pub reasoning_effort: Option<String>,
     /// All user-visible prompt text, pieces joined with `'\n'`.
     pub prompt: String,
+    /// Where the last few of those joins are in `prompt`: a conversation's
+    /// next request holds its last one's text up to such a join, where the
+    /// prompt cache finds it (`crate::prompt::PromptCache`).
+    pub prompt_cuts: PromptCuts,
     /// [`estimate_tokens`] of `prompt`.
     pub input_tokens_estimate: u32,
+}
+
+/// Offsets of the last [`PromptCuts::MAX`] line breaks that join pieces of
+/// a prompt, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PromptCuts {
+    at: [u32; PromptCuts::MAX],
+    n: u8,
+}
+
+impl PromptCuts {
+    /// Joins kept: a conversation's next request usually adds two pieces
+    /// (the answer and the next question; an agent's tool call and its
+    /// result), and sometimes a few more.
+    pub const MAX: usize = 4;
+
+    /// The offsets, in increasing order.
+    pub fn offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        self.at[..usize::from(self.n)].iter().map(|&c| c as usize)
+    }
+
+    /// Adds a join after every one held (the oldest goes when full).
+    fn push(&mut self, at: usize) {
+        let Ok(at) = u32::try_from(at) else {
+            return;
+        };
+        if usize::from(self.n) == Self::MAX {
+            self.at.copy_within(1.., 0);
+            self.n -= 1;
+        }
+        self.at[usize::from(self.n)] = at;
+        self.n += 1;
+    }
+}
+
+/// Prompt text being collected: pieces joined with `'\n'`, and where the
+/// last joins are.
+#[derive(Default)]
+struct Collected {
+    text: String,
+    cuts: PromptCuts,
+}
+
+impl Collected {
+    /// `head`, a join, then `self` (`system` text found after the messages).
+    fn after(self, head: Collected) -> Collected {
+        let mut text = head.text;
+        let mut cuts = head.cuts;
+        cuts.push(text.len());
+        text.push('\n');
+        let shift = text.len();
+        for c in self.cuts.offsets() {
+            cuts.push(shift + c);
+        }
+        text.push_str(&self.text);
+        Collected { text, cuts }
+    }
 }
 
 /// Anthropic `thinking` request parameter.
@@ -363,19 +424,20 @@ impl<'de> Visitor<'de> for ReasoningSeed {
 // Prompt text collection.
 
 /// Appends one piece of prompt text, separated by `'\n'`.
-fn append(out: &mut String, piece: &str) {
+fn append(out: &mut Collected, piece: &str) {
     if piece.is_empty() {
         return;
     }
-    if !out.is_empty() {
-        out.push('\n');
+    if !out.text.is_empty() {
+        out.cuts.push(out.text.len());
+        out.text.push('\n');
     }
-    out.push_str(piece);
+    out.text.push_str(piece);
 }
 
 /// Prompt content: a string, an array of parts, or one part object.
 struct TextSeed<'a> {
-    out: &'a mut String,
+    out: &'a mut Collected,
 }
 
 impl<'de> DeserializeSeed<'de> for TextSeed<'_> {
@@ -424,7 +486,7 @@ impl<'de> Visitor<'de> for TextSeed<'_> {
 
 /// A string appended to the prompt; anything else is skipped.
 struct StrSeed<'a> {
-    out: &'a mut String,
+    out: &'a mut Collected,
 }
 
 impl<'de> DeserializeSeed<'de> for StrSeed<'_> {
@@ -603,12 +665,13 @@ impl<'de> Visitor<'de> for TopSeed {
             ApiKind::OpenAiResponses => key_responses,
             ApiKind::Other => key_other,
         };
-        let mut info = RequestInfo {
-            prompt: String::with_capacity(self.reserve),
-            ..RequestInfo::default()
+        let mut info = RequestInfo::default();
+        let mut prompt = Collected {
+            text: String::with_capacity(self.reserve),
+            ..Collected::default()
         };
         let mut legacy_max = None;
-        let mut head = String::new();
+        let mut head = Collected::default();
         while let Some(key) = map.next_key_seed(KeySeed(classify))? {
             match key {
                 Key::Model => info.model = map.next_value_seed(LenientString)?,
@@ -623,16 +686,14 @@ impl<'de> Visitor<'de> for TopSeed {
                 Key::Reasoning => info.reasoning_effort = map.next_value_seed(ReasoningSeed)?,
                 Key::PromptHead => {
                     // Usually first in the body: write straight into the prompt.
-                    let out = if info.prompt.is_empty() {
-                        &mut info.prompt
+                    let out = if prompt.text.is_empty() {
+                        &mut prompt
                     } else {
                         &mut head
                     };
                     map.next_value_seed(TextSeed { out })?
                 }
-                Key::Prompt => map.next_value_seed(TextSeed {
-                    out: &mut info.prompt,
-                })?,
+                Key::Prompt => map.next_value_seed(TextSeed { out: &mut prompt })?,
                 _ => {
                     map.next_value::<Skip>()?;
                 }
@@ -641,11 +702,11 @@ impl<'de> Visitor<'de> for TopSeed {
         if info.max_output_tokens.is_none() {
             info.max_output_tokens = legacy_max;
         }
-        if !head.is_empty() {
-            head.push('\n');
-            head.push_str(&info.prompt);
-            info.prompt = head;
+        if !head.text.is_empty() {
+            prompt = prompt.after(head);
         }
+        info.prompt = prompt.text;
+        info.prompt_cuts = prompt.cuts;
         info.input_tokens_estimate = estimate_tokens(&info.prompt);
         Ok(info)
     }
@@ -786,6 +847,49 @@ mod tests {
         );
         assert_eq!(i.input_tokens_estimate, estimate_tokens(&i.prompt));
         assert!(i.input_tokens_estimate > 20);
+    }
+
+    /// The joins between pieces, the last four, where a conversation's
+    /// earlier request ends: with `system` first or after the messages.
+    #[test]
+    fn prompt_cuts_are_the_last_joins_between_pieces() {
+        let cuts = |i: &RequestInfo| i.prompt_cuts.offsets().collect::<Vec<_>>();
+        let i = parsed(
+            ApiKind::Anthropic,
+            r#"{"system":"sys","messages":[{"role":"user","content":"q1"},
+                {"role":"assistant","content":[{"type":"text","text":"a1"}]},
+                {"role":"user","content":"q2"}]}"#,
+        );
+        assert_eq!(i.prompt, "sys\nq1\na1\nq2");
+        assert_eq!(cuts(&i), [3, 6, 9]);
+        let i = parsed(
+            ApiKind::Anthropic,
+            r#"{"messages":[{"role":"user","content":"q1"},{"role":"user","content":"q2"}],
+                "system":"be nice"}"#,
+        );
+        assert_eq!(i.prompt, "be nice\nq1\nq2");
+        assert_eq!(cuts(&i), [7, 10]);
+        let i = parsed(
+            ApiKind::OpenAiChat,
+            r#"{"messages":[{"role":"user","content":"1"},{"role":"user","content":"22"},
+                {"role":"user","content":""},{"role":"user","content":"333"},
+                {"role":"user","content":"4"},{"role":"user","content":"55"},
+                {"role":"user","content":"6"}]}"#,
+        );
+        assert_eq!(i.prompt, "1\n22\n333\n4\n55\n6");
+        assert_eq!(
+            cuts(&i),
+            [4, 8, 10, 13],
+            "the last four; empty pieces join nothing"
+        );
+        for c in cuts(&i) {
+            assert_eq!(i.prompt.as_bytes()[c], b'\n');
+        }
+        assert!(cuts(&parsed(
+            ApiKind::Anthropic,
+            r#"{"messages":[{"role":"user","content":"q"}]}"#
+        ))
+        .is_empty());
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! their phrases are also the stock phrases left out of every signature (`docs/signature.md`, §10). Matching is
 //! specified in `docs/score.md` ("Phrase matching").
 
+mod cache;
 mod phrases;
 
+pub use cache::*;
 pub use phrases::*;
 
 use crate::engine::attr_hash;
@@ -59,6 +61,83 @@ pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> Prompt
         },
         fill_key: wanted.detection.then(|| fill_key(prompt)),
     }
+}
+
+/// [`features`] of a request's prompt, with the walks of the prompt's already-seen part taken from `matcher`'s
+/// cache ([`PromptCache`]): a prompt seen before whole is not walked, and one that extends a prompt seen before at
+/// one of `cuts` (the offsets of the line breaks that join its pieces, `crate::api::inspect::PromptCuts`) is
+/// walked only past it. The features are the same as [`features`] gives. Prompts shorter than
+/// [`MIN_CACHED_BYTES`], or without every feature wanted, are walked whole and not kept.
+pub fn cached_features(
+    matcher: &PhraseMatcher,
+    prompt: &str,
+    cuts: impl IntoIterator<Item = usize>,
+    wanted: Wanted,
+) -> PromptFeatures {
+    if wanted != Wanted::ALL || prompt.len() < MIN_CACHED_BYTES {
+        return features(matcher, prompt, wanted);
+    }
+    let cache = matcher.cache();
+    let prefixes = cache.prefixes(prompt, cuts);
+    let features = |w: &Walked| PromptFeatures {
+        keys: w.keys,
+        phrase_hits: w.hits,
+        fill_key: Some(fill_key(prompt)),
+    };
+    let mut hashes = prefixes.iter();
+    let Some((_, whole)) = hashes.next() else {
+        return features_walked(matcher, prompt, None).1;
+    };
+    if let Some(w) = cache.get(whole) {
+        cache.count(Walk::Whole);
+        return features(&w);
+    }
+    // The longest prefix seen before whose walk can be continued.
+    let seen = hashes.find_map(|(len, h)| {
+        let w = cache.get(h)?;
+        let p = w.partial.filter(|p| p.len() == len)?;
+        Some((p, w.hits))
+    });
+    cache.count(if seen.is_some() {
+        Walk::Continued
+    } else {
+        Walk::Walked
+    });
+    let (walked, f) = features_walked(matcher, prompt, seen);
+    cache.put(whole, walked);
+    f
+}
+
+/// The features of `prompt` (all of them), walked from where `seen` stopped (a walk of the prompt's first
+/// `partial.len()` bytes, and the phrase lists they matched), or whole.
+fn features_walked(
+    matcher: &PhraseMatcher,
+    prompt: &str,
+    seen: Option<(signature::Partial, PhraseHits)>,
+) -> (Walked, PromptFeatures) {
+    let stock = matcher.stock_shingles();
+    let ((sig, partial), hits) = match seen {
+        Some((p, before)) => (
+            signature::signature_continued(prompt, &p, stock),
+            matcher.scan_continued(prompt, p.len(), before),
+        ),
+        None => (
+            signature::signature_partial(prompt, stock),
+            matcher.scan(prompt),
+        ),
+    };
+    let keys = sig.is_informative().then(|| sig.index_keys());
+    let walked = Walked {
+        partial,
+        keys,
+        hits,
+    };
+    let f = PromptFeatures {
+        keys,
+        phrase_hits: hits,
+        fill_key: Some(fill_key(prompt)),
+    };
+    (walked, f)
 }
 
 /// A key for "distinct fills" (the breadth signal): the prompt's length

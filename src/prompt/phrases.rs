@@ -232,6 +232,8 @@ pub struct PhraseMatcher {
     max_len: usize,
     /// The phrases' shingles, left out of prompt signatures (see [`StockShingles`]).
     stock: StockShingles,
+    /// Walks of recent prompts, made with these phrases (a clone shares it).
+    cache: std::sync::Arc<super::PromptCache>,
 }
 
 impl fmt::Debug for PhraseMatcher {
@@ -691,7 +693,13 @@ impl PhraseMatcher {
             phrases: patterns.len(),
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
             stock: StockShingles::new(lists.iter().flat_map(|(_, p)| p.iter().map(String::as_str))),
+            cache: Default::default(),
         })
+    }
+
+    /// Walks of recent prompts, made with these lists' stock shingles ([`super::cached_features`]).
+    pub fn cache(&self) -> &super::PromptCache {
+        &self.cache
     }
 
     /// The shingles of every phrase of the lists: phrases many unrelated users type, so a prompt signature leaves
@@ -784,14 +792,44 @@ impl PhraseMatcher {
         PhraseHits(hits)
     }
 
+    /// [`scan`](Self::scan) of `text`, which extends with a line break and more a text whose scan found `before`
+    /// and whose length is `from`: only what follows is walked (from far enough back to see a match across the
+    /// line break), when `text` is ASCII and holds the line break at `from`. Otherwise, or when every list has
+    /// matched already, the same as `scan(text)` (or `before`). That `text[..from]` is the text scanned is the
+    /// caller's to know: with another text, the hits are that text's and this one's mixed.
+    pub fn scan_continued(&self, text: &str, from: usize, before: PhraseHits) -> PhraseHits {
+        let Some(table) = &self.table else {
+            return PhraseHits::NONE;
+        };
+        if before.0 == self.all {
+            return before;
+        }
+        if text.as_bytes().get(from) != Some(&b'\n') || !text.is_ascii() {
+            return self.scan(text);
+        }
+        let need = self.max_len.saturating_sub(1).min(MAX_PHRASE_BYTES);
+        PhraseHits(self.scan_ascii_from(table, text.as_bytes(), from, before.0, need))
+    }
+
     /// [`scan`](Self::scan) of ASCII text: the table's classes normalise ASCII bytes, so the text is walked as it
     /// is, a chunk at a time (each chunk's first lane starts far enough back in the text), between the separators
     /// that frame it.
     fn scan_ascii(&self, table: &Table, text: &[u8], need: usize) -> u32 {
+        self.scan_ascii_from(table, text, 0, 0, need)
+    }
+
+    /// [`scan_ascii`](Self::scan_ascii) from `from`, the hits of the text before it being `hits`: every chunk
+    /// after the first starts this way, and so does a continued scan.
+    fn scan_ascii_from(
+        &self,
+        table: &Table,
+        text: &[u8],
+        mut from: usize,
+        mut hits: u32,
+        need: usize,
+    ) -> u32 {
         // The state after the separator that precedes the text.
         let framed = table.step(table.start, SEP);
-        let mut hits = 0;
-        let mut from = 0;
         loop {
             let to = text.len().min(from + SCAN_CHUNK);
             let (h, end) = table.walk_laned(text, from, to, need, framed);

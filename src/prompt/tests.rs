@@ -235,3 +235,174 @@ fn default_lists_have_15_to_60_phrases_and_build() {
         DEFAULT_ELICITATION.len() + DEFAULT_RUBRIC.len() + DEFAULT_TRAJECTORY.len()
     );
 }
+
+// -- continued scans and the prompt cache ------------------------------------------------------------------
+
+/// Conversation-like text: words, phrases of every list split at random (so some straddle a piece boundary),
+/// runs of spaces, line breaks, and now and then a non-ASCII word.
+fn turn(rng: &mut StdRng, words: usize) -> String {
+    let lists = [DEFAULT_ELICITATION, DEFAULT_RUBRIC, DEFAULT_TRAJECTORY];
+    let mut s = String::new();
+    for _ in 0..words {
+        let w: String = match rng.gen_range(0..20) {
+            0 => {
+                let l = lists[rng.gen_range(0..3)];
+                l[rng.gen_range(0..l.len())].replace('*', "")
+            }
+            1 => " ".repeat(rng.gen_range(2..40)),
+            2 => "\n".into(),
+            3 if rng.gen_bool(0.2) => "na\u{EF}ve".into(),
+            _ => WORDS[rng.gen_range(0..WORDS.len())].into(),
+        };
+        s.push(' ');
+        s.push_str(&w);
+    }
+    s
+}
+
+/// A scan continued past the text an earlier scan covered finds what a scan of the whole finds, phrases across
+/// the line break included; text that is not ASCII, or does not fit, is scanned whole.
+#[test]
+fn a_continued_scan_finds_what_a_whole_scan_finds() {
+    let m = matcher();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut across = 0;
+    for _ in 0..2000 {
+        let mut text = {
+            let n = rng.gen_range(0..400);
+            turn(&mut rng, n)
+        };
+        let mut before = m.scan(&text);
+        for _ in 0..3 {
+            // Now and then a phrase split by the line break.
+            let mut second = String::new();
+            if rng.gen_bool(0.3) {
+                let phrase = DEFAULT_ELICITATION[rng.gen_range(0..DEFAULT_ELICITATION.len())];
+                let words: Vec<&str> = phrase.split(' ').collect();
+                let k = rng.gen_range(1..words.len().max(2));
+                text.push(' ');
+                text.push_str(&words[..k.min(words.len())].join(" "));
+                second = words[k.min(words.len())..].join(" ");
+                before = m.scan(&text);
+            }
+            let from = text.len();
+            text.push('\n');
+            text.push_str(&second);
+            let n = rng.gen_range(0..400);
+            text.push_str(&turn(&mut rng, n));
+            let whole = m.scan(&text);
+            assert_eq!(m.scan_continued(&text, from, before), whole, "{text:?}");
+            let after = m.scan(text.get(from + 1..).unwrap_or(""));
+            across += usize::from(whole.0 & !(before.0 | after.0) != 0);
+            before = whole;
+        }
+    }
+    // A phrase split by the line break: in neither part alone.
+    let first = "now please write it out step by";
+    let text = format!("{first}\nstep");
+    assert_eq!(
+        m.scan_continued(&text, first.len(), m.scan(first)),
+        m.scan(&text)
+    );
+    assert!(m.scan(&text).contains(0) && !m.scan(first).contains(0) && !m.scan("step").contains(0));
+    assert!(across > 0, "no generated phrase straddled a boundary");
+}
+
+/// Bodies of a conversation: the system prompt, then the turns so far.
+fn conversation_prompt(system: &str, turns: &[String]) -> (String, Vec<usize>) {
+    let mut text = system.to_owned();
+    let mut cuts = Vec::new();
+    for t in turns {
+        cuts.push(text.len());
+        text.push('\n');
+        text.push_str(t);
+    }
+    (text, cuts)
+}
+
+/// The cached features of every turn of generated conversations are the features of a whole walk; the turns
+/// after the first are walked only past the previous turn (the cache's counts say so), and a prompt sent again
+/// is not walked at all.
+#[test]
+fn cached_features_are_the_whole_walks_and_continue_conversations() {
+    let m = matcher();
+    let cache = m.cache();
+    let mut rng = StdRng::seed_from_u64(9);
+    let system = turn(&mut rng, 120);
+    let mut walks = 0;
+    for _ in 0..40 {
+        let mut turns: Vec<String> = Vec::new();
+        for k in 0..6 {
+            // An answer and the next question.
+            if k > 0 {
+                turns.push({
+                    let n = rng.gen_range(0..200);
+                    turn(&mut rng, n)
+                });
+            }
+            turns.push({
+                let n = rng.gen_range(1..200);
+                turn(&mut rng, n)
+            });
+            let (text, cuts) = conversation_prompt(&system, &turns);
+            let got = cached_features(&m, &text, cuts.iter().copied(), Wanted::ALL);
+            assert_eq!(got, features(&m, &text, Wanted::ALL), "{text:?}");
+            walks += 1;
+            let again = cached_features(&m, &text, cuts.iter().copied(), Wanted::ALL);
+            assert_eq!(again, got);
+        }
+    }
+    let s = cache.stats();
+    assert_eq!(
+        s.whole, walks,
+        "every prompt sent again is found whole: {s:?}"
+    );
+    // Each conversation's first turn is new; most later ones continue the turn before (not those whose walk was
+    // left open at the end, or too short to be kept).
+    assert!(s.continued >= walks * 2 / 3, "{s:?}");
+    assert!(s.continued + s.walked == walks, "{s:?}");
+    // Short prompts and partial wants are walked whole and not kept.
+    let before = cache.len();
+    let short = "explain your reasoning step by step";
+    assert_eq!(
+        cached_features(&m, short, [], Wanted::ALL),
+        features(&m, short, Wanted::ALL)
+    );
+    let (text, cuts) = conversation_prompt(&system, &[turn(&mut rng, 50)]);
+    let linking = Wanted {
+        linking: true,
+        detection: false,
+    };
+    assert_eq!(
+        cached_features(&m, &text, cuts.iter().copied(), linking),
+        features(&m, &text, linking)
+    );
+    assert_eq!(cache.len(), before);
+}
+
+/// The cache keeps at most its size, oldest out first, and a reload's matcher starts with an empty one.
+#[test]
+fn the_prompt_cache_is_bounded_and_belongs_to_its_matcher() {
+    let cache = PromptCache::new(64);
+    let w = Walked {
+        partial: None,
+        keys: None,
+        hits: PhraseHits::NONE,
+    };
+    let hashes: Vec<u128> = (0..1000u128)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+        .collect();
+    for &h in &hashes {
+        cache.put(h, w);
+    }
+    assert!(cache.len() <= 64, "{}", cache.len());
+    assert!(cache.get(hashes[999]).is_some() && cache.get(hashes[0]).is_none());
+    // Same low half, another high half: not the entry.
+    assert!(cache.get(hashes[999] ^ (1u128 << 100)).is_none());
+    let m = matcher();
+    let text = turn(&mut StdRng::seed_from_u64(1), 300);
+    cached_features(&m, &text, [], Wanted::ALL);
+    assert_eq!(m.cache().len(), 1);
+    assert_eq!(m.clone().cache().len(), 1, "a clone shares it");
+    assert!(matcher().cache().is_empty(), "a new matcher has its own");
+}

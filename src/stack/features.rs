@@ -37,9 +37,10 @@ pub(super) async fn phase(
 }
 
 /// The prompt step: what the engine is told of the prompt (its signature's
-/// keys, phrase hits, fill key), so that it never sees the text. A prompt
-/// of [`OFFLOAD_BYTES`] or more is analysed on the blocking pool, as its
-/// body was inspected.
+/// keys, phrase hits, fill key), so that it never sees the text. The part
+/// of it an earlier request sent (a conversation's history) is not walked
+/// again (`crate::prompt::PromptCache`). A prompt of [`OFFLOAD_BYTES`] or
+/// more is analysed on the blocking pool, as its body was inspected.
 async fn prompt_features(
     config: &Arc<Config>,
     info: Option<&mut Inspection>,
@@ -54,17 +55,24 @@ async fn prompt_features(
     if i.prompt.is_empty() {
         return Ok(PromptFeatures::default());
     }
+    let cuts = i.prompt_cuts;
     if i.prompt.len() < OFFLOAD_BYTES {
-        return Ok(crate::prompt::features(
+        return Ok(crate::prompt::cached_features(
             &config.detection.phrases,
             &i.prompt,
+            cuts.offsets(),
             wanted,
         ));
     }
     let text = std::mem::take(&mut i.prompt);
     let config = Arc::clone(config);
     let (features, text) = tokio::task::spawn_blocking(move || {
-        let f = crate::prompt::features(&config.detection.phrases, &text, wanted);
+        let f = crate::prompt::cached_features(
+            &config.detection.phrases,
+            &text,
+            cuts.offsets(),
+            wanted,
+        );
         (f, text)
     })
     .await

@@ -228,6 +228,14 @@ enum OutputLog {
     Stderr,
 }
 
+/// How much of a prompt was walked (the prompt cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PromptWalk {
+    None,
+    Rest,
+    All,
+}
+
 /// What became of a line that did not reach its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum OutputOutcome {
@@ -269,6 +277,11 @@ label_values! {
         OutputLog::Audit => "audit",
         OutputLog::Record => "record",
         OutputLog::Stderr => "stderr",
+    };
+    PromptWalk => |v| match v {
+        PromptWalk::None => "none",
+        PromptWalk::Rest => "rest",
+        PromptWalk::All => "all",
     };
     OutputOutcome => |v| match v {
         OutputOutcome::Dropped => "dropped",
@@ -317,6 +330,11 @@ struct ClassLabels {
 #[derive(Debug, Clone, EncodeLabelSet)]
 struct ReloadLabels {
     result: ReloadResult,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct PromptWalkLabels {
+    walked: PromptWalk,
 }
 
 #[derive(Debug, Clone, EncodeLabelSet)]
@@ -477,6 +495,8 @@ pub struct Outputs {
     pub record: Option<(u64, u64)>,
     /// The process log's queue to stderr ([`super::stderr`]): lines dropped, batches that failed to write.
     pub stderr: Option<(u64, u64)>,
+    /// How prompts were walked (the prompt cache of the config in force; a reload starts a new one).
+    pub prompts: Option<crate::prompt::CacheStats>,
 }
 
 /// Counters and gauges of the running process.
@@ -920,6 +940,18 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
             (output(OutputLog::Stderr, OutputOutcome::WriteError), stderr_errors),
         ]),
     );
+    if let Some(p) = outputs.prompts {
+        register(
+            &mut r,
+            "distill_guard_prompts_walked",
+            "Prompts of at least 512 bytes analysed for linking and detection, by how much of them was walked:              none (the same prompt seen before), the part past an earlier request's prompt (a conversation's              history sent again), or all of it. Since the config in force was loaded.",
+            ConstFamily(vec![
+                (PromptWalkLabels { walked: PromptWalk::None }, p.whole),
+                (PromptWalkLabels { walked: PromptWalk::Rest }, p.continued),
+                (PromptWalkLabels { walked: PromptWalk::All }, p.walked),
+            ]),
+        );
+    }
     let size = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
     register(
         &mut r,

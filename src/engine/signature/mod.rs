@@ -2,8 +2,8 @@
 //! structure), robust to the fill, with LSH keys for finding prompts built from the same template.
 //!
 //! The engine keeps only this signature of a prompt, never the text: it compares two with [`is_near`] and indexes
-//! them by [`PromptSignature::index_keys`]. The specification, §1 to §10 (tokens, shingles, sketches, the near
-//! rule, index keys, privacy, cost, limits, stock phrases), is `docs/signature.md`; "§n" in this module refers to it.
+//! them by [`PromptSignature::index_keys`]. The specification, §1 to §11 (tokens, shingles, sketches, the near
+//! rule, index keys, privacy, cost, limits, stock phrases, continued walks), is `docs/signature.md`; "§n" in this module refers to it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,6 +48,7 @@ mod stock;
 mod tokenize;
 mod value;
 
+pub use sketch::Partial;
 use sketch::*;
 pub use stock::*;
 use tokenize::*;
@@ -71,6 +72,43 @@ pub fn signature_with(text: &str, stock: &StockShingles) -> PromptSignature {
     let mut sk = Sketcher::new(stock.key, stock);
     tokenize(text, &mut sk);
     sk.finish()
+}
+
+/// [`signature_with`] of `text`, and the walk stopped at its end, to be
+/// continued on a text that extends it with a line break and more
+/// ([`signature_continued`]); None when the walk cannot be continued (a
+/// closing mark was still looked for at the end, §11).
+pub fn signature_partial(text: &str, stock: &StockShingles) -> (PromptSignature, Option<Partial>) {
+    signature_from(text, Sketcher::new(stock.key, stock), 0)
+}
+
+/// [`signature_partial`] of `text`, walking only what follows the text
+/// `walked` stopped at: `text` must extend that text with a line break and
+/// more, which only the caller can know (it is checked that `text` is long
+/// enough, holds `'\n'` where that text ended, and that `walked` was made
+/// with `stock`'s key; otherwise `text` is walked whole). The result is
+/// the same as `signature_partial(text, stock)` when `walked` was made from
+/// `text[..walked.len()]` with `stock` (§11).
+pub fn signature_continued(
+    text: &str,
+    walked: &Partial,
+    stock: &StockShingles,
+) -> (PromptSignature, Option<Partial>) {
+    let from = walked.len();
+    if walked.key != stock.key || text.as_bytes().get(from) != Some(&b'\n') {
+        return signature_partial(text, stock);
+    }
+    signature_from(text, Sketcher::resumed(walked, stock), from)
+}
+
+fn signature_from(
+    text: &str,
+    mut sk: Sketcher<'_>,
+    from: usize,
+) -> (PromptSignature, Option<Partial>) {
+    let open = tokenize_from(text, from, &mut sk);
+    let partial = (!open).then(|| sk.partial(text.len()));
+    (sk.finish(), partial)
 }
 
 #[cfg(test)]

@@ -50,6 +50,59 @@ pub(super) const WORD_BUF: usize = 128;
 // ---------------------------------------------------------------------------
 // Sketching
 
+/// A signature's walk stopped at the end of a text: what [`Sketcher`] held
+/// there, less the stock shingles it was made with (§11). Continued by
+/// [`signature_continued`] on a text that extends that one.
+///
+/// What it holds besides the signature's own minima: the hashes of the
+/// last four tokens and of the last 32 shingles (the tail's candidates).
+/// Single-word hashes can be confirmed by hashing guessed words, so a
+/// partial stays in the process's memory (the prompt cache) and is never
+/// written out.
+#[derive(Clone, Copy)]
+pub struct Partial {
+    pub(super) key: u64,
+    /// Length of the text walked, in bytes.
+    len: usize,
+    head_kept: usize,
+    ring_stock: u32,
+    prev: [u64; SHINGLE_TOKENS - 1],
+    tokens: u64,
+    last_mask: u64,
+    shingles: usize,
+    head_count: usize,
+    head_line_count: usize,
+    past_first_line: bool,
+    pending_newline: bool,
+    line_start_tok: u64,
+    sentence_start: bool,
+    ring: [u64; RING],
+    head: [u64; REGION_BINS],
+    body: [u32; BODY_BINS],
+}
+
+impl Partial {
+    /// Length of the text it walked, in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for the walk of an empty text.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Debug for Partial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hashes of the text's last words: not printed.
+        f.debug_struct("Partial")
+            .field("len", &self.len)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Receives tokens, forms shingles and fills the three sketches.
 pub(super) struct Sketcher<'s> {
     key: u64,
@@ -104,6 +157,57 @@ impl<'s> Sketcher<'s> {
             head: [u64::MAX; REGION_BINS],
             tail: [u64::MAX; REGION_BINS],
             body: [u32::MAX; BODY_BINS],
+        }
+    }
+
+    /// The walk so far, to be continued on a text that extends the one
+    /// walked ([`Sketcher::resumed`]).
+    pub(super) fn partial(&self, len: usize) -> Partial {
+        Partial {
+            key: self.key,
+            len,
+            head_kept: self.head_kept,
+            ring_stock: self.ring_stock,
+            prev: self.prev,
+            tokens: self.tokens,
+            last_mask: self.last_mask,
+            shingles: self.shingles,
+            head_count: self.head_count,
+            head_line_count: self.head_line_count,
+            past_first_line: self.past_first_line,
+            pending_newline: self.pending_newline,
+            line_start_tok: self.line_start_tok,
+            sentence_start: self.sentence_start,
+            ring: self.ring,
+            head: self.head,
+            body: self.body,
+        }
+    }
+
+    /// A sketcher that goes on where `p` stopped, leaving out `stock`'s
+    /// shingles (the stock `p` was made with: its key is checked by the
+    /// caller).
+    pub(super) fn resumed(p: &Partial, stock: &'s StockShingles) -> Self {
+        Sketcher {
+            key: p.key,
+            stock,
+            record: None,
+            head_kept: p.head_kept,
+            ring_stock: p.ring_stock,
+            prev: p.prev,
+            tokens: p.tokens,
+            last_mask: p.last_mask,
+            shingles: p.shingles,
+            head_count: p.head_count,
+            head_line_count: p.head_line_count,
+            past_first_line: p.past_first_line,
+            pending_newline: p.pending_newline,
+            line_start_tok: p.line_start_tok,
+            sentence_start: p.sentence_start,
+            ring: p.ring,
+            head: p.head,
+            tail: [u64::MAX; REGION_BINS],
+            body: p.body,
         }
     }
 

@@ -1745,3 +1745,129 @@ fn signatures_of_a_fixed_corpus_are_unchanged() {
     assert_eq!(texts, 600);
     assert_eq!(digest, 0x7ad8_e18b_0a33_4aae, "{digest:#x}");
 }
+
+// -----------------------------------------------------------------------
+// Continued walks (§11)
+
+/// Pieces that reach every lookahead of the tokeniser: quotes closed and
+/// open, inline code, fences closed and open, curly and CJK quotation
+/// marks, CJK text, names, numbers, identifiers, labels, stock phrases.
+const PIECES: &[&str] = &[
+    "explain the derivation",
+    "step by step",
+    "write out your reasoning step by step",
+    "Question:",
+    "the answer is",
+    "\"a quoted span\"",
+    "\"an open quote",
+    "`code`",
+    "`open code",
+    "```\nfn main() {}\n```",
+    "```rust",
+    "\u{201C}curly\u{201D}",
+    "\u{201C}open curly",
+    "\u{300C}\u{4F60}\u{597D}\u{300D}",
+    "\u{4F60}\u{597D}\u{4E16}\u{754C}",
+    "Alice in Paris.",
+    "42",
+    "snake_case_name",
+    "https://example.com/x",
+    "caf\u{E9} na\u{EF}ve",
+    "",
+    "\n",
+    "  ",
+];
+
+fn piece_text(rng: &mut StdRng, words: usize) -> String {
+    let mut s = String::new();
+    for _ in 0..words {
+        let p = PIECES[rng.gen_range(0..PIECES.len())];
+        if !s.is_empty() && rng.gen_bool(0.8) {
+            s.push(' ');
+        }
+        s.push_str(p);
+    }
+    s
+}
+
+/// A walk stopped at the end of a text and continued on that text, a line
+/// break and more gives what a walk of the whole gives: the signature, and
+/// whether (and how) it can be continued again. Over three turns of
+/// generated conversations, with and without stock phrases.
+#[test]
+fn a_continued_walk_gives_the_whole_walks_signature() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let stocks = [StockShingles::none(7), StockShingles::keyed([STOCK], 7)];
+    let (mut continued, mut open) = (0, 0);
+    for round in 0..3000 {
+        let stock = &stocks[round % 2];
+        let mut text = {
+            let n = rng.gen_range(0..30);
+            piece_text(&mut rng, n)
+        };
+        let (sig, mut partial) = signature_partial(&text, stock);
+        assert_eq!(sig, signature_with(&text, stock), "{text:?}");
+        for _ in 0..3 {
+            text.push('\n');
+            text.push_str(&{
+                let n = rng.gen_range(0..30);
+                piece_text(&mut rng, n)
+            });
+            let whole = signature_partial(&text, stock);
+            let Some(p) = partial else {
+                open += 1;
+                partial = whole.1;
+                continue;
+            };
+            let (sig, next) = signature_continued(&text, &p, stock);
+            assert_eq!(sig, whole.0, "{text:?}");
+            assert_eq!(next.is_some(), whole.1.is_some(), "{text:?}");
+            if let (Some(a), Some(b)) = (next, whole.1) {
+                // The same state: continuing either gives the same again.
+                let more = format!("{text}\nand then the next question");
+                assert_eq!(
+                    signature_continued(&more, &a, stock).0,
+                    signature_continued(&more, &b, stock).0
+                );
+            }
+            continued += 1;
+            partial = next;
+        }
+    }
+    assert!(
+        continued > 2000 && open > 300,
+        "{continued} continued, {open} open"
+    );
+}
+
+/// A walk is not continued on a text it does not fit (no line break where
+/// it stopped, too short, another key): the text is walked whole.
+#[test]
+fn a_walk_that_does_not_fit_is_not_continued() {
+    let stock = StockShingles::none(7);
+    let (_, p) = signature_partial("explain the derivation step by step", &stock);
+    let p = p.unwrap();
+    for text in [
+        "explain the derivation step by step please",
+        "explain the derivation step by",
+        "explain the derivation step by step",
+        "explain the derivation step by step\u{A0}and more",
+    ] {
+        assert_eq!(
+            signature_continued(text, &p, &stock).0,
+            signature_with(text, &stock)
+        );
+    }
+    let other = StockShingles::none(8);
+    let text = "explain the derivation step by step\nand more words here";
+    assert_eq!(
+        signature_continued(text, &p, &other).0,
+        signature_with(text, &other)
+    );
+    // An open quotation mark at the end: what follows could close it.
+    assert!(signature_partial("he said \"explain", &stock).1.is_none());
+    assert!(signature_partial("```\nlet x = 1;", &stock).1.is_none());
+    assert!(signature_partial("he said \"explain\" it", &stock)
+        .1
+        .is_some());
+}

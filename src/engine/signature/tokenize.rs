@@ -91,13 +91,26 @@ pub(super) fn find_fence(hay: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Splits `text` into tokens (§1) and feeds them to `sk`.
-///
-/// Runs in time linear in `text.len()`: each failed search for a closing mark
-/// scans bytes that hold no such mark, and the scan resumes past them.
 pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
+    tokenize_from(text, 0, sk);
+}
+
+/// Splits `text[from..]` into tokens (§1) and feeds them to `sk`, which
+/// holds the tokens of `text[..from]` (a walk that stopped at the end of
+/// that text; `from` starts a token: 0, or a `'\n'`). Returns whether a
+/// search for a closing mark (a fence, inline code, a quotation mark) ran
+/// into the end of `text` without finding one: then what the walk did
+/// depends on what would follow, and the walk cannot be continued on a
+/// longer text (§11).
+///
+/// Runs in time linear in `text.len() - from`: each failed search for a
+/// closing mark scans bytes that hold no such mark, and the scan resumes
+/// past them.
+pub(super) fn tokenize_from(text: &str, from: usize, sk: &mut Sketcher) -> bool {
     let b = text.as_bytes();
     let n = b.len();
-    let mut i = 0usize;
+    let mut open = false;
+    let mut i = from;
     while let Some(&c) = b.get(i) {
         if c < 0x80 {
             if is_ascii_ws(c) {
@@ -109,7 +122,13 @@ pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
             }
             if c == b'`' {
                 if b.get(i..i + 3) == Some(b"```".as_slice()) {
-                    i = find_fence(b, i + 3).map_or(n, |e| e + 3);
+                    i = match find_fence(b, i + 3) {
+                        Some(e) => e + 3,
+                        None => {
+                            open = true;
+                            n
+                        }
+                    };
                     sk.mask(MASK_CODE);
                     sk.sentence_start = true;
                     continue;
@@ -124,7 +143,11 @@ pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
                         sk.mask(MASK_CODE);
                         i = e + 1;
                     }
-                    _ => i += 1,
+                    Some(_) => i += 1,
+                    None => {
+                        open |= lim == n;
+                        i += 1;
+                    }
                 }
                 continue;
             }
@@ -138,7 +161,10 @@ pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
                         sk.mask(MASK_QUOTE);
                         i += p + 2;
                     }
-                    None => i += 1,
+                    None => {
+                        open |= lim == n;
+                        i += 1;
+                    }
                 }
                 continue;
             }
@@ -149,11 +175,15 @@ pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
             let len = ch.len_utf8();
             if let Some(closers) = closers_of(ch) {
                 match find_closer(text, i + len, ch, closers) {
-                    Some(e) => {
+                    Closer::At(e) => {
                         sk.mask(MASK_QUOTE);
                         i = e;
                     }
-                    None => i += len,
+                    Closer::None => i += len,
+                    Closer::PastEnd => {
+                        open = true;
+                        i += len;
+                    }
                 }
                 continue;
             }
@@ -202,24 +232,38 @@ pub(super) fn tokenize(text: &str, sk: &mut Sketcher) {
         }
         i = j;
     }
+    open
 }
 
-/// End (exclusive) of a quoted span opened by `open` just before `from`, if a
+/// What the search for a quoted span's closing mark found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closer {
+    /// The span's end (exclusive).
+    At(usize),
+    /// No closing mark: past `QUOTE_MAX_BYTES`, or another opening mark.
+    None,
+    /// None before the end of the text, which came first.
+    PastEnd,
+}
+
+/// The end of a quoted span opened by `open` just before `from`, if a
 /// closing mark follows within `QUOTE_MAX_BYTES`. Another `open` stops the search.
-pub(super) fn find_closer(text: &str, from: usize, open: char, closers: &[char]) -> Option<usize> {
-    let rest = text.get(from..)?;
+pub(super) fn find_closer(text: &str, from: usize, open: char, closers: &[char]) -> Closer {
+    let Some(rest) = text.get(from..) else {
+        return Closer::PastEnd;
+    };
     for (off, d) in rest.char_indices() {
         if off >= QUOTE_MAX_BYTES {
-            return None;
+            return Closer::None;
         }
         if closers.contains(&d) {
-            return Some(from + off + d.len_utf8());
+            return Closer::At(from + off + d.len_utf8());
         }
         if d == open {
-            return None;
+            return Closer::None;
         }
     }
-    None
+    Closer::PastEnd
 }
 
 #[inline]
