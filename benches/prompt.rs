@@ -1,0 +1,137 @@
+//! The prompt step (`crate::prompt`): a prompt's features walked whole, and
+//! through the prompt cache — a conversation's next turn walked past the
+//! history it sends again, a prompt sent again, and a prompt never seen
+//! (what the cache costs when it cannot help).
+//!
+//!     cargo bench --bench prompt
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use distill_guard::prompt::{cached_features, features, PhraseMatcher, Wanted};
+use std::hint::black_box;
+
+/// About `bytes` of prose-like text, varied by `seed`.
+fn text(bytes: usize, seed: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the",
+        "model",
+        "should",
+        "explain",
+        "every",
+        "step",
+        "of",
+        "its",
+        "reasoning",
+        "about",
+        "distributed",
+        "systems",
+        "with",
+        "latency",
+        "budgets",
+        "and",
+        "error",
+        "handling",
+        "in",
+        "rust",
+        "code",
+        "that",
+        "reads",
+        "files",
+        "from",
+        "disk",
+    ];
+    let mut out = String::with_capacity(bytes + 16);
+    let mut k = seed;
+    while out.len() < bytes {
+        k = k
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.push_str(WORDS[(k >> 33) as usize % WORDS.len()]);
+        out.push(if (k >> 20) % 11 == 0 { '\n' } else { ' ' });
+    }
+    out
+}
+
+/// A conversation's turn: `history`, a join, an answer and a question.
+fn turn(history: &str, seed: usize) -> (String, Vec<usize>) {
+    let mut t = history.to_owned();
+    let first = t.len();
+    t.push('\n');
+    t.push_str(&text(300, seed));
+    let second = t.len();
+    t.push('\n');
+    t.push_str(&text(200, seed + 1));
+    (t, vec![first, second])
+}
+
+fn benches(c: &mut Criterion) {
+    let matcher = PhraseMatcher::with_defaults().unwrap();
+    let mut g = c.benchmark_group("prompt");
+    for size in [2 * 1024, 32 * 1024] {
+        let kib = size / 1024;
+        let history = text(size, 7);
+        let (next, cuts) = turn(&history, 11);
+        g.bench_function(format!("features, {kib} KiB turn, walked whole"), |b| {
+            b.iter(|| features(&matcher, black_box(&next), Wanted::ALL))
+        });
+        // The history was the last request: its walk is in the cache. Each
+        // iteration walks a new turn past it (new, so that the turn is not
+        // found whole; the turns are made, and the history's entry put back
+        // should the turns have pushed it out, outside the timing).
+        cached_features(&matcher, &history, [], Wanted::ALL);
+        let cache = matcher.cache();
+        let (_, key) = cache.prefixes(&history, []).iter().next().unwrap();
+        let walked = cache.get(key).unwrap();
+        let mut seed = 100;
+        g.bench_function(format!("features, {kib} KiB turn, history cached"), |b| {
+            b.iter_batched(
+                || {
+                    cache.put(key, walked);
+                    seed += 2;
+                    turn(&history, seed)
+                },
+                |(t, cuts)| cached_features(&matcher, black_box(&t), cuts, Wanted::ALL),
+                BatchSize::NumIterations(256),
+            )
+        });
+        cached_features(&matcher, &next, cuts.iter().copied(), Wanted::ALL);
+        g.bench_function(format!("features, {kib} KiB turn, sent again"), |b| {
+            b.iter(|| {
+                cached_features(
+                    &matcher,
+                    black_box(&next),
+                    cuts.iter().copied(),
+                    Wanted::ALL,
+                )
+            })
+        });
+        // Never seen (hash, walk whole, store), and the same texts walked
+        // whole without the cache.
+        let mut unseen = 1_000;
+        g.bench_function(format!("features, {kib} KiB, never seen"), |b| {
+            b.iter_batched(
+                || {
+                    unseen += 1;
+                    text(size, unseen)
+                },
+                |t| cached_features(&matcher, black_box(&t), [], Wanted::ALL),
+                BatchSize::NumIterations(256),
+            )
+        });
+        g.bench_function(format!("features, {kib} KiB, walked whole"), |b| {
+            b.iter_batched(
+                || {
+                    unseen += 1;
+                    text(size, unseen)
+                },
+                |t| features(&matcher, black_box(&t), Wanted::ALL),
+                BatchSize::NumIterations(256),
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(group, benches);
+criterion_main!(group);
