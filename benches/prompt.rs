@@ -47,8 +47,12 @@ fn text(bytes: usize, seed: usize) -> String {
         k = k
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        out.push_str(WORDS[(k >> 33) as usize % WORDS.len()]);
-        out.push(if (k >> 20) % 11 == 0 { '\n' } else { ' ' });
+        out.push_str(WORDS[(k >> 33) % WORDS.len()]);
+        out.push(if (k >> 20).is_multiple_of(11) {
+            '\n'
+        } else {
+            ' '
+        });
     }
     out
 }

@@ -95,7 +95,7 @@ pub fn signature_continued(
     stock: &StockShingles,
 ) -> (PromptSignature, Option<Partial>) {
     let from = walked.len();
-    if walked.key != stock.key || text.as_bytes().get(from) != Some(&b'\n') {
+    if walked.key() != stock.key || text.as_bytes().get(from) != Some(&b'\n') {
         return signature_partial(text, stock);
     }
     signature_from(text, Sketcher::resumed(walked, stock), from)

@@ -61,24 +61,9 @@ pub(super) const WORD_BUF: usize = 128;
 /// written out.
 #[derive(Clone, Copy)]
 pub struct Partial {
-    pub(super) key: u64,
+    walk: Walk,
     /// Length of the text walked, in bytes.
     len: usize,
-    head_kept: usize,
-    ring_stock: u32,
-    prev: [u64; SHINGLE_TOKENS - 1],
-    tokens: u64,
-    last_mask: u64,
-    shingles: usize,
-    head_count: usize,
-    head_line_count: usize,
-    past_first_line: bool,
-    pending_newline: bool,
-    line_start_tok: u64,
-    sentence_start: bool,
-    ring: [u64; RING],
-    head: [u64; REGION_BINS],
-    body: [u32; BODY_BINS],
 }
 
 impl Partial {
@@ -91,6 +76,11 @@ impl Partial {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The key of the signature it is a walk of.
+    pub(super) fn key(&self) -> u64 {
+        self.walk.key
+    }
 }
 
 impl fmt::Debug for Partial {
@@ -98,18 +88,15 @@ impl fmt::Debug for Partial {
         // Hashes of the text's last words: not printed.
         f.debug_struct("Partial")
             .field("len", &self.len)
-            .field("tokens", &self.tokens)
+            .field("tokens", &self.walk.tokens)
             .finish_non_exhaustive()
     }
 }
 
-/// Receives tokens, forms shingles and fills the three sketches.
-pub(super) struct Sketcher<'s> {
+/// Everything a walk has gathered so far: what a [`Partial`] keeps.
+#[derive(Clone, Copy)]
+pub(super) struct Walk {
     key: u64,
-    /// Shingles left out of the sketches (§10).
-    stock: &'s StockShingles,
-    /// Building [`StockShingles`]: every full shingle's hash, in order.
-    pub(super) record: Option<Vec<u64>>,
     /// Head shingles that went into the head sketch.
     head_kept: usize,
     /// Bit `i`: ring slot `i` holds a stock shingle.
@@ -135,53 +122,46 @@ pub(super) struct Sketcher<'s> {
     body: [u32; BODY_BINS],
 }
 
+/// Receives tokens, forms shingles and fills the three sketches.
+pub(super) struct Sketcher<'s> {
+    /// Shingles left out of the sketches (§10).
+    stock: &'s StockShingles,
+    /// Building [`StockShingles`]: every full shingle's hash, in order.
+    pub(super) record: Option<Vec<u64>>,
+    pub(super) w: Walk,
+}
+
 impl<'s> Sketcher<'s> {
     pub(super) fn new(key: u64, stock: &'s StockShingles) -> Self {
         Sketcher {
-            key,
             stock,
             record: None,
-            head_kept: 0,
-            ring_stock: 0,
-            prev: [0; SHINGLE_TOKENS - 1],
-            tokens: 0,
-            last_mask: 0,
-            shingles: 0,
-            head_count: 0,
-            head_line_count: 0,
-            past_first_line: false,
-            pending_newline: false,
-            line_start_tok: 0,
-            sentence_start: true,
-            ring: [0; RING],
-            head: [u64::MAX; REGION_BINS],
-            tail: [u64::MAX; REGION_BINS],
-            body: [u32::MAX; BODY_BINS],
+            w: Walk {
+                key,
+                head_kept: 0,
+                ring_stock: 0,
+                prev: [0; SHINGLE_TOKENS - 1],
+                tokens: 0,
+                last_mask: 0,
+                shingles: 0,
+                head_count: 0,
+                head_line_count: 0,
+                past_first_line: false,
+                pending_newline: false,
+                line_start_tok: 0,
+                sentence_start: true,
+                ring: [0; RING],
+                head: [u64::MAX; REGION_BINS],
+                tail: [u64::MAX; REGION_BINS],
+                body: [u32::MAX; BODY_BINS],
+            },
         }
     }
 
     /// The walk so far, to be continued on a text that extends the one
     /// walked ([`Sketcher::resumed`]).
     pub(super) fn partial(&self, len: usize) -> Partial {
-        Partial {
-            key: self.key,
-            len,
-            head_kept: self.head_kept,
-            ring_stock: self.ring_stock,
-            prev: self.prev,
-            tokens: self.tokens,
-            last_mask: self.last_mask,
-            shingles: self.shingles,
-            head_count: self.head_count,
-            head_line_count: self.head_line_count,
-            past_first_line: self.past_first_line,
-            pending_newline: self.pending_newline,
-            line_start_tok: self.line_start_tok,
-            sentence_start: self.sentence_start,
-            ring: self.ring,
-            head: self.head,
-            body: self.body,
-        }
+        Partial { walk: self.w, len }
     }
 
     /// A sketcher that goes on where `p` stopped, leaving out `stock`'s
@@ -189,75 +169,59 @@ impl<'s> Sketcher<'s> {
     /// caller).
     pub(super) fn resumed(p: &Partial, stock: &'s StockShingles) -> Self {
         Sketcher {
-            key: p.key,
             stock,
             record: None,
-            head_kept: p.head_kept,
-            ring_stock: p.ring_stock,
-            prev: p.prev,
-            tokens: p.tokens,
-            last_mask: p.last_mask,
-            shingles: p.shingles,
-            head_count: p.head_count,
-            head_line_count: p.head_line_count,
-            past_first_line: p.past_first_line,
-            pending_newline: p.pending_newline,
-            line_start_tok: p.line_start_tok,
-            sentence_start: p.sentence_start,
-            ring: p.ring,
-            head: p.head,
-            tail: [u64::MAX; REGION_BINS],
-            body: p.body,
+            w: p.walk,
         }
     }
 
     #[inline]
     pub(super) fn newline(&mut self) {
-        if self.tokens > 0 {
-            self.pending_newline = true;
+        if self.w.tokens > 0 {
+            self.w.pending_newline = true;
         }
-        self.sentence_start = true;
+        self.w.sentence_start = true;
     }
 
     #[inline]
     pub(super) fn word(&mut self, t: u64) {
-        self.last_mask = 0;
+        self.w.last_mask = 0;
         self.push_token(t);
     }
 
     #[inline]
     pub(super) fn mask(&mut self, m: u64) {
-        if self.last_mask != m {
-            self.last_mask = m;
+        if self.w.last_mask != m {
+            self.w.last_mask = m;
             self.push_token(m);
         }
     }
 
     #[inline(always)]
     fn push_token(&mut self, t: u64) {
-        if self.pending_newline {
-            self.pending_newline = false;
-            self.past_first_line = true;
-            self.line_start_tok = self.tokens;
+        if self.w.pending_newline {
+            self.w.pending_newline = false;
+            self.w.past_first_line = true;
+            self.w.line_start_tok = self.w.tokens;
         }
-        if self.tokens >= (SHINGLE_TOKENS - 1) as u64 {
+        if self.w.tokens >= (SHINGLE_TOKENS - 1) as u64 {
             // Distinct rotations keep the window's order; one mix finishes it.
-            let [p0, p1, p2, p3] = self.prev;
+            let [p0, p1, p2, p3] = self.w.prev;
             let [r0, r1, r2, r3] = SHINGLE_ROT;
             let acc = t
                 ^ p0.rotate_left(r0)
                 ^ p1.rotate_left(r1)
                 ^ p2.rotate_left(r2)
                 ^ p3.rotate_left(r3);
-            let h = moremur(acc ^ self.key);
+            let h = moremur(acc ^ self.w.key);
             if let Some(r) = self.record.as_mut() {
                 r.push(h);
             }
             self.shingle(h);
         }
-        let [_, p1, p2, p3] = self.prev;
-        self.prev = [p1, p2, p3, t];
-        self.tokens += 1;
+        let [_, p1, p2, p3] = self.w.prev;
+        self.w.prev = [p1, p2, p3, t];
+        self.w.tokens += 1;
     }
 
     #[inline(always)]
@@ -271,65 +235,65 @@ impl<'s> Sketcher<'s> {
             let bin = ((e >> 32).wrapping_mul(BODY_BINS as u64) >> 32) as usize;
             let v = e as u32;
             // u32::MAX marks an empty bin (a real minimum equals it with odds 2^-32).
-            if let Some(m) = self.body.get_mut(bin) {
+            if let Some(m) = self.w.body.get_mut(bin) {
                 *m = (*m).min(v);
             }
         }
         // Head: within the first line (at most REGION_MAX), or the first REGION_MIN.
-        let in_head = (!self.past_first_line && self.head_count < REGION_MAX_SHINGLES)
-            || self.head_count < REGION_MIN_SHINGLES;
+        let in_head = (!self.w.past_first_line && self.w.head_count < REGION_MAX_SHINGLES)
+            || self.w.head_count < REGION_MIN_SHINGLES;
         if in_head {
-            self.head_count += 1;
-            self.head_line_count += usize::from(!self.past_first_line);
+            self.w.head_count += 1;
+            self.w.head_line_count += usize::from(!self.w.past_first_line);
             if !stock {
-                self.head_kept += 1;
-                minhash_into(&mut self.head, &HEAD_SALTS, s);
+                self.w.head_kept += 1;
+                minhash_into(&mut self.w.head, &HEAD_SALTS, s);
             }
         }
         // Tail: decided at the end, from the ring.
-        let slot = self.shingles & (RING - 1);
-        if let Some(r) = self.ring.get_mut(slot) {
+        let slot = self.w.shingles & (RING - 1);
+        if let Some(r) = self.w.ring.get_mut(slot) {
             *r = s;
         }
-        self.ring_stock = (self.ring_stock & !(1 << slot)) | (u32::from(stock) << slot);
-        self.shingles += 1;
+        self.w.ring_stock = (self.w.ring_stock & !(1 << slot)) | (u32::from(stock) << slot);
+        self.w.shingles += 1;
     }
 
     pub(super) fn finish(mut self) -> PromptSignature {
-        if self.tokens > 0 && self.tokens < SHINGLE_TOKENS as u64 {
+        if self.w.tokens > 0 && self.w.tokens < SHINGLE_TOKENS as u64 {
             // Too short for one full shingle: one shingle of all the tokens.
-            let mut acc = self.tokens ^ SHORT_SALT;
-            for &p in &self.prev {
+            let mut acc = self.w.tokens ^ SHORT_SALT;
+            for &p in &self.w.prev {
                 acc = moremur(acc ^ p);
             }
-            self.shingle(moremur(acc ^ self.key));
+            self.shingle(moremur(acc ^ self.w.key));
         }
         // Tail: shingles wholly within the last line, or the last REGION_MIN.
-        let n = self.shingles;
+        let n = self.w.shingles;
         let start = n.saturating_sub(REGION_MAX_SHINGLES);
         let min_start = n.saturating_sub(REGION_MIN_SHINGLES);
         let mut tail_line_count = 0;
         let mut tail_kept = 0;
         for idx in start..n {
             let slot = idx & (RING - 1);
-            if let Some(&s) = self.ring.get(slot) {
-                let in_line = idx as u64 >= self.line_start_tok;
+            if let Some(&s) = self.w.ring.get(slot) {
+                let in_line = idx as u64 >= self.w.line_start_tok;
                 tail_line_count += usize::from(in_line);
-                let stock = self.ring_stock & (1 << slot) != 0;
+                let stock = self.w.ring_stock & (1 << slot) != 0;
                 if (in_line || idx >= min_start) && !stock {
                     tail_kept += 1;
-                    minhash_into(&mut self.tail, &TAIL_SALTS, s);
+                    minhash_into(&mut self.w.tail, &TAIL_SALTS, s);
                 }
             }
         }
         let mut flags = 0;
-        if self.head_line_count < REGION_MIN_SHINGLES {
+        if self.w.head_line_count < REGION_MIN_SHINGLES {
             flags |= HEAD_FALLBACK;
         }
         if tail_line_count < REGION_MIN_SHINGLES {
             flags |= TAIL_FALLBACK;
         }
-        if n > 0 && self.head_kept == 0 {
+        if n > 0 && self.w.head_kept == 0 {
             flags |= HEAD_EMPTY;
         }
         if n > 0 && tail_kept == 0 {
@@ -340,16 +304,16 @@ impl<'s> Sketcher<'s> {
             head: [0; REGION_BINS],
             tail: [0; REGION_BINS],
             body: [0; BODY_BINS],
-            tokens: u32::try_from(self.tokens).unwrap_or(u32::MAX),
+            tokens: u32::try_from(self.w.tokens).unwrap_or(u32::MAX),
             flags,
         };
-        for (out, m) in sig.head.iter_mut().zip(self.head.iter()) {
+        for (out, m) in sig.head.iter_mut().zip(self.w.head.iter()) {
             *out = (m >> 32) as u32;
         }
-        for (out, m) in sig.tail.iter_mut().zip(self.tail.iter()) {
+        for (out, m) in sig.tail.iter_mut().zip(self.w.tail.iter()) {
             *out = (m >> 32) as u32;
         }
-        for (out, m) in sig.body.iter_mut().zip(self.body.iter()) {
+        for (out, m) in sig.body.iter_mut().zip(self.w.body.iter()) {
             *out = (m >> 16) as u16;
         }
         sig
@@ -364,6 +328,7 @@ impl<'s> Sketcher<'s> {
     /// bin instead of walking some 32 probe hashes each.
     fn densify_body(&mut self) {
         let filled = self
+            .w
             .body
             .iter()
             .enumerate()
@@ -371,8 +336,8 @@ impl<'s> Sketcher<'s> {
         if filled == 0 {
             return;
         }
-        let src = self.body;
-        for ((i, out), ranks) in self.body.iter_mut().enumerate().zip(PROBE_RANK.iter()) {
+        let src = self.w.body;
+        for ((i, out), ranks) in self.w.body.iter_mut().enumerate().zip(PROBE_RANK.iter()) {
             if filled & (1u64 << i) != 0 {
                 continue;
             }
@@ -476,17 +441,17 @@ mod tests {
     fn densified(mask: u32) -> ([u32; BODY_BINS], [u32; BODY_BINS]) {
         let stock = StockShingles::none(1);
         let mut sk = Sketcher::new(1, &stock);
-        for (j, b) in sk.body.iter_mut().enumerate() {
+        for (j, b) in sk.w.body.iter_mut().enumerate() {
             *b = if mask & (1 << j) != 0 {
                 1000 + j as u32
             } else {
                 u32::MAX
             };
         }
-        let mut walked = sk.body;
+        let mut walked = sk.w.body;
         densify_by_walking(&mut walked);
         sk.densify_body();
-        (sk.body, walked)
+        (sk.w.body, walked)
     }
 
     #[test]

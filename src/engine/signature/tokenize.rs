@@ -130,7 +130,7 @@ pub(super) fn tokenize_from(text: &str, from: usize, sk: &mut Sketcher) -> bool 
                         }
                     };
                     sk.mask(MASK_CODE);
-                    sk.sentence_start = true;
+                    sk.w.sentence_start = true;
                     continue;
                 }
                 let lim = (i + 1 + INLINE_CODE_MAX_BYTES).min(n);
@@ -289,7 +289,7 @@ pub(super) fn ascii_chunk(b: &[u8], start: usize, sk: &mut Sketcher) -> Option<u
     // Most chunks are one lower-case word between spaces: nothing to classify.
     let end = lowercase_end(b, start);
     if end > start && end - start <= LONG_WORD_CHARS && b.get(end).is_none_or(|&c| is_ascii_ws(c)) {
-        sk.sentence_start = false;
+        sk.w.sentence_start = false;
         sk.word(word_hash(b, start, end, 0));
         return Some(end);
     }
@@ -344,16 +344,16 @@ pub(super) fn ascii_chunk(b: &[u8], start: usize, sk: &mut Sketcher) -> Option<u
     }
     if core_start == usize::MAX {
         // Punctuation only.
-        sk.sentence_start |= sent;
+        sk.w.sentence_start |= sent;
         return Some(j);
     }
-    let at_sentence_start = sk.sentence_start;
-    sk.sentence_start = sent;
+    let at_sentence_start = sk.w.sentence_start;
+    sk.w.sentence_start = sent;
     let core = b.get(core_start..core_end).unwrap_or(&[]);
     let first = core.first().copied().unwrap_or(b' ');
     if special && is_url(b.get(start..j).unwrap_or(&[])) {
         sk.mask(MASK_URL);
-        sk.sentence_start = false;
+        sk.w.sentence_start = false;
     } else if first.is_ascii_digit() {
         sk.mask(MASK_NUM);
     } else if seen & C_DIGIT != 0 || special || camel & C_UPPER != 0 || core.len() > LONG_WORD_CHARS
@@ -406,7 +406,7 @@ pub(super) fn chunk_token(chunk: &str, sk: &mut Sketcher) {
     let cb = chunk.as_bytes();
     if is_url(cb) {
         sk.mask(MASK_URL);
-        sk.sentence_start = false;
+        sk.w.sentence_start = false;
         return;
     }
     // Strip leading and trailing non-alphanumerics.
@@ -416,7 +416,7 @@ pub(super) fn chunk_token(chunk: &str, sk: &mut Sketcher) {
         .map(|(p, _)| p)
     else {
         if cb.iter().copied().any(ends_sentence) {
-            sk.sentence_start = true;
+            sk.w.sentence_start = true;
         }
         return;
     };
@@ -430,8 +430,8 @@ pub(super) fn chunk_token(chunk: &str, sk: &mut Sketcher) {
     };
     let trailing = chunk.get(core_end..).unwrap_or("");
     let label = trailing.starts_with(':');
-    let at_sentence_start = sk.sentence_start;
-    sk.sentence_start = trailing.bytes().any(ends_sentence);
+    let at_sentence_start = sk.w.sentence_start;
+    sk.w.sentence_start = trailing.bytes().any(ends_sentence);
 
     // Lowercased word bytes; a word too long for the buffer is an identifier anyway.
     let mut buf = [0u8; WORD_BUF];
