@@ -79,7 +79,7 @@ pub fn cached_features(
     }
     let cache = matcher.cache();
     let prefixes = cache.prefixes(prompt, cuts);
-    let features = |w: &Walked| PromptFeatures {
+    let found = |w: &Walked| PromptFeatures {
         keys: w.keys,
         phrase_hits: w.hits,
         fill_key: Some(fill_key(prompt)),
@@ -90,7 +90,7 @@ pub fn cached_features(
     };
     if let Some(w) = cache.get(whole) {
         cache.count(Walk::Whole);
-        return features(&w);
+        return found(&w);
     }
     // The longest prefix seen before whose walk can be continued.
     let seen = hashes.find_map(|(len, h)| {
