@@ -1,7 +1,8 @@
 //! The prompt step (`crate::prompt`): a prompt's features walked whole, and
 //! through the prompt cache — a conversation's next turn walked past the
-//! history it sends again, a prompt sent again, and a prompt never seen
-//! (what the cache costs when it cannot help).
+//! history it sends again, a new conversation walked past an app's system
+//! prompt seen before, a prompt sent again, and a prompt never seen (what
+//! the cache costs when it cannot help).
 //!
 //!     cargo bench --bench prompt
 
@@ -99,6 +100,31 @@ fn benches(c: &mut Criterion) {
                 BatchSize::NumIterations(256),
             )
         });
+        // A new conversation: an app's system prompt (this size, seen in an
+        // earlier conversation's first request) and a new question.
+        let system = text(size, 3);
+        cached_features(
+            &matcher,
+            &format!("{system}\nthe first question"),
+            [system.len()],
+            Wanted::ALL,
+        );
+        let (_, sys_key) = cache.prefixes(&system, []).iter().next().unwrap();
+        let sys_walked = cache.get(sys_key).unwrap();
+        g.bench_function(
+            format!("features, {kib} KiB system prompt, new conversation"),
+            |b| {
+                b.iter_batched(
+                    || {
+                        cache.put(sys_key, sys_walked);
+                        seed += 2;
+                        format!("{system}\n{}", text(300, seed))
+                    },
+                    |t| cached_features(&matcher, black_box(&t), [system.len()], Wanted::ALL),
+                    BatchSize::NumIterations(256),
+                )
+            },
+        );
         cached_features(&matcher, &next, cuts.iter().copied(), Wanted::ALL);
         g.bench_function(format!("features, {kib} KiB turn, sent again"), |b| {
             b.iter(|| {

@@ -103,6 +103,18 @@ pub fn cached_features(
     } else {
         Walk::Walked
     });
+    // Walked whole: in two parts, the first kept too, so that other
+    // prompts that start the same (a new conversation with an app's system
+    // prompt) are walked past it. The part is the text before the earliest
+    // join looked up, the first one in a conversation's first request.
+    let seen = seen.or_else(|| {
+        let (len, h) = prefixes.iter().skip(1).last()?;
+        let head = prompt.get(..len).filter(|h| h.len() >= MIN_CACHED_BYTES)?;
+        let (w, _) = features_walked(matcher, head, None);
+        let p = w.partial?;
+        cache.put(h, w);
+        Some((p, w.hits))
+    });
     let (walked, f) = features_walked(matcher, prompt, seen);
     cache.put(whole, walked);
     f

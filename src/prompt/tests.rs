@@ -357,8 +357,9 @@ fn cached_features_are_the_whole_walks_and_continue_conversations() {
         s.whole, walks,
         "every prompt sent again is found whole: {s:?}"
     );
-    // Each conversation's first turn is new; most later ones continue the turn before (not those whose walk was
-    // left open at the end, or too short to be kept).
+    // The conversations share the system prompt: only the first one's first turn walks it all; every other turn
+    // continues the system prompt or the turn before.
+    assert_eq!(s.walked, 1, "{s:?}");
     assert!(s.continued >= walks * 2 / 3, "{s:?}");
     assert!(s.continued + s.walked == walks, "{s:?}");
     // Short prompts and partial wants are walked whole and not kept.
