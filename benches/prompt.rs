@@ -149,6 +149,23 @@ fn benches(c: &mut Criterion) {
                 BatchSize::NumIterations(256),
             )
         });
+        // Never seen, with a join in the middle (a conversation's first
+        // request whose system prompt is new too): walked in two parts,
+        // both kept.
+        g.bench_function(format!("features, {kib} KiB, never seen, one join"), |b| {
+            b.iter_batched(
+                || {
+                    unseen += 1;
+                    let mut t = text(size / 2, unseen);
+                    let cut = t.len();
+                    t.push('\n');
+                    t.push_str(&text(size / 2, unseen + 500_000));
+                    (t, cut)
+                },
+                |(t, cut)| cached_features(&matcher, black_box(&t), [cut], Wanted::ALL),
+                BatchSize::NumIterations(256),
+            )
+        });
         g.bench_function(format!("features, {kib} KiB, walked whole"), |b| {
             b.iter_batched(
                 || {
