@@ -86,7 +86,7 @@ pub fn cached_features(
     };
     let mut hashes = prefixes.iter();
     let Some((_, whole)) = hashes.next() else {
-        return features_walked(matcher, prompt, None).1;
+        return found(&walk(matcher, prompt, None));
     };
     if let Some(w) = cache.get(whole) {
         cache.count(Walk::Whole);
@@ -110,23 +110,23 @@ pub fn cached_features(
     let seen = seen.or_else(|| {
         let (len, h) = prefixes.iter().skip(1).last()?;
         let head = prompt.get(..len).filter(|h| h.len() >= MIN_CACHED_BYTES)?;
-        let (w, _) = features_walked(matcher, head, None);
+        let w = walk(matcher, head, None);
         let p = w.partial?;
         cache.put(h, w);
         Some((p, w.hits))
     });
-    let (walked, f) = features_walked(matcher, prompt, seen);
+    let walked = walk(matcher, prompt, seen);
     cache.put(whole, walked);
-    f
+    found(&walked)
 }
 
-/// The features of `prompt` (all of them), walked from where `seen` stopped (a walk of the prompt's first
-/// `partial.len()` bytes, and the phrase lists they matched), or whole.
-fn features_walked(
+/// The walks of `prompt` (signature and phrase scan), taken up from where `seen` stopped (a walk of the prompt's
+/// first `partial.len()` bytes, and the phrase lists they matched), or whole.
+fn walk(
     matcher: &PhraseMatcher,
     prompt: &str,
     seen: Option<(signature::Partial, PhraseHits)>,
-) -> (Walked, PromptFeatures) {
+) -> Walked {
     let stock = matcher.stock_shingles();
     let ((sig, partial), hits) = match seen {
         Some((p, before)) => (
@@ -138,18 +138,11 @@ fn features_walked(
             matcher.scan(prompt),
         ),
     };
-    let keys = sig.is_informative().then(|| sig.index_keys());
-    let walked = Walked {
+    Walked {
         partial,
-        keys,
+        keys: sig.is_informative().then(|| sig.index_keys()),
         hits,
-    };
-    let f = PromptFeatures {
-        keys,
-        phrase_hits: hits,
-        fill_key: Some(fill_key(prompt)),
-    };
-    (walked, f)
+    }
 }
 
 /// A key for "distinct fills" (the breadth signal): the prompt's length
