@@ -794,8 +794,8 @@ impl PhraseMatcher {
 
     /// [`scan`](Self::scan) of `text`, which extends with a line break and more a text whose scan found `before`
     /// and whose length is `from`: only what follows is walked (from far enough back to see a match across the
-    /// line break), when `text` is ASCII and holds the line break at `from`. Otherwise, or when every list has
-    /// matched already, the same as `scan(text)` (or `before`). That `text[..from]` is the text scanned is the
+    /// line break), when what is walked is ASCII and `text` holds the line break at `from`. Otherwise, or when
+    /// every list has matched already, the same as `scan(text)` (or `before`). That `text[..from]` is the text scanned is the
     /// caller's to know: with another text, the hits are that text's and this one's mixed.
     pub fn scan_continued(&self, text: &str, from: usize, before: PhraseHits) -> PhraseHits {
         let Some(table) = &self.table else {
@@ -804,11 +804,13 @@ impl PhraseMatcher {
         if before.0 == self.all {
             return before;
         }
-        if text.as_bytes().get(from) != Some(&b'\n') || !text.is_ascii() {
+        let bytes = text.as_bytes();
+        let need = self.max_len.saturating_sub(1).min(MAX_PHRASE_BYTES);
+        // Only the bytes from the walk's start on are read: they must be ASCII, the part before need not be.
+        if bytes.get(from) != Some(&b'\n') || !bytes[back(bytes, from, need)..].is_ascii() {
             return self.scan(text);
         }
-        let need = self.max_len.saturating_sub(1).min(MAX_PHRASE_BYTES);
-        PhraseHits(self.scan_ascii_from(table, text.as_bytes(), from, before.0, need))
+        PhraseHits(self.scan_ascii_from(table, bytes, from, before.0, need))
     }
 
     /// [`scan`](Self::scan) of ASCII text: the table's classes normalise ASCII bytes, so the text is walked as it
