@@ -202,11 +202,18 @@ async fn a_long_prompt_is_analysed_off_the_worker_and_still_counts() {
 /// ladder as in `degrade_rewrites_what_the_upstream_sees`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("traffic.jsonl");
     let env = Env::start(&detection(
         "enforce",
         LOW_DEGRADE,
-        &format!("{DEGRADE_64}{NO_TIMING}"),
+        &format!(
+            "{DEGRADE_64}{NO_TIMING}\n[record]\npath = \"{}\"\n",
+            record.display()
+        ),
     ));
+    // What the mock upstream reports: the estimate of the whole prompt.
+    let mut reported = vec![];
     let document = "The quarterly report lists revenue by region and by product line. ".repeat(30);
     let mut messages = vec![serde_json::json!({"role": "user", "content": document})];
     let mut degraded_at = None;
@@ -231,7 +238,7 @@ async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200, "turn {turn}");
-            let _ = body_json(r).await;
+            reported.push(body_json(r).await["usage"]["input_tokens"].as_u64());
         }
         if degraded_at.is_none() && last_upstream_body(&env)["max_tokens"] == 64 {
             degraded_at = Some(turn);
@@ -271,6 +278,26 @@ async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
     assert_eq!(count("none"), 1, "the turn sent twice");
     assert_eq!(count("all"), 1, "the first turn");
     assert_eq!(count("rest"), 16, "every later turn");
+    // Admission charged each turn the whole prompt's estimate, its history's
+    // part taken from the cache.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let charged: Vec<Option<u64>> = loop {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        if text.lines().count() >= reported.len() || std::time::Instant::now() > deadline {
+            break text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["input_tokens"].as_u64()
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(charged, reported);
+    assert!(
+        reported.iter().all(|t| t.is_some_and(|t| t > 300)),
+        "{reported:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

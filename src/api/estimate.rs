@@ -1,15 +1,16 @@
-//! Request-path step "estimate" (used by inspect and meter): a cheap,
+//! Request-path step "estimate" (used by the prompt step and meter): a cheap,
 //! deterministic estimate of LLM tokens for English-ish text and code, used for
-//! a request's prompt ([`inspect`](super::inspect)) and as the metering
-//! fallback when an upstream reports no usage ([`meter`](super::meter)).
+//! a request's prompt (`crate::prompt::PromptFeatures::input_tokens`) and as
+//! the metering fallback when an upstream reports no usage
+//! ([`meter`](super::meter)).
 //!
 //! # Mock-upstream rule
 //!
 //! The project's mock upstream counts input tokens with **this same
 //! estimator**: its reported `input_tokens` / `prompt_tokens` is
 //! [`estimate_tokens`] of the prompt text that
-//! [`inspect`](super::inspect::inspect) extracts, i.e. exactly
-//! `RequestInfo::input_tokens_estimate`. So in tests the proxy's pre-request
+//! [`inspect`](super::inspect::inspect) extracts, i.e. exactly what the
+//! proxy charges at admission. So in tests the proxy's pre-request
 //! estimate and the (mock) upstream's report agree to the token; against real
 //! upstreams they differ by the error below.
 //!
@@ -137,8 +138,9 @@ pub(crate) const DEN: u64 = 1000;
 
 /// Incremental token estimator: [`push`](Estimator::push) text in any number
 /// of pieces; [`tokens`](Estimator::tokens) equals [`estimate_tokens`] of the
-/// concatenation.
-#[derive(Debug, Clone, Default)]
+/// concatenation. Small (about 100 bytes) and `Copy`, so a prompt's state can be
+/// kept and taken up later (`crate::prompt::PromptCache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Estimator {
     /// Classes of the last 8 bytes, the most recent in the low byte.
     hist: u64,

@@ -24,8 +24,8 @@
 //! Everything else is skipped: images, documents, audio, `tool_use` inputs,
 //! function-call arguments, tool definitions. Pieces are joined with `'\n'`;
 //! `system` / `instructions` come first even if they follow `messages` in the
-//! body. `input_tokens_estimate` is
-//! [`estimate_tokens`]`(&prompt)`.
+//! body. Its tokens are estimated by the prompt step (`crate::prompt`), which
+//! keeps a conversation's history's count with its other walks.
 //!
 //! # Leniency and limits
 //!
@@ -40,7 +40,6 @@
 //! `1e30`) saturate to `u32::MAX`; negative or fractional numbers read as
 //! `None`.
 
-use super::estimate::estimate_tokens;
 use super::ApiKind;
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -81,8 +80,6 @@ pub struct RequestInfo {
     /// next request holds its last one's text up to such a join, where the
     /// prompt cache finds it (`crate::prompt::PromptCache`).
     pub prompt_cuts: PromptCuts,
-    /// [`estimate_tokens`] of `prompt`.
-    pub input_tokens_estimate: u32,
 }
 
 /// Offsets of the last [`PromptCuts::MAX`] line breaks that join pieces of
@@ -707,7 +704,6 @@ impl<'de> Visitor<'de> for TopSeed {
         }
         info.prompt = prompt.text;
         info.prompt_cuts = prompt.cuts;
-        info.input_tokens_estimate = estimate_tokens(&info.prompt);
         Ok(info)
     }
 }
@@ -845,8 +841,6 @@ mod tests {
             "You are a careful assistant.\nAnswer briefly.\nWhat is the weather in Paris?\n\
              Let me check.\n18C, sunny\nplain result\nAnd \"tomorrow\"?\nThanks"
         );
-        assert_eq!(i.input_tokens_estimate, estimate_tokens(&i.prompt));
-        assert!(i.input_tokens_estimate > 20);
     }
 
     /// The joins between pieces, the last four, where a conversation's

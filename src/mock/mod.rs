@@ -39,6 +39,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::api::estimate::estimate_tokens;
 use crate::api::inspect::{inspect, Inspection, RequestInfo};
 use crate::api::ApiKind;
 
@@ -362,7 +363,7 @@ impl Plan {
             Inspection::NotJson { .. } => RequestInfo::default(),
         };
         let max_tokens = info.max_output_tokens.unwrap_or(1024);
-        let input_tokens = info.input_tokens_estimate.max(1);
+        let input_tokens = estimate_tokens(&info.prompt).max(1);
         let natural = h
             .get("x-mock-output-tokens")
             .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())

@@ -1,18 +1,20 @@
-//! The prompt cache: where a prompt's walks (its signature and its phrase scan) stopped, under a keyed hash of its
-//! text, so that a prompt that extends it is walked only past it.
+//! The prompt cache: where a prompt's walks (its signature, its phrase scan and its token estimate) stopped, under a
+//! keyed hash of its text, so that a prompt that extends it is walked only past it.
 //!
 //! A conversation sends its history again with every turn: the request after `system, user` is `system, user,
 //! assistant, user`, and a coding agent's next request is its last one plus a tool call and its result. The prompt
 //! text is those pieces joined by line breaks (`crate::api::inspect`), so the last request's text, a line break,
 //! and the new pieces make the next request's text. The walks are linear in the text, and a long agent context
 //! costs hundreds of microseconds a request to walk whole again: kept here, the walk of the part already seen is
-//! taken up where it stopped ([`signature_continued`], [`PhraseMatcher::scan_continued`]). The features are the
-//! same as those of a whole walk (`docs/signature.md`, §11), so linking and detection see nothing different.
+//! taken up where it stopped ([`signature_continued`], [`PhraseMatcher::scan_continued`], [`Estimator::push`]).
+//! The features are the same as those of a whole walk (`docs/signature.md`, §11), so linking, detection and
+//! admission see nothing different.
 //!
 //! Entries are found by a 128-bit XXH3 of the text with a seed drawn when the cache is made. An entry holds no
-//! text, only the walk's state (MinHash minima and hashes of the last words and shingles, `Partial`), and lives in
-//! the process's memory until newer entries push it out (first in, first out, per shard). A hash collision would
-//! give a request another text's features; with a 128-bit hash under a secret seed that is not a practical attack.
+//! text, only the walks' state (MinHash minima and hashes of the last words and shingles, `Partial`; the
+//! estimator's counts and the classes of the last bytes, `Estimator`), and lives in the process's memory until newer
+//! entries push it out (first in, first out, per shard). A hash collision would give a request another text's
+//! features; with a 128-bit hash under a secret seed that is not a practical attack.
 //! The cache belongs to one [`PhraseMatcher`] (its stock shingles are in every partial), so a reload that builds a
 //! new matcher starts with an empty cache.
 
@@ -23,6 +25,7 @@ use std::sync::Mutex;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::api::estimate::Estimator;
 use crate::engine::hash::IdHasher;
 use crate::engine::score::PhraseHits;
 use crate::engine::signature::{Partial, INDEX_KEYS};
@@ -43,6 +46,8 @@ pub struct Walked {
     pub keys: Option<[u64; INDEX_KEYS]>,
     /// The phrase lists the text matched.
     pub hits: PhraseHits,
+    /// The token estimator, having taken the text.
+    pub tokens: Estimator,
 }
 
 #[derive(Clone, Copy)]

@@ -1,6 +1,6 @@
 //! Prompt analysis (the step between inspection and the engine): turns a request's prompt text into
-//! [`PromptFeatures`] — the index keys of its template signature, the phrase lists it matches, its fill key — so
-//! that the engine works on features and never sees the text.
+//! [`PromptFeatures`] — the index keys of its template signature, the phrase lists it matches, its fill key, its
+//! token estimate — so that the engine works on features and never sees the text.
 //!
 //! The phrase lists ([`PhraseMatcher`]) are built from the config with the engine's policy and reloaded with it;
 //! their phrases are also the stock phrases left out of every signature (`docs/signature.md`, §10). Matching is
@@ -12,6 +12,7 @@ mod phrases;
 pub use cache::*;
 pub use phrases::*;
 
+use crate::api::estimate::Estimator;
 use crate::engine::attr_hash;
 use crate::engine::link::AttrKind;
 use crate::engine::score::PhraseHits;
@@ -26,10 +27,13 @@ pub struct PromptFeatures {
     pub phrase_hits: PhraseHits,
     /// The prompt's fill key ([`fill_key`]), for detection's breadth signal.
     pub fill_key: Option<u64>,
+    /// Its tokens as [`estimate_tokens`](crate::api::estimate::estimate_tokens) counts them: what admission
+    /// charges for the request's input. Always computed.
+    pub input_tokens: u32,
 }
 
 /// Which features a request needs: the signature's keys when accounts are linked, the phrase hits and the fill key
-/// when detection is on. What is not wanted is not computed.
+/// when detection is on. What is not wanted is not computed (the token estimate is always wanted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wanted {
     /// Signature index keys (linking is on).
@@ -60,6 +64,7 @@ pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> Prompt
             PhraseHits::NONE
         },
         fill_key: wanted.detection.then(|| fill_key(prompt)),
+        input_tokens: crate::api::estimate::estimate_tokens(prompt),
     }
 }
 
@@ -83,6 +88,7 @@ pub fn cached_features(
         keys: w.keys,
         phrase_hits: w.hits,
         fill_key: Some(fill_key(prompt)),
+        input_tokens: w.tokens.tokens(),
     };
     let mut hashes = prefixes.iter();
     let Some((_, whole)) = hashes.next() else {
@@ -96,7 +102,7 @@ pub fn cached_features(
     let seen = hashes.find_map(|(len, h)| {
         let w = cache.get(h)?;
         let p = w.partial.filter(|p| p.len() == len)?;
-        Some((p, w.hits))
+        Some((p, w))
     });
     cache.count(if seen.is_some() {
         Walk::Continued
@@ -113,35 +119,40 @@ pub fn cached_features(
         let w = walk(matcher, head, None);
         let p = w.partial?;
         cache.put(h, w);
-        Some((p, w.hits))
+        Some((p, w))
     });
     let walked = walk(matcher, prompt, seen);
     cache.put(whole, walked);
     found(&walked)
 }
 
-/// The walks of `prompt` (signature and phrase scan), taken up from where `seen` stopped (a walk of the prompt's
-/// first `partial.len()` bytes, and the phrase lists they matched), or whole.
+/// The walks of `prompt` (signature, phrase scan, token estimate), taken up from where `seen` stopped (the walks of
+/// the prompt's first `partial.len()` bytes), or whole.
 fn walk(
     matcher: &PhraseMatcher,
     prompt: &str,
-    seen: Option<(signature::Partial, PhraseHits)>,
+    seen: Option<(signature::Partial, Walked)>,
 ) -> Walked {
     let stock = matcher.stock_shingles();
-    let ((sig, partial), hits) = match seen {
+    let ((sig, partial), hits, mut tokens) = match seen {
         Some((p, before)) => (
             signature::signature_continued(prompt, &p, stock),
-            matcher.scan_continued(prompt, p.len(), before),
+            matcher.scan_continued(prompt, p.len(), before.hits),
+            before.tokens,
         ),
         None => (
             signature::signature_partial(prompt, stock),
             matcher.scan(prompt),
+            Estimator::new(),
         ),
     };
+    let from = seen.map_or(0, |(p, _)| p.len());
+    tokens.push(prompt.as_bytes().get(from..).unwrap_or_default());
     Walked {
         partial,
         keys: sig.is_informative().then(|| sig.index_keys()),
         hits,
+        tokens,
     }
 }
 

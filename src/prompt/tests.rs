@@ -389,6 +389,7 @@ fn the_prompt_cache_is_bounded_and_belongs_to_its_matcher() {
         partial: None,
         keys: None,
         hits: PhraseHits::NONE,
+        tokens: Default::default(),
     };
     let hashes: Vec<u128> = (0..1000u128)
         .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))

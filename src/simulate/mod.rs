@@ -558,7 +558,7 @@ impl SimRequest {
             asn: self.asn,
             sources: None,
             model: Some(self.model.clone()),
-            input_tokens: u64::from(crate::api::estimate::estimate_tokens(&self.prompt)),
+            input_tokens: u64::from(prompt.input_tokens),
             max_output_tokens: Some(self.max_tokens),
             thinking_budget: self.thinking_budget,
             reasoning_high: false,

@@ -1,7 +1,7 @@
 //! Phase 5, prompt features: what the engine decides on, as hashes and
 //! counts — the fingerprint's parts and the network hashed for linking, the
-//! prompt's shape signature as index keys, and the facts the behaviour
-//! signals read. The prompt text goes no further than the prompt step
+//! prompt's shape signature as index keys, the facts the behaviour signals
+//! read, and the input tokens admission charges. The prompt text goes no further than the prompt step
 //! (`crate::prompt`), which turns it into those features.
 
 use std::sync::Arc;
@@ -29,7 +29,9 @@ pub(super) async fn phase(
     Ok(Observation {
         account: caller.account,
         anonymous: caller.anonymous,
-        input_tokens: inspected.input_tokens,
+        input_tokens: inspected
+            .size_tokens
+            .unwrap_or(u64::from(prompt.input_tokens)),
         attrs,
         request,
         account_age: caller.account_age,
@@ -37,7 +39,8 @@ pub(super) async fn phase(
 }
 
 /// The prompt step: what the engine is told of the prompt (its signature's
-/// keys, phrase hits, fill key), so that it never sees the text. The part
+/// keys, phrase hits, fill key, token estimate), so that it never sees the
+/// text. The part
 /// of it an earlier request sent (a conversation's history) is not walked
 /// again (`crate::prompt::PromptCache`). A prompt of [`OFFLOAD_BYTES`] or
 /// more is analysed on the blocking pool, as its body was inspected.

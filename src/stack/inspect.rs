@@ -1,6 +1,6 @@
 //! Phase 4, classify and inspect: the body under the size limit and read
 //! deadlines, and for an LLM endpoint its inspection — model, output limit,
-//! thinking parameters, an input-token estimate and the prompt — read from
+//! thinking parameters and the prompt — read from
 //! at most `api.inspect_max_body_bytes`. A body that cannot be inspected is
 //! refused or passed on as `api.on_uninspectable` says.
 
@@ -38,8 +38,10 @@ pub(super) struct Inspected {
     pub info: Option<Inspection>,
     /// Why the body could not be inspected, when it could not.
     pub uninspectable: Option<Uninspected>,
-    /// Input tokens charged at admission: the estimate.
-    pub input_tokens: u64,
+    /// Input tokens charged at admission for a body whose prompt was not
+    /// read: its size / 4. None for a parsed body: the prompt step
+    /// estimates its prompt's (`super::features`).
+    pub size_tokens: Option<u64>,
     /// The output limit the client asked for.
     pub max_output: Option<u32>,
     /// How many choices it asks for (OpenAI chat's `n`), at least 1.
@@ -88,16 +90,16 @@ where
     let max_output = parsed.and_then(|i| i.max_output_tokens);
     // OpenAI chat's `n` generates that many choices, each up to the limit.
     let choices = parsed.map_or(1, |i| i.choices.unwrap_or(1).clamp(1, MAX_CHOICES));
-    let input_tokens = match &info {
-        Some(Inspection::Parsed(i)) => u64::from(i.input_tokens_estimate),
-        Some(Inspection::NotJson { len }) => (*len as u64).div_ceil(4),
-        None => body_len_hint(&parts.headers, &body).div_ceil(4),
+    let size_tokens = match &info {
+        Some(Inspection::Parsed(_)) => None,
+        Some(Inspection::NotJson { len }) => Some((*len as u64).div_ceil(4)),
+        None => Some(body_len_hint(&parts.headers, &body).div_ceil(4)),
     };
     Ok(Inspected {
         body,
         info,
         uninspectable,
-        input_tokens,
+        size_tokens,
         max_output,
         choices,
     })
