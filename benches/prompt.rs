@@ -11,6 +11,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use distill_guard::prompt::{cached_features, features, PhraseMatcher, Wanted};
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 /// About `bytes` of prose-like text, varied by `seed`.
 fn text(bytes: usize, seed: usize) -> String {
@@ -176,6 +177,56 @@ fn benches(c: &mut Criterion) {
                 BatchSize::NumIterations(256),
             )
         });
+        // The miss's cost against a whole walk, interleaved (the two timed
+        // in turn, which goes first alternating, so that the machine's drift
+        // falls on both): criterion reports the first's time, and the ratio
+        // of the two sums is printed. The control times two walks without
+        // the cache the same way: what the method reads when there is no
+        // difference.
+        for (name, through_cache) in [("miss", true), ("control", false)] {
+            let (mut a, mut w) = (Duration::ZERO, Duration::ZERO);
+            g.bench_function(format!("features, {kib} KiB, {name}, interleaved"), |b| {
+                b.iter_custom(|iters| {
+                    let before = a;
+                    for i in 0..iters {
+                        unseen += 2;
+                        let (t1, t2) = (text(size, unseen), text(size, unseen + 1));
+                        let timed = |f: &dyn Fn()| {
+                            let start = Instant::now();
+                            f();
+                            start.elapsed()
+                        };
+                        let one = || {
+                            if through_cache {
+                                black_box(cached_features(
+                                    &matcher,
+                                    black_box(&t1),
+                                    [],
+                                    Wanted::ALL,
+                                ));
+                            } else {
+                                black_box(features(&matcher, black_box(&t1), Wanted::ALL));
+                            }
+                        };
+                        let other = || {
+                            black_box(features(&matcher, black_box(&t2), Wanted::ALL));
+                        };
+                        if i % 2 == 0 {
+                            a += timed(&one);
+                            w += timed(&other);
+                        } else {
+                            w += timed(&other);
+                            a += timed(&one);
+                        }
+                    }
+                    a - before
+                })
+            });
+            eprintln!(
+                "prompt/features, {kib} KiB, {name}: {:.3} x a whole walk timed in turn",
+                a.as_secs_f64() / w.as_secs_f64()
+            );
+        }
     }
     g.finish();
 }
