@@ -207,6 +207,12 @@ pub struct FileApi {
     /// degrade, which cannot rewrite such a body, escalated to a refusal).
     #[schemars(extend("enum" = ["refuse", "strictest"]))]
     pub on_uninspectable: String,
+    /// Prompts whose walks (signature, phrase scan, token estimate) are kept
+    /// so that a conversation's next turn is walked only past its history:
+    /// about 1 KiB each, held in memory, first in first out. 0 turns the
+    /// cache off. Used while linking and detection are both on.
+    #[schemars(range(max = 1_048_576))]
+    pub prompt_cache_entries: usize,
 }
 
 impl Default for FileApi {
@@ -214,6 +220,7 @@ impl Default for FileApi {
         Self {
             inspect_max_body_bytes: 10 * 1024 * 1024,
             on_uninspectable: "refuse".into(),
+            prompt_cache_entries: crate::prompt::ENTRIES,
         }
     }
 }

@@ -191,6 +191,9 @@ pub struct ApiConfig {
     pub inspect_max_body_bytes: u64,
     /// What happens to an LLM body that cannot be inspected.
     pub on_uninspectable: Uninspectable,
+    /// Prompts whose walks the prompt cache keeps (0: no cache). The cache
+    /// itself belongs to [`DetectionConfig::phrases`].
+    pub prompt_cache_entries: usize,
 }
 
 /// What happens to an LLM request body that cannot be inspected.
@@ -873,12 +876,22 @@ fn validate(path: &Path, base: &Path, f: FileConfig) -> Result<Config, Invalid> 
                 ))
             }
         },
+        prompt_cache_entries: f.api.prompt_cache_entries,
     };
+    if api.prompt_cache_entries > MAX_PROMPT_CACHE_ENTRIES {
+        return Err(invalid(
+            "api.prompt_cache_entries",
+            format!(
+                "expected at most {MAX_PROMPT_CACHE_ENTRIES} (about 1 GiB of memory), got {}",
+                api.prompt_cache_entries
+            ),
+        ));
+    }
     let tiers = validate_tiers(&f.tiers)?;
     let accounts = validate_accounts(base, &f.accounts, &tiers)?;
     // Detection first: its phrase lists are the stock phrases prompt
     // signatures leave out, ignored prompt files included.
-    let detection = validate_detection(base, &f.detection)?;
+    let detection = validate_detection(base, &f.detection, api.prompt_cache_entries)?;
     let cluster = validate_cluster(base, &f.cluster, detection.phrases.stock_shingles())?;
     let admin = validate_admin(base, &f.admin)?;
     if f.audit.queue_capacity == 0 {
@@ -1771,7 +1784,14 @@ fn action_mode(key: &str, mode: &str, percent: u8) -> Result<ActionMode, Invalid
     })
 }
 
-fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionConfig, Invalid> {
+/// Most entries `api.prompt_cache_entries` may ask for (about 1 KiB each).
+const MAX_PROMPT_CACHE_ENTRIES: usize = 1 << 20;
+
+fn validate_detection(
+    base: &Path,
+    f: &file::FileDetection,
+    prompt_cache_entries: usize,
+) -> Result<DetectionConfig, Invalid> {
     use crate::engine::score::{Mark, ScorePolicy, Signal};
     use crate::prompt::PhraseMatcher;
     let mode = {
@@ -2001,6 +2021,6 @@ fn validate_detection(base: &Path, f: &file::FileDetection) -> Result<DetectionC
             .map(|m| (m.prefix.clone(), m.released_unix_ms))
             .collect(),
         phrase_list_files: f.phrase_lists.iter().map(|p| resolve(base, p)).collect(),
-        phrases: std::sync::Arc::new(matcher),
+        phrases: std::sync::Arc::new(matcher.with_cache_entries(prompt_cache_entries)),
     })
 }

@@ -146,6 +146,24 @@ fn bad_values_are_rejected() {
             want * 1_000_000_000
         );
     }
+    let e = parse_str(&format!("{MINIMAL}[api]\nprompt_cache_entries = 1048577\n")).unwrap_err();
+    assert_eq!(e.key, "api.prompt_cache_entries", "{e}");
+    assert!(e.to_string().contains("at most 1048576"), "{e}");
+    for (entries, want) in [
+        ("prompt_cache_entries = 0", 0),
+        ("", 8192),
+        ("prompt_cache_entries = 100", 112),
+    ] {
+        let c = parse_str(&format!("{MINIMAL}[api]\n{entries}\n")).unwrap();
+        assert_eq!(
+            c.api.prompt_cache_entries,
+            entries
+                .split(" = ")
+                .nth(1)
+                .map_or(8192, |n| n.parse().unwrap())
+        );
+        assert_eq!(c.detection.phrases.cache().capacity(), want, "{entries:?}");
+    }
     let e = parse_str("[upstream]\nurl = \"http://x\"\n").unwrap_err();
     assert_eq!(e.key, "listener");
     let e = parse_str(&format!("{MINIMAL}[logging]\nformat = \"xml\"\n")).unwrap_err();

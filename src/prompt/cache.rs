@@ -128,10 +128,11 @@ impl Prefixes {
 
 impl PromptCache {
     /// A cache of at most `entries` walks (rounded up to a multiple of the shards), under a fresh random seed.
+    /// With 0 it keeps nothing, and [`cached_features`](super::cached_features) walks every prompt whole.
     pub fn new(entries: usize) -> PromptCache {
         PromptCache {
             seed: rand::random(),
-            per_shard: entries.div_ceil(SHARDS).max(1),
+            per_shard: entries.div_ceil(SHARDS),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             whole: AtomicU64::new(0),
             continued: AtomicU64::new(0),
@@ -156,6 +157,11 @@ impl PromptCache {
             continued: self.continued.load(Ordering::Relaxed),
             walked: self.walked.load(Ordering::Relaxed),
         }
+    }
+
+    /// Entries it may hold (0: it is off).
+    pub fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
     }
 
     /// Entries held.

@@ -72,17 +72,17 @@ pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> Prompt
 /// cache ([`PromptCache`]): a prompt seen before whole is not walked, and one that extends a prompt seen before at
 /// one of `cuts` (the offsets of the line breaks that join its pieces, `crate::api::inspect::PromptCuts`) is
 /// walked only past it. The features are the same as [`features`] gives. Prompts shorter than
-/// [`MIN_CACHED_BYTES`], or without every feature wanted, are walked whole and not kept.
+/// [`MIN_CACHED_BYTES`], or without every feature wanted, or with the cache off, are walked whole and not kept.
 pub fn cached_features(
     matcher: &PhraseMatcher,
     prompt: &str,
     cuts: impl IntoIterator<Item = usize>,
     wanted: Wanted,
 ) -> PromptFeatures {
-    if wanted != Wanted::ALL || prompt.len() < MIN_CACHED_BYTES {
+    let cache = matcher.cache();
+    if wanted != Wanted::ALL || prompt.len() < MIN_CACHED_BYTES || cache.capacity() == 0 {
         return features(matcher, prompt, wanted);
     }
-    let cache = matcher.cache();
     let prefixes = cache.prefixes(prompt, cuts);
     let found = |w: &Walked| PromptFeatures {
         keys: w.keys,

@@ -702,6 +702,12 @@ impl PhraseMatcher {
         &self.cache
     }
 
+    /// The matcher with an empty prompt cache of `entries` (0: none; the default is [`super::ENTRIES`]).
+    pub fn with_cache_entries(mut self, entries: usize) -> PhraseMatcher {
+        self.cache = std::sync::Arc::new(super::PromptCache::new(entries));
+        self
+    }
+
     /// The shingles of every phrase of the lists: phrases many unrelated users type, so a prompt signature leaves
     /// them out ([`crate::engine::signature::signature_with`]) and a shared phrase never links two accounts by itself.
     pub fn stock_shingles(&self) -> &StockShingles {

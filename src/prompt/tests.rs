@@ -409,6 +409,23 @@ fn the_prompt_cache_is_bounded_and_belongs_to_its_matcher() {
     assert!(matcher().cache().is_empty(), "a new matcher has its own");
 }
 
+/// With the cache off (`api.prompt_cache_entries = 0`) every prompt is walked whole and nothing is kept.
+#[test]
+fn a_cache_of_no_entries_keeps_nothing() {
+    let m = matcher().with_cache_entries(0);
+    let text = turn(&mut StdRng::seed_from_u64(2), 300);
+    for _ in 0..2 {
+        assert_eq!(
+            cached_features(&m, &text, [], Wanted::ALL),
+            features(&m, &text, Wanted::ALL)
+        );
+    }
+    assert_eq!(m.cache().capacity(), 0);
+    assert!(m.cache().is_empty());
+    assert_eq!(m.cache().stats(), CacheStats::default());
+    assert_eq!(matcher().with_cache_entries(20).cache().capacity(), 32);
+}
+
 /// A continued scan reads the new part raw only when it is ASCII: typographic separators (dashes, a no-break
 /// space) after the join are normalised by the whole scan's path, so such a part is scanned whole.
 #[test]
