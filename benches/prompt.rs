@@ -87,7 +87,11 @@ fn benches(c: &mut Criterion) {
         // should the turns have pushed it out, outside the timing).
         cached_features(&matcher, &history, [], Wanted::ALL);
         let cache = matcher.cache();
-        let (_, key) = cache.prefixes(&history, []).iter().next().unwrap();
+        let (_, key) = cache
+            .prefixes(&history, [], Wanted::ALL)
+            .iter()
+            .next()
+            .unwrap();
         let walked = cache.get(key).unwrap();
         let mut seed = 100;
         g.bench_function(format!("features, {kib} KiB turn, history cached"), |b| {
@@ -110,7 +114,11 @@ fn benches(c: &mut Criterion) {
             [system.len()],
             Wanted::ALL,
         );
-        let (_, sys_key) = cache.prefixes(&system, []).iter().next().unwrap();
+        let (_, sys_key) = cache
+            .prefixes(&system, [], Wanted::ALL)
+            .iter()
+            .next()
+            .unwrap();
         let sys_walked = cache.get(sys_key).unwrap();
         g.bench_function(
             format!("features, {kib} KiB system prompt, new conversation"),

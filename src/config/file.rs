@@ -210,7 +210,7 @@ pub struct FileApi {
     /// Prompts whose walks (signature, phrase scan, token estimate) are kept
     /// so that a conversation's next turn is walked only past its history:
     /// about 1 KiB each, held in memory, first in first out. 0 turns the
-    /// cache off. Used while linking and detection are both on.
+    /// cache off.
     #[schemars(range(max = 1_048_576))]
     pub prompt_cache_entries: usize,
 }

@@ -10,6 +10,10 @@
 //! The features are the same as those of a whole walk (`docs/signature.md`, §11), so linking, detection and
 //! admission see nothing different.
 //!
+//! An entry holds the walks a request wanted ([`Wanted`]: the signature while linking, the phrase scan while
+//! detecting, the token estimate always) and is found only by requests that want the same; with the policy off the
+//! cache keeps the estimate alone.
+//!
 //! Entries are found by a 128-bit XXH3 of the text with a seed drawn when the cache is made. An entry holds no
 //! text, only the walks' state (MinHash minima and hashes of the last words and shingles, `Partial`; the
 //! estimator's counts and the classes of the last bytes, `Estimator`), and lives in the process's memory until newer
@@ -30,6 +34,8 @@ use crate::engine::hash::IdHasher;
 use crate::engine::score::PhraseHits;
 use crate::engine::signature::{Partial, INDEX_KEYS};
 
+use super::Wanted;
+
 /// Prompts shorter than this are walked whole: their walks cost about what a lookup does.
 pub const MIN_CACHED_BYTES: usize = 512;
 /// Entries at most (about 1 KiB each).
@@ -37,14 +43,16 @@ pub const ENTRIES: usize = 8192;
 /// Shards (each a lock of its own).
 const SHARDS: usize = 16;
 
-/// The walks of one text, stopped at its end.
+/// The walks of one text, stopped at its end: those a request wanted (the others are empty).
 #[derive(Debug, Clone, Copy)]
 pub struct Walked {
-    /// The signature's walk (None: it cannot be continued, `signature_partial`).
+    /// The text's length in bytes.
+    pub len: usize,
+    /// The signature's walk (None: it cannot be continued, `signature_partial`, or linking did not want it).
     pub partial: Option<Partial>,
-    /// The signature's index keys (None: not informative).
+    /// The signature's index keys (None: not informative, or not wanted).
     pub keys: Option<[u64; INDEX_KEYS]>,
-    /// The phrase lists the text matched.
+    /// The phrase lists the text matched (none when detection did not want them).
     pub hits: PhraseHits,
     /// The token estimator, having taken the text.
     pub tokens: Estimator,
@@ -178,10 +186,17 @@ impl PromptCache {
     }
 
     /// The hash of `text` and of its prefixes that end at the last [`MAX_CUTS`] of `cuts` (byte offsets of the line
-    /// breaks that join its pieces, in increasing order; ones out of order or range are skipped), in one pass.
-    pub fn prefixes(&self, text: &str, cuts: impl IntoIterator<Item = usize>) -> Prefixes {
+    /// breaks that join its pieces, in increasing order; ones out of order or range are skipped), in one pass,
+    /// for the walks `wanted` asks for (other wants hash the same text elsewhere).
+    pub fn prefixes(
+        &self,
+        text: &str,
+        cuts: impl IntoIterator<Item = usize>,
+        wanted: Wanted,
+    ) -> Prefixes {
         let bytes = text.as_bytes();
-        let mut h = Xxh3::with_seed(self.seed);
+        let want = u64::from(wanted.linking) | u64::from(wanted.detection) << 1;
+        let mut h = Xxh3::with_seed(self.seed ^ want);
         let mut at = 0;
         let mut out = Prefixes {
             hashes: [(0, 0); MAX_CUTS + 1],

@@ -71,8 +71,9 @@ pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> Prompt
 /// [`features`] of a request's prompt, with the walks of the prompt's already-seen part taken from `matcher`'s
 /// cache ([`PromptCache`]): a prompt seen before whole is not walked, and one that extends a prompt seen before at
 /// one of `cuts` (the offsets of the line breaks that join its pieces, `crate::api::inspect::PromptCuts`) is
-/// walked only past it. The features are the same as [`features`] gives. Prompts shorter than
-/// [`MIN_CACHED_BYTES`], or without every feature wanted, or with the cache off, are walked whole and not kept.
+/// walked only past it. The features are the same as [`features`] gives. Only the walks `wanted` asks for are made
+/// and kept (the token estimate's always). Prompts shorter than [`MIN_CACHED_BYTES`], or with the cache off, are
+/// walked whole and not kept.
 pub fn cached_features(
     matcher: &PhraseMatcher,
     prompt: &str,
@@ -80,30 +81,29 @@ pub fn cached_features(
     wanted: Wanted,
 ) -> PromptFeatures {
     let cache = matcher.cache();
-    if wanted != Wanted::ALL || prompt.len() < MIN_CACHED_BYTES || cache.capacity() == 0 {
+    if prompt.len() < MIN_CACHED_BYTES || cache.capacity() == 0 {
         return features(matcher, prompt, wanted);
     }
-    let prefixes = cache.prefixes(prompt, cuts);
+    let prefixes = cache.prefixes(prompt, cuts, wanted);
     let found = |w: &Walked| PromptFeatures {
         keys: w.keys,
         phrase_hits: w.hits,
-        fill_key: Some(fill_key(prompt)),
+        fill_key: wanted.detection.then(|| fill_key(prompt)),
         input_tokens: w.tokens.tokens(),
     };
     let mut hashes = prefixes.iter();
     let Some((_, whole)) = hashes.next() else {
-        return found(&walk(matcher, prompt, None));
+        return found(&walk(matcher, prompt, None, wanted));
     };
     if let Some(w) = cache.get(whole) {
         cache.count(Walk::Whole);
         return found(&w);
     }
-    // The longest prefix seen before whose walk can be continued.
-    let seen = hashes.find_map(|(len, h)| {
-        let w = cache.get(h)?;
-        let p = w.partial.filter(|p| p.len() == len)?;
-        Some((p, w))
-    });
+    // The longest prefix seen before whose walks can be continued (the
+    // signature's cannot when its walk stopped inside an open search).
+    let continues =
+        |w: &Walked, len: usize| w.len == len && (!wanted.linking || w.partial.is_some());
+    let seen = hashes.find_map(|(len, h)| cache.get(h).filter(|w| continues(w, len)));
     cache.count(if seen.is_some() {
         Walk::Continued
     } else {
@@ -116,41 +116,42 @@ pub fn cached_features(
     let seen = seen.or_else(|| {
         let (len, h) = prefixes.iter().skip(1).last()?;
         let head = prompt.get(..len).filter(|h| h.len() >= MIN_CACHED_BYTES)?;
-        let w = walk(matcher, head, None);
-        let p = w.partial?;
-        cache.put(h, w);
-        Some((p, w))
+        let w = walk(matcher, head, None, wanted);
+        continues(&w, len).then(|| {
+            cache.put(h, w);
+            w
+        })
     });
-    let walked = walk(matcher, prompt, seen);
+    let walked = walk(matcher, prompt, seen.as_ref(), wanted);
     cache.put(whole, walked);
     found(&walked)
 }
 
-/// The walks of `prompt` (signature, phrase scan, token estimate), taken up from where `seen` stopped (the walks of
-/// the prompt's first `partial.len()` bytes), or whole.
-fn walk(
-    matcher: &PhraseMatcher,
-    prompt: &str,
-    seen: Option<(signature::Partial, Walked)>,
-) -> Walked {
+/// The walks of `prompt` that `wanted` asks for (signature, phrase scan; the token estimate always), taken up from
+/// where `seen` stopped (the walks of the prompt's first `seen.len` bytes), or whole.
+fn walk(matcher: &PhraseMatcher, prompt: &str, seen: Option<&Walked>, wanted: Wanted) -> Walked {
     let stock = matcher.stock_shingles();
-    let ((sig, partial), hits, mut tokens) = match seen {
-        Some((p, before)) => (
-            signature::signature_continued(prompt, &p, stock),
-            matcher.scan_continued(prompt, p.len(), before.hits),
-            before.tokens,
-        ),
-        None => (
-            signature::signature_partial(prompt, stock),
-            matcher.scan(prompt),
-            Estimator::new(),
-        ),
+    let from = seen.map_or(0, |w| w.len);
+    let (keys, partial) = if wanted.linking {
+        let (sig, partial) = match seen.and_then(|w| w.partial.as_ref()) {
+            Some(p) => signature::signature_continued(prompt, p, stock),
+            None => signature::signature_partial(prompt, stock),
+        };
+        (sig.is_informative().then(|| sig.index_keys()), partial)
+    } else {
+        (None, None)
     };
-    let from = seen.map_or(0, |(p, _)| p.len());
+    let hits = match (wanted.detection, seen) {
+        (false, _) => PhraseHits::NONE,
+        (true, Some(w)) => matcher.scan_continued(prompt, w.len, w.hits),
+        (true, None) => matcher.scan(prompt),
+    };
+    let mut tokens = seen.map_or_else(Estimator::new, |w| w.tokens);
     tokens.push(prompt.as_bytes().get(from..).unwrap_or_default());
     Walked {
+        len: prompt.len(),
         partial,
-        keys: sig.is_informative().then(|| sig.index_keys()),
+        keys,
         hits,
         tokens,
     }

@@ -320,65 +320,87 @@ fn conversation_prompt(system: &str, turns: &[String]) -> (String, Vec<usize>) {
     (text, cuts)
 }
 
-/// The cached features of every turn of generated conversations are the features of a whole walk; the turns
-/// after the first are walked only past the previous turn (the cache's counts say so), and a prompt sent again
-/// is not walked at all.
+/// The cached features of every turn of generated conversations are the features of a whole walk, for every set
+/// of features wanted; the turns after the first are walked only past the previous turn (the cache's counts say
+/// so), and a prompt sent again is not walked at all.
 #[test]
 fn cached_features_are_the_whole_walks_and_continue_conversations() {
-    let m = matcher();
-    let cache = m.cache();
-    let mut rng = StdRng::seed_from_u64(9);
-    let system = turn(&mut rng, 120);
-    let mut walks = 0;
-    for _ in 0..40 {
-        let mut turns: Vec<String> = Vec::new();
-        for k in 0..6 {
-            // An answer and the next question.
-            if k > 0 {
+    let wants = [
+        Wanted::ALL,
+        Wanted {
+            linking: true,
+            detection: false,
+        },
+        Wanted {
+            linking: false,
+            detection: true,
+        },
+        Wanted {
+            linking: false,
+            detection: false,
+        },
+    ];
+    for wanted in wants {
+        let m = matcher();
+        let cache = m.cache();
+        let mut rng = StdRng::seed_from_u64(9);
+        let system = turn(&mut rng, 120);
+        let mut walks = 0;
+        for _ in 0..40 {
+            let mut turns: Vec<String> = Vec::new();
+            for k in 0..6 {
+                // An answer and the next question.
+                if k > 0 {
+                    turns.push({
+                        let n = rng.gen_range(0..200);
+                        turn(&mut rng, n)
+                    });
+                }
                 turns.push({
-                    let n = rng.gen_range(0..200);
+                    let n = rng.gen_range(1..200);
                     turn(&mut rng, n)
                 });
+                let (text, cuts) = conversation_prompt(&system, &turns);
+                let got = cached_features(&m, &text, cuts.iter().copied(), wanted);
+                assert_eq!(got, features(&m, &text, wanted), "{wanted:?} {text:?}");
+                walks += 1;
+                let again = cached_features(&m, &text, cuts.iter().copied(), wanted);
+                assert_eq!(again, got);
             }
-            turns.push({
-                let n = rng.gen_range(1..200);
-                turn(&mut rng, n)
-            });
-            let (text, cuts) = conversation_prompt(&system, &turns);
-            let got = cached_features(&m, &text, cuts.iter().copied(), Wanted::ALL);
-            assert_eq!(got, features(&m, &text, Wanted::ALL), "{text:?}");
-            walks += 1;
-            let again = cached_features(&m, &text, cuts.iter().copied(), Wanted::ALL);
-            assert_eq!(again, got);
         }
+        let s = cache.stats();
+        assert_eq!(
+            s.whole, walks,
+            "every prompt sent again is found whole: {wanted:?} {s:?}"
+        );
+        // The conversations share the system prompt: only the first one's first turn walks it all; every other
+        // turn continues the system prompt or the turn before.
+        assert_eq!(s.walked, 1, "{wanted:?} {s:?}");
+        assert!(s.continued >= walks * 2 / 3, "{wanted:?} {s:?}");
+        assert!(s.continued + s.walked == walks, "{wanted:?} {s:?}");
+        // Another set of wants does not find these walks: it walks its own.
+        let other = wants.iter().find(|w| **w != wanted).copied().unwrap();
+        let (text, cuts) = conversation_prompt(&system, &[turn(&mut rng, 50)]);
+        cached_features(&m, &text, cuts.iter().copied(), wanted);
+        let before = cache.stats();
+        assert_eq!(
+            cached_features(&m, &text, cuts.iter().copied(), other),
+            features(&m, &text, other)
+        );
+        assert_eq!(
+            cache.stats().walked,
+            before.walked + 1,
+            "{wanted:?} then {other:?}"
+        );
+        // Short prompts are walked whole and not kept.
+        let len = cache.len();
+        let short = "explain your reasoning step by step";
+        assert_eq!(
+            cached_features(&m, short, [], wanted),
+            features(&m, short, wanted)
+        );
+        assert_eq!(cache.len(), len);
     }
-    let s = cache.stats();
-    assert_eq!(
-        s.whole, walks,
-        "every prompt sent again is found whole: {s:?}"
-    );
-    // The conversations share the system prompt: only the first one's first turn walks it all; every other turn
-    // continues the system prompt or the turn before.
-    assert_eq!(s.walked, 1, "{s:?}");
-    assert!(s.continued >= walks * 2 / 3, "{s:?}");
-    assert!(s.continued + s.walked == walks, "{s:?}");
-    // Short prompts and partial wants are walked whole and not kept.
-    let before = cache.len();
-    let short = "explain your reasoning step by step";
-    assert_eq!(
-        cached_features(&m, short, [], Wanted::ALL),
-        features(&m, short, Wanted::ALL)
-    );
-    let (text, cuts) = conversation_prompt(&system, &[turn(&mut rng, 50)]);
-    let linking = Wanted {
-        linking: true,
-        detection: false,
-    };
-    assert_eq!(
-        cached_features(&m, &text, cuts.iter().copied(), linking),
-        features(&m, &text, linking)
-    );
-    assert_eq!(cache.len(), before);
 }
 
 /// The cache keeps at most its size, oldest out first, and a reload's matcher starts with an empty one.
@@ -386,6 +408,7 @@ fn cached_features_are_the_whole_walks_and_continue_conversations() {
 fn the_prompt_cache_is_bounded_and_belongs_to_its_matcher() {
     let cache = PromptCache::new(64);
     let w = Walked {
+        len: 0,
         partial: None,
         keys: None,
         hits: PhraseHits::NONE,

@@ -944,8 +944,8 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
         register(
             &mut r,
             "distill_guard_prompts_walked",
-            "Prompts of at least 512 bytes analysed while linking and detection are both on (and \
-             api.prompt_cache_entries is not 0), by how much of them was walked: none (the same prompt seen before), the part past an earlier request's prompt (a \
+            "Prompts of at least 512 bytes analysed while api.prompt_cache_entries is not 0, by how much of \
+             them was walked: none (the same prompt seen before), the part past an earlier request's prompt (a \
              conversation's history sent again), or all of it. Since the config in force was loaded.",
             ConstFamily(vec![
                 (PromptWalkLabels { walked: PromptWalk::None }, p.whole),
