@@ -13,6 +13,9 @@ use distill_guard::prompt::{cached_features, features, PhraseMatcher, Wanted};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+/// The account every request of these benches comes from (the cache keeps each account's walks apart).
+const ACCOUNT: u64 = 7;
+
 /// About `bytes` of prose-like text, varied by `seed`.
 fn text(bytes: usize, seed: usize) -> String {
     const WORDS: &[&str] = &[
@@ -85,10 +88,10 @@ fn benches(c: &mut Criterion) {
         // iteration walks a new turn past it (new, so that the turn is not
         // found whole; the turns are made, and the history's entry put back
         // should the turns have pushed it out, outside the timing).
-        cached_features(&matcher, &history, [], Wanted::ALL);
+        cached_features(&matcher, &history, [], Wanted::ALL, ACCOUNT);
         let cache = matcher.cache();
         let (_, key) = cache
-            .prefixes(&history, [], Wanted::ALL)
+            .prefixes(&history, [], Wanted::ALL, ACCOUNT)
             .iter()
             .next()
             .unwrap();
@@ -101,7 +104,7 @@ fn benches(c: &mut Criterion) {
                     seed += 2;
                     turn(&history, seed)
                 },
-                |(t, cuts)| cached_features(&matcher, black_box(&t), cuts, Wanted::ALL),
+                |(t, cuts)| cached_features(&matcher, black_box(&t), cuts, Wanted::ALL, ACCOUNT),
                 BatchSize::NumIterations(256),
             )
         });
@@ -113,9 +116,10 @@ fn benches(c: &mut Criterion) {
             &format!("{system}\nthe first question"),
             [system.len()],
             Wanted::ALL,
+            ACCOUNT,
         );
         let (_, sys_key) = cache
-            .prefixes(&system, [], Wanted::ALL)
+            .prefixes(&system, [], Wanted::ALL, ACCOUNT)
             .iter()
             .next()
             .unwrap();
@@ -129,12 +133,20 @@ fn benches(c: &mut Criterion) {
                         seed += 2;
                         format!("{system}\n{}", text(300, seed))
                     },
-                    |t| cached_features(&matcher, black_box(&t), [system.len()], Wanted::ALL),
+                    |t| {
+                        cached_features(
+                            &matcher,
+                            black_box(&t),
+                            [system.len()],
+                            Wanted::ALL,
+                            ACCOUNT,
+                        )
+                    },
                     BatchSize::NumIterations(256),
                 )
             },
         );
-        cached_features(&matcher, &next, cuts.iter().copied(), Wanted::ALL);
+        cached_features(&matcher, &next, cuts.iter().copied(), Wanted::ALL, ACCOUNT);
         g.bench_function(format!("features, {kib} KiB turn, sent again"), |b| {
             b.iter(|| {
                 cached_features(
@@ -142,6 +154,7 @@ fn benches(c: &mut Criterion) {
                     black_box(&next),
                     cuts.iter().copied(),
                     Wanted::ALL,
+                    ACCOUNT,
                 )
             })
         });
@@ -154,7 +167,7 @@ fn benches(c: &mut Criterion) {
                     unseen += 1;
                     text(size, unseen)
                 },
-                |t| cached_features(&matcher, black_box(&t), [], Wanted::ALL),
+                |t| cached_features(&matcher, black_box(&t), [], Wanted::ALL, ACCOUNT),
                 BatchSize::NumIterations(256),
             )
         });
@@ -171,7 +184,7 @@ fn benches(c: &mut Criterion) {
                     t.push_str(&text(size / 2, unseen + 500_000));
                     (t, cut)
                 },
-                |(t, cut)| cached_features(&matcher, black_box(&t), [cut], Wanted::ALL),
+                |(t, cut)| cached_features(&matcher, black_box(&t), [cut], Wanted::ALL, ACCOUNT),
                 BatchSize::NumIterations(256),
             )
         });
@@ -211,6 +224,7 @@ fn benches(c: &mut Criterion) {
                                     black_box(&t1),
                                     [],
                                     Wanted::ALL,
+                                    ACCOUNT,
                                 ));
                             } else {
                                 black_box(features(&matcher, black_box(&t1), Wanted::ALL));

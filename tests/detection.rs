@@ -217,6 +217,7 @@ async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
     let document = "The quarterly report lists revenue by region and by product line. ".repeat(30);
     let mut messages = vec![serde_json::json!({"role": "user", "content": document})];
     let mut degraded_at = None;
+    let mut first_body = None;
     for turn in 0..=16 {
         if turn > 0 {
             messages.push(
@@ -232,6 +233,7 @@ async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
             "messages": messages,
         })
         .to_string();
+        first_body.get_or_insert_with(|| body.clone());
         // The last turn is sent twice, as a client retries.
         for _ in 0..if turn == 16 { 2 } else { 1 } {
             let r = timeout(client().request(messages_request(&env.url("/v1/messages"), &body)))
@@ -250,6 +252,13 @@ async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
         degraded_at.is_some_and(|t| t <= 12),
         "degraded at {degraded_at:?}: {acct}"
     );
+    // Another account sending the first turn does not find its walks.
+    let mut req = messages_request(&env.url("/v1/messages"), first_body.as_deref().unwrap());
+    req.headers_mut()
+        .insert("x-api-key", "another-customer".parse().unwrap());
+    let r = timeout(client().request(req)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    reported.push(body_json(r).await["usage"]["input_tokens"].as_u64());
     let admin = env.proxy.admin_addr().unwrap();
     let metrics = timeout(
         client().request(
@@ -276,7 +285,7 @@ async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
             .unwrap_or_else(|| panic!("{line} missing:\n{text}"))
     };
     assert_eq!(count("none"), 1, "the turn sent twice");
-    assert_eq!(count("all"), 1, "the first turn");
+    assert_eq!(count("all"), 2, "the first turn, by each account");
     assert_eq!(count("rest"), 16, "every later turn");
     // Admission charged each turn the whole prompt's estimate, its history's
     // part taken from the cache.

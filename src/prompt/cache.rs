@@ -14,6 +14,12 @@
 //! detecting, the token estimate always) and is found only by requests that want the same; with the policy off the
 //! cache keeps the estimate alone.
 //!
+//! An entry is found only by requests of the account that made it. A cache shared between accounts would answer
+//! a text another customer sent recently faster than one nobody sent (at 32 KiB a walk takes about 100 µs; a
+//! megabyte, milliseconds), and that difference would tell one customer what another sends: the side channel
+//! that led model providers to scope their own prompt caches to an organisation. A conversation is one account's,
+//! so what the cache is for is kept; an app whose many accounts share a system prompt walks it once per account.
+//!
 //! Entries are found by a 128-bit XXH3 of the text with a seed drawn when the cache is made. An entry holds no
 //! text, only the walks' state (MinHash minima and hashes of the last words and shingles, `Partial`; the
 //! estimator's counts and the classes of the last bytes, `Estimator`), and lives in the process's memory until newer
@@ -187,16 +193,19 @@ impl PromptCache {
 
     /// The hash of `text` and of its prefixes that end at the last [`MAX_CUTS`] of `cuts` (byte offsets of the line
     /// breaks that join its pieces, in increasing order; ones out of order or range are skipped), in one pass,
-    /// for the walks `wanted` asks for (other wants hash the same text elsewhere).
+    /// for `account`'s requests that want `wanted` (another account, or other wants, hash the same text elsewhere).
     pub fn prefixes(
         &self,
         text: &str,
         cuts: impl IntoIterator<Item = usize>,
         wanted: Wanted,
+        account: u64,
     ) -> Prefixes {
         let bytes = text.as_bytes();
-        let want = u64::from(wanted.linking) | u64::from(wanted.detection) << 1;
-        let mut h = Xxh3::with_seed(self.seed ^ want);
+        let mut h = Xxh3::with_seed(self.seed);
+        let want = u8::from(wanted.linking) | u8::from(wanted.detection) << 1;
+        h.update(&account.to_le_bytes());
+        h.update(&[want]);
         let mut at = 0;
         let mut out = Prefixes {
             hashes: [(0, 0); MAX_CUTS + 1],

@@ -72,19 +72,21 @@ pub fn features(matcher: &PhraseMatcher, prompt: &str, wanted: Wanted) -> Prompt
 /// cache ([`PromptCache`]): a prompt seen before whole is not walked, and one that extends a prompt seen before at
 /// one of `cuts` (the offsets of the line breaks that join its pieces, `crate::api::inspect::PromptCuts`) is
 /// walked only past it. The features are the same as [`features`] gives. Only the walks `wanted` asks for are made
-/// and kept (the token estimate's always). Prompts shorter than [`MIN_CACHED_BYTES`], or with the cache off, are
-/// walked whole and not kept.
+/// and kept (the token estimate's always), and only for `account` (the request's account id): another account's
+/// requests do not find them. Prompts shorter than [`MIN_CACHED_BYTES`], or with the cache off, are walked whole
+/// and not kept.
 pub fn cached_features(
     matcher: &PhraseMatcher,
     prompt: &str,
     cuts: impl IntoIterator<Item = usize>,
     wanted: Wanted,
+    account: u64,
 ) -> PromptFeatures {
     let cache = matcher.cache();
     if prompt.len() < MIN_CACHED_BYTES || cache.capacity() == 0 {
         return features(matcher, prompt, wanted);
     }
-    let prefixes = cache.prefixes(prompt, cuts, wanted);
+    let prefixes = cache.prefixes(prompt, cuts, wanted, account);
     let found = |w: &Walked| PromptFeatures {
         keys: w.keys,
         phrase_hits: w.hits,

@@ -361,10 +361,10 @@ fn cached_features_are_the_whole_walks_and_continue_conversations() {
                     turn(&mut rng, n)
                 });
                 let (text, cuts) = conversation_prompt(&system, &turns);
-                let got = cached_features(&m, &text, cuts.iter().copied(), wanted);
+                let got = cached_features(&m, &text, cuts.iter().copied(), wanted, 1);
                 assert_eq!(got, features(&m, &text, wanted), "{wanted:?} {text:?}");
                 walks += 1;
-                let again = cached_features(&m, &text, cuts.iter().copied(), wanted);
+                let again = cached_features(&m, &text, cuts.iter().copied(), wanted, 1);
                 assert_eq!(again, got);
             }
         }
@@ -381,10 +381,10 @@ fn cached_features_are_the_whole_walks_and_continue_conversations() {
         // Another set of wants does not find these walks: it walks its own.
         let other = wants.iter().find(|w| **w != wanted).copied().unwrap();
         let (text, cuts) = conversation_prompt(&system, &[turn(&mut rng, 50)]);
-        cached_features(&m, &text, cuts.iter().copied(), wanted);
+        cached_features(&m, &text, cuts.iter().copied(), wanted, 1);
         let before = cache.stats();
         assert_eq!(
-            cached_features(&m, &text, cuts.iter().copied(), other),
+            cached_features(&m, &text, cuts.iter().copied(), other, 1),
             features(&m, &text, other)
         );
         assert_eq!(
@@ -396,7 +396,7 @@ fn cached_features_are_the_whole_walks_and_continue_conversations() {
         let len = cache.len();
         let short = "explain your reasoning step by step";
         assert_eq!(
-            cached_features(&m, short, [], wanted),
+            cached_features(&m, short, [], wanted, 1),
             features(&m, short, wanted)
         );
         assert_eq!(cache.len(), len);
@@ -426,10 +426,48 @@ fn the_prompt_cache_is_bounded_and_belongs_to_its_matcher() {
     assert!(cache.get(hashes[999] ^ (1u128 << 100)).is_none());
     let m = matcher();
     let text = turn(&mut StdRng::seed_from_u64(1), 300);
-    cached_features(&m, &text, [], Wanted::ALL);
+    cached_features(&m, &text, [], Wanted::ALL, 1);
     assert_eq!(m.cache().len(), 1);
     assert_eq!(m.clone().cache().len(), 1, "a clone shares it");
     assert!(matcher().cache().is_empty(), "a new matcher has its own");
+}
+
+/// One account's walks are not another's: a text another account sent is walked again (a shared cache would
+/// answer it faster and so tell one customer what another sends), and each account continues its own.
+#[test]
+fn an_account_does_not_find_another_accounts_walks() {
+    let m = matcher();
+    let cache = m.cache();
+    let mut rng = StdRng::seed_from_u64(4);
+    let system = turn(&mut rng, 150);
+    let mut turns = vec![turn(&mut rng, 40)];
+    let (first, first_cuts) = conversation_prompt(&system, &turns);
+    turns.push(turn(&mut rng, 40));
+    let (next, next_cuts) = conversation_prompt(&system, &turns);
+    let features_of = |text: &str, cuts: &[usize], account: u64| {
+        let got = cached_features(&m, text, cuts.iter().copied(), Wanted::ALL, account);
+        assert_eq!(got, features(&m, text, Wanted::ALL), "account {account}");
+    };
+    // The same first request: walked by each account.
+    for account in [1, 2] {
+        let before = cache.stats();
+        features_of(&first, &first_cuts, account);
+        assert_eq!(cache.stats().walked, before.walked + 1, "account {account}");
+    }
+    // The next turn: each account continues its own first request.
+    for account in [1, 2] {
+        let before = cache.stats();
+        features_of(&next, &next_cuts, account);
+        assert_eq!(
+            cache.stats().continued,
+            before.continued + 1,
+            "account {account}"
+        );
+    }
+    // A third account finds neither.
+    let before = cache.stats();
+    features_of(&next, &next_cuts, 3);
+    assert_eq!(cache.stats().walked, before.walked + 1);
 }
 
 /// With the cache off (`api.prompt_cache_entries = 0`) every prompt is walked whole and nothing is kept.
@@ -439,7 +477,7 @@ fn a_cache_of_no_entries_keeps_nothing() {
     let text = turn(&mut StdRng::seed_from_u64(2), 300);
     for _ in 0..2 {
         assert_eq!(
-            cached_features(&m, &text, [], Wanted::ALL),
+            cached_features(&m, &text, [], Wanted::ALL, 1),
             features(&m, &text, Wanted::ALL)
         );
     }

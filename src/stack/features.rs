@@ -23,7 +23,7 @@ pub(super) async fn phase(
     fp: &ClientFingerprint,
     inspected: &mut Inspected,
 ) -> Result<Observation, ProxyError> {
-    let prompt = prompt_features(config, inspected.info.as_mut()).await?;
+    let prompt = prompt_features(config, caller.account.0, inspected.info.as_mut()).await?;
     let attrs = observed_attrs(config, fp, prompt.keys);
     let request = request_facts(config, fp, inspected.info.as_ref(), &prompt);
     Ok(Observation {
@@ -40,12 +40,13 @@ pub(super) async fn phase(
 
 /// The prompt step: what the engine is told of the prompt (its signature's
 /// keys, phrase hits, fill key, token estimate), so that it never sees the
-/// text. The part
-/// of it an earlier request sent (a conversation's history) is not walked
-/// again (`crate::prompt::PromptCache`). A prompt of [`OFFLOAD_BYTES`] or
+/// text. The part of it an earlier request of the same account sent (a
+/// conversation's history) is not walked again
+/// (`crate::prompt::PromptCache`). A prompt of [`OFFLOAD_BYTES`] or
 /// more is analysed on the blocking pool, as its body was inspected.
 async fn prompt_features(
     config: &Arc<Config>,
+    account: u64,
     info: Option<&mut Inspection>,
 ) -> Result<PromptFeatures, ProxyError> {
     let wanted = crate::prompt::Wanted {
@@ -65,6 +66,7 @@ async fn prompt_features(
             &i.prompt,
             cuts.offsets(),
             wanted,
+            account,
         ));
     }
     let text = std::mem::take(&mut i.prompt);
@@ -75,6 +77,7 @@ async fn prompt_features(
             &text,
             cuts.offsets(),
             wanted,
+            account,
         );
         (f, text)
     })
