@@ -199,7 +199,8 @@ async fn a_long_prompt_is_analysed_off_the_worker_and_still_counts() {
 /// walked again (`/metrics` counts the turns walked past it, and a turn sent twice not walked at all), and what
 /// the new part says still counts: the first request holds no elicitation phrase, and each later one brings its
 /// own in its newest message, so the phrase lists see them only if the new parts are scanned; they climb the
-/// ladder as in `degrade_rewrites_what_the_upstream_sees`.
+/// ladder as in `degrade_rewrites_what_the_upstream_sees`. Every turn is charged the whole prompt's token estimate
+/// (the mock upstream's report), and another account sending the first turn walks it whole again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversations_history_is_walked_once_and_what_is_new_still_counts() {
     let dir = tempfile::tempdir().unwrap();

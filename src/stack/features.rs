@@ -1,8 +1,9 @@
 //! Phase 5, prompt features: what the engine decides on, as hashes and
 //! counts — the fingerprint's parts and the network hashed for linking, the
 //! prompt's shape signature as index keys, the facts the behaviour signals
-//! read, and the input tokens admission charges. The prompt text goes no further than the prompt step
-//! (`crate::prompt`), which turns it into those features.
+//! read, and the input tokens admission charges. The prompt text goes no
+//! further than the prompt step (`crate::prompt`), which turns it into
+//! those features.
 
 use std::sync::Arc;
 

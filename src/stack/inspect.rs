@@ -1,8 +1,8 @@
 //! Phase 4, classify and inspect: the body under the size limit and read
 //! deadlines, and for an LLM endpoint its inspection — model, output limit,
-//! thinking parameters and the prompt — read from
-//! at most `api.inspect_max_body_bytes`. A body that cannot be inspected is
-//! refused or passed on as `api.on_uninspectable` says.
+//! thinking parameters and the prompt — read from at most
+//! `api.inspect_max_body_bytes`. A body that cannot be inspected is refused
+//! or passed on as `api.on_uninspectable` says.
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
