@@ -945,8 +945,9 @@ fn scrape_time(engine: &Engine, outputs: Outputs) -> Registry {
             &mut r,
             "distill_guard_prompts_walked",
             "Prompts of at least 512 bytes analysed while api.prompt_cache_entries is not 0, by how much of \
-             them was walked: none (the same prompt seen before), the part past an earlier request's prompt (a \
-             conversation's history sent again), or all of it. Since the config in force was loaded.",
+             them was walked: none (the account sent the same prompt before), the part past one of its earlier \
+             requests' prompts (a conversation's history sent again), or all of it. Since the config in force \
+             was loaded.",
             ConstFamily(vec![
                 (PromptWalkLabels { walked: PromptWalk::None }, p.whole),
                 (PromptWalkLabels { walked: PromptWalk::Rest }, p.continued),
