@@ -9,9 +9,9 @@
 //! Checked besides "no panic":
 //! * `inspect` and `rewrite_degrade` agree on what is a JSON object
 //!   (`Parsed` exactly when the rewrite is `Some`);
-//! * a `Parsed` inspection is consistent: `input_tokens_estimate` is
-//!   `estimate_tokens(prompt)`, and prompt and model are no longer than the
-//!   body (no amplification);
+//! * a `Parsed` inspection is consistent: its prompt cuts (at most four)
+//!   are increasing offsets of line breaks in the prompt, and prompt and
+//!   model are no longer than the body (no amplification);
 //! * the rewritten body inspects again as `Parsed`, with `max_output_tokens`
 //!   at most the clamp (and present, except for `Other`, which adds none),
 //!   no thinking or reasoning settings, and the same model, stream flag and
@@ -20,7 +20,6 @@
 //! * rewriting the rewritten body changes nothing `inspect` reads.
 #![no_main]
 
-use distill_guard::api::estimate::estimate_tokens;
 use distill_guard::api::inspect::{inspect, rewrite_degrade, Inspection, RequestInfo};
 use distill_guard::api::ApiKind;
 use libfuzzer_sys::fuzz_target;
@@ -58,7 +57,14 @@ fuzz_target!(|input: &[u8]| {
         }
         Inspection::Parsed(info) => info,
     };
-    assert_eq!(info.input_tokens_estimate, estimate_tokens(&info.prompt));
+    let cuts: Vec<usize> = info.prompt_cuts.offsets().collect();
+    assert!(cuts.len() <= 4, "{cuts:?}");
+    assert!(cuts.windows(2).all(|w| w[0] < w[1]), "{cuts:?}");
+    assert!(
+        cuts.iter().all(|&c| info.prompt.as_bytes().get(c) == Some(&b'\n')),
+        "{cuts:?} in {:?}",
+        info.prompt
+    );
     assert!(info.prompt.len() <= body.len(), "prompt longer than the body");
     assert!(info.model.as_ref().map_or(0, String::len) <= body.len());
 
