@@ -61,7 +61,8 @@ fuzz_target!(|input: &[u8]| {
     assert!(cuts.len() <= 4, "{cuts:?}");
     assert!(cuts.windows(2).all(|w| w[0] < w[1]), "{cuts:?}");
     assert!(
-        cuts.iter().all(|&c| info.prompt.as_bytes().get(c) == Some(&b'\n')),
+        cuts.iter()
+            .all(|&c| info.prompt.as_bytes().get(c) == Some(&b'\n')),
         "{cuts:?} in {:?}",
         info.prompt
     );
