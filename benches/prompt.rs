@@ -90,12 +90,16 @@ fn benches(c: &mut Criterion) {
         // should the turns have pushed it out, outside the timing).
         cached_features(&matcher, &history, [], Wanted::ALL, ACCOUNT);
         let cache = matcher.cache();
-        let (_, key) = cache
-            .prefixes(&history, [], Wanted::ALL, ACCOUNT)
-            .iter()
-            .next()
-            .unwrap();
-        let walked = cache.get(key).unwrap();
+        // The key of a text's whole walk, and the walk (stored).
+        let entry = |text: &str| {
+            let (_, key) = cache
+                .prefixes(text, [], Wanted::ALL, ACCOUNT)
+                .iter()
+                .next()
+                .unwrap();
+            (key, cache.get(key).unwrap())
+        };
+        let (key, walked) = entry(&history);
         let mut seed = 100;
         g.bench_function(format!("features, {kib} KiB turn, history cached"), |b| {
             b.iter_batched(
@@ -118,12 +122,7 @@ fn benches(c: &mut Criterion) {
             Wanted::ALL,
             ACCOUNT,
         );
-        let (_, sys_key) = cache
-            .prefixes(&system, [], Wanted::ALL, ACCOUNT)
-            .iter()
-            .next()
-            .unwrap();
-        let sys_walked = cache.get(sys_key).unwrap();
+        let (sys_key, sys_walked) = entry(&system);
         g.bench_function(
             format!("features, {kib} KiB system prompt, new conversation"),
             |b| {
