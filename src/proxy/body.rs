@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -267,8 +267,18 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 pub struct UpstreamBody<B = Incoming> {
     inner: B,
     idle_timeout: Duration,
+    /// When the body last asked the upstream for more and found nothing:
+    /// the upstream has been silent since (at most) then.
     last_activity: Instant,
+    /// A frame came since `last_activity` was read.
+    active: bool,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The idle timer's deadline and the waker it was last polled with:
+    /// until then, the timer cannot have fired, and it wakes that task
+    /// when it does, so it need not be polled again. Each event of a
+    /// stream ends in such a wait, and polling the timer there touched its
+    /// entry every time (a cache miss per event with thousands of streams).
+    armed: Option<(Instant, Waker)>,
     observer: Option<Box<dyn ResponseObserver>>,
     ended: bool,
 }
@@ -294,7 +304,9 @@ impl<B> ResponseBody<B> {
             inner,
             idle_timeout,
             last_activity: Instant::now(),
+            active: false,
             sleep: None,
+            armed: None,
             observer,
             ended: false,
         }))
@@ -327,7 +339,9 @@ impl<B> UpstreamBody<B> {
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    self.last_activity = Instant::now();
+                    // The clock is read when the body next waits (at once,
+                    // unless the client is slow to take this frame).
+                    self.active = true;
                     if let (Some(d), Some(o)) = (frame.data_ref(), self.observer.as_mut()) {
                         o.on_data(d);
                     }
@@ -335,14 +349,28 @@ impl<B> UpstreamBody<B> {
                 }
                 Poll::Pending => {}
             }
-            // No frame yet: wait on the idle timer. It is re-armed lazily, only
-            // when it fires after activity, so busy streams never touch it.
+            // No frame yet: wait on the idle timer.
+            let now = Instant::now();
+            if std::mem::take(&mut self.active) {
+                self.last_activity = now;
+            }
+            if let Some((at, waker)) = &self.armed {
+                if now < *at && waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            // The timer is re-armed lazily, only when it fires after
+            // activity, so busy streams never reset it.
             let deadline = self.last_activity + self.idle_timeout;
             let sleep = self
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            ready!(sleep.as_mut().poll(cx));
-            if deadline <= Instant::now() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                self.armed = Some((sleep.deadline(), cx.waker().clone()));
+                return Poll::Pending;
+            }
+            self.armed = None;
+            if deadline <= now {
                 self.end(false);
                 return Poll::Ready(Some(Err(Box::new(UpstreamIdle(self.idle_timeout)))));
             }
@@ -390,5 +418,117 @@ where
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Upstream(u) => u.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// An upstream body whose frames the test sends.
+    struct Script(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn upstream(idle_ms: u64) -> (mpsc::UnboundedSender<Bytes>, ResponseBody<Script>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let body = ResponseBody::upstream(Script(rx), Duration::from_millis(idle_ms), None);
+        (tx, body)
+    }
+
+    /// The idle timeout counts from the last time the body found nothing
+    /// to read, to the millisecond, however the timer was armed before.
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_silent_past_its_idle_timeout_fails_on_time() {
+        let start = Instant::now();
+        let (tx, mut body) = upstream(1000);
+        tx.send(Bytes::from_static(b"a")).unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        let waiting = tokio::spawn(async move {
+            let first = body.frame().await.map(|f| f.is_ok());
+            let second = body
+                .frame()
+                .await
+                .map(|f| f.map(|_| ()).map_err(|e| e.to_string()));
+            (first, second, start.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tx.send(Bytes::from_static(b"b")).unwrap();
+        let (first, second, elapsed) = waiting.await.unwrap();
+        assert_eq!(first, Some(true));
+        let err = second.unwrap().unwrap_err();
+        assert!(err.contains("idle for more than"), "{err}");
+        assert_eq!(elapsed, Duration::from_millis(1500));
+        drop(tx);
+    }
+
+    /// Frames spaced under the timeout keep a stream open however long it
+    /// runs in all.
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_keeps_sending_is_never_idle() {
+        let (tx, mut body) = upstream(1000);
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                tx.send(Bytes::from_static(b"x")).unwrap();
+            }
+        });
+        for _ in 0..10 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        sender.await.unwrap();
+        assert!(body.frame().await.is_none(), "the end, not a timeout");
+    }
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The idle timer is not polled again while it cannot have fired, but
+    /// a poll from another task moves its wake-up there.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_wakes_the_task_that_polled_last() {
+        let (tx, mut body) = upstream(1000);
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        assert!(Pin::new(&mut body)
+            .poll_frame(&mut Context::from_waker(&wa))
+            .is_pending());
+        assert!(Pin::new(&mut body)
+            .poll_frame(&mut Context::from_waker(&wa))
+            .is_pending());
+        assert!(Pin::new(&mut body)
+            .poll_frame(&mut Context::from_waker(&wb))
+            .is_pending());
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(a.0.load(Ordering::SeqCst), 0);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        match Pin::new(&mut body).poll_frame(&mut Context::from_waker(&wb)) {
+            Poll::Ready(Some(Err(e))) => assert!(e.is::<UpstreamIdle>(), "{e}"),
+            other => panic!("expected the idle error, got {other:?}"),
+        }
+        drop(tx);
     }
 }
