@@ -603,11 +603,13 @@ fn parse_head(bytes: &[u8], last: &mut Option<LastHead>) -> Option<(HttpFingerpr
         _ => {
             let fingerprint =
                 HttpFingerprint::from_parts(version, method, headers.iter().map(|h| h.name));
+            // Sized first: collected byte by byte, the shape was
+            // reallocated as it grew, on every connection's first head.
+            let pieces = || LastHead::pieces(version, method, headers);
+            let mut shape = Vec::with_capacity(pieces().map(<[u8]>::len).sum());
+            pieces().for_each(|p| shape.extend_from_slice(p));
             *last = Some(LastHead {
-                shape: LastHead::pieces(version, method, headers)
-                    .flatten()
-                    .copied()
-                    .collect(),
+                shape,
                 fingerprint: fingerprint.clone(),
             });
             fingerprint
