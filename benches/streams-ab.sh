@@ -33,7 +33,8 @@ for i in $(seq 1 "$RUNS"); do
         echo "streams-ab.sh: run $i of $RUNS, $tag ($bin)" >&2
         DG_BIN=$bin PROXY_CMD=$HERE/streams-proxy.sh STREAMS=${STREAMS:-2000} ROUNDS=2 \
             TARGETS="nginx proxy" RESULTS_DIR=$OUT/$tag-$i \
-            "$HERE/../../shared/bench/streams.sh" >"$OUT/$tag-$i.log" 2>&1
+            "$HERE/../../shared/bench/streams.sh" >"$OUT/$tag-$i.log" 2>&1 ||
+            { echo "streams-ab.sh: the run failed; see $OUT/$tag-$i.log" >&2; exit 1; }
     done
 done
 python3 - "$OUT" "$A" "$B" <<'PY'
