@@ -522,7 +522,8 @@ mod tests {
         assert!(Pin::new(&mut body)
             .poll_frame(&mut Context::from_waker(&wb))
             .is_pending());
-        tokio::time::sleep(Duration::from_millis(1001)).await;
+        // The paused clock moved past the deadline: the timer fires.
+        tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(a.0.load(Ordering::SeqCst), 0);
         assert_eq!(b.0.load(Ordering::SeqCst), 1);
         match Pin::new(&mut body).poll_frame(&mut Context::from_waker(&wb)) {
