@@ -2098,6 +2098,19 @@ impl Engine {
         self.room_wanted.swap(false, Ordering::Relaxed) && self.make_room(now)
     }
 
+    /// One step of the link index's compaction, if one is under way (the sweep begins it): the spill lists of a
+    /// bounded part of the table moved, under the linker's lock. Returns whether lists are left to move. For an
+    /// owner that maintains outside ([`Engine::maintain_outside`]): call it often (the proxy does every 100 ms, off
+    /// its request threads). Moving them all at once took the lock for about 0.2 s at the default
+    /// `max_index_values` (BENCHMARKS.md, "The link index compacts in steps").
+    pub fn compact_links_step(&self) -> bool {
+        let Ok(step) = self.linker.lock().map(|mut l| l.compact_step()) else {
+            return false;
+        };
+        // The lock is released: the arena the lists left goes now.
+        step.more
+    }
+
     /// The link index's next table length, when its growth is near and no table is ready for it: for an owner
     /// that maintains outside ([`Engine::maintain_outside`]) to make with [`Engine::grow_index_ahead`], off its
     /// request threads. The growth itself runs on a request with the linker locked, every worker waiting: faulting
@@ -2181,7 +2194,12 @@ impl Engine {
         });
         self.forget_tenure(now, policy.max_tenure);
         if let Ok(mut linker) = self.linker.lock() {
+            // The spill lists move in steps the owner takes ([`Engine::compact_links_step`]), the linker unlocked
+            // between them; replay and simulation move them all now.
             linker.compact();
+            if !self.maintained_outside.load(Ordering::Relaxed) {
+                linker.finish_compaction();
+            }
             self.cluster_signals
                 .retain(|id, _| linker.cluster(*id).is_some());
             self.pending_members

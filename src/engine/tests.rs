@@ -690,6 +690,79 @@ mod clusters {
         assert_eq!(sim.throttled_by_cluster, 0);
     }
 
+    /// The link index's spill blocks freed since its last compaction are given back by the sweep: inline where
+    /// the engine sweeps on its requests (replay, simulation), and in steps the owner takes where it sweeps outside
+    /// (the proxy, from its housekeeping thread), the linker unlocked between them.
+    #[test]
+    fn the_link_index_gives_back_freed_spill_blocks_in_steps_when_maintained_outside() {
+        for outside in [false, true] {
+            let engine = Engine::new(cluster_policy(1_000));
+            if outside {
+                engine.maintain_outside();
+            }
+            let start = 100 * 60 * SECOND;
+            // Each network's accounts send one template of their own: linked by network+template.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            let prompts: Vec<_> = (0..3_000)
+                .map(|_| prompt_keys(&fill(&mut rng, 40)))
+                .collect();
+            let mut n = 0;
+            let mut send = |account: u64, network: u64| {
+                n += 1;
+                let o = Observation {
+                    account: AccountId(account),
+                    anonymous: false,
+                    input_tokens: 50,
+                    attrs: ObservedAttrs {
+                        ja4: None,
+                        http: None,
+                        h2: None,
+                        ip_prefix: h(AttrKind::IpPrefix, &format!("10.{network}.0/24")),
+                        asn: None,
+                        prompt: prompts[network as usize],
+                    },
+                    request: Default::default(),
+                    account_age: None,
+                };
+                let now = start + n * SECOND / 1_000;
+                if let Some(t) = engine.decide(&o, now).verdict.into_ticket() {
+                    engine.settle(&t, Usage::default(), now);
+                }
+                now
+            };
+            // Three accounts on each of 3 000 networks: each network's list spills two entries, into a block.
+            for network in 0..3_000u64 {
+                for a in 0..3 {
+                    send(network * 100 + a, network);
+                }
+            }
+            // Six more on every other network: those lists grow long, and their blocks are free.
+            let mut now = 0;
+            for network in (0..3_000u64).step_by(2) {
+                for a in 3..9 {
+                    now = send(network * 100 + a, network);
+                }
+            }
+            let bytes = || engine.link_stats().expect("linking is on").approx_bytes;
+            let before = bytes();
+            engine.maintain(now);
+            let mut steps = 0;
+            if outside {
+                assert!(bytes() >= before, "given back before any step");
+                while engine.compact_links_step() {
+                    steps += 1;
+                    assert!(steps < 1_000, "the compaction does not end");
+                }
+                assert!(!engine.compact_links_step(), "a step after the end");
+            }
+            assert!(
+                bytes() + 1_500 * 2 * 16 <= before,
+                "outside: {outside}, {steps} steps: {before} B before, {} B after",
+                bytes()
+            );
+        }
+    }
+
     /// 300 ordinary accounts with diverse clients, networks and prompts.
     #[test]
     fn ordinary_accounts_form_no_cluster() {

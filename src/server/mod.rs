@@ -397,7 +397,8 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                             maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             // A full account store asks for room; new accounts wait
                             // on their network's budget until it is made. The link
-                            // index's next table is made here too, before its growth.
+                            // index's next table is made here too, before its growth,
+                            // and its spill lists are compacted a step at a time.
                             let mut room =
                                 tokio::time::interval(std::time::Duration::from_millis(100));
                             room.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -418,6 +419,7 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                                     _ = maintain.tick() => shared.engine.maintain_if_due(shared.clock.now()),
                                     _ = room.tick() => {
                                         shared.engine.make_room_if_wanted(shared.clock.now());
+                                        shared.engine.compact_links_step();
                                         // Off this thread: the admin API shares it.
                                         if let Some(len) = shared.engine.index_growth_wanted() {
                                             let shared = shared.clone();

@@ -598,12 +598,20 @@ impl Index {
         self.spills.compact(&mut self.slots);
     }
 
-    /// Gives back the spill arena's freed room ([`Spills::compact`]); not while a growth's old table still holds
-    /// keys (the next compaction does it).
-    pub(super) fn compact_spills(&mut self) {
-        if self.old.is_none() {
-            self.spills.compact(&mut self.slots);
+    /// Begins giving back the spill arena's freed room ([`Spills::begin_compaction`]); [`Index::compact_step`] moves
+    /// the lists.
+    pub(super) fn begin_compaction(&mut self) {
+        self.spills.begin_compaction();
+    }
+
+    /// Moves the spill lists of at most `budget` slots for a compaction under way ([`Spills::compact_step`]); not
+    /// while a growth's old table still holds keys. Returns whether lists are left to move, and the emptied arena
+    /// once none is.
+    pub(super) fn compact_step(&mut self, budget: usize) -> (bool, Moving) {
+        if self.old.is_some() {
+            return (self.spills.compacting(), Moving::default());
         }
+        self.spills.compact_step(&mut self.slots, budget)
     }
 
     /// The length of the table the next growth needs, when that growth is near (the table more than

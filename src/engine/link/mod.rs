@@ -51,6 +51,21 @@ const SPARE_LOAD: (usize, usize) = (9, 16);
 /// ([`Index::touch`]): the growth's rehash spread over the touches that follow it. Eight a touch drain a table of
 /// `n` slots within `n / 8` touches, long before the new one (twice the size, then 3/8 full) needs to grow again.
 const MIGRATE_STEP: usize = 8;
+/// Slots one step of a compaction looks at ([`Linker::compact_step`]): 256 KiB of the table, about 0.2 ms at the
+/// default `max_index_values` (`cargo bench --bench compaction`).
+pub const COMPACT_STEP_SLOTS: usize = 1 << 13;
+
+/// What one step of a compaction did ([`Linker::compact_step`]).
+#[derive(Debug)]
+#[must_use = "drop it with the linker unlocked"]
+pub struct CompactStep {
+    /// Spill lists are left to move (the arena they leave is still held).
+    pub more: bool,
+    /// The arena the lists left, once the last one moved: drop it with the linker unlocked, as giving back its
+    /// memory takes milliseconds (10–20 ms for the 200 MB of the default `max_index_values` here).
+    _spent: Moving,
+}
+
 /// A spare table unused this long (engine time) is given back ([`Linker::compact`]).
 const SPARE_KEEP: Nanos = 600 * 1_000_000_000;
 /// Union-find forests keep at least this much capacity when cleared.

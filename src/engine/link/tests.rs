@@ -211,15 +211,25 @@ fn check_index(index: &Index) {
     let mut len = 0;
     let mut entries = 0;
     let mut owners = vec![0u8; index.spills.arena_len()];
-    let mut own = |(at, size): (usize, usize)| {
+    // The arena a compaction empties: its blocks still in use, and the entries they span.
+    let (moving_len, moving_live) = index.spills.moving().unwrap_or_default();
+    let mut moving_owners = vec![0u8; moving_len];
+    let mut moving_seen = 0;
+    let mut own = |(at, size, moving): (usize, usize, bool)| {
+        let owners = if moving {
+            moving_seen += size;
+            &mut moving_owners
+        } else {
+            &mut owners
+        };
         for o in &mut owners[at..at + size] {
             *o += 1;
         }
     };
     let mut free = 0;
-    for block in index.spills.free_blocks() {
-        free += block.1;
-        own(block);
+    for (at, size) in index.spills.free_blocks() {
+        free += size;
+        own((at, size, false));
     }
     assert_eq!(index.spills.free_entries(), free);
     let (long, free_long) = index.spills.long_lists();
@@ -254,10 +264,10 @@ fn check_index(index: &Index) {
             assert!(v
                 .iter()
                 .all(|e| e.seen <= s.first.seen && e.account != s.first.account));
-            match Spills::place(s.spill) {
-                Ok((at, size)) => {
-                    assert!(s.spill.len() <= size);
-                    own((at, size));
+            match index.spills.place(s.spill) {
+                Ok(block) => {
+                    assert!(s.spill.len() <= block.1);
+                    own(block);
                 }
                 Err(id) => long_owners[id] += 1,
             }
@@ -265,8 +275,12 @@ fn check_index(index: &Index) {
         }
     }
     assert!(
-        owners.iter().all(|&n| n <= 1),
+        owners.iter().chain(&moving_owners).all(|&n| n <= 1),
         "an arena block is shared, or free and in use"
+    );
+    assert_eq!(
+        moving_seen, moving_live,
+        "the arena a compaction empties counts its blocks in use"
     );
     assert!(
         long_owners.iter().all(|&n| n == 1),
@@ -1395,6 +1409,85 @@ fn compaction_gives_back_the_blocks_of_lists_that_grew_long() {
         assert_eq!(index.spills.get(s.spill), &list[..]);
         assert_eq!(list.len(), 8);
     }
+}
+
+/// A key's newest entry and its spill list, from whichever table holds it.
+fn list_of(index: &Index, key: u64) -> Option<(Entry, Vec<Entry>)> {
+    let old = index.old.as_deref().unwrap_or_default();
+    let slot = match index.probe(key) {
+        Ok(i) => index.slots[i],
+        Err(_) if old.is_empty() => return None,
+        Err(_) => old[probe_in(old, key).ok()?],
+    };
+    Some((slot.first, index.spills.get(slot.spill).to_vec()))
+}
+
+/// A compaction moves the short lists a few slots at a step, while between the steps lists grow, shrink, expire and
+/// move, and keys come and go: every list stays as an index that never compacts has it, every touch finds the same
+/// entries, and the arena the lists leave is let go once its last block has moved or been freed.
+#[test]
+fn a_compaction_in_steps_keeps_every_list_while_the_table_changes() {
+    let mut rng = StdRng::seed_from_u64(7);
+    // `index` compacts in steps; `plain` never compacts.
+    let (mut index, mut plain) = (Index::new(), Index::new());
+    let (mut out, mut plain_out) = (Found::default(), Found::default());
+    out.limit = 64;
+    plain_out.limit = 64;
+    let max_window = 100 * SEC;
+    let touch = |account: u64, now: Nanos| Touch {
+        account,
+        now,
+        window: 50 * SEC,
+        max_window,
+        per_value: 8,
+        max_values: 1 << 20,
+        max_entries: usize::MAX,
+    };
+    let keys: Vec<u64> = (1..13_000u64).map(|k| k.wrapping_mul(GOLDEN) | 1).collect();
+    let mut now = EPOCH;
+    let (mut begun, mut finished, mut steps) = (0, 0, 0);
+    for round in 0..60 {
+        // Keys by threes of accounts (short lists), then by twelve (long lists: the short lists' blocks freed), half
+        // of them the last round's.
+        let base = round * 200;
+        let accounts = if round % 2 == 0 { 3 } else { 12 };
+        for _ in 0..2_000 {
+            now += SEC / 50;
+            let key = keys[base + rng.gen_range(0..400)];
+            let t = touch(rng.gen_range(0..accounts), now);
+            out.items.clear();
+            plain_out.items.clear();
+            index.touch(key, &t, &mut out);
+            plain.touch(key, &t, &mut plain_out);
+            assert_eq!(out.items, plain_out.items);
+            if rng.gen_range(0..4) == 0 {
+                index.sweep_step(now, max_window);
+                plain.sweep_step(now, max_window);
+            }
+            if index.spills.moving().is_some() && rng.gen_range(0..4) == 0 {
+                steps += 1;
+                if !index.compact_step(3).0 {
+                    finished += 1;
+                }
+            }
+        }
+        check_index(&index);
+        for &key in &keys {
+            assert_eq!(list_of(&index, key), list_of(&plain, key));
+        }
+        if index.spills.moving().is_none() {
+            index.begin_compaction();
+            begun += usize::from(index.spills.moving().is_some());
+        }
+    }
+    assert!(begun >= 5, "{begun} compactions begun");
+    assert!(
+        finished + 1 >= begun,
+        "{finished} of {begun} compactions finished"
+    );
+    assert!(steps > 1_000, "{steps} steps");
+    // The arena in use holds no more than the index that never compacts.
+    assert!(index.spills.arena_len() <= plain.spills.arena_len());
 }
 
 /// A table that grows past [`HUGE_TABLE_BYTES`] moves into a mapping of its own, keeps every key on the way, and

@@ -402,13 +402,35 @@ impl Linker {
         self.index.give_spare(spare, self.last_now);
     }
 
-    /// Gives back the room of spill blocks freed since the last time, once they span a quarter of the index's arena
-    /// of short lists (O(values) then, and O(freed long lists) always): lists that grew long, or keys that went,
-    /// leave blocks that only new short lists would reuse. [`Linker::maintain`] does it too. A spare table given
-    /// ten minutes ago and still unused goes too; none is asked for again until the keys grow by 1/32 of the table.
+    /// Begins giving back the room of spill blocks freed since the last time, once they span a quarter of the index's
+    /// arena of short lists (and gives back freed long lists' vectors, O(those)): lists that grew long, or keys that
+    /// went, leave blocks that only new short lists would reuse. The short lists move into a new arena in steps
+    /// ([`Linker::compact_step`], [`Linker::finish_compaction`]): moving them all at once walks the whole table,
+    /// about 0.2 s at the default `max_index_values`, with every request that links waiting on the
+    /// linker. [`Linker::maintain`] compacts too. A spare table given ten minutes ago and still unused goes too;
+    /// none is asked for again until the keys grow by 1/32 of the table.
     pub fn compact(&mut self) {
-        self.index.compact_spills();
+        self.index.begin_compaction();
         self.index.release_stale_spare(self.last_now);
+    }
+
+    /// Moves the spill lists of the next [`COMPACT_STEP_SLOTS`] slots of a compaction under way.
+    pub fn compact_step(&mut self) -> CompactStep {
+        let (more, spent) = self.index.compact_step(COMPACT_STEP_SLOTS);
+        CompactStep {
+            more,
+            _spent: spent,
+        }
+    }
+
+    /// Moves every spill list left to move (O(values)), unless a growth of the table is under way (its end lets
+    /// the steps go on).
+    pub fn finish_compaction(&mut self) {
+        for _ in 0..2 {
+            if !self.index.compact_step(usize::MAX).0 {
+                break;
+            }
+        }
     }
 
     /// Counters and sizes for metrics.
