@@ -418,6 +418,13 @@ async fn idle_accounts_are_swept_without_a_request_to_trigger_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The sweep that did it was timed.
+    let (_, m) = admin(a, "GET", "/metrics", Some(TOKEN)).await;
+    let sweeps = m
+        .lines()
+        .find_map(|l| l.strip_prefix("distill_guard_sweep_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(sweeps.is_some_and(|n| n >= 1.0), "sweeps timed: {sweeps:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2099,16 +2099,14 @@ impl Engine {
     }
 
     /// One step of the link index's compaction, if one is under way (the sweep begins it): the spill lists of a
-    /// bounded part of the table moved, under the linker's lock. Returns whether lists are left to move. For an
-    /// owner that maintains outside ([`Engine::maintain_outside`]): call it often (the proxy does every 100 ms, off
-    /// its request threads). Moving them all at once took the lock for about 0.2 s at the default
-    /// `max_index_values` (BENCHMARKS.md, "The link index compacts in steps").
-    pub fn compact_links_step(&self) -> bool {
-        let Ok(step) = self.linker.lock().map(|mut l| l.compact_step()) else {
-            return false;
-        };
-        // The lock is released: the arena the lists left goes now.
-        step.more
+    /// bounded part of the table moved, under the linker's lock; `None` when no compaction was under way. The step
+    /// says whether lists are left to move, and holds the arena they left after the last one: dropping it, with the
+    /// linker unlocked, gives back its memory. For an owner that maintains outside ([`Engine::maintain_outside`]):
+    /// call it often (the proxy does every 100 ms, off its request threads). Moving them all at once took the lock
+    /// for about 0.2 s at the default `max_index_values` (BENCHMARKS.md, "The link index compacts in steps").
+    pub fn compact_links_step(&self) -> Option<link::CompactStep> {
+        let mut linker = self.linker.lock().ok()?;
+        linker.compacting().then(|| linker.compact_step())
     }
 
     /// The link index's next table length, when its growth is near and no table is ready for it: for an owner
@@ -2150,9 +2148,9 @@ impl Engine {
     }
 
     /// Sweep idle state ([`Engine::maintain`]) if the last sweep is at least the maintenance interval (10 s of
-    /// engine time) old.
-    pub fn maintain_if_due(&self, now: Nanos) {
-        self.maintain_after(&self.next_maintenance, MAINTENANCE_INTERVAL, now);
+    /// engine time) old; returns whether it swept.
+    pub fn maintain_if_due(&self, now: Nanos) -> bool {
+        self.maintain_after(&self.next_maintenance, MAINTENANCE_INTERVAL, now)
     }
 
     /// Drop idle account state and, beyond the cap, the longest-idle state

@@ -416,10 +416,23 @@ pub fn start_with_clock(config: Config, clock: Clock) -> Result<Handle, ServerEr
                                         crate::admin::sweep_indicators(&shared);
                                         check_link_reach(&shared, &mut reach);
                                     }
-                                    _ = maintain.tick() => shared.engine.maintain_if_due(shared.clock.now()),
+                                    _ = maintain.tick() => {
+                                        let started = std::time::Instant::now();
+                                        if shared.engine.maintain_if_due(shared.clock.now()) {
+                                            shared.metrics.sweep.observe(started.elapsed());
+                                        }
+                                    }
                                     _ = room.tick() => {
-                                        shared.engine.make_room_if_wanted(shared.clock.now());
-                                        shared.engine.compact_links_step();
+                                        let started = std::time::Instant::now();
+                                        if shared.engine.make_room_if_wanted(shared.clock.now()) {
+                                            shared.metrics.sweep.observe(started.elapsed());
+                                        }
+                                        let started = std::time::Instant::now();
+                                        if let Some(step) = shared.engine.compact_links_step() {
+                                            shared.metrics.link_compaction_step.observe(started.elapsed());
+                                            // What the last step leaves goes after it is timed.
+                                            drop(step);
+                                        }
                                         // Off this thread: the admin API shares it.
                                         if let Some(len) = shared.engine.index_growth_wanted() {
                                             let shared = shared.clone();

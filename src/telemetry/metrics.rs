@@ -530,6 +530,12 @@ pub struct Metrics {
     /// Time the proxy spends on a request before forwarding it (fingerprint,
     /// identity, body read and inspection, engine decision).
     pub proxy_overhead: Histogram,
+    /// Time one sweep of idle state takes on the housekeeping thread (every
+    /// 10 s; it locks the engine's maps a shard at a time, and the linker).
+    pub sweep: Histogram,
+    /// Time one step of the link index's compaction holds the linker (the
+    /// arena a compaction leaves is dropped after it, unlocked and untimed).
+    pub link_compaction_step: Histogram,
 }
 
 const SCOPES: [Scope; 3] = [Scope::Account, Scope::Cluster, Scope::Network];
@@ -686,6 +692,20 @@ impl Metrics {
             "Time the proxy spends on a request before forwarding it.",
             proxy_overhead.clone(),
         );
+        let sweep = Histogram::default();
+        register(
+            &mut r,
+            "distill_guard_sweep_seconds",
+            "Time one sweep of idle state takes on the housekeeping thread (every 10 s).",
+            sweep.clone(),
+        );
+        let link_compaction_step = Histogram::default();
+        register(
+            &mut r,
+            "distill_guard_link_compaction_step_seconds",
+            "Time one step of the link index's compaction holds the linker.",
+            link_compaction_step.clone(),
+        );
         let streams_open = Gauge::default();
         register(
             &mut r,
@@ -722,6 +742,8 @@ impl Metrics {
             reloads,
             upstream_latency,
             proxy_overhead,
+            sweep,
+            link_compaction_step,
         }
     }
 
@@ -1115,6 +1137,8 @@ mod tests {
         m.reload(false);
         m.account_created_invalid();
         m.proxy_overhead.observe(Duration::from_micros(30));
+        m.sweep.observe(Duration::from_millis(7));
+        m.link_compaction_step.observe(Duration::from_micros(200));
         let mut text = m.render(&engine(), Outputs::default());
         finish(&mut text);
         for line in [
@@ -1131,6 +1155,10 @@ mod tests {
             "distill_guard_output_records_total{log=\"record\",outcome=\"write_error\"} 0",
             "distill_guard_proxy_overhead_seconds_count 1",
             "distill_guard_proxy_overhead_seconds_bucket{le=\"+Inf\"} 1",
+            "distill_guard_sweep_seconds_count 1",
+            "distill_guard_sweep_seconds_bucket{le=\"0.01\"} 1",
+            "distill_guard_link_compaction_step_seconds_count 1",
+            "distill_guard_link_compaction_step_seconds_bucket{le=\"0.00025\"} 1",
             "distill_guard_tracked_account_cap 1000000",
             "# EOF",
         ] {

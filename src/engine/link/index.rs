@@ -604,6 +604,11 @@ impl Index {
         self.spills.begin_compaction();
     }
 
+    /// Whether a compaction has spill lists left to move.
+    pub(super) fn compacting(&self) -> bool {
+        self.spills.compacting()
+    }
+
     /// Moves the spill lists of at most `budget` slots for a compaction under way ([`Spills::compact_step`]); not
     /// while a growth's old table still holds keys. Returns whether lists are left to move, and the emptied arena
     /// once none is.

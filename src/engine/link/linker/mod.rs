@@ -423,6 +423,11 @@ impl Linker {
         }
     }
 
+    /// Whether a compaction has spill lists left to move.
+    pub fn compacting(&self) -> bool {
+        self.index.compacting()
+    }
+
     /// Moves every spill list left to move (O(values)), unless a growth of the table is under way (its end lets
     /// the steps go on).
     pub fn finish_compaction(&mut self) {
