@@ -531,7 +531,8 @@ pub struct Metrics {
     /// identity, body read and inspection, engine decision).
     pub proxy_overhead: Histogram,
     /// Time one sweep of idle state takes on the housekeeping thread (every
-    /// 10 s; it locks the engine's maps a shard at a time, and the linker).
+    /// 10 s, and when a full store asks for room; it locks the engine's maps
+    /// a shard at a time, and the linker).
     pub sweep: Histogram,
     /// Time one step of the link index's compaction holds the linker (the
     /// arena a compaction leaves is dropped after it, unlocked and untimed).
@@ -696,7 +697,7 @@ impl Metrics {
         register(
             &mut r,
             "distill_guard_sweep_seconds",
-            "Time one sweep of idle state takes on the housekeeping thread (every 10 s).",
+            "Time one sweep of idle state takes on the housekeeping thread (every 10 s, and when a full store asks for room).",
             sweep.clone(),
         );
         let link_compaction_step = Histogram::default();

@@ -604,6 +604,13 @@ impl Index {
         self.spills.begin_compaction();
     }
 
+    /// Moves every spill list left to move; not while a growth's old table still holds keys.
+    pub(super) fn finish_compaction(&mut self) {
+        if self.old.is_none() {
+            self.spills.finish_compaction(&mut self.slots);
+        }
+    }
+
     /// Whether a compaction has spill lists left to move.
     pub(super) fn compacting(&self) -> bool {
         self.spills.compacting()

@@ -360,6 +360,11 @@ impl Spills {
     /// until no list is left to move.
     pub(super) fn compact(&mut self, slots: &mut [Slot]) {
         self.begin_compaction();
+        self.finish_compaction(slots);
+    }
+
+    /// Moves every short list left to move, `slots` holding every key.
+    pub(super) fn finish_compaction(&mut self, slots: &mut [Slot]) {
         // From where an earlier step stopped to the end, then from the start: two passes see every slot.
         for _ in 0..2 {
             if !self.compact_step(slots, usize::MAX).0 {

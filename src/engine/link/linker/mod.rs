@@ -431,11 +431,7 @@ impl Linker {
     /// Moves every spill list left to move (O(values)), unless a growth of the table is under way (its end lets
     /// the steps go on).
     pub fn finish_compaction(&mut self) {
-        for _ in 0..2 {
-            if !self.index.compact_step(usize::MAX).0 {
-                break;
-            }
-        }
+        self.index.finish_compaction();
     }
 
     /// Counters and sizes for metrics.
