@@ -366,8 +366,8 @@ pub(super) fn back(buf: &[u8], end: usize, need: usize) -> usize {
 pub(super) const MAX_TABLE_ENTRIES: usize = 1 << 24;
 
 /// Entries of a fixed-size transition table (512 KiB). A table that fits (the default lists': 68 430 entries) is
-/// padded to this size, so a step masks its index into range instead of checking it: in the four-lane walk the
-/// checks cost three instructions a step and pushed the lanes' registers onto the stack.
+/// padded to this size, so a step masks its index into range instead of checking it: in the (then four-lane) walk
+/// the checks cost three instructions a step and pushed the lanes' registers onto the stack.
 pub(super) const FIXED_ENTRIES: usize = 1 << 17;
 
 /// The transition table of a [`Table`].
@@ -565,9 +565,14 @@ impl Table {
         (hits, s)
     }
 
-    /// Walk `hay[from..to]` in four interleaved lanes: independent walks over its quarters, each starting early
-    /// enough in `hay` to see every match that ends in its quarter. A walk that starts at the beginning of `hay`
+    /// Walk `hay[from..to]` in three interleaved lanes: independent walks over its thirds, each starting early
+    /// enough in `hay` to see every match that ends in its third. A walk that starts at the beginning of `hay`
     /// starts in state `first`, others in the start state. Returns the lists matched and the state at `to`.
+    ///
+    /// Three, not four: a step's lookups depend on each other, so lanes overlap them, but on x86-64 four lanes'
+    /// pointers, states and the table's bases did not fit the registers, and a lane's state went through the stack
+    /// on every byte, which made its walk the slowest (2.24 → 1.60 µs for the engine bench's 2 KB scan; two and
+    /// eight lanes had read the same as four: BENCHMARKS.md, "The phrase walk in three lanes").
     fn walk_laned(
         &self,
         hay: &[u8],
@@ -603,28 +608,26 @@ impl Table {
             let (b, s) = begin(from);
             return self.walk_in(next, s, hay.get(b..to).unwrap_or_default());
         }
-        let q = n / 4;
+        let q = n / 3;
         let lane = |k: usize| {
             let (b, s) = begin(from + k * q);
-            let end = if k == 3 { to } else { from + (k + 1) * q };
+            let end = if k == 2 { to } else { from + (k + 1) * q };
             (s, hay.get(b..end).unwrap_or_default())
         };
-        let ((mut s0, l0), (mut s1, l1), (mut s2, l2), (mut s3, l3)) =
-            (lane(0), lane(1), lane(2), lane(3));
-        let common = l0.len().min(l1.len()).min(l2.len()).min(l3.len());
+        let ((mut s0, l0), (mut s1, l1), (mut s2, l2)) = (lane(0), lane(1), lane(2));
+        let common = l0.len().min(l1.len()).min(l2.len());
         let ml = self.match_limit;
         let mut hits = 0u32;
-        for (((&b0, &b1), &b2), &b3) in l0.iter().zip(l1).zip(l2).zip(l3) {
+        for ((&b0, &b1), &b2) in l0.iter().zip(l1).zip(l2) {
             s0 = self.step_in(next, s0, b0);
             s1 = self.step_in(next, s1, b1);
             s2 = self.step_in(next, s2, b2);
-            s3 = self.step_in(next, s3, b3);
-            if (s0 < ml) | (s1 < ml) | (s2 < ml) | (s3 < ml) {
-                hits |= self.bits(s0) | self.bits(s1) | self.bits(s2) | self.bits(s3);
+            if (s0 < ml) | (s1 < ml) | (s2 < ml) {
+                hits |= self.bits(s0) | self.bits(s1) | self.bits(s2);
             }
         }
         let mut end = self.start;
-        for (s, l) in [(s0, l0), (s1, l1), (s2, l2), (s3, l3)] {
+        for (s, l) in [(s0, l0), (s1, l1), (s2, l2)] {
             let (h, e) = self.walk_in(next, s, l.get(common..).unwrap_or_default());
             hits |= h;
             end = e;
@@ -740,7 +743,7 @@ impl PhraseMatcher {
     }
 
     /// The lists `text` matches. The text is normalised byte for byte into a stack buffer, a chunk at a time, and
-    /// each chunk is walked in four interleaved lanes (see "Phrase matching" in `docs/score.md`). No allocation;
+    /// each chunk is walked in three interleaved lanes (see "Phrase matching" in `docs/score.md`). No allocation;
     /// stops after the chunk in which every list has matched.
     pub fn scan(&self, text: &str) -> PhraseHits {
         let Some(table) = &self.table else {
