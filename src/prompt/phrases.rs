@@ -571,7 +571,7 @@ impl Table {
     ///
     /// Three, not four: a step's lookups depend on each other, so lanes overlap them, but on x86-64 four lanes'
     /// pointers, states and the table's bases did not fit the registers, and a lane's state went through the stack
-    /// on every byte, which made its walk the slowest (2.24 → 1.60 µs for the engine bench's 2 KB scan; two and
+    /// on every byte, which made its walk the slowest (2.24 → 1.6 µs for the engine bench's 2 KB scan; two and
     /// eight lanes had read the same as four: BENCHMARKS.md, "The phrase walk in three lanes").
     fn walk_laned(
         &self,
